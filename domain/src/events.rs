@@ -1,0 +1,82 @@
+//! Domain events: past-tense facts. Each has a stable type name and schema version; the log
+//! stores them as JSON.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ClusterId, Email, WorkspaceId};
+
+/// A cluster was registered in a workspace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterRegistered {
+    pub workspace: WorkspaceId,
+    pub cluster_id: ClusterId,
+    pub name: String,
+    pub region: String,
+    pub bucket: String,
+    pub registered_by: Email,
+}
+
+/// Every domain event, tagged by its type name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
+pub enum DomainEvent {
+    ClusterRegistered(ClusterRegistered),
+}
+
+impl DomainEvent {
+    /// The type name stored in the envelope's `event_type`.
+    pub fn event_type(&self) -> &'static str {
+        match self {
+            DomainEvent::ClusterRegistered(_) => "ClusterRegistered",
+        }
+    }
+
+    /// The schema version of the data this build writes.
+    pub fn schema_version(&self) -> i32 {
+        1
+    }
+
+    /// The event's data, as stored in the envelope.
+    pub fn data(&self) -> Result<serde_json::Value, serde_json::Error> {
+        match self {
+            DomainEvent::ClusterRegistered(e) => serde_json::to_value(e),
+        }
+    }
+
+    /// Reads an event back from its envelope fields. Unknown types are `Ok(None)`: a newer
+    /// writer's events must not stop an older reader.
+    pub fn decode(
+        event_type: &str,
+        schema_version: i32,
+        data: &str,
+    ) -> Result<Option<Self>, serde_json::Error> {
+        let _ = schema_version; // every type is still at version 1: nothing to upcast yet
+        Ok(match event_type {
+            "ClusterRegistered" => {
+                Some(DomainEvent::ClusterRegistered(serde_json::from_str(data)?))
+            }
+            _ => None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_through_envelope_fields() {
+        let e = DomainEvent::ClusterRegistered(ClusterRegistered {
+            workspace: WorkspaceId::new("default").unwrap(),
+            cluster_id: ClusterId::new("local").unwrap(),
+            name: "Local".into(),
+            region: "local".into(),
+            bucket: "local".into(),
+            registered_by: Email::new("admin@localhost.localdomain").unwrap(),
+        });
+        let data = serde_json::to_string(&e.data().unwrap()).unwrap();
+        let back = DomainEvent::decode(e.event_type(), e.schema_version(), &data).unwrap();
+        assert_eq!(back, Some(e));
+        assert_eq!(DomainEvent::decode("FromTheFuture", 1, "{}").unwrap(), None);
+    }
+}

@@ -1,0 +1,10 @@
+//! Clusterra's domain: ids, value types and events. Pure: no I/O, no async, no clock reads —
+//! time always comes in as an argument.
+
+pub mod events;
+pub mod ids;
+pub mod money;
+
+pub use events::{ClusterRegistered, DomainEvent};
+pub use ids::{ClusterId, Email, IdError, WorkspaceId};
+pub use money::MicroUsd;

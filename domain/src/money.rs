@@ -1,0 +1,45 @@
+//! Money is integer micro-USD: no floating point anywhere near a bill.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct MicroUsd(pub i64);
+
+impl MicroUsd {
+    pub const ZERO: MicroUsd = MicroUsd(0);
+
+    pub fn from_dollars_cents(dollars: i64, cents: i64) -> Self {
+        MicroUsd(dollars * 1_000_000 + cents * 10_000)
+    }
+
+    pub fn checked_add(self, other: MicroUsd) -> Option<MicroUsd> {
+        self.0.checked_add(other.0).map(MicroUsd)
+    }
+}
+
+impl std::fmt::Display for MicroUsd {
+    /// `$12.345678`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sign = if self.0 < 0 { "-" } else { "" };
+        let abs = self.0.unsigned_abs();
+        write!(f, "{sign}${}.{:06}", abs / 1_000_000, abs % 1_000_000)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_exactly() {
+        assert_eq!(
+            MicroUsd::from_dollars_cents(12, 34).to_string(),
+            "$12.340000"
+        );
+        assert_eq!(MicroUsd(-1).to_string(), "-$0.000001");
+        assert_eq!(MicroUsd(i64::MAX).checked_add(MicroUsd(1)), None);
+    }
+}

@@ -1,0 +1,513 @@
+//! The PostgreSQL backend: production.
+//!
+//! Every append takes the row lock on `log_head` (`SELECT … FOR UPDATE`) before it picks
+//! positions, and keeps it until its transaction commits. PostgreSQL makes a transaction visible
+//! before it releases its locks, so the next appender can only pick position N+1 once N is
+//! visible: positions become visible in strictly increasing order, with no gaps, and a reader
+//! that reads "everything above the last position I saw" never skips a late commit. The price is
+//! that appends are serialised; the measured figures are in `docs/performance.md`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{TimeZone, Utc};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::{ConnectOptions, Connection, Postgres, QueryBuilder, Row};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use crate::{
+    AppendOutcome, Clock, DocChange, DocRow, EventLog, ExpectedVersion, Head, LogError, ModelSet,
+    NewEvent, OpenOptions, Position, ReadStore, RecordedEvent, StreamId, check_reappend, hash32,
+    prepare_rows,
+};
+
+const EVENT_COLUMNS: &str = "position, stream_id, stream_version, event_id, event_type, \
+     schema_version, data, metadata, recorded_at, prev_hash, hash";
+
+/// PostgreSQL allows 65535 bound parameters per statement; 11 per row.
+const ROWS_PER_INSERT: usize = 1_000;
+
+pub struct PgStore {
+    pool: PgPool,
+    channel: String,
+    head_tx: Arc<watch::Sender<Position>>,
+    listener: JoinHandle<()>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+fn valid_schema(schema: &str) -> bool {
+    !schema.is_empty()
+        && schema.len() <= 63
+        && schema
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && !schema.starts_with(|c: char| c.is_ascii_digit())
+}
+
+impl PgStore {
+    /// Connects, creates the schema if one is named, and runs the migrations.
+    pub async fn open(options: &OpenOptions, clock: Arc<dyn Clock>) -> Result<Self, LogError> {
+        let mut connect: PgConnectOptions = options.url.parse()?;
+        let schema = options.pg_schema.clone().unwrap_or_else(|| "public".into());
+        if !valid_schema(&schema) {
+            return Err(LogError::UnsupportedUrl(format!(
+                "{} (schema {schema:?}: use lowercase letters, digits and _)",
+                options.url
+            )));
+        }
+        if schema != "public" {
+            let mut conn = connect.connect().await?;
+            sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+                .execute(&mut conn)
+                .await?;
+            conn.close().await?;
+            connect = connect.options([("search_path", schema.as_str())]);
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections.max(2))
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(connect)
+            .await?;
+        sqlx::migrate!("../migrations/postgres").run(&pool).await?;
+        let head: i64 = sqlx::query_scalar("SELECT position FROM log_head WHERE id = 1")
+            .fetch_one(&pool)
+            .await?;
+        let head_tx = Arc::new(watch::channel(head).0);
+        let channel = format!("clusterra_events_{schema}");
+        let listener = tokio::spawn(listen(pool.clone(), channel.clone(), head_tx.clone()));
+        Ok(Self {
+            pool,
+            channel,
+            head_tx,
+            listener,
+            clock,
+        })
+    }
+
+    /// The connection pool, for tools that need plain SQL (benchmarks, tests).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn events_by_id(&self, ids: &[Uuid]) -> Result<Vec<RecordedEvent>, LogError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE event_id = ANY($1) ORDER BY position"
+        ))
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+}
+
+/// Follows NOTIFYs from every process appending to this database and moves the head watch.
+/// Reconnects after errors; subscribers also poll, so a gap in notifications only adds latency.
+async fn listen(pool: PgPool, channel: String, head_tx: Arc<watch::Sender<Position>>) {
+    loop {
+        let result: Result<(), sqlx::Error> = async {
+            let mut listener = PgListener::connect_with(&pool).await?;
+            listener.listen(&channel).await?;
+            loop {
+                let note = listener.recv().await?;
+                if let Ok(position) = note.payload().parse::<i64>() {
+                    head_tx.send_if_modified(|p| {
+                        let moved = position > *p;
+                        if moved {
+                            *p = position;
+                        }
+                        moved
+                    });
+                }
+            }
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(error = %e, channel, "event notification listener failed; reconnecting");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+fn event_from_row(row: &PgRow) -> Result<RecordedEvent, LogError> {
+    let micros: i64 = row.try_get("recorded_at")?;
+    let recorded_at = Utc
+        .timestamp_micros(micros)
+        .single()
+        .ok_or_else(|| LogError::Corrupt(format!("recorded_at {micros} is out of range")))?;
+    Ok(RecordedEvent {
+        position: row.try_get("position")?,
+        stream_id: row.try_get("stream_id")?,
+        stream_version: row.try_get("stream_version")?,
+        event_id: row.try_get("event_id")?,
+        event_type: row.try_get("event_type")?,
+        schema_version: row.try_get("schema_version")?,
+        data: row.try_get("data")?,
+        metadata: row.try_get("metadata")?,
+        recorded_at,
+        prev_hash: hash32(row.try_get::<&[u8], _>("prev_hash")?, "prev_hash")?,
+        hash: hash32(row.try_get::<&[u8], _>("hash")?, "hash")?,
+    })
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+#[async_trait]
+impl EventLog for PgStore {
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> Result<AppendOutcome, LogError> {
+        let Some(first) = events.first() else {
+            return Err(LogError::EmptyAppend);
+        };
+        let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+        let mut tx = self.pool.begin().await?;
+
+        let seen: Option<i64> =
+            sqlx::query_scalar("SELECT position FROM events WHERE event_id = $1")
+                .bind(first.event_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if seen.is_some() {
+            drop(tx);
+            let stored = self.events_by_id(&ids).await?;
+            return check_reappend(stream, events, &stored);
+        }
+
+        // The log's single write lock, held until commit (see the module docs).
+        let head_row = sqlx::query("SELECT position, hash FROM log_head WHERE id = 1 FOR UPDATE")
+            .fetch_one(&mut *tx)
+            .await?;
+        let head = Head {
+            position: head_row.try_get("position")?,
+            hash: hash32(head_row.try_get::<&[u8], _>("hash")?, "log_head.hash")?,
+        };
+        let current: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(MAX(stream_version), 0)::BIGINT FROM events WHERE stream_id = $1",
+        )
+        .bind(stream.as_str())
+        .fetch_one(&mut *tx)
+        .await?;
+        expected.check(stream, current)?;
+
+        let rows = prepare_rows(head, stream, current, events, self.clock.now())?;
+        for chunk in rows.chunks(ROWS_PER_INSERT) {
+            let mut q =
+                QueryBuilder::<Postgres>::new(format!("INSERT INTO events ({EVENT_COLUMNS}) "));
+            q.push_values(chunk, |mut b, r| {
+                b.push_bind(r.position)
+                    .push_bind(stream.as_str())
+                    .push_bind(r.stream_version)
+                    .push_bind(r.event.event_id)
+                    .push_bind(r.event.event_type.as_str())
+                    .push_bind(r.event.schema_version)
+                    .push_bind(r.data.as_str())
+                    .push_bind(r.metadata.as_str())
+                    .push_bind(r.recorded_at_micros)
+                    .push_bind(&r.prev_hash[..])
+                    .push_bind(&r.hash[..]);
+            });
+            if let Err(e) = q.build().execute(&mut *tx).await {
+                if is_unique_violation(&e) {
+                    drop(tx);
+                    let stored = self.events_by_id(&ids).await?;
+                    return check_reappend(stream, events, &stored);
+                }
+                return Err(e.into());
+            }
+        }
+        let last = rows.last().ok_or(LogError::EmptyAppend)?;
+        sqlx::query("UPDATE log_head SET position = $1, hash = $2 WHERE id = 1")
+            .bind(last.position)
+            .bind(&last.hash[..])
+            .execute(&mut *tx)
+            .await?;
+        // Delivered to listeners when (and only if) the transaction commits.
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(&self.channel)
+            .bind(last.position.to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        self.head_tx.send_if_modified(|p| {
+            let moved = last.position > *p;
+            if moved {
+                *p = last.position;
+            }
+            moved
+        });
+        Ok(AppendOutcome {
+            first_position: rows[0].position,
+            last_position: last.position,
+            stream_version: last.stream_version,
+            already_stored: false,
+        })
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        after_version: i64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, LogError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = $1 AND stream_version > $2 \
+             ORDER BY stream_version LIMIT $3"
+        ))
+        .bind(stream.as_str())
+        .bind(after_version)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    async fn read_all(
+        &self,
+        after: Position,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, LogError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE position > $1 ORDER BY position LIMIT $2"
+        ))
+        .bind(after)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    async fn head(&self) -> Result<Head, LogError> {
+        let row = sqlx::query("SELECT position, hash FROM log_head WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(Head {
+            position: row.try_get("position")?,
+            hash: hash32(row.try_get::<&[u8], _>("hash")?, "log_head.hash")?,
+        })
+    }
+
+    fn watch_head(&self) -> watch::Receiver<Position> {
+        self.head_tx.subscribe()
+    }
+
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+}
+
+#[async_trait]
+impl ReadStore for PgStore {
+    async fn checkpoint(&self, set: ModelSet, projection: &str) -> Result<Position, LogError> {
+        let sql = format!(
+            "SELECT position FROM {} WHERE projection = $1",
+            set.checkpoints_table()
+        );
+        let pos: Option<i64> = sqlx::query_scalar(&sql)
+            .bind(projection)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(pos.unwrap_or(0))
+    }
+
+    async fn get_doc(
+        &self,
+        set: ModelSet,
+        projection: &str,
+        collection: &str,
+        key: &str,
+    ) -> Result<Option<String>, LogError> {
+        let sql = format!(
+            "SELECT doc FROM {} WHERE projection = $1 AND collection = $2 AND key = $3",
+            set.docs_table()
+        );
+        Ok(sqlx::query_scalar(&sql)
+            .bind(projection)
+            .bind(collection)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    async fn commit(
+        &self,
+        set: ModelSet,
+        projection: &str,
+        from: Position,
+        to: Position,
+        changes: &[DocChange],
+    ) -> Result<(), LogError> {
+        let mut tx = self.pool.begin().await?;
+        let cp_table = set.checkpoints_table();
+        // Make sure the row exists, then lock it: two runners of one projection serialise here.
+        sqlx::query(&format!(
+            "INSERT INTO {cp_table} (projection, position) VALUES ($1, 0) ON CONFLICT DO NOTHING"
+        ))
+        .bind(projection)
+        .execute(&mut *tx)
+        .await?;
+        let found: i64 = sqlx::query_scalar(&format!(
+            "SELECT position FROM {cp_table} WHERE projection = $1 FOR UPDATE"
+        ))
+        .bind(projection)
+        .fetch_one(&mut *tx)
+        .await?;
+        if found != from {
+            return Err(LogError::CheckpointMoved {
+                projection: projection.to_string(),
+                expected: from,
+                found,
+            });
+        }
+        let docs = set.docs_table();
+        let put = format!(
+            "INSERT INTO {docs} (projection, collection, key, doc) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (projection, collection, key) DO UPDATE SET doc = excluded.doc"
+        );
+        let delete =
+            format!("DELETE FROM {docs} WHERE projection = $1 AND collection = $2 AND key = $3");
+        for change in changes {
+            match change {
+                DocChange::Put {
+                    collection,
+                    key,
+                    doc,
+                } => {
+                    sqlx::query(&put)
+                        .bind(projection)
+                        .bind(collection)
+                        .bind(key)
+                        .bind(doc)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                DocChange::Delete { collection, key } => {
+                    sqlx::query(&delete)
+                        .bind(projection)
+                        .bind(collection)
+                        .bind(key)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+        }
+        sqlx::query(&format!(
+            "UPDATE {cp_table} SET position = $2 WHERE projection = $1"
+        ))
+        .bind(projection)
+        .bind(to)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn list_docs(
+        &self,
+        set: ModelSet,
+        projection: &str,
+        collection: &str,
+        after_key: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DocRow>, LogError> {
+        let sql = format!(
+            "SELECT collection, key, doc FROM {} WHERE projection = $1 AND collection = $2 \
+             AND key > $3 ORDER BY key COLLATE \"C\" LIMIT $4",
+            set.docs_table()
+        );
+        let rows = sqlx::query(&sql)
+            .bind(projection)
+            .bind(collection)
+            .bind(after_key.unwrap_or(""))
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(doc_from_row).collect()
+    }
+
+    async fn dump(
+        &self,
+        set: ModelSet,
+        projection: &str,
+    ) -> Result<(Position, Vec<DocRow>), LogError> {
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = conn.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .execute(&mut *tx)
+            .await?;
+        let pos: Option<i64> = sqlx::query_scalar(&format!(
+            "SELECT position FROM {} WHERE projection = $1",
+            set.checkpoints_table()
+        ))
+        .bind(projection)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let rows = sqlx::query(&format!(
+            "SELECT collection, key, doc FROM {} WHERE projection = $1 \
+             ORDER BY collection COLLATE \"C\", key COLLATE \"C\"",
+            set.docs_table()
+        ))
+        .bind(projection)
+        .fetch_all(&mut *tx)
+        .await?;
+        let docs = rows.iter().map(doc_from_row).collect::<Result<_, _>>()?;
+        tx.commit().await?;
+        Ok((pos.unwrap_or(0), docs))
+    }
+
+    async fn clear(&self, set: ModelSet, projection: &str) -> Result<(), LogError> {
+        let mut tx = self.pool.begin().await?;
+        for table in [set.docs_table(), set.checkpoints_table()] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE projection = $1"))
+                .bind(projection)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn promote(&self, projection: &str) -> Result<(), LogError> {
+        let mut tx = self.pool.begin().await?;
+        for sql in [
+            "LOCK TABLE rm_live_checkpoints IN SHARE ROW EXCLUSIVE MODE",
+            "DELETE FROM rm_live_docs WHERE projection = $1",
+            "DELETE FROM rm_live_checkpoints WHERE projection = $1",
+            "INSERT INTO rm_live_docs SELECT * FROM rm_rebuild_docs WHERE projection = $1",
+            "INSERT INTO rm_live_checkpoints SELECT * FROM rm_rebuild_checkpoints WHERE projection = $1",
+            "DELETE FROM rm_rebuild_docs WHERE projection = $1",
+            "DELETE FROM rm_rebuild_checkpoints WHERE projection = $1",
+        ] {
+            let q = sqlx::query(sql);
+            let q = if sql.contains("$1") {
+                q.bind(projection)
+            } else {
+                q
+            };
+            q.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+fn doc_from_row(row: &PgRow) -> Result<DocRow, LogError> {
+    Ok(DocRow {
+        collection: row.try_get("collection")?,
+        key: row.try_get("key")?,
+        doc: row.try_get("doc")?,
+    })
+}

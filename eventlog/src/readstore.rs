@@ -1,0 +1,105 @@
+//! Storage for projections: JSON documents and checkpoints, in the log's own database.
+
+use async_trait::async_trait;
+
+use crate::{LogError, Position};
+
+/// Which set of read-model tables: the live ones the API reads, or the scratch ones a rebuild
+/// fills from position 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelSet {
+    Live,
+    Rebuild,
+}
+
+impl ModelSet {
+    /// Table names are fixed strings, never user input.
+    pub(crate) fn docs_table(self) -> &'static str {
+        match self {
+            ModelSet::Live => "rm_live_docs",
+            ModelSet::Rebuild => "rm_rebuild_docs",
+        }
+    }
+
+    pub(crate) fn checkpoints_table(self) -> &'static str {
+        match self {
+            ModelSet::Live => "rm_live_checkpoints",
+            ModelSet::Rebuild => "rm_rebuild_checkpoints",
+        }
+    }
+}
+
+/// One change a projector makes to its read model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DocChange {
+    Put {
+        collection: String,
+        key: String,
+        doc: String,
+    },
+    Delete {
+        collection: String,
+        key: String,
+    },
+}
+
+/// One stored document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocRow {
+    pub collection: String,
+    pub key: String,
+    pub doc: String,
+}
+
+/// Read-model storage shared by every projection. Each projection owns its documents
+/// (`projection`, `collection`, `key`) and one checkpoint per model set.
+#[async_trait]
+pub trait ReadStore: Send + Sync + 'static {
+    /// The last position this projection applied (0 if none).
+    async fn checkpoint(&self, set: ModelSet, projection: &str) -> Result<Position, LogError>;
+
+    async fn get_doc(
+        &self,
+        set: ModelSet,
+        projection: &str,
+        collection: &str,
+        key: &str,
+    ) -> Result<Option<String>, LogError>;
+
+    /// Writes `changes` and moves the checkpoint from `from` to `to` in one transaction. If the
+    /// stored checkpoint is not `from` (another runner, or a rebuild was promoted), nothing is
+    /// written and [`LogError::CheckpointMoved`] is returned.
+    async fn commit(
+        &self,
+        set: ModelSet,
+        projection: &str,
+        from: Position,
+        to: Position,
+        changes: &[DocChange],
+    ) -> Result<(), LogError>;
+
+    /// Documents of one collection in key order, after `after_key`, at most `limit`.
+    async fn list_docs(
+        &self,
+        set: ModelSet,
+        projection: &str,
+        collection: &str,
+        after_key: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DocRow>, LogError>;
+
+    /// Every document of a projection, ordered by collection and key, with its checkpoint, read
+    /// in one snapshot.
+    async fn dump(
+        &self,
+        set: ModelSet,
+        projection: &str,
+    ) -> Result<(Position, Vec<DocRow>), LogError>;
+
+    /// Removes a projection's documents and checkpoint from a set.
+    async fn clear(&self, set: ModelSet, projection: &str) -> Result<(), LogError>;
+
+    /// Replaces the live documents and checkpoint of a projection by the rebuilt ones, atomically,
+    /// and clears the rebuild.
+    async fn promote(&self, projection: &str) -> Result<(), LogError>;
+}

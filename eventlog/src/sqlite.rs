@@ -1,0 +1,452 @@
+//! The SQLite backend: the embedded default.
+//!
+//! WAL mode, one in-process writer at a time (a fair async mutex in front of `BEGIN IMMEDIATE`),
+//! any number of concurrent readers. Other processes (the `clusterra` CLI) take SQLite's own
+//! write lock and wait on `busy_timeout`.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{TimeZone, Utc};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row, Sqlite};
+use tokio::sync::{Mutex, watch};
+use uuid::Uuid;
+
+use crate::{
+    AppendOutcome, Clock, DocChange, DocRow, EventLog, ExpectedVersion, Head, LogError, ModelSet,
+    NewEvent, OpenOptions, Position, ReadStore, RecordedEvent, StreamId, check_reappend, hash32,
+    prepare_rows,
+};
+
+const EVENT_COLUMNS: &str = "position, stream_id, stream_version, event_id, event_type, \
+     schema_version, data, metadata, recorded_at, prev_hash, hash";
+
+/// SQLite allows 32766 bound parameters per statement; 11 per row.
+const ROWS_PER_INSERT: usize = 1_000;
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+    write_lock: Mutex<()>,
+    head_tx: watch::Sender<Position>,
+    clock: Arc<dyn Clock>,
+}
+
+impl SqliteStore {
+    /// Opens `sqlite://PATH` (created if missing) and runs the migrations.
+    pub async fn open(options: &OpenOptions, clock: Arc<dyn Clock>) -> Result<Self, LogError> {
+        let synchronous = match options.sqlite_synchronous.as_str() {
+            "full" => SqliteSynchronous::Full,
+            "extra" => SqliteSynchronous::Extra,
+            _ => SqliteSynchronous::Normal,
+        };
+        let connect = SqliteConnectOptions::from_str(&options.url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(synchronous)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true)
+            .pragma("cache_size", "-65536")
+            .pragma("temp_store", "memory");
+        let pool = SqlitePoolOptions::new()
+            .max_connections(options.max_connections.max(2))
+            .min_connections(1)
+            .connect_with(connect)
+            .await?;
+        sqlx::migrate!("../migrations/sqlite").run(&pool).await?;
+        let head: i64 = sqlx::query_scalar("SELECT position FROM log_head WHERE id = 1")
+            .fetch_one(&pool)
+            .await?;
+        let (head_tx, _) = watch::channel(head);
+        Ok(Self {
+            pool,
+            write_lock: Mutex::new(()),
+            head_tx,
+            clock,
+        })
+    }
+
+    /// The connection pool, for tools that need plain SQL (benchmarks, tests).
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    async fn events_by_id(&self, ids: &[Uuid]) -> Result<Vec<RecordedEvent>, LogError> {
+        let mut q = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE event_id IN ("
+        ));
+        let mut sep = q.separated(", ");
+        for id in ids {
+            sep.push_bind(*id);
+        }
+        q.push(") ORDER BY position");
+        let rows = q.build().fetch_all(&self.pool).await?;
+        rows.iter().map(event_from_row).collect()
+    }
+}
+
+pub(crate) fn event_from_row(row: &SqliteRow) -> Result<RecordedEvent, LogError> {
+    let micros: i64 = row.try_get("recorded_at")?;
+    let recorded_at = Utc
+        .timestamp_micros(micros)
+        .single()
+        .ok_or_else(|| LogError::Corrupt(format!("recorded_at {micros} is out of range")))?;
+    Ok(RecordedEvent {
+        position: row.try_get("position")?,
+        stream_id: row.try_get("stream_id")?,
+        stream_version: row.try_get("stream_version")?,
+        event_id: row.try_get("event_id")?,
+        event_type: row.try_get("event_type")?,
+        schema_version: row.try_get("schema_version")?,
+        data: row.try_get("data")?,
+        metadata: row.try_get("metadata")?,
+        recorded_at,
+        prev_hash: hash32(row.try_get::<&[u8], _>("prev_hash")?, "prev_hash")?,
+        hash: hash32(row.try_get::<&[u8], _>("hash")?, "hash")?,
+    })
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+#[async_trait]
+impl EventLog for SqliteStore {
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> Result<AppendOutcome, LogError> {
+        let Some(first) = events.first() else {
+            return Err(LogError::EmptyAppend);
+        };
+        let _writer = self.write_lock.lock().await;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+
+        // Idempotent re-append: if the first id is stored, the whole batch must be.
+        let seen: Option<i64> =
+            sqlx::query_scalar("SELECT position FROM events WHERE event_id = ?")
+                .bind(first.event_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if seen.is_some() {
+            drop(tx);
+            let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+            let stored = self.events_by_id(&ids).await?;
+            return check_reappend(stream, events, &stored);
+        }
+
+        let head_row = sqlx::query("SELECT position, hash FROM log_head WHERE id = 1")
+            .fetch_one(&mut *tx)
+            .await?;
+        let head = Head {
+            position: head_row.try_get("position")?,
+            hash: hash32(head_row.try_get::<&[u8], _>("hash")?, "log_head.hash")?,
+        };
+        let current: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(MAX(stream_version), 0) FROM events WHERE stream_id = ?",
+        )
+        .bind(stream.as_str())
+        .fetch_one(&mut *tx)
+        .await?;
+        expected.check(stream, current)?;
+
+        let rows = prepare_rows(head, stream, current, events, self.clock.now())?;
+        for chunk in rows.chunks(ROWS_PER_INSERT) {
+            let mut q =
+                QueryBuilder::<Sqlite>::new(format!("INSERT INTO events ({EVENT_COLUMNS}) "));
+            q.push_values(chunk, |mut b, r| {
+                b.push_bind(r.position)
+                    .push_bind(stream.as_str())
+                    .push_bind(r.stream_version)
+                    .push_bind(r.event.event_id)
+                    .push_bind(r.event.event_type.as_str())
+                    .push_bind(r.event.schema_version)
+                    .push_bind(r.data.as_str())
+                    .push_bind(r.metadata.as_str())
+                    .push_bind(r.recorded_at_micros)
+                    .push_bind(&r.prev_hash[..])
+                    .push_bind(&r.hash[..]);
+            });
+            if let Err(e) = q.build().execute(&mut *tx).await {
+                if is_unique_violation(&e) {
+                    drop(tx);
+                    let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+                    let stored = self.events_by_id(&ids).await?;
+                    // Some ids of the batch are stored and some are not: refuse the batch.
+                    return check_reappend(stream, events, &stored);
+                }
+                return Err(e.into());
+            }
+        }
+        let last = rows.last().ok_or(LogError::EmptyAppend)?;
+        sqlx::query("UPDATE log_head SET position = ?, hash = ? WHERE id = 1")
+            .bind(last.position)
+            .bind(&last.hash[..])
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        self.head_tx.send_replace(last.position);
+        Ok(AppendOutcome {
+            first_position: rows[0].position,
+            last_position: last.position,
+            stream_version: last.stream_version,
+            already_stored: false,
+        })
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        after_version: i64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, LogError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = ? AND stream_version > ? \
+             ORDER BY stream_version LIMIT ?"
+        ))
+        .bind(stream.as_str())
+        .bind(after_version)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    async fn read_all(
+        &self,
+        after: Position,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, LogError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?"
+        ))
+        .bind(after)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    async fn head(&self) -> Result<Head, LogError> {
+        let row = sqlx::query("SELECT position, hash FROM log_head WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?;
+        let position: i64 = row.try_get("position")?;
+        self.head_tx.send_if_modified(|p| {
+            let moved = position > *p;
+            if moved {
+                *p = position;
+            }
+            moved
+        });
+        Ok(Head {
+            position,
+            hash: hash32(row.try_get::<&[u8], _>("hash")?, "log_head.hash")?,
+        })
+    }
+
+    fn watch_head(&self) -> watch::Receiver<Position> {
+        self.head_tx.subscribe()
+    }
+
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+}
+
+#[async_trait]
+impl ReadStore for SqliteStore {
+    async fn checkpoint(&self, set: ModelSet, projection: &str) -> Result<Position, LogError> {
+        let sql = format!(
+            "SELECT position FROM {} WHERE projection = ?",
+            set.checkpoints_table()
+        );
+        let pos: Option<i64> = sqlx::query_scalar(&sql)
+            .bind(projection)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(pos.unwrap_or(0))
+    }
+
+    async fn get_doc(
+        &self,
+        set: ModelSet,
+        projection: &str,
+        collection: &str,
+        key: &str,
+    ) -> Result<Option<String>, LogError> {
+        let sql = format!(
+            "SELECT doc FROM {} WHERE projection = ? AND collection = ? AND key = ?",
+            set.docs_table()
+        );
+        Ok(sqlx::query_scalar(&sql)
+            .bind(projection)
+            .bind(collection)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    async fn commit(
+        &self,
+        set: ModelSet,
+        projection: &str,
+        from: Position,
+        to: Position,
+        changes: &[DocChange],
+    ) -> Result<(), LogError> {
+        let _writer = self.write_lock.lock().await;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let cp_table = set.checkpoints_table();
+        let found: Option<i64> = sqlx::query_scalar(&format!(
+            "SELECT position FROM {cp_table} WHERE projection = ?"
+        ))
+        .bind(projection)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let found = found.unwrap_or(0);
+        if found != from {
+            return Err(LogError::CheckpointMoved {
+                projection: projection.to_string(),
+                expected: from,
+                found,
+            });
+        }
+        let docs = set.docs_table();
+        let put = format!(
+            "INSERT INTO {docs} (projection, collection, key, doc) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (projection, collection, key) DO UPDATE SET doc = excluded.doc"
+        );
+        let delete =
+            format!("DELETE FROM {docs} WHERE projection = ? AND collection = ? AND key = ?");
+        for change in changes {
+            match change {
+                DocChange::Put {
+                    collection,
+                    key,
+                    doc,
+                } => {
+                    sqlx::query(&put)
+                        .bind(projection)
+                        .bind(collection)
+                        .bind(key)
+                        .bind(doc)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                DocChange::Delete { collection, key } => {
+                    sqlx::query(&delete)
+                        .bind(projection)
+                        .bind(collection)
+                        .bind(key)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+        }
+        sqlx::query(&format!(
+            "INSERT INTO {cp_table} (projection, position) VALUES (?, ?) \
+             ON CONFLICT (projection) DO UPDATE SET position = excluded.position"
+        ))
+        .bind(projection)
+        .bind(to)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn list_docs(
+        &self,
+        set: ModelSet,
+        projection: &str,
+        collection: &str,
+        after_key: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DocRow>, LogError> {
+        let sql = format!(
+            "SELECT collection, key, doc FROM {} WHERE projection = ? AND collection = ? \
+             AND key > ? ORDER BY key LIMIT ?",
+            set.docs_table()
+        );
+        let rows = sqlx::query(&sql)
+            .bind(projection)
+            .bind(collection)
+            .bind(after_key.unwrap_or(""))
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(doc_from_row).collect()
+    }
+
+    async fn dump(
+        &self,
+        set: ModelSet,
+        projection: &str,
+    ) -> Result<(Position, Vec<DocRow>), LogError> {
+        // A read transaction gives one snapshot for the checkpoint and the documents.
+        let mut tx = self.pool.begin().await?;
+        let pos: Option<i64> = sqlx::query_scalar(&format!(
+            "SELECT position FROM {} WHERE projection = ?",
+            set.checkpoints_table()
+        ))
+        .bind(projection)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let rows = sqlx::query(&format!(
+            "SELECT collection, key, doc FROM {} WHERE projection = ? ORDER BY collection, key",
+            set.docs_table()
+        ))
+        .bind(projection)
+        .fetch_all(&mut *tx)
+        .await?;
+        let docs = rows.iter().map(doc_from_row).collect::<Result<_, _>>()?;
+        tx.commit().await?;
+        Ok((pos.unwrap_or(0), docs))
+    }
+
+    async fn clear(&self, set: ModelSet, projection: &str) -> Result<(), LogError> {
+        let _writer = self.write_lock.lock().await;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        for table in [set.docs_table(), set.checkpoints_table()] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE projection = ?"))
+                .bind(projection)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn promote(&self, projection: &str) -> Result<(), LogError> {
+        let _writer = self.write_lock.lock().await;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        for sql in [
+            "DELETE FROM rm_live_docs WHERE projection = ?",
+            "DELETE FROM rm_live_checkpoints WHERE projection = ?",
+            "INSERT INTO rm_live_docs SELECT * FROM rm_rebuild_docs WHERE projection = ?",
+            "INSERT INTO rm_live_checkpoints SELECT * FROM rm_rebuild_checkpoints WHERE projection = ?",
+            "DELETE FROM rm_rebuild_docs WHERE projection = ?",
+            "DELETE FROM rm_rebuild_checkpoints WHERE projection = ?",
+        ] {
+            sqlx::query(sql).bind(projection).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+fn doc_from_row(row: &SqliteRow) -> Result<DocRow, LogError> {
+    Ok(DocRow {
+        collection: row.try_get("collection")?,
+        key: row.try_get("key")?,
+        doc: row.try_get("doc")?,
+    })
+}
