@@ -1,0 +1,212 @@
+//! The checkpointed runner: catch each projector up from its checkpoint, then follow the log.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use eventlog::{EventLog, LogError, ModelSet, Position, ReadStore};
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::{ProjectionError, Projector, ViewTx};
+
+/// Events applied and committed per transaction.
+pub const BATCH: usize = 1_000;
+
+/// Applies the events after the projector's checkpoint in `set`, up to `until` (or the head),
+/// committing each batch with its checkpoint. Stops early, at a checkpoint, when `stop` turns
+/// true. Returns the checkpoint reached.
+pub async fn catch_up(
+    log: &dyn EventLog,
+    store: &dyn ReadStore,
+    projector: &dyn Projector,
+    set: ModelSet,
+    until: Option<Position>,
+    batch: usize,
+    stop: Option<&watch::Receiver<bool>>,
+    mut on_batch: impl FnMut(Position, usize),
+) -> Result<Position, ProjectionError> {
+    let name = projector.name();
+    let mut checkpoint = store.checkpoint(set, name).await?;
+    loop {
+        if stop.is_some_and(|s| *s.borrow()) {
+            break;
+        }
+        let limit = match until {
+            Some(u) if u <= checkpoint => break,
+            Some(u) => batch.min((u - checkpoint) as usize),
+            None => batch,
+        };
+        let events = log.read_all(checkpoint, limit).await?;
+        let Some(last) = events.last().map(|e| e.position) else {
+            break;
+        };
+        let mut view = ViewTx::new(store, set, name);
+        for event in &events {
+            projector.apply(&mut view, event).await?;
+        }
+        store
+            .commit(set, name, checkpoint, last, &view.into_changes())
+            .await?;
+        checkpoint = last;
+        on_batch(checkpoint, events.len());
+    }
+    Ok(checkpoint)
+}
+
+/// What a live projector is doing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProjectionStatus {
+    /// The last position applied to the live read model.
+    pub position: Position,
+    /// "starting", "running" or "failing".
+    pub state: &'static str,
+    pub last_error: Option<String>,
+}
+
+/// The live projectors of a running server.
+pub struct Projections {
+    statuses: BTreeMap<&'static str, watch::Receiver<ProjectionStatus>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Projections {
+    /// Starts one task per projector. They stop at a checkpoint when `shutdown` turns true.
+    pub fn start(
+        log: Arc<dyn EventLog>,
+        store: Arc<dyn ReadStore>,
+        projectors: Vec<Arc<dyn Projector>>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        let mut statuses = BTreeMap::new();
+        let mut tasks = Vec::new();
+        for projector in projectors {
+            let (tx, rx) = watch::channel(ProjectionStatus {
+                position: 0,
+                state: "starting",
+                last_error: None,
+            });
+            statuses.insert(projector.name(), rx);
+            tasks.push(tokio::spawn(follow(
+                log.clone(),
+                store.clone(),
+                projector,
+                tx,
+                shutdown.clone(),
+            )));
+        }
+        Self { statuses, tasks }
+    }
+
+    /// Every projector's status, by name.
+    pub fn statuses(&self) -> BTreeMap<&'static str, ProjectionStatus> {
+        self.statuses
+            .iter()
+            .map(|(name, rx)| (*name, rx.borrow().clone()))
+            .collect()
+    }
+
+    /// The lowest position every named projector has reached.
+    pub fn position(&self, name: &str) -> Option<Position> {
+        self.statuses.get(name).map(|rx| rx.borrow().position)
+    }
+
+    /// Waits until projector `name` has applied `position`, at most `timeout`. True if it has.
+    pub async fn wait_for(&self, name: &str, position: Position, timeout: Duration) -> bool {
+        let Some(rx) = self.statuses.get(name) else {
+            return false;
+        };
+        let mut rx = rx.clone();
+        let reached = rx.wait_for(|s| s.position >= position);
+        matches!(tokio::time::timeout(timeout, reached).await, Ok(Ok(_)))
+    }
+
+    /// Waits for every projector task to stop (after shutdown was signalled).
+    pub async fn join(self) {
+        for task in self.tasks {
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "projector task ended abnormally");
+            }
+        }
+    }
+}
+
+async fn follow(
+    log: Arc<dyn EventLog>,
+    store: Arc<dyn ReadStore>,
+    projector: Arc<dyn Projector>,
+    status: watch::Sender<ProjectionStatus>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let name = projector.name();
+    let mut head = log.watch_head();
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        head.borrow_and_update();
+        let result = catch_up(
+            log.as_ref(),
+            store.as_ref(),
+            projector.as_ref(),
+            ModelSet::Live,
+            None,
+            BATCH,
+            Some(&shutdown),
+            |position, _| {
+                status.send_modify(|s| {
+                    s.position = position;
+                    s.state = "running";
+                    s.last_error = None;
+                })
+            },
+        )
+        .await;
+        match result {
+            Ok(position) => {
+                backoff = Duration::from_millis(200);
+                status.send_if_modified(|s| {
+                    let changed = s.position != position || s.state != "running";
+                    s.position = position;
+                    s.state = "running";
+                    s.last_error = None;
+                    changed
+                });
+            }
+            Err(ProjectionError::Store(LogError::CheckpointMoved { found, .. })) => {
+                // A rebuild was promoted or another runner moved it: pick up from there.
+                tracing::info!(
+                    projection = name,
+                    checkpoint = found,
+                    "checkpoint moved; resuming from it"
+                );
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(projection = name, error = %e, retry_in_ms = backoff.as_millis() as u64, "projection failed");
+                status.send_modify(|s| {
+                    s.state = "failing";
+                    s.last_error = Some(e.to_string());
+                });
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.changed() => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                continue;
+            }
+        }
+        tokio::select! {
+            _ = head.changed() => {}
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+    tracing::info!(
+        projection = name,
+        position = status.borrow().position,
+        "projector stopped at its checkpoint"
+    );
+}

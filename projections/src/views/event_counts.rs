@@ -1,0 +1,44 @@
+//! `event_counts`: how many events of each type the log holds. The simplest projection; it is
+//! also what the replay benchmark measures.
+
+use async_trait::async_trait;
+use eventlog::RecordedEvent;
+use serde::{Deserialize, Serialize};
+
+use crate::{ProjectionError, Projector, ViewTx};
+
+pub const NAME: &str = "event_counts";
+pub const COLLECTION: &str = "types";
+
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventTypeCount {
+    pub event_type: String,
+    pub count: u64,
+    pub last_position: i64,
+}
+
+pub struct EventCounts;
+
+#[async_trait]
+impl Projector for EventCounts {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    async fn apply(
+        &self,
+        view: &mut ViewTx<'_>,
+        event: &RecordedEvent,
+    ) -> Result<(), ProjectionError> {
+        let mut doc: EventTypeCount = view
+            .get(COLLECTION, &event.event_type)
+            .await?
+            .unwrap_or_else(|| EventTypeCount {
+                event_type: event.event_type.clone(),
+                ..Default::default()
+            });
+        doc.count += 1;
+        doc.last_position = event.position;
+        view.put(COLLECTION, &event.event_type, &doc)
+    }
+}
