@@ -1,1 +1,20 @@
-//! placeholder
+//! Command handlers: load → decide → append with an expected version.
+//!
+//! Handlers see the outside world only through ports (traits). The event log port is
+//! [`eventlog::EventLog`]; the Slurm, replica-store and object-store ports arrive with the
+//! features that need them.
+
+pub mod clusters;
+
+pub use eventlog::{Clock, EventLog, LogError, Metadata, Position};
+
+/// Errors of command handling, mapped once to HTTP at the API edge.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error("{what} already exists")]
+    AlreadyExists { what: String },
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error("could not encode event: {0}")]
+    Encode(#[from] serde_json::Error),
+}

@@ -1,0 +1,159 @@
+//! Settings: built-in defaults, then a TOML file, then `CLUSTERRA_*` environment variables, then
+//! command-line flags — each layer overrides the one before. See docs/configuration.md.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the embedded defaults keep their state (the SQLite database, later secrets and files).
+    pub data_dir: PathBuf,
+    /// The HTTP listen address.
+    pub listen: SocketAddr,
+    /// `postgres://…` for PostgreSQL; empty for SQLite at `<data_dir>/clusterra.db`.
+    pub database_url: String,
+    /// SQLite durability: "normal" (survives process crashes) or "full" (also power loss).
+    pub sqlite_synchronous: String,
+    /// Database connections in the pool.
+    pub db_max_connections: u32,
+    /// Log format: "text" or "json".
+    pub log_format: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./.clusterra"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            database_url: String::new(),
+            sqlite_synchronous: "normal".into(),
+            db_max_connections: 8,
+            log_format: "text".into(),
+        }
+    }
+}
+
+const ENV_KEYS: [&str; 6] = [
+    "data_dir",
+    "listen",
+    "database_url",
+    "sqlite_synchronous",
+    "db_max_connections",
+    "log_format",
+];
+
+/// Flags given on the command line, which win over everything else.
+#[derive(Debug, Default, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_url: Option<String>,
+}
+
+impl Config {
+    /// Loads the layers. `file` is `--config`/`CLUSTERRA_CONFIG`; without it `./clusterra.toml`
+    /// is read if it exists.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> anyhow::Result<Self> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        match file {
+            Some(path) => {
+                anyhow::ensure!(
+                    path.is_file(),
+                    "config file {} does not exist; pass an existing TOML file to --config",
+                    path.display()
+                );
+                figment = figment.merge(Toml::file(path));
+            }
+            None => figment = figment.merge(Toml::file("clusterra.toml")),
+        }
+        let config: Config = figment
+            .merge(Env::prefixed("CLUSTERRA_").only(&ENV_KEYS))
+            .merge(Serialized::defaults(overrides))
+            .extract()
+            .context("invalid configuration (see docs/configuration.md)")?;
+        anyhow::ensure!(
+            matches!(
+                config.sqlite_synchronous.as_str(),
+                "normal" | "full" | "extra"
+            ),
+            "sqlite_synchronous must be normal, full or extra, not {:?}",
+            config.sqlite_synchronous
+        );
+        anyhow::ensure!(
+            matches!(config.log_format.as_str(), "text" | "json"),
+            "log_format must be text or json, not {:?}",
+            config.log_format
+        );
+        Ok(config)
+    }
+
+    /// The database URL to open: the configured one, or SQLite in the data dir.
+    pub fn database_url(&self) -> String {
+        if self.database_url.is_empty() {
+            format!("sqlite://{}", self.data_dir.join("clusterra.db").display())
+        } else {
+            self.database_url.clone()
+        }
+    }
+
+    pub fn open_options(&self) -> eventlog::OpenOptions {
+        let mut options = eventlog::OpenOptions::new(self.database_url());
+        options.sqlite_synchronous = self.sqlite_synchronous.clone();
+        options.max_connections = self.db_max_connections;
+        options
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_override_in_order() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "clusterra.toml",
+                "listen = \"127.0.0.1:9000\"\nlog_format = \"json\"\ndb_max_connections = 3",
+            )?;
+            jail.set_env("CLUSTERRA_LISTEN", "127.0.0.1:9100");
+            jail.set_env("CLUSTERRA_TOKEN", "not a setting: ignored");
+            let c = Config::load(None, &Overrides::default()).expect("load");
+            assert_eq!(c.listen.port(), 9100, "env beats file");
+            assert_eq!(c.log_format, "json", "file beats defaults");
+            assert_eq!(c.db_max_connections, 3);
+            assert_eq!(c.database_url(), "sqlite://./.clusterra/clusterra.db");
+            let flags = Overrides {
+                listen: Some("127.0.0.1:9200".parse().expect("addr")),
+                data_dir: Some("/tmp/x".into()),
+                ..Default::default()
+            };
+            let c = Config::load(None, &flags).expect("load");
+            assert_eq!(c.listen.port(), 9200, "flags beat env");
+            assert_eq!(c.database_url(), "sqlite:///tmp/x/clusterra.db");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_settings_are_refused_with_a_reason() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("clusterra.toml", "lissen = \"127.0.0.1:9000\"")?;
+            let err = Config::load(None, &Overrides::default()).expect_err("typo");
+            assert!(format!("{err:#}").contains("lissen"), "{err:#}");
+            jail.create_file("clusterra.toml", "")?;
+            jail.set_env("CLUSTERRA_SQLITE_SYNCHRONOUS", "sometimes");
+            let err = Config::load(None, &Overrides::default()).expect_err("bad value");
+            assert!(format!("{err:#}").contains("sqlite_synchronous"), "{err:#}");
+            Ok(())
+        });
+    }
+}

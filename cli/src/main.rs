@@ -1,0 +1,136 @@
+//! `clusterra`: the control plane's one binary.
+
+mod config;
+mod ops;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, Overrides};
+
+#[derive(Parser)]
+#[command(name = "clusterra", version, about = "Clusterra control plane")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Flags every subcommand that touches local state takes.
+#[derive(Args, Clone)]
+struct StateArgs {
+    /// Data directory of the embedded defaults [default: ./.clusterra]
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Database URL (postgres://…); default: SQLite in the data directory
+    #[arg(long, value_name = "URL")]
+    database_url: Option<String>,
+    /// TOML configuration file [default: ./clusterra.toml if present]
+    #[arg(long, value_name = "FILE", env = "CLUSTERRA_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+impl StateArgs {
+    fn load(&self, listen: Option<std::net::SocketAddr>) -> anyhow::Result<Config> {
+        Config::load(
+            self.config.as_deref(),
+            &Overrides {
+                data_dir: self.data_dir.clone(),
+                listen,
+                database_url: self.database_url.clone(),
+            },
+        )
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the HTTP server (embedded defaults: SQLite in the data directory)
+    Serve {
+        #[command(flatten)]
+        state: StateArgs,
+        /// Listen address [default: 127.0.0.1:8080]; port 0 picks a free port
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<std::net::SocketAddr>,
+    },
+    /// Rebuild read models from position 0 (or, with --verify, compare a rebuild with them)
+    Replay {
+        #[command(flatten)]
+        state: StateArgs,
+        /// Projection to rebuild, or "all"
+        #[arg(long, value_name = "NAME|all")]
+        projection: String,
+        /// Compare a rebuild with the live tables, print every difference, change nothing;
+        /// exits 1 if anything differs
+        #[arg(long)]
+        verify: bool,
+    },
+    /// Check and read the event log
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Walk the hash chain; name the first broken event and exit 1 if there is one
+    Verify {
+        #[command(flatten)]
+        state: StateArgs,
+    },
+    /// Print one stream's history
+    Stream {
+        #[command(flatten)]
+        state: StateArgs,
+        /// The stream id, e.g. cluster-default-local
+        stream_id: String,
+        /// One JSON object per line instead of text
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: could not start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve { state, listen } => serve::run(state.load(listen)?).await,
+            Command::Replay {
+                state,
+                projection,
+                verify,
+            } => ops::replay(&state.load(None)?, &projection, verify).await,
+            Command::Audit {
+                command: AuditCommand::Verify { state },
+            } => ops::audit_verify(&state.load(None)?).await,
+            Command::Audit {
+                command:
+                    AuditCommand::Stream {
+                        state,
+                        stream_id,
+                        json,
+                    },
+            } => ops::audit_stream(&state.load(None)?, &stream_id, json).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

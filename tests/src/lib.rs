@@ -1,0 +1,131 @@
+//! Helpers for the end-to-end tests: find the built `clusterra`, start it, run its subcommands.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `clusterra` binary: `CLUSTERRA_BIN`, else the one built beside this test executable
+/// (`cargo test --workspace` and `scripts/test` build it).
+pub fn binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("CLUSTERRA_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> -> target/<profile>/clusterra
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join("clusterra"))
+        .expect("target dir");
+    assert!(
+        path.exists(),
+        "{} is missing: build it with `cargo build -p cli` or run scripts/test",
+        path.display()
+    );
+    path
+}
+
+/// Runs `clusterra ARGS` to completion.
+pub fn run(args: &[&str]) -> Output {
+    Command::new(binary())
+        .args(args)
+        .env("CLUSTERRA_LOG", "warn")
+        .output()
+        .expect("run clusterra")
+}
+
+/// A running `clusterra serve`, stopped with SIGTERM on drop.
+pub struct Server {
+    child: Child,
+    pub base: String,
+}
+
+impl Server {
+    /// Starts `clusterra serve --listen 127.0.0.1:0 EXTRA…` and waits for its listening line.
+    pub fn start(extra: &[&str]) -> Server {
+        let mut child = Command::new(binary())
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra)
+            .env("CLUSTERRA_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn clusterra serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("clusterra listening on ") {
+                    let _ = tx.send(url.to_string());
+                }
+            }
+        });
+        let base = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("clusterra serve printed its listening line within 30 s");
+        Server { child, base }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// Sends SIGTERM and waits for a clean exit; returns the exit status code.
+    pub fn stop(mut self) -> Option<i32> {
+        self.terminate()
+    }
+
+    fn terminate(&mut self) -> Option<i32> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        None
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.terminate();
+        }
+    }
+}
+
+/// Polls `/readyz` until every projection has reached `position`.
+pub async fn wait_projected(server: &Server, position: i64) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let body: serde_json::Value = reqwest::get(server.url("/readyz"))
+            .await
+            .expect("readyz")
+            .json()
+            .await
+            .expect("readyz json");
+        let all_there = body["projections"]
+            .as_object()
+            .is_some_and(|p| p.values().all(|s| s["position"].as_i64() >= Some(position)));
+        if all_there {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "projections stuck: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
