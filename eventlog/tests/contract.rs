@@ -2,6 +2,8 @@
 //!
 //! PostgreSQL cases need `DATABASE_URL` (scripts/test sets it); each case gets its own schema.
 
+#![allow(clippy::unwrap_used)] // a test may panic on what it did not expect
+
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;

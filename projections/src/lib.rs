@@ -19,7 +19,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use rebuild::{Difference, VerifyReport, rebuild_and_promote, verify};
-pub use runner::{ProjectionStatus, Projections, catch_up};
+pub use runner::{ProjectionStatus, Projections, Target, catch_up};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProjectionError {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use eventlog::{EventLog, ModelSet, Position, ReadStore};
 use serde::Serialize;
 
-use crate::runner::catch_up;
+use crate::runner::{Target, catch_up};
 use crate::{ProjectionError, Projector};
 
 /// Events per transaction during a rebuild: bigger than the live runner's, for throughput.
@@ -26,9 +26,11 @@ pub async fn rebuild_and_promote(
         log,
         store,
         projector,
-        ModelSet::Rebuild,
-        Some(head),
-        REBUILD_BATCH,
+        Target {
+            set: ModelSet::Rebuild,
+            until: Some(head),
+            batch: REBUILD_BATCH,
+        },
         None,
         |p, _| progress(p, head),
     )
@@ -124,9 +126,11 @@ pub async fn verify(
         log,
         store,
         projector,
-        ModelSet::Rebuild,
-        Some(live_position),
-        REBUILD_BATCH,
+        Target {
+            set: ModelSet::Rebuild,
+            until: Some(live_position),
+            batch: REBUILD_BATCH,
+        },
         None,
         |p, _| progress(p, live_position),
     )

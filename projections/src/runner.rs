@@ -14,19 +14,28 @@ use crate::{ProjectionError, Projector, ViewTx};
 /// Events applied and committed per transaction.
 pub const BATCH: usize = 1_000;
 
-/// Applies the events after the projector's checkpoint in `set`, up to `until` (or the head),
-/// committing each batch with its checkpoint. Stops early, at a checkpoint, when `stop` turns
-/// true. Returns the checkpoint reached.
+/// Where [`catch_up`] writes and how far it goes.
+#[derive(Debug, Clone, Copy)]
+pub struct Target {
+    pub set: ModelSet,
+    /// Stop at this position; `None` = the head.
+    pub until: Option<Position>,
+    /// Events per transaction.
+    pub batch: usize,
+}
+
+/// Applies the events after the projector's checkpoint in `target.set`, up to `target.until`
+/// (or the head), committing each batch with its checkpoint. Stops early, at a checkpoint, when
+/// `stop` turns true. Returns the checkpoint reached.
 pub async fn catch_up(
     log: &dyn EventLog,
     store: &dyn ReadStore,
     projector: &dyn Projector,
-    set: ModelSet,
-    until: Option<Position>,
-    batch: usize,
+    target: Target,
     stop: Option<&watch::Receiver<bool>>,
     mut on_batch: impl FnMut(Position, usize),
 ) -> Result<Position, ProjectionError> {
+    let Target { set, until, batch } = target;
     let name = projector.name();
     let mut checkpoint = store.checkpoint(set, name).await?;
     loop {
@@ -151,9 +160,11 @@ async fn follow(
             log.as_ref(),
             store.as_ref(),
             projector.as_ref(),
-            ModelSet::Live,
-            None,
-            BATCH,
+            Target {
+                set: ModelSet::Live,
+                until: None,
+                batch: BATCH,
+            },
             Some(&shutdown),
             |position, _| {
                 status.send_modify(|s| {

@@ -1,5 +1,7 @@
 //! The projection engine against real databases: SQLite and PostgreSQL (needs DATABASE_URL).
 
+#![allow(clippy::unwrap_used)] // a test may panic on what it did not expect
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
@@ -10,8 +12,8 @@ use eventlog::{
 };
 use projections::views::event_counts::{self, EventCounts, EventTypeCount};
 use projections::{
-    Difference, ProjectionError, Projections, Projector, ViewTx, catch_up, rebuild_and_promote,
-    verify,
+    Difference, ProjectionError, Projections, Projector, Target, ViewTx, catch_up,
+    rebuild_and_promote, verify,
 };
 use serde_json::json;
 
@@ -102,9 +104,11 @@ async fn a_failed_batch_commits_nothing_and_resumes_exactly(postgres: bool) {
         db.store.log.as_ref(),
         db.store.read.as_ref(),
         &p,
-        ModelSet::Live,
-        None,
-        10,
+        Target {
+            set: ModelSet::Live,
+            until: None,
+            batch: 10,
+        },
         None,
         |_, _| {},
     )
@@ -133,9 +137,11 @@ async fn a_failed_batch_commits_nothing_and_resumes_exactly(postgres: bool) {
         db.store.log.as_ref(),
         db.store.read.as_ref(),
         &p,
-        ModelSet::Live,
-        None,
-        10,
+        Target {
+            set: ModelSet::Live,
+            until: None,
+            batch: 10,
+        },
         None,
         |_, _| {},
     )

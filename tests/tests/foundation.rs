@@ -1,6 +1,8 @@
 //! The foundation through the real binary: serve, project, replay --verify, audit — on SQLite
 //! and on PostgreSQL (needs DATABASE_URL; scripts/test provides it).
 
+#![allow(clippy::unwrap_used)] // a test may panic on what it did not expect
+
 use std::sync::Arc;
 
 use eventlog::{ExpectedVersion, NewEvent, OpenOptions, StreamId, SystemClock};
