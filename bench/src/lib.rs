@@ -1,0 +1,152 @@
+//! Shared pieces of the benchmarks: opening fresh databases, the raw-insert baseline, and
+//! latency percentiles.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use eventlog::{NewEvent, OpenOptions, Store, SystemClock};
+use serde_json::json;
+use sqlx::{Executor, QueryBuilder};
+
+/// A fresh database and what keeps it alive.
+pub struct Fresh {
+    pub store: Store,
+    pub options: OpenOptions,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// Opens a fresh SQLite file in a temp dir, or a fresh schema in `DATABASE_URL`'s PostgreSQL.
+pub async fn fresh(backend: &str) -> anyhow::Result<Fresh> {
+    let (options, dir) = match backend {
+        "sqlite" => {
+            let dir = tempfile::tempdir()?;
+            let url = format!("sqlite://{}", dir.path().join("bench.db").display());
+            (OpenOptions::new(url), Some(dir))
+        }
+        "postgres" => {
+            let url = std::env::var("DATABASE_URL")
+                .map_err(|_| anyhow::anyhow!("set DATABASE_URL to benchmark PostgreSQL"))?;
+            let mut o = OpenOptions::new(url);
+            o.pg_schema = Some(format!("bench_{}", uuid::Uuid::new_v4().simple()));
+            o.max_connections = 40;
+            (o, None)
+        }
+        other => anyhow::bail!("unknown backend {other}: use sqlite or postgres"),
+    };
+    let store = eventlog::open(&options, Arc::new(SystemClock)).await?;
+    Ok(Fresh {
+        store,
+        options,
+        _dir: dir,
+    })
+}
+
+/// A realistic event: about 200 bytes of JSON data, like a job state change.
+pub fn event(n: u64) -> NewEvent {
+    NewEvent::new(
+        "JobStateChanged",
+        json!({
+            "job_id": n,
+            "cluster_id": "local",
+            "from": "PENDING",
+            "to": "RUNNING",
+            "reason": null,
+            "node": "compute-small-0",
+            "exit_code": null,
+            "note": "x".repeat(64),
+        }),
+    )
+}
+
+/// The raw baseline: a table of the same shape as `events` and plain INSERTs into it, with no
+/// event-log logic (no version check, no idempotency check, no hash chain, no head row).
+pub const RAW_TABLE_SQLITE: &str = "CREATE TABLE IF NOT EXISTS raw_events (position INTEGER PRIMARY KEY, \
+    stream_id TEXT NOT NULL, stream_version INTEGER NOT NULL, event_id BLOB NOT NULL UNIQUE, \
+    event_type TEXT NOT NULL, schema_version INTEGER NOT NULL, data TEXT NOT NULL, metadata TEXT NOT NULL, \
+    recorded_at INTEGER NOT NULL, prev_hash BLOB NOT NULL, hash BLOB NOT NULL, UNIQUE (stream_id, stream_version))";
+pub const RAW_TABLE_PG: &str = "CREATE TABLE IF NOT EXISTS raw_events (position BIGINT PRIMARY KEY, \
+    stream_id TEXT NOT NULL, stream_version BIGINT NOT NULL, event_id UUID NOT NULL UNIQUE, \
+    event_type TEXT NOT NULL, schema_version INTEGER NOT NULL, data TEXT NOT NULL, metadata TEXT NOT NULL, \
+    recorded_at BIGINT NOT NULL, prev_hash BYTEA NOT NULL, hash BYTEA NOT NULL, UNIQUE (stream_id, stream_version))";
+
+/// One raw row with the same sizes as a stored event.
+pub struct RawRow {
+    pub position: i64,
+    pub stream_id: String,
+    pub version: i64,
+    pub event_id: uuid::Uuid,
+    pub data: String,
+}
+
+pub fn raw_rows(first_position: i64, stream: &str, first_version: i64, n: usize) -> Vec<RawRow> {
+    (0..n)
+        .map(|i| RawRow {
+            position: first_position + i as i64,
+            stream_id: stream.to_string(),
+            version: first_version + i as i64,
+            event_id: uuid::Uuid::now_v7(),
+            data: serde_json::to_string(&event(i as u64).data).unwrap_or_default(),
+        })
+        .collect()
+}
+
+/// Inserts `rows` into `raw_events` in one transaction with one multi-row INSERT, the same
+/// statement shape the SQLite backend uses.
+pub async fn raw_insert_sqlite(pool: &sqlx::SqlitePool, rows: &[RawRow]) -> anyhow::Result<()> {
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let mut q = QueryBuilder::<sqlx::Sqlite>::new(
+        "INSERT INTO raw_events (position, stream_id, stream_version, event_id, event_type, \
+         schema_version, data, metadata, recorded_at, prev_hash, hash) ",
+    );
+    let hash = [7u8; 32];
+    q.push_values(rows, |mut b, r| {
+        b.push_bind(r.position)
+            .push_bind(r.stream_id.as_str())
+            .push_bind(r.version)
+            .push_bind(r.event_id)
+            .push_bind("JobStateChanged")
+            .push_bind(1)
+            .push_bind(r.data.as_str())
+            .push_bind("{}")
+            .push_bind(0i64)
+            .push_bind(&hash[..])
+            .push_bind(&hash[..]);
+    });
+    tx.execute(q.build()).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Single-row autocommit INSERT into `raw_events` on PostgreSQL.
+pub async fn raw_insert_pg(pool: &sqlx::PgPool, row: &RawRow) -> anyhow::Result<()> {
+    let hash = [7u8; 32];
+    sqlx::query(
+        "INSERT INTO raw_events (position, stream_id, stream_version, event_id, event_type, \
+         schema_version, data, metadata, recorded_at, prev_hash, hash) \
+         VALUES ($1, $2, $3, $4, 'JobStateChanged', 1, $5, '{}', 0, $6, $6)",
+    )
+    .bind(row.position)
+    .bind(&row.stream_id)
+    .bind(row.version)
+    .bind(row.event_id)
+    .bind(&row.data)
+    .bind(&hash[..])
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// p50, p99 and max of a set of latencies.
+pub fn percentiles(mut samples: Vec<Duration>) -> (Duration, Duration, Duration) {
+    if samples.is_empty() {
+        return (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+    }
+    samples.sort();
+    let at =
+        |q: f64| samples[((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1];
+    (at(0.50), at(0.99), samples[samples.len() - 1])
+}
+
+pub fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
