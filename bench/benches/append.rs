@@ -14,8 +14,11 @@ const BATCH: usize = 100;
 fn sqlite_batches(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let db = rt.block_on(fresh("sqlite")).expect("fresh sqlite");
+    // The raw baseline uses exactly the log's connection settings.
+    let raw_options =
+        eventlog::sqlite::connect_options(&db.options.url, "normal").expect("options");
     let pool = rt
-        .block_on(sqlx::SqlitePool::connect(&db.options.url))
+        .block_on(sqlx::SqlitePool::connect_with(raw_options))
         .expect("raw pool");
     rt.block_on(sqlx::query(RAW_TABLE_SQLITE).execute(&pool))
         .expect("raw table");

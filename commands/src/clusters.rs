@@ -58,6 +58,7 @@ pub async fn ensure_default_cluster(log: &dyn EventLog) -> Result<bool, CommandE
         region: "local".into(),
         bucket: "local".into(),
         registered_by,
+        slurm: None,
     };
     let metadata = Metadata {
         actor: Some("system".into()),

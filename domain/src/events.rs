@@ -14,6 +14,22 @@ pub struct ClusterRegistered {
     pub region: String,
     pub bucket: String,
     pub registered_by: Email,
+    /// How to reach the cluster's slurmrestd; `None` for the local executor. Added after the
+    /// first release: older events lack it, hence the default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slurm: Option<SlurmEndpoint>,
+}
+
+/// Where a cluster's slurmrestd answers and as whom Clusterra talks to it. Never a secret: the
+/// log is read by auditors; tokens live in the server's configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlurmEndpoint {
+    /// `http(s)://host:port` of slurmrestd.
+    pub url: String,
+    /// The Slurm user name sent as `X-SLURM-USER-NAME`.
+    pub user: String,
+    /// The REST API version, e.g. `v0.0.44`.
+    pub api_version: String,
 }
 
 /// Every domain event, tagged by its type name.
@@ -73,6 +89,7 @@ mod tests {
             region: "local".into(),
             bucket: "local".into(),
             registered_by: Email::new("admin@localhost.localdomain").unwrap(),
+            slurm: None,
         });
         let data = serde_json::to_string(&e.data().unwrap()).unwrap();
         let back = DomainEvent::decode(e.event_type(), e.schema_version(), &data).unwrap();

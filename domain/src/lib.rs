@@ -5,6 +5,6 @@ pub mod events;
 pub mod ids;
 pub mod money;
 
-pub use events::{ClusterRegistered, DomainEvent};
+pub use events::{ClusterRegistered, DomainEvent, SlurmEndpoint};
 pub use ids::{ClusterId, Email, IdError, WorkspaceId};
 pub use money::MicroUsd;

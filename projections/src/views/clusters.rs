@@ -1,15 +1,15 @@
-//! `clusters`: one view per registered cluster, keyed `<workspace>/<cluster id>`.
+//! `clusters`: one view per registered cluster. Each workspace is its own collection
+//! (`ws:<workspace>`), keyed by cluster id, so listing a workspace never touches another's.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use domain::{ClusterId, DomainEvent, WorkspaceId};
+use domain::{ClusterId, DomainEvent, SlurmEndpoint, WorkspaceId};
 use eventlog::RecordedEvent;
 use serde::{Deserialize, Serialize};
 
 use crate::{ProjectionError, Projector, ViewTx};
 
 pub const NAME: &str = "clusters";
-pub const COLLECTION: &str = "clusters";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterView {
@@ -20,12 +20,15 @@ pub struct ClusterView {
     pub bucket: String,
     pub registered_by: String,
     pub registered_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slurm: Option<SlurmEndpoint>,
+    /// The log position that last changed this view.
     pub position: i64,
 }
 
-/// The document key of a cluster.
-pub fn key(workspace: &WorkspaceId, cluster: &ClusterId) -> String {
-    format!("{workspace}/{cluster}")
+/// The collection holding a workspace's clusters.
+pub fn collection(workspace: &WorkspaceId) -> String {
+    format!("ws:{workspace}")
 }
 
 pub struct ClusterViews;
@@ -50,11 +53,12 @@ impl Projector for ClusterViews {
                 bucket: c.bucket,
                 registered_by: c.registered_by.to_string(),
                 registered_at: event.recorded_at,
+                slurm: c.slurm,
                 position: event.position,
                 workspace: c.workspace,
                 cluster_id: c.cluster_id,
             };
-            view.put(COLLECTION, &key(&doc.workspace, &doc.cluster_id), &doc)?;
+            view.put(&collection(&doc.workspace), doc.cluster_id.as_str(), &doc)?;
         }
         Ok(())
     }
