@@ -38,28 +38,43 @@ pub async fn catch_up(
     let Target { set, until, batch } = target;
     let name = projector.name();
     let mut checkpoint = store.checkpoint(set, name).await?;
+    // How many events to read after `from`, or None when `until` is reached.
+    let limit_after = |from: Position| match until {
+        Some(u) if u <= from => None,
+        Some(u) => Some(batch.min((u - from) as usize)),
+        None => Some(batch),
+    };
+    let read = |from: Position| async move {
+        match limit_after(from) {
+            Some(limit) => log.read_all(from, limit).await,
+            None => Ok(Vec::new()),
+        }
+    };
+    let mut events = read(checkpoint).await?;
     loop {
         if stop.is_some_and(|s| *s.borrow()) {
             break;
         }
-        let limit = match until {
-            Some(u) if u <= checkpoint => break,
-            Some(u) => batch.min((u - checkpoint) as usize),
-            None => batch,
-        };
-        let events = log.read_all(checkpoint, limit).await?;
         let Some(last) = events.last().map(|e| e.position) else {
             break;
         };
-        let mut view = ViewTx::new(store, set, name);
-        for event in &events {
-            projector.apply(&mut view, event).await?;
-        }
-        store
-            .commit(set, name, checkpoint, last, &view.into_changes())
-            .await?;
+        // Read the next batch while this one is applied and committed: the database reads on
+        // its own thread, so the two overlap.
+        let apply = async {
+            let mut view = ViewTx::new(store, set, name);
+            for event in &events {
+                projector.apply(&mut view, event).await?;
+            }
+            store
+                .commit(set, name, checkpoint, last, &view.into_changes())
+                .await?;
+            Ok::<_, ProjectionError>(())
+        };
+        let (applied, next) = tokio::join!(apply, read(last));
+        applied?;
         checkpoint = last;
         on_batch(checkpoint, events.len());
+        events = next?;
     }
     Ok(checkpoint)
 }
