@@ -5,6 +5,7 @@ use axum::Json;
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use utoipa::ToSchema;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
@@ -14,16 +15,21 @@ pub struct ApiError {
     pub field: Option<String>,
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
-    error: Inner<'a>,
+/// The body of every error answer.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
 }
 
-#[derive(Serialize)]
-struct Inner<'a> {
-    code: &'a str,
-    message: &'a str,
-    field: Option<&'a str>,
+#[derive(Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// A stable machine-readable code, e.g. `token_expired`.
+    #[schema(example = "invalid_field")]
+    pub code: String,
+    /// A sentence that says how to fix it.
+    pub message: String,
+    /// The field at fault, as a path (`slurm.url`, `headers.authorization`), or null.
+    pub field: Option<String>,
 }
 
 impl ApiError {
@@ -51,11 +57,11 @@ impl IntoResponse for ApiError {
         if self.status.is_server_error() {
             tracing::error!(code = self.code, message = %self.message, "request failed");
         }
-        let body = Body {
-            error: Inner {
-                code: self.code,
-                message: &self.message,
-                field: self.field.as_deref(),
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_string(),
+                message: self.message,
+                field: self.field,
             },
         };
         (self.status, Json(body)).into_response()
@@ -69,6 +75,22 @@ impl From<eventlog::LogError> for ApiError {
             "storage_unavailable",
             format!("the event log could not be reached ({e}); retry shortly"),
         )
+    }
+}
+
+impl From<commands::CommandError> for ApiError {
+    fn from(e: commands::CommandError) -> Self {
+        match e {
+            commands::CommandError::AlreadyExists { what } => ApiError::new(
+                StatusCode::CONFLICT,
+                "already_exists",
+                format!("{what} already exists; pick another id"),
+            ),
+            commands::CommandError::Log(e) => e.into(),
+            commands::CommandError::Encode(e) => {
+                ApiError::internal(format!("could not encode the event: {e}"))
+            }
+        }
     }
 }
 

@@ -2,43 +2,49 @@
 
 use std::collections::BTreeMap;
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
 use projections::ProjectionStatus;
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::AppState;
 
-pub(crate) fn router() -> Router<AppState> {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-}
-
-#[derive(Serialize)]
-struct Health {
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Health {
+    #[schema(example = "ok")]
     status: &'static str,
 }
 
-/// The process is up and answering.
-async fn healthz() -> Json<Health> {
+/// Liveness: the process is up and answering.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "Alive", body = Health)))]
+pub(crate) async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
-#[derive(Serialize)]
-struct Readiness {
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Readiness {
+    /// `ready` or `not_ready`.
     status: &'static str,
+    /// `sqlite` or `postgres`.
     backend: &'static str,
     log_position: Option<i64>,
     error: Option<String>,
+    /// Each projection's position, state (`starting`, `running`, `failing`) and last error.
+    #[schema(value_type = Object)]
     projections: BTreeMap<&'static str, ProjectionStatus>,
 }
 
-/// Ready when the log answers and no projector is failing.
-async fn readyz(State(state): State<AppState>) -> Response {
+/// Readiness: the log answers and no projector is failing.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "Ready", body = Readiness),
+        (status = 503, description = "Not ready; the body says why", body = Readiness),
+    ))]
+pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
     let projections = state.projections.statuses();
     let (log_position, error) = match state.store.log.head().await {
         Ok(head) => (Some(head.position), None),

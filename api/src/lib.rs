@@ -1,32 +1,123 @@
 //! The HTTP API.
 //!
 //! [`app`] builds the router (tests drive it without a socket); [`serve`] runs it on a listener
-//! with graceful shutdown.
+//! with graceful shutdown. Every route is added through one table ([`routes`]), which the tests
+//! hold against the OpenAPI document.
 
+pub mod auth;
+mod clusters;
+pub mod consistency;
 pub mod error;
 mod health;
+pub mod json;
+mod metrics;
+pub mod openapi;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, Method, Request};
+use axum::routing::{MethodRouter, get, post};
 use eventlog::Store;
 use projections::Projections;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
 
+pub use auth::{Authenticator, Caller, Claims, Role};
 pub use error::ApiError;
+pub use metrics::Metrics;
+
+/// Limits and timeouts of the API.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// How long a read with `X-Clusterra-Min-Position` waits for its projection at most.
+    pub min_position_wait: Duration,
+    /// The largest request body accepted, in bytes.
+    pub body_limit: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            min_position_wait: Duration::from_secs(5),
+            body_limit: 1024 * 1024,
+        }
+    }
+}
 
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
     pub projections: Arc<Projections>,
+    pub auth: Arc<Authenticator>,
+    pub metrics: Arc<Metrics>,
+    pub settings: Arc<Settings>,
+}
+
+/// One route the server serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteSpec {
+    pub method: Method,
+    pub path: &'static str,
+}
+
+#[derive(Default)]
+struct Table {
+    router: Router<AppState>,
+    specs: Vec<RouteSpec>,
+}
+
+impl Table {
+    fn add(mut self, method: Method, path: &'static str, handler: MethodRouter<AppState>) -> Self {
+        self.specs.push(RouteSpec { method, path });
+        self.router = self.router.route(path, handler);
+        self
+    }
+}
+
+fn table() -> Table {
+    Table::default()
+        .add(Method::GET, "/healthz", get(health::healthz))
+        .add(Method::GET, "/readyz", get(health::readyz))
+        .add(Method::GET, "/metrics", get(metrics::metrics))
+        .add(Method::GET, "/openapi.json", get(openapi::json))
+        .add(Method::GET, "/docs", get(openapi::docs))
+        .add(Method::POST, "/v1/clusters", post(clusters::register))
+        .add(Method::GET, "/v1/clusters", get(clusters::list))
+        .add(Method::GET, "/v1/clusters/{id}", get(clusters::get_one))
+}
+
+/// Every route the router serves, in the order they were added.
+pub fn routes() -> Vec<RouteSpec> {
+    table().specs
 }
 
 /// The whole router.
 pub fn app(state: AppState) -> Router {
-    Router::new()
-        .merge(health::router())
+    let request_id = HeaderName::from_static("x-request-id");
+    let trace = TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+        let id = req
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-");
+        tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id, caller = tracing::field::Empty)
+    });
+    table()
+        .router
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(DefaultBodyLimit::max(state.settings.body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
+        ))
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(trace)
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
         .with_state(state)
 }
 

@@ -24,6 +24,14 @@ pub struct Config {
     pub db_max_connections: u32,
     /// Log format: "text" or "json".
     pub log_format: String,
+    /// Verify RS256 tokens against this JWKS file instead of the local HS256 secret.
+    pub jwks_file: Option<PathBuf>,
+    /// Verify RS256 tokens against this JWKS URL (fetched at start, refreshed every 10 minutes).
+    pub jwks_url: Option<String>,
+    /// How long a read with X-Clusterra-Min-Position waits for its projection, in milliseconds.
+    pub min_position_wait_ms: u64,
+    /// The largest request body accepted, in bytes.
+    pub body_limit_bytes: usize,
 }
 
 impl Default for Config {
@@ -35,17 +43,25 @@ impl Default for Config {
             sqlite_synchronous: "normal".into(),
             db_max_connections: 8,
             log_format: "text".into(),
+            jwks_file: None,
+            jwks_url: None,
+            min_position_wait_ms: 5_000,
+            body_limit_bytes: 1024 * 1024,
         }
     }
 }
 
-const ENV_KEYS: [&str; 6] = [
+const ENV_KEYS: [&str; 10] = [
     "data_dir",
     "listen",
     "database_url",
     "sqlite_synchronous",
     "db_max_connections",
     "log_format",
+    "jwks_file",
+    "jwks_url",
+    "min_position_wait_ms",
+    "body_limit_bytes",
 ];
 
 /// Flags given on the command line, which win over everything else.
@@ -93,7 +109,24 @@ impl Config {
             "log_format must be text or json, not {:?}",
             config.log_format
         );
+        anyhow::ensure!(
+            config.jwks_file.is_none() || config.jwks_url.is_none(),
+            "set jwks_file or jwks_url, not both"
+        );
+        anyhow::ensure!(
+            config.min_position_wait_ms <= 60_000,
+            "min_position_wait_ms must be at most 60000 (one minute)"
+        );
+        anyhow::ensure!(
+            config.body_limit_bytes >= 1024,
+            "body_limit_bytes must be at least 1024"
+        );
         Ok(config)
+    }
+
+    /// The local HS256 secret's file.
+    pub fn secret_path(&self) -> PathBuf {
+        self.data_dir.join("jwt-secret")
     }
 
     /// The database URL to open: the configured one, or SQLite in the data dir.

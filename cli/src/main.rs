@@ -2,7 +2,9 @@
 
 mod config;
 mod ops;
+mod secrets;
 mod serve;
+mod token;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -72,6 +74,32 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Tokens for the embedded default (HS256, signed with the data directory's secret)
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Print a token signed with the local secret
+    Mint {
+        #[command(flatten)]
+        state: StateArgs,
+        /// The caller's email
+        #[arg(long)]
+        email: String,
+        /// Make the caller a workspace admin
+        #[arg(long)]
+        admin: bool,
+        /// The caller's workspace
+        #[arg(long, default_value = "default")]
+        workspace: String,
+        /// How long the token is valid: 30m, 12h, 7d (at most 90d)
+        #[arg(long, default_value = "12h")]
+        ttl: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -124,6 +152,23 @@ fn main() -> ExitCode {
                         json,
                     },
             } => ops::audit_stream(&state.load(None)?, &stream_id, json).await,
+            Command::Token {
+                command:
+                    TokenCommand::Mint {
+                        state,
+                        email,
+                        admin,
+                        workspace,
+                        ttl,
+                    },
+            } => {
+                let ttl = token::parse_ttl(&ttl)?;
+                println!(
+                    "{}",
+                    token::mint(&state.load(None)?, &email, &workspace, admin, ttl)?
+                );
+                Ok(ExitCode::SUCCESS)
+            }
         }
     });
     match result {

@@ -20,7 +20,7 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
 }
 
 /// Creates the data directory readable by its owner only.
-fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+pub fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     if !dir.exists() {
         std::fs::DirBuilder::new()

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use api::AppState;
+use api::{AppState, Authenticator};
 use projections::Projections;
 use tokio::sync::watch;
 
@@ -34,14 +34,38 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
                 config.listen
             )
         })?;
+    let (auth, first_start) = authenticator(&config).await?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, backend = store.log.backend(), data_dir = %config.data_dir.display(), "clusterra listening");
     // Tests and scripts read this line to find the port.
     println!("clusterra listening on http://{addr}");
+    if first_start {
+        let token = crate::token::mint(
+            &config,
+            "admin@clusterra.local",
+            "default",
+            true,
+            crate::token::parse_ttl("12h")?,
+        )?;
+        println!(
+            "\nFirst start: an admin token for workspace `default`, valid 12 h \
+             (mint more with `clusterra token mint --data-dir {dir} --email you@example.org`):\n\n  \
+             export CLUSTERRA_TOKEN={token}\n\nTry:\n\n  \
+             curl -s http://{addr}/readyz\n  \
+             curl -s http://{addr}/v1/clusters -H \"Authorization: Bearer $CLUSTERRA_TOKEN\"\n",
+            dir = config.data_dir.display()
+        );
+    }
 
     let state = AppState {
         store,
         projections: projections.clone(),
+        auth,
+        metrics: Arc::new(api::Metrics::default()),
+        settings: Arc::new(api::Settings {
+            min_position_wait: std::time::Duration::from_millis(config.min_position_wait_ms),
+            body_limit: config.body_limit_bytes,
+        }),
     };
     api::serve(listener, state, shutdown_signal()).await?;
     tracing::info!("HTTP server stopped; stopping projectors at a checkpoint");
@@ -51,6 +75,63 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
         Err(_) => tracing::warn!("projections still referenced at shutdown"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The token verifier: a JWKS when configured, else the local secret. The flag says whether the
+/// local secret was created just now (first start).
+async fn authenticator(config: &Config) -> anyhow::Result<(Arc<Authenticator>, bool)> {
+    if let Some(path) = &config.jwks_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("could not read jwks_file {}", path.display()))?;
+        let auth = Authenticator::from_jwks(&text)
+            .with_context(|| format!("jwks_file {}", path.display()))?;
+        tracing::info!(jwks_file = %path.display(), "verifying RS256 tokens against a JWKS file");
+        return Ok((Arc::new(auth), false));
+    }
+    if let Some(url) = &config.jwks_url {
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(10))
+            .build()?;
+        let text = fetch_jwks(&client, url).await?;
+        let auth =
+            Arc::new(Authenticator::from_jwks(&text).with_context(|| format!("jwks_url {url}"))?);
+        tracing::info!(jwks_url = %url, "verifying RS256 tokens against a JWKS URL");
+        let (refresh, url) = (auth.clone(), url.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(600)).await;
+                match fetch_jwks(&client, &url)
+                    .await
+                    .map(|t| refresh.replace_jwks(&t))
+                {
+                    Ok(Ok(keys)) => tracing::debug!(keys, "JWKS refreshed"),
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "JWKS refresh returned unusable keys; keeping the old ones")
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "JWKS refresh failed; keeping the old keys")
+                    }
+                }
+            }
+        });
+        return Ok((auth, false));
+    }
+    let (secret, created) = crate::secrets::load_or_create(&config.secret_path())?;
+    Ok((Arc::new(Authenticator::local(&secret)), created))
+}
+
+async fn fetch_jwks(client: &reqwest::Client, url: &str) -> anyhow::Result<String> {
+    let response = client
+        .get(url)
+        .send()
+        .await
+        .with_context(|| format!("could not fetch the JWKS from {url}"))?;
+    anyhow::ensure!(
+        response.status().is_success(),
+        "the JWKS URL {url} answered {}",
+        response.status()
+    );
+    Ok(response.text().await?)
 }
 
 async fn shutdown_signal() {

@@ -1,0 +1,374 @@
+//! Who is calling: `Authorization: Bearer <JWT>` with claims `email`, `workspace`, `role`, `exp`.
+//!
+//! Two modes. The embedded default signs and verifies HS256 tokens with a secret kept in the data
+//! directory (mode 0600). Production verifies RS256 tokens against a JWKS (a file, or a URL that
+//! is fetched at start and refreshed).
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+use axum::extract::FromRequestParts;
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use domain::{Email, WorkspaceId};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::{ApiError, AppState};
+
+/// What a caller may do within their workspace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Admin,
+    User,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::User => "user",
+        }
+    }
+}
+
+/// The token's claims.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    pub email: String,
+    pub workspace: String,
+    pub role: Role,
+    /// Expiry, seconds since the Unix epoch.
+    pub exp: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<i64>,
+}
+
+/// An authenticated caller, with validated ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub email: Email,
+    pub workspace: WorkspaceId,
+    pub role: Role,
+}
+
+impl Caller {
+    pub fn is_admin(&self) -> bool {
+        self.role == Role::Admin
+    }
+
+    /// Refuses a caller that is not an admin of their workspace.
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        if self.is_admin() {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "admin_required",
+                "this action needs a workspace admin; ask an admin of your workspace to do it",
+            ))
+        }
+    }
+}
+
+/// Why a token was refused. Every variant is a 401.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error(
+        "no bearer token: send `Authorization: Bearer <token>` (mint one with `clusterra token mint`)"
+    )]
+    Missing,
+    #[error("the Authorization header is not `Bearer <token>`")]
+    NotBearer,
+    #[error("the token is malformed ({0}); send the JWT exactly as it was issued")]
+    Malformed(String),
+    #[error("the token expired; get a new one (`clusterra token mint` or your identity provider)")]
+    Expired,
+    #[error("the token's signature is not valid for this server; use a token issued for it")]
+    BadSignature,
+    #[error("the token is signed with an algorithm this server does not accept ({0})")]
+    WrongAlgorithm(String),
+    #[error("the token's claims are not valid: {0}")]
+    InvalidClaims(String),
+}
+
+impl AuthError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "token_missing",
+            AuthError::NotBearer => "token_not_bearer",
+            AuthError::Malformed(_) => "token_malformed",
+            AuthError::Expired => "token_expired",
+            AuthError::BadSignature => "token_bad_signature",
+            AuthError::WrongAlgorithm(_) => "token_wrong_algorithm",
+            AuthError::InvalidClaims(_) => "token_invalid_claims",
+        }
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        ApiError::new(StatusCode::UNAUTHORIZED, e.code(), e.to_string())
+            .with_field("headers.authorization")
+    }
+}
+
+/// Verifies (and, in the embedded mode, mints) tokens.
+pub struct Authenticator {
+    mode: Mode,
+}
+
+enum Mode {
+    Local {
+        encoding: EncodingKey,
+        decoding: DecodingKey,
+    },
+    Jwks {
+        /// Keys by `kid`; replaced as a whole on refresh.
+        keys: RwLock<HashMap<String, DecodingKey>>,
+    },
+}
+
+/// Errors building an authenticator.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("the JWKS is not valid JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("JWKS key {kid:?} cannot be used: {reason}")]
+    Key { kid: String, reason: String },
+    #[error("the JWKS holds no RS256 signing key with a kid")]
+    Empty,
+    #[error("could not mint a token: {0}")]
+    Mint(#[from] jsonwebtoken::errors::Error),
+    #[error("this server verifies tokens from a JWKS; mint tokens with your identity provider")]
+    NotLocal,
+}
+
+fn parse_jwks(text: &str) -> Result<HashMap<String, DecodingKey>, KeyError> {
+    let set: JwkSet = serde_json::from_str(text)?;
+    let mut keys = HashMap::new();
+    for jwk in &set.keys {
+        let Some(kid) = jwk.common.key_id.clone() else {
+            continue;
+        };
+        if !matches!(
+            jwk.algorithm,
+            jsonwebtoken::jwk::AlgorithmParameters::RSA(_)
+        ) {
+            continue;
+        }
+        let key = DecodingKey::from_jwk(jwk).map_err(|e| KeyError::Key {
+            kid: kid.clone(),
+            reason: e.to_string(),
+        })?;
+        keys.insert(kid, key);
+    }
+    if keys.is_empty() {
+        return Err(KeyError::Empty);
+    }
+    Ok(keys)
+}
+
+impl Authenticator {
+    /// HS256 with a local secret (the embedded default).
+    pub fn local(secret: &[u8]) -> Self {
+        Self {
+            mode: Mode::Local {
+                encoding: EncodingKey::from_secret(secret),
+                decoding: DecodingKey::from_secret(secret),
+            },
+        }
+    }
+
+    /// RS256 against the keys of a JWKS document.
+    pub fn from_jwks(text: &str) -> Result<Self, KeyError> {
+        Ok(Self {
+            mode: Mode::Jwks {
+                keys: RwLock::new(parse_jwks(text)?),
+            },
+        })
+    }
+
+    /// Replaces the JWKS keys (after a refresh). No effect in local mode.
+    pub fn replace_jwks(&self, text: &str) -> Result<usize, KeyError> {
+        let new = parse_jwks(text)?;
+        let n = new.len();
+        if let Mode::Jwks { keys } = &self.mode {
+            *keys.write().unwrap_or_else(|p| p.into_inner()) = new;
+        }
+        Ok(n)
+    }
+
+    /// Signs `claims` with the local secret.
+    pub fn mint(&self, claims: &Claims) -> Result<String, KeyError> {
+        match &self.mode {
+            Mode::Local { encoding, .. } => Ok(jsonwebtoken::encode(
+                &Header::new(Algorithm::HS256),
+                claims,
+                encoding,
+            )?),
+            Mode::Jwks { .. } => Err(KeyError::NotLocal),
+        }
+    }
+
+    /// Checks a bearer token and returns the caller.
+    pub fn verify(&self, token: &str) -> Result<Caller, AuthError> {
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| AuthError::Malformed(e.to_string()))?;
+        let mut validation;
+        let claims = match &self.mode {
+            Mode::Local { decoding, .. } => {
+                if header.alg != Algorithm::HS256 {
+                    return Err(AuthError::WrongAlgorithm(format!(
+                        "{:?}; expected HS256",
+                        header.alg
+                    )));
+                }
+                validation = Validation::new(Algorithm::HS256);
+                validation.leeway = 0;
+                jsonwebtoken::decode::<Claims>(token, decoding, &validation)
+            }
+            Mode::Jwks { keys } => {
+                if header.alg != Algorithm::RS256 {
+                    return Err(AuthError::WrongAlgorithm(format!(
+                        "{:?}; expected RS256",
+                        header.alg
+                    )));
+                }
+                let keys = keys.read().unwrap_or_else(|p| p.into_inner());
+                let key = header
+                    .kid
+                    .as_ref()
+                    .and_then(|kid| keys.get(kid))
+                    .ok_or(AuthError::BadSignature)?;
+                validation = Validation::new(Algorithm::RS256);
+                validation.leeway = 0;
+                jsonwebtoken::decode::<Claims>(token, key, &validation)
+            }
+        }
+        .map_err(|e| match e.kind() {
+            ErrorKind::ExpiredSignature => AuthError::Expired,
+            ErrorKind::InvalidSignature => AuthError::BadSignature,
+            ErrorKind::Json(_) | ErrorKind::MissingRequiredClaim(_) => AuthError::InvalidClaims(
+                format!("{e}; a token needs email, workspace, role (admin or user) and exp"),
+            ),
+            ErrorKind::InvalidAlgorithm => AuthError::WrongAlgorithm(e.to_string()),
+            _ => AuthError::Malformed(e.to_string()),
+        })?
+        .claims;
+        let email =
+            Email::new(claims.email).map_err(|e| AuthError::InvalidClaims(e.to_string()))?;
+        let workspace = WorkspaceId::new(claims.workspace)
+            .map_err(|e| AuthError::InvalidClaims(e.to_string()))?;
+        Ok(Caller {
+            email,
+            workspace,
+            role: claims.role,
+        })
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let value = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .ok_or(AuthError::Missing)?;
+        let value = value.to_str().map_err(|_| AuthError::NotBearer)?;
+        let token = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or(AuthError::NotBearer)?;
+        let caller = state.auth.verify(token)?;
+        tracing::Span::current().record("caller", caller.email.as_str());
+        Ok(caller)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(exp_in: i64) -> Claims {
+        Claims {
+            email: "ada@lab.org".into(),
+            workspace: "physics".into(),
+            role: Role::User,
+            exp: chrono::Utc::now().timestamp() + exp_in,
+            iat: None,
+        }
+    }
+
+    #[test]
+    fn local_tokens_round_trip_and_fail_for_the_right_reason() {
+        let auth = Authenticator::local(b"0123456789abcdef0123456789abcdef");
+        let token = auth.mint(&claims(60)).unwrap();
+        let caller = auth.verify(&token).unwrap();
+        assert_eq!(caller.email.as_str(), "ada@lab.org");
+        assert_eq!(caller.role, Role::User);
+
+        let expired = auth.mint(&claims(-10)).unwrap();
+        assert_eq!(auth.verify(&expired), Err(AuthError::Expired));
+
+        let other = Authenticator::local(b"another secret, another server!!");
+        assert_eq!(other.verify(&token), Err(AuthError::BadSignature));
+
+        assert!(matches!(
+            auth.verify("not-a-jwt"),
+            Err(AuthError::Malformed(_))
+        ));
+
+        let mut bad = claims(60);
+        bad.workspace = "../etc".into();
+        let token = auth.mint(&bad).unwrap();
+        assert!(matches!(
+            auth.verify(&token),
+            Err(AuthError::InvalidClaims(_))
+        ));
+    }
+
+    #[test]
+    fn jwks_verifies_rs256_and_refuses_hs256() {
+        let jwks = include_str!("../../fixtures/auth/test-jwks.json");
+        let auth = Authenticator::from_jwks(jwks).unwrap();
+        let pem = include_bytes!("../../fixtures/auth/test-rsa-private.pem");
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some("test-key-1".into());
+        let token = jsonwebtoken::encode(
+            &header,
+            &claims(60),
+            &EncodingKey::from_rsa_pem(pem).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(auth.verify(&token).unwrap().workspace.as_str(), "physics");
+
+        let other = include_bytes!("../../fixtures/auth/test-rsa-other.pem");
+        let forged = jsonwebtoken::encode(
+            &header,
+            &claims(60),
+            &EncodingKey::from_rsa_pem(other).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(auth.verify(&forged), Err(AuthError::BadSignature));
+
+        // An HS256 token "signed" with the public key must not pass (algorithm confusion).
+        let hs = Authenticator::local(jwks.as_bytes())
+            .mint(&claims(60))
+            .unwrap();
+        assert!(matches!(
+            auth.verify(&hs),
+            Err(AuthError::WrongAlgorithm(_))
+        ));
+        assert!(matches!(auth.mint(&claims(60)), Err(KeyError::NotLocal)));
+    }
+}

@@ -1,0 +1,365 @@
+//! `/v1/clusters`: register clusters (admins) and read them (everyone in the workspace).
+//!
+//! A caller only ever sees clusters of their own workspace; another workspace's cluster is a 404,
+//! exactly like a cluster that does not exist, so ids do not leak.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::IntoResponse;
+use chrono::{DateTime, Utc};
+use commands::CommandError;
+use domain::{ClusterId, ClusterRegistered, SlurmEndpoint};
+use eventlog::{Metadata, ModelSet};
+use projections::views::clusters::{self, ClusterView};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::auth::Caller;
+use crate::consistency::{MinPosition, await_projection, position_header};
+use crate::json::ApiJson;
+use crate::{ApiError, AppState};
+
+/// Body of `POST /v1/clusters`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterClusterRequest {
+    /// The cluster's id within the workspace: 1-63 of a-z 0-9 -, starting with a letter.
+    #[schema(example = "gpu-east")]
+    pub id: String,
+    /// A display name, 1-100 characters.
+    #[schema(example = "GPU cluster, us-east-1")]
+    pub name: String,
+    /// The cloud region the nodes run in.
+    #[schema(example = "us-east-1")]
+    pub region: String,
+    /// The cluster's S3 bucket (3-63 of a-z 0-9 . -).
+    #[schema(example = "acme-gpu-east")]
+    pub bucket: String,
+    pub slurm: SlurmSettings,
+}
+
+/// How Clusterra reaches the cluster's slurmrestd. Tokens are not accepted here: they are
+/// secrets, and this request becomes an event every auditor reads.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SlurmSettings {
+    /// `http://` or `https://` URL of slurmrestd.
+    #[schema(example = "https://slurm.gpu-east.internal:6820")]
+    pub url: String,
+    /// Slurm user name sent as `X-SLURM-USER-NAME`.
+    #[schema(example = "clusterra")]
+    pub user: String,
+    /// slurmrestd API version; only `v0.0.44` is supported.
+    #[serde(default = "default_api_version")]
+    #[schema(example = "v0.0.44")]
+    pub api_version: String,
+}
+
+fn default_api_version() -> String {
+    "v0.0.44".into()
+}
+
+/// A cluster as users see it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Cluster {
+    pub id: String,
+    pub workspace: String,
+    pub name: String,
+    pub region: String,
+    pub bucket: String,
+    pub slurm: Option<SlurmSettings>,
+    pub registered_by: String,
+    pub registered_at: DateTime<Utc>,
+}
+
+impl From<ClusterView> for Cluster {
+    fn from(v: ClusterView) -> Self {
+        Cluster {
+            id: v.cluster_id.to_string(),
+            workspace: v.workspace.to_string(),
+            name: v.name,
+            region: v.region,
+            bucket: v.bucket,
+            slurm: v.slurm.map(|s| SlurmSettings {
+                url: s.url,
+                user: s.user,
+                api_version: s.api_version,
+            }),
+            registered_by: v.registered_by,
+            registered_at: v.registered_at,
+        }
+    }
+}
+
+/// Answer of `POST /v1/clusters`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClusterRegisteredResponse {
+    pub id: String,
+    /// The log position this command produced; pass it as `X-Clusterra-Min-Position` to read it back.
+    pub position: i64,
+}
+
+/// Answer of `GET /v1/clusters`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClusterList {
+    pub clusters: Vec<Cluster>,
+}
+
+fn invalid(field: &str, message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", message).with_field(field)
+}
+
+fn valid_bucket(b: &str) -> bool {
+    (3..=63).contains(&b.len())
+        && b.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-')
+        && b.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && b.ends_with(|c: char| c.is_ascii_alphanumeric())
+        && !b.contains("..")
+}
+
+fn valid_text(s: &str, max: usize) -> bool {
+    let t = s.trim();
+    !t.is_empty() && t.chars().count() <= max && !t.chars().any(char::is_control)
+}
+
+/// Validates the whole request; the first problem is reported with its field.
+fn validate(
+    req: RegisterClusterRequest,
+) -> Result<(ClusterId, String, String, String, SlurmEndpoint), ApiError> {
+    let id = ClusterId::new(req.id).map_err(|e| invalid("id", format!("{e}")))?;
+    if !valid_text(&req.name, 100) {
+        return Err(invalid("name", "name must be 1-100 printable characters"));
+    }
+    let region_ok = (1..=32).contains(&req.region.len())
+        && req
+            .region
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if !region_ok {
+        return Err(invalid(
+            "region",
+            "region must be 1-32 of a-z 0-9 -, like us-east-1",
+        ));
+    }
+    if !valid_bucket(&req.bucket) {
+        return Err(invalid(
+            "bucket",
+            "bucket must be an S3 bucket name: 3-63 of a-z 0-9 . -, starting and ending with a letter or digit",
+        ));
+    }
+    let url: axum::http::Uri = req.slurm.url.parse().map_err(|_| {
+        invalid(
+            "slurm.url",
+            "slurm.url must be a URL like https://slurm.example.org:6820",
+        )
+    })?;
+    let scheme_ok = matches!(url.scheme_str(), Some("http" | "https"));
+    if !scheme_ok
+        || url.host().is_none()
+        || url.path_and_query().is_some_and(|p| p.query().is_some())
+    {
+        return Err(invalid(
+            "slurm.url",
+            "slurm.url must be an http:// or https:// URL with a host and no query, like https://slurm.example.org:6820",
+        ));
+    }
+    let user_ok = (1..=32).contains(&req.slurm.user.len())
+        && req
+            .slurm
+            .user
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    if !user_ok {
+        return Err(invalid(
+            "slurm.user",
+            "slurm.user must be a Unix user name: 1-32 of a-z A-Z 0-9 . _ -",
+        ));
+    }
+    if req.slurm.api_version != "v0.0.44" {
+        return Err(invalid(
+            "slurm.api_version",
+            "only slurmrestd v0.0.44 is supported; send \"v0.0.44\" or leave it out",
+        ));
+    }
+    let endpoint = SlurmEndpoint {
+        url: req.slurm.url.trim_end_matches('/').to_string(),
+        user: req.slurm.user,
+        api_version: req.slurm.api_version,
+    };
+    Ok((
+        id,
+        req.name.trim().to_string(),
+        req.region,
+        req.bucket,
+        endpoint,
+    ))
+}
+
+/// Register a cluster in the caller's workspace (admins only).
+#[utoipa::path(
+    post,
+    path = "/v1/clusters",
+    tag = "clusters",
+    request_body = RegisterClusterRequest,
+    responses(
+        (status = 201, description = "Registered; `X-Clusterra-Position` carries the log position", body = ClusterRegisteredResponse),
+        (status = 401, description = "Missing or invalid token", body = crate::error::ErrorBody),
+        (status = 403, description = "Not an admin", body = crate::error::ErrorBody),
+        (status = 409, description = "A cluster with this id exists", body = crate::error::ErrorBody),
+        (status = 415, description = "Not JSON", body = crate::error::ErrorBody),
+        (status = 422, description = "A field is invalid", body = crate::error::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn register(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(req): ApiJson<RegisterClusterRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require_admin()?;
+    let (cluster_id, name, region, bucket, slurm) = validate(req)?;
+    let event = ClusterRegistered {
+        workspace: caller.workspace.clone(),
+        cluster_id: cluster_id.clone(),
+        name,
+        region,
+        bucket,
+        registered_by: caller.email.clone(),
+        slurm: Some(slurm),
+    };
+    let outcome = commands::clusters::register_cluster(
+        state.store.log.as_ref(),
+        event,
+        metadata(&caller),
+    )
+    .await
+    .map_err(|e| match e {
+        CommandError::AlreadyExists { .. } => ApiError::new(
+            StatusCode::CONFLICT,
+            "cluster_exists",
+            format!(
+                "a cluster with id {cluster_id} already exists in this workspace; pick another id"
+            ),
+        )
+        .with_field("id"),
+        other => ApiError::from(other),
+    })?;
+    let mut headers = position_header(outcome.last_position);
+    if let Ok(location) = format!("/v1/clusters/{cluster_id}").parse() {
+        headers.insert(header::LOCATION, location);
+    }
+    Ok((
+        StatusCode::CREATED,
+        headers,
+        Json(ClusterRegisteredResponse {
+            id: cluster_id.to_string(),
+            position: outcome.last_position,
+        }),
+    ))
+}
+
+/// The clusters of the caller's workspace.
+#[utoipa::path(
+    get,
+    path = "/v1/clusters",
+    tag = "clusters",
+    params(("X-Clusterra-Min-Position" = Option<i64>, Header, description = "Wait (bounded) until this log position is visible")),
+    responses(
+        (status = 200, description = "The workspace's clusters", body = ClusterList),
+        (status = 401, description = "Missing or invalid token", body = crate::error::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    min: MinPosition,
+) -> Result<(HeaderMap, Json<ClusterList>), ApiError> {
+    let headers = await_projection(&state, clusters::NAME, min).await;
+    let collection = clusters::collection(&caller.workspace);
+    let mut out = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = state
+            .store
+            .read
+            .list_docs(
+                ModelSet::Live,
+                clusters::NAME,
+                &collection,
+                after.as_deref(),
+                500,
+            )
+            .await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.key.clone());
+        for row in page {
+            out.push(Cluster::from(decode_view(&row.doc)?));
+        }
+    }
+    Ok((headers, Json(ClusterList { clusters: out })))
+}
+
+/// One cluster of the caller's workspace.
+#[utoipa::path(
+    get,
+    path = "/v1/clusters/{id}",
+    tag = "clusters",
+    params(
+        ("id" = String, Path, description = "Cluster id"),
+        ("X-Clusterra-Min-Position" = Option<i64>, Header, description = "Wait (bounded) until this log position is visible"),
+    ),
+    responses(
+        (status = 200, description = "The cluster", body = Cluster),
+        (status = 401, description = "Missing or invalid token", body = crate::error::ErrorBody),
+        (status = 404, description = "No such cluster in your workspace", body = crate::error::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn get_one(
+    State(state): State<AppState>,
+    caller: Caller,
+    min: MinPosition,
+    Path(id): Path<String>,
+) -> Result<(HeaderMap, Json<Cluster>), ApiError> {
+    let not_found = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "cluster_not_found",
+            "no cluster with this id in your workspace; list yours with GET /v1/clusters",
+        )
+        .with_field("id")
+    };
+    let id = ClusterId::new(id).map_err(|_| not_found())?;
+    let headers = await_projection(&state, clusters::NAME, min).await;
+    let doc = state
+        .store
+        .read
+        .get_doc(
+            ModelSet::Live,
+            clusters::NAME,
+            &clusters::collection(&caller.workspace),
+            id.as_str(),
+        )
+        .await?
+        .ok_or_else(not_found)?;
+    Ok((headers, Json(Cluster::from(decode_view(&doc)?))))
+}
+
+fn decode_view(doc: &str) -> Result<ClusterView, ApiError> {
+    serde_json::from_str(doc)
+        .map_err(|e| ApiError::internal(format!("a stored cluster view is unreadable: {e}")))
+}
+
+/// The envelope metadata of a command made by `caller` over the API.
+pub(crate) fn metadata(caller: &Caller) -> Metadata {
+    Metadata {
+        actor: Some(caller.email.to_string()),
+        role: Some(caller.role.as_str().to_string()),
+        via: Some("api".into()),
+        correlation_id: Some(uuid::Uuid::now_v7()),
+        ..Metadata::default()
+    }
+}

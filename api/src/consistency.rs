@@ -1,0 +1,76 @@
+//! Read-your-writes over an eventually consistent read side.
+//!
+//! A command answers with the log position it produced (body `position` and header
+//! `X-Clusterra-Position`). A read that sends `X-Clusterra-Min-Position: N` waits, at most the
+//! configured bound (5 s by default), until its projection has applied position N. The answer says
+//! what it got in `X-Clusterra-Consistency`: `fresh` when it reached N, `stale` on timeout (the
+//! body is then what the projection had), with the projection's position in
+//! `X-Clusterra-Projection-Position`.
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+
+use crate::{ApiError, AppState};
+
+pub const POSITION: &str = "x-clusterra-position";
+pub const MIN_POSITION: &str = "x-clusterra-min-position";
+pub const CONSISTENCY: &str = "x-clusterra-consistency";
+pub const PROJECTION_POSITION: &str = "x-clusterra-projection-position";
+
+/// The `X-Clusterra-Min-Position` a read asked for, if any.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MinPosition(pub Option<i64>);
+
+impl FromRequestParts<AppState> for MinPosition {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, Self::Rejection> {
+        let Some(value) = parts.headers.get(MIN_POSITION) else {
+            return Ok(MinPosition(None));
+        };
+        value
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .filter(|p| *p >= 0)
+            .map(|p| MinPosition(Some(p)))
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_min_position",
+                    "X-Clusterra-Min-Position must be a log position: a whole number >= 0, as returned in X-Clusterra-Position",
+                )
+                .with_field("headers.x-clusterra-min-position")
+            })
+    }
+}
+
+/// Waits for `projection` to reach the asked position and returns the headers to answer with.
+pub async fn await_projection(state: &AppState, projection: &str, min: MinPosition) -> HeaderMap {
+    let reached = match min.0 {
+        Some(p) => {
+            state
+                .projections
+                .wait_for(projection, p, state.settings.min_position_wait)
+                .await
+        }
+        None => true,
+    };
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        CONSISTENCY,
+        HeaderValue::from_static(if reached { "fresh" } else { "stale" }),
+    );
+    if let Some(p) = state.projections.position(projection) {
+        headers.insert(PROJECTION_POSITION, HeaderValue::from(p));
+    }
+    headers
+}
+
+/// The `X-Clusterra-Position` header of a command's answer.
+pub fn position_header(position: i64) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(POSITION, HeaderValue::from(position));
+    headers
+}

@@ -1,0 +1,66 @@
+//! `clusterra token mint` and the first-start admin token.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use api::{Authenticator, Claims, Role};
+use domain::{Email, WorkspaceId};
+
+use crate::config::Config;
+
+/// Parses `90s`, `30m`, `12h`, `7d` (at most 90 days).
+pub fn parse_ttl(text: &str) -> anyhow::Result<Duration> {
+    let text = text.trim();
+    let split = text.len().saturating_sub(1);
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().ok().filter(|n| *n > 0).with_context(|| {
+        format!("--ttl {text:?}: use a positive number and a unit, like 30m, 12h or 7d")
+    })?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => anyhow::bail!("--ttl {text:?}: the unit must be s, m, h or d, like 12h"),
+    };
+    anyhow::ensure!(secs <= 90 * 86_400, "--ttl {text:?}: at most 90d");
+    Ok(Duration::from_secs(secs))
+}
+
+/// Signs a token with the data directory's secret (creating the secret if needed).
+pub fn mint(
+    config: &Config,
+    email: &str,
+    workspace: &str,
+    admin: bool,
+    ttl: Duration,
+) -> anyhow::Result<String> {
+    let email = Email::new(email).map_err(|e| anyhow::anyhow!("--email: {e}"))?;
+    let workspace = WorkspaceId::new(workspace).map_err(|e| anyhow::anyhow!("--workspace: {e}"))?;
+    let (secret, _) = crate::secrets::load_or_create(&config.secret_path())?;
+    let now = chrono::Utc::now().timestamp();
+    let claims = Claims {
+        email: email.to_string(),
+        workspace: workspace.to_string(),
+        role: if admin { Role::Admin } else { Role::User },
+        exp: now + ttl.as_secs() as i64,
+        iat: Some(now),
+    };
+    Ok(Authenticator::local(&secret).mint(&claims)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttls() {
+        assert_eq!(parse_ttl("12h").unwrap(), Duration::from_secs(43_200));
+        assert_eq!(parse_ttl("90s").unwrap(), Duration::from_secs(90));
+        assert!(parse_ttl("12").is_err());
+        assert!(parse_ttl("0h").is_err());
+        assert!(parse_ttl("h").is_err());
+        assert!(parse_ttl("100d").is_err());
+        assert!(parse_ttl("").is_err());
+    }
+}
