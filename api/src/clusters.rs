@@ -229,13 +229,11 @@ pub(crate) async fn register(
         registered_by: caller.email.clone(),
         slurm: Some(slurm),
     };
-    let outcome = commands::clusters::register_cluster(
-        state.store.log.as_ref(),
-        event,
-        metadata(&caller),
-    )
-    .await
-    .map_err(|e| match e {
+    let outcome =
+        commands::clusters::register_cluster(state.store.log.as_ref(), event, metadata(&caller))
+            .await
+            .map_err(|e| {
+                match e {
         CommandError::AlreadyExists { .. } => ApiError::new(
             StatusCode::CONFLICT,
             "cluster_exists",
@@ -245,7 +243,8 @@ pub(crate) async fn register(
         )
         .with_field("id"),
         other => ApiError::from(other),
-    })?;
+    }
+            })?;
     let mut headers = position_header(outcome.last_position);
     if let Ok(location) = format!("/v1/clusters/{cluster_id}").parse() {
         headers.insert(header::LOCATION, location);

@@ -1,0 +1,564 @@
+//! The API through `app()` with a real SQLite database: the authorization matrix, malformed
+//! bodies, read-your-writes, and the OpenAPI document against the router.
+
+#![allow(clippy::unwrap_used)] // a test may panic on what it did not expect
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use api::{AppState, Authenticator, Claims, Role, Settings};
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use eventlog::{OpenOptions, SystemClock};
+use http_body_util::BodyExt;
+use projections::Projections;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+const SECRET: &[u8] = b"test-secret-test-secret-test-secret!";
+
+struct Harness {
+    state: AppState,
+    _dir: tempfile::TempDir,
+    _stop: tokio::sync::watch::Sender<bool>,
+}
+
+async fn harness(wait: Duration) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("api.db").display());
+    let store = eventlog::open(&OpenOptions::new(url), Arc::new(SystemClock))
+        .await
+        .unwrap();
+    commands::clusters::ensure_default_cluster(store.log.as_ref())
+        .await
+        .unwrap();
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let projections = Arc::new(Projections::start(
+        store.log.clone(),
+        store.read.clone(),
+        projections::all_projectors(),
+        stop_rx,
+    ));
+    let state = AppState {
+        store,
+        projections,
+        auth: Arc::new(Authenticator::local(SECRET)),
+        metrics: Arc::new(api::Metrics::default()),
+        settings: Arc::new(Settings {
+            min_position_wait: wait,
+            body_limit: 1024 * 1024,
+        }),
+    };
+    Harness {
+        state,
+        _dir: dir,
+        _stop: stop,
+    }
+}
+
+fn token(secret: &[u8], email: &str, workspace: &str, role: Role, exp_in: i64) -> String {
+    Authenticator::local(secret)
+        .mint(&Claims {
+            email: email.into(),
+            workspace: workspace.into(),
+            role,
+            exp: chrono::Utc::now().timestamp() + exp_in,
+            iat: None,
+        })
+        .unwrap()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Who {
+    NoToken,
+    Expired,
+    WrongKey,
+    OtherWorkspace,
+    User,
+    Admin,
+}
+
+const EVERYONE: [Who; 6] = [
+    Who::NoToken,
+    Who::Expired,
+    Who::WrongKey,
+    Who::OtherWorkspace,
+    Who::User,
+    Who::Admin,
+];
+
+fn bearer(who: Who) -> Option<String> {
+    let t = match who {
+        Who::NoToken => return None,
+        Who::Expired => token(SECRET, "ada@lab.org", "default", Role::Admin, -60),
+        Who::WrongKey => token(
+            b"some-other-server-secret-0123456789",
+            "ada@lab.org",
+            "default",
+            Role::Admin,
+            600,
+        ),
+        Who::OtherWorkspace => token(SECRET, "eve@rival.org", "rival", Role::User, 600),
+        Who::User => token(SECRET, "bob@lab.org", "default", Role::User, 600),
+        Who::Admin => token(SECRET, "ada@lab.org", "default", Role::Admin, 600),
+    };
+    Some(format!("Bearer {t}"))
+}
+
+async fn send(state: &AppState, req: Request<Body>) -> (StatusCode, axum::http::HeaderMap, Value) {
+    let res = api::app(state.clone()).oneshot(req).await.unwrap();
+    let status = res.status();
+    let headers = res.headers().clone();
+    let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    let body = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+    (status, headers, body)
+}
+
+fn request(method: Method, path: &str, who: Who, body: Option<Value>) -> Request<Body> {
+    let mut b = Request::builder().method(method).uri(path);
+    if let Some(auth) = bearer(who) {
+        b = b.header("authorization", auth);
+    }
+    match body {
+        Some(v) => b
+            .header("content-type", "application/json")
+            .body(Body::from(v.to_string()))
+            .unwrap(),
+        None => b.body(Body::empty()).unwrap(),
+    }
+}
+
+fn new_cluster(id: &str) -> Value {
+    json!({"id": id, "name": "GPU east", "region": "us-east-1", "bucket": "acme-gpu-east",
+           "slurm": {"url": "https://slurm.gpu-east.internal:6820", "user": "clusterra"}})
+}
+
+async fn wait_ready(state: &AppState) {
+    let head = state.store.log.head().await.unwrap().position;
+    assert!(
+        state
+            .projections
+            .wait_for("clusters", head, Duration::from_secs(10))
+            .await
+    );
+}
+
+/// The status every identity gets on every route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorization_matrix() {
+    let h = harness(Duration::from_secs(5)).await;
+    wait_ready(&h.state).await;
+    let unauthenticated = [StatusCode::UNAUTHORIZED; 3];
+    let mut n = 0;
+    for route in api::routes() {
+        for who in EVERYONE {
+            let (path, body) = match (route.method.as_str(), route.path) {
+                ("POST", "/v1/clusters") => {
+                    n += 1;
+                    (route.path.to_string(), Some(new_cluster(&format!("c{n}"))))
+                }
+                (_, "/v1/clusters/{id}") => ("/v1/clusters/local".to_string(), None),
+                (_, p) => (p.to_string(), None),
+            };
+            let public = !route.path.starts_with("/v1/");
+            let expected = if public {
+                StatusCode::OK
+            } else if let Some(i) = [Who::NoToken, Who::Expired, Who::WrongKey]
+                .iter()
+                .position(|w| *w == who)
+            {
+                unauthenticated[i]
+            } else {
+                match (route.method.as_str(), route.path, who) {
+                    ("POST", "/v1/clusters", Who::Admin) => StatusCode::CREATED,
+                    ("POST", "/v1/clusters", _) => StatusCode::FORBIDDEN,
+                    ("GET", "/v1/clusters/{id}", Who::OtherWorkspace) => StatusCode::NOT_FOUND,
+                    ("GET", _, _) => StatusCode::OK,
+                    other => panic!("no expectation for {other:?}: add this route to the matrix"),
+                }
+            };
+            let (status, _, body_out) =
+                send(&h.state, request(route.method.clone(), &path, who, body)).await;
+            assert_eq!(
+                status, expected,
+                "{} {} as {who:?}: {body_out}",
+                route.method, route.path
+            );
+            if status.is_client_error() {
+                assert!(body_out["error"]["code"].is_string(), "{body_out}");
+                assert!(body_out["error"]["message"].is_string(), "{body_out}");
+            }
+            // Which 401 it was is said.
+            let code = body_out["error"]["code"].as_str().unwrap_or("");
+            match (public, who) {
+                (false, Who::NoToken) => assert_eq!(code, "token_missing"),
+                (false, Who::Expired) => assert_eq!(code, "token_expired"),
+                (false, Who::WrongKey) => assert_eq!(code, "token_bad_signature"),
+                _ => {}
+            }
+            // Another workspace never sees this workspace's clusters.
+            if who == Who::OtherWorkspace
+                && route.path == "/v1/clusters"
+                && route.method == Method::GET
+            {
+                assert_eq!(body_out["clusters"], json!([]), "{body_out}");
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_bodies_get_the_error_shape_and_append_nothing() {
+    let h = harness(Duration::from_secs(5)).await;
+    let before = h.state.store.log.head().await.unwrap().position;
+    let with = |f: &dyn Fn(&mut Value)| {
+        let mut v = new_cluster("gpu-east");
+        f(&mut v);
+        v
+    };
+    // (what, request, status, code, field)
+    type Case = (
+        &'static str,
+        Request<Body>,
+        StatusCode,
+        &'static str,
+        Option<&'static str>,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "not JSON",
+            raw("{\"id\": ", "application/json"),
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            None,
+        ),
+        (
+            "no content type",
+            raw(&new_cluster("x").to_string(), ""),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_content_type",
+            Some("headers.content-type"),
+        ),
+        (
+            "text/plain",
+            raw(&new_cluster("x").to_string(), "text/plain"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_content_type",
+            Some("headers.content-type"),
+        ),
+        (
+            "too large",
+            raw(
+                &format!("{{\"pad\": \"{}\"}}", "x".repeat(1024 * 1024 + 10)),
+                "application/json",
+            ),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            None,
+        ),
+        (
+            "array",
+            body(json!([1, 2])),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+            None,
+        ),
+        (
+            "missing field",
+            body(with(&|v| {
+                v.as_object_mut().unwrap().remove("slurm");
+            })),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+            None,
+        ),
+        (
+            "wrong type",
+            body(with(&|v| v["slurm"]["url"] = json!(42))),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+            Some("slurm.url"),
+        ),
+        (
+            "unknown field",
+            body(with(&|v| v["slurm"]["token"] = json!("secret"))),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+            Some("slurm.token"),
+        ),
+        (
+            "bad id",
+            body(with(&|v| v["id"] = json!("GPU East"))),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            Some("id"),
+        ),
+        (
+            "empty name",
+            body(with(&|v| v["name"] = json!("  "))),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            Some("name"),
+        ),
+        (
+            "bad region",
+            body(with(&|v| v["region"] = json!("US East"))),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            Some("region"),
+        ),
+        (
+            "bad bucket",
+            body(with(&|v| v["bucket"] = json!("Acme_Bucket"))),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            Some("bucket"),
+        ),
+        (
+            "bad url",
+            body(with(&|v| v["slurm"]["url"] = json!("ftp://slurm:6820"))),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            Some("slurm.url"),
+        ),
+        (
+            "bad user",
+            body(with(&|v| v["slurm"]["user"] = json!("root; rm -rf"))),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            Some("slurm.user"),
+        ),
+        (
+            "old api",
+            body(with(&|v| v["slurm"]["api_version"] = json!("v0.0.38"))),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            Some("slurm.api_version"),
+        ),
+        (
+            "existing id",
+            body(new_cluster("local")),
+            StatusCode::CONFLICT,
+            "cluster_exists",
+            Some("id"),
+        ),
+    ];
+    for (name, req, status, code, field) in cases {
+        let (got, _, out) = send(&h.state, req).await;
+        assert_eq!(got, status, "{name}: {out}");
+        assert_eq!(out["error"]["code"], code, "{name}: {out}");
+        assert!(
+            out["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.len() > 20),
+            "{name}: {out}"
+        );
+        match field {
+            Some(f) => assert_eq!(out["error"]["field"], f, "{name}: {out}"),
+            None if code == "invalid_body"
+                || code == "body_too_large"
+                || code == "invalid_json" => {}
+            None => assert!(out["error"]["field"].is_null(), "{name}: {out}"),
+        }
+        assert_eq!(
+            h.state.store.log.head().await.unwrap().position,
+            before,
+            "{name} appended an event"
+        );
+    }
+}
+
+fn raw(text: &str, content_type: &str) -> Request<Body> {
+    let mut b = Request::builder()
+        .method(Method::POST)
+        .uri("/v1/clusters")
+        .header("authorization", bearer(Who::Admin).unwrap());
+    if !content_type.is_empty() {
+        b = b.header("content-type", content_type);
+    }
+    b.body(Body::from(text.to_string())).unwrap()
+}
+
+fn body(v: Value) -> Request<Body> {
+    raw(&v.to_string(), "application/json")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_routes_and_methods_answer_in_the_error_shape() {
+    let h = harness(Duration::from_secs(5)).await;
+    let (status, _, out) = send(&h.state, request(Method::GET, "/v1/nope", Who::Admin, None)).await;
+    assert_eq!(
+        (status, out["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("route_not_found"))
+    );
+    let (status, _, out) = send(
+        &h.state,
+        request(Method::DELETE, "/v1/clusters", Who::Admin, None),
+    )
+    .await;
+    assert_eq!(
+        (status, out["error"]["code"].as_str()),
+        (StatusCode::METHOD_NOT_ALLOWED, Some("method_not_allowed"))
+    );
+    let (status, _, out) = send(
+        &h.state,
+        request(Method::GET, "/v1/clusters/..%2Fetc", Who::Admin, None),
+    )
+    .await;
+    assert_eq!(
+        (status, out["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("cluster_not_found"))
+    );
+    let req = Request::builder()
+        .uri("/v1/clusters")
+        .header("authorization", "Basic YWRhOnB3")
+        .body(Body::empty())
+        .unwrap();
+    let (status, _, out) = send(&h.state, req).await;
+    assert_eq!(
+        (status, out["error"]["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("token_not_bearer"))
+    );
+    let req = Request::builder()
+        .uri("/v1/clusters")
+        .header("authorization", "Bearer abc.def")
+        .body(Body::empty())
+        .unwrap();
+    let (status, _, out) = send(&h.state, req).await;
+    assert_eq!(
+        (status, out["error"]["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("token_malformed"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_your_writes() {
+    let h = harness(Duration::from_millis(300)).await;
+    let (status, headers, out) = send(
+        &h.state,
+        request(
+            Method::POST,
+            "/v1/clusters",
+            Who::Admin,
+            Some(new_cluster("gpu-east")),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{out}");
+    let position = out["position"].as_i64().unwrap();
+    assert_eq!(
+        headers["x-clusterra-position"].to_str().unwrap(),
+        position.to_string()
+    );
+    assert_eq!(headers["location"], "/v1/clusters/gpu-east");
+
+    let mut req = request(Method::GET, "/v1/clusters/gpu-east", Who::User, None);
+    req.headers_mut()
+        .insert("x-clusterra-min-position", position.into());
+    let (status, headers, out) = send(&h.state, req).await;
+    assert_eq!(status, StatusCode::OK, "{out}");
+    assert_eq!(headers["x-clusterra-consistency"], "fresh");
+    assert_eq!(out["slurm"]["api_version"], "v0.0.44");
+    assert_eq!(out["registered_by"], "ada@lab.org");
+
+    // A position the log has not reached: answers after the bound with what it has, and says so.
+    let mut req = request(Method::GET, "/v1/clusters", Who::User, None);
+    req.headers_mut()
+        .insert("x-clusterra-min-position", (position + 1000).into());
+    let started = std::time::Instant::now();
+    let (status, headers, out) = send(&h.state, req).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(headers["x-clusterra-consistency"], "stale");
+    assert_eq!(out["clusters"].as_array().unwrap().len(), 2);
+
+    let mut req = request(Method::GET, "/v1/clusters", Who::User, None);
+    req.headers_mut()
+        .insert("x-clusterra-min-position", "soon".parse().unwrap());
+    let (status, _, out) = send(&h.state, req).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(out["error"]["field"], "headers.x-clusterra-min-position");
+}
+
+#[tokio::test]
+async fn every_route_is_in_the_openapi_document_and_back() {
+    let doc = api::openapi::document();
+    let value = serde_json::to_value(&doc).unwrap();
+    assert!(
+        value["openapi"].as_str().unwrap().starts_with("3.1"),
+        "{}",
+        value["openapi"]
+    );
+    let mut documented = Vec::new();
+    for (path, item) in &doc.paths.paths {
+        for (method, _) in api::openapi::operations(item) {
+            documented.push((method.to_string(), path.clone()));
+        }
+    }
+    let served: Vec<(String, String)> = api::routes()
+        .into_iter()
+        .map(|r| (r.method.to_string(), r.path.to_string()))
+        .collect();
+    for route in &served {
+        assert!(
+            documented.contains(route),
+            "{route:?} is served but not in /openapi.json"
+        );
+    }
+    for op in &documented {
+        assert!(served.contains(op), "{op:?} is documented but not served");
+    }
+
+    let h = harness(Duration::from_secs(1)).await;
+    let (status, _, html) = send(&h.state, request(Method::GET, "/docs", Who::NoToken, None)).await;
+    assert_eq!(status, StatusCode::OK);
+    let html = html.as_str().unwrap();
+    for (_, path) in &served {
+        assert!(
+            html.contains(&format!("<code>{path}</code>")),
+            "/docs lacks {path}"
+        );
+    }
+    let (_, _, served_doc) = send(
+        &h.state,
+        request(Method::GET, "/openapi.json", Who::NoToken, None),
+    )
+    .await;
+    assert_eq!(served_doc, value);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_requests_by_route_and_show_projection_lag() {
+    let h = harness(Duration::from_secs(1)).await;
+    wait_ready(&h.state).await;
+    send(
+        &h.state,
+        request(Method::GET, "/v1/clusters/local", Who::User, None),
+    )
+    .await;
+    send(
+        &h.state,
+        request(Method::GET, "/v1/clusters/nope", Who::User, None),
+    )
+    .await;
+    let (_, headers, text) = send(
+        &h.state,
+        request(Method::GET, "/metrics", Who::NoToken, None),
+    )
+    .await;
+    assert!(
+        headers["content-type"]
+            .to_str()
+            .unwrap()
+            .contains("openmetrics")
+    );
+    let text = text.as_str().unwrap();
+    assert!(text.contains(r#"clusterra_http_requests_total{method="GET",route="/v1/clusters/{id}",status="200"} 1"#), "{text}");
+    assert!(text.contains(r#"clusterra_http_requests_total{method="GET",route="/v1/clusters/{id}",status="404"} 1"#), "{text}");
+    assert!(text.contains("clusterra_log_position 1"), "{text}");
+    assert!(
+        text.contains(r#"clusterra_projection_lag_events{projection="clusters"} 0"#),
+        "{text}"
+    );
+}
