@@ -44,10 +44,17 @@ pub struct Server {
 impl Server {
     /// Starts `clusterra serve --listen 127.0.0.1:0 EXTRA…` and waits for its listening line.
     pub fn start(extra: &[&str]) -> Server {
+        Self::start_with_env(extra, &[]).0
+    }
+
+    /// Like [`Server::start`], with extra environment variables; also returns what the server
+    /// printed on stdout in its first second (the first-start banner).
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> (Server, String) {
         let mut child = Command::new(binary())
             .arg("serve")
             .args(["--listen", "127.0.0.1:0"])
             .args(extra)
+            .envs(env.iter().copied())
             .env("CLUSTERRA_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -55,8 +62,14 @@ impl Server {
             .expect("spawn clusterra serve");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
+        let printed = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = printed.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(mut p) = sink.lock() {
+                    p.push_str(&line);
+                    p.push('\n');
+                }
                 if let Some(url) = line.strip_prefix("clusterra listening on ") {
                     let _ = tx.send(url.to_string());
                 }
@@ -65,7 +78,9 @@ impl Server {
         let base = rx
             .recv_timeout(Duration::from_secs(30))
             .expect("clusterra serve printed its listening line within 30 s");
-        Server { child, base }
+        std::thread::sleep(Duration::from_millis(300));
+        let printed = printed.lock().map(|p| p.clone()).unwrap_or_default();
+        (Server { child, base }, printed)
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -99,6 +114,14 @@ impl Drop for Server {
             self.terminate();
         }
     }
+}
+
+/// The repository's root (for fixtures).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .expect("repo root")
 }
 
 /// Polls `/readyz` until every projection has reached `position`.
