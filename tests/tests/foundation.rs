@@ -186,7 +186,9 @@ async fn postgres_story() {
     exec(&admin_url, &format!("CREATE DATABASE {name}")).await;
     let (base, _) = admin_url.rsplit_once('/').expect("url has a database");
     let url = format!("{base}/{name}");
-    story(&["--database-url", &url], &url).await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    story(&["--database-url", &url, "--data-dir", data], &url).await;
     exec(&admin_url, &format!("DROP DATABASE {name} WITH (FORCE)")).await;
 }
 
