@@ -3,6 +3,11 @@
 
 use serde::{Deserialize, Serialize};
 
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::job::JobState;
+use crate::submit::{JobShape, Warning};
 use crate::{ClusterId, Email, WorkspaceId};
 
 /// A cluster was registered in a workspace.
@@ -32,11 +37,77 @@ pub struct SlurmEndpoint {
     pub api_version: String,
 }
 
-/// Every domain event, tagged by its type name.
+/// How a job reached Clusterra.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SubmittedVia {
+    Api,
+    Template,
+    Console,
+    Cli,
+    Agent,
+    /// Found in Slurm by its submission id after a crash between Slurm accepting it and the log
+    /// recording it.
+    Adopted,
+}
+
+/// Slurm accepted a job. Stream `job-<cluster>-<submission id>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobSubmitted {
+    pub submission_id: Uuid,
+    pub workspace: WorkspaceId,
+    pub cluster_id: ClusterId,
+    /// Slurm's job id.
+    pub job_id: u64,
+    pub name: String,
+    pub user: Email,
+    pub via: SubmittedVia,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<serde_json::Value>,
+    /// The canonical v0.0.44 body that was sent.
+    pub body: serde_json::Value,
+    pub shape: JobShape,
+    #[serde(default)]
+    pub warnings: Vec<Warning>,
+}
+
+/// Slurm reported a new state for a job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobStateChanged {
+    pub job_id: u64,
+    pub from: JobState,
+    pub to: JobState,
+    /// Slurm's reason, or Clusterra's when it decided (e.g. the job vanished from Slurm).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// When Slurm says it happened (start or end time), if it says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<DateTime<Utc>>,
+}
+
+/// Someone asked for a job to be cancelled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobCancelRequested {
+    pub job_id: u64,
+    pub by: Email,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
+}
+
+/// Every domain event, tagged by its type name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "data")]
 pub enum DomainEvent {
     ClusterRegistered(ClusterRegistered),
+    JobSubmitted(JobSubmitted),
+    JobStateChanged(JobStateChanged),
+    JobCancelRequested(JobCancelRequested),
 }
 
 impl DomainEvent {
@@ -44,6 +115,9 @@ impl DomainEvent {
     pub fn event_type(&self) -> &'static str {
         match self {
             DomainEvent::ClusterRegistered(_) => "ClusterRegistered",
+            DomainEvent::JobSubmitted(_) => "JobSubmitted",
+            DomainEvent::JobStateChanged(_) => "JobStateChanged",
+            DomainEvent::JobCancelRequested(_) => "JobCancelRequested",
         }
     }
 
@@ -56,6 +130,9 @@ impl DomainEvent {
     pub fn data(&self) -> Result<serde_json::Value, serde_json::Error> {
         match self {
             DomainEvent::ClusterRegistered(e) => serde_json::to_value(e),
+            DomainEvent::JobSubmitted(e) => serde_json::to_value(e),
+            DomainEvent::JobStateChanged(e) => serde_json::to_value(e),
+            DomainEvent::JobCancelRequested(e) => serde_json::to_value(e),
         }
     }
 

@@ -3,7 +3,9 @@
 
 pub mod events;
 pub mod ids;
+pub mod job;
 pub mod money;
+pub mod submit;
 
 pub use events::{ClusterRegistered, DomainEvent, SlurmEndpoint};
 pub use ids::{ClusterId, Email, IdError, WorkspaceId};

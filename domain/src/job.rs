@@ -1,0 +1,218 @@
+//! The job lifecycle: Slurm's state names, the transitions Clusterra accepts, and the decisions
+//! about a job (may this caller cancel it?). Pure: given past events, decide new ones.
+
+use serde::{Deserialize, Serialize};
+
+/// A job's lifecycle state, named as Slurm names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum JobState {
+    Pending,
+    Running,
+    Suspended,
+    Completing,
+    Completed,
+    Failed,
+    Cancelled,
+    Timeout,
+    NodeFail,
+    Preempted,
+    BootFail,
+    Deadline,
+    OutOfMemory,
+}
+
+impl JobState {
+    pub const ALL: [JobState; 13] = [
+        JobState::Pending,
+        JobState::Running,
+        JobState::Suspended,
+        JobState::Completing,
+        JobState::Completed,
+        JobState::Failed,
+        JobState::Cancelled,
+        JobState::Timeout,
+        JobState::NodeFail,
+        JobState::Preempted,
+        JobState::BootFail,
+        JobState::Deadline,
+        JobState::OutOfMemory,
+    ];
+
+    /// Slurm's name, e.g. `NODE_FAIL`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Pending => "PENDING",
+            JobState::Running => "RUNNING",
+            JobState::Suspended => "SUSPENDED",
+            JobState::Completing => "COMPLETING",
+            JobState::Completed => "COMPLETED",
+            JobState::Failed => "FAILED",
+            JobState::Cancelled => "CANCELLED",
+            JobState::Timeout => "TIMEOUT",
+            JobState::NodeFail => "NODE_FAIL",
+            JobState::Preempted => "PREEMPTED",
+            JobState::BootFail => "BOOT_FAIL",
+            JobState::Deadline => "DEADLINE",
+            JobState::OutOfMemory => "OUT_OF_MEMORY",
+        }
+    }
+
+    /// Reads a Slurm `job_state` array (v0.0.44): the first base state is the lifecycle state,
+    /// the rest are flags. Requeue states count as pending; unknown names are `None`.
+    pub fn from_slurm(states: &[String]) -> Option<JobState> {
+        states.iter().find_map(|s| match s.as_str() {
+            "REQUEUED" | "REQUEUE_HOLD" | "REQUEUE_FED" | "RESV_DEL_HOLD" => {
+                Some(JobState::Pending)
+            }
+            "STOPPED" => Some(JobState::Suspended),
+            other => JobState::ALL.into_iter().find(|st| st.as_str() == other),
+        })
+    }
+
+    /// Finished: no transition leaves a terminal state.
+    pub fn is_terminal(self) -> bool {
+        !matches!(
+            self,
+            JobState::Pending | JobState::Running | JobState::Suspended | JobState::Completing
+        )
+    }
+}
+
+impl std::fmt::Display for JobState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a transition or a command was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JobRuleError {
+    #[error("job is already {from}; it cannot become {to}")]
+    ImpossibleTransition { from: JobState, to: JobState },
+    #[error("job already finished as {0}; there is nothing to cancel")]
+    AlreadyFinished(JobState),
+    #[error("only the job's owner or a workspace admin may cancel it")]
+    NotOwner,
+}
+
+/// Decides whether `from → to` is a real transition. `Ok(false)` means "no change": nothing to
+/// record. Any non-terminal state may move to any other state (a poll can miss RUNNING between a
+/// fast job's PENDING and COMPLETED); a terminal state never changes.
+pub fn transition(from: JobState, to: JobState) -> Result<bool, JobRuleError> {
+    if from == to {
+        return Ok(false);
+    }
+    if from.is_terminal() {
+        return Err(JobRuleError::ImpossibleTransition { from, to });
+    }
+    Ok(true)
+}
+
+/// May `caller` (admin or not) cancel a job owned by `owner` that is in `state`?
+pub fn decide_cancel(
+    state: JobState,
+    owner: &crate::Email,
+    caller: &crate::Email,
+    caller_is_admin: bool,
+) -> Result<(), JobRuleError> {
+    if owner != caller && !caller_is_admin {
+        return Err(JobRuleError::NotOwner);
+    }
+    if state.is_terminal() {
+        return Err(JobRuleError::AlreadyFinished(state));
+    }
+    Ok(())
+}
+
+/// Turns Slurm's pending reason into a sentence a researcher understands.
+pub fn explain_pending(reason: &str, cold_start_seconds: u32) -> String {
+    match reason {
+        "" | "None" => "queued; it starts as soon as the scheduler places it".into(),
+        "Resources" | "ReqNodeNotAvail" | "NodeDown" | "PartitionNodeLimit" | "Nodes_required_for_job_are_DOWN,_DRAINED_or_reserved_for_jobs_in_higher_priority_partitions" => {
+            format!("waiting for a node to start: about {cold_start_seconds} s")
+        }
+        "Priority" => "waiting behind higher-priority jobs in the queue".into(),
+        "Dependency" => "waiting for the jobs it depends on to finish".into(),
+        "DependencyNeverSatisfied" => "will never start: a job it depends on failed; cancel it and resubmit".into(),
+        "BeginTime" => "waiting for its requested start time".into(),
+        "JobHeldUser" => "held by you; release it to let it start".into(),
+        "JobHeldAdmin" => "held by an administrator".into(),
+        "QOSMaxJobsPerUserLimit" | "QOSMaxCpuPerUserLimit" | "AssocGrpCpuLimit" | "AssocMaxJobsLimit" | "AssocGrpJobsLimit" | "QOSGrpCpuLimit" => {
+            "waiting because you are at your limit of running jobs or CPUs; it starts when one of yours finishes".into()
+        }
+        "AssocGrpBillingMinutes" | "QOSGrpBillingMinutes" | "OverQuota" => "over your quota: it will not start until the quota is raised".into(),
+        "PartitionTimeLimit" => "its time limit is longer than the partition allows; cancel it and resubmit with a shorter time_limit".into(),
+        "BadConstraints" => "no node offers the features it asks for; cancel it and resubmit with other constraints".into(),
+        other => format!("waiting ({other})"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Email;
+
+    #[test]
+    fn terminal_states_never_change_and_same_state_is_no_change() {
+        for from in JobState::ALL {
+            for to in JobState::ALL {
+                let r = transition(from, to);
+                if from == to {
+                    assert_eq!(r, Ok(false), "{from}->{to}");
+                } else if from.is_terminal() {
+                    assert_eq!(r, Err(JobRuleError::ImpossibleTransition { from, to }));
+                } else {
+                    assert_eq!(r, Ok(true), "{from}->{to}");
+                }
+            }
+        }
+        assert!(
+            transition(JobState::Pending, JobState::Completed).unwrap(),
+            "a fast job may skip RUNNING between polls"
+        );
+        assert!(transition(JobState::Completed, JobState::Running).is_err());
+        assert!(transition(JobState::Cancelled, JobState::Pending).is_err());
+    }
+
+    #[test]
+    fn slurm_state_arrays() {
+        let s =
+            |v: &[&str]| JobState::from_slurm(&v.iter().map(|x| x.to_string()).collect::<Vec<_>>());
+        assert_eq!(s(&["RUNNING", "COMPLETING"]), Some(JobState::Running));
+        assert_eq!(s(&["PENDING", "CONFIGURING"]), Some(JobState::Pending));
+        assert_eq!(s(&["NODE_FAIL"]), Some(JobState::NodeFail));
+        assert_eq!(s(&["REQUEUED"]), Some(JobState::Pending));
+        assert_eq!(s(&["SOMETHING_NEW"]), None);
+        assert_eq!(
+            serde_json::to_string(&JobState::OutOfMemory).unwrap(),
+            "\"OUT_OF_MEMORY\""
+        );
+    }
+
+    #[test]
+    fn cancel_rules() {
+        let ada = Email::new("ada@lab.org").unwrap();
+        let bob = Email::new("bob@lab.org").unwrap();
+        assert_eq!(decide_cancel(JobState::Running, &ada, &ada, false), Ok(()));
+        assert_eq!(
+            decide_cancel(JobState::Running, &ada, &bob, false),
+            Err(JobRuleError::NotOwner)
+        );
+        assert_eq!(decide_cancel(JobState::Running, &ada, &bob, true), Ok(()));
+        assert_eq!(
+            decide_cancel(JobState::Completed, &ada, &ada, false),
+            Err(JobRuleError::AlreadyFinished(JobState::Completed))
+        );
+    }
+
+    #[test]
+    fn pending_reasons_read_like_sentences() {
+        assert_eq!(
+            explain_pending("Resources", 90),
+            "waiting for a node to start: about 90 s"
+        );
+        assert!(explain_pending("AssocGrpBillingMinutes", 90).contains("over your quota"));
+        assert_eq!(explain_pending("Weird", 90), "waiting (Weird)");
+    }
+}
