@@ -5,6 +5,7 @@
 //! features that need them.
 
 pub mod clusters;
+pub mod slurm;
 
 pub use eventlog::{Clock, EventLog, LogError, Metadata, Position};
 

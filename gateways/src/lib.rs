@@ -1,4 +1,7 @@
-//! Adapters behind the command ports (slurmrestd, the local executor, DynamoDB, S3).
+//! Adapters behind the command ports.
 //!
-//! Empty for now: the first ports (Slurm) arrive with the jobs feature. The crate exists so the
-//! workspace has the shape of `docs/architecture.md` from the start.
+//! - [`local::LocalExecutor`]: the embedded default Slurm — runs each job's script with bash as a
+//!   real process.
+//! - slurmrestd (v0.0.44): not yet; see the notes of the jobs issue.
+
+pub mod local;

@@ -1,0 +1,66 @@
+//! The Slurm port: what command handlers and the poll cycle need from a Slurm controller.
+//! Adapters: the local executor (embedded default) and slurmrestd v0.0.44 (in `gateways`).
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use domain::job::JobState;
+
+/// The prefix Clusterra stamps on every job's `comment`, followed by the submission id, so a
+/// job Slurm accepted can always be matched to its submission.
+pub const COMMENT_PREFIX: &str = "clusterra:";
+
+/// A job as the controller reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlurmJob {
+    pub job_id: u64,
+    pub name: String,
+    pub state: JobState,
+    /// Slurm's reason (`Resources`, `Priority`, `None`, …).
+    pub reason: Option<String>,
+    pub exit_code: Option<i32>,
+    pub node: Option<String>,
+    pub start_time: Option<DateTime<Utc>>,
+    pub end_time: Option<DateTime<Utc>>,
+    pub comment: Option<String>,
+}
+
+impl SlurmJob {
+    /// The submission id stamped in the comment, if any.
+    pub fn submission_id(&self) -> Option<uuid::Uuid> {
+        let c = self.comment.as_deref()?.strip_prefix(COMMENT_PREFIX)?;
+        uuid::Uuid::parse_str(c.split_whitespace().next()?).ok()
+    }
+}
+
+/// Slurm accepted a submission.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    pub job_id: u64,
+    /// Slurm's own warnings (e.g. ignored fields).
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SlurmError {
+    /// Slurm refused the job; the messages are Slurm's, made readable.
+    #[error("Slurm refused the job: {}", .0.join("; "))]
+    Rejected(Vec<String>),
+    #[error("Slurm has no job {0}")]
+    UnknownJob(u64),
+    #[error("Slurm could not be reached: {0}")]
+    Unavailable(String),
+}
+
+#[async_trait]
+pub trait SlurmPort: Send + Sync + 'static {
+    /// Submits a canonical v0.0.44 body (its `job.comment` already carries the submission id).
+    async fn submit(&self, body: &serde_json::Value) -> Result<Accepted, SlurmError>;
+    /// One job, or `None` if the controller no longer knows it.
+    async fn job(&self, job_id: u64) -> Result<Option<SlurmJob>, SlurmError>;
+    /// Every job the controller knows.
+    async fn jobs(&self) -> Result<Vec<SlurmJob>, SlurmError>;
+    /// Asks the controller to cancel a job. Cancelling a finished job is not an error.
+    async fn cancel(&self, job_id: u64) -> Result<(), SlurmError>;
+    /// A short description of the backend for logs ("local executor", "slurmrestd http://…").
+    fn describe(&self) -> String;
+}

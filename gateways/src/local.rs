@@ -1,0 +1,455 @@
+//! The local executor: the embedded default behind the Slurm port.
+//!
+//! Each job's script runs with `bash` as a real process in its own process group, with the body's
+//! environment (and nothing else of the server's) and working directory. stdout goes to
+//! `<efs root>/job_<id>.out` unless the body names another file. Time limits are enforced
+//! (TIMEOUT), cancels send SIGTERM to the group and SIGKILL after a grace period (CANCELLED), exit
+//! codes map to COMPLETED/FAILED. Job ids increase and survive restarts; after a restart, jobs
+//! the previous process was running are reported as NODE_FAIL, as Slurm reports jobs of a node
+//! that died.
+//!
+//! Paths under `/mnt/efs` (the cluster's shared mount in production) are mapped to the efs root,
+//! so templates written for a real cluster run unchanged on a laptop.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use commands::slurm::{Accepted, SlurmError, SlurmJob, SlurmPort};
+use domain::job::JobState;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::{Mutex, oneshot};
+
+/// The shared mount production scripts use; mapped to the efs root here.
+pub const EFS_MOUNT: &str = "/mnt/efs";
+
+/// Settings of the local executor.
+#[derive(Debug, Clone)]
+pub struct LocalSettings {
+    /// Where job records, scripts and the id counter live.
+    pub state_dir: PathBuf,
+    /// What `/mnt/efs` means on this machine; job output lands here.
+    pub efs_root: PathBuf,
+    /// Between SIGTERM and SIGKILL on cancel and timeout.
+    pub grace: Duration,
+    /// How long one minute of `time_limit` lasts. 60 s, except in demos and tests.
+    pub minute: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Record {
+    job_id: u64,
+    name: String,
+    state: JobState,
+    reason: Option<String>,
+    exit_code: Option<i32>,
+    submit_time: DateTime<Utc>,
+    start_time: Option<DateTime<Utc>>,
+    end_time: Option<DateTime<Utc>>,
+    comment: Option<String>,
+    pid: Option<u32>,
+}
+
+impl Record {
+    fn view(&self) -> SlurmJob {
+        SlurmJob {
+            job_id: self.job_id,
+            name: self.name.clone(),
+            state: self.state,
+            reason: self.reason.clone(),
+            exit_code: self.exit_code,
+            node: self.start_time.map(|_| "local".to_string()),
+            start_time: self.start_time,
+            end_time: self.end_time,
+            comment: self.comment.clone(),
+        }
+    }
+}
+
+struct Inner {
+    settings: LocalSettings,
+    records: Mutex<BTreeMap<u64, Record>>,
+    cancels: Mutex<BTreeMap<u64, oneshot::Sender<()>>>,
+}
+
+/// The local executor. Cheap to clone.
+#[derive(Clone)]
+pub struct LocalExecutor {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    #[error("local executor state in {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("local executor record {path} is unreadable: {source}")]
+    Record {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LocalError + '_ {
+    move |source| LocalError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Writes a file atomically: a temp file, then rename.
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+impl LocalExecutor {
+    /// Opens (or creates) the executor's state. Jobs a previous process left unfinished are
+    /// killed if still alive and marked NODE_FAIL.
+    pub fn open(settings: LocalSettings, now: DateTime<Utc>) -> Result<Self, LocalError> {
+        for dir in [
+            settings.state_dir.join("jobs"),
+            settings.state_dir.join("scripts"),
+            settings.efs_root.clone(),
+        ] {
+            std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        }
+        let mut records = BTreeMap::new();
+        let jobs_dir = settings.state_dir.join("jobs");
+        for entry in std::fs::read_dir(&jobs_dir).map_err(io(&jobs_dir))? {
+            let path = entry.map_err(io(&jobs_dir))?.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("json") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+            let mut record: Record =
+                serde_json::from_str(&text).map_err(|source| LocalError::Record {
+                    path: path.clone(),
+                    source,
+                })?;
+            if !record.state.is_terminal() {
+                if let Some(pid) = record.pid {
+                    // Its process group may have outlived us: make sure it is gone.
+                    let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                }
+                record.state = JobState::NodeFail;
+                record.reason = Some("the local executor restarted while this job was queued or running; its process was lost".into());
+                record.end_time = Some(now);
+                let bytes = serde_json::to_vec_pretty(&record).unwrap_or_default();
+                write_atomic(&path, &bytes).map_err(io(&path))?;
+                tracing::warn!(job_id = record.job_id, "job lost in a restart: NODE_FAIL");
+            }
+            records.insert(record.job_id, record);
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                settings,
+                records: Mutex::new(records),
+                cancels: Mutex::new(BTreeMap::new()),
+            }),
+        })
+    }
+
+    fn next_id_path(&self) -> PathBuf {
+        self.inner.settings.state_dir.join("next_job_id")
+    }
+
+    /// Hands out the next job id and persists the counter before the id is used, so ids never
+    /// repeat, even across restarts.
+    fn allocate_id(&self, records: &BTreeMap<u64, Record>) -> Result<u64, SlurmError> {
+        let path = self.next_id_path();
+        let stored = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok())
+            .unwrap_or(1);
+        let id = stored.max(records.keys().next_back().map_or(1, |k| k + 1));
+        write_atomic(&path, (id + 1).to_string().as_bytes()).map_err(|e| {
+            SlurmError::Unavailable(format!("cannot persist the job id counter: {e}"))
+        })?;
+        Ok(id)
+    }
+
+    /// Maps `/mnt/efs/...` to the efs root.
+    fn local_path(&self, path: &str) -> PathBuf {
+        match path.strip_prefix(EFS_MOUNT) {
+            Some(rest) => self
+                .inner
+                .settings
+                .efs_root
+                .join(rest.trim_start_matches('/')),
+            None => PathBuf::from(path),
+        }
+    }
+
+    async fn save(&self, record: &Record) {
+        let path = self
+            .inner
+            .settings
+            .state_dir
+            .join("jobs")
+            .join(format!("{}.json", record.job_id));
+        let result = serde_json::to_vec_pretty(record)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| write_atomic(&path, &bytes));
+        if let Err(e) = result {
+            tracing::error!(job_id = record.job_id, error = %e, "could not persist a local job record");
+        }
+    }
+
+    async fn update(&self, job_id: u64, f: impl FnOnce(&mut Record)) {
+        let mut records = self.inner.records.lock().await;
+        if let Some(r) = records.get_mut(&job_id) {
+            f(r);
+            let copy = r.clone();
+            drop(records);
+            self.save(&copy).await;
+        }
+    }
+
+    async fn run(self, job_id: u64, job: Value, cancel: oneshot::Receiver<()>) {
+        let settings = &self.inner.settings;
+        let script_path = settings
+            .state_dir
+            .join("scripts")
+            .join(format!("{job_id}.sh"));
+        let text = |k: &str| job.get(k).and_then(Value::as_str).map(str::to_string);
+        let expand = |p: String| p.replace("%j", &job_id.to_string());
+        let cwd =
+            self.local_path(&text("current_working_directory").unwrap_or_else(|| EFS_MOUNT.into()));
+        let resolve = |p: String| {
+            let p = self.local_path(&expand(p));
+            if p.is_absolute() { p } else { cwd.join(p) }
+        };
+        let stdout_path = text("standard_output")
+            .map(resolve)
+            .unwrap_or_else(|| settings.efs_root.join(format!("job_{job_id}.out")));
+        let stderr_path = text("standard_error").map(resolve);
+        let limit = job
+            .get("time_limit")
+            .filter(|t| t.get("set") == Some(&Value::Bool(true)))
+            .and_then(|t| t.get("number"))
+            .and_then(Value::as_u64)
+            .map(|m| settings.minute * m as u32);
+
+        let launched = (|| -> std::io::Result<tokio::process::Child> {
+            std::fs::write(&script_path, text("script").unwrap_or_default())?;
+            if !cwd.is_dir() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("working directory {} does not exist", cwd.display()),
+                ));
+            }
+            if let Some(parent) = stdout_path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            let out = std::fs::File::create(&stdout_path)?;
+            let err = match &stderr_path {
+                Some(p) => std::fs::File::create(p)?,
+                None => out.try_clone()?,
+            };
+            let mut cmd = tokio::process::Command::new("bash");
+            cmd.arg(&script_path)
+                .current_dir(&cwd)
+                .env_clear()
+                .stdin(Stdio::null())
+                .stdout(out)
+                .stderr(err)
+                .process_group(0)
+                .kill_on_drop(false);
+            for entry in job
+                .get("environment")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                if let Some((k, v)) = entry.as_str().and_then(|e| e.split_once('=')) {
+                    cmd.env(k, v);
+                }
+            }
+            cmd.env("SLURM_JOB_ID", job_id.to_string())
+                .env("SLURM_JOB_NAME", text("name").unwrap_or_default())
+                .env(
+                    "SLURM_CPUS_PER_TASK",
+                    job.get("cpus_per_task")
+                        .map(|v| v.to_string())
+                        .unwrap_or_else(|| "1".into()),
+                );
+            cmd.spawn()
+        })();
+        let mut child = match launched {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(job_id, error = %e, "local job failed to launch");
+                self.update(job_id, |r| {
+                    r.state = JobState::Failed;
+                    r.reason = Some(format!("launch failed: {e}"));
+                    r.exit_code = Some(1);
+                    r.end_time = Some(Utc::now());
+                })
+                .await;
+                return;
+            }
+        };
+        let pid = child.id();
+        self.update(job_id, |r| {
+            r.state = JobState::Running;
+            r.reason = None;
+            r.pid = pid;
+            r.start_time = Some(Utc::now());
+        })
+        .await;
+        tracing::info!(job_id, pid, "local job started");
+
+        let sleep_limit = async {
+            match limit {
+                Some(l) => tokio::time::sleep(l).await,
+                None => std::future::pending().await,
+            }
+        };
+        let (state, reason, exit_code) = tokio::select! {
+            status = child.wait() => match status {
+                Ok(s) => match s.code() {
+                    Some(0) => (JobState::Completed, None, Some(0)),
+                    Some(code) => (JobState::Failed, Some("NonZeroExitCode".to_string()), Some(code)),
+                    None => {
+                        use std::os::unix::process::ExitStatusExt;
+                        let sig = s.signal().unwrap_or(0);
+                        (JobState::Failed, Some(format!("killed by signal {sig}")), Some(128 + sig))
+                    }
+                },
+                Err(e) => (JobState::Failed, Some(format!("could not wait for the job: {e}")), None),
+            },
+            _ = sleep_limit => {
+                self.stop_group(pid, &mut child).await;
+                (JobState::Timeout, Some("TimeLimit".to_string()), None)
+            }
+            _ = cancel => {
+                self.stop_group(pid, &mut child).await;
+                (JobState::Cancelled, Some("cancelled".to_string()), None)
+            }
+        };
+        self.inner.cancels.lock().await.remove(&job_id);
+        self.update(job_id, |r| {
+            r.state = state;
+            r.reason = reason;
+            r.exit_code = exit_code;
+            r.end_time = Some(Utc::now());
+        })
+        .await;
+        tracing::info!(job_id, state = %state, exit_code, "local job ended");
+    }
+
+    /// SIGTERM to the whole group, SIGKILL after the grace period.
+    async fn stop_group(&self, pid: Option<u32>, child: &mut tokio::process::Child) {
+        let Some(pid) = pid else { return };
+        let group = Pid::from_raw(pid as i32);
+        let _ = killpg(group, Signal::SIGTERM);
+        if tokio::time::timeout(self.inner.settings.grace, child.wait())
+            .await
+            .is_err()
+        {
+            let _ = killpg(group, Signal::SIGKILL);
+            let _ = child.wait().await;
+        }
+        // Children that ignored SIGTERM but whose parent exited still belong to the group.
+        let _ = killpg(group, Signal::SIGKILL);
+    }
+}
+
+#[async_trait]
+impl SlurmPort for LocalExecutor {
+    async fn submit(&self, body: &Value) -> Result<Accepted, SlurmError> {
+        let job = body
+            .get("job")
+            .cloned()
+            .ok_or_else(|| SlurmError::Rejected(vec!["the body has no job".into()]))?;
+        if !job
+            .get("script")
+            .and_then(Value::as_str)
+            .is_some_and(|s| s.starts_with("#!"))
+        {
+            return Err(SlurmError::Rejected(vec![
+                "the job has no script starting with #!".into(),
+            ]));
+        }
+        let mut records = self.inner.records.lock().await;
+        let job_id = self.allocate_id(&records)?;
+        let record = Record {
+            job_id,
+            name: job
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or("job")
+                .to_string(),
+            state: JobState::Pending,
+            reason: Some("None".into()),
+            exit_code: None,
+            submit_time: Utc::now(),
+            start_time: None,
+            end_time: None,
+            comment: job
+                .get("comment")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            pid: None,
+        };
+        records.insert(job_id, record.clone());
+        drop(records);
+        self.save(&record).await;
+        let (tx, rx) = oneshot::channel();
+        self.inner.cancels.lock().await.insert(job_id, tx);
+        tokio::spawn(self.clone().run(job_id, job, rx));
+        Ok(Accepted {
+            job_id,
+            warnings: Vec::new(),
+        })
+    }
+
+    async fn job(&self, job_id: u64) -> Result<Option<SlurmJob>, SlurmError> {
+        Ok(self
+            .inner
+            .records
+            .lock()
+            .await
+            .get(&job_id)
+            .map(Record::view))
+    }
+
+    async fn jobs(&self) -> Result<Vec<SlurmJob>, SlurmError> {
+        Ok(self
+            .inner
+            .records
+            .lock()
+            .await
+            .values()
+            .map(Record::view)
+            .collect())
+    }
+
+    async fn cancel(&self, job_id: u64) -> Result<(), SlurmError> {
+        if !self.inner.records.lock().await.contains_key(&job_id) {
+            return Err(SlurmError::UnknownJob(job_id));
+        }
+        if let Some(tx) = self.inner.cancels.lock().await.remove(&job_id) {
+            let _ = tx.send(());
+        }
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "local executor ({})",
+            self.inner.settings.state_dir.display()
+        )
+    }
+}

@@ -1,0 +1,152 @@
+//! The local executor with real bash processes.
+
+#![allow(clippy::unwrap_used)] // a test may panic on what it did not expect
+
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use commands::slurm::SlurmPort;
+use domain::job::JobState;
+use gateways::local::{LocalExecutor, LocalSettings};
+use serde_json::{Value, json};
+
+fn settings(dir: &std::path::Path) -> LocalSettings {
+    LocalSettings {
+        state_dir: dir.join("executor"),
+        efs_root: dir.join("efs"),
+        grace: Duration::from_millis(500),
+        minute: Duration::from_millis(300),
+    }
+}
+
+fn body(script: &str, time_limit: Option<u64>) -> Value {
+    let mut job = json!({
+        "name": "t",
+        "script": format!("#!/bin/bash\n{script}\n"),
+        "environment": ["PATH=/usr/bin:/bin", "GREETING=hello"],
+        "current_working_directory": "/mnt/efs",
+        "comment": "clusterra:6f1c2a4e-1d5b-4d8e-9d6e-0a1b2c3d4e5f"
+    });
+    if let Some(m) = time_limit {
+        job["time_limit"] = json!({"set": true, "infinite": false, "number": m});
+    }
+    json!({ "job": job })
+}
+
+async fn wait_final(ex: &LocalExecutor, id: u64, within: Duration) -> commands::slurm::SlurmJob {
+    let deadline = Instant::now() + within;
+    loop {
+        let job = ex.job(id).await.unwrap().unwrap();
+        if job.state.is_terminal() {
+            return job;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "job {id} still {} after {within:?}",
+            job.state
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn runs_maps_exit_codes_enforces_limits_and_cancels() {
+    let dir = tempfile::tempdir().unwrap();
+    let ex = LocalExecutor::open(settings(dir.path()), Utc::now()).unwrap();
+
+    let ok = ex
+        .submit(&body(
+            "echo \"$GREETING from $SLURM_JOB_ID in $(pwd)\"; echo oops >&2",
+            None,
+        ))
+        .await
+        .unwrap();
+    let job = wait_final(&ex, ok.job_id, Duration::from_secs(10)).await;
+    assert_eq!((job.state, job.exit_code), (JobState::Completed, Some(0)));
+    let out =
+        std::fs::read_to_string(dir.path().join(format!("efs/job_{}.out", ok.job_id))).unwrap();
+    let efs = dir.path().join("efs");
+    assert!(
+        out.contains(&format!("hello from {} in {}", ok.job_id, efs.display())),
+        "{out}"
+    );
+    assert!(
+        out.contains("oops"),
+        "stderr goes with stdout by default: {out}"
+    );
+    assert_eq!(
+        job.submission_id().unwrap().to_string(),
+        "6f1c2a4e-1d5b-4d8e-9d6e-0a1b2c3d4e5f"
+    );
+
+    let failed = ex.submit(&body("exit 3", None)).await.unwrap();
+    let job = wait_final(&ex, failed.job_id, Duration::from_secs(10)).await;
+    assert_eq!((job.state, job.exit_code), (JobState::Failed, Some(3)));
+    assert!(failed.job_id > ok.job_id);
+
+    // The server's own environment does not leak into jobs.
+    let env = ex
+        .submit(&body("echo \"home=[$HOME]\"", None))
+        .await
+        .unwrap();
+    wait_final(&ex, env.job_id, Duration::from_secs(10)).await;
+    let out =
+        std::fs::read_to_string(dir.path().join(format!("efs/job_{}.out", env.job_id))).unwrap();
+    assert_eq!(out.trim(), "home=[]");
+
+    let slow = ex.submit(&body("sleep 30", Some(1))).await.unwrap();
+    let job = wait_final(&ex, slow.job_id, Duration::from_secs(10)).await;
+    assert_eq!(job.state, JobState::Timeout);
+
+    // A job that ignores SIGTERM is killed after the grace period, children included.
+    let stubborn = ex
+        .submit(&body("trap '' TERM; sleep 30 & sleep 30", None))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        ex.job(stubborn.job_id).await.unwrap().unwrap().state,
+        JobState::Running
+    );
+    let started = Instant::now();
+    ex.cancel(stubborn.job_id).await.unwrap();
+    let job = wait_final(&ex, stubborn.job_id, Duration::from_secs(5)).await;
+    assert_eq!(job.state, JobState::Cancelled);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    // Cancelling a finished job is not an error; an unknown one is.
+    ex.cancel(stubborn.job_id).await.unwrap();
+    assert!(ex.cancel(9_999).await.is_err());
+
+    let bad_dir = ex.submit(&json!({"job": {"script": "#!/bin/bash\ntrue", "current_working_directory": "/nonexistent/dir"}})).await.unwrap();
+    let job = wait_final(&ex, bad_dir.job_id, Duration::from_secs(5)).await;
+    assert_eq!(job.state, JobState::Failed);
+    assert!(job.reason.unwrap().contains("does not exist"));
+}
+
+#[tokio::test]
+async fn ids_survive_restarts_and_lost_jobs_are_node_fail() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = {
+        let ex = LocalExecutor::open(settings(dir.path()), Utc::now()).unwrap();
+        let a = ex.submit(&body("true", None)).await.unwrap();
+        wait_final(&ex, a.job_id, Duration::from_secs(10)).await;
+        let b = ex.submit(&body("sleep 30", None)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            ex.job(b.job_id).await.unwrap().unwrap().state,
+            JobState::Running
+        );
+        b.job_id
+    };
+    // The executor "crashed" with job `first` running; a new one takes over the state.
+    let ex = LocalExecutor::open(settings(dir.path()), Utc::now()).unwrap();
+    let lost = ex.job(first).await.unwrap().unwrap();
+    assert_eq!(lost.state, JobState::NodeFail);
+    let next = ex.submit(&body("true", None)).await.unwrap();
+    assert_eq!(next.job_id, first + 1);
+    assert_eq!(ex.jobs().await.unwrap().len(), 3);
+}
