@@ -13,6 +13,16 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub field: Option<String>,
+    /// Every problem, when there is more than one (the first is `code`/`field`).
+    pub details: Vec<ErrorItem>,
+}
+
+/// One of several problems with a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct ErrorItem {
+    pub code: String,
+    pub field: String,
+    pub message: String,
 }
 
 /// The body of every error answer.
@@ -30,6 +40,9 @@ pub struct ErrorDetail {
     pub message: String,
     /// The field at fault, as a path (`slurm.url`, `headers.authorization`), or null.
     pub field: Option<String>,
+    /// Every problem found, when the request had more than one.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<ErrorItem>,
 }
 
 impl ApiError {
@@ -39,6 +52,7 @@ impl ApiError {
             code,
             message: message.into(),
             field: None,
+            details: Vec::new(),
         }
     }
 
@@ -62,6 +76,7 @@ impl IntoResponse for ApiError {
                 code: self.code.to_string(),
                 message: self.message,
                 field: self.field,
+                details: self.details,
             },
         };
         (self.status, Json(body)).into_response()

@@ -5,7 +5,9 @@
 //! features that need them.
 
 pub mod clusters;
+pub mod jobs;
 pub mod slurm;
+pub mod templates;
 
 pub use eventlog::{Clock, EventLog, LogError, Metadata, Position};
 

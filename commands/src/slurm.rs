@@ -5,9 +5,18 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use domain::job::JobState;
 
-/// The prefix Clusterra stamps on every job's `comment`, followed by the submission id, so a
-/// job Slurm accepted can always be matched to its submission.
+/// The prefix Clusterra stamps on every job's `comment`: `clusterra:<submission id> <submitter>`,
+/// then the user's own comment if any, so a job Slurm accepted can always be matched to its
+/// submission.
 pub const COMMENT_PREFIX: &str = "clusterra:";
+
+/// The comment Clusterra sends for a submission.
+pub fn stamp_comment(submission: uuid::Uuid, user: &domain::Email, own: Option<&str>) -> String {
+    match own.map(str::trim).filter(|c| !c.is_empty()) {
+        Some(c) => format!("{COMMENT_PREFIX}{submission} {user} | {c}"),
+        None => format!("{COMMENT_PREFIX}{submission} {user}"),
+    }
+}
 
 /// A job as the controller reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +38,12 @@ impl SlurmJob {
     pub fn submission_id(&self) -> Option<uuid::Uuid> {
         let c = self.comment.as_deref()?.strip_prefix(COMMENT_PREFIX)?;
         uuid::Uuid::parse_str(c.split_whitespace().next()?).ok()
+    }
+
+    /// The submitter stamped in the comment after the submission id, if any.
+    pub fn submitter(&self) -> Option<domain::Email> {
+        let c = self.comment.as_deref()?.strip_prefix(COMMENT_PREFIX)?;
+        domain::Email::new(c.split_whitespace().nth(1)?).ok()
     }
 }
 
@@ -63,4 +78,32 @@ pub trait SlurmPort: Send + Sync + 'static {
     async fn cancel(&self, job_id: u64) -> Result<(), SlurmError>;
     /// A short description of the backend for logs ("local executor", "slurmrestd http://…").
     fn describe(&self) -> String;
+}
+
+/// Which Slurm serves which cluster.
+pub trait SlurmDirectory: Send + Sync + 'static {
+    fn get(
+        &self,
+        workspace: &domain::WorkspaceId,
+        cluster: &domain::ClusterId,
+    ) -> Option<std::sync::Arc<dyn SlurmPort>>;
+}
+
+/// A directory of fixed entries.
+#[derive(Default, Clone)]
+pub struct StaticDirectory(
+    pub  std::collections::HashMap<
+        (domain::WorkspaceId, domain::ClusterId),
+        std::sync::Arc<dyn SlurmPort>,
+    >,
+);
+
+impl SlurmDirectory for StaticDirectory {
+    fn get(
+        &self,
+        workspace: &domain::WorkspaceId,
+        cluster: &domain::ClusterId,
+    ) -> Option<std::sync::Arc<dyn SlurmPort>> {
+        self.0.get(&(workspace.clone(), cluster.clone())).cloned()
+    }
 }

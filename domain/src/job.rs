@@ -216,3 +216,34 @@ mod tests {
         assert_eq!(explain_pending("Weird", 90), "waiting (Weird)");
     }
 }
+
+/// What the log says about one job: folded from its stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobFacts {
+    pub submitted: crate::events::JobSubmitted,
+    pub state: JobState,
+    pub cancel_requested: bool,
+}
+
+impl JobFacts {
+    /// Folds a job stream's events; `None` if the stream does not start with `JobSubmitted`.
+    pub fn fold(events: impl IntoIterator<Item = crate::DomainEvent>) -> Option<JobFacts> {
+        use crate::DomainEvent;
+        let mut facts: Option<JobFacts> = None;
+        for event in events {
+            match (event, facts.as_mut()) {
+                (DomainEvent::JobSubmitted(s), None) => {
+                    facts = Some(JobFacts {
+                        submitted: s,
+                        state: JobState::Pending,
+                        cancel_requested: false,
+                    })
+                }
+                (DomainEvent::JobStateChanged(c), Some(f)) => f.state = c.to,
+                (DomainEvent::JobCancelRequested(_), Some(f)) => f.cancel_requested = true,
+                _ => {}
+            }
+        }
+        facts
+    }
+}

@@ -7,6 +7,9 @@ pub mod job;
 pub mod money;
 pub mod submit;
 
-pub use events::{ClusterRegistered, DomainEvent, SlurmEndpoint};
+pub use events::{
+    ClusterRegistered, DomainEvent, JobCancelRequested, JobStateChanged, JobSubmitted,
+    SlurmEndpoint, SubmittedVia,
+};
 pub use ids::{ClusterId, Email, IdError, WorkspaceId};
 pub use money::MicroUsd;

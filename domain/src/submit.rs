@@ -9,9 +9,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 /// A problem with the body, with the path of the field at fault.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct FieldError {
-    pub code: String,
+    pub code: &'static str,
     pub field: String,
     pub message: String,
 }
@@ -198,9 +198,9 @@ struct Check {
 }
 
 impl Check {
-    fn error(&mut self, code: &str, field: impl Into<String>, message: impl Into<String>) {
+    fn error(&mut self, code: &'static str, field: impl Into<String>, message: impl Into<String>) {
         self.errors.push(FieldError {
-            code: code.into(),
+            code,
             field: field.into(),
             message: message.into(),
         });
@@ -607,7 +607,7 @@ mod tests {
         canonicalize(&body)
             .unwrap_err()
             .into_iter()
-            .map(|e| (e.code, e.field))
+            .map(|e| (e.code.to_string(), e.field))
             .collect()
     }
 

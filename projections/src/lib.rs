@@ -177,6 +177,7 @@ pub fn all_projectors() -> Vec<Arc<dyn Projector>> {
         Arc::new(views::event_counts::EventCounts),
         Arc::new(views::streams::StreamSummaries),
         Arc::new(views::clusters::ClusterViews),
+        Arc::new(views::jobs::JobViews),
     ]
 }
 

@@ -2,4 +2,5 @@
 
 pub mod clusters;
 pub mod event_counts;
+pub mod jobs;
 pub mod streams;

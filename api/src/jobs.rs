@@ -1,0 +1,494 @@
+//! `/v1/clusters/{id}/jobs`: submit (raw v0.0.44 body or template), list, read, cancel.
+//!
+//! Users see and cancel their own jobs; admins see and cancel every job of their workspace.
+//! Another user's job answers 404, like a job that does not exist.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::IntoResponse;
+use chrono::{DateTime, Utc};
+use commands::jobs::{CancelRequest, JobError, Submission};
+use commands::slurm::{SlurmError, SlurmPort};
+use domain::job::{JobRuleError, JobState};
+use domain::{ClusterId, SubmittedVia};
+use eventlog::{ModelSet, StreamId};
+use projections::views::jobs::{self, JobView};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use utoipa::{IntoParams, ToSchema};
+
+use crate::auth::Caller;
+use crate::consistency::{MinPosition, await_projection, position_header};
+use crate::error::ErrorItem;
+use crate::json::ApiJson;
+use crate::{ApiError, AppState};
+
+/// The answer to a submission.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SubmitResponse {
+    /// Slurm's job id.
+    pub job_id: u64,
+    pub submission_id: uuid::Uuid,
+    /// The log position this submission produced.
+    pub position: i64,
+    /// What was accepted but is worth knowing (spellings fixed, unknown fields forwarded).
+    #[schema(value_type = Vec<Object>)]
+    pub warnings: Vec<domain::submit::Warning>,
+}
+
+/// A job as users see it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Job {
+    pub job_id: u64,
+    pub cluster_id: String,
+    pub submission_id: uuid::Uuid,
+    pub name: String,
+    pub user: String,
+    /// Slurm's state name: PENDING, RUNNING, COMPLETED, FAILED, CANCELLED, TIMEOUT, NODE_FAIL, …
+    #[schema(example = "RUNNING")]
+    pub state: String,
+    pub exit_code: Option<i32>,
+    pub submitted_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub ended_at: Option<DateTime<Utc>>,
+    /// Why it is waiting, in words; null unless PENDING.
+    pub pending_reason: Option<String>,
+    pub reason: Option<String>,
+    pub node: Option<String>,
+    #[schema(value_type = Object)]
+    pub shape: domain::submit::JobShape,
+    #[schema(example = "template")]
+    pub via: String,
+    pub template_id: Option<String>,
+    pub cancel_requested_by: Option<String>,
+}
+
+impl From<JobView> for Job {
+    fn from(v: JobView) -> Self {
+        Job {
+            job_id: v.job_id,
+            cluster_id: v.cluster_id.to_string(),
+            submission_id: v.submission_id,
+            name: v.name,
+            user: v.user,
+            state: v.state.as_str().to_string(),
+            exit_code: v.exit_code,
+            submitted_at: v.submitted_at,
+            started_at: v.started_at,
+            ended_at: v.ended_at,
+            pending_reason: v.pending_reason,
+            reason: v.reason,
+            node: v.node,
+            shape: v.shape,
+            via: serde_json::to_value(v.via).ok().and_then(|x| x.as_str().map(str::to_string)).unwrap_or_default(),
+            template_id: v.template_id,
+            cancel_requested_by: v.cancel_requested_by,
+        }
+    }
+}
+
+/// One event of a job's history.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HistoryEntry {
+    pub position: i64,
+    pub event_type: String,
+    pub recorded_at: DateTime<Utc>,
+    #[schema(value_type = Object)]
+    pub data: serde_json::Value,
+}
+
+/// A job and its event history.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobDetail {
+    #[serde(flatten)]
+    pub job: Job,
+    pub history: Vec<HistoryEntry>,
+}
+
+/// A page of jobs.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobPage {
+    pub jobs: Vec<Job>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Filters of `GET /v1/clusters/{id}/jobs`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct JobFilter {
+    /// Only jobs in this state (Slurm name, e.g. RUNNING).
+    pub state: Option<String>,
+    /// Only this user's jobs (admins; a user only ever sees their own).
+    pub user: Option<String>,
+    /// Only jobs from this template.
+    pub template: Option<String>,
+    /// From a previous page's `next_cursor`.
+    pub cursor: Option<String>,
+    /// Page size, 1-500 (default 100).
+    pub limit: Option<usize>,
+}
+
+pub(crate) fn cluster_not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "cluster_not_found", "no cluster with this id in your workspace; list yours with GET /v1/clusters")
+        .with_field("id")
+}
+
+fn job_not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "job_not_found", "no job with this id on this cluster that you can see; list yours with GET /v1/clusters/{id}/jobs")
+        .with_field("job_id")
+}
+
+/// Resolves the cluster (in the caller's workspace) and its Slurm.
+async fn cluster_and_slurm(state: &AppState, caller: &Caller, id: &str) -> Result<(ClusterId, Arc<dyn SlurmPort>), ApiError> {
+    let cluster = ClusterId::new(id).map_err(|_| cluster_not_found())?;
+    let exists = state
+        .store
+        .read
+        .get_doc(ModelSet::Live, projections::views::clusters::NAME, &projections::views::clusters::collection(&caller.workspace), cluster.as_str())
+        .await?
+        .is_some();
+    if !exists {
+        return Err(cluster_not_found());
+    }
+    let slurm = state.slurm.get(&caller.workspace, &cluster).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "slurm_not_connected",
+            format!("cluster {cluster} has no Slurm connection on this server yet; use the local cluster, or ask an operator to connect it"),
+        )
+    })?;
+    Ok((cluster, slurm))
+}
+
+pub(crate) fn job_error(e: JobError) -> ApiError {
+    match e {
+        JobError::Invalid(errors) => {
+            let first = errors.first().cloned();
+            let message = if errors.len() == 1 {
+                errors[0].message.clone()
+            } else {
+                format!(
+                    "{} problems: {}",
+                    errors.len(),
+                    errors.iter().map(|e| format!("{}: {}", e.field, e.message)).collect::<Vec<_>>().join("; ")
+                )
+            };
+            let mut err = ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, first.as_ref().map_or("invalid_body", |f| f.code), message);
+            if let Some(f) = first.filter(|f| !f.field.is_empty()) {
+                err = err.with_field(f.field);
+            }
+            err.details = errors.into_iter().map(|e| ErrorItem { code: e.code.into(), field: e.field, message: e.message }).collect();
+            err
+        }
+        JobError::Slurm(SlurmError::Rejected(m)) => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "slurm_rejected",
+            format!("Slurm refused the job: {}", m.join("; ")),
+        ),
+        JobError::Slurm(SlurmError::UnknownJob(_)) | JobError::NotFound => job_not_found(),
+        JobError::Slurm(SlurmError::Unavailable(m)) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "slurm_unavailable",
+            format!("Slurm could not be reached ({m}); retry with the same Idempotency-Key"),
+        ),
+        JobError::Rule(JobRuleError::AlreadyFinished(s)) => ApiError::new(
+            StatusCode::CONFLICT,
+            "job_finished",
+            format!("the job already finished as {s}; there is nothing to cancel"),
+        ),
+        JobError::Rule(JobRuleError::NotOwner) => job_not_found(),
+        JobError::Rule(e @ JobRuleError::ImpossibleTransition { .. }) => ApiError::internal(e.to_string()),
+        JobError::InProgress => ApiError::new(
+            StatusCode::CONFLICT,
+            "submission_in_progress",
+            "a submission with this Idempotency-Key is still being processed; retry in a moment",
+        )
+        .with_field("headers.idempotency-key"),
+        JobError::Log(e) => e.into(),
+        JobError::Decode(e) => ApiError::internal(format!("a stored event is unreadable: {e}")),
+    }
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else { return Ok(None) };
+    v.to_str()
+        .ok()
+        .map(str::trim)
+        .filter(|k| (1..=200).contains(&k.len()) && k.chars().all(|c| c.is_ascii_graphic()))
+        .map(|k| Some(k.to_string()))
+        .ok_or_else(|| {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_idempotency_key", "Idempotency-Key must be 1-200 visible ASCII characters, e.g. a UUID")
+                .with_field("headers.idempotency-key")
+        })
+}
+
+fn via(headers: &HeaderMap, template: bool) -> Result<SubmittedVia, ApiError> {
+    if template {
+        return Ok(SubmittedVia::Template);
+    }
+    match headers.get("x-clusterra-via").map(|v| v.to_str().unwrap_or("?")) {
+        None | Some("api") => Ok(SubmittedVia::Api),
+        Some("cli") => Ok(SubmittedVia::Cli),
+        Some("console") => Ok(SubmittedVia::Console),
+        Some("agent") => Ok(SubmittedVia::Agent),
+        Some(_) => Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_via", "X-Clusterra-Via must be api, cli, console or agent")
+            .with_field("headers.x-clusterra-via")),
+    }
+}
+
+/// Submit a job: a raw slurmrestd v0.0.44 body (`{"job": {...}}`), or `{"template_id", "params"}`.
+#[utoipa::path(
+    post,
+    path = "/v1/clusters/{id}/jobs",
+    tag = "jobs",
+    params(
+        ("id" = String, Path, description = "Cluster id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "A retry with the same key returns the first answer and creates nothing"),
+    ),
+    request_body(content = Object, description = "A v0.0.44 job-submit body, or {template_id, params}"),
+    responses(
+        (status = 201, description = "Submitted (also the answer to a retry)", body = SubmitResponse),
+        (status = 401, description = "Missing or invalid token", body = crate::error::ErrorBody),
+        (status = 404, description = "No such cluster in your workspace", body = crate::error::ErrorBody),
+        (status = 422, description = "The body is not a valid submission; `details` lists every problem", body = crate::error::ErrorBody),
+        (status = 503, description = "Slurm unreachable; retry with the same Idempotency-Key", body = crate::error::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn submit(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<serde_json::Value>,
+) -> Result<impl IntoResponse, ApiError> {
+    let key = idempotency_key(&headers)?;
+    let (cluster, slurm) = cluster_and_slurm(&state, &caller, &id).await?;
+    let (body, template_id, params) = match body.get("template_id") {
+        Some(_) => {
+            let (rendered, template_id, params) = crate::templates::render_request(&state, &body)?;
+            (rendered, Some(template_id), Some(params))
+        }
+        None => (body, None, None),
+    };
+    let via = via(&headers, template_id.is_some())?;
+    let submitted = state
+        .submitter
+        .submit(
+            state.store.log.as_ref(),
+            slurm.as_ref(),
+            Submission {
+                workspace: caller.workspace.clone(),
+                cluster,
+                user: caller.email.clone(),
+                role: caller.role.as_str().into(),
+                via,
+                template_id,
+                params,
+                body,
+                idempotency_key: key,
+            },
+        )
+        .await
+        .map_err(job_error)?;
+    let mut headers = position_header(submitted.position);
+    if submitted.replayed {
+        headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok((
+        StatusCode::CREATED,
+        headers,
+        Json(SubmitResponse {
+            job_id: submitted.job_id,
+            submission_id: submitted.submission_id,
+            position: submitted.position,
+            warnings: submitted.warnings,
+        }),
+    ))
+}
+
+/// The cluster's jobs, newest last; users see their own, admins all.
+#[utoipa::path(
+    get,
+    path = "/v1/clusters/{id}/jobs",
+    tag = "jobs",
+    params(("id" = String, Path, description = "Cluster id"), JobFilter,
+        ("X-Clusterra-Min-Position" = Option<i64>, Header, description = "Wait (bounded) until this log position is visible")),
+    responses(
+        (status = 200, description = "A page of jobs", body = JobPage),
+        (status = 400, description = "A filter is invalid", body = crate::error::ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = crate::error::ErrorBody),
+        (status = 404, description = "No such cluster in your workspace", body = crate::error::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    min: MinPosition,
+    Path(id): Path<String>,
+    filter: Result<Query<JobFilter>, axum::extract::rejection::QueryRejection>,
+) -> Result<(HeaderMap, Json<JobPage>), ApiError> {
+    let Query(filter) = filter.map_err(|e| {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", format!("{e}; the filters are state, user, template, cursor and limit"))
+    })?;
+    let cluster = ClusterId::new(id).map_err(|_| cluster_not_found())?;
+    cluster_exists(&state, &caller, &cluster).await?;
+    let want_state = match filter.state.as_deref() {
+        Some(s) => Some(JobState::ALL.into_iter().find(|x| x.as_str() == s.to_ascii_uppercase()).ok_or_else(|| {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_state", format!("state {s:?} is not a Slurm state name; use e.g. PENDING, RUNNING, COMPLETED, FAILED, CANCELLED, TIMEOUT, NODE_FAIL"))
+                .with_field("state")
+        })?),
+        None => None,
+    };
+    let limit = filter.limit.unwrap_or(100);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_limit", "limit must be from 1 to 500").with_field("limit"));
+    }
+    let mut after = match filter.cursor.as_deref() {
+        Some(c) => Some(c.parse::<u64>().map(jobs::key).map_err(|_| {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_cursor", "cursor must be a next_cursor from a previous page").with_field("cursor")
+        })?),
+        None => None,
+    };
+    let headers = await_projection(&state, jobs::NAME, min).await;
+    let collection = jobs::collection(&caller.workspace, &cluster);
+    let mut out = Vec::new();
+    let mut more = false;
+    'pages: loop {
+        let page = state.store.read.list_docs(ModelSet::Live, jobs::NAME, &collection, after.as_deref(), 500).await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.key.clone());
+        for row in page {
+            let view: JobView = serde_json::from_str(&row.doc).map_err(|e| ApiError::internal(format!("a stored job view is unreadable: {e}")))?;
+            let visible = caller.is_admin() || view.user == caller.email.as_str();
+            let matches = want_state.is_none_or(|s| view.state == s)
+                && filter.user.as_deref().is_none_or(|u| view.user == u.to_ascii_lowercase())
+                && filter.template.as_deref().is_none_or(|t| view.template_id.as_deref() == Some(t));
+            if visible && matches {
+                if out.len() == limit {
+                    more = true;
+                    break 'pages;
+                }
+                out.push(view);
+            }
+        }
+    }
+    let next_cursor = if more { out.last().map(|v| v.job_id.to_string()) } else { None };
+    Ok((headers, Json(JobPage { jobs: out.into_iter().map(Job::from).collect(), next_cursor })))
+}
+
+async fn cluster_exists(state: &AppState, caller: &Caller, cluster: &ClusterId) -> Result<(), ApiError> {
+    state
+        .store
+        .read
+        .get_doc(ModelSet::Live, projections::views::clusters::NAME, &projections::views::clusters::collection(&caller.workspace), cluster.as_str())
+        .await?
+        .map(|_| ())
+        .ok_or_else(cluster_not_found)
+}
+
+async fn visible_job(state: &AppState, caller: &Caller, cluster: &ClusterId, job_id: &str) -> Result<JobView, ApiError> {
+    let job_id: u64 = job_id.parse().map_err(|_| job_not_found())?;
+    let doc = state
+        .store
+        .read
+        .get_doc(ModelSet::Live, jobs::NAME, &jobs::collection(&caller.workspace, cluster), &jobs::key(job_id))
+        .await?
+        .ok_or_else(job_not_found)?;
+    let view: JobView = serde_json::from_str(&doc).map_err(|e| ApiError::internal(format!("a stored job view is unreadable: {e}")))?;
+    if !caller.is_admin() && view.user != caller.email.as_str() {
+        return Err(job_not_found());
+    }
+    Ok(view)
+}
+
+/// One job and its event history.
+#[utoipa::path(
+    get,
+    path = "/v1/clusters/{id}/jobs/{job_id}",
+    tag = "jobs",
+    params(("id" = String, Path, description = "Cluster id"), ("job_id" = u64, Path, description = "Slurm job id"),
+        ("X-Clusterra-Min-Position" = Option<i64>, Header, description = "Wait (bounded) until this log position is visible")),
+    responses(
+        (status = 200, description = "The job and its history", body = JobDetail),
+        (status = 401, description = "Missing or invalid token", body = crate::error::ErrorBody),
+        (status = 404, description = "No such job that you can see", body = crate::error::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn get_one(
+    State(state): State<AppState>,
+    caller: Caller,
+    min: MinPosition,
+    Path((id, job_id)): Path<(String, String)>,
+) -> Result<(HeaderMap, Json<JobDetail>), ApiError> {
+    let cluster = ClusterId::new(id).map_err(|_| cluster_not_found())?;
+    cluster_exists(&state, &caller, &cluster).await?;
+    let headers = await_projection(&state, jobs::NAME, min).await;
+    let view = visible_job(&state, &caller, &cluster, &job_id).await?;
+    let stream = StreamId::new(view.stream_id.clone()).map_err(|e| ApiError::internal(e.to_string()))?;
+    let history = state
+        .store
+        .log
+        .read_stream(&stream, 0, 1_000)
+        .await?
+        .into_iter()
+        .map(|e| HistoryEntry {
+            position: e.position,
+            event_type: e.event_type.clone(),
+            recorded_at: e.recorded_at,
+            data: e.data_json().unwrap_or(serde_json::Value::Null),
+        })
+        .collect();
+    Ok((headers, Json(JobDetail { job: Job::from(view), history })))
+}
+
+/// The answer to a cancel.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CancelResponse {
+    pub job_id: u64,
+    /// The log position of `JobCancelRequested`; the job turns CANCELLED shortly after.
+    pub position: i64,
+}
+
+/// Cancel a job (its owner or an admin).
+#[utoipa::path(
+    delete,
+    path = "/v1/clusters/{id}/jobs/{job_id}",
+    tag = "jobs",
+    params(("id" = String, Path, description = "Cluster id"), ("job_id" = u64, Path, description = "Slurm job id")),
+    responses(
+        (status = 202, description = "Cancel requested; the state follows", body = CancelResponse),
+        (status = 401, description = "Missing or invalid token", body = crate::error::ErrorBody),
+        (status = 404, description = "No such job that you can see", body = crate::error::ErrorBody),
+        (status = 409, description = "The job already finished", body = crate::error::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn cancel(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, job_id)): Path<(String, String)>,
+) -> Result<impl IntoResponse, ApiError> {
+    let (cluster, slurm) = cluster_and_slurm(&state, &caller, &id).await?;
+    let view = visible_job(&state, &caller, &cluster, &job_id).await?;
+    let position = commands::jobs::cancel_job(
+        state.store.log.as_ref(),
+        slurm.as_ref(),
+        CancelRequest {
+            cluster,
+            submission: view.submission_id,
+            caller: caller.email.clone(),
+            caller_is_admin: caller.is_admin(),
+            why: None,
+            metadata: crate::clusters::metadata(&caller),
+        },
+    )
+    .await
+    .map_err(job_error)?;
+    Ok((StatusCode::ACCEPTED, position_header(position), Json(CancelResponse { job_id: view.job_id, position })))
+}

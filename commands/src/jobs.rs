@@ -1,0 +1,426 @@
+//! Jobs: submit, cancel, and the reconcile step of the poll cycle.
+//!
+//! A submission the API acknowledged is never lost and never runs twice:
+//! - the submission id (from the `Idempotency-Key`, or fresh) names the job's stream, so a retry
+//!   finds the first answer in the log and submits nothing;
+//! - the id is stamped into the job's Slurm `comment`, so if the process dies between Slurm
+//!   accepting the job and `JobSubmitted` being appended, the next reconcile finds the job in
+//!   Slurm and adopts it (`via: adopted`);
+//! - `JobSubmitted`'s event id is derived from the submission id, so the API's append and an
+//!   adoption can never both land.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+
+use domain::job::{JobFacts, JobRuleError, JobState, decide_cancel, transition};
+use domain::submit::{FieldError, JobShape, Warning, canonicalize};
+use domain::{
+    ClusterId, DomainEvent, Email, JobCancelRequested, JobStateChanged, JobSubmitted, SubmittedVia,
+    WorkspaceId,
+};
+use eventlog::{EventLog, ExpectedVersion, LogError, Metadata, NewEvent, Position, StreamId};
+use uuid::Uuid;
+
+use crate::slurm::{SlurmError, SlurmJob, SlurmPort, stamp_comment};
+
+/// Namespace for submission ids derived from idempotency keys.
+const IDEMPOTENCY_NAMESPACE: Uuid = Uuid::from_u128(0x6c75_7374_6572_7261_6964_656d_706f_7465);
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("the submission is not valid")]
+    Invalid(Vec<FieldError>),
+    #[error(transparent)]
+    Slurm(#[from] SlurmError),
+    #[error(transparent)]
+    Rule(#[from] JobRuleError),
+    #[error("no such job")]
+    NotFound,
+    #[error("this submission is already in progress; retry in a moment")]
+    InProgress,
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error("stored event unreadable: {0}")]
+    Decode(#[from] serde_json::Error),
+}
+
+/// The stream of one job: `job-<cluster>-<submission id>`.
+pub fn stream(cluster: &ClusterId, submission: Uuid) -> StreamId {
+    StreamId::new(format!("job-{cluster}-{submission}"))
+        .unwrap_or_else(|e| unreachable!("slug and uuid make a valid stream id: {e}"))
+}
+
+/// A submission, raw or rendered from a template.
+#[derive(Debug, Clone)]
+pub struct Submission {
+    pub workspace: WorkspaceId,
+    pub cluster: ClusterId,
+    pub user: Email,
+    pub role: String,
+    pub via: SubmittedVia,
+    pub template_id: Option<String>,
+    pub params: Option<serde_json::Value>,
+    pub body: serde_json::Value,
+    pub idempotency_key: Option<String>,
+}
+
+/// The answer to a submission.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Submitted {
+    pub job_id: u64,
+    pub submission_id: Uuid,
+    pub position: Position,
+    pub warnings: Vec<Warning>,
+    /// True when this answers a retry of an earlier submission.
+    pub replayed: bool,
+}
+
+fn new_event(event: &DomainEvent, metadata: Metadata) -> Result<NewEvent, JobError> {
+    Ok(NewEvent {
+        schema_version: event.schema_version(),
+        ..NewEvent::new(event.event_type(), event.data()?)
+    }
+    .with_metadata(metadata))
+}
+
+/// Reads and folds one job stream: the facts and the stream's version.
+pub async fn load(
+    log: &dyn EventLog,
+    stream: &StreamId,
+) -> Result<Option<(JobFacts, i64)>, JobError> {
+    let mut events = Vec::new();
+    let mut version = 0;
+    loop {
+        let batch = log.read_stream(stream, version, 500).await?;
+        let Some(last) = batch.last() else { break };
+        version = last.stream_version;
+        for e in batch {
+            if let Some(d) = DomainEvent::decode(&e.event_type, e.schema_version, &e.data)? {
+                events.push((d, e.position));
+            }
+        }
+    }
+    Ok(JobFacts::fold(events.into_iter().map(|(d, _)| d)).map(|f| (f, version)))
+}
+
+/// Submits jobs; one per process, so concurrent retries of one submission are serialised.
+#[derive(Default)]
+pub struct Submitter {
+    in_flight: Mutex<HashSet<Uuid>>,
+}
+
+struct InFlight<'a>(&'a Mutex<HashSet<Uuid>>, Uuid);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.1);
+    }
+}
+
+impl Submitter {
+    pub async fn submit(
+        &self,
+        log: &dyn EventLog,
+        slurm: &dyn SlurmPort,
+        s: Submission,
+    ) -> Result<Submitted, JobError> {
+        let canonical = canonicalize(&s.body).map_err(JobError::Invalid)?;
+        let submission_id = match &s.idempotency_key {
+            Some(key) => Uuid::new_v5(
+                &IDEMPOTENCY_NAMESPACE,
+                format!("{}/{}/{}/{key}", s.workspace, s.cluster, s.user).as_bytes(),
+            ),
+            None => Uuid::now_v7(),
+        };
+        let stream = stream(&s.cluster, submission_id);
+        if let Some(first) = Self::first_answer(log, &stream, submission_id).await? {
+            return Ok(first);
+        }
+        let _guard = {
+            let mut set = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            if !set.insert(submission_id) {
+                return Err(JobError::InProgress);
+            }
+            InFlight(&self.in_flight, submission_id)
+        };
+        // Checked again under the guard: a concurrent retry may have finished meanwhile.
+        if let Some(first) = Self::first_answer(log, &stream, submission_id).await? {
+            return Ok(first);
+        }
+        let mut body = canonical.body;
+        let own_comment = body["job"]
+            .get("comment")
+            .and_then(|c| c.as_str())
+            .map(str::to_string);
+        body["job"]["comment"] = serde_json::Value::String(stamp_comment(
+            submission_id,
+            &s.user,
+            own_comment.as_deref(),
+        ));
+        let name = body["job"]
+            .get("name")
+            .and_then(|n| n.as_str())
+            .unwrap_or("job")
+            .to_string();
+
+        let accepted = slurm.submit(&body).await?;
+        let mut warnings = canonical.warnings;
+        warnings.extend(accepted.warnings.into_iter().map(|m| Warning {
+            field: "slurm".into(),
+            message: m,
+        }));
+        let event = DomainEvent::JobSubmitted(JobSubmitted {
+            submission_id,
+            workspace: s.workspace,
+            cluster_id: s.cluster,
+            job_id: accepted.job_id,
+            name,
+            user: s.user.clone(),
+            via: s.via,
+            template_id: s.template_id,
+            params: s.params,
+            body,
+            shape: canonical.shape,
+            warnings: warnings.clone(),
+        });
+        let metadata = Metadata {
+            actor: Some(s.user.to_string()),
+            role: Some(s.role),
+            via: Some(format!("{:?}", s.via).to_lowercase()),
+            correlation_id: Some(submission_id),
+            idempotency_key: s.idempotency_key,
+            ..Metadata::default()
+        };
+        let new = new_event(&event, metadata)?.with_id(submitted_event_id(submission_id));
+        let out = log.append(&stream, ExpectedVersion::NoStream, &[new]).await;
+        match out {
+            Ok(o) => Ok(Submitted {
+                job_id: accepted.job_id,
+                submission_id,
+                position: o.last_position,
+                warnings,
+                replayed: false,
+            }),
+            // Adopted by a reconcile between Slurm's answer and our append: same job.
+            Err(LogError::VersionConflict { .. }) => {
+                Self::first_answer(log, &stream, submission_id)
+                    .await?
+                    .ok_or(JobError::NotFound)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn first_answer(
+        log: &dyn EventLog,
+        stream: &StreamId,
+        submission_id: Uuid,
+    ) -> Result<Option<Submitted>, JobError> {
+        let first = log.read_stream(stream, 0, 1).await?;
+        let Some(e) = first.first() else {
+            return Ok(None);
+        };
+        match DomainEvent::decode(&e.event_type, e.schema_version, &e.data)? {
+            Some(DomainEvent::JobSubmitted(j)) => Ok(Some(Submitted {
+                job_id: j.job_id,
+                submission_id,
+                position: e.position,
+                warnings: j.warnings,
+                replayed: true,
+            })),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// `JobSubmitted`'s event id for a submission: the same whoever appends it.
+pub fn submitted_event_id(submission: Uuid) -> Uuid {
+    Uuid::new_v5(&submission, b"JobSubmitted")
+}
+
+/// A request to cancel one job.
+#[derive(Debug, Clone)]
+pub struct CancelRequest {
+    pub cluster: ClusterId,
+    pub submission: Uuid,
+    pub caller: Email,
+    pub caller_is_admin: bool,
+    pub why: Option<String>,
+    pub metadata: Metadata,
+}
+
+/// Cancels a job: checks the caller may, records `JobCancelRequested`, asks Slurm. The state
+/// change to CANCELLED arrives through the poll cycle, like every other state.
+pub async fn cancel_job(
+    log: &dyn EventLog,
+    slurm: &dyn SlurmPort,
+    request: CancelRequest,
+) -> Result<Position, JobError> {
+    let CancelRequest {
+        cluster,
+        submission,
+        caller,
+        caller_is_admin,
+        why,
+        metadata,
+    } = request;
+    let stream = stream(&cluster, submission);
+    let (facts, version) = load(log, &stream).await?.ok_or(JobError::NotFound)?;
+    decide_cancel(facts.state, &facts.submitted.user, &caller, caller_is_admin)?;
+    let event = DomainEvent::JobCancelRequested(JobCancelRequested {
+        job_id: facts.submitted.job_id,
+        by: caller,
+        why,
+    });
+    let out = log
+        .append(
+            &stream,
+            ExpectedVersion::Exact(version),
+            &[new_event(&event, metadata)?],
+        )
+        .await?;
+    slurm.cancel(facts.submitted.job_id).await?;
+    Ok(out.last_position)
+}
+
+/// A job the read side believes is not finished.
+#[derive(Debug, Clone)]
+pub struct OpenJob {
+    pub submission_id: Uuid,
+    pub job_id: u64,
+}
+
+/// What one reconcile did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Reconciled {
+    pub state_changes: usize,
+    pub adopted: usize,
+    pub vanished: usize,
+}
+
+/// One reconcile pass for a cluster: records every state Slurm reports that the log lacks
+/// (no event when nothing changed), gives jobs that vanished from Slurm a final state that says
+/// so, and adopts jobs Slurm has whose `JobSubmitted` never reached the log.
+pub async fn reconcile(
+    log: &dyn EventLog,
+    slurm: &dyn SlurmPort,
+    workspace: &WorkspaceId,
+    cluster: &ClusterId,
+    open: &[OpenJob],
+) -> Result<Reconciled, JobError> {
+    let mut done = Reconciled::default();
+    let in_slurm: HashMap<u64, SlurmJob> = slurm
+        .jobs()
+        .await?
+        .into_iter()
+        .map(|j| (j.job_id, j))
+        .collect();
+    let system = Metadata {
+        actor: Some("system".into()),
+        role: Some("system".into()),
+        via: Some("poll".into()),
+        ..Metadata::default()
+    };
+
+    let mut known = HashSet::new();
+    for job in open {
+        known.insert(job.submission_id);
+        let stream = stream(cluster, job.submission_id);
+        let Some((facts, version)) = load(log, &stream).await? else {
+            continue;
+        };
+        if facts.state.is_terminal() {
+            continue;
+        }
+        let change = match in_slurm.get(&job.job_id) {
+            Some(s) if s.submission_id() == Some(job.submission_id) => {
+                if !transition(facts.state, s.state)? {
+                    continue;
+                }
+                JobStateChanged {
+                    job_id: job.job_id,
+                    from: facts.state,
+                    to: s.state,
+                    reason: s.reason.clone().filter(|r| r != "None"),
+                    node: s.node.clone(),
+                    exit_code: s.exit_code,
+                    at: if s.state.is_terminal() {
+                        s.end_time
+                    } else {
+                        s.start_time
+                    },
+                }
+            }
+            _ => {
+                done.vanished += 1;
+                JobStateChanged {
+                    job_id: job.job_id,
+                    from: facts.state,
+                    to: JobState::NodeFail,
+                    reason: Some("the job vanished from Slurm before its final state was seen; its outcome is unknown".into()),
+                    node: None,
+                    exit_code: None,
+                    at: None,
+                }
+            }
+        };
+        let event = DomainEvent::JobStateChanged(change);
+        match log
+            .append(
+                &stream,
+                ExpectedVersion::Exact(version),
+                &[new_event(&event, system.clone())?],
+            )
+            .await
+        {
+            Ok(_) => done.state_changes += 1,
+            // Someone (a cancel) wrote meanwhile: the next pass sees it.
+            Err(LogError::VersionConflict { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+
+    for s in in_slurm.values() {
+        let Some(submission_id) = s.submission_id() else {
+            continue;
+        };
+        if known.contains(&submission_id) {
+            continue;
+        }
+        let stream = stream(cluster, submission_id);
+        if !log.read_stream(&stream, 0, 1).await?.is_empty() {
+            continue;
+        }
+        let Some(user) = s.submitter() else { continue };
+        let event = DomainEvent::JobSubmitted(JobSubmitted {
+            submission_id,
+            workspace: workspace.clone(),
+            cluster_id: cluster.clone(),
+            job_id: s.job_id,
+            name: s.name.clone(),
+            user,
+            via: SubmittedVia::Adopted,
+            template_id: None,
+            params: None,
+            body: serde_json::json!({}),
+            shape: JobShape { cpus: 1, memory_mib: None, nodes: 1, time_limit_minutes: None },
+            warnings: vec![Warning {
+                field: "".into(),
+                message: "adopted from Slurm after the API stopped between Slurm accepting the job and recording it; the original body was not recorded".into(),
+            }],
+        });
+        let new = new_event(&event, system.clone())?.with_id(submitted_event_id(submission_id));
+        match log.append(&stream, ExpectedVersion::NoStream, &[new]).await {
+            Ok(_) => {
+                tracing::warn!(job_id = s.job_id, %submission_id, "adopted a job Slurm had but the log lacked");
+                done.adopted += 1;
+            }
+            Err(LogError::VersionConflict { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(done)
+}

@@ -1,0 +1,165 @@
+//! `jobs`: one view per job, for `GET /v1/clusters/{id}/jobs[/{job_id}]`.
+//!
+//! Each cluster of each workspace is a collection (`jobs:<workspace>:<cluster>`), keyed by the
+//! Slurm job id zero-padded to 12 digits so key order is job order. A second collection
+//! (`by-stream`) maps a job's stream to its view, because state events name only the job.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use domain::job::{JobState, explain_pending};
+use domain::submit::JobShape;
+use domain::{ClusterId, DomainEvent, SubmittedVia, WorkspaceId};
+use eventlog::RecordedEvent;
+use serde::{Deserialize, Serialize};
+
+use crate::{ProjectionError, Projector, ViewTx};
+
+pub const NAME: &str = "jobs";
+const BY_STREAM: &str = "by-stream";
+
+/// What the console shows about a node starting; the scaler will refine it per node set.
+pub const COLD_START_SECONDS: u32 = 90;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobView {
+    pub job_id: u64,
+    pub cluster_id: ClusterId,
+    pub workspace: WorkspaceId,
+    pub submission_id: uuid::Uuid,
+    pub name: String,
+    pub user: String,
+    pub state: JobState,
+    pub exit_code: Option<i32>,
+    pub submitted_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub ended_at: Option<DateTime<Utc>>,
+    /// Why it is waiting, as a sentence; null unless PENDING.
+    pub pending_reason: Option<String>,
+    /// Slurm's reason for the last change (e.g. TimeLimit, NonZeroExitCode).
+    pub reason: Option<String>,
+    pub node: Option<String>,
+    pub shape: JobShape,
+    pub via: SubmittedVia,
+    pub template_id: Option<String>,
+    pub cancel_requested_by: Option<String>,
+    /// The job's stream in the log, for its history.
+    pub stream_id: String,
+    /// The log position that last changed this view.
+    pub position: i64,
+}
+
+/// The collection of a cluster's jobs.
+pub fn collection(workspace: &WorkspaceId, cluster: &ClusterId) -> String {
+    format!("jobs:{workspace}:{cluster}")
+}
+
+/// The key of a job within its collection.
+pub fn key(job_id: u64) -> String {
+    format!("{job_id:012}")
+}
+
+#[derive(Serialize, Deserialize)]
+struct Pointer {
+    collection: String,
+    key: String,
+}
+
+pub struct JobViews;
+
+#[async_trait]
+impl Projector for JobViews {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    async fn apply(
+        &self,
+        view: &mut ViewTx<'_>,
+        event: &RecordedEvent,
+    ) -> Result<(), ProjectionError> {
+        if !event.event_type.starts_with("Job") {
+            return Ok(());
+        }
+        let decoded = DomainEvent::decode(&event.event_type, event.schema_version, &event.data)
+            .map_err(|e| ProjectionError::bad_event(event, e))?;
+        match decoded {
+            Some(DomainEvent::JobSubmitted(j)) => {
+                let pointer = Pointer {
+                    collection: collection(&j.workspace, &j.cluster_id),
+                    key: key(j.job_id),
+                };
+                let doc = JobView {
+                    job_id: j.job_id,
+                    cluster_id: j.cluster_id,
+                    workspace: j.workspace,
+                    submission_id: j.submission_id,
+                    name: j.name,
+                    user: j.user.to_string(),
+                    state: JobState::Pending,
+                    exit_code: None,
+                    submitted_at: event.recorded_at,
+                    started_at: None,
+                    ended_at: None,
+                    pending_reason: Some(explain_pending("None", COLD_START_SECONDS)),
+                    reason: None,
+                    node: None,
+                    shape: j.shape,
+                    via: j.via,
+                    template_id: j.template_id,
+                    cancel_requested_by: None,
+                    stream_id: event.stream_id.clone(),
+                    position: event.position,
+                };
+                view.put(&pointer.collection, &pointer.key, &doc)?;
+                view.put(BY_STREAM, &event.stream_id, &pointer)?;
+            }
+            Some(DomainEvent::JobStateChanged(c)) => {
+                let Some((pointer, mut doc)) = self.find(view, &event.stream_id).await? else {
+                    return Ok(());
+                };
+                let at = c.at.unwrap_or(event.recorded_at);
+                doc.state = c.to;
+                doc.reason = c.reason.clone();
+                doc.node = c.node.or(doc.node);
+                doc.exit_code = c.exit_code.or(doc.exit_code);
+                if c.to == JobState::Running && doc.started_at.is_none() {
+                    doc.started_at = Some(at);
+                }
+                if c.to.is_terminal() {
+                    doc.ended_at = Some(at);
+                }
+                doc.pending_reason = (c.to == JobState::Pending).then(|| {
+                    explain_pending(c.reason.as_deref().unwrap_or("None"), COLD_START_SECONDS)
+                });
+                doc.position = event.position;
+                view.put(&pointer.collection, &pointer.key, &doc)?;
+            }
+            Some(DomainEvent::JobCancelRequested(c)) => {
+                let Some((pointer, mut doc)) = self.find(view, &event.stream_id).await? else {
+                    return Ok(());
+                };
+                doc.cancel_requested_by = Some(c.by.to_string());
+                doc.position = event.position;
+                view.put(&pointer.collection, &pointer.key, &doc)?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+impl JobViews {
+    async fn find(
+        &self,
+        view: &mut ViewTx<'_>,
+        stream: &str,
+    ) -> Result<Option<(Pointer, JobView)>, ProjectionError> {
+        let Some(pointer) = view.get::<Pointer>(BY_STREAM, stream).await? else {
+            return Ok(None);
+        };
+        Ok(view
+            .get::<JobView>(&pointer.collection, &pointer.key)
+            .await?
+            .map(|doc| (pointer, doc)))
+    }
+}
