@@ -81,7 +81,10 @@ impl From<JobView> for Job {
             reason: v.reason,
             node: v.node,
             shape: v.shape,
-            via: serde_json::to_value(v.via).ok().and_then(|x| x.as_str().map(str::to_string)).unwrap_or_default(),
+            via: serde_json::to_value(v.via)
+                .ok()
+                .and_then(|x| x.as_str().map(str::to_string))
+                .unwrap_or_default(),
             template_id: v.template_id,
             cancel_requested_by: v.cancel_requested_by,
         }
@@ -132,8 +135,12 @@ pub struct JobFilter {
 }
 
 pub(crate) fn cluster_not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "cluster_not_found", "no cluster with this id in your workspace; list yours with GET /v1/clusters")
-        .with_field("id")
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "cluster_not_found",
+        "no cluster with this id in your workspace; list yours with GET /v1/clusters",
+    )
+    .with_field("id")
 }
 
 fn job_not_found() -> ApiError {
@@ -142,12 +149,21 @@ fn job_not_found() -> ApiError {
 }
 
 /// Resolves the cluster (in the caller's workspace) and its Slurm.
-async fn cluster_and_slurm(state: &AppState, caller: &Caller, id: &str) -> Result<(ClusterId, Arc<dyn SlurmPort>), ApiError> {
+async fn cluster_and_slurm(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+) -> Result<(ClusterId, Arc<dyn SlurmPort>), ApiError> {
     let cluster = ClusterId::new(id).map_err(|_| cluster_not_found())?;
     let exists = state
         .store
         .read
-        .get_doc(ModelSet::Live, projections::views::clusters::NAME, &projections::views::clusters::collection(&caller.workspace), cluster.as_str())
+        .get_doc(
+            ModelSet::Live,
+            projections::views::clusters::NAME,
+            &projections::views::clusters::collection(&caller.workspace),
+            cluster.as_str(),
+        )
         .await?
         .is_some();
     if !exists {
@@ -173,14 +189,29 @@ pub(crate) fn job_error(e: JobError) -> ApiError {
                 format!(
                     "{} problems: {}",
                     errors.len(),
-                    errors.iter().map(|e| format!("{}: {}", e.field, e.message)).collect::<Vec<_>>().join("; ")
+                    errors
+                        .iter()
+                        .map(|e| format!("{}: {}", e.field, e.message))
+                        .collect::<Vec<_>>()
+                        .join("; ")
                 )
             };
-            let mut err = ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, first.as_ref().map_or("invalid_body", |f| f.code), message);
+            let mut err = ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                first.as_ref().map_or("invalid_body", |f| f.code),
+                message,
+            );
             if let Some(f) = first.filter(|f| !f.field.is_empty()) {
                 err = err.with_field(f.field);
             }
-            err.details = errors.into_iter().map(|e| ErrorItem { code: e.code.into(), field: e.field, message: e.message }).collect();
+            err.details = errors
+                .into_iter()
+                .map(|e| ErrorItem {
+                    code: e.code.into(),
+                    field: e.field,
+                    message: e.message,
+                })
+                .collect();
             err
         }
         JobError::Slurm(SlurmError::Rejected(m)) => ApiError::new(
@@ -200,7 +231,9 @@ pub(crate) fn job_error(e: JobError) -> ApiError {
             format!("the job already finished as {s}; there is nothing to cancel"),
         ),
         JobError::Rule(JobRuleError::NotOwner) => job_not_found(),
-        JobError::Rule(e @ JobRuleError::ImpossibleTransition { .. }) => ApiError::internal(e.to_string()),
+        JobError::Rule(e @ JobRuleError::ImpossibleTransition { .. }) => {
+            ApiError::internal(e.to_string())
+        }
         JobError::InProgress => ApiError::new(
             StatusCode::CONFLICT,
             "submission_in_progress",
@@ -213,15 +246,21 @@ pub(crate) fn job_error(e: JobError) -> ApiError {
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(v) = headers.get("idempotency-key") else { return Ok(None) };
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
     v.to_str()
         .ok()
         .map(str::trim)
         .filter(|k| (1..=200).contains(&k.len()) && k.chars().all(|c| c.is_ascii_graphic()))
         .map(|k| Some(k.to_string()))
         .ok_or_else(|| {
-            ApiError::new(StatusCode::BAD_REQUEST, "invalid_idempotency_key", "Idempotency-Key must be 1-200 visible ASCII characters, e.g. a UUID")
-                .with_field("headers.idempotency-key")
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_idempotency_key",
+                "Idempotency-Key must be 1-200 visible ASCII characters, e.g. a UUID",
+            )
+            .with_field("headers.idempotency-key")
         })
 }
 
@@ -229,13 +268,20 @@ fn via(headers: &HeaderMap, template: bool) -> Result<SubmittedVia, ApiError> {
     if template {
         return Ok(SubmittedVia::Template);
     }
-    match headers.get("x-clusterra-via").map(|v| v.to_str().unwrap_or("?")) {
+    match headers
+        .get("x-clusterra-via")
+        .map(|v| v.to_str().unwrap_or("?"))
+    {
         None | Some("api") => Ok(SubmittedVia::Api),
         Some("cli") => Ok(SubmittedVia::Cli),
         Some("console") => Ok(SubmittedVia::Console),
         Some("agent") => Ok(SubmittedVia::Agent),
-        Some(_) => Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_via", "X-Clusterra-Via must be api, cli, console or agent")
-            .with_field("headers.x-clusterra-via")),
+        Some(_) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_via",
+            "X-Clusterra-Via must be api, cli, console or agent",
+        )
+        .with_field("headers.x-clusterra-via")),
     }
 }
 
@@ -333,7 +379,11 @@ pub(crate) async fn list(
     filter: Result<Query<JobFilter>, axum::extract::rejection::QueryRejection>,
 ) -> Result<(HeaderMap, Json<JobPage>), ApiError> {
     let Query(filter) = filter.map_err(|e| {
-        ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", format!("{e}; the filters are state, user, template, cursor and limit"))
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!("{e}; the filters are state, user, template, cursor and limit"),
+        )
     })?;
     let cluster = ClusterId::new(id).map_err(|_| cluster_not_found())?;
     cluster_exists(&state, &caller, &cluster).await?;
@@ -346,11 +396,21 @@ pub(crate) async fn list(
     };
     let limit = filter.limit.unwrap_or(100);
     if !(1..=500).contains(&limit) {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_limit", "limit must be from 1 to 500").with_field("limit"));
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_limit",
+            "limit must be from 1 to 500",
+        )
+        .with_field("limit"));
     }
     let mut after = match filter.cursor.as_deref() {
         Some(c) => Some(c.parse::<u64>().map(jobs::key).map_err(|_| {
-            ApiError::new(StatusCode::BAD_REQUEST, "invalid_cursor", "cursor must be a next_cursor from a previous page").with_field("cursor")
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_cursor",
+                "cursor must be a next_cursor from a previous page",
+            )
+            .with_field("cursor")
         })?),
         None => None,
     };
@@ -359,15 +419,32 @@ pub(crate) async fn list(
     let mut out = Vec::new();
     let mut more = false;
     'pages: loop {
-        let page = state.store.read.list_docs(ModelSet::Live, jobs::NAME, &collection, after.as_deref(), 500).await?;
+        let page = state
+            .store
+            .read
+            .list_docs(
+                ModelSet::Live,
+                jobs::NAME,
+                &collection,
+                after.as_deref(),
+                500,
+            )
+            .await?;
         let Some(last) = page.last() else { break };
         after = Some(last.key.clone());
         for row in page {
-            let view: JobView = serde_json::from_str(&row.doc).map_err(|e| ApiError::internal(format!("a stored job view is unreadable: {e}")))?;
+            let view: JobView = serde_json::from_str(&row.doc)
+                .map_err(|e| ApiError::internal(format!("a stored job view is unreadable: {e}")))?;
             let visible = caller.is_admin() || view.user == caller.email.as_str();
             let matches = want_state.is_none_or(|s| view.state == s)
-                && filter.user.as_deref().is_none_or(|u| view.user == u.to_ascii_lowercase())
-                && filter.template.as_deref().is_none_or(|t| view.template_id.as_deref() == Some(t));
+                && filter
+                    .user
+                    .as_deref()
+                    .is_none_or(|u| view.user == u.to_ascii_lowercase())
+                && filter
+                    .template
+                    .as_deref()
+                    .is_none_or(|t| view.template_id.as_deref() == Some(t));
             if visible && matches {
                 if out.len() == limit {
                     more = true;
@@ -377,29 +454,59 @@ pub(crate) async fn list(
             }
         }
     }
-    let next_cursor = if more { out.last().map(|v| v.job_id.to_string()) } else { None };
-    Ok((headers, Json(JobPage { jobs: out.into_iter().map(Job::from).collect(), next_cursor })))
+    let next_cursor = if more {
+        out.last().map(|v| v.job_id.to_string())
+    } else {
+        None
+    };
+    Ok((
+        headers,
+        Json(JobPage {
+            jobs: out.into_iter().map(Job::from).collect(),
+            next_cursor,
+        }),
+    ))
 }
 
-async fn cluster_exists(state: &AppState, caller: &Caller, cluster: &ClusterId) -> Result<(), ApiError> {
+async fn cluster_exists(
+    state: &AppState,
+    caller: &Caller,
+    cluster: &ClusterId,
+) -> Result<(), ApiError> {
     state
         .store
         .read
-        .get_doc(ModelSet::Live, projections::views::clusters::NAME, &projections::views::clusters::collection(&caller.workspace), cluster.as_str())
+        .get_doc(
+            ModelSet::Live,
+            projections::views::clusters::NAME,
+            &projections::views::clusters::collection(&caller.workspace),
+            cluster.as_str(),
+        )
         .await?
         .map(|_| ())
         .ok_or_else(cluster_not_found)
 }
 
-async fn visible_job(state: &AppState, caller: &Caller, cluster: &ClusterId, job_id: &str) -> Result<JobView, ApiError> {
+async fn visible_job(
+    state: &AppState,
+    caller: &Caller,
+    cluster: &ClusterId,
+    job_id: &str,
+) -> Result<JobView, ApiError> {
     let job_id: u64 = job_id.parse().map_err(|_| job_not_found())?;
     let doc = state
         .store
         .read
-        .get_doc(ModelSet::Live, jobs::NAME, &jobs::collection(&caller.workspace, cluster), &jobs::key(job_id))
+        .get_doc(
+            ModelSet::Live,
+            jobs::NAME,
+            &jobs::collection(&caller.workspace, cluster),
+            &jobs::key(job_id),
+        )
         .await?
         .ok_or_else(job_not_found)?;
-    let view: JobView = serde_json::from_str(&doc).map_err(|e| ApiError::internal(format!("a stored job view is unreadable: {e}")))?;
+    let view: JobView = serde_json::from_str(&doc)
+        .map_err(|e| ApiError::internal(format!("a stored job view is unreadable: {e}")))?;
     if !caller.is_admin() && view.user != caller.email.as_str() {
         return Err(job_not_found());
     }
@@ -430,7 +537,8 @@ pub(crate) async fn get_one(
     cluster_exists(&state, &caller, &cluster).await?;
     let headers = await_projection(&state, jobs::NAME, min).await;
     let view = visible_job(&state, &caller, &cluster, &job_id).await?;
-    let stream = StreamId::new(view.stream_id.clone()).map_err(|e| ApiError::internal(e.to_string()))?;
+    let stream =
+        StreamId::new(view.stream_id.clone()).map_err(|e| ApiError::internal(e.to_string()))?;
     let history = state
         .store
         .log
@@ -444,7 +552,13 @@ pub(crate) async fn get_one(
             data: e.data_json().unwrap_or(serde_json::Value::Null),
         })
         .collect();
-    Ok((headers, Json(JobDetail { job: Job::from(view), history })))
+    Ok((
+        headers,
+        Json(JobDetail {
+            job: Job::from(view),
+            history,
+        }),
+    ))
 }
 
 /// The answer to a cancel.
@@ -490,5 +604,12 @@ pub(crate) async fn cancel(
     )
     .await
     .map_err(job_error)?;
-    Ok((StatusCode::ACCEPTED, position_header(position), Json(CancelResponse { job_id: view.job_id, position })))
+    Ok((
+        StatusCode::ACCEPTED,
+        position_header(position),
+        Json(CancelResponse {
+            job_id: view.job_id,
+            position,
+        }),
+    ))
 }

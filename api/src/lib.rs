@@ -9,9 +9,11 @@ mod clusters;
 pub mod consistency;
 pub mod error;
 mod health;
+mod jobs;
 pub mod json;
 mod metrics;
 pub mod openapi;
+mod templates;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +21,10 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, Method, Request};
-use axum::routing::{MethodRouter, get, post};
+use axum::routing::{MethodRouter, delete, get, post};
+use commands::jobs::Submitter;
+use commands::slurm::SlurmDirectory;
+use commands::templates::Catalog;
 use eventlog::Store;
 use projections::Projections;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -55,6 +60,10 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     pub metrics: Arc<Metrics>,
     pub settings: Arc<Settings>,
+    /// Which Slurm serves which cluster.
+    pub slurm: Arc<dyn SlurmDirectory>,
+    pub submitter: Arc<Submitter>,
+    pub templates: Arc<Catalog>,
 }
 
 /// One route the server serves.
@@ -88,6 +97,20 @@ fn table() -> Table {
         .add(Method::POST, "/v1/clusters", post(clusters::register))
         .add(Method::GET, "/v1/clusters", get(clusters::list))
         .add(Method::GET, "/v1/clusters/{id}", get(clusters::get_one))
+        .add(Method::POST, "/v1/clusters/{id}/jobs", post(jobs::submit))
+        .add(Method::GET, "/v1/clusters/{id}/jobs", get(jobs::list))
+        .add(
+            Method::GET,
+            "/v1/clusters/{id}/jobs/{job_id}",
+            get(jobs::get_one),
+        )
+        .add(
+            Method::DELETE,
+            "/v1/clusters/{id}/jobs/{job_id}",
+            delete(jobs::cancel),
+        )
+        .add(Method::GET, "/v1/templates", get(templates::list))
+        .add(Method::GET, "/v1/templates/{id}", get(templates::get_one))
 }
 
 /// Every route the router serves, in the order they were added.

@@ -8,7 +8,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{PathItem, RefOr};
 use utoipa::{Modify, OpenApi};
 
-use crate::{clusters, health, metrics};
+use crate::{clusters, health, jobs, metrics, templates};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -25,11 +25,19 @@ use crate::{clusters, health, metrics};
         clusters::register,
         clusters::list,
         clusters::get_one,
+        jobs::submit,
+        jobs::list,
+        jobs::get_one,
+        jobs::cancel,
+        templates::list,
+        templates::get_one,
     ),
-    components(schemas(crate::error::ErrorBody, crate::error::ErrorDetail)),
+    components(schemas(crate::error::ErrorBody, crate::error::ErrorDetail, crate::error::ErrorItem)),
     modifiers(&BearerAuth),
     tags(
         (name = "clusters", description = "Clusters of your workspace"),
+        (name = "jobs", description = "Submit, track and cancel jobs"),
+        (name = "templates", description = "Parameterised job templates"),
         (name = "operations", description = "Health, readiness, metrics and this document"),
     )
 )]

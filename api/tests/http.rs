@@ -39,6 +39,24 @@ async fn harness(wait: Duration) -> Harness {
         projections::all_projectors(),
         stop_rx,
     ));
+    let executor = gateways::local::LocalExecutor::open(
+        gateways::local::LocalSettings {
+            state_dir: dir.path().join("executor"),
+            efs_root: dir.path().join("efs"),
+            grace: Duration::from_millis(200),
+            minute: Duration::from_secs(60),
+        },
+        chrono::Utc::now(),
+    )
+    .unwrap();
+    let mut directory = commands::slurm::StaticDirectory::default();
+    directory.0.insert(
+        (
+            domain::WorkspaceId::new("default").unwrap(),
+            domain::ClusterId::new("local").unwrap(),
+        ),
+        Arc::new(executor),
+    );
     let state = AppState {
         store,
         projections,
@@ -48,6 +66,9 @@ async fn harness(wait: Duration) -> Harness {
             min_position_wait: wait,
             body_limit: 1024 * 1024,
         }),
+        slurm: Arc::new(directory),
+        submitter: Arc::new(commands::jobs::Submitter::default()),
+        templates: Arc::new(commands::templates::Catalog::builtin().unwrap()),
     };
     Harness {
         state,
@@ -158,9 +179,20 @@ async fn authorization_matrix() {
                     n += 1;
                     (route.path.to_string(), Some(new_cluster(&format!("c{n}"))))
                 }
+                ("POST", "/v1/clusters/{id}/jobs") => (
+                    "/v1/clusters/local/jobs".to_string(),
+                    Some(json!({"template_id": "shell", "params": {"command": "sleep 5"}})),
+                ),
                 (_, "/v1/clusters/{id}") => ("/v1/clusters/local".to_string(), None),
+                (_, "/v1/clusters/{id}/jobs") => ("/v1/clusters/local/jobs".to_string(), None),
+                // Job 1 is the plain user's (submitted first in the POST row).
+                (_, "/v1/clusters/{id}/jobs/{job_id}") => {
+                    ("/v1/clusters/local/jobs/1".to_string(), None)
+                }
+                (_, "/v1/templates/{id}") => ("/v1/templates/shell".to_string(), None),
                 (_, p) => (p.to_string(), None),
             };
+            wait_ready(&h.state).await;
             let public = !route.path.starts_with("/v1/");
             let expected = if public {
                 StatusCode::OK
@@ -174,6 +206,11 @@ async fn authorization_matrix() {
                     ("POST", "/v1/clusters", Who::Admin) => StatusCode::CREATED,
                     ("POST", "/v1/clusters", _) => StatusCode::FORBIDDEN,
                     ("GET", "/v1/clusters/{id}", Who::OtherWorkspace) => StatusCode::NOT_FOUND,
+                    (_, p, Who::OtherWorkspace) if p.starts_with("/v1/clusters/{id}/") => {
+                        StatusCode::NOT_FOUND
+                    }
+                    ("POST", "/v1/clusters/{id}/jobs", _) => StatusCode::CREATED,
+                    ("DELETE", "/v1/clusters/{id}/jobs/{job_id}", _) => StatusCode::ACCEPTED,
                     ("GET", _, _) => StatusCode::OK,
                     other => panic!("no expectation for {other:?}: add this route to the matrix"),
                 }

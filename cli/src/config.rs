@@ -32,6 +32,14 @@ pub struct Config {
     pub min_position_wait_ms: u64,
     /// The largest request body accepted, in bytes.
     pub body_limit_bytes: usize,
+    /// What `/mnt/efs` is for the local executor; empty = `<data_dir>/efs`.
+    pub efs_root: PathBuf,
+    /// How often the poll cycle reads job states from Slurm, in milliseconds.
+    pub poll_interval_ms: u64,
+    /// Local executor: seconds in one minute of `time_limit` (60; lower only for demos and tests).
+    pub executor_minute_seconds: f64,
+    /// Local executor: milliseconds between SIGTERM and SIGKILL on cancel and timeout.
+    pub executor_grace_ms: u64,
 }
 
 impl Default for Config {
@@ -47,11 +55,19 @@ impl Default for Config {
             jwks_url: None,
             min_position_wait_ms: 5_000,
             body_limit_bytes: 1024 * 1024,
+            efs_root: PathBuf::new(),
+            poll_interval_ms: 1_000,
+            executor_minute_seconds: 60.0,
+            executor_grace_ms: 5_000,
         }
     }
 }
 
-const ENV_KEYS: [&str; 10] = [
+const ENV_KEYS: [&str; 14] = [
+    "efs_root",
+    "poll_interval_ms",
+    "executor_minute_seconds",
+    "executor_grace_ms",
     "data_dir",
     "listen",
     "database_url",
@@ -121,7 +137,24 @@ impl Config {
             config.body_limit_bytes >= 1024,
             "body_limit_bytes must be at least 1024"
         );
+        anyhow::ensure!(
+            (50..=60_000).contains(&config.poll_interval_ms),
+            "poll_interval_ms must be from 50 to 60000"
+        );
+        anyhow::ensure!(
+            config.executor_minute_seconds > 0.0 && config.executor_minute_seconds <= 60.0,
+            "executor_minute_seconds must be more than 0 and at most 60"
+        );
         Ok(config)
+    }
+
+    /// The efs root of the local executor.
+    pub fn efs_root(&self) -> PathBuf {
+        if self.efs_root.as_os_str().is_empty() {
+            self.data_dir.join("efs")
+        } else {
+            self.efs_root.clone()
+        }
     }
 
     /// The local HS256 secret's file.

@@ -2,6 +2,7 @@
 
 mod config;
 mod ops;
+mod poll;
 mod secrets;
 mod serve;
 mod token;

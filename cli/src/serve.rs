@@ -20,6 +20,8 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
         tracing::info!("first start: registered cluster `local` in workspace `default`");
     }
     let (stop_tx, stop_rx) = watch::channel(false);
+    let stop_rx_poll = stop_rx.clone();
+    let directory = slurm_directory(&config)?;
     let projections = Arc::new(Projections::start(
         store.log.clone(),
         store.read.clone(),
@@ -66,15 +68,49 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
             min_position_wait: std::time::Duration::from_millis(config.min_position_wait_ms),
             body_limit: config.body_limit_bytes,
         }),
+        slurm: directory.clone(),
+        submitter: Arc::new(commands::jobs::Submitter::default()),
+        templates: Arc::new(commands::templates::Catalog::builtin()?),
     };
+    let poller = tokio::spawn(crate::poll::run(
+        state.store.clone(),
+        directory,
+        std::time::Duration::from_millis(config.poll_interval_ms),
+        stop_rx_poll,
+    ));
     api::serve(listener, state, shutdown_signal()).await?;
     tracing::info!("HTTP server stopped; stopping projectors at a checkpoint");
     let _ = stop_tx.send(true);
+    if let Err(e) = poller.await {
+        tracing::error!(error = %e, "poll cycle ended abnormally");
+    }
     match Arc::try_unwrap(projections) {
         Ok(p) => p.join().await,
         Err(_) => tracing::warn!("projections still referenced at shutdown"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The Slurm behind each cluster: the local executor serves `default/local`.
+fn slurm_directory(config: &Config) -> anyhow::Result<Arc<commands::slurm::StaticDirectory>> {
+    let executor = gateways::local::LocalExecutor::open(
+        gateways::local::LocalSettings {
+            state_dir: config.data_dir.join("executor"),
+            efs_root: config.efs_root(),
+            grace: std::time::Duration::from_millis(config.executor_grace_ms),
+            minute: std::time::Duration::from_secs_f64(config.executor_minute_seconds),
+        },
+        chrono::Utc::now(),
+    )?;
+    let mut directory = commands::slurm::StaticDirectory::default();
+    directory.0.insert(
+        (
+            domain::WorkspaceId::new(commands::clusters::DEFAULT_WORKSPACE)?,
+            domain::ClusterId::new(commands::clusters::DEFAULT_CLUSTER)?,
+        ),
+        Arc::new(executor),
+    );
+    Ok(Arc::new(directory))
 }
 
 /// The token verifier: a JWKS when configured, else the local secret. The flag says whether the

@@ -352,6 +352,7 @@ pub async fn reconcile(
                     } else {
                         s.start_time
                     },
+                    started_at: s.start_time,
                 }
             }
             _ => {
@@ -364,6 +365,7 @@ pub async fn reconcile(
                     node: None,
                     exit_code: None,
                     at: None,
+                    started_at: None,
                 }
             }
         };

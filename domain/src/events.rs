@@ -89,6 +89,9 @@ pub struct JobStateChanged {
     /// When Slurm says it happened (start or end time), if it says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub at: Option<DateTime<Utc>>,
+    /// When Slurm says the job started, if it did (a poll may see PENDING, then COMPLETED).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
 }
 
 /// Someone asked for a job to be cancelled.
@@ -148,6 +151,11 @@ impl DomainEvent {
             "ClusterRegistered" => {
                 Some(DomainEvent::ClusterRegistered(serde_json::from_str(data)?))
             }
+            "JobSubmitted" => Some(DomainEvent::JobSubmitted(serde_json::from_str(data)?)),
+            "JobStateChanged" => Some(DomainEvent::JobStateChanged(serde_json::from_str(data)?)),
+            "JobCancelRequested" => {
+                Some(DomainEvent::JobCancelRequested(serde_json::from_str(data)?))
+            }
             _ => None,
         })
     }
@@ -172,5 +180,31 @@ mod tests {
         let back = DomainEvent::decode(e.event_type(), e.schema_version(), &data).unwrap();
         assert_eq!(back, Some(e));
         assert_eq!(DomainEvent::decode("FromTheFuture", 1, "{}").unwrap(), None);
+
+        let change = DomainEvent::JobStateChanged(JobStateChanged {
+            job_id: 7,
+            from: JobState::Pending,
+            to: JobState::Running,
+            reason: None,
+            node: Some("local".into()),
+            exit_code: None,
+            at: None,
+            started_at: None,
+        });
+        let data = serde_json::to_string(&change.data().unwrap()).unwrap();
+        assert_eq!(
+            DomainEvent::decode(change.event_type(), 1, &data).unwrap(),
+            Some(change)
+        );
+        let cancel = DomainEvent::JobCancelRequested(JobCancelRequested {
+            job_id: 7,
+            by: Email::new("ada@lab.org").unwrap(),
+            why: None,
+        });
+        let data = serde_json::to_string(&cancel.data().unwrap()).unwrap();
+        assert_eq!(
+            DomainEvent::decode(cancel.event_type(), 1, &data).unwrap(),
+            Some(cancel)
+        );
     }
 }

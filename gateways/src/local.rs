@@ -116,7 +116,12 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 impl LocalExecutor {
     /// Opens (or creates) the executor's state. Jobs a previous process left unfinished are
     /// killed if still alive and marked NODE_FAIL.
-    pub fn open(settings: LocalSettings, now: DateTime<Utc>) -> Result<Self, LocalError> {
+    pub fn open(mut settings: LocalSettings, now: DateTime<Utc>) -> Result<Self, LocalError> {
+        // Jobs run in their own working directory: every path the executor uses must be absolute.
+        settings.state_dir =
+            std::path::absolute(&settings.state_dir).map_err(io(&settings.state_dir))?;
+        settings.efs_root =
+            std::path::absolute(&settings.efs_root).map_err(io(&settings.efs_root))?;
         for dir in [
             settings.state_dir.join("jobs"),
             settings.state_dir.join("scripts"),

@@ -122,8 +122,8 @@ impl Projector for JobViews {
                 doc.reason = c.reason.clone();
                 doc.node = c.node.or(doc.node);
                 doc.exit_code = c.exit_code.or(doc.exit_code);
-                if c.to == JobState::Running && doc.started_at.is_none() {
-                    doc.started_at = Some(at);
+                if doc.started_at.is_none() {
+                    doc.started_at = c.started_at.or((c.to == JobState::Running).then_some(at));
                 }
                 if c.to.is_terminal() {
                     doc.ended_at = Some(at);
