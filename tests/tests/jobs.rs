@@ -1,0 +1,423 @@
+//! Jobs through the real binary on the local executor: run, fail, time out, cancel, retry,
+//! refuse bad bodies, survive a restart, and replay to the same views.
+
+#![allow(clippy::unwrap_used)] // a test may panic on what it did not expect
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tests::{Server, run, stdout};
+
+struct Api {
+    server: Server,
+    token: String,
+    client: reqwest::Client,
+}
+
+const ENV: [(&str, &str); 3] = [
+    ("CLUSTERRA_POLL_INTERVAL_MS", "100"),
+    ("CLUSTERRA_EXECUTOR_MINUTE_SECONDS", "1"),
+    ("CLUSTERRA_EXECUTOR_GRACE_MS", "500"),
+];
+
+impl Api {
+    fn start(data: &str) -> Api {
+        let (server, banner) = Server::start_with_env(&["--data-dir", data], &ENV);
+        let token = banner
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("export CLUSTERRA_TOKEN="))
+            .map(str::to_string)
+            .unwrap_or_else(|| {
+                stdout(&run(&[
+                    "token",
+                    "mint",
+                    "--data-dir",
+                    data,
+                    "--email",
+                    "admin@clusterra.local",
+                    "--admin",
+                ]))
+                .trim()
+                .to_string()
+            });
+        Api {
+            server,
+            token,
+            client: reqwest::Client::new(),
+        }
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+        key: Option<&str>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .client
+            .request(method, self.server.url(path))
+            .bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        if let Some(k) = key {
+            req = req.header("Idempotency-Key", k);
+        }
+        let res = req.send().await.unwrap();
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn submit(&self, body: Value) -> (u16, Value) {
+        self.call(
+            reqwest::Method::POST,
+            "/v1/clusters/local/jobs",
+            &self.token,
+            Some(body),
+            None,
+        )
+        .await
+    }
+
+    async fn job(&self, id: u64) -> Value {
+        self.call(
+            reqwest::Method::GET,
+            &format!("/v1/clusters/local/jobs/{id}"),
+            &self.token,
+            None,
+            None,
+        )
+        .await
+        .1
+    }
+
+    async fn wait_state(&self, id: u64, states: &[&str], within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let job = self.job(id).await;
+            if states.iter().any(|s| job["state"] == *s) {
+                return job;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "job {id} not in {states:?} after {within:?}: {job}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn log_position(&self) -> i64 {
+        let ready: Value = reqwest::get(self.server.url("/readyz"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        ready["log_position"].as_i64().unwrap()
+    }
+}
+
+fn raw(script: &str, minutes: Option<u64>) -> Value {
+    let mut job = json!({"name": "raw", "script": script, "environment": ["PATH=/usr/bin:/bin"], "current_working_directory": "/mnt/efs"});
+    if let Some(m) = minutes {
+        job["time_limit"] = json!({"set": true, "number": m});
+    }
+    json!({ "job": job })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_job_lifecycle_on_the_local_executor() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let api = Api::start(data);
+
+    // A template job that prints a known line reaches COMPLETED with the line in its output.
+    let (status, out) = api
+        .submit(
+            json!({"template_id": "shell", "params": {"command": "echo clusterra-e2e-$((6*7))"}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{out}");
+    for field in ["job_id", "submission_id", "position", "warnings"] {
+        assert!(!out[field].is_null(), "submit answer lacks {field}: {out}");
+    }
+    let id = out["job_id"].as_u64().unwrap();
+    let job = api
+        .wait_state(id, &["COMPLETED"], Duration::from_secs(15))
+        .await;
+    assert_eq!(job["exit_code"], 0);
+    assert_eq!(job["template_id"], "shell");
+    for field in [
+        "job_id",
+        "cluster_id",
+        "name",
+        "user",
+        "state",
+        "exit_code",
+        "submitted_at",
+        "started_at",
+        "ended_at",
+        "pending_reason",
+        "shape",
+    ] {
+        assert!(job.get(field).is_some(), "job view lacks {field}: {job}");
+    }
+    let output = std::fs::read_to_string(format!("{data}/efs/job_{id}.out")).unwrap();
+    assert_eq!(output.trim(), "clusterra-e2e-42");
+    let history: Vec<&str> = job["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["event_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(history.first(), Some(&"JobSubmitted"));
+    assert_eq!(history.last(), Some(&"JobStateChanged"));
+
+    // exit 3 is FAILED with exit code 3.
+    let (_, out) = api.submit(raw("#!/bin/bash\nexit 3", None)).await;
+    let job = api
+        .wait_state(
+            out["job_id"].as_u64().unwrap(),
+            &["FAILED"],
+            Duration::from_secs(15),
+        )
+        .await;
+    assert_eq!(job["exit_code"], 3);
+
+    // Over its time limit (1 "minute" = 1 s here) is TIMEOUT.
+    let (_, out) = api.submit(raw("#!/bin/bash\nsleep 30", Some(1))).await;
+    api.wait_state(
+        out["job_id"].as_u64().unwrap(),
+        &["TIMEOUT"],
+        Duration::from_secs(15),
+    )
+    .await;
+
+    // Cancel a sleeping job: CANCELLED within 2 s.
+    let (_, out) = api.submit(raw("#!/bin/bash\nsleep 30", None)).await;
+    let sleeper = out["job_id"].as_u64().unwrap();
+    api.wait_state(sleeper, &["RUNNING", "PENDING"], Duration::from_secs(10))
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let (status, out) = api
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/v1/clusters/local/jobs/{sleeper}"),
+            &api.token,
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, 202, "{out}");
+    let job = api
+        .wait_state(sleeper, &["CANCELLED"], Duration::from_secs(2))
+        .await;
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(job["cancel_requested_by"], "admin@clusterra.local");
+    let (status, out) = api
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/v1/clusters/local/jobs/{sleeper}"),
+            &api.token,
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, out["error"]["code"].as_str()),
+        (409, Some("job_finished"))
+    );
+
+    // A retry with the same Idempotency-Key creates one job.
+    let body = json!({"template_id": "shell", "params": {"command": "true"}});
+    let (s1, first) = api
+        .call(
+            reqwest::Method::POST,
+            "/v1/clusters/local/jobs",
+            &api.token,
+            Some(body.clone()),
+            Some("key-1"),
+        )
+        .await;
+    let (s2, second) = api
+        .call(
+            reqwest::Method::POST,
+            "/v1/clusters/local/jobs",
+            &api.token,
+            Some(body),
+            Some("key-1"),
+        )
+        .await;
+    assert_eq!((s1, s2), (201, 201));
+    assert_eq!(first, second);
+    let (_, list) = api
+        .call(
+            reqwest::Method::GET,
+            "/v1/clusters/local/jobs?template=shell",
+            &api.token,
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(list["jobs"].as_array().unwrap().len(), 2, "{list}");
+
+    // Each pitfall gets its own error and appends nothing.
+    let before = api.log_position().await;
+    let good = || raw("#!/bin/bash\ntrue", None);
+    let mut cases: Vec<(&str, Value)> = Vec::new();
+    let mut b = good();
+    b["job"]["script"] = json!("echo no shebang");
+    cases.push(("script_no_shebang", b));
+    let mut b = good();
+    b["job"].as_object_mut().unwrap().remove("environment");
+    cases.push(("environment_missing", b));
+    let mut b = good();
+    b["job"]["environment"] = json!([]);
+    cases.push(("environment_missing", b));
+    let mut b = good();
+    b["job"]["time_limit"] = json!({"number": 60});
+    cases.push(("wrapped_number_unset", b));
+    let mut b = good();
+    b["job"]["time_limit"] = json!("01:00:00");
+    cases.push(("time_limit_not_minutes", b));
+    let mut b = good();
+    b["job"]
+        .as_object_mut()
+        .unwrap()
+        .remove("current_working_directory");
+    cases.push(("working_directory_missing", b));
+    let mut b = good();
+    b["job"]["memory_per_cpu"] = json!(1024);
+    b["job"]["memory_per_node"] = json!(4096);
+    cases.push(("memory_conflict", b));
+    cases.push((
+        "heterogeneous_unsupported",
+        json!({"jobs": [good()["job"]]}),
+    ));
+    cases.push(("job_missing", json!({"script": "#!/bin/bash\ntrue"})));
+    cases.push((
+        "template_not_found",
+        json!({"template_id": "nope", "params": {}}),
+    ));
+    cases.push((
+        "invalid_param",
+        json!({"template_id": "shell", "params": {"command": 42}}),
+    ));
+    for (code, body) in cases {
+        let (status, out) = api.submit(body).await;
+        assert!(status == 422 || status == 404, "{code}: {status} {out}");
+        assert_eq!(out["error"]["code"], code, "{out}");
+        assert!(out["error"]["field"].is_string(), "{out}");
+    }
+    let res = api
+        .client
+        .post(api.server.url("/v1/clusters/local/jobs"))
+        .bearer_auth(&api.token)
+        .body("{not json")
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 400);
+    let res = api
+        .client
+        .post(api.server.url("/v1/clusters/local/jobs"))
+        .bearer_auth(&api.token)
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 415);
+    assert_eq!(
+        api.log_position().await,
+        before,
+        "rejected submissions appended nothing"
+    );
+
+    // A plain user sees only their own jobs and cannot cancel others'.
+    let bob = stdout(&run(&[
+        "token",
+        "mint",
+        "--data-dir",
+        data,
+        "--email",
+        "bob@lab.org",
+    ]))
+    .trim()
+    .to_string();
+    let (_, list) = api
+        .call(
+            reqwest::Method::GET,
+            "/v1/clusters/local/jobs",
+            &bob,
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(list["jobs"], json!([]));
+    let (status, _) = api
+        .call(
+            reqwest::Method::GET,
+            &format!("/v1/clusters/local/jobs/{id}"),
+            &bob,
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+    let (_, out) = api
+        .call(
+            reqwest::Method::POST,
+            "/v1/clusters/local/jobs",
+            &bob,
+            Some(raw("#!/bin/bash\nsleep 30", None)),
+            None,
+        )
+        .await;
+    let bobs = out["job_id"].as_u64().unwrap();
+    let (_, list) = api
+        .call(
+            reqwest::Method::GET,
+            "/v1/clusters/local/jobs?state=RUNNING",
+            &bob,
+            None,
+            None,
+        )
+        .await;
+    assert!(list["jobs"].as_array().unwrap().len() <= 1);
+    api.wait_state(bobs, &["RUNNING"], Duration::from_secs(10))
+        .await;
+
+    // A restart loses the running job the way Slurm loses a dead node's: NODE_FAIL.
+    assert_eq!(api.server.stop(), Some(0));
+    let api = Api::start(data);
+    let job = api
+        .wait_state(bobs, &["NODE_FAIL"], Duration::from_secs(10))
+        .await;
+    assert!(
+        job["reason"].as_str().unwrap().contains("restarted"),
+        "{job}"
+    );
+    // Job ids keep increasing across restarts.
+    let (_, out) = api.submit(raw("#!/bin/bash\ntrue", None)).await;
+    assert_eq!(out["job_id"].as_u64().unwrap(), bobs + 1);
+    api.wait_state(bobs + 1, &["COMPLETED"], Duration::from_secs(10))
+        .await;
+    assert_eq!(api.server.stop(), Some(0));
+
+    // Every view is what the log says.
+    let verify = run(&[
+        "replay",
+        "--projection",
+        "all",
+        "--verify",
+        "--data-dir",
+        data,
+    ]);
+    assert!(verify.status.success(), "{}", stdout(&verify));
+    assert!(stdout(&verify).contains("jobs: OK"), "{}", stdout(&verify));
+}
