@@ -1,5 +1,6 @@
 //! `clusterra`: the control plane's one binary.
 
+mod client;
 mod config;
 mod ops;
 mod poll;
@@ -74,6 +75,45 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// Submit a job: a v0.0.44 body file, or --template ID --param k=v …
+    Submit {
+        #[command(flatten)]
+        target: client::Target,
+        /// A JSON file with a slurmrestd v0.0.44 submit body
+        file: Option<PathBuf>,
+        /// Submit from this template instead
+        #[arg(long, value_name = "ID")]
+        template: Option<String>,
+        /// A template parameter, name=value (value parsed as JSON when it is JSON)
+        #[arg(long = "param", value_name = "NAME=VALUE")]
+        params: Vec<String>,
+        /// Makes retries safe: the same key returns the first answer
+        #[arg(long, value_name = "KEY")]
+        idempotency_key: Option<String>,
+    },
+    /// List jobs (yours; all of them for admins)
+    Jobs {
+        #[command(flatten)]
+        target: client::Target,
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        template: Option<String>,
+    },
+    /// Show one job and its history
+    Job {
+        #[command(flatten)]
+        target: client::Target,
+        job_id: u64,
+    },
+    /// Cancel a job
+    Cancel {
+        #[command(flatten)]
+        target: client::Target,
+        job_id: u64,
     },
     /// Tokens for the embedded default (HS256, signed with the data directory's secret)
     Token {
@@ -153,6 +193,21 @@ fn main() -> ExitCode {
                         json,
                     },
             } => ops::audit_stream(&state.load(None)?, &stream_id, json).await,
+            Command::Submit {
+                target,
+                file,
+                template,
+                params,
+                idempotency_key,
+            } => client::submit(&target, file, template, &params, idempotency_key).await,
+            Command::Jobs {
+                target,
+                state,
+                user,
+                template,
+            } => client::jobs(&target, state, user, template).await,
+            Command::Job { target, job_id } => client::job(&target, job_id).await,
+            Command::Cancel { target, job_id } => client::cancel(&target, job_id).await,
             Command::Token {
                 command:
                     TokenCommand::Mint {

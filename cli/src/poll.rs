@@ -73,13 +73,13 @@ async fn open_jobs(
         let Some(last) = page.last() else { break };
         after = Some(last.key.clone());
         for row in page {
-            if let Ok(view) = serde_json::from_str::<JobView>(&row.doc) {
-                if !view.state.is_terminal() {
-                    open.push(OpenJob {
-                        submission_id: view.submission_id,
-                        job_id: view.job_id,
-                    });
-                }
+            match serde_json::from_str::<JobView>(&row.doc) {
+                Ok(view) if !view.state.is_terminal() => open.push(OpenJob {
+                    submission_id: view.submission_id,
+                    job_id: view.job_id,
+                }),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(key = %row.key, error = %e, "unreadable job view skipped"),
             }
         }
     }
