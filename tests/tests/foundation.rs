@@ -18,7 +18,7 @@ async fn append(url: &str, n: usize) -> i64 {
     let mut last = 0;
     for i in 0..n {
         let stream = StreamId::new(format!("job-local-{}", i % 7)).expect("stream");
-        let kind = ["JobSubmitted", "JobStateChanged", "JobStateChanged"][i % 3];
+        let kind = ["SampleRecorded", "SampleNoted", "SampleNoted"][i % 3];
         let out = store
             .log
             .append(
@@ -94,15 +94,15 @@ async fn story(state: &[&str], url: &str) {
         "{}",
         stdout(&history)
     );
-    assert!(stdout(&history).contains("JobSubmitted"));
+    assert!(stdout(&history).contains("SampleRecorded"));
 
     // Tamper with a live read model: verify names the difference and exits 1.
-    exec(url, "UPDATE rm_live_docs SET doc = '{\"event_type\":\"JobSubmitted\",\"count\":1,\"last_position\":1}' \
-               WHERE projection = 'event_counts' AND key = 'JobSubmitted'").await;
+    exec(url, "UPDATE rm_live_docs SET doc = '{\"event_type\":\"SampleRecorded\",\"count\":1,\"last_position\":1}' \
+               WHERE projection = 'event_counts' AND key = 'SampleRecorded'").await;
     let bad = with(&["replay", "--projection", "event_counts", "--verify"]);
     assert_eq!(bad.status.code(), Some(1), "{}", stdout(&bad));
     assert!(
-        stdout(&bad).contains("types/JobSubmitted: live has"),
+        stdout(&bad).contains("types/SampleRecorded: live has"),
         "{}",
         stdout(&bad)
     );
