@@ -45,6 +45,7 @@ async fn harness(wait: Duration) -> Harness {
             efs_root: dir.path().join("efs"),
             grace: Duration::from_millis(200),
             minute: Duration::from_secs(60),
+            slots: 4,
         },
         chrono::Utc::now(),
     )

@@ -40,6 +40,9 @@ pub struct Config {
     pub executor_minute_seconds: f64,
     /// Local executor: milliseconds between SIGTERM and SIGKILL on cancel and timeout.
     pub executor_grace_ms: u64,
+    /// Local executor: jobs running at once (the rest wait PENDING); unset = this machine's
+    /// cores; 0 runs nothing (every job stays pending, for benchmarks of the submit path).
+    pub executor_slots: Option<usize>,
 }
 
 impl Default for Config {
@@ -59,11 +62,13 @@ impl Default for Config {
             poll_interval_ms: 1_000,
             executor_minute_seconds: 60.0,
             executor_grace_ms: 5_000,
+            executor_slots: None,
         }
     }
 }
 
-const ENV_KEYS: [&str; 14] = [
+const ENV_KEYS: [&str; 15] = [
+    "executor_slots",
     "efs_root",
     "poll_interval_ms",
     "executor_minute_seconds",

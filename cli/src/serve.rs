@@ -99,6 +99,9 @@ fn slurm_directory(config: &Config) -> anyhow::Result<Arc<commands::slurm::Stati
             efs_root: config.efs_root(),
             grace: std::time::Duration::from_millis(config.executor_grace_ms),
             minute: std::time::Duration::from_secs_f64(config.executor_minute_seconds),
+            slots: config
+                .executor_slots
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
         },
         chrono::Utc::now(),
     )?;

@@ -109,6 +109,7 @@ async fn a_job_slurm_accepted_but_the_log_missed_is_adopted_once() {
             efs_root: dir.path().join("efs"),
             grace: Duration::from_millis(200),
             minute: Duration::from_secs(60),
+            slots: 4,
         },
         chrono::Utc::now(),
     )
@@ -212,6 +213,7 @@ async fn a_job_that_vanished_from_slurm_gets_a_final_state_that_says_so() {
             efs_root: dir.path().join("efs"),
             grace: Duration::from_millis(200),
             minute: Duration::from_secs(60),
+            slots: 4,
         },
         chrono::Utc::now(),
     )

@@ -41,6 +41,9 @@ pub struct LocalSettings {
     pub grace: Duration,
     /// How long one minute of `time_limit` lasts. 60 s, except in demos and tests.
     pub minute: Duration,
+    /// Jobs running at once; the rest wait PENDING (reason `Resources`) in submission order.
+    /// 0 runs nothing, which leaves every job pending (benchmarks of the submit path).
+    pub slots: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -77,6 +80,14 @@ struct Inner {
     settings: LocalSettings,
     records: Mutex<BTreeMap<u64, Record>>,
     cancels: Mutex<BTreeMap<u64, oneshot::Sender<()>>>,
+    /// Jobs waiting for a slot, oldest first, and how many run.
+    queue: Mutex<Queue>,
+}
+
+#[derive(Default)]
+struct Queue {
+    waiting: std::collections::VecDeque<(u64, Value, oneshot::Receiver<()>)>,
+    running: usize,
 }
 
 /// The local executor. Cheap to clone.
@@ -161,6 +172,7 @@ impl LocalExecutor {
                 settings,
                 records: Mutex::new(records),
                 cancels: Mutex::new(BTreeMap::new()),
+                queue: Mutex::new(Queue::default()),
             }),
         })
     }
@@ -218,6 +230,35 @@ impl LocalExecutor {
             let copy = r.clone();
             drop(records);
             self.save(&copy).await;
+        }
+    }
+
+    /// Starts waiting jobs while slots are free: one worker per slot in use.
+    async fn dispatch(&self) {
+        let mut queue = self.inner.queue.lock().await;
+        while queue.running < self.inner.settings.slots {
+            let Some(first) = queue.waiting.pop_front() else {
+                break;
+            };
+            queue.running += 1;
+            tokio::spawn(self.clone().worker(first));
+        }
+    }
+
+    /// Runs jobs one after another until none waits, then frees its slot.
+    async fn worker(self, first: (u64, Value, oneshot::Receiver<()>)) {
+        let mut next = first;
+        loop {
+            let (job_id, job, cancel) = next;
+            self.clone().run(job_id, job, cancel).await;
+            let mut queue = self.inner.queue.lock().await;
+            match queue.waiting.pop_front() {
+                Some(job) => next = job,
+                None => {
+                    queue.running -= 1;
+                    break;
+                }
+            }
         }
     }
 
@@ -389,6 +430,10 @@ impl SlurmPort for LocalExecutor {
         }
         let mut records = self.inner.records.lock().await;
         let job_id = self.allocate_id(&records)?;
+        let free = {
+            let q = self.inner.queue.lock().await;
+            q.running + q.waiting.len() < self.inner.settings.slots
+        };
         let record = Record {
             job_id,
             name: job
@@ -397,7 +442,7 @@ impl SlurmPort for LocalExecutor {
                 .unwrap_or("job")
                 .to_string(),
             state: JobState::Pending,
-            reason: Some("None".into()),
+            reason: Some(if free { "None" } else { "Resources" }.into()),
             exit_code: None,
             submit_time: Utc::now(),
             start_time: None,
@@ -413,7 +458,13 @@ impl SlurmPort for LocalExecutor {
         self.save(&record).await;
         let (tx, rx) = oneshot::channel();
         self.inner.cancels.lock().await.insert(job_id, tx);
-        tokio::spawn(self.clone().run(job_id, job, rx));
+        self.inner
+            .queue
+            .lock()
+            .await
+            .waiting
+            .push_back((job_id, job, rx));
+        self.dispatch().await;
         Ok(Accepted {
             job_id,
             warnings: Vec::new(),
@@ -445,7 +496,22 @@ impl SlurmPort for LocalExecutor {
         if !self.inner.records.lock().await.contains_key(&job_id) {
             return Err(SlurmError::UnknownJob(job_id));
         }
-        if let Some(tx) = self.inner.cancels.lock().await.remove(&job_id) {
+        let queued = {
+            let mut q = self.inner.queue.lock().await;
+            let before = q.waiting.len();
+            q.waiting.retain(|(id, _, _)| *id != job_id);
+            q.waiting.len() != before
+        };
+        if queued {
+            // Never started: it ends here, as Slurm ends a pending job it cancels.
+            self.inner.cancels.lock().await.remove(&job_id);
+            self.update(job_id, |r| {
+                r.state = JobState::Cancelled;
+                r.reason = Some("cancelled while pending".into());
+                r.end_time = Some(Utc::now());
+            })
+            .await;
+        } else if let Some(tx) = self.inner.cancels.lock().await.remove(&job_id) {
             let _ = tx.send(());
         }
         Ok(())

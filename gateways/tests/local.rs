@@ -16,6 +16,7 @@ fn settings(dir: &std::path::Path) -> LocalSettings {
         efs_root: dir.join("efs"),
         grace: Duration::from_millis(500),
         minute: Duration::from_millis(300),
+        slots: 8,
     }
 }
 
@@ -149,4 +150,51 @@ async fn ids_survive_restarts_and_lost_jobs_are_node_fail() {
     let next = ex.submit(&body("true", None)).await.unwrap();
     assert_eq!(next.job_id, first + 1);
     assert_eq!(ex.jobs().await.unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn jobs_beyond_the_slots_wait_pending_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(dir.path());
+    s.slots = 1;
+    let ex = LocalExecutor::open(s, Utc::now()).unwrap();
+    let first = ex.submit(&body("sleep 0.5", None)).await.unwrap();
+    let second = ex.submit(&body("true", None)).await.unwrap();
+    let third = ex.submit(&body("sleep 30", None)).await.unwrap();
+    let waiting = ex.job(second.job_id).await.unwrap().unwrap();
+    assert_eq!(
+        (waiting.state, waiting.reason.as_deref()),
+        (JobState::Pending, Some("Resources"))
+    );
+    // Cancelling a pending job ends it at once, without running it.
+    ex.cancel(third.job_id).await.unwrap();
+    assert_eq!(
+        ex.job(third.job_id).await.unwrap().unwrap().state,
+        JobState::Cancelled
+    );
+    assert_eq!(
+        wait_final(&ex, first.job_id, Duration::from_secs(10))
+            .await
+            .state,
+        JobState::Completed
+    );
+    assert_eq!(
+        wait_final(&ex, second.job_id, Duration::from_secs(10))
+            .await
+            .state,
+        JobState::Completed
+    );
+    let out = std::fs::metadata(dir.path().join(format!("efs/job_{}.out", third.job_id)));
+    assert!(out.is_err(), "the cancelled pending job never ran");
+
+    let mut s = settings(dir.path());
+    s.slots = 0;
+    s.state_dir = dir.path().join("executor-0");
+    let none = LocalExecutor::open(s, Utc::now()).unwrap();
+    let parked = none.submit(&body("true", None)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        none.job(parked.job_id).await.unwrap().unwrap().state,
+        JobState::Pending
+    );
 }
