@@ -15,7 +15,7 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 use sqlx::{QueryBuilder, Row, Sqlite};
-use tokio::sync::{Mutex, watch};
+use tokio::sync::{Mutex, mpsc, oneshot, watch};
 use uuid::Uuid;
 
 use crate::{
@@ -32,10 +32,22 @@ const ROWS_PER_INSERT: usize = 1_000;
 
 pub struct SqliteStore {
     pool: SqlitePool,
-    write_lock: Mutex<()>,
-    head_tx: watch::Sender<Position>,
-    clock: Arc<dyn Clock>,
+    /// Held by the group writer and by read-model commits: one writer at a time in-process.
+    write_lock: Arc<Mutex<()>>,
+    head_tx: Arc<watch::Sender<Position>>,
+    appends: mpsc::Sender<AppendRequest>,
 }
+
+/// One caller's append, waiting for the group writer.
+struct AppendRequest {
+    stream: StreamId,
+    expected: ExpectedVersion,
+    events: Vec<NewEvent>,
+    reply: oneshot::Sender<Result<AppendOutcome, LogError>>,
+}
+
+/// Appends that arrive while a transaction runs share the next one (group commit).
+const MAX_GROUP: usize = 256;
 
 /// The connection settings of the log: WAL, the given `synchronous` level, a 10 s busy timeout,
 /// and a WAL of up to ~40 MB between checkpoints (fewer checkpoint fsyncs on busy logs).
@@ -70,12 +82,21 @@ impl SqliteStore {
         let head: i64 = sqlx::query_scalar("SELECT position FROM log_head WHERE id = 1")
             .fetch_one(&pool)
             .await?;
-        let (head_tx, _) = watch::channel(head);
+        let head_tx = Arc::new(watch::channel(head).0);
+        let write_lock = Arc::new(Mutex::new(()));
+        let (appends, requests) = mpsc::channel(4 * MAX_GROUP);
+        tokio::spawn(group_writer(
+            pool.clone(),
+            write_lock.clone(),
+            head_tx.clone(),
+            clock,
+            requests,
+        ));
         Ok(Self {
             pool,
-            write_lock: Mutex::new(()),
+            write_lock,
             head_tx,
-            clock,
+            appends,
         })
     }
 
@@ -83,19 +104,168 @@ impl SqliteStore {
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
+}
 
-    async fn events_by_id(&self, ids: &[Uuid]) -> Result<Vec<RecordedEvent>, LogError> {
-        let mut q = QueryBuilder::<Sqlite>::new(format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE event_id IN ("
-        ));
-        let mut sep = q.separated(", ");
-        for id in ids {
-            sep.push_bind(*id);
-        }
-        q.push(") ORDER BY position");
-        let rows = q.build().fetch_all(&self.pool).await?;
-        rows.iter().map(event_from_row).collect()
+async fn events_by_id(
+    conn: &mut sqlx::SqliteConnection,
+    ids: &[Uuid],
+) -> Result<Vec<RecordedEvent>, LogError> {
+    let mut q = QueryBuilder::<Sqlite>::new(format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE event_id IN ("
+    ));
+    let mut sep = q.separated(", ");
+    for id in ids {
+        sep.push_bind(*id);
     }
+    q.push(") ORDER BY position");
+    let rows = q.build().fetch_all(&mut *conn).await?;
+    rows.iter().map(event_from_row).collect()
+}
+
+/// The single writer: takes every append waiting, runs them in one `BEGIN IMMEDIATE`
+/// transaction with a savepoint each (a conflict undoes only its own append), moves the head
+/// once and commits once. N concurrent appends cost one commit instead of N.
+async fn group_writer(
+    pool: SqlitePool,
+    write_lock: Arc<Mutex<()>>,
+    head_tx: Arc<watch::Sender<Position>>,
+    clock: Arc<dyn Clock>,
+    mut requests: mpsc::Receiver<AppendRequest>,
+) {
+    while let Some(first) = requests.recv().await {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match requests.try_recv() {
+                Ok(r) => group.push(r),
+                Err(_) => break,
+            }
+        }
+        let _writer = write_lock.lock().await;
+        match write_group(&pool, &group, clock.now()).await {
+            Ok((results, head)) => {
+                if let Some(head) = head {
+                    head_tx.send_replace(head);
+                }
+                for (request, result) in group.into_iter().zip(results) {
+                    let _ = request.reply.send(result);
+                }
+            }
+            Err(e) => {
+                let message = e.to_string();
+                tracing::warn!(error = %message, appends = group.len(), "group append failed");
+                for request in group {
+                    let _ = request
+                        .reply
+                        .send(Err(LogError::Database(sqlx::Error::Protocol(format!(
+                            "the append's transaction failed: {message}"
+                        )))));
+                }
+            }
+        }
+    }
+}
+
+/// Runs one group; returns each append's result and the new head if anything was written.
+async fn write_group(
+    pool: &SqlitePool,
+    group: &[AppendRequest],
+    now: chrono::DateTime<Utc>,
+) -> Result<(Vec<Result<AppendOutcome, LogError>>, Option<Position>), LogError> {
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let head_row = sqlx::query("SELECT position, hash FROM log_head WHERE id = 1")
+        .fetch_one(&mut *tx)
+        .await?;
+    let mut head = Head {
+        position: head_row.try_get("position")?,
+        hash: hash32(head_row.try_get::<&[u8], _>("hash")?, "log_head.hash")?,
+    };
+    let start = head.position;
+    let mut results = Vec::with_capacity(group.len());
+    for request in group {
+        sqlx::query("SAVEPOINT append").execute(&mut *tx).await?;
+        let result = append_one(&mut tx, &mut head, request, now).await;
+        if result.is_err() {
+            sqlx::query("ROLLBACK TO append").execute(&mut *tx).await?;
+        }
+        sqlx::query("RELEASE append").execute(&mut *tx).await?;
+        results.push(result);
+    }
+    if head.position == start {
+        tx.rollback().await?;
+        return Ok((results, None));
+    }
+    sqlx::query("UPDATE log_head SET position = ?, hash = ? WHERE id = 1")
+        .bind(head.position)
+        .bind(&head.hash[..])
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok((results, Some(head.position)))
+}
+
+/// One append inside the group's transaction; moves `head` on success.
+async fn append_one(
+    conn: &mut sqlx::SqliteConnection,
+    head: &mut Head,
+    request: &AppendRequest,
+    now: chrono::DateTime<Utc>,
+) -> Result<AppendOutcome, LogError> {
+    let (stream, events) = (&request.stream, &request.events);
+    let first = events.first().ok_or(LogError::EmptyAppend)?;
+    let state = sqlx::query(
+        "SELECT (SELECT COALESCE(MAX(stream_version), 0) FROM events WHERE stream_id = ?) AS current, \
+                EXISTS (SELECT 1 FROM events WHERE event_id = ?) AS seen",
+    )
+    .bind(stream.as_str())
+    .bind(first.event_id)
+    .fetch_one(&mut *conn)
+    .await?;
+    let ids = || events.iter().map(|e| e.event_id).collect::<Vec<Uuid>>();
+    // Idempotent re-append: if the first id is stored, the whole batch must be.
+    if state.try_get::<bool, _>("seen")? {
+        let stored = events_by_id(conn, &ids()).await?;
+        return check_reappend(stream, events, &stored);
+    }
+    let current: i64 = state.try_get("current")?;
+    request.expected.check(stream, current)?;
+
+    let rows = prepare_rows(*head, stream, current, events, now)?;
+    for chunk in rows.chunks(ROWS_PER_INSERT) {
+        let mut q = QueryBuilder::<Sqlite>::new(format!("INSERT INTO events ({EVENT_COLUMNS}) "));
+        q.push_values(chunk, |mut b, r| {
+            b.push_bind(r.position)
+                .push_bind(stream.as_str())
+                .push_bind(r.stream_version)
+                .push_bind(r.event.event_id)
+                .push_bind(r.event.event_type.as_str())
+                .push_bind(r.event.schema_version)
+                .push_bind(r.data.as_str())
+                .push_bind(r.metadata.as_str())
+                .push_bind(r.recorded_at_micros)
+                .push_bind(&r.prev_hash[..])
+                .push_bind(&r.hash[..]);
+        });
+        if let Err(e) = q.build().execute(&mut *conn).await {
+            if is_unique_violation(&e) {
+                // Some ids of the batch are stored and some are not: refuse the batch. (The
+                // caller rolls back to the savepoint; reading here sees the stored ones.)
+                let stored = events_by_id(conn, &ids()).await?;
+                return check_reappend(stream, events, &stored);
+            }
+            return Err(e.into());
+        }
+    }
+    let last = rows.last().ok_or(LogError::EmptyAppend)?;
+    *head = Head {
+        position: last.position,
+        hash: last.hash,
+    };
+    Ok(AppendOutcome {
+        first_position: rows[0].position,
+        last_position: last.position,
+        stream_version: last.stream_version,
+        already_stored: false,
+    })
 }
 
 /// Decodes a row selected with [`EVENT_COLUMNS`], by column index (name lookups cost ~20% of a
@@ -133,81 +303,19 @@ impl EventLog for SqliteStore {
         expected: ExpectedVersion,
         events: &[NewEvent],
     ) -> Result<AppendOutcome, LogError> {
-        let Some(first) = events.first() else {
+        if events.is_empty() {
             return Err(LogError::EmptyAppend);
-        };
-        let _writer = self.write_lock.lock().await;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-
-        // One round trip for everything the decision needs; BEGIN IMMEDIATE already holds the
-        // write lock, so nothing can change between these reads and the insert.
-        let state = sqlx::query(
-            "SELECT h.position, h.hash, \
-               (SELECT COALESCE(MAX(stream_version), 0) FROM events WHERE stream_id = ?) AS current, \
-               EXISTS (SELECT 1 FROM events WHERE event_id = ?) AS seen \
-             FROM log_head h WHERE h.id = 1",
-        )
-        .bind(stream.as_str())
-        .bind(first.event_id)
-        .fetch_one(&mut *tx)
-        .await?;
-
-        // Idempotent re-append: if the first id is stored, the whole batch must be.
-        if state.try_get::<bool, _>("seen")? {
-            drop(tx);
-            let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
-            let stored = self.events_by_id(&ids).await?;
-            return check_reappend(stream, events, &stored);
         }
-        let head = Head {
-            position: state.try_get("position")?,
-            hash: hash32(state.try_get::<&[u8], _>("hash")?, "log_head.hash")?,
+        let (reply, answer) = oneshot::channel();
+        let request = AppendRequest {
+            stream: stream.clone(),
+            expected,
+            events: events.to_vec(),
+            reply,
         };
-        let current: i64 = state.try_get("current")?;
-        expected.check(stream, current)?;
-
-        let rows = prepare_rows(head, stream, current, events, self.clock.now())?;
-        for chunk in rows.chunks(ROWS_PER_INSERT) {
-            let mut q =
-                QueryBuilder::<Sqlite>::new(format!("INSERT INTO events ({EVENT_COLUMNS}) "));
-            q.push_values(chunk, |mut b, r| {
-                b.push_bind(r.position)
-                    .push_bind(stream.as_str())
-                    .push_bind(r.stream_version)
-                    .push_bind(r.event.event_id)
-                    .push_bind(r.event.event_type.as_str())
-                    .push_bind(r.event.schema_version)
-                    .push_bind(r.data.as_str())
-                    .push_bind(r.metadata.as_str())
-                    .push_bind(r.recorded_at_micros)
-                    .push_bind(&r.prev_hash[..])
-                    .push_bind(&r.hash[..]);
-            });
-            if let Err(e) = q.build().execute(&mut *tx).await {
-                if is_unique_violation(&e) {
-                    drop(tx);
-                    let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
-                    let stored = self.events_by_id(&ids).await?;
-                    // Some ids of the batch are stored and some are not: refuse the batch.
-                    return check_reappend(stream, events, &stored);
-                }
-                return Err(e.into());
-            }
-        }
-        let last = rows.last().ok_or(LogError::EmptyAppend)?;
-        sqlx::query("UPDATE log_head SET position = ?, hash = ? WHERE id = 1")
-            .bind(last.position)
-            .bind(&last.hash[..])
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        self.head_tx.send_replace(last.position);
-        Ok(AppendOutcome {
-            first_position: rows[0].position,
-            last_position: last.position,
-            stream_version: last.stream_version,
-            already_stored: false,
-        })
+        let stopped = || LogError::Database(sqlx::Error::PoolClosed);
+        self.appends.send(request).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
     }
 
     async fn read_stream(
