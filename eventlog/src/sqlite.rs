@@ -181,13 +181,19 @@ async fn write_group(
     };
     let start = head.position;
     let mut results = Vec::with_capacity(group.len());
+    // A lone append needs no savepoint: on error the whole transaction is rolled back.
+    let savepoints = group.len() > 1;
     for request in group {
-        sqlx::query("SAVEPOINT append").execute(&mut *tx).await?;
-        let result = append_one(&mut tx, &mut head, request, now).await;
-        if result.is_err() {
-            sqlx::query("ROLLBACK TO append").execute(&mut *tx).await?;
+        if savepoints {
+            sqlx::query("SAVEPOINT append").execute(&mut *tx).await?;
         }
-        sqlx::query("RELEASE append").execute(&mut *tx).await?;
+        let result = append_one(&mut tx, &mut head, request, now).await;
+        if savepoints {
+            if result.is_err() {
+                sqlx::query("ROLLBACK TO append").execute(&mut *tx).await?;
+            }
+            sqlx::query("RELEASE append").execute(&mut *tx).await?;
+        }
         results.push(result);
     }
     if head.position == start {
