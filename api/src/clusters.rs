@@ -277,27 +277,17 @@ pub(crate) async fn list(
     min: MinPosition,
 ) -> Result<(HeaderMap, Json<ClusterList>), ApiError> {
     let headers = await_projection(&state, clusters::NAME, min).await;
-    let collection = clusters::collection(&caller.workspace);
-    let mut out = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let page = state
-            .store
-            .read
-            .list_docs(
-                ModelSet::Live,
-                clusters::NAME,
-                &collection,
-                after.as_deref(),
-                500,
-            )
-            .await?;
-        let Some(last) = page.last() else { break };
-        after = Some(last.key.clone());
-        for row in page {
-            out.push(Cluster::from(decode_view(&row.doc)?));
-        }
-    }
+    let rows = eventlog::list_all(
+        state.store.read.as_ref(),
+        ModelSet::Live,
+        clusters::NAME,
+        &clusters::collection(&caller.workspace),
+    )
+    .await?;
+    let out = rows
+        .iter()
+        .map(|row| decode_view(&row.doc).map(Cluster::from))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok((headers, Json(ClusterList { clusters: out })))
 }
 

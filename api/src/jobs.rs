@@ -155,20 +155,7 @@ async fn cluster_and_slurm(
     id: &str,
 ) -> Result<(ClusterId, Arc<dyn SlurmPort>), ApiError> {
     let cluster = ClusterId::new(id).map_err(|_| cluster_not_found())?;
-    let exists = state
-        .store
-        .read
-        .get_doc(
-            ModelSet::Live,
-            projections::views::clusters::NAME,
-            &projections::views::clusters::collection(&caller.workspace),
-            cluster.as_str(),
-        )
-        .await?
-        .is_some();
-    if !exists {
-        return Err(cluster_not_found());
-    }
+    cluster_exists(state, caller, &cluster).await?;
     let slurm = state.slurm.get(&caller.workspace, &cluster).ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

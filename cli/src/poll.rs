@@ -56,31 +56,22 @@ async fn open_jobs(
     workspace: &domain::WorkspaceId,
     cluster: &domain::ClusterId,
 ) -> Result<Vec<OpenJob>, eventlog::LogError> {
-    let collection = jobs::collection(workspace, cluster);
+    let rows = eventlog::list_all(
+        store.read.as_ref(),
+        ModelSet::Live,
+        jobs::NAME,
+        &jobs::collection(workspace, cluster),
+    )
+    .await?;
     let mut open = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let page = store
-            .read
-            .list_docs(
-                ModelSet::Live,
-                jobs::NAME,
-                &collection,
-                after.as_deref(),
-                1_000,
-            )
-            .await?;
-        let Some(last) = page.last() else { break };
-        after = Some(last.key.clone());
-        for row in page {
-            match serde_json::from_str::<JobView>(&row.doc) {
-                Ok(view) if !view.state.is_terminal() => open.push(OpenJob {
-                    submission_id: view.submission_id,
-                    job_id: view.job_id,
-                }),
-                Ok(_) => {}
-                Err(e) => tracing::warn!(key = %row.key, error = %e, "unreadable job view skipped"),
-            }
+    for row in rows {
+        match serde_json::from_str::<JobView>(&row.doc) {
+            Ok(view) if !view.state.is_terminal() => open.push(OpenJob {
+                submission_id: view.submission_id,
+                job_id: view.job_id,
+            }),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(key = %row.key, error = %e, "unreadable job view skipped"),
         }
     }
     Ok(open)

@@ -103,3 +103,23 @@ pub trait ReadStore: Send + Sync + 'static {
     /// and clears the rebuild.
     async fn promote(&self, projection: &str) -> Result<(), LogError>;
 }
+
+/// Every document of one collection, in key order, read page by page.
+pub async fn list_all(
+    store: &dyn ReadStore,
+    set: ModelSet,
+    projection: &str,
+    collection: &str,
+) -> Result<Vec<DocRow>, LogError> {
+    let mut all = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = store
+            .list_docs(set, projection, collection, after.as_deref(), 1_000)
+            .await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.key.clone());
+        all.extend(page);
+    }
+    Ok(all)
+}
