@@ -254,15 +254,21 @@ async fn the_job_lifecycle_on_the_local_executor() {
         .await;
     assert_eq!((s1, s2), (201, 201));
     assert_eq!(first, second);
-    let (_, list) = api
-        .call(
-            reqwest::Method::GET,
-            "/v1/clusters/local/jobs?template=shell",
-            &api.token,
-            None,
-            None,
+    // Read our own write: wait (bounded) until the view has the retry's position.
+    let list: Value = api
+        .client
+        .get(api.server.url("/v1/clusters/local/jobs?template=shell"))
+        .bearer_auth(&api.token)
+        .header(
+            "X-Clusterra-Min-Position",
+            second["position"].as_i64().unwrap(),
         )
-        .await;
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(list["jobs"].as_array().unwrap().len(), 2, "{list}");
 
     // Each pitfall gets its own error and appends nothing.
