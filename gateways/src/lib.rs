@@ -2,6 +2,7 @@
 //!
 //! - [`local::LocalExecutor`]: the embedded default Slurm — runs each job's script with bash as a
 //!   real process.
-//! - slurmrestd (v0.0.44): not yet; see the notes of the jobs issue.
+//! - [`slurmrestd::SlurmRestd`]: slurmrestd v0.0.44 with Slurm JWT headers.
 
 pub mod local;
+pub mod slurmrestd;

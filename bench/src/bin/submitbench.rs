@@ -68,6 +68,12 @@ async fn main() -> anyhow::Result<()> {
                     "memory_per_node": {"set": true, "infinite": false, "number": 512},
                     "time_limit": {"set": true, "infinite": false, "number": 10}
                 }});
+                let mut body = body;
+                if user.is_some() {
+                    // Held jobs stay PENDING: nothing runs, as with executor_slots = 0.
+                    body["job"]["hold"] = json!(true);
+                    body["job"]["current_working_directory"] = json!("/tmp");
+                }
                 let mut req = client.post(&url).json(&body);
                 req = match &user {
                     Some(u) => req

@@ -1,0 +1,147 @@
+//! The slurmrestd adapter against a real slurmctld + slurmrestd (v0.0.44): the same scenario as
+//! the local executor's test. Needs `SLURMRESTD_URL`, `SLURM_USER_NAME`, `SLURM_JWT` and
+//! `CLUSTERRA_EFS_ROOT` from a running local Slurm; the project does not start one by itself
+//! yet, so the test is ignored by default: `cargo test -p gateways --test slurmrestd_real -- --ignored`.
+
+#![allow(clippy::unwrap_used)] // a test may panic on what it did not expect
+
+use std::time::{Duration, Instant};
+
+use commands::slurm::SlurmPort;
+use domain::job::JobState;
+use gateways::slurmrestd::SlurmRestd;
+use serde_json::json;
+
+fn env(key: &str) -> String {
+    std::env::var(key).unwrap_or_else(|_| panic!("{key} is not set: start a local Slurm first"))
+}
+
+fn body(script: &str, minutes: Option<u64>) -> serde_json::Value {
+    let efs = env("CLUSTERRA_EFS_ROOT");
+    let mut job = json!({
+        "name": "clusterra-adapter-test",
+        "script": format!("#!/bin/bash\n{script}\n"),
+        "environment": ["PATH=/usr/bin:/bin"],
+        "current_working_directory": efs,
+        "standard_output": format!("{efs}/job_%j.out"),
+        "partition": std::env::var("SLURM_PARTITION").unwrap_or_else(|_| "debug".into()),
+        "comment": "clusterra:6f1c2a4e-1d5b-4d8e-9d6e-0a1b2c3d4e5f ada@lab.org"
+    });
+    if let Some(m) = minutes {
+        job["time_limit"] = json!({"set": true, "infinite": false, "number": m});
+    }
+    json!({ "job": job })
+}
+
+async fn wait(
+    slurm: &SlurmRestd,
+    id: u64,
+    states: &[JobState],
+    within: Duration,
+) -> commands::slurm::SlurmJob {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(job) = slurm.job(id).await.unwrap() {
+            if states.contains(&job.state) {
+                return job;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "job {id} is {} after {within:?}",
+                job.state
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs a running local Slurm (see the module docs)"]
+async fn the_adapter_against_a_real_slurm() {
+    let slurm = SlurmRestd::new(
+        &env("SLURMRESTD_URL"),
+        &env("SLURM_USER_NAME"),
+        &env("SLURM_JWT"),
+    )
+    .unwrap();
+
+    let ok = slurm
+        .submit(&body("echo adapter-says-hello", None))
+        .await
+        .unwrap();
+    let job = wait(
+        &slurm,
+        ok.job_id,
+        &[JobState::Completed],
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(job.exit_code, Some(0));
+    assert_eq!(
+        job.submission_id().unwrap().to_string(),
+        "6f1c2a4e-1d5b-4d8e-9d6e-0a1b2c3d4e5f"
+    );
+    assert_eq!(job.submitter().unwrap().as_str(), "ada@lab.org");
+    let out = std::fs::read_to_string(format!(
+        "{}/job_{}.out",
+        env("CLUSTERRA_EFS_ROOT"),
+        ok.job_id
+    ))
+    .unwrap();
+    assert!(out.contains("adapter-says-hello"), "{out}");
+
+    let failed = slurm.submit(&body("exit 3", None)).await.unwrap();
+    let job = wait(
+        &slurm,
+        failed.job_id,
+        &[JobState::Failed],
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(job.exit_code, Some(3));
+
+    let sleeper = slurm.submit(&body("sleep 300", None)).await.unwrap();
+    wait(
+        &slurm,
+        sleeper.job_id,
+        &[JobState::Running],
+        Duration::from_secs(60),
+    )
+    .await;
+    slurm.cancel(sleeper.job_id).await.unwrap();
+    wait(
+        &slurm,
+        sleeper.job_id,
+        &[JobState::Cancelled],
+        Duration::from_secs(30),
+    )
+    .await;
+    slurm.cancel(sleeper.job_id).await.unwrap();
+
+    let timeout = slurm.submit(&body("sleep 300", Some(1))).await.unwrap();
+    wait(
+        &slurm,
+        timeout.job_id,
+        &[JobState::Timeout],
+        Duration::from_secs(150),
+    )
+    .await;
+
+    let rejected = slurm
+        .submit(&json!({"job": {"script": "#!/bin/bash\ntrue", "current_working_directory": "/tmp", "environment": []}}))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(rejected, commands::slurm::SlurmError::Rejected(_)),
+        "{rejected:?}"
+    );
+    assert!(slurm.job(999_999).await.unwrap().is_none());
+    assert!(
+        slurm
+            .jobs()
+            .await
+            .unwrap()
+            .iter()
+            .any(|j| j.job_id == ok.job_id)
+    );
+}
