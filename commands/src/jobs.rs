@@ -104,9 +104,15 @@ pub async fn load(
 }
 
 /// Submits jobs; one per process, so concurrent retries of one submission are serialised.
-#[derive(Default)]
 pub struct Submitter {
     in_flight: Mutex<HashSet<Uuid>>,
+    clock: std::sync::Arc<dyn eventlog::Clock>,
+}
+
+impl Default for Submitter {
+    fn default() -> Self {
+        Self::new(std::sync::Arc::new(eventlog::SystemClock))
+    }
 }
 
 struct InFlight<'a>(&'a Mutex<HashSet<Uuid>>, Uuid);
@@ -121,6 +127,13 @@ impl Drop for InFlight<'_> {
 }
 
 impl Submitter {
+    pub fn new(clock: std::sync::Arc<dyn eventlog::Clock>) -> Self {
+        Self {
+            in_flight: Mutex::new(HashSet::new()),
+            clock,
+        }
+    }
+
     pub async fn submit(
         &self,
         log: &dyn EventLog,
@@ -166,6 +179,7 @@ impl Submitter {
             .unwrap_or("job")
             .to_string();
 
+        let submitted_at = self.clock.now();
         let accepted = slurm.submit(&body).await?;
         let mut warnings = canonical.warnings;
         warnings.extend(accepted.warnings.into_iter().map(|m| Warning {
@@ -185,6 +199,7 @@ impl Submitter {
             body,
             shape: canonical.shape,
             warnings: warnings.clone(),
+            submitted_at: Some(submitted_at),
         });
         let metadata = Metadata {
             actor: Some(s.user.to_string()),
@@ -413,6 +428,7 @@ pub async fn reconcile(
                 field: "".into(),
                 message: "adopted from Slurm after the API stopped between Slurm accepting the job and recording it; the original body was not recorded".into(),
             }],
+            submitted_at: None,
         });
         let new = new_event(&event, system.clone())?.with_id(submitted_event_id(submission_id));
         match log.append(&stream, ExpectedVersion::NoStream, &[new]).await {

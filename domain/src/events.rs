@@ -71,6 +71,10 @@ pub struct JobSubmitted {
     pub shape: JobShape,
     #[serde(default)]
     pub warnings: Vec<Warning>,
+    /// When the API received the submission (before Slurm saw it); the event's `recorded_at`
+    /// comes after Slurm accepted it, by which time a fast job may already have started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submitted_at: Option<DateTime<Utc>>,
 }
 
 /// Slurm reported a new state for a job.

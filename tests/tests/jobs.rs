@@ -165,6 +165,12 @@ async fn the_job_lifecycle_on_the_local_executor() {
     ] {
         assert!(job.get(field).is_some(), "job view lacks {field}: {job}");
     }
+    let time = |v: &Value| chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap()).unwrap();
+    assert!(
+        time(&job["submitted_at"]) <= time(&job["started_at"]),
+        "{job}"
+    );
+    assert!(time(&job["started_at"]) <= time(&job["ended_at"]), "{job}");
     let output = std::fs::read_to_string(format!("{data}/efs/job_{id}.out")).unwrap();
     assert_eq!(output.trim(), "clusterra-e2e-42");
     let history: Vec<&str> = job["history"]

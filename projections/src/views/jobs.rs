@@ -97,7 +97,7 @@ impl Projector for JobViews {
                     user: j.user.to_string(),
                     state: JobState::Pending,
                     exit_code: None,
-                    submitted_at: event.recorded_at,
+                    submitted_at: j.submitted_at.unwrap_or(event.recorded_at),
                     started_at: None,
                     ended_at: None,
                     pending_reason: Some(explain_pending("None", COLD_START_SECONDS)),
