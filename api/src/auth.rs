@@ -119,6 +119,9 @@ impl From<AuthError> for ApiError {
 /// Verifies (and, in the embedded mode, mints) tokens.
 pub struct Authenticator {
     mode: Mode,
+    /// Required `iss` and `aud` of JWKS tokens, when configured.
+    issuer: Option<String>,
+    audience: Option<String>,
 }
 
 enum Mode {
@@ -180,6 +183,8 @@ impl Authenticator {
                 encoding: EncodingKey::from_secret(secret),
                 decoding: DecodingKey::from_secret(secret),
             },
+            issuer: None,
+            audience: None,
         }
     }
 
@@ -189,7 +194,18 @@ impl Authenticator {
             mode: Mode::Jwks {
                 keys: RwLock::new(parse_jwks(text)?),
             },
+            issuer: None,
+            audience: None,
         })
+    }
+
+    /// Requires JWKS tokens to carry this `iss` and this `aud` (an identity provider signs
+    /// tokens for many applications with one key set: without these checks, any of them would
+    /// pass).
+    pub fn require(mut self, issuer: Option<String>, audience: Option<String>) -> Self {
+        self.issuer = issuer;
+        self.audience = audience;
+        self
     }
 
     /// Replaces the JWKS keys (after a refresh). No effect in local mode.
@@ -229,6 +245,7 @@ impl Authenticator {
                 }
                 validation = Validation::new(Algorithm::HS256);
                 validation.leeway = 0;
+                validation.validate_aud = false;
                 jsonwebtoken::decode::<Claims>(token, decoding, &validation)
             }
             Mode::Jwks { keys } => {
@@ -246,6 +263,14 @@ impl Authenticator {
                     .ok_or(AuthError::BadSignature)?;
                 validation = Validation::new(Algorithm::RS256);
                 validation.leeway = 0;
+                match &self.issuer {
+                    Some(iss) => validation.set_issuer(&[iss]),
+                    None => validation.iss = None,
+                }
+                match &self.audience {
+                    Some(aud) => validation.set_audience(&[aud]),
+                    None => validation.validate_aud = false,
+                }
                 jsonwebtoken::decode::<Claims>(token, key, &validation)
             }
         }
@@ -256,6 +281,9 @@ impl Authenticator {
                 format!("{e}; a token needs email, workspace, role (admin or user) and exp"),
             ),
             ErrorKind::InvalidAlgorithm => AuthError::WrongAlgorithm(e.to_string()),
+            ErrorKind::InvalidIssuer | ErrorKind::InvalidAudience => AuthError::InvalidClaims(
+                format!("{e}; this server accepts tokens issued for it only"),
+            ),
             _ => AuthError::Malformed(e.to_string()),
         })?
         .claims;
@@ -370,5 +398,24 @@ mod tests {
             Err(AuthError::WrongAlgorithm(_))
         ));
         assert!(matches!(auth.mint(&claims(60)), Err(KeyError::NotLocal)));
+
+        // With an issuer and audience configured, tokens for another app are refused.
+        let strict = Authenticator::from_jwks(jwks)
+            .unwrap()
+            .require(Some("https://idp.example".into()), Some("clusterra".into()));
+        let key = EncodingKey::from_rsa_pem(pem).unwrap();
+        let mut c = serde_json::to_value(claims(60)).unwrap();
+        c["iss"] = "https://idp.example".into();
+        c["aud"] = "clusterra".into();
+        let good = jsonwebtoken::encode(&header, &c, &key).unwrap();
+        assert!(strict.verify(&good).is_ok());
+        c["aud"] = "another-app".into();
+        let other_app = jsonwebtoken::encode(&header, &c, &key).unwrap();
+        assert!(matches!(
+            strict.verify(&other_app),
+            Err(AuthError::InvalidClaims(_))
+        ));
+        // Without configuration, a token with an aud claim is still accepted.
+        assert!(auth.verify(&other_app).is_ok());
     }
 }

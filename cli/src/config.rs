@@ -28,6 +28,10 @@ pub struct Config {
     pub jwks_file: Option<PathBuf>,
     /// Verify RS256 tokens against this JWKS URL (fetched at start, refreshed every 10 minutes).
     pub jwks_url: Option<String>,
+    /// JWKS mode: the `iss` tokens must carry.
+    pub jwt_issuer: Option<String>,
+    /// JWKS mode: the `aud` tokens must carry.
+    pub jwt_audience: Option<String>,
     /// How long a read with X-Clusterra-Min-Position waits for its projection, in milliseconds.
     pub min_position_wait_ms: u64,
     /// The largest request body accepted, in bytes.
@@ -56,6 +60,8 @@ impl Default for Config {
             log_format: "text".into(),
             jwks_file: None,
             jwks_url: None,
+            jwt_issuer: None,
+            jwt_audience: None,
             min_position_wait_ms: 5_000,
             body_limit_bytes: 1024 * 1024,
             efs_root: PathBuf::new(),
@@ -67,7 +73,9 @@ impl Default for Config {
     }
 }
 
-const ENV_KEYS: [&str; 15] = [
+const ENV_KEYS: [&str; 17] = [
+    "jwt_issuer",
+    "jwt_audience",
     "executor_slots",
     "efs_root",
     "poll_interval_ms",

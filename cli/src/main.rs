@@ -154,7 +154,7 @@ enum AuditCommand {
     Stream {
         #[command(flatten)]
         state: StateArgs,
-        /// The stream id, e.g. cluster-default-local
+        /// The stream id, e.g. cluster:default:local
         stream_id: String,
         /// One JSON object per line instead of text
         #[arg(long)]

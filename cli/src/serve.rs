@@ -123,7 +123,8 @@ async fn authenticator(config: &Config) -> anyhow::Result<(Arc<Authenticator>, b
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("could not read jwks_file {}", path.display()))?;
         let auth = Authenticator::from_jwks(&text)
-            .with_context(|| format!("jwks_file {}", path.display()))?;
+            .with_context(|| format!("jwks_file {}", path.display()))?
+            .require(config.jwt_issuer.clone(), config.jwt_audience.clone());
         tracing::info!(jwks_file = %path.display(), "verifying RS256 tokens against a JWKS file");
         return Ok((Arc::new(auth), false));
     }
@@ -132,8 +133,11 @@ async fn authenticator(config: &Config) -> anyhow::Result<(Arc<Authenticator>, b
             .timeout(std::time::Duration::from_secs(10))
             .build()?;
         let text = fetch_jwks(&client, url).await?;
-        let auth =
-            Arc::new(Authenticator::from_jwks(&text).with_context(|| format!("jwks_url {url}"))?);
+        let auth = Arc::new(
+            Authenticator::from_jwks(&text)
+                .with_context(|| format!("jwks_url {url}"))?
+                .require(config.jwt_issuer.clone(), config.jwt_audience.clone()),
+        );
         tracing::info!(jwks_url = %url, "verifying RS256 tokens against a JWKS URL");
         let (refresh, url) = (auth.clone(), url.clone());
         tokio::spawn(async move {

@@ -5,10 +5,11 @@ use eventlog::{AppendOutcome, EventLog, ExpectedVersion, LogError, Metadata, New
 
 use crate::CommandError;
 
-/// The stream of one cluster: `cluster-<workspace>-<cluster id>`.
+/// The stream of one cluster: `cluster:<workspace>:<cluster id>` (ids cannot contain `:`, so two
+/// workspaces' clusters can never share a stream).
 pub fn stream(workspace: &domain::WorkspaceId, cluster: &domain::ClusterId) -> StreamId {
     // Both ids are slugs ([a-z0-9-]), so this is always a valid stream id.
-    StreamId::new(format!("cluster-{workspace}-{cluster}"))
+    StreamId::new(format!("cluster:{workspace}:{cluster}"))
         .unwrap_or_else(|e| unreachable!("slug ids make valid stream ids: {e}"))
 }
 

@@ -180,7 +180,28 @@ impl Submitter {
             .to_string();
 
         let submitted_at = self.clock.now();
-        let accepted = slurm.submit(&body).await?;
+        // A retry of a submission whose first attempt reached Slurm but not the log (the append
+        // failed, or the client went away): Slurm has the job under this submission id. Record
+        // that job instead of submitting a second one.
+        let earlier = if s.idempotency_key.is_some() {
+            slurm
+                .jobs()
+                .await?
+                .into_iter()
+                .find(|j| j.submission_id() == Some(submission_id))
+        } else {
+            None
+        };
+        let accepted = match earlier {
+            Some(job) => {
+                tracing::warn!(job_id = job.job_id, %submission_id, "retry found its job in Slurm; recording it, not submitting again");
+                crate::slurm::Accepted {
+                    job_id: job.job_id,
+                    warnings: Vec::new(),
+                }
+            }
+            None => slurm.submit(&body).await?,
+        };
         let mut warnings = canonical.warnings;
         warnings.extend(accepted.warnings.into_iter().map(|m| Warning {
             field: "slurm".into(),
@@ -212,6 +233,10 @@ impl Submitter {
         let new = new_event(&event, metadata)?.with_id(submitted_event_id(submission_id));
         let out = log.append(&stream, ExpectedVersion::NoStream, &[new]).await;
         match out {
+            // An adoption by the poll cycle got there first (same event id): answer with it.
+            Ok(o) if o.already_stored => Self::first_answer(log, &stream, submission_id)
+                .await?
+                .ok_or(JobError::NotFound),
             Ok(o) => Ok(Submitted {
                 job_id: accepted.job_id,
                 submission_id,

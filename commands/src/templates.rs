@@ -115,6 +115,20 @@ impl Catalog {
             .templates
             .get(id)
             .ok_or_else(|| TemplateError::Unknown(id.to_string()))?;
+        // The schema's defaults fill in what the caller left out (e.g. a time limit).
+        let mut params = params.clone();
+        if let (Some(given), Some(props)) = (
+            params.as_object_mut(),
+            t.params_schema.get("properties").and_then(Value::as_object),
+        ) {
+            for (name, prop) in props {
+                if let (false, Some(default)) = (given.contains_key(name), prop.get("default")) {
+                    given.insert(name.clone(), default.clone());
+                }
+            }
+        }
+        let params = &params;
+
         let errors: Vec<FieldError> = validator
             .iter_errors(params)
             .map(|e| {
@@ -223,6 +237,13 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        let defaulted = catalog
+            .render("shell", &json!({"command": "true"}))
+            .unwrap();
+        assert_eq!(
+            defaulted["job"]["time_limit"]["number"], 60,
+            "schema defaults apply"
+        );
         assert!(matches!(
             catalog.render("nope", &json!({})),
             Err(TemplateError::Unknown(_))

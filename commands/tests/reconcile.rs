@@ -242,3 +242,55 @@ async fn a_job_that_vanished_from_slurm_gets_a_final_state_that_says_so() {
     .unwrap();
     assert_eq!(facts.state, JobState::NodeFail);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_a_failed_append_records_the_job_slurm_already_has() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("log.db").display());
+    let store = eventlog::open(&OpenOptions::new(url), Arc::new(SystemClock))
+        .await
+        .unwrap();
+    let log = FailingLog {
+        inner: store.log.clone(),
+        armed: AtomicBool::new(true),
+    };
+    let slurm = LocalExecutor::open(
+        LocalSettings {
+            state_dir: dir.path().join("ex"),
+            efs_root: dir.path().join("efs"),
+            grace: Duration::from_millis(200),
+            minute: Duration::from_secs(60),
+            slots: 4,
+        },
+        chrono::Utc::now(),
+    )
+    .unwrap();
+    let submitter = Submitter::default();
+    assert!(
+        submitter
+            .submit(&log, &slurm, submission("k3"))
+            .await
+            .is_err()
+    );
+    let retry = submitter
+        .submit(&log, &slurm, submission("k3"))
+        .await
+        .unwrap();
+    assert_eq!(
+        slurm.jobs().await.unwrap().len(),
+        1,
+        "the retry did not submit a second job"
+    );
+    assert_eq!(retry.job_id, slurm.jobs().await.unwrap()[0].job_id);
+    let (_, cluster, _) = ids();
+    let (facts, _) = commands::jobs::load(&log, &stream(&cluster, retry.submission_id))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        facts.submitted.via,
+        SubmittedVia::Api,
+        "recorded with the full submission, not adopted"
+    );
+    assert_eq!(facts.submitted.name, "adopt-me");
+}

@@ -196,6 +196,21 @@ impl LocalExecutor {
         Ok(id)
     }
 
+    /// Where a job path lands, if it stays under the efs root: `/mnt/efs/…` is mapped to the efs
+    /// root, relative paths join the working directory, and `..` is refused outright.
+    fn confined(&self, path: &str, cwd: &Path) -> Option<PathBuf> {
+        let mapped = self.local_path(path);
+        let full = if mapped.is_absolute() {
+            mapped
+        } else {
+            cwd.join(mapped)
+        };
+        let escapes = full
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir));
+        (!escapes && full.starts_with(&self.inner.settings.efs_root)).then_some(full)
+    }
+
     /// Maps `/mnt/efs/...` to the efs root.
     fn local_path(&self, path: &str) -> PathBuf {
         match path.strip_prefix(EFS_MOUNT) {
@@ -295,12 +310,31 @@ impl LocalExecutor {
                     format!("working directory {} does not exist", cwd.display()),
                 ));
             }
-            if let Some(parent) = stdout_path.parent() {
-                std::fs::create_dir_all(parent)?;
+            let root = std::fs::canonicalize(&settings.efs_root)?;
+            for path in std::iter::once(&stdout_path).chain(stderr_path.as_ref()) {
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent)?;
+                    // A symlink planted by an earlier job must not lead the server outside.
+                    if !std::fs::canonicalize(parent)?.starts_with(&root) {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::PermissionDenied,
+                            format!("{} leads outside {EFS_MOUNT}", path.display()),
+                        ));
+                    }
+                }
             }
-            let out = std::fs::File::create(&stdout_path)?;
+            let create = |p: &Path| {
+                use std::os::unix::fs::OpenOptionsExt;
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .custom_flags(nix::libc::O_NOFOLLOW)
+                    .open(p)
+            };
+            let out = create(&stdout_path)?;
             let err = match &stderr_path {
-                Some(p) => std::fs::File::create(p)?,
+                Some(p) => create(p)?,
                 None => out.try_clone()?,
             };
             let mut cmd = tokio::process::Command::new("bash");
@@ -427,6 +461,33 @@ impl SlurmPort for LocalExecutor {
             return Err(SlurmError::Rejected(vec![
                 "the job has no script starting with #!".into(),
             ]));
+        }
+        // Every path a job names must stay under the shared mount: the server opens the output
+        // files, and must not be made to truncate its own database or secret.
+        let efs = self.inner.settings.efs_root.clone();
+        let cwd_text = job
+            .get("current_working_directory")
+            .and_then(Value::as_str)
+            .unwrap_or(EFS_MOUNT);
+        let cwd = self.confined(cwd_text, &efs);
+        let mut outside = Vec::new();
+        if cwd.is_none() {
+            outside.push("current_working_directory");
+        }
+        for key in ["standard_output", "standard_error", "standard_input"] {
+            let escapes = match (job.get(key).and_then(Value::as_str), cwd.as_ref()) {
+                (Some(p), Some(dir)) => self.confined(&p.replace("%j", "0"), dir).is_none(),
+                _ => false,
+            };
+            if escapes {
+                outside.push(key);
+            }
+        }
+        if !outside.is_empty() {
+            return Err(SlurmError::Rejected(vec![format!(
+                "{} must stay under {EFS_MOUNT} (the cluster's shared mount), without ..",
+                outside.join(", ")
+            )]));
         }
         let mut records = self.inner.records.lock().await;
         let job_id = self.allocate_id(&records)?;

@@ -122,7 +122,29 @@ async fn runs_maps_exit_codes_enforces_limits_and_cancels() {
     ex.cancel(stubborn.job_id).await.unwrap();
     assert!(ex.cancel(9_999).await.is_err());
 
-    let bad_dir = ex.submit(&json!({"job": {"script": "#!/bin/bash\ntrue", "current_working_directory": "/nonexistent/dir"}})).await.unwrap();
+    // Paths that leave the shared mount are refused before anything runs.
+    for (key, path) in [
+        ("standard_output", "/mnt/efs/../clusterra.db"),
+        ("standard_output", "/etc/passwd"),
+        ("standard_error", "../../x"),
+        ("current_working_directory", "/root"),
+    ] {
+        let mut b = body("true", None);
+        b["job"][key] = json!(path);
+        let err = ex.submit(&b).await.unwrap_err();
+        assert!(format!("{err}").contains(key), "{key}={path}: {err}");
+    }
+    // A symlink an earlier job planted does not lead the server's output outside either.
+    let efs = dir.path().join("efs");
+    std::os::unix::fs::symlink(dir.path(), efs.join("escape")).unwrap();
+    let mut b = body("true", None);
+    b["job"]["standard_output"] = json!("/mnt/efs/escape/owned.txt");
+    let planted = ex.submit(&b).await.unwrap();
+    let job = wait_final(&ex, planted.job_id, Duration::from_secs(5)).await;
+    assert_eq!(job.state, JobState::Failed, "{job:?}");
+    assert!(!dir.path().join("owned.txt").exists());
+
+    let bad_dir = ex.submit(&json!({"job": {"script": "#!/bin/bash\ntrue", "current_working_directory": "/mnt/efs/nonexistent/dir"}})).await.unwrap();
     let job = wait_final(&ex, bad_dir.job_id, Duration::from_secs(5)).await;
     assert_eq!(job.state, JobState::Failed);
     assert!(job.reason.unwrap().contains("does not exist"));

@@ -202,7 +202,9 @@ async fn follow(
                 });
             }
             Err(ProjectionError::Store(LogError::CheckpointMoved { found, .. })) => {
-                // A rebuild was promoted or another runner moved it: pick up from there.
+                // A rebuild was promoted or another runner moved it: pick up from there, and say
+                // where we are (it may be behind what we had reported).
+                status.send_modify(|s| s.position = found);
                 tracing::info!(
                     projection = name,
                     checkpoint = found,

@@ -166,7 +166,7 @@ async fn sqlite_story() {
     let history = run(&[
         "audit",
         "stream",
-        "cluster-default-local",
+        "cluster:default:local",
         "--json",
         "--data-dir",
         data,
