@@ -69,6 +69,27 @@ impl EventLog for FailingLog {
     }
 }
 
+/// A fresh SQLite log and local executor in a temp dir.
+async fn setup() -> (tempfile::TempDir, eventlog::Store, LocalExecutor) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("log.db").display());
+    let store = eventlog::open(&OpenOptions::new(url), Arc::new(SystemClock))
+        .await
+        .unwrap();
+    let slurm = LocalExecutor::open(
+        LocalSettings {
+            state_dir: dir.path().join("ex"),
+            efs_root: dir.path().join("efs"),
+            grace: Duration::from_millis(200),
+            minute: Duration::from_secs(60),
+            slots: 4,
+        },
+        chrono::Utc::now(),
+    )
+    .unwrap();
+    (dir, store, slurm)
+}
+
 fn ids() -> (WorkspaceId, ClusterId, Email) {
     (
         WorkspaceId::new("default").unwrap(),
@@ -94,26 +115,11 @@ fn submission(key: &str) -> Submission {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_slurm_accepted_but_the_log_missed_is_adopted_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("log.db").display());
-    let store = eventlog::open(&OpenOptions::new(url), Arc::new(SystemClock))
-        .await
-        .unwrap();
+    let (_dir, store, slurm) = setup().await;
     let log = FailingLog {
         inner: store.log.clone(),
         armed: AtomicBool::new(true),
     };
-    let slurm = LocalExecutor::open(
-        LocalSettings {
-            state_dir: dir.path().join("ex"),
-            efs_root: dir.path().join("efs"),
-            grace: Duration::from_millis(200),
-            minute: Duration::from_secs(60),
-            slots: 4,
-        },
-        chrono::Utc::now(),
-    )
-    .unwrap();
     let submitter = Submitter::default();
     let (workspace, cluster, _) = ids();
 
@@ -202,22 +208,7 @@ async fn a_job_slurm_accepted_but_the_log_missed_is_adopted_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_that_vanished_from_slurm_gets_a_final_state_that_says_so() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("log.db").display());
-    let store = eventlog::open(&OpenOptions::new(url), Arc::new(SystemClock))
-        .await
-        .unwrap();
-    let slurm = LocalExecutor::open(
-        LocalSettings {
-            state_dir: dir.path().join("ex"),
-            efs_root: dir.path().join("efs"),
-            grace: Duration::from_millis(200),
-            minute: Duration::from_secs(60),
-            slots: 4,
-        },
-        chrono::Utc::now(),
-    )
-    .unwrap();
+    let (_dir, store, slurm) = setup().await;
     let submitter = Submitter::default();
     let (workspace, cluster, _) = ids();
     let submitted = submitter
@@ -245,26 +236,11 @@ async fn a_job_that_vanished_from_slurm_gets_a_final_state_that_says_so() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_after_a_failed_append_records_the_job_slurm_already_has() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("log.db").display());
-    let store = eventlog::open(&OpenOptions::new(url), Arc::new(SystemClock))
-        .await
-        .unwrap();
+    let (_dir, store, slurm) = setup().await;
     let log = FailingLog {
         inner: store.log.clone(),
         armed: AtomicBool::new(true),
     };
-    let slurm = LocalExecutor::open(
-        LocalSettings {
-            state_dir: dir.path().join("ex"),
-            efs_root: dir.path().join("efs"),
-            grace: Duration::from_millis(200),
-            minute: Duration::from_secs(60),
-            slots: 4,
-        },
-        chrono::Utc::now(),
-    )
-    .unwrap();
     let submitter = Submitter::default();
     assert!(
         submitter
