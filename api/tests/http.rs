@@ -600,3 +600,72 @@ async fn metrics_count_requests_by_route_and_show_projection_lag() {
         "{text}"
     );
 }
+
+/// Every command route (every POST in the route table) answers transport-level mistakes in the
+/// one error shape and appends nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_command_route_refuses_malformed_bodies_without_appending() {
+    let h = harness(Duration::from_secs(5)).await;
+    wait_ready(&h.state).await;
+    let before = h.state.store.log.head().await.unwrap().position;
+    let commands: Vec<_> = api::routes()
+        .into_iter()
+        .filter(|r| r.method == Method::POST)
+        .collect();
+    assert!(commands.len() >= 2, "{commands:?}");
+    for route in commands {
+        let path = route.path.replace("{id}", "local");
+        let big = format!("{{\"pad\": \"{}\"}}", "x".repeat(1024 * 1024 + 10));
+        let cases: [(&str, &str, StatusCode, &str); 5] = [
+            (
+                "{\"id\": ",
+                "application/json",
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+            ),
+            (
+                "{}",
+                "text/plain",
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_content_type",
+            ),
+            (
+                "{}",
+                "",
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_content_type",
+            ),
+            (
+                &big,
+                "application/json",
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+            ),
+            (
+                "[1, 2]",
+                "application/json",
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "",
+            ),
+        ];
+        for (body, content_type, status, code) in cases {
+            let mut b = Request::builder()
+                .method(Method::POST)
+                .uri(&path)
+                .header("authorization", bearer(Who::Admin).unwrap());
+            if !content_type.is_empty() {
+                b = b.header("content-type", content_type);
+            }
+            let (got, _, out) = send(&h.state, b.body(Body::from(body.to_string())).unwrap()).await;
+            assert_eq!(got, status, "{path} {content_type}: {out}");
+            assert!(
+                out["error"]["code"].is_string() && out["error"]["message"].is_string(),
+                "{out}"
+            );
+            if !code.is_empty() {
+                assert_eq!(out["error"]["code"], code, "{path}: {out}");
+            }
+        }
+    }
+    assert_eq!(h.state.store.log.head().await.unwrap().position, before);
+}
