@@ -1,7 +1,7 @@
 //! The slurmrestd adapter against a real slurmctld + slurmrestd (v0.0.44): the same scenario as
 //! the local executor's test. Needs `SLURMRESTD_URL`, `SLURM_USER_NAME`, `SLURM_JWT` and
-//! `CLUSTERRA_EFS_ROOT` from a running local Slurm; the project does not start one by itself
-//! yet, so the test is ignored by default: `cargo test -p gateways --test slurmrestd_real -- --ignored`.
+//! `CLUSTERRA_EFS_ROOT` from a running local Slurm: `scripts/test` starts one with
+//! `scripts/slurm-local start` (or `SKIP_SLURM=1 scripts/test` skips this test, saying so).
 
 #![allow(clippy::unwrap_used)] // a test may panic on what it did not expect
 
@@ -13,7 +13,9 @@ use gateways::slurmrestd::SlurmRestd;
 use serde_json::json;
 
 fn env(key: &str) -> String {
-    std::env::var(key).unwrap_or_else(|_| panic!("{key} is not set: start a local Slurm first"))
+    std::env::var(key).unwrap_or_else(|_| {
+        panic!("{key} is not set: run scripts/test (it starts a Slurm), or `scripts/slurm-local start` and export its output")
+    })
 }
 
 fn body(script: &str, minutes: Option<u64>) -> serde_json::Value {
@@ -56,8 +58,11 @@ async fn wait(
 }
 
 #[tokio::test]
-#[ignore = "needs a running local Slurm (see the module docs)"]
 async fn the_adapter_against_a_real_slurm() {
+    if std::env::var("CLUSTERRA_SKIP_SLURM").as_deref() == Ok("1") {
+        eprintln!("SKIPPED: CLUSTERRA_SKIP_SLURM=1 (no real Slurm in this run)");
+        return;
+    }
     let slurm = SlurmRestd::new(
         &env("SLURMRESTD_URL"),
         &env("SLURM_USER_NAME"),
