@@ -1,6 +1,6 @@
 //! The slurmrestd adapter against a real slurmctld + slurmrestd (v0.0.44): the same scenario as
 //! the local executor's test. Needs `SLURMRESTD_URL`, `SLURM_USER_NAME`, `SLURM_JWT` and
-//! `CLUSTERRA_EFS_ROOT` from a running local Slurm: `scripts/test` starts one with
+//! `SLURM_EFS_ROOT` from a running local Slurm: `scripts/test` starts one with
 //! `scripts/slurm-local start` (or `SKIP_SLURM=1 scripts/test` skips this test, saying so).
 
 #![allow(clippy::unwrap_used)] // a test may panic on what it did not expect
@@ -19,7 +19,7 @@ fn env(key: &str) -> String {
 }
 
 fn body(script: &str, minutes: Option<u64>) -> serde_json::Value {
-    let efs = env("CLUSTERRA_EFS_ROOT");
+    let efs = env("SLURM_EFS_ROOT");
     let mut job = json!({
         "name": "clusterra-adapter-test",
         "script": format!("#!/bin/bash\n{script}\n"),
@@ -89,7 +89,7 @@ async fn the_adapter_against_a_real_slurm() {
     assert_eq!(job.submitter().unwrap().as_str(), "ada@lab.org");
     let out = std::fs::read_to_string(format!(
         "{}/job_{}.out",
-        env("CLUSTERRA_EFS_ROOT"),
+        env("SLURM_EFS_ROOT"),
         ok.job_id
     ))
     .unwrap();
