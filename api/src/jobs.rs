@@ -280,6 +280,7 @@ fn via(headers: &HeaderMap, template: bool) -> Result<SubmittedVia, ApiError> {
     params(
         ("id" = String, Path, description = "Cluster id"),
         ("Idempotency-Key" = Option<String>, Header, description = "A retry with the same key returns the first answer and creates nothing"),
+        ("X-Clusterra-Min-Position" = Option<i64>, Header, description = "Wait (bounded) until this log position is visible, e.g. a cluster just registered"),
     ),
     request_body(content = Object, description = "A v0.0.44 job-submit body, or {template_id, params}"),
     responses(
@@ -294,11 +295,14 @@ fn via(headers: &HeaderMap, template: bool) -> Result<SubmittedVia, ApiError> {
 pub(crate) async fn submit(
     State(state): State<AppState>,
     caller: Caller,
+    min: MinPosition,
     Path(id): Path<String>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<serde_json::Value>,
 ) -> Result<impl IntoResponse, ApiError> {
     let key = idempotency_key(&headers)?;
+    // A cluster registered a moment ago: the caller may pass its position to wait for it.
+    await_projection(&state, projections::views::clusters::NAME, min).await;
     let (cluster, slurm) = cluster_and_slurm(&state, &caller, &id).await?;
     let (body, template_id, params) = match body.get("template_id") {
         Some(_) => {

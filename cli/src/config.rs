@@ -44,6 +44,9 @@ pub struct Config {
     pub executor_minute_seconds: f64,
     /// Local executor: milliseconds between SIGTERM and SIGKILL on cancel and timeout.
     pub executor_grace_ms: u64,
+    /// Where the slurmrestd JWTs of registered clusters live: `<workspace>.<cluster>.jwt` files;
+    /// empty = `<data_dir>/slurm-tokens`.
+    pub slurm_tokens_dir: PathBuf,
     /// Local executor: jobs running at once (the rest wait PENDING); unset = this machine's
     /// cores; 0 runs nothing (every job stays pending, for benchmarks of the submit path).
     pub executor_slots: Option<usize>,
@@ -69,11 +72,13 @@ impl Default for Config {
             executor_minute_seconds: 60.0,
             executor_grace_ms: 5_000,
             executor_slots: None,
+            slurm_tokens_dir: PathBuf::new(),
         }
     }
 }
 
-const ENV_KEYS: [&str; 17] = [
+const ENV_KEYS: [&str; 18] = [
+    "slurm_tokens_dir",
     "jwt_issuer",
     "jwt_audience",
     "executor_slots",
@@ -167,6 +172,15 @@ impl Config {
             self.data_dir.join("efs")
         } else {
             self.efs_root.clone()
+        }
+    }
+
+    /// The directory of slurmrestd tokens.
+    pub fn slurm_tokens_dir(&self) -> PathBuf {
+        if self.slurm_tokens_dir.as_os_str().is_empty() {
+            self.data_dir.join("slurm-tokens")
+        } else {
+            self.slurm_tokens_dir.clone()
         }
     }
 

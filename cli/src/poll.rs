@@ -5,19 +5,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use commands::jobs::{OpenJob, reconcile};
-use commands::slurm::StaticDirectory;
+use commands::slurm::LiveDirectory;
 use eventlog::{ModelSet, Store};
 use projections::views::jobs::{self, JobView};
 use tokio::sync::watch;
 
 pub async fn run(
     store: Store,
-    directory: Arc<StaticDirectory>,
+    directory: Arc<LiveDirectory>,
+    tokens_dir: std::path::PathBuf,
     every: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
-        for ((workspace, cluster), slurm) in &directory.0 {
+        connect_clusters(&store, &directory, &tokens_dir).await;
+        for ((workspace, cluster), slurm) in &directory.snapshot() {
             match open_jobs(&store, workspace, cluster).await {
                 Ok(open) => match reconcile(
                     store.log.as_ref(),
@@ -48,6 +50,48 @@ pub async fn run(
         }
     }
     tracing::info!("poll cycle stopped");
+}
+
+/// Connects registered clusters that have a slurmrestd endpoint and a token file
+/// (`<tokens dir>/<workspace>.<cluster>.jwt`) and are not connected yet.
+async fn connect_clusters(store: &Store, directory: &LiveDirectory, tokens_dir: &std::path::Path) {
+    let views = match eventlog::list_all(
+        store.read.as_ref(),
+        ModelSet::Live,
+        projections::views::clusters::NAME,
+        projections::views::clusters::ALL,
+    )
+    .await
+    {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not list clusters");
+            return;
+        }
+    };
+    for row in views {
+        let Ok(view) = serde_json::from_str::<projections::views::clusters::ClusterView>(&row.doc)
+        else {
+            continue;
+        };
+        let Some(endpoint) = view.slurm else { continue };
+        if directory.contains(&view.workspace, &view.cluster_id) {
+            continue;
+        }
+        let file = tokens_dir.join(format!("{}.{}.jwt", view.workspace, view.cluster_id));
+        let Ok(token) = std::fs::read_to_string(&file) else {
+            continue;
+        };
+        match gateways::slurmrestd::SlurmRestd::new(&endpoint.url, &endpoint.user, token.trim()) {
+            Ok(port) => {
+                tracing::info!(workspace = %view.workspace, cluster = %view.cluster_id, url = %endpoint.url, "cluster connected to slurmrestd");
+                directory.insert(view.workspace, view.cluster_id, Arc::new(port));
+            }
+            Err(e) => {
+                tracing::warn!(cluster = %view.cluster_id, error = %e, "could not connect cluster")
+            }
+        }
+    }
 }
 
 /// Jobs the read side believes are not finished.

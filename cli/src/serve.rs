@@ -75,6 +75,7 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
     let poller = tokio::spawn(crate::poll::run(
         state.store.clone(),
         directory,
+        config.slurm_tokens_dir(),
         std::time::Duration::from_millis(config.poll_interval_ms),
         stop_rx_poll,
     ));
@@ -91,8 +92,9 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The Slurm behind each cluster: the local executor serves `default/local`.
-fn slurm_directory(config: &Config) -> anyhow::Result<Arc<commands::slurm::StaticDirectory>> {
+/// The Slurm behind each cluster: the local executor serves `default/local`; clusters registered
+/// with a slurmrestd endpoint are connected by the poll cycle once their token file exists.
+fn slurm_directory(config: &Config) -> anyhow::Result<Arc<commands::slurm::LiveDirectory>> {
     let executor = gateways::local::LocalExecutor::open(
         gateways::local::LocalSettings {
             state_dir: config.data_dir.join("executor"),
@@ -105,12 +107,10 @@ fn slurm_directory(config: &Config) -> anyhow::Result<Arc<commands::slurm::Stati
         },
         chrono::Utc::now(),
     )?;
-    let mut directory = commands::slurm::StaticDirectory::default();
-    directory.0.insert(
-        (
-            domain::WorkspaceId::new(commands::clusters::DEFAULT_WORKSPACE)?,
-            domain::ClusterId::new(commands::clusters::DEFAULT_CLUSTER)?,
-        ),
+    let directory = commands::slurm::LiveDirectory::default();
+    directory.insert(
+        domain::WorkspaceId::new(commands::clusters::DEFAULT_WORKSPACE)?,
+        domain::ClusterId::new(commands::clusters::DEFAULT_CLUSTER)?,
         Arc::new(executor),
     );
     Ok(Arc::new(directory))

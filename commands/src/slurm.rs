@@ -107,3 +107,61 @@ impl SlurmDirectory for StaticDirectory {
         self.0.get(&(workspace.clone(), cluster.clone())).cloned()
     }
 }
+
+/// A directory that grows while the server runs: clusters are connected as they are registered.
+#[derive(Default)]
+pub struct LiveDirectory {
+    entries: std::sync::RwLock<
+        std::collections::HashMap<
+            (domain::WorkspaceId, domain::ClusterId),
+            std::sync::Arc<dyn SlurmPort>,
+        >,
+    >,
+}
+
+impl LiveDirectory {
+    pub fn insert(
+        &self,
+        workspace: domain::WorkspaceId,
+        cluster: domain::ClusterId,
+        port: std::sync::Arc<dyn SlurmPort>,
+    ) {
+        self.entries
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((workspace, cluster), port);
+    }
+
+    pub fn contains(&self, workspace: &domain::WorkspaceId, cluster: &domain::ClusterId) -> bool {
+        self.get(workspace, cluster).is_some()
+    }
+
+    /// Every connected cluster.
+    pub fn snapshot(
+        &self,
+    ) -> Vec<(
+        (domain::WorkspaceId, domain::ClusterId),
+        std::sync::Arc<dyn SlurmPort>,
+    )> {
+        self.entries
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+}
+
+impl SlurmDirectory for LiveDirectory {
+    fn get(
+        &self,
+        workspace: &domain::WorkspaceId,
+        cluster: &domain::ClusterId,
+    ) -> Option<std::sync::Arc<dyn SlurmPort>> {
+        self.entries
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(workspace.clone(), cluster.clone()))
+            .cloned()
+    }
+}

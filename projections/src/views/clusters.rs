@@ -26,6 +26,10 @@ pub struct ClusterView {
     pub position: i64,
 }
 
+/// The collection holding every workspace's clusters, keyed `<workspace>/<cluster>`, for the
+/// server's own use (connecting clusters to their Slurm); never served to callers.
+pub const ALL: &str = "all";
+
 /// The collection holding a workspace's clusters.
 pub fn collection(workspace: &WorkspaceId) -> String {
     format!("ws:{workspace}")
@@ -59,6 +63,7 @@ impl Projector for ClusterViews {
                 cluster_id: c.cluster_id,
             };
             view.put(&collection(&doc.workspace), doc.cluster_id.as_str(), &doc)?;
+            view.put(ALL, &format!("{}/{}", doc.workspace, doc.cluster_id), &doc)?;
         }
         Ok(())
     }

@@ -1,0 +1,145 @@
+//! A cluster registered with a slurmrestd endpoint takes jobs through the API and runs them on a
+//! real Slurm (started by scripts/test with scripts/slurm-local).
+
+#![allow(clippy::unwrap_used)] // a test may panic on what it did not expect
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tests::Server;
+
+fn env(key: &str) -> String {
+    std::env::var(key)
+        .unwrap_or_else(|_| panic!("{key} is not set: run scripts/test, which starts a Slurm"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_on_a_registered_slurmrestd_cluster() {
+    if std::env::var("CLUSTERRA_SKIP_SLURM").as_deref() == Ok("1") {
+        eprintln!("SKIPPED: CLUSTERRA_SKIP_SLURM=1 (no real Slurm in this run)");
+        return;
+    }
+    let (url, user, jwt, efs) = (
+        env("SLURMRESTD_URL"),
+        env("SLURM_USER_NAME"),
+        env("SLURM_JWT"),
+        env("SLURM_EFS_ROOT"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (server, banner) = Server::start_with_env(
+        &["--data-dir", data.to_str().unwrap()],
+        &[("CLUSTERRA_POLL_INTERVAL_MS", "200")],
+    );
+    let token = banner
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("export CLUSTERRA_TOKEN="))
+        .unwrap()
+        .to_string();
+    let client = reqwest::Client::new();
+    let registered_at = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let call = |method: reqwest::Method, path: &str, body: Option<Value>| {
+        let mut req = client
+            .request(method, server.url(path))
+            .bearer_auth(&token)
+            .header(
+                "X-Clusterra-Min-Position",
+                registered_at.load(std::sync::atomic::Ordering::SeqCst),
+            );
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        async move {
+            let res = req.send().await.unwrap();
+            let status = res.status().as_u16();
+            (status, res.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+
+    let (status, out) = call(
+        reqwest::Method::POST,
+        "/v1/clusters",
+        Some(json!({"id": "real", "name": "Real Slurm", "region": "local", "bucket": "real-bucket", "slurm": {"url": url, "user": user}})),
+    )
+    .await;
+    assert_eq!(status, 201, "{out}");
+    registered_at.store(
+        out["position"].as_i64().unwrap(),
+        std::sync::atomic::Ordering::SeqCst,
+    );
+    // Without its token the cluster is not connected and says so.
+    let body = |script: &str| {
+        json!({"job": {"name": "on-real-slurm", "script": script, "environment": ["PATH=/usr/bin:/bin"],
+        "current_working_directory": efs, "standard_output": format!("{efs}/job_%j.out")}})
+    };
+    let (status, out) = call(
+        reqwest::Method::POST,
+        "/v1/clusters/real/jobs",
+        Some(body("#!/bin/bash\ntrue")),
+    )
+    .await;
+    assert_eq!(
+        (status, out["error"]["code"].as_str()),
+        (503, Some("slurm_not_connected")),
+        "{out}"
+    );
+
+    std::fs::create_dir_all(data.join("slurm-tokens")).unwrap();
+    std::fs::write(data.join("slurm-tokens/default.real.jwt"), &jwt).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let submitted = loop {
+        let (status, out) = call(
+            reqwest::Method::POST,
+            "/v1/clusters/real/jobs",
+            Some(body("#!/bin/bash\necho hello-from-real-slurm")),
+        )
+        .await;
+        if status == 201 {
+            break out;
+        }
+        assert!(Instant::now() < deadline, "never connected: {out}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let id = submitted["job_id"].as_u64().unwrap();
+    let wait = |id: u64, state: &'static str, secs: u64| {
+        let call = &call;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(secs);
+            loop {
+                let (_, job) = call(
+                    reqwest::Method::GET,
+                    &format!("/v1/clusters/real/jobs/{id}"),
+                    None,
+                )
+                .await;
+                if job["state"] == state {
+                    return job;
+                }
+                assert!(Instant::now() < deadline, "job {id} not {state}: {job}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    let job = wait(id, "COMPLETED", 60).await;
+    assert_eq!(job["exit_code"], 0);
+    let output = std::fs::read_to_string(format!("{efs}/job_{id}.out")).unwrap();
+    assert!(output.contains("hello-from-real-slurm"), "{output}");
+
+    let (_, out) = call(
+        reqwest::Method::POST,
+        "/v1/clusters/real/jobs",
+        Some(body("#!/bin/bash\nsleep 300")),
+    )
+    .await;
+    let sleeper = out["job_id"].as_u64().unwrap();
+    wait(sleeper, "RUNNING", 60).await;
+    let (status, out) = call(
+        reqwest::Method::DELETE,
+        &format!("/v1/clusters/real/jobs/{sleeper}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 202, "{out}");
+    wait(sleeper, "CANCELLED", 30).await;
+    server.stop();
+}
