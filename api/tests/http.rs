@@ -50,12 +50,10 @@ async fn harness(wait: Duration) -> Harness {
         chrono::Utc::now(),
     )
     .unwrap();
-    let mut directory = commands::slurm::StaticDirectory::default();
-    directory.0.insert(
-        (
-            domain::WorkspaceId::new("default").unwrap(),
-            domain::ClusterId::new("local").unwrap(),
-        ),
+    let directory = commands::slurm::LiveDirectory::default();
+    directory.insert(
+        domain::WorkspaceId::new("default").unwrap(),
+        domain::ClusterId::new("local").unwrap(),
         Arc::new(executor),
     );
     let state = AppState {

@@ -76,8 +76,6 @@ pub trait SlurmPort: Send + Sync + 'static {
     async fn jobs(&self) -> Result<Vec<SlurmJob>, SlurmError>;
     /// Asks the controller to cancel a job. Cancelling a finished job is not an error.
     async fn cancel(&self, job_id: u64) -> Result<(), SlurmError>;
-    /// A short description of the backend for logs ("local executor", "slurmrestd http://…").
-    fn describe(&self) -> String;
 }
 
 /// Which Slurm serves which cluster.
@@ -87,25 +85,6 @@ pub trait SlurmDirectory: Send + Sync + 'static {
         workspace: &domain::WorkspaceId,
         cluster: &domain::ClusterId,
     ) -> Option<std::sync::Arc<dyn SlurmPort>>;
-}
-
-/// A directory of fixed entries.
-#[derive(Default, Clone)]
-pub struct StaticDirectory(
-    pub  std::collections::HashMap<
-        (domain::WorkspaceId, domain::ClusterId),
-        std::sync::Arc<dyn SlurmPort>,
-    >,
-);
-
-impl SlurmDirectory for StaticDirectory {
-    fn get(
-        &self,
-        workspace: &domain::WorkspaceId,
-        cluster: &domain::ClusterId,
-    ) -> Option<std::sync::Arc<dyn SlurmPort>> {
-        self.0.get(&(workspace.clone(), cluster.clone())).cloned()
-    }
 }
 
 /// A directory that grows while the server runs: clusters are connected as they are registered.

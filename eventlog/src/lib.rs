@@ -66,19 +66,7 @@ pub enum LogError {
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
-impl LogError {
-    /// True for errors that a retry may cure (connection loss, lock timeouts).
-    pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            LogError::Database(
-                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
-            )
-        ) || matches!(self, LogError::Database(sqlx::Error::Database(db)) if db.message().contains("locked") || db.message().contains("busy"))
-    }
-}
-
-/// The clock the log stamps `recorded_at` with. Tests use [`ManualClock`].
+/// The clock the log stamps `recorded_at` with.
 pub trait Clock: Send + Sync + 'static {
     fn now(&self) -> DateTime<Utc>;
 }
@@ -90,31 +78,6 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     fn now(&self) -> DateTime<Utc> {
         Utc::now()
-    }
-}
-
-/// A clock that only moves when told to.
-#[derive(Debug)]
-pub struct ManualClock(std::sync::Mutex<DateTime<Utc>>);
-
-impl ManualClock {
-    pub fn new(at: DateTime<Utc>) -> Self {
-        Self(std::sync::Mutex::new(at))
-    }
-
-    pub fn set(&self, at: DateTime<Utc>) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = at;
-    }
-
-    pub fn advance(&self, by: chrono::Duration) {
-        let mut t = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        *t += by;
-    }
-}
-
-impl Clock for ManualClock {
-    fn now(&self) -> DateTime<Utc> {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 

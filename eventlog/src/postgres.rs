@@ -93,11 +93,6 @@ impl PgStore {
         })
     }
 
-    /// The connection pool, for tools that need plain SQL (benchmarks, tests).
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
     async fn events_by_id(&self, ids: &[Uuid]) -> Result<Vec<RecordedEvent>, LogError> {
         let rows = sqlx::query(&format!(
             "SELECT {EVENT_COLUMNS} FROM events WHERE event_id = ANY($1) ORDER BY position"

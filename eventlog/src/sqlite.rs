@@ -99,11 +99,6 @@ impl SqliteStore {
             appends,
         })
     }
-
-    /// The connection pool, for tools that need plain SQL (benchmarks, tests).
-    pub fn pool(&self) -> &SqlitePool {
-        &self.pool
-    }
 }
 
 async fn events_by_id(

@@ -577,11 +577,4 @@ impl SlurmPort for LocalExecutor {
         }
         Ok(())
     }
-
-    fn describe(&self) -> String {
-        format!(
-            "local executor ({})",
-            self.inner.settings.state_dir.display()
-        )
-    }
 }

@@ -333,10 +333,6 @@ impl SlurmPort for SlurmRestd {
         }
         Ok(())
     }
-
-    fn describe(&self) -> String {
-        format!("slurmrestd {}", self.base)
-    }
 }
 
 #[cfg(test)]
