@@ -187,6 +187,23 @@ impl JobInfo {
     }
 }
 
+/// Slurm's verdict on a job call: `Ok(false)` when the job is unknown (404 or errno 2017), an
+/// error for any other reported error, `Ok(true)` otherwise.
+fn job_known(status: u16, errors: &[OpenApiError]) -> Result<bool, SlurmError> {
+    if status == 404
+        || errors
+            .iter()
+            .any(|e| e.error_number == Some(ESLURM_INVALID_JOB_ID))
+    {
+        return Ok(false);
+    }
+    if !errors.is_empty() {
+        let reasons: Vec<String> = errors.iter().map(OpenApiError::readable).collect();
+        return Err(SlurmError::Unavailable(reasons.join("; ")));
+    }
+    Ok(true)
+}
+
 /// A slurmrestd endpoint.
 pub struct SlurmRestd {
     base: String,
@@ -271,22 +288,8 @@ impl SlurmPort for SlurmRestd {
         let (status, res): (u16, JobInfoResponse) = self
             .call(reqwest::Method::GET, &format!("/job/{job_id}"), None)
             .await?;
-        if status == 404
-            || res
-                .errors
-                .iter()
-                .any(|e| e.error_number == Some(ESLURM_INVALID_JOB_ID))
-        {
+        if !job_known(status, &res.errors)? {
             return Ok(None);
-        }
-        if !res.errors.is_empty() {
-            return Err(SlurmError::Unavailable(
-                res.errors
-                    .iter()
-                    .map(OpenApiError::readable)
-                    .collect::<Vec<_>>()
-                    .join("; "),
-            ));
         }
         Ok(res
             .jobs
@@ -296,17 +299,9 @@ impl SlurmPort for SlurmRestd {
     }
 
     async fn jobs(&self) -> Result<Vec<SlurmJob>, SlurmError> {
-        let (_, res): (u16, JobInfoResponse) =
+        let (status, res): (u16, JobInfoResponse) =
             self.call(reqwest::Method::GET, "/jobs/", None).await?;
-        if !res.errors.is_empty() {
-            return Err(SlurmError::Unavailable(
-                res.errors
-                    .iter()
-                    .map(OpenApiError::readable)
-                    .collect::<Vec<_>>()
-                    .join("; "),
-            ));
-        }
+        job_known(status, &res.errors)?;
         Ok(res.jobs.iter().map(JobInfo::to_port).collect())
     }
 
@@ -314,22 +309,8 @@ impl SlurmPort for SlurmRestd {
         let (status, res): (u16, GenericResponse) = self
             .call(reqwest::Method::DELETE, &format!("/job/{job_id}"), None)
             .await?;
-        if status == 404
-            || res
-                .errors
-                .iter()
-                .any(|e| e.error_number == Some(ESLURM_INVALID_JOB_ID))
-        {
+        if !job_known(status, &res.errors)? {
             return Err(SlurmError::UnknownJob(job_id));
-        }
-        if !res.errors.is_empty() {
-            return Err(SlurmError::Unavailable(
-                res.errors
-                    .iter()
-                    .map(OpenApiError::readable)
-                    .collect::<Vec<_>>()
-                    .join("; "),
-            ));
         }
         Ok(())
     }
@@ -401,6 +382,27 @@ mod tests {
         assert!(
             cancel.errors.is_empty(),
             "cancelling a finished job is not an error"
+        );
+    }
+
+    #[test]
+    fn slurm_verdicts() {
+        let unknown: JobInfoResponse =
+            serde_json::from_str(&fixture("error.unknown-job.response.json")).unwrap();
+        // Recorded with HTTP 404; the errno alone must also be enough.
+        assert_eq!(job_known(200, &unknown.errors), Ok(false));
+        assert_eq!(job_known(404, &[]), Ok(false));
+        assert_eq!(job_known(200, &[]), Ok(true));
+        let other = OpenApiError {
+            error: Some("Invalid partition name specified".into()),
+            error_number: Some(2000),
+            ..OpenApiError::default()
+        };
+        assert_eq!(
+            job_known(500, &[other]),
+            Err(SlurmError::Unavailable(
+                "Invalid partition name specified".into()
+            ))
         );
     }
 
