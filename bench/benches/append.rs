@@ -5,7 +5,7 @@
 
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use bench::{RAW_TABLE_SQLITE, event, fresh, raw_insert_sqlite, raw_rows};
+use bench::{event, fresh, raw_rows};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use eventlog::{ExpectedVersion, NewEvent, StreamId};
 
@@ -14,14 +14,10 @@ const BATCH: usize = 100;
 fn sqlite_batches(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let db = rt.block_on(fresh("sqlite")).expect("fresh sqlite");
-    // The raw baseline uses exactly the log's connection settings.
-    let raw_options =
-        eventlog::sqlite::connect_options(&db.options.url, "normal").expect("options");
-    let pool = rt
-        .block_on(sqlx::SqlitePool::connect_with(raw_options))
-        .expect("raw pool");
-    rt.block_on(sqlx::query(RAW_TABLE_SQLITE).execute(&pool))
-        .expect("raw table");
+    // The raw baseline uses exactly the log's connection settings and database.
+    let raw = rt
+        .block_on(bench::RawDb::connect(&db.options))
+        .expect("raw database");
 
     let mut group = c.benchmark_group("sqlite_append_batch_100");
     group.throughput(Throughput::Elements(BATCH as u64));
@@ -53,10 +49,7 @@ fn sqlite_batches(c: &mut Criterion) {
                 let first = next.fetch_add(BATCH as i64, Ordering::Relaxed);
                 raw_rows(first, &format!("raw-{first}"), 1, BATCH)
             },
-            |rows| {
-                rt.block_on(raw_insert_sqlite(&pool, &rows))
-                    .expect("raw insert")
-            },
+            |rows| rt.block_on(raw.insert(&rows)).expect("raw insert"),
             criterion::BatchSize::SmallInput,
         )
     });

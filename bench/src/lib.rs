@@ -60,11 +60,11 @@ pub fn event(n: u64) -> NewEvent {
 
 /// The raw baseline: a table of the same shape as `events` and plain INSERTs into it, with no
 /// event-log logic (no version check, no idempotency check, no hash chain, no head row).
-pub const RAW_TABLE_SQLITE: &str = "CREATE TABLE IF NOT EXISTS raw_events (position INTEGER PRIMARY KEY, \
+const RAW_TABLE_SQLITE: &str = "CREATE TABLE IF NOT EXISTS raw_events (position INTEGER PRIMARY KEY, \
     stream_id TEXT NOT NULL, stream_version INTEGER NOT NULL, event_id BLOB NOT NULL UNIQUE, \
     event_type TEXT NOT NULL, schema_version INTEGER NOT NULL, data TEXT NOT NULL, metadata TEXT NOT NULL, \
     recorded_at INTEGER NOT NULL, prev_hash BLOB NOT NULL, hash BLOB NOT NULL, UNIQUE (stream_id, stream_version))";
-pub const RAW_TABLE_PG: &str = "CREATE TABLE IF NOT EXISTS raw_events (position BIGINT PRIMARY KEY, \
+const RAW_TABLE_PG: &str = "CREATE TABLE IF NOT EXISTS raw_events (position BIGINT PRIMARY KEY, \
     stream_id TEXT NOT NULL, stream_version BIGINT NOT NULL, event_id UUID NOT NULL UNIQUE, \
     event_type TEXT NOT NULL, schema_version INTEGER NOT NULL, data TEXT NOT NULL, metadata TEXT NOT NULL, \
     recorded_at BIGINT NOT NULL, prev_hash BYTEA NOT NULL, hash BYTEA NOT NULL, UNIQUE (stream_id, stream_version))";
@@ -92,7 +92,7 @@ pub fn raw_rows(first_position: i64, stream: &str, first_version: i64, n: usize)
 
 /// Inserts `rows` into `raw_events` in one transaction with one multi-row INSERT, the same
 /// statement shape the SQLite backend uses.
-pub async fn raw_insert_sqlite(pool: &sqlx::SqlitePool, rows: &[RawRow]) -> anyhow::Result<()> {
+async fn raw_insert_sqlite(pool: &sqlx::SqlitePool, rows: &[RawRow]) -> anyhow::Result<()> {
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
     let mut q = QueryBuilder::<sqlx::Sqlite>::new(
         "INSERT INTO raw_events (position, stream_id, stream_version, event_id, event_type, \
@@ -118,7 +118,7 @@ pub async fn raw_insert_sqlite(pool: &sqlx::SqlitePool, rows: &[RawRow]) -> anyh
 }
 
 /// Single-row autocommit INSERT into `raw_events` on PostgreSQL.
-pub async fn raw_insert_pg(pool: &sqlx::PgPool, row: &RawRow) -> anyhow::Result<()> {
+async fn raw_insert_pg(pool: &sqlx::PgPool, row: &RawRow) -> anyhow::Result<()> {
     let hash = [7u8; 32];
     sqlx::query(
         "INSERT INTO raw_events (position, stream_id, stream_version, event_id, event_type, \
@@ -134,6 +134,55 @@ pub async fn raw_insert_pg(pool: &sqlx::PgPool, row: &RawRow) -> anyhow::Result<
     .execute(pool)
     .await?;
     Ok(())
+}
+
+/// The raw baseline's database: the same file or schema as the log, with the log's own connection
+/// settings, and a `raw_events` table of the same shape.
+#[derive(Clone)]
+pub enum RawDb {
+    Sqlite(sqlx::SqlitePool),
+    Postgres(sqlx::PgPool),
+}
+
+impl RawDb {
+    pub async fn connect(options: &OpenOptions) -> anyhow::Result<Self> {
+        if options.url.starts_with("sqlite:") {
+            let pool = sqlx::sqlite::SqlitePoolOptions::new()
+                .max_connections(8)
+                .connect_with(eventlog::sqlite::connect_options(
+                    &options.url,
+                    &options.sqlite_synchronous,
+                )?)
+                .await?;
+            sqlx::query(RAW_TABLE_SQLITE).execute(&pool).await?;
+            Ok(RawDb::Sqlite(pool))
+        } else {
+            let schema = options.pg_schema.as_deref().unwrap_or("public");
+            let connect = options
+                .url
+                .parse::<sqlx::postgres::PgConnectOptions>()?
+                .options([("search_path", schema)]);
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(40)
+                .connect_with(connect)
+                .await?;
+            sqlx::query(RAW_TABLE_PG).execute(&pool).await?;
+            Ok(RawDb::Postgres(pool))
+        }
+    }
+
+    /// Plain INSERTs of `rows` in one transaction.
+    pub async fn insert(&self, rows: &[RawRow]) -> anyhow::Result<()> {
+        match self {
+            RawDb::Sqlite(pool) => raw_insert_sqlite(pool, rows).await,
+            RawDb::Postgres(pool) => {
+                for row in rows {
+                    raw_insert_pg(pool, row).await?;
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
 /// p50, p99 and max of a set of latencies.

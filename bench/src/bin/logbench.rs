@@ -11,10 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bench::{
-    RAW_TABLE_PG, RAW_TABLE_SQLITE, event, fresh, ms, percentiles, raw_insert_pg,
-    raw_insert_sqlite, raw_rows,
-};
+use bench::{event, fresh, ms, percentiles, raw_rows};
 use clap::{Parser, Subcommand};
 use eventlog::{ExpectedVersion, ModelSet, StreamId, SubscribeOptions};
 use futures::StreamExt;
@@ -122,65 +119,21 @@ async fn writers_bench(backend: &str, writers: usize, per_writer: usize) -> anyh
     // The raw limit: single-row autocommit INSERTs of same-sized rows, same concurrency.
     let next = Arc::new(std::sync::atomic::AtomicI64::new(1));
     let started = Instant::now();
+    let raw = bench::RawDb::connect(&db.options).await?;
     let mut tasks = Vec::new();
-    match backend {
-        "sqlite" => {
-            let pool = sqlx::sqlite::SqlitePoolOptions::new()
-                .max_connections(8)
-                .connect_with(
-                    db.options
-                        .url
-                        .parse::<sqlx::sqlite::SqliteConnectOptions>()?
-                        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
-                        .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
-                        .busy_timeout(Duration::from_secs(30)),
-                )
-                .await?;
-            sqlx::query(RAW_TABLE_SQLITE).execute(&pool).await?;
-            for w in 0..writers {
-                let (pool, next) = (pool.clone(), next.clone());
-                tasks.push(tokio::spawn(async move {
-                    let mut lat = Vec::with_capacity(per_writer);
-                    for i in 0..per_writer {
-                        let pos = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let rows = raw_rows(pos, &format!("raw-{w}"), i as i64 + 1, 1);
-                        let t = Instant::now();
-                        raw_insert_sqlite(&pool, &rows).await?;
-                        lat.push(t.elapsed());
-                    }
-                    anyhow::Ok(lat)
-                }));
+    for w in 0..writers {
+        let (raw, next) = (raw.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(per_writer);
+            for i in 0..per_writer {
+                let pos = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let rows = raw_rows(pos, &format!("raw-{w}"), i as i64 + 1, 1);
+                let t = Instant::now();
+                raw.insert(&rows).await?;
+                lat.push(t.elapsed());
             }
-        }
-        _ => {
-            let pool = sqlx::postgres::PgPoolOptions::new()
-                .max_connections(40)
-                .connect_with(
-                    db.options
-                        .url
-                        .parse::<sqlx::postgres::PgConnectOptions>()?
-                        .options([(
-                            "search_path",
-                            db.options.pg_schema.as_deref().unwrap_or("public"),
-                        )]),
-                )
-                .await?;
-            sqlx::query(RAW_TABLE_PG).execute(&pool).await?;
-            for w in 0..writers {
-                let (pool, next) = (pool.clone(), next.clone());
-                tasks.push(tokio::spawn(async move {
-                    let mut lat = Vec::with_capacity(per_writer);
-                    for i in 0..per_writer {
-                        let pos = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let rows = raw_rows(pos, &format!("raw-{w}"), i as i64 + 1, 1);
-                        let t = Instant::now();
-                        raw_insert_pg(&pool, &rows[0]).await?;
-                        lat.push(t.elapsed());
-                    }
-                    anyhow::Ok(lat)
-                }));
-            }
-        }
+            anyhow::Ok(lat)
+        }));
     }
     let mut lat = Vec::new();
     for t in tasks {
