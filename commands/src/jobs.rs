@@ -96,11 +96,11 @@ pub async fn load(
         version = last.stream_version;
         for e in batch {
             if let Some(d) = DomainEvent::decode(&e.event_type, e.schema_version, &e.data)? {
-                events.push((d, e.position));
+                events.push(d);
             }
         }
     }
-    Ok(JobFacts::fold(events.into_iter().map(|(d, _)| d)).map(|f| (f, version)))
+    Ok(JobFacts::fold(events).map(|f| (f, version)))
 }
 
 /// Submits jobs; one per process, so concurrent retries of one submission are serialised.
