@@ -478,7 +478,7 @@ async fn cluster_exists(
         .ok_or_else(cluster_not_found)
 }
 
-async fn visible_job(
+pub(crate) async fn visible_job(
     state: &AppState,
     caller: &Caller,
     cluster: &ClusterId,

@@ -11,6 +11,7 @@ pub mod error;
 mod health;
 mod jobs;
 pub mod json;
+pub mod logs;
 mod metrics;
 pub mod openapi;
 mod templates;
@@ -64,6 +65,8 @@ pub struct AppState {
     pub slurm: Arc<dyn SlurmDirectory>,
     pub submitter: Arc<Submitter>,
     pub templates: Arc<Catalog>,
+    /// Where job logs are and how they are followed.
+    pub logs: Arc<logs::Logs>,
 }
 
 /// One route the server serves.
@@ -108,6 +111,16 @@ fn table() -> Table {
             Method::DELETE,
             "/v1/clusters/{id}/jobs/{job_id}",
             delete(jobs::cancel),
+        )
+        .add(
+            Method::GET,
+            "/v1/clusters/{id}/jobs/{job_id}/logs",
+            get(logs::read),
+        )
+        .add(
+            Method::GET,
+            "/v1/clusters/{id}/jobs/{job_id}/logs/stream",
+            get(logs::stream),
         )
         .add(Method::GET, "/v1/templates", get(templates::list))
         .add(Method::GET, "/v1/templates/{id}", get(templates::get_one))

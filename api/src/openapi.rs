@@ -8,6 +8,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{PathItem, RefOr};
 use utoipa::{Modify, OpenApi};
 
+use crate::logs::{read as logs_read, stream as logs_stream};
 use crate::{clusters, health, jobs, metrics, templates};
 
 #[derive(OpenApi)]
@@ -29,6 +30,8 @@ use crate::{clusters, health, jobs, metrics, templates};
         jobs::list,
         jobs::get_one,
         jobs::cancel,
+        logs_read::read,
+        logs_stream::stream,
         templates::list,
         templates::get_one,
     ),
@@ -37,6 +40,7 @@ use crate::{clusters, health, jobs, metrics, templates};
     tags(
         (name = "clusters", description = "Clusters of your workspace"),
         (name = "jobs", description = "Submit, track and cancel jobs"),
+        (name = "logs", description = "Read and follow a job's output"),
         (name = "templates", description = "Parameterised job templates"),
         (name = "operations", description = "Health, readiness, metrics and this document"),
     )

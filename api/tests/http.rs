@@ -57,7 +57,7 @@ async fn harness(wait: Duration) -> Harness {
         Arc::new(executor),
     );
     let state = AppState {
-        store,
+        store: store.clone(),
         projections,
         auth: Arc::new(Authenticator::local(SECRET)),
         metrics: Arc::new(api::Metrics::default()),
@@ -68,6 +68,13 @@ async fn harness(wait: Duration) -> Harness {
         slurm: Arc::new(directory),
         submitter: Arc::new(commands::jobs::Submitter::default()),
         templates: Arc::new(commands::templates::Catalog::builtin().unwrap()),
+        logs: Arc::new(api::logs::Logs {
+            local_root: dir.path().join("efs"),
+            mounts_dir: dir.path().join("efs-mounts"),
+            hub: api::logs::LogHub::start(store.clone(), Duration::from_millis(100)),
+            heartbeat: Duration::from_secs(15),
+            chunk_bytes: 32 * 1024,
+        }),
     };
     Harness {
         state,
@@ -129,6 +136,13 @@ async fn send(state: &AppState, req: Request<Body>) -> (StatusCode, axum::http::
     let res = api::app(state.clone()).oneshot(req).await.unwrap();
     let status = res.status();
     let headers = res.headers().clone();
+    // A live stream does not end: its status and headers are the answer.
+    if headers
+        .get("content-type")
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
+    {
+        return (status, headers, Value::Null);
+    }
     let bytes = res.into_body().collect().await.unwrap().to_bytes();
     let body = serde_json::from_slice(&bytes)
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
@@ -187,6 +201,9 @@ async fn authorization_matrix() {
                 // Job 1 is the plain user's (submitted first in the POST row).
                 (_, "/v1/clusters/{id}/jobs/{job_id}") => {
                     ("/v1/clusters/local/jobs/1".to_string(), None)
+                }
+                (_, p) if p.starts_with("/v1/clusters/{id}/jobs/{job_id}/") => {
+                    (p.replace("{id}", "local").replace("{job_id}", "1"), None)
                 }
                 (_, "/v1/templates/{id}") => ("/v1/templates/shell".to_string(), None),
                 (_, p) => (p.to_string(), None),

@@ -1,4 +1,4 @@
-//! The client verbs: `submit`, `jobs`, `job`, `cancel`, talking to a Clusterra API.
+//! The client verbs: `submit`, `jobs`, `job`, `cancel`, `logs`, talking to a Clusterra API.
 //!
 //! Where: `--url`/`--token`, else `CLUSTERRA_URL`/`CLUSTERRA_TOKEN`, else the profile file
 //! (`$XDG_CONFIG_HOME/clusterra/profile.toml` or `~/.config/clusterra/profile.toml`, keys `url`
@@ -237,6 +237,136 @@ pub async fn cancel(t: &Target, id: u64) -> anyhow::Result<ExitCode> {
         )
         .await?;
     finish(status, &out)
+}
+
+/// `clusterra logs`: the log to stdout, byte for byte. With `follow`, the SSE stream until the
+/// job ends, reconnecting with `Last-Event-ID` when the connection drops.
+pub async fn logs(
+    t: &Target,
+    id: u64,
+    follow: bool,
+    tail: Option<u64>,
+) -> anyhow::Result<ExitCode> {
+    use futures::StreamExt;
+    use std::io::Write;
+    let c = Client::new(t)?;
+    let path = format!("/v1/clusters/{}/jobs/{id}/logs", t.cluster);
+    // No overall timeout: a log can be large and a stream lasts as long as the job.
+    let http = reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .build()?;
+    let request = |url: String| {
+        let mut r = http.get(url).header("X-Clusterra-Via", "cli");
+        if let Some(token) = &c.token {
+            r = r.bearer_auth(token);
+        }
+        r
+    };
+    let unreachable = || format!("could not reach {}; is `clusterra serve` running?", c.base);
+    let mut out = std::io::stdout().lock();
+    if !follow {
+        let url = match tail {
+            Some(n) => format!("{}{path}?tail={n}", c.base),
+            None => format!("{}{path}", c.base),
+        };
+        let res = request(url).send().await.with_context(unreachable)?;
+        let status = res.status().as_u16();
+        if !res.status().is_success() {
+            return finish(status, &res.json().await.unwrap_or(Value::Null));
+        }
+        if res
+            .headers()
+            .get("x-clusterra-log-status")
+            .map(|v| v.as_bytes())
+            == Some(b"not-started")
+        {
+            eprintln!("job {id} has not started yet; nothing written so far");
+        }
+        let mut body = res.bytes_stream();
+        while let Some(chunk) = body.next().await {
+            out.write_all(&chunk.context("the log download was cut off")?)?;
+        }
+        out.flush()?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut last_id: Option<String> = None;
+    let mut failures = 0u32;
+    loop {
+        let mut req = request(format!("{}{path}/stream", c.base));
+        if let Some(last) = &last_id {
+            req = req.header("Last-Event-ID", last);
+        }
+        let res = match req.send().await {
+            Ok(r) => r,
+            Err(e) if failures < 5 && last_id.is_some() => {
+                failures += 1;
+                eprintln!("connection lost ({e}); resuming");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(e) => return Err(e).with_context(unreachable),
+        };
+        if !res.status().is_success() {
+            let status = res.status().as_u16();
+            return finish(status, &res.json().await.unwrap_or(Value::Null));
+        }
+        let mut events = eventsource_stream::Eventsource::eventsource(res.bytes_stream());
+        while let Some(event) = events.next().await {
+            let event = match event {
+                Ok(e) => e,
+                Err(e) => {
+                    eprintln!("stream interrupted ({e}); resuming");
+                    break;
+                }
+            };
+            failures = 0;
+            match event.event.as_str() {
+                "log" => {
+                    let data: Value = serde_json::from_str(&event.data)?;
+                    if let Some(text) = data["text"].as_str() {
+                        out.write_all(text.as_bytes())?;
+                    } else if let Some(b64) = data["base64"].as_str() {
+                        use base64::Engine;
+                        out.write_all(&base64::engine::general_purpose::STANDARD.decode(b64)?)?;
+                    }
+                    out.flush()?;
+                }
+                "reset" => {
+                    let data: Value = serde_json::from_str(&event.data).unwrap_or(Value::Null);
+                    eprintln!(
+                        "\n[the log was {} after {} bytes; printing it again from the start]",
+                        data["reason"].as_str().unwrap_or("reset"),
+                        data["offset"]
+                    );
+                }
+                "end" => {
+                    let data: Value = serde_json::from_str(&event.data).unwrap_or(Value::Null);
+                    eprintln!(
+                        "[job {id} ended: {}, exit code {}]",
+                        data["state"].as_str().unwrap_or("?"),
+                        data["exit_code"]
+                    );
+                    return Ok(ExitCode::SUCCESS);
+                }
+                "error" => {
+                    let data: Value = serde_json::from_str(&event.data).unwrap_or(Value::Null);
+                    anyhow::bail!(
+                        "the server could not read the log: {}",
+                        data["message"].as_str().unwrap_or("no reason given")
+                    );
+                }
+                _ => {}
+            }
+            if !event.id.is_empty() {
+                last_id = Some(event.id.clone());
+            }
+        }
+        failures += 1;
+        if failures > 5 {
+            anyhow::bail!("the log stream kept dropping; giving up");
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
 }
 
 #[cfg(test)]

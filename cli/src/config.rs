@@ -40,6 +40,14 @@ pub struct Config {
     pub efs_root: PathBuf,
     /// How often the poll cycle reads job states from Slurm, in milliseconds.
     pub poll_interval_ms: u64,
+    /// Where each Slurm cluster's shared filesystem is mounted on this server:
+    /// `<dir>/<workspace>.<cluster>`; empty = `<data_dir>/efs-mounts`.
+    pub efs_mounts_dir: PathBuf,
+    /// How often followed logs are stat'ed (the fallback where file notifications do not arrive,
+    /// as on EFS), in milliseconds.
+    pub log_poll_interval_ms: u64,
+    /// How often an idle SSE stream sends a heartbeat comment, in milliseconds.
+    pub sse_heartbeat_ms: u64,
     /// Local executor: seconds in one minute of `time_limit` (60; lower only for demos and tests).
     pub executor_minute_seconds: f64,
     /// Local executor: milliseconds between SIGTERM and SIGKILL on cancel and timeout.
@@ -69,6 +77,9 @@ impl Default for Config {
             body_limit_bytes: 1024 * 1024,
             efs_root: PathBuf::new(),
             poll_interval_ms: 1_000,
+            efs_mounts_dir: PathBuf::new(),
+            log_poll_interval_ms: 250,
+            sse_heartbeat_ms: 15_000,
             executor_minute_seconds: 60.0,
             executor_grace_ms: 5_000,
             executor_slots: None,
@@ -77,7 +88,10 @@ impl Default for Config {
     }
 }
 
-const ENV_KEYS: [&str; 18] = [
+const ENV_KEYS: [&str; 21] = [
+    "efs_mounts_dir",
+    "log_poll_interval_ms",
+    "sse_heartbeat_ms",
     "slurm_tokens_dir",
     "jwt_issuer",
     "jwt_audience",
@@ -160,6 +174,14 @@ impl Config {
             "poll_interval_ms must be from 50 to 60000"
         );
         anyhow::ensure!(
+            (10..=60_000).contains(&config.log_poll_interval_ms),
+            "log_poll_interval_ms must be from 10 to 60000"
+        );
+        anyhow::ensure!(
+            (1_000..=300_000).contains(&config.sse_heartbeat_ms),
+            "sse_heartbeat_ms must be from 1000 to 300000"
+        );
+        anyhow::ensure!(
             config.executor_minute_seconds > 0.0 && config.executor_minute_seconds <= 60.0,
             "executor_minute_seconds must be more than 0 and at most 60"
         );
@@ -172,6 +194,15 @@ impl Config {
             self.data_dir.join("efs")
         } else {
             self.efs_root.clone()
+        }
+    }
+
+    /// Where Slurm clusters' shared filesystems are mounted.
+    pub fn efs_mounts_dir(&self) -> PathBuf {
+        if self.efs_mounts_dir.as_os_str().is_empty() {
+            self.data_dir.join("efs-mounts")
+        } else {
+            self.efs_mounts_dir.clone()
         }
     }
 

@@ -115,6 +115,18 @@ enum Command {
         target: client::Target,
         job_id: u64,
     },
+    /// Print a job's output; -f follows it live until the job ends
+    Logs {
+        #[command(flatten)]
+        target: client::Target,
+        job_id: u64,
+        /// Follow: keep printing as the job writes, until it ends (reconnects without losing a byte)
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Only the last N lines (without -f)
+        #[arg(long, value_name = "N", conflicts_with = "follow")]
+        tail: Option<u64>,
+    },
     /// Tokens for the embedded default (HS256, signed with the data directory's secret)
     Token {
         #[command(subcommand)]
@@ -208,6 +220,12 @@ fn main() -> ExitCode {
             } => client::jobs(&target, state, user, template).await,
             Command::Job { target, job_id } => client::job(&target, job_id).await,
             Command::Cancel { target, job_id } => client::cancel(&target, job_id).await,
+            Command::Logs {
+                target,
+                job_id,
+                follow,
+                tail,
+            } => client::logs(&target, job_id, follow, tail).await,
             Command::Token {
                 command:
                     TokenCommand::Mint {

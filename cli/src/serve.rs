@@ -60,7 +60,7 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
     }
 
     let state = AppState {
-        store,
+        store: store.clone(),
         projections: projections.clone(),
         auth,
         metrics: Arc::new(api::Metrics::default()),
@@ -71,6 +71,16 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
         slurm: directory.clone(),
         submitter: Arc::new(commands::jobs::Submitter::default()),
         templates: Arc::new(commands::templates::Catalog::builtin()?),
+        logs: Arc::new(api::logs::Logs {
+            local_root: config.efs_root(),
+            mounts_dir: config.efs_mounts_dir(),
+            hub: api::logs::LogHub::start(
+                store.clone(),
+                std::time::Duration::from_millis(config.log_poll_interval_ms),
+            ),
+            heartbeat: std::time::Duration::from_millis(config.sse_heartbeat_ms),
+            chunk_bytes: 32 * 1024,
+        }),
     };
     let poller = tokio::spawn(crate::poll::run(
         state.store.clone(),

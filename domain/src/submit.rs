@@ -189,6 +189,9 @@ const STRINGS: &[&str] = &[
     "tres_per_task",
 ];
 
+/// Where a job's stdout goes when its body does not say (`%j` is the job id).
+pub const DEFAULT_STDOUT: &str = "/mnt/efs/job_%j.out";
+
 /// The environment Clusterra suggests when a body has none.
 pub const DEFAULT_PATH: &str = "PATH=/usr/local/bin:/usr/bin:/bin";
 
@@ -434,6 +437,15 @@ pub fn canonicalize(body: &Value) -> Result<CanonicalSubmit, Vec<FieldError>> {
             "\"current_working_directory\" must be an absolute path, like /mnt/efs",
         ),
         _ => {}
+    }
+
+    // Every job's stdout lands on the shared filesystem unless the body says otherwise, so its
+    // log can be read through the API (Slurm's own default is `slurm-%j.out` in the cwd).
+    if job.get("standard_output").is_none_or(Value::is_null) {
+        job.insert(
+            "standard_output".into(),
+            Value::String(DEFAULT_STDOUT.into()),
+        );
     }
 
     for name in STRINGS {

@@ -44,6 +44,10 @@ pub struct JobView {
     pub cancel_requested_by: Option<String>,
     /// The job's stream in the log, for its history.
     pub stream_id: String,
+    /// Where the job's stdout goes, as the job sees it (`/mnt/efs/job_42.out`); `None` when the
+    /// body names no file Clusterra can locate. Added with job logs, hence the default.
+    #[serde(default)]
+    pub stdout: Option<String>,
     /// The log position that last changed this view.
     pub position: i64,
 }
@@ -108,6 +112,7 @@ impl Projector for JobViews {
                     template_id: j.template_id,
                     cancel_requested_by: None,
                     stream_id: event.stream_id.clone(),
+                    stdout: domain::job::stdout_path(&j.body, j.job_id),
                     position: event.position,
                 };
                 view.put(&pointer.collection, &pointer.key, &doc)?;

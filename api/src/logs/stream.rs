@@ -1,0 +1,348 @@
+//! `GET /v1/clusters/{id}/jobs/{job_id}/logs/stream`: the log as Server-Sent Events.
+//!
+//! Events (docs/logs.md):
+//! - `log`: `{"offset": START, "text": "..."}`, or `{"offset": START, "base64": "..."}` when the
+//!   chunk is not valid UTF-8. `id` is the byte offset after the chunk, so `Last-Event-ID`
+//!   resumes exactly there. A chunk is at most `chunk_bytes` and never splits a UTF-8 character
+//!   unless the file itself ends inside one; long lines are simply cut into several chunks.
+//! - `reset`: `{"reason": "truncated"|"replaced"|"removed", "offset": N}`: the file shrank below
+//!   what was sent, or is another file now; reading starts again at 0 of what is there (`id: 0`).
+//! - `end`: `{"state", "exit_code", "offset"}` once the job is final and every byte was sent; then
+//!   the stream closes.
+//!
+//! Idle streams get a `: heartbeat` comment; the first event carries a `retry` hint.
+
+use std::convert::Infallible;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use serde_json::json;
+
+use super::hub::{Follow, JobEnd, JobRef};
+use super::{Located, RawQuery, locate, number, open_confined, raw_query};
+use crate::auth::Caller;
+use crate::{ApiError, AppState};
+
+/// The reconnect delay suggested to clients.
+const RETRY: Duration = Duration::from_secs(2);
+
+type Identity = (u64, u64);
+
+/// One client's position in one log.
+struct Tail {
+    path: PathBuf,
+    root: PathBuf,
+    offset: u64,
+    file: Option<(Arc<std::fs::File>, Identity)>,
+    follow: Follow,
+    chunk: usize,
+    first: bool,
+    done: bool,
+    /// The job's end when it had ended before the stream started.
+    known_end: Option<JobEnd>,
+}
+
+/// What one look at the file found.
+enum Look {
+    Bytes(Vec<u8>),
+    Reset(&'static str),
+    /// Nothing new (or no file yet).
+    Idle,
+    Failed(String),
+}
+
+/// Looks at the file once: blocking I/O, run on the blocking pool.
+fn look(
+    root: &std::path::Path,
+    path: &std::path::Path,
+    current: &mut Option<(Arc<std::fs::File>, Identity)>,
+    offset: u64,
+    chunk: usize,
+) -> Look {
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return if current.take().is_some() {
+                Look::Reset("removed")
+            } else {
+                Look::Idle
+            };
+        }
+        Err(e) => return Look::Failed(e.to_string()),
+    };
+    let identity = (meta.dev(), meta.ino());
+    if current.as_ref().is_some_and(|(_, id)| *id != identity) {
+        *current = None;
+        return Look::Reset("replaced");
+    }
+    if current.is_none() {
+        match open_confined(root, path) {
+            Ok(Some(f)) => {
+                let id = f.metadata().map(|m| (m.dev(), m.ino())).unwrap_or(identity);
+                *current = Some((Arc::new(f), id));
+            }
+            Ok(None) => return Look::Idle,
+            Err(e) => return Look::Failed(e.message),
+        }
+    }
+    let Some((file, _)) = current.as_ref() else {
+        return Look::Idle;
+    };
+    let len = match file.metadata() {
+        Ok(m) => m.len(),
+        Err(e) => return Look::Failed(e.to_string()),
+    };
+    if len < offset {
+        return Look::Reset("truncated");
+    }
+    if len == offset {
+        return Look::Idle;
+    }
+    let want = ((len - offset) as usize).min(chunk);
+    let mut buf = vec![0u8; want];
+    match file.read_at(&mut buf, offset) {
+        Ok(0) => Look::Idle,
+        Ok(n) => {
+            buf.truncate(n);
+            Look::Bytes(buf)
+        }
+        Err(e) => Look::Failed(e.to_string()),
+    }
+}
+
+/// Cuts a chunk so it does not end inside a UTF-8 character; `None` when all of it is the start
+/// of one character and more bytes may still come.
+fn utf8_cut(mut bytes: Vec<u8>, more_may_come: bool) -> Option<Vec<u8>> {
+    match std::str::from_utf8(&bytes) {
+        Ok(_) => Some(bytes),
+        Err(e) if e.error_len().is_none() && more_may_come => {
+            if e.valid_up_to() == 0 {
+                None
+            } else {
+                bytes.truncate(e.valid_up_to());
+                Some(bytes)
+            }
+        }
+        Err(_) => Some(bytes),
+    }
+}
+
+fn log_event(start: u64, bytes: Vec<u8>) -> Event {
+    let end = start + bytes.len() as u64;
+    let data = match String::from_utf8(bytes) {
+        Ok(text) => json!({"offset": start, "text": text}),
+        Err(e) => {
+            json!({"offset": start, "base64": base64::engine::general_purpose::STANDARD.encode(e.into_bytes())})
+        }
+    };
+    Event::default()
+        .event("log")
+        .id(end.to_string())
+        .data(data.to_string())
+}
+
+impl Tail {
+    async fn next(&mut self) -> Option<Event> {
+        if self.first {
+            self.first = false;
+            return Some(
+                Event::default()
+                    .retry(RETRY)
+                    .comment("clusterra log stream"),
+            );
+        }
+        loop {
+            if self.done {
+                return None;
+            }
+            let end = self.follow.rx.borrow_and_update().end.or(self.known_end);
+            let (root, path, offset, chunk) = (
+                self.root.clone(),
+                self.path.clone(),
+                self.offset,
+                self.chunk,
+            );
+            let mut current = self.file.take();
+            let looked = tokio::task::spawn_blocking(move || {
+                let found = look(&root, &path, &mut current, offset, chunk);
+                (found, current)
+            })
+            .await;
+            let (found, current) = match looked {
+                Ok(x) => x,
+                Err(e) => (Look::Failed(e.to_string()), None),
+            };
+            self.file = current;
+            match found {
+                Look::Bytes(bytes) => {
+                    let n = bytes.len() as u64;
+                    let more = end.is_none() || self.offset + n < self.file_len();
+                    if let Some(bytes) = utf8_cut(bytes, more) {
+                        let start = self.offset;
+                        self.offset += bytes.len() as u64;
+                        return Some(log_event(start, bytes));
+                    }
+                }
+                Look::Reset(reason) => {
+                    let was = self.offset;
+                    self.offset = 0;
+                    return Some(
+                        Event::default()
+                            .event("reset")
+                            .id("0")
+                            .data(json!({"reason": reason, "offset": was}).to_string()),
+                    );
+                }
+                Look::Failed(message) => {
+                    tracing::warn!(path = %self.path.display(), %message, "log stream failed");
+                    self.done = true;
+                    return Some(
+                        Event::default().event("error").data(
+                            json!({"code": "log_unreadable", "message": message}).to_string(),
+                        ),
+                    );
+                }
+                Look::Idle => {
+                    if let Some(JobEnd { state, exit_code }) = end {
+                        self.done = true;
+                        return Some(Event::default().event("end").id(self.offset.to_string()).data(
+                            json!({"state": state.as_str(), "exit_code": exit_code, "offset": self.offset}).to_string(),
+                        ));
+                    }
+                }
+            }
+            if self.follow.rx.changed().await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    fn file_len(&self) -> u64 {
+        self.file
+            .as_ref()
+            .and_then(|(f, _)| f.metadata().ok())
+            .map_or(0, |m| m.len())
+    }
+}
+
+/// Where a stream starts: `Last-Event-ID` (a reconnect) wins over `?offset=`.
+fn start_offset(headers: &HeaderMap, query: RawQuery) -> Result<u64, ApiError> {
+    let q = raw_query(query)?;
+    if let Some(k) = q.keys().find(|k| k.as_str() != "offset") {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "unknown_parameter",
+            format!("{k:?} is not a parameter of this route; the stream takes offset (or a Last-Event-ID header)"),
+        )
+        .with_field(k.clone()));
+    }
+    if let Some(v) = headers.get("last-event-id") {
+        return v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_last_event_id",
+                    "Last-Event-ID must be the id of an event of this stream: a byte offset",
+                )
+                .with_field("headers.last-event-id")
+            });
+    }
+    Ok(number(&q, "offset", i64::MAX as u64)?.unwrap_or(0))
+}
+
+/// Follow the job's log live.
+#[utoipa::path(
+    get,
+    path = "/v1/clusters/{id}/jobs/{job_id}/logs/stream",
+    tag = "logs",
+    params(("id" = String, Path, description = "Cluster id"), ("job_id" = u64, Path, description = "Slurm job id"),
+        ("offset" = Option<u64>, Query, description = "Byte offset to start at (default 0)"),
+        ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event (a byte offset); wins over offset")),
+    responses(
+        (status = 200, description = "text/event-stream of `log`, `reset`, `error` and `end` events (docs/logs.md)", content_type = "text/event-stream"),
+        (status = 400, description = "A bad parameter", body = crate::error::ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = crate::error::ErrorBody),
+        (status = 404, description = "No such job that you can see", body = crate::error::ErrorBody),
+        (status = 409, description = "The job's output is not on the shared filesystem", body = crate::error::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn stream(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, job_id)): Path<(String, String)>,
+    headers: HeaderMap,
+    query: RawQuery,
+) -> Result<Response, ApiError> {
+    let offset = start_offset(&headers, query)?;
+    let Located { view, path, root } = locate(&state, &caller, &id, &job_id).await?;
+    let follow = state.logs.hub.follow(
+        &path,
+        JobRef {
+            workspace: view.workspace.clone(),
+            cluster: view.cluster_id.clone(),
+            job_id: view.job_id,
+        },
+    );
+    // The job may have ended long ago: know it at once instead of after a polling tick.
+    let known_end = view.state.is_terminal().then_some(JobEnd {
+        state: view.state,
+        exit_code: view.exit_code,
+    });
+    let tail = Tail {
+        path,
+        root,
+        offset,
+        file: None,
+        follow,
+        chunk: state.logs.chunk_bytes,
+        first: true,
+        done: false,
+        known_end,
+    };
+    let events = futures::stream::unfold(tail, |mut tail| async move {
+        tail.next().await.map(|e| (Ok::<_, Infallible>(e), tail))
+    });
+    let mut response = Sse::new(events)
+        .keep_alive(
+            KeepAlive::new()
+                .interval(state.logs.heartbeat)
+                .text("heartbeat"),
+        )
+        .into_response();
+    response
+        .headers_mut()
+        .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::utf8_cut;
+
+    #[test]
+    fn chunks_do_not_split_characters_while_the_file_grows() {
+        let euro = "€".as_bytes().to_vec(); // 3 bytes
+        let mut partial = b"ab".to_vec();
+        partial.extend_from_slice(&euro[..2]);
+        assert_eq!(utf8_cut(partial.clone(), true), Some(b"ab".to_vec()));
+        // The file ended inside the character: send what is there.
+        assert_eq!(utf8_cut(partial.clone(), false), Some(partial));
+        assert_eq!(utf8_cut(euro[..1].to_vec(), true), None);
+        // Invalid bytes in the middle are sent as they are (base64 downstream).
+        assert_eq!(
+            utf8_cut(vec![b'a', 0xff, b'b'], true),
+            Some(vec![b'a', 0xff, b'b'])
+        );
+    }
+}
