@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
+
 /// The `clusterra` binary: `CLUSTERRA_BIN`, else the one built beside this test executable
 /// (`cargo test --workspace` and `scripts/test` build it).
 pub fn binary() -> PathBuf {
@@ -151,4 +153,112 @@ pub fn stdout(o: &Output) -> String {
 
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A running server with its admin token and an HTTP client.
+pub struct Api {
+    pub server: Server,
+    pub token: String,
+    pub client: reqwest::Client,
+}
+
+impl Api {
+    /// Starts `clusterra serve --data-dir DATA` with `env`; the admin token is the first-start
+    /// banner's, or minted when the data dir was used before.
+    pub fn start(data: &str, env: &[(&str, &str)]) -> Api {
+        let (server, banner) = Server::start_with_env(&["--data-dir", data], env);
+        let token = banner
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("export CLUSTERRA_TOKEN="))
+            .map(str::to_string)
+            .unwrap_or_else(|| {
+                stdout(&run(&[
+                    "token",
+                    "mint",
+                    "--data-dir",
+                    data,
+                    "--email",
+                    "admin@clusterra.local",
+                    "--admin",
+                ]))
+                .trim()
+                .to_string()
+            });
+        Api {
+            server,
+            token,
+            client: reqwest::Client::new(),
+        }
+    }
+
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+        key: Option<&str>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .client
+            .request(method, self.server.url(path))
+            .bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        if let Some(k) = key {
+            req = req.header("Idempotency-Key", k);
+        }
+        let res = req.send().await.expect("the server answers");
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn submit(&self, body: Value) -> (u16, Value) {
+        self.call(
+            reqwest::Method::POST,
+            "/v1/clusters/local/jobs",
+            &self.token,
+            Some(body),
+            None,
+        )
+        .await
+    }
+
+    pub async fn job(&self, id: u64) -> Value {
+        self.call(
+            reqwest::Method::GET,
+            &format!("/v1/clusters/local/jobs/{id}"),
+            &self.token,
+            None,
+            None,
+        )
+        .await
+        .1
+    }
+
+    pub async fn wait_state(&self, id: u64, states: &[&str], within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let job = self.job(id).await;
+            if states.iter().any(|s| job["state"] == *s) {
+                return job;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "job {id} not in {states:?} after {within:?}: {job}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn log_position(&self) -> i64 {
+        let ready: Value = reqwest::get(self.server.url("/readyz"))
+            .await
+            .expect("the server answers")
+            .json()
+            .await
+            .expect("the server answers");
+        ready["log_position"].as_i64().expect("the server answers")
+    }
 }

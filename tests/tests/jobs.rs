@@ -6,118 +6,13 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tests::{Server, run, stdout};
-
-struct Api {
-    server: Server,
-    token: String,
-    client: reqwest::Client,
-}
+use tests::{Api, run, stdout};
 
 const ENV: [(&str, &str); 3] = [
     ("CLUSTERRA_POLL_INTERVAL_MS", "100"),
     ("CLUSTERRA_EXECUTOR_MINUTE_SECONDS", "1"),
     ("CLUSTERRA_EXECUTOR_GRACE_MS", "500"),
 ];
-
-impl Api {
-    fn start(data: &str) -> Api {
-        let (server, banner) = Server::start_with_env(&["--data-dir", data], &ENV);
-        let token = banner
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("export CLUSTERRA_TOKEN="))
-            .map(str::to_string)
-            .unwrap_or_else(|| {
-                stdout(&run(&[
-                    "token",
-                    "mint",
-                    "--data-dir",
-                    data,
-                    "--email",
-                    "admin@clusterra.local",
-                    "--admin",
-                ]))
-                .trim()
-                .to_string()
-            });
-        Api {
-            server,
-            token,
-            client: reqwest::Client::new(),
-        }
-    }
-
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        token: &str,
-        body: Option<Value>,
-        key: Option<&str>,
-    ) -> (u16, Value) {
-        let mut req = self
-            .client
-            .request(method, self.server.url(path))
-            .bearer_auth(token);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        if let Some(k) = key {
-            req = req.header("Idempotency-Key", k);
-        }
-        let res = req.send().await.unwrap();
-        let status = res.status().as_u16();
-        (status, res.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn submit(&self, body: Value) -> (u16, Value) {
-        self.call(
-            reqwest::Method::POST,
-            "/v1/clusters/local/jobs",
-            &self.token,
-            Some(body),
-            None,
-        )
-        .await
-    }
-
-    async fn job(&self, id: u64) -> Value {
-        self.call(
-            reqwest::Method::GET,
-            &format!("/v1/clusters/local/jobs/{id}"),
-            &self.token,
-            None,
-            None,
-        )
-        .await
-        .1
-    }
-
-    async fn wait_state(&self, id: u64, states: &[&str], within: Duration) -> Value {
-        let deadline = Instant::now() + within;
-        loop {
-            let job = self.job(id).await;
-            if states.iter().any(|s| job["state"] == *s) {
-                return job;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "job {id} not in {states:?} after {within:?}: {job}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn log_position(&self) -> i64 {
-        let ready: Value = reqwest::get(self.server.url("/readyz"))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        ready["log_position"].as_i64().unwrap()
-    }
-}
 
 fn raw(script: &str, minutes: Option<u64>) -> Value {
     let mut job = json!({"name": "raw", "script": script, "environment": ["PATH=/usr/bin:/bin"], "current_working_directory": "/mnt/efs"});
@@ -132,7 +27,7 @@ async fn the_job_lifecycle_on_the_local_executor() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let data = data.to_str().unwrap();
-    let api = Api::start(data);
+    let api = Api::start(data, &ENV);
 
     // A template job that prints a known line reaches COMPLETED with the line in its output.
     let (status, out) = api
@@ -415,7 +310,7 @@ async fn the_job_lifecycle_on_the_local_executor() {
 
     // A restart loses the running job the way Slurm loses a dead node's: NODE_FAIL.
     assert_eq!(api.server.stop(), Some(0));
-    let api = Api::start(data);
+    let api = Api::start(data, &ENV);
     let job = api
         .wait_state(bobs, &["NODE_FAIL"], Duration::from_secs(10))
         .await;

@@ -70,7 +70,7 @@ async fn jobs_on_a_registered_slurmrestd_cluster() {
     // Without its token the cluster is not connected and says so.
     let body = |script: &str| {
         json!({"job": {"name": "on-real-slurm", "script": script, "environment": ["PATH=/usr/bin:/bin"],
-        "current_working_directory": efs, "standard_output": format!("{efs}/job_%j.out")}})
+        "current_working_directory": "/mnt/efs"}})
     };
     let (status, out) = call(
         reqwest::Method::POST,
@@ -124,6 +124,21 @@ async fn jobs_on_a_registered_slurmrestd_cluster() {
     assert_eq!(job["exit_code"], 0);
     let output = std::fs::read_to_string(format!("{efs}/job_{id}.out")).unwrap();
     assert!(output.contains("hello-from-real-slurm"), "{output}");
+    // The log through the API: the cluster's shared filesystem is mounted (here: linked) at
+    // <efs_mounts_dir>/<workspace>.<cluster>.
+    let logs = format!("/v1/clusters/real/jobs/{id}/logs");
+    let (status, out) = call(reqwest::Method::GET, &logs, None).await;
+    assert_eq!(status, 409, "not mounted on this server yet: {out}");
+    std::fs::create_dir_all(data.join("efs-mounts")).unwrap();
+    std::os::unix::fs::symlink(&efs, data.join("efs-mounts/default.real")).unwrap();
+    let res = client
+        .get(server.url(&logs))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.text().await.unwrap(), output);
 
     let (_, out) = call(
         reqwest::Method::POST,

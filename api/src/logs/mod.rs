@@ -117,7 +117,10 @@ pub(crate) async fn locate(
 pub(crate) fn open_confined(root: &Path, path: &Path) -> Result<Option<std::fs::File>, ApiError> {
     use std::os::unix::fs::OpenOptionsExt;
     let Ok(root) = std::fs::canonicalize(root) else {
-        return Ok(None);
+        return Err(log_unavailable(format!(
+            "this cluster's shared filesystem is not mounted on the Clusterra server (it looks for it at {}); an operator must mount it there (docs/logs.md)",
+            root.display()
+        )));
     };
     let real = match std::fs::canonicalize(path) {
         Ok(p) => p,

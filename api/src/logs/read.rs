@@ -12,6 +12,7 @@ use tokio_util::io::ReaderStream;
 
 use super::{Located, RawQuery, locate, number, open_confined, raw_query};
 use crate::auth::Caller;
+use crate::consistency::{MinPosition, await_projection};
 use crate::{ApiError, AppState};
 
 pub const NEXT_OFFSET: &str = "x-clusterra-next-offset";
@@ -191,6 +192,7 @@ fn head(headers: &mut HeaderMap, name: &'static str, value: impl ToString) {
     path = "/v1/clusters/{id}/jobs/{job_id}/logs",
     tag = "logs",
     params(("id" = String, Path, description = "Cluster id"), ("job_id" = u64, Path, description = "Slurm job id"),
+        ("X-Clusterra-Min-Position" = Option<i64>, Header, description = "Wait (bounded) until this log position is visible"),
         ("offset" = Option<u64>, Query, description = "First byte to send (default 0)"),
         ("limit" = Option<u64>, Query, description = "Most bytes to send (default: to the end)"),
         ("tail" = Option<u64>, Query, description = "Send the last N lines instead (at most 100000)"),
@@ -209,6 +211,7 @@ fn head(headers: &mut HeaderMap, name: &'static str, value: impl ToString) {
 pub(crate) async fn read(
     State(state): State<AppState>,
     caller: Caller,
+    min: MinPosition,
     Path((id, job_id)): Path<(String, String)>,
     headers: HeaderMap,
     query: RawQuery,
@@ -217,6 +220,7 @@ pub(crate) async fn read(
         Ok(w) => w,
         Err(response) => return Ok(response),
     };
+    await_projection(&state, projections::views::jobs::NAME, min).await;
     let Located { view, path, root } = locate(&state, &caller, &id, &job_id).await?;
     let file = tokio::task::spawn_blocking(move || open_confined(&root, &path))
         .await

@@ -28,6 +28,7 @@ use serde_json::json;
 use super::hub::{Follow, JobEnd, JobRef};
 use super::{Located, RawQuery, locate, number, open_confined, raw_query};
 use crate::auth::Caller;
+use crate::consistency::{MinPosition, await_projection};
 use crate::{ApiError, AppState};
 
 /// The reconnect delay suggested to clients.
@@ -266,6 +267,7 @@ fn start_offset(headers: &HeaderMap, query: RawQuery) -> Result<u64, ApiError> {
     path = "/v1/clusters/{id}/jobs/{job_id}/logs/stream",
     tag = "logs",
     params(("id" = String, Path, description = "Cluster id"), ("job_id" = u64, Path, description = "Slurm job id"),
+        ("X-Clusterra-Min-Position" = Option<i64>, Header, description = "Wait (bounded) until this log position is visible"),
         ("offset" = Option<u64>, Query, description = "Byte offset to start at (default 0)"),
         ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event (a byte offset); wins over offset")),
     responses(
@@ -280,11 +282,13 @@ fn start_offset(headers: &HeaderMap, query: RawQuery) -> Result<u64, ApiError> {
 pub(crate) async fn stream(
     State(state): State<AppState>,
     caller: Caller,
+    min: MinPosition,
     Path((id, job_id)): Path<(String, String)>,
     headers: HeaderMap,
     query: RawQuery,
 ) -> Result<Response, ApiError> {
     let offset = start_offset(&headers, query)?;
+    await_projection(&state, projections::views::jobs::NAME, min).await;
     let Located { view, path, root } = locate(&state, &caller, &id, &job_id).await?;
     let follow = state.logs.hub.follow(
         &path,

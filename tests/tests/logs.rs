@@ -1,0 +1,337 @@
+//! Job logs through the real binary: range reads, the live SSE stream (every byte once, in order,
+//! across a reconnect), the end event, truncation, who may read, and `clusterra logs [-f]`.
+
+#![allow(clippy::unwrap_used)] // a test may panic on what it did not expect
+
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use futures::StreamExt;
+use serde_json::{Value, json};
+use tests::{Api, run, stdout};
+
+const ENV: [(&str, &str); 4] = [
+    ("CLUSTERRA_POLL_INTERVAL_MS", "100"),
+    ("CLUSTERRA_EXECUTOR_SLOTS", "2"),
+    ("CLUSTERRA_EXECUTOR_GRACE_MS", "500"),
+    ("CLUSTERRA_LOG_POLL_INTERVAL_MS", "100"),
+];
+
+/// Writes a known pattern over about three seconds: UTF-8 text, a 100 kB line (longer than a
+/// stream chunk) and two bytes that are not UTF-8.
+const PATTERN: &str = r#"#!/bin/bash
+for i in $(seq 1 60); do
+  printf 'line %04d ünïcødé €\n' "$i"
+  if [ "$i" = 20 ]; then head -c 100000 /dev/zero | tr '\0' x; echo; fi
+  if [ "$i" = 30 ]; then printf 'bad \xff\xfe bytes\n'; fi
+  sleep 0.05
+done
+"#;
+
+fn body(script: &str) -> Value {
+    json!({"job": {"name": "logs", "script": script, "environment": ["PATH=/usr/bin:/bin"],
+                   "current_working_directory": "/mnt/efs"}})
+}
+
+fn mint(data: &str, email: &str) -> String {
+    let out = run(&["token", "mint", "--data-dir", data, "--email", email]);
+    assert!(out.status.success(), "{out:?}");
+    stdout(&out).trim().to_string()
+}
+
+/// What a stream delivered.
+#[derive(Default, Debug)]
+struct Received {
+    bytes: Vec<u8>,
+    last_id: Option<String>,
+    end: Option<Value>,
+    resets: Vec<Value>,
+    events: usize,
+}
+
+/// Reads the stream until `end`, or until `stop_after_bytes` bytes arrived (then disconnects).
+/// Asserts every `log` event starts exactly where the previous one ended.
+async fn follow(
+    api: &Api,
+    token: &str,
+    id: u64,
+    mut got: Received,
+    stop_after_bytes: Option<usize>,
+) -> Received {
+    let mut req = api
+        .client
+        .get(
+            api.server
+                .url(&format!("/v1/clusters/local/jobs/{id}/logs/stream")),
+        )
+        .bearer_auth(token);
+    if let Some(last) = &got.last_id {
+        req = req.header("Last-Event-ID", last);
+    }
+    let res = req.send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(
+        res.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let mut events = eventsource_stream::Eventsource::eventsource(res.bytes_stream());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Some(event) = tokio::time::timeout_at(deadline.into(), events.next())
+        .await
+        .expect("the stream ended within 30 s")
+    {
+        let event = event.unwrap();
+        got.events += 1;
+        let data: Value = if event.data.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&event.data).unwrap()
+        };
+        match event.event.as_str() {
+            "log" => {
+                assert_eq!(
+                    data["offset"].as_u64().unwrap(),
+                    got.bytes.len() as u64,
+                    "a chunk starts where the last one ended"
+                );
+                match (data["text"].as_str(), data["base64"].as_str()) {
+                    (Some(t), None) => got.bytes.extend_from_slice(t.as_bytes()),
+                    (None, Some(b)) => got
+                        .bytes
+                        .extend(base64::engine::general_purpose::STANDARD.decode(b).unwrap()),
+                    other => panic!("a log event has text or base64: {other:?}"),
+                }
+                assert_eq!(event.id, got.bytes.len().to_string(), "id = offset after");
+            }
+            "reset" => {
+                got.bytes.clear();
+                got.resets.push(data);
+            }
+            "end" => {
+                got.end = Some(data);
+                return got;
+            }
+            "message" if event.data.is_empty() => {} // the retry hint
+            other => panic!("unexpected event {other}: {}", event.data),
+        }
+        got.last_id = Some(event.id.clone());
+        if stop_after_bytes.is_some_and(|n| got.bytes.len() >= n) {
+            return got;
+        }
+    }
+    got
+}
+
+async fn get(api: &Api, token: &str, path: &str, range: Option<&str>) -> reqwest::Response {
+    let mut req = api.client.get(api.server.url(path)).bearer_auth(token);
+    if let Some(r) = range {
+        req = req.header("Range", r);
+    }
+    req.send().await.unwrap()
+}
+
+fn header<'a>(res: &'a reqwest::Response, name: &str) -> &'a str {
+    res.headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap())
+        .unwrap_or("")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_are_read_in_ranges_and_streamed_live_without_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let api = Api::start(data, &ENV);
+    let alice = mint(data, "alice@example.org");
+    let bob = mint(data, "bob@example.org");
+
+    let submit = |token: String, script: &'static str| {
+        let api = &api;
+        async move {
+            let res = api
+                .client
+                .post(api.server.url("/v1/clusters/local/jobs"))
+                .bearer_auth(&token)
+                .json(&body(script))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 201);
+            let out = res.json::<Value>().await.unwrap();
+            // Read-your-writes: later reads wait for the projection to see the job.
+            tests::wait_projected(&api.server, out["position"].as_i64().unwrap()).await;
+            out["job_id"].as_u64().unwrap()
+        }
+    };
+    let id = submit(alice.clone(), PATTERN).await;
+    let shrinking = submit(
+        alice.clone(),
+        "#!/bin/bash\nprintf 'first part\\n'\nsleep 4\nprintf 'after\\n'\n",
+    )
+    .await;
+    // Both slots are busy: this one waits, and its log is empty, not an error.
+    let waiting = submit(alice.clone(), "#!/bin/bash\necho later\n").await;
+    let logs = |id: u64| format!("/v1/clusters/local/jobs/{id}/logs");
+    let res = get(&api, &alice, &logs(waiting), None).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(header(&res, "x-clusterra-log-status"), "not-started");
+    assert_eq!(header(&res, "x-clusterra-next-offset"), "0");
+    assert!(res.bytes().await.unwrap().is_empty());
+
+    // Three followers at once: one to the end, one that drops midway and resumes with
+    // Last-Event-ID, and bob, who may not read alice's log at all.
+    let whole = follow(&api, &alice, id, Received::default(), None);
+    let resumed = async {
+        let first = follow(&api, &alice, id, Received::default(), Some(2_000)).await;
+        assert!(first.end.is_none(), "the job was still writing");
+        assert!(first.last_id.is_some());
+        follow(&api, &alice, id, first, None).await
+    };
+    let (whole, resumed) = tokio::join!(whole, resumed);
+    for path in [logs(id), format!("{}/stream", logs(id))] {
+        let res = get(&api, &bob, &path, None).await;
+        assert_eq!(res.status(), 404, "{path}");
+        let err: Value = res.json().await.unwrap();
+        assert_eq!(err["error"]["code"], "job_not_found");
+    }
+
+    let file = std::fs::read(format!("{data}/efs/job_{id}.out")).unwrap();
+    assert!(file.len() > 100_000, "the pattern was written");
+    assert!(file.windows(2).any(|w| w == [0xff, 0xfe]));
+    assert_eq!(
+        whole.bytes, file,
+        "the live stream delivered every byte in order"
+    );
+    assert!(
+        whole.events > 10,
+        "the log arrived in many chunks while it grew"
+    );
+    assert_eq!(whole.end.as_ref().unwrap()["state"], "COMPLETED");
+    assert_eq!(whole.end.as_ref().unwrap()["exit_code"], 0);
+    assert_eq!(
+        resumed.bytes, file,
+        "the resumed stream lost or repeated nothing"
+    );
+    assert!(whole.resets.is_empty() && resumed.resets.is_empty());
+
+    // A client that comes after the end gets the whole file, then the end.
+    let late = follow(&api, &alice, id, Received::default(), None).await;
+    assert_eq!(late.bytes, file);
+    assert_eq!(late.end.unwrap()["offset"], file.len());
+    // An admin may read it too.
+    let late = follow(&api, &api.token, id, Received::default(), None).await;
+    assert_eq!(late.bytes, file);
+
+    // Range reads.
+    let size = file.len();
+    let res = get(&api, &alice, &logs(id), None).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(header(&res, "x-clusterra-log-status"), "complete");
+    assert_eq!(header(&res, "x-clusterra-next-offset"), size.to_string());
+    assert_eq!(res.bytes().await.unwrap().as_ref(), &file[..]);
+    let res = get(
+        &api,
+        &alice,
+        &format!("{}?offset=10&limit=20", logs(id)),
+        None,
+    )
+    .await;
+    assert_eq!(header(&res, "x-clusterra-next-offset"), "30");
+    assert_eq!(res.bytes().await.unwrap().as_ref(), &file[10..30]);
+    let res = get(&api, &alice, &logs(id), Some("bytes=5-9")).await;
+    assert_eq!(res.status(), 206);
+    assert_eq!(header(&res, "content-range"), format!("bytes 5-9/{size}"));
+    assert_eq!(res.bytes().await.unwrap().as_ref(), &file[5..10]);
+    let res = get(&api, &alice, &logs(id), Some("bytes=-7")).await;
+    assert_eq!(res.status(), 206);
+    assert_eq!(res.bytes().await.unwrap().as_ref(), &file[size - 7..]);
+    let res = get(&api, &alice, &format!("{}?tail=2", logs(id)), None).await;
+    assert_eq!(
+        res.bytes().await.unwrap().as_ref(),
+        b"line 0059 \xc3\xbcn\xc3\xafc\xc3\xb8d\xc3\xa9 \xe2\x82\xac\nline 0060 \xc3\xbcn\xc3\xafc\xc3\xb8d\xc3\xa9 \xe2\x82\xac\n"
+    );
+    for (query, range, field) in [
+        (format!("?offset={}", size + 1), None, "offset"),
+        (
+            String::new(),
+            Some(format!("bytes={size}-")),
+            "headers.range",
+        ),
+        (
+            String::new(),
+            Some("bytes=9-2".to_string()),
+            "headers.range",
+        ),
+        (
+            String::new(),
+            Some("bytes=0-1,5-6".to_string()),
+            "headers.range",
+        ),
+        (
+            String::new(),
+            Some("items=0-1".to_string()),
+            "headers.range",
+        ),
+    ] {
+        let res = get(
+            &api,
+            &alice,
+            &format!("{}{query}", logs(id)),
+            range.as_deref(),
+        )
+        .await;
+        assert_eq!(res.status(), 416, "{query} {range:?}");
+        let err: Value = res.json().await.unwrap();
+        assert_eq!(err["error"]["code"], "range_not_satisfiable", "{err}");
+        assert_eq!(err["error"]["field"], field, "{err}");
+    }
+    for (query, field) in [
+        ("?offset=x", "offset"),
+        ("?tail=1&offset=3", "tail"),
+        ("?lines=3", "lines"),
+    ] {
+        let res = get(&api, &alice, &format!("{}{query}", logs(id)), None).await;
+        assert_eq!(res.status(), 400, "{query}");
+        let err: Value = res.json().await.unwrap();
+        assert_eq!(err["error"]["field"], field, "{err}");
+    }
+
+    // A log cut short under a follower is reported as a reset, not misread.
+    let watcher = follow(&api, &alice, shrinking, Received::default(), Some(5)).await;
+    assert_eq!(watcher.bytes, b"first part\n");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(format!("{data}/efs/job_{shrinking}.out"))
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    let watcher = follow(&api, &alice, shrinking, watcher, None).await;
+    assert_eq!(watcher.resets.len(), 1, "{watcher:?}");
+    assert_eq!(watcher.resets[0]["reason"], "truncated");
+    assert_eq!(watcher.resets[0]["offset"], 11);
+    assert_eq!(watcher.end.unwrap()["state"], "COMPLETED");
+
+    // The CLI prints the same bytes, whole, tailed and followed.
+    let base = api.server.base.clone();
+    let cli = |extra: &[&str]| {
+        let mut args = vec!["logs", "--url", &base, "--token", &alice];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    let id_text = id.to_string();
+    let out = cli(&[&id_text]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(out.stdout, file);
+    let out = cli(&["-f", &id_text]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(out.stdout, file);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("COMPLETED"));
+    let out = cli(&["--tail", "1", &id_text]);
+    assert!(out.stdout.starts_with(b"line 0060"), "{out:?}");
+    let out = run(&["logs", "--url", &base, "--token", &bob, &id_text]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("job_not_found"));
+}
