@@ -8,6 +8,7 @@ pub mod auth;
 mod clusters;
 pub mod consistency;
 pub mod error;
+pub mod feed;
 mod health;
 mod jobs;
 pub mod json;
@@ -67,6 +68,8 @@ pub struct AppState {
     pub templates: Arc<Catalog>,
     /// Where job logs are and how they are followed.
     pub logs: Arc<logs::Logs>,
+    /// The live event feeds.
+    pub feed: Arc<feed::FeedSettings>,
 }
 
 /// One route the server serves.
@@ -121,6 +124,12 @@ fn table() -> Table {
             Method::GET,
             "/v1/clusters/{id}/jobs/{job_id}/logs/stream",
             get(logs::stream),
+        )
+        .add(Method::GET, "/v1/clusters/{id}/events", get(feed::list))
+        .add(
+            Method::GET,
+            "/v1/clusters/{id}/events/stream",
+            get(feed::stream),
         )
         .add(Method::GET, "/v1/templates", get(templates::list))
         .add(Method::GET, "/v1/templates/{id}", get(templates::get_one))

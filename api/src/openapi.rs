@@ -32,6 +32,8 @@ use crate::{clusters, health, jobs, metrics, templates};
         jobs::cancel,
         logs_read::read,
         logs_stream::stream,
+        crate::feed::list,
+        crate::feed::stream,
         templates::list,
         templates::get_one,
     ),
@@ -40,6 +42,7 @@ use crate::{clusters, health, jobs, metrics, templates};
     tags(
         (name = "clusters", description = "Clusters of your workspace"),
         (name = "jobs", description = "Submit, track and cancel jobs"),
+        (name = "events", description = "A cluster's event feed, paged and live"),
         (name = "logs", description = "Read and follow a job's output"),
         (name = "templates", description = "Parameterised job templates"),
         (name = "operations", description = "Health, readiness, metrics and this document"),

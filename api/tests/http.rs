@@ -24,6 +24,10 @@ struct Harness {
 }
 
 async fn harness(wait: Duration) -> Harness {
+    harness_with(wait, 1024).await
+}
+
+async fn harness_with(wait: Duration, feed_buffer: usize) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("api.db").display());
     let store = eventlog::open(&OpenOptions::new(url), Arc::new(SystemClock))
@@ -58,7 +62,7 @@ async fn harness(wait: Duration) -> Harness {
     );
     let state = AppState {
         store: store.clone(),
-        projections,
+        projections: projections.clone(),
         auth: Arc::new(Authenticator::local(SECRET)),
         metrics: Arc::new(api::Metrics::default()),
         settings: Arc::new(Settings {
@@ -74,6 +78,10 @@ async fn harness(wait: Duration) -> Harness {
             hub: api::logs::LogHub::start(store.clone(), Duration::from_millis(100)),
             heartbeat: Duration::from_secs(15),
             chunk_bytes: 32 * 1024,
+        }),
+        feed: Arc::new(api::feed::FeedSettings {
+            hub: api::feed::FeedHub::start(store.clone(), projections.clone(), feed_buffer),
+            heartbeat: Duration::from_secs(15),
         }),
     };
     Harness {
@@ -198,6 +206,9 @@ async fn authorization_matrix() {
                 ),
                 (_, "/v1/clusters/{id}") => ("/v1/clusters/local".to_string(), None),
                 (_, "/v1/clusters/{id}/jobs") => ("/v1/clusters/local/jobs".to_string(), None),
+                (_, p) if p.starts_with("/v1/clusters/{id}/events") => {
+                    (p.replace("{id}", "local"), None)
+                }
                 // Job 1 is the plain user's (submitted first in the POST row).
                 (_, "/v1/clusters/{id}/jobs/{job_id}") => {
                     ("/v1/clusters/local/jobs/1".to_string(), None)

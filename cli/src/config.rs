@@ -48,6 +48,9 @@ pub struct Config {
     pub log_poll_interval_ms: u64,
     /// How often an idle SSE stream sends a heartbeat comment, in milliseconds.
     pub sse_heartbeat_ms: u64,
+    /// How many feed entries a live subscriber may fall behind before it is dropped (with a
+    /// resume position).
+    pub feed_buffer: usize,
     /// Local executor: seconds in one minute of `time_limit` (60; lower only for demos and tests).
     pub executor_minute_seconds: f64,
     /// Local executor: milliseconds between SIGTERM and SIGKILL on cancel and timeout.
@@ -80,6 +83,7 @@ impl Default for Config {
             efs_mounts_dir: PathBuf::new(),
             log_poll_interval_ms: 250,
             sse_heartbeat_ms: 15_000,
+            feed_buffer: 1_024,
             executor_minute_seconds: 60.0,
             executor_grace_ms: 5_000,
             executor_slots: None,
@@ -88,7 +92,8 @@ impl Default for Config {
     }
 }
 
-const ENV_KEYS: [&str; 21] = [
+const ENV_KEYS: [&str; 22] = [
+    "feed_buffer",
     "efs_mounts_dir",
     "log_poll_interval_ms",
     "sse_heartbeat_ms",
@@ -176,6 +181,10 @@ impl Config {
         anyhow::ensure!(
             (10..=60_000).contains(&config.log_poll_interval_ms),
             "log_poll_interval_ms must be from 10 to 60000"
+        );
+        anyhow::ensure!(
+            (16..=1_000_000).contains(&config.feed_buffer),
+            "feed_buffer must be from 16 to 1000000"
         );
         anyhow::ensure!(
             (1_000..=300_000).contains(&config.sse_heartbeat_ms),

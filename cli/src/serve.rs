@@ -81,6 +81,10 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
             heartbeat: std::time::Duration::from_millis(config.sse_heartbeat_ms),
             chunk_bytes: 32 * 1024,
         }),
+        feed: Arc::new(api::feed::FeedSettings {
+            hub: api::feed::FeedHub::start(store.clone(), projections.clone(), config.feed_buffer),
+            heartbeat: std::time::Duration::from_millis(config.sse_heartbeat_ms),
+        }),
     };
     let poller = tokio::spawn(crate::poll::run(
         state.store.clone(),

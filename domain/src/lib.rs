@@ -2,6 +2,7 @@
 //! time always comes in as an argument.
 
 pub mod events;
+pub mod feed;
 pub mod ids;
 pub mod job;
 pub mod money;

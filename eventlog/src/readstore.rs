@@ -88,6 +88,19 @@ pub trait ReadStore: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<DocRow>, LogError>;
 
+    /// Documents of one collection with `after < key < before` (either bound optional), at most
+    /// `limit`, in key order or, with `descending`, in reverse key order.
+    async fn list_docs_between(
+        &self,
+        set: ModelSet,
+        projection: &str,
+        collection: &str,
+        after_key: Option<&str>,
+        before_key: Option<&str>,
+        descending: bool,
+        limit: usize,
+    ) -> Result<Vec<DocRow>, LogError>;
+
     /// Every document of a projection, ordered by collection and key, with its checkpoint, read
     /// in one snapshot.
     async fn dump(

@@ -504,6 +504,34 @@ impl ReadStore for SqliteStore {
         rows.iter().map(doc_from_row).collect()
     }
 
+    async fn list_docs_between(
+        &self,
+        set: ModelSet,
+        projection: &str,
+        collection: &str,
+        after_key: Option<&str>,
+        before_key: Option<&str>,
+        descending: bool,
+        limit: usize,
+    ) -> Result<Vec<DocRow>, LogError> {
+        // Keys are printable text; U+10FFFF sorts after every one of them.
+        let sql = format!(
+            "SELECT collection, key, doc FROM {} WHERE projection = ? AND collection = ? \
+             AND key > ? AND key < ? ORDER BY key {} LIMIT ?",
+            set.docs_table(),
+            if descending { "DESC" } else { "ASC" }
+        );
+        let rows = sqlx::query(&sql)
+            .bind(projection)
+            .bind(collection)
+            .bind(after_key.unwrap_or(""))
+            .bind(before_key.unwrap_or("\u{10FFFF}"))
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(doc_from_row).collect()
+    }
+
     async fn dump(
         &self,
         set: ModelSet,

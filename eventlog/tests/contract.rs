@@ -476,6 +476,36 @@ async fn read_store_commits_atomically_with_its_checkpoint(b: Backend) {
         .await
         .unwrap();
     assert_eq!(page.len(), 1);
+    // Bounded ranges, both directions (the feed pages newest-first with `before`).
+    rs.commit(ModelSet::Live, "p", 6, 7, &[put("d", "4"), put("e", "5")])
+        .await
+        .unwrap();
+    let keys = |rows: Vec<eventlog::DocRow>| rows.into_iter().map(|d| d.key).collect::<Vec<_>>();
+    let between = |after, before, desc, limit| {
+        rs.list_docs_between(ModelSet::Live, "p", "c", after, before, desc, limit)
+    };
+    assert_eq!(
+        keys(between(None, None, true, 10).await.unwrap()),
+        ["e", "d", "c", "b"]
+    );
+    assert_eq!(
+        keys(between(None, Some("e"), true, 2).await.unwrap()),
+        ["d", "c"]
+    );
+    assert_eq!(
+        keys(between(Some("b"), Some("e"), false, 10).await.unwrap()),
+        ["c", "d"]
+    );
+    assert_eq!(
+        keys(between(Some("c"), None, false, 1).await.unwrap()),
+        ["d"]
+    );
+    assert!(
+        between(Some("d"), Some("e"), false, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     rs.commit(
         ModelSet::Rebuild,

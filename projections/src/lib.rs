@@ -178,6 +178,7 @@ pub fn all_projectors() -> Vec<Arc<dyn Projector>> {
         Arc::new(views::streams::StreamSummaries),
         Arc::new(views::clusters::ClusterViews),
         Arc::new(views::jobs::JobViews),
+        Arc::new(views::feed::Feed),
     ]
 }
 

@@ -136,6 +136,11 @@ impl Projections {
         self.statuses.get(name).map(|rx| rx.borrow().position)
     }
 
+    /// A receiver of projector `name`'s status, to follow its progress.
+    pub fn watch(&self, name: &str) -> Option<watch::Receiver<ProjectionStatus>> {
+        self.statuses.get(name).cloned()
+    }
+
     /// Waits until projector `name` has applied `position`, at most `timeout`. True if it has.
     pub async fn wait_for(&self, name: &str, position: Position, timeout: Duration) -> bool {
         let Some(rx) = self.statuses.get(name) else {

@@ -165,6 +165,8 @@ async fn main() -> anyhow::Result<()> {
                 if let Some(stamp) = text
                     .split('\n')
                     .next()
+                    // A chunk cut inside a line starts with the rest of it: no stamp to trust.
+                    .filter(|l| l.starts_with("seq="))
                     .and_then(|l| l.split(" t=").nth(1))
                     .and_then(|t| t.split(' ').next())
                     .and_then(|t| t.parse::<u128>().ok())

@@ -2,5 +2,6 @@
 
 pub mod clusters;
 pub mod event_counts;
+pub mod feed;
 pub mod jobs;
 pub mod streams;

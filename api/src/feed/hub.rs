@@ -1,0 +1,175 @@
+//! Fan-out of a cluster's new feed entries to its live subscribers.
+//!
+//! One task follows the `feed` projection's progress (which moves when this replica applies new
+//! events, or when another replica on the same PostgreSQL did and its NOTIFY woke this one). For
+//! every cluster with subscribers it reads the entries after the last one it sent, once, and puts
+//! them on that cluster's `broadcast` channel, serialized once in both forms (full and redacted).
+//! Each subscriber holds a receiver into that shared ring: a subscriber that falls more than the
+//! ring's capacity behind gets `Lagged` and is dropped with a resume position, so no subscriber can
+//! make the server hold more than the ring.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+
+use eventlog::{ModelSet, Store};
+use projections::Projections;
+use projections::views::feed::{self, FeedEntry};
+use tokio::sync::broadcast;
+
+/// One entry as subscribers receive it.
+#[derive(Debug)]
+pub struct Shared {
+    pub entry: FeedEntry,
+    /// The entry as JSON, as the owner and admins see it.
+    pub full: String,
+    /// The entry as JSON with `data` redacted, for other members (same as `full` when the entry
+    /// is about no one's job).
+    pub redacted: String,
+}
+
+impl Shared {
+    pub fn new(entry: FeedEntry) -> Self {
+        let full = serde_json::to_string(&entry).unwrap_or_default();
+        let redacted = if entry.owner.is_some() {
+            let mut other = entry.clone();
+            other.data = domain::feed::redact(&other.data);
+            serde_json::to_string(&other).unwrap_or_default()
+        } else {
+            full.clone()
+        };
+        Self {
+            entry,
+            full,
+            redacted,
+        }
+    }
+
+    /// The JSON `caller` sees.
+    pub fn for_caller(&self, email: &str, admin: bool) -> &str {
+        match &self.entry.owner {
+            Some(owner) if !admin && owner != email => &self.redacted,
+            _ => &self.full,
+        }
+    }
+}
+
+struct ClusterFeed {
+    tx: broadcast::Sender<Arc<Shared>>,
+    /// The last position put on `tx` (or, before any, where the projection was when it opened).
+    last: i64,
+}
+
+/// The hub of every cluster's live feed in this process.
+pub struct FeedHub {
+    clusters: Mutex<HashMap<String, ClusterFeed>>,
+    capacity: usize,
+    projections: Arc<Projections>,
+}
+
+/// A new subscription: live entries after `from` arrive on `rx`.
+pub struct Subscription {
+    pub rx: broadcast::Receiver<Arc<Shared>>,
+    /// Every entry after this position comes through `rx`; entries up to it are in the projection.
+    pub from: i64,
+}
+
+impl FeedHub {
+    /// Starts the hub; its task ends when the hub is dropped.
+    pub fn start(store: Store, projections: Arc<Projections>, capacity: usize) -> Arc<Self> {
+        let hub = Arc::new(Self {
+            clusters: Mutex::new(HashMap::new()),
+            capacity: capacity.max(1),
+            projections: projections.clone(),
+        });
+        let weak: Weak<Self> = Arc::downgrade(&hub);
+        tokio::spawn(async move {
+            let Some(mut status) = projections.watch(feed::NAME) else {
+                tracing::error!("no feed projection: live event streams will not move");
+                return;
+            };
+            loop {
+                if status.changed().await.is_err() {
+                    break;
+                }
+                let Some(hub) = weak.upgrade() else { break };
+                hub.pump(&store).await;
+            }
+        });
+        hub
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, ClusterFeed>> {
+        self.clusters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Subscribes to `collection` (a cluster's feed).
+    pub fn subscribe(&self, collection: &str) -> Subscription {
+        let position = self.projections.position(feed::NAME).unwrap_or(0);
+        let mut clusters = self.lock();
+        let feed = clusters
+            .entry(collection.to_string())
+            .or_insert_with(|| ClusterFeed {
+                tx: broadcast::channel(self.capacity).0,
+                last: position,
+            });
+        Subscription {
+            rx: feed.tx.subscribe(),
+            from: feed.last,
+        }
+    }
+
+    /// Reads what is new for every subscribed cluster and sends it.
+    async fn pump(&self, store: &Store) {
+        let work: Vec<(String, i64)> = {
+            let mut clusters = self.lock();
+            clusters.retain(|_, f| f.tx.receiver_count() > 0);
+            clusters.iter().map(|(c, f)| (c.clone(), f.last)).collect()
+        };
+        for (collection, mut last) in work {
+            loop {
+                let rows = match store
+                    .read
+                    .list_docs(
+                        ModelSet::Live,
+                        feed::NAME,
+                        &collection,
+                        Some(&feed::key(last)),
+                        500,
+                    )
+                    .await
+                {
+                    Ok(rows) => rows,
+                    Err(e) => {
+                        tracing::warn!(%collection, error = %e, "feed read failed; retrying on the next change");
+                        break;
+                    }
+                };
+                let n = rows.len();
+                let entries: Vec<Arc<Shared>> = rows
+                    .iter()
+                    .filter_map(|r| serde_json::from_str::<FeedEntry>(&r.doc).ok())
+                    .map(|e| Arc::new(Shared::new(e)))
+                    .collect();
+                {
+                    let mut clusters = self.lock();
+                    let Some(feed) = clusters.get_mut(&collection) else {
+                        break;
+                    };
+                    for e in entries {
+                        if e.entry.position > feed.last {
+                            feed.last = e.entry.position;
+                            // No receiver left is fine: the entry is in the projection.
+                            let _ = feed.tx.send(e);
+                        }
+                    }
+                    last = feed.last;
+                }
+                if n < 500 {
+                    break;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,467 @@
+//! A cluster's event feed: `GET /v1/clusters/{id}/events` (pages) and `…/events/stream` (SSE).
+//!
+//! Both read the `feed` projection; the stream then follows the [`hub::FeedHub`]. Workspace
+//! members see their clusters' feeds; another user's job events have their `data` redacted
+//! (`domain::feed::redact`): the job and its state changes show, its script, environment and
+//! params do not. docs/events.md.
+
+pub mod hub;
+
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use domain::ClusterId;
+use eventlog::ModelSet;
+use projections::views::feed::{self, FeedEntry};
+use serde::Serialize;
+use serde_json::json;
+use tokio::sync::broadcast::error::RecvError;
+use utoipa::ToSchema;
+
+pub use hub::FeedHub;
+use hub::Shared;
+
+use crate::auth::Caller;
+use crate::consistency::{MinPosition, await_projection};
+use crate::logs::{RawQuery, number, raw_query};
+use crate::{ApiError, AppState};
+
+/// The most entries one page answers.
+const MAX_LIMIT: u64 = 1_000;
+/// The most entries one list request examines (filters may skip many); past it, `next` says
+/// where to go on.
+const SCAN_LIMIT: usize = 10_000;
+const PAGE: usize = 500;
+const RETRY: Duration = Duration::from_secs(2);
+
+/// Settings of the feed routes.
+pub struct FeedSettings {
+    pub hub: Arc<FeedHub>,
+    pub heartbeat: Duration,
+}
+
+/// Which entries a request wants.
+#[derive(Debug, Clone, Default)]
+struct Filter {
+    types: Option<Vec<String>>,
+    job_id: Option<u64>,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+}
+
+impl Filter {
+    fn parse(q: &HashMap<String, String>) -> Result<Self, ApiError> {
+        let types = match q.get("type") {
+            None => None,
+            Some(list) => {
+                let mut types = Vec::new();
+                for t in list.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+                    if !domain::feed::FEED_TYPES.contains(&t) {
+                        return Err(ApiError::new(
+                            StatusCode::BAD_REQUEST,
+                            "invalid_type",
+                            format!("{t:?} is not a feed event type; use one or more (comma-separated) of {}", domain::feed::FEED_TYPES.join(", ")),
+                        )
+                        .with_field("type"));
+                    }
+                    types.push(t.to_string());
+                }
+                Some(types)
+            }
+        };
+        let time = |name: &str| {
+            q.get(name)
+                .map(|v| {
+                    DateTime::parse_from_rfc3339(v)
+                        .map(|t| t.with_timezone(&Utc))
+                        .map_err(|_| {
+                            ApiError::new(
+                                StatusCode::BAD_REQUEST,
+                                "invalid_time",
+                                format!(
+                                    "{name} must be an RFC 3339 time, like 2026-11-26T10:00:00Z"
+                                ),
+                            )
+                            .with_field(name)
+                        })
+                })
+                .transpose()
+        };
+        Ok(Self {
+            types,
+            job_id: number(q, "job_id", u64::MAX)?,
+            from: time("from")?,
+            to: time("to")?,
+        })
+    }
+
+    fn matches(&self, e: &FeedEntry) -> bool {
+        self.types
+            .as_ref()
+            .is_none_or(|t| t.iter().any(|t| *t == e.event_type))
+            && self.job_id.is_none_or(|j| e.job_id == Some(j))
+            && self.from.is_none_or(|f| e.time >= f)
+            && self.to.is_none_or(|t| e.time < t)
+    }
+}
+
+fn unknown(q: &HashMap<String, String>, allowed: &[&str]) -> Result<(), ApiError> {
+    match q.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(k) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "unknown_parameter",
+            format!(
+                "{k:?} is not a parameter of this route; it takes {}",
+                allowed.join(", ")
+            ),
+        )
+        .with_field(k.clone())),
+        None => Ok(()),
+    }
+}
+
+fn position(q: &HashMap<String, String>, name: &str) -> Result<Option<i64>, ApiError> {
+    Ok(number(q, name, i64::MAX as u64)?.map(|n| n as i64))
+}
+
+/// The cluster's feed collection, if the caller's workspace has the cluster.
+async fn feed_of(state: &AppState, caller: &Caller, id: &str) -> Result<String, ApiError> {
+    let cluster = ClusterId::new(id).map_err(|_| crate::jobs::cluster_not_found())?;
+    state
+        .store
+        .read
+        .get_doc(
+            ModelSet::Live,
+            projections::views::clusters::NAME,
+            &projections::views::clusters::collection(&caller.workspace),
+            cluster.as_str(),
+        )
+        .await?
+        .ok_or_else(crate::jobs::cluster_not_found)?;
+    Ok(feed::collection(&caller.workspace, &cluster))
+}
+
+/// An entry as `caller` may see it.
+fn visible(mut entry: FeedEntry, caller: &Caller) -> FeedEntry {
+    if entry
+        .owner
+        .as_deref()
+        .is_some_and(|o| !caller.is_admin() && o != caller.email.as_str())
+    {
+        entry.data = domain::feed::redact(&entry.data);
+    }
+    entry
+}
+
+/// One page of a cluster's feed.
+#[derive(Serialize, ToSchema)]
+pub struct FeedPage {
+    /// `{position, time, type, actor, summary, job_id?, owner?, data}` each.
+    #[schema(value_type = Vec<Object>)]
+    pub events: Vec<FeedEntry>,
+    /// Where the next page starts: pass it as `before` (newest-first) or `after` (oldest-first)
+    /// with the same filters; null at the end.
+    pub next: Option<i64>,
+}
+
+/// The cluster's events, a page at a time.
+#[utoipa::path(
+    get,
+    path = "/v1/clusters/{id}/events",
+    tag = "events",
+    params(("id" = String, Path, description = "Cluster id"),
+        ("after" = Option<i64>, Query, description = "Only entries after this log position"),
+        ("before" = Option<i64>, Query, description = "Only entries before this log position"),
+        ("limit" = Option<u64>, Query, description = "At most this many (1–1000, default 100)"),
+        ("order" = Option<String>, Query, description = "`desc` (newest first, default) or `asc`"),
+        ("type" = Option<String>, Query, description = "Comma-separated event types"),
+        ("job_id" = Option<u64>, Query, description = "Only entries about this job"),
+        ("from" = Option<String>, Query, description = "Only entries at or after this RFC 3339 time"),
+        ("to" = Option<String>, Query, description = "Only entries before this RFC 3339 time"),
+        ("X-Clusterra-Min-Position" = Option<i64>, Header, description = "Wait (bounded) until this log position is visible")),
+    responses(
+        (status = 200, description = "A page of entries", body = FeedPage),
+        (status = 400, description = "A bad parameter", body = crate::error::ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = crate::error::ErrorBody),
+        (status = 404, description = "No such cluster in your workspace", body = crate::error::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    min: MinPosition,
+    Path(id): Path<String>,
+    query: RawQuery,
+) -> Result<(HeaderMap, Json<FeedPage>), ApiError> {
+    let q = raw_query(query)?;
+    unknown(
+        &q,
+        &[
+            "after", "before", "limit", "order", "type", "job_id", "from", "to",
+        ],
+    )?;
+    let filter = Filter::parse(&q)?;
+    let limit = number(&q, "limit", MAX_LIMIT)?.unwrap_or(100);
+    if limit == 0 {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_number",
+            "limit must be from 1 to 1000",
+        )
+        .with_field("limit"));
+    }
+    let descending = match q.get("order").map(String::as_str) {
+        None | Some("desc") => true,
+        Some("asc") => false,
+        Some(_) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_order",
+                "order is desc (newest first) or asc (oldest first)",
+            )
+            .with_field("order"));
+        }
+    };
+    let (mut after, mut before) = (position(&q, "after")?, position(&q, "before")?);
+    let collection = feed_of(&state, &caller, &id).await?;
+    let headers = await_projection(&state, feed::NAME, min).await;
+    let mut events = Vec::new();
+    let mut scanned = 0;
+    let mut next = None;
+    'scan: loop {
+        let rows = state
+            .store
+            .read
+            .list_docs_between(
+                ModelSet::Live,
+                feed::NAME,
+                &collection,
+                after.map(feed::key).as_deref(),
+                before.map(feed::key).as_deref(),
+                descending,
+                PAGE,
+            )
+            .await?;
+        let full = rows.len() == PAGE;
+        for row in rows {
+            let entry: FeedEntry = serde_json::from_str(&row.doc).map_err(|e| {
+                ApiError::internal(format!("a stored feed entry is unreadable: {e}"))
+            })?;
+            scanned += 1;
+            let at = entry.position;
+            if descending {
+                before = Some(at);
+            } else {
+                after = Some(at);
+            }
+            if filter.matches(&entry) {
+                events.push(visible(entry, &caller));
+            }
+            if events.len() as u64 == limit || scanned == SCAN_LIMIT {
+                next = Some(at);
+                break 'scan;
+            }
+        }
+        if !full {
+            break;
+        }
+    }
+    Ok((headers, Json(FeedPage { events, next })))
+}
+
+/// Where a live stream is.
+enum Phase {
+    /// Reading the projection after the cursor, up to `until` (where the live part starts).
+    CatchUp {
+        until: i64,
+    },
+    Live,
+    Done,
+}
+
+struct FeedStream {
+    state: AppState,
+    caller: Caller,
+    collection: String,
+    filter: Filter,
+    rx: tokio::sync::broadcast::Receiver<Arc<Shared>>,
+    /// The last position handled (sent or filtered out): the resume point.
+    cursor: i64,
+    buffer: VecDeque<FeedEntry>,
+    phase: Phase,
+}
+
+fn entry_event(position: i64, json: &str) -> Event {
+    Event::default().id(position.to_string()).data(json)
+}
+
+impl FeedStream {
+    async fn next(&mut self) -> Option<Event> {
+        loop {
+            match self.phase {
+                Phase::Done => return None,
+                Phase::CatchUp { until } => {
+                    if let Some(entry) = self.buffer.pop_front() {
+                        self.cursor = entry.position;
+                        if self.filter.matches(&entry) {
+                            let entry = visible(entry, &self.caller);
+                            let json = serde_json::to_string(&entry).unwrap_or_default();
+                            return Some(entry_event(entry.position, &json));
+                        }
+                        continue;
+                    }
+                    if self.cursor >= until {
+                        self.phase = Phase::Live;
+                        continue;
+                    }
+                    let rows = self
+                        .state
+                        .store
+                        .read
+                        .list_docs_between(
+                            ModelSet::Live,
+                            feed::NAME,
+                            &self.collection,
+                            Some(&feed::key(self.cursor)),
+                            Some(&feed::key(until + 1)),
+                            false,
+                            PAGE,
+                        )
+                        .await;
+                    match rows {
+                        Ok(rows) if rows.is_empty() => self.cursor = until,
+                        Ok(rows) => self.buffer.extend(
+                            rows.iter()
+                                .filter_map(|r| serde_json::from_str::<FeedEntry>(&r.doc).ok()),
+                        ),
+                        Err(e) => {
+                            return Some(
+                                self.drop_with(&format!("the feed could not be read: {e}")),
+                            );
+                        }
+                    }
+                }
+                Phase::Live => match self.rx.recv().await {
+                    Ok(shared) => {
+                        let at = shared.entry.position;
+                        if at <= self.cursor {
+                            continue;
+                        }
+                        self.cursor = at;
+                        if self.filter.matches(&shared.entry) {
+                            let json = shared
+                                .for_caller(self.caller.email.as_str(), self.caller.is_admin());
+                            return Some(entry_event(at, json));
+                        }
+                    }
+                    Err(RecvError::Lagged(missed)) => {
+                        return Some(self.drop_with(&format!(
+                            "this subscriber fell {missed} events behind; reconnect with Last-Event-ID to resume"
+                        )));
+                    }
+                    Err(RecvError::Closed) => return None,
+                },
+            }
+        }
+    }
+
+    fn drop_with(&mut self, reason: &str) -> Event {
+        self.phase = Phase::Done;
+        Event::default()
+            .event("dropped")
+            .id(self.cursor.to_string())
+            .data(json!({"resume_after": self.cursor, "reason": reason}).to_string())
+    }
+}
+
+/// Follow the cluster's events live.
+#[utoipa::path(
+    get,
+    path = "/v1/clusters/{id}/events/stream",
+    tag = "events",
+    params(("id" = String, Path, description = "Cluster id"),
+        ("after" = Option<i64>, Query, description = "Start after this log position (default: from now)"),
+        ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this event; wins over after"),
+        ("type" = Option<String>, Query, description = "Comma-separated event types"),
+        ("job_id" = Option<u64>, Query, description = "Only entries about this job")),
+    responses(
+        (status = 200, description = "text/event-stream: one event per entry (id = log position, data = the entry as JSON); `dropped` tells a subscriber that fell behind where to resume", content_type = "text/event-stream"),
+        (status = 400, description = "A bad parameter", body = crate::error::ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = crate::error::ErrorBody),
+        (status = 404, description = "No such cluster in your workspace", body = crate::error::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn stream(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    query: RawQuery,
+) -> Result<Response, ApiError> {
+    let q = raw_query(query)?;
+    unknown(&q, &["after", "type", "job_id"])?;
+    let filter = Filter::parse(&q)?;
+    let resume = match headers.get("last-event-id") {
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<i64>().ok())
+                .filter(|p| *p >= 0)
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_last_event_id",
+                        "Last-Event-ID must be the id of an event of this stream: a log position",
+                    )
+                    .with_field("headers.last-event-id")
+                })?,
+        ),
+        None => position(&q, "after")?,
+    };
+    let collection = feed_of(&state, &caller, &id).await?;
+    let subscription = state.feed.hub.subscribe(&collection);
+    let cursor = resume.unwrap_or(subscription.from);
+    let heartbeat = state.feed.heartbeat;
+    let feed_stream = FeedStream {
+        state,
+        caller,
+        collection,
+        filter,
+        rx: subscription.rx,
+        cursor,
+        buffer: VecDeque::new(),
+        // The projection holds everything up to where the live channel starts.
+        phase: Phase::CatchUp {
+            until: subscription.from,
+        },
+    };
+    let first = Some(
+        Event::default()
+            .retry(RETRY)
+            .comment("clusterra event feed"),
+    );
+    let events = futures::stream::unfold((feed_stream, first), |(mut s, first)| async move {
+        let event = match first {
+            Some(e) => Some(e),
+            None => s.next().await,
+        };
+        event.map(|e| (Ok::<_, Infallible>(e), (s, None)))
+    });
+    let mut response = Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(heartbeat).text("heartbeat"))
+        .into_response();
+    response
+        .headers_mut()
+        .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
+}

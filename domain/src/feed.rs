@@ -1,0 +1,194 @@
+//! The per-cluster event feed: which events users see in a cluster's activity, the one-line
+//! summary of each, and what other users' job events hide.
+//!
+//! This is the one place that decides the feed's content (docs/events.md). A new user-facing
+//! event type is added to [`FEED_TYPES`] and to [`describe`].
+
+use serde_json::{Map, Value};
+
+use crate::DomainEvent;
+
+/// Every event type that appears in a cluster's feed.
+pub const FEED_TYPES: &[&str] = &[
+    "ClusterRegistered",
+    "JobSubmitted",
+    "JobStateChanged",
+    "JobCancelRequested",
+];
+
+/// The job an event is about, as the feed needs it (state and cancel events name only the job id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobContext {
+    pub job_id: u64,
+    pub owner: String,
+}
+
+/// What the feed says about one event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Described {
+    pub summary: String,
+    /// The job it is about, if any.
+    pub job_id: Option<u64>,
+    /// Whose job it is: other users see its data redacted.
+    pub owner: Option<String>,
+}
+
+/// The feed line of an event, or `None` when the event is not in the feed. `actor` is who caused
+/// it (the event's metadata); `job` the job a state or cancel event is about.
+pub fn describe(event: &DomainEvent, actor: &str, job: Option<&JobContext>) -> Option<Described> {
+    let (summary, job_id, owner) = match event {
+        DomainEvent::ClusterRegistered(c) => (
+            format!(
+                "{actor} registered cluster {} ({}, {})",
+                c.cluster_id, c.name, c.region
+            ),
+            None,
+            None,
+        ),
+        DomainEvent::JobSubmitted(j) => {
+            let from = j
+                .template_id
+                .as_deref()
+                .map(|t| format!(" from template {t}"))
+                .unwrap_or_default();
+            (
+                format!("{} submitted job {} ({}){from}", j.user, j.job_id, j.name),
+                Some(j.job_id),
+                Some(j.user.to_string()),
+            )
+        }
+        DomainEvent::JobStateChanged(c) => {
+            let job = job?;
+            let mut line = format!(
+                "job {} of {} {} → {}",
+                c.job_id,
+                job.owner,
+                c.from.as_str(),
+                c.to.as_str()
+            );
+            if let Some(code) = c.exit_code.filter(|_| c.to.is_terminal()) {
+                line.push_str(&format!(", exit code {code}"));
+            }
+            if let Some(reason) = c
+                .reason
+                .as_deref()
+                .filter(|r| !r.is_empty() && *r != "None")
+            {
+                line.push_str(&format!(" ({reason})"));
+            }
+            (line, Some(c.job_id), Some(job.owner.clone()))
+        }
+        DomainEvent::JobCancelRequested(c) => {
+            let owner = job.map(|j| j.owner.clone());
+            let why = c
+                .why
+                .as_deref()
+                .map(|w| format!(" ({w})"))
+                .unwrap_or_default();
+            (
+                format!("{} cancelled job {}{why}", c.by, c.job_id),
+                Some(c.job_id),
+                owner,
+            )
+        }
+    };
+    Some(Described {
+        summary,
+        job_id,
+        owner,
+    })
+}
+
+/// The fields of a job event another workspace member may see: that the job exists, whose it
+/// is, its shape and state changes — never its script, environment, template params or the
+/// body sent to Slurm.
+const VISIBLE_TO_OTHERS: &[&str] = &[
+    "job_id",
+    "workspace",
+    "cluster_id",
+    "name",
+    "user",
+    "via",
+    "template_id",
+    "shape",
+    "submitted_at",
+    "from",
+    "to",
+    "reason",
+    "node",
+    "exit_code",
+    "at",
+    "started_at",
+    "by",
+    "why",
+];
+
+/// An event's data as a member who is neither the job's owner nor an admin sees it.
+pub fn redact(data: &Value) -> Value {
+    match data {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .filter(|(k, _)| VISIBLE_TO_OTHERS.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect::<Map<_, _>>(),
+        ),
+        _ => Value::Null,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::JobState;
+    use crate::{JobCancelRequested, JobStateChanged};
+    use serde_json::json;
+
+    fn ctx() -> JobContext {
+        JobContext {
+            job_id: 42,
+            owner: "alice@x.org".into(),
+        }
+    }
+
+    #[test]
+    fn cancels_and_state_changes_read_as_sentences() {
+        let cancel = DomainEvent::JobCancelRequested(JobCancelRequested {
+            job_id: 42,
+            by: crate::Email::new("alice@x.org").unwrap(),
+            why: None,
+        });
+        let d = describe(&cancel, "alice@x.org", Some(&ctx())).unwrap();
+        assert_eq!(d.summary, "alice@x.org cancelled job 42");
+        assert_eq!(d.owner.as_deref(), Some("alice@x.org"));
+        let done = DomainEvent::JobStateChanged(JobStateChanged {
+            job_id: 42,
+            from: JobState::Running,
+            to: JobState::Failed,
+            reason: Some("NonZeroExitCode".into()),
+            node: None,
+            exit_code: Some(3),
+            at: None,
+            started_at: None,
+        });
+        let d = describe(&done, "system", Some(&ctx())).unwrap();
+        assert_eq!(
+            d.summary,
+            "job 42 of alice@x.org RUNNING → FAILED, exit code 3 (NonZeroExitCode)"
+        );
+        // Without knowing the job, a state change cannot be placed.
+        assert_eq!(describe(&done, "system", None), None);
+    }
+
+    #[test]
+    fn others_never_see_script_or_environment() {
+        let data = json!({"job_id": 7, "user": "alice@x.org", "name": "fit",
+            "body": {"job": {"script": "#!/bin/bash\nsecret", "environment": ["TOKEN=s3cr3t"]}},
+            "params": {"command": "secret"}, "warnings": [], "submission_id": "x"});
+        let seen = redact(&data);
+        assert_eq!(
+            seen,
+            json!({"job_id": 7, "user": "alice@x.org", "name": "fit"})
+        );
+        assert!(!seen.to_string().contains("secret"));
+    }
+}

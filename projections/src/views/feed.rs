@@ -1,0 +1,125 @@
+//! `feed`: each cluster's user-facing events in log order, for `GET /v1/clusters/{id}/events` and
+//! its live stream. Which events and how they read is decided in `domain::feed`.
+//!
+//! Collections: `feed:<workspace>:<cluster>`, keyed by the log position zero-padded to 20 digits
+//! (key order = log order); `job-streams` maps a job's stream to its cluster and owner, because
+//! state and cancel events name only the job.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use domain::feed::{self, JobContext};
+use domain::{ClusterId, DomainEvent, WorkspaceId};
+use eventlog::RecordedEvent;
+use serde::{Deserialize, Serialize};
+
+use crate::{ProjectionError, Projector, ViewTx};
+
+pub const NAME: &str = "feed";
+const JOB_STREAMS: &str = "job-streams";
+
+/// One line of a cluster's feed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeedEntry {
+    pub position: i64,
+    pub time: DateTime<Utc>,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub actor: String,
+    pub summary: String,
+    /// The job it is about, if any.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub job_id: Option<u64>,
+    /// Whose job it is; other members see `data` redacted.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub owner: Option<String>,
+    pub data: serde_json::Value,
+}
+
+/// The collection of a cluster's feed.
+pub fn collection(workspace: &WorkspaceId, cluster: &ClusterId) -> String {
+    format!("feed:{workspace}:{cluster}")
+}
+
+/// The key of a feed entry.
+pub fn key(position: i64) -> String {
+    format!("{position:020}")
+}
+
+#[derive(Serialize, Deserialize)]
+struct JobStream {
+    collection: String,
+    job_id: u64,
+    owner: String,
+}
+
+pub struct Feed;
+
+#[async_trait]
+impl Projector for Feed {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    async fn apply(
+        &self,
+        view: &mut ViewTx<'_>,
+        event: &RecordedEvent,
+    ) -> Result<(), ProjectionError> {
+        if !feed::FEED_TYPES.contains(&event.event_type.as_str()) {
+            return Ok(());
+        }
+        let Some(decoded) =
+            DomainEvent::decode(&event.event_type, event.schema_version, &event.data)
+                .map_err(|e| ProjectionError::bad_event(event, e))?
+        else {
+            return Ok(());
+        };
+        let (target, job) = match &decoded {
+            DomainEvent::ClusterRegistered(c) => (collection(&c.workspace, &c.cluster_id), None),
+            DomainEvent::JobSubmitted(j) => {
+                let target = collection(&j.workspace, &j.cluster_id);
+                view.put(
+                    JOB_STREAMS,
+                    &event.stream_id,
+                    &JobStream {
+                        collection: target.clone(),
+                        job_id: j.job_id,
+                        owner: j.user.to_string(),
+                    },
+                )?;
+                (target, None)
+            }
+            DomainEvent::JobStateChanged(_) | DomainEvent::JobCancelRequested(_) => {
+                let Some(js) = view.get::<JobStream>(JOB_STREAMS, &event.stream_id).await? else {
+                    return Ok(());
+                };
+                let ctx = JobContext {
+                    job_id: js.job_id,
+                    owner: js.owner,
+                };
+                (js.collection, Some(ctx))
+            }
+        };
+        let actor = event
+            .metadata()
+            .ok()
+            .and_then(|m| m.actor)
+            .unwrap_or_else(|| "system".into());
+        let Some(described) = feed::describe(&decoded, &actor, job.as_ref()) else {
+            return Ok(());
+        };
+        let entry = FeedEntry {
+            position: event.position,
+            time: event.recorded_at,
+            event_type: event.event_type.clone(),
+            actor,
+            summary: described.summary,
+            job_id: described.job_id,
+            owner: described.owner,
+            data: event
+                .data_json()
+                .map_err(|e| ProjectionError::bad_event(event, e))?,
+        };
+        view.put(&target, &key(event.position), &entry)
+    }
+}
