@@ -1,4 +1,4 @@
-//! The client verbs: `submit`, `jobs`, `job`, `cancel`, `logs`, talking to a Clusterra API.
+//! The client verbs: `submit`, `jobs`, `job`, `cancel`, `logs`, `events`, talking to a Clusterra API.
 //!
 //! Where: `--url`/`--token`, else `CLUSTERRA_URL`/`CLUSTERRA_TOKEN`, else the profile file
 //! (`$XDG_CONFIG_HOME/clusterra/profile.toml` or `~/.config/clusterra/profile.toml`, keys `url`
@@ -21,7 +21,7 @@ pub struct Target {
     token: Option<String>,
     /// Cluster id
     #[arg(long, default_value = "local")]
-    cluster: String,
+    pub cluster: String,
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -366,6 +366,108 @@ pub async fn logs(
             anyhow::bail!("the log stream kept dropping; giving up");
         }
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+fn print_event(e: &Value, json: bool) {
+    if json {
+        println!("{e}");
+    } else {
+        println!(
+            "{:>8}  {}  {}",
+            e["position"],
+            e["time"].as_str().unwrap_or(""),
+            e["summary"].as_str().unwrap_or("")
+        );
+    }
+}
+
+/// `clusterra events`: the last `limit` entries oldest first, or with `follow` the live stream
+/// (resuming with `Last-Event-ID` when dropped or disconnected).
+pub async fn events(
+    t: &Target,
+    follow: bool,
+    types: Option<String>,
+    job: Option<u64>,
+    limit: u32,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    use futures::StreamExt;
+    let c = Client::new(t)?;
+    let mut filters = Vec::new();
+    if let Some(types) = &types {
+        filters.push(format!("type={types}"));
+    }
+    if let Some(job) = job {
+        filters.push(format!("job_id={job}"));
+    }
+    let path = format!("/v1/clusters/{}/events", t.cluster);
+    if !follow {
+        filters.push(format!("limit={limit}"));
+        let (status, out) = c
+            .send(
+                reqwest::Method::GET,
+                &format!("{path}?order=desc&{}", filters.join("&")),
+                None,
+                None,
+            )
+            .await?;
+        if !(200..300).contains(&status) {
+            return finish(status, &out);
+        }
+        for e in out["events"].as_array().into_iter().flatten().rev() {
+            print_event(e, json);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let http = reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .build()?;
+    let mut last_id: Option<String> = None;
+    let mut failures = 0u32;
+    loop {
+        let mut req = http
+            .get(format!("{}{path}/stream?{}", c.base, filters.join("&")))
+            .header("X-Clusterra-Via", "cli");
+        if let Some(token) = &c.token {
+            req = req.bearer_auth(token);
+        }
+        if let Some(last) = &last_id {
+            req = req.header("Last-Event-ID", last);
+        }
+        let res = match req.send().await {
+            Ok(r) => r,
+            Err(e) if failures < 5 => {
+                failures += 1;
+                eprintln!("could not reach {} ({e}); retrying", c.base);
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(e) => return Err(e).context("the event stream is unreachable"),
+        };
+        if !res.status().is_success() {
+            let status = res.status().as_u16();
+            return finish(status, &res.json().await.unwrap_or(Value::Null));
+        }
+        let mut events = eventsource_stream::Eventsource::eventsource(res.bytes_stream());
+        while let Some(event) = events.next().await {
+            let Ok(event) = event else { break };
+            failures = 0;
+            if !event.id.is_empty() {
+                last_id = Some(event.id.clone());
+            }
+            match event.event.as_str() {
+                "dropped" => eprintln!("[fell behind; resuming after {}]", event.id),
+                _ if event.data.is_empty() => {}
+                _ => {
+                    if let Ok(e) = serde_json::from_str::<Value>(&event.data) {
+                        print_event(&e, json);
+                    }
+                }
+            }
+        }
+        failures += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
 }
 

@@ -48,6 +48,9 @@ pub struct Config {
     pub log_poll_interval_ms: u64,
     /// How often an idle SSE stream sends a heartbeat comment, in milliseconds.
     pub sse_heartbeat_ms: u64,
+    /// Register the cluster `local` (run by the local executor) in workspace `default` at start;
+    /// unset = only with the embedded SQLite default.
+    pub default_cluster: Option<bool>,
     /// How many feed entries a live subscriber may fall behind before it is dropped (with a
     /// resume position).
     pub feed_buffer: usize,
@@ -84,6 +87,7 @@ impl Default for Config {
             log_poll_interval_ms: 250,
             sse_heartbeat_ms: 15_000,
             feed_buffer: 1_024,
+            default_cluster: None,
             executor_minute_seconds: 60.0,
             executor_grace_ms: 5_000,
             executor_slots: None,
@@ -92,7 +96,8 @@ impl Default for Config {
     }
 }
 
-const ENV_KEYS: [&str; 22] = [
+const ENV_KEYS: [&str; 23] = [
+    "default_cluster",
     "feed_buffer",
     "efs_mounts_dir",
     "log_poll_interval_ms",

@@ -127,6 +127,29 @@ enum Command {
         #[arg(long, value_name = "N", conflicts_with = "follow")]
         tail: Option<u64>,
     },
+    /// A cluster's event feed (newest last); -f follows it live
+    Events {
+        #[command(flatten)]
+        target: client::Target,
+        /// The cluster (default: --cluster, else local)
+        #[arg(value_name = "CLUSTER", id = "cluster_name")]
+        cluster_name: Option<String>,
+        /// Follow: print new events as they happen (Ctrl-C to stop)
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Only these event types (comma-separated)
+        #[arg(long = "type", value_name = "TYPES")]
+        types: Option<String>,
+        /// Only events about this job
+        #[arg(long, value_name = "ID")]
+        job: Option<u64>,
+        /// How many recent events to print (without -f)
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Print each event as a JSON line
+        #[arg(long)]
+        json: bool,
+    },
     /// Tokens for the embedded default (HS256, signed with the data directory's secret)
     Token {
         #[command(subcommand)]
@@ -220,6 +243,20 @@ fn main() -> ExitCode {
             } => client::jobs(&target, state, user, template).await,
             Command::Job { target, job_id } => client::job(&target, job_id).await,
             Command::Cancel { target, job_id } => client::cancel(&target, job_id).await,
+            Command::Events {
+                mut target,
+                cluster_name,
+                follow,
+                types,
+                job,
+                limit,
+                json,
+            } => {
+                if let Some(c) = cluster_name {
+                    target.cluster = c;
+                }
+                client::events(&target, follow, types, job, limit, json).await
+            }
             Command::Logs {
                 target,
                 job_id,

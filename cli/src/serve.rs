@@ -14,7 +14,9 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
     init_tracing(&config.log_format);
     let store = crate::ops::open_store(&config).await?;
     // The embedded defaults come with one cluster to try things on.
-    if store.log.backend() == "sqlite"
+    if config
+        .default_cluster
+        .unwrap_or(store.log.backend() == "sqlite")
         && commands::clusters::ensure_default_cluster(store.log.as_ref()).await?
     {
         tracing::info!("first start: registered cluster `local` in workspace `default`");
@@ -82,7 +84,8 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
             chunk_bytes: 32 * 1024,
         }),
         feed: Arc::new(api::feed::FeedSettings {
-            hub: api::feed::FeedHub::start(store.clone(), projections.clone(), config.feed_buffer),
+            hub: api::feed::FeedHub::start(store.clone(), &projections, config.feed_buffer)
+                .ok_or_else(|| anyhow::anyhow!("the feed projection is not running"))?,
             heartbeat: std::time::Duration::from_millis(config.sse_heartbeat_ms),
         }),
     };

@@ -12,9 +12,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 
 use eventlog::{ModelSet, Store};
-use projections::Projections;
 use projections::views::feed::{self, FeedEntry};
-use tokio::sync::broadcast;
+use projections::{ProjectionStatus, Projections};
+use tokio::sync::{broadcast, watch};
 
 /// One entry as subscribers receive it.
 #[derive(Debug)]
@@ -63,7 +63,8 @@ struct ClusterFeed {
 pub struct FeedHub {
     clusters: Mutex<HashMap<String, ClusterFeed>>,
     capacity: usize,
-    projections: Arc<Projections>,
+    /// The feed projection's progress.
+    status: watch::Receiver<ProjectionStatus>,
 }
 
 /// A new subscription: live entries after `from` arrive on `rx`.
@@ -74,19 +75,17 @@ pub struct Subscription {
 }
 
 impl FeedHub {
-    /// Starts the hub; its task ends when the hub is dropped.
-    pub fn start(store: Store, projections: Arc<Projections>, capacity: usize) -> Arc<Self> {
+    /// Starts the hub; its task ends when the hub is dropped. `None` without a feed projection.
+    pub fn start(store: Store, projections: &Projections, capacity: usize) -> Option<Arc<Self>> {
+        let status = projections.watch(feed::NAME)?;
         let hub = Arc::new(Self {
             clusters: Mutex::new(HashMap::new()),
             capacity: capacity.max(1),
-            projections: projections.clone(),
+            status: status.clone(),
         });
         let weak: Weak<Self> = Arc::downgrade(&hub);
+        let mut status = status;
         tokio::spawn(async move {
-            let Some(mut status) = projections.watch(feed::NAME) else {
-                tracing::error!("no feed projection: live event streams will not move");
-                return;
-            };
             loop {
                 if status.changed().await.is_err() {
                     break;
@@ -95,7 +94,7 @@ impl FeedHub {
                 hub.pump(&store).await;
             }
         });
-        hub
+        Some(hub)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, ClusterFeed>> {
@@ -106,7 +105,7 @@ impl FeedHub {
 
     /// Subscribes to `collection` (a cluster's feed).
     pub fn subscribe(&self, collection: &str) -> Subscription {
-        let position = self.projections.position(feed::NAME).unwrap_or(0);
+        let position = self.status.borrow().position;
         let mut clusters = self.lock();
         let feed = clusters
             .entry(collection.to_string())
