@@ -1,0 +1,243 @@
+//! Load generator for the live event feed (bench/feed.sh runs it against a fresh release server
+//! whose executor runs nothing, so each submission is exactly one feed entry).
+//!
+//! Opens `--subscribers` SSE streams on the cluster's feed, then submits jobs at `--rate` per
+//! second for `--seconds`. Every subscriber counts the entries it receives (no event may be lost:
+//! each must end with exactly as many as were submitted); a sample of subscribers (every
+//! `--sample-every`-th) also parses each entry and measures the time from the event's
+//! `recorded_at` (set by the server as it appends, just before commit) to delivery. Server memory
+//! per subscriber is the growth of the server's RSS with the subscribers connected.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bench::{ms, percentiles};
+use clap::Parser;
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long)]
+    url: String,
+    #[arg(long)]
+    token: String,
+    #[arg(long)]
+    server_pid: u32,
+    #[arg(long, default_value_t = 10_000)]
+    subscribers: usize,
+    /// Entries appended per second.
+    #[arg(long, default_value_t = 500)]
+    rate: u64,
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Every N-th subscriber measures latency.
+    #[arg(long, default_value_t = 100)]
+    sample_every: usize,
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Counts `needle` in a byte stream delivered in chunks (a match may straddle two chunks).
+struct Counter {
+    tail: Vec<u8>,
+    count: u64,
+}
+
+impl Counter {
+    fn feed(&mut self, chunk: &[u8], needle: &[u8]) {
+        let mut joined = std::mem::take(&mut self.tail);
+        joined.extend_from_slice(chunk);
+        self.count += joined
+            .windows(needle.len())
+            .filter(|w| *w == needle)
+            .count() as u64;
+        let keep = needle.len() - 1;
+        self.tail = joined[joined.len().saturating_sub(keep)..].to_vec();
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let base = args.url.trim_end_matches('/').to_string();
+    let http = reqwest::Client::builder().build()?;
+    let stream_url = format!("{base}/v1/clusters/local/events/stream?type=JobSubmitted");
+    let rss_before = rss_kib(args.server_pid);
+
+    let connected = Arc::new(AtomicUsize::new(0));
+    let target = Arc::new(AtomicU64::new(u64::MAX));
+    let mut subs = Vec::new();
+    let opened = Instant::now();
+    for i in 0..args.subscribers {
+        let (http, url, token, connected, target) = (
+            http.clone(),
+            stream_url.clone(),
+            args.token.clone(),
+            connected.clone(),
+            target.clone(),
+        );
+        let sample = i % args.sample_every == 0;
+        subs.push(tokio::spawn(async move {
+            let mut samples = Vec::new();
+            let mut dropped = false;
+            let Ok(res) = http.get(url).bearer_auth(token).send().await else {
+                return (0u64, samples, dropped);
+            };
+            connected.fetch_add(1, Ordering::SeqCst);
+            if sample {
+                let mut events = eventsource_stream::Eventsource::eventsource(res.bytes_stream());
+                let mut n = 0u64;
+                while let Some(Ok(e)) = events.next().await {
+                    if e.event == "dropped" {
+                        dropped = true;
+                        break;
+                    }
+                    if e.data.is_empty() {
+                        continue;
+                    }
+                    let now = chrono::Utc::now();
+                    if let Ok(v) = serde_json::from_str::<Value>(&e.data)
+                        && let Some(t) = v["time"].as_str()
+                        && let Ok(t) = chrono::DateTime::parse_from_rfc3339(t)
+                    {
+                        samples.push(
+                            (now - t.with_timezone(&chrono::Utc))
+                                .to_std()
+                                .unwrap_or_default(),
+                        );
+                    }
+                    n += 1;
+                    if n >= target.load(Ordering::SeqCst) {
+                        break;
+                    }
+                }
+                (n, samples, dropped)
+            } else {
+                let mut body = res.bytes_stream();
+                let mut entries = Counter {
+                    tail: Vec::new(),
+                    count: 0,
+                };
+                let mut drops = Counter {
+                    tail: Vec::new(),
+                    count: 0,
+                };
+                while let Some(Ok(chunk)) = body.next().await {
+                    entries.feed(&chunk, b"\ndata: ");
+                    drops.feed(&chunk, b"event: dropped");
+                    if drops.count > 0 {
+                        dropped = true;
+                        break;
+                    }
+                    if entries.count >= target.load(Ordering::SeqCst) {
+                        break;
+                    }
+                }
+                (entries.count, samples, dropped)
+            }
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while connected.load(Ordering::SeqCst) < args.subscribers && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Let the streams' catch-up phase finish before measuring.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let connect_took = opened.elapsed();
+    let rss_connected = rss_kib(args.server_pid);
+
+    // Submit at the rate, a few requests in flight.
+    let total = args.rate * args.seconds;
+    let every = Duration::from_secs_f64(1.0 / args.rate as f64);
+    let ok = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut rss_peak = rss_connected;
+    let mut inflight = futures::stream::FuturesUnordered::new();
+    for n in 0..total {
+        let due = started + every * n as u32;
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            tokio::time::sleep(wait).await;
+        }
+        let (http, url, token, ok) = (http.clone(), base.clone(), args.token.clone(), ok.clone());
+        inflight.push(tokio::spawn(async move {
+            let res = http
+                .post(format!("{url}/v1/clusters/local/jobs"))
+                .bearer_auth(token)
+                .json(
+                    &json!({"job": {"name": "feedbench", "script": "#!/bin/bash\ntrue",
+                    "environment": ["PATH=/bin"], "current_working_directory": "/mnt/efs"}}),
+                )
+                .send()
+                .await;
+            if res.is_ok_and(|r| r.status().as_u16() == 201) {
+                ok.fetch_add(1, Ordering::SeqCst);
+            }
+        }));
+        while inflight.len() > 64 {
+            inflight.next().await;
+        }
+        if n % args.rate == 0 {
+            rss_peak = rss_peak.max(rss_kib(args.server_pid));
+        }
+    }
+    while inflight.next().await.is_some() {}
+    let submit_took = started.elapsed();
+    let appended = ok.load(Ordering::SeqCst);
+    target.store(appended, Ordering::SeqCst);
+    rss_peak = rss_peak.max(rss_kib(args.server_pid));
+
+    let mut complete = 0;
+    let mut dropped = 0;
+    let mut counts = std::collections::BTreeMap::new();
+    let mut samples = Vec::new();
+    for s in subs {
+        match tokio::time::timeout(Duration::from_secs(60), s).await {
+            Ok(Ok((n, smp, d))) => {
+                complete += usize::from(n == appended);
+                dropped += usize::from(d);
+                *counts.entry(n).or_insert(0usize) += 1;
+                samples.extend(smp);
+            }
+            _ => *counts.entry(u64::MAX).or_insert(0) += 1,
+        }
+    }
+    let (p50, p99, max) = percentiles(samples.clone());
+    println!(
+        "feed: {} subscribers ({} connected in {:.1} s); {} entries appended at {}/s over {:.1} s",
+        args.subscribers,
+        connected.load(Ordering::SeqCst),
+        connect_took.as_secs_f64(),
+        appended,
+        args.rate,
+        submit_took.as_secs_f64()
+    );
+    println!(
+        "  append -> delivery latency ({} samples from every {}th subscriber): p50 {}, p99 {}, max {}",
+        samples.len(),
+        args.sample_every,
+        ms(p50),
+        ms(p99),
+        ms(max)
+    );
+    println!(
+        "  subscribers with every entry: {complete}/{} (dropped as too slow: {dropped}); entries received -> subscribers: {:?}",
+        args.subscribers, counts
+    );
+    println!(
+        "  server RSS: {rss_before} KiB before, {rss_connected} KiB connected, {rss_peak} KiB peak: {:.1} KiB per subscriber connected, {:.1} KiB at peak",
+        rss_connected.saturating_sub(rss_before) as f64 / args.subscribers as f64,
+        rss_peak.saturating_sub(rss_before) as f64 / args.subscribers as f64
+    );
+    Ok(())
+}
