@@ -15,6 +15,7 @@ pub mod json;
 pub mod logs;
 mod metrics;
 pub mod openapi;
+pub mod sse;
 mod templates;
 
 use std::sync::Arc;

@@ -75,7 +75,7 @@ async fn harness_with(wait: Duration, feed_buffer: usize) -> Harness {
         logs: Arc::new(api::logs::Logs {
             local_root: dir.path().join("efs"),
             mounts_dir: dir.path().join("efs-mounts"),
-            hub: api::logs::LogHub::start(store.clone(), Duration::from_millis(100)),
+            hub: api::logs::LogHub::start(store.clone(), Duration::from_millis(100), 32 * 1024),
             heartbeat: Duration::from_secs(15),
             chunk_bytes: 32 * 1024,
         }),
@@ -776,7 +776,7 @@ async fn a_slow_feed_subscriber_is_dropped_and_resumes_losslessly() {
     let resume = dropped["resume_after"].as_i64().unwrap();
     assert!(dropped["reason"].as_str().unwrap().contains("behind"));
     let mut seen = ids(&first);
-    seen.extend(ids(&rest.split("event: dropped").next().unwrap()));
+    seen.extend(ids(rest.split("event: dropped").next().unwrap()));
     assert_eq!(seen.last().copied().unwrap_or(0), resume);
     // The stream closed after the dropped event.
     assert!(slow.frame().await.is_none());

@@ -79,6 +79,7 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
             hub: api::logs::LogHub::start(
                 store.clone(),
                 std::time::Duration::from_millis(config.log_poll_interval_ms),
+                32 * 1024,
             ),
             heartbeat: std::time::Duration::from_millis(config.sse_heartbeat_ms),
             chunk_bytes: 32 * 1024,

@@ -19,9 +19,9 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::{
-    AppendOutcome, Clock, DocChange, DocRow, EventLog, ExpectedVersion, Head, LogError, ModelSet,
-    NewEvent, OpenOptions, Position, ReadStore, RecordedEvent, StreamId, check_reappend, hash32,
-    prepare_rows,
+    AppendOutcome, Clock, DocChange, DocRow, EventLog, ExpectedVersion, Head, KeyRange, LogError,
+    ModelSet, NewEvent, OpenOptions, Position, ReadStore, RecordedEvent, StreamId, check_reappend,
+    hash32, prepare_rows,
 };
 
 const EVENT_COLUMNS: &str = "position, stream_id, stream_version, event_id, event_type, \
@@ -438,24 +438,21 @@ impl ReadStore for PgStore {
         set: ModelSet,
         projection: &str,
         collection: &str,
-        after_key: Option<&str>,
-        before_key: Option<&str>,
-        descending: bool,
-        limit: usize,
+        range: KeyRange<'_>,
     ) -> Result<Vec<DocRow>, LogError> {
         // Keys are printable text; U+10FFFF sorts after every one of them.
         let sql = format!(
             "SELECT collection, key, doc FROM {} WHERE projection = $1 AND collection = $2 \
              AND key COLLATE \"C\" > $3 AND key COLLATE \"C\" < $4 ORDER BY key COLLATE \"C\" {} LIMIT $5",
             set.docs_table(),
-            if descending { "DESC" } else { "ASC" }
+            if range.descending { "DESC" } else { "ASC" }
         );
         let rows = sqlx::query(&sql)
             .bind(projection)
             .bind(collection)
-            .bind(after_key.unwrap_or(""))
-            .bind(before_key.unwrap_or("\u{10FFFF}"))
-            .bind(limit as i64)
+            .bind(range.after.unwrap_or(""))
+            .bind(range.before.unwrap_or("\u{10FFFF}"))
+            .bind(range.limit as i64)
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(doc_from_row).collect()

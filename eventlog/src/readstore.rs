@@ -88,17 +88,13 @@ pub trait ReadStore: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<DocRow>, LogError>;
 
-    /// Documents of one collection with `after < key < before` (either bound optional), at most
-    /// `limit`, in key order or, with `descending`, in reverse key order.
+    /// Documents of one collection within `range`.
     async fn list_docs_between(
         &self,
         set: ModelSet,
         projection: &str,
         collection: &str,
-        after_key: Option<&str>,
-        before_key: Option<&str>,
-        descending: bool,
-        limit: usize,
+        range: KeyRange<'_>,
     ) -> Result<Vec<DocRow>, LogError>;
 
     /// Every document of a projection, ordered by collection and key, with its checkpoint, read
@@ -115,6 +111,16 @@ pub trait ReadStore: Send + Sync + 'static {
     /// Replaces the live documents and checkpoint of a projection by the rebuilt ones, atomically,
     /// and clears the rebuild.
     async fn promote(&self, projection: &str) -> Result<(), LogError>;
+}
+
+/// Keys `after < key < before` (either bound optional), at most `limit`, in key order or, with
+/// `descending`, in reverse key order.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KeyRange<'a> {
+    pub after: Option<&'a str>,
+    pub before: Option<&'a str>,
+    pub descending: bool,
+    pub limit: usize,
 }
 
 /// Every document of one collection, in key order, read page by page.

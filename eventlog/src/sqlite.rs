@@ -19,9 +19,9 @@ use tokio::sync::{Mutex, mpsc, oneshot, watch};
 use uuid::Uuid;
 
 use crate::{
-    AppendOutcome, Clock, DocChange, DocRow, EventLog, ExpectedVersion, Head, LogError, ModelSet,
-    NewEvent, OpenOptions, Position, ReadStore, RecordedEvent, StreamId, check_reappend, hash32,
-    prepare_rows,
+    AppendOutcome, Clock, DocChange, DocRow, EventLog, ExpectedVersion, Head, KeyRange, LogError,
+    ModelSet, NewEvent, OpenOptions, Position, ReadStore, RecordedEvent, StreamId, check_reappend,
+    hash32, prepare_rows,
 };
 
 const EVENT_COLUMNS: &str = "position, stream_id, stream_version, event_id, event_type, \
@@ -509,24 +509,21 @@ impl ReadStore for SqliteStore {
         set: ModelSet,
         projection: &str,
         collection: &str,
-        after_key: Option<&str>,
-        before_key: Option<&str>,
-        descending: bool,
-        limit: usize,
+        range: KeyRange<'_>,
     ) -> Result<Vec<DocRow>, LogError> {
         // Keys are printable text; U+10FFFF sorts after every one of them.
         let sql = format!(
             "SELECT collection, key, doc FROM {} WHERE projection = ? AND collection = ? \
              AND key > ? AND key < ? ORDER BY key {} LIMIT ?",
             set.docs_table(),
-            if descending { "DESC" } else { "ASC" }
+            if range.descending { "DESC" } else { "ASC" }
         );
         let rows = sqlx::query(&sql)
             .bind(projection)
             .bind(collection)
-            .bind(after_key.unwrap_or(""))
-            .bind(before_key.unwrap_or("\u{10FFFF}"))
-            .bind(limit as i64)
+            .bind(range.after.unwrap_or(""))
+            .bind(range.before.unwrap_or("\u{10FFFF}"))
+            .bind(range.limit as i64)
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(doc_from_row).collect()

@@ -481,8 +481,14 @@ async fn read_store_commits_atomically_with_its_checkpoint(b: Backend) {
         .await
         .unwrap();
     let keys = |rows: Vec<eventlog::DocRow>| rows.into_iter().map(|d| d.key).collect::<Vec<_>>();
-    let between = |after, before, desc, limit| {
-        rs.list_docs_between(ModelSet::Live, "p", "c", after, before, desc, limit)
+    let between = |after, before, descending, limit| {
+        let range = eventlog::KeyRange {
+            after,
+            before,
+            descending,
+            limit,
+        };
+        rs.list_docs_between(ModelSet::Live, "p", "c", range)
     };
     assert_eq!(
         keys(between(None, None, true, 10).await.unwrap()),

@@ -11,29 +11,36 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 
+use bytes::Bytes;
 use eventlog::{ModelSet, Store};
 use projections::views::feed::{self, FeedEntry};
 use projections::{ProjectionStatus, Projections};
 use tokio::sync::{broadcast, watch};
 
-/// One entry as subscribers receive it.
+/// One entry as subscribers receive it: its SSE frame rendered once in both forms.
 #[derive(Debug)]
 pub struct Shared {
     pub entry: FeedEntry,
-    /// The entry as JSON, as the owner and admins see it.
-    pub full: String,
-    /// The entry as JSON with `data` redacted, for other members (same as `full` when the entry
-    /// is about no one's job).
-    pub redacted: String,
+    /// As the owner and admins see it.
+    pub full: Bytes,
+    /// With `data` redacted, for other members (the same bytes when the entry is about no one's
+    /// job).
+    pub redacted: Bytes,
+}
+
+/// The SSE frame of an entry: `id` = its log position, `data` = the entry.
+pub fn render(entry: &FeedEntry) -> Bytes {
+    let json = serde_json::to_string(entry).unwrap_or_default();
+    crate::sse::frame(None, Some(&entry.position.to_string()), &json)
 }
 
 impl Shared {
     pub fn new(entry: FeedEntry) -> Self {
-        let full = serde_json::to_string(&entry).unwrap_or_default();
+        let full = render(&entry);
         let redacted = if entry.owner.is_some() {
             let mut other = entry.clone();
             other.data = domain::feed::redact(&other.data);
-            serde_json::to_string(&other).unwrap_or_default()
+            render(&other)
         } else {
             full.clone()
         };
@@ -44,8 +51,8 @@ impl Shared {
         }
     }
 
-    /// The JSON `caller` sees.
-    pub fn for_caller(&self, email: &str, admin: bool) -> &str {
+    /// The frame `caller` sees.
+    pub fn for_caller(&self, email: &str, admin: bool) -> &Bytes {
         match &self.entry.owner {
             Some(owner) if !admin && owner != email => &self.redacted,
             _ => &self.full,

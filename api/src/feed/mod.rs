@@ -8,26 +8,27 @@
 pub mod hub;
 
 use std::collections::{HashMap, VecDeque};
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
-use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use domain::ClusterId;
-use eventlog::ModelSet;
+use eventlog::{KeyRange, ModelSet};
+use futures::StreamExt;
 use projections::views::feed::{self, FeedEntry};
 use serde::Serialize;
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
+use tokio::time::Instant;
 use utoipa::ToSchema;
 
 pub use hub::FeedHub;
-use hub::Shared;
+use hub::{Shared, render};
 
 use crate::auth::Caller;
 use crate::consistency::{MinPosition, await_projection};
@@ -106,7 +107,7 @@ impl Filter {
     fn matches(&self, e: &FeedEntry) -> bool {
         self.types
             .as_ref()
-            .is_none_or(|t| t.iter().any(|t| *t == e.event_type))
+            .is_none_or(|t| t.contains(&e.event_type))
             && self.job_id.is_none_or(|j| e.job_id == Some(j))
             && self.from.is_none_or(|f| e.time >= f)
             && self.to.is_none_or(|t| e.time < t)
@@ -245,10 +246,12 @@ pub(crate) async fn list(
                 ModelSet::Live,
                 feed::NAME,
                 &collection,
-                after.map(feed::key).as_deref(),
-                before.map(feed::key).as_deref(),
-                descending,
-                PAGE,
+                KeyRange {
+                    after: after.map(feed::key).as_deref(),
+                    before: before.map(feed::key).as_deref(),
+                    descending,
+                    limit: PAGE,
+                },
             )
             .await?;
         let full = rows.len() == PAGE;
@@ -298,14 +301,19 @@ struct FeedStream {
     cursor: i64,
     buffer: VecDeque<FeedEntry>,
     phase: Phase,
-}
-
-fn entry_event(position: i64, json: &str) -> Event {
-    Event::default().id(position.to_string()).data(json)
+    heartbeat: Duration,
+    /// When the last frame went out (heartbeats fill silences longer than `heartbeat`).
+    sent_at: Instant,
 }
 
 impl FeedStream {
-    async fn next(&mut self) -> Option<Event> {
+    async fn next(&mut self) -> Option<Bytes> {
+        let frame = self.next_frame().await;
+        self.sent_at = Instant::now();
+        frame
+    }
+
+    async fn next_frame(&mut self) -> Option<Bytes> {
         loop {
             match self.phase {
                 Phase::Done => return None,
@@ -313,9 +321,7 @@ impl FeedStream {
                     if let Some(entry) = self.buffer.pop_front() {
                         self.cursor = entry.position;
                         if self.filter.matches(&entry) {
-                            let entry = visible(entry, &self.caller);
-                            let json = serde_json::to_string(&entry).unwrap_or_default();
-                            return Some(entry_event(entry.position, &json));
+                            return Some(render(&visible(entry, &self.caller)));
                         }
                         continue;
                     }
@@ -331,10 +337,12 @@ impl FeedStream {
                             ModelSet::Live,
                             feed::NAME,
                             &self.collection,
-                            Some(&feed::key(self.cursor)),
-                            Some(&feed::key(until + 1)),
-                            false,
-                            PAGE,
+                            KeyRange {
+                                after: Some(&feed::key(self.cursor)),
+                                before: Some(&feed::key(until + 1)),
+                                descending: false,
+                                limit: PAGE,
+                            },
                         )
                         .await;
                     match rows {
@@ -350,36 +358,50 @@ impl FeedStream {
                         }
                     }
                 }
-                Phase::Live => match self.rx.recv().await {
-                    Ok(shared) => {
-                        let at = shared.entry.position;
-                        if at <= self.cursor {
-                            continue;
+                Phase::Live => {
+                    let quiet_until = self.sent_at + self.heartbeat;
+                    let received = match tokio::time::timeout_at(quiet_until, self.rx.recv()).await
+                    {
+                        Ok(r) => r,
+                        Err(_) => return Some(crate::sse::heartbeat()),
+                    };
+                    match received {
+                        Ok(shared) => {
+                            let at = shared.entry.position;
+                            if at <= self.cursor {
+                                continue;
+                            }
+                            self.cursor = at;
+                            if self.filter.matches(&shared.entry) {
+                                return Some(
+                                    shared
+                                        .for_caller(
+                                            self.caller.email.as_str(),
+                                            self.caller.is_admin(),
+                                        )
+                                        .clone(),
+                                );
+                            }
                         }
-                        self.cursor = at;
-                        if self.filter.matches(&shared.entry) {
-                            let json = shared
-                                .for_caller(self.caller.email.as_str(), self.caller.is_admin());
-                            return Some(entry_event(at, json));
+                        Err(RecvError::Lagged(missed)) => {
+                            return Some(self.drop_with(&format!(
+                                "this subscriber fell {missed} events behind; reconnect with Last-Event-ID to resume"
+                            )));
                         }
+                        Err(RecvError::Closed) => return None,
                     }
-                    Err(RecvError::Lagged(missed)) => {
-                        return Some(self.drop_with(&format!(
-                            "this subscriber fell {missed} events behind; reconnect with Last-Event-ID to resume"
-                        )));
-                    }
-                    Err(RecvError::Closed) => return None,
-                },
+                }
             }
         }
     }
 
-    fn drop_with(&mut self, reason: &str) -> Event {
+    fn drop_with(&mut self, reason: &str) -> Bytes {
         self.phase = Phase::Done;
-        Event::default()
-            .event("dropped")
-            .id(self.cursor.to_string())
-            .data(json!({"resume_after": self.cursor, "reason": reason}).to_string())
+        crate::sse::frame(
+            Some("dropped"),
+            Some(&self.cursor.to_string()),
+            &json!({"resume_after": self.cursor, "reason": reason}).to_string(),
+        )
     }
 }
 
@@ -444,24 +466,13 @@ pub(crate) async fn stream(
         phase: Phase::CatchUp {
             until: subscription.from,
         },
+        heartbeat,
+        sent_at: Instant::now(),
     };
-    let first = Some(
-        Event::default()
-            .retry(RETRY)
-            .comment("clusterra event feed"),
-    );
-    let events = futures::stream::unfold((feed_stream, first), |(mut s, first)| async move {
-        let event = match first {
-            Some(e) => Some(e),
-            None => s.next().await,
-        };
-        event.map(|e| (Ok::<_, Infallible>(e), (s, None)))
-    });
-    let mut response = Sse::new(events)
-        .keep_alive(KeepAlive::new().interval(heartbeat).text("heartbeat"))
-        .into_response();
-    response
-        .headers_mut()
-        .insert("x-accel-buffering", HeaderValue::from_static("no"));
-    Ok(response)
+    let hello = crate::sse::hello("clusterra event feed", RETRY);
+    let frames = futures::stream::once(async move { hello })
+        .chain(futures::stream::unfold(feed_stream, |mut s| async move {
+            s.next().await.map(|f| (f, s))
+        }));
+    Ok(crate::sse::response(frames))
 }

@@ -8,6 +8,12 @@
 //! other machines never arrive. The same task asks the jobs projection, once per file and tick,
 //! whether the job has ended. Per client this costs one receiver; the per-file work does not grow
 //! with the number of clients.
+//!
+//! Whoever notices a change (the notification thread or the poll) also reads the new bytes once
+//! and publishes them as a ready SSE frame ([`SharedChunk`]). A follower whose position is exactly
+//! where that chunk starts sends the frame as it is; one that is elsewhere (catching up, or it
+//! missed a chunk) reads the file itself. So a thousand followers at the end of a growing log cost
+//! one read per change, not a thousand.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -28,10 +34,24 @@ pub struct JobEnd {
     pub exit_code: Option<i32>,
 }
 
-/// What a follower sees: a counter bumped on every possible change, and the job's end once known.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// A file's identity: (device, inode). A different one at the same path means it was replaced.
+pub type Identity = (u64, u64);
+
+/// Bytes read once for every follower, as a ready `log` frame.
+#[derive(Debug)]
+pub struct SharedChunk {
+    pub identity: Identity,
+    pub start: u64,
+    pub end: u64,
+    pub frame: bytes::Bytes,
+}
+
+/// What a follower sees: a counter bumped on every possible change, the latest shared chunk, and
+/// the job's end once known.
+#[derive(Debug, Clone, Default)]
 pub struct Tick {
     pub changes: u64,
+    pub chunk: Option<Arc<SharedChunk>>,
     pub end: Option<JobEnd>,
 }
 
@@ -46,16 +66,80 @@ pub struct JobRef {
 struct Entry {
     tx: watch::Sender<Tick>,
     job: JobRef,
+    /// The root the file must stay under (see `open_confined`).
+    root: PathBuf,
     followers: usize,
     /// (length, modified, inode) at the last poll.
     seen: Option<(u64, Option<SystemTime>, u64)>,
+    /// The hub's own handle on the file, and how far it has published chunks.
+    reader: Option<(std::fs::File, Identity)>,
+    shared_end: u64,
 }
 
-#[derive(Default)]
 struct Inner {
     files: HashMap<PathBuf, Entry>,
     /// Watched directories and how many followed files are in each.
     dirs: HashMap<PathBuf, usize>,
+    chunk_bytes: usize,
+}
+
+/// Reads what is new in `path` and publishes it, chunk by chunk, then bumps the change counter.
+/// Blocking I/O: called on the notification thread or the blocking pool.
+fn advance(path: &Path, entry: &mut Entry, chunk_bytes: usize) {
+    use std::os::unix::fs::{FileExt, MetadataExt};
+    let mut chunk = None;
+    let meta = std::fs::metadata(path).ok();
+    let identity = meta.as_ref().map(|m| (m.dev(), m.ino()));
+    if entry.reader.as_ref().map(|(_, id)| *id) != identity {
+        // New, replaced or gone: start sharing from the start of whatever is there now.
+        entry.reader = None;
+        entry.shared_end = 0;
+        if identity.is_some()
+            && let Ok(Some(file)) = super::open_confined(&entry.root, path)
+            && let Ok(m) = file.metadata()
+        {
+            entry.reader = Some((file, (m.dev(), m.ino())));
+        }
+    }
+    if let Some((file, id)) = &entry.reader {
+        let len = file.metadata().map_or(0, |m| m.len());
+        if len < entry.shared_end {
+            entry.shared_end = len;
+        }
+        while len > entry.shared_end {
+            let start = entry.shared_end;
+            let want = ((len - start) as usize).min(chunk_bytes);
+            let mut buf = vec![0u8; want];
+            let n = match file.read_at(&mut buf, start) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            buf.truncate(n);
+            let Some(bytes) = super::stream::utf8_cut(buf, true) else {
+                break;
+            };
+            let end = start + bytes.len() as u64;
+            entry.shared_end = end;
+            chunk = Some(Arc::new(SharedChunk {
+                identity: *id,
+                start,
+                end,
+                frame: super::stream::log_frame(start, bytes),
+            }));
+            // Publish each chunk: followers keeping up take every one.
+            if len > end {
+                let c = chunk.take();
+                entry.tx.send_modify(|t| {
+                    t.changes += 1;
+                    t.chunk = c;
+                });
+            }
+        }
+    }
+    entry.tx.send_modify(|t| {
+        t.changes += 1;
+        t.chunk = chunk;
+    });
 }
 
 /// The shared watcher. Cheap to clone through `Arc`.
@@ -88,17 +172,22 @@ fn lock(inner: &Mutex<Inner>) -> std::sync::MutexGuard<'_, Inner> {
 
 impl LogHub {
     /// Starts the hub and its polling task (which ends when the hub is dropped).
-    pub fn start(store: Store, poll_interval: Duration) -> Arc<Self> {
-        let inner = Arc::new(Mutex::new(Inner::default()));
+    pub fn start(store: Store, poll_interval: Duration, chunk_bytes: usize) -> Arc<Self> {
+        let inner = Arc::new(Mutex::new(Inner {
+            files: HashMap::new(),
+            dirs: HashMap::new(),
+            chunk_bytes,
+        }));
         let notified = Arc::downgrade(&inner);
         let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
             let (Ok(event), Some(inner)) = (event, notified.upgrade()) else {
                 return;
             };
-            let guard = lock(&inner);
+            let mut guard = lock(&inner);
+            let chunk_bytes = guard.chunk_bytes;
             for path in &event.paths {
-                if let Some(entry) = guard.files.get(path) {
-                    entry.tx.send_modify(|t| t.changes += 1);
+                if let Some(entry) = guard.files.get_mut(path) {
+                    advance(path, entry, chunk_bytes);
                 }
             }
         });
@@ -127,7 +216,7 @@ impl LogHub {
     }
 
     /// Follows `path`, the log of `job`.
-    pub fn follow(self: &Arc<Self>, path: &Path, job: JobRef) -> Follow {
+    pub fn follow(self: &Arc<Self>, path: &Path, root: &Path, job: JobRef) -> Follow {
         let mut guard = lock(&self.inner);
         let rx = match guard.files.get_mut(path) {
             Some(entry) => {
@@ -136,15 +225,24 @@ impl LogHub {
             }
             None => {
                 let (tx, rx) = watch::channel(Tick::default());
-                guard.files.insert(
-                    path.to_path_buf(),
-                    Entry {
-                        tx,
-                        job,
-                        followers: 1,
-                        seen: None,
-                    },
-                );
+                let mut entry = Entry {
+                    tx,
+                    job,
+                    root: root.to_path_buf(),
+                    followers: 1,
+                    seen: None,
+                    reader: None,
+                    shared_end: 0,
+                };
+                // Share from the current end: what is already there each follower reads itself.
+                use std::os::unix::fs::MetadataExt;
+                if let Ok(Some(file)) = super::open_confined(root, path)
+                    && let Ok(m) = file.metadata()
+                {
+                    entry.shared_end = m.len();
+                    entry.reader = Some((file, (m.dev(), m.ino())));
+                }
+                guard.files.insert(path.to_path_buf(), entry);
                 if let Some(dir) = path.parent() {
                     let count = guard.dirs.entry(dir.to_path_buf()).or_insert(0);
                     *count += 1;
@@ -215,30 +313,36 @@ impl LogHub {
             .map(|(p, e)| (p.clone(), e.job.clone(), e.tx.borrow().end.is_none()))
             .collect();
         for (path, job, open) in pending {
-            let seen = std::fs::metadata(&path).ok().map(|m| {
-                use std::os::unix::fs::MetadataExt;
-                (m.len(), m.modified().ok(), m.ino())
-            });
             let end = if open {
                 job_end(store, &job).await
             } else {
                 None
             };
-            // The entry may have gone while the projection was asked.
-            let mut guard = lock(&self.inner);
-            let Some(entry) = guard.files.get_mut(&path) else {
-                continue;
-            };
-            let changed = entry.seen != seen;
-            entry.seen = seen;
-            if changed || end.is_some() {
-                entry.tx.send_modify(|t| {
-                    t.changes += 1;
-                    if end.is_some() {
+            let inner = self.inner.clone();
+            // Stat (and read what is new) off the async threads: on EFS a stat can block.
+            let _ = tokio::task::spawn_blocking(move || {
+                use std::os::unix::fs::MetadataExt;
+                let seen = std::fs::metadata(&path)
+                    .ok()
+                    .map(|m| (m.len(), m.modified().ok(), m.ino()));
+                let mut guard = lock(&inner);
+                let chunk_bytes = guard.chunk_bytes;
+                // The entry may have gone while the projection was asked.
+                let Some(entry) = guard.files.get_mut(&path) else {
+                    return;
+                };
+                if entry.seen != seen {
+                    entry.seen = seen;
+                    advance(&path, entry, chunk_bytes);
+                }
+                if end.is_some() {
+                    entry.tx.send_modify(|t| {
+                        t.changes += 1;
                         t.end = end;
-                    }
-                });
-            }
+                    });
+                }
+            })
+            .await;
         }
     }
 }

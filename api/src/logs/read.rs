@@ -89,8 +89,12 @@ fn parse_range(value: &str) -> Result<RangeSpec, String> {
     }
 }
 
-fn want(headers: &HeaderMap, query: RawQuery) -> Result<Want, Response> {
-    let q = raw_query(query).map_err(IntoResponse::into_response)?;
+fn boxed(e: ApiError) -> Box<Response> {
+    Box::new(e.into_response())
+}
+
+fn want(headers: &HeaderMap, query: RawQuery) -> Result<Want, Box<Response>> {
+    let q = raw_query(query).map_err(boxed)?;
     if let Some(k) = q
         .keys()
         .find(|k| !matches!(k.as_str(), "offset" | "limit" | "tail"))
@@ -101,15 +105,18 @@ fn want(headers: &HeaderMap, query: RawQuery) -> Result<Want, Response> {
             format!("{k:?} is not a parameter of this route; use offset and limit (bytes), tail (lines) or a Range header"),
         )
         .with_field(k.clone())
-        .into_response());
+        .into_response()
+        .into());
     }
-    let offset = number(&q, "offset", i64::MAX as u64).map_err(IntoResponse::into_response)?;
-    let limit = number(&q, "limit", i64::MAX as u64).map_err(IntoResponse::into_response)?;
-    let tail = number(&q, "tail", MAX_TAIL).map_err(IntoResponse::into_response)?;
+    let offset = number(&q, "offset", i64::MAX as u64).map_err(boxed)?;
+    let limit = number(&q, "limit", i64::MAX as u64).map_err(boxed)?;
+    let tail = number(&q, "tail", MAX_TAIL).map_err(boxed)?;
     let conflict = |field: &str, message: &str| {
-        ApiError::new(StatusCode::BAD_REQUEST, "conflicting_parameters", message)
-            .with_field(field)
-            .into_response()
+        Box::new(
+            ApiError::new(StatusCode::BAD_REQUEST, "conflicting_parameters", message)
+                .with_field(field)
+                .into_response(),
+        )
     };
     let range = headers.get(header::RANGE);
     if range.is_some() && (offset.is_some() || limit.is_some() || tail.is_some()) {
@@ -125,12 +132,16 @@ fn want(headers: &HeaderMap, query: RawQuery) -> Result<Want, Response> {
         ));
     }
     if let Some(range) = range {
-        let text = range
-            .to_str()
-            .map_err(|_| bad_range(None, "the Range header is not text", "headers.range"))?;
+        let text = range.to_str().map_err(|_| {
+            Box::new(bad_range(
+                None,
+                "the Range header is not text",
+                "headers.range",
+            ))
+        })?;
         return parse_range(text)
             .map(Want::Range)
-            .map_err(|m| bad_range(None, m, "headers.range"));
+            .map_err(|m| Box::new(bad_range(None, m, "headers.range")));
     }
     Ok(match tail {
         Some(n) => Want::Tail(n),
@@ -218,7 +229,7 @@ pub(crate) async fn read(
 ) -> Result<Response, ApiError> {
     let want = match want(&headers, query) {
         Ok(w) => w,
-        Err(response) => return Ok(response),
+        Err(response) => return Ok(*response),
     };
     await_projection(&state, projections::views::jobs::NAME, min).await;
     let Located { view, path, root } = locate(&state, &caller, &id, &job_id).await?;

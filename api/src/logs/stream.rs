@@ -10,22 +10,24 @@
 //! - `end`: `{"state", "exit_code", "offset"}` once the job is final and every byte was sent; then
 //!   the stream closes.
 //!
-//! Idle streams get a `: heartbeat` comment; the first event carries a `retry` hint.
+//! Idle streams get a `: heartbeat` comment; the first frame carries a `retry` hint. Frames are
+//! rendered with [`crate::sse`]; a follower at the end of the log sends the hub's shared frame.
 
-use std::convert::Infallible;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
-use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use base64::Engine;
+use bytes::Bytes;
+use futures::StreamExt;
 use serde_json::json;
+use tokio::time::Instant;
 
-use super::hub::{Follow, JobEnd, JobRef};
+use super::hub::{Follow, Identity, JobEnd, JobRef};
 use super::{Located, RawQuery, locate, number, open_confined, raw_query};
 use crate::auth::Caller;
 use crate::consistency::{MinPosition, await_projection};
@@ -33,8 +35,6 @@ use crate::{ApiError, AppState};
 
 /// The reconnect delay suggested to clients.
 const RETRY: Duration = Duration::from_secs(2);
-
-type Identity = (u64, u64);
 
 /// One client's position in one log.
 struct Tail {
@@ -44,8 +44,11 @@ struct Tail {
     file: Option<(Arc<std::fs::File>, Identity)>,
     follow: Follow,
     chunk: usize,
-    first: bool,
     done: bool,
+    /// Wait for a change before looking again (the last frame left this follower caught up).
+    wait_first: bool,
+    heartbeat: Duration,
+    sent_at: Instant,
     /// The job's end when it had ended before the stream started.
     known_end: Option<JobEnd>,
 }
@@ -120,7 +123,7 @@ fn look(
 
 /// Cuts a chunk so it does not end inside a UTF-8 character; `None` when all of it is the start
 /// of one character and more bytes may still come.
-fn utf8_cut(mut bytes: Vec<u8>, more_may_come: bool) -> Option<Vec<u8>> {
+pub(super) fn utf8_cut(mut bytes: Vec<u8>, more_may_come: bool) -> Option<Vec<u8>> {
     match std::str::from_utf8(&bytes) {
         Ok(_) => Some(bytes),
         Err(e) if e.error_len().is_none() && more_may_come => {
@@ -135,7 +138,8 @@ fn utf8_cut(mut bytes: Vec<u8>, more_may_come: bool) -> Option<Vec<u8>> {
     }
 }
 
-fn log_event(start: u64, bytes: Vec<u8>) -> Event {
+/// The `log` frame of `bytes` read at `start`.
+pub(super) fn log_frame(start: u64, bytes: Vec<u8>) -> Bytes {
     let end = start + bytes.len() as u64;
     let data = match String::from_utf8(bytes) {
         Ok(text) => json!({"offset": start, "text": text}),
@@ -143,27 +147,40 @@ fn log_event(start: u64, bytes: Vec<u8>) -> Event {
             json!({"offset": start, "base64": base64::engine::general_purpose::STANDARD.encode(e.into_bytes())})
         }
     };
-    Event::default()
-        .event("log")
-        .id(end.to_string())
-        .data(data.to_string())
+    crate::sse::frame(Some("log"), Some(&end.to_string()), &data.to_string())
 }
 
 impl Tail {
-    async fn next(&mut self) -> Option<Event> {
-        if self.first {
-            self.first = false;
-            return Some(
-                Event::default()
-                    .retry(RETRY)
-                    .comment("clusterra log stream"),
-            );
-        }
+    async fn next(&mut self) -> Option<Bytes> {
+        let frame = self.next_frame().await;
+        self.sent_at = Instant::now();
+        frame
+    }
+
+    async fn next_frame(&mut self) -> Option<Bytes> {
         loop {
             if self.done {
                 return None;
             }
-            let end = self.follow.rx.borrow_and_update().end.or(self.known_end);
+            if self.wait_first {
+                let quiet_until = self.sent_at + self.heartbeat;
+                match tokio::time::timeout_at(quiet_until, self.follow.rx.changed()).await {
+                    Err(_) => return Some(crate::sse::heartbeat()),
+                    Ok(Err(_)) => return None,
+                    Ok(Ok(())) => self.wait_first = false,
+                }
+            }
+            let tick = self.follow.rx.borrow_and_update().clone();
+            let end = tick.end.or(self.known_end);
+            // The hub read exactly what comes next: send its frame.
+            if let (Some(chunk), Some((_, id))) = (&tick.chunk, &self.file)
+                && chunk.identity == *id
+                && chunk.start == self.offset
+            {
+                self.offset = chunk.end;
+                self.wait_first = end.is_none();
+                return Some(chunk.frame.clone());
+            }
             let (root, path, offset, chunk) = (
                 self.root.clone(),
                 self.path.clone(),
@@ -188,39 +205,39 @@ impl Tail {
                     if let Some(bytes) = utf8_cut(bytes, more) {
                         let start = self.offset;
                         self.offset += bytes.len() as u64;
-                        return Some(log_event(start, bytes));
+                        return Some(log_frame(start, bytes));
                     }
+                    self.wait_first = true;
                 }
                 Look::Reset(reason) => {
                     let was = self.offset;
                     self.offset = 0;
-                    return Some(
-                        Event::default()
-                            .event("reset")
-                            .id("0")
-                            .data(json!({"reason": reason, "offset": was}).to_string()),
-                    );
+                    return Some(crate::sse::frame(
+                        Some("reset"),
+                        Some("0"),
+                        &json!({"reason": reason, "offset": was}).to_string(),
+                    ));
                 }
                 Look::Failed(message) => {
                     tracing::warn!(path = %self.path.display(), %message, "log stream failed");
                     self.done = true;
-                    return Some(
-                        Event::default().event("error").data(
-                            json!({"code": "log_unreadable", "message": message}).to_string(),
-                        ),
-                    );
+                    return Some(crate::sse::frame(
+                        Some("error"),
+                        None,
+                        &json!({"code": "log_unreadable", "message": message}).to_string(),
+                    ));
                 }
                 Look::Idle => {
                     if let Some(JobEnd { state, exit_code }) = end {
                         self.done = true;
-                        return Some(Event::default().event("end").id(self.offset.to_string()).data(
-                            json!({"state": state.as_str(), "exit_code": exit_code, "offset": self.offset}).to_string(),
+                        return Some(crate::sse::frame(
+                            Some("end"),
+                            Some(&self.offset.to_string()),
+                            &json!({"state": state.as_str(), "exit_code": exit_code, "offset": self.offset}).to_string(),
                         ));
                     }
+                    self.wait_first = true;
                 }
-            }
-            if self.follow.rx.changed().await.is_err() {
-                return None;
             }
         }
     }
@@ -292,6 +309,7 @@ pub(crate) async fn stream(
     let Located { view, path, root } = locate(&state, &caller, &id, &job_id).await?;
     let follow = state.logs.hub.follow(
         &path,
+        &root,
         JobRef {
             workspace: view.workspace.clone(),
             cluster: view.cluster_id.clone(),
@@ -310,24 +328,18 @@ pub(crate) async fn stream(
         file: None,
         follow,
         chunk: state.logs.chunk_bytes,
-        first: true,
         done: false,
+        wait_first: false,
+        heartbeat: state.logs.heartbeat,
+        sent_at: Instant::now(),
         known_end,
     };
-    let events = futures::stream::unfold(tail, |mut tail| async move {
-        tail.next().await.map(|e| (Ok::<_, Infallible>(e), tail))
-    });
-    let mut response = Sse::new(events)
-        .keep_alive(
-            KeepAlive::new()
-                .interval(state.logs.heartbeat)
-                .text("heartbeat"),
-        )
-        .into_response();
-    response
-        .headers_mut()
-        .insert("x-accel-buffering", HeaderValue::from_static("no"));
-    Ok(response)
+    let hello = crate::sse::hello("clusterra log stream", RETRY);
+    let frames = futures::stream::once(async move { hello })
+        .chain(futures::stream::unfold(tail, |mut tail| async move {
+            tail.next().await.map(|f| (f, tail))
+        }));
+    Ok(crate::sse::response(frames))
 }
 
 #[cfg(test)]

@@ -163,8 +163,8 @@ async fn main() -> anyhow::Result<()> {
                 };
                 bytes += text.len() as u64;
                 if let Some(stamp) = text
-                    .split('\n')
-                    .next()
+                    .split_once('\n')
+                    .map(|(first, _)| first)
                     // A chunk cut inside a line starts with the rest of it: no stamp to trust.
                     .filter(|l| l.starts_with("seq="))
                     .and_then(|l| l.split(" t=").nth(1))
@@ -215,13 +215,10 @@ async fn main() -> anyhow::Result<()> {
     let mut complete = 0;
     let mut connected_ok = 0;
     for c in clients {
-        match tokio::time::timeout(Duration::from_secs(30), c).await {
-            Ok(Ok((s, bytes))) => {
-                connected_ok += usize::from(!s.is_empty());
-                complete += usize::from(bytes == total);
-                samples.extend(s);
-            }
-            _ => {}
+        if let Ok(Ok((s, bytes))) = tokio::time::timeout(Duration::from_secs(30), c).await {
+            connected_ok += usize::from(!s.is_empty());
+            complete += usize::from(bytes == total);
+            samples.extend(s);
         }
     }
     let (p50, p99, max) = percentiles(samples.clone());
