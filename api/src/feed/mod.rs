@@ -23,7 +23,7 @@ use futures::StreamExt;
 use projections::views::feed::{self, FeedEntry};
 use serde::Serialize;
 use serde_json::json;
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::time::Instant;
 use utoipa::ToSchema;
 
@@ -42,6 +42,8 @@ const MAX_LIMIT: u64 = 1_000;
 const SCAN_LIMIT: usize = 10_000;
 const PAGE: usize = 500;
 const RETRY: Duration = Duration::from_secs(2);
+/// How much a live subscriber's write may carry when entries are waiting.
+const BATCH_BYTES: usize = 64 * 1024;
 
 /// Settings of the feed routes.
 pub struct FeedSettings {
@@ -304,6 +306,8 @@ struct FeedStream {
     heartbeat: Duration,
     /// When the last frame went out (heartbeats fill silences longer than `heartbeat`).
     sent_at: Instant,
+    /// Set when the ring overtook this subscriber while it was batching.
+    lagged: Option<u64>,
 }
 
 impl FeedStream {
@@ -359,6 +363,11 @@ impl FeedStream {
                     }
                 }
                 Phase::Live => {
+                    if let Some(missed) = self.lagged.take() {
+                        return Some(self.drop_with(&format!(
+                            "this subscriber fell {missed} events behind; reconnect with Last-Event-ID to resume"
+                        )));
+                    }
                     let quiet_until = self.sent_at + self.heartbeat;
                     let received = match tokio::time::timeout_at(quiet_until, self.rx.recv()).await
                     {
@@ -367,21 +376,29 @@ impl FeedStream {
                     };
                     match received {
                         Ok(shared) => {
-                            let at = shared.entry.position;
-                            if at <= self.cursor {
+                            let Some(first) = self.take(&shared) else {
                                 continue;
+                            };
+                            // Whatever else is already waiting goes out in the same write: one
+                            // syscall per batch instead of one per entry when entries come fast.
+                            let mut batch: Option<bytes::BytesMut> = None;
+                            while batch.as_ref().map_or(first.len(), |b| b.len()) < BATCH_BYTES {
+                                let more = match self.rx.try_recv() {
+                                    Ok(more) => more,
+                                    Err(TryRecvError::Lagged(missed)) => {
+                                        // The ring moved on: drop this subscriber after the batch.
+                                        self.lagged = Some(missed);
+                                        break;
+                                    }
+                                    Err(_) => break,
+                                };
+                                if let Some(frame) = self.take(&more) {
+                                    batch
+                                        .get_or_insert_with(|| bytes::BytesMut::from(&first[..]))
+                                        .extend_from_slice(&frame);
+                                }
                             }
-                            self.cursor = at;
-                            if self.filter.matches(&shared.entry) {
-                                return Some(
-                                    shared
-                                        .for_caller(
-                                            self.caller.email.as_str(),
-                                            self.caller.is_admin(),
-                                        )
-                                        .clone(),
-                                );
-                            }
+                            return Some(batch.map_or(first, bytes::BytesMut::freeze));
                         }
                         Err(RecvError::Lagged(missed)) => {
                             return Some(self.drop_with(&format!(
@@ -393,6 +410,20 @@ impl FeedStream {
                 }
             }
         }
+    }
+
+    /// The frame of a live entry for this subscriber, if it is new and passes the filter.
+    fn take(&mut self, shared: &Shared) -> Option<Bytes> {
+        let at = shared.entry.position;
+        if at <= self.cursor {
+            return None;
+        }
+        self.cursor = at;
+        self.filter.matches(&shared.entry).then(|| {
+            shared
+                .for_caller(self.caller.email.as_str(), self.caller.is_admin())
+                .clone()
+        })
     }
 
     fn drop_with(&mut self, reason: &str) -> Bytes {
@@ -468,6 +499,7 @@ pub(crate) async fn stream(
         },
         heartbeat,
         sent_at: Instant::now(),
+        lagged: None,
     };
     let hello = crate::sse::hello("clusterra event feed", RETRY);
     let frames = futures::stream::once(async move { hello })
