@@ -27,6 +27,7 @@ pub async fn run(
                     workspace,
                     cluster,
                     &open,
+                    chrono::Utc::now(),
                 )
                 .await
                 {

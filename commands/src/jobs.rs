@@ -341,15 +341,21 @@ pub struct Reconciled {
     pub vanished: usize,
 }
 
+/// How long after Slurm accepted a job its `JobSubmitted` may still be on its way to the log
+/// (the API appends it right after Slurm answers): reconcile adopts a job only after this.
+pub const ADOPT_AFTER: chrono::Duration = chrono::Duration::seconds(60);
+
 /// One reconcile pass for a cluster: records every state Slurm reports that the log lacks
 /// (no event when nothing changed), gives jobs that vanished from Slurm a final state that says
-/// so, and adopts jobs Slurm has whose `JobSubmitted` never reached the log.
+/// so, and adopts jobs Slurm has whose `JobSubmitted` never reached the log — once they are
+/// older than [`ADOPT_AFTER`] at `now`, so a submission still being recorded is not taken over.
 pub async fn reconcile(
     log: &dyn EventLog,
     slurm: &dyn SlurmPort,
     workspace: &WorkspaceId,
     cluster: &ClusterId,
     open: &[OpenJob],
+    now: chrono::DateTime<chrono::Utc>,
 ) -> Result<Reconciled, JobError> {
     let mut done = Reconciled::default();
     let in_slurm: HashMap<u64, SlurmJob> = slurm
@@ -429,7 +435,7 @@ pub async fn reconcile(
         let Some(submission_id) = s.submission_id() else {
             continue;
         };
-        if known.contains(&submission_id) {
+        if known.contains(&submission_id) || s.submit_time.is_some_and(|t| now - t < ADOPT_AFTER) {
             continue;
         }
         let stream = stream(cluster, submission_id);

@@ -28,6 +28,8 @@ pub struct SlurmJob {
     pub reason: Option<String>,
     pub exit_code: Option<i32>,
     pub node: Option<String>,
+    /// When the controller accepted it, if it says.
+    pub submit_time: Option<DateTime<Utc>>,
     pub start_time: Option<DateTime<Utc>>,
     pub end_time: Option<DateTime<Utc>>,
     pub comment: Option<String>,

@@ -139,7 +139,13 @@ async fn a_job_slurm_accepted_but_the_log_missed_is_adopted_once() {
         "the log missed it"
     );
 
-    let done = reconcile(&log, &slurm, &workspace, &cluster, &[])
+    // Moments after Slurm accepted it, its submitter may still be recording it: not adopted.
+    let done = reconcile(&log, &slurm, &workspace, &cluster, &[], chrono::Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(done.adopted, 0);
+    let later = chrono::Utc::now() + commands::jobs::ADOPT_AFTER;
+    let done = reconcile(&log, &slurm, &workspace, &cluster, &[], later)
         .await
         .unwrap();
     assert_eq!(done.adopted, 1);
@@ -157,7 +163,7 @@ async fn a_job_slurm_accepted_but_the_log_missed_is_adopted_once() {
         other => panic!("{other:?}"),
     }
     assert_eq!(
-        reconcile(&log, &slurm, &workspace, &cluster, &[])
+        reconcile(&log, &slurm, &workspace, &cluster, &[], later_now())
             .await
             .unwrap()
             .adopted,
@@ -181,7 +187,7 @@ async fn a_job_slurm_accepted_but_the_log_missed_is_adopted_once() {
     }];
     let mut final_state = None;
     for _ in 0..100 {
-        reconcile(&log, &slurm, &workspace, &cluster, &open)
+        reconcile(&log, &slurm, &workspace, &cluster, &open, later_now())
             .await
             .unwrap();
         let (facts, _) = commands::jobs::load(&log, &stream(&cluster, submission_id))
@@ -196,7 +202,7 @@ async fn a_job_slurm_accepted_but_the_log_missed_is_adopted_once() {
     }
     assert_eq!(final_state, Some(JobState::Completed));
     let head = log.head().await.unwrap().position;
-    let done = reconcile(&log, &slurm, &workspace, &cluster, &open)
+    let done = reconcile(&log, &slurm, &workspace, &cluster, &open, later_now())
         .await
         .unwrap();
     assert_eq!(
@@ -220,9 +226,16 @@ async fn a_job_that_vanished_from_slurm_gets_a_final_state_that_says_so() {
         submission_id: submitted.submission_id,
         job_id: 9_999,
     };
-    let done = reconcile(store.log.as_ref(), &slurm, &workspace, &cluster, &[ghost])
-        .await
-        .unwrap();
+    let done = reconcile(
+        store.log.as_ref(),
+        &slurm,
+        &workspace,
+        &cluster,
+        &[ghost],
+        later_now(),
+    )
+    .await
+    .unwrap();
     assert_eq!(done.vanished, 1);
     let (facts, _) = commands::jobs::load(
         store.log.as_ref(),
@@ -269,4 +282,9 @@ async fn a_retry_after_a_failed_append_records_the_job_slurm_already_has() {
         "recorded with the full submission, not adopted"
     );
     assert_eq!(facts.submitted.name, "adopt-me");
+}
+
+/// A clock reading past the adoption grace, so jobs Slurm just accepted count as old.
+fn later_now() -> chrono::DateTime<chrono::Utc> {
+    chrono::Utc::now() + commands::jobs::ADOPT_AFTER
 }

@@ -69,6 +69,7 @@ impl Record {
             reason: self.reason.clone(),
             exit_code: self.exit_code,
             node: self.start_time.map(|_| "local".to_string()),
+            submit_time: Some(self.submit_time),
             start_time: self.start_time,
             end_time: self.end_time,
             comment: self.comment.clone(),

@@ -86,6 +86,8 @@ pub struct JobInfo {
     #[serde(default)]
     pub exit_code: Option<ExitCode>,
     #[serde(default)]
+    pub submit_time: NoVal,
+    #[serde(default)]
     pub start_time: NoVal,
     #[serde(default)]
     pub end_time: NoVal,
@@ -180,6 +182,7 @@ impl JobInfo {
             reason: self.state_reason.clone(),
             exit_code,
             node: self.nodes.clone().filter(|n| !n.is_empty()),
+            submit_time: self.submit_time.time(),
             start_time: self.start_time.time(),
             end_time: self.end_time.time().filter(|_| state.is_terminal()),
             comment: self.comment.clone().filter(|c| !c.is_empty()),
