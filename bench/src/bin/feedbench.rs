@@ -1,12 +1,15 @@
 //! Load generator for the live event feed (bench/feed.sh runs it against a fresh release server
-//! whose executor runs nothing, so each submission is exactly one feed entry).
+//! on a fresh PostgreSQL database).
 //!
-//! Opens `--subscribers` SSE streams on the cluster's feed, then submits jobs at `--rate` per
-//! second for `--seconds`. Every subscriber counts the entries it receives (no event may be lost:
-//! each must end with exactly as many as were submitted); a sample of subscribers (every
-//! `--sample-every`-th) also parses each entry and measures the time from the event's
-//! `recorded_at` (set by the server as it appends, just before commit) to delivery. Server memory
-//! per subscriber is the growth of the server's RSS with the subscribers connected.
+//! Registers a cluster `bench` (a Slurm endpoint nobody answers, so the poll cycle leaves it
+//! alone), opens `--subscribers` SSE streams on its feed, then appends `JobSubmitted` events for
+//! it straight into the log at `--rate` per second for `--seconds`, from `--writers` concurrent
+//! writers — as another API replica would: the server learns of them through PostgreSQL
+//! NOTIFY, projects them and fans them out. Every subscriber counts the entries it receives (none
+//! may be lost: each must end with exactly as many as were appended); a sample (every
+//! `--sample-every`-th subscriber) also parses each entry and measures the time from the event's
+//! `recorded_at` (stamped by the appender just before commit) to delivery. Server memory per
+//! subscriber is the growth of the server's RSS with the subscribers connected.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -25,6 +28,11 @@ struct Args {
     token: String,
     #[arg(long)]
     server_pid: u32,
+    /// The server's PostgreSQL database.
+    #[arg(long)]
+    database_url: String,
+    #[arg(long, default_value_t = 8)]
+    writers: usize,
     #[arg(long, default_value_t = 10_000)]
     subscribers: usize,
     /// Entries appended per second.
@@ -72,7 +80,26 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let base = args.url.trim_end_matches('/').to_string();
     let http = reqwest::Client::builder().build()?;
-    let stream_url = format!("{base}/v1/clusters/local/events/stream?type=JobSubmitted");
+    let registered: Value = http
+        .post(format!("{base}/v1/clusters"))
+        .bearer_auth(&args.token)
+        .json(&json!({"id": "bench", "name": "Bench", "region": "local", "bucket": "bench",
+            "slurm": {"url": "http://127.0.0.1:9", "user": "bench"}}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let position = registered["position"]
+        .as_i64()
+        .ok_or_else(|| anyhow::anyhow!("could not register the bench cluster: {registered}"))?;
+    let seen = http
+        .get(format!("{base}/v1/clusters/bench/events"))
+        .bearer_auth(&args.token)
+        .header("X-Clusterra-Min-Position", position)
+        .send()
+        .await?;
+    anyhow::ensure!(seen.status().is_success(), "the bench cluster is not visible");
+    let stream_url = format!("{base}/v1/clusters/bench/events/stream");
     let rss_before = rss_kib(args.server_pid);
 
     let connected = Arc::new(AtomicUsize::new(0));
@@ -157,41 +184,60 @@ async fn main() -> anyhow::Result<()> {
     let connect_took = opened.elapsed();
     let rss_connected = rss_kib(args.server_pid);
 
-    // Submit at the rate, a few requests in flight.
+    // Append at the rate, straight into the log, from a few concurrent writers.
+    let store = eventlog::open(
+        &eventlog::OpenOptions::new(args.database_url.clone()),
+        Arc::new(eventlog::SystemClock),
+    )
+    .await?;
     let total = args.rate * args.seconds;
     let every = Duration::from_secs_f64(1.0 / args.rate as f64);
+    let next = Arc::new(AtomicU64::new(0));
     let ok = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
-    let mut rss_peak = rss_connected;
-    let mut inflight = futures::stream::FuturesUnordered::new();
-    for n in 0..total {
-        let due = started + every * n as u32;
-        if let Some(wait) = due.checked_duration_since(Instant::now()) {
-            tokio::time::sleep(wait).await;
-        }
-        let (http, url, token, ok) = (http.clone(), base.clone(), args.token.clone(), ok.clone());
-        inflight.push(tokio::spawn(async move {
-            let res = http
-                .post(format!("{url}/v1/clusters/local/jobs"))
-                .bearer_auth(token)
-                .json(
-                    &json!({"job": {"name": "feedbench", "script": "#!/bin/bash\ntrue",
-                    "environment": ["PATH=/bin"], "current_working_directory": "/mnt/efs"}}),
+    let mut writers = Vec::new();
+    for _ in 0..args.writers {
+        let (log, next, ok) = (store.log.clone(), next.clone(), ok.clone());
+        writers.push(tokio::spawn(async move {
+            loop {
+                let n = next.fetch_add(1, Ordering::SeqCst);
+                if n >= total {
+                    break;
+                }
+                let due = started + every * n as u32;
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    tokio::time::sleep(wait).await;
+                }
+                let submission = uuid::Uuid::now_v7();
+                let Ok(stream) = eventlog::StreamId::new(format!("job-bench-{submission}")) else {
+                    continue;
+                };
+                let event = eventlog::NewEvent::new(
+                    "JobSubmitted",
+                    json!({"submission_id": submission, "workspace": "default", "cluster_id": "bench",
+                        "job_id": n + 1, "name": "feedbench", "user": "bench@clusterra.local",
+                        "via": "api", "body": {}, "shape": {"cpus": 1, "memory_mib": null, "nodes": 1,
+                        "time_limit_minutes": null}, "warnings": []}),
                 )
-                .send()
-                .await;
-            if res.is_ok_and(|r| r.status().as_u16() == 201) {
-                ok.fetch_add(1, Ordering::SeqCst);
+                .with_metadata(eventlog::Metadata {
+                    actor: Some("bench@clusterra.local".into()),
+                    ..Default::default()
+                });
+                if log
+                    .append(&stream, eventlog::ExpectedVersion::NoStream, &[event])
+                    .await
+                    .is_ok()
+                {
+                    ok.fetch_add(1, Ordering::SeqCst);
+                }
             }
         }));
-        while inflight.len() > 64 {
-            inflight.next().await;
-        }
-        if n % args.rate == 0 {
-            rss_peak = rss_peak.max(rss_kib(args.server_pid));
-        }
     }
-    while inflight.next().await.is_some() {}
+    let mut rss_peak = rss_connected;
+    while writers.iter().any(|w| !w.is_finished()) {
+        rss_peak = rss_peak.max(rss_kib(args.server_pid));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let submit_took = started.elapsed();
     let appended = ok.load(Ordering::SeqCst);
     target.store(appended, Ordering::SeqCst);
