@@ -235,8 +235,10 @@ pub(crate) async fn list(
         }
     };
     let (mut after, mut before) = (position(&q, "after")?, position(&q, "before")?);
-    let collection = feed_of(&state, &caller, &id).await?;
+    // The cluster must be visible too: a cluster registered just now is in the same position.
+    await_projection(&state, projections::views::clusters::NAME, min).await;
     let headers = await_projection(&state, feed::NAME, min).await;
+    let collection = feed_of(&state, &caller, &id).await?;
     let mut events = Vec::new();
     let mut scanned = 0;
     let mut next = None;
