@@ -98,7 +98,12 @@ async fn main() -> anyhow::Result<()> {
         .header("X-Clusterra-Min-Position", position)
         .send()
         .await?;
-    anyhow::ensure!(seen.status().is_success(), "the bench cluster is not visible");
+    anyhow::ensure!(
+        seen.status().is_success(),
+        "the bench cluster is not visible: {} {}",
+        seen.status(),
+        seen.text().await.unwrap_or_default()
+    );
     let stream_url = format!("{base}/v1/clusters/bench/events/stream");
     let rss_before = rss_kib(args.server_pid);
 
