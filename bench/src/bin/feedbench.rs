@@ -252,8 +252,10 @@ async fn main() -> anyhow::Result<()> {
     let mut dropped = 0;
     let mut counts = std::collections::BTreeMap::new();
     let mut samples = Vec::new();
+    // One deadline for all: a subscriber still waiting then has lost entries.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     for s in subs {
-        match tokio::time::timeout(Duration::from_secs(60), s).await {
+        match tokio::time::timeout_at(deadline, s).await {
             Ok(Ok((n, smp, d))) => {
                 complete += usize::from(n == appended);
                 dropped += usize::from(d);
