@@ -31,7 +31,7 @@ struct Args {
     /// The server's PostgreSQL database.
     #[arg(long)]
     database_url: String,
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 32)]
     writers: usize,
     #[arg(long, default_value_t = 10_000)]
     subscribers: usize,
@@ -83,8 +83,10 @@ async fn main() -> anyhow::Result<()> {
     let registered: Value = http
         .post(format!("{base}/v1/clusters"))
         .bearer_auth(&args.token)
-        .json(&json!({"id": "bench", "name": "Bench", "region": "local", "bucket": "bench",
-            "slurm": {"url": "http://127.0.0.1:9", "user": "bench"}}))
+        .json(
+            &json!({"id": "bench", "name": "Bench", "region": "local", "bucket": "bench",
+            "slurm": {"url": "http://127.0.0.1:9", "user": "bench"}}),
+        )
         .send()
         .await?
         .json()
@@ -130,7 +132,16 @@ async fn main() -> anyhow::Result<()> {
             if sample {
                 let mut events = eventsource_stream::Eventsource::eventsource(res.bytes_stream());
                 let mut n = 0u64;
-                while let Some(Ok(e)) = events.next().await {
+                loop {
+                    if n >= target.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let e = match tokio::time::timeout(Duration::from_secs(1), events.next()).await
+                    {
+                        Err(_) => continue,
+                        Ok(Some(Ok(e))) => e,
+                        Ok(_) => break,
+                    };
                     if e.event == "dropped" {
                         dropped = true;
                         break;
