@@ -344,7 +344,67 @@ pub(crate) async fn stream(
 
 #[cfg(test)]
 mod tests {
-    use super::utf8_cut;
+    use super::{Look, look, utf8_cut};
+
+    #[test]
+    fn a_replaced_truncated_or_removed_log_is_a_reset_not_a_misread() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("job_1.out");
+        std::fs::write(&path, "first file\n").unwrap();
+        let mut current = None;
+        let Look::Bytes(b) = look(dir.path(), &path, &mut current, 0, 1024) else {
+            panic!("the file's bytes")
+        };
+        assert_eq!(b, b"first file\n");
+        // Replaced by another file (a new inode at the same path).
+        let other = dir.path().join("new");
+        std::fs::write(&other, "second\n").unwrap();
+        std::fs::rename(&other, &path).unwrap();
+        assert!(matches!(
+            look(dir.path(), &path, &mut current, 11, 1024),
+            Look::Reset("replaced")
+        ));
+        // Read again from 0 of the new file; then it shrinks below what was sent.
+        assert!(matches!(
+            look(dir.path(), &path, &mut current, 0, 1024),
+            Look::Bytes(_)
+        ));
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(2)
+            .unwrap();
+        assert!(matches!(
+            look(dir.path(), &path, &mut current, 7, 1024),
+            Look::Reset("truncated")
+        ));
+        std::fs::remove_file(&path).unwrap();
+        assert!(matches!(
+            look(dir.path(), &path, &mut current, 0, 1024),
+            Look::Reset("removed")
+        ));
+        assert!(matches!(
+            look(dir.path(), &path, &mut current, 0, 1024),
+            Look::Idle
+        ));
+    }
+
+    #[test]
+    fn a_log_linked_outside_its_root_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("efs");
+        std::fs::create_dir(&root).unwrap();
+        let secret = dir.path().join("jwt-secret");
+        std::fs::write(&secret, "s3cr3t").unwrap();
+        let path = root.join("job_1.out");
+        std::os::unix::fs::symlink(&secret, &path).unwrap();
+        let mut current = None;
+        match look(&root, &path, &mut current, 0, 1024) {
+            Look::Failed(message) => assert!(message.contains("outside"), "{message}"),
+            _ => panic!("a link out of the root must not be read"),
+        }
+    }
 
     #[test]
     fn chunks_do_not_split_characters_while_the_file_grows() {
