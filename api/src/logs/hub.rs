@@ -11,8 +11,9 @@
 //!
 //! Whoever notices a change (the notification thread or the poll) also reads the new bytes once
 //! and publishes them as a ready SSE frame ([`SharedChunk`]). A follower whose position is exactly
-//! where that chunk starts sends the frame as it is; one that is elsewhere (catching up, or it
-//! missed a chunk) reads the file itself. So a thousand followers at the end of a growing log cost
+//! where one of the recent chunks starts sends that frame and every later one in one write; one
+//! that is elsewhere (catching up from further back, or after a replacement) reads the file
+//! itself. So a thousand followers at the end of a growing log cost
 //! one read per change, not a thousand.
 
 use std::collections::HashMap;
@@ -46,13 +47,35 @@ pub struct SharedChunk {
     pub frame: bytes::Bytes,
 }
 
-/// What a follower sees: a counter bumped on every possible change, the latest shared chunk, and
-/// the job's end once known.
+/// How many recent chunks a file keeps for followers that fell a little behind.
+pub const RECENT_CHUNKS: usize = 64;
+
+/// What a follower sees: a counter bumped on every possible change, the most recent shared
+/// chunks (oldest first, contiguous), and the job's end once known.
 #[derive(Debug, Clone, Default)]
 pub struct Tick {
     pub changes: u64,
-    pub chunk: Option<Arc<SharedChunk>>,
+    pub recent: Arc<std::collections::VecDeque<Arc<SharedChunk>>>,
     pub end: Option<JobEnd>,
+}
+
+impl Tick {
+    /// The frames from the chunk that starts at `offset` of file `identity` to the newest one,
+    /// and where they end; `None` when no recent chunk starts there.
+    pub fn frames_from(&self, identity: Identity, offset: u64) -> Option<(Vec<bytes::Bytes>, u64)> {
+        let at = self
+            .recent
+            .iter()
+            .position(|c| c.identity == identity && c.start == offset)?;
+        let frames: Vec<bytes::Bytes> = self
+            .recent
+            .iter()
+            .skip(at)
+            .map(|c| c.frame.clone())
+            .collect();
+        let end = self.recent.back().map_or(offset, |c| c.end);
+        Some((frames, end))
+    }
 }
 
 /// The job whose log a file is.
@@ -87,7 +110,6 @@ struct Inner {
 /// Blocking I/O: called on the notification thread or the blocking pool.
 fn advance(path: &Path, entry: &mut Entry, chunk_bytes: usize) {
     use std::os::unix::fs::{FileExt, MetadataExt};
-    let mut chunk = None;
     let meta = std::fs::metadata(path).ok();
     let identity = meta.as_ref().map(|m| (m.dev(), m.ino()));
     if entry.reader.as_ref().map(|(_, id)| *id) != identity {
@@ -101,10 +123,22 @@ fn advance(path: &Path, entry: &mut Entry, chunk_bytes: usize) {
             entry.reader = Some((file, (m.dev(), m.ino())));
         }
     }
+    // Keep only chunks of the file as it is now (a replaced file starts a new run).
+    let current = entry.reader.as_ref().map(|(_, id)| *id);
+    let mut recent: std::collections::VecDeque<Arc<SharedChunk>> = entry
+        .tx
+        .borrow()
+        .recent
+        .iter()
+        .filter(|c| Some(c.identity) == current)
+        .cloned()
+        .collect();
     if let Some((file, id)) = &entry.reader {
         let len = file.metadata().map_or(0, |m| m.len());
         if len < entry.shared_end {
+            // Truncated: what was shared no longer describes the file.
             entry.shared_end = len;
+            recent.clear();
         }
         while len > entry.shared_end {
             let start = entry.shared_end;
@@ -120,25 +154,21 @@ fn advance(path: &Path, entry: &mut Entry, chunk_bytes: usize) {
             };
             let end = start + bytes.len() as u64;
             entry.shared_end = end;
-            chunk = Some(Arc::new(SharedChunk {
+            if recent.len() == RECENT_CHUNKS {
+                recent.pop_front();
+            }
+            recent.push_back(Arc::new(SharedChunk {
                 identity: *id,
                 start,
                 end,
                 frame: super::stream::log_frame(start, bytes),
             }));
-            // Publish each chunk: followers keeping up take every one.
-            if len > end {
-                let c = chunk.take();
-                entry.tx.send_modify(|t| {
-                    t.changes += 1;
-                    t.chunk = c;
-                });
-            }
         }
     }
+    let recent = Arc::new(recent);
     entry.tx.send_modify(|t| {
         t.changes += 1;
-        t.chunk = chunk;
+        t.recent = recent;
     });
 }
 
@@ -364,4 +394,41 @@ pub async fn job_end(store: &Store, job: &JobRef) -> Option<JobEnd> {
         state: view.state,
         exit_code: view.exit_code,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(identity: Identity, start: u64, text: &str) -> Arc<SharedChunk> {
+        Arc::new(SharedChunk {
+            identity,
+            start,
+            end: start + text.len() as u64,
+            frame: bytes::Bytes::from(text.to_string()),
+        })
+    }
+
+    #[test]
+    fn a_follower_a_few_chunks_behind_gets_them_all_at_once() {
+        let file = (1, 7);
+        let tick = Tick {
+            recent: Arc::new(
+                [
+                    chunk(file, 0, "ab"),
+                    chunk(file, 2, "cd"),
+                    chunk(file, 4, "e"),
+                ]
+                .into(),
+            ),
+            ..Tick::default()
+        };
+        let (frames, end) = tick.frames_from(file, 2).unwrap();
+        assert_eq!(frames.concat(), b"cde");
+        assert_eq!(end, 5);
+        // Not at a chunk boundary, another file, or further back than the ring: read the file.
+        assert!(tick.frames_from(file, 3).is_none());
+        assert!(tick.frames_from((1, 8), 2).is_none());
+        assert!(tick.frames_from(file, 5).is_none());
+    }
 }

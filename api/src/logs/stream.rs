@@ -172,14 +172,16 @@ impl Tail {
             }
             let tick = self.follow.rx.borrow_and_update().clone();
             let end = tick.end.or(self.known_end);
-            // The hub read exactly what comes next: send its frame.
-            if let (Some(chunk), Some((_, id))) = (&tick.chunk, &self.file)
-                && chunk.identity == *id
-                && chunk.start == self.offset
+            // The hub already read what comes next: send its frames, in one write.
+            if let Some((_, id)) = &self.file
+                && let Some((frames, end_offset)) = tick.frames_from(*id, self.offset)
             {
-                self.offset = chunk.end;
+                self.offset = end_offset;
                 self.wait_first = end.is_none();
-                return Some(chunk.frame.clone());
+                return Some(match frames.len() {
+                    1 => frames.into_iter().next().unwrap_or_default(),
+                    _ => frames.concat().into(),
+                });
             }
             let (root, path, offset, chunk) = (
                 self.root.clone(),
