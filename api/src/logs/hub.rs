@@ -44,6 +44,8 @@ pub struct SharedChunk {
     pub identity: Identity,
     pub start: u64,
     pub end: u64,
+    /// The bytes, for merging several chunks into one event.
+    pub raw: bytes::Bytes,
     pub frame: bytes::Bytes,
 }
 
@@ -60,21 +62,31 @@ pub struct Tick {
 }
 
 impl Tick {
-    /// The frames from the chunk that starts at `offset` of file `identity` to the newest one,
-    /// and where they end; `None` when no recent chunk starts there.
-    pub fn frames_from(&self, identity: Identity, offset: u64) -> Option<(Vec<bytes::Bytes>, u64)> {
+    /// The recent chunks from the one that starts at `offset` of file `identity`, as many as fit
+    /// in `max_bytes` (at least one); `None` when no recent chunk starts there.
+    pub fn chunks_from(
+        &self,
+        identity: Identity,
+        offset: u64,
+        max_bytes: usize,
+    ) -> Option<Vec<Arc<SharedChunk>>> {
         let at = self
             .recent
             .iter()
             .position(|c| c.identity == identity && c.start == offset)?;
-        let frames: Vec<bytes::Bytes> = self
-            .recent
-            .iter()
-            .skip(at)
-            .map(|c| c.frame.clone())
-            .collect();
-        let end = self.recent.back().map_or(offset, |c| c.end);
-        Some((frames, end))
+        let mut size = 0;
+        Some(
+            self.recent
+                .iter()
+                .skip(at)
+                .take_while(|c| {
+                    let first = size == 0;
+                    size += c.raw.len();
+                    first || size <= max_bytes
+                })
+                .cloned()
+                .collect(),
+        )
     }
 }
 
@@ -154,6 +166,7 @@ fn advance(path: &Path, entry: &mut Entry, chunk_bytes: usize) {
             };
             let end = start + bytes.len() as u64;
             entry.shared_end = end;
+            let raw = bytes::Bytes::from(bytes);
             if recent.len() == RECENT_CHUNKS {
                 recent.pop_front();
             }
@@ -161,7 +174,8 @@ fn advance(path: &Path, entry: &mut Entry, chunk_bytes: usize) {
                 identity: *id,
                 start,
                 end,
-                frame: super::stream::log_frame(start, bytes),
+                frame: super::stream::log_frame(start, raw.to_vec()),
+                raw,
             }));
         }
     }
@@ -405,6 +419,7 @@ mod tests {
             identity,
             start,
             end: start + text.len() as u64,
+            raw: bytes::Bytes::from(text.to_string()),
             frame: bytes::Bytes::from(text.to_string()),
         })
     }
@@ -423,12 +438,19 @@ mod tests {
             ),
             ..Tick::default()
         };
-        let (frames, end) = tick.frames_from(file, 2).unwrap();
-        assert_eq!(frames.concat(), b"cde");
-        assert_eq!(end, 5);
+        let raw = |cs: Vec<Arc<SharedChunk>>| {
+            cs.iter()
+                .map(|c| c.raw.clone())
+                .collect::<Vec<_>>()
+                .concat()
+        };
+        assert_eq!(raw(tick.chunks_from(file, 2, 1024).unwrap()), b"cde");
+        // A size bound, but never less than one chunk.
+        assert_eq!(raw(tick.chunks_from(file, 0, 3).unwrap()), b"ab");
+        assert_eq!(raw(tick.chunks_from(file, 0, 1).unwrap()), b"ab");
         // Not at a chunk boundary, another file, or further back than the ring: read the file.
-        assert!(tick.frames_from(file, 3).is_none());
-        assert!(tick.frames_from((1, 8), 2).is_none());
-        assert!(tick.frames_from(file, 5).is_none());
+        assert!(tick.chunks_from(file, 3, 1024).is_none());
+        assert!(tick.chunks_from((1, 8), 2, 1024).is_none());
+        assert!(tick.chunks_from(file, 5, 1024).is_none());
     }
 }

@@ -172,15 +172,20 @@ impl Tail {
             }
             let tick = self.follow.rx.borrow_and_update().clone();
             let end = tick.end.or(self.known_end);
-            // The hub already read what comes next: send its frames, in one write.
+            // The hub already read what comes next: send it. One chunk goes out as the hub
+            // rendered it; several (this follower fell a little behind) as one event.
             if let Some((_, id)) = &self.file
-                && let Some((frames, end_offset)) = tick.frames_from(*id, self.offset)
+                && let Some(chunks) = tick.chunks_from(*id, self.offset, 4 * self.chunk)
+                && let Some(last) = chunks.last()
             {
-                self.offset = end_offset;
+                let start = self.offset;
+                self.offset = last.end;
                 self.wait_first = end.is_none();
-                return Some(match frames.len() {
-                    1 => frames.into_iter().next().unwrap_or_default(),
-                    _ => frames.concat().into(),
+                return Some(if chunks.len() == 1 {
+                    last.frame.clone()
+                } else {
+                    let raw: Vec<u8> = chunks.iter().flat_map(|c| c.raw.iter().copied()).collect();
+                    log_frame(start, raw)
                 });
             }
             let (root, path, offset, chunk) = (
