@@ -35,6 +35,8 @@ use crate::{ApiError, AppState};
 
 /// The reconnect delay suggested to clients.
 const RETRY: Duration = Duration::from_secs(2);
+/// The shortest time between two events of one follower while the log grows.
+const MIN_GAP: Duration = Duration::from_millis(20);
 
 /// One client's position in one log.
 struct Tail {
@@ -168,6 +170,13 @@ impl Tail {
                     Err(_) => return Some(crate::sse::heartbeat()),
                     Ok(Err(_)) => return None,
                     Ok(Ok(())) => self.wait_first = false,
+                }
+                // Coalesce: a log written line by line would otherwise be one event per line.
+                // At most one event per MIN_GAP per follower keeps the event rate (and the
+                // browser's work) bounded at the cost of at most MIN_GAP of latency.
+                let since = self.sent_at.elapsed();
+                if since < MIN_GAP {
+                    tokio::time::sleep(MIN_GAP - since).await;
                 }
             }
             let tick = self.follow.rx.borrow_and_update().clone();
