@@ -44,8 +44,6 @@ const PAGE: usize = 500;
 const RETRY: Duration = Duration::from_secs(2);
 /// How much a live subscriber's write may carry when entries are waiting.
 const BATCH_BYTES: usize = 64 * 1024;
-/// The shortest time between two writes to one live subscriber.
-const MIN_GAP: Duration = Duration::from_millis(20);
 
 /// Settings of the feed routes.
 pub struct FeedSettings {
@@ -371,12 +369,6 @@ impl FeedStream {
                         return Some(self.drop_with(&format!(
                             "this subscriber fell {missed} events behind; reconnect with Last-Event-ID to resume"
                         )));
-                    }
-                    // Coalesce: at most one write per MIN_GAP per subscriber while entries come
-                    // fast; what arrives meanwhile goes out together in the batch below.
-                    let since = self.sent_at.elapsed();
-                    if since < MIN_GAP {
-                        tokio::time::sleep(MIN_GAP - since).await;
                     }
                     let quiet_until = self.sent_at + self.heartbeat;
                     let received = match tokio::time::timeout_at(quiet_until, self.rx.recv()).await
