@@ -10,6 +10,7 @@
 //! become visible in position order. See `docs/event-log.md`.
 
 mod envelope;
+mod group;
 pub mod hash;
 pub mod postgres;
 mod readstore;
@@ -307,5 +308,52 @@ pub(crate) fn check_reappend(
         last_position: last.position,
         stream_version: last.stream_version,
         already_stored: true,
+    })
+}
+
+/// Pushes one prepared row's values, in `EVENT_COLUMNS` order, onto an `INSERT … VALUES` being
+/// built — the same for both backends.
+pub(crate) fn bind_row<'q, DB>(
+    mut b: sqlx::query_builder::Separated<'_, 'q, DB, &'static str>,
+    stream: &'q str,
+    r: &'q PreparedRow<'_>,
+) where
+    DB: sqlx::Database,
+    i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    i32: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    &'q [u8]: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    uuid::Uuid: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    b.push_bind(r.position)
+        .push_bind(stream)
+        .push_bind(r.stream_version)
+        .push_bind(r.event.event_id)
+        .push_bind(r.event.event_type.as_str())
+        .push_bind(r.event.schema_version)
+        .push_bind(r.data.as_str())
+        .push_bind(r.metadata.as_str())
+        .push_bind(r.recorded_at_micros)
+        .push_bind(&r.prev_hash[..])
+        .push_bind(&r.hash[..]);
+}
+
+/// After a batch's rows are written: moves `head` to its last row and says what was appended.
+pub(crate) fn appended(
+    head: &mut Head,
+    rows: &[PreparedRow<'_>],
+) -> Result<AppendOutcome, LogError> {
+    let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
+        return Err(LogError::EmptyAppend);
+    };
+    *head = Head {
+        position: last.position,
+        hash: last.hash,
+    };
+    Ok(AppendOutcome {
+        first_position: first.position,
+        last_position: last.position,
+        stream_version: last.stream_version,
+        already_stored: false,
     })
 }

@@ -5,7 +5,8 @@
 //! before it releases its locks, so the next appender can only pick position N+1 once N is
 //! visible: positions become visible in strictly increasing order, with no gaps, and a reader
 //! that reads "everything above the last position I saw" never skips a late commit. The price is
-//! that appends are serialised; the measured figures are in `docs/performance.md`.
+//! that appends are serialised; group commit (`crate::group`) makes each holder of the lock write
+//! every append waiting in this process, with one commit. Figures in `docs/performance.md`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,14 +15,16 @@ use async_trait::async_trait;
 use chrono::{TimeZone, Utc};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{ConnectOptions, Connection, Postgres, QueryBuilder, Row};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
+use crate::appended;
+use crate::group::{self, AppendRequest, GroupResult, GroupWrite};
 use crate::{
     AppendOutcome, Clock, DocChange, DocRow, EventLog, ExpectedVersion, Head, KeyRange, LogError,
-    ModelSet, NewEvent, OpenOptions, Position, ReadStore, RecordedEvent, StreamId, check_reappend,
-    hash32, prepare_rows,
+    ModelSet, NewEvent, OpenOptions, Position, ReadStore, RecordedEvent, StreamId, bind_row,
+    check_reappend, hash32, prepare_rows,
 };
 
 const EVENT_COLUMNS: &str = "position, stream_id, stream_version, event_id, event_type, \
@@ -32,10 +35,9 @@ const ROWS_PER_INSERT: usize = 1_000;
 
 pub struct PgStore {
     pool: PgPool,
-    channel: String,
     head_tx: Arc<watch::Sender<Position>>,
     listener: JoinHandle<()>,
-    clock: Arc<dyn Clock>,
+    appends: mpsc::Sender<AppendRequest>,
 }
 
 impl Drop for PgStore {
@@ -84,23 +86,22 @@ impl PgStore {
         let head_tx = Arc::new(watch::channel(head).0);
         let channel = format!("clusterra_events_{schema}");
         let listener = tokio::spawn(listen(pool.clone(), channel.clone(), head_tx.clone()));
+        let (appends, requests) = mpsc::channel(4 * group::MAX_GROUP);
+        tokio::spawn(group::run(
+            PgWriter {
+                pool: pool.clone(),
+                channel,
+                head_tx: head_tx.clone(),
+                clock,
+            },
+            requests,
+        ));
         Ok(Self {
             pool,
-            channel,
             head_tx,
             listener,
-            clock,
+            appends,
         })
-    }
-
-    async fn events_by_id(&self, ids: &[Uuid]) -> Result<Vec<RecordedEvent>, LogError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE event_id = ANY($1) ORDER BY position"
-        ))
-        .bind(ids)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(event_from_row).collect()
     }
 }
 
@@ -157,6 +158,154 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
+/// The PostgreSQL side of group commit (`crate::group`): one transaction per group, holding the
+/// `log_head` row lock (see the module docs), a savepoint per append, one NOTIFY, one commit.
+struct PgWriter {
+    pool: PgPool,
+    channel: String,
+    head_tx: Arc<watch::Sender<Position>>,
+    clock: Arc<dyn Clock>,
+}
+
+/// Why one append of a group did not go in.
+enum Refused {
+    /// Some of its event ids are stored already: an idempotent re-append, or a mixed batch.
+    Stored,
+    Log(LogError),
+}
+
+impl From<sqlx::Error> for Refused {
+    fn from(e: sqlx::Error) -> Self {
+        Refused::Log(e.into())
+    }
+}
+
+impl From<LogError> for Refused {
+    fn from(e: LogError) -> Self {
+        Refused::Log(e)
+    }
+}
+
+async fn events_by_id_in(
+    conn: &mut sqlx::PgConnection,
+    ids: &[Uuid],
+) -> Result<Vec<RecordedEvent>, LogError> {
+    let rows = sqlx::query(&format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE event_id = ANY($1) ORDER BY position"
+    ))
+    .bind(ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter().map(event_from_row).collect()
+}
+
+/// One append inside the group's transaction; moves `head` on success.
+async fn append_one(
+    conn: &mut sqlx::PgConnection,
+    head: &mut Head,
+    request: &AppendRequest,
+    now: chrono::DateTime<Utc>,
+) -> Result<AppendOutcome, Refused> {
+    let (stream, events) = (&request.stream, &request.events);
+    let first = events.first().ok_or(LogError::EmptyAppend)?;
+    let seen: Option<i64> = sqlx::query_scalar("SELECT position FROM events WHERE event_id = $1")
+        .bind(first.event_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    if seen.is_some() {
+        return Err(Refused::Stored);
+    }
+    let current: i64 = sqlx::query_scalar(
+        "SELECT COALESCE(MAX(stream_version), 0)::BIGINT FROM events WHERE stream_id = $1",
+    )
+    .bind(stream.as_str())
+    .fetch_one(&mut *conn)
+    .await?;
+    request.expected.check(stream, current)?;
+    let rows = prepare_rows(*head, stream, current, events, now)?;
+    for chunk in rows.chunks(ROWS_PER_INSERT) {
+        let mut q = QueryBuilder::<Postgres>::new(format!("INSERT INTO events ({EVENT_COLUMNS}) "));
+        q.push_values(chunk, |b, r| bind_row(b, stream.as_str(), r));
+        if let Err(e) = q.build().execute(&mut *conn).await {
+            if is_unique_violation(&e) {
+                return Err(Refused::Stored);
+            }
+            return Err(e.into());
+        }
+    }
+    Ok(appended(head, &rows)?)
+}
+
+#[async_trait]
+impl GroupWrite for PgWriter {
+    async fn write_group(&self, group: &[AppendRequest]) -> Result<GroupResult, LogError> {
+        let now = self.clock.now();
+        let mut tx = self.pool.begin().await?;
+        // The log's single write lock, held until commit (see the module docs).
+        let head_row = sqlx::query("SELECT position, hash FROM log_head WHERE id = 1 FOR UPDATE")
+            .fetch_one(&mut *tx)
+            .await?;
+        let mut head = Head {
+            position: head_row.try_get("position")?,
+            hash: hash32(head_row.try_get::<&[u8], _>("hash")?, "log_head.hash")?,
+        };
+        let start = head.position;
+        let mut results = Vec::with_capacity(group.len());
+        for request in group {
+            // Always a savepoint: an error aborts a PostgreSQL transaction until rolled back.
+            sqlx::query("SAVEPOINT append").execute(&mut *tx).await?;
+            let result = match append_one(&mut tx, &mut head, request, now).await {
+                Ok(outcome) => Ok(outcome),
+                Err(refused) => {
+                    sqlx::query("ROLLBACK TO SAVEPOINT append")
+                        .execute(&mut *tx)
+                        .await?;
+                    match refused {
+                        Refused::Stored => {
+                            let ids: Vec<Uuid> =
+                                request.events.iter().map(|e| e.event_id).collect();
+                            let stored = events_by_id_in(&mut tx, &ids).await?;
+                            check_reappend(&request.stream, &request.events, &stored)
+                        }
+                        Refused::Log(e) => Err(e),
+                    }
+                }
+            };
+            sqlx::query("RELEASE SAVEPOINT append")
+                .execute(&mut *tx)
+                .await?;
+            results.push(result);
+        }
+        if head.position == start {
+            tx.rollback().await?;
+            return Ok((results, None));
+        }
+        sqlx::query("UPDATE log_head SET position = $1, hash = $2 WHERE id = 1")
+            .bind(head.position)
+            .bind(&head.hash[..])
+            .execute(&mut *tx)
+            .await?;
+        // Delivered to listeners when (and only if) the transaction commits.
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(&self.channel)
+            .bind(head.position.to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok((results, Some(head.position)))
+    }
+
+    fn moved(&self, head: Position) {
+        self.head_tx.send_if_modified(|p| {
+            let moved = head > *p;
+            if moved {
+                *p = head;
+            }
+            moved
+        });
+    }
+}
+
 #[async_trait]
 impl EventLog for PgStore {
     async fn append(
@@ -165,91 +314,7 @@ impl EventLog for PgStore {
         expected: ExpectedVersion,
         events: &[NewEvent],
     ) -> Result<AppendOutcome, LogError> {
-        let Some(first) = events.first() else {
-            return Err(LogError::EmptyAppend);
-        };
-        let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
-        let mut tx = self.pool.begin().await?;
-
-        let seen: Option<i64> =
-            sqlx::query_scalar("SELECT position FROM events WHERE event_id = $1")
-                .bind(first.event_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        if seen.is_some() {
-            drop(tx);
-            let stored = self.events_by_id(&ids).await?;
-            return check_reappend(stream, events, &stored);
-        }
-
-        // The log's single write lock, held until commit (see the module docs).
-        let head_row = sqlx::query("SELECT position, hash FROM log_head WHERE id = 1 FOR UPDATE")
-            .fetch_one(&mut *tx)
-            .await?;
-        let head = Head {
-            position: head_row.try_get("position")?,
-            hash: hash32(head_row.try_get::<&[u8], _>("hash")?, "log_head.hash")?,
-        };
-        let current: i64 = sqlx::query_scalar(
-            "SELECT COALESCE(MAX(stream_version), 0)::BIGINT FROM events WHERE stream_id = $1",
-        )
-        .bind(stream.as_str())
-        .fetch_one(&mut *tx)
-        .await?;
-        expected.check(stream, current)?;
-
-        let rows = prepare_rows(head, stream, current, events, self.clock.now())?;
-        for chunk in rows.chunks(ROWS_PER_INSERT) {
-            let mut q =
-                QueryBuilder::<Postgres>::new(format!("INSERT INTO events ({EVENT_COLUMNS}) "));
-            q.push_values(chunk, |mut b, r| {
-                b.push_bind(r.position)
-                    .push_bind(stream.as_str())
-                    .push_bind(r.stream_version)
-                    .push_bind(r.event.event_id)
-                    .push_bind(r.event.event_type.as_str())
-                    .push_bind(r.event.schema_version)
-                    .push_bind(r.data.as_str())
-                    .push_bind(r.metadata.as_str())
-                    .push_bind(r.recorded_at_micros)
-                    .push_bind(&r.prev_hash[..])
-                    .push_bind(&r.hash[..]);
-            });
-            if let Err(e) = q.build().execute(&mut *tx).await {
-                if is_unique_violation(&e) {
-                    drop(tx);
-                    let stored = self.events_by_id(&ids).await?;
-                    return check_reappend(stream, events, &stored);
-                }
-                return Err(e.into());
-            }
-        }
-        let last = rows.last().ok_or(LogError::EmptyAppend)?;
-        sqlx::query("UPDATE log_head SET position = $1, hash = $2 WHERE id = 1")
-            .bind(last.position)
-            .bind(&last.hash[..])
-            .execute(&mut *tx)
-            .await?;
-        // Delivered to listeners when (and only if) the transaction commits.
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(&self.channel)
-            .bind(last.position.to_string())
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        self.head_tx.send_if_modified(|p| {
-            let moved = last.position > *p;
-            if moved {
-                *p = last.position;
-            }
-            moved
-        });
-        Ok(AppendOutcome {
-            first_position: rows[0].position,
-            last_position: last.position,
-            stream_version: last.stream_version,
-            already_stored: false,
-        })
+        group::submit(&self.appends, stream, expected, events).await
     }
 
     async fn read_stream(

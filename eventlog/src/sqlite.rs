@@ -15,13 +15,15 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 use sqlx::{QueryBuilder, Row, Sqlite};
-use tokio::sync::{Mutex, mpsc, oneshot, watch};
+use tokio::sync::{Mutex, mpsc, watch};
 use uuid::Uuid;
 
+use crate::appended;
+use crate::group::{self, AppendRequest, GroupResult, GroupWrite};
 use crate::{
     AppendOutcome, Clock, DocChange, DocRow, EventLog, ExpectedVersion, Head, KeyRange, LogError,
-    ModelSet, NewEvent, OpenOptions, Position, ReadStore, RecordedEvent, StreamId, check_reappend,
-    hash32, prepare_rows,
+    ModelSet, NewEvent, OpenOptions, Position, ReadStore, RecordedEvent, StreamId, bind_row,
+    check_reappend, hash32, prepare_rows,
 };
 
 const EVENT_COLUMNS: &str = "position, stream_id, stream_version, event_id, event_type, \
@@ -37,17 +39,6 @@ pub struct SqliteStore {
     head_tx: Arc<watch::Sender<Position>>,
     appends: mpsc::Sender<AppendRequest>,
 }
-
-/// One caller's append, waiting for the group writer.
-struct AppendRequest {
-    stream: StreamId,
-    expected: ExpectedVersion,
-    events: Vec<NewEvent>,
-    reply: oneshot::Sender<Result<AppendOutcome, LogError>>,
-}
-
-/// Appends that arrive while a transaction runs share the next one (group commit).
-const MAX_GROUP: usize = 256;
 
 /// The connection settings of the log: WAL, the given `synchronous` level, a 10 s busy timeout,
 /// and a WAL of up to ~40 MB between checkpoints (fewer checkpoint fsyncs on busy logs).
@@ -84,12 +75,14 @@ impl SqliteStore {
             .await?;
         let head_tx = Arc::new(watch::channel(head).0);
         let write_lock = Arc::new(Mutex::new(()));
-        let (appends, requests) = mpsc::channel(4 * MAX_GROUP);
-        tokio::spawn(group_writer(
-            pool.clone(),
-            write_lock.clone(),
-            head_tx.clone(),
-            clock,
+        let (appends, requests) = mpsc::channel(4 * group::MAX_GROUP);
+        tokio::spawn(group::run(
+            SqliteWriter {
+                pool: pool.clone(),
+                write_lock: write_lock.clone(),
+                head_tx: head_tx.clone(),
+                clock,
+            },
             requests,
         ));
         Ok(Self {
@@ -117,46 +110,24 @@ async fn events_by_id(
     rows.iter().map(event_from_row).collect()
 }
 
-/// The single writer: takes every append waiting, runs them in one `BEGIN IMMEDIATE`
-/// transaction with a savepoint each (a conflict undoes only its own append), moves the head
-/// once and commits once. N concurrent appends cost one commit instead of N.
-async fn group_writer(
+/// The SQLite side of group commit (`crate::group`): one `BEGIN IMMEDIATE` transaction per group,
+/// under the store's write lock.
+struct SqliteWriter {
     pool: SqlitePool,
     write_lock: Arc<Mutex<()>>,
     head_tx: Arc<watch::Sender<Position>>,
     clock: Arc<dyn Clock>,
-    mut requests: mpsc::Receiver<AppendRequest>,
-) {
-    while let Some(first) = requests.recv().await {
-        let mut group = vec![first];
-        while group.len() < MAX_GROUP {
-            match requests.try_recv() {
-                Ok(r) => group.push(r),
-                Err(_) => break,
-            }
-        }
-        let _writer = write_lock.lock().await;
-        match write_group(&pool, &group, clock.now()).await {
-            Ok((results, head)) => {
-                if let Some(head) = head {
-                    head_tx.send_replace(head);
-                }
-                for (request, result) in group.into_iter().zip(results) {
-                    let _ = request.reply.send(result);
-                }
-            }
-            Err(e) => {
-                let message = e.to_string();
-                tracing::warn!(error = %message, appends = group.len(), "group append failed");
-                for request in group {
-                    let _ = request
-                        .reply
-                        .send(Err(LogError::Database(sqlx::Error::Protocol(format!(
-                            "the append's transaction failed: {message}"
-                        )))));
-                }
-            }
-        }
+}
+
+#[async_trait]
+impl GroupWrite for SqliteWriter {
+    async fn write_group(&self, group: &[AppendRequest]) -> Result<GroupResult, LogError> {
+        let _writer = self.write_lock.lock().await;
+        write_group(&self.pool, group, self.clock.now()).await
+    }
+
+    fn moved(&self, head: Position) {
+        self.head_tx.send_replace(head);
     }
 }
 
@@ -165,7 +136,7 @@ async fn write_group(
     pool: &SqlitePool,
     group: &[AppendRequest],
     now: chrono::DateTime<Utc>,
-) -> Result<(Vec<Result<AppendOutcome, LogError>>, Option<Position>), LogError> {
+) -> Result<GroupResult, LogError> {
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
     let head_row = sqlx::query("SELECT position, hash FROM log_head WHERE id = 1")
         .fetch_one(&mut *tx)
@@ -233,19 +204,7 @@ async fn append_one(
     let rows = prepare_rows(*head, stream, current, events, now)?;
     for chunk in rows.chunks(ROWS_PER_INSERT) {
         let mut q = QueryBuilder::<Sqlite>::new(format!("INSERT INTO events ({EVENT_COLUMNS}) "));
-        q.push_values(chunk, |mut b, r| {
-            b.push_bind(r.position)
-                .push_bind(stream.as_str())
-                .push_bind(r.stream_version)
-                .push_bind(r.event.event_id)
-                .push_bind(r.event.event_type.as_str())
-                .push_bind(r.event.schema_version)
-                .push_bind(r.data.as_str())
-                .push_bind(r.metadata.as_str())
-                .push_bind(r.recorded_at_micros)
-                .push_bind(&r.prev_hash[..])
-                .push_bind(&r.hash[..]);
-        });
+        q.push_values(chunk, |b, r| bind_row(b, stream.as_str(), r));
         if let Err(e) = q.build().execute(&mut *conn).await {
             if is_unique_violation(&e) {
                 // Some ids of the batch are stored and some are not: refuse the batch. (The
@@ -256,17 +215,7 @@ async fn append_one(
             return Err(e.into());
         }
     }
-    let last = rows.last().ok_or(LogError::EmptyAppend)?;
-    *head = Head {
-        position: last.position,
-        hash: last.hash,
-    };
-    Ok(AppendOutcome {
-        first_position: rows[0].position,
-        last_position: last.position,
-        stream_version: last.stream_version,
-        already_stored: false,
-    })
+    appended(head, &rows)
 }
 
 /// Decodes a row selected with [`EVENT_COLUMNS`], by column index (name lookups cost ~20% of a
@@ -304,19 +253,7 @@ impl EventLog for SqliteStore {
         expected: ExpectedVersion,
         events: &[NewEvent],
     ) -> Result<AppendOutcome, LogError> {
-        if events.is_empty() {
-            return Err(LogError::EmptyAppend);
-        }
-        let (reply, answer) = oneshot::channel();
-        let request = AppendRequest {
-            stream: stream.clone(),
-            expected,
-            events: events.to_vec(),
-            reply,
-        };
-        let stopped = || LogError::Database(sqlx::Error::PoolClosed);
-        self.appends.send(request).await.map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        group::submit(&self.appends, stream, expected, events).await
     }
 
     async fn read_stream(

@@ -1,0 +1,88 @@
+//! Group commit, shared by both backends: one writer task per store takes every append waiting,
+//! writes them in one transaction (a savepoint each, so a conflict undoes only its own append)
+//! and commits once. N concurrent appends cost one commit instead of N.
+
+use async_trait::async_trait;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{AppendOutcome, ExpectedVersion, LogError, NewEvent, Position, StreamId};
+
+/// The most appends one transaction takes.
+pub(crate) const MAX_GROUP: usize = 256;
+
+/// One caller's append, waiting for the group writer.
+pub(crate) struct AppendRequest {
+    pub stream: StreamId,
+    pub expected: ExpectedVersion,
+    pub events: Vec<NewEvent>,
+    pub reply: oneshot::Sender<Result<AppendOutcome, LogError>>,
+}
+
+/// What a group's transaction produced: each append's result, and the new head if anything was
+/// written.
+pub(crate) type GroupResult = (Vec<Result<AppendOutcome, LogError>>, Option<Position>);
+
+/// A backend's way of writing one group.
+#[async_trait]
+pub(crate) trait GroupWrite: Send + Sync + 'static {
+    async fn write_group(&self, group: &[AppendRequest]) -> Result<GroupResult, LogError>;
+
+    /// Called after a group moved the head to `head`.
+    fn moved(&self, head: Position);
+}
+
+/// Sends an append to the writer and waits for its result.
+pub(crate) async fn submit(
+    appends: &mpsc::Sender<AppendRequest>,
+    stream: &StreamId,
+    expected: ExpectedVersion,
+    events: &[NewEvent],
+) -> Result<AppendOutcome, LogError> {
+    if events.is_empty() {
+        return Err(LogError::EmptyAppend);
+    }
+    let (reply, answer) = oneshot::channel();
+    let request = AppendRequest {
+        stream: stream.clone(),
+        expected,
+        events: events.to_vec(),
+        reply,
+    };
+    let stopped = || LogError::Database(sqlx::Error::PoolClosed);
+    appends.send(request).await.map_err(|_| stopped())?;
+    answer.await.map_err(|_| stopped())?
+}
+
+/// The writer task: runs until every sender is gone.
+pub(crate) async fn run(writer: impl GroupWrite, mut requests: mpsc::Receiver<AppendRequest>) {
+    while let Some(first) = requests.recv().await {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match requests.try_recv() {
+                Ok(r) => group.push(r),
+                Err(_) => break,
+            }
+        }
+        match writer.write_group(&group).await {
+            Ok((results, head)) => {
+                if let Some(head) = head {
+                    writer.moved(head);
+                }
+                for (request, result) in group.into_iter().zip(results) {
+                    let _ = request.reply.send(result);
+                }
+            }
+            Err(e) => {
+                let message = e.to_string();
+                tracing::warn!(error = %message, appends = group.len(), "group append failed");
+                for request in group {
+                    let _ = request
+                        .reply
+                        .send(Err(LogError::Database(sqlx::Error::Protocol(format!(
+                            "the append's transaction failed: {message}"
+                        )))));
+                }
+            }
+        }
+    }
+}
