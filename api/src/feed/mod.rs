@@ -213,15 +213,21 @@ pub(crate) async fn list(
         ],
     )?;
     let filter = Filter::parse(&q)?;
-    let limit = number(&q, "limit", MAX_LIMIT)?.unwrap_or(100);
-    if limit == 0 {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_number",
-            "limit must be from 1 to 1000",
-        )
-        .with_field("limit"));
-    }
+    let limit = match q.get("limit") {
+        None => 100,
+        Some(v) => v
+            .parse::<u64>()
+            .ok()
+            .filter(|n| (1..=MAX_LIMIT).contains(n))
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_number",
+                    format!("limit must be a whole number from 1 to {MAX_LIMIT}"),
+                )
+                .with_field("limit")
+            })?,
+    };
     let descending = match q.get("order").map(String::as_str) {
         None | Some("desc") => true,
         Some("asc") => false,
