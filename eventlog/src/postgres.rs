@@ -239,7 +239,6 @@ async fn append_one(
 #[async_trait]
 impl GroupWrite for PgWriter {
     async fn write_group(&self, group: &[AppendRequest]) -> Result<GroupResult, LogError> {
-        let now = self.clock.now();
         let mut tx = self.pool.begin().await?;
         // The log's single write lock, held until commit (see the module docs).
         let head_row = sqlx::query("SELECT position, hash FROM log_head WHERE id = 1 FOR UPDATE")
@@ -250,6 +249,8 @@ impl GroupWrite for PgWriter {
             hash: hash32(head_row.try_get::<&[u8], _>("hash")?, "log_head.hash")?,
         };
         let start = head.position;
+        // Read under the lock, so `recorded_at` never goes backwards as positions grow.
+        let now = self.clock.now();
         let mut results = Vec::with_capacity(group.len());
         for request in group {
             // Always a savepoint: an error aborts a PostgreSQL transaction until rolled back.

@@ -170,6 +170,10 @@ impl FeedHub {
                             let _ = feed.tx.send(e);
                         }
                     }
+                    // Past rows that did not decode too, so they are not read again and again.
+                    if let Some(p) = rows.last().and_then(|r| r.key.parse::<i64>().ok()) {
+                        feed.last = feed.last.max(p);
+                    }
                     last = feed.last;
                 }
                 if n < 500 {

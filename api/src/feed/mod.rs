@@ -359,10 +359,23 @@ impl FeedStream {
                         .await;
                     match rows {
                         Ok(rows) if rows.is_empty() => self.cursor = until,
-                        Ok(rows) => self.buffer.extend(
-                            rows.iter()
-                                .filter_map(|r| serde_json::from_str::<FeedEntry>(&r.doc).ok()),
-                        ),
+                        Ok(rows) => {
+                            // Past every row read, even one that does not decode (logged), so
+                            // a bad row cannot make catch-up read the same page forever.
+                            for r in &rows {
+                                match serde_json::from_str::<FeedEntry>(&r.doc) {
+                                    Ok(e) => self.buffer.push_back(e),
+                                    Err(e) => {
+                                        tracing::warn!(key = %r.key, error = %e, "an unreadable feed entry was skipped")
+                                    }
+                                }
+                            }
+                            if self.buffer.is_empty()
+                                && let Some(p) = rows.last().and_then(|r| r.key.parse::<i64>().ok())
+                            {
+                                self.cursor = p;
+                            }
+                        }
                         Err(e) => {
                             return Some(
                                 self.drop_with(&format!("the feed could not be read: {e}")),

@@ -152,6 +152,13 @@ fn advance(path: &Path, entry: &mut Entry, chunk_bytes: usize) {
             entry.shared_end = len;
             recent.clear();
         }
+        // A burst larger than the ring is not read here (under the hub's lock): skip to its last
+        // ring's worth; followers further back read the file themselves.
+        let most = (RECENT_CHUNKS * chunk_bytes) as u64;
+        if len - entry.shared_end > most {
+            entry.shared_end = len - most;
+            recent.clear();
+        }
         while len > entry.shared_end {
             let start = entry.shared_end;
             let want = ((len - start) as usize).min(chunk_bytes);

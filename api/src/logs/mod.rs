@@ -133,18 +133,33 @@ pub(crate) fn open_confined(root: &Path, path: &Path) -> Result<Option<std::fs::
             "the job's log file is a link to somewhere outside the shared filesystem {EFS_MOUNT}; it is not served"
         )));
     }
+    // O_NONBLOCK: a job that replaced its log by a named pipe must not hang the open.
     let file = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .custom_flags((nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK).bits())
         .open(&real);
-    match file {
-        Ok(f) if f.metadata().is_ok_and(|m| m.is_file()) => Ok(Some(f)),
-        Ok(_) => Err(log_unavailable(
-            "the job's log path is not a regular file".into(),
-        )),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(ApiError::internal(format!("cannot open the log: {e}"))),
+    let file = match file {
+        Ok(f) if f.metadata().is_ok_and(|m| m.is_file()) => f,
+        Ok(_) => {
+            return Err(log_unavailable(
+                "the job's log path is not a regular file".into(),
+            ));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(ApiError::internal(format!("cannot open the log: {e}"))),
+    };
+    // A parent directory swapped for a link between the check and the open: what was opened is
+    // what counts.
+    use std::os::fd::AsRawFd;
+    if let Ok(opened) = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        && !opened.starts_with(&root)
+    {
+        tracing::warn!(path = %path.display(), opened = %opened.display(), "a job log was swapped for a file outside its shared filesystem; refused");
+        return Err(log_unavailable(format!(
+            "the job's log file is a link to somewhere outside the shared filesystem {EFS_MOUNT}; it is not served"
+        )));
     }
+    Ok(Some(file))
 }
 
 /// Query parameters as strings, so that each bad one gets its own field error.

@@ -189,7 +189,9 @@ impl Tail {
             {
                 let start = self.offset;
                 self.offset = last.end;
-                self.wait_first = end.is_none();
+                // Wait for a change only when nothing the hub already read is left to send.
+                let newest = tick.recent.back().map_or(last.end, |c| c.end);
+                self.wait_first = end.is_none() && last.end == newest;
                 return Some(if chunks.len() == 1 {
                     last.frame.clone()
                 } else {
@@ -404,6 +406,18 @@ mod tests {
             look(dir.path(), &path, &mut current, 0, 1024),
             Look::Idle
         ));
+    }
+
+    #[test]
+    fn a_log_replaced_by_a_named_pipe_is_refused_without_hanging() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("job_1.out");
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let mut current = None;
+        match look(dir.path(), &path, &mut current, 0, 1024) {
+            Look::Failed(message) => assert!(message.contains("not a regular file"), "{message}"),
+            _ => panic!("a named pipe must not be read"),
+        }
     }
 
     #[test]
