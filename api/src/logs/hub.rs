@@ -100,7 +100,6 @@ pub struct JobRef {
 
 struct Entry {
     tx: watch::Sender<Tick>,
-    job: JobRef,
     /// The root the file must stay under (see `open_confined`).
     root: PathBuf,
     followers: usize,
@@ -112,7 +111,8 @@ struct Entry {
 }
 
 struct Inner {
-    files: HashMap<PathBuf, Entry>,
+    /// Keyed by file and job: two jobs writing one file each keep their own end.
+    files: HashMap<Key, Entry>,
     /// Watched directories and how many followed files are in each.
     dirs: HashMap<PathBuf, usize>,
     chunk_bytes: usize,
@@ -199,17 +199,19 @@ pub struct LogHub {
     watcher: Mutex<Option<notify::RecommendedWatcher>>,
 }
 
+type Key = (PathBuf, JobRef);
+
 /// A client's subscription; dropping it unsubscribes.
 pub struct Follow {
     pub rx: watch::Receiver<Tick>,
-    path: PathBuf,
+    key: Key,
     hub: Weak<LogHub>,
 }
 
 impl Drop for Follow {
     fn drop(&mut self) {
         if let Some(hub) = self.hub.upgrade() {
-            hub.unfollow(&self.path);
+            hub.unfollow(&self.key);
         }
     }
 }
@@ -236,8 +238,8 @@ impl LogHub {
             };
             let mut guard = lock(&inner);
             let chunk_bytes = guard.chunk_bytes;
-            for path in &event.paths {
-                if let Some(entry) = guard.files.get_mut(path) {
+            for ((path, _), entry) in guard.files.iter_mut() {
+                if event.paths.contains(path) {
                     advance(path, entry, chunk_bytes);
                 }
             }
@@ -269,7 +271,8 @@ impl LogHub {
     /// Follows `path`, the log of `job`.
     pub fn follow(self: &Arc<Self>, path: &Path, root: &Path, job: JobRef) -> Follow {
         let mut guard = lock(&self.inner);
-        let rx = match guard.files.get_mut(path) {
+        let key = (path.to_path_buf(), job.clone());
+        let rx = match guard.files.get_mut(&key) {
             Some(entry) => {
                 entry.followers += 1;
                 entry.tx.subscribe()
@@ -278,7 +281,6 @@ impl LogHub {
                 let (tx, rx) = watch::channel(Tick::default());
                 let mut entry = Entry {
                     tx,
-                    job,
                     root: root.to_path_buf(),
                     followers: 1,
                     seen: None,
@@ -293,7 +295,7 @@ impl LogHub {
                     entry.shared_end = m.len();
                     entry.reader = Some((file, (m.dev(), m.ino())));
                 }
-                guard.files.insert(path.to_path_buf(), entry);
+                guard.files.insert(key.clone(), entry);
                 if let Some(dir) = path.parent() {
                     let count = guard.dirs.entry(dir.to_path_buf()).or_insert(0);
                     *count += 1;
@@ -306,7 +308,7 @@ impl LogHub {
         };
         Follow {
             rx,
-            path: path.to_path_buf(),
+            key,
             hub: Arc::downgrade(self),
         }
     }
@@ -316,16 +318,17 @@ impl LogHub {
         lock(&self.inner).files.len()
     }
 
-    fn unfollow(&self, path: &Path) {
+    fn unfollow(&self, key: &Key) {
+        let path = key.0.as_path();
         let mut guard = lock(&self.inner);
-        let Some(entry) = guard.files.get_mut(path) else {
+        let Some(entry) = guard.files.get_mut(key) else {
             return;
         };
         entry.followers -= 1;
         if entry.followers > 0 {
             return;
         }
-        guard.files.remove(path);
+        guard.files.remove(key);
         if let Some(dir) = path.parent()
             && let Some(count) = guard.dirs.get_mut(dir)
         {
@@ -358,14 +361,15 @@ impl LogHub {
 
     /// One polling pass: stat every followed file, and ask the projection about jobs not ended.
     async fn poll(&self, store: &Store) {
-        let pending: Vec<(PathBuf, JobRef, bool)> = lock(&self.inner)
+        let pending: Vec<(Key, bool)> = lock(&self.inner)
             .files
             .iter()
-            .map(|(p, e)| (p.clone(), e.job.clone(), e.tx.borrow().end.is_none()))
+            .map(|(k, e)| (k.clone(), e.tx.borrow().end.is_none()))
             .collect();
-        for (path, job, open) in pending {
+        for (key, open) in pending {
+            let job = &key.1;
             let end = if open {
-                job_end(store, &job).await
+                job_end(store, job).await
             } else {
                 None
             };
@@ -373,18 +377,19 @@ impl LogHub {
             // Stat (and read what is new) off the async threads: on EFS a stat can block.
             let _ = tokio::task::spawn_blocking(move || {
                 use std::os::unix::fs::MetadataExt;
-                let seen = std::fs::metadata(&path)
+                let path = key.0.as_path();
+                let seen = std::fs::metadata(path)
                     .ok()
                     .map(|m| (m.len(), m.modified().ok(), m.ino()));
                 let mut guard = lock(&inner);
                 let chunk_bytes = guard.chunk_bytes;
                 // The entry may have gone while the projection was asked.
-                let Some(entry) = guard.files.get_mut(&path) else {
+                let Some(entry) = guard.files.get_mut(&key) else {
                     return;
                 };
                 if entry.seen != seen {
                     entry.seen = seen;
-                    advance(&path, entry, chunk_bytes);
+                    advance(path, entry, chunk_bytes);
                 }
                 if end.is_some() {
                     entry.tx.send_modify(|t| {
