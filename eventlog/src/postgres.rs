@@ -484,19 +484,13 @@ impl ReadStore for PgStore {
         after_key: Option<&str>,
         limit: usize,
     ) -> Result<Vec<DocRow>, LogError> {
-        let sql = format!(
-            "SELECT collection, key, doc FROM {} WHERE projection = $1 AND collection = $2 \
-             AND key > $3 ORDER BY key COLLATE \"C\" LIMIT $4",
-            set.docs_table()
-        );
-        let rows = sqlx::query(&sql)
-            .bind(projection)
-            .bind(collection)
-            .bind(after_key.unwrap_or(""))
-            .bind(limit as i64)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(doc_from_row).collect()
+        let range = KeyRange {
+            after: after_key,
+            limit,
+            ..KeyRange::default()
+        };
+        self.list_docs_between(set, projection, collection, range)
+            .await
     }
 
     async fn list_docs_between(
