@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use bench::{ms, percentiles};
+use bench::{ms, percentiles, rss_kib};
 use clap::Parser;
 use futures::StreamExt;
 use serde_json::{Value, json};
@@ -43,17 +43,6 @@ struct Args {
     /// Every N-th subscriber measures latency.
     #[arg(long, default_value_t = 100)]
     sample_every: usize,
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 /// Counts `needle` in a byte stream delivered in chunks (a match may straddle two chunks).
