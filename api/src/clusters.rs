@@ -313,16 +313,19 @@ pub(crate) async fn get_one(
     min: MinPosition,
     Path(id): Path<String>,
 ) -> Result<(HeaderMap, Json<Cluster>), ApiError> {
-    let not_found = || {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "cluster_not_found",
-            "no cluster with this id in your workspace; list yours with GET /v1/clusters",
-        )
-        .with_field("id")
-    };
-    let id = ClusterId::new(id).map_err(|_| not_found())?;
     let headers = await_projection(&state, clusters::NAME, min).await;
+    let (_, view) = visible_cluster(&state, &caller, &id).await?;
+    Ok((headers, Json(Cluster::from(view))))
+}
+
+/// The cluster `id` of the caller's workspace; 404 `cluster_not_found` for a malformed id or a
+/// cluster of another workspace, alike.
+pub(crate) async fn visible_cluster(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+) -> Result<(ClusterId, ClusterView), ApiError> {
+    let id = ClusterId::new(id).map_err(|_| crate::jobs::cluster_not_found())?;
     let doc = state
         .store
         .read
@@ -333,8 +336,8 @@ pub(crate) async fn get_one(
             id.as_str(),
         )
         .await?
-        .ok_or_else(not_found)?;
-    Ok((headers, Json(Cluster::from(decode_view(&doc)?))))
+        .ok_or_else(crate::jobs::cluster_not_found)?;
+    Ok((id, decode_view(&doc)?))
 }
 
 fn decode_view(doc: &str) -> Result<ClusterView, ApiError> {

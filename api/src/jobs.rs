@@ -464,18 +464,9 @@ async fn cluster_exists(
     caller: &Caller,
     cluster: &ClusterId,
 ) -> Result<(), ApiError> {
-    state
-        .store
-        .read
-        .get_doc(
-            ModelSet::Live,
-            projections::views::clusters::NAME,
-            &projections::views::clusters::collection(&caller.workspace),
-            cluster.as_str(),
-        )
-        .await?
+    crate::clusters::visible_cluster(state, caller, cluster.as_str())
+        .await
         .map(|_| ())
-        .ok_or_else(cluster_not_found)
 }
 
 pub(crate) async fn visible_job(

@@ -15,6 +15,7 @@ pub mod json;
 pub mod logs;
 mod metrics;
 pub mod openapi;
+mod query;
 pub mod sse;
 mod templates;
 

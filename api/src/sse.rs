@@ -10,7 +10,7 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::Stream;
@@ -43,6 +43,28 @@ pub fn hello(name: &str, retry: Duration) -> Bytes {
 /// A comment that keeps proxies from closing an idle stream.
 pub fn heartbeat() -> Bytes {
     Bytes::from_static(b": heartbeat\n\n")
+}
+
+/// The `Last-Event-ID` a reconnecting client sent (this API's ids are whole numbers: `what` says
+/// which), or a 400 naming the header.
+pub fn last_event_id(headers: &HeaderMap, what: &str) -> Result<Option<u64>, crate::ApiError> {
+    headers
+        .get("last-event-id")
+        .map(|v| {
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .filter(|n| *n <= i64::MAX as u64)
+                .ok_or_else(|| {
+                    crate::ApiError::new(
+                        axum::http::StatusCode::BAD_REQUEST,
+                        "invalid_last_event_id",
+                        format!("Last-Event-ID must be the id of an event of this stream: {what}"),
+                    )
+                    .with_field("headers.last-event-id")
+                })
+        })
+        .transpose()
 }
 
 /// A `text/event-stream` response over `frames`.

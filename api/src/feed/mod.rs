@@ -17,7 +17,6 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use domain::ClusterId;
 use eventlog::{KeyRange, ModelSet};
 use futures::StreamExt;
 use projections::views::feed::{self, FeedEntry};
@@ -32,7 +31,7 @@ use hub::{Shared, render};
 
 use crate::auth::Caller;
 use crate::consistency::{MinPosition, await_projection};
-use crate::logs::{RawQuery, number, raw_query};
+use crate::query::{RawQuery, number, raw_query, unknown};
 use crate::{ApiError, AppState};
 
 /// The most entries one page answers.
@@ -116,39 +115,13 @@ impl Filter {
     }
 }
 
-fn unknown(q: &HashMap<String, String>, allowed: &[&str]) -> Result<(), ApiError> {
-    match q.keys().find(|k| !allowed.contains(&k.as_str())) {
-        Some(k) => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "unknown_parameter",
-            format!(
-                "{k:?} is not a parameter of this route; it takes {}",
-                allowed.join(", ")
-            ),
-        )
-        .with_field(k.clone())),
-        None => Ok(()),
-    }
-}
-
 fn position(q: &HashMap<String, String>, name: &str) -> Result<Option<i64>, ApiError> {
     Ok(number(q, name, i64::MAX as u64)?.map(|n| n as i64))
 }
 
 /// The cluster's feed collection, if the caller's workspace has the cluster.
 async fn feed_of(state: &AppState, caller: &Caller, id: &str) -> Result<String, ApiError> {
-    let cluster = ClusterId::new(id).map_err(|_| crate::jobs::cluster_not_found())?;
-    state
-        .store
-        .read
-        .get_doc(
-            ModelSet::Live,
-            projections::views::clusters::NAME,
-            &projections::views::clusters::collection(&caller.workspace),
-            cluster.as_str(),
-        )
-        .await?
-        .ok_or_else(crate::jobs::cluster_not_found)?;
+    let (cluster, _) = crate::clusters::visible_cluster(state, caller, id).await?;
     Ok(feed::collection(&caller.workspace, &cluster))
 }
 
@@ -485,21 +458,8 @@ pub(crate) async fn stream(
     let q = raw_query(query)?;
     unknown(&q, &["after", "type", "job_id"])?;
     let filter = Filter::parse(&q)?;
-    let resume = match headers.get("last-event-id") {
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .and_then(|s| s.trim().parse::<i64>().ok())
-                .filter(|p| *p >= 0)
-                .ok_or_else(|| {
-                    ApiError::new(
-                        StatusCode::BAD_REQUEST,
-                        "invalid_last_event_id",
-                        "Last-Event-ID must be the id of an event of this stream: a log position",
-                    )
-                    .with_field("headers.last-event-id")
-                })?,
-        ),
+    let resume = match crate::sse::last_event_id(&headers, "a log position")? {
+        Some(id) => Some(id as i64),
         None => position(&q, "after")?,
     };
     let collection = feed_of(&state, &caller, &id).await?;

@@ -12,18 +12,14 @@ pub mod hub;
 pub(crate) mod read;
 pub(crate) mod stream;
 
-use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::Query;
 use axum::http::StatusCode;
-use domain::ClusterId;
-use eventlog::ModelSet;
-use projections::views::clusters::{self, ClusterView};
 use projections::views::jobs::JobView;
 
+pub(crate) use crate::query::{RawQuery, number, raw_query};
 pub use hub::LogHub;
 pub(crate) use read::read;
 pub(crate) use stream::stream;
@@ -68,20 +64,7 @@ pub(crate) async fn locate(
     id: &str,
     job_id: &str,
 ) -> Result<Located, ApiError> {
-    let cluster = ClusterId::new(id).map_err(|_| crate::jobs::cluster_not_found())?;
-    let doc = state
-        .store
-        .read
-        .get_doc(
-            ModelSet::Live,
-            clusters::NAME,
-            &clusters::collection(&caller.workspace),
-            cluster.as_str(),
-        )
-        .await?
-        .ok_or_else(crate::jobs::cluster_not_found)?;
-    let cluster_view: ClusterView = serde_json::from_str(&doc)
-        .map_err(|e| ApiError::internal(format!("a stored cluster view is unreadable: {e}")))?;
+    let (cluster, cluster_view) = crate::clusters::visible_cluster(state, caller, id).await?;
     let view = crate::jobs::visible_job(state, caller, &cluster, job_id).await?;
     let root = match cluster_view.slurm {
         None => state.logs.local_root.clone(),
@@ -160,33 +143,4 @@ pub(crate) fn open_confined(root: &Path, path: &Path) -> Result<Option<std::fs::
         )));
     }
     Ok(Some(file))
-}
-
-/// Query parameters as strings, so that each bad one gets its own field error.
-pub(crate) type RawQuery =
-    Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>;
-
-pub(crate) fn raw_query(q: RawQuery) -> Result<HashMap<String, String>, ApiError> {
-    q.map(|Query(q)| q)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", format!("{e}")))
-}
-
-/// A whole number query parameter, if present.
-pub(crate) fn number(
-    q: &HashMap<String, String>,
-    name: &str,
-    max: u64,
-) -> Result<Option<u64>, ApiError> {
-    q.get(name)
-        .map(|v| {
-            v.parse::<u64>().ok().filter(|n| *n <= max).ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_number",
-                    format!("{name} must be a whole number from 0 to {max}"),
-                )
-                .with_field(name)
-            })
-        })
-        .transpose()
 }

@@ -13,6 +13,7 @@ use tokio_util::io::ReaderStream;
 use super::{Located, RawQuery, locate, number, open_confined, raw_query};
 use crate::auth::Caller;
 use crate::consistency::{MinPosition, await_projection};
+use crate::query::unknown;
 use crate::{ApiError, AppState};
 
 pub const NEXT_OFFSET: &str = "x-clusterra-next-offset";
@@ -95,19 +96,7 @@ fn boxed(e: ApiError) -> Box<Response> {
 
 fn want(headers: &HeaderMap, query: RawQuery) -> Result<Want, Box<Response>> {
     let q = raw_query(query).map_err(boxed)?;
-    if let Some(k) = q
-        .keys()
-        .find(|k| !matches!(k.as_str(), "offset" | "limit" | "tail"))
-    {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "unknown_parameter",
-            format!("{k:?} is not a parameter of this route; use offset and limit (bytes), tail (lines) or a Range header"),
-        )
-        .with_field(k.clone())
-        .into_response()
-        .into());
-    }
+    unknown(&q, &["offset", "limit", "tail"]).map_err(boxed)?;
     let offset = number(&q, "offset", i64::MAX as u64).map_err(boxed)?;
     let limit = number(&q, "limit", i64::MAX as u64).map_err(boxed)?;
     let tail = number(&q, "tail", MAX_TAIL).map_err(boxed)?;

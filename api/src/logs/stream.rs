@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use base64::Engine;
 use bytes::Bytes;
@@ -31,6 +31,7 @@ use super::hub::{Follow, Identity, JobEnd, JobRef};
 use super::{Located, RawQuery, locate, number, open_confined, raw_query};
 use crate::auth::Caller;
 use crate::consistency::{MinPosition, await_projection};
+use crate::query::unknown;
 use crate::{ApiError, AppState};
 
 /// The reconnect delay suggested to clients.
@@ -271,27 +272,9 @@ impl Tail {
 /// Where a stream starts: `Last-Event-ID` (a reconnect) wins over `?offset=`.
 fn start_offset(headers: &HeaderMap, query: RawQuery) -> Result<u64, ApiError> {
     let q = raw_query(query)?;
-    if let Some(k) = q.keys().find(|k| k.as_str() != "offset") {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "unknown_parameter",
-            format!("{k:?} is not a parameter of this route; the stream takes offset (or a Last-Event-ID header)"),
-        )
-        .with_field(k.clone()));
-    }
-    if let Some(v) = headers.get("last-event-id") {
-        return v
-            .to_str()
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_last_event_id",
-                    "Last-Event-ID must be the id of an event of this stream: a byte offset",
-                )
-                .with_field("headers.last-event-id")
-            });
+    unknown(&q, &["offset"])?;
+    if let Some(id) = crate::sse::last_event_id(headers, "a byte offset")? {
+        return Ok(id);
     }
     Ok(number(&q, "offset", i64::MAX as u64)?.unwrap_or(0))
 }
