@@ -291,6 +291,17 @@ async fn the_feed_pages_filters_redacts_and_streams() {
         assert_eq!(status, 400, "{query}: {p}");
         assert_eq!(p["error"]["field"], field, "{query}: {p}");
     }
+    // The stream refuses a reconnect id that is not a log position.
+    let res = reqwest::Client::new()
+        .get(server.url("/v1/clusters/local/events/stream"))
+        .bearer_auth(&bob)
+        .header("Last-Event-ID", "-3")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    let err: Value = res.json().await.unwrap();
+    assert_eq!(err["error"]["code"], "invalid_last_event_id", "{err}");
     // Another workspace does not see this cluster at all.
     let (status, p) = page(server, &eve, "", 0).await;
     assert_eq!(

@@ -299,6 +299,24 @@ async fn logs_are_read_in_ranges_and_streamed_live_without_loss() {
         assert_eq!(err["error"]["field"], field, "{err}");
     }
 
+    // A reconnect id that is not a byte offset, and a parameter the stream does not take.
+    for (name, value, query, field) in [
+        ("Last-Event-ID", "abc", "", "headers.last-event-id"),
+        ("X-Unused", "1", "?tail=3", "tail"),
+    ] {
+        let res = api
+            .client
+            .get(api.server.url(&format!("{}/stream{query}", logs(id))))
+            .bearer_auth(&alice)
+            .header(name, value)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 400, "{name} {query}");
+        let err: Value = res.json().await.unwrap();
+        assert_eq!(err["error"]["field"], field, "{err}");
+    }
+
     // A log cut short under a follower is reported as a reset, not misread.
     let watcher = follow(&api, &alice, shrinking, Received::default(), Some(5)).await;
     assert_eq!(watcher.bytes, b"first part\n");
