@@ -196,7 +196,15 @@ fn advance(path: &Path, entry: &mut Entry, chunk_bytes: usize) {
 /// The shared watcher. Cheap to clone through `Arc`.
 pub struct LogHub {
     inner: Arc<Mutex<Inner>>,
-    watcher: Mutex<Option<notify::RecommendedWatcher>>,
+    /// The notification watcher and the directories it watches. Never locked while `inner` is:
+    /// notify's `watch`/`unwatch` wait for its event thread, which may be in our callback
+    /// waiting for `inner`.
+    watcher: Mutex<
+        Option<(
+            notify::RecommendedWatcher,
+            std::collections::HashSet<PathBuf>,
+        )>,
+    >,
 }
 
 type Key = (PathBuf, JobRef);
@@ -245,7 +253,7 @@ impl LogHub {
             }
         });
         let watcher = match watcher {
-            Ok(w) => Some(w),
+            Ok(w) => Some((w, std::collections::HashSet::new())),
             Err(e) => {
                 tracing::warn!(error = %e, "no filesystem notifications; logs are followed by polling only");
                 None
@@ -297,15 +305,15 @@ impl LogHub {
                 }
                 guard.files.insert(key.clone(), entry);
                 if let Some(dir) = path.parent() {
-                    let count = guard.dirs.entry(dir.to_path_buf()).or_insert(0);
-                    *count += 1;
-                    if *count == 1 {
-                        self.watch_dir(dir, true);
-                    }
+                    *guard.dirs.entry(dir.to_path_buf()).or_insert(0) += 1;
                 }
                 rx
             }
         };
+        drop(guard);
+        if let Some(dir) = path.parent() {
+            self.sync_watch(dir);
+        }
         Follow {
             rx,
             key,
@@ -335,27 +343,37 @@ impl LogHub {
             *count -= 1;
             if *count == 0 {
                 guard.dirs.remove(dir);
-                self.watch_dir(dir, false);
             }
+        }
+        drop(guard);
+        if let Some(dir) = path.parent() {
+            self.sync_watch(dir);
         }
     }
 
-    fn watch_dir(&self, dir: &Path, on: bool) {
+    /// Makes the notification watch on `dir` match whether any followed file is in it.
+    fn sync_watch(&self, dir: &Path) {
         let mut guard = self
             .watcher
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let Some(watcher) = guard.as_mut() else {
+        let Some((watcher, watched)) = guard.as_mut() else {
             return;
         };
-        let result = if on {
-            watcher.watch(dir, RecursiveMode::NonRecursive)
-        } else {
-            watcher.unwatch(dir)
+        let wanted = lock(&self.inner).dirs.contains_key(dir);
+        let result = match (wanted, watched.contains(dir)) {
+            (true, false) => watcher
+                .watch(dir, RecursiveMode::NonRecursive)
+                .map(|()| watched.insert(dir.to_path_buf())),
+            (false, true) => {
+                watched.remove(dir);
+                watcher.unwatch(dir).map(|()| true)
+            }
+            _ => Ok(true),
         };
         if let Err(e) = result {
             // A directory that does not exist yet, or a limit on watches: polling covers it.
-            tracing::debug!(dir = %dir.display(), error = %e, on, "directory watch not changed");
+            tracing::debug!(dir = %dir.display(), error = %e, wanted, "directory watch not changed");
         }
     }
 
