@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::job::JobState;
+use crate::storage::{FileMethod, ObjectKey};
 use crate::submit::{JobShape, Warning};
 use crate::{ClusterId, Email, WorkspaceId};
 
@@ -107,6 +108,34 @@ pub struct JobCancelRequested {
     pub why: Option<String>,
 }
 
+/// Someone was handed a presigned URL for a key: the audit trail of who could touch what. The URL
+/// itself is never recorded (it is a bearer credential). Stream `files:<ws>:<cluster>:<email>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileAccessGranted {
+    pub workspace: WorkspaceId,
+    pub cluster_id: ClusterId,
+    pub bucket: String,
+    pub key: ObjectKey,
+    pub method: FileMethod,
+    pub user: Email,
+    pub expires_at: DateTime<Utc>,
+    /// The `Content-Type` signed into an upload URL, if one was asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+}
+
+/// An object was deleted through Clusterra. Stream `files:<ws>:<cluster>:<email>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileDeleted {
+    pub workspace: WorkspaceId,
+    pub cluster_id: ClusterId,
+    pub bucket: String,
+    pub key: ObjectKey,
+    pub user: Email,
+    /// The object's size when it was deleted.
+    pub size: u64,
+}
+
 /// Every domain event, tagged by its type name.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "data")]
@@ -115,6 +144,8 @@ pub enum DomainEvent {
     JobSubmitted(JobSubmitted),
     JobStateChanged(JobStateChanged),
     JobCancelRequested(JobCancelRequested),
+    FileAccessGranted(FileAccessGranted),
+    FileDeleted(FileDeleted),
 }
 
 impl DomainEvent {
@@ -125,6 +156,8 @@ impl DomainEvent {
             DomainEvent::JobSubmitted(_) => "JobSubmitted",
             DomainEvent::JobStateChanged(_) => "JobStateChanged",
             DomainEvent::JobCancelRequested(_) => "JobCancelRequested",
+            DomainEvent::FileAccessGranted(_) => "FileAccessGranted",
+            DomainEvent::FileDeleted(_) => "FileDeleted",
         }
     }
 
@@ -140,6 +173,8 @@ impl DomainEvent {
             DomainEvent::JobSubmitted(e) => serde_json::to_value(e),
             DomainEvent::JobStateChanged(e) => serde_json::to_value(e),
             DomainEvent::JobCancelRequested(e) => serde_json::to_value(e),
+            DomainEvent::FileAccessGranted(e) => serde_json::to_value(e),
+            DomainEvent::FileDeleted(e) => serde_json::to_value(e),
         }
     }
 
@@ -160,6 +195,10 @@ impl DomainEvent {
             "JobCancelRequested" => {
                 Some(DomainEvent::JobCancelRequested(serde_json::from_str(data)?))
             }
+            "FileAccessGranted" => {
+                Some(DomainEvent::FileAccessGranted(serde_json::from_str(data)?))
+            }
+            "FileDeleted" => Some(DomainEvent::FileDeleted(serde_json::from_str(data)?)),
             _ => None,
         })
     }

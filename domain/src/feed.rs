@@ -91,6 +91,8 @@ pub fn describe(event: &DomainEvent, actor: &str, job: Option<&JobContext>) -> O
                 owner,
             )
         }
+        // File grants and deletes are per-user audit records, not cluster activity.
+        DomainEvent::FileAccessGranted(_) | DomainEvent::FileDeleted(_) => return None,
     };
     Some(Described {
         summary,

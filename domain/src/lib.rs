@@ -6,11 +6,12 @@ pub mod feed;
 pub mod ids;
 pub mod job;
 pub mod money;
+pub mod storage;
 pub mod submit;
 
 pub use events::{
-    ClusterRegistered, DomainEvent, JobCancelRequested, JobStateChanged, JobSubmitted,
-    SlurmEndpoint, SubmittedVia,
+    ClusterRegistered, DomainEvent, FileAccessGranted, FileDeleted, JobCancelRequested,
+    JobStateChanged, JobSubmitted, SlurmEndpoint, SubmittedVia,
 };
 pub use ids::{ClusterId, Email, IdError, WorkspaceId};
 pub use money::MicroUsd;
