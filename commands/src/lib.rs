@@ -7,6 +7,7 @@
 pub mod clusters;
 pub mod jobs;
 pub mod slurm;
+pub mod storage;
 pub mod templates;
 
 pub use eventlog::{Clock, EventLog, LogError, Metadata, Position};

@@ -5,4 +5,5 @@
 //! - [`slurmrestd::SlurmRestd`]: slurmrestd v0.0.44 with Slurm JWT headers.
 
 pub mod local;
+pub mod s3;
 pub mod slurmrestd;
