@@ -62,8 +62,14 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
-        let inner = e.into_inner();
-        let field = (path != ".").then_some(path);
+        let mut inner = e.into_inner();
+        let mut field = (path != ".").then_some(path);
+        // A shape error can be found before a syntax error further on (an unknown field in a
+        // truncated body): broken JSON is reported as such, whatever came first.
+        if let Err(syntax) = serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+            inner = syntax;
+            field = None;
+        }
         let err = match inner.classify() {
             serde_json::error::Category::Syntax | serde_json::error::Category::Eof => ApiError::new(
                 StatusCode::BAD_REQUEST,
@@ -116,6 +122,8 @@ mod tests {
             (e.code, e.status),
             ("invalid_json", StatusCode::BAD_REQUEST)
         );
+        let e = parse::<Body>(br#"{"nme": "x", "#).unwrap_err();
+        assert_eq!((e.code, e.field), ("invalid_json", None));
         let e = parse::<Body>(br#"{"nme": "x"}"#).unwrap_err();
         assert!(e.message.contains("unknown field `nme`"), "{}", e.message);
     }

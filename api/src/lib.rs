@@ -17,6 +17,7 @@ mod metrics;
 pub mod openapi;
 mod query;
 pub mod sse;
+pub mod storage;
 mod templates;
 
 use std::sync::Arc;
@@ -72,6 +73,8 @@ pub struct AppState {
     pub logs: Arc<logs::Logs>,
     /// The live event feeds.
     pub feed: Arc<feed::FeedSettings>,
+    /// The clusters' buckets.
+    pub storage: storage::Storage,
 }
 
 /// One route the server serves.
@@ -132,6 +135,21 @@ fn table() -> Table {
             Method::GET,
             "/v1/clusters/{id}/events/stream",
             get(feed::stream),
+        )
+        .add(
+            Method::POST,
+            "/v1/clusters/{id}/storage/presigned-url",
+            post(storage::presign),
+        )
+        .add(
+            Method::GET,
+            "/v1/clusters/{id}/storage/objects",
+            get(storage::list),
+        )
+        .add(
+            Method::DELETE,
+            "/v1/clusters/{id}/storage/objects",
+            delete(storage::delete),
         )
         .add(Method::GET, "/v1/templates", get(templates::list))
         .add(Method::GET, "/v1/templates/{id}", get(templates::get_one))

@@ -34,6 +34,9 @@ use crate::{clusters, health, jobs, metrics, templates};
         logs_stream::stream,
         crate::feed::list,
         crate::feed::stream,
+        crate::storage::presign,
+        crate::storage::list,
+        crate::storage::delete,
         templates::list,
         templates::get_one,
     ),
@@ -44,6 +47,7 @@ use crate::{clusters, health, jobs, metrics, templates};
         (name = "jobs", description = "Submit, track and cancel jobs"),
         (name = "events", description = "A cluster's event feed, paged and live"),
         (name = "logs", description = "Read and follow a job's output"),
+        (name = "storage", description = "Presigned URLs to the cluster's bucket, listings and deletes"),
         (name = "templates", description = "Parameterised job templates"),
         (name = "operations", description = "Health, readiness, metrics and this document"),
     )

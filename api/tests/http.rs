@@ -60,6 +60,25 @@ async fn harness_with(wait: Duration, feed_buffer: usize) -> Harness {
         domain::ClusterId::new("local").unwrap(),
         Arc::new(executor),
     );
+    let objects = gateways::s3::embedded::start(
+        &dir.path().join("objects"),
+        "127.0.0.1:0".parse().unwrap(),
+        "test-key",
+        "test-secret",
+        stop.subscribe(),
+    )
+    .await
+    .unwrap();
+    let s3 = gateways::s3::S3Store::connect(&gateways::s3::S3Settings {
+        endpoint: Some(format!("http://{}", objects.addr)),
+        public_endpoint: None,
+        region: "us-east-1".into(),
+        path_style: true,
+        credentials: Some(("test-key".into(), "test-secret".into())),
+        create_buckets: true,
+        timeout: Duration::from_secs(10),
+    })
+    .await;
     let state = AppState {
         store: store.clone(),
         projections: projections.clone(),
@@ -83,6 +102,9 @@ async fn harness_with(wait: Duration, feed_buffer: usize) -> Harness {
             hub: api::feed::FeedHub::start(store.clone(), &projections, feed_buffer).unwrap(),
             heartbeat: Duration::from_secs(15),
         }),
+        storage: api::storage::Storage {
+            store: Arc::new(s3),
+        },
     };
     Harness {
         state,
@@ -217,6 +239,19 @@ async fn authorization_matrix() {
                     (p.replace("{id}", "local").replace("{job_id}", "1"), None)
                 }
                 (_, "/v1/templates/{id}") => ("/v1/templates/shell".to_string(), None),
+                ("POST", "/v1/clusters/{id}/storage/presigned-url") => (
+                    "/v1/clusters/local/storage/presigned-url".to_string(),
+                    Some(json!({"location": "data", "path": "m.csv", "method": "PUT"})),
+                ),
+                ("GET", "/v1/clusters/{id}/storage/objects") => (
+                    "/v1/clusters/local/storage/objects?location=data".to_string(),
+                    None,
+                ),
+                ("DELETE", "/v1/clusters/{id}/storage/objects") => (
+                    "/v1/clusters/local/storage/objects?location=data&path=never-uploaded.csv"
+                        .to_string(),
+                    None,
+                ),
                 (_, p) => (p.to_string(), None),
             };
             wait_ready(&h.state).await;
@@ -238,6 +273,8 @@ async fn authorization_matrix() {
                     }
                     ("POST", "/v1/clusters/{id}/jobs", _) => StatusCode::CREATED,
                     ("DELETE", "/v1/clusters/{id}/jobs/{job_id}", _) => StatusCode::ACCEPTED,
+                    ("POST", "/v1/clusters/{id}/storage/presigned-url", _) => StatusCode::CREATED,
+                    ("DELETE", "/v1/clusters/{id}/storage/objects", _) => StatusCode::NOT_FOUND,
                     ("GET", _, _) => StatusCode::OK,
                     other => panic!("no expectation for {other:?}: add this route to the matrix"),
                 }

@@ -99,6 +99,8 @@ impl Projector for Feed {
                 };
                 (js.collection, Some(ctx))
             }
+            // Not in FEED_TYPES (filtered above).
+            DomainEvent::FileAccessGranted(_) | DomainEvent::FileDeleted(_) => return Ok(()),
         };
         let actor = event
             .metadata()
