@@ -45,14 +45,14 @@ fn toml_profile(text: &str) -> Option<Profile> {
     figment::Figment::from(Toml::string(text)).extract().ok()
 }
 
-struct Client {
+pub(crate) struct Client {
     base: String,
     token: Option<String>,
     http: reqwest::Client,
 }
 
 impl Client {
-    fn new(t: &Target) -> anyhow::Result<Self> {
+    pub(crate) fn new(t: &Target) -> anyhow::Result<Self> {
         let p = profile();
         let base = t
             .url
@@ -74,7 +74,7 @@ impl Client {
         })
     }
 
-    async fn send(
+    pub(crate) async fn send(
         &self,
         method: reqwest::Method,
         path: &str,
@@ -107,7 +107,7 @@ impl Client {
 }
 
 /// Prints the API's answer: the body on success, the error's message on failure.
-fn finish(status: u16, body: &Value) -> anyhow::Result<ExitCode> {
+pub(crate) fn finish(status: u16, body: &Value) -> anyhow::Result<ExitCode> {
     if (200..300).contains(&status) {
         println!("{}", serde_json::to_string_pretty(body)?);
         Ok(ExitCode::SUCCESS)

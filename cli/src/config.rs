@@ -64,6 +64,25 @@ pub struct Config {
     /// Local executor: jobs running at once (the rest wait PENDING); unset = this machine's
     /// cores; 0 runs nothing (every job stays pending, for benchmarks of the submit path).
     pub executor_slots: Option<usize>,
+    /// The S3 endpoint the server uses for the clusters' buckets; empty = the embedded object
+    /// store (started in this process on `s3_listen`, files under `<data_dir>/objects`); `aws` =
+    /// AWS's own endpoint for `s3_region`.
+    pub s3_endpoint: String,
+    /// The endpoint presigned URLs carry (the host is signed): what browsers and the CLI reach;
+    /// empty = `s3_endpoint` (or the embedded store's address).
+    pub s3_public_endpoint: String,
+    /// Where the embedded object store listens; port 0 picks a free port.
+    pub s3_listen: SocketAddr,
+    pub s3_region: String,
+    /// Path-style URLs (`host/bucket/key`, true) or virtual-host style (`bucket.host/key`).
+    pub s3_path_style: bool,
+    /// Static S3 keys; unset = the AWS default chain (environment, web identity, instance
+    /// role). The embedded store makes its own (`<data_dir>/s3-secret`) when unset.
+    pub s3_access_key_id: Option<String>,
+    pub s3_secret_access_key: Option<String>,
+    /// Create a cluster's bucket on first use if it is missing; unset = only for the embedded
+    /// store.
+    pub s3_create_buckets: Option<bool>,
 }
 
 impl Default for Config {
@@ -92,11 +111,27 @@ impl Default for Config {
             executor_grace_ms: 5_000,
             executor_slots: None,
             slurm_tokens_dir: PathBuf::new(),
+            s3_endpoint: String::new(),
+            s3_public_endpoint: String::new(),
+            s3_listen: SocketAddr::from(([127, 0, 0, 1], 8014)),
+            s3_region: "us-east-1".into(),
+            s3_path_style: true,
+            s3_access_key_id: None,
+            s3_secret_access_key: None,
+            s3_create_buckets: None,
         }
     }
 }
 
-const ENV_KEYS: [&str; 23] = [
+const ENV_KEYS: [&str; 31] = [
+    "s3_endpoint",
+    "s3_public_endpoint",
+    "s3_listen",
+    "s3_region",
+    "s3_path_style",
+    "s3_access_key_id",
+    "s3_secret_access_key",
+    "s3_create_buckets",
     "default_cluster",
     "feed_buffer",
     "efs_mounts_dir",
@@ -199,7 +234,28 @@ impl Config {
             config.executor_minute_seconds > 0.0 && config.executor_minute_seconds <= 60.0,
             "executor_minute_seconds must be more than 0 and at most 60"
         );
+        for (name, url) in [
+            ("s3_endpoint", &config.s3_endpoint),
+            ("s3_public_endpoint", &config.s3_public_endpoint),
+        ] {
+            anyhow::ensure!(
+                url.is_empty()
+                    || (name == "s3_endpoint" && url == "aws")
+                    || ((url.starts_with("http://") || url.starts_with("https://"))
+                        && !url.contains(['?', '#'])),
+                "{name} must be an http:// or https:// URL (a path ends with '/'), not {url:?}"
+            );
+        }
+        anyhow::ensure!(
+            config.s3_access_key_id.is_some() == config.s3_secret_access_key.is_some(),
+            "set both s3_access_key_id and s3_secret_access_key, or neither"
+        );
         Ok(config)
+    }
+
+    /// Whether files live in the embedded object store.
+    pub fn embedded_objects(&self) -> bool {
+        self.s3_endpoint.is_empty()
     }
 
     /// The efs root of the local executor.

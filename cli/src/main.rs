@@ -2,6 +2,7 @@
 
 mod client;
 mod config;
+mod files;
 mod ops;
 mod poll;
 mod secrets;
@@ -150,10 +151,59 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Files in the cluster's bucket, straight to and from it through presigned URLs
+    Files {
+        #[command(subcommand)]
+        command: FilesCommand,
+    },
     /// Tokens for the embedded default (HS256, signed with the data directory's secret)
     Token {
         #[command(subcommand)]
         command: TokenCommand,
+    },
+}
+
+/// Remote names are LOCATION/PATH in your namespace: data/runs/in.csv, scripts/job.sh,
+/// outputs/…, or shared/… (readable by all, written by admins).
+#[derive(Subcommand)]
+enum FilesCommand {
+    /// Upload a file (streamed; progress bar for large files)
+    Put {
+        #[command(flatten)]
+        target: client::Target,
+        /// The local file
+        local: PathBuf,
+        /// Where: LOCATION/PATH, or a LOCATION or folder ending in / to keep the file name
+        /// [default: data/<file name>]
+        remote: Option<String>,
+        /// The Content-Type to store (signed into the upload URL)
+        #[arg(long, value_name = "TYPE")]
+        content_type: Option<String>,
+    },
+    /// Download a file (streamed; `-` as LOCAL writes to stdout)
+    Get {
+        #[command(flatten)]
+        target: client::Target,
+        /// LOCATION/PATH
+        remote: String,
+        /// Where to write it [default: the file name, in this folder]
+        local: Option<PathBuf>,
+    },
+    /// List your files (all locations, one location, or LOCATION/PREFIX)
+    Ls {
+        #[command(flatten)]
+        target: client::Target,
+        remote: Option<String>,
+        /// One JSON object per line
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete one of your files (admins: also shared/)
+    Rm {
+        #[command(flatten)]
+        target: client::Target,
+        /// LOCATION/PATH
+        remote: String,
     },
 }
 
@@ -243,6 +293,25 @@ fn main() -> ExitCode {
             } => client::jobs(&target, state, user, template).await,
             Command::Job { target, job_id } => client::job(&target, job_id).await,
             Command::Cancel { target, job_id } => client::cancel(&target, job_id).await,
+            Command::Files { command } => match command {
+                FilesCommand::Put {
+                    target,
+                    local,
+                    remote,
+                    content_type,
+                } => files::put(&target, &local, remote.as_deref(), content_type).await,
+                FilesCommand::Get {
+                    target,
+                    remote,
+                    local,
+                } => files::get(&target, &remote, local).await,
+                FilesCommand::Ls {
+                    target,
+                    remote,
+                    json,
+                } => files::ls(&target, remote.as_deref(), json).await,
+                FilesCommand::Rm { target, remote } => files::rm(&target, &remote).await,
+            },
             Command::Events {
                 mut target,
                 cluster_name,

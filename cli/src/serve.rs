@@ -39,6 +39,7 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
             )
         })?;
     let (auth, first_start) = authenticator(&config).await?;
+    let objects = object_store(&config, stop_rx_poll.clone()).await?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, backend = store.log.backend(), data_dir = %config.data_dir.display(), "clusterra listening");
     // Tests and scripts read this line to find the port.
@@ -89,6 +90,7 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
                 .ok_or_else(|| anyhow::anyhow!("the feed projection is not running"))?,
             heartbeat: std::time::Duration::from_millis(config.sse_heartbeat_ms),
         }),
+        storage: api::storage::Storage { store: objects },
     };
     let poller = tokio::spawn(crate::poll::run(
         state.store.clone(),
@@ -132,6 +134,71 @@ fn slurm_directory(config: &Config) -> anyhow::Result<Arc<commands::slurm::LiveD
         Arc::new(executor),
     );
     Ok(Arc::new(directory))
+}
+
+/// The clusters' buckets: on a configured S3 endpoint, or in the embedded object store, which is
+/// started here and stops with the server.
+async fn object_store(
+    config: &Config,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<Arc<dyn commands::storage::ObjectStore>> {
+    use gateways::s3::{S3Settings, S3Store, embedded};
+    let mut settings = S3Settings {
+        endpoint: (!config.s3_endpoint.is_empty() && config.s3_endpoint != "aws")
+            .then(|| config.s3_endpoint.clone()),
+        public_endpoint: (!config.s3_public_endpoint.is_empty())
+            .then(|| config.s3_public_endpoint.clone()),
+        region: config.s3_region.clone(),
+        path_style: config.s3_path_style,
+        credentials: config
+            .s3_access_key_id
+            .clone()
+            .zip(config.s3_secret_access_key.clone()),
+        create_buckets: config
+            .s3_create_buckets
+            .unwrap_or(config.embedded_objects()),
+        timeout: std::time::Duration::from_secs(30),
+    };
+    if config.embedded_objects() {
+        let (id, secret) = match settings.credentials.clone() {
+            Some(keys) => keys,
+            None => {
+                let (secret, _) =
+                    crate::secrets::load_or_create(&config.data_dir.join("s3-secret"))?;
+                (
+                    "clusterra".to_string(),
+                    String::from_utf8_lossy(&secret).into_owned(),
+                )
+            }
+        };
+        let server = embedded::start(
+            &config.data_dir.join("objects"),
+            config.s3_listen,
+            &id,
+            &secret,
+            stop,
+        )
+        .await?;
+        let url = format!("http://{}", server.addr);
+        println!("embedded object store on {url}");
+        settings.endpoint = Some(url);
+        // Embedded: always path style (the store does not route bucket host names).
+        settings.path_style = true;
+        settings.credentials = Some((id, secret));
+        tokio::spawn(async move {
+            match server.task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "embedded object store stopped"),
+                Err(e) => tracing::error!(error = %e, "embedded object store task failed"),
+            }
+        });
+    }
+    tracing::info!(
+        endpoint = settings.endpoint.as_deref().unwrap_or("aws"),
+        public_endpoint = settings.public_endpoint.as_deref().unwrap_or("(same)"),
+        "object store"
+    );
+    Ok(Arc::new(S3Store::connect(&settings).await))
 }
 
 /// The token verifier: a JWKS when configured, else the local secret. The flag says whether the

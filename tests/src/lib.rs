@@ -56,6 +56,7 @@ impl Server {
             .arg("serve")
             .args(["--listen", "127.0.0.1:0"])
             .args(extra)
+            .env("CLUSTERRA_S3_LISTEN", "127.0.0.1:0")
             .envs(env.iter().copied())
             .env("CLUSTERRA_LOG", "warn")
             .stdout(Stdio::piped())
