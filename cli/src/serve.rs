@@ -289,8 +289,18 @@ async fn shutdown_signal() {
 
 fn init_tracing(format: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("CLUSTERRA_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    // The embedded object store's library logs every refused request (a bad or expired
+    // signature is the client's problem) at ERROR; its failures are logged by Clusterra instead.
+    // `s3s=…` in CLUSTERRA_LOG turns it back on.
+    let given = std::env::var("CLUSTERRA_LOG").ok();
+    let mut directives = given.clone().unwrap_or_else(|| "info,sqlx=warn".into());
+    if !directives.contains("s3s") {
+        directives.push_str(",s3s=off");
+    }
+    let filter = EnvFilter::try_new(&directives).unwrap_or_else(|e| {
+        eprintln!("CLUSTERRA_LOG={given:?} is not a valid filter ({e}); using info");
+        EnvFilter::new("info,sqlx=warn,s3s=off")
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -119,6 +119,26 @@ impl Drop for Server {
     }
 }
 
+/// A token for `email` in `workspace`, signed with the data directory's secret.
+pub fn mint(data: &str, email: &str, workspace: &str, admin: bool) -> String {
+    let mut args = vec![
+        "token",
+        "mint",
+        "--data-dir",
+        data,
+        "--email",
+        email,
+        "--workspace",
+        workspace,
+    ];
+    if admin {
+        args.push("--admin");
+    }
+    let out = run(&args);
+    assert!(out.status.success(), "{out:?}");
+    stdout(&out).trim().to_string()
+}
+
 /// The repository's root (for fixtures).
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

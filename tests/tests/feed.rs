@@ -16,18 +16,7 @@ const ENV: [(&str, &str); 2] = [
 ];
 
 fn mint(data: &str, email: &str, workspace: &str) -> String {
-    let out = run(&[
-        "token",
-        "mint",
-        "--data-dir",
-        data,
-        "--email",
-        email,
-        "--workspace",
-        workspace,
-    ]);
-    assert!(out.status.success(), "{out:?}");
-    stdout(&out).trim().to_string()
+    tests::mint(data, email, workspace, false)
 }
 
 fn body(script: &str, env: &[&str]) -> Value {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use futures::StreamExt;
 use serde_json::{Value, json};
-use tests::{Api, run, stdout};
+use tests::{Api, run};
 
 const ENV: [(&str, &str); 4] = [
     ("CLUSTERRA_POLL_INTERVAL_MS", "100"),
@@ -34,9 +34,7 @@ fn body(script: &str) -> Value {
 }
 
 fn mint(data: &str, email: &str) -> String {
-    let out = run(&["token", "mint", "--data-dir", data, "--email", email]);
-    assert!(out.status.success(), "{out:?}");
-    stdout(&out).trim().to_string()
+    tests::mint(data, email, "default", false)
 }
 
 /// What a stream delivered.

@@ -68,6 +68,17 @@ pub async fn start(
                 "the embedded object store failed; see the server log",
             )
         }))
+        .layer(axum::middleware::map_response(
+            |res: axum::response::Response| async move {
+                if res.status().is_server_error() {
+                    tracing::error!(
+                        status = res.status().as_u16(),
+                        "embedded object store answered with a server error"
+                    );
+                }
+                res
+            },
+        ))
         .layer(
             tower_http::cors::CorsLayer::very_permissive()
                 .expose_headers([axum::http::header::ETAG]),

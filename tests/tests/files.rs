@@ -1,0 +1,440 @@
+//! Files through the real binary and its embedded S3-compatible store (s3s + s3s-fs, real SigV4
+//! checks): presigned uploads and downloads with a plain HTTP client, tampered and expired URLs,
+//! who may reach which key, path tricks, grants and deletes in the log, a 100 MiB file through
+//! the CLI, and a server pointed at an external S3 endpoint that signs for a public one.
+
+#![allow(clippy::unwrap_used)] // a test may panic on what it did not expect
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{Value, json};
+use tests::{Api, Server, mint, run, stdout};
+
+const PRESIGN: &str = "/v1/clusters/local/storage/presigned-url";
+
+async fn presign(api: &Api, token: &str, body: Value) -> (u16, Value) {
+    api.call(Method::POST, PRESIGN, token, Some(body), None)
+        .await
+}
+
+async fn upload(url: &str, bytes: &'static [u8]) -> u16 {
+    reqwest::Client::new()
+        .put(url)
+        .body(bytes)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+async fn download(url: &str) -> (u16, Vec<u8>) {
+    let res = reqwest::get(url).await.unwrap();
+    (res.status().as_u16(), res.bytes().await.unwrap().to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presigned_urls_namespaces_and_the_audit_trail() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let api = Api::start(data, &[]);
+    let alice = mint(data, "alice@lab.org", "default", false);
+    let bob = mint(data, "bob@lab.org", "default", false);
+    let admin = api.token.clone();
+
+    // alice uploads with a plain HTTP client, then reads the same bytes back.
+    let (status, put) = presign(
+        &api,
+        &alice,
+        json!({"location": "data", "path": "runs/in put+1.csv", "method": "PUT"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{put}");
+    assert_eq!(put["key"], "data/alice@lab.org/runs/in put+1.csv");
+    assert_eq!(put["method"], "PUT");
+    let expires = chrono::DateTime::parse_from_rfc3339(put["expires_at"].as_str().unwrap())
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    let left = (expires - chrono::Utc::now()).num_seconds();
+    assert!(
+        (890..=900).contains(&left),
+        "default expiry 15 minutes: {left}"
+    );
+    assert_eq!(
+        upload(put["url"].as_str().unwrap(), b"a,b\n1,2\n").await,
+        200
+    );
+    let (_, get) = presign(
+        &api,
+        &alice,
+        json!({"key": "data/alice@lab.org/runs/in put+1.csv", "method": "GET"}),
+    )
+    .await;
+    let get_url = get["url"].as_str().unwrap().to_string();
+    assert_eq!(download(&get_url).await, (200, b"a,b\n1,2\n".to_vec()));
+
+    // The URL is the credential: a changed key, a changed signature, an expired URL all fail.
+    let bobs = get_url.replace("alice%40lab.org", "bob%40lab.org");
+    assert_ne!(bobs, get_url);
+    assert_eq!(download(&bobs).await.0, 403);
+    let at = get_url.find("X-Amz-Signature=").unwrap() + 16;
+    let mut forged = get_url.clone();
+    let c = if &forged[at..at + 1] == "a" { "b" } else { "a" };
+    forged.replace_range(at..at + 1, c);
+    assert_eq!(download(&forged).await.0, 403);
+    let (_, short) = presign(
+        &api,
+        &alice,
+        json!({"location": "data", "path": "runs/in put+1.csv", "method": "GET", "expires_in_seconds": 1}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(2_200)).await;
+    assert_eq!(download(short["url"].as_str().unwrap()).await.0, 403);
+
+    // bob cannot get a URL for alice's key, nor see it listed; he cannot write to shared/.
+    let head = api.log_position().await;
+    let (status, denied) = presign(
+        &api,
+        &bob,
+        json!({"key": "data/alice@lab.org/runs/in put+1.csv", "method": "GET"}),
+    )
+    .await;
+    assert_eq!(
+        (status, denied["error"]["code"].as_str()),
+        (403, Some("not_your_file"))
+    );
+    let (status, denied) = presign(
+        &api,
+        &bob,
+        json!({"location": "shared", "path": "ref.fa", "method": "PUT"}),
+    )
+    .await;
+    assert_eq!(
+        (status, denied["error"]["code"].as_str()),
+        (403, Some("shared_admin_only")),
+        "{denied}"
+    );
+    let (status, list) = api
+        .call(
+            Method::GET,
+            "/v1/clusters/local/storage/objects?location=data",
+            &bob,
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, list["objects"].clone()),
+        (200, json!([])),
+        "{list}"
+    );
+
+    // Path tricks are refused with the field at fault, and nothing is appended for any refusal.
+    for (body, field) in [
+        (
+            json!({"location": "data", "path": "../bob@lab.org/x", "method": "PUT"}),
+            "path",
+        ),
+        (
+            json!({"location": "data", "path": "%2e%2e/x", "method": "PUT"}),
+            "path",
+        ),
+        (
+            json!({"location": "data", "path": "a//b", "method": "PUT"}),
+            "path",
+        ),
+        (
+            json!({"location": "data", "path": "a\u{0}b", "method": "PUT"}),
+            "path",
+        ),
+        (
+            json!({"location": "data", "path": "/etc/passwd", "method": "PUT"}),
+            "path",
+        ),
+        (
+            json!({"location": "data", "path": "a\\b", "method": "PUT"}),
+            "path",
+        ),
+        (
+            json!({"location": "data", "path": "x".repeat(1100), "method": "PUT"}),
+            "path",
+        ),
+        (
+            json!({"key": "data/alice@lab.org/../../other/x", "method": "GET"}),
+            "key",
+        ),
+        (
+            json!({"location": "tmp", "path": "x", "method": "PUT"}),
+            "location",
+        ),
+        (
+            json!({"location": "data", "path": "x", "method": "POST"}),
+            "method",
+        ),
+        (
+            json!({"location": "data", "path": "x", "method": "PUT", "expires_in_seconds": 3601}),
+            "expires_in_seconds",
+        ),
+        (
+            json!({"location": "data", "path": "x", "method": "GET", "content_type": "text/csv"}),
+            "content_type",
+        ),
+    ] {
+        let (status, out) = presign(&api, &alice, body.clone()).await;
+        assert_eq!(status, 422, "{body}: {out}");
+        assert_eq!(out["error"]["field"], field, "{body}: {out}");
+        assert!(
+            out["error"]["message"].as_str().unwrap().len() > 20,
+            "{out}"
+        );
+    }
+    assert_eq!(api.log_position().await, head, "refusals append nothing");
+
+    // An admin writes shared/, everyone reads it.
+    let (status, shared) = presign(
+        &api,
+        &admin,
+        json!({"location": "shared", "path": "ref.fa", "method": "PUT", "content_type": "text/plain"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{shared}");
+    assert_eq!(shared["headers"]["content-type"], "text/plain");
+    let res = reqwest::Client::new()
+        .put(shared["url"].as_str().unwrap())
+        .header("content-type", "text/plain")
+        .body(">chr1\nACGT\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let (status, read) = presign(
+        &api,
+        &bob,
+        json!({"location": "shared", "path": "ref.fa", "method": "GET"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{read}");
+    assert_eq!(
+        download(read["url"].as_str().unwrap()).await,
+        (200, b">chr1\nACGT\n".to_vec())
+    );
+
+    // alice's listing; bob cannot delete her file; she can, once.
+    let (_, list) = api
+        .call(
+            Method::GET,
+            "/v1/clusters/local/storage/objects?location=data&prefix=runs/",
+            &alice,
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(list["objects"][0]["path"], "runs/in put+1.csv", "{list}");
+    assert_eq!(list["objects"][0]["size"], 8);
+    let del = "/v1/clusters/local/storage/objects?key=data/alice%40lab.org/runs/in%20put%2B1.csv";
+    let (status, _) = api.call(Method::DELETE, del, &bob, None, None).await;
+    assert_eq!(status, 403);
+    let (status, out) = api.call(Method::DELETE, del, &alice, None, None).await;
+    assert_eq!((status, out["size"].clone()), (200, json!(8)), "{out}");
+    let (status, out) = api.call(Method::DELETE, del, &alice, None, None).await;
+    assert_eq!(
+        (status, out["error"]["code"].clone()),
+        (404, json!("object_not_found"))
+    );
+
+    // Another workspace does not see the cluster at all.
+    let stranger = mint(data, "eve@other.org", "other", true);
+    let (status, _) = presign(
+        &api,
+        &stranger,
+        json!({"location": "shared", "path": "ref.fa", "method": "GET"}),
+    )
+    .await;
+    assert_eq!(status, 404);
+
+    // The audit trail: every grant and the delete, with actor, key, method and expiry, and never
+    // the URL's signature.
+    let out = run(&[
+        "audit",
+        "stream",
+        "--data-dir",
+        data,
+        "--json",
+        "files:default:local:alice@lab.org",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let text = stdout(&out);
+    assert!(!text.contains("X-Amz-Signature"), "{text}");
+    let events: Vec<Value> = text
+        .lines()
+        .map(|l| {
+            // data and metadata are the stored JSON text
+            let mut e: Value = serde_json::from_str(l).unwrap();
+            for part in ["data", "metadata"] {
+                e[part] = serde_json::from_str(e[part].as_str().unwrap()).unwrap();
+            }
+            e
+        })
+        .collect();
+    let types: Vec<&str> = events
+        .iter()
+        .map(|e| e["event_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "FileAccessGranted",
+            "FileAccessGranted",
+            "FileAccessGranted",
+            "FileDeleted"
+        ],
+        "{text}"
+    );
+    assert_eq!(events[0]["data"]["method"], "PUT");
+    assert_eq!(
+        events[0]["data"]["key"],
+        "data/alice@lab.org/runs/in put+1.csv"
+    );
+    assert!(events[0]["data"]["expires_at"].is_string());
+    assert_eq!(events[0]["metadata"]["actor"], "alice@lab.org");
+    assert_eq!(events[3]["data"]["size"], 8);
+}
+
+/// A file larger than anything that should sit in memory: 100 MiB up and down through the CLI.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_100_mib_file_streams_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("server");
+    let data = data.to_str().unwrap();
+    let api = Api::start(data, &[]);
+    let local = dir.path().join("big.bin");
+    {
+        let mut f = std::fs::File::create(&local).unwrap();
+        let mut block = vec![0u8; 1 << 20];
+        for i in 0..100u32 {
+            for (j, b) in block.iter_mut().enumerate() {
+                *b = (i as usize * 31 + j * 7 % 251) as u8;
+            }
+            f.write_all(&block).unwrap();
+        }
+    }
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(tests::binary())
+            .args(args)
+            .env("CLUSTERRA_URL", &api.server.base)
+            .env("CLUSTERRA_TOKEN", &api.token)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        stdout(&out)
+    };
+    let put = cli(&["files", "put", local.to_str().unwrap(), "outputs/big/"]);
+    assert!(put.contains("104857600 bytes"), "{put}");
+    let ls = cli(&["files", "ls", "outputs/big/"]);
+    assert!(
+        ls.contains("104857600") && ls.contains("outputs/big/big.bin"),
+        "{ls}"
+    );
+    let back = dir.path().join("back.bin");
+    cli(&[
+        "files",
+        "get",
+        "outputs/big/big.bin",
+        back.to_str().unwrap(),
+    ]);
+    assert!(
+        same_bytes(&local, &back),
+        "the download differs from the upload"
+    );
+    assert!(!dir.path().join(".back.bin.part").exists());
+    cli(&["files", "rm", "outputs/big/big.bin"]);
+    assert!(!cli(&["files", "ls", "outputs"]).contains("big.bin"));
+}
+
+fn same_bytes(a: &std::path::Path, b: &std::path::Path) -> bool {
+    let (mut fa, mut fb) = (
+        std::fs::File::open(a).unwrap(),
+        std::fs::File::open(b).unwrap(),
+    );
+    let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    loop {
+        let na = fa.read(&mut ba).unwrap();
+        let mut nb = 0;
+        while nb < na {
+            let n = fb.read(&mut bb[nb..na]).unwrap();
+            if n == 0 {
+                return false;
+            }
+            nb += n;
+        }
+        if na == 0 {
+            return fb.read(&mut bb).unwrap() == 0;
+        }
+        if ba[..na] != bb[..na] {
+            return false;
+        }
+    }
+}
+
+/// The same code against an external S3 endpoint (here: another Clusterra's embedded store),
+/// presigning for a public endpoint that differs from the one the server talks to. The host is
+/// signed, so a URL only works at the public address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_external_endpoint_with_a_separate_public_endpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let store_data = dir.path().join("store");
+    let (_store, banner) =
+        Server::start_with_env(&["--data-dir", store_data.to_str().unwrap()], &[]);
+    let s3 = banner
+        .lines()
+        .find_map(|l| l.strip_prefix("embedded object store on "))
+        .unwrap()
+        .to_string();
+    let port = s3.rsplit(':').next().unwrap().to_string();
+    let secret = std::fs::read_to_string(store_data.join("s3-secret")).unwrap();
+    let public = format!("http://localhost:{port}");
+    let api_data = dir.path().join("api");
+    let api_data = api_data.to_str().unwrap();
+    let api = Api::start(
+        api_data,
+        &[
+            ("CLUSTERRA_S3_ENDPOINT", s3.as_str()),
+            ("CLUSTERRA_S3_PUBLIC_ENDPOINT", public.as_str()),
+            ("CLUSTERRA_S3_ACCESS_KEY_ID", "clusterra"),
+            ("CLUSTERRA_S3_SECRET_ACCESS_KEY", secret.trim()),
+            ("CLUSTERRA_S3_CREATE_BUCKETS", "true"),
+        ],
+    );
+    assert!(!api_data.is_empty());
+    let (status, put) = presign(
+        &api,
+        &api.token,
+        json!({"location": "scripts", "path": "job.sh", "method": "PUT"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{put}");
+    let url = put["url"].as_str().unwrap();
+    assert!(
+        url.starts_with(&format!("{public}/local/scripts/")),
+        "{url}"
+    );
+    // Fetched at the server's own address instead, the signature does not match.
+    assert_eq!(
+        upload(&url.replace(&public, &s3), b"#!/bin/sh\n").await,
+        403
+    );
+    assert_eq!(upload(url, b"#!/bin/sh\n").await, 200);
+    let (_, list) = api
+        .call(
+            Method::GET,
+            "/v1/clusters/local/storage/objects?location=scripts",
+            &api.token,
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(list["objects"][0]["path"], "job.sh", "{list}");
+    assert_eq!(list["objects"][0]["size"], 10);
+}
