@@ -8,6 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${DATABASE_URL:?set DATABASE_URL, e.g. postgres://postgres@127.0.0.1:5432/postgres}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/clusterra/target}"
+export CLUSTERRA_S3_LISTEN=127.0.0.1:0  # the embedded object store on a free port
 cargo build --release -q -p cli -p bench
 bin="$CARGO_TARGET_DIR/release"
 dir=$(mktemp -d)
@@ -18,8 +19,8 @@ trap 'kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 CLUSTERRA_LOG=warn "$bin/clusterra" serve --data-dir "$dir/data" --database-url "$url" --listen 127.0.0.1:0 > "$dir/out" &
 pid=$!
-for _ in $(seq 100); do grep -q listening "$dir/out" 2>/dev/null && break; sleep 0.1; done
-base=$(head -1 "$dir/out" | sed 's/.* on //')
+for _ in $(seq 100); do grep -q "clusterra listening" "$dir/out" 2>/dev/null && break; sleep 0.1; done
+base=$(sed -n "s/^clusterra listening on //p" "$dir/out")
 token=$("$bin/clusterra" token mint --data-dir "$dir/data" --database-url "$url" --email bench@clusterra.local --admin)
 "$bin/feedbench" --url "$base" --token "$token" --server-pid "$pid" --database-url "$url" \
   --subscribers "${1:-10000}" --rate "${2:-500}" --seconds "${3:-10}"

@@ -1,0 +1,193 @@
+//! Files: presigned-URL issuance through the HTTP API (concurrent clients on loopback), then one
+//! large upload and download through a presigned URL (the embedded object store when the server
+//! runs on its defaults). Bytes are generated and discarded in memory, so the disk of this
+//! machine is only written by the store.
+//!
+//! bench/files.sh runs it against a fresh release server.
+//! filesbench --url http://127.0.0.1:8080 --token JWT --presigns 20000 --concurrency 32 --transfer-mib 1024
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use bench::{ms, percentiles};
+use clap::Parser;
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+#[derive(Parser)]
+struct Args {
+    /// The API's base URL.
+    #[arg(long)]
+    url: String,
+    #[arg(long)]
+    token: String,
+    #[arg(long, default_value_t = 20_000)]
+    presigns: usize,
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Size of the upload and download; 0 skips them.
+    #[arg(long, default_value_t = 1024)]
+    transfer_mib: u64,
+    #[arg(long, default_value = "local")]
+    cluster: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let endpoint = format!(
+        "{}/v1/clusters/{}/storage/presigned-url",
+        args.url, args.cluster
+    );
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency)
+        .build()?;
+    // One request first, so the bucket exists before the clock starts.
+    presign(
+        &client,
+        &endpoint,
+        &args.token,
+        json!({"location": "data", "path": "warm", "method": "GET"}),
+    )
+    .await?;
+
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..args.concurrency {
+        let (client, next, endpoint, token) = (
+            client.clone(),
+            next.clone(),
+            endpoint.clone(),
+            args.token.clone(),
+        );
+        let total = args.presigns;
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut failures = 0usize;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    break;
+                }
+                let method = if i % 2 == 0 { "PUT" } else { "GET" };
+                let body =
+                    json!({"location": "data", "path": format!("bench/{i}.csv"), "method": method});
+                let t = Instant::now();
+                match presign(&client, &endpoint, &token, body).await {
+                    Ok(_) => lat.push(t.elapsed()),
+                    Err(e) => {
+                        failures += 1;
+                        if failures < 3 {
+                            eprintln!("{e}");
+                        }
+                    }
+                }
+            }
+            (lat, failures)
+        }));
+    }
+    let mut lat = Vec::new();
+    let mut failures = 0;
+    for t in tasks {
+        let (l, f) = t.await?;
+        lat.extend(l);
+        failures += f;
+    }
+    let elapsed = started.elapsed();
+    let ok = lat.len();
+    let (p50, p99, max) = percentiles(lat);
+    println!(
+        "{ok} presigned URLs ({failures} failed) in {:.2} s with {} clients = {:.0} URLs/s   p50 {}  p99 {}  max {}",
+        elapsed.as_secs_f64(),
+        args.concurrency,
+        ok as f64 / elapsed.as_secs_f64(),
+        ms(p50),
+        ms(p99),
+        ms(max)
+    );
+
+    if args.transfer_mib > 0 {
+        transfer(&client, &endpoint, &args.token, args.transfer_mib).await?;
+    }
+    Ok(())
+}
+
+async fn presign(
+    client: &reqwest::Client,
+    endpoint: &str,
+    token: &str,
+    body: Value,
+) -> anyhow::Result<Value> {
+    let r = client
+        .post(endpoint)
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await?;
+    let status = r.status();
+    let out: Value = r.json().await.unwrap_or(Value::Null);
+    anyhow::ensure!(status.as_u16() == 201, "status {status}: {out}");
+    Ok(out)
+}
+
+async fn transfer(
+    client: &reqwest::Client,
+    endpoint: &str,
+    token: &str,
+    mib: u64,
+) -> anyhow::Result<()> {
+    let len = mib * 1024 * 1024;
+    let path = "bench/large.bin";
+    let put = presign(
+        client,
+        endpoint,
+        token,
+        json!({"location": "data", "path": path, "method": "PUT"}),
+    )
+    .await?;
+    let url = put["url"].as_str().unwrap_or_default().to_string();
+    let block = bytes::Bytes::from(vec![0x5a_u8; 1024 * 1024]);
+    let body = futures::stream::iter((0..mib).map(move |_| Ok::<_, std::io::Error>(block.clone())));
+    let t = Instant::now();
+    let r = client
+        .put(&url)
+        .header(reqwest::header::CONTENT_LENGTH, len)
+        .body(reqwest::Body::wrap_stream(body))
+        .send()
+        .await?;
+    anyhow::ensure!(r.status().is_success(), "upload: {}", r.status());
+    let up = t.elapsed();
+    let get = presign(
+        client,
+        endpoint,
+        token,
+        json!({"location": "data", "path": path, "method": "GET"}),
+    )
+    .await?;
+    let t = Instant::now();
+    let r = client
+        .get(get["url"].as_str().unwrap_or_default())
+        .send()
+        .await?;
+    anyhow::ensure!(r.status().is_success(), "download: {}", r.status());
+    let mut got = 0u64;
+    let mut stream = r.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        got += chunk?.len() as u64;
+    }
+    let down = t.elapsed();
+    anyhow::ensure!(got == len, "downloaded {got} of {len} bytes");
+    let rate = |d: std::time::Duration| len as f64 / d.as_secs_f64() / 1e6;
+    println!(
+        "{mib} MiB through presigned URLs: upload {:.2} s = {:.0} MB/s, download {:.2} s = {:.0} MB/s",
+        up.as_secs_f64(),
+        rate(up),
+        down.as_secs_f64(),
+        rate(down)
+    );
+    let del = endpoint.replace("presigned-url", "objects") + "?location=data&path=bench/large.bin";
+    let _ = client.delete(del).bearer_auth(token).send().await;
+    Ok(())
+}
