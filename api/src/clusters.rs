@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use chrono::{DateTime, Utc};
 use commands::CommandError;
-use domain::{ClusterId, ClusterRegistered, SlurmEndpoint};
+use domain::{ClusterId, ClusterRegistered, SlurmEndpoint, WorkspaceId};
 use eventlog::{Metadata, ModelSet};
 use projections::views::clusters::{self, ClusterView};
 use serde::{Deserialize, Serialize};
@@ -326,6 +326,9 @@ pub(crate) async fn visible_cluster(
     id: &str,
 ) -> Result<(ClusterId, ClusterView), ApiError> {
     let id = ClusterId::new(id).map_err(|_| crate::jobs::cluster_not_found())?;
+    if let Some(view) = state.cluster_cache.get(&caller.workspace, &id) {
+        return Ok((id, view));
+    }
     let doc = state
         .store
         .read
@@ -337,7 +340,32 @@ pub(crate) async fn visible_cluster(
         )
         .await?
         .ok_or_else(crate::jobs::cluster_not_found)?;
-    Ok((id, decode_view(&doc)?))
+    let view = decode_view(&doc)?;
+    state.cluster_cache.put(&caller.workspace, &id, &view);
+    Ok((id, view))
+}
+
+/// Cluster views already read, so that the routes under `/v1/clusters/{id}/…` do not read the
+/// projection on every request. Sound because a registered cluster never changes: the only
+/// cluster event is `ClusterRegistered`. Only clusters that exist are kept (a cluster registered
+/// after a miss is found by the next read). When clusters can be changed or removed, entries must
+/// be dropped as those events are projected.
+#[derive(Default)]
+pub struct ClusterCache {
+    views: std::sync::RwLock<std::collections::HashMap<(WorkspaceId, ClusterId), ClusterView>>,
+}
+
+impl ClusterCache {
+    fn get(&self, workspace: &WorkspaceId, id: &ClusterId) -> Option<ClusterView> {
+        let views = self.views.read().ok()?;
+        views.get(&(workspace.clone(), id.clone())).cloned()
+    }
+
+    fn put(&self, workspace: &WorkspaceId, id: &ClusterId, view: &ClusterView) {
+        if let Ok(mut views) = self.views.write() {
+            views.insert((workspace.clone(), id.clone()), view.clone());
+        }
+    }
 }
 
 fn decode_view(doc: &str) -> Result<ClusterView, ApiError> {

@@ -5,7 +5,7 @@
 //! hold against the OpenAPI document.
 
 pub mod auth;
-mod clusters;
+pub mod clusters;
 pub mod consistency;
 pub mod error;
 pub mod feed;
@@ -75,6 +75,8 @@ pub struct AppState {
     pub feed: Arc<feed::FeedSettings>,
     /// The clusters' buckets.
     pub storage: storage::Storage,
+    /// Cluster views already read.
+    pub cluster_cache: Arc<clusters::ClusterCache>,
 }
 
 /// One route the server serves.

@@ -105,6 +105,7 @@ async fn harness_with(wait: Duration, feed_buffer: usize) -> Harness {
         storage: api::storage::Storage {
             store: Arc::new(s3),
         },
+        cluster_cache: Default::default(),
     };
     Harness {
         state,

@@ -91,6 +91,7 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
             heartbeat: std::time::Duration::from_millis(config.sse_heartbeat_ms),
         }),
         storage: api::storage::Storage { store: objects },
+        cluster_cache: Default::default(),
     };
     let poller = tokio::spawn(crate::poll::run(
         state.store.clone(),

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use eventlog::{EventLog, LogError, ModelSet, Position, ReadStore};
 use serde::Serialize;
@@ -33,11 +33,88 @@ pub async fn catch_up(
     projector: &dyn Projector,
     target: Target,
     stop: Option<&watch::Receiver<bool>>,
-    mut on_batch: impl FnMut(Position, usize),
+    on_batch: impl FnMut(Position, usize),
 ) -> Result<Position, ProjectionError> {
+    let checkpoint = store.checkpoint(target.set, projector.name()).await?;
+    let mut cursor = Cursor::eager(checkpoint);
+    advance(log, store, projector, target, stop, &mut cursor, on_batch).await?;
+    Ok(cursor.persisted)
+}
+
+/// Events a live projector may apply without persisting its checkpoint, when they changed none of
+/// its documents.
+const LAZY_EVENTS: i64 = 10_000;
+/// How long a live projector may go without persisting its checkpoint.
+const LAZY_FOR: Duration = Duration::from_secs(1);
+
+/// Where a projector is: `applied` in memory, `persisted` with its documents.
+///
+/// A live projector does not commit a batch that changed none of its documents (most events
+/// concern few projectors): it only advances `applied`, and persists the checkpoint with its next
+/// change, after [`LAZY_EVENTS`] or [`LAZY_FOR`], and when it stops. After a crash it re-reads
+/// those events and they change nothing again — applying an event is deterministic given the
+/// documents, which nothing changed in between.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Cursor {
+    applied: Position,
+    persisted: Position,
+    persisted_at: Instant,
+    lazy: bool,
+}
+
+impl Cursor {
+    fn eager(checkpoint: Position) -> Self {
+        Self {
+            applied: checkpoint,
+            persisted: checkpoint,
+            persisted_at: Instant::now(),
+            lazy: false,
+        }
+    }
+
+    fn lazy(checkpoint: Position) -> Self {
+        Self {
+            lazy: true,
+            ..Self::eager(checkpoint)
+        }
+    }
+
+    fn must_persist(&self, last: Position, changed: bool) -> bool {
+        !self.lazy
+            || changed
+            || last - self.persisted >= LAZY_EVENTS
+            || self.persisted_at.elapsed() >= LAZY_FOR
+    }
+
+    /// Writes the checkpoint if events were applied since it was last written.
+    async fn flush(
+        &mut self,
+        store: &dyn ReadStore,
+        set: ModelSet,
+        name: &str,
+    ) -> Result<(), LogError> {
+        if self.applied > self.persisted {
+            store
+                .commit(set, name, self.persisted, self.applied, &[])
+                .await?;
+            self.persisted = self.applied;
+            self.persisted_at = Instant::now();
+        }
+        Ok(())
+    }
+}
+
+async fn advance(
+    log: &dyn EventLog,
+    store: &dyn ReadStore,
+    projector: &dyn Projector,
+    target: Target,
+    stop: Option<&watch::Receiver<bool>>,
+    cursor: &mut Cursor,
+    mut on_batch: impl FnMut(Position, usize),
+) -> Result<(), ProjectionError> {
     let Target { set, until, batch } = target;
     let name = projector.name();
-    let mut checkpoint = store.checkpoint(set, name).await?;
     // How many events to read after `from`, or None when `until` is reached.
     let limit_after = |from: Position| match until {
         Some(u) if u <= from => None,
@@ -50,7 +127,7 @@ pub async fn catch_up(
             None => Ok(Vec::new()),
         }
     };
-    let mut events = read(checkpoint).await?;
+    let mut events = read(cursor.applied).await?;
     loop {
         if stop.is_some_and(|s| *s.borrow()) {
             break;
@@ -60,23 +137,31 @@ pub async fn catch_up(
         };
         // Read the next batch while this one is applied and committed: the database reads on
         // its own thread, so the two overlap.
+        let snapshot = *cursor;
         let apply = async {
             let mut view = ViewTx::new(store, set, name);
             for event in &events {
                 projector.apply(&mut view, event).await?;
             }
-            store
-                .commit(set, name, checkpoint, last, &view.into_changes())
-                .await?;
-            Ok::<_, ProjectionError>(())
+            let changes = view.into_changes();
+            let persist = snapshot.must_persist(last, !changes.is_empty());
+            if persist {
+                store
+                    .commit(set, name, snapshot.persisted, last, &changes)
+                    .await?;
+            }
+            Ok::<_, ProjectionError>(persist)
         };
         let (applied, next) = tokio::join!(apply, read(last));
-        applied?;
-        checkpoint = last;
-        on_batch(checkpoint, events.len());
+        if applied? {
+            cursor.persisted = last;
+            cursor.persisted_at = Instant::now();
+        }
+        cursor.applied = last;
+        on_batch(last, events.len());
         events = next?;
     }
-    Ok(checkpoint)
+    Ok(())
 }
 
 /// What a live projector is doing.
@@ -171,29 +256,42 @@ async fn follow(
     let name = projector.name();
     let mut head = log.watch_head();
     let mut backoff = Duration::from_millis(200);
+    let mut cursor: Option<Cursor> = None;
     loop {
         if *shutdown.borrow() {
             break;
         }
         head.borrow_and_update();
-        let result = catch_up(
-            log.as_ref(),
-            store.as_ref(),
-            projector.as_ref(),
-            Target {
-                set: ModelSet::Live,
-                until: None,
-                batch: BATCH,
-            },
-            Some(&shutdown),
-            |position, _| {
-                status.send_modify(|s| {
-                    s.position = position;
-                    s.state = "running";
-                    s.last_error = None;
-                })
-            },
-        )
+        let result = async {
+            let c = match &mut cursor {
+                Some(c) => c,
+                None => cursor.insert(Cursor::lazy(store.checkpoint(ModelSet::Live, name).await?)),
+            };
+            advance(
+                log.as_ref(),
+                store.as_ref(),
+                projector.as_ref(),
+                Target {
+                    set: ModelSet::Live,
+                    until: None,
+                    batch: BATCH,
+                },
+                Some(&shutdown),
+                c,
+                |position, _| {
+                    status.send_modify(|s| {
+                        s.position = position;
+                        s.state = "running";
+                        s.last_error = None;
+                    })
+                },
+            )
+            .await?;
+            if c.persisted_at.elapsed() >= LAZY_FOR || *shutdown.borrow() {
+                c.flush(store.as_ref(), ModelSet::Live, name).await?;
+            }
+            Ok::<_, ProjectionError>(c.applied)
+        }
         .await;
         match result {
             Ok(position) => {
@@ -209,6 +307,7 @@ async fn follow(
             Err(ProjectionError::Store(LogError::CheckpointMoved { found, .. })) => {
                 // A rebuild was promoted or another runner moved it: pick up from there, and say
                 // where we are (it may be behind what we had reported).
+                cursor = None;
                 status.send_modify(|s| s.position = found);
                 tracing::info!(
                     projection = name,
@@ -218,6 +317,8 @@ async fn follow(
                 continue;
             }
             Err(e) => {
+                // Start again from what is persisted: a failed batch may have half-applied.
+                cursor = None;
                 tracing::error!(projection = name, error = %e, retry_in_ms = backoff.as_millis() as u64, "projection failed");
                 status.send_modify(|s| {
                     s.state = "failing";
@@ -236,6 +337,11 @@ async fn follow(
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             _ = shutdown.changed() => {}
         }
+    }
+    if let Some(c) = &mut cursor
+        && let Err(e) = c.flush(store.as_ref(), ModelSet::Live, name).await
+    {
+        tracing::warn!(projection = name, error = %e, "could not write the checkpoint at stop; the events after it will be read again");
     }
     tracing::info!(
         projection = name,
