@@ -147,18 +147,24 @@ async fn write_group(
     };
     let start = head.position;
     let mut results = Vec::with_capacity(group.len());
-    // A lone append needs no savepoint: on error the whole transaction is rolled back.
-    let savepoints = group.len() > 1;
     for request in group {
-        if savepoints {
+        // An append that writes with one INSERT needs no savepoint: its checks come before any
+        // write, and SQLite undoes a failed statement by itself (a duplicate id). Longer appends
+        // are wrapped in one, so a failure undoes only them.
+        let savepoint = group.len() > 1 && request.events.len() > ROWS_PER_INSERT;
+        if savepoint {
             sqlx::query("SAVEPOINT append").execute(&mut *tx).await?;
         }
         let result = append_one(&mut tx, &mut head, request, now).await;
-        if savepoints {
+        if savepoint {
             if result.is_err() {
                 sqlx::query("ROLLBACK TO append").execute(&mut *tx).await?;
             }
             sqlx::query("RELEASE append").execute(&mut *tx).await?;
+        } else if let Err(LogError::Database(e)) = result {
+            // Without a savepoint a database failure (I/O, a full disk) may have ended the
+            // transaction: fail the whole group; every append in it is refused and retried.
+            return Err(LogError::Database(e));
         }
         results.push(result);
     }
