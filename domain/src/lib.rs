@@ -6,6 +6,7 @@ pub mod feed;
 pub mod ids;
 pub mod job;
 pub mod money;
+pub mod scaling;
 pub mod storage;
 pub mod submit;
 

@@ -15,6 +15,22 @@ impl MicroUsd {
         MicroUsd(dollars * 1_000_000 + cents * 10_000)
     }
 
+    /// Parses a non-negative decimal dollar amount with at most six decimals (`"0.0363"`),
+    /// exactly: no floating point.
+    pub fn parse_dollars(text: &str) -> Option<MicroUsd> {
+        let (whole, frac) = text.split_once('.').unwrap_or((text, ""));
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        if !digits(whole) || (!frac.is_empty() && !digits(frac)) || frac.len() > 6 {
+            return None;
+        }
+        let whole: i64 = whole.parse().ok()?;
+        let frac: i64 = format!("{frac:0<6}").parse().ok()?;
+        whole
+            .checked_mul(1_000_000)?
+            .checked_add(frac)
+            .map(MicroUsd)
+    }
+
     pub fn checked_add(self, other: MicroUsd) -> Option<MicroUsd> {
         self.0.checked_add(other.0).map(MicroUsd)
     }
@@ -41,5 +57,14 @@ mod tests {
         );
         assert_eq!(MicroUsd(-1).to_string(), "-$0.000001");
         assert_eq!(MicroUsd(i64::MAX).checked_add(MicroUsd(1)), None);
+        assert_eq!(MicroUsd::parse_dollars("0.0363"), Some(MicroUsd(36_300)));
+        assert_eq!(MicroUsd::parse_dollars("12"), Some(MicroUsd(12_000_000)));
+        assert_eq!(
+            MicroUsd::parse_dollars("1.000001"),
+            Some(MicroUsd(1_000_001))
+        );
+        for bad in ["", ".5", "1.", "-1", "1.0000001", "1e3", "0x1"] {
+            assert_eq!(MicroUsd::parse_dollars(bad), None, "{bad}");
+        }
     }
 }

@@ -1,0 +1,59 @@
+//! Criterion: one scaling decision — placing 100,000 pending jobs (first-fit decreasing) across
+//! the 15 node sets of the fixture catalog, beside 1,000 warm nodes.
+//!
+//! cargo bench -p bench --bench scaling
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use domain::scaling::{Catalog, Demand, Family, NodeSet, PendingSlice, Size, WarmNode, plan};
+
+fn decision(c: &mut Criterion) {
+    let catalog =
+        Catalog::parse(include_str!("../../fixtures/catalog/shapes.json"), 512).expect("catalog");
+    // A deterministic mix: 1-16 vCPUs, 1-8 GiB per vCPU, so every family and size is asked for.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let pending: Vec<PendingSlice> = (0..100_000u64)
+        .map(|job_id| {
+            let cpus = [1, 1, 1, 2, 2, 4, 4, 8, 16][(next() % 9) as usize];
+            let gib_per_cpu = 1 + next() % 8;
+            PendingSlice {
+                job_id,
+                demand: Demand {
+                    cpus,
+                    memory_mib: u64::from(cpus) * gib_per_cpu * 1024 - 600,
+                },
+            }
+        })
+        .collect();
+    let warm: Vec<WarmNode> = (0..1_000)
+        .map(|i| {
+            let family = Family::ALL[i % 3];
+            let size = Size::ALL[i % 5];
+            WarmNode {
+                name: format!("node-{i}"),
+                set: NodeSet { family, size },
+                free_cpus: 1,
+                free_mib: 1024,
+                busy: true,
+            }
+        })
+        .collect();
+    let (needs, stranded) = plan(&catalog, &warm, &pending);
+    eprintln!(
+        "node sets used: {}, nodes: {}, stranded: {}",
+        needs.len(),
+        needs.values().map(|n| n.nodes).sum::<u32>(),
+        stranded.len()
+    );
+    c.bench_function("scaling_decision_100k_pending", |b| {
+        b.iter(|| plan(&catalog, &warm, &pending))
+    });
+}
+
+criterion_group!(benches, decision);
+criterion_main!(benches);

@@ -1,0 +1,631 @@
+//! Autoscaling policy (pure): which node shape a job needs, and how many nodes of each shape a
+//! cluster needs for its running and pending jobs.
+//!
+//! - **Family** by the job's memory per vCPU: `compute` ≤ 3 GiB, `general` ≤ 6 GiB, `memory`
+//!   above.
+//! - **Size** within a family: the smallest whose *allocatable* vCPUs and memory (instance memory
+//!   minus the system reserve) hold the biggest pending job of that family.
+//! - **Placement**: first-fit decreasing — the biggest jobs first, each onto the first warm node
+//!   of its family with room, else onto a node opened this cycle, else a new node.
+//!
+//! The catalog (family, size, instance type, vCPUs, GiB, hourly price) is data
+//! (`fixtures/catalog/shapes.json`), parsed here from text the caller read.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::MicroUsd;
+
+/// An instance family, chosen by memory per vCPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    /// ≤ 3 GiB per vCPU (c7g).
+    Compute,
+    /// ≤ 6 GiB per vCPU (m7g).
+    General,
+    /// More than 6 GiB per vCPU (r7g).
+    Memory,
+}
+
+impl Family {
+    pub const ALL: [Family; 3] = [Family::Compute, Family::General, Family::Memory];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Family::Compute => "compute",
+            Family::General => "general",
+            Family::Memory => "memory",
+        }
+    }
+
+    /// The family of a node-slice needing `cpus` vCPUs and `memory_mib`.
+    pub fn for_demand(cpus: u32, memory_mib: u64) -> Family {
+        let cpus = u64::from(cpus.max(1));
+        // Compare memory_mib / cpus with 3 GiB and 6 GiB without dividing.
+        if memory_mib <= 3 * 1024 * cpus {
+            Family::Compute
+        } else if memory_mib <= 6 * 1024 * cpus {
+            Family::General
+        } else {
+            Family::Memory
+        }
+    }
+}
+
+/// A size within a family, smallest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Size {
+    Xs,
+    Small,
+    Medium,
+    Large,
+    Xlarge,
+}
+
+impl Size {
+    pub const ALL: [Size; 5] = [
+        Size::Xs,
+        Size::Small,
+        Size::Medium,
+        Size::Large,
+        Size::Xlarge,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Size::Xs => "xs",
+            Size::Small => "small",
+            Size::Medium => "medium",
+            Size::Large => "large",
+            Size::Xlarge => "xlarge",
+        }
+    }
+}
+
+/// A node set of a cluster: every node of one family and size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct NodeSet {
+    pub family: Family,
+    pub size: Size,
+}
+
+impl fmt::Display for NodeSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.family.as_str(), self.size.as_str())
+    }
+}
+
+/// One instance shape of the catalog.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Shape {
+    pub family: Family,
+    pub size: Size,
+    pub instance_type: String,
+    pub vcpus: u32,
+    pub memory_gib: u32,
+    pub hourly: MicroUsd,
+    /// What jobs can use: instance memory minus the system reserve.
+    pub allocatable_mib: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CatalogFile {
+    #[serde(rename = "_source", default)]
+    _source: Option<String>,
+    shapes: Vec<ShapeRow>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ShapeRow {
+    family: Family,
+    size: Size,
+    instance_type: String,
+    vcpus: u32,
+    memory_gib: u32,
+    hourly_usd: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CatalogError {
+    #[error("the catalog is not valid JSON of the expected shape: {0}")]
+    Format(String),
+    #[error("the catalog has no {0} shape; it needs all five sizes of compute, general and memory")]
+    Missing(NodeSet),
+    #[error("the catalog lists {0} twice")]
+    Duplicate(NodeSet),
+    #[error("{set}: {problem}")]
+    Bad { set: NodeSet, problem: String },
+}
+
+/// The 15 shapes, by family then size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Catalog {
+    shapes: BTreeMap<NodeSet, Shape>,
+}
+
+impl Catalog {
+    /// Parses the catalog file's text. `reserve_mib` is the memory each node keeps for the system
+    /// (kubelet, slurmd, the OS).
+    pub fn parse(text: &str, reserve_mib: u64) -> Result<Self, CatalogError> {
+        let file: CatalogFile =
+            serde_json::from_str(text).map_err(|e| CatalogError::Format(e.to_string()))?;
+        let mut shapes = BTreeMap::new();
+        for row in file.shapes {
+            let set = NodeSet {
+                family: row.family,
+                size: row.size,
+            };
+            let bad = |problem: &str| CatalogError::Bad {
+                set,
+                problem: problem.to_string(),
+            };
+            let hourly = MicroUsd::parse_dollars(&row.hourly_usd)
+                .ok_or_else(|| bad("hourly_usd must be a decimal like \"0.0363\""))?;
+            let memory_mib = u64::from(row.memory_gib) * 1024;
+            if row.vcpus == 0 || memory_mib <= reserve_mib {
+                return Err(bad(
+                    "needs at least one vCPU and more memory than the system reserve",
+                ));
+            }
+            let shape = Shape {
+                family: row.family,
+                size: row.size,
+                instance_type: row.instance_type,
+                vcpus: row.vcpus,
+                memory_gib: row.memory_gib,
+                hourly,
+                allocatable_mib: memory_mib - reserve_mib,
+            };
+            if shapes.insert(set, shape).is_some() {
+                return Err(CatalogError::Duplicate(set));
+            }
+        }
+        for family in Family::ALL {
+            let mut previous: Option<&Shape> = None;
+            for size in Size::ALL {
+                let set = NodeSet { family, size };
+                let shape = shapes.get(&set).ok_or(CatalogError::Missing(set))?;
+                if let Some(p) = previous
+                    && (shape.vcpus < p.vcpus || shape.allocatable_mib < p.allocatable_mib)
+                {
+                    return Err(CatalogError::Bad {
+                        set,
+                        problem: "is smaller than the size before it".into(),
+                    });
+                }
+                previous = Some(shape);
+            }
+        }
+        Ok(Self { shapes })
+    }
+
+    pub fn shape(&self, set: NodeSet) -> Option<&Shape> {
+        self.shapes.get(&set)
+    }
+
+    pub fn shapes(&self) -> impl Iterator<Item = &Shape> {
+        self.shapes.values()
+    }
+
+    /// The largest shape of a family.
+    pub fn largest(&self, family: Family) -> Option<&Shape> {
+        self.shapes.get(&NodeSet {
+            family,
+            size: Size::Xlarge,
+        })
+    }
+
+    /// The smallest size of `family` that holds `cpus` and `memory_mib` on one node.
+    pub fn smallest_fit(&self, family: Family, cpus: u32, memory_mib: u64) -> Option<&Shape> {
+        Size::ALL
+            .iter()
+            .filter_map(|&size| self.shapes.get(&NodeSet { family, size }))
+            .find(|s| s.vcpus >= cpus && s.allocatable_mib >= memory_mib)
+    }
+
+    /// Where one node of a job goes, or why no shape can ever hold it. The family is the one its
+    /// memory per vCPU asks for; when no size of that family is big enough, the next roomier
+    /// family (general, then memory) that holds it.
+    pub fn place(&self, demand: Demand) -> Result<NodeSet, TooBig> {
+        let family = Family::for_demand(demand.cpus, demand.memory_mib);
+        for f in Family::ALL.into_iter().filter(|f| *f >= family) {
+            if let Some(s) = self.smallest_fit(f, demand.cpus, demand.memory_mib) {
+                return Ok(NodeSet {
+                    family: f,
+                    size: s.size,
+                });
+            }
+        }
+        let largest = self
+            .shapes
+            .values()
+            .max_by_key(|s| (s.vcpus, s.allocatable_mib))
+            .map_or_else(
+                || ("?".to_string(), 0, 0),
+                |s| (s.instance_type.clone(), s.vcpus, s.allocatable_mib),
+            );
+        Err(TooBig {
+            demand,
+            largest: largest.0,
+            largest_vcpus: largest.1,
+            largest_mib: largest.2,
+        })
+    }
+}
+
+/// What one node of a job needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Demand {
+    pub cpus: u32,
+    pub memory_mib: u64,
+}
+
+impl Demand {
+    /// One node's share of a job: `cpus` and `memory_mib` are the whole job's, spread over
+    /// `nodes` (rounded up). Without a memory request, `default_mib_per_cpu` per vCPU.
+    pub fn per_node(
+        cpus: u32,
+        memory_mib: Option<u64>,
+        nodes: u32,
+        default_mib_per_cpu: u64,
+    ) -> Demand {
+        let nodes = nodes.max(1);
+        let cpus = cpus.max(1).div_ceil(nodes);
+        let memory_mib = memory_mib
+            .map(|m| m.div_ceil(u64::from(nodes)))
+            .unwrap_or(u64::from(cpus) * default_mib_per_cpu);
+        Demand { cpus, memory_mib }
+    }
+}
+
+/// A job no shape can hold: refused at submit.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "one node of this job needs {} vCPUs and {} MiB, more than any shape holds (the largest is {}: {} vCPUs, {} MiB allocatable); ask for fewer CPUs or less memory per node, or spread it over more nodes",
+    demand.cpus, demand.memory_mib, largest, largest_vcpus, largest_mib
+)]
+pub struct TooBig {
+    pub demand: Demand,
+    pub largest: String,
+    pub largest_vcpus: u32,
+    pub largest_mib: u64,
+}
+
+/// A node that is up, what its running jobs leave free.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WarmNode {
+    pub name: String,
+    pub set: NodeSet,
+    pub free_cpus: u32,
+    pub free_mib: u64,
+    /// Running jobs on it.
+    pub busy: bool,
+}
+
+/// One node-slice of a pending job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PendingSlice {
+    pub job_id: u64,
+    pub demand: Demand,
+}
+
+/// What a node set needs after placing every pending job.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Need {
+    /// Nodes that must be up: warm nodes with running or placed jobs, plus new ones.
+    pub nodes: u32,
+    /// Nodes to add this cycle.
+    pub new_nodes: u32,
+    /// The pending jobs placed in this set (each once, in placement order).
+    pub jobs: Vec<u64>,
+}
+
+/// Places every pending slice (first-fit decreasing) and says what each node set needs. Slices
+/// no shape can hold are skipped (they were refused at submit; a catalog change may strand old
+/// ones) and returned as the second value.
+pub fn plan(
+    catalog: &Catalog,
+    warm: &[WarmNode],
+    pending: &[PendingSlice],
+) -> (BTreeMap<NodeSet, Need>, Vec<u64>) {
+    let mut needs: BTreeMap<NodeSet, Need> = BTreeMap::new();
+    let mut stranded = Vec::new();
+    // Per family: its slices, and the size that holds the biggest.
+    let mut by_family: BTreeMap<Family, Vec<PendingSlice>> = BTreeMap::new();
+    for s in pending {
+        match catalog.place(s.demand) {
+            Ok(set) => by_family.entry(set.family).or_default().push(*s),
+            Err(_) => stranded.push(s.job_id),
+        }
+    }
+    for node in warm.iter().filter(|n| n.busy) {
+        needs.entry(node.set).or_default().nodes += 1;
+    }
+    for (family, mut slices) in by_family {
+        let max_cpus = slices.iter().map(|s| s.demand.cpus).max().unwrap_or(1);
+        let max_mib = slices
+            .iter()
+            .map(|s| s.demand.memory_mib)
+            .max()
+            .unwrap_or(0);
+        let Some(shape) = catalog.smallest_fit(family, max_cpus, max_mib).or_else(|| {
+            // No one size holds the biggest vCPUs and the biggest memory together (two
+            // different jobs): take the largest, which holds each job.
+            catalog.largest(family)
+        }) else {
+            continue;
+        };
+        let new_set = NodeSet {
+            family,
+            size: shape.size,
+        };
+        slices.sort_unstable_by(|a, b| b.demand.cmp(&a.demand).then(a.job_id.cmp(&b.job_id)));
+        let warm_here = warm.iter().filter(|n| n.set.family == family).count();
+        let mut bins = Bins::new(warm_here + slices.len());
+        for node in warm.iter().filter(|n| n.set.family == family) {
+            bins.open(node.set, node.free_cpus, node.free_mib, node.busy);
+        }
+        for slice in slices {
+            let at = match bins.first_fit(slice.demand) {
+                Some(i) => i,
+                None => bins.open_new(new_set, shape.vcpus, shape.allocatable_mib),
+            };
+            let set = bins.take(at, slice.demand);
+            let need = needs.entry(set).or_default();
+            if !need.jobs.last().is_some_and(|j| *j == slice.job_id) {
+                need.jobs.push(slice.job_id);
+            }
+        }
+        for (set, opened, new) in bins.used() {
+            let need = needs.entry(set).or_default();
+            need.nodes += opened;
+            need.new_nodes += new;
+        }
+    }
+    (needs, stranded)
+}
+
+/// Nodes as bins for first-fit. A max-tree over node numbers (the most free vCPUs and the most
+/// free memory in each subtree) finds the lowest-numbered node with room in O(log n) steps when
+/// room is common; a subtree is skipped as soon as it cannot hold the slice.
+struct Bins {
+    nodes: Vec<Bin>,
+    leaves: usize,
+    cpus: Vec<u32>,
+    mib: Vec<u64>,
+}
+
+struct Bin {
+    set: NodeSet,
+    free_cpus: u32,
+    free_mib: u64,
+    /// Already counted (a busy warm node).
+    counted: bool,
+    new: bool,
+    used: bool,
+}
+
+impl Bins {
+    /// Room for `capacity` nodes.
+    fn new(capacity: usize) -> Self {
+        let leaves = capacity.max(1).next_power_of_two();
+        Self {
+            nodes: Vec::new(),
+            leaves,
+            cpus: vec![0; 2 * leaves],
+            mib: vec![0; 2 * leaves],
+        }
+    }
+
+    fn update(&mut self, i: usize) {
+        let mut at = self.leaves + i;
+        self.cpus[at] = self.nodes[i].free_cpus;
+        self.mib[at] = self.nodes[i].free_mib;
+        while at > 1 {
+            at /= 2;
+            self.cpus[at] = self.cpus[2 * at].max(self.cpus[2 * at + 1]);
+            self.mib[at] = self.mib[2 * at].max(self.mib[2 * at + 1]);
+        }
+    }
+
+    fn push(&mut self, bin: Bin) -> usize {
+        if self.nodes.len() == self.leaves {
+            // Out of room (more nodes than planned for): grow and rebuild.
+            let nodes = std::mem::take(&mut self.nodes);
+            *self = Self::new(2 * self.leaves);
+            for n in nodes {
+                self.push(n);
+            }
+        }
+        self.nodes.push(bin);
+        let i = self.nodes.len() - 1;
+        self.update(i);
+        i
+    }
+
+    fn open(&mut self, set: NodeSet, free_cpus: u32, free_mib: u64, busy: bool) {
+        self.push(Bin {
+            set,
+            free_cpus,
+            free_mib,
+            counted: busy,
+            new: false,
+            used: false,
+        });
+    }
+
+    fn open_new(&mut self, set: NodeSet, cpus: u32, mib: u64) -> usize {
+        self.push(Bin {
+            set,
+            free_cpus: cpus,
+            free_mib: mib,
+            counted: false,
+            new: true,
+            used: false,
+        })
+    }
+
+    /// The lowest-numbered node with room for `d`.
+    fn first_fit(&self, d: Demand) -> Option<usize> {
+        let mut stack = vec![1usize];
+        while let Some(at) = stack.pop() {
+            if self.cpus[at] < d.cpus || self.mib[at] < d.memory_mib {
+                continue;
+            }
+            if at >= self.leaves {
+                return Some(at - self.leaves);
+            }
+            // Right pushed first so the left (lower numbers) is tried first.
+            stack.push(2 * at + 1);
+            stack.push(2 * at);
+        }
+        None
+    }
+
+    fn take(&mut self, i: usize, d: Demand) -> NodeSet {
+        let node = &mut self.nodes[i];
+        node.free_cpus -= d.cpus;
+        node.free_mib -= d.memory_mib;
+        node.used = true;
+        let set = node.set;
+        self.update(i);
+        set
+    }
+
+    /// Per node set: nodes that now must be up and were not counted yet, and how many of them
+    /// are new.
+    fn used(&self) -> Vec<(NodeSet, u32, u32)> {
+        let mut out: BTreeMap<NodeSet, (u32, u32)> = BTreeMap::new();
+        for n in self.nodes.iter().filter(|n| n.used && !n.counted) {
+            let e = out.entry(n.set).or_default();
+            e.0 += 1;
+            e.1 += u32::from(n.new);
+        }
+        out.into_iter().map(|(s, (a, b))| (s, a, b)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CATALOG: &str = include_str!("../../fixtures/catalog/shapes.json");
+
+    fn catalog() -> Catalog {
+        Catalog::parse(CATALOG, 512).unwrap()
+    }
+
+    fn set(family: Family, size: Size) -> NodeSet {
+        NodeSet { family, size }
+    }
+
+    fn d(cpus: u32, gib: u64) -> Demand {
+        Demand {
+            cpus,
+            memory_mib: gib * 1024,
+        }
+    }
+
+    #[test]
+    fn the_fixture_catalog_parses_with_prices_in_micro_dollars() {
+        let c = catalog();
+        assert_eq!(c.shapes().count(), 15);
+        let s = c.shape(set(Family::Compute, Size::Xs)).unwrap();
+        assert_eq!(
+            (s.instance_type.as_str(), s.hourly),
+            ("c7g.medium", MicroUsd(36_300))
+        );
+        assert_eq!(s.allocatable_mib, 2048 - 512);
+        assert!(Catalog::parse(r#"{"shapes": []}"#, 512).is_err());
+    }
+
+    #[test]
+    fn family_by_memory_per_cpu() {
+        assert_eq!(Family::for_demand(4, 12 * 1024), Family::Compute);
+        assert_eq!(Family::for_demand(4, 12 * 1024 + 1), Family::General);
+        assert_eq!(Family::for_demand(4, 24 * 1024), Family::General);
+        assert_eq!(Family::for_demand(4, 24 * 1024 + 1), Family::Memory);
+        assert_eq!(Family::for_demand(0, 1024), Family::Compute);
+    }
+
+    #[test]
+    fn smallest_size_that_fits_after_the_reserve() {
+        let c = catalog();
+        // 2 GiB on one vCPU: c7g.medium keeps 1.5 GiB after the reserve, so c7g.large.
+        assert_eq!(c.place(d(1, 2)).unwrap(), set(Family::Compute, Size::Small));
+        assert_eq!(c.place(d(1, 1)).unwrap(), set(Family::Compute, Size::Xs));
+        // 2.5 GiB per vCPU asks for compute, whose largest holds 31.5 GiB: general holds it.
+        assert_eq!(
+            c.place(d(16, 40)).unwrap(),
+            set(Family::General, Size::Xlarge)
+        );
+        let too_big = c.place(d(32, 64)).unwrap_err();
+        assert_eq!(too_big.largest, "r7g.4xlarge");
+        assert!(too_big.to_string().contains("r7g.4xlarge"), "{too_big}");
+    }
+
+    #[test]
+    fn per_node_demand() {
+        assert_eq!(Demand::per_node(8, Some(8192), 2, 2048), d(4, 4));
+        assert_eq!(
+            Demand::per_node(3, None, 1, 2048),
+            Demand {
+                cpus: 3,
+                memory_mib: 6144
+            }
+        );
+        assert_eq!(
+            Demand::per_node(5, Some(1000), 2, 2048),
+            Demand {
+                cpus: 3,
+                memory_mib: 500
+            }
+        );
+    }
+
+    #[test]
+    fn first_fit_decreasing_fills_warm_nodes_before_new_ones() {
+        let c = catalog();
+        let large = set(Family::Compute, Size::Large); // 8 vCPUs, 15.5 GiB allocatable
+        let warm = vec![WarmNode {
+            name: "compute-large-0".into(),
+            set: large,
+            free_cpus: 2,
+            free_mib: 4096,
+            busy: true,
+        }];
+        let pending: Vec<PendingSlice> = [(1, d(1, 1)), (2, d(4, 4)), (3, d(4, 4)), (4, d(2, 2))]
+            .into_iter()
+            .map(|(job_id, demand)| PendingSlice { job_id, demand })
+            .collect();
+        let (needs, stranded) = plan(&c, &warm, &pending);
+        assert!(stranded.is_empty());
+        // The biggest (4 vCPUs) makes compute-medium (4 vCPUs, 7.5 GiB) the size of new nodes.
+        // Biggest first: jobs 2 and 3 fill a new medium each; job 4 takes the warm node's two
+        // free vCPUs; job 1 finds no room anywhere and opens a third medium.
+        let medium = set(Family::Compute, Size::Medium);
+        assert_eq!(needs[&large].nodes, 1, "{needs:?}");
+        assert_eq!(needs[&large].new_nodes, 0);
+        assert_eq!(needs[&large].jobs, vec![4]);
+        assert_eq!(needs[&medium].new_nodes, 3, "{needs:?}");
+        assert_eq!(needs[&medium].jobs, vec![2, 3, 1]);
+    }
+
+    #[test]
+    fn a_job_no_shape_holds_is_stranded_not_placed() {
+        let c = catalog();
+        let pending = [PendingSlice {
+            job_id: 9,
+            demand: d(64, 64),
+        }];
+        let (needs, stranded) = plan(&c, &[], &pending);
+        assert!(needs.is_empty());
+        assert_eq!(stranded, vec![9]);
+    }
+}
