@@ -135,6 +135,47 @@ async fn presigned_urls_round_trip_and_tampering_is_refused() {
         .unwrap();
     assert_eq!(f.http.get(&bad.url).send().await.unwrap().status(), 403);
 
+    // An upload URL cannot be turned into a copy of another user's object.
+    let bob = ObjectKey::build(
+        Location::Data,
+        &Email::new("bob@lab.org").unwrap(),
+        "secret",
+    )
+    .unwrap();
+    let bob_put = f
+        .store
+        .presign(request(&bob, FileMethod::Put, 60))
+        .await
+        .unwrap();
+    assert_eq!(
+        f.http
+            .put(&bob_put.url)
+            .body("bob's")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let mine = key("stolen");
+    let put = f
+        .store
+        .presign(request(&mine, FileMethod::Put, 60))
+        .await
+        .unwrap();
+    let copy = f
+        .http
+        .put(&put.url)
+        .header("x-amz-copy-source", "cluster-one/data/bob@lab.org/secret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(copy.status(), 403);
+    assert_eq!(
+        f.store.head("cluster-one", mine.as_str()).await.unwrap(),
+        None
+    );
+
     // head, list, delete
     assert_eq!(
         f.store.head("cluster-one", k.as_str()).await.unwrap(),

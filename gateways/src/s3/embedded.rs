@@ -14,9 +14,53 @@ use std::path::Path;
 use axum::Router;
 use axum::error_handling::HandleError;
 use axum::http::StatusCode;
+use s3s::access::{S3Access, S3AccessContext};
 use s3s::auth::SimpleAuth;
 use s3s::service::S3ServiceBuilder;
 use tokio::sync::watch;
+
+/// The operations the embedded store serves: what presigned URLs do (get, put, head) and what
+/// the server itself calls (list, head, delete, bucket checks). Everything else is refused, in
+/// particular copies: a presigned PUT signs only the headers it lists, so an added
+/// `x-amz-copy-source` would otherwise turn an upload URL into a copy from any bucket.
+struct OnlyWhatClusterraUses;
+
+const ALLOWED: [&str; 7] = [
+    "GetObject",
+    "PutObject",
+    "HeadObject",
+    "DeleteObject",
+    "ListObjectsV2",
+    "HeadBucket",
+    "CreateBucket",
+];
+
+#[async_trait::async_trait]
+impl S3Access for OnlyWhatClusterraUses {
+    async fn check(&self, cx: &mut S3AccessContext<'_>) -> s3s::S3Result<()> {
+        if cx.credentials().is_none() {
+            return Err(s3s::s3_error!(
+                AccessDenied,
+                "sign the request or use a presigned URL"
+            ));
+        }
+        let op = cx.s3_op().name();
+        if !ALLOWED.contains(&op) {
+            return Err(s3s::s3_error!(
+                AccessDenied,
+                "this store does not serve {op}"
+            ));
+        }
+        if cx
+            .headers()
+            .keys()
+            .any(|h| h.as_str().starts_with("x-amz-copy-source"))
+        {
+            return Err(s3s::s3_error!(AccessDenied, "copies are not served"));
+        }
+        Ok(())
+    }
+}
 
 /// A running embedded endpoint.
 pub struct Embedded {
@@ -59,6 +103,7 @@ pub async fn start(
         .map_err(|e| folder(std::io::Error::other(format!("{e:?}"))))?;
     let mut builder = S3ServiceBuilder::new(fs);
     builder.set_auth(SimpleAuth::from_single(access_key, secret_key.to_string()));
+    builder.set_access(OnlyWhatClusterraUses);
     let service = builder.build();
     let app = Router::new()
         .fallback_service(HandleError::new(service, |e: s3s::HttpError| async move {
