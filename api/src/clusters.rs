@@ -220,6 +220,12 @@ pub(crate) async fn register(
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require_admin()?;
     let (cluster_id, name, region, bucket, slurm) = validate(req)?;
+    bucket_is_free(
+        &state,
+        &bucket,
+        &format!("{}/{cluster_id}", caller.workspace),
+    )
+    .await?;
     let event = ClusterRegistered {
         workspace: caller.workspace.clone(),
         cluster_id: cluster_id.clone(),
@@ -343,6 +349,41 @@ pub(crate) async fn visible_cluster(
     let view = decode_view(&doc)?;
     state.cluster_cache.put(&caller.workspace, &id, &view);
     Ok((id, view))
+}
+
+/// Refuses a bucket another cluster (of any workspace) already has (`this`, `<ws>/<id>`, is the
+/// cluster being registered: a second registration of it gets `cluster_exists` instead): a bucket holds its
+/// cluster's users' files, and two clusters sharing one would share them. (Two registrations
+/// racing for one bucket can both pass; registrations are rare admin actions.)
+async fn bucket_is_free(state: &AppState, bucket: &str, this: &str) -> Result<(), ApiError> {
+    let mut after: Option<String> = None;
+    loop {
+        let page = state
+            .store
+            .read
+            .list_docs(
+                ModelSet::Live,
+                clusters::NAME,
+                clusters::ALL,
+                after.as_deref(),
+                500,
+            )
+            .await?;
+        for row in &page {
+            if row.key != this && decode_view(&row.doc)?.bucket == bucket {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "bucket_in_use",
+                    format!("bucket {bucket} belongs to another cluster; give this cluster its own bucket"),
+                )
+                .with_field("bucket"));
+            }
+        }
+        match page.last() {
+            Some(last) if page.len() == 500 => after = Some(last.key.clone()),
+            _ => return Ok(()),
+        }
+    }
 }
 
 /// Cluster views already read, so that the routes under `/v1/clusters/{id}/…` do not read the

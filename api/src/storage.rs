@@ -135,6 +135,10 @@ fn path_error(field: &str, e: PathError) -> ApiError {
     .with_field(field)
 }
 
+fn path_error_text(field: &str, message: String) -> ApiError {
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_path", message).with_field(field)
+}
+
 fn location(field: &str, value: &str) -> Result<Location, ApiError> {
     Location::parse(value).ok_or_else(|| {
         invalid(
@@ -188,8 +192,9 @@ async fn file_caller(state: &AppState, caller: &Caller, id: &str) -> Result<File
     })
 }
 
-fn file_error(e: FileError) -> ApiError {
+fn file_error(e: FileError, key_field: &str) -> ApiError {
     match e {
+        FileError::KeyTooLong { .. } => path_error_text(key_field, e.to_string()),
         FileError::Denied(d) => {
             let code = match d {
                 domain::storage::AccessDenied::NotYours { .. } => "not_your_file",
@@ -284,7 +289,7 @@ pub(crate) async fn presign(
         Utc::now(),
     )
     .await
-    .map_err(file_error)?;
+    .map_err(|e| file_error(e, if body.key.is_some() { "key" } else { "path" }))?;
     tracing::info!(key = %key, method = method.as_str(), expires_at = %grant.expires_at, "presigned URL granted");
     Ok((
         StatusCode::CREATED,
@@ -370,6 +375,11 @@ pub(crate) async fn list(
         // may hold others; they are not listed).
         .filter_map(|o| {
             let key = ObjectKey::parse(&o.key).ok()?;
+            // Defence in depth: the prefix already confines the listing to the caller's own
+            // keys or shared/.
+            if key.location() != loc || key.owner().is_some_and(|owner| *owner != caller.email) {
+                return None;
+            }
             Some(StoredObject {
                 path: key.path().to_string(),
                 key: o.key,
@@ -423,7 +433,7 @@ pub(crate) async fn delete(
         key.clone(),
     )
     .await
-    .map_err(file_error)?;
+    .map_err(|e| file_error(e, "key"))?;
     tracing::info!(key = %key, size, "object deleted");
     Ok((
         position_header(position),

@@ -77,6 +77,7 @@ async fn harness_with(wait: Duration, feed_buffer: usize) -> Harness {
         credentials: Some(("test-key".into(), "test-secret".into())),
         create_buckets: true,
         timeout: Duration::from_secs(10),
+        filesystem_keys: true,
     })
     .await;
     let state = AppState {
@@ -195,7 +196,7 @@ fn request(method: Method, path: &str, who: Who, body: Option<Value>) -> Request
 }
 
 fn new_cluster(id: &str) -> Value {
-    json!({"id": id, "name": "GPU east", "region": "us-east-1", "bucket": "acme-gpu-east",
+    json!({"id": id, "name": "GPU east", "region": "us-east-1", "bucket": format!("acme-{id}"),
            "slurm": {"url": "https://slurm.gpu-east.internal:6820", "user": "clusterra"}})
 }
 
@@ -437,6 +438,13 @@ async fn malformed_bodies_get_the_error_shape_and_append_nothing() {
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_field",
             Some("slurm.api_version"),
+        ),
+        (
+            "another cluster's bucket",
+            body(with(&|v| v["bucket"] = json!("local"))),
+            StatusCode::CONFLICT,
+            "bucket_in_use",
+            Some("bucket"),
         ),
         (
             "existing id",

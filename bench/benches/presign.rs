@@ -22,6 +22,7 @@ fn presign(c: &mut Criterion) {
         credentials: Some(("bench".into(), "bench-secret".into())),
         create_buckets: false,
         timeout: Duration::from_secs(5),
+        filesystem_keys: false,
     }));
     let owner = Email::new("ada@lab.org").expect("email");
     let key = ObjectKey::build(Location::Data, &owner, "runs/input.csv").expect("key");

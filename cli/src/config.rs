@@ -246,6 +246,17 @@ impl Config {
                 "{name} must be an http:// or https:// URL (a path ends with '/'), not {url:?}"
             );
         }
+        for url in [&config.s3_endpoint, &config.s3_public_endpoint] {
+            // A path needs its trailing slash, or the SDK glues the bucket onto it.
+            let path = url
+                .split_once("://")
+                .and_then(|(_, rest)| rest.split_once('/'))
+                .map(|(_, p)| p);
+            anyhow::ensure!(
+                path.is_none_or(|p| p.is_empty() || p.ends_with('/')),
+                "an S3 endpoint with a path must end with '/': {url:?}"
+            );
+        }
         anyhow::ensure!(
             config.s3_access_key_id.is_some() == config.s3_secret_access_key.is_some(),
             "set both s3_access_key_id and s3_secret_access_key, or neither"

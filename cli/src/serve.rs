@@ -159,6 +159,7 @@ async fn object_store(
             .s3_create_buckets
             .unwrap_or(config.embedded_objects()),
         timeout: std::time::Duration::from_secs(30),
+        filesystem_keys: config.embedded_objects(),
     };
     if config.embedded_objects() {
         let (id, secret) = match settings.credentials.clone() {

@@ -71,6 +71,12 @@ pub trait ObjectStore: Send + Sync {
         continuation: Option<&str>,
         limit: u32,
     ) -> Result<ObjectPage, StorageError>;
+    /// The longest key this store can keep in `bucket` (S3's limit is 1,024 bytes; a store on a
+    /// filesystem may have a lower one).
+    fn max_key_bytes(&self, bucket: &str) -> usize {
+        let _ = bucket;
+        domain::storage::MAX_KEY_BYTES
+    }
     /// The object's size, or `None` when there is no such object.
     async fn head(&self, bucket: &str, key: &str) -> Result<Option<u64>, StorageError>;
     async fn delete(&self, bucket: &str, key: &str) -> Result<(), StorageError>;
@@ -84,6 +90,10 @@ pub enum FileError {
     Expiry(#[from] ExpiryOutOfRange),
     #[error("there is no object {key}; list your files to see what there is")]
     NotFound { key: String },
+    #[error(
+        "the key is {bytes} bytes; this cluster's object store keeps keys of at most {max} bytes: use a shorter path"
+    )]
+    KeyTooLong { bytes: usize, max: usize },
     #[error(transparent)]
     Store(#[from] StorageError),
     #[error(transparent)]
@@ -92,10 +102,19 @@ pub enum FileError {
     Encode(#[from] serde_json::Error),
 }
 
-/// The stream of one user's file events in one cluster: `files:<ws>:<cluster>:<email>`.
+/// Namespace of the stream ids of users whose email does not fit in one.
+const LONG_EMAIL_NAMESPACE: uuid::Uuid =
+    uuid::Uuid::from_u128(0x6669_6c65_732d_6c6f_6e67_2d65_6d61_696c);
+
+/// The stream of one user's file events in one cluster: `files:<ws>:<cluster>:<email>`, or
+/// `files:<ws>:<cluster>:email-<uuid v5 of the email>` when that would pass the 200 characters a
+/// stream id may have (emails may have 254).
 pub fn stream(workspace: &WorkspaceId, cluster: &ClusterId, user: &Email) -> StreamId {
-    StreamId::new(format!("files:{workspace}:{cluster}:{user}"))
-        .unwrap_or_else(|e| unreachable!("slugs and a checked email make a stream id: {e}"))
+    StreamId::new(format!("files:{workspace}:{cluster}:{user}")).unwrap_or_else(|_| {
+        let id = uuid::Uuid::new_v5(&LONG_EMAIL_NAMESPACE, user.as_str().as_bytes());
+        StreamId::new(format!("files:{workspace}:{cluster}:email-{id}"))
+            .unwrap_or_else(|e| unreachable!("two slugs and a uuid make a stream id: {e}"))
+    })
 }
 
 /// Who asks, in which cluster and bucket.
@@ -158,6 +177,13 @@ pub async fn grant(
     } = request;
     authorize(&caller.email, caller.is_admin, &key, method.into())?;
     let (seconds, expires_at) = expiry(now, expires_in_seconds)?;
+    let max = store.max_key_bytes(&caller.bucket);
+    if key.as_str().len() > max {
+        return Err(FileError::KeyTooLong {
+            bytes: key.as_str().len(),
+            max,
+        });
+    }
     let presigned = store
         .presign(PresignRequest {
             bucket: caller.bucket.clone(),
@@ -187,8 +213,9 @@ pub async fn grant(
 }
 
 /// Deletes one object the caller may delete and records it. A missing object is `NotFound` and
-/// records nothing. The delete happens before the event: if the append fails the caller is told
-/// so and a retry (a delete is idempotent in S3) records it.
+/// records nothing. The delete happens before the event (a `FileDeleted` is a fact); the append is
+/// tried three times, and if the log stays unreachable the delete is logged at ERROR with its key
+/// and actor and the caller gets the log's error — the one way a delete can go unrecorded.
 pub async fn delete(
     log: &dyn EventLog,
     store: &dyn ObjectStore,
@@ -203,6 +230,7 @@ pub async fn delete(
             key: key.to_string(),
         })?;
     store.delete(&caller.bucket, key.as_str()).await?;
+    let deleted = key.to_string();
     let event = DomainEvent::FileDeleted(FileDeleted {
         workspace: caller.workspace.clone(),
         cluster_id: caller.cluster.clone(),
@@ -211,5 +239,43 @@ pub async fn delete(
         user: caller.email.clone(),
         size,
     });
-    Ok((size, record(log, caller, event).await?))
+    let mut attempt = 0;
+    loop {
+        match record(log, caller, event.clone()).await {
+            Ok(position) => return Ok((size, position)),
+            Err(FileError::Log(e)) if attempt < 2 => {
+                attempt += 1;
+                tracing::warn!(error = %e, attempt, "recording a delete failed; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(100 * attempt)).await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, key = %deleted, actor = %caller.email, "an object was deleted but the delete could not be recorded");
+                return Err(e);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_email_makes_a_stream_id() {
+        let ws = WorkspaceId::new("default").unwrap();
+        let cluster = ClusterId::new("local").unwrap();
+        let short = Email::new("ada@lab.org").unwrap();
+        assert_eq!(
+            stream(&ws, &cluster, &short).as_str(),
+            "files:default:local:ada@lab.org"
+        );
+        let long = Email::new(format!("{}@lab.org", "a".repeat(240))).unwrap();
+        let id = stream(&ws, &cluster, &long);
+        assert!(
+            id.as_str().starts_with("files:default:local:email-"),
+            "{}",
+            id.as_str()
+        );
+        assert_eq!(id, stream(&ws, &cluster, &long), "stable");
+    }
 }

@@ -378,7 +378,7 @@ pub fn plan(
             };
             let set = bins.take(at, slice.demand);
             let need = needs.entry(set).or_default();
-            if !need.jobs.last().is_some_and(|j| *j == slice.job_id) {
+            if need.jobs.last().is_none_or(|j| *j != slice.job_id) {
                 need.jobs.push(slice.job_id);
             }
         }

@@ -163,7 +163,7 @@ async fn write_group(
             sqlx::query("RELEASE append").execute(&mut *tx).await?;
         } else if let Err(LogError::Database(e)) = result {
             // Without a savepoint a database failure (I/O, a full disk) may have ended the
-            // transaction: fail the whole group; every append in it is refused and retried.
+            // transaction: fail the whole group; every append in it gets the error.
             return Err(LogError::Database(e));
         }
         results.push(result);

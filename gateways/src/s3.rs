@@ -37,6 +37,9 @@ pub struct S3Settings {
     pub create_buckets: bool,
     /// How long one call (list, head, delete) may take, retries included.
     pub timeout: Duration,
+    /// The store keeps objects as files named after their keys (the embedded s3s-fs store):
+    /// keys are then limited by file-name length, not by S3's 1,024 bytes.
+    pub filesystem_keys: bool,
 }
 
 /// Cluster buckets on S3 or an S3-compatible store.
@@ -44,6 +47,7 @@ pub struct S3Store {
     internal: Client,
     public: Client,
     create_buckets: bool,
+    filesystem_keys: bool,
     /// Buckets known to exist (only tracked when creating buckets).
     known: Mutex<HashSet<String>>,
 }
@@ -93,6 +97,7 @@ impl S3Store {
             internal,
             public,
             create_buckets: settings.create_buckets,
+            filesystem_keys: settings.filesystem_keys,
             known: Mutex::new(HashSet::new()),
         }
     }
@@ -143,12 +148,32 @@ where
         ),
         other => format!("{}", aws_sdk_s3::error::DisplayErrorContext(other)),
     };
+    // The detail may name internal endpoints: it goes to the log, not to the caller.
     tracing::warn!(what, error = %detail, "object store call failed");
-    StorageError::Unavailable(format!("could not {what}: {detail}"))
+    StorageError::Unavailable(format!("the object store could not {what}"))
+}
+
+/// The longest key s3s-fs can keep in `bucket`: it writes metadata beside each object in a file
+/// named `.bucket-<base64 bucket>.object-<base64 key>.metadata.json`, and a file name has at most
+/// 255 bytes.
+pub fn filesystem_max_key_bytes(bucket: &str) -> usize {
+    const NAME_MAX: usize = 255;
+    const FIXED: usize = ".bucket-".len() + ".object-".len() + ".metadata.json".len();
+    let encoded = |n: usize| (4 * n).div_ceil(3);
+    let budget = NAME_MAX.saturating_sub(FIXED + encoded(bucket.len()));
+    (budget * 3 / 4).min(domain::storage::MAX_KEY_BYTES)
 }
 
 #[async_trait::async_trait]
 impl ObjectStore for S3Store {
+    fn max_key_bytes(&self, bucket: &str) -> usize {
+        if self.filesystem_keys {
+            filesystem_max_key_bytes(bucket)
+        } else {
+            domain::storage::MAX_KEY_BYTES
+        }
+    }
+
     async fn presign(&self, request: PresignRequest) -> Result<Presigned, StorageError> {
         self.ensure_bucket(&request.bucket).await?;
         let config = PresigningConfig::builder()

@@ -51,6 +51,7 @@ fn settings(addr: std::net::SocketAddr, secret: &str) -> S3Settings {
         credentials: Some(("test-key".into(), secret.into())),
         create_buckets: true,
         timeout: Duration::from_secs(10),
+        filesystem_keys: true,
     }
 }
 
