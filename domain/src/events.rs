@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::job::JobState;
+use crate::scaling::NodeSet;
 use crate::storage::{FileMethod, ObjectKey};
 use crate::submit::{JobShape, Warning};
 use crate::{ClusterId, Email, WorkspaceId};
@@ -136,6 +137,22 @@ pub struct FileDeleted {
     pub size: u64,
 }
 
+/// The autoscaler changed how many nodes of one node set a cluster should have. Appended only
+/// when the count changes. Stream `scaling:<ws>:<cluster>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScaleDecisionMade {
+    pub workspace: WorkspaceId,
+    pub cluster_id: ClusterId,
+    pub node_set: NodeSet,
+    pub instance_type: String,
+    pub from: u32,
+    pub to: u32,
+    /// The pending jobs that drove it (at most 100).
+    #[serde(default)]
+    pub jobs: Vec<u64>,
+    pub reason: String,
+}
+
 /// Every domain event, tagged by its type name.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "data")]
@@ -146,6 +163,7 @@ pub enum DomainEvent {
     JobCancelRequested(JobCancelRequested),
     FileAccessGranted(FileAccessGranted),
     FileDeleted(FileDeleted),
+    ScaleDecisionMade(ScaleDecisionMade),
 }
 
 impl DomainEvent {
@@ -158,6 +176,7 @@ impl DomainEvent {
             DomainEvent::JobCancelRequested(_) => "JobCancelRequested",
             DomainEvent::FileAccessGranted(_) => "FileAccessGranted",
             DomainEvent::FileDeleted(_) => "FileDeleted",
+            DomainEvent::ScaleDecisionMade(_) => "ScaleDecisionMade",
         }
     }
 
@@ -175,6 +194,7 @@ impl DomainEvent {
             DomainEvent::JobCancelRequested(e) => serde_json::to_value(e),
             DomainEvent::FileAccessGranted(e) => serde_json::to_value(e),
             DomainEvent::FileDeleted(e) => serde_json::to_value(e),
+            DomainEvent::ScaleDecisionMade(e) => serde_json::to_value(e),
         }
     }
 
@@ -199,6 +219,9 @@ impl DomainEvent {
                 Some(DomainEvent::FileAccessGranted(serde_json::from_str(data)?))
             }
             "FileDeleted" => Some(DomainEvent::FileDeleted(serde_json::from_str(data)?)),
+            "ScaleDecisionMade" => {
+                Some(DomainEvent::ScaleDecisionMade(serde_json::from_str(data)?))
+            }
             _ => None,
         })
     }

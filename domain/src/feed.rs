@@ -14,6 +14,7 @@ pub const FEED_TYPES: &[&str] = &[
     "JobSubmitted",
     "JobStateChanged",
     "JobCancelRequested",
+    "ScaleDecisionMade",
 ];
 
 /// The job an event is about, as the feed needs it (state and cancel events name only the job id).
@@ -91,6 +92,14 @@ pub fn describe(event: &DomainEvent, actor: &str, job: Option<&JobContext>) -> O
                 owner,
             )
         }
+        DomainEvent::ScaleDecisionMade(d) => (
+            format!(
+                "{} nodes {} → {} ({}): {}",
+                d.node_set, d.from, d.to, d.instance_type, d.reason
+            ),
+            None,
+            None,
+        ),
         // File grants and deletes are per-user audit records, not cluster activity.
         DomainEvent::FileAccessGranted(_) | DomainEvent::FileDeleted(_) => return None,
     };
@@ -144,6 +153,34 @@ mod tests {
     use crate::job::JobState;
     use crate::{JobCancelRequested, JobStateChanged};
     use serde_json::json;
+
+    #[test]
+    fn scale_decisions_are_one_line() {
+        use crate::scaling::{Family, NodeSet, Size};
+        let d = DomainEvent::ScaleDecisionMade(crate::ScaleDecisionMade {
+            workspace: crate::WorkspaceId::new("default").unwrap(),
+            cluster_id: crate::ClusterId::new("local").unwrap(),
+            node_set: NodeSet {
+                family: Family::Compute,
+                size: Size::Small,
+            },
+            instance_type: "c7g.large".into(),
+            from: 0,
+            to: 3,
+            jobs: vec![7, 8, 9],
+            reason: "3 pending jobs need 3 more compute-small nodes".into(),
+        });
+        let line = describe(&d, "system", None).unwrap();
+        assert_eq!(
+            line.summary,
+            "compute-small nodes 0 → 3 (c7g.large): 3 pending jobs need 3 more compute-small nodes"
+        );
+        let data = serde_json::to_string(&d.data().unwrap()).unwrap();
+        assert_eq!(
+            DomainEvent::decode("ScaleDecisionMade", 1, &data).unwrap(),
+            Some(d)
+        );
+    }
 
     fn ctx() -> JobContext {
         JobContext {

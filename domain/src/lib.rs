@@ -12,7 +12,7 @@ pub mod submit;
 
 pub use events::{
     ClusterRegistered, DomainEvent, FileAccessGranted, FileDeleted, JobCancelRequested,
-    JobStateChanged, JobSubmitted, SlurmEndpoint, SubmittedVia,
+    JobStateChanged, JobSubmitted, ScaleDecisionMade, SlurmEndpoint, SubmittedVia,
 };
 pub use ids::{ClusterId, Email, IdError, WorkspaceId};
 pub use money::MicroUsd;

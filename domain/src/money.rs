@@ -18,9 +18,13 @@ impl MicroUsd {
     /// Parses a non-negative decimal dollar amount with at most six decimals (`"0.0363"`),
     /// exactly: no floating point.
     pub fn parse_dollars(text: &str) -> Option<MicroUsd> {
-        let (whole, frac) = text.split_once('.').unwrap_or((text, ""));
         let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-        if !digits(whole) || (!frac.is_empty() && !digits(frac)) || frac.len() > 6 {
+        let (whole, frac) = match text.split_once('.') {
+            Some((w, f)) if digits(f) => (w, f),
+            Some(_) => return None,
+            None => (text, ""),
+        };
+        if !digits(whole) || frac.len() > 6 {
             return None;
         }
         let whole: i64 = whole.parse().ok()?;

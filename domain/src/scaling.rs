@@ -14,6 +14,8 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use chrono::{DateTime, Duration, Utc};
+
 use serde::{Deserialize, Serialize};
 
 use crate::MicroUsd;
@@ -391,6 +393,84 @@ pub fn plan(
     (needs, stranded)
 }
 
+/// What a node set has now: the desired count last decided, and when it last had work (running
+/// or placed jobs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SetState {
+    pub desired: u32,
+    pub last_busy: Option<DateTime<Utc>>,
+}
+
+/// A change of a node set's desired count.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub set: NodeSet,
+    pub from: u32,
+    pub to: u32,
+    /// The pending jobs that drove it (at most [`MAX_DRIVING_JOBS`]).
+    pub jobs: Vec<u64>,
+    pub reason: String,
+}
+
+/// How many driving job ids a decision keeps (the event stays small).
+pub const MAX_DRIVING_JOBS: usize = 100;
+
+/// The decisions of one cycle: a set grows at once to what its jobs need; it shrinks to what its
+/// jobs need (zero when it has none) only once it has had no work for `idle_window`. Sets whose
+/// count does not change get no decision. `needs` comes from [`plan`].
+pub fn decide(
+    current: &BTreeMap<NodeSet, SetState>,
+    needs: &BTreeMap<NodeSet, Need>,
+    now: DateTime<Utc>,
+    idle_window: Duration,
+) -> Vec<Decision> {
+    let sets: std::collections::BTreeSet<NodeSet> =
+        current.keys().chain(needs.keys()).copied().collect();
+    let mut out = Vec::new();
+    for set in sets {
+        let state = current.get(&set).copied().unwrap_or_default();
+        let need = needs.get(&set);
+        let wanted = need.map_or(0, |n| n.nodes);
+        let jobs: Vec<u64> = need
+            .map(|n| n.jobs.iter().take(MAX_DRIVING_JOBS).copied().collect())
+            .unwrap_or_default();
+        let (to, reason) = if wanted > state.desired {
+            (
+                wanted,
+                format!(
+                    "{} pending jobs need {} more {set} nodes",
+                    need.map_or(0, |n| n.jobs.len()),
+                    wanted - state.desired
+                ),
+            )
+        } else if wanted < state.desired {
+            let idle_since = state.last_busy;
+            let idle_long_enough = idle_since.is_none_or(|t| now - t >= idle_window);
+            if !idle_long_enough {
+                continue;
+            }
+            (
+                wanted,
+                format!(
+                    "{} {set} nodes idle for {} s",
+                    state.desired - wanted,
+                    idle_window.num_seconds()
+                ),
+            )
+        } else {
+            continue;
+        };
+        out.push(Decision {
+            set,
+            from: state.desired,
+            to,
+            jobs,
+            reason,
+        });
+    }
+    out
+}
+
 /// Nodes as bins for first-fit. A max-tree over node numbers (the most free vCPUs and the most
 /// free memory in each subtree) finds the lowest-numbered node with room in O(log n) steps when
 /// room is common; a subtree is skipped as soon as it cannot hold the slice.
@@ -615,6 +695,46 @@ mod tests {
         assert_eq!(needs[&large].jobs, vec![4]);
         assert_eq!(needs[&medium].new_nodes, 3, "{needs:?}");
         assert_eq!(needs[&medium].jobs, vec![2, 3, 1]);
+    }
+
+    #[test]
+    fn sets_grow_at_once_and_shrink_after_the_idle_window() {
+        let t0 = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let small = set(Family::Compute, Size::Small);
+        let window = Duration::minutes(5);
+        let mut needs = BTreeMap::new();
+        needs.insert(
+            small,
+            Need {
+                nodes: 3,
+                new_nodes: 3,
+                jobs: vec![7, 8, 9],
+            },
+        );
+        let up = decide(&BTreeMap::new(), &needs, t0, window);
+        assert_eq!(up.len(), 1);
+        assert_eq!(
+            (up[0].from, up[0].to, up[0].jobs.clone()),
+            (0, 3, vec![7, 8, 9])
+        );
+        // The same need again: no decision.
+        let mut current = BTreeMap::new();
+        current.insert(
+            small,
+            SetState {
+                desired: 3,
+                last_busy: Some(t0),
+            },
+        );
+        assert!(decide(&current, &needs, t0, window).is_empty());
+        // Nothing to do: kept for the idle window, then zero.
+        let none = BTreeMap::new();
+        assert!(decide(&current, &none, t0 + Duration::minutes(4), window).is_empty());
+        let down = decide(&current, &none, t0 + Duration::minutes(5), window);
+        assert_eq!((down[0].from, down[0].to), (3, 0));
+        assert!(down[0].reason.contains("idle"), "{}", down[0].reason);
     }
 
     #[test]
