@@ -1,5 +1,6 @@
 //! `clusterra replay` and `clusterra audit`: operator tools over the same database.
 
+use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -184,17 +185,19 @@ pub async fn audit_stream(
     let store = open_store(config).await?;
     let mut after = 0;
     let mut printed = 0;
+    let mut out = std::io::stdout().lock();
     loop {
         let events = store.log.read_stream(&stream, after, 1_000).await?;
         let Some(last) = events.last() else { break };
         after = last.stream_version;
         for e in events {
             printed += 1;
-            if json {
-                println!("{}", serde_json::to_string(&e)?);
+            let written = if json {
+                writeln!(out, "{}", serde_json::to_string(&e)?)
             } else {
                 let meta = e.metadata().unwrap_or_default();
-                println!(
+                writeln!(
+                    out,
                     "#{:<4} pos {:<8} {} {:<24} by {} via {}  {}",
                     e.stream_version,
                     e.position,
@@ -204,7 +207,15 @@ pub async fn audit_stream(
                     meta.actor.as_deref().unwrap_or("-"),
                     meta.via.as_deref().unwrap_or("-"),
                     e.data
-                );
+                )
+            };
+            match written {
+                Ok(()) => {}
+                // A reader that stopped (`| head`) is not an error.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                    return Ok(ExitCode::SUCCESS);
+                }
+                Err(e) => return Err(e.into()),
             }
         }
     }
