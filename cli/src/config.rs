@@ -83,6 +83,12 @@ pub struct Config {
     /// Create a cluster's bucket on first use if it is missing; unset = only for the embedded
     /// store.
     pub s3_create_buckets: Option<bool>,
+    /// The node-shape catalog (JSON); empty = the built-in one (fixtures/catalog/shapes.json).
+    pub catalog_file: PathBuf,
+    /// Memory each node keeps for the system (kubelet, slurmd, the OS), in MiB.
+    pub node_reserve_mib: u64,
+    /// Memory per vCPU assumed for a job that asks for none, in MiB.
+    pub default_mib_per_cpu: u64,
 }
 
 impl Default for Config {
@@ -119,11 +125,17 @@ impl Default for Config {
             s3_access_key_id: None,
             s3_secret_access_key: None,
             s3_create_buckets: None,
+            catalog_file: PathBuf::new(),
+            node_reserve_mib: 512,
+            default_mib_per_cpu: 2048,
         }
     }
 }
 
-const ENV_KEYS: [&str; 31] = [
+const ENV_KEYS: [&str; 34] = [
+    "catalog_file",
+    "node_reserve_mib",
+    "default_mib_per_cpu",
     "s3_endpoint",
     "s3_public_endpoint",
     "s3_listen",
@@ -258,10 +270,30 @@ impl Config {
             );
         }
         anyhow::ensure!(
+            (64..=1024 * 1024).contains(&config.default_mib_per_cpu),
+            "default_mib_per_cpu must be from 64 to 1048576"
+        );
+        anyhow::ensure!(
             config.s3_access_key_id.is_some() == config.s3_secret_access_key.is_some(),
             "set both s3_access_key_id and s3_secret_access_key, or neither"
         );
         Ok(config)
+    }
+
+    /// The node-shape catalog: the configured file, or the built-in one.
+    pub fn catalog(&self) -> anyhow::Result<domain::scaling::Catalog> {
+        let text = if self.catalog_file.as_os_str().is_empty() {
+            include_str!("../../fixtures/catalog/shapes.json").to_string()
+        } else {
+            std::fs::read_to_string(&self.catalog_file).with_context(|| {
+                format!(
+                    "could not read catalog_file {}",
+                    self.catalog_file.display()
+                )
+            })?
+        };
+        domain::scaling::Catalog::parse(&text, self.node_reserve_mib)
+            .with_context(|| "the node-shape catalog is not valid (see docs/autoscaling.md)")
     }
 
     /// Whether files live in the embedded object store.

@@ -72,7 +72,10 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
             body_limit: config.body_limit_bytes,
         }),
         slurm: directory.clone(),
-        submitter: Arc::new(commands::jobs::Submitter::default()),
+        submitter: Arc::new(
+            commands::jobs::Submitter::default()
+                .with_shapes(Arc::new(config.catalog()?), config.default_mib_per_cpu),
+        ),
         templates: Arc::new(commands::templates::Catalog::builtin()?),
         logs: Arc::new(api::logs::Logs {
             local_root: config.efs_root(),

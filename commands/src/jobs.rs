@@ -107,6 +107,8 @@ pub async fn load(
 pub struct Submitter {
     in_flight: Mutex<HashSet<Uuid>>,
     clock: std::sync::Arc<dyn eventlog::Clock>,
+    /// The node shapes jobs must fit, and the memory per vCPU assumed when a job asks for none.
+    shapes: Option<(std::sync::Arc<domain::scaling::Catalog>, u64)>,
 }
 
 impl Default for Submitter {
@@ -131,7 +133,38 @@ impl Submitter {
         Self {
             in_flight: Mutex::new(HashSet::new()),
             clock,
+            shapes: None,
         }
+    }
+
+    /// Refuses jobs that no node shape of `catalog` can hold (one node's share of vCPUs and
+    /// memory; `default_mib_per_cpu` when the job asks for no memory).
+    pub fn with_shapes(
+        mut self,
+        catalog: std::sync::Arc<domain::scaling::Catalog>,
+        default_mib_per_cpu: u64,
+    ) -> Self {
+        self.shapes = Some((catalog, default_mib_per_cpu));
+        self
+    }
+
+    fn check_fits(&self, shape: &JobShape) -> Result<(), JobError> {
+        let Some((catalog, default_mib)) = &self.shapes else {
+            return Ok(());
+        };
+        let demand = domain::scaling::Demand::per_node(
+            shape.cpus,
+            shape.memory_mib,
+            shape.nodes,
+            *default_mib,
+        );
+        catalog.place(demand).map(|_| ()).map_err(|too_big| {
+            JobError::Invalid(vec![FieldError {
+                code: "no_shape_fits",
+                field: "job".into(),
+                message: too_big.to_string(),
+            }])
+        })
     }
 
     pub async fn submit(
@@ -141,6 +174,7 @@ impl Submitter {
         s: Submission,
     ) -> Result<Submitted, JobError> {
         let canonical = canonicalize(&s.body).map_err(JobError::Invalid)?;
+        self.check_fits(&canonical.shape)?;
         let submission_id = match &s.idempotency_key {
             Some(key) => Uuid::new_v5(
                 &IDEMPOTENCY_NAMESPACE,

@@ -337,3 +337,34 @@ async fn the_job_lifecycle_on_the_local_executor() {
     assert!(verify.status.success(), "{}", stdout(&verify));
     assert!(stdout(&verify).contains("jobs: OK"), "{}", stdout(&verify));
 }
+
+/// A job no node shape can hold is refused at submit, naming the largest shape; nothing is
+/// appended. A big job that a roomier family holds is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_no_shape_can_hold_are_refused_at_submit() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let api = Api::start(data, &[("CLUSTERRA_EXECUTOR_SLOTS", "0")]);
+    let head = api.log_position().await;
+    let mut big = raw("#!/bin/bash\ntrue\n", Some(1));
+    big["job"]["cpus_per_task"] = json!(64);
+    let (status, out) = api.submit(big).await;
+    assert_eq!(status, 422, "{out}");
+    assert_eq!(out["error"]["code"], "no_shape_fits", "{out}");
+    assert_eq!(out["error"]["field"], "job", "{out}");
+    let message = out["error"]["message"].as_str().unwrap();
+    assert!(message.contains("r7g.4xlarge"), "{message}");
+    assert_eq!(
+        api.log_position().await,
+        head,
+        "a refused job appends nothing"
+    );
+
+    // 16 vCPUs with 40 GiB: more than compute's largest keeps, general's holds it.
+    let mut roomy = raw("#!/bin/bash\ntrue\n", Some(1));
+    roomy["job"]["cpus_per_task"] = json!(16);
+    roomy["job"]["memory_per_node"] = json!({"set": true, "number": 40 * 1024});
+    let (status, out) = api.submit(roomy).await;
+    assert_eq!(status, 201, "{out}");
+}
