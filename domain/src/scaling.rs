@@ -553,8 +553,14 @@ impl Bins {
 
     /// The lowest-numbered node with room for `d`.
     fn first_fit(&self, d: Demand) -> Option<usize> {
-        let mut stack = vec![1usize];
-        while let Some(at) = stack.pop() {
+        // Depth-first, left first, on a stack that never holds more than one pending right
+        // sibling per level (at most 64 levels).
+        let mut stack = [0usize; 64];
+        stack[0] = 1;
+        let mut top = 1;
+        while top > 0 {
+            top -= 1;
+            let at = stack[top];
             if self.cpus[at] < d.cpus || self.mib[at] < d.memory_mib {
                 continue;
             }
@@ -562,8 +568,9 @@ impl Bins {
                 return Some(at - self.leaves);
             }
             // Right pushed first so the left (lower numbers) is tried first.
-            stack.push(2 * at + 1);
-            stack.push(2 * at);
+            stack[top] = 2 * at + 1;
+            stack[top + 1] = 2 * at;
+            top += 2;
         }
         None
     }
