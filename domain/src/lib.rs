@@ -9,6 +9,7 @@ pub mod money;
 pub mod scaling;
 pub mod storage;
 pub mod submit;
+pub mod trace;
 
 pub use events::{
     ClusterRegistered, DomainEvent, FileAccessGranted, FileDeleted, JobCancelRequested,

@@ -1,0 +1,206 @@
+//! Workload traces for simulation (pure: the caller reads the file, decompresses it, and passes
+//! the text): the Standard Workload Format of the Parallel Workloads Archive, and a simple CSV.
+//!
+//! SWF: `;` lines are the header; each job line has 18 whitespace-separated fields, `-1` for
+//! unknown. Used here: 1 job, 2 submit, 3 wait, 4 run, 5 allocated processors, 8 requested
+//! processors, 9 requested time, 10 requested memory (KB per processor), 11 status.
+//!
+//! CSV: a header `submit_seconds,run_seconds,cpus,memory_mib,time_limit_seconds`, then one job per
+//! line; `memory_mib` and `time_limit_seconds` may be empty.
+
+use serde::Serialize;
+
+/// One job of a trace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TraceJob {
+    pub id: u64,
+    /// Seconds after the trace's start.
+    pub submit: i64,
+    pub run: i64,
+    pub cpus: u32,
+    /// The whole job's memory; `None` when the trace does not say (the simulation states what
+    /// it assumes).
+    pub memory_mib: Option<u64>,
+    pub time_limit: Option<i64>,
+    /// The wait the traced system gave it, when known.
+    pub traced_wait: Option<i64>,
+}
+
+/// A parsed trace: its jobs in submit order, and how many lines were left out (no run time or no
+/// processors).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Trace {
+    pub jobs: Vec<TraceJob>,
+    pub skipped: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TraceError {
+    #[error("line {line}: {problem}")]
+    Line { line: usize, problem: String },
+    #[error("the CSV header must be submit_seconds,run_seconds,cpus,memory_mib,time_limit_seconds")]
+    CsvHeader,
+}
+
+fn known(v: i64) -> Option<i64> {
+    (v >= 0).then_some(v)
+}
+
+/// Parses SWF text.
+pub fn parse_swf(text: &str) -> Result<Trace, TraceError> {
+    let mut trace = Trace::default();
+    for (n, line) in text.lines().enumerate() {
+        let line_no = n + 1;
+        let line = line.trim();
+        if line.is_empty() || line.starts_with(';') {
+            continue;
+        }
+        let fields: Vec<i64> = line
+            .split_whitespace()
+            .map(|f| {
+                // Some archive files write fractions in a few fields; whole seconds suffice.
+                f.parse::<i64>()
+                    .or_else(|_| f.parse::<f64>().map(|x| x as i64))
+                    .map_err(|_| TraceError::Line {
+                        line: line_no,
+                        problem: format!("{f:?} is not a number"),
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        if fields.len() < 11 {
+            return Err(TraceError::Line {
+                line: line_no,
+                problem: format!("{} fields; SWF lines have 18", fields.len()),
+            });
+        }
+        let procs = known(fields[7])
+            .filter(|p| *p > 0)
+            .or_else(|| known(fields[4]).filter(|p| *p > 0));
+        let (Some(run), Some(procs)) = (known(fields[3]), procs) else {
+            trace.skipped += 1;
+            continue;
+        };
+        let cpus = u32::try_from(procs).unwrap_or(u32::MAX);
+        trace.jobs.push(TraceJob {
+            id: u64::try_from(fields[0]).unwrap_or(0),
+            submit: fields[1].max(0),
+            run,
+            cpus,
+            memory_mib: known(fields[9])
+                .filter(|m| *m > 0)
+                .map(|kb_per_proc| (kb_per_proc as u64 * u64::from(cpus)).div_ceil(1024)),
+            time_limit: known(fields[8]).filter(|t| *t > 0),
+            traced_wait: known(fields[2]),
+        });
+    }
+    trace.jobs.sort_by_key(|j| (j.submit, j.id));
+    Ok(trace)
+}
+
+/// Parses the CSV form.
+pub fn parse_csv(text: &str) -> Result<Trace, TraceError> {
+    let mut lines = text.lines().enumerate();
+    let header = lines.next().map(|(_, l)| l.trim()).unwrap_or_default();
+    if header != "submit_seconds,run_seconds,cpus,memory_mib,time_limit_seconds" {
+        return Err(TraceError::CsvHeader);
+    }
+    let mut trace = Trace::default();
+    for (n, line) in lines {
+        let line_no = n + 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bad = |problem: String| TraceError::Line {
+            line: line_no,
+            problem,
+        };
+        let cols: Vec<&str> = line.split(',').map(str::trim).collect();
+        if cols.len() != 5 {
+            return Err(bad(format!("{} columns; there are 5", cols.len())));
+        }
+        let number = |i: usize, name: &str| -> Result<Option<i64>, TraceError> {
+            if cols[i].is_empty() {
+                return Ok(None);
+            }
+            cols[i]
+                .parse::<i64>()
+                .ok()
+                .filter(|v| *v >= 0)
+                .map(Some)
+                .ok_or_else(|| bad(format!("{name} {:?} is not a whole number ≥ 0", cols[i])))
+        };
+        let (Some(submit), Some(run), Some(cpus)) = (
+            number(0, "submit_seconds")?,
+            number(1, "run_seconds")?,
+            number(2, "cpus")?.filter(|c| *c > 0),
+        ) else {
+            return Err(bad(
+                "submit_seconds, run_seconds and cpus (> 0) are required".into(),
+            ));
+        };
+        trace.jobs.push(TraceJob {
+            id: trace.jobs.len() as u64 + 1,
+            submit,
+            run,
+            cpus: u32::try_from(cpus).unwrap_or(u32::MAX),
+            memory_mib: number(3, "memory_mib")?.map(|m| m as u64),
+            time_limit: number(4, "time_limit_seconds")?,
+            traced_wait: None,
+        });
+    }
+    trace.jobs.sort_by_key(|j| (j.submit, j.id));
+    Ok(trace)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_synthetic_swf_trace() {
+        let t = parse_swf(include_str!("../../fixtures/traces/small.swf")).unwrap();
+        // Job 6 has no run time: left out. Job 8 has no requested processors: allocated used.
+        assert_eq!(t.skipped, 1);
+        assert_eq!(t.jobs.len(), 7);
+        let first = &t.jobs[0];
+        assert_eq!(
+            (
+                first.id,
+                first.submit,
+                first.run,
+                first.cpus,
+                first.memory_mib
+            ),
+            (1, 0, 600, 1, Some(2048))
+        );
+        assert_eq!(t.jobs[1].memory_mib, Some(4 * 1024), "KB per processor × 4");
+        assert_eq!(t.jobs[2].memory_mib, None);
+        assert_eq!(t.jobs[6].cpus, 8);
+        assert_eq!(t.jobs[3].time_limit, Some(7200));
+        assert_eq!(t.jobs[3].traced_wait, Some(40));
+    }
+
+    #[test]
+    fn the_synthetic_csv_trace() {
+        let t = parse_csv(include_str!("../../fixtures/traces/small.csv")).unwrap();
+        assert_eq!(t.jobs.len(), 5);
+        assert_eq!(t.jobs[2].memory_mib, None);
+        assert_eq!(t.jobs[3].memory_mib, Some(65536));
+    }
+
+    #[test]
+    fn bad_lines_name_their_line() {
+        assert_eq!(
+            parse_swf("; header\n1 2 x").unwrap_err(),
+            TraceError::Line {
+                line: 2,
+                problem: "\"x\" is not a number".into()
+            }
+        );
+        assert!(matches!(
+            parse_csv("submit_seconds,run_seconds,cpus,memory_mib,time_limit_seconds\n0,10,0,,\n"),
+            Err(TraceError::Line { line: 2, .. })
+        ));
+        assert_eq!(parse_csv("a,b\n"), Err(TraceError::CsvHeader));
+    }
+}
