@@ -89,6 +89,8 @@ pub struct Config {
     pub node_reserve_mib: u64,
     /// Memory per vCPU assumed for a job that asks for none, in MiB.
     pub default_mib_per_cpu: u64,
+    /// How long a node set with nothing to do keeps its nodes before it goes to zero, in ms.
+    pub scale_idle_window_ms: u64,
 }
 
 impl Default for Config {
@@ -128,11 +130,13 @@ impl Default for Config {
             catalog_file: PathBuf::new(),
             node_reserve_mib: 512,
             default_mib_per_cpu: 2048,
+            scale_idle_window_ms: 300_000,
         }
     }
 }
 
-const ENV_KEYS: [&str; 34] = [
+const ENV_KEYS: [&str; 35] = [
+    "scale_idle_window_ms",
     "catalog_file",
     "node_reserve_mib",
     "default_mib_per_cpu",
@@ -269,6 +273,10 @@ impl Config {
                 "an S3 endpoint with a path must end with '/': {url:?}"
             );
         }
+        anyhow::ensure!(
+            config.scale_idle_window_ms <= 24 * 3_600_000,
+            "scale_idle_window_ms must be at most 86400000 (a day)"
+        );
         anyhow::ensure!(
             (64..=1024 * 1024).contains(&config.default_mib_per_cpu),
             "default_mib_per_cpu must be from 64 to 1048576"

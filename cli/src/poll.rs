@@ -1,10 +1,11 @@
 //! The poll cycle: every interval, reconcile each connected cluster's job states from Slurm into
-//! the log. (Scaling and quota join this cycle in later features.)
+//! the log, and make the scaling decisions (commands::scaling). (Quota joins it later.)
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use commands::jobs::{OpenJob, reconcile};
+use commands::scaling::{Scaler, ScalingJob};
 use commands::slurm::LiveDirectory;
 use eventlog::{ModelSet, Store};
 use projections::views::jobs::{self, JobView};
@@ -15,30 +16,52 @@ pub async fn run(
     directory: Arc<LiveDirectory>,
     tokens_dir: std::path::PathBuf,
     every: Duration,
+    scaler: Arc<Scaler>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
         connect_clusters(&store, &directory, &tokens_dir).await;
         for ((workspace, cluster), slurm) in &directory.snapshot() {
             match open_jobs(&store, workspace, cluster).await {
-                Ok(open) => match reconcile(
-                    store.log.as_ref(),
-                    slurm.as_ref(),
-                    workspace,
-                    cluster,
-                    &open,
-                    chrono::Utc::now(),
-                )
-                .await
-                {
-                    Ok(done) if done.state_changes + done.adopted + done.vanished > 0 => {
-                        tracing::debug!(%cluster, changes = done.state_changes, adopted = done.adopted, vanished = done.vanished, "reconciled");
+                Ok((open, sizing)) => {
+                    match scaler
+                        .cycle(
+                            store.log.as_ref(),
+                            workspace,
+                            cluster,
+                            &sizing,
+                            chrono::Utc::now(),
+                        )
+                        .await
+                    {
+                        Ok(made) => {
+                            for d in made {
+                                tracing::info!(%cluster, node_set = %d.node_set, from = d.from, to = d.to, reason = %d.reason, "scale decision");
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(%cluster, error = %e, "scaling step failed; retrying next cycle")
+                        }
                     }
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::warn!(%cluster, error = %e, "reconcile failed; retrying next cycle")
+                    match reconcile(
+                        store.log.as_ref(),
+                        slurm.as_ref(),
+                        workspace,
+                        cluster,
+                        &open,
+                        chrono::Utc::now(),
+                    )
+                    .await
+                    {
+                        Ok(done) if done.state_changes + done.adopted + done.vanished > 0 => {
+                            tracing::debug!(%cluster, changes = done.state_changes, adopted = done.adopted, vanished = done.vanished, "reconciled");
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::warn!(%cluster, error = %e, "reconcile failed; retrying next cycle")
+                        }
                     }
-                },
+                }
                 Err(e) => tracing::warn!(%cluster, error = %e, "could not list open jobs"),
             }
         }
@@ -95,12 +118,12 @@ async fn connect_clusters(store: &Store, directory: &LiveDirectory, tokens_dir: 
     }
 }
 
-/// Jobs the read side believes are not finished.
+/// Jobs the read side believes are not finished, for reconcile and for sizing nodes.
 async fn open_jobs(
     store: &Store,
     workspace: &domain::WorkspaceId,
     cluster: &domain::ClusterId,
-) -> Result<Vec<OpenJob>, eventlog::LogError> {
+) -> Result<(Vec<OpenJob>, Vec<ScalingJob>), eventlog::LogError> {
     let rows = eventlog::list_all(
         store.read.as_ref(),
         ModelSet::Live,
@@ -109,15 +132,23 @@ async fn open_jobs(
     )
     .await?;
     let mut open = Vec::new();
+    let mut sizing = Vec::new();
     for row in rows {
         match serde_json::from_str::<JobView>(&row.doc) {
-            Ok(view) if !view.state.is_terminal() => open.push(OpenJob {
-                submission_id: view.submission_id,
-                job_id: view.job_id,
-            }),
+            Ok(view) if !view.state.is_terminal() => {
+                open.push(OpenJob {
+                    submission_id: view.submission_id,
+                    job_id: view.job_id,
+                });
+                sizing.push(ScalingJob {
+                    job_id: view.job_id,
+                    running: view.state != domain::job::JobState::Pending,
+                    shape: view.shape,
+                });
+            }
             Ok(_) => {}
             Err(e) => tracing::warn!(key = %row.key, error = %e, "unreadable job view skipped"),
         }
     }
-    Ok(open)
+    Ok((open, sizing))
 }

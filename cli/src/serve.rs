@@ -62,6 +62,13 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
         );
     }
 
+    let catalog = Arc::new(config.catalog()?);
+    let scaler = Arc::new(commands::scaling::Scaler::new(
+        catalog.clone(),
+        config.default_mib_per_cpu,
+        chrono::Duration::milliseconds(config.scale_idle_window_ms as i64),
+        chrono::Utc::now(),
+    ));
     let state = AppState {
         store: store.clone(),
         projections: projections.clone(),
@@ -74,7 +81,7 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
         slurm: directory.clone(),
         submitter: Arc::new(
             commands::jobs::Submitter::default()
-                .with_shapes(Arc::new(config.catalog()?), config.default_mib_per_cpu),
+                .with_shapes(catalog.clone(), config.default_mib_per_cpu),
         ),
         templates: Arc::new(commands::templates::Catalog::builtin()?),
         logs: Arc::new(api::logs::Logs {
@@ -101,6 +108,7 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
         directory,
         config.slurm_tokens_dir(),
         std::time::Duration::from_millis(config.poll_interval_ms),
+        scaler,
         stop_rx_poll,
     ));
     api::serve(listener, state, shutdown_signal()).await?;

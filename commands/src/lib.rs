@@ -6,6 +6,7 @@
 
 pub mod clusters;
 pub mod jobs;
+pub mod scaling;
 pub mod slurm;
 pub mod storage;
 pub mod templates;

@@ -368,3 +368,93 @@ async fn jobs_no_shape_can_hold_are_refused_at_submit() {
     let (status, out) = api.submit(roomy).await;
     assert_eq!(status, 201, "{out}");
 }
+
+/// The poll cycle sizes node sets for pending jobs: a decision when counts change (in the feed,
+/// with the jobs that drove it), none while nothing changes, and back to zero after the idle
+/// window once the jobs are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_jobs_drive_scale_decisions_and_idle_sets_go_to_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let api = Api::start(
+        data,
+        &[
+            ("CLUSTERRA_EXECUTOR_SLOTS", "0"),
+            ("CLUSTERRA_POLL_INTERVAL_MS", "100"),
+            ("CLUSTERRA_SCALE_IDLE_WINDOW_MS", "1000"),
+        ],
+    );
+    let decisions = || async {
+        api.call(
+            reqwest::Method::GET,
+            "/v1/clusters/local/events?type=ScaleDecisionMade&order=asc",
+            &api.token,
+            None,
+            None,
+        )
+        .await
+        .1["events"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    // Until the latest decision sets the count to `to` (a cycle may see only some of the jobs
+    // and a later one grow the set again).
+    let wait_for = |to: u64| async move {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let d = decisions().await;
+            if d.last().is_some_and(|e| e["data"]["to"] == to) {
+                return d;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "a decision to {to} expected: {d:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    // Three one-vCPU jobs with the default 2 GiB each: c7g.large nodes (2 vCPUs, 3.5 GiB
+    // allocatable) hold one each.
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let (status, out) = api.submit(raw("#!/bin/bash\ntrue\n", Some(1))).await;
+        assert_eq!(status, 201, "{out}");
+        ids.push(out["job_id"].as_u64().unwrap());
+    }
+    let up = wait_for(3).await;
+    let last = up.last().unwrap();
+    assert_eq!(last["data"]["node_set"]["family"], "compute", "{last}");
+    assert_eq!(last["data"]["node_set"]["size"], "small", "{last}");
+    assert_eq!(last["data"]["instance_type"], "c7g.large");
+    assert_eq!(last["data"]["to"], 3, "{up:?}");
+    assert_eq!(last["actor"], "system");
+    // Nothing changes: no more decisions.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let steady = decisions().await;
+    assert_eq!(steady.last().unwrap()["data"]["to"], 3, "{steady:?}");
+    let count = steady.len();
+    // The jobs go away; after the idle window the set goes to zero.
+    for id in ids {
+        let (status, out) = api
+            .call(
+                reqwest::Method::DELETE,
+                &format!("/v1/clusters/local/jobs/{id}"),
+                &api.token,
+                None,
+                None,
+            )
+            .await;
+        assert_eq!(status, 202, "{out}");
+    }
+    let down = wait_for(0).await;
+    assert_eq!(down.len(), count + 1, "one decision down: {down:?}");
+    let last = down.last().unwrap();
+    assert_eq!(
+        (last["data"]["from"].as_u64(), last["data"]["to"].as_u64()),
+        (Some(3), Some(0)),
+        "{down:?}"
+    );
+    assert!(last["summary"].as_str().unwrap().contains("idle"), "{last}");
+}

@@ -1,0 +1,195 @@
+//! The scaling step of the poll cycle: from the cluster's open jobs to `ScaleDecisionMade`
+//! events, one per node set whose desired count changes.
+//!
+//! The current desired counts are the fold of the cluster's `scaling:<ws>:<cluster>` stream, and
+//! the decisions are appended at exactly the version that was read: when two replicas decide at
+//! once, one append wins and the other is a version conflict that decides nothing.
+//! (Nothing acts on the decisions yet: the edge agent and the replica store are to come.)
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Duration, Utc};
+use domain::scaling::{Catalog, Demand, NodeSet, PendingSlice, SetState, decide, plan};
+use domain::submit::JobShape;
+use domain::{ClusterId, DomainEvent, ScaleDecisionMade, WorkspaceId};
+use eventlog::{EventLog, ExpectedVersion, LogError, Metadata, NewEvent, StreamId};
+
+/// A job the cycle sizes nodes for.
+#[derive(Debug, Clone)]
+pub struct ScalingJob {
+    pub job_id: u64,
+    /// Running (holds its nodes) or pending (needs a place).
+    pub running: bool,
+    pub shape: JobShape,
+}
+
+/// The stream of a cluster's scaling decisions.
+pub fn stream(workspace: &WorkspaceId, cluster: &ClusterId) -> StreamId {
+    StreamId::new(format!("scaling:{workspace}:{cluster}"))
+        .unwrap_or_else(|e| unreachable!("slugs make a stream id: {e}"))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScaleError {
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error("stored event unreadable: {0}")]
+    Decode(#[from] serde_json::Error),
+}
+
+type SetKey = (WorkspaceId, ClusterId, NodeSet);
+
+/// Decides node counts, cycle after cycle.
+pub struct Scaler {
+    catalog: Arc<Catalog>,
+    default_mib_per_cpu: u64,
+    idle_window: Duration,
+    started: DateTime<Utc>,
+    /// When each node set last had work, as this process saw it (since it started).
+    last_busy: Mutex<BTreeMap<SetKey, DateTime<Utc>>>,
+}
+
+impl Scaler {
+    pub fn new(
+        catalog: Arc<Catalog>,
+        default_mib_per_cpu: u64,
+        idle_window: Duration,
+        started: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            catalog,
+            default_mib_per_cpu,
+            idle_window,
+            started,
+            last_busy: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// One cycle for one cluster; returns the decisions appended (none when nothing changed or
+    /// another replica decided first).
+    pub async fn cycle(
+        &self,
+        log: &dyn EventLog,
+        workspace: &WorkspaceId,
+        cluster: &ClusterId,
+        jobs: &[ScalingJob],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<ScaleDecisionMade>, ScaleError> {
+        let stream = stream(workspace, cluster);
+        let (mut current, version) = self.current(log, &stream).await?;
+        let mut slices = Vec::new();
+        for job in jobs {
+            let demand = Demand::per_node(
+                job.shape.cpus,
+                job.shape.memory_mib,
+                job.shape.nodes,
+                self.default_mib_per_cpu,
+            );
+            for _ in 0..job.shape.nodes.max(1) {
+                slices.push(PendingSlice {
+                    job_id: job.job_id,
+                    demand,
+                });
+            }
+        }
+        let (mut needs, _stranded) = plan(&self.catalog, &[], &slices);
+        let pending: std::collections::HashSet<u64> = jobs
+            .iter()
+            .filter(|j| !j.running)
+            .map(|j| j.job_id)
+            .collect();
+        for need in needs.values_mut() {
+            need.jobs.retain(|j| pending.contains(j));
+        }
+        if let Ok(mut busy) = self.last_busy.lock() {
+            for (set, need) in &needs {
+                if need.nodes > 0 {
+                    busy.insert((workspace.clone(), cluster.clone(), *set), now);
+                }
+            }
+            for (set, state) in current.iter_mut() {
+                state.last_busy = Some(
+                    busy.get(&(workspace.clone(), cluster.clone(), *set))
+                        .copied()
+                        .unwrap_or(self.started),
+                );
+            }
+        }
+        let decisions = decide(&current, &needs, now, self.idle_window);
+        if decisions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let events: Vec<ScaleDecisionMade> = decisions
+            .into_iter()
+            .map(|d| ScaleDecisionMade {
+                workspace: workspace.clone(),
+                cluster_id: cluster.clone(),
+                node_set: d.set,
+                instance_type: self
+                    .catalog
+                    .shape(d.set)
+                    .map(|s| s.instance_type.clone())
+                    .unwrap_or_default(),
+                from: d.from,
+                to: d.to,
+                jobs: d.jobs,
+                reason: d.reason,
+            })
+            .collect();
+        let mut batch = Vec::with_capacity(events.len());
+        for e in &events {
+            let event = DomainEvent::ScaleDecisionMade(e.clone());
+            batch.push(
+                NewEvent {
+                    schema_version: event.schema_version(),
+                    ..NewEvent::new(event.event_type(), event.data()?)
+                }
+                .with_metadata(Metadata {
+                    actor: Some("system".into()),
+                    role: Some("system".into()),
+                    via: Some("poll".into()),
+                    ..Metadata::default()
+                }),
+            );
+        }
+        match log
+            .append(&stream, ExpectedVersion::Exact(version), &batch)
+            .await
+        {
+            Ok(_) => Ok(events),
+            // Another replica decided from the same state first.
+            Err(LogError::VersionConflict { .. }) => Ok(Vec::new()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The desired count of every node set so far, and the stream's version.
+    async fn current(
+        &self,
+        log: &dyn EventLog,
+        stream: &StreamId,
+    ) -> Result<(BTreeMap<NodeSet, SetState>, i64), ScaleError> {
+        let mut desired = BTreeMap::new();
+        let mut version = 0;
+        loop {
+            let batch = log.read_stream(stream, version, 1_000).await?;
+            let Some(last) = batch.last() else { break };
+            version = last.stream_version;
+            for e in batch {
+                if let Some(DomainEvent::ScaleDecisionMade(d)) =
+                    DomainEvent::decode(&e.event_type, e.schema_version, &e.data)?
+                {
+                    desired.insert(
+                        d.node_set,
+                        SetState {
+                            desired: d.to,
+                            last_busy: None,
+                        },
+                    );
+                }
+            }
+        }
+        Ok((desired, version))
+    }
+}
