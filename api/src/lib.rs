@@ -14,6 +14,7 @@ mod jobs;
 pub mod json;
 pub mod logs;
 mod metrics;
+pub mod nodesets;
 pub mod openapi;
 mod query;
 pub mod sse;
@@ -77,6 +78,8 @@ pub struct AppState {
     pub storage: storage::Storage,
     /// Cluster views already read.
     pub cluster_cache: Arc<clusters::ClusterCache>,
+    /// The node-shape catalog.
+    pub scaling: Arc<nodesets::Scaling>,
 }
 
 /// One route the server serves.
@@ -131,6 +134,11 @@ fn table() -> Table {
             Method::GET,
             "/v1/clusters/{id}/jobs/{job_id}/logs/stream",
             get(logs::stream),
+        )
+        .add(
+            Method::GET,
+            "/v1/clusters/{id}/nodesets",
+            get(nodesets::list),
         )
         .add(Method::GET, "/v1/clusters/{id}/events", get(feed::list))
         .add(

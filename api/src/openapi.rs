@@ -32,6 +32,7 @@ use crate::{clusters, health, jobs, metrics, templates};
         jobs::cancel,
         logs_read::read,
         logs_stream::stream,
+        crate::nodesets::list,
         crate::feed::list,
         crate::feed::stream,
         crate::storage::presign,

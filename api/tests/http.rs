@@ -107,6 +107,16 @@ async fn harness_with(wait: Duration, feed_buffer: usize) -> Harness {
             store: Arc::new(s3),
         },
         cluster_cache: Default::default(),
+        scaling: Arc::new(api::nodesets::Scaling {
+            catalog: Arc::new(
+                domain::scaling::Catalog::parse(
+                    include_str!("../../fixtures/catalog/shapes.json"),
+                    512,
+                )
+                .unwrap(),
+            ),
+            default_mib_per_cpu: 2048,
+        }),
     };
     Harness {
         state,
@@ -230,6 +240,9 @@ async fn authorization_matrix() {
                 ),
                 (_, "/v1/clusters/{id}") => ("/v1/clusters/local".to_string(), None),
                 (_, "/v1/clusters/{id}/jobs") => ("/v1/clusters/local/jobs".to_string(), None),
+                (_, "/v1/clusters/{id}/nodesets") => {
+                    ("/v1/clusters/local/nodesets".to_string(), None)
+                }
                 (_, p) if p.starts_with("/v1/clusters/{id}/events") => {
                     (p.replace("{id}", "local"), None)
                 }

@@ -102,6 +102,10 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
         }),
         storage: api::storage::Storage { store: objects },
         cluster_cache: Default::default(),
+        scaling: Arc::new(api::nodesets::Scaling {
+            catalog: catalog.clone(),
+            default_mib_per_cpu: config.default_mib_per_cpu,
+        }),
     };
     let poller = tokio::spawn(crate::poll::run(
         state.store.clone(),

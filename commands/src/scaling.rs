@@ -164,32 +164,39 @@ impl Scaler {
         }
     }
 
-    /// The desired count of every node set so far, and the stream's version.
     async fn current(
         &self,
         log: &dyn EventLog,
         stream: &StreamId,
     ) -> Result<(BTreeMap<NodeSet, SetState>, i64), ScaleError> {
-        let mut desired = BTreeMap::new();
-        let mut version = 0;
-        loop {
-            let batch = log.read_stream(stream, version, 1_000).await?;
-            let Some(last) = batch.last() else { break };
-            version = last.stream_version;
-            for e in batch {
-                if let Some(DomainEvent::ScaleDecisionMade(d)) =
-                    DomainEvent::decode(&e.event_type, e.schema_version, &e.data)?
-                {
-                    desired.insert(
-                        d.node_set,
-                        SetState {
-                            desired: d.to,
-                            last_busy: None,
-                        },
-                    );
-                }
+        desired_counts(log, stream).await
+    }
+}
+
+/// The desired count of every node set decided so far in `stream`, and the stream's version.
+pub async fn desired_counts(
+    log: &dyn EventLog,
+    stream: &StreamId,
+) -> Result<(BTreeMap<NodeSet, SetState>, i64), ScaleError> {
+    let mut desired = BTreeMap::new();
+    let mut version = 0;
+    loop {
+        let batch = log.read_stream(stream, version, 1_000).await?;
+        let Some(last) = batch.last() else { break };
+        version = last.stream_version;
+        for e in batch {
+            if let Some(DomainEvent::ScaleDecisionMade(d)) =
+                DomainEvent::decode(&e.event_type, e.schema_version, &e.data)?
+            {
+                desired.insert(
+                    d.node_set,
+                    SetState {
+                        desired: d.to,
+                        last_busy: None,
+                    },
+                );
             }
         }
-        Ok((desired, version))
     }
+    Ok((desired, version))
 }

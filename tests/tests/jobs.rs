@@ -430,6 +430,31 @@ async fn pending_jobs_drive_scale_decisions_and_idle_sets_go_to_zero() {
     assert_eq!(last["data"]["instance_type"], "c7g.large");
     assert_eq!(last["data"]["to"], 3, "{up:?}");
     assert_eq!(last["actor"], "system");
+    let (status, sets) = api
+        .call(
+            reqwest::Method::GET,
+            "/v1/clusters/local/nodesets",
+            &api.token,
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{sets}");
+    let sets = sets["nodesets"].as_array().unwrap().clone();
+    assert_eq!(sets.len(), 15);
+    let small = sets
+        .iter()
+        .find(|s| s["family"] == "compute" && s["size"] == "small")
+        .unwrap();
+    assert_eq!(
+        (
+            small["desired"].as_u64(),
+            small["busy"].as_u64(),
+            small["hourly_usd"].as_str()
+        ),
+        (Some(3), Some(0), Some("0.0725")),
+        "{small}"
+    );
     // Nothing changes: no more decisions.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let steady = decisions().await;

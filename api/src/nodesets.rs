@@ -1,0 +1,137 @@
+//! `GET /v1/clusters/{id}/nodesets`: every node set of the catalog with the count the autoscaler
+//! last decided and how many nodes the running jobs hold.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use commands::scaling::{ScalingJob, desired_counts};
+use domain::scaling::{Demand, PendingSlice, plan};
+use eventlog::ModelSet;
+use projections::views::jobs::{self, JobView};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::auth::Caller;
+use crate::{ApiError, AppState};
+
+/// One node set.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NodeSetView {
+    #[schema(example = "compute")]
+    pub family: String,
+    #[schema(example = "small")]
+    pub size: String,
+    #[schema(example = "c7g.large")]
+    pub instance_type: String,
+    pub vcpus: u32,
+    pub memory_gib: u32,
+    /// What jobs can use of a node's memory (the system reserve taken off).
+    pub allocatable_mib: u64,
+    /// USD per node-hour, as a decimal string (exact).
+    #[schema(example = "0.0725")]
+    pub hourly_usd: String,
+    /// The count the autoscaler last decided (`ScaleDecisionMade`).
+    pub desired: u32,
+    /// Nodes that the running jobs hold (first-fit of their shapes).
+    pub busy: u32,
+    /// Nodes up and registered: always 0 until the edge agent that starts nodes exists.
+    pub ready: u32,
+}
+
+/// Answer of `GET /v1/clusters/{id}/nodesets`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NodeSetList {
+    pub nodesets: Vec<NodeSetView>,
+}
+
+/// `GET /v1/clusters/{id}/nodesets`
+#[utoipa::path(
+    get,
+    path = "/v1/clusters/{id}/nodesets",
+    tag = "clusters",
+    params(("id" = String, Path, description = "Cluster id")),
+    responses(
+        (status = 200, description = "Every node set of the catalog", body = NodeSetList),
+        (status = 404, description = "No such cluster", body = crate::error::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<NodeSetList>, ApiError> {
+    let (cluster, _) = crate::clusters::visible_cluster(&state, &caller, &id).await?;
+    let stream = commands::scaling::stream(&caller.workspace, &cluster);
+    let (desired, _) = desired_counts(state.store.log.as_ref(), &stream)
+        .await
+        .map_err(|e| ApiError::internal(format!("could not read the scaling decisions: {e}")))?;
+    let rows = eventlog::list_all(
+        state.store.read.as_ref(),
+        ModelSet::Live,
+        jobs::NAME,
+        &jobs::collection(&caller.workspace, &cluster),
+    )
+    .await?;
+    let running: Vec<ScalingJob> = rows
+        .iter()
+        .filter_map(|r| serde_json::from_str::<JobView>(&r.doc).ok())
+        .filter(|v| v.state == domain::job::JobState::Running)
+        .map(|v| ScalingJob {
+            job_id: v.job_id,
+            running: true,
+            shape: v.shape,
+        })
+        .collect();
+    let slices: Vec<PendingSlice> = running
+        .iter()
+        .flat_map(|j| {
+            let demand = Demand::per_node(
+                j.shape.cpus,
+                j.shape.memory_mib,
+                j.shape.nodes,
+                state.scaling.default_mib_per_cpu,
+            );
+            (0..j.shape.nodes.max(1)).map(move |_| PendingSlice {
+                job_id: j.job_id,
+                demand,
+            })
+        })
+        .collect();
+    let (busy, _) = plan(&state.scaling.catalog, &[], &slices);
+    let nodesets = state
+        .scaling
+        .catalog
+        .shapes()
+        .map(|s| {
+            let set = domain::scaling::NodeSet {
+                family: s.family,
+                size: s.size,
+            };
+            NodeSetView {
+                family: s.family.as_str().to_string(),
+                size: s.size.as_str().to_string(),
+                instance_type: s.instance_type.clone(),
+                vcpus: s.vcpus,
+                memory_gib: s.memory_gib,
+                allocatable_mib: s.allocatable_mib,
+                hourly_usd: dollars(s.hourly),
+                desired: desired.get(&set).map_or(0, |d| d.desired),
+                busy: busy.get(&set).map_or(0, |n| n.nodes),
+                ready: 0,
+            }
+        })
+        .collect();
+    Ok(Json(NodeSetList { nodesets }))
+}
+
+/// `0.0725` from 72,500 micro-USD.
+fn dollars(m: domain::MicroUsd) -> String {
+    let text = format!("{}.{:06}", m.0 / 1_000_000, m.0 % 1_000_000);
+    text.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+/// The node-shape catalog and the memory assumed per vCPU.
+pub struct Scaling {
+    pub catalog: std::sync::Arc<domain::scaling::Catalog>,
+    pub default_mib_per_cpu: u64,
+}
