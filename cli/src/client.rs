@@ -112,18 +112,23 @@ pub(crate) fn finish(status: u16, body: &Value) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(body)?);
         Ok(ExitCode::SUCCESS)
     } else {
-        let e = &body["error"];
-        eprintln!(
-            "error {status} {}: {}{}",
-            e["code"].as_str().unwrap_or("unknown"),
-            e["message"].as_str().unwrap_or("the server gave no reason"),
-            e["field"]
-                .as_str()
-                .map(|f| format!(" (field {f})"))
-                .unwrap_or_default()
-        );
+        eprintln!("{}", error_line(status, body));
         Ok(ExitCode::FAILURE)
     }
+}
+
+/// One line for an error answer: `error 403 code: message (field f)`.
+pub(crate) fn error_line(status: u16, body: &Value) -> String {
+    let e = &body["error"];
+    format!(
+        "error {status} {}: {}{}",
+        e["code"].as_str().unwrap_or("unknown"),
+        e["message"].as_str().unwrap_or("the server gave no reason"),
+        e["field"]
+            .as_str()
+            .map(|f| format!(" (field {f})"))
+            .unwrap_or_default()
+    )
 }
 
 /// Parses `k=v` params; `v` is JSON if it parses as JSON, else a string.

@@ -32,16 +32,7 @@ fn remote(spec: &str) -> anyhow::Result<(&str, &str)> {
 }
 
 fn api_error(status: u16, body: &Value) -> anyhow::Error {
-    let e = &body["error"];
-    anyhow::anyhow!(
-        "error {status} {}: {}{}",
-        e["code"].as_str().unwrap_or("unknown"),
-        e["message"].as_str().unwrap_or("the server gave no reason"),
-        e["field"]
-            .as_str()
-            .map(|f| format!(" (field {f})"))
-            .unwrap_or_default()
-    )
+    anyhow::anyhow!(crate::client::error_line(status, body))
 }
 
 /// Asks the API for a presigned URL.
