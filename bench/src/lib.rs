@@ -211,3 +211,83 @@ pub fn rss_kib(pid: u32) -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// What a closed-loop load run measured.
+pub struct Load {
+    pub latencies: Vec<Duration>,
+    pub failures: usize,
+    pub elapsed: Duration,
+}
+
+impl Load {
+    /// `N <what> (F failed) in S s with C clients = R <what>/s   p50 …  p99 …  max …`
+    pub fn report(self, what: &str, clients: usize) -> String {
+        let ok = self.latencies.len();
+        let (p50, p99, max) = percentiles(self.latencies);
+        format!(
+            "{ok} {what} ({} failed) in {:.2} s with {clients} clients = {:.0} {what}/s   p50 {}  p99 {}  max {}",
+            self.failures,
+            self.elapsed.as_secs_f64(),
+            ok as f64 / self.elapsed.as_secs_f64(),
+            ms(p50),
+            ms(p99),
+            ms(max)
+        )
+    }
+}
+
+/// Runs `requests` calls of `call(i)` from `concurrency` clients, each starting its next call when
+/// the last one answered, until all are done or `max` has passed. A call's `Err` is a failure
+/// (the first two are printed).
+pub async fn closed_loop<F, Fut>(
+    requests: usize,
+    concurrency: usize,
+    max: Duration,
+    call: F,
+) -> anyhow::Result<Load>
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<(), String>> + Send,
+{
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let call = Arc::new(call);
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = std::time::Instant::now();
+    let deadline = started + max;
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (call, next) = (call.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let (mut lat, mut failures) = (Vec::new(), 0usize);
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= requests || std::time::Instant::now() > deadline {
+                    break;
+                }
+                let t = std::time::Instant::now();
+                match call(i).await {
+                    Ok(()) => lat.push(t.elapsed()),
+                    Err(e) => {
+                        failures += 1;
+                        if failures < 3 {
+                            eprintln!("{e}");
+                        }
+                    }
+                }
+            }
+            (lat, failures)
+        }));
+    }
+    let mut load = Load {
+        latencies: Vec::new(),
+        failures: 0,
+        elapsed: Duration::ZERO,
+    };
+    for t in tasks {
+        let (l, f) = t.await?;
+        load.latencies.extend(l);
+        load.failures += f;
+    }
+    load.elapsed = started.elapsed();
+    Ok(load)
+}

@@ -6,11 +6,9 @@
 //! bench/files.sh runs it against a fresh release server.
 //! filesbench --url http://127.0.0.1:8080 --token JWT --presigns 20000 --concurrency 32 --transfer-mib 1024
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use bench::{ms, percentiles};
+use bench::closed_loop;
 use clap::Parser;
 use futures::StreamExt;
 use serde_json::{Value, json};
@@ -52,61 +50,26 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
 
-    let next = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..args.concurrency {
-        let (client, next, endpoint, token) = (
-            client.clone(),
-            next.clone(),
-            endpoint.clone(),
-            args.token.clone(),
-        );
-        let total = args.presigns;
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            let mut failures = 0usize;
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= total {
-                    break;
-                }
-                let method = if i % 2 == 0 { "PUT" } else { "GET" };
-                let body =
-                    json!({"location": "data", "path": format!("bench/{i}.csv"), "method": method});
-                let t = Instant::now();
-                match presign(&client, &endpoint, &token, body).await {
-                    Ok(_) => lat.push(t.elapsed()),
-                    Err(e) => {
-                        failures += 1;
-                        if failures < 3 {
-                            eprintln!("{e}");
-                        }
-                    }
-                }
-            }
-            (lat, failures)
-        }));
-    }
-    let mut lat = Vec::new();
-    let mut failures = 0;
-    for t in tasks {
-        let (l, f) = t.await?;
-        lat.extend(l);
-        failures += f;
-    }
-    let elapsed = started.elapsed();
-    let ok = lat.len();
-    let (p50, p99, max) = percentiles(lat);
-    println!(
-        "{ok} presigned URLs ({failures} failed) in {:.2} s with {} clients = {:.0} URLs/s   p50 {}  p99 {}  max {}",
-        elapsed.as_secs_f64(),
+    let (c, e, token) = (client.clone(), endpoint.clone(), args.token.clone());
+    let load = closed_loop(
+        args.presigns,
         args.concurrency,
-        ok as f64 / elapsed.as_secs_f64(),
-        ms(p50),
-        ms(p99),
-        ms(max)
-    );
+        Duration::from_secs(600),
+        move |i| {
+            let method = if i % 2 == 0 { "PUT" } else { "GET" };
+            let body =
+                json!({"location": "data", "path": format!("bench/{i}.csv"), "method": method});
+            let (c, e, token) = (c.clone(), e.clone(), token.clone());
+            async move {
+                presign(&c, &e, &token, body)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+        },
+    )
+    .await?;
+    println!("{}", load.report("presigned URLs", args.concurrency));
 
     if args.transfer_mib > 0 {
         transfer(&client, &endpoint, &args.token, args.transfer_mib).await?;

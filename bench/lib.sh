@@ -1,0 +1,27 @@
+# Shared by the bench/*.sh scripts (sourced, not run): builds the release binaries, makes a scratch
+# folder removed on exit, and starts a fresh server in it.
+#   start_server [serve flags…]   (environment given before it reaches the server) sets pid, url
+#   mint_token [token flags…]     prints a token for bench@clusterra.local
+#   on_exit 'command'             runs at exit, after the server is stopped
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/clusterra/target}"
+export CLUSTERRA_S3_LISTEN=127.0.0.1:0  # the embedded object store on a free port
+cargo build --release -q -p cli -p bench
+bin="$CARGO_TARGET_DIR/release"
+dir=$(mktemp -d)
+pid=""
+exit_cmds=""
+on_exit() { exit_cmds="${exit_cmds:+$exit_cmds; }$1"; }
+trap '[ -n "$pid" ] && { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; }; rm -rf "$dir"; eval "$exit_cmds"' EXIT
+
+start_server() {
+  CLUSTERRA_LOG=warn "$bin/clusterra" serve --data-dir "$dir/data" --listen 127.0.0.1:0 "$@" > "$dir/out" &
+  pid=$!
+  for _ in $(seq 100); do grep -q "clusterra listening" "$dir/out" 2>/dev/null && break; sleep 0.1; done
+  url=$(sed -n "s/^clusterra listening on //p" "$dir/out")
+}
+
+mint_token() {
+  "$bin/clusterra" token mint --data-dir "$dir/data" --email bench@clusterra.local "$@"
+}
