@@ -48,7 +48,11 @@ pub struct Scaler {
     started: DateTime<Utc>,
     /// When each node set last had work, as this process saw it (since it started).
     last_busy: Mutex<BTreeMap<SetKey, DateTime<Utc>>>,
+    /// Each scaling stream's fold so far, so a cycle reads only the decisions after it.
+    folded: Mutex<BTreeMap<String, Folded>>,
 }
+
+type Folded = (BTreeMap<NodeSet, SetState>, i64);
 
 impl Scaler {
     pub fn new(
@@ -63,6 +67,7 @@ impl Scaler {
             idle_window,
             started,
             last_busy: Mutex::new(BTreeMap::new()),
+            folded: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -164,22 +169,33 @@ impl Scaler {
         }
     }
 
-    async fn current(
-        &self,
-        log: &dyn EventLog,
-        stream: &StreamId,
-    ) -> Result<(BTreeMap<NodeSet, SetState>, i64), ScaleError> {
-        desired_counts(log, stream).await
+    /// The stream's fold, read on from where the last cycle left it.
+    async fn current(&self, log: &dyn EventLog, stream: &StreamId) -> Result<Folded, ScaleError> {
+        let known = self
+            .folded
+            .lock()
+            .ok()
+            .and_then(|f| f.get(stream.as_str()).cloned())
+            .unwrap_or_default();
+        let folded = fold_from(log, stream, known).await?;
+        if let Ok(mut f) = self.folded.lock() {
+            f.insert(stream.as_str().to_string(), folded.clone());
+        }
+        Ok(folded)
     }
 }
 
 /// The desired count of every node set decided so far in `stream`, and the stream's version.
-pub async fn desired_counts(
+pub async fn desired_counts(log: &dyn EventLog, stream: &StreamId) -> Result<Folded, ScaleError> {
+    fold_from(log, stream, Folded::default()).await
+}
+
+/// Folds the decisions after `version` into `desired`.
+async fn fold_from(
     log: &dyn EventLog,
     stream: &StreamId,
-) -> Result<(BTreeMap<NodeSet, SetState>, i64), ScaleError> {
-    let mut desired = BTreeMap::new();
-    let mut version = 0;
+    (mut desired, mut version): Folded,
+) -> Result<Folded, ScaleError> {
     loop {
         let batch = log.read_stream(stream, version, 1_000).await?;
         let Some(last) = batch.last() else { break };
