@@ -399,6 +399,25 @@ mod tests {
             jail.set_env("CLUSTERRA_SQLITE_SYNCHRONOUS", "sometimes");
             let err = Config::load(None, &Overrides::default()).expect_err("bad value");
             assert!(format!("{err:#}").contains("sqlite_synchronous"), "{err:#}");
+            jail.set_env("CLUSTERRA_SQLITE_SYNCHRONOUS", "normal");
+            for (key, value, says) in [
+                ("CLUSTERRA_S3_ENDPOINT", "ftp://store", "s3_endpoint"),
+                (
+                    "CLUSTERRA_S3_ENDPOINT",
+                    "http://store/s3",
+                    "must end with '/'",
+                ),
+                (
+                    "CLUSTERRA_S3_ACCESS_KEY_ID",
+                    "only-the-id",
+                    "s3_secret_access_key",
+                ),
+            ] {
+                jail.set_env(key, value);
+                let err = Config::load(None, &Overrides::default()).expect_err(value);
+                assert!(format!("{err:#}").contains(says), "{value}: {err:#}");
+                jail.set_env(key, "");
+            }
             Ok(())
         });
     }

@@ -462,3 +462,39 @@ async fn an_external_endpoint_with_a_separate_public_endpoint() {
     assert_eq!(list["objects"][0]["path"], "job.sh", "{list}");
     assert_eq!(list["objects"][0]["size"], 10);
 }
+
+/// An object store that cannot be reached is a 502 that names no internal address, and a grant
+/// needs no network (presigning is local) but is still recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_store_is_a_clear_502() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    // Nothing listens on port 9 of loopback.
+    let api = Api::start(
+        data,
+        &[
+            ("CLUSTERRA_S3_ENDPOINT", "http://127.0.0.1:9"),
+            ("CLUSTERRA_S3_ACCESS_KEY_ID", "k"),
+            ("CLUSTERRA_S3_SECRET_ACCESS_KEY", "s"),
+        ],
+    );
+    let (status, out) = api
+        .call(
+            Method::GET,
+            "/v1/clusters/local/storage/objects?location=data",
+            &api.token,
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, 502, "{out}");
+    assert_eq!(out["error"]["code"], "object_store_unavailable");
+    assert!(!out.to_string().contains("127.0.0.1:9"), "{out}");
+    let (status, out) = presign(
+        &api,
+        &api.token,
+        json!({"location": "data", "path": "x", "method": "GET"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{out}");
+}
