@@ -70,6 +70,24 @@ fn request(key: &ObjectKey, method: FileMethod, seconds: u64) -> PresignRequest 
     }
 }
 
+impl Fixture {
+    /// A presigned URL for `key`.
+    async fn url(&self, key: &ObjectKey, method: FileMethod, seconds: u64) -> String {
+        self.store
+            .presign(request(key, method, seconds))
+            .await
+            .unwrap()
+            .url
+    }
+
+    /// Uploads `body` to `key` through a presigned PUT; the store's status.
+    async fn upload(&self, key: &ObjectKey, body: &'static str) -> u16 {
+        let url = self.url(key, FileMethod::Put, 60).await;
+        let r = self.http.put(&url).body(body).send().await.unwrap();
+        r.status().as_u16()
+    }
+}
+
 #[tokio::test]
 async fn presigned_urls_round_trip_and_tampering_is_refused() {
     let f = fixture().await;
@@ -143,30 +161,12 @@ async fn presigned_urls_round_trip_and_tampering_is_refused() {
         "secret",
     )
     .unwrap();
-    let bob_put = f
-        .store
-        .presign(request(&bob, FileMethod::Put, 60))
-        .await
-        .unwrap();
-    assert_eq!(
-        f.http
-            .put(&bob_put.url)
-            .body("bob's")
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(f.upload(&bob, "bob's").await, 200);
     let mine = key("stolen");
-    let put = f
-        .store
-        .presign(request(&mine, FileMethod::Put, 60))
-        .await
-        .unwrap();
+    let put_url = f.url(&mine, FileMethod::Put, 60).await;
     let copy = f
         .http
-        .put(&put.url)
+        .put(&put_url)
         .header("x-amz-copy-source", "cluster-one/data/bob@lab.org/secret")
         .send()
         .await
@@ -262,16 +262,7 @@ async fn expired_urls_and_unsigned_content_types_are_refused() {
 async fn listings_page_with_continuation_tokens() {
     let f = fixture().await;
     for i in 0..5 {
-        let url = f
-            .store
-            .presign(request(&key(&format!("p/{i}.txt")), FileMethod::Put, 60))
-            .await
-            .unwrap()
-            .url;
-        assert_eq!(
-            f.http.put(&url).body("x").send().await.unwrap().status(),
-            200
-        );
+        assert_eq!(f.upload(&key(&format!("p/{i}.txt")), "x").await, 200);
     }
     let mut seen = Vec::new();
     let mut token = None;
