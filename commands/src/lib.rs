@@ -1,11 +1,12 @@
 //! Command handlers: load → decide → append with an expected version.
 //!
 //! Handlers see the outside world only through ports (traits). The event log port is
-//! [`eventlog::EventLog`]; the Slurm, replica-store and object-store ports arrive with the
-//! features that need them.
+//! [`eventlog::EventLog`]; the Slurm ([`slurm`]), replica-store ([`replicas`]) and object-store
+//! ([`storage`]) ports live beside the handlers that use them.
 
 pub mod clusters;
 pub mod jobs;
+pub mod replicas;
 pub mod scaling;
 pub mod slurm;
 pub mod storage;

@@ -124,6 +124,17 @@ pub trait EventLog: Send + Sync + 'static {
 pub struct Store {
     pub log: Arc<dyn EventLog>,
     pub read: Arc<dyn ReadStore>,
+    /// The database itself, for adapters that keep their own tables beside the log (the
+    /// embedded replica store) and for leader election.
+    pub db: Db,
+}
+
+/// The connection pool of an opened database.
+#[derive(Clone, Debug)]
+pub enum Db {
+    Sqlite(sqlx::SqlitePool),
+    /// `schema` is the one the pool's `search_path` names (`public` unless configured).
+    Postgres { pool: sqlx::PgPool, schema: String },
 }
 
 /// Settings for [`open`].
@@ -156,12 +167,17 @@ pub async fn open(options: &OpenOptions, clock: Arc<dyn Clock>) -> Result<Store,
     if url.starts_with("sqlite:") {
         let store = Arc::new(sqlite::SqliteStore::open(options, clock).await?);
         Ok(Store {
+            db: Db::Sqlite(store.pool().clone()),
             log: store.clone(),
             read: store,
         })
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
         let store = Arc::new(postgres::PgStore::open(options, clock).await?);
         Ok(Store {
+            db: Db::Postgres {
+                pool: store.pool().clone(),
+                schema: options.pg_schema.clone().unwrap_or_else(|| "public".into()),
+            },
             log: store.clone(),
             read: store,
         })

@@ -56,6 +56,11 @@ fn valid_schema(schema: &str) -> bool {
 }
 
 impl PgStore {
+    /// The connection pool (for adapters with their own tables in this database).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     /// Connects, creates the schema if one is named, and runs the migrations.
     pub async fn open(options: &OpenOptions, clock: Arc<dyn Clock>) -> Result<Self, LogError> {
         let mut connect: PgConnectOptions = options.url.parse()?;

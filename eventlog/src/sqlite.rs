@@ -61,6 +61,11 @@ pub fn connect_options(url: &str, synchronous: &str) -> Result<SqliteConnectOpti
 }
 
 impl SqliteStore {
+    /// The connection pool (for adapters with their own tables in this database).
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
     /// Opens `sqlite://PATH` (created if missing) and runs the migrations.
     pub async fn open(options: &OpenOptions, clock: Arc<dyn Clock>) -> Result<Self, LogError> {
         let connect = connect_options(&options.url, &options.sqlite_synchronous)?;
