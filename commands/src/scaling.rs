@@ -108,8 +108,10 @@ impl Scaler {
             need.jobs.retain(|j| pending.contains(j));
         }
         if let Ok(mut busy) = self.last_busy.lock() {
+            // A set is busy while its work fills its nodes: it shrinks only after fewer jobs
+            // than nodes for the whole idle window (domain::simulate does the same).
             for (set, need) in &needs {
-                if need.nodes > 0 {
+                if need.nodes > 0 && need.nodes >= current.get(set).map_or(0, |s| s.desired) {
                     busy.insert((workspace.clone(), cluster.clone(), *set), now);
                 }
             }

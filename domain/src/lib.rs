@@ -7,6 +7,7 @@ pub mod ids;
 pub mod job;
 pub mod money;
 pub mod scaling;
+pub mod simulate;
 pub mod storage;
 pub mod submit;
 pub mod trace;
