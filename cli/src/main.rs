@@ -7,6 +7,7 @@ mod ops;
 mod poll;
 mod secrets;
 mod serve;
+mod simulate;
 mod token;
 
 use std::path::PathBuf;
@@ -156,6 +157,8 @@ enum Command {
         #[command(subcommand)]
         command: FilesCommand,
     },
+    /// Run the scaling policy and cost model over a workload trace (simulated clock)
+    Simulate(simulate::SimulateArgs),
     /// Tokens for the embedded default (HS256, signed with the data directory's secret)
     Token {
         #[command(subcommand)]
@@ -332,6 +335,7 @@ fn main() -> ExitCode {
                 follow,
                 tail,
             } => client::logs(&target, job_id, follow, tail).await,
+            Command::Simulate(args) => simulate::run(&args).map(|()| ExitCode::SUCCESS),
             Command::Token {
                 command:
                     TokenCommand::Mint {
