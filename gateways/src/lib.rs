@@ -3,7 +3,10 @@
 //! - [`local::LocalExecutor`]: the embedded default Slurm — runs each job's script with bash as a
 //!   real process.
 //! - [`slurmrestd::SlurmRestd`]: slurmrestd v0.0.44 with Slurm JWT headers.
+//! - [`replicas`]: the replica store on the log's database ([`replicas::SqlReplicas`]) or DynamoDB
+//!   ([`replicas::DynamoReplicas`]).
 
 pub mod local;
+pub mod replicas;
 pub mod s3;
 pub mod slurmrestd;
