@@ -134,7 +134,10 @@ pub struct Store {
 pub enum Db {
     Sqlite(sqlx::SqlitePool),
     /// `schema` is the one the pool's `search_path` names (`public` unless configured).
-    Postgres { pool: sqlx::PgPool, schema: String },
+    Postgres {
+        pool: sqlx::PgPool,
+        schema: String,
+    },
 }
 
 /// Settings for [`open`].
