@@ -32,6 +32,8 @@ pub(crate) struct Readiness {
     /// `sqlite` or `postgres`.
     backend: &'static str,
     log_position: Option<i64>,
+    /// Whether this replica leads the poll cycle (decides and reconciles) now.
+    poll_leader: bool,
     error: Option<String>,
     /// Each projection's position, state (`starting`, `running`, `failing`) and last error.
     #[schema(value_type = Object)]
@@ -55,6 +57,10 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
         status: if ready { "ready" } else { "not_ready" },
         backend: state.store.log.backend(),
         log_position,
+        poll_leader: state
+            .scaling
+            .leading
+            .load(std::sync::atomic::Ordering::Relaxed),
         error,
         projections,
     };

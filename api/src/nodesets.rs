@@ -1,5 +1,6 @@
 //! `GET /v1/clusters/{id}/nodesets`: every node set of the catalog with the count the autoscaler
-//! last decided and how many nodes the running jobs hold.
+//! last decided, the nodes ready and starting (from the node events), and how many nodes the
+//! running jobs hold.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -33,8 +34,10 @@ pub struct NodeSetView {
     pub desired: u32,
     /// Nodes that the running jobs hold (first-fit of their shapes).
     pub busy: u32,
-    /// Nodes up and registered: always 0 until the edge agent that starts nodes exists.
+    /// Nodes up and taking jobs (`NodeReady`, not terminated).
     pub ready: u32,
+    /// Nodes launched and still in their cold start.
+    pub starting: u32,
 }
 
 /// Answer of `GET /v1/clusters/{id}/nodesets`.
@@ -62,9 +65,13 @@ pub(crate) async fn list(
 ) -> Result<Json<NodeSetList>, ApiError> {
     let (cluster, _) = crate::clusters::visible_cluster(&state, &caller, &id).await?;
     let stream = commands::scaling::stream(&caller.workspace, &cluster);
-    let (desired, _) = desired_counts(state.store.log.as_ref(), &stream)
+    let desired = desired_counts(state.store.log.as_ref(), &stream)
         .await
-        .map_err(|e| ApiError::internal(format!("could not read the scaling decisions: {e}")))?;
+        .map_err(|e| ApiError::internal(format!("could not read the scaling decisions: {e}")))?
+        .desired;
+    let nodes = commands::fleet::node_counts(state.store.log.as_ref(), &caller.workspace, &cluster)
+        .await
+        .map_err(|e| ApiError::internal(format!("could not read the node events: {e}")))?;
     let rows = eventlog::list_all(
         state.store.read.as_ref(),
         ModelSet::Live,
@@ -117,7 +124,8 @@ pub(crate) async fn list(
                 hourly_usd: dollars(s.hourly),
                 desired: desired.get(&set).map_or(0, |d| d.desired),
                 busy: busy.get(&set).map_or(0, |n| n.nodes),
-                ready: 0,
+                ready: nodes.get(&set).map_or(0, |n| n.0),
+                starting: nodes.get(&set).map_or(0, |n| n.1),
             }
         })
         .collect();
@@ -134,4 +142,6 @@ fn dollars(m: domain::MicroUsd) -> String {
 pub struct Scaling {
     pub catalog: std::sync::Arc<domain::scaling::Catalog>,
     pub default_mib_per_cpu: u64,
+    /// Whether this replica leads the poll cycle now.
+    pub leading: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }

@@ -50,6 +50,7 @@ async fn harness_with(wait: Duration, feed_buffer: usize) -> Harness {
             grace: Duration::from_millis(200),
             minute: Duration::from_secs(60),
             slots: 4,
+            nodes: None,
         },
         chrono::Utc::now(),
     )
@@ -116,6 +117,7 @@ async fn harness_with(wait: Duration, feed_buffer: usize) -> Harness {
                 .unwrap(),
             ),
             default_mib_per_cpu: 2048,
+            leading: Default::default(),
         }),
     };
     Harness {

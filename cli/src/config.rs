@@ -91,6 +91,25 @@ pub struct Config {
     pub default_mib_per_cpu: u64,
     /// How long a node set with nothing to do keeps its nodes before it goes to zero, in ms.
     pub scale_idle_window_ms: u64,
+    /// Where desired node counts are kept for the edge agent: "embedded" (a table in the
+    /// log's database) or "dynamodb".
+    pub replica_store: String,
+    /// DynamoDB endpoint; empty = AWS's own for `dynamodb_region`.
+    pub dynamodb_endpoint: String,
+    pub dynamodb_region: String,
+    pub dynamodb_table: String,
+    /// Create the table if it is missing.
+    pub dynamodb_create_table: bool,
+    /// Static DynamoDB keys; unset = the AWS default chain.
+    pub dynamodb_access_key_id: Option<String>,
+    pub dynamodb_secret_access_key: Option<String>,
+    /// Local executor nodes' cold start: "local" (2 s) or "realistic" (30 s launch + 30 s
+    /// network + 20 s registration = 80 s).
+    pub node_profile: String,
+    /// Cold start in milliseconds; overrides `node_profile`.
+    pub node_cold_start_ms: Option<u64>,
+    /// How often the edge agent of the local executor reconciles its nodes, in milliseconds.
+    pub agent_interval_ms: u64,
 }
 
 impl Default for Config {
@@ -131,11 +150,31 @@ impl Default for Config {
             node_reserve_mib: 512,
             default_mib_per_cpu: 2048,
             scale_idle_window_ms: 300_000,
+            replica_store: "embedded".into(),
+            dynamodb_endpoint: String::new(),
+            dynamodb_region: "us-east-1".into(),
+            dynamodb_table: "clusterra-replicas".into(),
+            dynamodb_create_table: false,
+            dynamodb_access_key_id: None,
+            dynamodb_secret_access_key: None,
+            node_profile: "local".into(),
+            node_cold_start_ms: None,
+            agent_interval_ms: 250,
         }
     }
 }
 
-const ENV_KEYS: [&str; 35] = [
+const ENV_KEYS: [&str; 45] = [
+    "replica_store",
+    "dynamodb_endpoint",
+    "dynamodb_region",
+    "dynamodb_table",
+    "dynamodb_create_table",
+    "dynamodb_access_key_id",
+    "dynamodb_secret_access_key",
+    "node_profile",
+    "node_cold_start_ms",
+    "agent_interval_ms",
     "scale_idle_window_ms",
     "catalog_file",
     "node_reserve_mib",
@@ -285,7 +324,50 @@ impl Config {
             config.s3_access_key_id.is_some() == config.s3_secret_access_key.is_some(),
             "set both s3_access_key_id and s3_secret_access_key, or neither"
         );
+        anyhow::ensure!(
+            matches!(config.replica_store.as_str(), "embedded" | "dynamodb"),
+            "replica_store must be embedded or dynamodb, not {:?}",
+            config.replica_store
+        );
+        anyhow::ensure!(
+            config.dynamodb_access_key_id.is_some() == config.dynamodb_secret_access_key.is_some(),
+            "set both dynamodb_access_key_id and dynamodb_secret_access_key, or neither"
+        );
+        anyhow::ensure!(
+            config.dynamodb_endpoint.is_empty()
+                || config.dynamodb_endpoint.starts_with("http://")
+                || config.dynamodb_endpoint.starts_with("https://"),
+            "dynamodb_endpoint must be an http:// or https:// URL, not {:?}",
+            config.dynamodb_endpoint
+        );
+        anyhow::ensure!(
+            !config.dynamodb_table.is_empty() && config.dynamodb_table.len() <= 255,
+            "dynamodb_table must be 1 to 255 characters"
+        );
+        anyhow::ensure!(
+            matches!(config.node_profile.as_str(), "local" | "realistic"),
+            "node_profile must be local or realistic, not {:?}",
+            config.node_profile
+        );
+        anyhow::ensure!(
+            config.node_cold_start_ms.is_none_or(|ms| ms <= 3_600_000),
+            "node_cold_start_ms must be at most 3600000 (an hour)"
+        );
+        anyhow::ensure!(
+            (10..=60_000).contains(&config.agent_interval_ms),
+            "agent_interval_ms must be from 10 to 60000"
+        );
         Ok(config)
+    }
+
+    /// From a node's launch to its being ready (local executor).
+    pub fn node_cold_start(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.node_cold_start_ms.unwrap_or(
+            match self.node_profile.as_str() {
+                "realistic" => (30 + 30 + 20) * 1_000,
+                _ => 2_000,
+            },
+        ))
     }
 
     /// The node-shape catalog: the configured file, or the built-in one.

@@ -1,8 +1,15 @@
 //! The poll cycle: every interval, reconcile each connected cluster's job states from Slurm into
-//! the log, and make the scaling decisions (commands::scaling). (Quota joins it later.)
+//! the log, make the scaling decisions (commands::scaling) and copy the desired counts to the
+//! replica store. Only the leader runs it (gateways::leader). (Quota joins it later.)
+//!
+//! The edge agent of the local executor runs beside it in every process ([`agent`]).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+use commands::fleet::EdgeAgent;
+use commands::replicas::ReplicaStore;
 
 use commands::jobs::{OpenJob, reconcile};
 use commands::scaling::{Scaler, ScalingJob};
@@ -11,15 +18,42 @@ use eventlog::{ModelSet, Store};
 use projections::views::jobs::{self, JobView};
 use tokio::sync::watch;
 
-pub async fn run(
-    store: Store,
-    directory: Arc<LiveDirectory>,
-    tokens_dir: std::path::PathBuf,
-    every: Duration,
-    scaler: Arc<Scaler>,
-    mut stop: watch::Receiver<bool>,
-) {
+/// What the poll cycle works with.
+pub struct Poller {
+    pub store: Store,
+    pub directory: Arc<LiveDirectory>,
+    pub tokens_dir: std::path::PathBuf,
+    pub every: Duration,
+    pub scaler: Arc<Scaler>,
+    pub replicas: Arc<dyn ReplicaStore>,
+    pub leadership: gateways::leader::Leadership,
+    /// Whether this process leads now (shown by /readyz).
+    pub leading: Arc<AtomicBool>,
+}
+
+pub async fn run(mut p: Poller, mut stop: watch::Receiver<bool>) {
+    let (store, directory, tokens_dir, scaler, replicas) = (
+        p.store.clone(),
+        p.directory.clone(),
+        p.tokens_dir.clone(),
+        p.scaler.clone(),
+        p.replicas.clone(),
+    );
     loop {
+        let leading = p.leadership.lead().await;
+        if p.leading.swap(leading, Ordering::Relaxed) != leading {
+            tracing::info!(leading, "poll cycle leadership changed");
+        }
+        if !leading {
+            tokio::select! {
+                _ = tokio::time::sleep(p.every) => {}
+                _ = stop.changed() => {}
+            }
+            if *stop.borrow() {
+                break;
+            }
+            continue;
+        }
         connect_clusters(&store, &directory, &tokens_dir).await;
         for ((workspace, cluster), slurm) in &directory.snapshot() {
             match open_jobs(&store, workspace, cluster).await {
@@ -41,6 +75,22 @@ pub async fn run(
                         }
                         Err(e) => {
                             tracing::warn!(%cluster, error = %e, "scaling step failed; retrying next cycle")
+                        }
+                    }
+                    match scaler
+                        .sync_replicas(
+                            store.log.as_ref(),
+                            replicas.as_ref(),
+                            workspace,
+                            cluster,
+                            chrono::Utc::now(),
+                        )
+                        .await
+                    {
+                        Ok(0) => {}
+                        Ok(n) => tracing::debug!(%cluster, written = n, "replica store updated"),
+                        Err(e) => {
+                            tracing::warn!(%cluster, error = %e, "replica store not updated; retrying next cycle")
                         }
                     }
                     match reconcile(
@@ -66,7 +116,7 @@ pub async fn run(
             }
         }
         tokio::select! {
-            _ = tokio::time::sleep(every) => {}
+            _ = tokio::time::sleep(p.every) => {}
             _ = stop.changed() => {}
         }
         if *stop.borrow() {
@@ -151,4 +201,36 @@ async fn open_jobs(
         }
     }
     Ok((open, sizing))
+}
+
+/// The edge agent of the local executor: every `every`, nodes follow the desired counts. Runs in
+/// every process that has a local executor (each runs its own nodes), leader or not.
+pub async fn agent(
+    store: Store,
+    agent: EdgeAgent,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    match agent.recover(store.log.as_ref()).await {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(lost = n, "nodes of an earlier run recorded as terminated"),
+        Err(e) => tracing::warn!(error = %e, "could not check for nodes of an earlier run"),
+    }
+    loop {
+        match agent.step(store.log.as_ref(), chrono::Utc::now()).await {
+            Ok(changes) => {
+                for c in changes {
+                    tracing::info!(cluster = %agent.cluster, change = ?c, "node");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "edge agent step failed; retrying"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => {}
+        }
+        if *stop.borrow() {
+            break;
+        }
+    }
 }

@@ -23,7 +23,11 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
     }
     let (stop_tx, stop_rx) = watch::channel(false);
     let stop_rx_poll = stop_rx.clone();
-    let directory = slurm_directory(&config)?;
+    let catalog = Arc::new(config.catalog()?);
+    let (directory, executor) = slurm_directory(&config, catalog.clone())?;
+    let default_workspace = domain::WorkspaceId::new(commands::clusters::DEFAULT_WORKSPACE)?;
+    let default_cluster = domain::ClusterId::new(commands::clusters::DEFAULT_CLUSTER)?;
+    let leading = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let projections = Arc::new(Projections::start(
         store.log.clone(),
         store.read.clone(),
@@ -62,7 +66,6 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
         );
     }
 
-    let catalog = Arc::new(config.catalog()?);
     let scaler = Arc::new(commands::scaling::Scaler::new(
         catalog.clone(),
         config.default_mib_per_cpu,
@@ -105,21 +108,48 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
         scaling: Arc::new(api::nodesets::Scaling {
             catalog: catalog.clone(),
             default_mib_per_cpu: config.default_mib_per_cpu,
+            leading: leading.clone(),
         }),
     };
+    let replicas = replica_store(&config, &store).await?;
     let poller = tokio::spawn(crate::poll::run(
-        state.store.clone(),
-        directory,
-        config.slurm_tokens_dir(),
-        std::time::Duration::from_millis(config.poll_interval_ms),
-        scaler,
-        stop_rx_poll,
+        crate::poll::Poller {
+            store: state.store.clone(),
+            directory,
+            tokens_dir: config.slurm_tokens_dir(),
+            every: std::time::Duration::from_millis(config.poll_interval_ms),
+            scaler,
+            replicas: replicas.clone(),
+            leadership: gateways::leader::Leadership::new(store.db.clone()),
+            leading: leading.clone(),
+        },
+        stop_rx_poll.clone(),
     ));
+    // The local executor's nodes follow the desired counts (without executor_slots).
+    let agent = executor.nodes_enabled().then(|| {
+        tokio::spawn(crate::poll::agent(
+            store.clone(),
+            commands::fleet::EdgeAgent {
+                workspace: default_workspace.clone(),
+                cluster: default_cluster.clone(),
+                replicas,
+                fleet: executor.clone(),
+            },
+            std::time::Duration::from_millis(config.agent_interval_ms),
+            stop_rx_poll,
+        ))
+    });
     api::serve(listener, state, shutdown_signal()).await?;
     tracing::info!("HTTP server stopped; stopping projectors at a checkpoint");
     let _ = stop_tx.send(true);
     if let Err(e) = poller.await {
         tracing::error!(error = %e, "poll cycle ended abnormally");
+    }
+    if let Some(Err(e)) = match agent {
+        Some(a) => Some(a.await),
+        None => None,
+    } {
+        tracing::error!(error = %e, "edge agent ended abnormally");
     }
     match Arc::try_unwrap(projections) {
         Ok(p) => p.join().await,
@@ -130,26 +160,77 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
 
 /// The Slurm behind each cluster: the local executor serves `default/local`; clusters registered
 /// with a slurmrestd endpoint are connected by the poll cycle once their token file exists.
-fn slurm_directory(config: &Config) -> anyhow::Result<Arc<commands::slurm::LiveDirectory>> {
+fn slurm_directory(
+    config: &Config,
+    catalog: Arc<domain::scaling::Catalog>,
+) -> anyhow::Result<(
+    Arc<commands::slurm::LiveDirectory>,
+    Arc<gateways::local::LocalExecutor>,
+)> {
     let executor = gateways::local::LocalExecutor::open(
         gateways::local::LocalSettings {
             state_dir: config.data_dir.join("executor"),
             efs_root: config.efs_root(),
             grace: std::time::Duration::from_millis(config.executor_grace_ms),
             minute: std::time::Duration::from_secs_f64(config.executor_minute_seconds),
-            slots: config
+            slots: config.executor_slots.unwrap_or(0),
+            // executor_slots set: a fixed number of slots and no nodes.
+            nodes: config
                 .executor_slots
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+                .is_none()
+                .then(|| gateways::local::NodeSettings {
+                    catalog,
+                    default_mib_per_cpu: config.default_mib_per_cpu,
+                    cold_start: config.node_cold_start(),
+                }),
         },
         chrono::Utc::now(),
     )?;
+    let executor = Arc::new(executor);
     let directory = commands::slurm::LiveDirectory::default();
     directory.insert(
         domain::WorkspaceId::new(commands::clusters::DEFAULT_WORKSPACE)?,
         domain::ClusterId::new(commands::clusters::DEFAULT_CLUSTER)?,
-        Arc::new(executor),
+        executor.clone(),
     );
-    Ok(Arc::new(directory))
+    Ok((Arc::new(directory), executor))
+}
+
+/// Where desired node counts go: a table in the log's database, or DynamoDB.
+async fn replica_store(
+    config: &Config,
+    store: &eventlog::Store,
+) -> anyhow::Result<Arc<dyn commands::replicas::ReplicaStore>> {
+    use gateways::replicas::{DynamoReplicas, DynamoSettings, SqlReplicas};
+    Ok(match config.replica_store.as_str() {
+        "dynamodb" => {
+            let settings = DynamoSettings {
+                endpoint: (!config.dynamodb_endpoint.is_empty())
+                    .then(|| config.dynamodb_endpoint.clone()),
+                region: config.dynamodb_region.clone(),
+                credentials: config
+                    .dynamodb_access_key_id
+                    .clone()
+                    .zip(config.dynamodb_secret_access_key.clone()),
+                table: config.dynamodb_table.clone(),
+                create_table: config.dynamodb_create_table,
+                timeout: std::time::Duration::from_secs(5),
+            };
+            let replicas = DynamoReplicas::connect(&settings).await.with_context(|| {
+                format!(
+                    "could not open the DynamoDB replica store (table {})",
+                    settings.table
+                )
+            })?;
+            tracing::info!(table = %settings.table, endpoint = ?settings.endpoint, "replica store: DynamoDB");
+            Arc::new(replicas)
+        }
+        _ => Arc::new(
+            SqlReplicas::new(store.db.clone())
+                .await
+                .context("could not open the embedded replica store")?,
+        ),
+    })
 }
 
 /// The clusters' buckets: on a configured S3 endpoint, or in the embedded object store, which is

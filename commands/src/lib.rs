@@ -5,6 +5,7 @@
 //! ([`storage`]) ports live beside the handlers that use them.
 
 pub mod clusters;
+pub mod fleet;
 pub mod jobs;
 pub mod replicas;
 pub mod scaling;

@@ -4,7 +4,8 @@
 //! The current desired counts are the fold of the cluster's `scaling:<ws>:<cluster>` stream, and
 //! the decisions are appended at exactly the version that was read: when two replicas decide at
 //! once, one append wins and the other is a version conflict that decides nothing.
-//! (Nothing acts on the decisions yet: the edge agent and the replica store are to come.)
+//! [`sync_replicas`] then copies the desired counts to the replica store, where the edge agent
+//! ([`crate::fleet`]) reads them.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -13,7 +14,9 @@ use chrono::{DateTime, Duration, Utc};
 use domain::scaling::{Catalog, Demand, NodeSet, PendingSlice, SetState, decide, plan};
 use domain::submit::JobShape;
 use domain::{ClusterId, DomainEvent, ScaleDecisionMade, WorkspaceId};
-use eventlog::{EventLog, ExpectedVersion, LogError, Metadata, NewEvent, StreamId};
+use eventlog::{EventLog, ExpectedVersion, LogError, Metadata, NewEvent, Position, StreamId};
+
+use crate::replicas::{ReplicaError, ReplicaStore, ReplicaWrite, Replicas};
 
 /// A job the cycle sizes nodes for.
 #[derive(Debug, Clone)]
@@ -52,7 +55,14 @@ pub struct Scaler {
     folded: Mutex<BTreeMap<String, Folded>>,
 }
 
-type Folded = (BTreeMap<NodeSet, SetState>, i64);
+/// A scaling stream folded: each node set's desired count, the log position of the decision
+/// that set it, and the stream's version.
+#[derive(Debug, Clone, Default)]
+pub struct Folded {
+    pub desired: BTreeMap<NodeSet, SetState>,
+    pub decided_at: BTreeMap<NodeSet, Position>,
+    pub version: i64,
+}
 
 impl Scaler {
     pub fn new(
@@ -82,7 +92,11 @@ impl Scaler {
         now: DateTime<Utc>,
     ) -> Result<Vec<ScaleDecisionMade>, ScaleError> {
         let stream = stream(workspace, cluster);
-        let (mut current, version) = self.current(log, &stream).await?;
+        let Folded {
+            desired: mut current,
+            version,
+            ..
+        } = self.current(log, &stream).await?;
         let mut slices = Vec::new();
         for job in jobs {
             let demand = Demand::per_node(
@@ -171,6 +185,57 @@ impl Scaler {
         }
     }
 
+    /// Brings the replica store in step with the log: every node set whose latest decision is newer
+    /// than the stored item is written, conditional on the version read. Idempotent: run it every
+    /// cycle, and a crash between a decision and its write is repaired by the next one. A stored
+    /// item from a newer decision (another leader got there first) is left alone. Returns how many
+    /// items were written.
+    pub async fn sync_replicas(
+        &self,
+        log: &dyn EventLog,
+        replicas: &dyn ReplicaStore,
+        workspace: &WorkspaceId,
+        cluster: &ClusterId,
+        now: DateTime<Utc>,
+    ) -> Result<usize, SyncError> {
+        let folded = self.current(log, &stream(workspace, cluster)).await?;
+        let stored: BTreeMap<NodeSet, Replicas> = replicas
+            .list(workspace, cluster)
+            .await?
+            .into_iter()
+            .map(|r| (r.node_set, r))
+            .collect();
+        let mut written = 0;
+        for (set, state) in &folded.desired {
+            let decided_at = folded.decided_at.get(set).copied().unwrap_or(0);
+            let mut current = stored.get(set).cloned();
+            // At most a few rounds: each conflict hands back the newer item.
+            for _ in 0..3 {
+                if current.as_ref().is_some_and(|c| c.decided_at >= decided_at) {
+                    break;
+                }
+                let write = ReplicaWrite {
+                    workspace: workspace.clone(),
+                    cluster_id: cluster.clone(),
+                    node_set: *set,
+                    desired: state.desired,
+                    expected_version: current.as_ref().map_or(0, |c| c.version),
+                    decided_at,
+                    now,
+                };
+                match replicas.put(&write).await {
+                    Ok(_) => {
+                        written += 1;
+                        break;
+                    }
+                    Err(ReplicaError::Conflict { current: newer }) => current = newer.map(|b| *b),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        Ok(written)
+    }
+
     /// The stream's fold, read on from where the last cycle left it.
     async fn current(&self, log: &dyn EventLog, stream: &StreamId) -> Result<Folded, ScaleError> {
         let known = self
@@ -192,29 +257,38 @@ pub async fn desired_counts(log: &dyn EventLog, stream: &StreamId) -> Result<Fol
     fold_from(log, stream, Folded::default()).await
 }
 
-/// Folds the decisions after `version` into `desired`.
+/// Folds the decisions after `folded.version` into it.
 async fn fold_from(
     log: &dyn EventLog,
     stream: &StreamId,
-    (mut desired, mut version): Folded,
+    mut folded: Folded,
 ) -> Result<Folded, ScaleError> {
     loop {
-        let batch = log.read_stream(stream, version, 1_000).await?;
+        let batch = log.read_stream(stream, folded.version, 1_000).await?;
         let Some(last) = batch.last() else { break };
-        version = last.stream_version;
+        folded.version = last.stream_version;
         for e in batch {
             if let Some(DomainEvent::ScaleDecisionMade(d)) =
                 DomainEvent::decode(&e.event_type, e.schema_version, &e.data)?
             {
-                desired.insert(
+                folded.desired.insert(
                     d.node_set,
                     SetState {
                         desired: d.to,
                         last_busy: None,
                     },
                 );
+                folded.decided_at.insert(d.node_set, e.position);
             }
         }
     }
-    Ok((desired, version))
+    Ok(folded)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Scale(#[from] ScaleError),
+    #[error(transparent)]
+    Replicas(#[from] ReplicaError),
 }

@@ -83,6 +83,7 @@ async fn setup() -> (tempfile::TempDir, eventlog::Store, LocalExecutor) {
             grace: Duration::from_millis(200),
             minute: Duration::from_secs(60),
             slots: 4,
+            nodes: None,
         },
         chrono::Utc::now(),
     )

@@ -153,6 +153,43 @@ pub struct ScaleDecisionMade {
     pub reason: String,
 }
 
+/// The edge agent launched a node for a node set (Karpenter's part). Stream
+/// `nodes:<workspace>:<cluster>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeLaunched {
+    pub workspace: WorkspaceId,
+    pub cluster_id: ClusterId,
+    pub node: String,
+    pub node_set: NodeSet,
+    pub instance_type: String,
+    pub launched_at: DateTime<Utc>,
+    /// When its cold start should be over.
+    pub ready_expected_at: DateTime<Utc>,
+}
+
+/// A launched node finished its cold start and takes jobs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeReady {
+    pub workspace: WorkspaceId,
+    pub cluster_id: ClusterId,
+    pub node: String,
+    pub node_set: NodeSet,
+    /// From launch to ready.
+    pub cold_start_ms: u64,
+}
+
+/// A node went away: its set shrank while it was idle, or its agent lost it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeTerminated {
+    pub workspace: WorkspaceId,
+    pub cluster_id: ClusterId,
+    pub node: String,
+    pub node_set: NodeSet,
+    pub reason: String,
+    /// From launch to termination (what it was paid for).
+    pub up_ms: u64,
+}
+
 /// Every domain event, tagged by its type name.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "data")]
@@ -164,6 +201,9 @@ pub enum DomainEvent {
     FileAccessGranted(FileAccessGranted),
     FileDeleted(FileDeleted),
     ScaleDecisionMade(ScaleDecisionMade),
+    NodeLaunched(NodeLaunched),
+    NodeReady(NodeReady),
+    NodeTerminated(NodeTerminated),
 }
 
 impl DomainEvent {
@@ -177,6 +217,9 @@ impl DomainEvent {
             DomainEvent::FileAccessGranted(_) => "FileAccessGranted",
             DomainEvent::FileDeleted(_) => "FileDeleted",
             DomainEvent::ScaleDecisionMade(_) => "ScaleDecisionMade",
+            DomainEvent::NodeLaunched(_) => "NodeLaunched",
+            DomainEvent::NodeReady(_) => "NodeReady",
+            DomainEvent::NodeTerminated(_) => "NodeTerminated",
         }
     }
 
@@ -195,6 +238,9 @@ impl DomainEvent {
             DomainEvent::FileAccessGranted(e) => serde_json::to_value(e),
             DomainEvent::FileDeleted(e) => serde_json::to_value(e),
             DomainEvent::ScaleDecisionMade(e) => serde_json::to_value(e),
+            DomainEvent::NodeLaunched(e) => serde_json::to_value(e),
+            DomainEvent::NodeReady(e) => serde_json::to_value(e),
+            DomainEvent::NodeTerminated(e) => serde_json::to_value(e),
         }
     }
 
@@ -222,6 +268,9 @@ impl DomainEvent {
             "ScaleDecisionMade" => {
                 Some(DomainEvent::ScaleDecisionMade(serde_json::from_str(data)?))
             }
+            "NodeLaunched" => Some(DomainEvent::NodeLaunched(serde_json::from_str(data)?)),
+            "NodeReady" => Some(DomainEvent::NodeReady(serde_json::from_str(data)?)),
+            "NodeTerminated" => Some(DomainEvent::NodeTerminated(serde_json::from_str(data)?)),
             _ => None,
         })
     }

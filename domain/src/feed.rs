@@ -15,6 +15,9 @@ pub const FEED_TYPES: &[&str] = &[
     "JobStateChanged",
     "JobCancelRequested",
     "ScaleDecisionMade",
+    "NodeLaunched",
+    "NodeReady",
+    "NodeTerminated",
 ];
 
 /// The job an event is about, as the feed needs it (state and cancel events name only the job id).
@@ -96,6 +99,38 @@ pub fn describe(event: &DomainEvent, actor: &str, job: Option<&JobContext>) -> O
             format!(
                 "{} nodes {} → {} ({}): {}",
                 d.node_set, d.from, d.to, d.instance_type, d.reason
+            ),
+            None,
+            None,
+        ),
+        DomainEvent::NodeLaunched(n) => (
+            format!(
+                "node {} launched ({} {}), ready in about {} s",
+                n.node,
+                n.node_set,
+                n.instance_type,
+                (n.ready_expected_at - n.launched_at).num_seconds()
+            ),
+            None,
+            None,
+        ),
+        DomainEvent::NodeReady(n) => (
+            format!(
+                "node {} ({}) ready after a {:.1} s cold start",
+                n.node,
+                n.node_set,
+                n.cold_start_ms as f64 / 1000.0
+            ),
+            None,
+            None,
+        ),
+        DomainEvent::NodeTerminated(n) => (
+            format!(
+                "node {} ({}) terminated after {:.0} s: {}",
+                n.node,
+                n.node_set,
+                n.up_ms as f64 / 1000.0,
+                n.reason
             ),
             None,
             None,

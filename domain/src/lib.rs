@@ -14,7 +14,8 @@ pub mod trace;
 
 pub use events::{
     ClusterRegistered, DomainEvent, FileAccessGranted, FileDeleted, JobCancelRequested,
-    JobStateChanged, JobSubmitted, ScaleDecisionMade, SlurmEndpoint, SubmittedVia,
+    JobStateChanged, JobSubmitted, NodeLaunched, NodeReady, NodeTerminated, ScaleDecisionMade,
+    SlurmEndpoint, SubmittedVia,
 };
 pub use ids::{ClusterId, Email, IdError, WorkspaceId};
 pub use money::MicroUsd;

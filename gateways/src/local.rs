@@ -19,8 +19,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use commands::fleet::{NodeChange, NodeFleet, NodeStatus};
 use commands::slurm::{Accepted, SlurmError, SlurmJob, SlurmPort};
 use domain::job::JobState;
+use domain::scaling::{Catalog, Demand, Family, NodeSet};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
@@ -41,9 +43,177 @@ pub struct LocalSettings {
     pub grace: Duration,
     /// How long one minute of `time_limit` lasts. 60 s, except in demos and tests.
     pub minute: Duration,
-    /// Jobs running at once; the rest wait PENDING (reason `Resources`) in submission order.
-    /// 0 runs nothing, which leaves every job pending (benchmarks of the submit path).
+    /// Without `nodes`: jobs running at once; the rest wait PENDING (reason `Resources`) in
+    /// submission order. 0 runs nothing, which leaves every job pending (benchmarks of the
+    /// submit path).
     pub slots: usize,
+    /// With nodes (the default of `clusterra serve`): the executor plays Karpenter and the
+    /// cluster's slurmd nodes — jobs run only on ready nodes with room, and nodes come and go
+    /// as the edge agent reconciles them with the desired counts ([`NodeFleet`]).
+    pub nodes: Option<NodeSettings>,
+}
+
+/// How the executor's nodes behave.
+#[derive(Debug, Clone)]
+pub struct NodeSettings {
+    pub catalog: Arc<Catalog>,
+    /// Memory per vCPU of jobs that ask for none.
+    pub default_mib_per_cpu: u64,
+    /// From launch to ready.
+    pub cold_start: Duration,
+}
+
+/// One node of the executor's fleet.
+#[derive(Debug, Clone)]
+struct LocalNode {
+    name: String,
+    set: NodeSet,
+    free_cpus: u32,
+    free_mib: u64,
+    launched_at: DateTime<Utc>,
+    ready_at: DateTime<Utc>,
+    ready: bool,
+    /// Jobs placed on it.
+    jobs: Vec<u64>,
+}
+
+#[derive(Debug, Default)]
+struct Fleet {
+    nodes: Vec<LocalNode>,
+    /// Node names are `<set>-<pid>-<n>`, n counting up for the process's life.
+    launched: u64,
+}
+
+impl Fleet {
+    /// Ready nodes of `family` with room for `demand`, `count` of them, or None.
+    fn find(&self, family: Family, demand: Demand, count: u32) -> Option<Vec<usize>> {
+        let mut found = Vec::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            if n.ready
+                && n.set.family == family
+                && n.free_cpus >= demand.cpus
+                && n.free_mib >= demand.memory_mib
+            {
+                found.push(i);
+                if found.len() == count.max(1) as usize {
+                    return Some(found);
+                }
+            }
+        }
+        None
+    }
+
+    fn take(&mut self, at: &[usize], job_id: u64, demand: Demand) -> Vec<String> {
+        at.iter()
+            .map(|&i| {
+                let n = &mut self.nodes[i];
+                n.free_cpus -= demand.cpus;
+                n.free_mib -= demand.memory_mib;
+                n.jobs.push(job_id);
+                n.name.clone()
+            })
+            .collect()
+    }
+
+    fn release(&mut self, job_id: u64, demand: Demand) {
+        for n in self.nodes.iter_mut().filter(|n| n.jobs.contains(&job_id)) {
+            n.jobs.retain(|j| *j != job_id);
+            n.free_cpus += demand.cpus;
+            n.free_mib += demand.memory_mib;
+        }
+    }
+
+    fn reconcile(
+        &mut self,
+        settings: &NodeSettings,
+        desired: &BTreeMap<NodeSet, u32>,
+        now: DateTime<Utc>,
+    ) -> Vec<NodeChange> {
+        let mut changes = Vec::new();
+        let ms = |d: chrono::Duration| u64::try_from(d.num_milliseconds()).unwrap_or(0);
+        for n in self
+            .nodes
+            .iter_mut()
+            .filter(|n| !n.ready && n.ready_at <= now)
+        {
+            n.ready = true;
+            changes.push(NodeChange::Ready {
+                node: n.name.clone(),
+                set: n.set,
+                cold_start_ms: ms(now - n.launched_at),
+            });
+        }
+        let sets: std::collections::BTreeSet<NodeSet> = desired
+            .keys()
+            .copied()
+            .chain(self.nodes.iter().map(|n| n.set))
+            .collect();
+        let cold =
+            chrono::Duration::from_std(settings.cold_start).unwrap_or(chrono::Duration::zero());
+        for set in sets {
+            let want = desired.get(&set).copied().unwrap_or(0) as usize;
+            let have = self.nodes.iter().filter(|n| n.set == set).count();
+            if have < want {
+                let Some(shape) = settings.catalog.shape(set) else {
+                    continue;
+                };
+                for _ in have..want {
+                    self.launched += 1;
+                    // The process id keeps names apart when several processes run their own
+                    // executors against one log.
+                    let name = format!("{set}-{}-{}", std::process::id(), self.launched);
+                    let ready = cold.is_zero();
+                    self.nodes.push(LocalNode {
+                        name: name.clone(),
+                        set,
+                        free_cpus: shape.vcpus,
+                        free_mib: shape.allocatable_mib,
+                        launched_at: now,
+                        ready_at: now + cold,
+                        ready,
+                        jobs: Vec::new(),
+                    });
+                    changes.push(NodeChange::Launched {
+                        node: name.clone(),
+                        set,
+                        instance_type: shape.instance_type.clone(),
+                        launched_at: now,
+                        ready_expected_at: now + cold,
+                    });
+                    if ready {
+                        changes.push(NodeChange::Ready {
+                            node: name,
+                            set,
+                            cold_start_ms: 0,
+                        });
+                    }
+                }
+            } else if have > want {
+                // Idle nodes only: the ones still starting first, then the newest.
+                let mut idle: Vec<usize> = (0..self.nodes.len())
+                    .filter(|&i| self.nodes[i].set == set && self.nodes[i].jobs.is_empty())
+                    .collect();
+                idle.sort_by_key(|&i| {
+                    (
+                        self.nodes[i].ready,
+                        std::cmp::Reverse(self.nodes[i].launched_at),
+                    )
+                });
+                idle.truncate(have - want);
+                idle.sort_unstable_by(|a, b| b.cmp(a));
+                for i in idle {
+                    let n = self.nodes.remove(i);
+                    changes.push(NodeChange::Terminated {
+                        node: n.name,
+                        set,
+                        reason: format!("{set} scaled down to {want}"),
+                        up_ms: ms(now - n.launched_at),
+                    });
+                }
+            }
+        }
+        changes
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -58,6 +228,9 @@ struct Record {
     end_time: Option<DateTime<Utc>>,
     comment: Option<String>,
     pid: Option<u32>,
+    /// The nodes it runs on (with nodes; "local" without).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    node: Option<String>,
 }
 
 impl Record {
@@ -68,7 +241,10 @@ impl Record {
             state: self.state,
             reason: self.reason.clone(),
             exit_code: self.exit_code,
-            node: self.start_time.map(|_| "local".to_string()),
+            node: self
+                .node
+                .clone()
+                .or_else(|| self.start_time.map(|_| "local".to_string())),
             submit_time: Some(self.submit_time),
             start_time: self.start_time,
             end_time: self.end_time,
@@ -81,13 +257,26 @@ struct Inner {
     settings: LocalSettings,
     records: Mutex<BTreeMap<u64, Record>>,
     cancels: Mutex<BTreeMap<u64, oneshot::Sender<()>>>,
-    /// Jobs waiting for a slot, oldest first, and how many run.
+    /// Jobs waiting for a slot or a node, oldest first, and how many run.
     queue: Mutex<Queue>,
+    /// The nodes (with [`NodeSettings`]). Never held across an await.
+    fleet: std::sync::Mutex<Fleet>,
+}
+
+/// A job waiting to start.
+struct Queued {
+    job_id: u64,
+    job: Value,
+    cancel: oneshot::Receiver<()>,
+    /// What one of its nodes needs, how many, and of which family.
+    demand: Demand,
+    nodes: u32,
+    family: Family,
 }
 
 #[derive(Default)]
 struct Queue {
-    waiting: std::collections::VecDeque<(u64, Value, oneshot::Receiver<()>)>,
+    waiting: std::collections::VecDeque<Queued>,
     running: usize,
 }
 
@@ -174,8 +363,14 @@ impl LocalExecutor {
                 records: Mutex::new(records),
                 cancels: Mutex::new(BTreeMap::new()),
                 queue: Mutex::new(Queue::default()),
+                fleet: std::sync::Mutex::new(Fleet::default()),
             }),
         })
+    }
+
+    /// Whether jobs run on nodes (which then need an edge agent to reconcile them).
+    pub fn nodes_enabled(&self) -> bool {
+        self.inner.settings.nodes.is_some()
     }
 
     fn next_id_path(&self) -> PathBuf {
@@ -224,6 +419,37 @@ impl LocalExecutor {
         }
     }
 
+    /// What one node of a job needs, on how many nodes, of which family (with nodes; without,
+    /// a placeholder that nothing reads).
+    fn demand(&self, body: &Value) -> Result<(Demand, u32, Family), SlurmError> {
+        let Some(ns) = &self.inner.settings.nodes else {
+            return Ok((
+                Demand {
+                    cpus: 1,
+                    memory_mib: 0,
+                },
+                1,
+                Family::Compute,
+            ));
+        };
+        let shape = domain::submit::canonicalize(body)
+            .map_err(|errors| {
+                SlurmError::Rejected(errors.into_iter().map(|e| e.message).collect())
+            })?
+            .shape;
+        let demand = Demand::per_node(
+            shape.cpus,
+            shape.memory_mib,
+            shape.nodes,
+            ns.default_mib_per_cpu,
+        );
+        let set = ns
+            .catalog
+            .place(demand)
+            .map_err(|e| SlurmError::Rejected(vec![e.to_string()]))?;
+        Ok((demand, shape.nodes.max(1), set.family))
+    }
+
     async fn save(&self, record: &Record) {
         let path = self
             .inner
@@ -249,9 +475,30 @@ impl LocalExecutor {
         }
     }
 
-    /// Starts waiting jobs while slots are free: one worker per slot in use.
+    /// Starts waiting jobs: on ready nodes with room (with nodes), else while slots are free
+    /// (one worker per slot in use).
     async fn dispatch(&self) {
         let mut queue = self.inner.queue.lock().await;
+        if self.inner.settings.nodes.is_some() {
+            let mut i = 0;
+            while i < queue.waiting.len() {
+                let q = &queue.waiting[i];
+                let placed = match self.inner.fleet.lock() {
+                    Ok(mut fleet) => fleet
+                        .find(q.family, q.demand, q.nodes)
+                        .map(|at| fleet.take(&at, q.job_id, q.demand)),
+                    Err(_) => None,
+                };
+                match placed.and_then(|names| queue.waiting.remove(i).map(|q| (q, names))) {
+                    Some((q, names)) => {
+                        queue.running += 1;
+                        tokio::spawn(self.clone().run_on(q, names));
+                    }
+                    None => i += 1,
+                }
+            }
+            return;
+        }
         while queue.running < self.inner.settings.slots {
             let Some(first) = queue.waiting.pop_front() else {
                 break;
@@ -261,12 +508,31 @@ impl LocalExecutor {
         }
     }
 
+    /// Runs one job on the nodes it was given, then frees them and starts what now fits.
+    /// (Boxed as `Send`: it awaits `dispatch`, which spawns it.)
+    fn run_on(
+        self,
+        q: Queued,
+        nodes: Vec<String>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        Box::pin(async move {
+            let (job_id, demand) = (q.job_id, q.demand);
+            self.update(job_id, |r| r.node = Some(nodes.join(",")))
+                .await;
+            self.clone().run(job_id, q.job, q.cancel).await;
+            if let Ok(mut fleet) = self.inner.fleet.lock() {
+                fleet.release(job_id, demand);
+            }
+            self.inner.queue.lock().await.running -= 1;
+            self.dispatch().await;
+        })
+    }
+
     /// Runs jobs one after another until none waits, then frees its slot.
-    async fn worker(self, first: (u64, Value, oneshot::Receiver<()>)) {
+    async fn worker(self, first: Queued) {
         let mut next = first;
         loop {
-            let (job_id, job, cancel) = next;
-            self.clone().run(job_id, job, cancel).await;
+            self.clone().run(next.job_id, next.job, next.cancel).await;
             let mut queue = self.inner.queue.lock().await;
             match queue.waiting.pop_front() {
                 Some(job) => next = job,
@@ -490,9 +756,10 @@ impl SlurmPort for LocalExecutor {
                 outside.join(", ")
             )]));
         }
+        let (demand, nodes, family) = self.demand(body)?;
         let mut records = self.inner.records.lock().await;
         let job_id = self.allocate_id(&records)?;
-        let free = {
+        let free = self.inner.settings.nodes.is_none() && {
             let q = self.inner.queue.lock().await;
             q.running + q.waiting.len() < self.inner.settings.slots
         };
@@ -514,18 +781,21 @@ impl SlurmPort for LocalExecutor {
                 .and_then(Value::as_str)
                 .map(str::to_string),
             pid: None,
+            node: None,
         };
         records.insert(job_id, record.clone());
         drop(records);
         self.save(&record).await;
         let (tx, rx) = oneshot::channel();
         self.inner.cancels.lock().await.insert(job_id, tx);
-        self.inner
-            .queue
-            .lock()
-            .await
-            .waiting
-            .push_back((job_id, job, rx));
+        self.inner.queue.lock().await.waiting.push_back(Queued {
+            job_id,
+            job,
+            cancel: rx,
+            demand,
+            nodes,
+            family,
+        });
         self.dispatch().await;
         Ok(Accepted {
             job_id,
@@ -561,7 +831,7 @@ impl SlurmPort for LocalExecutor {
         let queued = {
             let mut q = self.inner.queue.lock().await;
             let before = q.waiting.len();
-            q.waiting.retain(|(id, _, _)| *id != job_id);
+            q.waiting.retain(|q| q.job_id != job_id);
             q.waiting.len() != before
         };
         if queued {
@@ -577,5 +847,47 @@ impl SlurmPort for LocalExecutor {
             let _ = tx.send(());
         }
         Ok(())
+    }
+}
+
+#[async_trait]
+impl NodeFleet for LocalExecutor {
+    async fn reconcile(
+        &self,
+        desired: &BTreeMap<NodeSet, u32>,
+        now: DateTime<Utc>,
+    ) -> Vec<NodeChange> {
+        let Some(settings) = &self.inner.settings.nodes else {
+            return Vec::new();
+        };
+        let changes = match self.inner.fleet.lock() {
+            Ok(mut fleet) => fleet.reconcile(settings, desired, now),
+            Err(_) => Vec::new(),
+        };
+        if changes
+            .iter()
+            .any(|c| matches!(c, NodeChange::Ready { .. }))
+        {
+            self.dispatch().await;
+        }
+        changes
+    }
+
+    async fn nodes(&self) -> Vec<NodeStatus> {
+        self.inner
+            .fleet
+            .lock()
+            .map(|f| {
+                f.nodes
+                    .iter()
+                    .map(|n| NodeStatus {
+                        node: n.name.clone(),
+                        set: n.set,
+                        ready: n.ready,
+                        jobs: n.jobs.len(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 }

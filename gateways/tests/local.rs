@@ -17,6 +17,7 @@ fn settings(dir: &std::path::Path) -> LocalSettings {
         grace: Duration::from_millis(500),
         minute: Duration::from_millis(300),
         slots: 8,
+        nodes: None,
     }
 }
 

@@ -57,6 +57,11 @@ impl Server {
             .args(["--listen", "127.0.0.1:0"])
             .args(extra)
             .env("CLUSTERRA_S3_LISTEN", "127.0.0.1:0")
+            // Nodes start fast and the cycle runs often, so tests wait less (tests that want
+            // the defaults set them back).
+            .env("CLUSTERRA_NODE_COLD_START_MS", "300")
+            .env("CLUSTERRA_POLL_INTERVAL_MS", "200")
+            .env("CLUSTERRA_AGENT_INTERVAL_MS", "50")
             .envs(env.iter().copied())
             .env("CLUSTERRA_LOG", "warn")
             .stdout(Stdio::piped())
@@ -88,6 +93,12 @@ impl Server {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
+    }
+
+    /// SIGKILL: the process dies without cleaning anything up (a crash).
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Sends SIGTERM and waits for a clean exit; returns the exit status code.

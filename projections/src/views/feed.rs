@@ -77,6 +77,9 @@ impl Projector for Feed {
         let (target, job) = match &decoded {
             DomainEvent::ClusterRegistered(c) => (collection(&c.workspace, &c.cluster_id), None),
             DomainEvent::ScaleDecisionMade(d) => (collection(&d.workspace, &d.cluster_id), None),
+            DomainEvent::NodeLaunched(n) => (collection(&n.workspace, &n.cluster_id), None),
+            DomainEvent::NodeReady(n) => (collection(&n.workspace, &n.cluster_id), None),
+            DomainEvent::NodeTerminated(n) => (collection(&n.workspace, &n.cluster_id), None),
             DomainEvent::JobSubmitted(j) => {
                 let target = collection(&j.workspace, &j.cluster_id);
                 view.put(

@@ -1,0 +1,285 @@
+//! Nodes of the local executor through the real binary: decisions reach the replica store, the
+//! edge agent launches nodes that become ready after their cold start, jobs run only on ready
+//! nodes, a warm node takes the next job without a launch, idle nodes are terminated; and with
+//! two replicas on PostgreSQL only the leader decides, and another takes over when it dies.
+
+#![allow(clippy::unwrap_used)] // a test may panic on what it did not expect
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tests::{Api, Server};
+
+fn job(script: &str) -> Value {
+    json!({"job": {"name": "n", "script": script, "environment": ["PATH=/usr/bin:/bin"],
+        "current_working_directory": "/mnt/efs"}})
+}
+
+async fn events(api: &Api, types: &str) -> Vec<Value> {
+    api.call(
+        reqwest::Method::GET,
+        &format!("/v1/clusters/local/events?type={types}&order=asc&limit=500"),
+        &api.token,
+        None,
+        None,
+    )
+    .await
+    .1["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+async fn wait_events(api: &Api, types: &str, n: usize, within: Duration) -> Vec<Value> {
+    let deadline = Instant::now() + within;
+    loop {
+        let e = events(api, types).await;
+        if e.len() >= n {
+            return e;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{n} {types} events expected: {e:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn time(v: &Value) -> chrono::DateTime<chrono::FixedOffset> {
+    chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap()).unwrap()
+}
+
+async fn nodeset(api: &Api, instance_type: &str) -> Value {
+    let (status, out) = api
+        .call(
+            reqwest::Method::GET,
+            "/v1/clusters/local/nodesets",
+            &api.token,
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{out}");
+    out["nodesets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["instance_type"] == instance_type)
+        .cloned()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_run_on_nodes_that_come_up_after_their_cold_start_and_go_when_idle() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let api = Api::start(
+        data,
+        &[
+            ("CLUSTERRA_NODE_COLD_START_MS", "1500"),
+            ("CLUSTERRA_SCALE_IDLE_WINDOW_MS", "4000"),
+        ],
+    );
+    // One vCPU with the default 2 GiB: a c7g.large (compute-small).
+    let (status, out) = api.submit(job("#!/bin/bash\nsleep 1\n")).await;
+    assert_eq!(status, 201, "{out}");
+    let first = out["job_id"].as_u64().unwrap();
+    // Pending (no node) through the cold start.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(api.job(first).await["state"], "PENDING");
+    let launched = wait_events(&api, "NodeLaunched", 1, Duration::from_secs(10)).await;
+    assert_eq!(
+        launched[0]["data"]["instance_type"], "c7g.large",
+        "{launched:?}"
+    );
+    let node = launched[0]["data"]["node"].as_str().unwrap().to_string();
+    let done = api
+        .wait_state(first, &["COMPLETED"], Duration::from_secs(20))
+        .await;
+    let ready = wait_events(&api, "NodeReady", 1, Duration::from_secs(5)).await;
+    assert_eq!(ready[0]["data"]["node"], node.as_str());
+    assert!(
+        ready[0]["data"]["cold_start_ms"].as_u64().unwrap() >= 1500,
+        "{ready:?}"
+    );
+    // It ran on that node, and only once the node was ready.
+    assert!(
+        time(&done["started_at"]) >= time(&launched[0]["data"]["ready_expected_at"]),
+        "{done} {launched:?}"
+    );
+    assert_eq!(
+        api.job(first).await["node"].as_str().unwrap_or_default(),
+        node,
+        "the job view names its node"
+    );
+    let set = nodeset(&api, "c7g.large").await;
+    assert_eq!(
+        (set["desired"].as_u64(), set["ready"].as_u64()),
+        (Some(1), Some(1)),
+        "{set}"
+    );
+
+    // The node is warm: the next job starts on it without a launch.
+    let (status, out) = api.submit(job("#!/bin/bash\ntrue\n")).await;
+    assert_eq!(status, 201, "{out}");
+    let second = out["job_id"].as_u64().unwrap();
+    let done = api
+        .wait_state(second, &["COMPLETED"], Duration::from_secs(10))
+        .await;
+    let wait = time(&done["started_at"]) - time(&done["submitted_at"]);
+    eprintln!(
+        "warm node: started {} ms after submit",
+        wait.num_milliseconds()
+    );
+    assert_eq!(
+        events(&api, "NodeLaunched").await.len(),
+        1,
+        "no second launch"
+    );
+    assert_eq!(api.job(second).await["node"], node.as_str());
+
+    // Idle past the window: scaled to 0 and the node is terminated.
+    let gone = wait_events(&api, "NodeTerminated", 1, Duration::from_secs(20)).await;
+    assert_eq!(gone[0]["data"]["node"], node.as_str(), "{gone:?}");
+    let set = nodeset(&api, "c7g.large").await;
+    assert_eq!(
+        (set["desired"].as_u64(), set["ready"].as_u64()),
+        (Some(0), Some(0)),
+        "{set}"
+    );
+}
+
+async fn readyz(server: &Server) -> Value {
+    reqwest::get(server.url("/readyz"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn wait_leader(server: &Server, within: Duration) {
+    let deadline = Instant::now() + within;
+    while readyz(server).await["poll_leader"] != true {
+        assert!(Instant::now() < deadline, "{} never led", server.base);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_leader_decides_and_another_takes_over_when_it_dies() {
+    let admin_url = std::env::var("DATABASE_URL").expect("DATABASE_URL; run scripts/test");
+    let name = format!("e2e_{}", uuid::Uuid::new_v4().simple());
+    let admin_pool = sqlx::PgPool::connect(&admin_url).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&admin_pool)
+        .await
+        .unwrap();
+    let (base, _) = admin_url.rsplit_once('/').unwrap();
+    let url = format!("{base}/{name}");
+    let dir = tempfile::tempdir().unwrap();
+    let (a_dir, b_dir) = (dir.path().join("a"), dir.path().join("b"));
+    // No nodes and nothing runs (executor_slots = 0): pending jobs only drive decisions.
+    let env = [
+        ("CLUSTERRA_EXECUTOR_SLOTS", "0"),
+        ("CLUSTERRA_POLL_INTERVAL_MS", "100"),
+        ("CLUSTERRA_SCALE_IDLE_WINDOW_MS", "600000"),
+        ("CLUSTERRA_DEFAULT_CLUSTER", "true"),
+    ];
+    let (a, banner) = Server::start_with_env(
+        &[
+            "--data-dir",
+            a_dir.to_str().unwrap(),
+            "--database-url",
+            &url,
+        ],
+        &env,
+    );
+    let token = banner
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("export CLUSTERRA_TOKEN="))
+        .unwrap()
+        .to_string();
+    wait_leader(&a, Duration::from_secs(10)).await;
+    std::fs::create_dir_all(&b_dir).unwrap();
+    std::fs::copy(a_dir.join("jwt-secret"), b_dir.join("jwt-secret")).unwrap();
+    let b = Server::start_with_env(
+        &[
+            "--data-dir",
+            b_dir.to_str().unwrap(),
+            "--database-url",
+            &url,
+        ],
+        &env,
+    )
+    .0;
+    tests::wait_projected(&b, 1).await;
+    // A leads, B waits (several of B's cycles).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(readyz(&a).await["poll_leader"], true);
+    assert_eq!(readyz(&b).await["poll_leader"], false);
+
+    let api_a = Api {
+        server: a,
+        token: token.clone(),
+        client: reqwest::Client::new(),
+    };
+    let (status, out) = api_a.submit(job("#!/bin/bash\ntrue\n")).await;
+    assert_eq!(status, 201, "{out}");
+    let first = wait_events(&api_a, "ScaleDecisionMade", 1, Duration::from_secs(10)).await;
+    assert_eq!(
+        (
+            first[0]["data"]["from"].as_u64(),
+            first[0]["data"]["to"].as_u64()
+        ),
+        (Some(0), Some(1))
+    );
+
+    // The leader dies without a word; B takes the lock once A's connection is gone.
+    let killed = Instant::now();
+    api_a.server.kill();
+    wait_leader(&b, Duration::from_secs(15)).await;
+    eprintln!(
+        "B leads {} ms after A was killed",
+        killed.elapsed().as_millis()
+    );
+
+    let api_b = Api {
+        server: b,
+        token,
+        client: reqwest::Client::new(),
+    };
+    for _ in 0..2 {
+        let (status, out) = api_b.submit(job("#!/bin/bash\ntrue\n")).await;
+        assert_eq!(status, 201, "{out}");
+    }
+    // B continues from A's decision (from 1), and nothing was decided twice.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let all = loop {
+        let all = events(&api_b, "ScaleDecisionMade").await;
+        if all.iter().any(|d| d["data"]["from"] != 0) {
+            break all;
+        }
+        assert!(Instant::now() < deadline, "B decided nothing: {all:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut count = 0;
+    for pair in all.windows(2) {
+        assert_eq!(
+            pair[1]["data"]["from"], pair[0]["data"]["to"],
+            "a chain of decisions: {all:?}"
+        );
+    }
+    for d in &all {
+        assert_eq!(d["data"]["node_set"], all[0]["data"]["node_set"], "{all:?}");
+        count += 1;
+    }
+    assert!(count >= 2, "{all:?}");
+    assert_eq!(all[0]["data"]["from"], 0, "{all:?}");
+    drop(api_b);
+    sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .execute(&admin_pool)
+        .await
+        .unwrap();
+}
