@@ -156,6 +156,7 @@ pub struct FleetReport {
     pub scaling_cycles: u64,
     /// Jobs that ran (every job, unless the fleet cannot hold one).
     pub started: usize,
+    #[serde(serialize_with = "by_name")]
     pub per_set: BTreeMap<NodeSet, SetUsage>,
 }
 
@@ -176,7 +177,16 @@ pub struct SimReport {
     pub elastic: FleetReport,
     pub fixed: FleetReport,
     /// The fixed fleet: nodes per set.
+    #[serde(serialize_with = "by_name")]
     pub fixed_fleet: BTreeMap<NodeSet, u32>,
+}
+
+/// A map by node set as a JSON object keyed `compute-small`, …
+fn by_name<S: serde::Serializer, V: Serialize>(
+    map: &BTreeMap<NodeSet, V>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_map(map.iter().map(|(set, v)| (set.to_string(), v)))
 }
 
 /// Runs both fleets over `trace`.
@@ -778,6 +788,20 @@ mod tests {
             assert!(r.elastic.cost.0 > 0 && r.fixed.cost.0 > r.elastic.cost.0);
             assert_eq!((r.elastic.started, r.fixed.started), (r.jobs, r.jobs));
         }
+    }
+
+    #[test]
+    fn the_report_serializes_with_node_sets_by_name() {
+        let trace = Trace {
+            jobs: vec![job(1, 0, 60, 1, 1)],
+            skipped: 0,
+        };
+        let json = serde_json::to_value(simulate(&trace, &catalog(), settings())).unwrap();
+        assert_eq!(json["fixed_fleet"]["compute-xlarge"], 1, "{json}");
+        assert_eq!(
+            json["elastic"]["per_set"]["compute-xs"]["instance_type"], "c7g.medium",
+            "{json}"
+        );
     }
 
     #[test]
