@@ -283,3 +283,49 @@ async fn one_leader_decides_and_another_takes_over_when_it_dies() {
         .await
         .unwrap();
 }
+
+/// The same flow with the replica store in DynamoDB (the moto_server scripts/test starts): the
+/// desired counts reach the agent through the table, so the job runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_reads_desired_counts_from_dynamodb() {
+    if std::env::var("CLUSTERRA_SKIP_DYNAMODB").is_ok() {
+        eprintln!("SKIPPED: SKIP_DYNAMODB=1, no DynamoDB-compatible server for this run");
+        return;
+    }
+    let endpoint = std::env::var("CLUSTERRA_DYNAMODB_ENDPOINT")
+        .expect("CLUSTERRA_DYNAMODB_ENDPOINT; run scripts/test (it starts moto_server)");
+    let table = format!("e2e-{}", uuid::Uuid::new_v4().simple());
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let api = Api::start(
+        data.to_str().unwrap(),
+        &[
+            ("CLUSTERRA_REPLICA_STORE", "dynamodb"),
+            ("CLUSTERRA_DYNAMODB_ENDPOINT", &endpoint),
+            ("CLUSTERRA_DYNAMODB_TABLE", &table),
+            ("CLUSTERRA_DYNAMODB_CREATE_TABLE", "true"),
+            ("CLUSTERRA_DYNAMODB_ACCESS_KEY_ID", "test"),
+            ("CLUSTERRA_DYNAMODB_SECRET_ACCESS_KEY", "test"),
+        ],
+    );
+    let (status, out) = api.submit(job("#!/bin/bash\ntrue\n")).await;
+    assert_eq!(status, 201, "{out}");
+    let id = out["job_id"].as_u64().unwrap();
+    api.wait_state(id, &["COMPLETED"], Duration::from_secs(20))
+        .await;
+    let ready = wait_events(&api, "NodeReady", 1, Duration::from_secs(5)).await;
+    assert_eq!(api.job(id).await["node"], ready[0]["data"]["node"]);
+    // No row went to the embedded table: the agent could only have read DynamoDB.
+    let db =
+        sqlx::SqlitePool::connect(&format!("sqlite://{}/clusterra.db", data.to_str().unwrap()))
+            .await
+            .unwrap();
+    let rows: Option<i64> = sqlx::query_scalar("SELECT count(*) FROM replica_counts")
+        .fetch_optional(&db)
+        .await
+        .unwrap_or(None);
+    assert!(
+        rows.unwrap_or(0) == 0,
+        "the embedded replica table was written: {rows:?}"
+    );
+}
