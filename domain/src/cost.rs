@@ -1,0 +1,437 @@
+//! Cost and quota (pure): what a job costs per hour, what a user has spent in the billing period,
+//! what they will have spent when their running jobs reach their time limits, and where that
+//! stands against their quota. Time comes in as an argument; money is integer micro-USD.
+//!
+//! **The rate rule.** A job pays for the vCPUs it asks for, at the price per vCPU of the shape
+//! the policy places one of its nodes on ([`Catalog::place`]): `hourly × vCPUs per node ÷ shape
+//! vCPUs × nodes`, rounded down to the micro-dollar. A job that fills its node pays the node; a
+//! job that does not pays its vCPU share; the share of a node no job uses is Clusterra's, not a
+//! user's. Memory is not billed apart: the family is chosen by memory per vCPU, so a
+//! memory-heavy job pays the memory family's dearer vCPUs.
+//!
+//! **Accrual.** A job accrues from `started_at` to `ended_at` (or `now` while it runs), counted
+//! in milliseconds: `rate × ms ÷ 3,600,000`, rounded down per job. The bill of a period is the
+//! sum over the user's jobs of what each accrued inside the period.
+//!
+//! **Projection.** Projected spend = the period's bill so far + what each running job will
+//! accrue until its time limit (`started_at + limit`); a running job without a time limit counts
+//! one more hour ([`NO_LIMIT_HORIZON_MS`]).
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Datelike, Duration, TimeZone, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::MicroUsd;
+use crate::scaling::{Catalog, Demand};
+use crate::submit::JobShape;
+
+/// What a running job without a time limit is expected to run on, for projections: one hour.
+pub const NO_LIMIT_HORIZON_MS: i64 = 3_600_000;
+
+const MS_PER_HOUR: i128 = 3_600_000;
+
+/// A job's hourly rate by the rule above; `None` when no shape holds it (refused at submit; a
+/// catalog change may strand an old job, which then costs nothing).
+pub fn job_rate(catalog: &Catalog, shape: &JobShape, default_mib_per_cpu: u64) -> Option<MicroUsd> {
+    let demand = Demand::per_node(
+        shape.cpus,
+        shape.memory_mib,
+        shape.nodes,
+        default_mib_per_cpu,
+    );
+    let set = catalog.place(demand).ok()?;
+    let s = catalog.shape(set)?;
+    let rate = i128::from(s.hourly.0) * i128::from(demand.cpus) * i128::from(shape.nodes.max(1))
+        / i128::from(s.vcpus.max(1));
+    Some(MicroUsd(i64::try_from(rate).unwrap_or(i64::MAX)))
+}
+
+/// What accrues at `rate` per hour over `ms` milliseconds, rounded down.
+pub fn accrue(rate: MicroUsd, ms: i64) -> MicroUsd {
+    let v = i128::from(rate.0) * i128::from(ms.max(0)) / MS_PER_HOUR;
+    MicroUsd(i64::try_from(v).unwrap_or(i64::MAX))
+}
+
+/// A billing period: `[start, end)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Period {
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+}
+
+impl Period {
+    /// The calendar month (UTC) holding `at`.
+    pub fn month_of(at: DateTime<Utc>) -> Period {
+        let first = |y: i32, m: u32| {
+            Utc.with_ymd_and_hms(y, m, 1, 0, 0, 0)
+                .single()
+                .unwrap_or(DateTime::<Utc>::UNIX_EPOCH)
+        };
+        let start = first(at.year(), at.month());
+        let end = if at.month() == 12 {
+            first(at.year() + 1, 1)
+        } else {
+            first(at.year(), at.month() + 1)
+        };
+        Period { start, end }
+    }
+}
+
+/// A job as cost sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CostJob {
+    pub user: String,
+    pub job_id: u64,
+    pub rate: MicroUsd,
+    pub started_at: Option<DateTime<Utc>>,
+    /// None while it runs (or has not started).
+    pub ended_at: Option<DateTime<Utc>>,
+    pub time_limit_minutes: Option<u32>,
+}
+
+impl CostJob {
+    pub fn running(&self) -> bool {
+        self.started_at.is_some() && self.ended_at.is_none()
+    }
+
+    /// What it accrued between `from` and `to` (clipped to its run and to `now`).
+    pub fn cost_between(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> MicroUsd {
+        let Some(start) = self.started_at else {
+            return MicroUsd::ZERO;
+        };
+        let end = self.ended_at.unwrap_or(now).min(now);
+        let (a, b) = (start.max(from), end.min(to));
+        if b <= a {
+            return MicroUsd::ZERO;
+        }
+        accrue(self.rate, (b - a).num_milliseconds())
+    }
+
+    /// What a running job will still accrue until its time limit (one hour without one).
+    pub fn remaining(&self, now: DateTime<Utc>) -> MicroUsd {
+        if !self.running() {
+            return MicroUsd::ZERO;
+        }
+        let ms = match (self.started_at, self.time_limit_minutes) {
+            (Some(start), Some(limit)) => {
+                (start + Duration::minutes(i64::from(limit)) - now).num_milliseconds()
+            }
+            _ => NO_LIMIT_HORIZON_MS,
+        };
+        accrue(self.rate, ms)
+    }
+}
+
+/// One user's (or a workspace's) money now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct Usage {
+    /// Sum of the running jobs' rates, per hour.
+    pub burn_rate: MicroUsd,
+    /// Accrued in the period so far.
+    pub pending_bill: MicroUsd,
+    /// `pending_bill` + what running jobs will accrue until their limits.
+    pub projected: MicroUsd,
+    pub running_jobs: u32,
+}
+
+impl Usage {
+    fn add(&mut self, job: &CostJob, period: Period, now: DateTime<Utc>) {
+        let bill = job.cost_between(period.start, period.end, now);
+        self.pending_bill = MicroUsd(self.pending_bill.0.saturating_add(bill.0));
+        let mut projected = bill.0;
+        if job.running() {
+            self.burn_rate = MicroUsd(self.burn_rate.0.saturating_add(job.rate.0));
+            self.running_jobs += 1;
+            projected = projected.saturating_add(job.remaining(now).0);
+        }
+        self.projected = MicroUsd(self.projected.0.saturating_add(projected));
+    }
+}
+
+/// Usage over `jobs`.
+pub fn usage<'a>(
+    jobs: impl IntoIterator<Item = &'a CostJob>,
+    period: Period,
+    now: DateTime<Utc>,
+) -> Usage {
+    let mut u = Usage::default();
+    for j in jobs {
+        u.add(j, period, now);
+    }
+    u
+}
+
+/// Usage per user (one pass).
+pub fn usage_by_user(jobs: &[CostJob], period: Period, now: DateTime<Utc>) -> HashMap<&str, Usage> {
+    let mut out: HashMap<&str, Usage> = HashMap::new();
+    for j in jobs {
+        out.entry(j.user.as_str()).or_default().add(j, period, now);
+    }
+    out
+}
+
+/// A point of a usage series: what was spent in `[start, start + bucket)` and the burn rate at
+/// the bucket's end (or `now`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct UsagePoint {
+    pub start: DateTime<Utc>,
+    pub spend: MicroUsd,
+    pub burn_rate: MicroUsd,
+}
+
+/// Spend per bucket over `[from, to)`.
+pub fn series(
+    jobs: &[&CostJob],
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    bucket: Duration,
+    now: DateTime<Utc>,
+) -> Vec<UsagePoint> {
+    let mut out = Vec::new();
+    if bucket <= Duration::zero() {
+        return out;
+    }
+    let mut at = from;
+    while at < to {
+        let end = (at + bucket).min(to);
+        let instant = end.min(now);
+        let spend = jobs
+            .iter()
+            .map(|j| j.cost_between(at, end, now).0)
+            .sum::<i64>();
+        let burn = jobs
+            .iter()
+            .filter(|j| {
+                j.started_at.is_some_and(|s| s <= instant)
+                    && j.ended_at.is_none_or(|e| e > instant)
+                    && instant <= now
+            })
+            .map(|j| j.rate.0)
+            .sum::<i64>();
+        out.push(UsagePoint {
+            start: at,
+            spend: MicroUsd(spend),
+            burn_rate: MicroUsd(burn),
+        });
+        at = end;
+    }
+    out
+}
+
+/// What happens at the limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QuotaMode {
+    /// A warning once per crossing; jobs keep running.
+    Warn,
+    /// Past limit × (1 + buffer), running jobs are cancelled and new ones refused.
+    BlockAndKill,
+}
+
+/// A user's quota in a workspace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quota {
+    pub limit: MicroUsd,
+    pub mode: QuotaMode,
+    pub buffer_percent: u32,
+}
+
+impl Quota {
+    /// limit × (1 + buffer%), rounded down.
+    pub fn hard_limit(&self) -> MicroUsd {
+        let v = i128::from(self.limit.0) * (100 + i128::from(self.buffer_percent)) / 100;
+        MicroUsd(i64::try_from(v).unwrap_or(i64::MAX))
+    }
+}
+
+/// Where a user stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QuotaStatus {
+    Ok,
+    /// Projected spend at or over the limit.
+    Warning,
+    /// `block_and_kill` and projected spend over the hard limit.
+    Blocked,
+}
+
+pub fn status(usage: &Usage, quota: Option<&Quota>) -> QuotaStatus {
+    let Some(q) = quota else {
+        return QuotaStatus::Ok;
+    };
+    if q.mode == QuotaMode::BlockAndKill && usage.projected > q.hard_limit() {
+        QuotaStatus::Blocked
+    } else if usage.projected >= q.limit {
+        QuotaStatus::Warning
+    } else {
+        QuotaStatus::Ok
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CATALOG: &str = include_str!("../../fixtures/catalog/shapes.json");
+
+    fn t(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn shape(cpus: u32, gib: Option<u64>, nodes: u32) -> JobShape {
+        JobShape {
+            cpus,
+            memory_mib: gib.map(|g| g * 1024),
+            nodes,
+            time_limit_minutes: None,
+        }
+    }
+
+    #[test]
+    fn a_job_pays_its_vcpu_share_of_the_shape_it_is_placed_on() {
+        let c = Catalog::parse(CATALOG, 512).unwrap();
+        // 1 vCPU, 1 GiB: c7g.medium ($0.0363/h, 1 vCPU): the whole node.
+        assert_eq!(
+            job_rate(&c, &shape(1, Some(1), 1), 2048),
+            Some(MicroUsd(36_300))
+        );
+        // 1 vCPU with the default 2 GiB does not fit c7g.medium (1.5 GiB allocatable): c7g.large
+        // ($0.0725/h, 2 vCPUs), half of it.
+        assert_eq!(
+            job_rate(&c, &shape(1, None, 1), 2048),
+            Some(MicroUsd(36_250))
+        );
+        // 16 vCPUs over 2 nodes: 8 per node on c7g.2xlarge ($0.29/h, 8 vCPUs), two nodes.
+        let r = job_rate(&c, &shape(16, Some(16), 2), 2048).unwrap();
+        let s = c
+            .shape(
+                c.place(Demand {
+                    cpus: 8,
+                    memory_mib: 8 * 1024,
+                })
+                .unwrap(),
+            )
+            .unwrap();
+        assert_eq!(r, MicroUsd(s.hourly.0 * 2));
+        // Nothing holds it: no rate.
+        assert_eq!(job_rate(&c, &shape(64, None, 1), 2048), None);
+    }
+
+    #[test]
+    fn accrual_is_exact_to_the_micro_dollar_and_rounds_down() {
+        assert_eq!(accrue(MicroUsd(36_250), 3_600_000), MicroUsd(36_250));
+        assert_eq!(accrue(MicroUsd(36_250), 1_000), MicroUsd(10)); // 10.069…
+        assert_eq!(accrue(MicroUsd(36_250), 99), MicroUsd(0));
+        assert_eq!(accrue(MicroUsd(36_250), -5), MicroUsd(0));
+    }
+
+    fn job(user: &str, rate: i64, start: &str, end: Option<&str>, limit: Option<u32>) -> CostJob {
+        CostJob {
+            user: user.into(),
+            job_id: 1,
+            rate: MicroUsd(rate),
+            started_at: Some(t(start)),
+            ended_at: end.map(t),
+            time_limit_minutes: limit,
+        }
+    }
+
+    #[test]
+    fn the_bill_counts_only_the_period_and_the_projection_adds_the_time_limits() {
+        let now = t("2026-11-01T01:00:00Z");
+        let period = Period::month_of(now);
+        assert_eq!(period.start, t("2026-11-01T00:00:00Z"));
+        assert_eq!(period.end, t("2026-12-01T00:00:00Z"));
+        assert_eq!(
+            Period::month_of(t("2026-12-31T23:59:59Z")).end,
+            t("2027-01-01T00:00:00Z")
+        );
+        let jobs = vec![
+            // Ran across the month boundary: only November's hour counts.
+            job(
+                "a",
+                1_000_000,
+                "2026-10-31T23:00:00Z",
+                Some("2026-11-01T01:00:00Z"),
+                None,
+            ),
+            // Running for 30 minutes, limit 90: 0.5 h accrued, 1 h to come.
+            job("a", 2_000_000, "2026-11-01T00:30:00Z", None, Some(90)),
+            // Running, no limit: one more hour projected.
+            job("b", 600_000, "2026-11-01T00:00:00Z", None, None),
+        ];
+        let by = usage_by_user(&jobs, period, now);
+        let a = by["a"];
+        assert_eq!(a.pending_bill, MicroUsd(1_000_000 + 1_000_000));
+        assert_eq!(a.burn_rate, MicroUsd(2_000_000));
+        assert_eq!(a.projected, MicroUsd(2_000_000 + 2_000_000));
+        assert_eq!(a.running_jobs, 1);
+        let b = by["b"];
+        assert_eq!(
+            (b.pending_bill, b.projected),
+            (MicroUsd(600_000), MicroUsd(1_200_000))
+        );
+        let all = usage(&jobs, period, now);
+        assert_eq!(all.pending_bill, MicroUsd(2_600_000));
+        // An hour later the same jobs have accrued more: the clock is an argument.
+        let later = usage(&jobs, period, now + Duration::hours(1));
+        assert_eq!(
+            later.pending_bill,
+            MicroUsd(1_000_000 + 3_000_000 + 1_200_000)
+        );
+    }
+
+    #[test]
+    fn status_by_mode_and_buffer() {
+        let u = |p: i64| Usage {
+            projected: MicroUsd(p),
+            ..Usage::default()
+        };
+        let warn = Quota {
+            limit: MicroUsd(10_000),
+            mode: QuotaMode::Warn,
+            buffer_percent: 0,
+        };
+        assert_eq!(status(&u(9_999), Some(&warn)), QuotaStatus::Ok);
+        assert_eq!(status(&u(10_000), Some(&warn)), QuotaStatus::Warning);
+        assert_eq!(status(&u(1_000_000), Some(&warn)), QuotaStatus::Warning);
+        let kill = Quota {
+            mode: QuotaMode::BlockAndKill,
+            buffer_percent: 10,
+            ..warn
+        };
+        assert_eq!(kill.hard_limit(), MicroUsd(11_000));
+        assert_eq!(status(&u(11_000), Some(&kill)), QuotaStatus::Warning);
+        assert_eq!(status(&u(11_001), Some(&kill)), QuotaStatus::Blocked);
+        assert_eq!(status(&u(11_001), None), QuotaStatus::Ok);
+    }
+
+    #[test]
+    fn a_series_splits_spend_by_bucket() {
+        let now = t("2026-11-01T03:00:00Z");
+        let j = job(
+            "a",
+            3_600_000,
+            "2026-11-01T00:30:00Z",
+            Some("2026-11-01T02:00:00Z"),
+            None,
+        );
+        let s = series(
+            &[&j],
+            t("2026-11-01T00:00:00Z"),
+            now,
+            Duration::hours(1),
+            now,
+        );
+        let spend: Vec<i64> = s.iter().map(|p| p.spend.0).collect();
+        assert_eq!(spend, vec![1_800_000, 3_600_000, 0]);
+        let burn: Vec<i64> = s.iter().map(|p| p.burn_rate.0).collect();
+        assert_eq!(burn, vec![3_600_000, 0, 0]);
+    }
+}
