@@ -190,6 +190,49 @@ pub struct NodeTerminated {
     pub up_ms: u64,
 }
 
+/// A workspace admin set a user's quota. Stream `quota:<workspace>:<email>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuotaSet {
+    pub workspace: WorkspaceId,
+    pub email: Email,
+    pub limit: crate::MicroUsd,
+    pub mode: crate::cost::QuotaMode,
+    pub buffer_percent: u32,
+    pub by: Email,
+}
+
+/// A workspace admin removed a user's quota.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuotaRemoved {
+    pub workspace: WorkspaceId,
+    pub email: Email,
+    pub by: Email,
+}
+
+/// A user's projected spend reached their limit (once per crossing).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuotaWarningRaised {
+    pub workspace: WorkspaceId,
+    pub email: Email,
+    pub projected: crate::MicroUsd,
+    pub pending_bill: crate::MicroUsd,
+    pub limit: crate::MicroUsd,
+    pub period_start: DateTime<Utc>,
+}
+
+/// A `block_and_kill` user's projected spend passed limit × (1 + buffer): new jobs are refused
+/// and the running ones are cancelled (each through the standard cancel path).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuotaEnforced {
+    pub workspace: WorkspaceId,
+    pub email: Email,
+    pub projected: crate::MicroUsd,
+    pub pending_bill: crate::MicroUsd,
+    pub limit: crate::MicroUsd,
+    pub hard_limit: crate::MicroUsd,
+    pub period_start: DateTime<Utc>,
+}
+
 /// Every domain event, tagged by its type name.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "data")]
@@ -204,6 +247,10 @@ pub enum DomainEvent {
     NodeLaunched(NodeLaunched),
     NodeReady(NodeReady),
     NodeTerminated(NodeTerminated),
+    QuotaSet(QuotaSet),
+    QuotaRemoved(QuotaRemoved),
+    QuotaWarningRaised(QuotaWarningRaised),
+    QuotaEnforced(QuotaEnforced),
 }
 
 impl DomainEvent {
@@ -220,6 +267,10 @@ impl DomainEvent {
             DomainEvent::NodeLaunched(_) => "NodeLaunched",
             DomainEvent::NodeReady(_) => "NodeReady",
             DomainEvent::NodeTerminated(_) => "NodeTerminated",
+            DomainEvent::QuotaSet(_) => "QuotaSet",
+            DomainEvent::QuotaRemoved(_) => "QuotaRemoved",
+            DomainEvent::QuotaWarningRaised(_) => "QuotaWarningRaised",
+            DomainEvent::QuotaEnforced(_) => "QuotaEnforced",
         }
     }
 
@@ -241,6 +292,10 @@ impl DomainEvent {
             DomainEvent::NodeLaunched(e) => serde_json::to_value(e),
             DomainEvent::NodeReady(e) => serde_json::to_value(e),
             DomainEvent::NodeTerminated(e) => serde_json::to_value(e),
+            DomainEvent::QuotaSet(e) => serde_json::to_value(e),
+            DomainEvent::QuotaRemoved(e) => serde_json::to_value(e),
+            DomainEvent::QuotaWarningRaised(e) => serde_json::to_value(e),
+            DomainEvent::QuotaEnforced(e) => serde_json::to_value(e),
         }
     }
 
@@ -271,6 +326,12 @@ impl DomainEvent {
             "NodeLaunched" => Some(DomainEvent::NodeLaunched(serde_json::from_str(data)?)),
             "NodeReady" => Some(DomainEvent::NodeReady(serde_json::from_str(data)?)),
             "NodeTerminated" => Some(DomainEvent::NodeTerminated(serde_json::from_str(data)?)),
+            "QuotaSet" => Some(DomainEvent::QuotaSet(serde_json::from_str(data)?)),
+            "QuotaRemoved" => Some(DomainEvent::QuotaRemoved(serde_json::from_str(data)?)),
+            "QuotaWarningRaised" => {
+                Some(DomainEvent::QuotaWarningRaised(serde_json::from_str(data)?))
+            }
+            "QuotaEnforced" => Some(DomainEvent::QuotaEnforced(serde_json::from_str(data)?)),
             _ => None,
         })
     }

@@ -135,8 +135,14 @@ pub fn describe(event: &DomainEvent, actor: &str, job: Option<&JobContext>) -> O
             None,
             None,
         ),
-        // File grants and deletes are per-user audit records, not cluster activity.
-        DomainEvent::FileAccessGranted(_) | DomainEvent::FileDeleted(_) => return None,
+        // File grants and deletes are per-user audit records, not cluster activity; quotas
+        // belong to a workspace, not a cluster (the cancels they cause are in the feed).
+        DomainEvent::FileAccessGranted(_)
+        | DomainEvent::FileDeleted(_)
+        | DomainEvent::QuotaSet(_)
+        | DomainEvent::QuotaRemoved(_)
+        | DomainEvent::QuotaWarningRaised(_)
+        | DomainEvent::QuotaEnforced(_) => return None,
     };
     Some(Described {
         summary,

@@ -179,6 +179,7 @@ pub fn all_projectors() -> Vec<Arc<dyn Projector>> {
         Arc::new(views::clusters::ClusterViews),
         Arc::new(views::jobs::JobViews),
         Arc::new(views::feed::Feed),
+        Arc::new(views::quotas::QuotaViews),
     ]
 }
 

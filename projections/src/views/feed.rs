@@ -104,7 +104,12 @@ impl Projector for Feed {
                 (js.collection, Some(ctx))
             }
             // Not in FEED_TYPES (filtered above).
-            DomainEvent::FileAccessGranted(_) | DomainEvent::FileDeleted(_) => return Ok(()),
+            DomainEvent::FileAccessGranted(_)
+            | DomainEvent::FileDeleted(_)
+            | DomainEvent::QuotaSet(_)
+            | DomainEvent::QuotaRemoved(_)
+            | DomainEvent::QuotaWarningRaised(_)
+            | DomainEvent::QuotaEnforced(_) => return Ok(()),
         };
         let actor = event
             .metadata()

@@ -4,4 +4,5 @@ pub mod clusters;
 pub mod event_counts;
 pub mod feed;
 pub mod jobs;
+pub mod quotas;
 pub mod streams;

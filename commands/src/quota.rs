@@ -1,0 +1,315 @@
+//! Quotas: set and remove (workspace admins), and the poll cycle's enforcement.
+//!
+//! Each user's quota events live on `quota:<workspace>:<email>`: `QuotaSet`, `QuotaRemoved`, and
+//! the enforcement records `QuotaWarningRaised` and `QuotaEnforced`. Enforcement folds that stream
+//! and appends at exactly the version it read, so a warning is raised once per crossing and a
+//! block recorded once, however many cycles (or replicas, or restarts) see the user over. The
+//! cancels go through [`crate::jobs::cancel_job`], the path a user's DELETE takes, with the system
+//! as actor and `quota` as reason; a job already asked to cancel is left alone.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use domain::cost::{CostJob, Period, Quota, QuotaStatus, Usage};
+use domain::scaling::Catalog;
+use domain::submit::JobShape;
+use domain::{
+    ClusterId, DomainEvent, Email, QuotaEnforced, QuotaRemoved, QuotaSet, QuotaWarningRaised,
+    WorkspaceId,
+};
+use eventlog::{EventLog, ExpectedVersion, LogError, Metadata, NewEvent, Position, StreamId};
+use uuid::Uuid;
+
+use crate::jobs::{CancelRequest, JobError, cancel_job};
+use crate::slurm::SlurmDirectory;
+
+/// The actor of the system's own cancels.
+pub const SYSTEM_EMAIL: &str = "system@clusterra.local";
+
+/// The reason the system's quota cancels carry.
+pub const QUOTA_REASON: &str = "quota";
+
+const LONG_EMAIL_NAMESPACE: Uuid = Uuid::from_u128(0x6f0e_3a5c_2d41_4b7e_9a35_0c1d_7e2f_9b48);
+
+/// A user's quota stream (a uuid-v5 of the email when the email is too long for a stream id).
+pub fn stream(workspace: &WorkspaceId, email: &Email) -> StreamId {
+    StreamId::new(format!("quota:{workspace}:{email}")).unwrap_or_else(|_| {
+        let id = Uuid::new_v5(&LONG_EMAIL_NAMESPACE, email.as_str().as_bytes());
+        StreamId::new(format!("quota:{workspace}:email-{id}"))
+            .unwrap_or_else(|e| unreachable!("a slug and a uuid make a stream id: {e}"))
+    })
+}
+
+/// Prices jobs by the rule of `domain::cost`.
+#[derive(Clone)]
+pub struct Pricing {
+    pub catalog: Arc<Catalog>,
+    pub default_mib_per_cpu: u64,
+}
+
+impl Pricing {
+    pub fn job(
+        &self,
+        user: &str,
+        job_id: u64,
+        shape: &JobShape,
+        started_at: Option<DateTime<Utc>>,
+        ended_at: Option<DateTime<Utc>>,
+    ) -> CostJob {
+        CostJob {
+            user: user.to_string(),
+            job_id,
+            rate: domain::cost::job_rate(&self.catalog, shape, self.default_mib_per_cpu)
+                .unwrap_or(domain::MicroUsd::ZERO),
+            started_at,
+            ended_at,
+            time_limit_minutes: shape.time_limit_minutes,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QuotaError {
+    #[error("{0} has no quota in this workspace")]
+    NoQuota(Email),
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error("stored event unreadable: {0}")]
+    Decode(#[from] serde_json::Error),
+    #[error(transparent)]
+    Job(#[from] JobError),
+}
+
+/// What the quota stream says now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QuotaState {
+    pub quota: Option<Quota>,
+    /// The period a warning was raised in since the quota was last set.
+    pub warned: Option<DateTime<Utc>>,
+    /// The period a block was recorded in since the quota was last set.
+    pub enforced: Option<DateTime<Utc>>,
+    pub version: i64,
+}
+
+/// Folds a user's quota stream.
+pub async fn load(
+    log: &dyn EventLog,
+    workspace: &WorkspaceId,
+    email: &Email,
+) -> Result<QuotaState, QuotaError> {
+    let stream = stream(workspace, email);
+    let mut state = QuotaState::default();
+    loop {
+        let batch = log.read_stream(&stream, state.version, 500).await?;
+        let Some(last) = batch.last() else { break };
+        state.version = last.stream_version;
+        for e in batch {
+            match DomainEvent::decode(&e.event_type, e.schema_version, &e.data)? {
+                Some(DomainEvent::QuotaSet(q)) => {
+                    state.quota = Some(Quota {
+                        limit: q.limit,
+                        mode: q.mode,
+                        buffer_percent: q.buffer_percent,
+                    });
+                    state.warned = None;
+                    state.enforced = None;
+                }
+                Some(DomainEvent::QuotaRemoved(_)) => {
+                    state = QuotaState {
+                        version: state.version,
+                        ..QuotaState::default()
+                    };
+                }
+                Some(DomainEvent::QuotaWarningRaised(w)) => state.warned = Some(w.period_start),
+                Some(DomainEvent::QuotaEnforced(q)) => state.enforced = Some(q.period_start),
+                _ => {}
+            }
+        }
+    }
+    Ok(state)
+}
+
+fn event(e: DomainEvent, metadata: Metadata) -> Result<NewEvent, QuotaError> {
+    Ok(NewEvent {
+        schema_version: e.schema_version(),
+        ..NewEvent::new(e.event_type(), e.data()?)
+    }
+    .with_metadata(metadata))
+}
+
+/// Sets (or replaces) a user's quota. Raising the limit lifts a block: the next check uses it.
+pub async fn set(
+    log: &dyn EventLog,
+    workspace: &WorkspaceId,
+    email: &Email,
+    quota: Quota,
+    by: &Email,
+    metadata: Metadata,
+) -> Result<Position, QuotaError> {
+    let e = DomainEvent::QuotaSet(QuotaSet {
+        workspace: workspace.clone(),
+        email: email.clone(),
+        limit: quota.limit,
+        mode: quota.mode,
+        buffer_percent: quota.buffer_percent,
+        by: by.clone(),
+    });
+    Ok(log
+        .append(
+            &stream(workspace, email),
+            ExpectedVersion::Any,
+            &[event(e, metadata)?],
+        )
+        .await?
+        .last_position)
+}
+
+/// Removes a user's quota; `NoQuota` when there is none (nothing appended).
+pub async fn remove(
+    log: &dyn EventLog,
+    workspace: &WorkspaceId,
+    email: &Email,
+    by: &Email,
+    metadata: Metadata,
+) -> Result<Position, QuotaError> {
+    let state = load(log, workspace, email).await?;
+    if state.quota.is_none() {
+        return Err(QuotaError::NoQuota(email.clone()));
+    }
+    let e = DomainEvent::QuotaRemoved(QuotaRemoved {
+        workspace: workspace.clone(),
+        email: email.clone(),
+        by: by.clone(),
+    });
+    Ok(log
+        .append(
+            &stream(workspace, email),
+            ExpectedVersion::Exact(state.version),
+            &[event(e, metadata)?],
+        )
+        .await?
+        .last_position)
+}
+
+/// A running job enforcement may cancel.
+#[derive(Debug, Clone)]
+pub struct RunningJob {
+    pub cluster: ClusterId,
+    pub submission: Uuid,
+    pub job_id: u64,
+}
+
+/// What one enforcement did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Enforcement {
+    pub warned: bool,
+    pub blocked: bool,
+    pub cancelled: Vec<u64>,
+}
+
+fn system_metadata() -> Metadata {
+    Metadata {
+        actor: Some("system".into()),
+        role: Some("system".into()),
+        via: Some("poll".into()),
+        ..Metadata::default()
+    }
+}
+
+/// One user's enforcement in one cycle: `status` was computed from `usage` and the quota the
+/// caller read; the quota stream is re-read here, and its records appended at exactly the
+/// version read (a conflict means another cycle got there first: it is retried next cycle).
+#[allow(clippy::too_many_arguments)]
+pub async fn enforce(
+    log: &dyn EventLog,
+    slurm: &dyn SlurmDirectory,
+    workspace: &WorkspaceId,
+    email: &Email,
+    usage: &Usage,
+    status: QuotaStatus,
+    period: Period,
+    running: &[RunningJob],
+) -> Result<Enforcement, QuotaError> {
+    let mut out = Enforcement::default();
+    if status == QuotaStatus::Ok {
+        return Ok(out);
+    }
+    let state = load(log, workspace, email).await?;
+    let Some(quota) = state.quota else {
+        return Ok(out);
+    };
+    let mut records = Vec::new();
+    if state.warned != Some(period.start) {
+        records.push(event(
+            DomainEvent::QuotaWarningRaised(QuotaWarningRaised {
+                workspace: workspace.clone(),
+                email: email.clone(),
+                projected: usage.projected,
+                pending_bill: usage.pending_bill,
+                limit: quota.limit,
+                period_start: period.start,
+            }),
+            system_metadata(),
+        )?);
+        out.warned = true;
+    }
+    if status == QuotaStatus::Blocked && state.enforced != Some(period.start) {
+        records.push(event(
+            DomainEvent::QuotaEnforced(QuotaEnforced {
+                workspace: workspace.clone(),
+                email: email.clone(),
+                projected: usage.projected,
+                pending_bill: usage.pending_bill,
+                limit: quota.limit,
+                hard_limit: quota.hard_limit(),
+                period_start: period.start,
+            }),
+            system_metadata(),
+        )?);
+        out.blocked = true;
+    }
+    if !records.is_empty() {
+        match log
+            .append(
+                &stream(workspace, email),
+                ExpectedVersion::Exact(state.version),
+                &records,
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(LogError::VersionConflict { .. }) => return Ok(Enforcement::default()),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if status != QuotaStatus::Blocked {
+        return Ok(out);
+    }
+    let system = Email::new(SYSTEM_EMAIL)
+        .unwrap_or_else(|e| unreachable!("the system's address is a valid email: {e}"));
+    for job in running {
+        let Some(port) = slurm.get(workspace, &job.cluster) else {
+            continue;
+        };
+        let job_stream = crate::jobs::stream(&job.cluster, job.submission);
+        match crate::jobs::load(log, &job_stream).await? {
+            Some((facts, _)) if !facts.cancel_requested && !facts.state.is_terminal() => {}
+            _ => continue,
+        }
+        let request = CancelRequest {
+            cluster: job.cluster.clone(),
+            submission: job.submission,
+            caller: system.clone(),
+            caller_is_admin: true,
+            why: Some(QUOTA_REASON.into()),
+            metadata: system_metadata(),
+        };
+        match cancel_job(log, port.as_ref(), request).await {
+            Ok(_) => out.cancelled.push(job.job_id),
+            // Another cycle cancelled it between the check and the append, or it just ended.
+            Err(JobError::Log(LogError::VersionConflict { .. })) | Err(JobError::Rule(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(out)
+}
