@@ -304,6 +304,7 @@ pub(crate) async fn submit(
     // A cluster registered a moment ago: the caller may pass its position to wait for it.
     await_projection(&state, projections::views::clusters::NAME, min).await;
     let (cluster, slurm) = cluster_and_slurm(&state, &caller, &id).await?;
+    crate::usage::refuse_if_blocked(&state, &caller).await?;
     let (body, template_id, params) = match body.get("template_id") {
         Some(_) => {
             let (rendered, template_id, params) = crate::templates::render_request(&state, &body)?;

@@ -20,6 +20,7 @@ mod query;
 pub mod sse;
 pub mod storage;
 mod templates;
+pub mod usage;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -160,6 +161,28 @@ fn table() -> Table {
             Method::DELETE,
             "/v1/clusters/{id}/storage/objects",
             delete(storage::delete),
+        )
+        .add(Method::GET, "/v1/users/me", get(usage::me))
+        .add(Method::GET, "/v1/users/me/usage", get(usage::my_series))
+        .add(
+            Method::GET,
+            "/v1/workspaces/{ws}/usage",
+            get(usage::workspace_usage),
+        )
+        .add(
+            Method::PUT,
+            "/v1/workspaces/{ws}/quotas/{email}",
+            axum::routing::put(usage::put_quota),
+        )
+        .add(
+            Method::GET,
+            "/v1/workspaces/{ws}/quotas/{email}",
+            get(usage::get_quota),
+        )
+        .add(
+            Method::DELETE,
+            "/v1/workspaces/{ws}/quotas/{email}",
+            delete(usage::delete_quota),
         )
         .add(Method::GET, "/v1/templates", get(templates::list))
         .add(Method::GET, "/v1/templates/{id}", get(templates::get_one))

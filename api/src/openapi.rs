@@ -40,6 +40,12 @@ use crate::{clusters, health, jobs, metrics, templates};
         crate::storage::delete,
         templates::list,
         templates::get_one,
+        crate::usage::me,
+        crate::usage::my_series,
+        crate::usage::workspace_usage,
+        crate::usage::put_quota,
+        crate::usage::get_quota,
+        crate::usage::delete_quota,
     ),
     components(schemas(crate::error::ErrorBody, crate::error::ErrorDetail, crate::error::ErrorItem)),
     modifiers(&BearerAuth),
@@ -50,6 +56,7 @@ use crate::{clusters, health, jobs, metrics, templates};
         (name = "logs", description = "Read and follow a job's output"),
         (name = "storage", description = "Presigned URLs to the cluster's bucket, listings and deletes"),
         (name = "templates", description = "Parameterised job templates"),
+        (name = "usage", description = "Burn rate, pending bill, usage series and quotas"),
         (name = "operations", description = "Health, readiness, metrics and this document"),
     )
 )]

@@ -269,6 +269,15 @@ async fn authorization_matrix() {
                         .to_string(),
                     None,
                 ),
+                ("PUT", p) if p.starts_with("/v1/workspaces/{ws}/quotas/") => (
+                    "/v1/workspaces/default/quotas/bob@lab.org".to_string(),
+                    Some(json!({"limit_usd": 100, "mode": "warn"})),
+                ),
+                (_, p) if p.starts_with("/v1/workspaces/{ws}/") => (
+                    p.replace("{ws}", "default")
+                        .replace("{email}", "bob@lab.org"),
+                    None,
+                ),
                 (_, p) => (p.to_string(), None),
             };
             wait_ready(&h.state).await;
@@ -292,6 +301,10 @@ async fn authorization_matrix() {
                     ("DELETE", "/v1/clusters/{id}/jobs/{job_id}", _) => StatusCode::ACCEPTED,
                     ("POST", "/v1/clusters/{id}/storage/presigned-url", _) => StatusCode::CREATED,
                     ("DELETE", "/v1/clusters/{id}/storage/objects", _) => StatusCode::NOT_FOUND,
+                    // Only the workspace's admins touch its quotas and usage (the admin's
+                    // PUT comes before the GET and the DELETE in the route table).
+                    (_, p, Who::Admin) if p.starts_with("/v1/workspaces/{ws}/") => StatusCode::OK,
+                    (_, p, _) if p.starts_with("/v1/workspaces/{ws}/") => StatusCode::FORBIDDEN,
                     ("GET", _, _) => StatusCode::OK,
                     other => panic!("no expectation for {other:?}: add this route to the matrix"),
                 }

@@ -1,0 +1,701 @@
+//! Money: `GET /v1/users/me` (the profile with burn rate, pending bill, quota and status),
+//! `GET /v1/users/me/usage` (a series for plotting), `GET /v1/workspaces/{ws}/usage` (admins: per
+//! user), and `PUT|GET|DELETE /v1/workspaces/{ws}/quotas/{email}` (admins).
+//!
+//! Figures are computed at read time from the jobs projection with `domain::cost` (the rules are
+//! there and in docs/cost.md), so a replayed log gives the same figures for the same instant.
+//! Amounts are decimal strings of US dollars with six decimals (exact micro-USD).
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use chrono::{DateTime, Duration, Utc};
+use commands::quota::Pricing;
+use domain::cost::{
+    CostJob, Period, Quota, QuotaMode, QuotaStatus, Usage, series, status, usage, usage_by_user,
+};
+use domain::{Email, MicroUsd, WorkspaceId};
+use eventlog::ModelSet;
+use projections::views::jobs::{self, JobView};
+use projections::views::quotas::{self, QuotaView};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::auth::Caller;
+use crate::consistency::{MinPosition, await_projection, position_header};
+use crate::json::ApiJson;
+use crate::{ApiError, AppState};
+
+/// `12.345678`.
+pub fn usd(m: MicroUsd) -> String {
+    let sign = if m.0 < 0 { "-" } else { "" };
+    let abs = m.0.unsigned_abs();
+    format!("{sign}{}.{:06}", abs / 1_000_000, abs % 1_000_000)
+}
+
+fn pricing(state: &AppState) -> Pricing {
+    Pricing {
+        catalog: state.scaling.catalog.clone(),
+        default_mib_per_cpu: state.scaling.default_mib_per_cpu,
+    }
+}
+
+/// Every job of a workspace (all its clusters), from the jobs projection.
+pub async fn workspace_jobs(
+    store: &eventlog::Store,
+    workspace: &WorkspaceId,
+) -> Result<Vec<JobView>, eventlog::LogError> {
+    let clusters = eventlog::list_all(
+        store.read.as_ref(),
+        ModelSet::Live,
+        projections::views::clusters::NAME,
+        &projections::views::clusters::collection(workspace),
+    )
+    .await?;
+    let mut out = Vec::new();
+    for c in clusters {
+        let Ok(view) = serde_json::from_str::<projections::views::clusters::ClusterView>(&c.doc)
+        else {
+            continue;
+        };
+        let rows = eventlog::list_all(
+            store.read.as_ref(),
+            ModelSet::Live,
+            jobs::NAME,
+            &jobs::collection(workspace, &view.cluster_id),
+        )
+        .await?;
+        out.extend(
+            rows.iter()
+                .filter_map(|r| serde_json::from_str::<JobView>(&r.doc).ok()),
+        );
+    }
+    Ok(out)
+}
+
+/// The jobs that cost something (started), priced.
+pub fn cost_jobs(pricing: &Pricing, views: &[JobView]) -> Vec<CostJob> {
+    views
+        .iter()
+        .filter(|v| v.started_at.is_some())
+        .map(|v| {
+            pricing.job(
+                &v.user,
+                v.job_id,
+                &v.shape,
+                v.started_at,
+                v.ended_at
+                    .or_else(|| v.state.is_terminal().then_some(v.submitted_at)),
+            )
+        })
+        .collect()
+}
+
+/// Every quota of a workspace, by email.
+pub async fn workspace_quotas(
+    store: &eventlog::Store,
+    workspace: &WorkspaceId,
+) -> Result<BTreeMap<String, QuotaView>, eventlog::LogError> {
+    Ok(eventlog::list_all(
+        store.read.as_ref(),
+        ModelSet::Live,
+        quotas::NAME,
+        &quotas::collection(workspace),
+    )
+    .await?
+    .into_iter()
+    .filter_map(|r| serde_json::from_str::<QuotaView>(&r.doc).ok())
+    .map(|q| (q.email.clone(), q))
+    .collect())
+}
+
+async fn quota_of(
+    state: &AppState,
+    workspace: &WorkspaceId,
+    email: &str,
+) -> Result<Option<QuotaView>, ApiError> {
+    let doc = state
+        .store
+        .read
+        .get_doc(
+            ModelSet::Live,
+            quotas::NAME,
+            &quotas::collection(workspace),
+            email,
+        )
+        .await?;
+    Ok(doc.and_then(|d| serde_json::from_str(&d).ok()))
+}
+
+/// A quota as answered.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QuotaBody {
+    pub email: String,
+    #[schema(example = "250.000000")]
+    pub limit_usd: String,
+    /// `warn` or `block_and_kill`.
+    #[schema(example = "block_and_kill")]
+    pub mode: String,
+    pub buffer_percent: u32,
+    /// `limit × (1 + buffer%)`: past it, `block_and_kill` cancels and refuses.
+    pub hard_limit_usd: String,
+    pub set_by: String,
+    pub set_at: DateTime<Utc>,
+}
+
+fn quota_body(q: &QuotaView) -> QuotaBody {
+    QuotaBody {
+        email: q.email.clone(),
+        limit_usd: usd(q.limit),
+        mode: mode_name(q.mode).into(),
+        buffer_percent: q.buffer_percent,
+        hard_limit_usd: usd(q.quota().hard_limit()),
+        set_by: q.set_by.clone(),
+        set_at: q.set_at,
+    }
+}
+
+fn mode_name(m: QuotaMode) -> &'static str {
+    match m {
+        QuotaMode::Warn => "warn",
+        QuotaMode::BlockAndKill => "block_and_kill",
+    }
+}
+
+fn status_name(s: QuotaStatus) -> &'static str {
+    match s {
+        QuotaStatus::Ok => "ok",
+        QuotaStatus::Warning => "warning",
+        QuotaStatus::Blocked => "blocked",
+    }
+}
+
+/// The billing period.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PeriodBody {
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+}
+
+/// One user's money now.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UsageBody {
+    /// What the user's running jobs cost per hour.
+    #[schema(example = "0.072500")]
+    pub burn_rate_usd_per_hour: String,
+    /// Accrued in the billing period so far.
+    pub pending_bill_usd: String,
+    /// The pending bill plus what the running jobs will cost until their time limits.
+    pub projected_spend_usd: String,
+    pub running_jobs: u32,
+    /// `ok`, `warning` (projected spend at or over the limit) or `blocked`.
+    pub status: String,
+    pub quota: Option<QuotaBody>,
+}
+
+fn usage_body(u: &Usage, quota: Option<&QuotaView>) -> UsageBody {
+    let q = quota.map(QuotaView::quota);
+    UsageBody {
+        burn_rate_usd_per_hour: usd(u.burn_rate),
+        pending_bill_usd: usd(u.pending_bill),
+        projected_spend_usd: usd(u.projected),
+        running_jobs: u.running_jobs,
+        status: status_name(status(u, q.as_ref())).into(),
+        quota: quota.map(quota_body),
+    }
+}
+
+/// `GET /v1/users/me`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Profile {
+    pub email: String,
+    /// `admin` or `user`.
+    pub role: String,
+    pub workspace: String,
+    pub period: PeriodBody,
+    #[serde(flatten)]
+    pub usage: UsageBody,
+}
+
+/// Your profile: who you are, what your jobs cost, your quota and where you stand.
+#[utoipa::path(get, path = "/v1/users/me", tag = "usage",
+    responses(
+        (status = 200, description = "Your profile", body = Profile),
+        (status = 401, description = "Missing or invalid token", body = crate::error::ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub(crate) async fn me(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Profile>, ApiError> {
+    let now = Utc::now();
+    let period = Period::month_of(now);
+    let (u, quota) = user_usage(&state, &caller.workspace, &caller.email, period, now).await?;
+    Ok(Json(Profile {
+        email: caller.email.to_string(),
+        role: caller.role.as_str().into(),
+        workspace: caller.workspace.to_string(),
+        period: PeriodBody {
+            start: period.start,
+            end: period.end,
+        },
+        usage: usage_body(&u, quota.as_ref()),
+    }))
+}
+
+async fn user_usage(
+    state: &AppState,
+    workspace: &WorkspaceId,
+    email: &Email,
+    period: Period,
+    now: DateTime<Utc>,
+) -> Result<(Usage, Option<QuotaView>), ApiError> {
+    let views = workspace_jobs(&state.store, workspace).await?;
+    let mine: Vec<JobView> = views
+        .into_iter()
+        .filter(|v| v.user == email.as_str())
+        .collect();
+    let jobs = cost_jobs(&pricing(state), &mine);
+    let quota = quota_of(state, workspace, email.as_str()).await?;
+    Ok((usage(&jobs, period, now), quota))
+}
+
+/// Refuses a submission by a user `block_and_kill` has blocked.
+pub(crate) async fn refuse_if_blocked(state: &AppState, caller: &Caller) -> Result<(), ApiError> {
+    let Some(quota) = quota_of(state, &caller.workspace, caller.email.as_str()).await? else {
+        return Ok(());
+    };
+    if quota.mode != QuotaMode::BlockAndKill {
+        return Ok(());
+    }
+    let now = Utc::now();
+    let period = Period::month_of(now);
+    let (u, _) = user_usage(state, &caller.workspace, &caller.email, period, now).await?;
+    let q = quota.quota();
+    if status(&u, Some(&q)) == QuotaStatus::Blocked {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "quota_exceeded",
+            format!(
+                "your projected spend this period is ${} (${} spent, the rest is your running jobs until their time limits), over your limit of ${} plus {}% (${}); new jobs are refused until a workspace admin raises the limit or the period ends",
+                usd(u.projected),
+                usd(u.pending_bill),
+                usd(q.limit),
+                q.buffer_percent,
+                usd(q.hard_limit())
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Query of `GET /v1/users/me/usage`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SeriesQuery {
+    from: Option<String>,
+    to: Option<String>,
+    bucket: Option<String>,
+}
+
+/// One bucket of the series.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SeriesPoint {
+    pub start: DateTime<Utc>,
+    /// Spent within the bucket.
+    pub spend_usd: String,
+    /// The burn rate at the bucket's end (or now).
+    pub burn_rate_usd_per_hour: String,
+}
+
+/// `GET /v1/users/me/usage`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Series {
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    /// `hour` or `day`.
+    pub bucket: String,
+    pub points: Vec<SeriesPoint>,
+}
+
+/// The most buckets one series answers.
+pub const MAX_BUCKETS: i64 = 2_000;
+
+fn parse_time(text: &Option<String>, field: &str) -> Result<Option<DateTime<Utc>>, ApiError> {
+    text.as_deref()
+        .map(|t| {
+            DateTime::parse_from_rfc3339(t)
+                .map(|d| d.with_timezone(&Utc))
+                .map_err(|_| {
+                    ApiError::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "invalid_query",
+                        format!("{field} must be an RFC 3339 time such as 2026-11-01T00:00:00Z, not {t:?}"),
+                    )
+                    .with_field(field)
+                })
+        })
+        .transpose()
+}
+
+/// Your spend and burn rate over time, per hour or per day, for plotting.
+#[utoipa::path(get, path = "/v1/users/me/usage", tag = "usage",
+    params(
+        ("from" = Option<String>, Query, description = "RFC 3339; default: the billing period's start"),
+        ("to" = Option<String>, Query, description = "RFC 3339; default: now"),
+        ("bucket" = Option<String>, Query, description = "`hour` (default) or `day`"),
+    ),
+    responses(
+        (status = 200, description = "The series", body = Series),
+        (status = 422, description = "A bad parameter (the field says which)", body = crate::error::ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub(crate) async fn my_series(
+    State(state): State<AppState>,
+    caller: Caller,
+    query: Result<Query<SeriesQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Series>, ApiError> {
+    let Query(q) = query.map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_query",
+            format!("{e}; the parameters are from, to and bucket"),
+        )
+    })?;
+    let now = Utc::now();
+    let from = parse_time(&q.from, "from")?.unwrap_or(Period::month_of(now).start);
+    let to = parse_time(&q.to, "to")?.unwrap_or(now);
+    let (bucket_name, bucket) = match q.bucket.as_deref().unwrap_or("hour") {
+        "hour" => ("hour", Duration::hours(1)),
+        "day" => ("day", Duration::days(1)),
+        other => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_query",
+                format!("bucket must be hour or day, not {other:?}"),
+            )
+            .with_field("bucket"));
+        }
+    };
+    if to <= from {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_query",
+            "to must be after from",
+        )
+        .with_field("to"));
+    }
+    if (to - from).num_seconds() / bucket.num_seconds() > MAX_BUCKETS {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_query",
+            format!(
+                "at most {MAX_BUCKETS} buckets per request: shorten from..to or use bucket=day"
+            ),
+        )
+        .with_field("from"));
+    }
+    let views = workspace_jobs(&state.store, &caller.workspace).await?;
+    let mine: Vec<JobView> = views
+        .into_iter()
+        .filter(|v| v.user == caller.email.as_str())
+        .collect();
+    let jobs = cost_jobs(&pricing(&state), &mine);
+    let refs: Vec<&CostJob> = jobs.iter().collect();
+    let points = series(&refs, from, to, bucket, now)
+        .into_iter()
+        .map(|p| SeriesPoint {
+            start: p.start,
+            spend_usd: usd(p.spend),
+            burn_rate_usd_per_hour: usd(p.burn_rate),
+        })
+        .collect();
+    Ok(Json(Series {
+        from,
+        to,
+        bucket: bucket_name.into(),
+        points,
+    }))
+}
+
+fn require_workspace_admin(caller: &Caller, ws: &str) -> Result<WorkspaceId, ApiError> {
+    let forbidden = || {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "admin_required",
+            format!("only admins of workspace {ws:?} may do this; ask one of them"),
+        )
+    };
+    let workspace = WorkspaceId::new(ws).map_err(|_| forbidden())?;
+    if workspace != caller.workspace || !caller.is_admin() {
+        return Err(forbidden());
+    }
+    Ok(workspace)
+}
+
+/// One user in the workspace's usage.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserUsage {
+    pub email: String,
+    #[serde(flatten)]
+    pub usage: UsageBody,
+}
+
+/// `GET /v1/workspaces/{ws}/usage`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WorkspaceUsage {
+    pub workspace: String,
+    pub period: PeriodBody,
+    pub burn_rate_usd_per_hour: String,
+    pub pending_bill_usd: String,
+    pub projected_spend_usd: String,
+    /// Everyone with jobs or a quota, by email.
+    pub users: Vec<UserUsage>,
+}
+
+/// Per user: burn rate, pending bill, projected spend, quota and status (admins of the workspace).
+#[utoipa::path(get, path = "/v1/workspaces/{ws}/usage", tag = "usage",
+    params(("ws" = String, Path, description = "Workspace")),
+    responses(
+        (status = 200, description = "The workspace's usage", body = WorkspaceUsage),
+        (status = 403, description = "Not an admin of this workspace", body = crate::error::ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub(crate) async fn workspace_usage(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(ws): Path<String>,
+) -> Result<Json<WorkspaceUsage>, ApiError> {
+    let workspace = require_workspace_admin(&caller, &ws)?;
+    let now = Utc::now();
+    let period = Period::month_of(now);
+    let views = workspace_jobs(&state.store, &workspace).await?;
+    let jobs = cost_jobs(&pricing(&state), &views);
+    let by_user = usage_by_user(&jobs, period, now);
+    let quotas = workspace_quotas(&state.store, &workspace).await?;
+    let mut emails: std::collections::BTreeSet<String> =
+        by_user.keys().map(|e| e.to_string()).collect();
+    emails.extend(quotas.keys().cloned());
+    let total = usage(&jobs, period, now);
+    let users = emails
+        .into_iter()
+        .map(|email| {
+            let u = by_user.get(email.as_str()).copied().unwrap_or_default();
+            UserUsage {
+                usage: usage_body(&u, quotas.get(&email)),
+                email,
+            }
+        })
+        .collect();
+    Ok(Json(WorkspaceUsage {
+        workspace: workspace.to_string(),
+        period: PeriodBody {
+            start: period.start,
+            end: period.end,
+        },
+        burn_rate_usd_per_hour: usd(total.burn_rate),
+        pending_bill_usd: usd(total.pending_bill),
+        projected_spend_usd: usd(total.projected),
+        users,
+    }))
+}
+
+/// Body of `PUT /v1/workspaces/{ws}/quotas/{email}`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaRequest {
+    /// US dollars per billing period, at most six decimals: a number or a string.
+    #[schema(value_type = String, example = "250")]
+    pub limit_usd: serde_json::Value,
+    /// `warn` (default) or `block_and_kill`.
+    #[serde(default)]
+    pub mode: Option<String>,
+    /// How far past the limit `block_and_kill` lets projected spend go (0-1000, default 0).
+    #[serde(default)]
+    pub buffer_percent: Option<u32>,
+}
+
+fn target_email(email: &str) -> Result<Email, ApiError> {
+    Email::new(email).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_email",
+            format!("{email:?} is not an email address: {e}"),
+        )
+        .with_field("email")
+    })
+}
+
+/// The answer to a quota change.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QuotaChanged {
+    pub email: String,
+    /// The quota now (null after a delete).
+    pub quota: Option<QuotaBody>,
+    pub position: i64,
+}
+
+/// Set a user's quota (admins of the workspace).
+#[utoipa::path(put, path = "/v1/workspaces/{ws}/quotas/{email}", tag = "usage",
+    params(("ws" = String, Path, description = "Workspace"), ("email" = String, Path, description = "The user")),
+    request_body = QuotaRequest,
+    responses(
+        (status = 200, description = "Set", body = QuotaChanged),
+        (status = 403, description = "Not an admin of this workspace", body = crate::error::ErrorBody),
+        (status = 422, description = "A bad field (the field says which)", body = crate::error::ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub(crate) async fn put_quota(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((ws, email)): Path<(String, String)>,
+    ApiJson(req): ApiJson<QuotaRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    let workspace = require_workspace_admin(&caller, &ws)?;
+    let email = target_email(&email)?;
+    let bad = |field: &str, message: String| {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_quota", message).with_field(field)
+    };
+    let text = match &req.limit_usd {
+        serde_json::Value::String(s) => s.trim().to_string(),
+        serde_json::Value::Number(n) => n.to_string(),
+        other => {
+            return Err(bad(
+                "limit_usd",
+                format!(
+                    "limit_usd must be a number of dollars such as 250 or \"0.01\", not {other}"
+                ),
+            ));
+        }
+    };
+    let limit = MicroUsd::parse_dollars(&text).ok_or_else(|| {
+        bad(
+            "limit_usd",
+            format!("limit_usd must be dollars ≥ 0 with at most six decimals, such as 250 or 0.01, not {text:?}"),
+        )
+    })?;
+    let mode = match req.mode.as_deref().unwrap_or("warn") {
+        "warn" => QuotaMode::Warn,
+        "block_and_kill" => QuotaMode::BlockAndKill,
+        other => {
+            return Err(bad(
+                "mode",
+                format!("mode must be warn or block_and_kill, not {other:?}"),
+            ));
+        }
+    };
+    let buffer_percent = req.buffer_percent.unwrap_or(0);
+    if buffer_percent > 1_000 {
+        return Err(bad(
+            "buffer_percent",
+            format!("buffer_percent must be from 0 to 1000, not {buffer_percent}"),
+        ));
+    }
+    let quota = Quota {
+        limit,
+        mode,
+        buffer_percent,
+    };
+    let position = commands::quota::set(
+        state.store.log.as_ref(),
+        &workspace,
+        &email,
+        quota,
+        &caller.email,
+        crate::clusters::metadata(&caller),
+    )
+    .await
+    .map_err(|e| ApiError::internal(format!("could not record the quota: {e}")))?;
+    let view = QuotaView {
+        workspace,
+        email: email.to_string(),
+        limit,
+        mode,
+        buffer_percent,
+        set_by: caller.email.to_string(),
+        set_at: Utc::now(),
+        position,
+    };
+    Ok((
+        position_header(position),
+        Json(QuotaChanged {
+            email: email.to_string(),
+            quota: Some(quota_body(&view)),
+            position,
+        }),
+    ))
+}
+
+/// A user's quota (admins of the workspace).
+#[utoipa::path(get, path = "/v1/workspaces/{ws}/quotas/{email}", tag = "usage",
+    params(("ws" = String, Path, description = "Workspace"), ("email" = String, Path, description = "The user")),
+    responses(
+        (status = 200, description = "The quota", body = QuotaBody),
+        (status = 403, description = "Not an admin of this workspace", body = crate::error::ErrorBody),
+        (status = 404, description = "No quota for this user", body = crate::error::ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub(crate) async fn get_quota(
+    State(state): State<AppState>,
+    caller: Caller,
+    min: MinPosition,
+    Path((ws, email)): Path<(String, String)>,
+) -> Result<impl IntoResponse, ApiError> {
+    let workspace = require_workspace_admin(&caller, &ws)?;
+    let email = target_email(&email)?;
+    let headers = await_projection(&state, quotas::NAME, min).await;
+    let quota = quota_of(&state, &workspace, email.as_str())
+        .await?
+        .ok_or_else(|| no_quota(&email))?;
+    Ok((headers, Json(quota_body(&quota))))
+}
+
+fn no_quota(email: &Email) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "quota_not_found",
+        format!("{email} has no quota in this workspace; PUT one to set it"),
+    )
+    .with_field("email")
+}
+
+/// Remove a user's quota (admins of the workspace).
+#[utoipa::path(delete, path = "/v1/workspaces/{ws}/quotas/{email}", tag = "usage",
+    params(("ws" = String, Path, description = "Workspace"), ("email" = String, Path, description = "The user")),
+    responses(
+        (status = 200, description = "Removed", body = QuotaChanged),
+        (status = 403, description = "Not an admin of this workspace", body = crate::error::ErrorBody),
+        (status = 404, description = "No quota for this user", body = crate::error::ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub(crate) async fn delete_quota(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((ws, email)): Path<(String, String)>,
+) -> Result<impl IntoResponse, ApiError> {
+    let workspace = require_workspace_admin(&caller, &ws)?;
+    let email = target_email(&email)?;
+    let position = commands::quota::remove(
+        state.store.log.as_ref(),
+        &workspace,
+        &email,
+        &caller.email,
+        crate::clusters::metadata(&caller),
+    )
+    .await
+    .map_err(|e| match e {
+        commands::quota::QuotaError::NoQuota(_) => no_quota(&email),
+        e => ApiError::internal(format!("could not remove the quota: {e}")),
+    })?;
+    Ok((
+        position_header(position),
+        Json(QuotaChanged {
+            email: email.to_string(),
+            quota: None,
+            position,
+        }),
+    ))
+}
