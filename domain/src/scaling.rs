@@ -373,12 +373,32 @@ pub fn plan(
         for node in warm.iter().filter(|n| n.set.family == family) {
             bins.open(node.set, node.free_cpus, node.free_mib, node.busy);
         }
+        // The slices of one job are consecutive (equal demand, then job id) and must go to
+        // different nodes, as Slurm places them: nodes holding one of the job's slices are
+        // hidden from first-fit until its last slice is placed.
+        let mut hidden: Vec<usize> = Vec::new();
+        let mut current_job = None;
         for slice in slices {
+            if current_job != Some(slice.job_id) {
+                for i in hidden.drain(..) {
+                    bins.update(i);
+                }
+                current_job = Some(slice.job_id);
+            }
             let at = match bins.first_fit(slice.demand) {
                 Some(i) => i,
-                None => bins.open_new(new_set, shape.vcpus, shape.allocatable_mib),
+                None => {
+                    let i = bins.open_new(new_set, shape.vcpus, shape.allocatable_mib);
+                    // Growing the tree rebuilt it from the nodes' real room.
+                    for &h in &hidden {
+                        bins.hide(h);
+                    }
+                    i
+                }
             };
             let set = bins.take(at, slice.demand);
+            bins.hide(at);
+            hidden.push(at);
             let need = needs.entry(set).or_default();
             if need.jobs.last().is_none_or(|j| *j != slice.job_id) {
                 need.jobs.push(slice.job_id);
@@ -575,6 +595,18 @@ impl Bins {
         None
     }
 
+    /// Makes node `i` look full to first-fit until its next [`Bins::update`].
+    fn hide(&mut self, i: usize) {
+        let mut at = self.leaves + i;
+        self.cpus[at] = 0;
+        self.mib[at] = 0;
+        while at > 1 {
+            at /= 2;
+            self.cpus[at] = self.cpus[2 * at].max(self.cpus[2 * at + 1]);
+            self.mib[at] = self.mib[2 * at].max(self.mib[2 * at + 1]);
+        }
+    }
+
     fn take(&mut self, i: usize, d: Demand) -> NodeSet {
         let node = &mut self.nodes[i];
         node.free_cpus -= d.cpus;
@@ -630,6 +662,24 @@ mod tests {
         );
         assert_eq!(s.allocatable_mib, 2048 - 512);
         assert!(Catalog::parse(r#"{"shapes": []}"#, 512).is_err());
+    }
+
+    #[test]
+    fn the_slices_of_one_job_go_to_different_nodes() {
+        let c = catalog();
+        // Two nodes of 1 vCPU and 1600 MiB: a c7g.large (2 vCPUs, 3.5 GiB) could hold both
+        // slices, but Slurm puts them on two nodes.
+        let demand = Demand::per_node(2, Some(3200), 2, 2048);
+        let slices = [PendingSlice { job_id: 7, demand }; 2];
+        let (needs, _) = plan(&c, &[], &slices);
+        assert_eq!(needs.values().map(|n| n.nodes).sum::<u32>(), 2, "{needs:?}");
+        // Two single-slice jobs of the same size share one node.
+        let slices = [
+            PendingSlice { job_id: 7, demand },
+            PendingSlice { job_id: 8, demand },
+        ];
+        let (needs, _) = plan(&c, &[], &slices);
+        assert_eq!(needs.values().map(|n| n.nodes).sum::<u32>(), 1, "{needs:?}");
     }
 
     #[test]

@@ -209,26 +209,27 @@ pub fn simulate(trace: &Trace, catalog: &Catalog, settings: SimSettings) -> SimR
 pub fn peak_fleet(jobs: &[SimJob], catalog: &Catalog) -> BTreeMap<NodeSet, u32> {
     let mut out = BTreeMap::new();
     for family in Family::ALL {
-        // (time, +1 start / -1 end, cpus, mib); ends sort before starts at the same second.
-        let mut edges: Vec<(i64, i8, u64, u64)> = Vec::new();
+        // (time, 0 start / 1 end, cpus, mib). A job runs at least one second, so its end comes
+        // after its start even with a run time of 0; ends sort before starts at the same second.
+        let mut edges: Vec<(i64, u8, u64, u64)> = Vec::new();
         for j in jobs.iter().filter(|j| j.family == family) {
             let cpus = u64::from(j.demand.cpus) * u64::from(j.nodes);
             let mib = j.demand.memory_mib * u64::from(j.nodes);
             edges.push((j.submit, 1, cpus, mib));
-            edges.push((j.submit + j.run, -1, cpus, mib));
+            edges.push((j.submit.saturating_add(j.run.max(1)), 0, cpus, mib));
         }
         if edges.is_empty() {
             continue;
         }
         edges.sort_unstable_by_key(|e| (e.0, e.1));
         let (mut cpus, mut mib, mut peak_cpus, mut peak_mib) = (0u64, 0u64, 0u64, 0u64);
-        for (_, dir, c, m) in edges {
-            if dir > 0 {
+        for (_, start, c, m) in edges {
+            if start == 1 {
                 cpus += c;
                 mib += m;
             } else {
-                cpus -= c;
-                mib -= m;
+                cpus = cpus.saturating_sub(c);
+                mib = mib.saturating_sub(m);
             }
             peak_cpus = peak_cpus.max(cpus);
             peak_mib = peak_mib.max(mib);
@@ -419,9 +420,8 @@ impl Sim<'_> {
         usage.launches += 1;
         usage.peak_nodes = usage.peak_nodes.max(*live);
         self.report.launches += 1;
-        if cold_start > 0 {
-            self.events.push(Reverse((at + cold_start, Ev::Ready(n))));
-        }
+        // Also with no cold start: the Ready event is what makes the scheduler look again.
+        self.events.push(Reverse((at + cold_start, Ev::Ready(n))));
     }
 
     fn retire(&mut self, n: usize, at: i64) {
@@ -801,6 +801,31 @@ mod tests {
         assert_eq!(
             json["elastic"]["per_set"]["compute-xs"]["instance_type"], "c7g.medium",
             "{json}"
+        );
+    }
+
+    #[test]
+    fn zero_run_times_and_zero_cold_starts_are_handled() {
+        let trace = Trace {
+            jobs: vec![
+                job(1, 0, 600, 4, 4),
+                job(2, 10, 0, 4, 4),
+                job(3, 10, 0, 4, 4),
+            ],
+            skipped: 0,
+        };
+        let c = catalog();
+        let s = SimSettings {
+            cold_start: 0,
+            ..settings()
+        };
+        let r = simulate(&trace, &c, s);
+        // The peak counts the zero-run jobs once each, never below zero.
+        assert_eq!(r.fixed_fleet.values().copied().collect::<Vec<_>>(), vec![1]);
+        assert_eq!((r.elastic.started, r.fixed.started), (3, 3), "{r:?}");
+        assert_eq!(
+            r.elastic.waits.max, 0,
+            "no cold start: each job starts at its cycle"
         );
     }
 

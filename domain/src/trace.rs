@@ -42,6 +42,22 @@ pub enum TraceError {
     CsvHeader,
 }
 
+/// The longest time a trace may name (100 years, in seconds): simulated clocks stay far from
+/// overflow.
+pub const MAX_SECONDS: i64 = 100 * 365 * 86_400;
+
+fn check_times(line: usize, times: &[(&str, Option<i64>)]) -> Result<(), TraceError> {
+    for (name, v) in times {
+        if v.is_some_and(|v| v > MAX_SECONDS) {
+            return Err(TraceError::Line {
+                line,
+                problem: format!("{name} is over {MAX_SECONDS} seconds (100 years)"),
+            });
+        }
+    }
+    Ok(())
+}
+
 fn known(v: i64) -> Option<i64> {
     (v >= 0).then_some(v)
 }
@@ -81,6 +97,14 @@ pub fn parse_swf(text: &str) -> Result<Trace, TraceError> {
             continue;
         };
         let cpus = u32::try_from(procs).unwrap_or(u32::MAX);
+        check_times(
+            line_no,
+            &[
+                ("submit time", Some(fields[1])),
+                ("run time", Some(run)),
+                ("requested time", known(fields[8])),
+            ],
+        )?;
         trace.jobs.push(TraceJob {
             id: u64::try_from(fields[0]).unwrap_or(0),
             submit: fields[1].max(0),
@@ -138,6 +162,14 @@ pub fn parse_csv(text: &str) -> Result<Trace, TraceError> {
                 "submit_seconds, run_seconds and cpus (> 0) are required".into(),
             ));
         };
+        check_times(
+            line_no,
+            &[
+                ("submit_seconds", Some(submit)),
+                ("run_seconds", Some(run)),
+                ("time_limit_seconds", number(4, "time_limit_seconds")?),
+            ],
+        )?;
         trace.jobs.push(TraceJob {
             id: trace.jobs.len() as u64 + 1,
             submit,
@@ -155,6 +187,21 @@ pub fn parse_csv(text: &str) -> Result<Trace, TraceError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_past_a_century_are_refused() {
+        let csv =
+            "submit_seconds,run_seconds,cpus,memory_mib,time_limit_seconds\n0,99999999999,1,,\n";
+        assert!(matches!(
+            parse_csv(csv),
+            Err(TraceError::Line { line: 2, .. })
+        ));
+        let swf = "1 99999999999 0 60 1 -1 -1 1 60 -1 1 1 1 1 1 -1 -1 -1\n";
+        assert!(matches!(
+            parse_swf(swf),
+            Err(TraceError::Line { line: 1, .. })
+        ));
+    }
 
     #[test]
     fn the_synthetic_swf_trace() {
