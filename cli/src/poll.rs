@@ -43,6 +43,9 @@ pub async fn run(mut p: Poller, mut stop: watch::Receiver<bool>) {
         let leading = p.leadership.lead().await;
         if p.leading.swap(leading, Ordering::Relaxed) != leading {
             tracing::info!(leading, "poll cycle leadership changed");
+            if leading {
+                scaler.lead_from(chrono::Utc::now());
+            }
         }
         if !leading {
             tokio::select! {

@@ -64,6 +64,9 @@ pub trait NodeFleet: Send + Sync + 'static {
 
     /// Every node up or starting.
     async fn nodes(&self) -> Vec<NodeStatus>;
+
+    /// Whether a node named in the log is this fleet's (several fleets may share a log).
+    fn owns(&self, node: &str) -> bool;
 }
 
 /// The stream of a cluster's node lifecycle events.
@@ -109,8 +112,9 @@ impl EdgeAgent {
         Ok(changes)
     }
 
-    /// At the agent's start: nodes the log still lists but the fleet does not have (the
-    /// process that ran them stopped) are recorded as terminated. Returns how many.
+    /// At the agent's start: nodes of this fleet that the log still lists but the fleet does not
+    /// have (the process that ran them stopped) are recorded as terminated; other fleets' nodes
+    /// are left alone. Returns how many.
     pub async fn recover(&self, log: &dyn EventLog) -> Result<usize, AgentError> {
         let known: std::collections::BTreeSet<String> = self
             .fleet
@@ -122,7 +126,7 @@ impl EdgeAgent {
         let lost: Vec<NodeChange> = live_nodes(log, &self.workspace, &self.cluster)
             .await?
             .into_iter()
-            .filter(|(name, _)| !known.contains(name))
+            .filter(|(name, _)| self.fleet.owns(name) && !known.contains(name))
             .map(|(node, (set, _))| NodeChange::Terminated {
                 node,
                 set,

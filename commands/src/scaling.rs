@@ -48,7 +48,9 @@ pub struct Scaler {
     catalog: Arc<Catalog>,
     default_mib_per_cpu: u64,
     idle_window: Duration,
-    started: DateTime<Utc>,
+    /// When this process started deciding: the idle window of a set it has not seen busy counts
+    /// from here.
+    started: Mutex<DateTime<Utc>>,
     /// When each node set last had work, as this process saw it (since it started).
     last_busy: Mutex<BTreeMap<SetKey, DateTime<Utc>>>,
     /// Each scaling stream's fold so far, so a cycle reads only the decisions after it.
@@ -75,9 +77,17 @@ impl Scaler {
             catalog,
             default_mib_per_cpu,
             idle_window,
-            started,
+            started: Mutex::new(started),
             last_busy: Mutex::new(BTreeMap::new()),
             folded: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// This process has just started deciding (it became the leader): sets it has not seen busy
+    /// get a full idle window from now, not from the process's start.
+    pub fn lead_from(&self, now: DateTime<Utc>) {
+        if let Ok(mut s) = self.started.lock() {
+            *s = now;
         }
     }
 
@@ -121,6 +131,7 @@ impl Scaler {
         for need in needs.values_mut() {
             need.jobs.retain(|j| pending.contains(j));
         }
+        let started = self.started.lock().map_or(now, |s| *s);
         if let Ok(mut busy) = self.last_busy.lock() {
             // A set is busy while its work fills its nodes: it shrinks only after fewer jobs
             // than nodes for the whole idle window (domain::simulate does the same).
@@ -133,7 +144,7 @@ impl Scaler {
                 state.last_busy = Some(
                     busy.get(&(workspace.clone(), cluster.clone(), *set))
                         .copied()
-                        .unwrap_or(self.started),
+                        .unwrap_or(started),
                 );
             }
         }

@@ -80,8 +80,10 @@ struct LocalNode {
 #[derive(Debug, Default)]
 struct Fleet {
     nodes: Vec<LocalNode>,
-    /// Node names are `<set>-<pid>-<n>`, n counting up for the process's life.
+    /// Node names are `<set>-<owner>.<pid>-<n>`, n counting up for the process's life.
     launched: u64,
+    /// This executor's id (`<state dir>/executor-id`).
+    owner: String,
 }
 
 impl Fleet {
@@ -159,9 +161,15 @@ impl Fleet {
                 };
                 for _ in have..want {
                     self.launched += 1;
-                    // The process id keeps names apart when several processes run their own
-                    // executors against one log.
-                    let name = format!("{set}-{}-{}", std::process::id(), self.launched);
+                    // `<set>-<executor id>.<pid>-<n>`: the executor id (stable for its state
+                    // directory) tells this executor's nodes from other processes' in a shared
+                    // log, the pid keeps a restarted executor's names new.
+                    let name = format!(
+                        "{set}-{}.{}-{}",
+                        self.owner,
+                        std::process::id(),
+                        self.launched
+                    );
                     let ready = cold.is_zero();
                     self.nodes.push(LocalNode {
                         name: name.clone(),
@@ -307,6 +315,24 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LocalError + '_ {
     }
 }
 
+/// The executor's id: 8 hex digits kept in `<state dir>/executor-id`, made on first open.
+fn executor_id(state_dir: &Path) -> Result<String, LocalError> {
+    let path = state_dir.join("executor-id");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let id = text.trim();
+        if id.len() == 8 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(id.to_string());
+        }
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let mixed = (nanos as u64) ^ (u64::from(std::process::id()) << 32);
+    let id = format!("{:08x}", (mixed ^ (mixed >> 29)) as u32);
+    write_atomic(&path, id.as_bytes()).map_err(io(&path))?;
+    Ok(id)
+}
+
 /// Writes a file atomically: a temp file, then rename.
 fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
@@ -357,13 +383,17 @@ impl LocalExecutor {
             }
             records.insert(record.job_id, record);
         }
+        let owner = executor_id(&settings.state_dir)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 settings,
                 records: Mutex::new(records),
                 cancels: Mutex::new(BTreeMap::new()),
                 queue: Mutex::new(Queue::default()),
-                fleet: std::sync::Mutex::new(Fleet::default()),
+                fleet: std::sync::Mutex::new(Fleet {
+                    owner,
+                    ..Fleet::default()
+                }),
             }),
         })
     }
@@ -871,6 +901,14 @@ impl NodeFleet for LocalExecutor {
             self.dispatch().await;
         }
         changes
+    }
+
+    fn owns(&self, node: &str) -> bool {
+        self.inner
+            .fleet
+            .lock()
+            .map(|f| node.contains(&format!("-{}.", f.owner)))
+            .unwrap_or(false)
     }
 
     async fn nodes(&self) -> Vec<NodeStatus> {
