@@ -87,6 +87,7 @@ pub(crate) async fn list(
             job_id: v.job_id,
             running: true,
             shape: v.shape,
+            nodes: v.node.clone(),
         })
         .collect();
     let slices: Vec<PendingSlice> = running

@@ -197,6 +197,7 @@ async fn open_jobs(
                     job_id: view.job_id,
                     running: view.state != domain::job::JobState::Pending,
                     shape: view.shape,
+                    nodes: view.node.clone(),
                 });
             }
             Ok(_) => {}

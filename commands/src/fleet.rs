@@ -220,29 +220,47 @@ pub async fn live_nodes(
     workspace: &WorkspaceId,
     cluster: &ClusterId,
 ) -> Result<BTreeMap<String, (NodeSet, bool)>, AgentError> {
-    let stream = stream(workspace, cluster);
-    let mut nodes: BTreeMap<String, (NodeSet, bool)> = BTreeMap::new();
-    let mut after = 0;
-    loop {
-        let batch = log.read_stream(&stream, after, 1_000).await?;
-        let Some(last) = batch.last() else { break };
-        after = last.stream_version;
-        for e in batch {
-            match DomainEvent::decode(&e.event_type, e.schema_version, &e.data)? {
-                Some(DomainEvent::NodeLaunched(n)) => {
-                    nodes.insert(n.node, (n.node_set, false));
+    let mut known = LiveNodes::default();
+    known.read_on(log, &stream(workspace, cluster)).await?;
+    Ok(known.nodes)
+}
+
+/// A node stream's fold that reads on from where it stopped.
+#[derive(Debug, Clone, Default)]
+pub struct LiveNodes {
+    /// name → (node set, ready)
+    pub nodes: BTreeMap<String, (NodeSet, bool)>,
+    pub version: i64,
+}
+
+impl LiveNodes {
+    /// Applies the events appended to `stream` since the last call.
+    pub async fn read_on(
+        &mut self,
+        log: &dyn EventLog,
+        stream: &StreamId,
+    ) -> Result<(), AgentError> {
+        loop {
+            let batch = log.read_stream(stream, self.version, 1_000).await?;
+            let Some(last) = batch.last() else { break };
+            self.version = last.stream_version;
+            for e in batch {
+                match DomainEvent::decode(&e.event_type, e.schema_version, &e.data)? {
+                    Some(DomainEvent::NodeLaunched(n)) => {
+                        self.nodes.insert(n.node, (n.node_set, false));
+                    }
+                    Some(DomainEvent::NodeReady(n)) => {
+                        self.nodes.insert(n.node, (n.node_set, true));
+                    }
+                    Some(DomainEvent::NodeTerminated(n)) => {
+                        self.nodes.remove(&n.node);
+                    }
+                    _ => {}
                 }
-                Some(DomainEvent::NodeReady(n)) => {
-                    nodes.insert(n.node, (n.node_set, true));
-                }
-                Some(DomainEvent::NodeTerminated(n)) => {
-                    nodes.remove(&n.node);
-                }
-                _ => {}
             }
         }
+        Ok(())
     }
-    Ok(nodes)
 }
 
 /// Per node set, how many nodes the log says are ready and how many are starting.

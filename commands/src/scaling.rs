@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Duration, Utc};
-use domain::scaling::{Catalog, Demand, NodeSet, PendingSlice, SetState, decide, plan};
+use domain::scaling::{Catalog, Demand, NodeSet, PendingSlice, SetState, WarmNode, decide, plan};
 use domain::submit::JobShape;
 use domain::{ClusterId, DomainEvent, ScaleDecisionMade, WorkspaceId};
 use eventlog::{EventLog, ExpectedVersion, LogError, Metadata, NewEvent, Position, StreamId};
@@ -25,6 +25,8 @@ pub struct ScalingJob {
     /// Running (holds its nodes) or pending (needs a place).
     pub running: bool,
     pub shape: JobShape,
+    /// The nodes a running job runs on, as Slurm names them (comma-separated), if known.
+    pub nodes: Option<String>,
 }
 
 /// The stream of a cluster's scaling decisions.
@@ -39,6 +41,8 @@ pub enum ScaleError {
     Log(#[from] LogError),
     #[error("stored event unreadable: {0}")]
     Decode(#[from] serde_json::Error),
+    #[error("could not read the node events: {0}")]
+    Nodes(String),
 }
 
 type SetKey = (WorkspaceId, ClusterId, NodeSet);
@@ -55,6 +59,8 @@ pub struct Scaler {
     last_busy: Mutex<BTreeMap<SetKey, DateTime<Utc>>>,
     /// Each scaling stream's fold so far, so a cycle reads only the decisions after it.
     folded: Mutex<BTreeMap<String, Folded>>,
+    /// Each node stream's fold so far.
+    nodes: Mutex<BTreeMap<String, crate::fleet::LiveNodes>>,
 }
 
 /// A scaling stream folded: each node set's desired count, the log position of the decision
@@ -80,6 +86,7 @@ impl Scaler {
             started: Mutex::new(started),
             last_busy: Mutex::new(BTreeMap::new()),
             folded: Mutex::new(BTreeMap::new()),
+            nodes: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -107,6 +114,25 @@ impl Scaler {
             version,
             ..
         } = self.current(log, &stream).await?;
+        // The cluster's nodes (from the node events), with what their running jobs leave free:
+        // pending jobs are placed onto them first. Running jobs on nodes the events do not name
+        // (a Slurm cluster without an edge agent here) hold places of their own in the plan.
+        let live = self.live_nodes(log, workspace, cluster).await?;
+        let mut warm: BTreeMap<&str, WarmNode> = BTreeMap::new();
+        for (name, (set, _ready)) in &live {
+            if let Some(shape) = self.catalog.shape(*set) {
+                warm.insert(
+                    name.as_str(),
+                    WarmNode {
+                        name: name.clone(),
+                        set: *set,
+                        free_cpus: shape.vcpus,
+                        free_mib: shape.allocatable_mib,
+                        busy: false,
+                    },
+                );
+            }
+        }
         let mut slices = Vec::new();
         for job in jobs {
             let demand = Demand::per_node(
@@ -115,6 +141,22 @@ impl Scaler {
                 job.shape.nodes,
                 self.default_mib_per_cpu,
             );
+            let on: Vec<&str> = job
+                .nodes
+                .as_deref()
+                .filter(|_| job.running)
+                .map(|n| n.split(',').filter(|n| warm.contains_key(n)).collect())
+                .unwrap_or_default();
+            if !on.is_empty() {
+                for name in on {
+                    if let Some(node) = warm.get_mut(name) {
+                        node.free_cpus = node.free_cpus.saturating_sub(demand.cpus);
+                        node.free_mib = node.free_mib.saturating_sub(demand.memory_mib);
+                        node.busy = true;
+                    }
+                }
+                continue;
+            }
             for _ in 0..job.shape.nodes.max(1) {
                 slices.push(PendingSlice {
                     job_id: job.job_id,
@@ -122,7 +164,8 @@ impl Scaler {
                 });
             }
         }
-        let (mut needs, _stranded) = plan(&self.catalog, &[], &slices);
+        let warm: Vec<WarmNode> = warm.into_values().collect();
+        let (mut needs, _stranded) = plan(&self.catalog, &warm, &slices);
         let pending: std::collections::HashSet<u64> = jobs
             .iter()
             .filter(|j| !j.running)
@@ -245,6 +288,31 @@ impl Scaler {
             }
         }
         Ok(written)
+    }
+
+    /// The cluster's live nodes, read on from where the last cycle left them.
+    async fn live_nodes(
+        &self,
+        log: &dyn EventLog,
+        workspace: &WorkspaceId,
+        cluster: &ClusterId,
+    ) -> Result<BTreeMap<String, (NodeSet, bool)>, ScaleError> {
+        let stream = crate::fleet::stream(workspace, cluster);
+        let mut known = self
+            .nodes
+            .lock()
+            .ok()
+            .and_then(|n| n.get(stream.as_str()).cloned())
+            .unwrap_or_default();
+        known
+            .read_on(log, &stream)
+            .await
+            .map_err(|e| ScaleError::Nodes(e.to_string()))?;
+        let nodes = known.nodes.clone();
+        if let Ok(mut n) = self.nodes.lock() {
+            n.insert(stream.as_str().to_string(), known);
+        }
+        Ok(nodes)
     }
 
     /// The stream's fold, read on from where the last cycle left it.
