@@ -15,7 +15,7 @@ use axum::response::IntoResponse;
 use chrono::{DateTime, Duration, Utc};
 use commands::quota::Pricing;
 use domain::cost::{
-    CostJob, Period, Quota, QuotaMode, QuotaStatus, Usage, series, status, usage, usage_by_user,
+    CostJob, Period, Quota, QuotaMode, QuotaStatus, Usage, series, usage, usage_by_user,
 };
 use domain::{Email, MicroUsd, WorkspaceId};
 use eventlog::ModelSet;
@@ -196,14 +196,13 @@ pub struct UsageBody {
     pub quota: Option<QuotaBody>,
 }
 
-fn usage_body(u: &Usage, quota: Option<&QuotaView>) -> UsageBody {
-    let q = quota.map(QuotaView::quota);
+fn usage_body(u: &Usage, quota: Option<&QuotaView>, period: Period) -> UsageBody {
     UsageBody {
         burn_rate_usd_per_hour: usd(u.burn_rate),
         pending_bill_usd: usd(u.pending_bill),
         projected_spend_usd: usd(u.projected),
         running_jobs: u.running_jobs,
-        status: status_name(status(u, q.as_ref())).into(),
+        status: status_name(quota.map_or(QuotaStatus::Ok, |q| q.status(u, period.start))).into(),
         quota: quota.map(quota_body),
     }
 }
@@ -242,7 +241,7 @@ pub(crate) async fn me(
             start: period.start,
             end: period.end,
         },
-        usage: usage_body(&u, quota.as_ref()),
+        usage: usage_body(&u, quota.as_ref(), period),
     }))
 }
 
@@ -275,12 +274,12 @@ pub(crate) async fn refuse_if_blocked(state: &AppState, caller: &Caller) -> Resu
     let period = Period::month_of(now);
     let (u, _) = user_usage(state, &caller.workspace, &caller.email, period, now).await?;
     let q = quota.quota();
-    if status(&u, Some(&q)) == QuotaStatus::Blocked {
+    if quota.status(&u, period.start) == QuotaStatus::Blocked {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "quota_exceeded",
             format!(
-                "your projected spend this period is ${} (${} spent, the rest is your running jobs until their time limits), over your limit of ${} plus {}% (${}); new jobs are refused until a workspace admin raises the limit or the period ends",
+                "your quota blocks new jobs: projected spend this period ${} (${} spent, the rest is your running jobs until their time limits) went over your limit of ${} plus {}% (${}); a workspace admin can raise the limit, otherwise the block ends with the period",
                 usd(u.projected),
                 usd(u.pending_bill),
                 usd(q.limit),
@@ -485,7 +484,7 @@ pub(crate) async fn workspace_usage(
         .map(|email| {
             let u = by_user.get(email.as_str()).copied().unwrap_or_default();
             UserUsage {
-                usage: usage_body(&u, quotas.get(&email)),
+                usage: usage_body(&u, quotas.get(&email), period),
                 email,
             }
         })
@@ -617,6 +616,7 @@ pub(crate) async fn put_quota(
         buffer_percent,
         set_by: caller.email.to_string(),
         set_at: Utc::now(),
+        enforced_in: None,
         position,
     };
     Ok((

@@ -231,6 +231,47 @@ pub async fn job(t: &Target, id: u64) -> anyhow::Result<ExitCode> {
     finish(status, &out)
 }
 
+/// `clusterra me`: who you are, what your jobs cost, your quota and where you stand.
+pub async fn me(t: &Target, json: bool) -> anyhow::Result<ExitCode> {
+    let c = Client::new(t)?;
+    let (status, out) = c
+        .send(reqwest::Method::GET, "/v1/users/me", None, None)
+        .await?;
+    if json || !(200..300).contains(&status) {
+        return finish(status, &out);
+    }
+    let s = |k: &str| out[k].as_str().unwrap_or("?").to_string();
+    println!(
+        "{} ({}) in workspace {}",
+        s("email"),
+        s("role"),
+        s("workspace")
+    );
+    println!(
+        "billing period  {} .. {}",
+        out["period"]["start"].as_str().unwrap_or("?"),
+        out["period"]["end"].as_str().unwrap_or("?")
+    );
+    println!(
+        "burn rate       ${}/hour ({} running jobs)",
+        s("burn_rate_usd_per_hour"),
+        out["running_jobs"]
+    );
+    println!("pending bill    ${}", s("pending_bill_usd"));
+    println!("projected spend ${}", s("projected_spend_usd"));
+    match out["quota"].as_object() {
+        Some(q) => println!(
+            "quota           ${} ({}, buffer {}%)",
+            q.get("limit_usd").and_then(Value::as_str).unwrap_or("?"),
+            q.get("mode").and_then(Value::as_str).unwrap_or("?"),
+            q.get("buffer_percent").cloned().unwrap_or(Value::Null)
+        ),
+        None => println!("quota           none"),
+    }
+    println!("status          {}", s("status"));
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn cancel(t: &Target, id: u64) -> anyhow::Result<ExitCode> {
     let c = Client::new(t)?;
     let (status, out) = c

@@ -111,6 +111,14 @@ enum Command {
         target: client::Target,
         job_id: u64,
     },
+    /// Your profile: burn rate, pending bill, projected spend, quota and status
+    Me {
+        #[command(flatten)]
+        target: client::Target,
+        /// The server's JSON answer as is
+        #[arg(long)]
+        json: bool,
+    },
     /// Cancel a job
     Cancel {
         #[command(flatten)]
@@ -296,6 +304,7 @@ fn main() -> ExitCode {
             } => client::jobs(&target, state, user, template).await,
             Command::Job { target, job_id } => client::job(&target, job_id).await,
             Command::Cancel { target, job_id } => client::cancel(&target, job_id).await,
+            Command::Me { target, json } => client::me(&target, json).await,
             Command::Files { command } => match command {
                 FilesCommand::Put {
                     target,

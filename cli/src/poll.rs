@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use commands::fleet::EdgeAgent;
+use commands::quota::{Pricing, RunningJob};
 use commands::replicas::ReplicaStore;
+use domain::cost::{Period, QuotaStatus, usage_by_user};
 
 use commands::jobs::{OpenJob, reconcile};
 use commands::scaling::{Scaler, ScalingJob};
@@ -29,6 +31,7 @@ pub struct Poller {
     pub leadership: gateways::leader::Leadership,
     /// Whether this process leads now (shown by /readyz).
     pub leading: Arc<AtomicBool>,
+    pub pricing: Pricing,
 }
 
 pub async fn run(mut p: Poller, mut stop: watch::Receiver<bool>) {
@@ -118,6 +121,7 @@ pub async fn run(mut p: Poller, mut stop: watch::Receiver<bool>) {
                 Err(e) => tracing::warn!(%cluster, error = %e, "could not list open jobs"),
             }
         }
+        enforce_quotas(&store, directory.as_ref(), &p.pricing).await;
         tokio::select! {
             _ = tokio::time::sleep(p.every) => {}
             _ = stop.changed() => {}
@@ -235,6 +239,99 @@ pub async fn agent(
         }
         if *stop.borrow() {
             break;
+        }
+    }
+}
+
+/// Quota enforcement: every workspace with quotas, every user over, once per cycle
+/// (commands::quota::enforce records once and cancels through the standard path).
+async fn enforce_quotas(store: &Store, directory: &LiveDirectory, pricing: &Pricing) {
+    let now = chrono::Utc::now();
+    let period = Period::month_of(now);
+    let clusters = match eventlog::list_all(
+        store.read.as_ref(),
+        ModelSet::Live,
+        projections::views::clusters::NAME,
+        projections::views::clusters::ALL,
+    )
+    .await
+    {
+        Ok(rows) => rows,
+        Err(e) => {
+            tracing::warn!(error = %e, "quota check: could not list clusters");
+            return;
+        }
+    };
+    let workspaces: std::collections::BTreeSet<domain::WorkspaceId> = clusters
+        .iter()
+        .filter_map(|r| {
+            serde_json::from_str::<projections::views::clusters::ClusterView>(&r.doc).ok()
+        })
+        .map(|c| c.workspace)
+        .collect();
+    for ws in workspaces {
+        let quotas = match api::usage::workspace_quotas(store, &ws).await {
+            Ok(q) if !q.is_empty() => q,
+            Ok(_) => continue,
+            Err(e) => {
+                tracing::warn!(workspace = %ws, error = %e, "quota check: could not read quotas");
+                continue;
+            }
+        };
+        let views = match api::usage::workspace_jobs(store, &ws).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(workspace = %ws, error = %e, "quota check: could not list jobs");
+                continue;
+            }
+        };
+        let jobs = api::usage::cost_jobs(pricing, &views);
+        let by_user = usage_by_user(&jobs, period, now);
+        for (email, quota) in &quotas {
+            let usage = by_user.get(email.as_str()).copied().unwrap_or_default();
+            let status = quota.status(&usage, period.start);
+            if status == QuotaStatus::Ok {
+                continue;
+            }
+            let Ok(user) = domain::Email::new(email) else {
+                continue;
+            };
+            let running: Vec<RunningJob> = views
+                .iter()
+                .filter(|v| v.user == *email && v.state == domain::job::JobState::Running)
+                .map(|v| RunningJob {
+                    cluster: v.cluster_id.clone(),
+                    submission: v.submission_id,
+                    job_id: v.job_id,
+                })
+                .collect();
+            match commands::quota::enforce(
+                store.log.as_ref(),
+                directory,
+                &ws,
+                &user,
+                &usage,
+                status,
+                period,
+                &running,
+            )
+            .await
+            {
+                Ok(done) => {
+                    if done.warned {
+                        tracing::info!(workspace = %ws, %email, projected = %usage.projected, limit = %quota.limit, "quota warning raised");
+                    }
+                    if done.blocked {
+                        tracing::warn!(workspace = %ws, %email, projected = %usage.projected, limit = %quota.limit, "quota enforced: new jobs refused, running jobs cancelled");
+                    }
+                    for job_id in done.cancelled {
+                        tracing::warn!(workspace = %ws, %email, job_id, "job cancelled by quota");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(workspace = %ws, %email, error = %e, "quota enforcement failed; retrying next cycle")
+                }
+            }
         }
     }
 }

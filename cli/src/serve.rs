@@ -122,6 +122,10 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
             replicas: replicas.clone(),
             leadership: gateways::leader::Leadership::new(store.db.clone()),
             leading: leading.clone(),
+            pricing: commands::quota::Pricing {
+                catalog: catalog.clone(),
+                default_mib_per_cpu: config.default_mib_per_cpu,
+            },
         },
         stop_rx_poll.clone(),
     ));

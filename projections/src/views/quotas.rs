@@ -3,7 +3,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use domain::cost::{Quota, QuotaMode};
+use domain::cost::{Quota, QuotaMode, QuotaStatus};
 use domain::{DomainEvent, MicroUsd, WorkspaceId};
 use eventlog::RecordedEvent;
 use serde::{Deserialize, Serialize};
@@ -21,11 +21,25 @@ pub struct QuotaView {
     pub buffer_percent: u32,
     pub set_by: String,
     pub set_at: DateTime<Utc>,
+    /// The billing period (its start) in which `block_and_kill` was enforced since the quota
+    /// was set: the user stays blocked for the rest of that period unless an admin sets the
+    /// quota again.
+    #[serde(default)]
+    pub enforced_in: Option<DateTime<Utc>>,
     /// The log position that last changed this view.
     pub position: i64,
 }
 
 impl QuotaView {
+    /// Where the user stands: the computed status, or blocked for the rest of a period in which
+    /// the block was enforced.
+    pub fn status(&self, usage: &domain::cost::Usage, period_start: DateTime<Utc>) -> QuotaStatus {
+        if self.mode == QuotaMode::BlockAndKill && self.enforced_in == Some(period_start) {
+            return QuotaStatus::Blocked;
+        }
+        domain::cost::status(usage, Some(&self.quota()))
+    }
+
     pub fn quota(&self) -> Quota {
         Quota {
             limit: self.limit,
@@ -67,6 +81,7 @@ impl Projector for QuotaViews {
                     buffer_percent: q.buffer_percent,
                     set_by: q.by.to_string(),
                     set_at: event.recorded_at,
+                    enforced_in: None,
                     position: event.position,
                     workspace: q.workspace,
                 };
@@ -74,6 +89,14 @@ impl Projector for QuotaViews {
             }
             Some(DomainEvent::QuotaRemoved(q)) => {
                 view.delete(&collection(&q.workspace), q.email.as_str());
+            }
+            Some(DomainEvent::QuotaEnforced(q)) => {
+                let c = collection(&q.workspace);
+                if let Some(mut doc) = view.get::<QuotaView>(&c, q.email.as_str()).await? {
+                    doc.enforced_in = Some(q.period_start);
+                    doc.position = event.position;
+                    view.put(&c, q.email.as_str(), &doc)?;
+                }
             }
             _ => {}
         }
