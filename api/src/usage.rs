@@ -273,8 +273,25 @@ pub(crate) async fn refuse_if_blocked(state: &AppState, caller: &Caller) -> Resu
     let now = Utc::now();
     let period = Period::month_of(now);
     let (u, _) = user_usage(state, &caller.workspace, &caller.email, period, now).await?;
-    let q = quota.quota();
-    if quota.status(&u, period.start) == QuotaStatus::Blocked {
+    if quota.status(&u, period.start) != QuotaStatus::Blocked {
+        return Ok(());
+    }
+    // The projection may not have applied a quota an admin has just raised: refuse only on what
+    // the log says now.
+    let state = commands::quota::load(state.store.log.as_ref(), &caller.workspace, &caller.email)
+        .await
+        .map_err(|e| ApiError::internal(format!("could not read the quota: {e}")))?;
+    let Some(q) = state.quota else {
+        return Ok(());
+    };
+    let current = QuotaView {
+        limit: q.limit,
+        mode: q.mode,
+        buffer_percent: q.buffer_percent,
+        enforced_in: state.enforced,
+        ..quota
+    };
+    if current.status(&u, period.start) == QuotaStatus::Blocked {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "quota_exceeded",

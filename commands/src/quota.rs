@@ -216,9 +216,9 @@ fn system_metadata() -> Metadata {
     }
 }
 
-/// One user's enforcement in one cycle: `status` was computed from `usage` and the quota the
-/// caller read; the quota stream is re-read here, and its records appended at exactly the
-/// version read (a conflict means another cycle got there first: it is retried next cycle).
+/// One user's enforcement in one cycle. `status` (from the projection) only says whether to
+/// look: the quota stream is re-read here and the status decided on it, and the records are
+/// appended at exactly the version read (a conflict means another cycle got there first).
 #[allow(clippy::too_many_arguments)]
 pub async fn enforce(
     log: &dyn EventLog,
@@ -238,6 +238,18 @@ pub async fn enforce(
     let Some(quota) = state.quota else {
         return Ok(out);
     };
+    // `status` came from the projection, which may lag an admin's change: decide on the log's
+    // quota (a block enforced this period holds until the quota is set again).
+    let status = if quota.mode == domain::cost::QuotaMode::BlockAndKill
+        && state.enforced == Some(period.start)
+    {
+        QuotaStatus::Blocked
+    } else {
+        domain::cost::status(usage, Some(&quota))
+    };
+    if status == QuotaStatus::Ok {
+        return Ok(out);
+    }
     let mut records = Vec::new();
     if state.warned != Some(period.start) {
         records.push(event(

@@ -1,0 +1,264 @@
+//! Cost and quotas through the real binary on the local executor: a $0.01 `block_and_kill`
+//! quota cancels a running job within a cycle (the cancel is in the feed with its reason) and
+//! blocks new submissions until the limit is raised; a `warn` user's job keeps running and one
+//! warning is raised; the bill after replaying the log from zero equals the live figure.
+
+#![allow(clippy::unwrap_used)] // a test may panic on what it did not expect
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tests::{Api, mint, run, stderr, stdout};
+
+fn job(script: &str, minutes: u64) -> Value {
+    json!({"job": {"name": "q", "script": script, "environment": ["PATH=/usr/bin:/bin"],
+        "current_working_directory": "/mnt/efs",
+        "time_limit": {"set": true, "number": minutes}}})
+}
+
+async fn as_user(
+    api: &Api,
+    token: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    api.call(method, path, token, body, None).await
+}
+
+async fn submit_as(api: &Api, token: &str, body: Value) -> (u16, Value) {
+    as_user(
+        api,
+        token,
+        reqwest::Method::POST,
+        "/v1/clusters/local/jobs",
+        Some(body),
+    )
+    .await
+}
+
+async fn set_quota(api: &Api, email: &str, body: Value) -> Value {
+    let (status, out) = api
+        .call(
+            reqwest::Method::PUT,
+            &format!("/v1/workspaces/default/quotas/{email}"),
+            &api.token,
+            Some(body),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{out}");
+    out
+}
+
+fn quota_events(data: &str, email: &str, kind: &str) -> usize {
+    let out = run(&[
+        "audit",
+        "stream",
+        &format!("quota:default:{email}"),
+        "--data-dir",
+        data,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    stdout(&out).lines().filter(|l| l.contains(kind)).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quotas_warn_block_kill_and_the_bill_survives_a_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let api = Api::start(data, &[]);
+    let bob = mint(data, "bob@lab.org", "default", false);
+    let carol = mint(data, "carol@lab.org", "default", false);
+
+    // Only admins set quotas; bad fields are named; nothing is appended for either.
+    let head = api.log_position().await;
+    let (status, out) = as_user(
+        &api,
+        &bob,
+        reqwest::Method::PUT,
+        "/v1/workspaces/default/quotas/bob@lab.org",
+        Some(json!({"limit_usd": 100})),
+    )
+    .await;
+    assert_eq!(
+        (status, out["error"]["code"].as_str()),
+        (403, Some("admin_required")),
+        "{out}"
+    );
+    for (body, field) in [
+        (json!({"limit_usd": "-1"}), "limit_usd"),
+        (json!({"limit_usd": "0.0000001"}), "limit_usd"),
+        (json!({"limit_usd": 1, "mode": "kill"}), "mode"),
+        (
+            json!({"limit_usd": 1, "buffer_percent": 5000}),
+            "buffer_percent",
+        ),
+    ] {
+        let (status, out) = api
+            .call(
+                reqwest::Method::PUT,
+                "/v1/workspaces/default/quotas/bob@lab.org",
+                &api.token,
+                Some(body),
+                None,
+            )
+            .await;
+        assert_eq!(
+            (status, out["error"]["field"].as_str()),
+            (422, Some(field)),
+            "{out}"
+        );
+    }
+    assert_eq!(
+        api.log_position().await,
+        head,
+        "refused quota changes append nothing"
+    );
+
+    // bob: $0.01, block_and_kill. A one-hour job on a c7g.large share ($0.03625/h) projects
+    // $0.036 as soon as it runs: over the limit, so it is cancelled.
+    let set = set_quota(
+        &api,
+        "bob@lab.org",
+        json!({"limit_usd": "0.01", "mode": "block_and_kill"}),
+    )
+    .await;
+    assert_eq!(set["quota"]["limit_usd"], "0.010000", "{set}");
+    let (status, out) = submit_as(&api, &bob, job("#!/bin/bash\nsleep 60\n", 60)).await;
+    assert_eq!(status, 201, "{out}");
+    let id = out["job_id"].as_u64().unwrap();
+    let running = api
+        .wait_state(id, &["RUNNING", "CANCELLED"], Duration::from_secs(15))
+        .await;
+    let started = Instant::now();
+    let done = api
+        .wait_state(id, &["CANCELLED"], Duration::from_secs(10))
+        .await;
+    eprintln!(
+        "cancelled {} ms after it was seen running",
+        started.elapsed().as_millis()
+    );
+    assert!(!running["started_at"].is_null(), "{running}");
+    assert_eq!(
+        done["cancel_requested_by"], "system@clusterra.local",
+        "{done}"
+    );
+    // In the cluster's feed, as any other cancel, with its reason.
+    let (_, feed) = api
+        .call(
+            reqwest::Method::GET,
+            "/v1/clusters/local/events?type=JobCancelRequested",
+            &api.token,
+            None,
+            None,
+        )
+        .await;
+    let cancel = feed["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["job_id"] == id)
+        .cloned()
+        .unwrap();
+    assert_eq!(cancel["actor"], "system", "{cancel}");
+    assert!(
+        cancel["summary"].as_str().unwrap().contains("(quota)"),
+        "{cancel}"
+    );
+    assert_eq!(quota_events(data, "bob@lab.org", "QuotaEnforced"), 1);
+
+    // Blocked: the profile says so and new jobs are refused with spend and limit, appending nothing.
+    let (_, me) = as_user(&api, &bob, reqwest::Method::GET, "/v1/users/me", None).await;
+    assert_eq!(me["status"], "blocked", "{me}");
+    assert_eq!(me["quota"]["mode"], "block_and_kill", "{me}");
+    let head = api.log_position().await;
+    let (status, out) = submit_as(&api, &bob, job("#!/bin/bash\ntrue\n", 1)).await;
+    assert_eq!(
+        (status, out["error"]["code"].as_str()),
+        (403, Some("quota_exceeded")),
+        "{out}"
+    );
+    let msg = out["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("$0.010000"), "{msg}");
+    assert_eq!(
+        api.log_position().await,
+        head,
+        "a refused submission appends nothing"
+    );
+
+    // Raising the limit lifts the block.
+    set_quota(
+        &api,
+        "bob@lab.org",
+        json!({"limit_usd": 100, "mode": "block_and_kill", "buffer_percent": 10}),
+    )
+    .await;
+    let (status, out) = submit_as(&api, &bob, job("#!/bin/bash\ntrue\n", 1)).await;
+    assert_eq!(status, 201, "{out}");
+    api.wait_state(
+        out["job_id"].as_u64().unwrap(),
+        &["COMPLETED"],
+        Duration::from_secs(15),
+    )
+    .await;
+
+    // carol: $0.01, warn. Her job runs to the end; one warning, however many cycles see her over.
+    set_quota(&api, "carol@lab.org", json!({"limit_usd": 0.01})).await;
+    let (status, out) = submit_as(&api, &carol, job("#!/bin/bash\nsleep 2\n", 60)).await;
+    assert_eq!(status, 201, "{out}");
+    let cid = out["job_id"].as_u64().unwrap();
+    api.wait_state(cid, &["RUNNING"], Duration::from_secs(15))
+        .await;
+    let (_, me) = as_user(&api, &carol, reqwest::Method::GET, "/v1/users/me", None).await;
+    assert_eq!(me["status"], "warning", "{me}");
+    assert_eq!(me["running_jobs"], 1, "{me}");
+    assert_eq!(me["burn_rate_usd_per_hour"], "0.036250", "{me}");
+    let done = api
+        .wait_state(cid, &["COMPLETED"], Duration::from_secs(15))
+        .await;
+    assert!(done["cancel_requested_by"].is_null(), "{done}");
+    assert_eq!(quota_events(data, "carol@lab.org", "QuotaWarningRaised"), 1);
+
+    // The CLI prints the profile.
+    let out = run(&["me", "--url", &api.server.base, "--token", &carol]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("carol@lab.org (user) in workspace default"),
+        "{}",
+        stdout(&out)
+    );
+
+    // Every job has ended: the bill is fixed. Replaying the log from zero gives the same.
+    let live = workspace_usage(&api).await;
+    assert_ne!(live["pending_bill_usd"], "0.000000", "{live}");
+    let token = api.token.clone();
+    assert_eq!(api.server.stop(), Some(0));
+    let out = run(&["replay", "--projection", "all", "--data-dir", data]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let api = Api::start(data, &[]);
+    let api = Api { token, ..api };
+    let replayed = workspace_usage(&api).await;
+    for field in ["pending_bill_usd", "burn_rate_usd_per_hour"] {
+        assert_eq!(
+            replayed[field], live[field],
+            "{field}: {live} vs {replayed}"
+        );
+    }
+    assert_eq!(replayed["users"], live["users"]);
+}
+
+async fn workspace_usage(api: &Api) -> Value {
+    let (status, out) = api
+        .call(
+            reqwest::Method::GET,
+            "/v1/workspaces/default/usage",
+            &api.token,
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{out}");
+    out
+}
