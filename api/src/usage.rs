@@ -231,7 +231,7 @@ pub(crate) async fn me(
     caller: Caller,
 ) -> Result<Json<Profile>, ApiError> {
     let now = Utc::now();
-    let period = Period::month_of(now);
+    let period = Period::of(state.scaling.billing_period, now);
     let (u, quota) = user_usage(&state, &caller.workspace, &caller.email, period, now).await?;
     Ok(Json(Profile {
         email: caller.email.to_string(),
@@ -271,7 +271,7 @@ pub(crate) async fn refuse_if_blocked(state: &AppState, caller: &Caller) -> Resu
         return Ok(());
     }
     let now = Utc::now();
-    let period = Period::month_of(now);
+    let period = Period::of(state.scaling.billing_period, now);
     let (u, _) = user_usage(state, &caller.workspace, &caller.email, period, now).await?;
     if quota.status(&u, period.start) != QuotaStatus::Blocked {
         return Ok(());
@@ -382,7 +382,8 @@ pub(crate) async fn my_series(
         )
     })?;
     let now = Utc::now();
-    let from = parse_time(&q.from, "from")?.unwrap_or(Period::month_of(now).start);
+    let from =
+        parse_time(&q.from, "from")?.unwrap_or(Period::of(state.scaling.billing_period, now).start);
     let to = parse_time(&q.to, "to")?.unwrap_or(now);
     let (bucket_name, bucket) = match q.bucket.as_deref().unwrap_or("hour") {
         "hour" => ("hour", Duration::hours(1)),
@@ -487,7 +488,7 @@ pub(crate) async fn workspace_usage(
 ) -> Result<Json<WorkspaceUsage>, ApiError> {
     let workspace = require_workspace_admin(&caller, &ws)?;
     let now = Utc::now();
-    let period = Period::month_of(now);
+    let period = Period::of(state.scaling.billing_period, now);
     let views = workspace_jobs(&state.store, &workspace).await?;
     let jobs = cost_jobs(&pricing(&state), &views);
     let by_user = usage_by_user(&jobs, period, now);

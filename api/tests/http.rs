@@ -118,6 +118,7 @@ async fn harness_with(wait: Duration, feed_buffer: usize) -> Harness {
             ),
             default_mib_per_cpu: 2048,
             leading: Default::default(),
+            billing_period: Default::default(),
         }),
     };
     Harness {

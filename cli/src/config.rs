@@ -110,6 +110,9 @@ pub struct Config {
     pub node_cold_start_ms: Option<u64>,
     /// How often the edge agent of the local executor reconciles its nodes, in milliseconds.
     pub agent_interval_ms: u64,
+    /// The billing period of bills and quotas: "month" (calendar, UTC), "week" (ISO, from
+    /// Monday 00:00 UTC) or "day" (UTC).
+    pub billing_period: String,
 }
 
 impl Default for Config {
@@ -160,11 +163,13 @@ impl Default for Config {
             node_profile: "local".into(),
             node_cold_start_ms: None,
             agent_interval_ms: 250,
+            billing_period: "month".into(),
         }
     }
 }
 
-const ENV_KEYS: [&str; 45] = [
+const ENV_KEYS: [&str; 46] = [
+    "billing_period",
     "replica_store",
     "dynamodb_endpoint",
     "dynamodb_region",
@@ -352,6 +357,11 @@ impl Config {
         anyhow::ensure!(
             config.node_cold_start_ms.is_none_or(|ms| ms <= 3_600_000),
             "node_cold_start_ms must be at most 3600000 (an hour)"
+        );
+        anyhow::ensure!(
+            domain::cost::PeriodKind::parse(&config.billing_period).is_some(),
+            "billing_period must be month, week or day, not {:?}",
+            config.billing_period
         );
         anyhow::ensure!(
             (10..=60_000).contains(&config.agent_interval_ms),

@@ -32,6 +32,7 @@ pub struct Poller {
     /// Whether this process leads now (shown by /readyz).
     pub leading: Arc<AtomicBool>,
     pub pricing: Pricing,
+    pub billing_period: domain::cost::PeriodKind,
 }
 
 pub async fn run(mut p: Poller, mut stop: watch::Receiver<bool>) {
@@ -121,7 +122,7 @@ pub async fn run(mut p: Poller, mut stop: watch::Receiver<bool>) {
                 Err(e) => tracing::warn!(%cluster, error = %e, "could not list open jobs"),
             }
         }
-        enforce_quotas(&store, directory.as_ref(), &p.pricing).await;
+        enforce_quotas(&store, directory.as_ref(), &p.pricing, p.billing_period).await;
         tokio::select! {
             _ = tokio::time::sleep(p.every) => {}
             _ = stop.changed() => {}
@@ -245,9 +246,14 @@ pub async fn agent(
 
 /// Quota enforcement: every workspace with quotas, every user over, once per cycle
 /// (commands::quota::enforce records once and cancels through the standard path).
-async fn enforce_quotas(store: &Store, directory: &LiveDirectory, pricing: &Pricing) {
+async fn enforce_quotas(
+    store: &Store,
+    directory: &LiveDirectory,
+    pricing: &Pricing,
+    kind: domain::cost::PeriodKind,
+) {
     let now = chrono::Utc::now();
-    let period = Period::month_of(now);
+    let period = Period::of(kind, now);
     let clusters = match eventlog::list_all(
         store.read.as_ref(),
         ModelSet::Live,

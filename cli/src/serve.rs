@@ -28,6 +28,8 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
     let default_workspace = domain::WorkspaceId::new(commands::clusters::DEFAULT_WORKSPACE)?;
     let default_cluster = domain::ClusterId::new(commands::clusters::DEFAULT_CLUSTER)?;
     let leading = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let billing_period =
+        domain::cost::PeriodKind::parse(&config.billing_period).unwrap_or_default();
     let projections = Arc::new(Projections::start(
         store.log.clone(),
         store.read.clone(),
@@ -109,6 +111,7 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
             catalog: catalog.clone(),
             default_mib_per_cpu: config.default_mib_per_cpu,
             leading: leading.clone(),
+            billing_period,
         }),
     };
     let replicas = replica_store(&config, &store).await?;
@@ -126,6 +129,7 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
                 catalog: catalog.clone(),
                 default_mib_per_cpu: config.default_mib_per_cpu,
             },
+            billing_period,
         },
         stop_rx_poll.clone(),
     ));

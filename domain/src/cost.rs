@@ -60,7 +60,54 @@ pub struct Period {
     pub end: DateTime<Utc>,
 }
 
+/// How long a billing period is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PeriodKind {
+    /// Calendar months, UTC (the default).
+    #[default]
+    Month,
+    /// ISO weeks: Monday 00:00 UTC to the next Monday.
+    Week,
+    /// Days, UTC.
+    Day,
+}
+
+impl PeriodKind {
+    pub fn parse(text: &str) -> Option<PeriodKind> {
+        match text {
+            "month" => Some(PeriodKind::Month),
+            "week" => Some(PeriodKind::Week),
+            "day" => Some(PeriodKind::Day),
+            _ => None,
+        }
+    }
+}
+
 impl Period {
+    /// The period of `kind` holding `at`.
+    pub fn of(kind: PeriodKind, at: DateTime<Utc>) -> Period {
+        let midnight = at
+            .date_naive()
+            .and_hms_opt(0, 0, 0)
+            .map_or(at, |d| d.and_utc());
+        match kind {
+            PeriodKind::Month => Period::month_of(at),
+            PeriodKind::Day => Period {
+                start: midnight,
+                end: midnight + Duration::days(1),
+            },
+            PeriodKind::Week => {
+                let start =
+                    midnight - Duration::days(i64::from(at.weekday().num_days_from_monday()));
+                Period {
+                    start,
+                    end: start + Duration::days(7),
+                }
+            }
+        }
+    }
+
     /// The calendar month (UTC) holding `at`.
     pub fn month_of(at: DateTime<Utc>) -> Period {
         let first = |y: i32, m: u32| {
@@ -385,6 +432,27 @@ mod tests {
             later.pending_bill,
             MicroUsd(1_000_000 + 3_000_000 + 1_200_000)
         );
+    }
+
+    #[test]
+    fn periods_of_each_kind() {
+        let at = t("2026-11-26T15:30:00Z"); // a Thursday
+        assert_eq!(
+            Period::of(PeriodKind::Month, at).start,
+            t("2026-11-01T00:00:00Z")
+        );
+        let w = Period::of(PeriodKind::Week, at);
+        assert_eq!(
+            (w.start, w.end),
+            (t("2026-11-23T00:00:00Z"), t("2026-11-30T00:00:00Z"))
+        );
+        let d = Period::of(PeriodKind::Day, at);
+        assert_eq!(
+            (d.start, d.end),
+            (t("2026-11-26T00:00:00Z"), t("2026-11-27T00:00:00Z"))
+        );
+        assert_eq!(PeriodKind::parse("week"), Some(PeriodKind::Week));
+        assert_eq!(PeriodKind::parse("year"), None);
     }
 
     #[test]
