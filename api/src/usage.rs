@@ -262,36 +262,24 @@ async fn user_usage(
     Ok((usage(&jobs, period, now), quota))
 }
 
-/// Refuses a submission by a user `block_and_kill` has blocked.
+/// Refuses a submission by a user `block_and_kill` has blocked, deciding on the log's quota
+/// (one short stream read), never on a projection that may lag an admin's change.
 pub(crate) async fn refuse_if_blocked(state: &AppState, caller: &Caller) -> Result<(), ApiError> {
-    let Some(quota) = quota_of(state, &caller.workspace, caller.email.as_str()).await? else {
+    let log_state =
+        commands::quota::load(state.store.log.as_ref(), &caller.workspace, &caller.email)
+            .await
+            .map_err(|e| ApiError::internal(format!("could not read the quota: {e}")))?;
+    let Some(q) = log_state.quota else {
         return Ok(());
     };
-    if quota.mode != QuotaMode::BlockAndKill {
+    if q.mode != QuotaMode::BlockAndKill {
         return Ok(());
     }
     let now = Utc::now();
     let period = Period::of(state.scaling.billing_period, now);
+    let blocked_earlier = log_state.enforced == Some(period.start);
     let (u, _) = user_usage(state, &caller.workspace, &caller.email, period, now).await?;
-    if quota.status(&u, period.start) != QuotaStatus::Blocked {
-        return Ok(());
-    }
-    // The projection may not have applied a quota an admin has just raised: refuse only on what
-    // the log says now.
-    let state = commands::quota::load(state.store.log.as_ref(), &caller.workspace, &caller.email)
-        .await
-        .map_err(|e| ApiError::internal(format!("could not read the quota: {e}")))?;
-    let Some(q) = state.quota else {
-        return Ok(());
-    };
-    let current = QuotaView {
-        limit: q.limit,
-        mode: q.mode,
-        buffer_percent: q.buffer_percent,
-        enforced_in: state.enforced,
-        ..quota
-    };
-    if current.status(&u, period.start) == QuotaStatus::Blocked {
+    if blocked_earlier || domain::cost::status(&u, Some(&q)) == QuotaStatus::Blocked {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "quota_exceeded",

@@ -296,7 +296,9 @@ async fn enforce_quotas(
         for (email, quota) in &quotas {
             let usage = by_user.get(email.as_str()).copied().unwrap_or_default();
             let status = quota.status(&usage, period.start);
-            if status == QuotaStatus::Ok {
+            // block_and_kill users are always looked at: enforce decides on the log, which
+            // the projection may lag.
+            if status == QuotaStatus::Ok && quota.mode != domain::cost::QuotaMode::BlockAndKill {
                 continue;
             }
             let Ok(user) = domain::Email::new(email) else {
@@ -304,7 +306,7 @@ async fn enforce_quotas(
             };
             let running: Vec<RunningJob> = views
                 .iter()
-                .filter(|v| v.user == *email && v.state == domain::job::JobState::Running)
+                .filter(|v| v.user == *email && !v.state.is_terminal())
                 .map(|v| RunningJob {
                     cluster: v.cluster_id.clone(),
                     submission: v.submission_id,
@@ -317,7 +319,6 @@ async fn enforce_quotas(
                 &ws,
                 &user,
                 &usage,
-                status,
                 period,
                 &running,
             )

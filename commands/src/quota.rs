@@ -191,7 +191,8 @@ pub async fn remove(
         .last_position)
 }
 
-/// A running job enforcement may cancel.
+/// A job enforcement cancels: any of the user's jobs not finished (running, pending or
+/// suspended).
 #[derive(Debug, Clone)]
 pub struct RunningJob {
     pub cluster: ClusterId,
@@ -216,9 +217,9 @@ fn system_metadata() -> Metadata {
     }
 }
 
-/// One user's enforcement in one cycle. `status` (from the projection) only says whether to
-/// look: the quota stream is re-read here and the status decided on it, and the records are
-/// appended at exactly the version read (a conflict means another cycle got there first).
+/// One user's enforcement in one cycle: the quota stream is read and the status decided on it
+/// (never on a projection that may lag), and the records are appended at exactly the version
+/// read (a conflict means another cycle got there first).
 #[allow(clippy::too_many_arguments)]
 pub async fn enforce(
     log: &dyn EventLog,
@@ -226,14 +227,10 @@ pub async fn enforce(
     workspace: &WorkspaceId,
     email: &Email,
     usage: &Usage,
-    status: QuotaStatus,
     period: Period,
     running: &[RunningJob],
 ) -> Result<Enforcement, QuotaError> {
     let mut out = Enforcement::default();
-    if status == QuotaStatus::Ok {
-        return Ok(out);
-    }
     let state = load(log, workspace, email).await?;
     let Some(quota) = state.quota else {
         return Ok(out);
@@ -305,8 +302,18 @@ pub async fn enforce(
         };
         let job_stream = crate::jobs::stream(&job.cluster, job.submission);
         match crate::jobs::load(log, &job_stream).await? {
-            Some((facts, _)) if !facts.cancel_requested && !facts.state.is_terminal() => {}
-            _ => continue,
+            Some((facts, _)) if facts.state.is_terminal() => continue,
+            Some((facts, _)) if facts.cancel_requested => {
+                // Asked before, still not over: the ask may not have reached Slurm (a crash
+                // between the record and the call, or Slurm refused). Asking again is harmless
+                // and records nothing new.
+                if let Err(e) = port.cancel(job.job_id).await {
+                    tracing::warn!(job_id = job.job_id, error = %e, "quota cancel not taken by Slurm; asking again next cycle");
+                }
+                continue;
+            }
+            Some(_) => {}
+            None => continue,
         }
         let request = CancelRequest {
             cluster: job.cluster.clone(),

@@ -15,7 +15,8 @@
 //!
 //! **Projection.** Projected spend = the period's bill so far + what each running job will
 //! accrue until its time limit (`started_at + limit`); a running job without a time limit counts
-//! one more hour ([`NO_LIMIT_HORIZON_MS`]).
+//! one more hour ([`NO_LIMIT_HORIZON_MS`]); what would fall after the period's end belongs to
+//! the next period and is not counted.
 
 use std::collections::HashMap;
 
@@ -160,18 +161,17 @@ impl CostJob {
         accrue(self.rate, (b - a).num_milliseconds())
     }
 
-    /// What a running job will still accrue until its time limit (one hour without one).
-    pub fn remaining(&self, now: DateTime<Utc>) -> MicroUsd {
+    /// What a running job will still accrue until its time limit (one hour without one), within
+    /// the period (what falls after `until` is the next period's).
+    pub fn remaining(&self, now: DateTime<Utc>, until: DateTime<Utc>) -> MicroUsd {
         if !self.running() {
             return MicroUsd::ZERO;
         }
-        let ms = match (self.started_at, self.time_limit_minutes) {
-            (Some(start), Some(limit)) => {
-                (start + Duration::minutes(i64::from(limit)) - now).num_milliseconds()
-            }
-            _ => NO_LIMIT_HORIZON_MS,
+        let end = match (self.started_at, self.time_limit_minutes) {
+            (Some(start), Some(limit)) => start + Duration::minutes(i64::from(limit)),
+            _ => now + Duration::milliseconds(NO_LIMIT_HORIZON_MS),
         };
-        accrue(self.rate, ms)
+        accrue(self.rate, (end.min(until) - now).num_milliseconds())
     }
 }
 
@@ -195,7 +195,7 @@ impl Usage {
         if job.running() {
             self.burn_rate = MicroUsd(self.burn_rate.0.saturating_add(job.rate.0));
             self.running_jobs += 1;
-            projected = projected.saturating_add(job.remaining(now).0);
+            projected = projected.saturating_add(job.remaining(now, period.end).0);
         }
         self.projected = MicroUsd(self.projected.0.saturating_add(projected));
     }
@@ -314,7 +314,7 @@ pub fn status(usage: &Usage, quota: Option<&Quota>) -> QuotaStatus {
     };
     if q.mode == QuotaMode::BlockAndKill && usage.projected > q.hard_limit() {
         QuotaStatus::Blocked
-    } else if usage.projected >= q.limit {
+    } else if usage.projected >= q.limit && usage.projected > MicroUsd::ZERO {
         QuotaStatus::Warning
     } else {
         QuotaStatus::Ok
@@ -426,6 +426,11 @@ mod tests {
         );
         let all = usage(&jobs, period, now);
         assert_eq!(all.pending_bill, MicroUsd(2_600_000));
+        // Near the period's end, only what falls inside it is projected.
+        let late = t("2026-11-30T23:30:00Z");
+        let long = job("c", 2_000_000, "2026-11-30T23:00:00Z", None, Some(600));
+        let u = usage([&long], Period::month_of(late), late);
+        assert_eq!(u.projected, MicroUsd(1_000_000 + 1_000_000));
         // An hour later the same jobs have accrued more: the clock is an argument.
         let later = usage(&jobs, period, now + Duration::hours(1));
         assert_eq!(
@@ -478,6 +483,13 @@ mod tests {
         assert_eq!(status(&u(11_000), Some(&kill)), QuotaStatus::Warning);
         assert_eq!(status(&u(11_001), Some(&kill)), QuotaStatus::Blocked);
         assert_eq!(status(&u(11_001), None), QuotaStatus::Ok);
+        // A zero limit warns only once something is spent.
+        let zero = Quota {
+            limit: MicroUsd(0),
+            ..warn
+        };
+        assert_eq!(status(&u(0), Some(&zero)), QuotaStatus::Ok);
+        assert_eq!(status(&u(1), Some(&zero)), QuotaStatus::Warning);
     }
 
     #[test]

@@ -170,7 +170,15 @@ async fn quotas_warn_block_kill_and_the_bill_survives_a_replay() {
     assert_eq!(quota_events(data, "bob@lab.org", "QuotaEnforced"), 1);
 
     // Blocked: the profile says so and new jobs are refused with spend and limit, appending nothing.
-    let (_, me) = as_user(&api, &bob, reqwest::Method::GET, "/v1/users/me", None).await;
+    // (The profile reads the quotas projection: give it a moment to apply QuotaEnforced.)
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let me = loop {
+        let (_, me) = as_user(&api, &bob, reqwest::Method::GET, "/v1/users/me", None).await;
+        if me["status"] == "blocked" || Instant::now() > deadline {
+            break me;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(me["status"], "blocked", "{me}");
     assert_eq!(me["quota"]["mode"], "block_and_kill", "{me}");
     let head = api.log_position().await;
@@ -220,6 +228,9 @@ async fn quotas_warn_block_kill_and_the_bill_survives_a_replay() {
         .await;
     assert!(done["cancel_requested_by"].is_null(), "{done}");
     assert_eq!(quota_events(data, "carol@lab.org", "QuotaWarningRaised"), 1);
+    // Many cycles later, still one record each.
+    assert_eq!(quota_events(data, "bob@lab.org", "QuotaEnforced"), 1);
+    assert_eq!(quota_events(data, "bob@lab.org", "QuotaWarningRaised"), 1);
 
     // The CLI prints the profile.
     let out = run(&["me", "--url", &api.server.base, "--token", &carol]);
