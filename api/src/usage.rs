@@ -82,14 +82,13 @@ pub fn cost_jobs(pricing: &Pricing, views: &[JobView]) -> Vec<CostJob> {
         .iter()
         .filter(|v| v.started_at.is_some())
         .map(|v| {
-            pricing.job(
-                &v.user,
-                v.job_id,
-                &v.shape,
-                v.started_at,
-                v.ended_at
-                    .or_else(|| v.state.is_terminal().then_some(v.submitted_at)),
-            )
+            // A finished job always has ended_at; without it, it is billed up to now.
+            let mut job = pricing.job(&v.user, v.job_id, &v.shape, v.started_at, v.ended_at);
+            // The rate recorded at submission wins over today's catalog.
+            if let Some(rate) = v.rate {
+                job.rate = rate;
+            }
+            job
         })
         .collect()
 }

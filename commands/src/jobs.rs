@@ -255,6 +255,9 @@ impl Submitter {
             shape: canonical.shape,
             warnings: warnings.clone(),
             submitted_at: Some(submitted_at),
+            rate: self.shapes.as_ref().and_then(|(catalog, default_mib)| {
+                domain::cost::job_rate(catalog, &canonical.shape, *default_mib)
+            }),
         });
         let metadata = Metadata {
             actor: Some(s.user.to_string()),
@@ -494,6 +497,7 @@ pub async fn reconcile(
                 message: "adopted from Slurm after the API stopped between Slurm accepting the job and recording it; the original body was not recorded".into(),
             }],
             submitted_at: None,
+            rate: None,
         });
         let new = new_event(&event, system.clone())?.with_id(submitted_event_id(submission_id));
         match log.append(&stream, ExpectedVersion::NoStream, &[new]).await {

@@ -77,6 +77,11 @@ pub struct JobSubmitted {
     /// comes after Slurm accepted it, by which time a fast job may already have started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub submitted_at: Option<DateTime<Utc>>,
+    /// What the job costs per hour while it runs (`domain::cost::job_rate`), priced from the
+    /// catalog when it was submitted: bills come from the log, not from today's prices. Added
+    /// with cost; older events lack it (they are priced from the current catalog).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<crate::MicroUsd>,
 }
 
 /// Slurm reported a new state for a job.

@@ -227,6 +227,8 @@ async fn quotas_warn_block_kill_and_the_bill_survives_a_replay() {
         .wait_state(cid, &["COMPLETED"], Duration::from_secs(15))
         .await;
     assert!(done["cancel_requested_by"].is_null(), "{done}");
+    // Its rate is in the log, priced at submission (micro-USD per hour).
+    assert_eq!(done["history"][0]["data"]["rate"], 36_250, "{done}");
     assert_eq!(quota_events(data, "carol@lab.org", "QuotaWarningRaised"), 1);
     // Many cycles later, still one record each.
     assert_eq!(quota_events(data, "bob@lab.org", "QuotaEnforced"), 1);
@@ -248,7 +250,21 @@ async fn quotas_warn_block_kill_and_the_bill_survives_a_replay() {
     assert_eq!(api.server.stop(), Some(0));
     let out = run(&["replay", "--projection", "all", "--data-dir", data]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let api = Api::start(data, &[]);
+    // Restarted with every price doubled: the bill stays what the log recorded.
+    let mut catalog: Value = serde_json::from_str(
+        &std::fs::read_to_string(tests::repo_root().join("fixtures/catalog/shapes.json")).unwrap(),
+    )
+    .unwrap();
+    for shape in catalog["shapes"].as_array_mut().unwrap() {
+        let price: f64 = shape["hourly_usd"].as_str().unwrap().parse().unwrap();
+        shape["hourly_usd"] = json!(format!("{:.6}", price * 2.0));
+    }
+    let dearer = dir.path().join("dearer.json");
+    std::fs::write(&dearer, catalog.to_string()).unwrap();
+    let api = Api::start(
+        data,
+        &[("CLUSTERRA_CATALOG_FILE", dearer.to_str().unwrap())],
+    );
     let api = Api { token, ..api };
     let replayed = workspace_usage(&api).await;
     for field in ["pending_bill_usd", "burn_rate_usd_per_hour"] {

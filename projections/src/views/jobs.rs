@@ -48,6 +48,9 @@ pub struct JobView {
     /// body names no file Clusterra can locate. Added with job logs, hence the default.
     #[serde(default)]
     pub stdout: Option<String>,
+    /// Its hourly rate as recorded at submission (None for jobs recorded before cost existed).
+    #[serde(default)]
+    pub rate: Option<domain::MicroUsd>,
     /// The log position that last changed this view.
     pub position: i64,
 }
@@ -113,6 +116,7 @@ impl Projector for JobViews {
                     cancel_requested_by: None,
                     stream_id: event.stream_id.clone(),
                     stdout: domain::job::stdout_path(&j.body, j.job_id),
+                    rate: j.rate,
                     position: event.position,
                 };
                 view.put(&pointer.collection, &pointer.key, &doc)?;
