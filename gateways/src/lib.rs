@@ -6,6 +6,7 @@
 //! - [`replicas`]: the replica store on the log's database ([`replicas::SqlReplicas`]) or DynamoDB
 //!   ([`replicas::DynamoReplicas`]).
 
+mod aws;
 pub mod leader;
 pub mod local;
 pub mod replicas;

@@ -11,7 +11,6 @@ use std::time::{Duration, SystemTime};
 
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::http::HttpResponse;
-use aws_sdk_s3::config::{Credentials, Region};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::presigning::PresigningConfig;
 use commands::storage::{
@@ -54,30 +53,15 @@ pub struct S3Store {
 
 impl S3Store {
     pub async fn connect(settings: &S3Settings) -> Self {
-        let http = aws_smithy_http_client::Builder::new()
-            .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
-                aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
-            ))
-            .build_https();
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .http_client(http)
-            .region(Region::new(settings.region.clone()))
+        let shared = crate::aws::loader(&settings.region, settings.credentials.as_ref())
             .timeout_config(
                 aws_config::timeout::TimeoutConfig::builder()
                     .operation_timeout(settings.timeout)
                     .connect_timeout(Duration::from_secs(5))
                     .build(),
-            );
-        if let Some((id, secret)) = &settings.credentials {
-            loader = loader.credentials_provider(Credentials::new(
-                id.clone(),
-                secret.clone(),
-                None,
-                None,
-                "clusterra-config",
-            ));
-        }
-        let shared = loader.load().await;
+            )
+            .load()
+            .await;
         let client = |endpoint: Option<&String>| {
             let mut b =
                 aws_sdk_s3::config::Builder::from(&shared).force_path_style(settings.path_style);
