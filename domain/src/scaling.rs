@@ -95,6 +95,16 @@ pub struct NodeSet {
     pub size: Size,
 }
 
+impl NodeSet {
+    /// Reads a node set back from its display form (`compute-small`).
+    pub fn parse(s: &str) -> Option<NodeSet> {
+        let (family, size) = s.split_once('-')?;
+        let family = Family::ALL.into_iter().find(|f| f.as_str() == family)?;
+        let size = Size::ALL.into_iter().find(|z| z.as_str() == size)?;
+        Some(NodeSet { family, size })
+    }
+}
+
 impl fmt::Display for NodeSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}-{}", self.family.as_str(), self.size.as_str())
@@ -680,6 +690,27 @@ mod tests {
         ];
         let (needs, _) = plan(&c, &[], &slices);
         assert_eq!(needs.values().map(|n| n.nodes).sum::<u32>(), 1, "{needs:?}");
+    }
+
+    #[test]
+    fn every_node_set_reads_back_from_its_display_form() {
+        for family in Family::ALL {
+            for size in Size::ALL {
+                let s = NodeSet { family, size };
+                assert_eq!(NodeSet::parse(&s.to_string()), Some(s));
+            }
+        }
+        for bad in [
+            "",
+            "compute",
+            "compute-",
+            "-small",
+            "compute-huge",
+            "gpu-small",
+            "compute-small-x",
+        ] {
+            assert_eq!(NodeSet::parse(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

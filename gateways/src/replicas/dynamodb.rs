@@ -12,7 +12,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::config::http::HttpResponse;
-use aws_sdk_dynamodb::config::{Credentials, Region};
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::types::{
@@ -23,8 +22,6 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use commands::replicas::{ReplicaError, ReplicaStore, ReplicaWrite, Replicas};
 use domain::scaling::NodeSet;
 use domain::{ClusterId, WorkspaceId};
-
-use super::parse_node_set;
 
 type Item = HashMap<String, AttributeValue>;
 
@@ -64,14 +61,7 @@ impl DynamoReplicas {
     /// waiting until it is active). Without `create_table` nothing is called yet: a missing table
     /// shows on the first call, as [`ReplicaError::Unavailable`].
     pub async fn connect(settings: &DynamoSettings) -> Result<Self, ReplicaError> {
-        let http = aws_smithy_http_client::Builder::new()
-            .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
-                aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
-            ))
-            .build_https();
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .http_client(http)
-            .region(Region::new(settings.region.clone()))
+        let shared = crate::aws::loader(&settings.region, settings.credentials.as_ref())
             // This adapter retries by itself (see `retrying`), so that only throttling, 5xx and
             // transport failures are retried, with one schedule.
             .retry_config(aws_config::retry::RetryConfig::disabled())
@@ -80,17 +70,9 @@ impl DynamoReplicas {
                     .operation_attempt_timeout(settings.timeout)
                     .connect_timeout(settings.timeout.min(Duration::from_secs(5)))
                     .build(),
-            );
-        if let Some((id, secret)) = &settings.credentials {
-            loader = loader.credentials_provider(Credentials::new(
-                id.clone(),
-                secret.clone(),
-                None,
-                None,
-                "clusterra-config",
-            ));
-        }
-        let shared = loader.load().await;
+            )
+            .load()
+            .await;
         let mut config = aws_sdk_dynamodb::config::Builder::from(&shared);
         if let Some(url) = &settings.endpoint {
             config = config.endpoint_url(url.clone());
@@ -341,18 +323,7 @@ impl ReplicaStore for DynamoReplicas {
                 if current.as_ref() == Some(&new) {
                     return Ok(new);
                 }
-                tracing::debug!(
-                    backend = "dynamodb",
-                    workspace = %w.workspace,
-                    cluster = %w.cluster_id,
-                    node_set = %w.node_set,
-                    expected = w.expected_version,
-                    current = current.as_ref().map_or(0, |c| c.version),
-                    "replica write lost the version check"
-                );
-                Err(ReplicaError::Conflict {
-                    current: current.map(Box::new),
-                })
+                Err(super::lost_version_check("dynamodb", w, current))
             }
         }
     }
@@ -467,7 +438,7 @@ fn parse_item(item: &Item) -> Result<Replicas, ReplicaError> {
             .and_then(|s| ClusterId::new(s.clone()).ok())
             .ok_or_else(|| corrupt("cluster_id"))?,
         node_set: text("node_set")
-            .and_then(|s| parse_node_set(s))
+            .and_then(|s| NodeSet::parse(s))
             .ok_or_else(|| corrupt("node_set"))?,
         desired: number("desired")
             .and_then(|n| n.parse().ok())

@@ -16,38 +16,24 @@ mod sql;
 pub use dynamodb::{DynamoReplicas, DynamoSettings};
 pub use sql::SqlReplicas;
 
-use domain::scaling::{Family, NodeSet, Size};
+use commands::replicas::{ReplicaError, ReplicaWrite, Replicas};
 
-/// Reads a node set back from its display form (`compute-small`).
-pub(crate) fn parse_node_set(s: &str) -> Option<NodeSet> {
-    let (family, size) = s.split_once('-')?;
-    let family = Family::ALL.into_iter().find(|f| f.as_str() == family)?;
-    let size = Size::ALL.into_iter().find(|z| z.as_str() == size)?;
-    Some(NodeSet { family, size })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_node_set_reads_back_from_its_display_form() {
-        for family in Family::ALL {
-            for size in Size::ALL {
-                let set = NodeSet { family, size };
-                assert_eq!(parse_node_set(&set.to_string()), Some(set));
-            }
-        }
-        for bad in [
-            "",
-            "compute",
-            "compute-",
-            "-small",
-            "compute-huge",
-            "gpu-small",
-            "compute-small-x",
-        ] {
-            assert_eq!(parse_node_set(bad), None, "{bad:?}");
-        }
+/// The answer to a write that lost the version check: logged, with what is stored handed back.
+pub(crate) fn lost_version_check(
+    backend: &'static str,
+    w: &ReplicaWrite,
+    current: Option<Replicas>,
+) -> ReplicaError {
+    tracing::debug!(
+        backend,
+        workspace = %w.workspace,
+        cluster = %w.cluster_id,
+        node_set = %w.node_set,
+        expected = w.expected_version,
+        current = current.as_ref().map_or(0, |c| c.version),
+        "replica write lost the version check"
+    );
+    ReplicaError::Conflict {
+        current: current.map(Box::new),
     }
 }

@@ -7,8 +7,6 @@ use domain::scaling::NodeSet;
 use domain::{ClusterId, WorkspaceId};
 use eventlog::Db;
 
-use super::parse_node_set;
-
 const SQLITE_TABLE: &str = "CREATE TABLE IF NOT EXISTS replica_counts (
     workspace TEXT NOT NULL,
     cluster_id TEXT NOT NULL,
@@ -88,7 +86,7 @@ impl Row {
         );
         let corrupt = |field: &str| ReplicaError::Corrupt(format!("{what}: bad {field}"));
         Ok(Replicas {
-            node_set: parse_node_set(&self.node_set).ok_or_else(|| corrupt("node_set"))?,
+            node_set: NodeSet::parse(&self.node_set).ok_or_else(|| corrupt("node_set"))?,
             desired: u32::try_from(self.desired).map_err(|_| corrupt("desired"))?,
             version: u64::try_from(self.version).map_err(|_| corrupt("version"))?,
             workspace: WorkspaceId::new(self.workspace.clone())
@@ -170,33 +168,30 @@ impl ReplicaStore for SqlReplicas {
             let current = self
                 .fetch_one_set(&w.workspace, &w.cluster_id, w.node_set)
                 .await?;
-            return Err(ReplicaError::Conflict {
-                current: current.map(Box::new),
-            });
+            return Err(super::lost_version_check("sql", w, current));
         };
         // One statement each way: the version check and the write are one atomic step.
-        let row: Option<Row> = if expected == 0 {
-            on_pool!(&self.db, pool => sqlx::query_as(&self.sql.insert)
-                .bind(w.workspace.as_str())
-                .bind(w.cluster_id.as_str())
-                .bind(&set)
-                .bind(desired)
-                .bind(w.now)
-                .bind(w.decided_at)
-                .fetch_optional(pool)
-                .await)
+        // The two statements take the same values; the update also the version it expects.
+        let (statement, expects) = if expected == 0 {
+            (&self.sql.insert, None)
         } else {
-            on_pool!(&self.db, pool => sqlx::query_as(&self.sql.update)
+            (&self.sql.update, Some(expected))
+        };
+        let row: Option<Row> = on_pool!(&self.db, pool => {
+            let query = sqlx::query_as(statement)
                 .bind(w.workspace.as_str())
                 .bind(w.cluster_id.as_str())
                 .bind(&set)
                 .bind(desired)
                 .bind(w.now)
-                .bind(w.decided_at)
-                .bind(expected)
-                .fetch_optional(pool)
-                .await)
-        }
+                .bind(w.decided_at);
+            match expects {
+                Some(v) => query.bind(v),
+                None => query,
+            }
+            .fetch_optional(pool)
+            .await
+        })
         .map_err(|e| self.unavailable("write a replica count", &e))?;
         match row {
             Some(row) => row.into_replicas(),
@@ -204,18 +199,7 @@ impl ReplicaStore for SqlReplicas {
                 let current = self
                     .fetch_one_set(&w.workspace, &w.cluster_id, w.node_set)
                     .await?;
-                tracing::debug!(
-                    backend = "sql",
-                    workspace = %w.workspace,
-                    cluster = %w.cluster_id,
-                    node_set = %w.node_set,
-                    expected = w.expected_version,
-                    current = current.as_ref().map_or(0, |c| c.version),
-                    "replica write lost the version check"
-                );
-                Err(ReplicaError::Conflict {
-                    current: current.map(Box::new),
-                })
+                Err(super::lost_version_check("sql", w, current))
             }
         }
     }
