@@ -1,7 +1,7 @@
 //! Registering clusters.
 
 use domain::{ClusterRegistered, DomainEvent};
-use eventlog::{AppendOutcome, EventLog, ExpectedVersion, LogError, Metadata, NewEvent, StreamId};
+use eventlog::{AppendOutcome, EventLog, ExpectedVersion, LogError, Metadata, StreamId};
 
 use crate::CommandError;
 
@@ -25,11 +25,7 @@ pub async fn register_cluster(
         cluster.cluster_id, cluster.workspace
     );
     let event = DomainEvent::ClusterRegistered(cluster);
-    let new = NewEvent {
-        schema_version: event.schema_version(),
-        ..NewEvent::new(event.event_type(), event.data()?)
-    }
-    .with_metadata(metadata);
+    let new = crate::encode(&event, metadata)?;
     match log.append(&stream, ExpectedVersion::NoStream, &[new]).await {
         Err(LogError::VersionConflict { .. }) => Err(CommandError::AlreadyExists { what }),
         other => Ok(other?),
@@ -61,12 +57,7 @@ pub async fn ensure_default_cluster(log: &dyn EventLog) -> Result<bool, CommandE
         registered_by,
         slurm: None,
     };
-    let metadata = Metadata {
-        actor: Some("system".into()),
-        role: Some("system".into()),
-        via: Some("bootstrap".into()),
-        ..Metadata::default()
-    };
+    let metadata = crate::system_metadata("bootstrap");
     match register_cluster(log, cluster, metadata).await {
         Ok(_) => Ok(true),
         Err(CommandError::AlreadyExists { .. }) => Ok(false),

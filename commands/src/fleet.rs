@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use domain::scaling::NodeSet;
 use domain::{ClusterId, DomainEvent, NodeLaunched, NodeReady, NodeTerminated, WorkspaceId};
-use eventlog::{EventLog, ExpectedVersion, LogError, Metadata, NewEvent, StreamId};
+use eventlog::{EventLog, ExpectedVersion, LogError, StreamId};
 
 use crate::replicas::{ReplicaError, ReplicaStore};
 
@@ -144,19 +144,10 @@ impl EdgeAgent {
         }
         let mut batch = Vec::with_capacity(changes.len());
         for change in changes {
-            let event = self.event(change);
-            batch.push(
-                NewEvent {
-                    schema_version: event.schema_version(),
-                    ..NewEvent::new(event.event_type(), event.data()?)
-                }
-                .with_metadata(Metadata {
-                    actor: Some("system".into()),
-                    role: Some("system".into()),
-                    via: Some("edge-agent".into()),
-                    ..Metadata::default()
-                }),
-            );
+            batch.push(crate::encode(
+                &self.event(change),
+                crate::system_metadata("edge-agent"),
+            )?);
         }
         // The nodes changed already: record it whatever else was appended meanwhile.
         log.append(

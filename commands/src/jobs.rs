@@ -18,7 +18,7 @@ use domain::{
     ClusterId, DomainEvent, Email, JobCancelRequested, JobStateChanged, JobSubmitted, SubmittedVia,
     WorkspaceId,
 };
-use eventlog::{EventLog, ExpectedVersion, LogError, Metadata, NewEvent, Position, StreamId};
+use eventlog::{EventLog, ExpectedVersion, LogError, Metadata, Position, StreamId};
 use uuid::Uuid;
 
 use crate::slurm::{SlurmError, SlurmJob, SlurmPort, stamp_comment};
@@ -73,14 +73,6 @@ pub struct Submitted {
     pub warnings: Vec<Warning>,
     /// True when this answers a retry of an earlier submission.
     pub replayed: bool,
-}
-
-fn new_event(event: &DomainEvent, metadata: Metadata) -> Result<NewEvent, JobError> {
-    Ok(NewEvent {
-        schema_version: event.schema_version(),
-        ..NewEvent::new(event.event_type(), event.data()?)
-    }
-    .with_metadata(metadata))
 }
 
 /// Reads and folds one job stream: the facts and the stream's version.
@@ -267,7 +259,7 @@ impl Submitter {
             idempotency_key: s.idempotency_key,
             ..Metadata::default()
         };
-        let new = new_event(&event, metadata)?.with_id(submitted_event_id(submission_id));
+        let new = crate::encode(&event, metadata)?.with_id(submitted_event_id(submission_id));
         let out = log.append(&stream, ExpectedVersion::NoStream, &[new]).await;
         match out {
             // An adoption by the poll cycle got there first (same event id): answer with it.
@@ -356,7 +348,7 @@ pub async fn cancel_job(
         .append(
             &stream,
             ExpectedVersion::Exact(version),
-            &[new_event(&event, metadata)?],
+            &[crate::encode(&event, metadata)?],
         )
         .await?;
     slurm.cancel(facts.submitted.job_id).await?;
@@ -401,12 +393,7 @@ pub async fn reconcile(
         .into_iter()
         .map(|j| (j.job_id, j))
         .collect();
-    let system = Metadata {
-        actor: Some("system".into()),
-        role: Some("system".into()),
-        via: Some("poll".into()),
-        ..Metadata::default()
-    };
+    let system = crate::system_metadata("poll");
 
     let mut known = HashSet::new();
     for job in open {
@@ -457,7 +444,7 @@ pub async fn reconcile(
             .append(
                 &stream,
                 ExpectedVersion::Exact(version),
-                &[new_event(&event, system.clone())?],
+                &[crate::encode(&event, system.clone())?],
             )
             .await
         {
@@ -499,7 +486,7 @@ pub async fn reconcile(
             submitted_at: None,
             rate: None,
         });
-        let new = new_event(&event, system.clone())?.with_id(submitted_event_id(submission_id));
+        let new = crate::encode(&event, system.clone())?.with_id(submitted_event_id(submission_id));
         match log.append(&stream, ExpectedVersion::NoStream, &[new]).await {
             Ok(_) => {
                 tracing::warn!(job_id = s.job_id, %submission_id, "adopted a job Slurm had but the log lacked");

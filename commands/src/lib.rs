@@ -16,6 +16,29 @@ pub mod templates;
 
 pub use eventlog::{Clock, EventLog, LogError, Metadata, Position};
 
+use domain::DomainEvent;
+use eventlog::NewEvent;
+
+/// A domain event as the log stores it: its type name, schema version and data, with `metadata`.
+pub fn encode(event: &DomainEvent, metadata: Metadata) -> Result<NewEvent, serde_json::Error> {
+    Ok(NewEvent {
+        schema_version: event.schema_version(),
+        ..NewEvent::new(event.event_type(), event.data()?)
+    }
+    .with_metadata(metadata))
+}
+
+/// The metadata of what the system does by itself; `via` says which part (`poll`,
+/// `edge-agent`, `bootstrap`).
+pub fn system_metadata(via: &str) -> Metadata {
+    Metadata {
+        actor: Some("system".into()),
+        role: Some("system".into()),
+        via: Some(via.into()),
+        ..Metadata::default()
+    }
+}
+
 /// Errors of command handling, mapped once to HTTP at the API edge.
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {

@@ -17,7 +17,7 @@ use domain::{
     ClusterId, DomainEvent, Email, QuotaEnforced, QuotaRemoved, QuotaSet, QuotaWarningRaised,
     WorkspaceId,
 };
-use eventlog::{EventLog, ExpectedVersion, LogError, Metadata, NewEvent, Position, StreamId};
+use eventlog::{EventLog, ExpectedVersion, LogError, Metadata, Position, StreamId};
 use uuid::Uuid;
 
 use crate::jobs::{CancelRequest, JobError, cancel_job};
@@ -129,14 +129,6 @@ pub async fn load(
     Ok(state)
 }
 
-fn event(e: DomainEvent, metadata: Metadata) -> Result<NewEvent, QuotaError> {
-    Ok(NewEvent {
-        schema_version: e.schema_version(),
-        ..NewEvent::new(e.event_type(), e.data()?)
-    }
-    .with_metadata(metadata))
-}
-
 /// Sets (or replaces) a user's quota. Raising the limit lifts a block: the next check uses it.
 pub async fn set(
     log: &dyn EventLog,
@@ -158,7 +150,7 @@ pub async fn set(
         .append(
             &stream(workspace, email),
             ExpectedVersion::Any,
-            &[event(e, metadata)?],
+            &[crate::encode(&e, metadata)?],
         )
         .await?
         .last_position)
@@ -185,7 +177,7 @@ pub async fn remove(
         .append(
             &stream(workspace, email),
             ExpectedVersion::Exact(state.version),
-            &[event(e, metadata)?],
+            &[crate::encode(&e, metadata)?],
         )
         .await?
         .last_position)
@@ -206,15 +198,6 @@ pub struct Enforcement {
     pub warned: bool,
     pub blocked: bool,
     pub cancelled: Vec<u64>,
-}
-
-fn system_metadata() -> Metadata {
-    Metadata {
-        actor: Some("system".into()),
-        role: Some("system".into()),
-        via: Some("poll".into()),
-        ..Metadata::default()
-    }
 }
 
 /// One user's enforcement in one cycle: the quota stream is read and the status decided on it
@@ -249,8 +232,8 @@ pub async fn enforce(
     }
     let mut records = Vec::new();
     if state.warned != Some(period.start) {
-        records.push(event(
-            DomainEvent::QuotaWarningRaised(QuotaWarningRaised {
+        records.push(crate::encode(
+            &DomainEvent::QuotaWarningRaised(QuotaWarningRaised {
                 workspace: workspace.clone(),
                 email: email.clone(),
                 projected: usage.projected,
@@ -258,13 +241,13 @@ pub async fn enforce(
                 limit: quota.limit,
                 period_start: period.start,
             }),
-            system_metadata(),
+            crate::system_metadata("poll"),
         )?);
         out.warned = true;
     }
     if status == QuotaStatus::Blocked && state.enforced != Some(period.start) {
-        records.push(event(
-            DomainEvent::QuotaEnforced(QuotaEnforced {
+        records.push(crate::encode(
+            &DomainEvent::QuotaEnforced(QuotaEnforced {
                 workspace: workspace.clone(),
                 email: email.clone(),
                 projected: usage.projected,
@@ -273,7 +256,7 @@ pub async fn enforce(
                 hard_limit: quota.hard_limit(),
                 period_start: period.start,
             }),
-            system_metadata(),
+            crate::system_metadata("poll"),
         )?);
         out.blocked = true;
     }
@@ -321,7 +304,7 @@ pub async fn enforce(
             caller: system.clone(),
             caller_is_admin: true,
             why: Some(QUOTA_REASON.into()),
-            metadata: system_metadata(),
+            metadata: crate::system_metadata("poll"),
         };
         match cancel_job(log, port.as_ref(), request).await {
             Ok(_) => out.cancelled.push(job.job_id),

@@ -14,7 +14,7 @@ use chrono::{DateTime, Duration, Utc};
 use domain::scaling::{Catalog, Demand, NodeSet, PendingSlice, SetState, WarmNode, decide, plan};
 use domain::submit::JobShape;
 use domain::{ClusterId, DomainEvent, ScaleDecisionMade, WorkspaceId};
-use eventlog::{EventLog, ExpectedVersion, LogError, Metadata, NewEvent, Position, StreamId};
+use eventlog::{EventLog, ExpectedVersion, LogError, Position, StreamId};
 
 use crate::replicas::{ReplicaError, ReplicaStore, ReplicaWrite, Replicas};
 
@@ -214,19 +214,10 @@ impl Scaler {
             .collect();
         let mut batch = Vec::with_capacity(events.len());
         for e in &events {
-            let event = DomainEvent::ScaleDecisionMade(e.clone());
-            batch.push(
-                NewEvent {
-                    schema_version: event.schema_version(),
-                    ..NewEvent::new(event.event_type(), event.data()?)
-                }
-                .with_metadata(Metadata {
-                    actor: Some("system".into()),
-                    role: Some("system".into()),
-                    via: Some("poll".into()),
-                    ..Metadata::default()
-                }),
-            );
+            batch.push(crate::encode(
+                &DomainEvent::ScaleDecisionMade(e.clone()),
+                crate::system_metadata("poll"),
+            )?);
         }
         match log
             .append(&stream, ExpectedVersion::Exact(version), &batch)

@@ -10,7 +10,7 @@ use domain::storage::{
     AccessDenied, ExpiryOutOfRange, FileAction, FileMethod, ObjectKey, authorize, expiry,
 };
 use domain::{ClusterId, DomainEvent, Email, FileAccessGranted, FileDeleted, WorkspaceId};
-use eventlog::{EventLog, ExpectedVersion, LogError, Metadata, NewEvent, Position, StreamId};
+use eventlog::{EventLog, ExpectedVersion, LogError, Metadata, Position, StreamId};
 
 /// What the object store was asked to sign.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,11 +141,7 @@ async fn record(
     caller: &FileCaller,
     event: DomainEvent,
 ) -> Result<Position, FileError> {
-    let new = NewEvent {
-        schema_version: event.schema_version(),
-        ..NewEvent::new(event.event_type(), event.data()?)
-    }
-    .with_metadata(caller.metadata.clone());
+    let new = crate::encode(&event, caller.metadata.clone())?;
     let stream = stream(&caller.workspace, &caller.cluster, &caller.email);
     let outcome = log.append(&stream, ExpectedVersion::Any, &[new]).await?;
     Ok(outcome.last_position)
