@@ -17,6 +17,7 @@ use commands::jobs::{OpenJob, reconcile};
 use commands::scaling::{Scaler, ScalingJob};
 use commands::slurm::LiveDirectory;
 use eventlog::{ModelSet, Store};
+use projections::views::clusters::ClusterView;
 use projections::views::jobs::{self, JobView};
 use tokio::sync::watch;
 
@@ -35,17 +36,22 @@ pub struct Poller {
     pub billing_period: domain::cost::PeriodKind,
 }
 
-pub async fn run(mut p: Poller, mut stop: watch::Receiver<bool>) {
-    let (store, directory, tokens_dir, scaler, replicas) = (
-        p.store.clone(),
-        p.directory.clone(),
-        p.tokens_dir.clone(),
-        p.scaler.clone(),
-        p.replicas.clone(),
-    );
+pub async fn run(p: Poller, mut stop: watch::Receiver<bool>) {
+    let Poller {
+        store,
+        directory,
+        tokens_dir,
+        every,
+        scaler,
+        replicas,
+        mut leadership,
+        leading: is_leading,
+        pricing,
+        billing_period,
+    } = p;
     loop {
-        let leading = p.leadership.lead().await;
-        if p.leading.swap(leading, Ordering::Relaxed) != leading {
+        let leading = leadership.lead().await;
+        if is_leading.swap(leading, Ordering::Relaxed) != leading {
             tracing::info!(leading, "poll cycle leadership changed");
             if leading {
                 scaler.lead_from(chrono::Utc::now());
@@ -53,7 +59,7 @@ pub async fn run(mut p: Poller, mut stop: watch::Receiver<bool>) {
         }
         if !leading {
             tokio::select! {
-                _ = tokio::time::sleep(p.every) => {}
+                _ = tokio::time::sleep(every) => {}
                 _ = stop.changed() => {}
             }
             if *stop.borrow() {
@@ -61,7 +67,15 @@ pub async fn run(mut p: Poller, mut stop: watch::Receiver<bool>) {
             }
             continue;
         }
-        connect_clusters(&store, &directory, &tokens_dir).await;
+        // One read of the registered clusters per cycle, for connecting and for quotas.
+        let clusters = match all_clusters(&store).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not list clusters");
+                Vec::new()
+            }
+        };
+        connect_clusters(&clusters, &directory, &tokens_dir);
         for ((workspace, cluster), slurm) in &directory.snapshot() {
             match open_jobs(&store, workspace, cluster).await {
                 Ok((open, sizing)) => {
@@ -122,9 +136,16 @@ pub async fn run(mut p: Poller, mut stop: watch::Receiver<bool>) {
                 Err(e) => tracing::warn!(%cluster, error = %e, "could not list open jobs"),
             }
         }
-        enforce_quotas(&store, directory.as_ref(), &p.pricing, p.billing_period).await;
+        enforce_quotas(
+            &store,
+            &clusters,
+            directory.as_ref(),
+            &pricing,
+            billing_period,
+        )
+        .await;
         tokio::select! {
-            _ = tokio::time::sleep(p.every) => {}
+            _ = tokio::time::sleep(every) => {}
             _ = stop.changed() => {}
         }
         if *stop.borrow() {
@@ -134,29 +155,31 @@ pub async fn run(mut p: Poller, mut stop: watch::Receiver<bool>) {
     tracing::info!("poll cycle stopped");
 }
 
-/// Connects registered clusters that have a slurmrestd endpoint and a token file
-/// (`<tokens dir>/<workspace>.<cluster>.jwt`) and are not connected yet.
-async fn connect_clusters(store: &Store, directory: &LiveDirectory, tokens_dir: &std::path::Path) {
-    let views = match eventlog::list_all(
+/// Every registered cluster, from the clusters projection.
+async fn all_clusters(store: &Store) -> Result<Vec<ClusterView>, eventlog::LogError> {
+    Ok(eventlog::list_all(
         store.read.as_ref(),
         ModelSet::Live,
         projections::views::clusters::NAME,
         projections::views::clusters::ALL,
     )
-    .await
-    {
-        Ok(v) => v,
-        Err(e) => {
-            tracing::warn!(error = %e, "could not list clusters");
-            return;
-        }
-    };
-    for row in views {
-        let Ok(view) = serde_json::from_str::<projections::views::clusters::ClusterView>(&row.doc)
-        else {
+    .await?
+    .iter()
+    .filter_map(|row| serde_json::from_str::<ClusterView>(&row.doc).ok())
+    .collect())
+}
+
+/// Connects registered clusters that have a slurmrestd endpoint and a token file
+/// (`<tokens dir>/<workspace>.<cluster>.jwt`) and are not connected yet.
+fn connect_clusters(
+    clusters: &[ClusterView],
+    directory: &LiveDirectory,
+    tokens_dir: &std::path::Path,
+) {
+    for view in clusters {
+        let Some(endpoint) = &view.slurm else {
             continue;
         };
-        let Some(endpoint) = view.slurm else { continue };
         if directory.contains(&view.workspace, &view.cluster_id) {
             continue;
         }
@@ -167,7 +190,11 @@ async fn connect_clusters(store: &Store, directory: &LiveDirectory, tokens_dir: 
         match gateways::slurmrestd::SlurmRestd::new(&endpoint.url, &endpoint.user, token.trim()) {
             Ok(port) => {
                 tracing::info!(workspace = %view.workspace, cluster = %view.cluster_id, url = %endpoint.url, "cluster connected to slurmrestd");
-                directory.insert(view.workspace, view.cluster_id, Arc::new(port));
+                directory.insert(
+                    view.workspace.clone(),
+                    view.cluster_id.clone(),
+                    Arc::new(port),
+                );
             }
             Err(e) => {
                 tracing::warn!(cluster = %view.cluster_id, error = %e, "could not connect cluster")
@@ -248,35 +275,17 @@ pub async fn agent(
 /// (commands::quota::enforce records once and cancels through the standard path).
 async fn enforce_quotas(
     store: &Store,
+    clusters: &[ClusterView],
     directory: &LiveDirectory,
     pricing: &Pricing,
     kind: domain::cost::PeriodKind,
 ) {
     let now = chrono::Utc::now();
     let period = Period::of(kind, now);
-    let clusters = match eventlog::list_all(
-        store.read.as_ref(),
-        ModelSet::Live,
-        projections::views::clusters::NAME,
-        projections::views::clusters::ALL,
-    )
-    .await
-    {
-        Ok(rows) => rows,
-        Err(e) => {
-            tracing::warn!(error = %e, "quota check: could not list clusters");
-            return;
-        }
-    };
-    let workspaces: std::collections::BTreeSet<domain::WorkspaceId> = clusters
-        .iter()
-        .filter_map(|r| {
-            serde_json::from_str::<projections::views::clusters::ClusterView>(&r.doc).ok()
-        })
-        .map(|c| c.workspace)
-        .collect();
+    let workspaces: std::collections::BTreeSet<&domain::WorkspaceId> =
+        clusters.iter().map(|c| &c.workspace).collect();
     for ws in workspaces {
-        let quotas = match api::usage::workspace_quotas(store, &ws).await {
+        let quotas = match api::usage::workspace_quotas(store, ws).await {
             Ok(q) if !q.is_empty() => q,
             Ok(_) => continue,
             Err(e) => {
@@ -284,7 +293,7 @@ async fn enforce_quotas(
                 continue;
             }
         };
-        let views = match api::usage::workspace_jobs(store, &ws).await {
+        let views = match api::usage::workspace_jobs(store, ws).await {
             Ok(v) => v,
             Err(e) => {
                 tracing::warn!(workspace = %ws, error = %e, "quota check: could not list jobs");
@@ -316,7 +325,7 @@ async fn enforce_quotas(
             match commands::quota::enforce(
                 store.log.as_ref(),
                 directory,
-                &ws,
+                ws,
                 &user,
                 &usage,
                 period,
