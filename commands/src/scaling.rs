@@ -42,7 +42,7 @@ pub enum ScaleError {
     #[error("stored event unreadable: {0}")]
     Decode(#[from] serde_json::Error),
     #[error("could not read the node events: {0}")]
-    Nodes(String),
+    Nodes(#[source] crate::fleet::AgentError),
 }
 
 type SetKey = (WorkspaceId, ClusterId, NodeSet);
@@ -298,7 +298,7 @@ impl Scaler {
         known
             .read_on(log, &stream)
             .await
-            .map_err(|e| ScaleError::Nodes(e.to_string()))?;
+            .map_err(ScaleError::Nodes)?;
         let nodes = known.nodes.clone();
         if let Ok(mut n) = self.nodes.lock() {
             n.insert(stream.as_str().to_string(), known);

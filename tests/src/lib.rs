@@ -284,6 +284,22 @@ impl Api {
         }
     }
 
+    /// The `local` cluster's feed entries of `types` (comma-separated), oldest first.
+    pub async fn events(&self, types: &str) -> Vec<Value> {
+        self.call(
+            reqwest::Method::GET,
+            &format!("/v1/clusters/local/events?type={types}&order=asc&limit=500"),
+            &self.token,
+            None,
+            None,
+        )
+        .await
+        .1["events"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
     pub async fn log_position(&self) -> i64 {
         let ready: Value = reqwest::get(self.server.url("/readyz"))
             .await
@@ -292,5 +308,38 @@ impl Api {
             .await
             .expect("the server answers");
         ready["log_position"].as_i64().expect("the server answers")
+    }
+}
+
+/// A database of its own on `DATABASE_URL`'s PostgreSQL server, for tests that run several
+/// replicas against one database; [`ScratchDb::drop_database`] removes it.
+pub struct ScratchDb {
+    pub url: String,
+    name: String,
+    admin: sqlx::PgPool,
+}
+
+impl ScratchDb {
+    pub async fn create() -> ScratchDb {
+        let admin_url = std::env::var("DATABASE_URL").expect("DATABASE_URL; run scripts/test");
+        let name = format!("e2e_{}", uuid::Uuid::new_v4().simple());
+        let admin = sqlx::PgPool::connect(&admin_url).await.expect("connect");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&admin)
+            .await
+            .expect("create database");
+        let (base, _) = admin_url.rsplit_once('/').expect("url has a database");
+        ScratchDb {
+            url: format!("{base}/{name}"),
+            name,
+            admin,
+        }
+    }
+
+    pub async fn drop_database(self) {
+        sqlx::query(&format!("DROP DATABASE {} WITH (FORCE)", self.name))
+            .execute(&self.admin)
+            .await
+            .expect("drop database");
     }
 }

@@ -344,15 +344,8 @@ async fn the_feed_pages_filters_redacts_and_streams() {
 /// Two API replicas on one PostgreSQL database: a subscriber on one sees what the other appends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_on_one_replica_sees_appends_through_another() {
-    let admin_url = std::env::var("DATABASE_URL").expect("DATABASE_URL; run scripts/test");
-    let name = format!("e2e_{}", uuid::Uuid::new_v4().simple());
-    let admin_pool = sqlx::PgPool::connect(&admin_url).await.unwrap();
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&admin_pool)
-        .await
-        .unwrap();
-    let (base, _) = admin_url.rsplit_once('/').unwrap();
-    let url = format!("{base}/{name}");
+    let db = tests::ScratchDb::create().await;
+    let url = db.url.clone();
     let dir = tempfile::tempdir().unwrap();
     let (a_dir, b_dir) = (dir.path().join("a"), dir.path().join("b"));
     let a_data = a_dir.to_str().unwrap();
@@ -413,8 +406,5 @@ async fn a_subscriber_on_one_replica_sees_appends_through_another() {
         );
     }
     drop((a, b));
-    sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
-        .execute(&admin_pool)
-        .await
-        .unwrap();
+    db.drop_database().await;
 }

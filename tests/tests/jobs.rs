@@ -385,20 +385,7 @@ async fn pending_jobs_drive_scale_decisions_and_idle_sets_go_to_zero() {
             ("CLUSTERRA_SCALE_IDLE_WINDOW_MS", "1000"),
         ],
     );
-    let decisions = || async {
-        api.call(
-            reqwest::Method::GET,
-            "/v1/clusters/local/events?type=ScaleDecisionMade&order=asc",
-            &api.token,
-            None,
-            None,
-        )
-        .await
-        .1["events"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-    };
+    let decisions = || api.events("ScaleDecisionMade");
     // Until the latest decision sets the count to `to` (a cycle may see only some of the jobs
     // and a later one grow the set again).
     let wait_for = |to: u64| async move {

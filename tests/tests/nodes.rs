@@ -8,32 +8,17 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tests::{Api, Server};
+use tests::{Api, ScratchDb, Server};
 
 fn job(script: &str) -> Value {
     json!({"job": {"name": "n", "script": script, "environment": ["PATH=/usr/bin:/bin"],
         "current_working_directory": "/mnt/efs"}})
 }
 
-async fn events(api: &Api, types: &str) -> Vec<Value> {
-    api.call(
-        reqwest::Method::GET,
-        &format!("/v1/clusters/local/events?type={types}&order=asc&limit=500"),
-        &api.token,
-        None,
-        None,
-    )
-    .await
-    .1["events"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
-
 async fn wait_events(api: &Api, types: &str, n: usize, within: Duration) -> Vec<Value> {
     let deadline = Instant::now() + within;
     loop {
-        let e = events(api, types).await;
+        let e = api.events(types).await;
         if e.len() >= n {
             return e;
         }
@@ -133,7 +118,7 @@ async fn jobs_run_on_nodes_that_come_up_after_their_cold_start_and_go_when_idle(
         wait.num_milliseconds()
     );
     assert_eq!(
-        events(&api, "NodeLaunched").await.len(),
+        api.events("NodeLaunched").await.len(),
         1,
         "no second launch"
     );
@@ -169,15 +154,8 @@ async fn wait_leader(server: &Server, within: Duration) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_leader_decides_and_another_takes_over_when_it_dies() {
-    let admin_url = std::env::var("DATABASE_URL").expect("DATABASE_URL; run scripts/test");
-    let name = format!("e2e_{}", uuid::Uuid::new_v4().simple());
-    let admin_pool = sqlx::PgPool::connect(&admin_url).await.unwrap();
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&admin_pool)
-        .await
-        .unwrap();
-    let (base, _) = admin_url.rsplit_once('/').unwrap();
-    let url = format!("{base}/{name}");
+    let db = ScratchDb::create().await;
+    let url = db.url.clone();
     let dir = tempfile::tempdir().unwrap();
     let (a_dir, b_dir) = (dir.path().join("a"), dir.path().join("b"));
     // No nodes and nothing runs (executor_slots = 0): pending jobs only drive decisions.
@@ -257,7 +235,7 @@ async fn one_leader_decides_and_another_takes_over_when_it_dies() {
     // B continues from A's decision (from 1), and nothing was decided twice.
     let deadline = Instant::now() + Duration::from_secs(15);
     let all = loop {
-        let all = events(&api_b, "ScaleDecisionMade").await;
+        let all = api_b.events("ScaleDecisionMade").await;
         if all.iter().any(|d| d["data"]["from"] != 0) {
             break all;
         }
@@ -278,10 +256,7 @@ async fn one_leader_decides_and_another_takes_over_when_it_dies() {
     assert!(count >= 2, "{all:?}");
     assert_eq!(all[0]["data"]["from"], 0, "{all:?}");
     drop(api_b);
-    sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
-        .execute(&admin_pool)
-        .await
-        .unwrap();
+    db.drop_database().await;
 }
 
 /// The same flow with the replica store in DynamoDB (the moto_server scripts/test starts): the
