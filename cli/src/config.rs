@@ -513,4 +513,67 @@ mod tests {
             Ok(())
         });
     }
+
+    #[test]
+    fn autoscaling_and_cost_settings_are_checked() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("clusterra.toml", "")?;
+            // (key, bad value, what the error names, a good value to put back)
+            for (key, bad, says, good) in [
+                (
+                    "CLUSTERRA_REPLICA_STORE",
+                    "redis",
+                    "replica_store",
+                    "embedded",
+                ),
+                (
+                    "CLUSTERRA_DYNAMODB_ENDPOINT",
+                    "ddb:8000",
+                    "dynamodb_endpoint",
+                    "",
+                ),
+                ("CLUSTERRA_DYNAMODB_TABLE", "", "dynamodb_table", "t"),
+                ("CLUSTERRA_NODE_PROFILE", "slow", "node_profile", "local"),
+                (
+                    "CLUSTERRA_NODE_COLD_START_MS",
+                    "3600001",
+                    "node_cold_start_ms",
+                    "0",
+                ),
+                (
+                    "CLUSTERRA_AGENT_INTERVAL_MS",
+                    "5",
+                    "agent_interval_ms",
+                    "250",
+                ),
+                ("CLUSTERRA_BILLING_PERIOD", "year", "billing_period", "week"),
+                (
+                    "CLUSTERRA_DYNAMODB_ACCESS_KEY_ID",
+                    "only-the-id",
+                    "dynamodb_secret_access_key",
+                    "id",
+                ),
+            ] {
+                jail.set_env(key, bad);
+                let err = Config::load(None, &Overrides::default()).expect_err(bad);
+                assert!(format!("{err:#}").contains(says), "{bad}: {err:#}");
+                jail.set_env(key, good);
+            }
+            jail.set_env("CLUSTERRA_DYNAMODB_SECRET_ACCESS_KEY", "secret");
+            let c = Config::load(None, &Overrides::default()).expect("good values");
+            assert_eq!(c.node_cold_start(), std::time::Duration::ZERO);
+            assert_eq!(c.billing_period, "week");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn cold_start_profiles() {
+        let mut c = Config::default();
+        assert_eq!(c.node_cold_start(), std::time::Duration::from_secs(2));
+        c.node_profile = "realistic".into();
+        assert_eq!(c.node_cold_start(), std::time::Duration::from_secs(80));
+        c.node_cold_start_ms = Some(1500);
+        assert_eq!(c.node_cold_start(), std::time::Duration::from_millis(1500));
+    }
 }

@@ -111,11 +111,77 @@ async fn quotas_warn_block_kill_and_the_bill_survives_a_replay() {
             "{out}"
         );
     }
+    // An admin of another workspace is not an admin of this one.
+    let rival = mint(data, "ada@rival.org", "rival", true);
+    let (status, out) = as_user(
+        &api,
+        &rival,
+        reqwest::Method::PUT,
+        "/v1/workspaces/default/quotas/bob@lab.org",
+        Some(json!({"limit_usd": 100})),
+    )
+    .await;
+    assert_eq!(status, 403, "{out}");
+    // No quota yet: reading or removing one says so.
+    for method in [reqwest::Method::GET, reqwest::Method::DELETE] {
+        let (status, out) = api
+            .call(
+                method,
+                "/v1/workspaces/default/quotas/bob@lab.org",
+                &api.token,
+                None,
+                None,
+            )
+            .await;
+        assert_eq!(
+            (status, out["error"]["code"].as_str()),
+            (404, Some("quota_not_found")),
+            "{out}"
+        );
+    }
+    let (status, out) = api
+        .call(
+            reqwest::Method::GET,
+            "/v1/workspaces/default/quotas/not-an-email",
+            &api.token,
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, out["error"]["field"].as_str()),
+        (422, Some("email")),
+        "{out}"
+    );
     assert_eq!(
         api.log_position().await,
         head,
         "refused quota changes append nothing"
     );
+
+    // The usage series names the parameter at fault.
+    for (query, field) in [
+        ("bucket=week", Some("bucket")),
+        ("from=yesterday", Some("from")),
+        (
+            "from=2026-11-02T00:00:00Z&to=2026-11-01T00:00:00Z",
+            Some("to"),
+        ),
+        ("from=2000-01-01T00:00:00Z&bucket=hour", Some("from")),
+        ("colour=blue", None),
+    ] {
+        let (status, out) = as_user(
+            &api,
+            &bob,
+            reqwest::Method::GET,
+            &format!("/v1/users/me/usage?{query}"),
+            None,
+        )
+        .await;
+        assert_eq!(status, 422, "{query}: {out}");
+        assert_eq!(out["error"]["code"], "invalid_query", "{query}: {out}");
+        assert_eq!(out["error"]["field"].as_str(), field, "{query}: {out}");
+    }
 
     // bob: $0.01, block_and_kill. A one-hour job on a c7g.large share ($0.03625/h) projects
     // $0.036 as soon as it runs: over the limit, so it is cancelled.
@@ -146,21 +212,11 @@ async fn quotas_warn_block_kill_and_the_bill_survives_a_replay() {
         "{done}"
     );
     // In the cluster's feed, as any other cancel, with its reason.
-    let (_, feed) = api
-        .call(
-            reqwest::Method::GET,
-            "/v1/clusters/local/events?type=JobCancelRequested",
-            &api.token,
-            None,
-            None,
-        )
-        .await;
-    let cancel = feed["events"]
-        .as_array()
-        .unwrap()
-        .iter()
+    let cancel = api
+        .events("JobCancelRequested")
+        .await
+        .into_iter()
         .find(|e| e["job_id"] == id)
-        .cloned()
         .unwrap();
     assert_eq!(cancel["actor"], "system", "{cancel}");
     assert!(
@@ -233,6 +289,39 @@ async fn quotas_warn_block_kill_and_the_bill_survives_a_replay() {
     // Many cycles later, still one record each.
     assert_eq!(quota_events(data, "bob@lab.org", "QuotaEnforced"), 1);
     assert_eq!(quota_events(data, "bob@lab.org", "QuotaWarningRaised"), 1);
+
+    // Her series: one point per day of the period so far, her spend in today's.
+    let (status, series) = as_user(
+        &api,
+        &carol,
+        reqwest::Method::GET,
+        "/v1/users/me/usage?bucket=day",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{series}");
+    let today = series["points"]
+        .as_array()
+        .unwrap()
+        .last()
+        .cloned()
+        .unwrap();
+    assert_ne!(today["spend_usd"], "0.000000", "{series}");
+    // The admin reads her quota back.
+    let (status, q) = api
+        .call(
+            reqwest::Method::GET,
+            "/v1/workspaces/default/quotas/carol@lab.org",
+            &api.token,
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, q["limit_usd"].as_str()),
+        (200, Some("0.010000")),
+        "{q}"
+    );
 
     // The CLI prints the profile.
     let out = run(&["me", "--url", &api.server.base, "--token", &carol]);
