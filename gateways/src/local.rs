@@ -324,11 +324,12 @@ fn executor_id(state_dir: &Path) -> Result<String, LocalError> {
             return Ok(id.to_string());
         }
     }
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let mixed = (nanos as u64) ^ (u64::from(std::process::id()) << 32);
-    let id = format!("{:08x}", (mixed ^ (mixed >> 29)) as u32);
+    let mut bytes = [0u8; 4];
+    getrandom::fill(&mut bytes).map_err(|e| LocalError::Io {
+        path: path.clone(),
+        source: std::io::Error::other(format!("no randomness for the executor id: {e}")),
+    })?;
+    let id = format!("{:08x}", u32::from_be_bytes(bytes));
     write_atomic(&path, id.as_bytes()).map_err(io(&path))?;
     Ok(id)
 }
