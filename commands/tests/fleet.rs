@@ -1,0 +1,219 @@
+//! The edge agent and the replica sync against real SQLite (log and embedded replica store) and
+//! real local executors: node events follow the desired counts, a restarted agent records only
+//! its own lost nodes, and the sync never lets an older decision overwrite a newer one.
+
+#![allow(clippy::unwrap_used)] // a test may panic on what it did not expect
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use commands::fleet::{EdgeAgent, NodeChange, live_nodes};
+use commands::replicas::{ReplicaStore, ReplicaWrite};
+use commands::scaling::{Scaler, ScalingJob};
+use domain::scaling::{Catalog, Family, NodeSet, Size};
+use domain::submit::JobShape;
+use domain::{ClusterId, WorkspaceId};
+use eventlog::{OpenOptions, SystemClock};
+use gateways::local::{LocalExecutor, LocalSettings, NodeSettings};
+use gateways::replicas::SqlReplicas;
+
+fn catalog() -> Arc<Catalog> {
+    Arc::new(Catalog::parse(include_str!("../../fixtures/catalog/shapes.json"), 512).unwrap())
+}
+
+fn ids() -> (WorkspaceId, ClusterId) {
+    (
+        WorkspaceId::new("default").unwrap(),
+        ClusterId::new("local").unwrap(),
+    )
+}
+
+const SMALL: NodeSet = NodeSet {
+    family: Family::Compute,
+    size: Size::Small,
+};
+
+fn executor(dir: &std::path::Path, name: &str) -> Arc<LocalExecutor> {
+    Arc::new(
+        LocalExecutor::open(
+            LocalSettings {
+                state_dir: dir.join(name),
+                efs_root: dir.join("efs"),
+                grace: Duration::from_millis(200),
+                minute: Duration::from_secs(60),
+                slots: 0,
+                nodes: Some(NodeSettings {
+                    catalog: catalog(),
+                    default_mib_per_cpu: 2048,
+                    cold_start: Duration::ZERO,
+                }),
+            },
+            chrono::Utc::now(),
+        )
+        .unwrap(),
+    )
+}
+
+async fn store(dir: &std::path::Path) -> (eventlog::Store, Arc<dyn ReplicaStore>) {
+    let url = format!("sqlite://{}", dir.join("log.db").display());
+    let store = eventlog::open(&OpenOptions::new(url), Arc::new(SystemClock))
+        .await
+        .unwrap();
+    let replicas = Arc::new(SqlReplicas::new(store.db.clone()).await.unwrap());
+    (store, replicas)
+}
+
+fn agent(replicas: &Arc<dyn ReplicaStore>, fleet: Arc<LocalExecutor>) -> EdgeAgent {
+    let (workspace, cluster) = ids();
+    EdgeAgent {
+        workspace,
+        cluster,
+        replicas: replicas.clone(),
+        fleet,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_follow_the_counts_and_a_restart_records_only_its_own_lost_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, replicas) = store(dir.path()).await;
+    let (workspace, cluster) = ids();
+    let now = chrono::Utc::now();
+    replicas
+        .put(&ReplicaWrite {
+            workspace: workspace.clone(),
+            cluster_id: cluster.clone(),
+            node_set: SMALL,
+            desired: 1,
+            expected_version: 0,
+            decided_at: 1,
+            now,
+        })
+        .await
+        .unwrap();
+
+    // Two executors (two processes' data directories) each bring one node up.
+    let a = agent(&replicas, executor(dir.path(), "a"));
+    let b = agent(&replicas, executor(dir.path(), "b"));
+    let changes = a.step(store.log.as_ref(), now).await.unwrap();
+    assert!(
+        matches!(
+            &changes[..],
+            [NodeChange::Launched { .. }, NodeChange::Ready { .. }]
+        ),
+        "{changes:?}"
+    );
+    assert!(b.step(store.log.as_ref(), now).await.unwrap().len() == 2);
+    // Nothing to do a second time.
+    assert!(a.step(store.log.as_ref(), now).await.unwrap().is_empty());
+    let live = live_nodes(store.log.as_ref(), &workspace, &cluster)
+        .await
+        .unwrap();
+    assert_eq!(live.len(), 2, "{live:?}");
+
+    // A restarts (same data directory, new process state): only its own node is lost.
+    let a2 = agent(&replicas, executor(dir.path(), "a"));
+    assert_eq!(a2.recover(store.log.as_ref()).await.unwrap(), 1);
+    let after = live_nodes(store.log.as_ref(), &workspace, &cluster)
+        .await
+        .unwrap();
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert!(
+        b.fleet
+            .nodes()
+            .await
+            .iter()
+            .all(|n| after.contains_key(&n.node))
+    );
+    // B's restart check finds nothing of its own lost.
+    assert_eq!(b.recover(store.log.as_ref()).await.unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sync_copies_decisions_and_never_lets_an_older_one_win() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, replicas) = store(dir.path()).await;
+    let (workspace, cluster) = ids();
+    let now = chrono::Utc::now();
+    let scaler = Scaler::new(catalog(), 2048, chrono::Duration::minutes(5), now);
+    let pending = |n: u64| -> Vec<ScalingJob> {
+        (1..=n)
+            .map(|job_id| ScalingJob {
+                job_id,
+                running: false,
+                shape: JobShape {
+                    cpus: 1,
+                    memory_mib: None,
+                    nodes: 1,
+                    time_limit_minutes: None,
+                },
+                nodes: None,
+            })
+            .collect()
+    };
+    let made = scaler
+        .cycle(store.log.as_ref(), &workspace, &cluster, &pending(2), now)
+        .await
+        .unwrap();
+    assert_eq!(made.len(), 1);
+    let written = scaler
+        .sync_replicas(
+            store.log.as_ref(),
+            replicas.as_ref(),
+            &workspace,
+            &cluster,
+            now,
+        )
+        .await
+        .unwrap();
+    assert_eq!(written, 1);
+    let stored = replicas
+        .get(&workspace, &cluster, SMALL)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((stored.desired, stored.version), (2, 1));
+    // Idempotent: nothing new, nothing written.
+    let again = scaler
+        .sync_replicas(
+            store.log.as_ref(),
+            replicas.as_ref(),
+            &workspace,
+            &cluster,
+            now,
+        )
+        .await
+        .unwrap();
+    assert_eq!(again, 0);
+
+    // Another writer stored a newer decision (a later log position): the sync leaves it.
+    replicas
+        .put(&ReplicaWrite {
+            workspace: workspace.clone(),
+            cluster_id: cluster.clone(),
+            node_set: SMALL,
+            desired: 7,
+            expected_version: 1,
+            decided_at: stored.decided_at + 1_000,
+            now,
+        })
+        .await
+        .unwrap();
+    let written = scaler
+        .sync_replicas(
+            store.log.as_ref(),
+            replicas.as_ref(),
+            &workspace,
+            &cluster,
+            now,
+        )
+        .await
+        .unwrap();
+    assert_eq!(written, 0);
+    let kept = replicas
+        .get(&workspace, &cluster, SMALL)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(kept.desired, 7);
+}
