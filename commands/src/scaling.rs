@@ -11,7 +11,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Duration, Utc};
-use domain::scaling::{Catalog, Demand, NodeSet, PendingSlice, SetState, WarmNode, decide, plan};
+use domain::scaling::{
+    Catalog, Demand, NodeSet, PendingSlice, SetState, WarmNode, decide, mark_full, plan,
+};
 use domain::submit::JobShape;
 use domain::{ClusterId, DomainEvent, ScaleDecisionMade, WorkspaceId};
 use eventlog::{EventLog, ExpectedVersion, LogError, Position, StreamId};
@@ -176,19 +178,19 @@ impl Scaler {
         }
         let started = self.started.lock().map_or(now, |s| *s);
         if let Ok(mut busy) = self.last_busy.lock() {
-            // A set is busy while its work fills its nodes: it shrinks only after fewer jobs
-            // than nodes for the whole idle window (domain::simulate does the same).
-            for (set, need) in &needs {
-                if need.nodes > 0 && need.nodes >= current.get(set).map_or(0, |s| s.desired) {
-                    busy.insert((workspace.clone(), cluster.clone(), *set), now);
-                }
+            let key = |set: NodeSet| (workspace.clone(), cluster.clone(), set);
+            for set in needs.keys() {
+                current.entry(*set).or_default();
             }
             for (set, state) in current.iter_mut() {
-                state.last_busy = Some(
-                    busy.get(&(workspace.clone(), cluster.clone(), *set))
-                        .copied()
-                        .unwrap_or(started),
-                );
+                state.last_busy = Some(busy.get(&key(*set)).copied().unwrap_or(started));
+            }
+            // The rule domain::simulate runs too: busy while the work fills the nodes.
+            mark_full(&mut current, &needs, now);
+            for (set, state) in &current {
+                if state.last_busy == Some(now) {
+                    busy.insert(key(*set), now);
+                }
             }
         }
         let decisions = decide(&current, &needs, now, self.idle_window);

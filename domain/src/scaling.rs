@@ -431,6 +431,21 @@ pub struct SetState {
     pub last_busy: Option<DateTime<Utc>>,
 }
 
+/// Marks each node set whose work fills its desired count as busy now: a set shrinks only after
+/// it has had fewer jobs than nodes for the whole idle window.
+pub fn mark_full(
+    current: &mut BTreeMap<NodeSet, SetState>,
+    needs: &BTreeMap<NodeSet, Need>,
+    now: DateTime<Utc>,
+) {
+    for (set, state) in current.iter_mut() {
+        let wanted = needs.get(set).map_or(0, |n| n.nodes);
+        if wanted > 0 && wanted >= state.desired {
+            state.last_busy = Some(now);
+        }
+    }
+}
+
 /// A change of a node set's desired count.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {

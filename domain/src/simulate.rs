@@ -29,7 +29,7 @@ use serde::Serialize;
 
 use crate::MicroUsd;
 use crate::scaling::{
-    Catalog, Demand, Family, NodeSet, PendingSlice, SetState, WarmNode, decide, plan,
+    Catalog, Demand, Family, NodeSet, PendingSlice, SetState, WarmNode, decide, mark_full, plan,
 };
 use crate::trace::Trace;
 
@@ -635,21 +635,6 @@ impl Sim<'_> {
                 self.retire(n, t);
                 surplus -= 1;
             }
-        }
-    }
-}
-
-/// Marks each node set whose work fills its desired count as busy now: a set shrinks only after
-/// it has had fewer jobs than nodes for the whole idle window.
-pub fn mark_full(
-    current: &mut BTreeMap<NodeSet, SetState>,
-    needs: &BTreeMap<NodeSet, crate::scaling::Need>,
-    now: DateTime<Utc>,
-) {
-    for (set, state) in current.iter_mut() {
-        let wanted = needs.get(set).map_or(0, |n| n.nodes);
-        if wanted > 0 && wanted >= state.desired {
-            state.last_busy = Some(now);
         }
     }
 }
