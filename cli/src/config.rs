@@ -9,6 +9,25 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+/// Cold-start profiles: what a node takes from launch to ready (`node_profile`, and
+/// `clusterra simulate --profile`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Profile {
+    /// 2 s, the local executor's default
+    Local,
+    /// 30 s launch + 30 s network + 20 s registration = 80 s, as on EC2 with Karpenter
+    Realistic,
+}
+
+impl Profile {
+    pub fn cold_start_seconds(self) -> i64 {
+        match self {
+            Profile::Local => 2,
+            Profile::Realistic => 30 + 30 + 20,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -350,7 +369,7 @@ impl Config {
             "dynamodb_table must be 1 to 255 characters"
         );
         anyhow::ensure!(
-            matches!(config.node_profile.as_str(), "local" | "realistic"),
+            config.profile().is_some(),
             "node_profile must be local or realistic, not {:?}",
             config.node_profile
         );
@@ -372,12 +391,15 @@ impl Config {
 
     /// From a node's launch to its being ready (local executor).
     pub fn node_cold_start(&self) -> std::time::Duration {
-        std::time::Duration::from_millis(self.node_cold_start_ms.unwrap_or(
-            match self.node_profile.as_str() {
-                "realistic" => (30 + 30 + 20) * 1_000,
-                _ => 2_000,
-            },
-        ))
+        let profile = self.profile().unwrap_or(Profile::Local);
+        self.node_cold_start_ms.map_or(
+            std::time::Duration::from_secs(profile.cold_start_seconds().unsigned_abs()),
+            std::time::Duration::from_millis,
+        )
+    }
+
+    fn profile(&self) -> Option<Profile> {
+        <Profile as clap::ValueEnum>::from_str(&self.node_profile, false).ok()
     }
 
     /// The node-shape catalog: the configured file, or the built-in one.

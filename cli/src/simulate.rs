@@ -8,23 +8,7 @@ use anyhow::Context;
 use domain::simulate::{SimReport, SimSettings, simulate};
 use domain::trace::{Trace, parse_csv, parse_swf};
 
-/// Cold-start profiles: what a node takes from launch to ready.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Profile {
-    /// 2 s, the local executor's default
-    Local,
-    /// 30 s launch + 30 s network + 20 s registration = 80 s, as on EC2 with Karpenter
-    Realistic,
-}
-
-impl Profile {
-    pub fn cold_start_seconds(self) -> i64 {
-        match self {
-            Profile::Local => 2,
-            Profile::Realistic => 30 + 30 + 20,
-        }
-    }
-}
+use crate::config::Profile;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
