@@ -135,7 +135,7 @@ pub(crate) async fn list(
 
 /// `0.0725` from 72,500 micro-USD.
 fn dollars(m: domain::MicroUsd) -> String {
-    let text = format!("{}.{:06}", m.0 / 1_000_000, m.0 % 1_000_000);
+    let text = m.decimal();
     text.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 

@@ -29,13 +29,6 @@ use crate::consistency::{MinPosition, await_projection, position_header};
 use crate::json::ApiJson;
 use crate::{ApiError, AppState};
 
-/// `12.345678`.
-pub fn usd(m: MicroUsd) -> String {
-    let sign = if m.0 < 0 { "-" } else { "" };
-    let abs = m.0.unsigned_abs();
-    format!("{sign}{}.{:06}", abs / 1_000_000, abs % 1_000_000)
-}
-
 fn pricing(state: &AppState) -> Pricing {
     Pricing {
         catalog: state.scaling.catalog.clone(),
@@ -148,10 +141,10 @@ pub struct QuotaBody {
 fn quota_body(q: &QuotaView) -> QuotaBody {
     QuotaBody {
         email: q.email.clone(),
-        limit_usd: usd(q.limit),
+        limit_usd: q.limit.decimal(),
         mode: mode_name(q.mode).into(),
         buffer_percent: q.buffer_percent,
-        hard_limit_usd: usd(q.quota().hard_limit()),
+        hard_limit_usd: q.quota().hard_limit().decimal(),
         set_by: q.set_by.clone(),
         set_at: q.set_at,
     }
@@ -197,9 +190,9 @@ pub struct UsageBody {
 
 fn usage_body(u: &Usage, quota: Option<&QuotaView>, period: Period) -> UsageBody {
     UsageBody {
-        burn_rate_usd_per_hour: usd(u.burn_rate),
-        pending_bill_usd: usd(u.pending_bill),
-        projected_spend_usd: usd(u.projected),
+        burn_rate_usd_per_hour: u.burn_rate.decimal(),
+        pending_bill_usd: u.pending_bill.decimal(),
+        projected_spend_usd: u.projected.decimal(),
         running_jobs: u.running_jobs,
         status: status_name(quota.map_or(QuotaStatus::Ok, |q| q.status(u, period.start))).into(),
         quota: quota.map(quota_body),
@@ -284,11 +277,11 @@ pub(crate) async fn refuse_if_blocked(state: &AppState, caller: &Caller) -> Resu
             "quota_exceeded",
             format!(
                 "your quota blocks new jobs: projected spend this period ${} (${} spent, the rest is your running jobs until their time limits) went over your limit of ${} plus {}% (${}); a workspace admin can raise the limit, otherwise the block ends with the period",
-                usd(u.projected),
-                usd(u.pending_bill),
-                usd(q.limit),
+                u.projected.decimal(),
+                u.pending_bill.decimal(),
+                q.limit.decimal(),
                 q.buffer_percent,
-                usd(q.hard_limit())
+                q.hard_limit().decimal()
             ),
         ));
     }
@@ -413,8 +406,8 @@ pub(crate) async fn my_series(
         .into_iter()
         .map(|p| SeriesPoint {
             start: p.start,
-            spend_usd: usd(p.spend),
-            burn_rate_usd_per_hour: usd(p.burn_rate),
+            spend_usd: p.spend.decimal(),
+            burn_rate_usd_per_hour: p.burn_rate.decimal(),
         })
         .collect();
     Ok(Json(Series {
@@ -500,9 +493,9 @@ pub(crate) async fn workspace_usage(
             start: period.start,
             end: period.end,
         },
-        burn_rate_usd_per_hour: usd(total.burn_rate),
-        pending_bill_usd: usd(total.pending_bill),
-        projected_spend_usd: usd(total.projected),
+        burn_rate_usd_per_hour: total.burn_rate.decimal(),
+        pending_bill_usd: total.pending_bill.decimal(),
+        projected_spend_usd: total.projected.decimal(),
         users,
     }))
 }

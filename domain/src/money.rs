@@ -38,14 +38,23 @@ impl MicroUsd {
     pub fn checked_add(self, other: MicroUsd) -> Option<MicroUsd> {
         self.0.checked_add(other.0).map(MicroUsd)
     }
+
+    /// Dollars as a decimal string with six places and no currency sign: `12.345678`, the form
+    /// the API writes amounts in.
+    pub fn decimal(self) -> String {
+        let sign = if self.0 < 0 { "-" } else { "" };
+        let abs = self.0.unsigned_abs();
+        format!("{sign}{}.{:06}", abs / 1_000_000, abs % 1_000_000)
+    }
 }
 
 impl std::fmt::Display for MicroUsd {
     /// `$12.345678`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let sign = if self.0 < 0 { "-" } else { "" };
-        let abs = self.0.unsigned_abs();
-        write!(f, "{sign}${}.{:06}", abs / 1_000_000, abs % 1_000_000)
+        match self.decimal().strip_prefix('-') {
+            Some(abs) => write!(f, "-${abs}"),
+            None => write!(f, "${}", self.decimal()),
+        }
     }
 }
 
