@@ -6,8 +6,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use commands::scaling::{ScalingJob, desired_counts};
 use domain::scaling::{Demand, PendingSlice, plan};
-use eventlog::ModelSet;
-use projections::views::jobs::{self, JobView};
+use projections::views::jobs;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -72,24 +71,18 @@ pub(crate) async fn list(
     let nodes = commands::fleet::node_counts(state.store.log.as_ref(), &caller.workspace, &cluster)
         .await
         .map_err(|e| ApiError::internal(format!("could not read the node events: {e}")))?;
-    let rows = eventlog::list_all(
-        state.store.read.as_ref(),
-        ModelSet::Live,
-        jobs::NAME,
-        &jobs::collection(&caller.workspace, &cluster),
-    )
-    .await?;
-    let running: Vec<ScalingJob> = rows
-        .iter()
-        .filter_map(|r| serde_json::from_str::<JobView>(&r.doc).ok())
-        .filter(|v| v.state == domain::job::JobState::Running)
-        .map(|v| ScalingJob {
-            job_id: v.job_id,
-            running: true,
-            shape: v.shape,
-            nodes: v.node.clone(),
-        })
-        .collect();
+    let running: Vec<ScalingJob> =
+        jobs::of_cluster(state.store.read.as_ref(), &caller.workspace, &cluster)
+            .await?
+            .into_iter()
+            .filter(|v| v.state == domain::job::JobState::Running)
+            .map(|v| ScalingJob {
+                job_id: v.job_id,
+                running: true,
+                shape: v.shape,
+                nodes: v.node,
+            })
+            .collect();
     let slices: Vec<PendingSlice> = running
         .iter()
         .flat_map(|j| {

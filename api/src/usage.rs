@@ -6,8 +6,6 @@
 //! there and in docs/cost.md), so a replayed log gives the same figures for the same instant.
 //! Amounts are decimal strings of US dollars with six decimals (exact micro-USD).
 
-use std::collections::BTreeMap;
-
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -36,39 +34,6 @@ fn pricing(state: &AppState) -> Pricing {
     }
 }
 
-/// Every job of a workspace (all its clusters), from the jobs projection.
-pub async fn workspace_jobs(
-    store: &eventlog::Store,
-    workspace: &WorkspaceId,
-) -> Result<Vec<JobView>, eventlog::LogError> {
-    let clusters = eventlog::list_all(
-        store.read.as_ref(),
-        ModelSet::Live,
-        projections::views::clusters::NAME,
-        &projections::views::clusters::collection(workspace),
-    )
-    .await?;
-    let mut out = Vec::new();
-    for c in clusters {
-        let Ok(view) = serde_json::from_str::<projections::views::clusters::ClusterView>(&c.doc)
-        else {
-            continue;
-        };
-        let rows = eventlog::list_all(
-            store.read.as_ref(),
-            ModelSet::Live,
-            jobs::NAME,
-            &jobs::collection(workspace, &view.cluster_id),
-        )
-        .await?;
-        out.extend(
-            rows.iter()
-                .filter_map(|r| serde_json::from_str::<JobView>(&r.doc).ok()),
-        );
-    }
-    Ok(out)
-}
-
 /// The jobs that cost something (started), priced.
 pub fn cost_jobs(pricing: &Pricing, views: &[JobView]) -> Vec<CostJob> {
     views
@@ -84,24 +49,6 @@ pub fn cost_jobs(pricing: &Pricing, views: &[JobView]) -> Vec<CostJob> {
             job
         })
         .collect()
-}
-
-/// Every quota of a workspace, by email.
-pub async fn workspace_quotas(
-    store: &eventlog::Store,
-    workspace: &WorkspaceId,
-) -> Result<BTreeMap<String, QuotaView>, eventlog::LogError> {
-    Ok(eventlog::list_all(
-        store.read.as_ref(),
-        ModelSet::Live,
-        quotas::NAME,
-        &quotas::collection(workspace),
-    )
-    .await?
-    .into_iter()
-    .filter_map(|r| serde_json::from_str::<QuotaView>(&r.doc).ok())
-    .map(|q| (q.email.clone(), q))
-    .collect())
 }
 
 async fn quota_of(
@@ -244,7 +191,7 @@ async fn user_usage(
     period: Period,
     now: DateTime<Utc>,
 ) -> Result<(Usage, Option<QuotaView>), ApiError> {
-    let views = workspace_jobs(&state.store, workspace).await?;
+    let views = jobs::of_workspace(state.store.read.as_ref(), workspace).await?;
     let mine: Vec<JobView> = views
         .into_iter()
         .filter(|v| v.user == email.as_str())
@@ -395,7 +342,7 @@ pub(crate) async fn my_series(
         )
         .with_field("from"));
     }
-    let views = workspace_jobs(&state.store, &caller.workspace).await?;
+    let views = jobs::of_workspace(state.store.read.as_ref(), &caller.workspace).await?;
     let mine: Vec<JobView> = views
         .into_iter()
         .filter(|v| v.user == caller.email.as_str())
@@ -469,10 +416,10 @@ pub(crate) async fn workspace_usage(
     let workspace = require_workspace_admin(&caller, &ws)?;
     let now = Utc::now();
     let period = Period::of(state.scaling.billing_period, now);
-    let views = workspace_jobs(&state.store, &workspace).await?;
+    let views = jobs::of_workspace(state.store.read.as_ref(), &workspace).await?;
     let jobs = cost_jobs(&pricing(&state), &views);
     let by_user = usage_by_user(&jobs, period, now);
-    let quotas = workspace_quotas(&state.store, &workspace).await?;
+    let quotas = quotas::of_workspace(state.store.read.as_ref(), &workspace).await?;
     let mut emails: std::collections::BTreeSet<String> =
         by_user.keys().map(|e| e.to_string()).collect();
     emails.extend(quotas.keys().cloned());

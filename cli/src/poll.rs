@@ -18,7 +18,7 @@ use commands::scaling::{Scaler, ScalingJob};
 use commands::slurm::LiveDirectory;
 use eventlog::{ModelSet, Store};
 use projections::views::clusters::ClusterView;
-use projections::views::jobs::{self, JobView};
+use projections::views::jobs;
 use tokio::sync::watch;
 
 /// What the poll cycle works with.
@@ -209,32 +209,22 @@ async fn open_jobs(
     workspace: &domain::WorkspaceId,
     cluster: &domain::ClusterId,
 ) -> Result<(Vec<OpenJob>, Vec<ScalingJob>), eventlog::LogError> {
-    let rows = eventlog::list_all(
-        store.read.as_ref(),
-        ModelSet::Live,
-        jobs::NAME,
-        &jobs::collection(workspace, cluster),
-    )
-    .await?;
     let mut open = Vec::new();
     let mut sizing = Vec::new();
-    for row in rows {
-        match serde_json::from_str::<JobView>(&row.doc) {
-            Ok(view) if !view.state.is_terminal() => {
-                open.push(OpenJob {
-                    submission_id: view.submission_id,
-                    job_id: view.job_id,
-                });
-                sizing.push(ScalingJob {
-                    job_id: view.job_id,
-                    running: view.state != domain::job::JobState::Pending,
-                    shape: view.shape,
-                    nodes: view.node.clone(),
-                });
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(key = %row.key, error = %e, "unreadable job view skipped"),
+    for view in jobs::of_cluster(store.read.as_ref(), workspace, cluster).await? {
+        if view.state.is_terminal() {
+            continue;
         }
+        open.push(OpenJob {
+            submission_id: view.submission_id,
+            job_id: view.job_id,
+        });
+        sizing.push(ScalingJob {
+            job_id: view.job_id,
+            running: view.state != domain::job::JobState::Pending,
+            shape: view.shape,
+            nodes: view.node,
+        });
     }
     Ok((open, sizing))
 }
@@ -285,7 +275,7 @@ async fn enforce_quotas(
     let workspaces: std::collections::BTreeSet<&domain::WorkspaceId> =
         clusters.iter().map(|c| &c.workspace).collect();
     for ws in workspaces {
-        let quotas = match api::usage::workspace_quotas(store, ws).await {
+        let quotas = match projections::views::quotas::of_workspace(store.read.as_ref(), ws).await {
             Ok(q) if !q.is_empty() => q,
             Ok(_) => continue,
             Err(e) => {
@@ -293,7 +283,7 @@ async fn enforce_quotas(
                 continue;
             }
         };
-        let views = match api::usage::workspace_jobs(store, ws).await {
+        let views = match jobs::of_workspace(store.read.as_ref(), ws).await {
             Ok(v) => v,
             Err(e) => {
                 tracing::warn!(workspace = %ws, error = %e, "quota check: could not list jobs");

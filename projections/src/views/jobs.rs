@@ -60,6 +60,53 @@ pub fn collection(workspace: &WorkspaceId, cluster: &ClusterId) -> String {
     format!("jobs:{workspace}:{cluster}")
 }
 
+/// Every job view of a cluster (live set), in job order; views that do not parse are skipped
+/// with a warning.
+pub async fn of_cluster(
+    read: &dyn eventlog::ReadStore,
+    workspace: &WorkspaceId,
+    cluster: &ClusterId,
+) -> Result<Vec<JobView>, eventlog::LogError> {
+    let rows = eventlog::list_all(
+        read,
+        eventlog::ModelSet::Live,
+        NAME,
+        &collection(workspace, cluster),
+    )
+    .await?;
+    Ok(rows
+        .iter()
+        .filter_map(|row| match serde_json::from_str::<JobView>(&row.doc) {
+            Ok(view) => Some(view),
+            Err(e) => {
+                tracing::warn!(key = %row.key, error = %e, "unreadable job view skipped");
+                None
+            }
+        })
+        .collect())
+}
+
+/// Every job view of a workspace: all its clusters' (from the clusters projection).
+pub async fn of_workspace(
+    read: &dyn eventlog::ReadStore,
+    workspace: &WorkspaceId,
+) -> Result<Vec<JobView>, eventlog::LogError> {
+    let clusters = eventlog::list_all(
+        read,
+        eventlog::ModelSet::Live,
+        super::clusters::NAME,
+        &super::clusters::collection(workspace),
+    )
+    .await?;
+    let mut out = Vec::new();
+    for row in clusters {
+        if let Ok(c) = serde_json::from_str::<super::clusters::ClusterView>(&row.doc) {
+            out.extend(of_cluster(read, workspace, &c.cluster_id).await?);
+        }
+    }
+    Ok(out)
+}
+
 /// The key of a job within its collection.
 pub fn key(job_id: u64) -> String {
     format!("{job_id:012}")

@@ -54,6 +54,21 @@ pub fn collection(workspace: &WorkspaceId) -> String {
     format!("quotas:{workspace}")
 }
 
+/// Every quota of a workspace (live set), by email.
+pub async fn of_workspace(
+    read: &dyn eventlog::ReadStore,
+    workspace: &WorkspaceId,
+) -> Result<std::collections::BTreeMap<String, QuotaView>, eventlog::LogError> {
+    Ok(
+        eventlog::list_all(read, eventlog::ModelSet::Live, NAME, &collection(workspace))
+            .await?
+            .into_iter()
+            .filter_map(|r| serde_json::from_str::<QuotaView>(&r.doc).ok())
+            .map(|q| (q.email.clone(), q))
+            .collect(),
+    )
+}
+
 pub struct QuotaViews;
 
 #[async_trait]
