@@ -40,16 +40,6 @@ pub enum NodeChange {
     },
 }
 
-/// A node as its fleet sees it now.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeStatus {
-    pub node: String,
-    pub set: NodeSet,
-    pub ready: bool,
-    /// Jobs running on it.
-    pub jobs: usize,
-}
-
 /// Where nodes come from (Karpenter and EC2 in production; the local executor here).
 #[async_trait]
 pub trait NodeFleet: Send + Sync + 'static {
@@ -62,8 +52,8 @@ pub trait NodeFleet: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> Vec<NodeChange>;
 
-    /// Every node up or starting.
-    async fn nodes(&self) -> Vec<NodeStatus>;
+    /// The names of the nodes up or starting.
+    async fn nodes(&self) -> Vec<String>;
 
     /// Whether a node named in the log is this fleet's (several fleets may share a log).
     fn owns(&self, node: &str) -> bool;
@@ -116,13 +106,8 @@ impl EdgeAgent {
     /// have (the process that ran them stopped) are recorded as terminated; other fleets' nodes
     /// are left alone. Returns how many.
     pub async fn recover(&self, log: &dyn EventLog) -> Result<usize, AgentError> {
-        let known: std::collections::BTreeSet<String> = self
-            .fleet
-            .nodes()
-            .await
-            .into_iter()
-            .map(|n| n.node)
-            .collect();
+        let known: std::collections::BTreeSet<String> =
+            self.fleet.nodes().await.into_iter().collect();
         let lost: Vec<NodeChange> = live_nodes(log, &self.workspace, &self.cluster)
             .await?
             .into_iter()

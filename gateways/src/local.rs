@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use commands::fleet::{NodeChange, NodeFleet, NodeStatus};
+use commands::fleet::{NodeChange, NodeFleet};
 use commands::slurm::{Accepted, SlurmError, SlurmJob, SlurmPort};
 use domain::job::JobState;
 use domain::scaling::{Catalog, Demand, Family, NodeSet};
@@ -912,21 +912,11 @@ impl NodeFleet for LocalExecutor {
             .unwrap_or(false)
     }
 
-    async fn nodes(&self) -> Vec<NodeStatus> {
+    async fn nodes(&self) -> Vec<String> {
         self.inner
             .fleet
             .lock()
-            .map(|f| {
-                f.nodes
-                    .iter()
-                    .map(|n| NodeStatus {
-                        node: n.name.clone(),
-                        set: n.set,
-                        ready: n.ready,
-                        jobs: n.jobs.len(),
-                    })
-                    .collect()
-            })
+            .map(|f| f.nodes.iter().map(|n| n.name.clone()).collect())
             .unwrap_or_default()
     }
 }
