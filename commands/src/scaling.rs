@@ -291,37 +291,45 @@ impl Scaler {
         cluster: &ClusterId,
     ) -> Result<BTreeMap<String, (NodeSet, bool)>, ScaleError> {
         let stream = crate::fleet::stream(workspace, cluster);
-        let mut known = self
-            .nodes
-            .lock()
-            .ok()
-            .and_then(|n| n.get(stream.as_str()).cloned())
-            .unwrap_or_default();
-        known
-            .read_on(log, &stream)
-            .await
-            .map_err(ScaleError::Nodes)?;
-        let nodes = known.nodes.clone();
-        if let Ok(mut n) = self.nodes.lock() {
-            n.insert(stream.as_str().to_string(), known);
-        }
-        Ok(nodes)
+        let known = read_on_cached(&self.nodes, &stream, |mut known| async {
+            known
+                .read_on(log, &stream)
+                .await
+                .map_err(ScaleError::Nodes)?;
+            Ok(known)
+        })
+        .await?;
+        Ok(known.nodes)
     }
 
     /// The stream's fold, read on from where the last cycle left it.
     async fn current(&self, log: &dyn EventLog, stream: &StreamId) -> Result<Folded, ScaleError> {
-        let known = self
-            .folded
-            .lock()
-            .ok()
-            .and_then(|f| f.get(stream.as_str()).cloned())
-            .unwrap_or_default();
-        let folded = fold_from(log, stream, known).await?;
-        if let Ok(mut f) = self.folded.lock() {
-            f.insert(stream.as_str().to_string(), folded.clone());
-        }
-        Ok(folded)
+        read_on_cached(&self.folded, stream, |known| fold_from(log, stream, known)).await
     }
+}
+
+/// A stream's fold kept between cycles: `fold` reads on from the kept state, and the result is
+/// kept for the next call.
+async fn read_on_cached<T, F, Fut>(
+    cache: &Mutex<BTreeMap<String, T>>,
+    stream: &StreamId,
+    fold: F,
+) -> Result<T, ScaleError>
+where
+    T: Clone + Default,
+    F: FnOnce(T) -> Fut,
+    Fut: std::future::Future<Output = Result<T, ScaleError>>,
+{
+    let known = cache
+        .lock()
+        .ok()
+        .and_then(|c| c.get(stream.as_str()).cloned())
+        .unwrap_or_default();
+    let folded = fold(known).await?;
+    if let Ok(mut c) = cache.lock() {
+        c.insert(stream.as_str().to_string(), folded.clone());
+    }
+    Ok(folded)
 }
 
 /// The desired count of every node set decided so far in `stream`, and the stream's version.
