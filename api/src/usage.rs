@@ -141,7 +141,7 @@ fn usage_body(u: &Usage, quota: Option<&QuotaView>, period: Period) -> UsageBody
         pending_bill_usd: u.pending_bill.decimal(),
         projected_spend_usd: u.projected.decimal(),
         running_jobs: u.running_jobs,
-        status: status_name(quota.map_or(QuotaStatus::Ok, |q| q.status(u, period.start))).into(),
+        status: status_name(quota.map_or(QuotaStatus::Ok, |q| q.status(u, period))).into(),
         quota: quota.map(quota_body),
     }
 }
@@ -216,9 +216,8 @@ pub(crate) async fn refuse_if_blocked(state: &AppState, caller: &Caller) -> Resu
     }
     let now = Utc::now();
     let period = Period::of(state.scaling.billing_period, now);
-    let blocked_earlier = log_state.enforced == Some(period.start);
     let (u, _) = user_usage(state, &caller.workspace, &caller.email, period, now).await?;
-    if blocked_earlier || domain::cost::status(&u, Some(&q)) == QuotaStatus::Blocked {
+    if domain::cost::standing(&u, &q, log_state.enforced, period) == QuotaStatus::Blocked {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "quota_exceeded",

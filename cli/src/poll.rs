@@ -294,7 +294,7 @@ async fn enforce_quotas(
         let by_user = usage_by_user(&jobs, period, now);
         for (email, quota) in &quotas {
             let usage = by_user.get(email.as_str()).copied().unwrap_or_default();
-            let status = quota.status(&usage, period.start);
+            let status = quota.status(&usage, period);
             // block_and_kill users are always looked at: enforce decides on the log, which
             // the projection may lag.
             if status == QuotaStatus::Ok && quota.mode != domain::cost::QuotaMode::BlockAndKill {

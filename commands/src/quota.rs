@@ -218,15 +218,7 @@ pub async fn enforce(
     let Some(quota) = state.quota else {
         return Ok(out);
     };
-    // `status` came from the projection, which may lag an admin's change: decide on the log's
-    // quota (a block enforced this period holds until the quota is set again).
-    let status = if quota.mode == domain::cost::QuotaMode::BlockAndKill
-        && state.enforced == Some(period.start)
-    {
-        QuotaStatus::Blocked
-    } else {
-        domain::cost::status(usage, Some(&quota))
-    };
+    let status = domain::cost::standing(usage, &quota, state.enforced, period);
     if status == QuotaStatus::Ok {
         return Ok(out);
     }

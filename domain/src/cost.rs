@@ -321,6 +321,21 @@ pub fn status(usage: &Usage, quota: Option<&Quota>) -> QuotaStatus {
     }
 }
 
+/// Where a user stands, counting a block enforced earlier in this period (`enforced_in`, the
+/// start of the period it was enforced in): it holds until the quota is set again.
+pub fn standing(
+    usage: &Usage,
+    quota: &Quota,
+    enforced_in: Option<DateTime<Utc>>,
+    period: Period,
+) -> QuotaStatus {
+    if quota.mode == QuotaMode::BlockAndKill && enforced_in == Some(period.start) {
+        QuotaStatus::Blocked
+    } else {
+        status(usage, Some(quota))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -483,6 +498,16 @@ mod tests {
         assert_eq!(status(&u(11_000), Some(&kill)), QuotaStatus::Warning);
         assert_eq!(status(&u(11_001), Some(&kill)), QuotaStatus::Blocked);
         assert_eq!(status(&u(11_001), None), QuotaStatus::Ok);
+        // A block enforced this period holds whatever is spent now; last period's does not.
+        let period = Period::month_of(t("2026-11-05T00:00:00Z"));
+        let earlier = Some(period.start);
+        assert_eq!(
+            standing(&u(0), &kill, earlier, period),
+            QuotaStatus::Blocked
+        );
+        let last_month = Some(t("2026-10-01T00:00:00Z"));
+        assert_eq!(standing(&u(0), &kill, last_month, period), QuotaStatus::Ok);
+        assert_eq!(standing(&u(0), &warn, earlier, period), QuotaStatus::Ok);
         // A zero limit warns only once something is spent.
         let zero = Quota {
             limit: MicroUsd(0),

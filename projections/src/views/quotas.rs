@@ -3,7 +3,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use domain::cost::{Quota, QuotaMode, QuotaStatus};
+use domain::cost::{Period, Quota, QuotaMode, QuotaStatus};
 use domain::{DomainEvent, MicroUsd, WorkspaceId};
 use eventlog::RecordedEvent;
 use serde::{Deserialize, Serialize};
@@ -33,11 +33,8 @@ pub struct QuotaView {
 impl QuotaView {
     /// Where the user stands: the computed status, or blocked for the rest of a period in which
     /// the block was enforced.
-    pub fn status(&self, usage: &domain::cost::Usage, period_start: DateTime<Utc>) -> QuotaStatus {
-        if self.mode == QuotaMode::BlockAndKill && self.enforced_in == Some(period_start) {
-            return QuotaStatus::Blocked;
-        }
-        domain::cost::status(usage, Some(&self.quota()))
+    pub fn status(&self, usage: &domain::cost::Usage, period: Period) -> QuotaStatus {
+        domain::cost::standing(usage, &self.quota(), self.enforced_in, period)
     }
 
     pub fn quota(&self) -> Quota {
