@@ -132,6 +132,31 @@ pub struct Config {
     /// The billing period of bills and quotas: "month" (calendar, UTC), "week" (ISO, from
     /// Monday 00:00 UTC) or "day" (UTC).
     pub billing_period: String,
+    /// The most nodes one job may ask for; CPUs and memory per job are what the catalog's
+    /// biggest shape holds on that many nodes (docs/security.md).
+    pub max_nodes_per_job: u32,
+    /// The most nodes one node set may have: desired counts are clamped to it.
+    pub max_nodes_per_set: u32,
+    /// The most GPUs one job may ask for (0: GPU jobs are refused; the catalog has no GPUs).
+    pub max_gpus_per_job: u32,
+    /// The most nodes the local executor's edge agent launches in one step.
+    pub agent_max_launch_per_step: u32,
+    /// The longest a token may still be valid for, in seconds: tokens whose `exp` is further
+    /// ahead are refused (`token_lifetime_too_long`), and `token mint --ttl` stays within it.
+    pub max_token_lifetime_s: i64,
+    /// Per-cluster job limits, by `"<workspace>/<cluster>"`; each field unset = the server's.
+    pub cluster_limits: std::collections::BTreeMap<String, ClusterLimitsFile>,
+}
+
+/// One cluster's job limits in the configuration file (`[cluster_limits."ws/cluster"]`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterLimitsFile {
+    pub max_nodes_per_job: Option<u32>,
+    pub max_cpus_per_job: Option<u32>,
+    pub max_memory_mib_per_job: Option<u64>,
+    pub max_gpus_per_job: Option<u32>,
+    pub max_nodes_per_set: Option<u32>,
 }
 
 impl Default for Config {
@@ -183,11 +208,22 @@ impl Default for Config {
             node_cold_start_ms: None,
             agent_interval_ms: 250,
             billing_period: "month".into(),
+            max_nodes_per_job: domain::scaling::DEFAULT_MAX_NODES_PER_JOB,
+            max_nodes_per_set: domain::scaling::DEFAULT_MAX_NODES_PER_SET,
+            max_gpus_per_job: 0,
+            agent_max_launch_per_step: 32,
+            cluster_limits: Default::default(),
+            max_token_lifetime_s: api::auth::DEFAULT_MAX_TOKEN_LIFETIME_S,
         }
     }
 }
 
-const ENV_KEYS: [&str; 46] = [
+const ENV_KEYS: [&str; 51] = [
+    "max_token_lifetime_s",
+    "max_nodes_per_job",
+    "max_nodes_per_set",
+    "max_gpus_per_job",
+    "agent_max_launch_per_step",
     "billing_period",
     "replica_store",
     "dynamodb_endpoint",
@@ -386,7 +422,74 @@ impl Config {
             (10..=60_000).contains(&config.agent_interval_ms),
             "agent_interval_ms must be from 10 to 60000"
         );
+        anyhow::ensure!(
+            (1..=10_000).contains(&config.max_nodes_per_set),
+            "max_nodes_per_set must be from 1 to 10000"
+        );
+        anyhow::ensure!(
+            (1..=config.max_nodes_per_set).contains(&config.max_nodes_per_job),
+            "max_nodes_per_job must be from 1 to max_nodes_per_set ({})",
+            config.max_nodes_per_set
+        );
+        anyhow::ensure!(
+            config.max_gpus_per_job <= 100_000,
+            "max_gpus_per_job must be at most 100000"
+        );
+        anyhow::ensure!(
+            (1..=1_000).contains(&config.agent_max_launch_per_step),
+            "agent_max_launch_per_step must be from 1 to 1000"
+        );
+        anyhow::ensure!(
+            (60..=365 * 24 * 3600).contains(&config.max_token_lifetime_s),
+            "max_token_lifetime_s must be from 60 to 31536000 (a year)"
+        );
+        for (key, l) in &config.cluster_limits {
+            anyhow::ensure!(
+                key.split_once('/').is_some_and(|(w, c)| {
+                    domain::WorkspaceId::new(w).is_ok() && domain::ClusterId::new(c).is_ok()
+                }),
+                "cluster_limits keys are \"<workspace>/<cluster>\", not {key:?}"
+            );
+            anyhow::ensure!(
+                l.max_nodes_per_set
+                    .is_none_or(|n| (1..=10_000).contains(&n))
+                    && l.max_nodes_per_job.is_none_or(|n| n >= 1),
+                "cluster_limits.{key:?}: node limits must be at least 1 (and max_nodes_per_set at most 10000)"
+            );
+        }
         Ok(config)
+    }
+
+    /// The job limits of every cluster: the server's, and the per-cluster overrides.
+    pub fn limits(&self, catalog: &domain::scaling::Catalog) -> commands::jobs::ClusterLimits {
+        use domain::scaling::JobLimits;
+        let default = JobLimits::from_catalog(
+            catalog,
+            self.max_nodes_per_job,
+            self.max_nodes_per_set,
+            self.max_gpus_per_job,
+        );
+        let clusters = self
+            .cluster_limits
+            .iter()
+            .map(|(key, l)| {
+                let base = JobLimits::from_catalog(
+                    catalog,
+                    l.max_nodes_per_job.unwrap_or(self.max_nodes_per_job),
+                    l.max_nodes_per_set.unwrap_or(self.max_nodes_per_set),
+                    l.max_gpus_per_job.unwrap_or(self.max_gpus_per_job),
+                );
+                let limits = JobLimits {
+                    max_cpus_per_job: l.max_cpus_per_job.unwrap_or(base.max_cpus_per_job),
+                    max_memory_mib_per_job: l
+                        .max_memory_mib_per_job
+                        .unwrap_or(base.max_memory_mib_per_job),
+                    ..base
+                };
+                (key.clone(), limits)
+            })
+            .collect();
+        commands::jobs::ClusterLimits { default, clusters }
     }
 
     /// From a node's launch to its being ready (local executor).

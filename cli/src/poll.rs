@@ -34,6 +34,8 @@ pub struct Poller {
     pub leading: Arc<AtomicBool>,
     pub pricing: Pricing,
     pub billing_period: domain::cost::PeriodKind,
+    /// Each cluster's job limits: open jobs over them are failed, not planned.
+    pub limits: commands::jobs::ClusterLimits,
 }
 
 pub async fn run(p: Poller, mut stop: watch::Receiver<bool>) {
@@ -48,6 +50,7 @@ pub async fn run(p: Poller, mut stop: watch::Receiver<bool>) {
         leading: is_leading,
         pricing,
         billing_period,
+        limits,
     } = p;
     loop {
         let leading = leadership.lead().await;
@@ -79,6 +82,16 @@ pub async fn run(p: Poller, mut stop: watch::Receiver<bool>) {
         for ((workspace, cluster), slurm) in &directory.snapshot() {
             match open_jobs(&store, workspace, cluster).await {
                 Ok((open, sizing)) => {
+                    fail_oversized(
+                        &store,
+                        slurm.as_ref(),
+                        &limits,
+                        workspace,
+                        cluster,
+                        &open,
+                        &sizing,
+                    )
+                    .await;
                     match scaler
                         .cycle(
                             store.log.as_ref(),
@@ -227,6 +240,43 @@ async fn open_jobs(
         });
     }
     Ok((open, sizing))
+}
+
+/// Open jobs over their cluster's limits are failed with the reason (the scaler already skips
+/// them); one that is only pending in the log costs nothing here.
+async fn fail_oversized(
+    store: &Store,
+    slurm: &dyn commands::slurm::SlurmPort,
+    limits: &commands::jobs::ClusterLimits,
+    workspace: &domain::WorkspaceId,
+    cluster: &domain::ClusterId,
+    open: &[OpenJob],
+    sizing: &[ScalingJob],
+) {
+    let limits = limits.of(workspace, cluster);
+    let over: Vec<commands::jobs::OversizedJob> = open
+        .iter()
+        .zip(sizing)
+        .filter_map(|(o, s)| {
+            let why = limits.check(&s.shape, "job.memory_per_node");
+            (!why.is_empty()).then(|| commands::jobs::OversizedJob {
+                submission_id: o.submission_id,
+                job_id: o.job_id,
+                why: why
+                    .iter()
+                    .map(|e| e.message.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            })
+        })
+        .collect();
+    if over.is_empty() {
+        return;
+    }
+    if let Err(e) = commands::jobs::fail_oversized(store.log.as_ref(), slurm, cluster, &over).await
+    {
+        tracing::warn!(%cluster, error = %e, "could not fail jobs over the limits; retrying next cycle");
+    }
 }
 
 /// The edge agent of the local executor: every `every`, nodes follow the desired counts. Runs in

@@ -68,12 +68,16 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
         );
     }
 
-    let scaler = Arc::new(commands::scaling::Scaler::new(
-        catalog.clone(),
-        config.default_mib_per_cpu,
-        chrono::Duration::milliseconds(config.scale_idle_window_ms as i64),
-        chrono::Utc::now(),
-    ));
+    let limits = config.limits(&catalog);
+    let scaler = Arc::new(
+        commands::scaling::Scaler::new(
+            catalog.clone(),
+            config.default_mib_per_cpu,
+            chrono::Duration::milliseconds(config.scale_idle_window_ms as i64),
+            chrono::Utc::now(),
+        )
+        .with_limits(limits.clone()),
+    );
     let state = AppState {
         store: store.clone(),
         projections: projections.clone(),
@@ -86,7 +90,8 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
         slurm: directory.clone(),
         submitter: Arc::new(
             commands::jobs::Submitter::default()
-                .with_shapes(catalog.clone(), config.default_mib_per_cpu),
+                .with_shapes(catalog.clone(), config.default_mib_per_cpu)
+                .with_limits(limits.clone()),
         ),
         templates: Arc::new(commands::templates::Catalog::builtin()?),
         logs: Arc::new(api::logs::Logs {
@@ -130,6 +135,7 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
                 default_mib_per_cpu: config.default_mib_per_cpu,
             },
             billing_period,
+            limits,
         },
         stop_rx_poll.clone(),
     ));
@@ -190,6 +196,7 @@ fn slurm_directory(
                     catalog,
                     default_mib_per_cpu: config.default_mib_per_cpu,
                     cold_start: config.node_cold_start(),
+                    max_launch_per_step: config.agent_max_launch_per_step,
                 }),
         },
         chrono::Utc::now(),
@@ -315,7 +322,8 @@ async fn authenticator(config: &Config) -> anyhow::Result<(Arc<Authenticator>, b
             .with_context(|| format!("could not read jwks_file {}", path.display()))?;
         let auth = Authenticator::from_jwks(&text)
             .with_context(|| format!("jwks_file {}", path.display()))?
-            .require(config.jwt_issuer.clone(), config.jwt_audience.clone());
+            .require(config.jwt_issuer.clone(), config.jwt_audience.clone())
+            .max_lifetime(config.max_token_lifetime_s);
         tracing::info!(jwks_file = %path.display(), "verifying RS256 tokens against a JWKS file");
         return Ok((Arc::new(auth), false));
     }
@@ -327,7 +335,8 @@ async fn authenticator(config: &Config) -> anyhow::Result<(Arc<Authenticator>, b
         let auth = Arc::new(
             Authenticator::from_jwks(&text)
                 .with_context(|| format!("jwks_url {url}"))?
-                .require(config.jwt_issuer.clone(), config.jwt_audience.clone()),
+                .require(config.jwt_issuer.clone(), config.jwt_audience.clone())
+                .max_lifetime(config.max_token_lifetime_s),
         );
         tracing::info!(jwks_url = %url, "verifying RS256 tokens against a JWKS URL");
         let (refresh, url) = (auth.clone(), url.clone());
@@ -351,7 +360,10 @@ async fn authenticator(config: &Config) -> anyhow::Result<(Arc<Authenticator>, b
         return Ok((auth, false));
     }
     let (secret, created) = crate::secrets::load_or_create(&config.secret_path())?;
-    Ok((Arc::new(Authenticator::local(&secret)), created))
+    Ok((
+        Arc::new(Authenticator::local(&secret).max_lifetime(config.max_token_lifetime_s)),
+        created,
+    ))
 }
 
 async fn fetch_jwks(client: &reqwest::Client, url: &str) -> anyhow::Result<String> {

@@ -101,6 +101,24 @@ pub struct Submitter {
     clock: std::sync::Arc<dyn eventlog::Clock>,
     /// The node shapes jobs must fit, and the memory per vCPU assumed when a job asks for none.
     shapes: Option<(std::sync::Arc<domain::scaling::Catalog>, u64)>,
+    /// The largest job each cluster takes: per `<workspace>/<cluster>`, else the default.
+    limits: Option<ClusterLimits>,
+}
+
+/// The job limits of every cluster: a default, and overrides by `<workspace>/<cluster>`.
+#[derive(Debug, Clone)]
+pub struct ClusterLimits {
+    pub default: domain::scaling::JobLimits,
+    pub clusters: std::collections::BTreeMap<String, domain::scaling::JobLimits>,
+}
+
+impl ClusterLimits {
+    pub fn of(&self, workspace: &WorkspaceId, cluster: &ClusterId) -> domain::scaling::JobLimits {
+        self.clusters
+            .get(&format!("{workspace}/{cluster}"))
+            .copied()
+            .unwrap_or(self.default)
+    }
 }
 
 impl Default for Submitter {
@@ -126,7 +144,14 @@ impl Submitter {
             in_flight: Mutex::new(HashSet::new()),
             clock,
             shapes: None,
+            limits: None,
         }
+    }
+
+    /// Refuses jobs over their cluster's limits (nodes, CPUs, memory, GPUs).
+    pub fn with_limits(mut self, limits: ClusterLimits) -> Self {
+        self.limits = Some(limits);
+        self
     }
 
     /// Refuses jobs that no node shape of `catalog` can hold (one node's share of vCPUs and
@@ -166,6 +191,22 @@ impl Submitter {
         s: Submission,
     ) -> Result<Submitted, JobError> {
         let canonical = canonicalize(&s.body).map_err(JobError::Invalid)?;
+        if let Some(limits) = &self.limits {
+            let memory_field = if canonical.body["job"]
+                .get("memory_per_cpu")
+                .is_some_and(|v| !v.is_null())
+            {
+                "job.memory_per_cpu"
+            } else {
+                "job.memory_per_node"
+            };
+            let over = limits
+                .of(&s.workspace, &s.cluster)
+                .check(&canonical.shape, memory_field);
+            if !over.is_empty() {
+                return Err(JobError::Invalid(over));
+            }
+        }
         self.check_fits(&canonical.shape)?;
         let submission_id = match &s.idempotency_key {
             Some(key) => Uuid::new_v5(
@@ -478,7 +519,7 @@ pub async fn reconcile(
             template_id: None,
             params: None,
             body: serde_json::json!({}),
-            shape: JobShape { cpus: 1, memory_mib: None, nodes: 1, time_limit_minutes: None },
+            shape: JobShape { cpus: 1, memory_mib: None, nodes: 1, time_limit_minutes: None, gpus: 0 },
             warnings: vec![Warning {
                 field: "".into(),
                 message: "adopted from Slurm after the API stopped between Slurm accepting the job and recording it; the original body was not recorded".into(),
@@ -497,4 +538,68 @@ pub async fn reconcile(
         }
     }
     Ok(done)
+}
+
+/// An open job over its cluster's limits: accepted before the limits, or under bigger ones.
+#[derive(Debug, Clone)]
+pub struct OversizedJob {
+    pub submission_id: Uuid,
+    pub job_id: u64,
+    /// Which limits it is over, as one sentence.
+    pub why: String,
+}
+
+/// Fails open jobs that are over their cluster's limits, so they are never planned again (a
+/// server that restarts with such a job in its log must start and scale for the others): asks
+/// Slurm to cancel each (whatever it answers) and records `JobStateChanged` to FAILED with the
+/// reason. Returns how many it recorded.
+pub async fn fail_oversized(
+    log: &dyn EventLog,
+    slurm: &dyn SlurmPort,
+    cluster: &ClusterId,
+    jobs: &[OversizedJob],
+) -> Result<usize, JobError> {
+    let system = crate::system_metadata("poll");
+    let mut failed = 0;
+    for job in jobs {
+        let stream = stream(cluster, job.submission_id);
+        let Some((facts, version)) = load(log, &stream).await? else {
+            continue;
+        };
+        if facts.state.is_terminal() {
+            continue;
+        }
+        if let Err(e) = slurm.cancel(job.job_id).await {
+            tracing::warn!(job_id = job.job_id, error = %e, "could not cancel an oversized job in Slurm; recording it failed anyway");
+        }
+        let event = DomainEvent::JobStateChanged(JobStateChanged {
+            job_id: job.job_id,
+            from: facts.state,
+            to: JobState::Failed,
+            reason: Some(format!(
+                "over this cluster's job limits, so it can never be placed: {}",
+                job.why
+            )),
+            node: None,
+            exit_code: None,
+            at: None,
+            started_at: None,
+        });
+        match log
+            .append(
+                &stream,
+                ExpectedVersion::Exact(version),
+                &[crate::encode(&event, system.clone())?],
+            )
+            .await
+        {
+            Ok(_) => {
+                tracing::warn!(job_id = job.job_id, why = %job.why, "job over the cluster's limits recorded failed");
+                failed += 1;
+            }
+            Err(LogError::VersionConflict { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(failed)
 }

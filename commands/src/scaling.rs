@@ -63,6 +63,9 @@ pub struct Scaler {
     folded: Mutex<BTreeMap<String, Folded>>,
     /// Each node stream's fold so far.
     nodes: Mutex<BTreeMap<String, crate::fleet::LiveNodes>>,
+    /// Jobs over these are not planned (the poll cycle fails them); desired counts are clamped
+    /// to their `max_nodes_per_set`.
+    limits: Option<crate::jobs::ClusterLimits>,
 }
 
 /// A scaling stream folded: each node set's desired count, the log position of the decision
@@ -89,7 +92,14 @@ impl Scaler {
             last_busy: Mutex::new(BTreeMap::new()),
             folded: Mutex::new(BTreeMap::new()),
             nodes: Mutex::new(BTreeMap::new()),
+            limits: None,
         }
+    }
+
+    /// Plans only jobs within their cluster's limits and clamps desired counts per node set.
+    pub fn with_limits(mut self, limits: crate::jobs::ClusterLimits) -> Self {
+        self.limits = Some(limits);
+        self
     }
 
     /// This process has just started deciding (it became the leader): sets it has not seen busy
@@ -135,8 +145,13 @@ impl Scaler {
                 );
             }
         }
+        let limits = self.limits.as_ref().map(|l| l.of(workspace, cluster));
         let mut slices = Vec::new();
         for job in jobs {
+            // A job over the limits is never planned: it could ask for millions of nodes.
+            if limits.is_some_and(|l| !l.allows(&job.shape)) {
+                continue;
+            }
             let demand = Demand::per_node(
                 job.shape.cpus,
                 job.shape.memory_mib,
@@ -168,6 +183,9 @@ impl Scaler {
         }
         let warm: Vec<WarmNode> = warm.into_values().collect();
         let (mut needs, _stranded) = plan(&self.catalog, &warm, &slices);
+        if let Some(l) = limits {
+            l.clamp(&mut needs);
+        }
         let pending: std::collections::HashSet<u64> = jobs
             .iter()
             .filter(|j| !j.running)

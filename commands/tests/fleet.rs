@@ -34,6 +34,10 @@ const SMALL: NodeSet = NodeSet {
 };
 
 fn executor(dir: &std::path::Path, name: &str) -> Arc<LocalExecutor> {
+    executor_capped(dir, name, 100)
+}
+
+fn executor_capped(dir: &std::path::Path, name: &str, max_launch: u32) -> Arc<LocalExecutor> {
     Arc::new(
         LocalExecutor::open(
             LocalSettings {
@@ -46,6 +50,7 @@ fn executor(dir: &std::path::Path, name: &str) -> Arc<LocalExecutor> {
                     catalog: catalog(),
                     default_mib_per_cpu: 2048,
                     cold_start: Duration::ZERO,
+                    max_launch_per_step: max_launch,
                 }),
             },
             chrono::Utc::now(),
@@ -124,6 +129,39 @@ async fn nodes_follow_the_counts_and_a_restart_records_only_its_own_lost_nodes()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_launches_at_most_its_step_limit_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, replicas) = store(dir.path()).await;
+    let (workspace, cluster) = ids();
+    let now = chrono::Utc::now();
+    replicas
+        .put(&ReplicaWrite {
+            workspace: workspace.clone(),
+            cluster_id: cluster.clone(),
+            node_set: SMALL,
+            desired: 7,
+            expected_version: 0,
+            decided_at: 1,
+            now,
+        })
+        .await
+        .unwrap();
+    let a = agent(&replicas, executor_capped(dir.path(), "a", 3));
+    let launched = |changes: &[NodeChange]| {
+        changes
+            .iter()
+            .filter(|c| matches!(c, NodeChange::Launched { .. }))
+            .count()
+    };
+    let mut steps = Vec::new();
+    for _ in 0..4 {
+        steps.push(launched(&a.step(store.log.as_ref(), now).await.unwrap()));
+    }
+    assert_eq!(steps, [3, 3, 1, 0]);
+    assert_eq!(a.fleet.nodes().await.len(), 7);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sync_copies_decisions_and_never_lets_an_older_one_win() {
     let dir = tempfile::tempdir().unwrap();
     let (store, replicas) = store(dir.path()).await;
@@ -140,6 +178,7 @@ async fn the_sync_copies_decisions_and_never_lets_an_older_one_win() {
                     memory_mib: None,
                     nodes: 1,
                     time_limit_minutes: None,
+                    gpus: 0,
                 },
                 nodes: None,
             })

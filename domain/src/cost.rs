@@ -352,6 +352,7 @@ mod tests {
             memory_mib: gib.map(|g| g * 1024),
             nodes,
             time_limit_minutes: None,
+            gpus: 0,
         }
     }
 

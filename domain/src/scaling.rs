@@ -309,6 +309,128 @@ pub struct TooBig {
     pub largest_mib: u64,
 }
 
+/// The largest job a cluster takes, and the most nodes one node set may have. A job over any of
+/// them is refused at submit (422 `job_too_large`, naming the field); a job already in the log
+/// that is over them (accepted before the limit, or under a bigger one) is failed by the poll
+/// cycle instead of planned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobLimits {
+    pub max_nodes_per_job: u32,
+    pub max_cpus_per_job: u32,
+    pub max_memory_mib_per_job: u64,
+    pub max_gpus_per_job: u32,
+    /// Desired counts are clamped to this per node set.
+    pub max_nodes_per_set: u32,
+}
+
+/// The default most nodes of one job.
+pub const DEFAULT_MAX_NODES_PER_JOB: u32 = 64;
+/// The default most nodes of one node set.
+pub const DEFAULT_MAX_NODES_PER_SET: u32 = 256;
+
+impl JobLimits {
+    /// What the catalog can place within `max_nodes_per_job` nodes: that many of its biggest
+    /// shape's vCPUs and allocatable memory. The catalog has no GPU shapes, so `max_gpus_per_job`
+    /// is whatever the operator sets (0 refuses GPU jobs).
+    pub fn from_catalog(
+        catalog: &Catalog,
+        max_nodes_per_job: u32,
+        max_nodes_per_set: u32,
+        max_gpus_per_job: u32,
+    ) -> Self {
+        let vcpus = catalog.shapes().map(|s| s.vcpus).max().unwrap_or(0);
+        let mib = catalog
+            .shapes()
+            .map(|s| s.allocatable_mib)
+            .max()
+            .unwrap_or(0);
+        let nodes = max_nodes_per_job.min(max_nodes_per_set);
+        Self {
+            max_nodes_per_job: nodes,
+            max_cpus_per_job: vcpus.saturating_mul(nodes),
+            max_memory_mib_per_job: mib.saturating_mul(u64::from(nodes)),
+            max_gpus_per_job,
+            max_nodes_per_set,
+        }
+    }
+
+    /// Every limit the job is over, each with the field at fault. `memory_field` is the body's
+    /// memory field (`job.memory_per_node` or `job.memory_per_cpu`).
+    pub fn check(
+        &self,
+        shape: &crate::submit::JobShape,
+        memory_field: &str,
+    ) -> Vec<crate::submit::FieldError> {
+        let mut out = Vec::new();
+        let mut over = |field: &str, what: String| {
+            out.push(crate::submit::FieldError {
+                code: "job_too_large",
+                field: field.to_string(),
+                message: what,
+            });
+        };
+        if shape.nodes > self.max_nodes_per_job {
+            over(
+                "job.nodes",
+                format!(
+                    "the job asks for {} nodes; this cluster runs jobs of at most {} nodes: ask for fewer, or ask the operator to raise max_nodes_per_job",
+                    shape.nodes, self.max_nodes_per_job
+                ),
+            );
+        }
+        if shape.cpus > self.max_cpus_per_job {
+            over(
+                "job.tasks",
+                format!(
+                    "the job asks for {} CPUs (tasks × cpus_per_task); this cluster runs jobs of at most {}: ask for fewer",
+                    shape.cpus, self.max_cpus_per_job
+                ),
+            );
+        }
+        if let Some(mib) = shape.memory_mib
+            && mib > self.max_memory_mib_per_job
+        {
+            over(
+                memory_field,
+                format!(
+                    "the job asks for {mib} MiB in all; this cluster runs jobs of at most {} MiB: ask for less",
+                    self.max_memory_mib_per_job
+                ),
+            );
+        }
+        if shape.gpus > self.max_gpus_per_job {
+            over(
+                "job.tres_per_node",
+                if self.max_gpus_per_job == 0 {
+                    format!(
+                        "the job asks for {} GPUs; this cluster has no GPU nodes: drop the gres/gpu request",
+                        shape.gpus
+                    )
+                } else {
+                    format!(
+                        "the job asks for {} GPUs; this cluster runs jobs of at most {}: ask for fewer",
+                        shape.gpus, self.max_gpus_per_job
+                    )
+                },
+            );
+        }
+        out
+    }
+
+    /// Whether a job is within every limit.
+    pub fn allows(&self, shape: &crate::submit::JobShape) -> bool {
+        self.check(shape, "job.memory_per_node").is_empty()
+    }
+
+    /// Clamps each node set's need to `max_nodes_per_set`.
+    pub fn clamp(&self, needs: &mut BTreeMap<NodeSet, Need>) {
+        for need in needs.values_mut() {
+            need.nodes = need.nodes.min(self.max_nodes_per_set);
+            need.new_nodes = need.new_nodes.min(need.nodes);
+        }
+    }
+}
+
 /// A node that is up, what its running jobs leave free.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WarmNode {
@@ -687,6 +809,81 @@ mod tests {
         );
         assert_eq!(s.allocatable_mib, 2048 - 512);
         assert!(Catalog::parse(r#"{"shapes": []}"#, 512).is_err());
+    }
+
+    fn shape(cpus: u32, memory_mib: Option<u64>, nodes: u32, gpus: u32) -> crate::submit::JobShape {
+        crate::submit::JobShape {
+            cpus,
+            memory_mib,
+            nodes,
+            time_limit_minutes: None,
+            gpus,
+        }
+    }
+
+    #[test]
+    fn limits_come_from_what_the_catalog_places_within_the_node_limit() {
+        let c = catalog();
+        let limits = JobLimits::from_catalog(&c, 64, 256, 0);
+        let biggest_cpus = c.shapes().map(|s| s.vcpus).max().unwrap();
+        let biggest_mib = c.shapes().map(|s| s.allocatable_mib).max().unwrap();
+        assert_eq!(limits.max_nodes_per_job, 64);
+        assert_eq!(limits.max_cpus_per_job, 64 * biggest_cpus);
+        assert_eq!(limits.max_memory_mib_per_job, 64 * biggest_mib);
+        // A job limit above the set limit is the set limit: no job can need more.
+        assert_eq!(
+            JobLimits::from_catalog(&c, 1000, 256, 0).max_nodes_per_job,
+            256
+        );
+
+        assert!(
+            limits
+                .check(&shape(4, Some(4096), 64, 0), "job.memory_per_node")
+                .is_empty()
+        );
+        let over = limits.check(
+            &shape(u32::MAX, Some(u64::MAX), 65, 1),
+            "job.memory_per_cpu",
+        );
+        let fields: Vec<&str> = over.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "job.nodes",
+                "job.tasks",
+                "job.memory_per_cpu",
+                "job.tres_per_node"
+            ]
+        );
+        assert!(over.iter().all(|e| e.code == "job_too_large"));
+        assert!(
+            over[3].message.contains("no GPU nodes"),
+            "{}",
+            over[3].message
+        );
+        assert!(JobLimits::from_catalog(&c, 64, 256, 8).allows(&shape(1, None, 1, 8)));
+    }
+
+    #[test]
+    fn desired_counts_are_clamped_per_node_set() {
+        let c = catalog();
+        let limits = JobLimits::from_catalog(&c, 64, 10, 0);
+        // 40 one-node jobs that each fill a node: 40 nodes wanted, 10 allowed.
+        let big = c.largest(Family::Compute).unwrap();
+        let demand = Demand {
+            cpus: big.vcpus,
+            memory_mib: big.allocatable_mib,
+        };
+        let slices: Vec<PendingSlice> = (0..40)
+            .map(|job_id| PendingSlice { job_id, demand })
+            .collect();
+        let (mut needs, _) = plan(&c, &[], &slices);
+        assert_eq!(needs.values().map(|n| n.nodes).sum::<u32>(), 40);
+        limits.clamp(&mut needs);
+        assert!(
+            needs.values().all(|n| n.nodes <= 10 && n.new_nodes <= 10),
+            "{needs:?}"
+        );
     }
 
     #[test]

@@ -34,7 +34,19 @@ pub struct JobShape {
     pub nodes: u32,
     /// Time limit in minutes; `None` = the partition's default.
     pub time_limit_minutes: Option<u32>,
+    /// GPUs for the whole job, from `tres_per_job`, `tres_per_node` (× nodes) and
+    /// `tres_per_task` (× tasks) entries like `gres/gpu:4` or `gres/gpu:a100:2`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub gpus: u32,
 }
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// The most nodes, tasks or CPUs per task any body may name, whatever the cluster allows: far
+/// above any cluster's limit, low enough that no product of them overflows.
+pub const MAX_COUNT: u64 = 100_000;
 
 /// A validated body in canonical v0.0.44 form.
 #[derive(Debug, Clone, PartialEq)]
@@ -487,18 +499,22 @@ pub fn canonicalize(body: &Value) -> Result<CanonicalSubmit, Vec<FieldError>> {
         let field = format!("job.{name}");
         match job.get(*name).cloned() {
             None | Some(Value::Null) => {}
-            Some(Value::Number(n)) => match n.as_u64().filter(|v| *v >= 1 && *v <= 100_000) {
+            Some(Value::Number(n)) => match n.as_u64().filter(|v| (1..=MAX_COUNT).contains(v)) {
                 Some(v) => {
                     ints.insert(name, v);
                 }
                 None => c.error(
                     "invalid_number",
                     &field,
-                    format!("{name} must be a whole number from 1 to 100000"),
+                    format!("{name} must be a whole number from 1 to {MAX_COUNT}"),
                 ),
             },
             Some(Value::Object(o)) if o.get("set") == Some(&Value::Bool(true)) => {
-                match o.get("number").and_then(Value::as_u64).filter(|v| *v >= 1) {
+                match o
+                    .get("number")
+                    .and_then(Value::as_u64)
+                    .filter(|v| (1..=MAX_COUNT).contains(v))
+                {
                     Some(v) => {
                         c.warn(&field, format!("v0.0.44 wants a plain integer for {name} in a request; forwarded as {v}"));
                         job.insert((*name).into(), json!(v));
@@ -507,7 +523,7 @@ pub fn canonicalize(body: &Value) -> Result<CanonicalSubmit, Vec<FieldError>> {
                     None => c.error(
                         "invalid_number",
                         &field,
-                        format!("{name} must be a whole number >= 1"),
+                        format!("{name} must be a whole number from 1 to {MAX_COUNT}"),
                     ),
                 }
             }
@@ -521,7 +537,7 @@ pub fn canonicalize(body: &Value) -> Result<CanonicalSubmit, Vec<FieldError>> {
 
     let min_nodes = match job.get("nodes").cloned() {
         None | Some(Value::Null) => ints.get("minimum_nodes").copied().unwrap_or(1),
-        Some(Value::Number(n)) => match n.as_u64().filter(|v| *v >= 1) {
+        Some(Value::Number(n)) => match n.as_u64().filter(|v| (1..=MAX_COUNT).contains(v)) {
             Some(v) => {
                 job.insert("nodes".into(), Value::String(v.to_string()));
                 v
@@ -530,21 +546,27 @@ pub fn canonicalize(body: &Value) -> Result<CanonicalSubmit, Vec<FieldError>> {
                 c.error(
                     "invalid_nodes",
                     "job.nodes",
-                    "nodes must be a count like \"1\" or a range like \"2-4\"",
+                    format!("nodes must be a count from 1 to {MAX_COUNT} like \"1\" or a range like \"2-4\""),
                 );
                 1
             }
         },
         Some(Value::String(s)) => {
             let first = s.split(['-', ':', ',']).next().unwrap_or("");
-            match first.trim().parse::<u64>().ok().filter(|v| *v >= 1) {
+            match first
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|v| (1..=MAX_COUNT).contains(v))
+            {
                 Some(v) => v,
                 None => {
                     c.error(
                         "invalid_nodes",
                         "job.nodes",
                         format!(
-                            "nodes must be a count like \"1\" or a range like \"2-4\", not \"{s}\""
+                            "nodes must be a count from 1 to {MAX_COUNT} like \"1\" or a range like \"2-4\", not \"{}\"",
+                            clip(&s)
                         ),
                     );
                     1
@@ -570,32 +592,138 @@ pub fn canonicalize(body: &Value) -> Result<CanonicalSubmit, Vec<FieldError>> {
         }
     }
 
+    let gpus = count_gpus(&mut c, &job, &ints, min_nodes);
     if !c.errors.is_empty() {
         return Err(c.errors);
     }
     let tasks = ints.get("tasks").copied().unwrap_or(1);
     let cpus_per_task = ints.get("cpus_per_task").copied().unwrap_or(1);
-    let cpus = (tasks * cpus_per_task).min(u64::from(u32::MAX)) as u32;
+    // Every count is at most MAX_COUNT, so these products fit; the checks say so anyway.
+    let cpus = tasks
+        .checked_mul(cpus_per_task)
+        .and_then(|n| u32::try_from(n).ok());
+    let Some(cpus) = cpus else {
+        c.error(
+            "job_too_large",
+            "job.tasks",
+            "tasks × cpus_per_task is more CPUs than any cluster has; ask for fewer",
+        );
+        return Err(c.errors);
+    };
     let memory_mib = match (values.get("memory_per_node"), values.get("memory_per_cpu")) {
-        (Some(Some(per_node)), _) => Some(per_node * min_nodes),
-        (_, Some(Some(per_cpu))) => Some(per_cpu * u64::from(cpus)),
+        (Some(Some(per_node)), _) => match per_node.checked_mul(min_nodes) {
+            Some(m) => Some(m),
+            None => {
+                c.error(
+                    "job_too_large",
+                    "job.memory_per_node",
+                    "memory_per_node × nodes is more memory than any cluster has; ask for less",
+                );
+                return Err(c.errors);
+            }
+        },
+        (_, Some(Some(per_cpu))) => match per_cpu.checked_mul(u64::from(cpus)) {
+            Some(m) => Some(m),
+            None => {
+                c.error(
+                    "job_too_large",
+                    "job.memory_per_cpu",
+                    "memory_per_cpu × CPUs is more memory than any cluster has; ask for less",
+                );
+                return Err(c.errors);
+            }
+        },
         _ => None,
     };
     let time_limit_minutes = values
         .get("time_limit")
         .copied()
         .flatten()
-        .map(|m| m.min(u64::from(u32::MAX)) as u32);
+        .map(|m| u32::try_from(m).unwrap_or(u32::MAX));
     Ok(CanonicalSubmit {
         body: json!({ "job": Value::Object(job) }),
         warnings: c.warnings,
         shape: JobShape {
             cpus,
             memory_mib,
-            nodes: min_nodes.min(u64::from(u32::MAX)) as u32,
+            // At most MAX_COUNT.
+            nodes: u32::try_from(min_nodes).unwrap_or(u32::MAX),
             time_limit_minutes,
+            gpus,
         },
     })
+}
+
+/// A user's text, cut short for an error message.
+fn clip(s: &str) -> String {
+    let mut out: String = s.chars().take(40).collect();
+    if out.len() < s.len() {
+        out.push('…');
+    }
+    out
+}
+
+/// GPUs in one TRES list like `gres/gpu:4,gres/gpu:a100:2,license/x:1` (`gpu:4` too).
+fn gpus_in(list: &str) -> Option<u64> {
+    let mut total: u64 = 0;
+    for item in list.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let item = item.strip_prefix("gres/").unwrap_or(item);
+        let mut parts = item.split(':');
+        if parts.next() != Some("gpu") {
+            continue;
+        }
+        let rest: Vec<&str> = parts.collect();
+        // gpu, gpu:N, gpu:TYPE, gpu:TYPE:N
+        let n = match rest.as_slice() {
+            [] => 1,
+            [last] | [_, last] if !last.is_empty() && last.bytes().all(|b| b.is_ascii_digit()) => {
+                last.parse::<u64>().ok()?
+            }
+            // gpu:TYPE
+            [_] => 1,
+            _ => return None,
+        };
+        total = total.checked_add(n)?;
+    }
+    Some(total)
+}
+
+/// The job's GPUs for the whole job (checked: a count no cluster has is an error).
+fn count_gpus(
+    c: &mut Check,
+    job: &Map<String, Value>,
+    ints: &std::collections::HashMap<&str, u64>,
+    nodes: u64,
+) -> u32 {
+    let tasks = ints.get("tasks").copied().unwrap_or(1);
+    let mut total: u64 = 0;
+    for (name, times) in [
+        ("tres_per_job", 1),
+        ("tres_per_node", nodes),
+        ("tres_per_task", tasks),
+    ] {
+        let Some(list) = job.get(name).and_then(Value::as_str) else {
+            continue;
+        };
+        let gpus = gpus_in(list)
+            .filter(|g| *g <= MAX_COUNT)
+            .and_then(|g| g.checked_mul(times))
+            .and_then(|g| total.checked_add(g));
+        match gpus {
+            Some(t) => total = t,
+            None => {
+                c.error(
+                    "invalid_gpus",
+                    format!("job.{name}"),
+                    format!(
+                        "{name} must list GPUs like \"gres/gpu:4\" or \"gres/gpu:a100:2\" with a count from 0 to {MAX_COUNT}"
+                    ),
+                );
+                return 0;
+            }
+        }
+    }
+    u32::try_from(total).unwrap_or(u32::MAX)
 }
 
 #[cfg(test)]
@@ -633,7 +761,8 @@ mod tests {
                 cpus: 4,
                 memory_mib: Some(4096),
                 nodes: 1,
-                time_limit_minutes: Some(30)
+                time_limit_minutes: Some(30),
+                gpus: 0,
             }
         );
         assert_eq!(
@@ -734,6 +863,72 @@ mod tests {
     }
 
     #[test]
+    fn counts_are_bounded_and_no_product_overflows() {
+        let mut b = good();
+        b["job"]["nodes"] = json!("4294967295");
+        assert_eq!(codes(b), vec![("invalid_nodes".into(), "job.nodes".into())]);
+        let mut b = good();
+        b["job"]["nodes"] = json!(100_001);
+        assert_eq!(codes(b)[0].0, "invalid_nodes");
+        let mut b = good();
+        b["job"]["tasks"] = json!({"set": true, "number": 4294967296u64});
+        assert_eq!(
+            codes(b),
+            vec![("invalid_number".into(), "job.tasks".into())]
+        );
+
+        // memory_per_node × nodes and memory_per_cpu × CPUs would overflow a u64.
+        let mut b = good();
+        b["job"].as_object_mut().unwrap().remove("memory_per_cpu");
+        b["job"]["memory_per_node"] = json!({"set": true, "number": u64::MAX / 2});
+        b["job"]["nodes"] = json!(3);
+        assert_eq!(
+            codes(b),
+            vec![("job_too_large".into(), "job.memory_per_node".into())]
+        );
+        let mut b = good();
+        b["job"]["memory_per_cpu"] = json!({"set": true, "number": u64::MAX / 3});
+        assert_eq!(
+            codes(b),
+            vec![("job_too_large".into(), "job.memory_per_cpu".into())]
+        );
+
+        // 10^10 CPUs do not fit the shape: refused, not wrapped.
+        let mut b = good();
+        b["job"]["tasks"] = json!(100_000);
+        b["job"]["cpus_per_task"] = json!(100_000);
+        assert_eq!(codes(b), vec![("job_too_large".into(), "job.tasks".into())]);
+        // The largest counts that fit still make a shape (the cluster's limits refuse it later).
+        let mut b = good();
+        b["job"]["tasks"] = json!(100_000);
+        b["job"]["cpus_per_task"] = json!(1);
+        b["job"]["memory_per_cpu"] = json!({"set": true, "number": 1});
+        b["job"]["nodes"] = json!("100000-200000");
+        let shape = canonicalize(&b).unwrap().shape;
+        assert_eq!((shape.cpus, shape.nodes), (100_000, 100_000));
+    }
+
+    #[test]
+    fn gpus_are_counted_from_every_tres_field() {
+        let mut b = good();
+        b["job"]["tres_per_job"] = json!("gres/gpu:2,license/matlab:1");
+        b["job"]["tres_per_node"] = json!("gres/gpu:a100:4");
+        b["job"]["tres_per_task"] = json!("gpu");
+        b["job"]["nodes"] = json!(3);
+        // 2 + 4 × 3 nodes + 1 × 2 tasks
+        assert_eq!(canonicalize(&b).unwrap().shape.gpus, 16);
+        let mut b = good();
+        b["job"]["tres_per_node"] = json!("gres/gpu:a100:lots");
+        assert_eq!(
+            codes(b),
+            vec![("invalid_gpus".into(), "job.tres_per_node".into())]
+        );
+        let mut b = good();
+        b["job"]["tres_per_node"] = json!("gres/gpu:99999999999999999999");
+        assert_eq!(codes(b)[0].0, "invalid_gpus");
+    }
+
+    #[test]
     fn all_errors_are_reported_at_once() {
         let b = json!({"job": {"script": "echo", "time_limit": "1h"}});
         let found: Vec<String> = codes(b).into_iter().map(|(c, _)| c).collect();
@@ -775,7 +970,8 @@ mod tests {
                 cpus: 3,
                 memory_mib: None,
                 nodes: 2,
-                time_limit_minutes: None
+                time_limit_minutes: None,
+                gpus: 0,
             }
         );
         assert!(out.body.get("script").is_none());

@@ -61,6 +61,9 @@ pub struct NodeSettings {
     pub default_mib_per_cpu: u64,
     /// From launch to ready.
     pub cold_start: Duration,
+    /// The most nodes one reconcile launches, over all node sets (the rest follow in later
+    /// steps), so a runaway desired count cannot start thousands of processes at once.
+    pub max_launch_per_step: u32,
 }
 
 /// One node of the executor's fleet.
@@ -152,6 +155,7 @@ impl Fleet {
             .collect();
         let cold =
             chrono::Duration::from_std(settings.cold_start).unwrap_or(chrono::Duration::zero());
+        let mut budget = settings.max_launch_per_step as usize;
         for set in sets {
             let want = desired.get(&set).copied().unwrap_or(0) as usize;
             let have = self.nodes.iter().filter(|n| n.set == set).count();
@@ -159,7 +163,9 @@ impl Fleet {
                 let Some(shape) = settings.catalog.shape(set) else {
                     continue;
                 };
-                for _ in have..want {
+                let launch = (want - have).min(budget);
+                budget -= launch;
+                for _ in 0..launch {
                     self.launched += 1;
                     // `<set>-<executor id>.<pid>-<n>`: the executor id (stable for its state
                     // directory) tells this executor's nodes from other processes' in a shared

@@ -470,3 +470,113 @@ async fn pending_jobs_drive_scale_decisions_and_idle_sets_go_to_zero() {
     );
     assert!(last["summary"].as_str().unwrap().contains("idle"), "{last}");
 }
+
+/// Job sizes are bounded: a count no cluster has, or more nodes, CPUs or GPUs than the cluster's
+/// limits, is refused at submit with the field and appends nothing. A job already in the log that
+/// is over the limits (accepted under bigger ones) does not stop a restart: the poll cycle fails
+/// it with the reason, and other jobs still run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_jobs_are_refused_and_one_in_the_log_is_failed_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    // Under a generous limit, with nodes that never finish starting: the big job stays pending.
+    let api = Api::start(
+        data,
+        &[
+            ("CLUSTERRA_MAX_NODES_PER_JOB", "200"),
+            ("CLUSTERRA_NODE_COLD_START_MS", "3600000"),
+        ],
+    );
+    let head = api.log_position().await;
+    let with = |field: &str, value: Value| {
+        let mut b = raw("#!/bin/bash\ntrue\n", Some(1));
+        b["job"][field] = value;
+        b
+    };
+    for (body, code, field) in [
+        (
+            with("nodes", json!("4294967295")),
+            "invalid_nodes",
+            "job.nodes",
+        ),
+        (with("nodes", json!(201)), "job_too_large", "job.nodes"),
+        (with("tasks", json!(100_000)), "job_too_large", "job.tasks"),
+        (
+            with("tres_per_node", json!("gres/gpu:1")),
+            "job_too_large",
+            "job.tres_per_node",
+        ),
+    ] {
+        let (status, out) = api.submit(body).await;
+        assert_eq!(status, 422, "{out}");
+        assert_eq!(out["error"]["code"], code, "{out}");
+        assert_eq!(out["error"]["field"], field, "{out}");
+    }
+    assert_eq!(
+        api.log_position().await,
+        head,
+        "a refused job appends nothing"
+    );
+
+    let (status, out) = api.submit(with("nodes", json!(150))).await;
+    assert_eq!(status, 201, "{out}");
+    let big = out["job_id"].as_u64().unwrap();
+    api.wait_state(big, &["PENDING"], Duration::from_secs(5))
+        .await;
+    assert_eq!(api.server.stop(), Some(0));
+
+    // The default limit is 64 nodes: the job can never be placed. The server starts, fails it
+    // with the reason, and runs a normal job.
+    let api = Api::start(data, &[("CLUSTERRA_NODE_COLD_START_MS", "200")]);
+    let failed = api
+        .wait_state(big, &["FAILED"], Duration::from_secs(20))
+        .await;
+    let reason = failed["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("at most 64 nodes"), "{failed}");
+    let (status, out) = api.submit(raw("#!/bin/bash\ntrue\n", Some(1))).await;
+    assert_eq!(status, 201, "{out}");
+    let small = out["job_id"].as_u64().unwrap();
+    api.wait_state(small, &["COMPLETED"], Duration::from_secs(30))
+        .await;
+    // No node set was ever asked for more than the per-set limit.
+    for d in api.events("ScaleDecisionMade").await {
+        assert!(d["data"]["to"].as_u64().unwrap_or(0) <= 256, "{d}");
+    }
+}
+
+/// `via` is decided by the server: a client may call itself `api` or `cli`, but not `agent` or
+/// `console` (those come from the server's own routes); a refused label appends nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn via_is_decided_by_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let api = Api::start(data, &[("CLUSTERRA_EXECUTOR_SLOTS", "0")]);
+    let head = api.log_position().await;
+    let submit = |via: &'static str| {
+        api.client
+            .post(api.server.url("/v1/clusters/local/jobs"))
+            .bearer_auth(&api.token)
+            .header("X-Clusterra-Via", via)
+            .json(&raw("#!/bin/bash\ntrue\n", Some(1)))
+            .send()
+    };
+    for forged in ["agent", "console", "adopted"] {
+        let res = submit(forged).await.unwrap();
+        assert_eq!(res.status().as_u16(), 400, "{forged}");
+        let out: Value = res.json().await.unwrap();
+        assert_eq!(out["error"]["code"], "invalid_via", "{out}");
+        assert_eq!(out["error"]["field"], "headers.x-clusterra-via", "{out}");
+    }
+    assert_eq!(
+        api.log_position().await,
+        head,
+        "a refused label appends nothing"
+    );
+    let res = submit("cli").await.unwrap();
+    assert_eq!(res.status().as_u16(), 201);
+    let out: Value = res.json().await.unwrap();
+    let job = api.job(out["job_id"].as_u64().unwrap()).await;
+    assert_eq!(job["via"], "cli", "{job}");
+}
