@@ -45,6 +45,9 @@ pub struct Claims {
     pub exp: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iat: Option<i64>,
+    /// Not before, seconds since the Unix epoch: the token is refused until then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
 }
 
 /// An authenticated caller, with validated ids.
@@ -93,6 +96,14 @@ pub enum AuthError {
     WrongAlgorithm(String),
     #[error("the token's claims are not valid: {0}")]
     InvalidClaims(String),
+    #[error(
+        "the token is not valid yet (its nbf is in the future); wait, or check this machine's clock"
+    )]
+    NotYetValid,
+    #[error(
+        "the token expires more than {0} s from now, longer than this server accepts; get one with a shorter lifetime (`clusterra token mint --ttl`)"
+    )]
+    LifetimeTooLong(i64),
 }
 
 impl AuthError {
@@ -105,6 +116,8 @@ impl AuthError {
             AuthError::BadSignature => "token_bad_signature",
             AuthError::WrongAlgorithm(_) => "token_wrong_algorithm",
             AuthError::InvalidClaims(_) => "token_invalid_claims",
+            AuthError::NotYetValid => "token_not_yet_valid",
+            AuthError::LifetimeTooLong(_) => "token_lifetime_too_long",
         }
     }
 }
@@ -122,7 +135,13 @@ pub struct Authenticator {
     /// Required `iss` and `aud` of JWKS tokens, when configured.
     issuer: Option<String>,
     audience: Option<String>,
+    /// The longest a token may still be valid for, in seconds: a token whose `exp` is further
+    /// ahead is refused.
+    max_lifetime_s: i64,
 }
+
+/// The default longest token lifetime the server accepts: 30 days.
+pub const DEFAULT_MAX_TOKEN_LIFETIME_S: i64 = 30 * 24 * 3600;
 
 enum Mode {
     Local {
@@ -185,6 +204,7 @@ impl Authenticator {
             },
             issuer: None,
             audience: None,
+            max_lifetime_s: DEFAULT_MAX_TOKEN_LIFETIME_S,
         }
     }
 
@@ -196,6 +216,7 @@ impl Authenticator {
             },
             issuer: None,
             audience: None,
+            max_lifetime_s: DEFAULT_MAX_TOKEN_LIFETIME_S,
         })
     }
 
@@ -205,6 +226,12 @@ impl Authenticator {
     pub fn require(mut self, issuer: Option<String>, audience: Option<String>) -> Self {
         self.issuer = issuer;
         self.audience = audience;
+        self
+    }
+
+    /// Refuses tokens whose `exp` is more than `seconds` ahead.
+    pub fn max_lifetime(mut self, seconds: i64) -> Self {
+        self.max_lifetime_s = seconds;
         self
     }
 
@@ -245,6 +272,7 @@ impl Authenticator {
                 }
                 validation = Validation::new(Algorithm::HS256);
                 validation.leeway = 0;
+                validation.validate_nbf = true;
                 validation.validate_aud = false;
                 jsonwebtoken::decode::<Claims>(token, decoding, &validation)
             }
@@ -263,6 +291,7 @@ impl Authenticator {
                     .ok_or(AuthError::BadSignature)?;
                 validation = Validation::new(Algorithm::RS256);
                 validation.leeway = 0;
+                validation.validate_nbf = true;
                 match &self.issuer {
                     Some(iss) => validation.set_issuer(&[iss]),
                     None => validation.iss = None,
@@ -276,6 +305,7 @@ impl Authenticator {
         }
         .map_err(|e| match e.kind() {
             ErrorKind::ExpiredSignature => AuthError::Expired,
+            ErrorKind::ImmatureSignature => AuthError::NotYetValid,
             ErrorKind::InvalidSignature => AuthError::BadSignature,
             ErrorKind::Json(_) | ErrorKind::MissingRequiredClaim(_) => AuthError::InvalidClaims(
                 format!("{e}; a token needs email, workspace, role (admin or user) and exp"),
@@ -287,6 +317,10 @@ impl Authenticator {
             _ => AuthError::Malformed(e.to_string()),
         })?
         .claims;
+        let now = chrono::Utc::now().timestamp();
+        if claims.exp.saturating_sub(now) > self.max_lifetime_s {
+            return Err(AuthError::LifetimeTooLong(self.max_lifetime_s));
+        }
         let email =
             Email::new(claims.email).map_err(|e| AuthError::InvalidClaims(e.to_string()))?;
         let workspace = WorkspaceId::new(claims.workspace)
@@ -334,7 +368,37 @@ mod tests {
             role: Role::User,
             exp: chrono::Utc::now().timestamp() + exp_in,
             iat: None,
+            nbf: None,
         }
+    }
+
+    #[test]
+    fn nbf_is_honoured_and_lifetimes_are_bounded() {
+        let auth = Authenticator::local(b"0123456789abcdef0123456789abcdef");
+        let mut early = claims(600);
+        early.nbf = Some(chrono::Utc::now().timestamp() + 300);
+        let token = auth.mint(&early).unwrap();
+        assert_eq!(auth.verify(&token), Err(AuthError::NotYetValid));
+        early.nbf = Some(chrono::Utc::now().timestamp() - 1);
+        assert!(auth.verify(&auth.mint(&early).unwrap()).is_ok());
+
+        // Centuries ahead: refused by the default 30-day bound; a day is fine.
+        let forever = auth.mint(&claims(300 * 365 * 24 * 3600)).unwrap();
+        assert_eq!(
+            auth.verify(&forever),
+            Err(AuthError::LifetimeTooLong(DEFAULT_MAX_TOKEN_LIFETIME_S))
+        );
+        assert!(auth.verify(&auth.mint(&claims(24 * 3600)).unwrap()).is_ok());
+        let strict = Authenticator::local(b"0123456789abcdef0123456789abcdef").max_lifetime(3600);
+        assert_eq!(
+            strict.verify(&auth.mint(&claims(24 * 3600)).unwrap()),
+            Err(AuthError::LifetimeTooLong(3600))
+        );
+        assert_eq!(
+            AuthError::LifetimeTooLong(1).code(),
+            "token_lifetime_too_long"
+        );
+        assert_eq!(AuthError::NotYetValid.code(), "token_not_yet_valid");
     }
 
     #[test]

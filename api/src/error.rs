@@ -15,6 +15,9 @@ pub struct ApiError {
     pub field: Option<String>,
     /// Every problem, when there is more than one (the first is `code`/`field`).
     pub details: Vec<ErrorItem>,
+    /// What went wrong inside (a database error, an upstream's address, a path): written to the
+    /// server's log with the request id, never sent to the caller.
+    pub detail: Option<String>,
 }
 
 /// One of several problems with a request.
@@ -43,6 +46,9 @@ pub struct ErrorDetail {
     /// Every problem found, when the request had more than one.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub details: Vec<ErrorItem>,
+    /// This request's id (also in `X-Request-Id`): the server's log has the details under it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 impl ApiError {
@@ -53,7 +59,14 @@ impl ApiError {
             message: message.into(),
             field: None,
             details: Vec::new(),
+            detail: None,
         }
+    }
+
+    /// Keeps `detail` for the server's log (never sent to the caller).
+    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
     }
 
     pub fn with_field(mut self, field: impl Into<String>) -> Self {
@@ -61,25 +74,77 @@ impl ApiError {
         self
     }
 
-    pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    /// A 500: the caller gets a sentence and the request id; `detail` goes to the log only.
+    pub fn internal(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the server could not complete this request; retry, and if it fails again give the operator its request_id",
+        )
+        .with_detail(detail)
+    }
+
+    fn body(&self, request_id: Option<String>) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_string(),
+                message: self.message.clone(),
+                field: self.field.clone(),
+                details: self.details.clone(),
+                request_id,
+            },
+        }
     }
 }
 
 impl IntoResponse for ApiError {
+    /// The JSON body, and the error itself as a response extension for [`log_errors`], which
+    /// logs it inside the request's span and adds the request id to the body.
     fn into_response(self) -> Response {
-        if self.status.is_server_error() {
-            tracing::error!(code = self.code, message = %self.message, "request failed");
+        let mut response = (self.status, Json(self.body(None))).into_response();
+        response.extensions_mut().insert(std::sync::Arc::new(self));
+        response
+    }
+}
+
+/// Logs every error answer once, inside the request's span, with its internal detail, and puts
+/// the request id into the body so a user can quote it.
+pub(crate) async fn log_errors(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let response = next.run(request).await;
+    let Some(error) = response
+        .extensions()
+        .get::<std::sync::Arc<ApiError>>()
+        .cloned()
+    else {
+        return response;
+    };
+    let detail = error.detail.as_deref().unwrap_or("");
+    if error.status.is_server_error() {
+        tracing::error!(status = error.status.as_u16(), code = error.code, message = %error.message, detail, "request failed");
+    } else {
+        tracing::debug!(
+            status = error.status.as_u16(),
+            code = error.code,
+            detail,
+            "request refused"
+        );
+    }
+    let (mut parts, _) = response.into_parts();
+    let body = error.body(request_id);
+    match serde_json::to_vec(&body) {
+        Ok(bytes) => {
+            parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+            Response::from_parts(parts, axum::body::Body::from(bytes))
         }
-        let body = ErrorBody {
-            error: ErrorDetail {
-                code: self.code.to_string(),
-                message: self.message,
-                field: self.field,
-                details: self.details,
-            },
-        };
-        (self.status, Json(body)).into_response()
+        Err(_) => Response::from_parts(parts, axum::body::Body::empty()),
     }
 }
 
@@ -88,8 +153,9 @@ impl From<eventlog::LogError> for ApiError {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "storage_unavailable",
-            format!("the event log could not be reached ({e}); retry shortly"),
+            "the event log could not be reached; retry shortly",
         )
+        .with_detail(e.to_string())
     }
 }
 
@@ -129,4 +195,45 @@ pub(crate) async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
             uri.path()
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::Router;
+    use axum::routing::get;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    async fn failing() -> Result<(), ApiError> {
+        Err(ApiError::internal(
+            "pool timed out at postgres://db.internal:5432, /var/lib/clusterra/x",
+        ))
+    }
+
+    #[tokio::test]
+    async fn internals_go_to_the_log_and_the_caller_gets_a_request_id() {
+        let app = Router::new()
+            .route("/", get(failing))
+            .layer(axum::middleware::from_fn(log_errors));
+        let response = app
+            .oneshot(
+                axum::http::Request::get("/")
+                    .header("x-request-id", "req-42")
+                    .body(axum::body::Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(body["error"]["code"], "internal");
+        assert_eq!(body["error"]["request_id"], "req-42");
+        let text = body.to_string();
+        assert!(
+            !text.contains("db.internal") && !text.contains("/var/lib"),
+            "{text}"
+        );
+    }
 }

@@ -210,8 +210,9 @@ pub(crate) fn job_error(e: JobError) -> ApiError {
         JobError::Slurm(SlurmError::Unavailable(m)) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "slurm_unavailable",
-            format!("Slurm could not be reached ({m}); retry with the same Idempotency-Key"),
-        ),
+            "Slurm could not be reached; retry with the same Idempotency-Key",
+        )
+        .with_detail(m),
         JobError::Rule(JobRuleError::AlreadyFinished(s)) => ApiError::new(
             StatusCode::CONFLICT,
             "job_finished",
@@ -251,6 +252,9 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         })
 }
 
+/// How a submission came in. A client may label itself `api` or `cli` (informational); `console`
+/// and `agent` are decided by the server's own routes for them, never taken from a header, so an
+/// API caller cannot make its job look like the agent's or the console's.
 fn via(headers: &HeaderMap, template: bool) -> Result<SubmittedVia, ApiError> {
     if template {
         return Ok(SubmittedVia::Template);
@@ -261,12 +265,10 @@ fn via(headers: &HeaderMap, template: bool) -> Result<SubmittedVia, ApiError> {
     {
         None | Some("api") => Ok(SubmittedVia::Api),
         Some("cli") => Ok(SubmittedVia::Cli),
-        Some("console") => Ok(SubmittedVia::Console),
-        Some("agent") => Ok(SubmittedVia::Agent),
         Some(_) => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_via",
-            "X-Clusterra-Via must be api, cli, console or agent",
+            "X-Clusterra-Via may be api or cli (or left out); console and agent are set by the server's own routes",
         )
         .with_field("headers.x-clusterra-via")),
     }

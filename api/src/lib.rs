@@ -209,6 +209,7 @@ pub fn app(state: AppState) -> Router {
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(state.settings.body_limit))
+        .layer(axum::middleware::from_fn(error::log_errors))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             metrics::track,

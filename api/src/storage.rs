@@ -226,8 +226,9 @@ fn store_error(e: StorageError) -> ApiError {
         StorageError::Unavailable(detail) => ApiError::new(
             StatusCode::BAD_GATEWAY,
             "object_store_unavailable",
-            format!("{detail}; retry shortly, or ask an operator to check the object store"),
-        ),
+            "the cluster's object store did not answer; retry shortly, or ask an operator to check it",
+        )
+        .with_detail(detail),
     }
 }
 

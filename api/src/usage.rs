@@ -452,7 +452,7 @@ pub(crate) async fn workspace_usage(
 pub struct QuotaRequest {
     /// US dollars per billing period, at most six decimals: a number or a string.
     #[schema(value_type = String, example = "250")]
-    pub limit_usd: serde_json::Value,
+    pub limit_usd: Box<serde_json::value::RawValue>,
     /// `warn` (default) or `block_and_kill`.
     #[serde(default)]
     pub mode: Option<String>,
@@ -502,19 +502,28 @@ pub(crate) async fn put_quota(
     let bad = |field: &str, message: String| {
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_quota", message).with_field(field)
     };
-    let text = match &req.limit_usd {
-        serde_json::Value::String(s) => s.trim().to_string(),
-        serde_json::Value::Number(n) => n.to_string(),
-        other => {
+    // From the number's own text, never through a float: 0.000001 is one micro-dollar.
+    let raw = req.limit_usd.get().trim();
+    let (text, limit) = match serde_json::from_str::<String>(raw) {
+        Ok(s) => {
+            let s = s.trim().to_string();
+            let limit = MicroUsd::parse_dollars(&s);
+            (s, limit)
+        }
+        Err(_) if raw.starts_with(|c: char| c == '-' || c.is_ascii_digit()) => {
+            (raw.to_string(), MicroUsd::parse_json_number(raw))
+        }
+        Err(_) => {
             return Err(bad(
                 "limit_usd",
                 format!(
-                    "limit_usd must be a number of dollars such as 250 or \"0.01\", not {other}"
+                    "limit_usd must be a number of dollars such as 250 or \"0.01\", not {}",
+                    raw.chars().take(40).collect::<String>()
                 ),
             ));
         }
     };
-    let limit = MicroUsd::parse_dollars(&text).ok_or_else(|| {
+    let limit = limit.ok_or_else(|| {
         bad(
             "limit_usd",
             format!("limit_usd must be dollars ≥ 0 with at most six decimals, such as 250 or 0.01, not {text:?}"),

@@ -136,6 +136,7 @@ fn token(secret: &[u8], email: &str, workspace: &str, role: Role, exp_in: i64) -
             role,
             exp: chrono::Utc::now().timestamp() + exp_in,
             iat: None,
+            nbf: None,
         })
         .unwrap()
 }

@@ -37,14 +37,20 @@ pub fn mint(
 ) -> anyhow::Result<String> {
     let email = Email::new(email).map_err(|e| anyhow::anyhow!("--email: {e}"))?;
     let workspace = WorkspaceId::new(workspace).map_err(|e| anyhow::anyhow!("--workspace: {e}"))?;
+    anyhow::ensure!(
+        i64::try_from(ttl.as_secs()).is_ok_and(|s| s <= config.max_token_lifetime_s),
+        "--ttl must be at most max_token_lifetime_s ({} s): the server refuses tokens that live longer",
+        config.max_token_lifetime_s
+    );
     let (secret, _) = crate::secrets::load_or_create(&config.secret_path())?;
     let now = chrono::Utc::now().timestamp();
     let claims = Claims {
         email: email.to_string(),
         workspace: workspace.to_string(),
         role: if admin { Role::Admin } else { Role::User },
-        exp: now + ttl.as_secs() as i64,
+        exp: now.saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX)),
         iat: Some(now),
+        nbf: None,
     };
     Ok(Authenticator::local(&secret).mint(&claims)?)
 }

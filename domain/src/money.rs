@@ -35,6 +35,42 @@ impl MicroUsd {
             .map(MicroUsd)
     }
 
+    /// Dollars from a JSON number's own text — `250`, `0.000001`, `1e-6`, `2.5E2` — exactly,
+    /// never through a float. `None` for a negative number, more than six decimals, or a
+    /// number too large for micro-dollars in an `i64`.
+    pub fn parse_json_number(text: &str) -> Option<MicroUsd> {
+        let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+        let (mantissa, exponent) = match text.find(['e', 'E']) {
+            Some(i) => (&text[..i], text[i + 1..].parse::<i64>().ok()?),
+            None => (text, 0),
+        };
+        let (whole, frac) = match mantissa.split_once('.') {
+            Some((w, f)) if !f.is_empty() => (w, f),
+            Some(_) => return None,
+            None => (mantissa, ""),
+        };
+        if whole.is_empty() || !digits(whole) || !digits(frac) || !(-64..=64).contains(&exponent) {
+            return None;
+        }
+        // The number is 0.<all digits> × 10^point; in micro-dollars the point moves six places.
+        let all = format!("{whole}{frac}");
+        let point = i64::try_from(whole.len()).ok()? + exponent + 6;
+        let point = usize::try_from(point).unwrap_or(0);
+        let (int, rest) = if point >= all.len() {
+            (format!("{all}{}", "0".repeat(point - all.len())), "")
+        } else {
+            (all[..point].to_string(), &all[point..])
+        };
+        if rest.bytes().any(|b| b != b'0') {
+            return None;
+        }
+        let int = int.trim_start_matches('0');
+        if int.is_empty() {
+            return Some(MicroUsd(0));
+        }
+        int.parse::<i64>().ok().map(MicroUsd)
+    }
+
     pub fn checked_add(self, other: MicroUsd) -> Option<MicroUsd> {
         self.0.checked_add(other.0).map(MicroUsd)
     }
@@ -61,6 +97,37 @@ impl std::fmt::Display for MicroUsd {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_numbers_are_read_from_their_text() {
+        let p = MicroUsd::parse_json_number;
+        assert_eq!(p("0.000001"), Some(MicroUsd(1)));
+        assert_eq!(p("1e-6"), Some(MicroUsd(1)));
+        assert_eq!(p("1E-6"), Some(MicroUsd(1)));
+        assert_eq!(p("250"), Some(MicroUsd(250_000_000)));
+        assert_eq!(p("2.5e2"), Some(MicroUsd(250_000_000)));
+        assert_eq!(p("0.1"), Some(MicroUsd(100_000)));
+        assert_eq!(p("0.30000000"), Some(MicroUsd(300_000)));
+        assert_eq!(p("0"), Some(MicroUsd(0)));
+        assert_eq!(p("0e-99"), None, "exponents are bounded");
+        // 9,223,372,036,854.775807 dollars is the largest.
+        assert_eq!(p("9223372036854.775807"), Some(MicroUsd(i64::MAX)));
+        for bad in [
+            "1e-7",
+            "0.0000001",
+            "-1",
+            "9223372036854.775808",
+            "1e30",
+            "1.",
+            ".5",
+            "",
+            "1e",
+            "0x10",
+            "1e+999999999999",
+        ] {
+            assert_eq!(p(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn formats_exactly() {

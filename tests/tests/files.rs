@@ -490,6 +490,9 @@ async fn an_unreachable_store_is_a_clear_502() {
     assert_eq!(status, 502, "{out}");
     assert_eq!(out["error"]["code"], "object_store_unavailable");
     assert!(!out.to_string().contains("127.0.0.1:9"), "{out}");
+    // The caller gets the request id to quote; the server's log has the details under it.
+    let request_id = out["error"]["request_id"].as_str().unwrap_or_default();
+    assert_eq!(request_id.len(), 36, "{out}");
     let (status, out) = presign(
         &api,
         &api.token,

@@ -378,3 +378,47 @@ async fn workspace_usage(api: &Api) -> Value {
     assert_eq!(status, 200, "{out}");
     out
 }
+
+/// A limit is read from the number's own text: `0.000001` is one micro-dollar (it used to go
+/// through a float and come back as "1e-6", which was refused), `1e-6` too; seven decimals are
+/// still refused, and nothing is appended for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limit_of_six_decimals_is_read_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let api = Api::start(data, &[("CLUSTERRA_EXECUTOR_SLOTS", "0")]);
+    let put = |text: &'static str| {
+        api.client
+            .put(api.server.url("/v1/workspaces/default/quotas/bob@lab.org"))
+            .bearer_auth(&api.token)
+            .header("content-type", "application/json")
+            .body(text)
+            .send()
+    };
+    for text in [r#"{"limit_usd": 0.000001}"#, r#"{"limit_usd": 1e-6}"#] {
+        let res = put(text).await.unwrap();
+        let status = res.status().as_u16();
+        let out: serde_json::Value = res.json().await.unwrap();
+        assert_eq!(status, 200, "{text}: {out}");
+        assert_eq!(out["quota"]["limit_usd"], "0.000001", "{out}");
+    }
+    let head = api.log_position().await;
+    for text in [
+        r#"{"limit_usd": 0.0000001}"#,
+        r#"{"limit_usd": -1}"#,
+        r#"{"limit_usd": 1e400}"#,
+        r#"{"limit_usd": true}"#,
+    ] {
+        let res = put(text).await.unwrap();
+        let status = res.status().as_u16();
+        let out: serde_json::Value = res.json().await.unwrap();
+        assert_eq!(status, 422, "{text}: {out}");
+        assert_eq!(out["error"]["field"], "limit_usd", "{out}");
+    }
+    assert_eq!(
+        api.log_position().await,
+        head,
+        "a refused quota appends nothing"
+    );
+}

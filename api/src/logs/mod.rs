@@ -100,10 +100,10 @@ pub(crate) async fn locate(
 pub(crate) fn open_confined(root: &Path, path: &Path) -> Result<Option<std::fs::File>, ApiError> {
     use std::os::unix::fs::OpenOptionsExt;
     let Ok(root) = std::fs::canonicalize(root) else {
-        return Err(log_unavailable(format!(
-            "this cluster's shared filesystem is not mounted on the Clusterra server (it looks for it at {}); an operator must mount it there (docs/logs.md)",
-            root.display()
-        )));
+        return Err(log_unavailable(
+            "this cluster's shared filesystem is not mounted on the Clusterra server; an operator must mount it where `efs_mounts_dir` says (docs/logs.md)".into(),
+        )
+        .with_detail(format!("looked for it at {}", root.display())));
     };
     let real = match std::fs::canonicalize(path) {
         Ok(p) => p,
