@@ -577,6 +577,12 @@ async fn via_is_decided_by_the_server() {
     let res = submit("cli").await.unwrap();
     assert_eq!(res.status().as_u16(), 201);
     let out: Value = res.json().await.unwrap();
-    let job = api.job(out["job_id"].as_u64().unwrap()).await;
+    let job = api
+        .wait_state(
+            out["job_id"].as_u64().unwrap(),
+            &["PENDING"],
+            Duration::from_secs(10),
+        )
+        .await;
     assert_eq!(job["via"], "cli", "{job}");
 }
