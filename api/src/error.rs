@@ -150,6 +150,16 @@ pub(crate) async fn log_errors(
 
 impl From<eventlog::LogError> for ApiError {
     fn from(e: eventlog::LogError) -> Self {
+        // Another request changed the same thing at the same moment: nothing was written, and
+        // doing it again decides on what is there now. Not a storage failure.
+        if let eventlog::LogError::VersionConflict { stream_id, .. } = &e {
+            tracing::info!(stream = %stream_id, "version conflict answered 409 conflict");
+            return ApiError::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                "another request changed this at the same moment and nothing was done; retry the request",
+            );
+        }
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "storage_unavailable",

@@ -225,7 +225,13 @@ pub(crate) fn job_error(e: JobError) -> ApiError {
         JobError::InProgress => ApiError::new(
             StatusCode::CONFLICT,
             "submission_in_progress",
-            "a submission with this Idempotency-Key is still being processed; retry in a moment",
+            "a submission with this Idempotency-Key is still being processed; retry in a few seconds (if its submitter stopped halfway, the poll cycle settles it within about a minute)",
+        )
+        .with_field("headers.idempotency-key"),
+        JobError::KeyReused => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency_key_reused",
+            "this Idempotency-Key was already used for a submission with a different body; use a new key for a new job, or resend the first body to get its answer",
         )
         .with_field("headers.idempotency-key"),
         JobError::Log(e) => e.into(),
@@ -289,7 +295,8 @@ fn via(headers: &HeaderMap, template: bool) -> Result<SubmittedVia, ApiError> {
         (status = 201, description = "Submitted (also the answer to a retry)", body = SubmitResponse),
         (status = 401, description = "Missing or invalid token", body = crate::error::ErrorBody),
         (status = 404, description = "No such cluster in your workspace", body = crate::error::ErrorBody),
-        (status = 422, description = "The body is not a valid submission; `details` lists every problem", body = crate::error::ErrorBody),
+        (status = 409, description = "`submission_in_progress`: another request with this Idempotency-Key is still being processed; retry shortly", body = crate::error::ErrorBody),
+        (status = 422, description = "The body is not a valid submission (`details` lists every problem), or `idempotency_key_reused`: the key was used with another body", body = crate::error::ErrorBody),
         (status = 503, description = "Slurm unreachable; retry with the same Idempotency-Key", body = crate::error::ErrorBody),
     ),
     security(("bearer" = []))
@@ -561,10 +568,10 @@ pub struct CancelResponse {
     tag = "jobs",
     params(("id" = String, Path, description = "Cluster id"), ("job_id" = u64, Path, description = "Slurm job id")),
     responses(
-        (status = 202, description = "Cancel requested; the state follows", body = CancelResponse),
+        (status = 202, description = "Cancel requested; the state follows. Idempotent: a repeated cancel answers the first one's position", body = CancelResponse),
         (status = 401, description = "Missing or invalid token", body = crate::error::ErrorBody),
         (status = 404, description = "No such job that you can see", body = crate::error::ErrorBody),
-        (status = 409, description = "The job already finished", body = crate::error::ErrorBody),
+        (status = 409, description = "`job_finished`: the job ended before any cancel was requested; `conflict`: a concurrent change, retry", body = crate::error::ErrorBody),
     ),
     security(("bearer" = []))
 )]

@@ -13,7 +13,7 @@ use commands::quota::{Pricing, RunningJob};
 use commands::replicas::ReplicaStore;
 use domain::cost::{Period, QuotaStatus, usage_by_user};
 
-use commands::jobs::{OpenJob, reconcile};
+use commands::jobs::{OpenJob, Unsettled, reconcile, settle_submissions};
 use commands::scaling::{Scaler, ScalingJob};
 use commands::slurm::LiveDirectory;
 use eventlog::{ModelSet, Store};
@@ -137,8 +137,8 @@ pub async fn run(p: Poller, mut stop: watch::Receiver<bool>) {
                     )
                     .await
                     {
-                        Ok(done) if done.state_changes + done.adopted + done.vanished > 0 => {
-                            tracing::debug!(%cluster, changes = done.state_changes, adopted = done.adopted, vanished = done.vanished, "reconciled");
+                        Ok(done) if done.state_changes + done.vanished + done.ignored > 0 => {
+                            tracing::debug!(%cluster, changes = done.state_changes, vanished = done.vanished, ignored = done.ignored, "reconciled");
                         }
                         Ok(_) => {}
                         Err(e) => {
@@ -148,6 +148,7 @@ pub async fn run(p: Poller, mut stop: watch::Receiver<bool>) {
                 }
                 Err(e) => tracing::warn!(%cluster, error = %e, "could not list open jobs"),
             }
+            settle(&store, slurm.as_ref(), workspace, cluster).await;
         }
         enforce_quotas(
             &store,
@@ -166,6 +167,50 @@ pub async fn run(p: Poller, mut stop: watch::Receiver<bool>) {
         }
     }
     tracing::info!("poll cycle stopped");
+}
+
+/// Settles the cluster's submissions whose request is recorded but whose outcome is not, once
+/// they are older than `ADOPT_AFTER` (commands::jobs::settle_submissions). Lists Slurm's jobs
+/// only when there is such a submission.
+async fn settle(
+    store: &Store,
+    slurm: &dyn commands::slurm::SlurmPort,
+    workspace: &domain::WorkspaceId,
+    cluster: &domain::ClusterId,
+) {
+    let unsettled = match jobs::submitting(store.read.as_ref(), workspace, cluster).await {
+        Ok(list) => list
+            .into_iter()
+            .map(|p| Unsettled {
+                submission_id: p.submission_id,
+                requested_at: p.requested_at,
+            })
+            .collect::<Vec<_>>(),
+        Err(e) => {
+            tracing::warn!(%cluster, error = %e, "could not list unsettled submissions");
+            return;
+        }
+    };
+    if unsettled.is_empty() {
+        return;
+    }
+    match settle_submissions(
+        store.log.as_ref(),
+        slurm,
+        cluster,
+        &unsettled,
+        chrono::Utc::now(),
+    )
+    .await
+    {
+        Ok(done) if done.adopted + done.failed > 0 => {
+            tracing::info!(%cluster, adopted = done.adopted, failed = done.failed, "settled submissions");
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(%cluster, error = %e, "settling submissions failed; retrying next cycle")
+        }
+    }
 }
 
 /// Every registered cluster, from the clusters projection.

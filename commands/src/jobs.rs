@@ -1,30 +1,44 @@
 //! Jobs: submit, cancel, and the reconcile step of the poll cycle.
 //!
 //! A submission the API acknowledged is never lost and never runs twice:
-//! - the submission id (from the `Idempotency-Key`, or fresh) names the job's stream, so a retry
-//!   finds the first answer in the log and submits nothing;
-//! - the id is stamped into the job's Slurm `comment`, so if the process dies between Slurm
-//!   accepting the job and `JobSubmitted` being appended, the next reconcile finds the job in
-//!   Slurm and adopts it (`via: adopted`);
+//! - the submission id (from the `Idempotency-Key`, or fresh) names the job's stream;
+//! - before Slurm is called, `JobSubmissionRequested` (the caller, the body's digest, the shape)
+//!   is appended as the stream's first event with "no stream" expected: of two requests for one
+//!   submission — two replicas, two retries — exactly one wins that append, and only the winner
+//!   calls Slurm. `JobSubmitted` (or `JobSubmissionFailed`) follows at the next version;
+//! - a retry reads the stream: `JobSubmitted` is answered again, a request still in flight is
+//!   waited for briefly and then answered 409 `submission_in_progress`, a request with another
+//!   body digest is refused (`idempotency_key_reused`). The request path never lists Slurm's jobs;
+//! - the id is stamped into the job's Slurm `comment`. If the submitter stops between the request
+//!   and its outcome, the poll cycle ([`settle_submissions`]) looks the submission up in Slurm,
+//!   once, by that comment: found, it is adopted (`via: adopted`) as the *recorded* request's
+//!   user; not found, `JobSubmissionFailed` frees the key. A Slurm job whose comment names no
+//!   recorded request is never adopted ([`reconcile`] logs it and leaves it alone);
 //! - `JobSubmitted`'s event id is derived from the submission id, so the API's append and an
 //!   adoption can never both land.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{LazyLock, Mutex};
 
+use chrono::{DateTime, Utc};
 use domain::job::{JobFacts, JobRuleError, JobState, decide_cancel, transition};
 use domain::submit::{FieldError, JobShape, Warning, canonicalize};
 use domain::{
-    ClusterId, DomainEvent, Email, JobCancelRequested, JobStateChanged, JobSubmitted, SubmittedVia,
-    WorkspaceId,
+    ClusterId, DomainEvent, Email, JobCancelRequested, JobStateChanged, JobSubmissionFailed,
+    JobSubmissionRequested, JobSubmitted, SubmittedVia, WorkspaceId,
 };
 use eventlog::{EventLog, ExpectedVersion, LogError, Metadata, Position, StreamId};
+use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::slurm::{SlurmError, SlurmJob, SlurmPort, stamp_comment};
 
 /// Namespace for submission ids derived from idempotency keys.
 const IDEMPOTENCY_NAMESPACE: Uuid = Uuid::from_u128(0x6c75_7374_6572_7261_6964_656d_706f_7465);
+
+/// How long a retry waits for a submission another request is making before answering
+/// `submission_in_progress`.
+pub const IN_FLIGHT_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
@@ -36,8 +50,13 @@ pub enum JobError {
     Rule(#[from] JobRuleError),
     #[error("no such job")]
     NotFound,
+    /// Another request is making this submission (or made it and stopped before its outcome was
+    /// recorded; the poll cycle settles that within [`ADOPT_AFTER`] and a bit).
     #[error("this submission is already in progress; retry in a moment")]
     InProgress,
+    /// The `Idempotency-Key` names a submission with another body.
+    #[error("this Idempotency-Key was used for a submission with another body")]
+    KeyReused,
     #[error(transparent)]
     Log(#[from] LogError),
     #[error("stored event unreadable: {0}")]
@@ -48,6 +67,12 @@ pub enum JobError {
 pub fn stream(cluster: &ClusterId, submission: Uuid) -> StreamId {
     StreamId::new(format!("job-{cluster}-{submission}"))
         .unwrap_or_else(|e| unreachable!("slug and uuid make a valid stream id: {e}"))
+}
+
+/// `sha256:<hex>` of a canonical body's JSON (object keys sorted: serde_json's map is ordered).
+pub fn body_digest(canonical_body: &serde_json::Value) -> String {
+    let bytes = serde_json::to_vec(canonical_body).unwrap_or_default();
+    format!("sha256:{}", hex::encode(Sha256::digest(&bytes)))
 }
 
 /// A submission, raw or rendered from a template.
@@ -80,24 +105,119 @@ pub async fn load(
     log: &dyn EventLog,
     stream: &StreamId,
 ) -> Result<Option<(JobFacts, i64)>, JobError> {
+    Ok(load_job(log, stream).await?.map(|j| (j.facts, j.version)))
+}
+
+/// A job stream folded, with what cancel needs beyond the facts.
+struct LoadedJob {
+    facts: JobFacts,
+    version: i64,
+    /// The position of the first `JobCancelRequested`, if there is one.
+    cancel_position: Option<Position>,
+}
+
+async fn load_job(log: &dyn EventLog, stream: &StreamId) -> Result<Option<LoadedJob>, JobError> {
     let mut events = Vec::new();
     let mut version = 0;
+    let mut cancel_position = None;
     loop {
         let batch = log.read_stream(stream, version, 500).await?;
         let Some(last) = batch.last() else { break };
         version = last.stream_version;
         for e in batch {
             if let Some(d) = DomainEvent::decode(&e.event_type, e.schema_version, &e.data)? {
+                if matches!(d, DomainEvent::JobCancelRequested(_)) && cancel_position.is_none() {
+                    cancel_position = Some(e.position);
+                }
                 events.push(d);
             }
         }
     }
-    Ok(JobFacts::fold(events).map(|f| (f, version)))
+    Ok(JobFacts::fold(events).map(|facts| LoadedJob {
+        facts,
+        version,
+        cancel_position,
+    }))
 }
 
-/// Submits jobs; one per process, so concurrent retries of one submission are serialised.
+/// The latest recorded request of a submission.
+#[derive(Debug, Clone)]
+pub struct RecordedRequest {
+    pub request: JobSubmissionRequested,
+    /// Its version in the stream.
+    pub version: i64,
+    pub recorded_at: DateTime<Utc>,
+}
+
+/// What a job stream says about its submission.
+#[derive(Debug, Default)]
+pub struct SubmissionRecord {
+    /// The stream's version (as far as it was read: reading stops at `JobSubmitted`).
+    pub version: i64,
+    /// The latest request, if any (streams written before requests existed have none).
+    pub request: Option<RecordedRequest>,
+    /// `JobSubmitted`, as the answer to a retry.
+    pub submitted: Option<(Submitted, u64)>,
+    /// The latest request failed (`JobSubmissionFailed` after it).
+    pub failed: bool,
+}
+
+impl SubmissionRecord {
+    /// A request is recorded and nothing has followed it yet.
+    pub fn unsettled(&self) -> Option<&RecordedRequest> {
+        self.request
+            .as_ref()
+            .filter(|_| self.submitted.is_none() && !self.failed)
+    }
+}
+
+/// Reads a job stream up to its `JobSubmitted`.
+pub async fn read_submission(
+    log: &dyn EventLog,
+    stream: &StreamId,
+    submission_id: Uuid,
+) -> Result<SubmissionRecord, JobError> {
+    let mut out = SubmissionRecord::default();
+    'read: loop {
+        let batch = log.read_stream(stream, out.version, 100).await?;
+        if batch.is_empty() {
+            break;
+        }
+        for e in batch {
+            out.version = e.stream_version;
+            match DomainEvent::decode(&e.event_type, e.schema_version, &e.data)? {
+                Some(DomainEvent::JobSubmissionRequested(r)) => {
+                    out.request = Some(RecordedRequest {
+                        request: r,
+                        version: e.stream_version,
+                        recorded_at: e.recorded_at,
+                    });
+                    out.failed = false;
+                }
+                Some(DomainEvent::JobSubmissionFailed(_)) => out.failed = true,
+                Some(DomainEvent::JobSubmitted(j)) => {
+                    out.submitted = Some((
+                        Submitted {
+                            job_id: j.job_id,
+                            submission_id,
+                            position: e.position,
+                            warnings: j.warnings,
+                            replayed: true,
+                        },
+                        j.job_id,
+                    ));
+                    break 'read;
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Submits jobs. Any number of them, in any number of processes, may submit at once: the
+/// write-ahead request's "no stream" append decides which one calls Slurm.
 pub struct Submitter {
-    in_flight: Mutex<HashSet<Uuid>>,
     clock: std::sync::Arc<dyn eventlog::Clock>,
     /// The node shapes jobs must fit, and the memory per vCPU assumed when a job asks for none.
     shapes: Option<(std::sync::Arc<domain::scaling::Catalog>, u64)>,
@@ -127,21 +247,9 @@ impl Default for Submitter {
     }
 }
 
-struct InFlight<'a>(&'a Mutex<HashSet<Uuid>>, Uuid);
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.1);
-    }
-}
-
 impl Submitter {
     pub fn new(clock: std::sync::Arc<dyn eventlog::Clock>) -> Self {
         Self {
-            in_flight: Mutex::new(HashSet::new()),
             clock,
             shapes: None,
             limits: None,
@@ -208,6 +316,7 @@ impl Submitter {
             }
         }
         self.check_fits(&canonical.shape)?;
+        let digest = body_digest(&canonical.body);
         let submission_id = match &s.idempotency_key {
             Some(key) => Uuid::new_v5(
                 &IDEMPOTENCY_NAMESPACE,
@@ -216,20 +325,6 @@ impl Submitter {
             None => Uuid::now_v7(),
         };
         let stream = stream(&s.cluster, submission_id);
-        if let Some(first) = Self::first_answer(log, &stream, submission_id).await? {
-            return Ok(first);
-        }
-        let _guard = {
-            let mut set = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-            if !set.insert(submission_id) {
-                return Err(JobError::InProgress);
-            }
-            InFlight(&self.in_flight, submission_id)
-        };
-        // Checked again under the guard: a concurrent retry may have finished meanwhile.
-        if let Some(first) = Self::first_answer(log, &stream, submission_id).await? {
-            return Ok(first);
-        }
         let mut body = canonical.body;
         let own_comment = body["job"]
             .get("comment")
@@ -245,29 +340,107 @@ impl Submitter {
             .and_then(|n| n.as_str())
             .unwrap_or("job")
             .to_string();
+        let rate = self.shapes.as_ref().and_then(|(catalog, default_mib)| {
+            domain::cost::job_rate(catalog, &canonical.shape, *default_mib)
+        });
+        let metadata = Metadata {
+            actor: Some(s.user.to_string()),
+            role: Some(s.role),
+            via: Some(format!("{:?}", s.via).to_lowercase()),
+            correlation_id: Some(submission_id),
+            idempotency_key: s.idempotency_key,
+            ..Metadata::default()
+        };
+        let request = DomainEvent::JobSubmissionRequested(JobSubmissionRequested {
+            submission_id,
+            workspace: s.workspace.clone(),
+            cluster_id: s.cluster.clone(),
+            user: s.user.clone(),
+            via: s.via,
+            name: name.clone(),
+            template_id: s.template_id.clone(),
+            body_digest: digest.clone(),
+            shape: canonical.shape,
+            rate,
+        });
+
+        // Record the request, unless the log already answers this submission.
+        let started = std::time::Instant::now();
+        let request_version = loop {
+            let seen = read_submission(log, &stream, submission_id).await?;
+            // A key names one submission: another body under it is refused, unless its last
+            // attempt failed (nothing was created, the key is free again).
+            let settled_failed = seen.failed && seen.submitted.is_none();
+            if let Some(r) = &seen.request
+                && !settled_failed
+                && r.request.body_digest != digest
+            {
+                return Err(JobError::KeyReused);
+            }
+            if let Some((answer, _)) = seen.submitted {
+                return Ok(answer);
+            }
+            if let Some(r) = seen.unsettled() {
+                // Another request is making it (or made it and stopped halfway: the poll cycle
+                // settles those after ADOPT_AFTER). Wait briefly for its outcome.
+                let stale = self.clock.now() - r.recorded_at >= ADOPT_AFTER;
+                if stale || started.elapsed() >= IN_FLIGHT_WAIT {
+                    return Err(JobError::InProgress);
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+                continue;
+            }
+            // Nothing recorded, or the last attempt failed: this request makes the submission.
+            let expected = match seen.version {
+                0 => ExpectedVersion::NoStream,
+                v => ExpectedVersion::Exact(v),
+            };
+            match log
+                .append(
+                    &stream,
+                    expected,
+                    &[crate::encode(&request, metadata.clone())?],
+                )
+                .await
+            {
+                Ok(o) => break o.stream_version,
+                // Another request (another replica, a concurrent retry) got there first.
+                Err(LogError::VersionConflict { .. }) if started.elapsed() < IN_FLIGHT_WAIT => {
+                    continue;
+                }
+                Err(LogError::VersionConflict { .. }) => return Err(JobError::InProgress),
+                Err(e) => return Err(e.into()),
+            }
+        };
 
         let submitted_at = self.clock.now();
-        // A retry of a submission whose first attempt reached Slurm but not the log (the append
-        // failed, or the client went away): Slurm has the job under this submission id. Record
-        // that job instead of submitting a second one.
-        let earlier = if s.idempotency_key.is_some() {
-            slurm
-                .jobs()
-                .await?
-                .into_iter()
-                .find(|j| j.submission_id() == Some(submission_id))
-        } else {
-            None
-        };
-        let accepted = match earlier {
-            Some(job) => {
-                tracing::warn!(job_id = job.job_id, %submission_id, "retry found its job in Slurm; recording it, not submitting again");
-                crate::slurm::Accepted {
-                    job_id: job.job_id,
-                    warnings: Vec::new(),
+        let accepted = match slurm.submit(&body).await {
+            Ok(a) => a,
+            Err(e @ SlurmError::Rejected(_)) => {
+                // Slurm answered no: nothing was created, and the key is free again.
+                let failed = DomainEvent::JobSubmissionFailed(JobSubmissionFailed {
+                    submission_id,
+                    workspace: s.workspace,
+                    cluster_id: s.cluster,
+                    reason: e.to_string(),
+                });
+                match log
+                    .append(
+                        &stream,
+                        ExpectedVersion::Exact(request_version),
+                        &[crate::encode(&failed, metadata)?],
+                    )
+                    .await
+                {
+                    Ok(_) | Err(LogError::VersionConflict { .. }) => {}
+                    Err(le) => {
+                        tracing::warn!(%submission_id, error = %le, "could not record a refused submission; the poll cycle will settle it")
+                    }
                 }
+                return Err(e.into());
             }
-            None => slurm.submit(&body).await?,
+            // Whether Slurm took it is unknown: the poll cycle looks it up after ADOPT_AFTER.
+            Err(e) => return Err(e.into()),
         };
         let mut warnings = canonical.warnings;
         warnings.extend(accepted.warnings.into_iter().map(|m| Warning {
@@ -280,7 +453,7 @@ impl Submitter {
             cluster_id: s.cluster,
             job_id: accepted.job_id,
             name,
-            user: s.user.clone(),
+            user: s.user,
             via: s.via,
             template_id: s.template_id,
             params: s.params,
@@ -288,60 +461,53 @@ impl Submitter {
             shape: canonical.shape,
             warnings: warnings.clone(),
             submitted_at: Some(submitted_at),
-            rate: self.shapes.as_ref().and_then(|(catalog, default_mib)| {
-                domain::cost::job_rate(catalog, &canonical.shape, *default_mib)
-            }),
+            rate,
         });
-        let metadata = Metadata {
-            actor: Some(s.user.to_string()),
-            role: Some(s.role),
-            via: Some(format!("{:?}", s.via).to_lowercase()),
-            correlation_id: Some(submission_id),
-            idempotency_key: s.idempotency_key,
-            ..Metadata::default()
-        };
         let new = crate::encode(&event, metadata)?.with_id(submitted_event_id(submission_id));
-        let out = log.append(&stream, ExpectedVersion::NoStream, &[new]).await;
-        match out {
-            // An adoption by the poll cycle got there first (same event id): answer with it.
-            Ok(o) if o.already_stored => Self::first_answer(log, &stream, submission_id)
-                .await?
-                .ok_or(JobError::NotFound),
-            Ok(o) => Ok(Submitted {
-                job_id: accepted.job_id,
-                submission_id,
-                position: o.last_position,
-                warnings,
-                replayed: false,
-            }),
-            // Adopted by a reconcile between Slurm's answer and our append: same job.
-            Err(LogError::VersionConflict { .. }) => {
-                Self::first_answer(log, &stream, submission_id)
-                    .await?
-                    .ok_or(JobError::NotFound)
+        let mut expected = request_version;
+        for _ in 0..2 {
+            match log
+                .append(&stream, ExpectedVersion::Exact(expected), &[new.clone()])
+                .await
+            {
+                // An adoption by the poll cycle got there first (same event id): answer with it.
+                Ok(o) if o.already_stored => break,
+                Ok(o) => {
+                    return Ok(Submitted {
+                        job_id: accepted.job_id,
+                        submission_id,
+                        position: o.last_position,
+                        warnings,
+                        replayed: false,
+                    });
+                }
+                Err(LogError::VersionConflict { .. }) => {
+                    let seen = read_submission(log, &stream, submission_id).await?;
+                    if seen.submitted.is_some() {
+                        break;
+                    }
+                    // The poll cycle gave up on this request while Slurm was answering (a call
+                    // slower than ADOPT_AFTER): Slurm has the job, so record it after all.
+                    if seen.failed {
+                        expected = seen.version;
+                        continue;
+                    }
+                    break;
+                }
+                Err(e) => return Err(e.into()),
             }
-            Err(e) => Err(e.into()),
         }
-    }
-
-    async fn first_answer(
-        log: &dyn EventLog,
-        stream: &StreamId,
-        submission_id: Uuid,
-    ) -> Result<Option<Submitted>, JobError> {
-        let first = log.read_stream(stream, 0, 1).await?;
-        let Some(e) = first.first() else {
-            return Ok(None);
-        };
-        match DomainEvent::decode(&e.event_type, e.schema_version, &e.data)? {
-            Some(DomainEvent::JobSubmitted(j)) => Ok(Some(Submitted {
-                job_id: j.job_id,
-                submission_id,
-                position: e.position,
-                warnings: j.warnings,
-                replayed: true,
-            })),
-            _ => Ok(None),
+        match read_submission(log, &stream, submission_id)
+            .await?
+            .submitted
+        {
+            Some((answer, job_id)) if job_id == accepted.job_id => Ok(answer),
+            other => {
+                // Another attempt of this submission was recorded meanwhile: ours is surplus.
+                tracing::warn!(%submission_id, job_id = accepted.job_id, recorded = ?other.map(|o| o.1), "a slow submission lost to a newer attempt; cancelling its Slurm job");
+                let _ = slurm.cancel(accepted.job_id).await;
+                Err(JobError::InProgress)
+            }
         }
     }
 }
@@ -364,6 +530,12 @@ pub struct CancelRequest {
 
 /// Cancels a job: checks the caller may, records `JobCancelRequested`, asks Slurm. The state
 /// change to CANCELLED arrives through the poll cycle, like every other state.
+///
+/// Idempotent: a job has at most one `JobCancelRequested`. A cancel of a job whose cancel is
+/// already recorded (a retry, or several at once) records nothing, asks Slurm again (harmless;
+/// it may not have heard the first ask) unless the job already ended, and answers the first
+/// request's position. Concurrent appends to the stream (a state change, another cancel) are
+/// re-read and decided again.
 pub async fn cancel_job(
     log: &dyn EventLog,
     slurm: &dyn SlurmPort,
@@ -378,22 +550,43 @@ pub async fn cancel_job(
         metadata,
     } = request;
     let stream = stream(&cluster, submission);
-    let (facts, version) = load(log, &stream).await?.ok_or(JobError::NotFound)?;
-    decide_cancel(facts.state, &facts.submitted.user, &caller, caller_is_admin)?;
-    let event = DomainEvent::JobCancelRequested(JobCancelRequested {
-        job_id: facts.submitted.job_id,
-        by: caller,
-        why,
-    });
-    let out = log
-        .append(
-            &stream,
-            ExpectedVersion::Exact(version),
-            &[crate::encode(&event, metadata)?],
-        )
-        .await?;
-    slurm.cancel(facts.submitted.job_id).await?;
-    Ok(out.last_position)
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let job = load_job(log, &stream).await?.ok_or(JobError::NotFound)?;
+        let facts = &job.facts;
+        if let Some(first) = job.cancel_position {
+            if facts.submitted.user != caller && !caller_is_admin {
+                return Err(JobRuleError::NotOwner.into());
+            }
+            if !facts.state.is_terminal() {
+                slurm.cancel(facts.submitted.job_id).await?;
+            }
+            return Ok(first);
+        }
+        decide_cancel(facts.state, &facts.submitted.user, &caller, caller_is_admin)?;
+        let event = DomainEvent::JobCancelRequested(JobCancelRequested {
+            job_id: facts.submitted.job_id,
+            by: caller.clone(),
+            why: why.clone(),
+        });
+        match log
+            .append(
+                &stream,
+                ExpectedVersion::Exact(job.version),
+                &[crate::encode(&event, metadata.clone())?],
+            )
+            .await
+        {
+            Ok(out) => {
+                slurm.cancel(facts.submitted.job_id).await?;
+                return Ok(out.last_position);
+            }
+            // Someone wrote meanwhile (a cancel, a state change): decide again on what is there.
+            Err(LogError::VersionConflict { .. }) if tries < 10 => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// A job the read side believes is not finished.
@@ -407,18 +600,37 @@ pub struct OpenJob {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Reconciled {
     pub state_changes: usize,
-    pub adopted: usize,
     pub vanished: usize,
+    /// Slurm jobs with a Clusterra comment that names no submission this service recorded (or
+    /// names one recorded with another Slurm job): ignored, never adopted.
+    pub ignored: usize,
 }
 
-/// How long after Slurm accepted a job its `JobSubmitted` may still be on its way to the log
-/// (the API appends it right after Slurm answers): reconcile adopts a job only after this.
+/// How long after a submission's request was recorded its outcome may still be on its way (the
+/// submitter is waiting for Slurm, then appends `JobSubmitted`): only then does the poll cycle
+/// look it up in Slurm ([`settle_submissions`]), and a retry stop waiting for it.
 pub const ADOPT_AFTER: chrono::Duration = chrono::Duration::seconds(60);
 
+/// Slurm jobs with a Clusterra comment already checked against the log (by cluster, Slurm job id
+/// and the comment's submission id): `true` when the log records this submission with this job.
+/// The answer never changes (the log only grows), so each is read once per process; the memory is
+/// bounded by starting over past 100,000 entries.
+type CommentKey = (ClusterId, u64, Uuid);
+static COMMENT_VERDICTS: LazyLock<Mutex<HashMap<CommentKey, bool>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+fn comment_verdicts() -> std::sync::MutexGuard<'static, HashMap<CommentKey, bool>> {
+    let mut memo = COMMENT_VERDICTS.lock().unwrap_or_else(|p| p.into_inner());
+    if memo.len() > 100_000 {
+        memo.clear();
+    }
+    memo
+}
+
 /// One reconcile pass for a cluster: records every state Slurm reports that the log lacks
-/// (no event when nothing changed), gives jobs that vanished from Slurm a final state that says
-/// so, and adopts jobs Slurm has whose `JobSubmitted` never reached the log — once they are
-/// older than [`ADOPT_AFTER`] at `now`, so a submission still being recorded is not taken over.
+/// (no event when nothing changed) and gives jobs that vanished from Slurm a final state that
+/// says so. Slurm jobs whose comment carries a Clusterra submission id the log does not have are
+/// ignored and logged: adoption happens only in [`settle_submissions`], of recorded requests.
 pub async fn reconcile(
     log: &dyn EventLog,
     slurm: &dyn SlurmPort,
@@ -496,43 +708,171 @@ pub async fn reconcile(
         }
     }
 
+    // Adoption is settle_submissions' (of recorded requests only); here, Slurm jobs that claim
+    // a submission id are checked against the log once each, and unknown ones reported.
+    let _ = now;
     for s in in_slurm.values() {
         let Some(submission_id) = s.submission_id() else {
             continue;
         };
-        if known.contains(&submission_id) || s.submit_time.is_some_and(|t| now - t < ADOPT_AFTER) {
+        if known.contains(&submission_id) {
             continue;
         }
-        let stream = stream(cluster, submission_id);
-        if !log.read_stream(&stream, 0, 1).await?.is_empty() {
-            continue;
+        let memo_key = (cluster.clone(), s.job_id, submission_id);
+        let memo = comment_verdicts().get(&memo_key).copied();
+        let verdict = match memo {
+            Some(v) => Some(v),
+            None => {
+                let record =
+                    read_submission(log, &stream(cluster, submission_id), submission_id).await?;
+                let verdict = match (&record.submitted, record.unsettled()) {
+                    (Some((_, job_id)), _) => Some(*job_id == s.job_id),
+                    // Being submitted right now, or settled by the poll cycle soon: undecided.
+                    (None, Some(_)) => None,
+                    // No request, or its attempts failed: not a job of this submission.
+                    (None, None) => Some(false),
+                };
+                if let Some(v) = verdict {
+                    comment_verdicts().insert(memo_key, v);
+                    if !v {
+                        tracing::warn!(%workspace, %cluster, job_id = s.job_id, %submission_id, comment = ?s.comment, "a Slurm job's comment names a Clusterra submission this service did not record with it; ignored, not adopted");
+                    }
+                }
+                verdict
+            }
+        };
+        if verdict == Some(false) {
+            done.ignored += 1;
         }
-        let Some(user) = s.submitter() else { continue };
-        let event = DomainEvent::JobSubmitted(JobSubmitted {
-            submission_id,
-            workspace: workspace.clone(),
-            cluster_id: cluster.clone(),
-            job_id: s.job_id,
-            name: s.name.clone(),
-            user,
-            via: SubmittedVia::Adopted,
-            template_id: None,
-            params: None,
-            body: serde_json::json!({}),
-            shape: JobShape { cpus: 1, memory_mib: None, nodes: 1, time_limit_minutes: None, gpus: 0 },
-            warnings: vec![Warning {
-                field: "".into(),
-                message: "adopted from Slurm after the API stopped between Slurm accepting the job and recording it; the original body was not recorded".into(),
-            }],
-            submitted_at: None,
-            rate: None,
+    }
+    Ok(done)
+}
+
+/// A submission whose request is recorded and whose outcome is not (from the `jobs`
+/// projection's `submitting` collection).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unsettled {
+    pub submission_id: Uuid,
+    /// When its request was recorded.
+    pub requested_at: DateTime<Utc>,
+}
+
+/// What one settling pass did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Settled {
+    /// Found in Slurm by their comment and recorded as `JobSubmitted` (`via: adopted`).
+    pub adopted: usize,
+    /// Not in Slurm: recorded as `JobSubmissionFailed`.
+    pub failed: usize,
+}
+
+/// How far Slurm's clock may be behind ours when telling whether a Slurm job was submitted after
+/// its request was recorded.
+const CLOCK_SKEW: chrono::Duration = chrono::Duration::seconds(5);
+
+/// Settles submissions whose request was recorded more than [`ADOPT_AFTER`] before `now` and
+/// whose outcome never was (the submitter stopped between the two, or Slurm's answer was lost).
+/// Each is looked up once, in one listing of Slurm's jobs (made only when there is one to settle),
+/// by the submission id stamped in the comment: found (submitted after its request), it is
+/// adopted as `JobSubmitted` with the request's user, name, shape and rate (`via: adopted`; the
+/// body itself is not recorded in the request, only its digest); not found,
+/// `JobSubmissionFailed` frees its `Idempotency-Key`.
+pub async fn settle_submissions(
+    log: &dyn EventLog,
+    slurm: &dyn SlurmPort,
+    cluster: &ClusterId,
+    unsettled: &[Unsettled],
+    now: DateTime<Utc>,
+) -> Result<Settled, JobError> {
+    let mut done = Settled::default();
+    let stale: Vec<&Unsettled> = unsettled
+        .iter()
+        .filter(|u| now - u.requested_at >= ADOPT_AFTER)
+        .collect();
+    if stale.is_empty() {
+        return Ok(done);
+    }
+    let mut by_submission: HashMap<Uuid, Vec<SlurmJob>> = HashMap::new();
+    for j in slurm.jobs().await? {
+        if let Some(id) = j.submission_id() {
+            by_submission.entry(id).or_default().push(j);
+        }
+    }
+    let system = crate::system_metadata("poll");
+    for u in stale {
+        let stream = stream(cluster, u.submission_id);
+        let record = read_submission(log, &stream, u.submission_id).await?;
+        let Some(req) = record.unsettled().cloned() else {
+            continue; // settled meanwhile (the projection lags the log)
+        };
+        let r = &req.request;
+        let mut candidates: Vec<&SlurmJob> = by_submission
+            .get(&u.submission_id)
+            .map(|v| v.iter().collect())
+            .unwrap_or_default();
+        // A job submitted before its request was recorded cannot be this submission's.
+        candidates.retain(|j| {
+            j.submit_time
+                .is_none_or(|t| t >= req.recorded_at - CLOCK_SKEW)
         });
-        let new = crate::encode(&event, system.clone())?.with_id(submitted_event_id(submission_id));
-        match log.append(&stream, ExpectedVersion::NoStream, &[new]).await {
-            Ok(_) => {
-                tracing::warn!(job_id = s.job_id, %submission_id, "adopted a job Slurm had but the log lacked");
+        candidates.sort_by_key(|j| j.job_id);
+        if candidates.len() > 1 {
+            tracing::warn!(submission_id = %u.submission_id, jobs = ?candidates.iter().map(|j| j.job_id).collect::<Vec<_>>(), "several Slurm jobs carry one submission id; adopting the first");
+        }
+        let (event, id) = match candidates.first() {
+            Some(found) => (
+                DomainEvent::JobSubmitted(JobSubmitted {
+                    submission_id: u.submission_id,
+                    workspace: r.workspace.clone(),
+                    cluster_id: r.cluster_id.clone(),
+                    job_id: found.job_id,
+                    name: r.name.clone(),
+                    user: r.user.clone(),
+                    via: SubmittedVia::Adopted,
+                    template_id: r.template_id.clone(),
+                    params: None,
+                    body: serde_json::json!({}),
+                    shape: r.shape,
+                    warnings: vec![Warning {
+                        field: "".into(),
+                        message: "adopted from Slurm after its submitter stopped between recording the request and recording Slurm's answer; the body sent was not recorded (only its digest)".into(),
+                    }],
+                    submitted_at: Some(req.recorded_at),
+                    rate: r.rate,
+                }),
+                Some(submitted_event_id(u.submission_id)),
+            ),
+            None => (
+                DomainEvent::JobSubmissionFailed(JobSubmissionFailed {
+                    submission_id: u.submission_id,
+                    workspace: r.workspace.clone(),
+                    cluster_id: r.cluster_id.clone(),
+                    reason: format!(
+                        "Slurm has no job for this submission {} s after it was requested: its submitter stopped before Slurm took it",
+                        ADOPT_AFTER.num_seconds()
+                    ),
+                }),
+                None,
+            ),
+        };
+        let mut new = crate::encode(&event, system.clone())?;
+        if let Some(id) = id {
+            new = new.with_id(id);
+        }
+        match log
+            .append(&stream, ExpectedVersion::Exact(req.version), &[new])
+            .await
+        {
+            Ok(o) if o.already_stored => {}
+            Ok(_) if id.is_some() => {
+                tracing::warn!(job_id = candidates[0].job_id, submission_id = %u.submission_id, user = %r.user, "adopted a job Slurm had for a recorded request whose outcome the log lacked");
                 done.adopted += 1;
             }
+            Ok(_) => {
+                tracing::warn!(submission_id = %u.submission_id, "a recorded submission request never reached Slurm; marked failed");
+                done.failed += 1;
+            }
+            // Its submitter recorded the outcome meanwhile.
             Err(LogError::VersionConflict { .. }) => {}
             Err(e) => return Err(e.into()),
         }

@@ -7,7 +7,10 @@ use domain::job::JobState;
 
 /// The prefix Clusterra stamps on every job's `comment`: `clusterra:<submission id> <submitter>`,
 /// then the user's own comment if any, so a job Slurm accepted can always be matched to its
-/// submission.
+/// submission. The comment is only a lookup key: anyone who can submit to Slurm can write any
+/// comment, so the poll cycle adopts a job only for a submission whose request the log recorded,
+/// as that request's user (`commands::jobs::settle_submissions`); the email in the comment is for
+/// people reading `squeue`, never trusted.
 pub const COMMENT_PREFIX: &str = "clusterra:";
 
 /// The comment Clusterra sends for a submission.
@@ -40,12 +43,6 @@ impl SlurmJob {
     pub fn submission_id(&self) -> Option<uuid::Uuid> {
         let c = self.comment.as_deref()?.strip_prefix(COMMENT_PREFIX)?;
         uuid::Uuid::parse_str(c.split_whitespace().next()?).ok()
-    }
-
-    /// The submitter stamped in the comment after the submission id, if any.
-    pub fn submitter(&self) -> Option<domain::Email> {
-        let c = self.comment.as_deref()?.strip_prefix(COMMENT_PREFIX)?;
-        domain::Email::new(c.split_whitespace().nth(1)?).ok()
     }
 }
 

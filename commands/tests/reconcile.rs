@@ -1,5 +1,8 @@
-//! The poll cycle's reconcile against real SQLite and the real local executor, including a crash
-//! between Slurm accepting a job and the log recording it (an append failed on purpose).
+//! The poll cycle's reconcile and the submit path's write-ahead request against real SQLite, the
+//! real local executor and a fake Slurm: a crash between Slurm accepting a job and the log
+//! recording it (an append failed on purpose) is settled by adopting the recorded request; a
+//! Slurm job with a forged comment is never adopted; one key makes one job however many ask at
+//! once; cancels are idempotent.
 
 #![allow(clippy::unwrap_used)] // a test may panic on what it did not expect
 
@@ -8,8 +11,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use commands::jobs::{JobError, OpenJob, Submission, Submitter, reconcile, stream};
-use commands::slurm::SlurmPort;
+use commands::jobs::{
+    JobError, OpenJob, Settled, Submission, Submitter, Unsettled, reconcile, settle_submissions,
+    stream,
+};
+use commands::slurm::{Accepted, SlurmError, SlurmJob, SlurmPort};
 use domain::job::JobState;
 use domain::{ClusterId, DomainEvent, Email, SubmittedVia, WorkspaceId};
 use eventlog::{
@@ -114,8 +120,41 @@ fn submission(key: &str) -> Submission {
     }
 }
 
+/// The event types of a job stream, in order.
+async fn history(log: &dyn EventLog, cluster: &ClusterId, submission: uuid::Uuid) -> Vec<String> {
+    log.read_stream(&stream(cluster, submission), 0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event_type)
+        .collect()
+}
+
+/// The submission id a keyed submission of `ids()` gets (the one in its Slurm comment).
+async fn submission_id_in_slurm(slurm: &dyn SlurmPort) -> uuid::Uuid {
+    let jobs = slurm.jobs().await.unwrap();
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    jobs[0].submission_id().unwrap()
+}
+
+/// A clock a fixed time ahead of the system's.
+struct Ahead(chrono::Duration);
+
+impl eventlog::Clock for Ahead {
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        chrono::Utc::now() + self.0
+    }
+}
+
+fn unsettled(submission_id: uuid::Uuid) -> Vec<Unsettled> {
+    vec![Unsettled {
+        submission_id,
+        requested_at: chrono::Utc::now(),
+    }]
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_job_slurm_accepted_but_the_log_missed_is_adopted_once() {
+async fn a_recorded_request_whose_outcome_the_log_missed_is_adopted_once_as_its_user() {
     let (_dir, store, slurm) = setup().await;
     let log = FailingLog {
         inner: store.log.clone(),
@@ -129,46 +168,69 @@ async fn a_job_slurm_accepted_but_the_log_missed_is_adopted_once() {
         .await
         .unwrap_err();
     assert!(matches!(err, JobError::Log(_)), "{err:?}");
-    let in_slurm = slurm.jobs().await.unwrap();
-    assert_eq!(in_slurm.len(), 1, "Slurm accepted it");
-    let submission_id = in_slurm[0].submission_id().unwrap();
-    assert!(
-        log.read_stream(&stream(&cluster, submission_id), 0, 10)
-            .await
-            .unwrap()
-            .is_empty(),
-        "the log missed it"
+    let submission_id = submission_id_in_slurm(&slurm).await;
+    let job_id = slurm.jobs().await.unwrap()[0].job_id;
+    assert_eq!(
+        history(&log, &cluster, submission_id).await,
+        ["JobSubmissionRequested"],
+        "the request was recorded before Slurm was called; its outcome was lost"
     );
 
-    // Moments after Slurm accepted it, its submitter may still be recording it: not adopted.
-    let done = reconcile(&log, &slurm, &workspace, &cluster, &[], chrono::Utc::now())
+    // A retry while the outcome is unknown neither submits again nor waits forever; it never
+    // lists Slurm's jobs (the request path has no Slurm scan any more).
+    let later = Submitter::new(Arc::new(Ahead(commands::jobs::ADOPT_AFTER)));
+    let err = later
+        .submit(&log, &slurm, submission("k1"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, JobError::InProgress), "{err:?}");
+    assert_eq!(slurm.jobs().await.unwrap().len(), 1);
+
+    // Reconcile does not adopt (it only follows known jobs); settling does, once the request is
+    // older than the grace, as the recorded user.
+    let done = reconcile(&log, &slurm, &workspace, &cluster, &[], later_now())
         .await
         .unwrap();
-    assert_eq!(done.adopted, 0);
-    let later = chrono::Utc::now() + commands::jobs::ADOPT_AFTER;
-    let done = reconcile(&log, &slurm, &workspace, &cluster, &[], later)
+    assert_eq!(done.ignored, 0, "its request is recorded: not a forgery");
+    let now = chrono::Utc::now();
+    let early = settle_submissions(&log, &slurm, &cluster, &unsettled(submission_id), now)
         .await
         .unwrap();
-    assert_eq!(done.adopted, 1);
+    assert_eq!(early, Settled::default(), "still within the grace");
+    let settled = settle_submissions(
+        &log,
+        &slurm,
+        &cluster,
+        &unsettled(submission_id),
+        later_now(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(settled.adopted, 1);
     let events = log
         .read_stream(&stream(&cluster, submission_id), 0, 10)
         .await
         .unwrap();
-    match DomainEvent::decode(&events[0].event_type, 1, &events[0].data).unwrap() {
+    match DomainEvent::decode(&events[1].event_type, 1, &events[1].data).unwrap() {
         Some(DomainEvent::JobSubmitted(j)) => {
             assert_eq!(
-                (j.job_id, j.via, j.user.as_str()),
-                (in_slurm[0].job_id, SubmittedVia::Adopted, "ada@lab.org")
+                (j.job_id, j.via, j.user.as_str(), j.name.as_str()),
+                (job_id, SubmittedVia::Adopted, "ada@lab.org", "adopt-me")
             );
         }
         other => panic!("{other:?}"),
     }
     assert_eq!(
-        reconcile(&log, &slurm, &workspace, &cluster, &[], later_now())
-            .await
-            .unwrap()
-            .adopted,
-        0,
+        settle_submissions(
+            &log,
+            &slurm,
+            &cluster,
+            &unsettled(submission_id),
+            later_now()
+        )
+        .await
+        .unwrap(),
+        Settled::default(),
         "adopted once"
     );
 
@@ -178,7 +240,7 @@ async fn a_job_slurm_accepted_but_the_log_missed_is_adopted_once() {
         .await
         .unwrap();
     assert!(retry.replayed);
-    assert_eq!(retry.job_id, in_slurm[0].job_id);
+    assert_eq!(retry.job_id, job_id);
     assert_eq!(slurm.jobs().await.unwrap().len(), 1);
 
     // The state follows; once final, reconcile records nothing more.
@@ -248,41 +310,331 @@ async fn a_job_that_vanished_from_slurm_gets_a_final_state_that_says_so() {
     assert_eq!(facts.state, JobState::NodeFail);
 }
 
+/// A Slurm that only lists what it is told to, and accepts submissions after `delay` (or fails
+/// them with `fail`).
+#[derive(Default)]
+struct FakeSlurm {
+    jobs: std::sync::Mutex<Vec<SlurmJob>>,
+    delay: Duration,
+    fail: std::sync::Mutex<Option<SlurmError>>,
+    submits: std::sync::atomic::AtomicUsize,
+    lists: std::sync::atomic::AtomicUsize,
+}
+
+impl FakeSlurm {
+    fn with(jobs: Vec<SlurmJob>) -> Self {
+        FakeSlurm {
+            jobs: std::sync::Mutex::new(jobs),
+            ..FakeSlurm::default()
+        }
+    }
+}
+
+fn slurm_job(job_id: u64, comment: &str, submit_time: chrono::DateTime<chrono::Utc>) -> SlurmJob {
+    SlurmJob {
+        job_id,
+        name: "forged".into(),
+        state: JobState::Running,
+        reason: None,
+        exit_code: None,
+        node: Some("n1".into()),
+        submit_time: Some(submit_time),
+        start_time: Some(submit_time),
+        end_time: None,
+        comment: Some(comment.into()),
+    }
+}
+
+#[async_trait]
+impl SlurmPort for FakeSlurm {
+    async fn submit(&self, body: &serde_json::Value) -> Result<Accepted, SlurmError> {
+        self.submits.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(self.delay).await;
+        if let Some(e) = self.fail.lock().unwrap().take() {
+            return Err(e);
+        }
+        let mut jobs = self.jobs.lock().unwrap();
+        let job_id = 1_000 + jobs.len() as u64;
+        jobs.push(SlurmJob {
+            state: JobState::Pending,
+            name: body["job"]["name"].as_str().unwrap_or("").into(),
+            ..slurm_job(
+                job_id,
+                body["job"]["comment"].as_str().unwrap(),
+                chrono::Utc::now(),
+            )
+        });
+        Ok(Accepted {
+            job_id,
+            warnings: Vec::new(),
+        })
+    }
+    async fn job(&self, job_id: u64) -> Result<Option<SlurmJob>, SlurmError> {
+        Ok(self
+            .jobs
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|j| j.job_id == job_id)
+            .cloned())
+    }
+    async fn jobs(&self) -> Result<Vec<SlurmJob>, SlurmError> {
+        self.lists.fetch_add(1, Ordering::SeqCst);
+        Ok(self.jobs.lock().unwrap().clone())
+    }
+    async fn cancel(&self, _job_id: u64) -> Result<(), SlurmError> {
+        Ok(())
+    }
+}
+
+async fn sqlite_log() -> (tempfile::TempDir, eventlog::Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("log.db").display());
+    let store = eventlog::open(&OpenOptions::new(url), Arc::new(SystemClock))
+        .await
+        .unwrap();
+    (dir, store)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_retry_after_a_failed_append_records_the_job_slurm_already_has() {
-    let (_dir, store, slurm) = setup().await;
-    let log = FailingLog {
+async fn a_slurm_job_with_a_forged_comment_is_never_adopted() {
+    let (_dir, store) = sqlite_log().await;
+    let (workspace, cluster, _) = ids();
+    // Someone with Slurm access submits a job whose comment claims a submission of the victim's,
+    // long enough ago that the old rule (adopt any commented job older than 60 s) took it.
+    let forged_id = uuid::Uuid::now_v7();
+    let long_ago = chrono::Utc::now() - chrono::Duration::hours(1);
+    let slurm = FakeSlurm::with(vec![slurm_job(
+        77,
+        &format!("clusterra:{forged_id} victim@lab.org"),
+        long_ago,
+    )]);
+    let log = store.log.as_ref();
+    for _ in 0..3 {
+        let done = reconcile(log, &slurm, &workspace, &cluster, &[], later_now())
+            .await
+            .unwrap();
+        assert_eq!(done.ignored, 1, "reported as unknown, every cycle");
+        assert_eq!(done.state_changes, 0);
+    }
+    // Settling only looks at recorded requests: a made-up one is not in the log, so nothing.
+    let settled = settle_submissions(log, &slurm, &cluster, &unsettled(forged_id), later_now())
+        .await
+        .unwrap();
+    assert_eq!(settled, Settled::default());
+    assert_eq!(
+        log.head().await.unwrap().position,
+        0,
+        "nothing was recorded: no job, nobody billed"
+    );
+
+    // A forged job that claims a real keyed submission's id (ids from keys are predictable) is
+    // not adopted either: it was in Slurm before the request was recorded.
+    let request_log = FailingLog {
         inner: store.log.clone(),
         armed: AtomicBool::new(true),
     };
-    let submitter = Submitter::default();
-    assert!(
-        submitter
-            .submit(&log, &slurm, submission("k3"))
-            .await
-            .is_err()
+    let real = FakeSlurm::default();
+    let err = Submitter::default()
+        .submit(&request_log, &real, submission("k-forged"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, JobError::Log(_)), "{err:?}");
+    let real_job = real.jobs().await.unwrap()[0].clone();
+    let submission_id = real_job.submission_id().unwrap();
+    real.jobs.lock().unwrap().insert(
+        0,
+        slurm_job(
+            5,
+            &format!("clusterra:{submission_id} mallory@lab.org"),
+            long_ago,
+        ),
     );
-    let retry = submitter
-        .submit(&log, &slurm, submission("k3"))
+    let settled = settle_submissions(log, &real, &cluster, &unsettled(submission_id), later_now())
         .await
         .unwrap();
-    assert_eq!(
-        slurm.jobs().await.unwrap().len(),
-        1,
-        "the retry did not submit a second job"
-    );
-    assert_eq!(retry.job_id, slurm.jobs().await.unwrap()[0].job_id);
-    let (_, cluster, _) = ids();
-    let (facts, _) = commands::jobs::load(&log, &stream(&cluster, retry.submission_id))
+    assert_eq!(settled.adopted, 1);
+    let (facts, _) = commands::jobs::load(log, &stream(&cluster, submission_id))
         .await
         .unwrap()
         .unwrap();
     assert_eq!(
-        facts.submitted.via,
-        SubmittedVia::Api,
-        "recorded with the full submission, not adopted"
+        (facts.submitted.job_id, facts.submitted.user.as_str()),
+        (real_job.job_id, "ada@lab.org"),
+        "the job submitted after the request, as the recorded user"
     );
-    assert_eq!(facts.submitted.name, "adopt-me");
+    let done = reconcile(log, &real, &workspace, &cluster, &[], later_now())
+        .await
+        .unwrap();
+    assert_eq!(done.ignored, 1, "the forged twin is reported, not adopted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_slurm_never_got_is_marked_failed_and_frees_its_key() {
+    let (_dir, store) = sqlite_log().await;
+    let (_, cluster, _) = ids();
+    let log = store.log.as_ref();
+    let slurm = FakeSlurm::default();
+    *slurm.fail.lock().unwrap() = Some(SlurmError::Unavailable("connection reset".into()));
+    let err = Submitter::default()
+        .submit(log, &slurm, submission("k-lost"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, JobError::Slurm(SlurmError::Unavailable(_))),
+        "{err:?}"
+    );
+    // Whether Slurm took it is unknown: the request stays open, and retries do not resubmit.
+    let submitter = Submitter::new(Arc::new(Ahead(commands::jobs::ADOPT_AFTER)));
+    assert!(matches!(
+        submitter
+            .submit(log, &slurm, submission("k-lost"))
+            .await
+            .unwrap_err(),
+        JobError::InProgress
+    ));
+    assert_eq!(slurm.submits.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        slurm.lists.load(Ordering::SeqCst),
+        0,
+        "no Slurm scan on the request path"
+    );
+    let key_stream = log
+        .read_all(0, 10)
+        .await
+        .unwrap()
+        .first()
+        .map(|e| e.stream_id.clone())
+        .unwrap();
+    let submission_id: uuid::Uuid = key_stream.rsplit("local-").next().unwrap().parse().unwrap();
+    let settled = settle_submissions(
+        log,
+        &slurm,
+        &cluster,
+        &unsettled(submission_id),
+        later_now(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(settled.failed, 1);
+    assert_eq!(slurm.lists.load(Ordering::SeqCst), 1, "looked up once");
+
+    // The key is free again: the retry submits.
+    let ok = Submitter::default()
+        .submit(log, &slurm, submission("k-lost"))
+        .await
+        .unwrap();
+    assert!(!ok.replayed);
+    assert_eq!(
+        history(log, &cluster, submission_id).await,
+        [
+            "JobSubmissionRequested",
+            "JobSubmissionFailed",
+            "JobSubmissionRequested",
+            "JobSubmitted"
+        ]
+    );
+
+    // Slurm refusing a job records the failure at once: the next try may go ahead.
+    *slurm.fail.lock().unwrap() = Some(SlurmError::Rejected(vec!["no".into()]));
+    let err = Submitter::default()
+        .submit(log, &slurm, submission("k-refused"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, JobError::Slurm(SlurmError::Rejected(_))));
+    let again = Submitter::default()
+        .submit(log, &slurm, submission("k-refused"))
+        .await
+        .unwrap();
+    assert!(!again.replayed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_submits_with_one_key_make_one_job_and_another_body_is_refused() {
+    let (_dir, store) = sqlite_log().await;
+    let log = store.log.clone();
+    let slurm = Arc::new(FakeSlurm {
+        delay: Duration::from_millis(300),
+        ..FakeSlurm::default()
+    });
+    // Separate submitters: as two replicas have (no shared in-process guard).
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let (log, slurm) = (log.clone(), slurm.clone());
+        tasks.push(tokio::spawn(async move {
+            Submitter::default()
+                .submit(log.as_ref(), slurm.as_ref(), submission("same"))
+                .await
+        }));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.push(t.await.unwrap().unwrap().job_id);
+    }
+    assert_eq!(slurm.submits.load(Ordering::SeqCst), 1, "one call to Slurm");
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "every answer names the one job");
+
+    let mut other = submission("same");
+    other.body["job"]["name"] = json!("something-else");
+    let err = Submitter::default()
+        .submit(log.as_ref(), slurm.as_ref(), other)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, JobError::KeyReused), "{err:?}");
+    // The same body again (a plain retry) is answered.
+    assert!(
+        Submitter::default()
+            .submit(log.as_ref(), slurm.as_ref(), submission("same"))
+            .await
+            .unwrap()
+            .replayed
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_cancels_record_one_request_and_answer_its_position() {
+    let (_dir, store) = sqlite_log().await;
+    let log = store.log.clone();
+    let slurm = Arc::new(FakeSlurm::default());
+    let (_, cluster, user) = ids();
+    let job = Submitter::default()
+        .submit(log.as_ref(), slurm.as_ref(), submission("to-cancel"))
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        let (log, slurm, cluster, user) =
+            (log.clone(), slurm.clone(), cluster.clone(), user.clone());
+        let submission = job.submission_id;
+        tasks.push(tokio::spawn(async move {
+            commands::jobs::cancel_job(
+                log.as_ref(),
+                slurm.as_ref(),
+                commands::jobs::CancelRequest {
+                    cluster,
+                    submission,
+                    caller: user,
+                    caller_is_admin: false,
+                    why: None,
+                    metadata: eventlog::Metadata::default(),
+                },
+            )
+            .await
+        }));
+    }
+    let mut positions = Vec::new();
+    for t in tasks {
+        positions.push(t.await.unwrap().unwrap());
+    }
+    positions.dedup();
+    assert_eq!(positions.len(), 1, "{positions:?}");
+    let types = history(log.as_ref(), &cluster, job.submission_id).await;
+    assert_eq!(
+        types.iter().filter(|t| *t == "JobCancelRequested").count(),
+        1,
+        "{types:?}"
+    );
 }
 
 /// A clock reading past the adoption grace, so jobs Slurm just accepted count as old.

@@ -84,6 +84,42 @@ pub struct JobSubmitted {
     pub rate: Option<crate::MicroUsd>,
 }
 
+/// The write-ahead record of a submission, appended to the job's stream (as its first event, with
+/// "no stream" expected) *before* Slurm is called. Whoever appends it is the one process that
+/// may call Slurm for this submission; `JobSubmitted` (or `JobSubmissionFailed`) follows. It is
+/// also what lets the poll cycle adopt a job whose `JobSubmitted` never reached the log: only a
+/// Slurm job whose comment names a recorded request is adopted, as this request's user.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobSubmissionRequested {
+    pub submission_id: Uuid,
+    pub workspace: WorkspaceId,
+    pub cluster_id: ClusterId,
+    /// Who submitted it: the job is theirs (and billed to them) whatever Slurm's comment says.
+    pub user: Email,
+    pub via: SubmittedVia,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template_id: Option<String>,
+    /// `sha256:<hex>` of the canonical body (`domain::submit::canonicalize`, keys sorted, before
+    /// the comment stamp): a retry with the same `Idempotency-Key` and another body is refused.
+    pub body_digest: String,
+    pub shape: JobShape,
+    /// What it costs per hour while it runs, as `JobSubmitted` records it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<crate::MicroUsd>,
+}
+
+/// A recorded submission request did not produce a job: Slurm refused it, or the poll cycle
+/// looked for it in Slurm (after the submitter stopped between the request and its outcome)
+/// and Slurm did not have it. The submission's `Idempotency-Key` may be used again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSubmissionFailed {
+    pub submission_id: Uuid,
+    pub workspace: WorkspaceId,
+    pub cluster_id: ClusterId,
+    pub reason: String,
+}
+
 /// Slurm reported a new state for a job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobStateChanged {
@@ -243,7 +279,9 @@ pub struct QuotaEnforced {
 #[serde(tag = "type", content = "data")]
 pub enum DomainEvent {
     ClusterRegistered(ClusterRegistered),
+    JobSubmissionRequested(JobSubmissionRequested),
     JobSubmitted(JobSubmitted),
+    JobSubmissionFailed(JobSubmissionFailed),
     JobStateChanged(JobStateChanged),
     JobCancelRequested(JobCancelRequested),
     FileAccessGranted(FileAccessGranted),
@@ -263,7 +301,9 @@ impl DomainEvent {
     pub fn event_type(&self) -> &'static str {
         match self {
             DomainEvent::ClusterRegistered(_) => "ClusterRegistered",
+            DomainEvent::JobSubmissionRequested(_) => "JobSubmissionRequested",
             DomainEvent::JobSubmitted(_) => "JobSubmitted",
+            DomainEvent::JobSubmissionFailed(_) => "JobSubmissionFailed",
             DomainEvent::JobStateChanged(_) => "JobStateChanged",
             DomainEvent::JobCancelRequested(_) => "JobCancelRequested",
             DomainEvent::FileAccessGranted(_) => "FileAccessGranted",
@@ -288,7 +328,9 @@ impl DomainEvent {
     pub fn data(&self) -> Result<serde_json::Value, serde_json::Error> {
         match self {
             DomainEvent::ClusterRegistered(e) => serde_json::to_value(e),
+            DomainEvent::JobSubmissionRequested(e) => serde_json::to_value(e),
             DomainEvent::JobSubmitted(e) => serde_json::to_value(e),
+            DomainEvent::JobSubmissionFailed(e) => serde_json::to_value(e),
             DomainEvent::JobStateChanged(e) => serde_json::to_value(e),
             DomainEvent::JobCancelRequested(e) => serde_json::to_value(e),
             DomainEvent::FileAccessGranted(e) => serde_json::to_value(e),
@@ -316,7 +358,13 @@ impl DomainEvent {
             "ClusterRegistered" => {
                 Some(DomainEvent::ClusterRegistered(serde_json::from_str(data)?))
             }
+            "JobSubmissionRequested" => Some(DomainEvent::JobSubmissionRequested(
+                serde_json::from_str(data)?,
+            )),
             "JobSubmitted" => Some(DomainEvent::JobSubmitted(serde_json::from_str(data)?)),
+            "JobSubmissionFailed" => Some(DomainEvent::JobSubmissionFailed(serde_json::from_str(
+                data,
+            )?)),
             "JobStateChanged" => Some(DomainEvent::JobStateChanged(serde_json::from_str(data)?)),
             "JobCancelRequested" => {
                 Some(DomainEvent::JobCancelRequested(serde_json::from_str(data)?))

@@ -137,7 +137,11 @@ pub fn describe(event: &DomainEvent, actor: &str, job: Option<&JobContext>) -> O
         ),
         // File grants and deletes are per-user audit records, not cluster activity; quotas
         // belong to a workspace, not a cluster (the cancels they cause are in the feed).
-        DomainEvent::FileAccessGranted(_)
+        // The write-ahead record of a submission and its failure stay in the job's own stream:
+        // a job enters the feed when Slurm has accepted it (`JobSubmitted`).
+        DomainEvent::JobSubmissionRequested(_)
+        | DomainEvent::JobSubmissionFailed(_)
+        | DomainEvent::FileAccessGranted(_)
         | DomainEvent::FileDeleted(_)
         | DomainEvent::QuotaSet(_)
         | DomainEvent::QuotaRemoved(_)

@@ -15,8 +15,9 @@ pub mod trace;
 
 pub use events::{
     ClusterRegistered, DomainEvent, FileAccessGranted, FileDeleted, JobCancelRequested,
-    JobStateChanged, JobSubmitted, NodeLaunched, NodeReady, NodeTerminated, QuotaEnforced,
-    QuotaRemoved, QuotaSet, QuotaWarningRaised, ScaleDecisionMade, SlurmEndpoint, SubmittedVia,
+    JobStateChanged, JobSubmissionFailed, JobSubmissionRequested, JobSubmitted, NodeLaunched,
+    NodeReady, NodeTerminated, QuotaEnforced, QuotaRemoved, QuotaSet, QuotaWarningRaised,
+    ScaleDecisionMade, SlurmEndpoint, SubmittedVia,
 };
 pub use ids::{ClusterId, Email, IdError, WorkspaceId};
 pub use money::MicroUsd;

@@ -104,7 +104,9 @@ impl Projector for Feed {
                 (js.collection, Some(ctx))
             }
             // Not in FEED_TYPES (filtered above).
-            DomainEvent::FileAccessGranted(_)
+            DomainEvent::JobSubmissionRequested(_)
+            | DomainEvent::JobSubmissionFailed(_)
+            | DomainEvent::FileAccessGranted(_)
             | DomainEvent::FileDeleted(_)
             | DomainEvent::QuotaSet(_)
             | DomainEvent::QuotaRemoved(_)

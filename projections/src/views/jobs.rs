@@ -107,6 +107,44 @@ pub async fn of_workspace(
     Ok(out)
 }
 
+/// The collection of a cluster's submissions whose request is recorded but whose outcome is not
+/// (`JobSubmissionRequested` without `JobSubmitted` or `JobSubmissionFailed` yet), keyed by
+/// submission id. They are not jobs yet (Slurm has given no id): the job list does not show
+/// them; the poll cycle reads them to settle requests whose submitter stopped halfway.
+pub fn submitting_collection(workspace: &WorkspaceId, cluster: &ClusterId) -> String {
+    format!("submitting:{workspace}:{cluster}")
+}
+
+/// A submission recorded but not yet settled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingSubmission {
+    pub submission_id: uuid::Uuid,
+    pub user: String,
+    /// When the request was recorded (before Slurm was called).
+    pub requested_at: DateTime<Utc>,
+    pub stream_id: String,
+    pub position: i64,
+}
+
+/// Every unsettled submission of a cluster (live set).
+pub async fn submitting(
+    read: &dyn eventlog::ReadStore,
+    workspace: &WorkspaceId,
+    cluster: &ClusterId,
+) -> Result<Vec<PendingSubmission>, eventlog::LogError> {
+    let rows = eventlog::list_all(
+        read,
+        eventlog::ModelSet::Live,
+        NAME,
+        &submitting_collection(workspace, cluster),
+    )
+    .await?;
+    Ok(rows
+        .iter()
+        .filter_map(|row| serde_json::from_str(&row.doc).ok())
+        .collect())
+}
+
 /// The key of a job within its collection.
 pub fn key(job_id: u64) -> String {
     format!("{job_id:012}")
@@ -137,7 +175,30 @@ impl Projector for JobViews {
         let decoded = DomainEvent::decode(&event.event_type, event.schema_version, &event.data)
             .map_err(|e| ProjectionError::bad_event(event, e))?;
         match decoded {
+            Some(DomainEvent::JobSubmissionRequested(r)) => {
+                view.put(
+                    &submitting_collection(&r.workspace, &r.cluster_id),
+                    &r.submission_id.to_string(),
+                    &PendingSubmission {
+                        submission_id: r.submission_id,
+                        user: r.user.to_string(),
+                        requested_at: event.recorded_at,
+                        stream_id: event.stream_id.clone(),
+                        position: event.position,
+                    },
+                )?;
+            }
+            Some(DomainEvent::JobSubmissionFailed(f)) => {
+                view.delete(
+                    &submitting_collection(&f.workspace, &f.cluster_id),
+                    &f.submission_id.to_string(),
+                );
+            }
             Some(DomainEvent::JobSubmitted(j)) => {
+                view.delete(
+                    &submitting_collection(&j.workspace, &j.cluster_id),
+                    &j.submission_id.to_string(),
+                );
                 let pointer = Pointer {
                     collection: collection(&j.workspace, &j.cluster_id),
                     key: key(j.job_id),
