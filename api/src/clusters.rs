@@ -209,7 +209,7 @@ fn validate(
         (status = 403, description = "Not an admin", body = crate::error::ErrorBody),
         (status = 409, description = "A cluster with this id exists", body = crate::error::ErrorBody),
         (status = 415, description = "Not JSON", body = crate::error::ErrorBody),
-        (status = 422, description = "A field is invalid", body = crate::error::ErrorBody),
+        (status = 422, description = "A field is invalid; `bucket_not_allowed` for a bucket outside the operator's bucket_allow list", body = crate::error::ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -220,6 +220,18 @@ pub(crate) async fn register(
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require_admin()?;
     let (cluster_id, name, region, bucket, slurm) = validate(req)?;
+    if let Some(patterns) = &state.settings.bucket_allow
+        && !domain::storage::bucket_allowed(patterns, caller.workspace.as_str(), &bucket)
+    {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "bucket_not_allowed",
+            format!(
+                "bucket {bucket} is not one this server lets clusters use; ask an operator to add it to bucket_allow"
+            ),
+        )
+        .with_field("bucket"));
+    }
     bucket_is_free(
         &state,
         &bucket,

@@ -48,6 +48,11 @@ pub struct Settings {
     pub min_position_wait: Duration,
     /// The largest request body accepted, in bytes.
     pub body_limit: usize,
+    /// Connection limit and timeouts of the listener.
+    pub edge: edge::Limits,
+    /// The buckets a workspace admin may give a cluster (`bucket_allow` patterns,
+    /// `domain::storage::bucket_allowed`); `None` = any (every bucket is in the embedded store).
+    pub bucket_allow: Option<Vec<String>>,
 }
 
 impl Default for Settings {
@@ -55,6 +60,8 @@ impl Default for Settings {
         Self {
             min_position_wait: Duration::from_secs(5),
             body_limit: 1024 * 1024,
+            edge: edge::Limits::default(),
+            bucket_allow: None,
         }
     }
 }
@@ -221,12 +228,13 @@ pub fn app(state: AppState) -> Router {
 }
 
 /// Serves `app(state)` on `listener` until `shutdown` resolves, then finishes in-flight requests.
+/// The connection limit and the header and idle timeouts are `state.settings.edge`
+/// ([`edge::serve`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let limits = state.settings.edge;
+    edge::serve(listener, app(state), limits, "api", shutdown).await
 }

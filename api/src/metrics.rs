@@ -5,7 +5,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::header;
+use axum::http::{Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -17,17 +17,50 @@ use prometheus_client::registry::Registry;
 
 use crate::AppState;
 
+// Every label value comes from a closed set: a request's method and path are chosen by whoever
+// sends it, and one new value per request would grow `/metrics` without bound (5,000 requests
+// with 2,000-character methods once made it 208 MB). See [`method_label`] and [`route_label`].
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    method: String,
-    route: String,
+    method: &'static str,
+    route: &'static str,
     status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
-    method: String,
-    route: String,
+    method: &'static str,
+    route: &'static str,
+}
+
+/// The `method` label: one of the standard methods, or `other` for anything else (an extension
+/// method of any length is still one label value).
+pub(crate) fn method_label(method: &Method) -> &'static str {
+    const KNOWN: [Method; 9] = [
+        Method::GET,
+        Method::HEAD,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::PATCH,
+        Method::OPTIONS,
+        Method::CONNECT,
+        Method::TRACE,
+    ];
+    KNOWN
+        .iter()
+        .find(|m| *m == method)
+        .map_or("other", Method::as_str)
+}
+
+/// The `route` label: the route template the request matched, as written in the route table
+/// (never the raw path, so ids do not explode the label set), or `unmatched`.
+pub(crate) fn route_label(matched: Option<&str>) -> &'static str {
+    static ROUTES: std::sync::LazyLock<Vec<&'static str>> =
+        std::sync::LazyLock::new(|| crate::routes().into_iter().map(|r| r.path).collect());
+    matched
+        .and_then(|m| ROUTES.iter().find(|r| **r == m).copied())
+        .unwrap_or("unmatched")
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -91,25 +124,18 @@ impl Default for Metrics {
     }
 }
 
-/// Middleware: counts and times every request under its route template (never the raw path, so
-/// ids do not explode the label set).
+/// Middleware: counts and times every request under its method and route template, both from a
+/// closed set ([`method_label`], [`route_label`]).
 pub(crate) async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".into());
-    let method = req.method().to_string();
+    let route = route_label(req.extensions().get::<MatchedPath>().map(MatchedPath::as_str));
+    let method = method_label(req.method());
     let started = Instant::now();
     let response = next.run(req).await;
     let elapsed = started.elapsed().as_secs_f64();
     state
         .metrics
         .latency
-        .get_or_create(&RouteLabels {
-            method: method.clone(),
-            route: route.clone(),
-        })
+        .get_or_create(&RouteLabels { method, route })
         .observe(elapsed);
     state
         .metrics
@@ -168,5 +194,47 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
         Err(e) => {
             crate::ApiError::internal(format!("could not encode metrics: {e}")).into_response()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_come_from_a_closed_set() {
+        assert_eq!(method_label(&Method::GET), "GET");
+        assert_eq!(method_label(&Method::DELETE), "DELETE");
+        for odd in ["FOO", "get", &"X".repeat(2_000)] {
+            let m = Method::from_bytes(odd.as_bytes()).unwrap();
+            assert_eq!(method_label(&m), "other", "{odd:.20}");
+        }
+        assert_eq!(route_label(Some("/v1/clusters/{id}")), "/v1/clusters/{id}");
+        assert_eq!(route_label(None), "unmatched");
+        // A template that is not in the route table (it cannot happen through the router, but
+        // the label set does not depend on that).
+        assert_eq!(route_label(Some("/v1/whatever/{x}")), "unmatched");
+    }
+
+    #[test]
+    fn many_odd_requests_do_not_grow_the_exposition() {
+        let m = Metrics::default();
+        for i in 0..500 {
+            let method = Method::from_bytes(format!("M{i}{}", "X".repeat(200)).as_bytes()).unwrap();
+            m.requests
+                .get_or_create(&RequestLabels {
+                    method: method_label(&method),
+                    route: route_label(Some(&format!("/nope/{i}"))),
+                    status: 405,
+                })
+                .inc();
+        }
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &m.registry.lock().unwrap()).unwrap();
+        assert!(
+            text.contains(r#"clusterra_http_requests_total{method="other",route="unmatched",status="405"} 500"#),
+            "{text}"
+        );
+        assert!(text.len() < 4_096, "{} bytes", text.len());
     }
 }

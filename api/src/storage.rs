@@ -28,6 +28,9 @@ use crate::{ApiError, AppState};
 #[derive(Clone)]
 pub struct Storage {
     pub store: Arc<dyn ObjectStore>,
+    /// The largest upload and each user's quota per bucket, checked before an upload URL is
+    /// signed (the embedded store checks them again on the upload itself).
+    pub uploads: domain::storage::UploadLimits,
 }
 
 /// Body of `POST /v1/clusters/{id}/storage/presigned-url`. Name the file either by `location` and
@@ -55,6 +58,11 @@ pub struct PresignBody {
     /// 1 to 3600; default 900 (15 minutes).
     #[schema(example = 900)]
     pub expires_in_seconds: Option<u64>,
+    /// For `PUT` (required there): the file's exact size in bytes. It is signed into the URL as
+    /// `Content-Length`: the upload must be exactly this long. At most `max_upload_bytes`, and
+    /// within your storage quota.
+    #[schema(example = 1024)]
+    pub size: Option<u64>,
 }
 
 /// A presigned URL.
@@ -203,6 +211,14 @@ fn file_error(e: FileError, key_field: &str) -> ApiError {
             ApiError::new(StatusCode::FORBIDDEN, code, d.to_string())
         }
         FileError::Expiry(e) => invalid("expires_in_seconds", e.to_string()),
+        FileError::SizeMissing | FileError::SizeNotForGet => invalid("size", e.to_string()),
+        FileError::Upload(u) => {
+            let code = match u {
+                domain::storage::UploadRefused::TooLarge { .. } => "upload_too_large",
+                domain::storage::UploadRefused::OverQuota { .. } => "storage_quota_exceeded",
+            };
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, u.to_string()).with_field("size")
+        }
         FileError::NotFound { key } => ApiError::new(
             StatusCode::NOT_FOUND,
             "object_not_found",
@@ -243,7 +259,7 @@ fn store_error(e: StorageError) -> ApiError {
         (status = 201, description = "The URL; its grant is in the log", body = PresignedUrl),
         (status = 403, description = "Another user's key, or a PUT to shared/ by a non-admin", body = crate::error::ErrorBody),
         (status = 404, description = "No such cluster", body = crate::error::ErrorBody),
-        (status = 422, description = "A bad location, path, key, method, content type or expiry", body = crate::error::ErrorBody),
+        (status = 422, description = "A bad location, path, key, method, content type, expiry or size; an upload over max_upload_bytes (`upload_too_large`) or over your storage quota (`storage_quota_exceeded`)", body = crate::error::ErrorBody),
         (status = 502, description = "The object store could not be reached", body = crate::error::ErrorBody),
     ),
     security(("bearer" = []))
@@ -286,7 +302,9 @@ pub(crate) async fn presign(
             method,
             content_type: body.content_type,
             expires_in_seconds: body.expires_in_seconds,
+            size: body.size,
         },
+        &state.storage.uploads,
         Utc::now(),
     )
     .await

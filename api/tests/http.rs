@@ -62,10 +62,14 @@ async fn harness_with(wait: Duration, feed_buffer: usize) -> Harness {
         Arc::new(executor),
     );
     let objects = gateways::s3::embedded::start(
-        &dir.path().join("objects"),
-        "127.0.0.1:0".parse().unwrap(),
-        "test-key",
-        "test-secret",
+        gateways::s3::embedded::EmbeddedSettings {
+            root: dir.path().join("objects"),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            access_key: "test-key".into(),
+            secret_key: "test-secret".into(),
+            edge: edge::Limits::default(),
+            uploads: Default::default(),
+        },
         stop.subscribe(),
     )
     .await
@@ -89,6 +93,8 @@ async fn harness_with(wait: Duration, feed_buffer: usize) -> Harness {
         settings: Arc::new(Settings {
             min_position_wait: wait,
             body_limit: 1024 * 1024,
+            edge: edge::Limits::default(),
+            bucket_allow: Some(vec!["acme-*".into(), "local".into()]),
         }),
         slurm: Arc::new(directory),
         submitter: Arc::new(commands::jobs::Submitter::default()),
@@ -103,9 +109,11 @@ async fn harness_with(wait: Duration, feed_buffer: usize) -> Harness {
         feed: Arc::new(api::feed::FeedSettings {
             hub: api::feed::FeedHub::start(store.clone(), &projections, feed_buffer).unwrap(),
             heartbeat: Duration::from_secs(15),
+            max_page_bytes: 3 * 1024,
         }),
         storage: api::storage::Storage {
             store: Arc::new(s3),
+            uploads: Default::default(),
         },
         cluster_cache: Default::default(),
         scaling: Arc::new(api::nodesets::Scaling {
@@ -260,7 +268,7 @@ async fn authorization_matrix() {
                 (_, "/v1/templates/{id}") => ("/v1/templates/shell".to_string(), None),
                 ("POST", "/v1/clusters/{id}/storage/presigned-url") => (
                     "/v1/clusters/local/storage/presigned-url".to_string(),
-                    Some(json!({"location": "data", "path": "m.csv", "method": "PUT"})),
+                    Some(json!({"location": "data", "path": "m.csv", "method": "PUT", "size": 3})),
                 ),
                 ("GET", "/v1/clusters/{id}/storage/objects") => (
                     "/v1/clusters/local/storage/objects?location=data".to_string(),
@@ -468,6 +476,13 @@ async fn malformed_bodies_get_the_error_shape_and_append_nothing() {
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_field",
             Some("slurm.api_version"),
+        ),
+        (
+            "a bucket outside the operator's bucket_allow",
+            body(with(&|v| v["bucket"] = json!("someone-elses-bucket"))),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "bucket_not_allowed",
+            Some("bucket"),
         ),
         (
             "another cluster's bucket",
@@ -703,6 +718,41 @@ async fn metrics_count_requests_by_route_and_show_projection_lag() {
     );
 }
 
+/// Item 5 of issue 15: methods and paths are chosen by the client, so the metric labels must not
+/// carry them raw. Odd methods are `other`, unknown paths `unmatched`, and `/metrics` stays small
+/// however many distinct ones arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metric_labels_are_a_closed_set_whatever_the_client_sends() {
+    let h = harness(Duration::from_secs(1)).await;
+    wait_ready(&h.state).await;
+    for i in 0..300 {
+        let method = Method::from_bytes(format!("X{i}{}", "M".repeat(2_000)).as_bytes()).unwrap();
+        let (status, _, _) = send(&h.state, request(method, "/v1/clusters", Who::NoToken, None)).await;
+        assert!(status.is_client_error(), "{status}");
+        send(
+            &h.state,
+            request(Method::GET, &format!("/nope/{i}/{}", "p".repeat(500)), Who::NoToken, None),
+        )
+        .await;
+    }
+    let (_, _, text) = send(
+        &h.state,
+        request(Method::GET, "/metrics", Who::NoToken, None),
+    )
+    .await;
+    let text = text.as_str().unwrap();
+    assert!(!text.contains("MMMM") && !text.contains("pppp"), "{text}");
+    assert!(
+        text.contains(r#"clusterra_http_requests_total{method="other",route="/v1/clusters",status="405"} 300"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"clusterra_http_requests_total{method="GET",route="unmatched",status="404"} 300"#),
+        "{text}"
+    );
+    assert!(text.len() < 64 * 1024, "{} bytes", text.len());
+}
+
 /// Every command route (every POST in the route table) answers transport-level mistakes in the
 /// one error shape and appends nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -882,4 +932,86 @@ async fn a_slow_feed_subscriber_is_dropped_and_resumes_losslessly() {
     let resumed = read_sse(&mut again, |t| ids(t).last() == Some(&last)).await;
     seen.extend(ids(&resumed));
     assert_eq!(seen, all, "no entry lost or repeated across the drop");
+}
+
+/// Issue 15, item 9: feed entries are bounded summaries (a 200 KiB body does not reach the feed,
+/// nor its stored projection), and a page stops at its byte bound with `next` set, paging on
+/// without a gap or a duplicate. (The harness bounds pages at 3 KiB; the server's is 1 MiB.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_feed_pages_are_bounded_in_bytes() {
+    let h = harness(Duration::from_secs(5)).await;
+    wait_ready(&h.state).await;
+    let big = "B".repeat(200 * 1024);
+    for i in 0..6 {
+        let body = json!({"job": {"name": format!("big-{i}"), "script": "#!/bin/bash\ntrue",
+            "environment": [format!("PAYLOAD={big}")], "current_working_directory": "/tmp"}});
+        let (status, _, out) = send(
+            &h.state,
+            request(Method::POST, "/v1/clusters/local/jobs", Who::User, Some(body)),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{out}");
+    }
+    let head = h.state.store.log.head().await.unwrap().position;
+    assert!(
+        h.state
+            .projections
+            .wait_for("feed", head, Duration::from_secs(10))
+            .await
+    );
+    // What the projection stores is the summary too.
+    let stored = h
+        .state
+        .store
+        .read
+        .list_docs(
+            eventlog::ModelSet::Live,
+            "feed",
+            "feed:default:local",
+            None,
+            1000,
+        )
+        .await
+        .unwrap();
+    assert!(stored.len() >= 7, "{}", stored.len());
+    for row in &stored {
+        assert!(row.doc.len() < 6 * 1024, "{} bytes", row.doc.len());
+        assert!(!row.doc.contains("BBBB"));
+    }
+    // Pages of at most 3 KiB (or one entry), chained by `next`, cover the feed once.
+    let mut seen = Vec::new();
+    let mut query = "order=asc&limit=1000".to_string();
+    let mut pages = 0;
+    loop {
+        let (status, _, page) = send(
+            &h.state,
+            request(
+                Method::GET,
+                &format!("/v1/clusters/local/events?{query}"),
+                Who::Admin,
+                None,
+            ),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        pages += 1;
+        let events = page["events"].as_array().unwrap();
+        assert!(!events.is_empty() || page["next"].is_null(), "{page}");
+        let bytes: usize = events.iter().map(|e| e.to_string().len()).sum();
+        assert!(bytes <= 3 * 1024 || events.len() == 1, "{bytes} bytes: {page}");
+        for e in events {
+            assert!(e["data"].get("body").is_none(), "{e}");
+            seen.push(e["position"].as_i64().unwrap());
+        }
+        match page["next"].as_i64() {
+            Some(n) => query = format!("order=asc&limit=1000&after={n}"),
+            None => break,
+        }
+    }
+    assert!(pages > 1, "the byte bound never cut a page");
+    let all: Vec<i64> = stored
+        .iter()
+        .map(|r| r.key.parse::<i64>().unwrap())
+        .collect();
+    assert_eq!(seen, all);
 }

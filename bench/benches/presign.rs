@@ -33,6 +33,7 @@ fn presign(c: &mut Criterion) {
                 key: key.clone(),
                 method: FileMethod::Put,
                 content_type: None,
+                content_length: Some(1024),
                 start: chrono::Utc::now(),
                 expires_in_seconds: 900,
             }))

@@ -132,6 +132,24 @@ pub struct Config {
     /// The billing period of bills and quotas: "month" (calendar, UTC), "week" (ISO, from
     /// Monday 00:00 UTC) or "day" (UTC).
     pub billing_period: String,
+    /// HTTP edge (the API and the embedded object store, each): from a request's first byte to
+    /// the end of its headers, at most this long (ms); also how long a request body may send
+    /// nothing.
+    pub http_header_timeout_ms: u64,
+    /// HTTP edge: how long a connection with no request in progress stays open (ms).
+    pub http_idle_timeout_ms: u64,
+    /// HTTP edge: connections open at once per listener; more are answered 503 `server_busy`.
+    pub http_max_connections: usize,
+    /// The largest upload a presigned URL is signed for, in bytes (its exact size is signed in).
+    pub max_upload_bytes: u64,
+    /// The most bytes one user's keys may take in one cluster's bucket (and `shared/` in it);
+    /// 0 = no quota. Checked when an upload URL is signed, and again by the embedded store.
+    pub storage_quota_bytes: u64,
+    /// The buckets a workspace admin may register a cluster with: patterns with `*`, `?` and
+    /// `{workspace}` (a list, or one comma-separated string). Empty = any bucket when the objects
+    /// are in the embedded store, none when `s3_endpoint` is set.
+    #[serde(deserialize_with = "list_or_string")]
+    pub bucket_allow: Vec<String>,
     /// The most nodes one job may ask for; CPUs and memory per job are what the catalog's
     /// biggest shape holds on that many nodes (docs/security.md).
     pub max_nodes_per_job: u32,
@@ -157,6 +175,25 @@ pub struct ClusterLimitsFile {
     pub max_memory_mib_per_job: Option<u64>,
     pub max_gpus_per_job: Option<u32>,
     pub max_nodes_per_set: Option<u32>,
+}
+
+/// A list, or one string of comma-separated items (as an environment variable gives it).
+fn list_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        List(Vec<String>),
+        Text(String),
+    }
+    Ok(match Either::deserialize(d)? {
+        Either::List(l) => l,
+        Either::Text(t) => t
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect(),
+    })
 }
 
 impl Default for Config {
@@ -214,16 +251,28 @@ impl Default for Config {
             agent_max_launch_per_step: 32,
             cluster_limits: Default::default(),
             max_token_lifetime_s: api::auth::DEFAULT_MAX_TOKEN_LIFETIME_S,
+            http_header_timeout_ms: 10_000,
+            http_idle_timeout_ms: 60_000,
+            http_max_connections: 1024,
+            max_upload_bytes: 5 * 1024 * 1024 * 1024,
+            storage_quota_bytes: 20 * 1024 * 1024 * 1024,
+            bucket_allow: Vec::new(),
         }
     }
 }
 
-const ENV_KEYS: [&str; 51] = [
+const ENV_KEYS: [&str; 57] = [
     "max_token_lifetime_s",
     "max_nodes_per_job",
     "max_nodes_per_set",
     "max_gpus_per_job",
     "agent_max_launch_per_step",
+    "max_upload_bytes",
+    "storage_quota_bytes",
+    "bucket_allow",
+    "http_header_timeout_ms",
+    "http_idle_timeout_ms",
+    "http_max_connections",
     "billing_period",
     "replica_store",
     "dynamodb_endpoint",
@@ -423,6 +472,33 @@ impl Config {
             "agent_interval_ms must be from 10 to 60000"
         );
         anyhow::ensure!(
+            (100..=600_000).contains(&config.http_header_timeout_ms),
+            "http_header_timeout_ms must be from 100 to 600000"
+        );
+        anyhow::ensure!(
+            (100..=3_600_000).contains(&config.http_idle_timeout_ms),
+            "http_idle_timeout_ms must be from 100 to 3600000"
+        );
+        anyhow::ensure!(
+            (1..=1_000_000).contains(&config.http_max_connections),
+            "http_max_connections must be from 1 to 1000000"
+        );
+        anyhow::ensure!(
+            config.max_upload_bytes >= 1,
+            "max_upload_bytes must be at least 1"
+        );
+        for p in &config.bucket_allow {
+            let plain = p.replace("{workspace}", "");
+            anyhow::ensure!(
+                !p.is_empty()
+                    && p.len() <= 200
+                    && plain.chars().all(|c| c.is_ascii_lowercase()
+                        || c.is_ascii_digit()
+                        || ".-*?".contains(c)),
+                "bucket_allow patterns are bucket names with * (any run), ? (one character) and {{workspace}}, not {p:?}"
+            );
+        }
+        anyhow::ensure!(
             (1..=10_000).contains(&config.max_nodes_per_set),
             "max_nodes_per_set must be from 1 to 10000"
         );
@@ -490,6 +566,32 @@ impl Config {
             })
             .collect();
         commands::jobs::ClusterLimits { default, clusters }
+    }
+
+    /// The connection limit and timeouts of each HTTP listener.
+    pub fn edge_limits(&self) -> edge::Limits {
+        edge::Limits {
+            header_timeout: std::time::Duration::from_millis(self.http_header_timeout_ms),
+            idle_timeout: std::time::Duration::from_millis(self.http_idle_timeout_ms),
+            max_connections: self.http_max_connections,
+        }
+    }
+
+    /// The upload limits (`max_upload_bytes`, `storage_quota_bytes`).
+    pub fn upload_limits(&self) -> domain::storage::UploadLimits {
+        domain::storage::UploadLimits {
+            max_upload_bytes: self.max_upload_bytes,
+            quota_bytes: (self.storage_quota_bytes > 0).then_some(self.storage_quota_bytes),
+        }
+    }
+
+    /// The `bucket_allow` rule in force: `None` = any bucket (all in the embedded store).
+    pub fn bucket_allow(&self) -> Option<Vec<String>> {
+        if self.bucket_allow.is_empty() && self.embedded_objects() {
+            None
+        } else {
+            Some(self.bucket_allow.clone())
+        }
     }
 
     /// From a node's launch to its being ready (local executor).

@@ -113,7 +113,7 @@ pub async fn put(
     };
     let (location, path) = remote(&dest)?;
     let client = Client::new(t)?;
-    let mut body = json!({"location": location, "path": path, "method": "PUT"});
+    let mut body = json!({"location": location, "path": path, "method": "PUT", "size": len});
     if let Some(ct) = &content_type {
         body["content_type"] = json!(ct);
     }
@@ -133,6 +133,10 @@ pub async fn put(
         .body(reqwest::Body::wrap_stream(stream));
     if let Some(headers) = granted["headers"].as_object() {
         for (k, v) in headers {
+            // The length is signed in; it is already set above (once).
+            if k.eq_ignore_ascii_case("content-length") {
+                continue;
+            }
             if let Some(v) = v.as_str() {
                 req = req.header(k.as_str(), v);
             }

@@ -86,6 +86,8 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
         settings: Arc::new(api::Settings {
             min_position_wait: std::time::Duration::from_millis(config.min_position_wait_ms),
             body_limit: config.body_limit_bytes,
+            edge: config.edge_limits(),
+            bucket_allow: config.bucket_allow(),
         }),
         slurm: directory.clone(),
         submitter: Arc::new(
@@ -109,8 +111,12 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
             hub: api::feed::FeedHub::start(store.clone(), &projections, config.feed_buffer)
                 .ok_or_else(|| anyhow::anyhow!("the feed projection is not running"))?,
             heartbeat: std::time::Duration::from_millis(config.sse_heartbeat_ms),
+            max_page_bytes: api::feed::MAX_PAGE_BYTES,
         }),
-        storage: api::storage::Storage { store: objects },
+        storage: api::storage::Storage {
+            store: objects,
+            uploads: config.upload_limits(),
+        },
         cluster_cache: Default::default(),
         scaling: Arc::new(api::nodesets::Scaling {
             catalog: catalog.clone(),
@@ -285,10 +291,14 @@ async fn object_store(
             }
         };
         let server = embedded::start(
-            &config.data_dir.join("objects"),
-            config.s3_listen,
-            &id,
-            &secret,
+            embedded::EmbeddedSettings {
+                root: config.data_dir.join("objects"),
+                listen: config.s3_listen,
+                access_key: id.clone(),
+                secret_key: secret.clone(),
+                edge: config.edge_limits(),
+                uploads: config.upload_limits(),
+            },
             stop,
         )
         .await?;

@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use domain::storage::{
-    AccessDenied, ExpiryOutOfRange, FileAction, FileMethod, ObjectKey, authorize, expiry,
+    AccessDenied, ExpiryOutOfRange, FileAction, FileMethod, ObjectKey, UploadLimits,
+    UploadRefused, authorize, check_upload, expiry, quota_prefixes,
 };
 use domain::{ClusterId, DomainEvent, Email, FileAccessGranted, FileDeleted, WorkspaceId};
 use eventlog::{EventLog, ExpectedVersion, LogError, Metadata, Position, StreamId};
@@ -19,6 +20,8 @@ pub struct PresignRequest {
     pub key: ObjectKey,
     pub method: FileMethod,
     pub content_type: Option<String>,
+    /// For uploads: the exact size, signed into the URL as `Content-Length`.
+    pub content_length: Option<u64>,
     /// When the signature starts to count (the clock of the command).
     pub start: DateTime<Utc>,
     pub expires_in_seconds: u64,
@@ -79,6 +82,27 @@ pub trait ObjectStore: Send + Sync {
     }
     /// The object's size, or `None` when there is no such object.
     async fn head(&self, bucket: &str, key: &str) -> Result<Option<u64>, StorageError>;
+    /// The bytes the objects under `prefixes` take in `bucket` (for quotas).
+    async fn usage(&self, bucket: &str, prefixes: &[String]) -> Result<u64, StorageError> {
+        let mut total = 0u64;
+        for prefix in prefixes {
+            let mut continuation: Option<String> = None;
+            loop {
+                let page = self
+                    .list(bucket, prefix, continuation.as_deref(), 1000)
+                    .await?;
+                total = page
+                    .objects
+                    .iter()
+                    .fold(total, |t, o| t.saturating_add(o.size));
+                match page.continuation {
+                    Some(c) => continuation = Some(c),
+                    None => break,
+                }
+            }
+        }
+        Ok(total)
+    }
     async fn delete(&self, bucket: &str, key: &str) -> Result<(), StorageError>;
 }
 
@@ -88,6 +112,12 @@ pub enum FileError {
     Denied(#[from] AccessDenied),
     #[error(transparent)]
     Expiry(#[from] ExpiryOutOfRange),
+    #[error(transparent)]
+    Upload(#[from] UploadRefused),
+    #[error("give the upload's size in bytes: it is signed into the URL")]
+    SizeMissing,
+    #[error("size only applies to uploads (PUT); leave it out for GET")]
+    SizeNotForGet,
     #[error("there is no object {key}; list your files to see what there is")]
     NotFound { key: String },
     #[error(
@@ -154,15 +184,21 @@ pub struct GrantRequest {
     pub method: FileMethod,
     pub content_type: Option<String>,
     pub expires_in_seconds: Option<u64>,
+    /// For uploads (required there): the exact size in bytes.
+    pub size: Option<u64>,
 }
 
-/// Checks the caller may `method` the key, signs the URL, and records the grant. A refused
-/// request signs and records nothing; a URL is handed out only once its grant is in the log.
+/// Checks the caller may `method` the key, and for an upload its size against `limits` (the
+/// largest upload, and the quota of the key's owner in this bucket, counting what their keys
+/// take now less the object it replaces); signs the URL, with the size signed in as
+/// `Content-Length`; and records the grant. A refused request signs and records nothing; a URL
+/// is handed out only once its grant is in the log.
 pub async fn grant(
     log: &dyn EventLog,
     store: &dyn ObjectStore,
     caller: &FileCaller,
     request: GrantRequest,
+    limits: &UploadLimits,
     now: DateTime<Utc>,
 ) -> Result<Grant, FileError> {
     let GrantRequest {
@@ -170,6 +206,7 @@ pub async fn grant(
         method,
         content_type,
         expires_in_seconds,
+        size,
     } = request;
     authorize(&caller.email, caller.is_admin, &key, method.into())?;
     let (seconds, expires_at) = expiry(now, expires_in_seconds)?;
@@ -180,12 +217,31 @@ pub async fn grant(
             max,
         });
     }
+    let content_length = match (method, size) {
+        (FileMethod::Get, None) => None,
+        (FileMethod::Get, Some(_)) => return Err(FileError::SizeNotForGet),
+        (FileMethod::Put, None) => return Err(FileError::SizeMissing),
+        (FileMethod::Put, Some(size)) => {
+            // The cheap check first: a too-large upload needs no listing.
+            check_upload(limits, &key, size, 0, 0)?;
+            if limits.quota_bytes.is_some() {
+                let used = store.usage(&caller.bucket, &quota_prefixes(&key)).await?;
+                let replaced = store
+                    .head(&caller.bucket, key.as_str())
+                    .await?
+                    .unwrap_or(0);
+                check_upload(limits, &key, size, used, replaced)?;
+            }
+            Some(size)
+        }
+    };
     let presigned = store
         .presign(PresignRequest {
             bucket: caller.bucket.clone(),
             key: key.clone(),
             method,
             content_type: content_type.clone(),
+            content_length,
             start: now,
             expires_in_seconds: seconds,
         })
@@ -199,6 +255,7 @@ pub async fn grant(
         user: caller.email.clone(),
         expires_at,
         content_type,
+        size: content_length,
     });
     let position = record(log, caller, event).await?;
     Ok(Grant {

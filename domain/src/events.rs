@@ -164,6 +164,10 @@ pub struct FileAccessGranted {
     /// The `Content-Type` signed into an upload URL, if one was asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content_type: Option<String>,
+    /// The exact size signed into an upload URL (`Content-Length`). Added with upload limits;
+    /// older grants lack it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
 }
 
 /// An object was deleted through Clusterra. Stream `files:<ws>:<cluster>:<email>`.

@@ -149,7 +149,7 @@ pub fn describe(event: &DomainEvent, actor: &str, job: Option<&JobContext>) -> O
         | DomainEvent::QuotaEnforced(_) => return None,
     };
     Some(Described {
-        summary,
+        summary: clip(&summary, MAX_SUMMARY_BYTES),
         job_id,
         owner,
     })
@@ -178,6 +178,120 @@ const VISIBLE_TO_OTHERS: &[&str] = &[
     "by",
     "why",
 ];
+
+/// The fields a feed entry's `data` keeps: the job's summary (never its body, params, warnings or
+/// submission id — those stay in the job's own stream, read through the job route) and the
+/// cluster and node events' own fields.
+const SUMMARY_FIELDS: &[&str] = &[
+    "job_id",
+    "workspace",
+    "cluster_id",
+    "name",
+    "user",
+    "via",
+    "template_id",
+    "shape",
+    "submitted_at",
+    "from",
+    "to",
+    "reason",
+    "node",
+    "exit_code",
+    "at",
+    "started_at",
+    "by",
+    "why",
+    "region",
+    "bucket",
+    "registered_by",
+    "slurm",
+    "node_set",
+    "instance_type",
+    "jobs",
+    "launched_at",
+    "ready_expected_at",
+    "cold_start_ms",
+    "up_ms",
+];
+
+/// The longest text kept in a feed entry (the summary line, and each text of `data`), in bytes.
+pub const MAX_TEXT_BYTES: usize = 256;
+/// The most items of a list kept in a feed entry's `data` (a scale decision's jobs).
+pub const MAX_LIST_ITEMS: usize = 32;
+/// The most bytes of a feed entry's `data` as JSON; past it only the ids are kept.
+pub const MAX_DATA_BYTES: usize = 4 * 1024;
+/// The longest summary line, in bytes.
+pub const MAX_SUMMARY_BYTES: usize = 512;
+
+/// `text` cut at a character boundary to at most `max` bytes, with `…` when it was cut.
+pub fn clip(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+/// A feed entry's `data`: a bounded summary of the event's data. Only [`SUMMARY_FIELDS`] are
+/// kept, texts are clipped to [`MAX_TEXT_BYTES`], lists to [`MAX_LIST_ITEMS`] (with
+/// `"truncated": true`), and the whole is at most [`MAX_DATA_BYTES`] of JSON. Idempotent, so an
+/// entry stored before summaries existed reads the same as a new one.
+pub fn summarize(data: &Value) -> Value {
+    let Value::Object(map) = data else {
+        return Value::Null;
+    };
+    let mut truncated = false;
+    let mut out: Map<String, Value> = map
+        .iter()
+        .filter(|(k, _)| SUMMARY_FIELDS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), bound(v, 0, &mut truncated)))
+        .collect();
+    if truncated || map.get("truncated") == Some(&Value::Bool(true)) {
+        out.insert("truncated".into(), Value::Bool(true));
+    }
+    if serde_json::to_string(&out).map_or(0, |t| t.len()) > MAX_DATA_BYTES {
+        out.retain(|k, _| matches!(k.as_str(), "job_id" | "workspace" | "cluster_id" | "user"));
+        out.insert("truncated".into(), Value::Bool(true));
+    }
+    Value::Object(out)
+}
+
+fn bound(v: &Value, depth: usize, truncated: &mut bool) -> Value {
+    match v {
+        Value::String(s) if s.len() > MAX_TEXT_BYTES => {
+            *truncated = true;
+            Value::String(clip(s, MAX_TEXT_BYTES))
+        }
+        Value::Array(items) => {
+            if items.len() > MAX_LIST_ITEMS {
+                *truncated = true;
+            }
+            Value::Array(
+                items
+                    .iter()
+                    .take(MAX_LIST_ITEMS)
+                    .map(|i| bound(i, depth + 1, truncated))
+                    .collect(),
+            )
+        }
+        Value::Object(m) if depth >= 2 => {
+            if !m.is_empty() {
+                *truncated = true;
+            }
+            Value::Object(Map::new())
+        }
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .take(MAX_LIST_ITEMS)
+                .map(|(k, v)| (clip(k, MAX_TEXT_BYTES), bound(v, depth + 1, truncated)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
 
 /// An event's data as a member who is neither the job's owner nor an admin sees it.
 pub fn redact(data: &Value) -> Value {
@@ -261,6 +375,52 @@ mod tests {
         );
         // Without knowing the job, a state change cannot be placed.
         assert_eq!(describe(&done, "system", None), None);
+    }
+
+    #[test]
+    fn entries_carry_a_bounded_summary_not_the_body() {
+        let big = "x".repeat(1024 * 1024);
+        let data = json!({"job_id": 7, "workspace": "default", "cluster_id": "local",
+            "user": "alice@x.org", "name": "n".repeat(5_000), "template_id": "shell",
+            "shape": {"nodes": 1, "cpus": 2}, "via": "api",
+            "body": {"job": {"script": big, "environment": ["TOKEN=s3cr3t"]}},
+            "params": {"command": big}, "warnings": [big], "submission_id": "x", "rate": 5});
+        let s = summarize(&data);
+        let text = s.to_string();
+        assert!(text.len() <= MAX_DATA_BYTES, "{}", text.len());
+        assert!(!text.contains("s3cr3t"));
+        for gone in ["body", "params", "warnings", "submission_id", "rate"] {
+            assert!(s.get(gone).is_none(), "{gone}");
+        }
+        assert_eq!(s["shape"], json!({"nodes": 1, "cpus": 2}));
+        assert_eq!(s["template_id"], "shell");
+        assert!(s["name"].as_str().unwrap().len() <= MAX_TEXT_BYTES);
+        assert_eq!(s["truncated"], true);
+        // Idempotent: what is stored summarizes to itself.
+        assert_eq!(summarize(&s), s);
+        // Long lists are cut.
+        let jobs: Vec<u64> = (0..10_000).collect();
+        let s = summarize(&json!({"jobs": jobs, "reason": "r"}));
+        assert_eq!(s["jobs"].as_array().unwrap().len(), MAX_LIST_ITEMS);
+        assert_eq!(s["truncated"], true);
+        // Small data passes whole.
+        let small = json!({"job_id": 1, "from": "PENDING", "to": "RUNNING"});
+        assert_eq!(summarize(&small), small);
+        // Many long multi-byte texts still fit the byte bound.
+        let mut wide = serde_json::Map::new();
+        for f in SUMMARY_FIELDS {
+            wide.insert((*f).into(), json!("é".repeat(1_000)));
+        }
+        let s = summarize(&Value::Object(wide));
+        assert!(s.to_string().len() <= MAX_DATA_BYTES);
+        assert_eq!(s["truncated"], true);
+    }
+
+    #[test]
+    fn clip_cuts_at_a_character_boundary() {
+        assert_eq!(clip("short", 10), "short");
+        let cut = clip(&"é".repeat(100), 11);
+        assert!(cut.len() <= 11 && cut.ends_with('…'), "{cut}");
     }
 
     #[test]

@@ -374,9 +374,189 @@ pub fn check_content_type(ct: &str) -> bool {
             .all(|c| c.is_ascii() && !c.is_ascii_control())
 }
 
+/// What an upload may be: its size is signed into the URL (`Content-Length`), so the store
+/// accepts exactly that many bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UploadLimits {
+    /// The largest upload (`max_upload_bytes`).
+    pub max_upload_bytes: u64,
+    /// The most bytes one user's keys may take in one bucket (`storage_quota_bytes`); `None`
+    /// = no quota.
+    pub quota_bytes: Option<u64>,
+}
+
+impl Default for UploadLimits {
+    fn default() -> Self {
+        Self {
+            max_upload_bytes: 5 * 1024 * 1024 * 1024,
+            quota_bytes: Some(20 * 1024 * 1024 * 1024),
+        }
+    }
+}
+
+/// Why an upload is refused, at presign time or by the store.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UploadRefused {
+    #[error(
+        "the upload is {size} bytes; this server takes uploads of at most {max} bytes (max_upload_bytes)"
+    )]
+    TooLarge { size: u64, max: u64 },
+    #[error(
+        "the upload ({size} bytes) would bring {whose} files in this cluster's bucket to {after} bytes, over the quota of {quota} bytes (storage_quota_bytes); delete files first"
+    )]
+    OverQuota {
+        whose: String,
+        size: u64,
+        after: u64,
+        quota: u64,
+    },
+}
+
+/// Whose quota a key counts against: its owner's (per-user locations), or the workspace's
+/// `shared/` (written by admins), which has a quota of its own.
+pub fn quota_holder(key: &ObjectKey) -> String {
+    match key.owner() {
+        Some(owner) => format!("{owner}'s"),
+        None => "shared/'s".to_string(),
+    }
+}
+
+/// The key prefixes whose objects count against the same quota as `key`.
+pub fn quota_prefixes(key: &ObjectKey) -> Vec<String> {
+    match key.owner() {
+        Some(owner) => Location::ALL
+            .into_iter()
+            .filter(|l| l.is_per_user())
+            .map(|l| format!("{l}/{owner}/"))
+            .collect(),
+        None => vec![format!("{}/", Location::Shared)],
+    }
+}
+
+/// Checks an upload of `size` bytes to `key`, given what the quota's keys already take
+/// (`used`) and the size of the object it replaces (`replaced`, 0 for a new key).
+pub fn check_upload(
+    limits: &UploadLimits,
+    key: &ObjectKey,
+    size: u64,
+    used: u64,
+    replaced: u64,
+) -> Result<(), UploadRefused> {
+    if size > limits.max_upload_bytes {
+        return Err(UploadRefused::TooLarge {
+            size,
+            max: limits.max_upload_bytes,
+        });
+    }
+    if let Some(quota) = limits.quota_bytes {
+        let after = used.saturating_sub(replaced).saturating_add(size);
+        if after > quota {
+            return Err(UploadRefused::OverQuota {
+                whose: quota_holder(key),
+                size,
+                after,
+                quota,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Whether a workspace may point a cluster at `bucket`: it matches one of the operator's
+/// `bucket_allow` patterns, where `*` is any run of characters, `?` one character, and
+/// `{workspace}` the registering workspace's id (`lab-{workspace}-*`).
+pub fn bucket_allowed(patterns: &[String], workspace: &str, bucket: &str) -> bool {
+    patterns
+        .iter()
+        .any(|p| glob(&p.replace("{workspace}", workspace), bucket))
+}
+
+/// `*` and `?` glob matching (no escapes: bucket names have neither).
+fn glob(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uploads_are_bounded_in_size_and_by_the_quota() {
+        let limits = UploadLimits {
+            max_upload_bytes: 100,
+            quota_bytes: Some(250),
+        };
+        let ada = Email::new("ada@lab.org").unwrap();
+        let key = ObjectKey::build(Location::Data, &ada, "x.csv").unwrap();
+        assert_eq!(check_upload(&limits, &key, 100, 0, 0), Ok(()));
+        assert_eq!(
+            check_upload(&limits, &key, 101, 0, 0),
+            Err(UploadRefused::TooLarge { size: 101, max: 100 })
+        );
+        assert_eq!(check_upload(&limits, &key, 100, 150, 0), Ok(()));
+        let over = check_upload(&limits, &key, 100, 151, 0).unwrap_err();
+        assert!(
+            matches!(over, UploadRefused::OverQuota { after: 251, quota: 250, .. }),
+            "{over:?}"
+        );
+        assert!(over.to_string().contains("ada@lab.org's"), "{over}");
+        // Replacing an object frees its bytes first.
+        assert_eq!(check_upload(&limits, &key, 100, 240, 90), Ok(()));
+        // No quota: only the size counts; huge numbers do not overflow.
+        let open = UploadLimits {
+            max_upload_bytes: u64::MAX,
+            quota_bytes: None,
+        };
+        assert_eq!(check_upload(&open, &key, u64::MAX, u64::MAX, 0), Ok(()));
+        let tight = UploadLimits {
+            max_upload_bytes: u64::MAX,
+            quota_bytes: Some(u64::MAX - 1),
+        };
+        assert!(check_upload(&tight, &key, u64::MAX, u64::MAX, 0).is_err());
+        assert_eq!(
+            quota_prefixes(&key),
+            vec!["scripts/ada@lab.org/", "data/ada@lab.org/", "outputs/ada@lab.org/"]
+        );
+        let shared = ObjectKey::parse("shared/ref/genome.fa").unwrap();
+        assert_eq!(quota_prefixes(&shared), vec!["shared/"]);
+    }
+
+    #[test]
+    fn bucket_patterns() {
+        let p = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(bucket_allowed(&p(&["local"]), "default", "local"));
+        assert!(!bucket_allowed(&p(&["local"]), "default", "local2"));
+        assert!(!bucket_allowed(&p(&[]), "default", "local"));
+        assert!(bucket_allowed(&p(&["acme-*"]), "w", "acme-gpu-east"));
+        assert!(bucket_allowed(&p(&["acme-*"]), "w", "acme-"));
+        assert!(!bucket_allowed(&p(&["acme-*"]), "w", "other-acme-x"));
+        assert!(bucket_allowed(&p(&["*"]), "w", "anything"));
+        assert!(bucket_allowed(&p(&["lab-??"]), "w", "lab-01"));
+        assert!(!bucket_allowed(&p(&["lab-??"]), "w", "lab-001"));
+        assert!(bucket_allowed(&p(&["a*b*c"]), "w", "axxbyyc"));
+        assert!(!bucket_allowed(&p(&["a*b*c"]), "w", "axxbyy"));
+        assert!(bucket_allowed(&p(&["x", "cl-{workspace}-*"]), "physics", "cl-physics-gpu"));
+        assert!(!bucket_allowed(&p(&["cl-{workspace}-*"]), "chem", "cl-physics-gpu"));
+    }
 
     fn ada() -> Email {
         Email::new("ada@lab.org").unwrap()

@@ -172,6 +172,12 @@ impl ObjectStore for S3Store {
                 .bucket(&request.bucket)
                 .key(request.key.as_str())
                 .set_content_type(request.content_type.clone())
+                // Signed: the store takes exactly this many bytes.
+                .set_content_length(
+                    request
+                        .content_length
+                        .map(|n| i64::try_from(n).unwrap_or(i64::MAX)),
+                )
                 .presigned(config)
                 .await
                 .map_err(|e| unavailable("sign the URL", e)),

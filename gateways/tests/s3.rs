@@ -9,7 +9,7 @@ use std::time::Duration;
 use chrono::Utc;
 use commands::storage::{ObjectStore, PresignRequest};
 use domain::Email;
-use domain::storage::{FileMethod, Location, ObjectKey};
+use domain::storage::{FileMethod, Location, ObjectKey, UploadLimits};
 use gateways::s3::{S3Settings, S3Store, embedded};
 
 struct Fixture {
@@ -21,13 +21,21 @@ struct Fixture {
 }
 
 async fn fixture() -> Fixture {
+    fixture_with(UploadLimits::default()).await
+}
+
+async fn fixture_with(uploads: UploadLimits) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let server = embedded::start(
-        &dir.path().join("objects"),
-        "127.0.0.1:0".parse().unwrap(),
-        "test-key",
-        "test-secret",
+        embedded::EmbeddedSettings {
+            root: dir.path().join("objects"),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            access_key: "test-key".into(),
+            secret_key: "test-secret".into(),
+            edge: edge::Limits::default(),
+            uploads,
+        },
         stop_rx,
     )
     .await
@@ -65,8 +73,17 @@ fn request(key: &ObjectKey, method: FileMethod, seconds: u64) -> PresignRequest 
         key: key.clone(),
         method,
         content_type: None,
+        content_length: None,
         start: Utc::now(),
         expires_in_seconds: seconds,
+    }
+}
+
+/// An upload of exactly `len` bytes.
+fn sized(key: &ObjectKey, len: u64, seconds: u64) -> PresignRequest {
+    PresignRequest {
+        content_length: Some(len),
+        ..request(key, FileMethod::Put, seconds)
     }
 }
 
@@ -82,9 +99,19 @@ impl Fixture {
 
     /// Uploads `body` to `key` through a presigned PUT; the store's status.
     async fn upload(&self, key: &ObjectKey, body: &'static str) -> u16 {
-        let url = self.url(key, FileMethod::Put, 60).await;
+        self.upload_bytes(key, body.as_bytes().to_vec()).await.0
+    }
+
+    /// Uploads `body` through a URL signed for its size; the store's status and answer.
+    async fn upload_bytes(&self, key: &ObjectKey, body: Vec<u8>) -> (u16, String) {
+        let url = self
+            .store
+            .presign(sized(key, body.len() as u64, 60))
+            .await
+            .unwrap()
+            .url;
         let r = self.http.put(&url).body(body).send().await.unwrap();
-        r.status().as_u16()
+        (r.status().as_u16(), r.text().await.unwrap())
     }
 }
 
@@ -92,11 +119,11 @@ impl Fixture {
 async fn presigned_urls_round_trip_and_tampering_is_refused() {
     let f = fixture().await;
     let k = key("runs/a b+c.csv");
-    let put = f
-        .store
-        .presign(request(&k, FileMethod::Put, 60))
-        .await
-        .unwrap();
+    let put = f.store.presign(sized(&k, 8, 60)).await.unwrap();
+    assert_eq!(
+        put.headers.get("content-length").map(String::as_str),
+        Some("8")
+    );
     assert!(
         put.url
             .starts_with(&format!("http://{}/cluster-one/", f.addr))
@@ -206,7 +233,7 @@ async fn expired_urls_and_unsigned_content_types_are_refused() {
     let f = fixture().await;
     let k = key("late.bin");
     // Signed an hour ago for 60 s.
-    let mut old = request(&k, FileMethod::Put, 60);
+    let mut old = sized(&k, 1, 60);
     old.start = Utc::now() - chrono::Duration::hours(1);
     let url = f.store.presign(old).await.unwrap().url;
     assert_eq!(
@@ -216,7 +243,7 @@ async fn expired_urls_and_unsigned_content_types_are_refused() {
     // A 1 s URL used after it ran out.
     let short = f
         .store
-        .presign(request(&k, FileMethod::Put, 1))
+        .presign(sized(&k, 1, 1))
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(2_200)).await;
@@ -231,7 +258,7 @@ async fn expired_urls_and_unsigned_content_types_are_refused() {
         403
     );
     // A signed Content-Type must be sent exactly.
-    let mut typed = request(&k, FileMethod::Put, 60);
+    let mut typed = sized(&k, 1, 60);
     typed.content_type = Some("text/csv".into());
     let signed = f.store.presign(typed).await.unwrap();
     assert_eq!(
@@ -280,4 +307,68 @@ async fn listings_page_with_continuation_tokens() {
         }
     }
     assert_eq!(seen.len(), 5, "{seen:?}");
+}
+
+/// Item 11 of issue 15: an upload URL carries its size; the store takes exactly that many bytes,
+/// no more than `max_upload_bytes`, and no more than the owner's quota.
+#[tokio::test]
+async fn uploads_are_held_to_their_signed_size_the_maximum_and_the_quota() {
+    let f = fixture_with(UploadLimits {
+        max_upload_bytes: 100,
+        quota_bytes: Some(250),
+    })
+    .await;
+    let k = key("sized.bin");
+    let ten = f.store.presign(sized(&k, 10, 60)).await.unwrap().url;
+    // More bytes than signed: the signature covers the length.
+    let more = f.http.put(&ten).body(vec![b'x'; 11]).send().await.unwrap();
+    assert_eq!(more.status(), 403);
+    // Fewer bytes than signed, too.
+    let fewer = f.http.put(&ten).body(vec![b'x'; 9]).send().await.unwrap();
+    assert_eq!(fewer.status(), 403);
+    // A chunked body (no length) is not taken.
+    let chunked = f
+        .http
+        .put(&ten)
+        .body(reqwest::Body::wrap_stream(futures_stream(vec![b'x'; 10])))
+        .send()
+        .await
+        .unwrap();
+    assert!(chunked.status().is_client_error(), "{}", chunked.status());
+    assert_eq!(f.store.head("cluster-one", k.as_str()).await.unwrap(), None);
+    let exact = f.http.put(&ten).body(vec![b'x'; 10]).send().await.unwrap();
+    assert_eq!(exact.status(), 200);
+    // A URL that does not sign the size is refused, whatever the body.
+    let no_size = f.url(&key("unsized"), FileMethod::Put, 60).await;
+    let r = f.http.put(&no_size).body("x").send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(r.text().await.unwrap().contains("size"));
+    // Past max_upload_bytes, even when signed.
+    let (status, text) = f.upload_bytes(&key("big"), vec![b'x'; 101]).await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("EntityTooLarge") && text.contains("max_upload_bytes"), "{text}");
+    // The quota: ada has 10 bytes; 100 + 100 more fit, 60 more do not.
+    assert_eq!(f.upload_bytes(&key("a"), vec![b'a'; 100]).await.0, 200);
+    assert_eq!(f.upload_bytes(&key("b"), vec![b'b'; 100]).await.0, 200);
+    let (status, text) = f.upload_bytes(&key("c"), vec![b'c'; 60]).await;
+    assert_eq!(status, 403, "{text}");
+    assert!(text.contains("QuotaExceeded") && text.contains("storage_quota_bytes"), "{text}");
+    // Replacing an object counts its new size, not both.
+    assert_eq!(f.upload_bytes(&key("a"), vec![b'A'; 100]).await.0, 200);
+    // Another user's quota is their own.
+    let bob = ObjectKey::build(Location::Data, &Email::new("bob@lab.org").unwrap(), "x").unwrap();
+    assert_eq!(f.upload_bytes(&bob, vec![b'x'; 100]).await.0, 200);
+    // The store's own usage count, as the API reads it for presign-time checks.
+    let used = f
+        .store
+        .usage("cluster-one", &domain::storage::quota_prefixes(&k))
+        .await
+        .unwrap();
+    assert_eq!(used, 210);
+}
+
+fn futures_stream(
+    bytes: Vec<u8>,
+) -> impl futures::Stream<Item = Result<Vec<u8>, std::io::Error>> + Send + 'static {
+    futures::stream::iter(vec![Ok(bytes)])
 }

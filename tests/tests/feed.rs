@@ -196,7 +196,8 @@ async fn the_feed_pages_filters_redacts_and_streams() {
     );
     assert!(summaries.contains(&format!("alice@example.org cancelled job {sleeper}").as_str()));
 
-    // Alice and admins see her job's data whole.
+    // The feed carries a bounded summary, for alice and admins too; the body stays in the job's
+    // own stream, which alice and admins read through the job route.
     for token in [&alice, &admin] {
         let (status, p) = page(
             server,
@@ -207,10 +208,31 @@ async fn the_feed_pages_filters_redacts_and_streams() {
         .await;
         assert_eq!(status, 200, "{p}");
         assert_eq!(p["events"].as_array().unwrap().len(), 1);
+        let data = &p["events"][0]["data"];
+        assert!(data.get("body").is_none(), "{data}");
+        assert_eq!(data["name"], "feed", "{data}");
+        assert!(data["shape"].is_object(), "{data}");
+        let (status, detail) = api
+            .call(
+                reqwest::Method::GET,
+                &format!("/v1/clusters/local/jobs/{job}"),
+                token,
+                None,
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{detail}");
+        let submitted = detail["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["event_type"] == "JobSubmitted")
+            .unwrap();
         assert!(
-            p["events"][0]["data"]["body"]["job"]["environment"]
+            submitted["data"]["body"]["job"]["environment"]
                 .to_string()
-                .contains("s3cr3t")
+                .contains("s3cr3t"),
+            "{detail}"
         );
     }
 

@@ -48,7 +48,7 @@ async fn presigned_urls_namespaces_and_the_audit_trail() {
     let (status, put) = presign(
         &api,
         &alice,
-        json!({"location": "data", "path": "runs/in put+1.csv", "method": "PUT"}),
+        json!({"location": "data", "path": "runs/in put+1.csv", "method": "PUT", "size": 8}),
     )
     .await;
     assert_eq!(status, 201, "{put}");
@@ -209,7 +209,7 @@ async fn presigned_urls_namespaces_and_the_audit_trail() {
     let (status, out) = presign(
         &api,
         &alice,
-        json!({"location": "data", "path": longest, "method": "PUT"}),
+        json!({"location": "data", "path": longest, "method": "PUT", "size": 4}),
     )
     .await;
     assert_eq!(status, 201, "{out}");
@@ -219,7 +219,7 @@ async fn presigned_urls_namespaces_and_the_audit_trail() {
     let (status, shared) = presign(
         &api,
         &admin,
-        json!({"location": "shared", "path": "ref.fa", "method": "PUT", "content_type": "text/plain"}),
+        json!({"location": "shared", "path": "ref.fa", "method": "PUT", "content_type": "text/plain", "size": 11}),
     )
     .await;
     assert_eq!(status, 201, "{shared}");
@@ -435,7 +435,7 @@ async fn an_external_endpoint_with_a_separate_public_endpoint() {
     let (status, put) = presign(
         &api,
         &api.token,
-        json!({"location": "scripts", "path": "job.sh", "method": "PUT"}),
+        json!({"location": "scripts", "path": "job.sh", "method": "PUT", "size": 10}),
     )
     .await;
     assert_eq!(status, 201, "{put}");
@@ -500,4 +500,115 @@ async fn an_unreachable_store_is_a_clear_502() {
     )
     .await;
     assert_eq!(status, 201, "{out}");
+}
+
+/// Issue 15, item 11: an upload URL is signed for one exact size, at most `max_upload_bytes`,
+/// within the owner's quota; the API refuses at presign time and the embedded store refuses the
+/// upload itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_are_bounded_in_size_and_by_each_users_quota() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let api = Api::start(
+        data,
+        &[
+            ("CLUSTERRA_MAX_UPLOAD_BYTES", "1000"),
+            ("CLUSTERRA_STORAGE_QUOTA_BYTES", "2500"),
+        ],
+    );
+    let alice = mint(data, "alice@lab.org", "default", false);
+    let put = |path: &str, size: Option<u64>| {
+        let mut b = json!({"location": "data", "path": path, "method": "PUT"});
+        if let Some(n) = size {
+            b["size"] = json!(n);
+        }
+        b
+    };
+    let before = api.log_position().await;
+    for (body, code) in [
+        (put("a", None), "invalid_field"),
+        (
+            json!({"location": "data", "path": "a", "method": "GET", "size": 3}),
+            "invalid_field",
+        ),
+        (put("a", Some(1001)), "upload_too_large"),
+    ] {
+        let (status, out) = presign(&api, &alice, body).await;
+        assert_eq!(status, 422, "{out}");
+        assert_eq!(out["error"]["code"], code, "{out}");
+        assert_eq!(out["error"]["field"], "size", "{out}");
+    }
+    assert_eq!(api.log_position().await, before, "refusals append nothing");
+
+    let (status, a) = presign(&api, &alice, put("a", Some(1000))).await;
+    assert_eq!(status, 201, "{a}");
+    assert_eq!(a["headers"]["content-length"], "1000", "{a}");
+    let url = a["url"].as_str().unwrap();
+    // The size is signed: another length is refused.
+    assert_eq!(upload(url, &[b'x'; 999]).await, 403);
+    assert_eq!(upload(url, &[b'x'; 1000]).await, 200);
+    let (_, b) = presign(&api, &alice, put("b", Some(1000))).await;
+    assert_eq!(upload(b["url"].as_str().unwrap(), &[b'y'; 1000]).await, 200);
+    // 2,000 bytes used: 1,000 more would pass the 2,500 quota.
+    let (status, out) = presign(&api, &alice, put("c", Some(1000))).await;
+    assert_eq!(status, 422, "{out}");
+    assert_eq!(out["error"]["code"], "storage_quota_exceeded", "{out}");
+    assert!(
+        out["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("storage_quota_bytes"),
+        "{out}"
+    );
+    // Replacing a file counts only its new size.
+    let (status, out) = presign(&api, &alice, put("a", Some(1000))).await;
+    assert_eq!(status, 201, "{out}");
+    // Two URLs that each fit alone: the store takes the first upload and refuses the second.
+    let (s1, d) = presign(&api, &alice, put("d", Some(400))).await;
+    let (s2, e) = presign(&api, &alice, put("e", Some(400))).await;
+    assert_eq!((s1, s2), (201, 201));
+    assert_eq!(upload(d["url"].as_str().unwrap(), &[b'd'; 400]).await, 200);
+    let res = reqwest::Client::new()
+        .put(e["url"].as_str().unwrap())
+        .body(vec![b'e'; 400])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+    assert!(res.text().await.unwrap().contains("QuotaExceeded"));
+    // The grant records the signed size.
+    let (_, events) = api
+        .call(
+            Method::GET,
+            "/v1/clusters/local/storage/objects?location=data",
+            &alice,
+            None,
+            None,
+        )
+        .await;
+    let sizes: u64 = events["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["size"].as_u64().unwrap())
+        .sum();
+    assert_eq!(sizes, 2400);
+    let trail = run(&[
+        "audit",
+        "stream",
+        "--data-dir",
+        data,
+        "--json",
+        "files:default:local:alice@lab.org",
+    ]);
+    assert!(trail.status.success(), "{trail:?}");
+    let signed: Vec<u64> = stdout(&trail)
+        .lines()
+        .filter_map(|l| {
+            let e: Value = serde_json::from_str(l).unwrap();
+            let d: Value = serde_json::from_str(e["data"].as_str().unwrap()).unwrap();
+            d["size"].as_u64()
+        })
+        .collect();
+    assert_eq!(signed, vec![1000, 1000, 1000, 400, 400], "{}", stdout(&trail));
 }

@@ -36,6 +36,7 @@ pub fn render(entry: &FeedEntry) -> Bytes {
 
 impl Shared {
     pub fn new(entry: FeedEntry) -> Self {
+        let entry = super::bounded(entry);
         let full = render(&entry);
         let redacted = if entry.owner.is_some() {
             let mut other = entry.clone();

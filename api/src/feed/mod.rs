@@ -40,6 +40,12 @@ const MAX_LIMIT: u64 = 1_000;
 /// where to go on.
 const SCAN_LIMIT: usize = 10_000;
 const PAGE: usize = 500;
+/// The most bytes of entries one list page answers (as stored JSON); past it, `next` says where
+/// to go on. At least one entry is always answered.
+pub const MAX_PAGE_BYTES: usize = 1024 * 1024;
+/// How many entries a live stream reads from the projection at a time while it catches up: its
+/// own buffer (entries are at most a few KiB each, `domain::feed`).
+const CATCH_UP_PAGE: usize = 64;
 const RETRY: Duration = Duration::from_secs(2);
 /// How much a live subscriber's write may carry when entries are waiting.
 const BATCH_BYTES: usize = 64 * 1024;
@@ -48,6 +54,8 @@ const BATCH_BYTES: usize = 64 * 1024;
 pub struct FeedSettings {
     pub hub: Arc<FeedHub>,
     pub heartbeat: Duration,
+    /// The most bytes of entries one list page answers ([`MAX_PAGE_BYTES`]; lower in tests).
+    pub max_page_bytes: usize,
 }
 
 /// Which entries a request wants.
@@ -125,8 +133,19 @@ async fn feed_of(state: &AppState, caller: &Caller, id: &str) -> Result<String, 
     Ok(feed::collection(&caller.workspace, &cluster))
 }
 
+/// An entry with its summary and data bounded (entries projected before `domain::feed::summarize`
+/// existed carry the whole event; they read like new ones).
+pub(crate) fn bounded(mut entry: FeedEntry) -> FeedEntry {
+    entry.data = domain::feed::summarize(&entry.data);
+    if entry.summary.len() > domain::feed::MAX_SUMMARY_BYTES {
+        entry.summary = domain::feed::clip(&entry.summary, domain::feed::MAX_SUMMARY_BYTES);
+    }
+    entry
+}
+
 /// An entry as `caller` may see it.
-fn visible(mut entry: FeedEntry, caller: &Caller) -> FeedEntry {
+fn visible(entry: FeedEntry, caller: &Caller) -> FeedEntry {
+    let mut entry = bounded(entry);
     if entry
         .owner
         .as_deref()
@@ -220,6 +239,9 @@ pub(crate) async fn list(
     let collection = feed_of(&state, &caller, &id).await?;
     let mut events = Vec::new();
     let mut scanned = 0;
+    let mut bytes = 0;
+    // The position of the last entry examined: where the next page starts when this one is full.
+    let mut last_examined: Option<i64> = None;
     let mut next = None;
     'scan: loop {
         let rows = state
@@ -244,13 +266,22 @@ pub(crate) async fn list(
             })?;
             scanned += 1;
             let at = entry.position;
+            if filter.matches(&entry) {
+                let entry = visible(entry, &caller);
+                let size = serde_json::to_vec(&entry).map_or(0, |b| b.len() + 1);
+                if !events.is_empty() && bytes + size > state.feed.max_page_bytes {
+                    // Full in bytes: the next page starts with this entry.
+                    next = last_examined;
+                    break 'scan;
+                }
+                bytes += size;
+                events.push(entry);
+            }
+            last_examined = Some(at);
             if descending {
                 before = Some(at);
             } else {
                 after = Some(at);
-            }
-            if filter.matches(&entry) {
-                events.push(visible(entry, &caller));
             }
             if events.len() as u64 == limit || scanned == SCAN_LIMIT {
                 next = Some(at);
@@ -326,7 +357,7 @@ impl FeedStream {
                                 after: Some(&feed::key(self.cursor)),
                                 before: Some(&feed::key(until + 1)),
                                 descending: false,
-                                limit: PAGE,
+                                limit: CATCH_UP_PAGE,
                             },
                         )
                         .await;
@@ -337,7 +368,7 @@ impl FeedStream {
                             // a bad row cannot make catch-up read the same page forever.
                             for r in &rows {
                                 match serde_json::from_str::<FeedEntry>(&r.doc) {
-                                    Ok(e) => self.buffer.push_back(e),
+                                    Ok(e) => self.buffer.push_back(bounded(e)),
                                     Err(e) => {
                                         tracing::warn!(key = %r.key, error = %e, "an unreadable feed entry was skipped")
                                     }

@@ -57,8 +57,11 @@ async fn main() -> anyhow::Result<()> {
         Duration::from_secs(600),
         move |i| {
             let method = if i % 2 == 0 { "PUT" } else { "GET" };
-            let body =
+            let mut body =
                 json!({"location": "data", "path": format!("bench/{i}.csv"), "method": method});
+            if method == "PUT" {
+                body["size"] = json!(1024);
+            }
             let (c, e, token) = (c.clone(), e.clone(), token.clone());
             async move {
                 presign(&c, &e, &token, body)
@@ -107,7 +110,7 @@ async fn transfer(
         client,
         endpoint,
         token,
-        json!({"location": "data", "path": path, "method": "PUT"}),
+        json!({"location": "data", "path": path, "method": "PUT", "size": len}),
     )
     .await?;
     let url = put["url"].as_str().unwrap_or_default().to_string();

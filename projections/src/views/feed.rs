@@ -32,6 +32,7 @@ pub struct FeedEntry {
     /// Whose job it is; other members see `data` redacted.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub owner: Option<String>,
+    /// A bounded summary of the event's data (`domain::feed::summarize`).
     pub data: serde_json::Value,
 }
 
@@ -129,9 +130,12 @@ impl Projector for Feed {
             summary: described.summary,
             job_id: described.job_id,
             owner: described.owner,
-            data: event
-                .data_json()
-                .map_err(|e| ProjectionError::bad_event(event, e))?,
+            // A bounded summary: the whole body stays in the job's own stream.
+            data: feed::summarize(
+                &event
+                    .data_json()
+                    .map_err(|e| ProjectionError::bad_event(event, e))?,
+            ),
         };
         view.put(&target, &key(event.position), &entry)
     }
