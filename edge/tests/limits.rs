@@ -140,7 +140,10 @@ async fn idle_keep_alive_connections_are_closed_and_busy_ones_are_not() {
         .unwrap()
         .unwrap();
     let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-    assert!(text.starts_with("HTTP/1.1 200") && text.ends_with("slow"), "{text}");
+    assert!(
+        text.starts_with("HTTP/1.1 200") && text.ends_with("slow"),
+        "{text}"
+    );
     // Then, kept alive and idle, it is closed after the idle timeout (not the header timeout).
     let since = Instant::now();
     let (_, closed) = read_to_close(&mut s, Duration::from_secs(3)).await;
@@ -185,7 +188,10 @@ async fn shutdown_finishes_requests_in_flight_and_closes_idle_connections() {
     let _ = server.stop.take().unwrap().send(());
     let (text, closed) = read_to_close(&mut busy, Duration::from_secs(3)).await;
     assert!(closed);
-    assert!(text.starts_with("HTTP/1.1 200") && text.ends_with("slow"), "{text}");
+    assert!(
+        text.starts_with("HTTP/1.1 200") && text.ends_with("slow"),
+        "{text}"
+    );
     assert!(read_to_close(&mut idle, Duration::from_secs(1)).await.1);
     tokio::time::timeout(Duration::from_secs(2), server.task)
         .await
