@@ -127,7 +127,11 @@ impl Default for Metrics {
 /// Middleware: counts and times every request under its method and route template, both from a
 /// closed set ([`method_label`], [`route_label`]).
 pub(crate) async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let route = route_label(req.extensions().get::<MatchedPath>().map(MatchedPath::as_str));
+    let route = route_label(
+        req.extensions()
+            .get::<MatchedPath>()
+            .map(MatchedPath::as_str),
+    );
     let method = method_label(req.method());
     let started = Instant::now();
     let response = next.run(req).await;

@@ -109,7 +109,7 @@ async fn harness_with(wait: Duration, feed_buffer: usize) -> Harness {
         feed: Arc::new(api::feed::FeedSettings {
             hub: api::feed::FeedHub::start(store.clone(), &projections, feed_buffer).unwrap(),
             heartbeat: Duration::from_secs(15),
-            max_page_bytes: 3 * 1024,
+            max_page_bytes: api::feed::MAX_PAGE_BYTES,
         }),
         storage: api::storage::Storage {
             store: Arc::new(s3),
@@ -727,11 +727,20 @@ async fn metric_labels_are_a_closed_set_whatever_the_client_sends() {
     wait_ready(&h.state).await;
     for i in 0..300 {
         let method = Method::from_bytes(format!("X{i}{}", "M".repeat(2_000)).as_bytes()).unwrap();
-        let (status, _, _) = send(&h.state, request(method, "/v1/clusters", Who::NoToken, None)).await;
+        let (status, _, _) = send(
+            &h.state,
+            request(method, "/v1/clusters", Who::NoToken, None),
+        )
+        .await;
         assert!(status.is_client_error(), "{status}");
         send(
             &h.state,
-            request(Method::GET, &format!("/nope/{i}/{}", "p".repeat(500)), Who::NoToken, None),
+            request(
+                Method::GET,
+                &format!("/nope/{i}/{}", "p".repeat(500)),
+                Who::NoToken,
+                None,
+            ),
         )
         .await;
     }
@@ -743,11 +752,15 @@ async fn metric_labels_are_a_closed_set_whatever_the_client_sends() {
     let text = text.as_str().unwrap();
     assert!(!text.contains("MMMM") && !text.contains("pppp"), "{text}");
     assert!(
-        text.contains(r#"clusterra_http_requests_total{method="other",route="/v1/clusters",status="405"} 300"#),
+        text.contains(
+            r#"clusterra_http_requests_total{method="other",route="/v1/clusters",status="405"} 300"#
+        ),
         "{text}"
     );
     assert!(
-        text.contains(r#"clusterra_http_requests_total{method="GET",route="unmatched",status="404"} 300"#),
+        text.contains(
+            r#"clusterra_http_requests_total{method="GET",route="unmatched",status="404"} 300"#
+        ),
         "{text}"
     );
     assert!(text.len() < 64 * 1024, "{} bytes", text.len());
@@ -936,18 +949,28 @@ async fn a_slow_feed_subscriber_is_dropped_and_resumes_losslessly() {
 
 /// Issue 15, item 9: feed entries are bounded summaries (a 200 KiB body does not reach the feed,
 /// nor its stored projection), and a page stops at its byte bound with `next` set, paging on
-/// without a gap or a duplicate. (The harness bounds pages at 3 KiB; the server's is 1 MiB.)
+/// without a gap or a duplicate. (The test bounds pages at 1 KiB; the server's is 1 MiB.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_feed_pages_are_bounded_in_bytes() {
-    let h = harness(Duration::from_secs(5)).await;
+    let mut h = harness(Duration::from_secs(5)).await;
+    h.state.feed = Arc::new(api::feed::FeedSettings {
+        hub: h.state.feed.hub.clone(),
+        heartbeat: h.state.feed.heartbeat,
+        max_page_bytes: 1024,
+    });
     wait_ready(&h.state).await;
     let big = "B".repeat(200 * 1024);
     for i in 0..6 {
         let body = json!({"job": {"name": format!("big-{i}"), "script": "#!/bin/bash\ntrue",
-            "environment": [format!("PAYLOAD={big}")], "current_working_directory": "/tmp"}});
+            "environment": [format!("PAYLOAD={big}")], "current_working_directory": "/mnt/efs"}});
         let (status, _, out) = send(
             &h.state,
-            request(Method::POST, "/v1/clusters/local/jobs", Who::User, Some(body)),
+            request(
+                Method::POST,
+                "/v1/clusters/local/jobs",
+                Who::User,
+                Some(body),
+            ),
         )
         .await;
         assert_eq!(status, StatusCode::CREATED, "{out}");
@@ -978,7 +1001,7 @@ async fn the_feed_pages_are_bounded_in_bytes() {
         assert!(row.doc.len() < 6 * 1024, "{} bytes", row.doc.len());
         assert!(!row.doc.contains("BBBB"));
     }
-    // Pages of at most 3 KiB (or one entry), chained by `next`, cover the feed once.
+    // Pages of at most 1 KiB (or one entry), chained by `next`, cover the feed once.
     let mut seen = Vec::new();
     let mut query = "order=asc&limit=1000".to_string();
     let mut pages = 0;
@@ -998,7 +1021,7 @@ async fn the_feed_pages_are_bounded_in_bytes() {
         let events = page["events"].as_array().unwrap();
         assert!(!events.is_empty() || page["next"].is_null(), "{page}");
         let bytes: usize = events.iter().map(|e| e.to_string().len()).sum();
-        assert!(bytes <= 3 * 1024 || events.len() == 1, "{bytes} bytes: {page}");
+        assert!(bytes <= 1024 || events.len() == 1, "{bytes} bytes: {page}");
         for e in events {
             assert!(e["data"].get("body").is_none(), "{e}");
             seen.push(e["position"].as_i64().unwrap());

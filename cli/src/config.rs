@@ -795,6 +795,64 @@ mod tests {
     }
 
     #[test]
+    fn edge_upload_and_bucket_settings() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "clusterra.toml",
+                "bucket_allow = [\"acme-*\", \"lab-{workspace}\"]\nstorage_quota_bytes = 0",
+            )?;
+            let c = Config::load(None, &Overrides::default()).expect("load");
+            assert_eq!(c.bucket_allow, vec!["acme-*", "lab-{workspace}"]);
+            assert_eq!(c.bucket_allow(), Some(c.bucket_allow.clone()));
+            assert_eq!(c.upload_limits().quota_bytes, None);
+            assert_eq!(c.edge_limits().max_connections, 1024);
+            assert_eq!(
+                c.edge_limits().header_timeout,
+                std::time::Duration::from_secs(10)
+            );
+            // From the environment: one comma-separated string.
+            jail.set_env("CLUSTERRA_BUCKET_ALLOW", "a-*, b");
+            let c = Config::load(None, &Overrides::default()).expect("load");
+            assert_eq!(c.bucket_allow, vec!["a-*", "b"]);
+            for (key, bad, says, good) in [
+                ("CLUSTERRA_BUCKET_ALLOW", "Acme/*", "bucket_allow", "x"),
+                (
+                    "CLUSTERRA_HTTP_MAX_CONNECTIONS",
+                    "0",
+                    "http_max_connections",
+                    "10",
+                ),
+                (
+                    "CLUSTERRA_HTTP_HEADER_TIMEOUT_MS",
+                    "5",
+                    "http_header_timeout_ms",
+                    "1000",
+                ),
+                (
+                    "CLUSTERRA_HTTP_IDLE_TIMEOUT_MS",
+                    "5",
+                    "http_idle_timeout_ms",
+                    "1000",
+                ),
+                ("CLUSTERRA_MAX_UPLOAD_BYTES", "0", "max_upload_bytes", "1"),
+            ] {
+                jail.set_env(key, bad);
+                let err = Config::load(None, &Overrides::default()).expect_err(bad);
+                assert!(format!("{err:#}").contains(says), "{bad}: {err:#}");
+                jail.set_env(key, good);
+            }
+            let c = Config::load(None, &Overrides::default()).expect("good values");
+            assert_eq!(c.edge_limits().max_connections, 10);
+            Ok(())
+        });
+        // Empty: any bucket of the embedded store, none of an external S3.
+        let mut c = Config::default();
+        assert_eq!(c.bucket_allow(), None);
+        c.s3_endpoint = "aws".into();
+        assert_eq!(c.bucket_allow(), Some(vec![]));
+    }
+
+    #[test]
     fn cold_start_profiles() {
         let mut c = Config::default();
         assert_eq!(c.node_cold_start(), std::time::Duration::from_secs(2));

@@ -12,6 +12,7 @@ use crate::config::Config;
 
 pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
     init_tracing(&config.log_format);
+    raise_open_files(&config);
     let store = crate::ops::open_store(&config).await?;
     // The embedded defaults come with one cluster to try things on.
     if config
@@ -388,6 +389,34 @@ async fn fetch_jwks(client: &reqwest::Client, url: &str) -> anyhow::Result<Strin
         response.status()
     );
     Ok(response.text().await?)
+}
+
+/// Raises the soft limit of open files to the hard one. Each connection is a descriptor: the
+/// connection limits of both listeners must be reached before descriptors run out, so that a
+/// full server answers 503 `server_busy` instead of failing to accept. Says so when the limit is
+/// still too low.
+fn raise_open_files(config: &Config) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    if soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        tracing::debug!(error = %e, "could not raise the open-file limit");
+    }
+    let now = getrlimit(Resource::RLIMIT_NOFILE).map_or(soft, |(s, _)| s);
+    // Two listeners (the API, the embedded object store), their 503 answers, and the rest.
+    let needed = 2 * (config.http_max_connections as u64 + 64) + 256;
+    if now < needed {
+        tracing::warn!(
+            open_files = now,
+            needed,
+            "the open-file limit is below what http_max_connections needs (2 × (it + 64) + 256): \
+             raise it (ulimit -n) or lower http_max_connections, or a full server will fail to \
+             accept connections instead of answering 503"
+        );
+    }
 }
 
 async fn shutdown_signal() {

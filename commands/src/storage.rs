@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use domain::storage::{
-    AccessDenied, ExpiryOutOfRange, FileAction, FileMethod, ObjectKey, UploadLimits,
-    UploadRefused, authorize, check_upload, expiry, quota_prefixes,
+    AccessDenied, ExpiryOutOfRange, FileAction, FileMethod, ObjectKey, UploadLimits, UploadRefused,
+    authorize, check_upload, expiry, quota_prefixes,
 };
 use domain::{ClusterId, DomainEvent, Email, FileAccessGranted, FileDeleted, WorkspaceId};
 use eventlog::{EventLog, ExpectedVersion, LogError, Metadata, Position, StreamId};
@@ -226,10 +226,7 @@ pub async fn grant(
             check_upload(limits, &key, size, 0, 0)?;
             if limits.quota_bytes.is_some() {
                 let used = store.usage(&caller.bucket, &quota_prefixes(&key)).await?;
-                let replaced = store
-                    .head(&caller.bucket, key.as_str())
-                    .await?
-                    .unwrap_or(0);
+                let replaced = store.head(&caller.bucket, key.as_str()).await?.unwrap_or(0);
                 check_upload(limits, &key, size, used, replaced)?;
             }
             Some(size)

@@ -510,12 +510,22 @@ mod tests {
         assert_eq!(check_upload(&limits, &key, 100, 0, 0), Ok(()));
         assert_eq!(
             check_upload(&limits, &key, 101, 0, 0),
-            Err(UploadRefused::TooLarge { size: 101, max: 100 })
+            Err(UploadRefused::TooLarge {
+                size: 101,
+                max: 100
+            })
         );
         assert_eq!(check_upload(&limits, &key, 100, 150, 0), Ok(()));
         let over = check_upload(&limits, &key, 100, 151, 0).unwrap_err();
         assert!(
-            matches!(over, UploadRefused::OverQuota { after: 251, quota: 250, .. }),
+            matches!(
+                over,
+                UploadRefused::OverQuota {
+                    after: 251,
+                    quota: 250,
+                    ..
+                }
+            ),
             "{over:?}"
         );
         assert!(over.to_string().contains("ada@lab.org's"), "{over}");
@@ -534,7 +544,11 @@ mod tests {
         assert!(check_upload(&tight, &key, u64::MAX, u64::MAX, 0).is_err());
         assert_eq!(
             quota_prefixes(&key),
-            vec!["scripts/ada@lab.org/", "data/ada@lab.org/", "outputs/ada@lab.org/"]
+            vec![
+                "scripts/ada@lab.org/",
+                "data/ada@lab.org/",
+                "outputs/ada@lab.org/"
+            ]
         );
         let shared = ObjectKey::parse("shared/ref/genome.fa").unwrap();
         assert_eq!(quota_prefixes(&shared), vec!["shared/"]);
@@ -554,8 +568,16 @@ mod tests {
         assert!(!bucket_allowed(&p(&["lab-??"]), "w", "lab-001"));
         assert!(bucket_allowed(&p(&["a*b*c"]), "w", "axxbyyc"));
         assert!(!bucket_allowed(&p(&["a*b*c"]), "w", "axxbyy"));
-        assert!(bucket_allowed(&p(&["x", "cl-{workspace}-*"]), "physics", "cl-physics-gpu"));
-        assert!(!bucket_allowed(&p(&["cl-{workspace}-*"]), "chem", "cl-physics-gpu"));
+        assert!(bucket_allowed(
+            &p(&["x", "cl-{workspace}-*"]),
+            "physics",
+            "cl-physics-gpu"
+        ));
+        assert!(!bucket_allowed(
+            &p(&["cl-{workspace}-*"]),
+            "chem",
+            "cl-physics-gpu"
+        ));
     }
 
     fn ada() -> Email {

@@ -67,9 +67,7 @@ pub fn busy_body(max_connections: usize) -> String {
     let message = format!(
         "the server has {max_connections} connections open, its limit (http_max_connections); retry in a moment"
     );
-    format!(
-        r#"{{"error":{{"code":"{BUSY_CODE}","message":"{message}","field":null}}}}"#
-    )
+    format!(r#"{{"error":{{"code":"{BUSY_CODE}","message":"{message}","field":null}}}}"#)
 }
 
 /// Serves `app` on `listener` within `limits` until `shutdown` resolves, then lets requests in

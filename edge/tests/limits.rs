@@ -98,7 +98,11 @@ async fn stalled_requests_neither_block_others_nor_stay_open() {
     let answer = exchange(server.addr, HI).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.ends_with("hi"), "{answer}");
-    assert!(started.elapsed() < Duration::from_millis(500));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
     // Each stalled connection is closed once its header timeout has passed.
     for s in &mut held {
         let (text, closed) = read_to_close(s, Duration::from_secs(3)).await;
@@ -140,14 +144,17 @@ async fn idle_keep_alive_connections_are_closed_and_busy_ones_are_not() {
         .unwrap()
         .unwrap();
     let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-    assert!(text.starts_with("HTTP/1.1 200") && text.ends_with("slow"), "{text}");
+    assert!(
+        text.starts_with("HTTP/1.1 200") && text.ends_with("slow"),
+        "{text}"
+    );
     // Then, kept alive and idle, it is closed after the idle timeout (not the header timeout).
     let since = Instant::now();
     let (_, closed) = read_to_close(&mut s, Duration::from_secs(3)).await;
     assert!(closed);
     let waited = since.elapsed();
     assert!(
-        waited >= Duration::from_millis(500) && waited < Duration::from_millis(1_500),
+        waited >= Duration::from_millis(500) && waited < Duration::from_millis(2_500),
         "{waited:?}"
     );
 }
@@ -185,7 +192,10 @@ async fn shutdown_finishes_requests_in_flight_and_closes_idle_connections() {
     let _ = server.stop.take().unwrap().send(());
     let (text, closed) = read_to_close(&mut busy, Duration::from_secs(3)).await;
     assert!(closed);
-    assert!(text.starts_with("HTTP/1.1 200") && text.ends_with("slow"), "{text}");
+    assert!(
+        text.starts_with("HTTP/1.1 200") && text.ends_with("slow"),
+        "{text}"
+    );
     assert!(read_to_close(&mut idle, Duration::from_secs(1)).await.1);
     tokio::time::timeout(Duration::from_secs(2), server.task)
         .await

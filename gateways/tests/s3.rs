@@ -241,11 +241,7 @@ async fn expired_urls_and_unsigned_content_types_are_refused() {
         403
     );
     // A 1 s URL used after it ran out.
-    let short = f
-        .store
-        .presign(sized(&k, 1, 1))
-        .await
-        .unwrap();
+    let short = f.store.presign(sized(&k, 1, 1)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(2_200)).await;
     assert_eq!(
         f.http
@@ -346,13 +342,19 @@ async fn uploads_are_held_to_their_signed_size_the_maximum_and_the_quota() {
     // Past max_upload_bytes, even when signed.
     let (status, text) = f.upload_bytes(&key("big"), vec![b'x'; 101]).await;
     assert_eq!(status, 400, "{text}");
-    assert!(text.contains("EntityTooLarge") && text.contains("max_upload_bytes"), "{text}");
+    assert!(
+        text.contains("EntityTooLarge") && text.contains("max_upload_bytes"),
+        "{text}"
+    );
     // The quota: ada has 10 bytes; 100 + 100 more fit, 60 more do not.
     assert_eq!(f.upload_bytes(&key("a"), vec![b'a'; 100]).await.0, 200);
     assert_eq!(f.upload_bytes(&key("b"), vec![b'b'; 100]).await.0, 200);
     let (status, text) = f.upload_bytes(&key("c"), vec![b'c'; 60]).await;
     assert_eq!(status, 403, "{text}");
-    assert!(text.contains("QuotaExceeded") && text.contains("storage_quota_bytes"), "{text}");
+    assert!(
+        text.contains("QuotaExceeded") && text.contains("storage_quota_bytes"),
+        "{text}"
+    );
     // Replacing an object counts its new size, not both.
     assert_eq!(f.upload_bytes(&key("a"), vec![b'A'; 100]).await.0, 200);
     // Another user's quota is their own.

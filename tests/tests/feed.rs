@@ -361,6 +361,21 @@ async fn the_feed_pages_filters_redacts_and_streams() {
         text.contains(&format!("job {missed} of alice@example.org")),
         "{text}"
     );
+
+    // The feed projection stores summaries; rebuilt from the log, it is what the live one is.
+    drop(again);
+    let Api { server, .. } = api;
+    assert_eq!(server.stop(), Some(0));
+    let verify = run(&[
+        "replay",
+        "--projection",
+        "feed",
+        "--verify",
+        "--data-dir",
+        data,
+    ]);
+    assert!(verify.status.success(), "{}", stdout(&verify));
+    assert!(stdout(&verify).contains("feed: OK"), "{}", stdout(&verify));
 }
 
 /// Two API replicas on one PostgreSQL database: a subscriber on one sees what the other appends.

@@ -610,5 +610,10 @@ async fn uploads_are_bounded_in_size_and_by_each_users_quota() {
             d["size"].as_u64()
         })
         .collect();
-    assert_eq!(signed, vec![1000, 1000, 1000, 400, 400], "{}", stdout(&trail));
+    assert_eq!(
+        signed,
+        vec![1000, 1000, 1000, 400, 400],
+        "{}",
+        stdout(&trail)
+    );
 }

@@ -163,7 +163,8 @@ pub struct FeedPage {
     #[schema(value_type = Vec<Object>)]
     pub events: Vec<FeedEntry>,
     /// Where the next page starts: pass it as `before` (newest-first) or `after` (oldest-first)
-    /// with the same filters; null at the end.
+    /// with the same filters; null at the end. A page ends at `limit` entries or 1 MiB of them,
+    /// whichever comes first.
     pub next: Option<i64>,
 }
 
@@ -175,7 +176,7 @@ pub struct FeedPage {
     params(("id" = String, Path, description = "Cluster id"),
         ("after" = Option<i64>, Query, description = "Only entries after this log position"),
         ("before" = Option<i64>, Query, description = "Only entries before this log position"),
-        ("limit" = Option<u64>, Query, description = "At most this many (1–1000, default 100)"),
+        ("limit" = Option<u64>, Query, description = "At most this many (1–1000, default 100); a page also ends at 1 MiB, with `next` set"),
         ("order" = Option<String>, Query, description = "`desc` (newest first, default) or `asc`"),
         ("type" = Option<String>, Query, description = "Comma-separated event types"),
         ("job_id" = Option<u64>, Query, description = "Only entries about this job"),

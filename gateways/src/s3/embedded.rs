@@ -16,10 +16,10 @@ use std::sync::{Arc, Mutex};
 use axum::Router;
 use axum::error_handling::HandleError;
 use axum::http::StatusCode;
-use s3s::access::{S3Access, S3AccessContext};
-use s3s::auth::SimpleAuth;
 use domain::storage::{ObjectKey, UploadLimits, UploadRefused, check_upload, quota_prefixes};
 use s3s::S3ErrorCode;
+use s3s::access::{S3Access, S3AccessContext};
+use s3s::auth::SimpleAuth;
 use s3s::service::S3ServiceBuilder;
 use tokio::sync::watch;
 
@@ -104,7 +104,9 @@ fn upload_length(headers: &axum::http::HeaderMap, uri: &axum::http::Uri) -> s3s:
     let signed_headers = query
         .split('&')
         .find_map(|kv| kv.strip_prefix("X-Amz-SignedHeaders="));
-    let presigned = query.split('&').any(|kv| kv.starts_with("X-Amz-Signature="));
+    let presigned = query
+        .split('&')
+        .any(|kv| kv.starts_with("X-Amz-Signature="));
     if presigned
         && !signed_headers.is_some_and(|h| {
             h.replace("%3b", ";")
@@ -264,8 +266,8 @@ fn refusal(e: UploadRefused) -> s3s::S3Error {
             s3s::S3Error::with_message(S3ErrorCode::EntityTooLarge, e.to_string())
         }
         UploadRefused::OverQuota { .. } => {
-            let code = S3ErrorCode::from_bytes(b"QuotaExceeded")
-                .unwrap_or(S3ErrorCode::AccessDenied);
+            let code =
+                S3ErrorCode::from_bytes(b"QuotaExceeded").unwrap_or(S3ErrorCode::AccessDenied);
             let mut err = s3s::S3Error::with_message(code, e.to_string());
             err.set_status_code(StatusCode::FORBIDDEN);
             err
@@ -373,15 +375,9 @@ pub async fn start(
             addr: listen,
             source,
         })?;
-    let task = tokio::spawn(edge::serve(
-        listener,
-        app,
-        limits,
-        "objects",
-        async move {
-            let _ = stop.wait_for(|s| *s).await;
-        },
-    ));
+    let task = tokio::spawn(edge::serve(listener, app, limits, "objects", async move {
+        let _ = stop.wait_for(|s| *s).await;
+    }));
     tracing::info!(%addr, root = %root.display(), "embedded object store listening");
     Ok(Embedded { addr, task })
 }
