@@ -246,4 +246,21 @@ mod tests {
             "{text}"
         );
     }
+
+    #[test]
+    fn a_version_conflict_is_a_retryable_409_that_quotes_no_versions() {
+        let e: ApiError = eventlog::LogError::VersionConflict {
+            stream_id: "job-local-x".into(),
+            expected: eventlog::ExpectedVersion::Exact(3),
+            actual: 4,
+        }
+        .into();
+        assert_eq!((e.status, e.code), (StatusCode::CONFLICT, "conflict"));
+        assert!(e.message.contains("retry"), "{}", e.message);
+        assert!(
+            !e.message.contains("version") && !e.message.contains("job-local"),
+            "{}",
+            e.message
+        );
+    }
 }

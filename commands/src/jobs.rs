@@ -366,6 +366,7 @@ impl Submitter {
 
         // Record the request, unless the log already answers this submission.
         let started = std::time::Instant::now();
+        let mut pause = std::time::Duration::from_millis(20);
         let request_version = loop {
             let seen = read_submission(log, &stream, submission_id).await?;
             // A key names one submission: another body under it is refused, unless its last
@@ -387,7 +388,8 @@ impl Submitter {
                 if stale || started.elapsed() >= IN_FLIGHT_WAIT {
                     return Err(JobError::InProgress);
                 }
-                tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_millis(250));
                 continue;
             }
             // Nothing recorded, or the last attempt failed: this request makes the submission.

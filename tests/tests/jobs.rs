@@ -74,17 +74,15 @@ async fn the_job_lifecycle_on_the_local_executor() {
         .iter()
         .map(|h| h["event_type"].as_str().unwrap())
         .collect();
-    assert_eq!(history.first(), Some(&"JobSubmitted"));
+    // The write-ahead request, then Slurm's answer.
+    assert_eq!(history[..2], ["JobSubmissionRequested", "JobSubmitted"]);
     assert_eq!(history.last(), Some(&"JobStateChanged"));
 
     // exit 3 is FAILED with exit code 3.
     let (_, out) = api.submit(raw("#!/bin/bash\nexit 3", None)).await;
+    let job_failed = out["job_id"].as_u64().unwrap();
     let job = api
-        .wait_state(
-            out["job_id"].as_u64().unwrap(),
-            &["FAILED"],
-            Duration::from_secs(15),
-        )
+        .wait_state(job_failed, &["FAILED"], Duration::from_secs(15))
         .await;
     assert_eq!(job["exit_code"], 3);
 
@@ -119,10 +117,23 @@ async fn the_job_lifecycle_on_the_local_executor() {
         .await;
     assert!(started.elapsed() < Duration::from_secs(2));
     assert_eq!(job["cancel_requested_by"], "admin@clusterra.local");
+    // Cancel is idempotent: asking again answers the first request, even once it is over.
+    let first_cancel = out["position"].clone();
     let (status, out) = api
         .call(
             reqwest::Method::DELETE,
             &format!("/v1/clusters/local/jobs/{sleeper}"),
+            &api.token,
+            None,
+            None,
+        )
+        .await;
+    assert_eq!((status, &out["position"]), (202, &first_cancel), "{out}");
+    // A job that ended with no cancel asked for has nothing to cancel.
+    let (status, out) = api
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/v1/clusters/local/jobs/{}", job_failed),
             &api.token,
             None,
             None,
