@@ -47,6 +47,7 @@ fn executor(dir: &std::path::Path, name: &str) -> Arc<LocalExecutor> {
                     default_mib_per_cpu: 2048,
                     cold_start: Duration::ZERO,
                 }),
+                user: gateways::jobuser::JobUser::current(),
             },
             chrono::Utc::now(),
         )
