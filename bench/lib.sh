@@ -10,6 +10,8 @@ export CLUSTERRA_S3_LISTEN=127.0.0.1:0  # the embedded object store on a free po
 cargo build --release -q -p cli -p bench
 bin="$CARGO_TARGET_DIR/release"
 dir=$(mktemp -d)
+# A server running as root runs local jobs as an unprivileged user, who must pass through here.
+chmod 711 "$dir"
 pid=""
 exit_cmds=""
 on_exit() { exit_cmds="${exit_cmds:+$exit_cmds; }$1"; }

@@ -51,6 +51,7 @@ async fn harness_with(wait: Duration, feed_buffer: usize) -> Harness {
             minute: Duration::from_secs(60),
             slots: 4,
             nodes: None,
+            user: gateways::jobuser::JobUser::current(),
         },
         chrono::Utc::now(),
     )
@@ -101,6 +102,7 @@ async fn harness_with(wait: Duration, feed_buffer: usize) -> Harness {
         templates: Arc::new(commands::templates::Catalog::builtin().unwrap()),
         logs: Arc::new(api::logs::Logs {
             local_root: dir.path().join("efs"),
+            local_user: "clusterra-job".into(),
             mounts_dir: dir.path().join("efs-mounts"),
             hub: api::logs::LogHub::start(store.clone(), Duration::from_millis(100), 32 * 1024),
             heartbeat: Duration::from_secs(15),

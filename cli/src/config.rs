@@ -77,6 +77,9 @@ pub struct Config {
     pub executor_minute_seconds: f64,
     /// Local executor: milliseconds between SIGTERM and SIGKILL on cancel and timeout.
     pub executor_grace_ms: u64,
+    /// Local executor, server running as root: the unprivileged user jobs run as; unset =
+    /// `clusterra-job`, made with `useradd --system` if missing (a named user must exist).
+    pub executor_user: Option<String>,
     /// Where the slurmrestd JWTs of registered clusters live: `<workspace>.<cluster>.jwt` files;
     /// empty = `<data_dir>/slurm-tokens`.
     pub slurm_tokens_dir: PathBuf,
@@ -220,6 +223,7 @@ impl Default for Config {
             default_cluster: None,
             executor_minute_seconds: 60.0,
             executor_grace_ms: 5_000,
+            executor_user: None,
             executor_slots: None,
             slurm_tokens_dir: PathBuf::new(),
             s3_endpoint: String::new(),
@@ -261,7 +265,7 @@ impl Default for Config {
     }
 }
 
-const ENV_KEYS: [&str; 57] = [
+const ENV_KEYS: [&str; 58] = [
     "max_token_lifetime_s",
     "max_nodes_per_job",
     "max_nodes_per_set",
@@ -309,6 +313,7 @@ const ENV_KEYS: [&str; 57] = [
     "poll_interval_ms",
     "executor_minute_seconds",
     "executor_grace_ms",
+    "executor_user",
     "data_dir",
     "listen",
     "database_url",

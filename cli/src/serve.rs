@@ -13,6 +13,15 @@ use crate::config::Config;
 pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
     init_tracing(&config.log_format);
     raise_open_files(&config);
+    // Who local jobs run as, decided first: a server whose jobs run as another user keeps every
+    // file it makes from now on to itself (umask 077), the database included.
+    let job_user = gateways::jobuser::resolve(config.executor_user.as_deref())?;
+    if job_user.created {
+        tracing::info!(user = %job_user.user.name, "created the system user local jobs run as");
+    }
+    if job_user.user.switch.is_some() {
+        gateways::jobuser::private_umask();
+    }
     let store = crate::ops::open_store(&config).await?;
     // The embedded defaults come with one cluster to try things on.
     if config
@@ -25,7 +34,7 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let stop_rx_poll = stop_rx.clone();
     let catalog = Arc::new(config.catalog()?);
-    let (directory, executor) = slurm_directory(&config, catalog.clone())?;
+    let (directory, executor) = slurm_directory(&config, catalog.clone(), &job_user.user)?;
     let default_workspace = domain::WorkspaceId::new(commands::clusters::DEFAULT_WORKSPACE)?;
     let default_cluster = domain::ClusterId::new(commands::clusters::DEFAULT_CLUSTER)?;
     let leading = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -47,10 +56,32 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
         })?;
     let (auth, first_start) = authenticator(&config).await?;
     let objects = object_store(&config, stop_rx_poll.clone()).await?;
+    // Everything in the data directory exists now: make it the server's alone.
+    let mut job_user_notes: Vec<String> = job_user.warning.iter().cloned().collect();
+    job_user_notes.extend(gateways::jobuser::secure_data_dir(
+        &config.data_dir,
+        &config.efs_root(),
+        &config.data_dir.join("executor").join("scripts"),
+        &job_user.user,
+    )?);
     let addr = listener.local_addr()?;
     tracing::info!(%addr, backend = store.log.backend(), data_dir = %config.data_dir.display(), "clusterra listening");
     // Tests and scripts read this line to find the port.
     println!("clusterra listening on http://{addr}");
+    match job_user.user.switch {
+        Some((uid, _)) => {
+            println!(
+                "local jobs run as {} (uid {uid}), who cannot read the data directory",
+                job_user.user.name
+            );
+            tracing::info!(user = %job_user.user.name, uid, "local jobs run as an unprivileged user");
+        }
+        None => tracing::info!(user = %job_user.user.name, "local jobs run as the server's user"),
+    }
+    for note in &job_user_notes {
+        println!("WARNING: {note}");
+        tracing::warn!("{note}");
+    }
     if first_start {
         let token = crate::token::mint(
             &config,
@@ -99,6 +130,7 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
         templates: Arc::new(commands::templates::Catalog::builtin()?),
         logs: Arc::new(api::logs::Logs {
             local_root: config.efs_root(),
+            local_user: job_user.user.name.clone(),
             mounts_dir: config.efs_mounts_dir(),
             hub: api::logs::LogHub::start(
                 store.clone(),
@@ -184,6 +216,7 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
 fn slurm_directory(
     config: &Config,
     catalog: Arc<domain::scaling::Catalog>,
+    user: &gateways::jobuser::JobUser,
 ) -> anyhow::Result<(
     Arc<commands::slurm::LiveDirectory>,
     Arc<gateways::local::LocalExecutor>,
@@ -205,6 +238,7 @@ fn slurm_directory(
                     cold_start: config.node_cold_start(),
                     max_launch_per_step: config.agent_max_launch_per_step,
                 }),
+            user: user.clone(),
         },
         chrono::Utc::now(),
     )?;

@@ -52,6 +52,7 @@ fn executor_capped(dir: &std::path::Path, name: &str, max_launch: u32) -> Arc<Lo
                     cold_start: Duration::ZERO,
                     max_launch_per_step: max_launch,
                 }),
+                user: gateways::jobuser::JobUser::current(),
             },
             chrono::Utc::now(),
         )

@@ -90,6 +90,7 @@ async fn setup() -> (tempfile::TempDir, eventlog::Store, LocalExecutor) {
             minute: Duration::from_secs(60),
             slots: 4,
             nodes: None,
+            user: gateways::jobuser::JobUser::current(),
         },
         chrono::Utc::now(),
     )

@@ -248,61 +248,19 @@ impl JobFacts {
     }
 }
 
-/// The file a job's stdout goes to, as the job sees it: the body's `standard_output` with Slurm's
-/// filename patterns `%j` (job id), `%x` (job name) and `%%` expanded. `None` when the body names
-/// no file or uses a pattern Clusterra does not expand (`%A`, `%u`, …): then the log cannot be
-/// located from the outside.
+/// The file a job's stdout goes to, as the job sees it, when it can be told from the body alone:
+/// [`crate::filename::stdout_file`] with what is known at submission (not `%u` nor `%N`, which
+/// depend on where it runs). `None` when the body has no `job` or a pattern needs more.
 pub fn stdout_path(body: &serde_json::Value, job_id: u64) -> Option<String> {
     let job = body.get("job")?;
-    let pattern = job.get("standard_output")?.as_str()?;
-    let name = job
-        .get("name")
-        .and_then(serde_json::Value::as_str)
-        .unwrap_or("");
-    let mut out = String::with_capacity(pattern.len() + 8);
-    let mut chars = pattern.chars();
-    while let Some(c) = chars.next() {
-        if c != '%' {
-            out.push(c);
-            continue;
-        }
-        match chars.next()? {
-            'j' => out.push_str(&job_id.to_string()),
-            'x' => out.push_str(name),
-            '%' => out.push('%'),
-            _ => return None,
-        }
-    }
-    Some(out)
-}
-
-#[cfg(test)]
-mod stdout_tests {
-    use super::stdout_path;
-    use serde_json::json;
-
-    #[test]
-    fn expands_job_id_name_and_percent() {
-        let body = json!({"job": {"name": "fit", "standard_output": "/mnt/efs/%x-%j-100%%.out"}});
-        assert_eq!(
-            stdout_path(&body, 42).as_deref(),
-            Some("/mnt/efs/fit-42-100%.out")
-        );
-    }
-
-    #[test]
-    fn unknown_patterns_and_missing_fields_locate_nothing() {
-        assert_eq!(
-            stdout_path(
-                &json!({"job": {"standard_output": "/mnt/efs/%A_%a.out"}}),
-                1
-            ),
-            None
-        );
-        assert_eq!(
-            stdout_path(&json!({"job": {"standard_output": "/mnt/efs/x%"}}), 1),
-            None
-        );
-        assert_eq!(stdout_path(&json!({"job": {}}), 1), None);
-    }
+    let names = crate::filename::JobNames {
+        job_id,
+        name: crate::filename::job_name(job),
+        user: None,
+        array_task: None,
+        first_node: None,
+    };
+    crate::filename::stdout_file(job, &names)
+        .ok()
+        .map(|e| e.path)
 }

@@ -4,6 +4,7 @@
 pub mod cost;
 pub mod events;
 pub mod feed;
+pub mod filename;
 pub mod ids;
 pub mod job;
 pub mod money;

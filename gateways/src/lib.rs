@@ -1,12 +1,13 @@
 //! Adapters behind the command ports.
 //!
 //! - [`local::LocalExecutor`]: the embedded default Slurm — runs each job's script with bash as a
-//!   real process.
+//!   real process, as the job user of [`jobuser`].
 //! - [`slurmrestd::SlurmRestd`]: slurmrestd v0.0.44 with Slurm JWT headers.
 //! - [`replicas`]: the replica store on the log's database ([`replicas::SqlReplicas`]) or DynamoDB
 //!   ([`replicas::DynamoReplicas`]).
 
 mod aws;
+pub mod jobuser;
 pub mod leader;
 pub mod local;
 pub mod replicas;

@@ -1,12 +1,16 @@
 //! The local executor: the embedded default behind the Slurm port.
 //!
-//! Each job's script runs with `bash` as a real process in its own process group, with the body's
-//! environment (and nothing else of the server's) and working directory. stdout goes to
-//! `<efs root>/job_<id>.out` unless the body names another file. Time limits are enforced
-//! (TIMEOUT), cancels send SIGTERM to the group and SIGKILL after a grace period (CANCELLED), exit
-//! codes map to COMPLETED/FAILED. Job ids increase and survive restarts; after a restart, jobs
-//! the previous process was running are reported as NODE_FAIL, as Slurm reports jobs of a node
-//! that died.
+//! Each job's script runs with `bash` as a real process in its own process group, as the job user
+//! ([`crate::jobuser`]: an unprivileged user when the server is root), with the body's environment
+//! (and nothing else of the server's) and working directory. stdout goes to
+//! `<efs root>/job_<id>.out` unless the body names another file, with Slurm's filename patterns
+//! expanded by [`domain::filename`] (the same expansion the log routes use to find it). Time
+//! limits are enforced (TIMEOUT), cancels send SIGTERM to the group and SIGKILL after a grace
+//! period (CANCELLED), exit codes map to COMPLETED/FAILED. Job ids increase and survive restarts;
+//! after a restart, jobs still waiting are queued again and run later, and jobs the previous
+//! process was running are reported as NODE_FAIL, as Slurm reports jobs of a node that died —
+//! their processes are killed only if they are still theirs (same pid *and* start time, same
+//! boot).
 //!
 //! Paths under `/mnt/efs` (the cluster's shared mount in production) are mapped to the efs root,
 //! so templates written for a real cluster run unchanged on a laptop.
@@ -21,6 +25,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use commands::fleet::{NodeChange, NodeFleet};
 use commands::slurm::{Accepted, SlurmError, SlurmJob, SlurmPort};
+use domain::filename::{self, JobNames};
 use domain::job::JobState;
 use domain::scaling::{Catalog, Demand, Family, NodeSet};
 use nix::sys::signal::{Signal, killpg};
@@ -51,6 +56,8 @@ pub struct LocalSettings {
     /// cluster's slurmd nodes — jobs run only on ready nodes with room, and nodes come and go
     /// as the edge agent reconciles them with the desired counts ([`NodeFleet`]).
     pub nodes: Option<NodeSettings>,
+    /// Who jobs run as.
+    pub user: crate::jobuser::JobUser,
 }
 
 /// How the executor's nodes behave.
@@ -242,9 +249,19 @@ struct Record {
     end_time: Option<DateTime<Utc>>,
     comment: Option<String>,
     pid: Option<u32>,
+    /// When `pid` started (field 22 of `/proc/<pid>/stat`, clock ticks since boot) and in which
+    /// boot (`/proc/sys/kernel/random/boot_id`): after a restart the pid is signalled only if
+    /// both still match, so a pid the kernel gave to another process is left alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pid_start: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    boot_id: Option<String>,
     /// The nodes it runs on (with nodes; "local" without).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     node: Option<String>,
+    /// The job (the body's `job`) while it waits: a restart queues it again from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    body: Option<Value>,
 }
 
 impl Record {
@@ -340,6 +357,35 @@ fn executor_id(state_dir: &Path) -> Result<String, LocalError> {
     Ok(id)
 }
 
+/// What one node of a job needs, on how many nodes, of which family (with nodes; without, a
+/// placeholder that nothing reads).
+fn demand_of(settings: &LocalSettings, body: &Value) -> Result<(Demand, u32, Family), SlurmError> {
+    let Some(ns) = &settings.nodes else {
+        return Ok((
+            Demand {
+                cpus: 1,
+                memory_mib: 0,
+            },
+            1,
+            Family::Compute,
+        ));
+    };
+    let shape = domain::submit::canonicalize(body)
+        .map_err(|errors| SlurmError::Rejected(errors.into_iter().map(|e| e.message).collect()))?
+        .shape;
+    let demand = Demand::per_node(
+        shape.cpus,
+        shape.memory_mib,
+        shape.nodes,
+        ns.default_mib_per_cpu,
+    );
+    let set = ns
+        .catalog
+        .place(demand)
+        .map_err(|e| SlurmError::Rejected(vec![e.to_string()]))?;
+    Ok((demand, shape.nodes.max(1), set.family))
+}
+
 /// Writes a file atomically: a temp file, then rename.
 fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
@@ -348,8 +394,9 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 impl LocalExecutor {
-    /// Opens (or creates) the executor's state. Jobs a previous process left unfinished are
-    /// killed if still alive and marked NODE_FAIL.
+    /// Opens (or creates) the executor's state. Jobs a previous process left waiting are queued
+    /// again, in submission order, and run when there is room; jobs it was running are killed if
+    /// still alive *and still theirs* ([`stop_leftover`]) and marked NODE_FAIL.
     pub fn open(mut settings: LocalSettings, now: DateTime<Utc>) -> Result<Self, LocalError> {
         // Jobs run in their own working directory: every path the executor uses must be absolute.
         settings.state_dir =
@@ -363,7 +410,21 @@ impl LocalExecutor {
         ] {
             std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         }
+        if settings.user.switch.is_some() {
+            // Jobs run as another user: they pass through the state directory to read their
+            // script, and see nothing else of it.
+            use std::os::unix::fs::PermissionsExt;
+            for (dir, mode) in [
+                (settings.state_dir.clone(), 0o711),
+                (settings.state_dir.join("scripts"), 0o711),
+                (settings.state_dir.join("jobs"), 0o700),
+            ] {
+                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode))
+                    .map_err(io(&dir))?;
+            }
+        }
         let mut records = BTreeMap::new();
+        let mut waiting = Vec::new();
         let jobs_dir = settings.state_dir.join("jobs");
         for entry in std::fs::read_dir(&jobs_dir).map_err(io(&jobs_dir))? {
             let path = entry.map_err(io(&jobs_dir))?.path();
@@ -377,32 +438,87 @@ impl LocalExecutor {
                     source,
                 })?;
             if !record.state.is_terminal() {
-                if let Some(pid) = record.pid {
-                    // Its process group may have outlived us: make sure it is gone.
-                    let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                let never_started = record.state == JobState::Pending
+                    && record.start_time.is_none()
+                    && record.pid.is_none();
+                match record.body.clone() {
+                    Some(job) if never_started => {
+                        let body = serde_json::json!({ "job": job });
+                        match demand_of(&settings, &body) {
+                            Ok((demand, nodes, family)) => {
+                                tracing::info!(
+                                    job_id = record.job_id,
+                                    "job waiting before the restart: queued again"
+                                );
+                                waiting.push((record.job_id, job, demand, nodes, family));
+                            }
+                            Err(e) => {
+                                record.state = JobState::Failed;
+                                record.reason = Some(format!(
+                                    "queued again after a restart, but it no longer fits: {e}"
+                                ));
+                                record.end_time = Some(now);
+                                record.body = None;
+                            }
+                        }
+                    }
+                    _ => {
+                        stop_leftover(&record);
+                        record.state = JobState::NodeFail;
+                        record.reason = Some(
+                            if never_started {
+                                "the local executor restarted while this job was queued, and an older version did not keep queued jobs"
+                            } else {
+                                "the local executor restarted while this job was running; its process was lost"
+                            }
+                            .into(),
+                        );
+                        record.end_time = Some(now);
+                        record.body = None;
+                        tracing::warn!(job_id = record.job_id, "job lost in a restart: NODE_FAIL");
+                    }
                 }
-                record.state = JobState::NodeFail;
-                record.reason = Some("the local executor restarted while this job was queued or running; its process was lost".into());
-                record.end_time = Some(now);
                 let bytes = serde_json::to_vec_pretty(&record).unwrap_or_default();
                 write_atomic(&path, &bytes).map_err(io(&path))?;
-                tracing::warn!(job_id = record.job_id, "job lost in a restart: NODE_FAIL");
             }
             records.insert(record.job_id, record);
         }
         let owner = executor_id(&settings.state_dir)?;
-        Ok(Self {
+        // Job ids increase with submission: queue them in that order.
+        waiting.sort_by_key(|w| w.0);
+        let mut queue = Queue::default();
+        let mut cancels = BTreeMap::new();
+        for (job_id, job, demand, nodes, family) in waiting {
+            let (tx, rx) = oneshot::channel();
+            cancels.insert(job_id, tx);
+            queue.waiting.push_back(Queued {
+                job_id,
+                job,
+                cancel: rx,
+                demand,
+                nodes,
+                family,
+            });
+        }
+        let requeued = !queue.waiting.is_empty();
+        let executor = Self {
             inner: Arc::new(Inner {
                 settings,
                 records: Mutex::new(records),
-                cancels: Mutex::new(BTreeMap::new()),
-                queue: Mutex::new(Queue::default()),
+                cancels: Mutex::new(cancels),
+                queue: Mutex::new(queue),
                 fleet: std::sync::Mutex::new(Fleet {
                     owner,
                     ..Fleet::default()
                 }),
             }),
-        })
+        };
+        if requeued && let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            // Slots free now start the requeued jobs; with nodes, they start when nodes are ready.
+            let me = executor.clone();
+            runtime.spawn(async move { me.dispatch().await });
+        }
+        Ok(executor)
     }
 
     /// Whether jobs run on nodes (which then need an edge agent to reconcile them).
@@ -456,35 +572,9 @@ impl LocalExecutor {
         }
     }
 
-    /// What one node of a job needs, on how many nodes, of which family (with nodes; without,
-    /// a placeholder that nothing reads).
+    /// What one node of a job needs, on how many nodes, of which family.
     fn demand(&self, body: &Value) -> Result<(Demand, u32, Family), SlurmError> {
-        let Some(ns) = &self.inner.settings.nodes else {
-            return Ok((
-                Demand {
-                    cpus: 1,
-                    memory_mib: 0,
-                },
-                1,
-                Family::Compute,
-            ));
-        };
-        let shape = domain::submit::canonicalize(body)
-            .map_err(|errors| {
-                SlurmError::Rejected(errors.into_iter().map(|e| e.message).collect())
-            })?
-            .shape;
-        let demand = Demand::per_node(
-            shape.cpus,
-            shape.memory_mib,
-            shape.nodes,
-            ns.default_mib_per_cpu,
-        );
-        let set = ns
-            .catalog
-            .place(demand)
-            .map_err(|e| SlurmError::Rejected(vec![e.to_string()]))?;
-        Ok((demand, shape.nodes.max(1), set.family))
+        demand_of(&self.inner.settings, body)
     }
 
     async fn save(&self, record: &Record) {
@@ -556,7 +646,8 @@ impl LocalExecutor {
             let (job_id, demand) = (q.job_id, q.demand);
             self.update(job_id, |r| r.node = Some(nodes.join(",")))
                 .await;
-            self.clone().run(job_id, q.job, q.cancel).await;
+            let first = nodes.first().cloned().unwrap_or_else(|| "local".into());
+            self.clone().run(job_id, q.job, q.cancel, &first).await;
             if let Ok(mut fleet) = self.inner.fleet.lock() {
                 fleet.release(job_id, demand);
             }
@@ -569,7 +660,9 @@ impl LocalExecutor {
     async fn worker(self, first: Queued) {
         let mut next = first;
         loop {
-            self.clone().run(next.job_id, next.job, next.cancel).await;
+            self.clone()
+                .run(next.job_id, next.job, next.cancel, "local")
+                .await;
             let mut queue = self.inner.queue.lock().await;
             match queue.waiting.pop_front() {
                 Some(job) => next = job,
@@ -581,24 +674,22 @@ impl LocalExecutor {
         }
     }
 
-    async fn run(self, job_id: u64, job: Value, cancel: oneshot::Receiver<()>) {
+    async fn run(self, job_id: u64, job: Value, cancel: oneshot::Receiver<()>, node: &str) {
         let settings = &self.inner.settings;
         let script_path = settings
             .state_dir
             .join("scripts")
             .join(format!("{job_id}.sh"));
         let text = |k: &str| job.get(k).and_then(Value::as_str).map(str::to_string);
-        let expand = |p: String| p.replace("%j", &job_id.to_string());
+        let names = JobNames {
+            job_id,
+            name: filename::job_name(&job),
+            user: Some(settings.user.name.as_str()),
+            array_task: None,
+            first_node: Some(node),
+        };
         let cwd =
             self.local_path(&text("current_working_directory").unwrap_or_else(|| EFS_MOUNT.into()));
-        let resolve = |p: String| {
-            let p = self.local_path(&expand(p));
-            if p.is_absolute() { p } else { cwd.join(p) }
-        };
-        let stdout_path = text("standard_output")
-            .map(resolve)
-            .unwrap_or_else(|| settings.efs_root.join(format!("job_{job_id}.out")));
-        let stderr_path = text("standard_error").map(resolve);
         let limit = job
             .get("time_limit")
             .filter(|t| t.get("set") == Some(&Value::Bool(true)))
@@ -607,7 +698,30 @@ impl LocalExecutor {
             .map(|m| settings.minute * m as u32);
 
         let launched = (|| -> std::io::Result<tokio::process::Child> {
-            std::fs::write(&script_path, text("script").unwrap_or_default())?;
+            // The same expansion the log routes use to find the file again.
+            let outside = |key: &str, p: &str| {
+                std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    format!("{key} {p} leads outside {EFS_MOUNT}"),
+                )
+            };
+            let place =
+                |key: &str, expanded: Result<filename::Expanded, filename::PatternError>| {
+                    let expanded = expanded.map_err(|e| {
+                        std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{key}: {e}"))
+                    })?;
+                    self.confined(&expanded.path, &cwd)
+                        .ok_or_else(|| outside(key, &expanded.path))
+                };
+            let stdout_path = place("standard_output", filename::stdout_file(&job, &names))?;
+            let stderr_path = text("standard_error")
+                .map(|p| place("standard_error", filename::job_file(&job, &p, &names)))
+                .transpose()?;
+            write_script(
+                &script_path,
+                &text("script").unwrap_or_default(),
+                &settings.user,
+            )?;
             if !cwd.is_dir() {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::NotFound,
@@ -615,31 +729,16 @@ impl LocalExecutor {
                 ));
             }
             let root = std::fs::canonicalize(&settings.efs_root)?;
-            for path in std::iter::once(&stdout_path).chain(stderr_path.as_ref()) {
-                if let Some(parent) = path.parent() {
-                    std::fs::create_dir_all(parent)?;
-                    // A symlink planted by an earlier job must not lead the server outside.
-                    if !std::fs::canonicalize(parent)?.starts_with(&root) {
-                        return Err(std::io::Error::new(
-                            std::io::ErrorKind::PermissionDenied,
-                            format!("{} leads outside {EFS_MOUNT}", path.display()),
-                        ));
-                    }
-                }
-            }
-            let create = |p: &Path| {
-                use std::os::unix::fs::OpenOptionsExt;
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .custom_flags(nix::libc::O_NOFOLLOW)
-                    .open(p)
+            let create = |p: &Path| -> std::io::Result<std::fs::File> {
+                let rel = p
+                    .strip_prefix(&settings.efs_root)
+                    .map_err(|_| outside("an output file", &p.display().to_string()))?;
+                create_output(&root, rel, settings.user.switch)
             };
             let out = create(&stdout_path)?;
             let err = match &stderr_path {
-                Some(p) => create(p)?,
-                None => out.try_clone()?,
+                Some(p) if *p != stdout_path => create(p)?,
+                _ => out.try_clone()?,
             };
             let mut cmd = tokio::process::Command::new("bash");
             cmd.arg(&script_path)
@@ -650,6 +749,10 @@ impl LocalExecutor {
                 .stderr(err)
                 .process_group(0)
                 .kill_on_drop(false);
+            if let Some((uid, gid)) = settings.user.switch {
+                // std drops the supplementary groups too when it switches the uid.
+                cmd.uid(uid).gid(gid);
+            }
             for entry in job
                 .get("environment")
                 .and_then(Value::as_array)
@@ -661,7 +764,7 @@ impl LocalExecutor {
                 }
             }
             cmd.env("SLURM_JOB_ID", job_id.to_string())
-                .env("SLURM_JOB_NAME", text("name").unwrap_or_default())
+                .env("SLURM_JOB_NAME", filename::job_name(&job))
                 .env(
                     "SLURM_CPUS_PER_TASK",
                     job.get("cpus_per_task")
@@ -679,17 +782,24 @@ impl LocalExecutor {
                     r.reason = Some(format!("launch failed: {e}"));
                     r.exit_code = Some(1);
                     r.end_time = Some(Utc::now());
+                    r.body = None;
                 })
                 .await;
                 return;
             }
         };
         let pid = child.id();
+        // Our child until we wait for it: its /proc entry is still ours to read.
+        let pid_start = pid.and_then(|p| proc_stat(p).map(|s| s.start));
+        let boot = boot_id();
         self.update(job_id, |r| {
             r.state = JobState::Running;
             r.reason = None;
             r.pid = pid;
+            r.pid_start = pid_start;
+            r.boot_id = boot;
             r.start_time = Some(Utc::now());
+            r.body = None;
         })
         .await;
         tracing::info!(job_id, pid, "local job started");
@@ -750,6 +860,213 @@ impl LocalExecutor {
     }
 }
 
+/// Writes a job's script where bash, running as the job user, can read it and nothing else can.
+fn write_script(path: &Path, script: &str, user: &crate::jobuser::JobUser) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let _ = std::fs::remove_file(path);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)?;
+    std::io::Write::write_all(&mut file, script.as_bytes())?;
+    if let Some((uid, gid)) = user.switch {
+        std::os::unix::fs::fchown(&file, Some(uid), Some(gid))?;
+        file.set_permissions(std::fs::Permissions::from_mode(0o400))?;
+    }
+    Ok(())
+}
+
+/// Creates (or reuses) the output file `rel` under `root` (the efs root, resolved), without
+/// following any link on the way: each folder is opened relative to the last with `O_NOFOLLOW`,
+/// so a job cannot swap a folder for a link between a check and the open and make the server —
+/// root, when jobs run as another user — create or truncate a file elsewhere. Folders it makes
+/// and a new file are given to the job user (`owner`); an existing file is reused only if it is
+/// a plain file with one name that already belongs to the job user (or to the server, when jobs
+/// are not switched), and is truncated only then.
+fn create_output(
+    root: &Path,
+    rel: &Path,
+    owner: Option<(u32, u32)>,
+) -> std::io::Result<std::fs::File> {
+    use nix::errno::Errno;
+    use nix::fcntl::{OFlag, openat};
+    use nix::sys::stat::{Mode, mkdirat};
+    use std::os::unix::fs::MetadataExt;
+    let refuse = |why: String| std::io::Error::new(std::io::ErrorKind::PermissionDenied, why);
+    let parts: Vec<&std::ffi::OsStr> = rel
+        .components()
+        .map(|c| match c {
+            std::path::Component::Normal(s) => Ok(s),
+            _ => Err(refuse(format!("{} is not a plain path", rel.display()))),
+        })
+        .collect::<Result<_, _>>()?;
+    let Some((name, folders)) = parts.split_last() else {
+        return Err(refuse("an output file needs a name".into()));
+    };
+    let dir_flags = OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_RDONLY | OFlag::O_CLOEXEC;
+    let mut dir = openat(nix::fcntl::AT_FDCWD, root, dir_flags, Mode::empty())?;
+    let linked = |part: &std::ffi::OsStr| {
+        refuse(format!(
+            "{} goes through {}, which is a link or a file, not a folder",
+            rel.display(),
+            part.to_string_lossy()
+        ))
+    };
+    for part in folders {
+        dir = match openat(&dir, *part, dir_flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT) => {
+                match mkdirat(&dir, *part, Mode::from_bits_truncate(0o755)) {
+                    Ok(()) | Err(Errno::EEXIST) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                let fd = openat(&dir, *part, dir_flags, Mode::empty()).map_err(|e| match e {
+                    Errno::ELOOP | Errno::ENOTDIR => linked(part),
+                    e => e.into(),
+                })?;
+                if let Some((uid, gid)) = owner {
+                    std::os::unix::fs::fchown(&fd, Some(uid), Some(gid))?;
+                }
+                fd
+            }
+            Err(Errno::ELOOP | Errno::ENOTDIR) => return Err(linked(part)),
+            Err(e) => return Err(e.into()),
+        };
+    }
+    let file_flags = OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    match openat(
+        &dir,
+        *name,
+        file_flags | OFlag::O_CREAT | OFlag::O_EXCL,
+        Mode::from_bits_truncate(0o644),
+    ) {
+        Ok(fd) => {
+            let file = std::fs::File::from(fd);
+            if let Some((uid, gid)) = owner {
+                std::os::unix::fs::fchown(&file, Some(uid), Some(gid))?;
+            }
+            Ok(file)
+        }
+        Err(Errno::EEXIST) => {
+            // O_NONBLOCK: a named pipe in its place must not hang the server.
+            let fd = openat(&dir, *name, file_flags | OFlag::O_NONBLOCK, Mode::empty()).map_err(
+                |e| match e {
+                    Errno::ELOOP => linked(name),
+                    Errno::ENXIO => refuse(format!("{} is not a plain file", rel.display())),
+                    e => e.into(),
+                },
+            )?;
+            let file = std::fs::File::from(fd);
+            let meta = file.metadata()?;
+            let expected = owner.map_or_else(|| nix::unistd::geteuid().as_raw(), |(uid, _)| uid);
+            if !meta.is_file() || meta.nlink() != 1 || meta.uid() != expected {
+                return Err(refuse(format!(
+                    "{} exists and is not a plain file of the job user with one name; it is left alone",
+                    rel.display()
+                )));
+            }
+            file.set_len(0)?;
+            Ok(file)
+        }
+        Err(Errno::ELOOP) => Err(linked(name)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// What the executor reads of `/proc/<pid>/stat`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ProcStat {
+    /// Field 5: the process group.
+    pgrp: u32,
+    /// Field 22: when it started, in clock ticks since boot.
+    start: u64,
+}
+
+fn proc_stat(pid: u32) -> Option<ProcStat> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold anything, spaces and ')' too.
+    let rest = &text[text.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3.
+    Some(ProcStat {
+        pgrp: fields.get(5 - 3)?.parse().ok()?,
+        start: fields.get(22 - 3)?.parse().ok()?,
+    })
+}
+
+fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+/// Kills what is left of a job a previous process was running — only what is provably still
+/// that job. A stored pid alone proves nothing: the kernel may have given it to another process
+/// since. The job's group leader is killed with its group when its pid, start time and boot all
+/// still match; when the leader is gone, each remaining member of its group is killed only if it
+/// started after the job and carries the job's `SLURM_JOB_ID` in its environment. Anything else
+/// is left alone.
+fn stop_leftover(record: &Record) {
+    let Some(pid) = record.pid else { return };
+    let Some(start) = record.pid_start else {
+        tracing::warn!(
+            job_id = record.job_id,
+            pid,
+            "no start time was stored with this job's pid; not signalling it"
+        );
+        return;
+    };
+    if record.boot_id.is_none() || record.boot_id != boot_id() {
+        return; // the machine restarted: nothing of the job survived
+    }
+    let group = Pid::from_raw(pid as i32);
+    match proc_stat(pid) {
+        Some(s) if s.start == start && s.pgrp == pid => {
+            tracing::warn!(
+                job_id = record.job_id,
+                pid,
+                "killing a job's processes left from before the restart"
+            );
+            let _ = killpg(group, Signal::SIGKILL);
+            return;
+        }
+        Some(_) => {
+            tracing::info!(
+                job_id = record.job_id,
+                pid,
+                "the job's pid now belongs to another process; it is left alone"
+            );
+        }
+        None => {}
+    }
+    let marker = format!("SLURM_JOB_ID={}", record.job_id);
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Some(member) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let ours = proc_stat(member).is_some_and(|s| s.pgrp == pid && s.start >= start)
+            && std::fs::read(format!("/proc/{member}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == marker.as_bytes()));
+        if ours {
+            tracing::warn!(
+                job_id = record.job_id,
+                pid = member,
+                "killing a job's process left from before the restart"
+            );
+            let _ = nix::sys::signal::kill(Pid::from_raw(member as i32), Signal::SIGKILL);
+        }
+    }
+}
+
 #[async_trait]
 impl SlurmPort for LocalExecutor {
     async fn submit(&self, body: &Value) -> Result<Accepted, SlurmError> {
@@ -778,12 +1095,26 @@ impl SlurmPort for LocalExecutor {
         if cwd.is_none() {
             outside.push("current_working_directory");
         }
+        // File names are expanded as they will be when the job runs (a stand-in for the node,
+        // which is not known yet): a pattern the executor cannot expand is refused now, and so
+        // is a job name that would lead `%x` out of the mount.
+        let names = JobNames {
+            job_id: 1,
+            name: filename::job_name(&job),
+            user: Some(self.inner.settings.user.name.as_str()),
+            array_task: None,
+            first_node: Some("node"),
+        };
         for key in ["standard_output", "standard_error", "standard_input"] {
-            let escapes = match (job.get(key).and_then(Value::as_str), cwd.as_ref()) {
-                (Some(p), Some(dir)) => self.confined(&p.replace("%j", "0"), dir).is_none(),
-                _ => false,
+            let Some(pattern) = job.get(key).and_then(Value::as_str) else {
+                continue;
             };
-            if escapes {
+            let expanded = filename::expand(pattern, &names)
+                .map_err(|e| SlurmError::Rejected(vec![format!("{key}: {e}")]))?;
+            if cwd
+                .as_ref()
+                .is_some_and(|dir| self.confined(&expanded.path, dir).is_none())
+            {
                 outside.push(key);
             }
         }
@@ -802,11 +1133,7 @@ impl SlurmPort for LocalExecutor {
         };
         let record = Record {
             job_id,
-            name: job
-                .get("name")
-                .and_then(Value::as_str)
-                .unwrap_or("job")
-                .to_string(),
+            name: filename::job_name(&job).to_string(),
             state: JobState::Pending,
             reason: Some(if free { "None" } else { "Resources" }.into()),
             exit_code: None,
@@ -818,7 +1145,11 @@ impl SlurmPort for LocalExecutor {
                 .and_then(Value::as_str)
                 .map(str::to_string),
             pid: None,
+            pid_start: None,
+            boot_id: None,
             node: None,
+            // Kept until it starts, so a restart can queue it again.
+            body: Some(job.clone()),
         };
         records.insert(job_id, record.clone());
         drop(records);
@@ -878,6 +1209,7 @@ impl SlurmPort for LocalExecutor {
                 r.state = JobState::Cancelled;
                 r.reason = Some("cancelled while pending".into());
                 r.end_time = Some(Utc::now());
+                r.body = None;
             })
             .await;
         } else if let Some(tx) = self.inner.cancels.lock().await.remove(&job_id) {

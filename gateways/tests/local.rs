@@ -18,6 +18,7 @@ fn settings(dir: &std::path::Path) -> LocalSettings {
         minute: Duration::from_millis(300),
         slots: 8,
         nodes: None,
+        user: gateways::jobuser::JobUser::current(),
     }
 }
 
@@ -220,4 +221,134 @@ async fn jobs_beyond_the_slots_wait_pending_in_order() {
         none.job(parked.job_id).await.unwrap().unwrap().state,
         JobState::Pending
     );
+}
+
+#[tokio::test]
+async fn waiting_jobs_are_queued_again_after_a_restart_and_run_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(dir.path());
+    s.slots = 0;
+    let (first, second, cancelled) = {
+        let ex = LocalExecutor::open(s.clone(), Utc::now()).unwrap();
+        let a = ex.submit(&body("echo one", None)).await.unwrap();
+        let b = ex.submit(&body("echo two", None)).await.unwrap();
+        let c = ex.submit(&body("echo never", None)).await.unwrap();
+        (a.job_id, b.job_id, c.job_id)
+    };
+    // Restarted, still without room: they wait; one is cancelled while it waits.
+    let ex = LocalExecutor::open(s.clone(), Utc::now()).unwrap();
+    for id in [first, second, cancelled] {
+        assert_eq!(
+            ex.job(id).await.unwrap().unwrap().state,
+            JobState::Pending,
+            "{id}"
+        );
+    }
+    ex.cancel(cancelled).await.unwrap();
+    drop(ex);
+    // Restarted with a slot: the two left run, one after the other.
+    s.slots = 1;
+    let ex = LocalExecutor::open(s, Utc::now()).unwrap();
+    let a = wait_final(&ex, first, Duration::from_secs(10)).await;
+    let b = wait_final(&ex, second, Duration::from_secs(10)).await;
+    assert_eq!(
+        (a.state, b.state),
+        (JobState::Completed, JobState::Completed)
+    );
+    assert!(a.end_time <= b.start_time, "in submission order");
+    let out = |id: u64| std::fs::read_to_string(dir.path().join(format!("efs/job_{id}.out")));
+    assert_eq!(out(first).unwrap(), "one\n");
+    assert_eq!(out(second).unwrap(), "two\n");
+    assert_eq!(
+        ex.job(cancelled).await.unwrap().unwrap().state,
+        JobState::Cancelled
+    );
+    assert!(out(cancelled).is_err());
+}
+
+/// Whether `pid` is a live process (not gone, not a zombie).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().to_string())
+        })
+        .is_some_and(|rest| !rest.starts_with('Z'))
+}
+
+#[test]
+fn a_restart_kills_the_jobs_own_leftovers_and_never_a_reused_pid() {
+    use nix::sys::signal::{Signal, killpg};
+    use nix::unistd::Pid;
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (kept, ended) = {
+        // The first server: its runtime goes away with it, as in a crash; the jobs' processes
+        // live on.
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let ex = LocalExecutor::open(settings(dir.path()), Utc::now()).unwrap();
+            let kept = ex.submit(&body("sleep 300", None)).await.unwrap().job_id;
+            let ended = ex.submit(&body("sleep 300", None)).await.unwrap().job_id;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            for id in [kept, ended] {
+                while ex.job(id).await.unwrap().unwrap().state != JobState::Running {
+                    assert!(Instant::now() < deadline);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            (kept, ended)
+        })
+    };
+    let path = |id: u64| dir.path().join(format!("executor/jobs/{id}.json"));
+    let record = |id: u64| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(path(id)).unwrap()).unwrap()
+    };
+    let pid = |id: u64| record(id)["pid"].as_u64().unwrap() as u32;
+    let (kept_pid, ended_pid) = (pid(kept), pid(ended));
+    assert!(
+        record(kept)["pid_start"].as_u64().is_some(),
+        "{}",
+        record(kept)
+    );
+    assert!(alive(kept_pid) && alive(ended_pid));
+
+    // While the server is down, `ended` finishes, and its pid goes to an unrelated process that
+    // leads its own group (what a reused pid looks like): written into the stored state as the
+    // job's, with the job's recorded start time.
+    killpg(Pid::from_raw(ended_pid as i32), Signal::SIGKILL).unwrap();
+    let mut unrelated = std::process::Command::new("sleep")
+        .arg("1000")
+        .env_remove("SLURM_JOB_ID")
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let mut stored = record(ended);
+    stored["pid"] = json!(unrelated.id());
+    std::fs::write(path(ended), serde_json::to_vec(&stored).unwrap()).unwrap();
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let ex = LocalExecutor::open(settings(dir.path()), Utc::now()).unwrap();
+        for id in [kept, ended] {
+            assert_eq!(
+                ex.job(id).await.unwrap().unwrap().state,
+                JobState::NodeFail,
+                "{id}"
+            );
+        }
+    });
+    assert!(
+        unrelated.try_wait().unwrap().is_none(),
+        "the unrelated process was signalled"
+    );
+    // The job that was still its own is gone.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while alive(kept_pid) {
+        assert!(Instant::now() < deadline, "the leftover job still runs");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    unrelated.kill().unwrap();
+    unrelated.wait().unwrap();
 }

@@ -52,6 +52,11 @@ impl Server {
     /// Like [`Server::start`], with extra environment variables; also returns what the server
     /// printed on stdout in its first second (the first-start banner).
     pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> (Server, String) {
+        if let Some(at) = extra.iter().position(|a| *a == "--data-dir")
+            && let Some(data) = extra.get(at + 1)
+        {
+            passable(Path::new(data));
+        }
         let mut child = Command::new(binary())
             .arg("serve")
             .args(["--listen", "127.0.0.1:0"])
@@ -126,6 +131,26 @@ impl Drop for Server {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
             self.terminate();
+        }
+    }
+}
+
+/// Lets other users pass through the temporary folders above `path` (`tempfile` makes them
+/// 0700): a server running as root runs local jobs as an unprivileged user, who must reach the
+/// efs root inside the data directory. Folders outside the temporary directory are not touched.
+pub fn passable(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = std::env::temp_dir();
+    for dir in path.ancestors().skip(1) {
+        if !dir.starts_with(&tmp) || dir == tmp {
+            continue;
+        }
+        if let Ok(meta) = std::fs::metadata(dir) {
+            let mode = meta.permissions().mode();
+            if mode & 0o001 == 0 {
+                let _ =
+                    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode | 0o001));
+            }
         }
     }
 }

@@ -351,3 +351,189 @@ async fn logs_are_read_in_ranges_and_streamed_live_without_loss() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("job_not_found"));
 }
+
+/// Submits `job` (the body's `job` object) as `token` and waits until the job is final.
+async fn run_as(api: &Api, token: &str, job: Value) -> u64 {
+    let res = api
+        .client
+        .post(api.server.url("/v1/clusters/local/jobs"))
+        .bearer_auth(token)
+        .json(&json!({ "job": job }))
+        .send()
+        .await
+        .unwrap();
+    let status = res.status();
+    let out = res.json::<Value>().await.unwrap();
+    assert_eq!(status, 201, "{out}");
+    tests::wait_projected(&api.server, out["position"].as_i64().unwrap()).await;
+    let id = out["job_id"].as_u64().unwrap();
+    api.wait_state(
+        id,
+        &["COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"],
+        Duration::from_secs(20),
+    )
+    .await;
+    id
+}
+
+fn job(name: &str, script: &str) -> Value {
+    json!({"name": name, "script": format!("#!/bin/bash\n{script}\n"),
+           "environment": ["PATH=/usr/bin:/bin"], "current_working_directory": "/mnt/efs"})
+}
+
+/// The body of a log answer, or its error code.
+async fn read_log(api: &Api, token: &str, id: u64) -> Result<String, String> {
+    let res = get(
+        api,
+        token,
+        &format!("/v1/clusters/local/jobs/{id}/logs"),
+        None,
+    )
+    .await;
+    let status = res.status().as_u16();
+    if status == 200 {
+        return Ok(res.text().await.unwrap());
+    }
+    let err: Value = res.json().await.unwrap();
+    assert_eq!(status, 409, "{err}");
+    assert_eq!(err["error"]["code"], "log_unavailable", "{err}");
+    Err(err["error"]["message"].as_str().unwrap().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_cannot_be_pointed_at_another_users_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let api = Api::start(data, &ENV);
+    let alice = mint(data, "alice@example.org");
+    let bob = mint(data, "bob@example.org");
+
+    let secret = "alice's results: 42";
+    let a = run_as(&api, &alice, job("fit", &format!("echo \"{secret}\""))).await;
+    assert_eq!(read_log(&api, &alice, a).await.unwrap().trim(), secret);
+    let alices_file = format!("/mnt/efs/job_{a}.out");
+
+    // Bob's own log, replaced by his job with a link to alice's file: not served.
+    let area = "users/bob@example.org";
+    let linked = run_as(
+        &api,
+        &bob,
+        json!({"name": "link", "script": format!("#!/bin/bash\nrm {area}/out.txt\nln -s ../../job_{a}.out {area}/out.txt\n"),
+               "environment": ["PATH=/usr/bin:/bin"], "current_working_directory": "/mnt/efs",
+               "standard_output": format!("/mnt/efs/{area}/out.txt")}),
+    )
+    .await;
+    let message = read_log(&api, &bob, linked).await.unwrap_err();
+    assert!(message.contains("link"), "{message}");
+    // A hard link is refused the same way (while it exists, alice's own log is refused too: a
+    // file with two names is never served).
+    let hard = run_as(
+        &api,
+        &bob,
+        json!({"name": "hard", "script": format!("#!/bin/bash\nrm {area}/hard.txt\nln job_{a}.out {area}/hard.txt\n"),
+               "environment": ["PATH=/usr/bin:/bin"], "current_working_directory": "/mnt/efs",
+               "standard_output": format!("/mnt/efs/{area}/hard.txt")}),
+    )
+    .await;
+    let message = read_log(&api, &bob, hard).await.unwrap_err();
+    assert!(message.contains("link"), "{message}");
+    std::fs::remove_file(format!("{data}/efs/{area}/hard.txt")).ok();
+
+    // The review's case: bob names his job like alice's file and writes to `%x.out`. The
+    // executor and the log routes expand `%x` alike — and a file another job could name is not
+    // bob's to read.
+    let named = run_as(
+        &api,
+        &bob,
+        json!({"name": format!("job_{a}"), "script": "#!/bin/bash\necho bob",
+               "environment": ["PATH=/usr/bin:/bin"], "current_working_directory": "/mnt/efs",
+               "standard_output": "/mnt/efs/%x.out"}),
+    )
+    .await;
+    let message = read_log(&api, &bob, named).await.unwrap_err();
+    assert!(message.contains("another job's file"), "{message}");
+    assert!(message.contains(&alices_file), "{message}");
+    for path in [
+        format!("/v1/clusters/local/jobs/{named}/logs/stream"),
+        format!("/v1/clusters/local/jobs/{a}/logs"),
+    ] {
+        let res = get(&api, &bob, &path, None).await;
+        assert_ne!(res.status(), 200, "{path}");
+    }
+    // Another user's area, even with the job id in the name.
+    let other_area = run_as(
+        &api,
+        &bob,
+        json!({"name": "x", "script": "#!/bin/bash\necho bob",
+               "environment": ["PATH=/usr/bin:/bin"], "current_working_directory": "/mnt/efs",
+               "standard_output": "/mnt/efs/users/alice@example.org/job_%j.out"}),
+    )
+    .await;
+    let message = read_log(&api, &bob, other_area).await.unwrap_err();
+    assert!(message.contains("another user's area"), "{message}");
+
+    // What a job owns is served: its area, a name ending in its id, `%x`, `%u`, `%N` and `%5j`
+    // expanded as the executor expanded them.
+    for (stdout, expect_in_name) in [
+        (format!("/mnt/efs/{area}/run.log"), "run.log".to_string()),
+        ("/mnt/efs/%x-%u-%N/%5j.out".into(), ".out".into()),
+        ("relative/%x_%j.txt".into(), "fit2_".into()),
+    ] {
+        let id = run_as(
+            &api,
+            &bob,
+            json!({"name": "fit2", "script": "#!/bin/bash\necho \"mine $SLURM_JOB_ID\"",
+                   "environment": ["PATH=/usr/bin:/bin"], "current_working_directory": "/mnt/efs",
+                   "standard_output": stdout}),
+        )
+        .await;
+        assert_eq!(
+            read_log(&api, &bob, id).await.unwrap().trim(),
+            format!("mine {id}"),
+            "{stdout}"
+        );
+        let found = std::process::Command::new("find")
+            .args([
+                &format!("{data}/efs"),
+                "-name",
+                &format!("*{expect_in_name}*"),
+            ])
+            .output()
+            .unwrap();
+        assert!(!found.stdout.is_empty(), "{stdout}");
+    }
+    let padded = std::process::Command::new("find")
+        .args([&format!("{data}/efs"), "-path", "*/fit2-*-*/000*.out"])
+        .output()
+        .unwrap();
+    assert!(!padded.stdout.is_empty(), "%5j zero-pads the id");
+
+    // A pattern the executor cannot expand is refused at submit; an array's log is 409.
+    let (status, out) = api
+        .call(
+            reqwest::Method::POST,
+            "/v1/clusters/local/jobs",
+            &bob,
+            Some(json!({"job": {"name": "s", "script": "#!/bin/bash\ntrue",
+                   "environment": ["PATH=/usr/bin:/bin"], "current_working_directory": "/mnt/efs",
+                   "standard_output": "/mnt/efs/job_%s.out"}})),
+            None,
+        )
+        .await;
+    assert!((400..500).contains(&status), "{status} {out}");
+    assert!(out.to_string().contains("%s"), "{out}");
+    let array = run_as(
+        &api,
+        &bob,
+        json!({"name": "arr", "script": "#!/bin/bash\ntrue", "array": "1-2",
+               "environment": ["PATH=/usr/bin:/bin"], "current_working_directory": "/mnt/efs"}),
+    )
+    .await;
+    let message = read_log(&api, &bob, array).await.unwrap_err();
+    assert!(message.contains("array"), "{message}");
+
+    // Alice still reads her own log (bob's %x job wrote over it, as his script could have:
+    // local jobs share one Unix user and one filesystem — docs/security.md).
+    assert!(read_log(&api, &alice, a).await.is_ok());
+}

@@ -1,12 +1,14 @@
 //! Job logs: range reads (`GET …/logs`) and a live SSE stream (`GET …/logs/stream`).
 //!
 //! A job's stdout is a file on its cluster's shared filesystem, `/mnt/efs` as the job sees it
-//! (`job_<id>.out` unless the body names another file there). The server finds that filesystem
+//! (`job_<id>.out` unless the body names another file there, with Slurm's filename patterns
+//! expanded by `domain::filename`, as the local executor does). The server finds that filesystem
 //! at the local executor's efs root for clusters without Slurm, and at
-//! `<efs_mounts_dir>/<workspace>.<cluster>` for Slurm clusters. Every open resolves symlinks and
-//! refuses a file that lands outside that root, so a job cannot make the server read its secrets.
-//! Only the job's owner and workspace admins may read it; anyone else gets the same 404 as for a
-//! job that does not exist.
+//! `<efs_mounts_dir>/<workspace>.<cluster>` for Slurm clusters. Only a file the job owns is served
+//! (its user's area or a file named by its job id: two jobs never resolve to one file), and only
+//! when reached without any link, so a job can neither read another job's output through its own
+//! log nor make the server read its secrets. Only the job's owner and workspace admins may read
+//! it; anyone else gets the same 404 as for a job that does not exist.
 
 pub mod hub;
 pub(crate) mod read;
@@ -34,6 +36,8 @@ pub const EFS_MOUNT: &str = "/mnt/efs";
 pub struct Logs {
     /// The efs root of clusters run by the local executor.
     pub local_root: PathBuf,
+    /// The Unix user the local executor's jobs run as (what `%u` stands for there).
+    pub local_user: String,
     /// Where each Slurm cluster's shared filesystem is mounted on this server:
     /// `<dir>/<workspace>.<cluster>`.
     pub mounts_dir: PathBuf,
@@ -57,38 +61,64 @@ fn log_unavailable(message: String) -> ApiError {
     ApiError::new(StatusCode::CONFLICT, "log_unavailable", message)
 }
 
-/// Finds the job (404 unless the caller may see it) and its log file.
+/// Finds the job (404 unless the caller may see it) and its log file: the stdout file its recorded
+/// body names, expanded by the one expansion the local executor uses
+/// ([`domain::filename::stdout_file`]), and only if that file is the job's own
+/// ([`domain::filename::owned`]): under its user's area, or named by its job id. Anything else —
+/// a pattern that cannot be expanded, a file another job could name — is 409 `log_unavailable`
+/// saying why; there is no fallback to another file.
 pub(crate) async fn locate(
     state: &AppState,
     caller: &Caller,
     id: &str,
     job_id: &str,
 ) -> Result<Located, ApiError> {
+    use domain::filename::{self, JobNames};
     let (cluster, cluster_view) = crate::clusters::visible_cluster(state, caller, id).await?;
     let view = crate::jobs::visible_job(state, caller, &cluster, job_id).await?;
-    let root = match cluster_view.slurm {
-        None => state.logs.local_root.clone(),
-        Some(_) => state
-            .logs
-            .mounts_dir
-            .join(format!("{}.{}", caller.workspace, cluster)),
+    let (root, unix_user) = match &cluster_view.slurm {
+        None => (state.logs.local_root.clone(), state.logs.local_user.clone()),
+        Some(slurm) => (
+            state
+                .logs
+                .mounts_dir
+                .join(format!("{}.{}", caller.workspace, cluster)),
+            slurm.user.clone(),
+        ),
     };
-    let job_side = view
-        .stdout
-        .clone()
-        .unwrap_or_else(|| format!("{EFS_MOUNT}/job_{}.out", view.job_id));
-    let rel = job_side
-        .strip_prefix(EFS_MOUNT)
-        .and_then(|r| r.strip_prefix('/'))
-        .map(Path::new)
-        .filter(|r| {
-            r.components().count() > 0 && r.components().all(|c| matches!(c, Component::Normal(_)))
-        })
-        .ok_or_else(|| {
-            log_unavailable(format!(
-                "this job writes its output to {job_side:?}, outside the shared filesystem {EFS_MOUNT}; only logs under {EFS_MOUNT} can be read through the API (set standard_output to e.g. {EFS_MOUNT}/job_%j.out)"
-            ))
-        })?;
+    let body = submitted_body(state, &view).await?;
+    let Some(job) = body.get("job").filter(|j| j.is_object()) else {
+        return Err(log_unavailable(
+            "this job's submission body was not recorded (it was adopted from Slurm), so the file its output goes to is unknown".into(),
+        ));
+    };
+    if job
+        .get("array")
+        .is_some_and(|a| !a.is_null() && a.as_str() != Some(""))
+    {
+        return Err(log_unavailable(
+            "this is a job array: each task writes its own file, and the API serves the log of single jobs only".into(),
+        ));
+    }
+    let first_node = view.node.as_deref().and_then(filename::first_node);
+    let names = JobNames {
+        job_id: view.job_id,
+        name: filename::job_name(job),
+        user: Some(unix_user.as_str()),
+        array_task: None,
+        first_node: first_node.as_deref(),
+    };
+    let expanded = filename::stdout_file(job, &names).map_err(|e| {
+        log_unavailable(format!(
+            "this job's standard_output cannot be expanded: {e}; use e.g. {EFS_MOUNT}/job_%j.out"
+        ))
+    })?;
+    let (rel, _) = filename::owned(&expanded, EFS_MOUNT, &view.user).map_err(|e| {
+        if !matches!(e, filename::NotOwned::Outside { .. }) {
+            tracing::info!(job_id = view.job_id, user = %view.user, path = %expanded.path, "a job's log is not its own file; not served");
+        }
+        log_unavailable(format!("this job's log is not served: {e}"))
+    })?;
     Ok(Located {
         path: root.join(rel),
         root,
@@ -96,51 +126,91 @@ pub(crate) async fn locate(
     })
 }
 
-/// Opens the log without following a symlink out of its root. `Ok(None)`: no file (yet).
+/// The body recorded in the job's `JobSubmitted` (the first event of its stream).
+async fn submitted_body(state: &AppState, view: &JobView) -> Result<serde_json::Value, ApiError> {
+    let stream = eventlog::StreamId::new(view.stream_id.clone())
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let first = state.store.log.read_stream(&stream, 0, 1).await?;
+    let event = first
+        .first()
+        .ok_or_else(|| ApiError::internal(format!("job stream {} is empty", view.stream_id)))?;
+    match domain::DomainEvent::decode(&event.event_type, event.schema_version, &event.data) {
+        Ok(Some(domain::DomainEvent::JobSubmitted(j))) => Ok(j.body),
+        Ok(_) => Err(ApiError::internal(format!(
+            "job stream {} does not start with JobSubmitted",
+            view.stream_id
+        ))),
+        Err(e) => Err(ApiError::internal(format!(
+            "job stream {}: {e}",
+            view.stream_id
+        ))),
+    }
+}
+
+/// Opens the log at `path` (under `root`), only if that exact path is a regular file with one
+/// name: no symbolic link anywhere below the root (a job could point its own log at another
+/// job's file or at the server's secrets), no second hard link (the same through a link), no
+/// pipe. `Ok(None)`: no file (yet).
 pub(crate) fn open_confined(root: &Path, path: &Path) -> Result<Option<std::fs::File>, ApiError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let Ok(root) = std::fs::canonicalize(root) else {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let Ok(real_root) = std::fs::canonicalize(root) else {
         return Err(log_unavailable(
             "this cluster's shared filesystem is not mounted on the Clusterra server; an operator must mount it where `efs_mounts_dir` says (docs/logs.md)".into(),
         )
         .with_detail(format!("looked for it at {}", root.display())));
     };
-    let real = match std::fs::canonicalize(path) {
-        Ok(p) => p,
+    let Some(expected) = path
+        .strip_prefix(root)
+        .ok()
+        .filter(|rel| rel.components().all(|c| matches!(c, Component::Normal(_))))
+        .map(|rel| real_root.join(rel))
+    else {
+        return Err(ApiError::internal(format!(
+            "the log {} is not under {}",
+            path.display(),
+            root.display()
+        )));
+    };
+    let linked = || {
+        tracing::warn!(path = %path.display(), "a job log path goes through a symbolic link or has other names; refused");
+        log_unavailable(format!(
+            "the job's log file is reached through a link (a symbolic link or another hard link); it is not served — a log must be a plain file under {EFS_MOUNT}"
+        ))
+    };
+    match std::fs::canonicalize(&expected) {
+        Ok(real) if real == expected => {}
+        Ok(_) => return Err(linked()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(ApiError::internal(format!("cannot resolve the log: {e}"))),
-    };
-    if !real.starts_with(&root) {
-        tracing::warn!(path = %path.display(), real = %real.display(), "a job log resolves outside its shared filesystem; refused");
-        return Err(log_unavailable(format!(
-            "the job's log file is a link to somewhere outside the shared filesystem {EFS_MOUNT}; it is not served"
-        )));
     }
     // O_NONBLOCK: a job that replaced its log by a named pipe must not hang the open.
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags((nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK).bits())
-        .open(&real);
+        .open(&expected);
     let file = match file {
-        Ok(f) if f.metadata().is_ok_and(|m| m.is_file()) => f,
-        Ok(_) => {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => return Err(linked()),
+        Err(e) => return Err(ApiError::internal(format!("cannot open the log: {e}"))),
+    };
+    match file.metadata() {
+        Ok(m) if !m.is_file() => {
             return Err(log_unavailable(
                 "the job's log path is not a regular file".into(),
             ));
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(ApiError::internal(format!("cannot open the log: {e}"))),
-    };
+        Ok(m) if m.nlink() > 1 => return Err(linked()),
+        Ok(_) => {}
+        Err(e) => return Err(ApiError::internal(format!("cannot stat the log: {e}"))),
+    }
     // A parent directory swapped for a link between the check and the open: what was opened is
     // what counts.
     use std::os::fd::AsRawFd;
     if let Ok(opened) = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
-        && !opened.starts_with(&root)
+        && opened != expected
     {
-        tracing::warn!(path = %path.display(), opened = %opened.display(), "a job log was swapped for a file outside its shared filesystem; refused");
-        return Err(log_unavailable(format!(
-            "the job's log file is a link to somewhere outside the shared filesystem {EFS_MOUNT}; it is not served"
-        )));
+        return Err(linked());
     }
     Ok(Some(file))
 }

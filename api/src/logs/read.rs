@@ -203,7 +203,7 @@ fn head(headers: &mut HeaderMap, name: &'static str, value: impl ToString) {
         (status = 400, description = "A bad parameter", body = crate::error::ErrorBody),
         (status = 401, description = "Missing or invalid token", body = crate::error::ErrorBody),
         (status = 404, description = "No such job that you can see", body = crate::error::ErrorBody),
-        (status = 409, description = "The job's output is not on the shared filesystem", body = crate::error::ErrorBody),
+        (status = 409, description = "log_unavailable: the job's output file cannot be served — a pattern that cannot be expanded, a file the job does not own (outside its user's area and not named by its job id), a link, or a shared filesystem not mounted on the server", body = crate::error::ErrorBody),
         (status = 416, description = "The range or offset lies beyond the log", body = crate::error::ErrorBody),
     ),
     security(("bearer" = []))

@@ -293,7 +293,7 @@ fn start_offset(headers: &HeaderMap, query: RawQuery) -> Result<u64, ApiError> {
         (status = 400, description = "A bad parameter", body = crate::error::ErrorBody),
         (status = 401, description = "Missing or invalid token", body = crate::error::ErrorBody),
         (status = 404, description = "No such job that you can see", body = crate::error::ErrorBody),
-        (status = 409, description = "The job's output is not on the shared filesystem", body = crate::error::ErrorBody),
+        (status = 409, description = "log_unavailable: the job's output file cannot be served — a pattern that cannot be expanded, a file the job does not own (outside its user's area and not named by its job id), a link, or a shared filesystem not mounted on the server", body = crate::error::ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -404,19 +404,43 @@ mod tests {
     }
 
     #[test]
-    fn a_log_linked_outside_its_root_is_refused() {
+    fn a_log_reached_through_any_link_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("efs");
-        std::fs::create_dir(&root).unwrap();
+        std::fs::create_dir_all(root.join("users/bob@lab.org")).unwrap();
         let secret = dir.path().join("jwt-secret");
         std::fs::write(&secret, "s3cr3t").unwrap();
+        let other = root.join("job_7.out");
+        std::fs::write(&other, "another job's output").unwrap();
+        let refused = |path: &std::path::Path| {
+            let mut current = None;
+            match look(&root, path, &mut current, 0, 1024) {
+                Look::Failed(message) => assert!(message.contains("link"), "{message}"),
+                _ => panic!("{} must not be read", path.display()),
+            }
+        };
+        // Out of the root, to the server's secret.
         let path = root.join("job_1.out");
         std::os::unix::fs::symlink(&secret, &path).unwrap();
+        refused(&path);
+        // Inside the root, to another job's file: a symbolic link, a hard link, a linked folder.
+        let path = root.join("users/bob@lab.org/mine.out");
+        std::os::unix::fs::symlink(&other, &path).unwrap();
+        refused(&path);
+        let path = root.join("users/bob@lab.org/hard.out");
+        std::fs::hard_link(&other, &path).unwrap();
+        refused(&path);
+        refused(&other);
+        std::os::unix::fs::symlink(&root, root.join("users/bob@lab.org/all")).unwrap();
+        refused(&root.join("users/bob@lab.org/all/job_7.out"));
+        // A plain file is read.
+        let path = root.join("users/bob@lab.org/plain.out");
+        std::fs::write(&path, "mine").unwrap();
         let mut current = None;
-        match look(&root, &path, &mut current, 0, 1024) {
-            Look::Failed(message) => assert!(message.contains("outside"), "{message}"),
-            _ => panic!("a link out of the root must not be read"),
-        }
+        assert!(matches!(
+            look(&root, &path, &mut current, 0, 1024),
+            Look::Bytes(_)
+        ));
     }
 
     #[test]
