@@ -469,7 +469,11 @@ impl Submitter {
         let mut expected = request_version;
         for _ in 0..2 {
             match log
-                .append(&stream, ExpectedVersion::Exact(expected), std::slice::from_ref(&new))
+                .append(
+                    &stream,
+                    ExpectedVersion::Exact(expected),
+                    std::slice::from_ref(&new),
+                )
                 .await
             {
                 // An adoption by the poll cycle got there first (same event id): answer with it.

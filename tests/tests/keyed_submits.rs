@@ -62,6 +62,13 @@ async fn one_key_sent_to_two_replicas_at_once_makes_one_job() {
     let (a_dir, b_dir) = (dir.path().join("a"), dir.path().join("b"));
     // Every run of the job leaves a line here, whichever replica's executor ran it.
     let ran = dir.path().join("ran");
+    // Jobs run as an unprivileged user when the tests run as root: let it append here.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(&ran, "").unwrap();
+        std::fs::set_permissions(&ran, std::fs::Permissions::from_mode(0o666)).unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    }
     let env = [
         ("CLUSTERRA_EXECUTOR_SLOTS", "4"),
         ("CLUSTERRA_DEFAULT_CLUSTER", "true"),

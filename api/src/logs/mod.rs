@@ -126,24 +126,35 @@ pub(crate) async fn locate(
     })
 }
 
-/// The body recorded in the job's `JobSubmitted` (the first event of its stream).
+/// The body recorded in the job's `JobSubmitted`: the first event of its stream for jobs from
+/// before the write-ahead request, else after its `JobSubmissionRequested` (and any failed
+/// attempts before it). A stream is read until its `JobSubmitted`, a few events at most.
 async fn submitted_body(state: &AppState, view: &JobView) -> Result<serde_json::Value, ApiError> {
     let stream = eventlog::StreamId::new(view.stream_id.clone())
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    let first = state.store.log.read_stream(&stream, 0, 1).await?;
-    let event = first
-        .first()
-        .ok_or_else(|| ApiError::internal(format!("job stream {} is empty", view.stream_id)))?;
-    match domain::DomainEvent::decode(&event.event_type, event.schema_version, &event.data) {
-        Ok(Some(domain::DomainEvent::JobSubmitted(j))) => Ok(j.body),
-        Ok(_) => Err(ApiError::internal(format!(
-            "job stream {} does not start with JobSubmitted",
-            view.stream_id
-        ))),
-        Err(e) => Err(ApiError::internal(format!(
-            "job stream {}: {e}",
-            view.stream_id
-        ))),
+    let mut from = 0;
+    loop {
+        let batch = state.store.log.read_stream(&stream, from, 16).await?;
+        let Some(last) = batch.last() else {
+            return Err(ApiError::internal(format!(
+                "job stream {} has no JobSubmitted",
+                view.stream_id
+            )));
+        };
+        from = last.stream_version;
+        for event in &batch {
+            match domain::DomainEvent::decode(&event.event_type, event.schema_version, &event.data)
+            {
+                Ok(Some(domain::DomainEvent::JobSubmitted(j))) => return Ok(j.body),
+                Ok(_) => {}
+                Err(e) => {
+                    return Err(ApiError::internal(format!(
+                        "job stream {}: {e}",
+                        view.stream_id
+                    )));
+                }
+            }
+        }
     }
 }
 
