@@ -16,7 +16,8 @@ pub mod trace;
 pub use events::{
     ClusterRegistered, DomainEvent, FileAccessGranted, FileDeleted, JobCancelRequested,
     JobStateChanged, JobSubmitted, NodeLaunched, NodeReady, NodeTerminated, QuotaEnforced,
-    QuotaRemoved, QuotaSet, QuotaWarningRaised, ScaleDecisionMade, SlurmEndpoint, SubmittedVia,
+    QuotaRemoved, QuotaSet, QuotaWarningRaised, ScaleDecisionMade, SlurmEndpoint,
+    SlurmReachabilityChanged, SubmittedVia,
 };
 pub use ids::{ClusterId, Email, IdError, WorkspaceId};
 pub use money::MicroUsd;
