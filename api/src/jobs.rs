@@ -13,6 +13,7 @@ use commands::slurm::{SlurmError, SlurmPort};
 use domain::job::{JobRuleError, JobState};
 use domain::{ClusterId, SubmittedVia};
 use eventlog::{ModelSet, StreamId};
+use projections::views::clusters::SlurmStatus;
 use projections::views::jobs::{self, JobView};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -62,6 +63,48 @@ pub struct Job {
     pub via: String,
     pub template_id: Option<String>,
     pub cancel_requested_by: Option<String>,
+}
+
+impl Job {
+    /// The job as users see it, given what is recorded about its cluster's Slurm: while that
+    /// Slurm is unreachable, an unfinished job's state is the last one seen, and its
+    /// `pending_reason` says so.
+    fn seen(v: JobView, slurm: Option<&SlurmStatus>) -> Self {
+        let mut job = Job::from(v);
+        if let Some(reason) = unreachable_reason(&job.state, slurm) {
+            job.pending_reason = Some(reason);
+        }
+        job
+    }
+}
+
+/// The pending reason of an unfinished job whose cluster's Slurm is unreachable.
+fn unreachable_reason(state: &str, slurm: Option<&SlurmStatus>) -> Option<String> {
+    let status = slurm.filter(|s| !s.reachable)?;
+    let unfinished = JobState::ALL
+        .into_iter()
+        .find(|s| s.as_str() == state)
+        .is_some_and(|s| !s.is_terminal());
+    unfinished.then(|| {
+        format!(
+            "Slurm is unreachable (no answer since {}); {state} is the last state seen, and it updates when Slurm answers again",
+            status.since.format("%Y-%m-%d %H:%M:%S UTC")
+        )
+    })
+}
+
+/// What the log says about the cluster's Slurm answering (`None`: it never stopped).
+async fn slurm_status(
+    state: &AppState,
+    caller: &Caller,
+    cluster: &ClusterId,
+) -> Result<Option<SlurmStatus>, ApiError> {
+    Ok(projections::views::clusters::slurm_status(
+        state.store.read.as_ref(),
+        &caller.workspace,
+        cluster,
+    )
+    .await?)
 }
 
 impl From<JobView> for Job {
@@ -236,6 +279,31 @@ pub(crate) fn job_error(e: JobError) -> ApiError {
         .with_field("headers.idempotency-key"),
         JobError::Log(e) => e.into(),
         JobError::Decode(e) => ApiError::internal(format!("a stored event is unreadable: {e}")),
+    }
+}
+
+/// A cancel answers 202 only when Slurm accepted it. When Slurm did not, the request is still
+/// recorded (and the poll cycle asks Slurm again while the job runs): 503 when Slurm did not
+/// answer, 502 when it refused.
+fn cancel_error(e: JobError) -> ApiError {
+    match e {
+        JobError::Slurm(SlurmError::Unavailable(m)) => {
+            tracing::warn!(error = %m, "cancel recorded but not confirmed by Slurm");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "slurm_unavailable",
+                "the cancel is recorded, but Slurm did not confirm it (no answer); the server asks Slurm again every poll cycle while the job runs, and retrying is safe",
+            )
+        }
+        JobError::Slurm(SlurmError::Rejected(m)) => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "slurm_rejected",
+            format!(
+                "the cancel is recorded, but Slurm refused it: {}",
+                m.join("; ")
+            ),
+        ),
+        other => job_error(other),
     }
 }
 
@@ -460,10 +528,14 @@ pub(crate) async fn list(
     } else {
         None
     };
+    let slurm = slurm_status(&state, &caller, &cluster).await?;
     Ok((
         headers,
         Json(JobPage {
-            jobs: out.into_iter().map(Job::from).collect(),
+            jobs: out
+                .into_iter()
+                .map(|v| Job::seen(v, slurm.as_ref()))
+                .collect(),
             next_cursor,
         }),
     ))
@@ -547,7 +619,10 @@ pub(crate) async fn get_one(
     Ok((
         headers,
         Json(JobDetail {
-            job: Job::from(view),
+            job: Job::seen(
+                view,
+                slurm_status(&state, &caller, &cluster).await?.as_ref(),
+            ),
             history,
         }),
     ))
@@ -572,6 +647,8 @@ pub struct CancelResponse {
         (status = 401, description = "Missing or invalid token", body = crate::error::ErrorBody),
         (status = 404, description = "No such job that you can see", body = crate::error::ErrorBody),
         (status = 409, description = "`job_finished`: the job ended before any cancel was requested; `conflict`: a concurrent change, retry", body = crate::error::ErrorBody),
+        (status = 502, description = "The cancel is recorded, but Slurm refused it (`slurm_rejected`)", body = crate::error::ErrorBody),
+        (status = 503, description = "The cancel is recorded, but Slurm did not answer (`slurm_unavailable`); the server keeps asking it every poll cycle", body = crate::error::ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -595,7 +672,7 @@ pub(crate) async fn cancel(
         },
     )
     .await
-    .map_err(job_error)?;
+    .map_err(cancel_error)?;
     Ok((
         StatusCode::ACCEPTED,
         position_header(position),

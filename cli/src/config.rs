@@ -81,8 +81,16 @@ pub struct Config {
     /// `clusterra-job`, made with `useradd --system` if missing (a named user must exist).
     pub executor_user: Option<String>,
     /// Where the slurmrestd JWTs of registered clusters live: `<workspace>.<cluster>.jwt` files;
-    /// empty = `<data_dir>/slurm-tokens`.
+    /// empty = `<data_dir>/slurm-tokens`. Each file is re-read when it changes.
     pub slurm_tokens_dir: PathBuf,
+    /// How long one call to a slurmrestd may take, connection included, in milliseconds.
+    pub slurm_call_timeout_ms: u64,
+    /// Calls in a row to a cluster's slurmrestd that got no answer before the server stops
+    /// calling it (its circuit breaker opens).
+    pub slurm_breaker_failures: u32,
+    /// How long an open breaker waits before a probe, in milliseconds; doubled after each failed
+    /// probe, up to 16 times this.
+    pub slurm_breaker_backoff_ms: u64,
     /// Local executor: jobs running at once (the rest wait PENDING); unset = this machine's
     /// cores; 0 runs nothing (every job stays pending, for benchmarks of the submit path).
     pub executor_slots: Option<usize>,
@@ -226,6 +234,9 @@ impl Default for Config {
             executor_user: None,
             executor_slots: None,
             slurm_tokens_dir: PathBuf::new(),
+            slurm_call_timeout_ms: 5_000,
+            slurm_breaker_failures: 3,
+            slurm_breaker_backoff_ms: 10_000,
             s3_endpoint: String::new(),
             s3_public_endpoint: String::new(),
             s3_listen: SocketAddr::from(([127, 0, 0, 1], 8014)),
@@ -265,7 +276,7 @@ impl Default for Config {
     }
 }
 
-const ENV_KEYS: [&str; 58] = [
+const ENV_KEYS: [&str; 61] = [
     "max_token_lifetime_s",
     "max_nodes_per_job",
     "max_nodes_per_set",
@@ -277,6 +288,9 @@ const ENV_KEYS: [&str; 58] = [
     "http_header_timeout_ms",
     "http_idle_timeout_ms",
     "http_max_connections",
+    "slurm_call_timeout_ms",
+    "slurm_breaker_failures",
+    "slurm_breaker_backoff_ms",
     "billing_period",
     "replica_store",
     "dynamodb_endpoint",
@@ -386,6 +400,18 @@ impl Config {
         anyhow::ensure!(
             (50..=60_000).contains(&config.poll_interval_ms),
             "poll_interval_ms must be from 50 to 60000"
+        );
+        anyhow::ensure!(
+            (100..=120_000).contains(&config.slurm_call_timeout_ms),
+            "slurm_call_timeout_ms must be from 100 to 120000"
+        );
+        anyhow::ensure!(
+            (1..=1_000).contains(&config.slurm_breaker_failures),
+            "slurm_breaker_failures must be from 1 to 1000"
+        );
+        anyhow::ensure!(
+            (100..=3_600_000).contains(&config.slurm_breaker_backoff_ms),
+            "slurm_breaker_backoff_ms must be from 100 to 3600000"
         );
         anyhow::ensure!(
             (10..=60_000).contains(&config.log_poll_interval_ms),

@@ -1,11 +1,21 @@
-//! The poll cycle: every interval, reconcile each connected cluster's job states from Slurm into
-//! the log, make the scaling decisions (commands::scaling) and copy the desired counts to the
-//! replica store. Only the leader runs it (gateways::leader). (Quota joins it later.)
+//! The poll cycle: every interval, for each connected cluster, reconcile its job states from
+//! Slurm into the log, make its scaling decisions (commands::scaling) and copy its desired counts
+//! to the replica store; and enforce quotas. Only the leader runs it (gateways::leader).
+//!
+//! One cluster never holds up another: each cluster's pass is its own task, every call to a
+//! slurmrestd has a timeout (`slurm_call_timeout_ms`), and each cluster's Slurm sits behind a
+//! circuit breaker (commands::slurm::Guarded) that stops calling it after
+//! `slurm_breaker_failures` calls in a row got no answer, probing again after a backoff. A cycle
+//! waits for its passes at most one interval; a pass still running then goes on in the
+//! background and that cluster is skipped until it ends. The quota pass is a task of its own
+//! too. When a breaker opens or closes the pass records it once (`SlurmReachabilityChanged`), and
+//! the jobs routes show that cluster's unfinished jobs as waiting for Slurm.
 //!
 //! The edge agent of the local executor runs beside it in every process ([`agent`]).
 
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use commands::fleet::EdgeAgent;
@@ -15,11 +25,20 @@ use domain::cost::{Period, QuotaStatus, usage_by_user};
 
 use commands::jobs::{OpenJob, Unsettled, reconcile, settle_submissions};
 use commands::scaling::{Scaler, ScalingJob};
-use commands::slurm::LiveDirectory;
+use commands::slurm::{BreakerSettings, LiveDirectory, Reachability, SlurmPort};
 use eventlog::{ModelSet, Store};
 use projections::views::clusters::ClusterView;
 use projections::views::jobs;
 use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// How the server talks to registered clusters' slurmrestd.
+#[derive(Debug, Clone, Copy)]
+pub struct SlurmCalls {
+    /// One call's limit, connection included.
+    pub timeout: Duration,
+    pub breaker: BreakerSettings,
+}
 
 /// What the poll cycle works with.
 pub struct Poller {
@@ -34,8 +53,74 @@ pub struct Poller {
     pub leading: Arc<AtomicBool>,
     pub pricing: Pricing,
     pub billing_period: domain::cost::PeriodKind,
+    pub slurm: SlurmCalls,
     /// Each cluster's job limits: open jobs over them are failed, not planned.
     pub limits: commands::jobs::ClusterLimits,
+}
+
+type Key = (domain::WorkspaceId, domain::ClusterId);
+
+/// What every cluster pass shares.
+struct Shared {
+    store: Store,
+    scaler: Arc<Scaler>,
+    replicas: Arc<dyn ReplicaStore>,
+    limits: commands::jobs::ClusterLimits,
+    /// Each cluster's reachability as last recorded in the log (seeded from the projection).
+    recorded: Mutex<HashMap<Key, bool>>,
+}
+
+/// The work of one cycle under way: cluster passes (`Some(key)`) and the quota pass (`None`).
+#[derive(Default)]
+struct Passes {
+    set: JoinSet<()>,
+    tasks: HashMap<tokio::task::Id, Option<Key>>,
+    busy: HashSet<Option<Key>>,
+}
+
+impl Passes {
+    /// Starts `work` for `key` unless its previous pass is still running.
+    fn start(
+        &mut self,
+        key: Option<Key>,
+        work: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        if !self.busy.insert(key.clone()) {
+            tracing::debug!(pass = ?key, "previous pass still running; skipped this cycle");
+            return;
+        }
+        let handle = self.set.spawn(work);
+        self.tasks.insert(handle.id(), key);
+    }
+
+    /// Forgets the passes that ended since the last look (before a cycle starts new ones).
+    fn reap(&mut self) {
+        while let Some(ended) = self.set.try_join_next_with_id() {
+            self.ended(ended);
+        }
+    }
+
+    /// Waits until every pass ended or `until`, whichever comes first.
+    async fn wait(&mut self, until: tokio::time::Instant) {
+        while let Ok(Some(ended)) =
+            tokio::time::timeout_at(until, self.set.join_next_with_id()).await
+        {
+            self.ended(ended);
+        }
+    }
+
+    fn ended(&mut self, result: Result<(tokio::task::Id, ()), tokio::task::JoinError>) {
+        let id = match result {
+            Ok((id, ())) => id,
+            Err(e) => {
+                tracing::error!(error = %e, "a poll pass ended abnormally");
+                e.id()
+            }
+        };
+        if let Some(key) = self.tasks.remove(&id) {
+            self.busy.remove(&key);
+        }
+    }
 }
 
 pub async fn run(p: Poller, mut stop: watch::Receiver<bool>) {
@@ -50,8 +135,18 @@ pub async fn run(p: Poller, mut stop: watch::Receiver<bool>) {
         leading: is_leading,
         pricing,
         billing_period,
+        slurm,
         limits,
     } = p;
+    let shared = Arc::new(Shared {
+        store: store.clone(),
+        scaler: scaler.clone(),
+        replicas,
+        limits,
+        recorded: Mutex::new(HashMap::new()),
+    });
+    let pricing = Arc::new(pricing);
+    let mut passes = Passes::default();
     loop {
         let leading = leadership.lead().await;
         if is_leading.swap(leading, Ordering::Relaxed) != leading {
@@ -70,6 +165,7 @@ pub async fn run(p: Poller, mut stop: watch::Receiver<bool>) {
             }
             continue;
         }
+        let deadline = tokio::time::Instant::now() + every;
         // One read of the registered clusters per cycle, for connecting and for quotas.
         let clusters = match all_clusters(&store).await {
             Ok(c) => c,
@@ -78,86 +174,32 @@ pub async fn run(p: Poller, mut stop: watch::Receiver<bool>) {
                 Vec::new()
             }
         };
-        connect_clusters(&clusters, &directory, &tokens_dir);
-        for ((workspace, cluster), slurm) in &directory.snapshot() {
-            match open_jobs(&store, workspace, cluster).await {
-                Ok((open, sizing)) => {
-                    fail_oversized(
-                        &store,
-                        slurm.as_ref(),
-                        &limits,
-                        workspace,
-                        cluster,
-                        &open,
-                        &sizing,
-                    )
-                    .await;
-                    match scaler
-                        .cycle(
-                            store.log.as_ref(),
-                            workspace,
-                            cluster,
-                            &sizing,
-                            chrono::Utc::now(),
-                        )
-                        .await
-                    {
-                        Ok(made) => {
-                            for d in made {
-                                tracing::info!(%cluster, node_set = %d.node_set, from = d.from, to = d.to, reason = %d.reason, "scale decision");
-                            }
-                        }
-                        Err(e) => {
-                            tracing::warn!(%cluster, error = %e, "scaling step failed; retrying next cycle")
-                        }
-                    }
-                    match scaler
-                        .sync_replicas(
-                            store.log.as_ref(),
-                            replicas.as_ref(),
-                            workspace,
-                            cluster,
-                            chrono::Utc::now(),
-                        )
-                        .await
-                    {
-                        Ok(0) => {}
-                        Ok(n) => tracing::debug!(%cluster, written = n, "replica store updated"),
-                        Err(e) => {
-                            tracing::warn!(%cluster, error = %e, "replica store not updated; retrying next cycle")
-                        }
-                    }
-                    match reconcile(
-                        store.log.as_ref(),
-                        slurm.as_ref(),
-                        workspace,
-                        cluster,
-                        &open,
-                        chrono::Utc::now(),
-                    )
-                    .await
-                    {
-                        Ok(done) if done.state_changes + done.vanished + done.ignored > 0 => {
-                            tracing::debug!(%cluster, changes = done.state_changes, vanished = done.vanished, ignored = done.ignored, "reconciled");
-                        }
-                        Ok(_) => {}
-                        Err(e) => {
-                            tracing::warn!(%cluster, error = %e, "reconcile failed; retrying next cycle")
-                        }
-                    }
-                }
-                Err(e) => tracing::warn!(%cluster, error = %e, "could not list open jobs"),
-            }
-            settle(&store, slurm.as_ref(), workspace, cluster).await;
+        connect_clusters(&clusters, &directory, &tokens_dir, slurm);
+        passes.reap();
+        for (key, port) in directory.snapshot() {
+            let work = cluster_pass(shared.clone(), key.clone(), port);
+            passes.start(Some(key), work);
         }
-        enforce_quotas(
-            &store,
-            &clusters,
-            directory.as_ref(),
-            &pricing,
-            billing_period,
-        )
-        .await;
+        let (store2, directory2, pricing2) = (store.clone(), directory.clone(), pricing.clone());
+        passes.start(None, async move {
+            enforce_quotas(
+                &store2,
+                &clusters,
+                directory2.as_ref(),
+                &pricing2,
+                billing_period,
+            )
+            .await
+        });
+        // Wait for this cycle's passes, at most one interval: a pass held up by a Slurm that
+        // does not answer goes on in the background, and holds up no one else.
+        tokio::select! {
+            _ = passes.wait(deadline) => {}
+            _ = stop.changed() => {}
+        }
+        if *stop.borrow() {
+            break;
+        }
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = stop.changed() => {}
@@ -166,7 +208,94 @@ pub async fn run(p: Poller, mut stop: watch::Receiver<bool>) {
             break;
         }
     }
+    // Let passes under way finish (each Slurm call is bounded), then stop the rest.
+    passes
+        .wait(tokio::time::Instant::now() + slurm.timeout + Duration::from_secs(1))
+        .await;
+    passes.set.abort_all();
     tracing::info!("poll cycle stopped");
+}
+
+/// One cluster's pass: scaling, replica copy, reconcile, then its reachability.
+async fn cluster_pass(shared: Arc<Shared>, key: Key, slurm: Arc<dyn SlurmPort>) {
+    let (workspace, cluster) = &key;
+    let store = &shared.store;
+    match open_jobs(store, workspace, cluster).await {
+        Ok((open, sizing)) => {
+            fail_oversized(
+                store,
+                slurm.as_ref(),
+                &shared.limits,
+                workspace,
+                cluster,
+                &open,
+                &sizing,
+            )
+            .await;
+            match shared
+                .scaler
+                .cycle(
+                    store.log.as_ref(),
+                    workspace,
+                    cluster,
+                    &sizing,
+                    chrono::Utc::now(),
+                )
+                .await
+            {
+                Ok(made) => {
+                    for d in made {
+                        tracing::info!(%cluster, node_set = %d.node_set, from = d.from, to = d.to, reason = %d.reason, "scale decision");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(%cluster, error = %e, "scaling step failed; retrying next cycle")
+                }
+            }
+            match shared
+                .scaler
+                .sync_replicas(
+                    store.log.as_ref(),
+                    shared.replicas.as_ref(),
+                    workspace,
+                    cluster,
+                    chrono::Utc::now(),
+                )
+                .await
+            {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(%cluster, written = n, "replica store updated"),
+                Err(e) => {
+                    tracing::warn!(%cluster, error = %e, "replica store not updated; retrying next cycle")
+                }
+            }
+            match reconcile(
+                store.log.as_ref(),
+                slurm.as_ref(),
+                workspace,
+                cluster,
+                &open,
+                chrono::Utc::now(),
+            )
+            .await
+            {
+                Ok(done) if done != Default::default() => {
+                    tracing::debug!(%cluster, changes = done.state_changes, ignored = done.ignored, vanished = done.vanished, corrected = done.corrected, cancels_resent = done.cancels_resent, "reconciled");
+                }
+                Ok(_) => {}
+                // Its breaker is open: said once when it opened, not every cycle.
+                Err(e) if matches!(slurm.reachability(), Reachability::Unreachable { .. }) => {
+                    tracing::debug!(%cluster, error = %e, "reconcile skipped: Slurm unreachable")
+                }
+                Err(e) => {
+                    tracing::warn!(%cluster, error = %e, "reconcile failed; nothing recorded, retrying next cycle")
+                }
+            }
+        }
+        Err(e) => tracing::warn!(%cluster, error = %e, "could not list open jobs"),
+    }
+    settle(store, slurm.as_ref(), workspace, cluster).await;
+    record_reachability(&shared, &key, slurm.reachability()).await;
 }
 
 /// Settles the cluster's submissions whose request is recorded but whose outcome is not, once
@@ -213,80 +342,6 @@ async fn settle(
     }
 }
 
-/// Every registered cluster, from the clusters projection.
-async fn all_clusters(store: &Store) -> Result<Vec<ClusterView>, eventlog::LogError> {
-    Ok(eventlog::list_all(
-        store.read.as_ref(),
-        ModelSet::Live,
-        projections::views::clusters::NAME,
-        projections::views::clusters::ALL,
-    )
-    .await?
-    .iter()
-    .filter_map(|row| serde_json::from_str::<ClusterView>(&row.doc).ok())
-    .collect())
-}
-
-/// Connects registered clusters that have a slurmrestd endpoint and a token file
-/// (`<tokens dir>/<workspace>.<cluster>.jwt`) and are not connected yet.
-fn connect_clusters(
-    clusters: &[ClusterView],
-    directory: &LiveDirectory,
-    tokens_dir: &std::path::Path,
-) {
-    for view in clusters {
-        let Some(endpoint) = &view.slurm else {
-            continue;
-        };
-        if directory.contains(&view.workspace, &view.cluster_id) {
-            continue;
-        }
-        let file = tokens_dir.join(format!("{}.{}.jwt", view.workspace, view.cluster_id));
-        let Ok(token) = std::fs::read_to_string(&file) else {
-            continue;
-        };
-        match gateways::slurmrestd::SlurmRestd::new(&endpoint.url, &endpoint.user, token.trim()) {
-            Ok(port) => {
-                tracing::info!(workspace = %view.workspace, cluster = %view.cluster_id, url = %endpoint.url, "cluster connected to slurmrestd");
-                directory.insert(
-                    view.workspace.clone(),
-                    view.cluster_id.clone(),
-                    Arc::new(port),
-                );
-            }
-            Err(e) => {
-                tracing::warn!(cluster = %view.cluster_id, error = %e, "could not connect cluster")
-            }
-        }
-    }
-}
-
-/// Jobs the read side believes are not finished, for reconcile and for sizing nodes.
-async fn open_jobs(
-    store: &Store,
-    workspace: &domain::WorkspaceId,
-    cluster: &domain::ClusterId,
-) -> Result<(Vec<OpenJob>, Vec<ScalingJob>), eventlog::LogError> {
-    let mut open = Vec::new();
-    let mut sizing = Vec::new();
-    for view in jobs::of_cluster(store.read.as_ref(), workspace, cluster).await? {
-        if view.state.is_terminal() {
-            continue;
-        }
-        open.push(OpenJob {
-            submission_id: view.submission_id,
-            job_id: view.job_id,
-        });
-        sizing.push(ScalingJob {
-            job_id: view.job_id,
-            running: view.state != domain::job::JobState::Pending,
-            shape: view.shape,
-            nodes: view.node,
-        });
-    }
-    Ok((open, sizing))
-}
-
 /// Open jobs over their cluster's limits are failed with the reason (the scaler already skips
 /// them); one that is only pending in the log costs nothing here.
 async fn fail_oversized(
@@ -299,11 +354,14 @@ async fn fail_oversized(
     sizing: &[ScalingJob],
 ) {
     let limits = limits.of(workspace, cluster);
+    // Only jobs still sized (not finished, not NODE_FAIL): by Slurm job id.
+    let shapes: HashMap<u64, &domain::submit::JobShape> =
+        sizing.iter().map(|s| (s.job_id, &s.shape)).collect();
     let over: Vec<commands::jobs::OversizedJob> = open
         .iter()
-        .zip(sizing)
-        .filter_map(|(o, s)| {
-            let why = limits.check(&s.shape, "job.memory_per_node");
+        .filter_map(|o| {
+            let shape = shapes.get(&o.job_id)?;
+            let why = limits.check(shape, "job.memory_per_node");
             (!why.is_empty()).then(|| commands::jobs::OversizedJob {
                 submission_id: o.submission_id,
                 job_id: o.job_id,
@@ -322,6 +380,180 @@ async fn fail_oversized(
     {
         tracing::warn!(%cluster, error = %e, "could not fail jobs over the limits; retrying next cycle");
     }
+}
+
+/// Records a change of a cluster's reachability, once: `SlurmReachabilityChanged` when its
+/// breaker opened (unreachable) and when an answer closed it again (reachable).
+async fn record_reachability(shared: &Shared, key: &Key, now: Reachability) {
+    let (workspace, cluster) = key;
+    let known = shared
+        .recorded
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(key)
+        .copied();
+    let recorded = match known {
+        Some(r) => r,
+        None => match projections::views::clusters::slurm_status(
+            shared.store.read.as_ref(),
+            workspace,
+            cluster,
+        )
+        .await
+        {
+            Ok(status) => status.is_none_or(|s| s.reachable),
+            Err(e) => {
+                tracing::warn!(%cluster, error = %e, "could not read the recorded Slurm status");
+                return;
+            }
+        },
+    };
+    let change = match (&now, recorded) {
+        (Reachability::Unreachable { since, cause }, true) => {
+            Some(domain::SlurmReachabilityChanged {
+                workspace: workspace.clone(),
+                cluster_id: cluster.clone(),
+                reachable: false,
+                since: *since,
+                cause: Some(cause.clone()),
+            })
+        }
+        (Reachability::Reachable, false) => Some(domain::SlurmReachabilityChanged {
+            workspace: workspace.clone(),
+            cluster_id: cluster.clone(),
+            reachable: true,
+            since: chrono::Utc::now(),
+            cause: None,
+        }),
+        _ => None,
+    };
+    let mut state = recorded;
+    if let Some(change) = change {
+        let reachable = change.reachable;
+        let event = domain::DomainEvent::SlurmReachabilityChanged(change);
+        let appended = match commands::encode(&event, commands::system_metadata("poll")) {
+            Ok(new) => shared
+                .store
+                .log
+                .append(
+                    &commands::clusters::stream(workspace, cluster),
+                    eventlog::ExpectedVersion::Any,
+                    &[new],
+                )
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match appended {
+            Ok(_) if reachable => {
+                tracing::info!(%workspace, %cluster, "Slurm answers again; recorded");
+                state = true;
+            }
+            Ok(_) => {
+                tracing::warn!(%workspace, %cluster, status = ?now, "Slurm stopped answering; calls paused, recorded");
+                state = false;
+            }
+            Err(e) => {
+                tracing::warn!(%cluster, error = %e, "could not record the Slurm status; retrying next cycle");
+                return;
+            }
+        }
+    }
+    shared
+        .recorded
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(key.clone(), state);
+}
+
+/// Every registered cluster, from the clusters projection.
+async fn all_clusters(store: &Store) -> Result<Vec<ClusterView>, eventlog::LogError> {
+    Ok(eventlog::list_all(
+        store.read.as_ref(),
+        ModelSet::Live,
+        projections::views::clusters::NAME,
+        projections::views::clusters::ALL,
+    )
+    .await?
+    .iter()
+    .filter_map(|row| serde_json::from_str::<ClusterView>(&row.doc).ok())
+    .collect())
+}
+
+/// Connects registered clusters that have a slurmrestd endpoint and a token file
+/// (`<tokens dir>/<workspace>.<cluster>.jwt`) and are not connected yet. The file is re-read
+/// whenever it changes, so a rotated token needs no restart.
+fn connect_clusters(
+    clusters: &[ClusterView],
+    directory: &LiveDirectory,
+    tokens_dir: &std::path::Path,
+    calls: SlurmCalls,
+) {
+    for view in clusters {
+        let Some(endpoint) = &view.slurm else {
+            continue;
+        };
+        if directory.contains(&view.workspace, &view.cluster_id) {
+            continue;
+        }
+        let file = tokens_dir.join(format!("{}.{}.jwt", view.workspace, view.cluster_id));
+        if !file.is_file() {
+            continue;
+        }
+        match gateways::slurmrestd::SlurmRestd::with_token_file(
+            &endpoint.url,
+            &endpoint.user,
+            &file,
+        ) {
+            Ok(port) => {
+                tracing::info!(workspace = %view.workspace, cluster = %view.cluster_id, url = %endpoint.url, "cluster connected to slurmrestd");
+                let port = port.call_timeout(calls.timeout);
+                directory.insert(
+                    view.workspace.clone(),
+                    view.cluster_id.clone(),
+                    Arc::new(commands::slurm::Guarded::new(Arc::new(port), calls.breaker)),
+                );
+            }
+            Err(e) => {
+                tracing::warn!(cluster = %view.cluster_id, error = %e, "could not connect cluster")
+            }
+        }
+    }
+}
+
+/// Jobs the read side believes are not finished, for reconcile and for sizing nodes; reconcile
+/// also gets the NODE_FAIL ones, which Slurm's later report corrects.
+async fn open_jobs(
+    store: &Store,
+    workspace: &domain::WorkspaceId,
+    cluster: &domain::ClusterId,
+) -> Result<(Vec<OpenJob>, Vec<ScalingJob>), eventlog::LogError> {
+    let mut open = Vec::new();
+    let mut sizing = Vec::new();
+    for view in jobs::of_cluster(store.read.as_ref(), workspace, cluster).await? {
+        if view.state == domain::job::JobState::NodeFail {
+            open.push(OpenJob {
+                submission_id: view.submission_id,
+                job_id: view.job_id,
+                state: view.state,
+            });
+        }
+        if view.state.is_terminal() {
+            continue;
+        }
+        open.push(OpenJob {
+            submission_id: view.submission_id,
+            job_id: view.job_id,
+            state: view.state,
+        });
+        sizing.push(ScalingJob {
+            job_id: view.job_id,
+            running: view.state != domain::job::JobState::Pending,
+            shape: view.shape,
+            nodes: view.node,
+        });
+    }
+    Ok((open, sizing))
 }
 
 /// The edge agent of the local executor: every `every`, nodes follow the desired counts. Runs in

@@ -175,6 +175,16 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
             },
             billing_period,
             limits,
+            slurm: crate::poll::SlurmCalls {
+                timeout: std::time::Duration::from_millis(config.slurm_call_timeout_ms),
+                breaker: commands::slurm::BreakerSettings {
+                    failures: config.slurm_breaker_failures,
+                    backoff: std::time::Duration::from_millis(config.slurm_breaker_backoff_ms),
+                    max_backoff: std::time::Duration::from_millis(
+                        config.slurm_breaker_backoff_ms.saturating_mul(16),
+                    ),
+                },
+            },
         },
         stop_rx_poll.clone(),
     ));

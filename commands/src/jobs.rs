@@ -21,7 +21,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{LazyLock, Mutex};
 
 use chrono::{DateTime, Utc};
-use domain::job::{JobFacts, JobRuleError, JobState, decide_cancel, transition};
+use domain::job::{
+    JobFacts, JobRuleError, JobState, Observed, Verdict, decide_cancel, reconcile_verdict,
+};
 use domain::submit::{FieldError, JobShape, Warning, canonicalize};
 use domain::{
     ClusterId, DomainEvent, Email, JobCancelRequested, JobStateChanged, JobSubmissionFailed,
@@ -535,18 +537,34 @@ pub struct CancelRequest {
 }
 
 /// Cancels a job: checks the caller may, records `JobCancelRequested`, asks Slurm. The state
-/// change to CANCELLED arrives through the poll cycle, like every other state.
+/// change to CANCELLED arrives through the poll cycle, like every other state. `Ok` only when
+/// Slurm accepted the request; when it did not (no answer, or a refusal) the error says so, and
+/// the request stays recorded: each reconcile pass asks Slurm again while the job runs.
 ///
 /// Idempotent: a job has at most one `JobCancelRequested`. A cancel of a job whose cancel is
-/// already recorded (a retry, or several at once) records nothing, asks Slurm again (harmless;
-/// it may not have heard the first ask) unless the job already ended, and answers the first
-/// request's position. Concurrent appends to the stream (a state change, another cancel) are
-/// re-read and decided again.
+/// already recorded (a retry, or several at once) records nothing, asks Slurm again unless the
+/// job already ended, and answers the first request's position. Concurrent appends to the
+/// stream (a state change, another cancel) are re-read and decided again.
 pub async fn cancel_job(
     log: &dyn EventLog,
     slurm: &dyn SlurmPort,
     request: CancelRequest,
 ) -> Result<Position, JobError> {
+    let (position, job_id, running) = record_cancel(log, request).await?;
+    if running {
+        slurm.cancel(job_id).await?;
+    }
+    Ok(position)
+}
+
+/// The record half of [`cancel_job`]: checks the caller may and appends `JobCancelRequested`
+/// (once per job), without calling Slurm (the cluster's reconcile pass asks it). Returns the
+/// position of the job's cancel request, the Slurm job id, and whether the job still runs (so
+/// Slurm should be asked).
+pub async fn record_cancel(
+    log: &dyn EventLog,
+    request: CancelRequest,
+) -> Result<(Position, u64, bool), JobError> {
     let CancelRequest {
         cluster,
         submission,
@@ -565,10 +583,7 @@ pub async fn cancel_job(
             if facts.submitted.user != caller && !caller_is_admin {
                 return Err(JobRuleError::NotOwner.into());
             }
-            if !facts.state.is_terminal() {
-                slurm.cancel(facts.submitted.job_id).await?;
-            }
-            return Ok(first);
+            return Ok((first, facts.submitted.job_id, !facts.state.is_terminal()));
         }
         decide_cancel(facts.state, &facts.submitted.user, &caller, caller_is_admin)?;
         let event = DomainEvent::JobCancelRequested(JobCancelRequested {
@@ -584,10 +599,7 @@ pub async fn cancel_job(
             )
             .await
         {
-            Ok(out) => {
-                slurm.cancel(facts.submitted.job_id).await?;
-                return Ok(out.last_position);
-            }
+            Ok(out) => return Ok((out.last_position, facts.submitted.job_id, true)),
             // Someone wrote meanwhile (a cancel, a state change): decide again on what is there.
             Err(LogError::VersionConflict { .. }) if tries < 10 => continue,
             Err(e) => return Err(e.into()),
@@ -595,11 +607,14 @@ pub async fn cancel_job(
     }
 }
 
-/// A job the read side believes is not finished.
+/// A job reconcile looks at: one the read side believes is not finished, or one recorded
+/// NODE_FAIL (which Slurm's later report corrects).
 #[derive(Debug, Clone)]
 pub struct OpenJob {
     pub submission_id: Uuid,
     pub job_id: u64,
+    /// Its state as the read side has it.
+    pub state: JobState,
 }
 
 /// What one reconcile did.
@@ -610,6 +625,10 @@ pub struct Reconciled {
     /// Slurm jobs with a Clusterra comment that names no submission this service recorded (or
     /// names one recorded with another Slurm job): ignored, never adopted.
     pub ignored: usize,
+    /// NODE_FAILs overturned by what Slurm reported later.
+    pub corrected: usize,
+    /// Cancels recorded earlier that Slurm was asked for again (the job still runs).
+    pub cancels_resent: usize,
 }
 
 /// How long after a submission's request was recorded its outcome may still be on its way (the
@@ -637,6 +656,22 @@ fn comment_verdicts() -> std::sync::MutexGuard<'static, HashMap<CommentKey, bool
 /// (no event when nothing changed) and gives jobs that vanished from Slurm a final state that
 /// says so. Slurm jobs whose comment carries a Clusterra submission id the log does not have are
 /// ignored and logged: adoption happens only in [`settle_submissions`], of recorded requests.
+/// The reason recorded with a job Slurm no longer knows.
+pub const VANISHED_REASON: &str = "Slurm no longer knows this job (a lookup by its id answered \"Invalid job id specified\") and its final state was never seen; its outcome is unknown";
+
+/// One reconcile pass for a cluster. It starts with the list of Slurm's jobs; if that call
+/// fails (no answer, or an answer that is not a v0.0.44 document) nothing is recorded and the
+/// error is returned, for the next cycle to retry. Then, for each job of `open`:
+/// - listed by Slurm (same id, same submission id): its state is recorded if the log lacks it
+///   (no event when nothing changed), and a recorded NODE_FAIL is corrected;
+/// - not listed and not finished: Slurm is asked for that one job; only an answer that it does
+///   not know it ("invalid job id", or the id is now another job's) records NODE_FAIL, with a
+///   reason that says so; an error records nothing (and no further lookups are made this pass);
+/// - cancel requested and Slurm still runs it: Slurm is asked to cancel again (a cancel Slurm
+///   did not confirm is retried every cycle).
+///
+/// Last, it adopts jobs Slurm has whose `JobSubmitted` never reached the log — once they are
+/// older than [`ADOPT_AFTER`] at `now`, so a submission still being recorded is not taken over.
 pub async fn reconcile(
     log: &dyn EventLog,
     slurm: &dyn SlurmPort,
@@ -655,28 +690,78 @@ pub async fn reconcile(
     let system = crate::system_metadata("poll");
 
     let mut known = HashSet::new();
+    let mut lookups = true;
     for job in open {
         known.insert(job.submission_id);
+        let ours = |s: &SlurmJob| s.submission_id() == Some(job.submission_id);
+        let listed = in_slurm.get(&job.job_id).filter(|s| ours(s)).cloned();
+        // A finished job is only looked at again to correct a NODE_FAIL, and only when Slurm
+        // lists it: no lookups for the past.
+        if job.state.is_terminal()
+            && (job.state != JobState::NodeFail
+                || listed
+                    .as_ref()
+                    .is_none_or(|s| s.state == JobState::NodeFail))
+        {
+            continue;
+        }
+        let (observed, seen) = match listed {
+            Some(s) => (Observed::Reported(s.state), Some(s)),
+            None if !lookups => (Observed::NoAnswer, None),
+            None => match slurm.job(job.job_id).await {
+                Ok(Some(s)) if ours(&s) => (Observed::Reported(s.state), Some(s)),
+                // Slurm knows that id as another job: ours is gone from it.
+                Ok(Some(_)) | Ok(None) => (Observed::Unknown, None),
+                Err(e) => {
+                    tracing::warn!(job_id = job.job_id, error = %e, "Slurm did not answer a job lookup; no verdict on it this cycle");
+                    lookups = false;
+                    (Observed::NoAnswer, None)
+                }
+            },
+        };
+        if observed == Observed::NoAnswer {
+            continue;
+        }
         let stream = stream(cluster, job.submission_id);
         let Some((facts, version)) = load(log, &stream).await? else {
             continue;
         };
-        if facts.state.is_terminal() {
-            continue;
+        if let Some(s) = &seen
+            && facts.cancel_requested
+            && matches!(
+                s.state,
+                JobState::Pending | JobState::Running | JobState::Suspended
+            )
+        {
+            match slurm.cancel(job.job_id).await {
+                Ok(()) => done.cancels_resent += 1,
+                Err(e) => {
+                    tracing::warn!(job_id = job.job_id, error = %e, "cancel not confirmed by Slurm; asking again next cycle")
+                }
+            }
         }
-        let change = match in_slurm.get(&job.job_id) {
-            Some(s) if s.submission_id() == Some(job.submission_id) => {
-                if !transition(facts.state, s.state)? {
-                    continue;
+        let change = match (reconcile_verdict(facts.state, observed), seen) {
+            (Verdict::Keep, _) => continue,
+            (Verdict::Change { to, correction }, Some(s)) => {
+                if correction {
+                    done.corrected += 1;
+                    tracing::warn!(job_id = job.job_id, from = %facts.state, to = %to, "Slurm reports a job recorded NODE_FAIL; recording the correction");
                 }
                 JobStateChanged {
                     job_id: job.job_id,
                     from: facts.state,
-                    to: s.state,
-                    reason: s.reason.clone().filter(|r| r != "None"),
+                    to,
+                    reason: if correction && to != JobState::Pending {
+                        Some(format!(
+                            "correction: Slurm reports this job {to} after it was recorded {}",
+                            facts.state
+                        ))
+                    } else {
+                        s.reason.clone().filter(|r| r != "None")
+                    },
                     node: s.node.clone(),
                     exit_code: s.exit_code,
-                    at: if s.state.is_terminal() {
+                    at: if to.is_terminal() {
                         s.end_time
                     } else {
                         s.start_time
@@ -684,13 +769,14 @@ pub async fn reconcile(
                     started_at: s.start_time,
                 }
             }
-            _ => {
+            (Verdict::Change { .. }, None) => continue,
+            (Verdict::Vanished, _) => {
                 done.vanished += 1;
                 JobStateChanged {
                     job_id: job.job_id,
                     from: facts.state,
                     to: JobState::NodeFail,
-                    reason: Some("the job vanished from Slurm before its final state was seen; its outcome is unknown".into()),
+                    reason: Some(VANISHED_REASON.into()),
                     node: None,
                     exit_code: None,
                     at: None,

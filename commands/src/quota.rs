@@ -5,7 +5,9 @@
 //! and appends at exactly the version it read, so a warning is raised once per crossing and a
 //! block recorded once, however many cycles (or replicas, or restarts) see the user over. The
 //! cancels go through [`crate::jobs::cancel_job`], the path a user's DELETE takes, with the system
-//! as actor and `quota` as reason; a job already asked to cancel is left alone.
+//! as actor and `quota` as reason; a job already asked to cancel is left alone (the cluster's
+//! reconcile pass asks Slurm again while it runs), and a cluster whose Slurm is not answering
+//! gets the cancel recorded without being called.
 
 use std::sync::Arc;
 
@@ -278,15 +280,10 @@ pub async fn enforce(
         let job_stream = crate::jobs::stream(&job.cluster, job.submission);
         match crate::jobs::load(log, &job_stream).await? {
             Some((facts, _)) if facts.state.is_terminal() => continue,
-            Some((facts, _)) if facts.cancel_requested => {
-                // Asked before, still not over: the ask may not have reached Slurm (a crash
-                // between the record and the call, or Slurm refused). Asking again is harmless
-                // and records nothing new.
-                if let Err(e) = port.cancel(job.job_id).await {
-                    tracing::warn!(job_id = job.job_id, error = %e, "quota cancel not taken by Slurm; asking again next cycle");
-                }
-                continue;
-            }
+            // Asked before, still not over: the ask may not have reached Slurm (a crash between
+            // the record and the call, or Slurm did not answer). The cluster's reconcile pass
+            // asks again every cycle while Slurm still runs it (commands::jobs::reconcile).
+            Some((facts, _)) if facts.cancel_requested => continue,
             Some(_) => {}
             None => continue,
         }
@@ -298,10 +295,25 @@ pub async fn enforce(
             why: Some(QUOTA_REASON.into()),
             metadata: crate::system_metadata("poll"),
         };
-        match cancel_job(log, port.as_ref(), request).await {
+        // A cluster whose Slurm is not answering is not called here (that would hold up every
+        // other user's enforcement for its timeout): the cancel is recorded, and the cluster's
+        // own reconcile pass asks Slurm for it once Slurm answers again.
+        let outcome = if port.reachability().is_reachable() {
+            cancel_job(log, port.as_ref(), request).await
+        } else {
+            crate::jobs::record_cancel(log, request)
+                .await
+                .map(|(position, _, _)| position)
+        };
+        match outcome {
             Ok(_) => out.cancelled.push(job.job_id),
             // Another cycle cancelled it between the check and the append, or it just ended.
             Err(JobError::Log(LogError::VersionConflict { .. })) | Err(JobError::Rule(_)) => {}
+            // Recorded, but Slurm did not take it: the reconcile pass asks again.
+            Err(JobError::Slurm(e)) => {
+                tracing::warn!(job_id = job.job_id, error = %e, "quota cancel recorded but not confirmed by Slurm; asking again next cycle");
+                out.cancelled.push(job.job_id);
+            }
             Err(e) => return Err(e.into()),
         }
     }

@@ -69,12 +69,263 @@ pub enum SlurmError {
 pub trait SlurmPort: Send + Sync + 'static {
     /// Submits a canonical v0.0.44 body (its `job.comment` already carries the submission id).
     async fn submit(&self, body: &serde_json::Value) -> Result<Accepted, SlurmError>;
-    /// One job, or `None` if the controller no longer knows it.
+    /// One job, or `None` only when the controller positively says it does not know the job
+    /// (slurmrestd: error 2017, "Invalid job id specified"). Any answer that says less is an
+    /// error, never `None`: reconcile declares a job vanished on `None`.
     async fn job(&self, job_id: u64) -> Result<Option<SlurmJob>, SlurmError>;
-    /// Every job the controller knows.
+    /// Every job the controller knows. An answer that cannot be read is an error, never an
+    /// empty list.
     async fn jobs(&self) -> Result<Vec<SlurmJob>, SlurmError>;
-    /// Asks the controller to cancel a job. Cancelling a finished job is not an error.
+    /// Asks the controller to cancel a job; `Ok` only when the controller accepted the request.
+    /// Cancelling a finished job is not an error.
     async fn cancel(&self, job_id: u64) -> Result<(), SlurmError>;
+    /// How the calls to this controller have been going. A [`Guarded`] port counts them;
+    /// ports that cannot fail to answer (the local executor) are always reachable.
+    fn reachability(&self) -> Reachability {
+        Reachability::Reachable
+    }
+}
+
+/// Whether a cluster's Slurm answers, as the last calls made to it tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reachability {
+    /// The last call got an answer.
+    Reachable,
+    /// The last `failures` calls in a row got none; not yet enough to stop calling.
+    Failing { failures: u32 },
+    /// The breaker is open: calls fail at once, but for a probe now and then, until one gets
+    /// an answer.
+    Unreachable {
+        /// When the first call of the failing run failed.
+        since: DateTime<Utc>,
+        /// Why the last call failed (no URL, no token).
+        cause: String,
+    },
+}
+
+impl Reachability {
+    /// True when the last call got an answer.
+    pub fn is_reachable(&self) -> bool {
+        matches!(self, Reachability::Reachable)
+    }
+}
+
+/// When the circuit breaker of a cluster's Slurm opens and how long it waits before a probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerSettings {
+    /// Calls in a row that got no answer before the breaker opens (at least 1).
+    pub failures: u32,
+    /// The wait before the first probe; doubled after every failed probe, up to `max_backoff`.
+    pub backoff: std::time::Duration,
+    pub max_backoff: std::time::Duration,
+}
+
+impl Default for BreakerSettings {
+    fn default() -> Self {
+        Self {
+            failures: 3,
+            backoff: std::time::Duration::from_secs(10),
+            max_backoff: std::time::Duration::from_secs(160),
+        }
+    }
+}
+
+/// What the breaker lets a call do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    /// Closed: call.
+    Call,
+    /// Open, and the backoff is over: this one call probes; the others keep failing at once
+    /// until it is answered (or until another backoff passes, should the probe never end).
+    Probe,
+    /// Open: fail at once; the next probe is due in this long.
+    Refuse(std::time::Duration),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum BreakerState {
+    Closed {
+        failures: u32,
+        since: Option<DateTime<Utc>>,
+    },
+    Open {
+        until: std::time::Instant,
+        backoff: std::time::Duration,
+        since: DateTime<Utc>,
+        cause: String,
+    },
+}
+
+/// A per-cluster circuit breaker: after `failures` calls in a row got no answer, calls fail at
+/// once for a backoff, then one probe is let through; an answer closes it, a failed probe
+/// doubles the backoff. Pure: the caller passes the clocks.
+#[derive(Debug, Clone)]
+pub struct Breaker {
+    settings: BreakerSettings,
+    state: BreakerState,
+}
+
+impl Breaker {
+    pub fn new(settings: BreakerSettings) -> Self {
+        Self {
+            settings,
+            state: BreakerState::Closed {
+                failures: 0,
+                since: None,
+            },
+        }
+    }
+
+    /// May a call be made at `now`?
+    pub fn admit(&mut self, now: std::time::Instant) -> Admit {
+        match &mut self.state {
+            BreakerState::Closed { .. } => Admit::Call,
+            BreakerState::Open { until, backoff, .. } => {
+                if now < *until {
+                    Admit::Refuse(*until - now)
+                } else {
+                    // The probe's own deadline: should it never come back, another one is
+                    // let through after one more backoff.
+                    *until = now + *backoff;
+                    Admit::Probe
+                }
+            }
+        }
+    }
+
+    /// A call got an answer (any answer Slurm gave, a refusal included).
+    pub fn answered(&mut self) {
+        self.state = BreakerState::Closed {
+            failures: 0,
+            since: None,
+        };
+    }
+
+    /// A call got no answer (`cause`): counted while closed; a failed probe doubles the
+    /// backoff; calls that were already under way when the breaker opened change nothing.
+    pub fn failed(
+        &mut self,
+        now: std::time::Instant,
+        wall: DateTime<Utc>,
+        cause: &str,
+        probe: bool,
+    ) {
+        let settings = self.settings;
+        match &mut self.state {
+            BreakerState::Closed { failures, since } => {
+                let failures = *failures + 1;
+                let since = since.unwrap_or(wall);
+                self.state = if failures >= settings.failures.max(1) {
+                    BreakerState::Open {
+                        until: now + settings.backoff,
+                        backoff: settings.backoff,
+                        since,
+                        cause: cause.to_string(),
+                    }
+                } else {
+                    BreakerState::Closed {
+                        failures,
+                        since: Some(since),
+                    }
+                };
+            }
+            BreakerState::Open {
+                until,
+                backoff,
+                cause: last,
+                ..
+            } if probe => {
+                *backoff = (*backoff * 2).min(settings.max_backoff.max(settings.backoff));
+                *until = now + *backoff;
+                *last = cause.to_string();
+            }
+            BreakerState::Open { .. } => {}
+        }
+    }
+
+    pub fn reachability(&self) -> Reachability {
+        match &self.state {
+            BreakerState::Closed { failures: 0, .. } => Reachability::Reachable,
+            BreakerState::Closed { failures, .. } => Reachability::Failing {
+                failures: *failures,
+            },
+            BreakerState::Open { since, cause, .. } => Reachability::Unreachable {
+                since: *since,
+                cause: cause.clone(),
+            },
+        }
+    }
+}
+
+/// A Slurm port behind a circuit breaker: a cluster whose Slurm stopped answering costs its
+/// callers nothing (they fail at once) until a probe gets an answer. Only
+/// [`SlurmError::Unavailable`] counts as no answer: a refusal is an answer.
+pub struct Guarded {
+    inner: std::sync::Arc<dyn SlurmPort>,
+    breaker: std::sync::Mutex<Breaker>,
+}
+
+impl Guarded {
+    pub fn new(inner: std::sync::Arc<dyn SlurmPort>, settings: BreakerSettings) -> Self {
+        Self {
+            inner,
+            breaker: std::sync::Mutex::new(Breaker::new(settings)),
+        }
+    }
+
+    fn breaker(&self) -> std::sync::MutexGuard<'_, Breaker> {
+        self.breaker.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn guard<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, SlurmError>>,
+    ) -> Result<T, SlurmError> {
+        // (The guard is dropped here, before any arm locks it again.)
+        let admit = self.breaker().admit(std::time::Instant::now());
+        let probe = match admit {
+            Admit::Call => false,
+            Admit::Probe => true,
+            Admit::Refuse(wait) => {
+                let cause = match self.breaker().reachability() {
+                    Reachability::Unreachable { cause, .. } => cause,
+                    _ => String::new(),
+                };
+                return Err(SlurmError::Unavailable(format!(
+                    "Slurm has stopped answering ({cause}); calls are paused, the next try is in {:.1} s",
+                    wait.as_secs_f64()
+                )));
+            }
+        };
+        let out = call.await;
+        match &out {
+            Err(SlurmError::Unavailable(cause)) => {
+                self.breaker()
+                    .failed(std::time::Instant::now(), Utc::now(), cause, probe)
+            }
+            _ => self.breaker().answered(),
+        }
+        out
+    }
+}
+
+#[async_trait]
+impl SlurmPort for Guarded {
+    async fn submit(&self, body: &serde_json::Value) -> Result<Accepted, SlurmError> {
+        self.guard(self.inner.submit(body)).await
+    }
+    async fn job(&self, job_id: u64) -> Result<Option<SlurmJob>, SlurmError> {
+        self.guard(self.inner.job(job_id)).await
+    }
+    async fn jobs(&self) -> Result<Vec<SlurmJob>, SlurmError> {
+        self.guard(self.inner.jobs()).await
+    }
+    async fn cancel(&self, job_id: u64) -> Result<(), SlurmError> {
+        self.guard(self.inner.cancel(job_id)).await
+    }
+    fn reachability(&self) -> Reachability {
+        self.breaker().reachability()
+    }
 }
 
 /// Which Slurm serves which cluster.
@@ -141,5 +392,129 @@ impl SlurmDirectory for LiveDirectory {
             .unwrap_or_else(|p| p.into_inner())
             .get(&(workspace.clone(), cluster.clone()))
             .cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    fn settings() -> BreakerSettings {
+        BreakerSettings {
+            failures: 3,
+            backoff: Duration::from_secs(10),
+            max_backoff: Duration::from_secs(25),
+        }
+    }
+
+    #[test]
+    fn the_breaker_opens_after_failures_in_a_row_and_probes_after_the_backoff() {
+        let t0 = Instant::now();
+        let wall = Utc::now();
+        let mut b = Breaker::new(settings());
+        assert_eq!(b.admit(t0), Admit::Call);
+        b.failed(t0, wall, "timed out", false);
+        b.failed(t0, wall, "timed out", false);
+        // An answer in between starts the count again.
+        b.answered();
+        assert_eq!(b.reachability(), Reachability::Reachable);
+        b.failed(t0, wall, "timed out", false);
+        b.failed(t0, wall + chrono::Duration::seconds(1), "timed out", false);
+        assert_eq!(b.reachability(), Reachability::Failing { failures: 2 });
+        assert_eq!(b.admit(t0), Admit::Call, "still closed");
+        b.failed(t0, wall + chrono::Duration::seconds(2), "refused", false);
+        assert_eq!(
+            b.reachability(),
+            Reachability::Unreachable {
+                since: wall,
+                cause: "refused".into()
+            },
+            "open, since the first failure of the run"
+        );
+        assert_eq!(
+            b.admit(t0 + Duration::from_secs(4)),
+            Admit::Refuse(Duration::from_secs(6))
+        );
+        // A call that was under way when it opened changes nothing.
+        b.failed(t0 + Duration::from_secs(4), wall, "late", false);
+        assert_eq!(
+            b.admit(t0 + Duration::from_secs(9)),
+            Admit::Refuse(Duration::from_secs(1))
+        );
+
+        // The backoff is over: one probe, the others still refused while it is out.
+        let t1 = t0 + Duration::from_secs(10);
+        assert_eq!(b.admit(t1), Admit::Probe);
+        assert!(matches!(b.admit(t1), Admit::Refuse(_)));
+        // It failed: the backoff doubles (20 s), then is capped (25 s).
+        b.failed(t1, wall, "timed out", true);
+        assert_eq!(
+            b.admit(t1 + Duration::from_secs(19)),
+            Admit::Refuse(Duration::from_secs(1))
+        );
+        let t2 = t1 + Duration::from_secs(20);
+        assert_eq!(b.admit(t2), Admit::Probe);
+        b.failed(t2, wall, "timed out", true);
+        assert_eq!(
+            b.admit(t2 + Duration::from_secs(24)),
+            Admit::Refuse(Duration::from_secs(1))
+        );
+        let t3 = t2 + Duration::from_secs(25);
+        // A probe that never comes back: another one after one more backoff.
+        assert_eq!(b.admit(t3), Admit::Probe);
+        assert_eq!(b.admit(t3 + Duration::from_secs(25)), Admit::Probe);
+        // An answer closes it.
+        b.answered();
+        assert_eq!(b.admit(t3 + Duration::from_secs(26)), Admit::Call);
+        assert_eq!(b.reachability(), Reachability::Reachable);
+    }
+
+    struct Dead;
+
+    #[async_trait]
+    impl SlurmPort for Dead {
+        async fn submit(&self, _: &serde_json::Value) -> Result<Accepted, SlurmError> {
+            Err(SlurmError::Rejected(vec!["no".into()]))
+        }
+        async fn job(&self, _: u64) -> Result<Option<SlurmJob>, SlurmError> {
+            Err(SlurmError::Unavailable("did not answer".into()))
+        }
+        async fn jobs(&self) -> Result<Vec<SlurmJob>, SlurmError> {
+            Err(SlurmError::Unavailable("did not answer".into()))
+        }
+        async fn cancel(&self, job_id: u64) -> Result<(), SlurmError> {
+            Err(SlurmError::UnknownJob(job_id))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_guarded_port_counts_no_answers_not_refusals() {
+        let port = Guarded::new(
+            std::sync::Arc::new(Dead),
+            BreakerSettings {
+                failures: 2,
+                ..settings()
+            },
+        );
+        assert!(port.submit(&serde_json::json!({})).await.is_err());
+        assert!(port.cancel(1).await.is_err());
+        assert_eq!(
+            port.reachability(),
+            Reachability::Reachable,
+            "refusals are answers"
+        );
+        assert!(port.jobs().await.is_err());
+        assert_eq!(port.reachability(), Reachability::Failing { failures: 1 });
+        assert!(port.job(1).await.is_err());
+        assert!(matches!(
+            port.reachability(),
+            Reachability::Unreachable { .. }
+        ));
+        // Open: refused at once, without calling.
+        match port.jobs().await {
+            Err(SlurmError::Unavailable(m)) => assert!(m.contains("paused"), "{m}"),
+            other => panic!("{other:?}"),
+        }
     }
 }

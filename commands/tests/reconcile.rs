@@ -248,6 +248,7 @@ async fn a_recorded_request_whose_outcome_the_log_missed_is_adopted_once_as_its_
     let open = [OpenJob {
         submission_id,
         job_id: retry.job_id,
+        state: JobState::Pending,
     }];
     let mut final_state = None;
     for _ in 0..100 {
@@ -289,6 +290,7 @@ async fn a_job_that_vanished_from_slurm_gets_a_final_state_that_says_so() {
     let ghost = OpenJob {
         submission_id: submitted.submission_id,
         job_id: 9_999,
+        state: JobState::Pending,
     };
     let done = reconcile(
         store.log.as_ref(),

@@ -278,6 +278,24 @@ pub struct QuotaEnforced {
     pub period_start: DateTime<Utc>,
 }
 
+/// The server stopped getting answers from a cluster's Slurm (its circuit breaker opened after
+/// `slurm_breaker_failures` calls in a row got none), or gets them again (a probe was
+/// answered). One event per change, never one per poll cycle. Stream
+/// `cluster:<workspace>:<cluster>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlurmReachabilityChanged {
+    pub workspace: WorkspaceId,
+    pub cluster_id: ClusterId,
+    pub reachable: bool,
+    /// Unreachable: when the first call of the failing run failed. Reachable: when the
+    /// answer came.
+    pub since: DateTime<Utc>,
+    /// Why calls failed, in words (never a URL or a token), e.g. `slurmrestd did not answer
+    /// within 5000 ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<String>,
+}
+
 /// Every domain event, tagged by its type name.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "data")]
@@ -298,6 +316,7 @@ pub enum DomainEvent {
     QuotaRemoved(QuotaRemoved),
     QuotaWarningRaised(QuotaWarningRaised),
     QuotaEnforced(QuotaEnforced),
+    SlurmReachabilityChanged(SlurmReachabilityChanged),
 }
 
 impl DomainEvent {
@@ -320,6 +339,7 @@ impl DomainEvent {
             DomainEvent::QuotaRemoved(_) => "QuotaRemoved",
             DomainEvent::QuotaWarningRaised(_) => "QuotaWarningRaised",
             DomainEvent::QuotaEnforced(_) => "QuotaEnforced",
+            DomainEvent::SlurmReachabilityChanged(_) => "SlurmReachabilityChanged",
         }
     }
 
@@ -347,6 +367,7 @@ impl DomainEvent {
             DomainEvent::QuotaRemoved(e) => serde_json::to_value(e),
             DomainEvent::QuotaWarningRaised(e) => serde_json::to_value(e),
             DomainEvent::QuotaEnforced(e) => serde_json::to_value(e),
+            DomainEvent::SlurmReachabilityChanged(e) => serde_json::to_value(e),
         }
     }
 
@@ -389,6 +410,9 @@ impl DomainEvent {
                 Some(DomainEvent::QuotaWarningRaised(serde_json::from_str(data)?))
             }
             "QuotaEnforced" => Some(DomainEvent::QuotaEnforced(serde_json::from_str(data)?)),
+            "SlurmReachabilityChanged" => Some(DomainEvent::SlurmReachabilityChanged(
+                serde_json::from_str(data)?,
+            )),
             _ => None,
         })
     }

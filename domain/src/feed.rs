@@ -18,6 +18,7 @@ pub const FEED_TYPES: &[&str] = &[
     "NodeLaunched",
     "NodeReady",
     "NodeTerminated",
+    "SlurmReachabilityChanged",
 ];
 
 /// The job an event is about, as the feed needs it (state and cancel events name only the job id).
@@ -131,6 +132,23 @@ pub fn describe(event: &DomainEvent, actor: &str, job: Option<&JobContext>) -> O
                 n.node_set,
                 n.up_ms as f64 / 1000.0,
                 n.reason
+            ),
+            None,
+            None,
+        ),
+        DomainEvent::SlurmReachabilityChanged(r) if r.reachable => (
+            format!(
+                "Slurm of cluster {} answers again; job states follow from here",
+                r.cluster_id
+            ),
+            None,
+            None,
+        ),
+        DomainEvent::SlurmReachabilityChanged(r) => (
+            format!(
+                "Slurm of cluster {} is unreachable ({}); job states are the last ones seen until it answers",
+                r.cluster_id,
+                r.cause.as_deref().unwrap_or("no answer")
             ),
             None,
             None,

@@ -98,15 +98,59 @@ pub enum JobRuleError {
 
 /// Decides whether `from → to` is a real transition. `Ok(false)` means "no change": nothing to
 /// record. Any non-terminal state may move to any other state (a poll can miss RUNNING between a
-/// fast job's PENDING and COMPLETED); a terminal state never changes.
+/// fast job's PENDING and COMPLETED); a terminal state never changes, but for NODE_FAIL: it is
+/// also what Clusterra records for a job Slurm no longer knows, and Slurm requeues jobs whose
+/// node failed, so a job Slurm later reports in another state moves there (a correction).
 pub fn transition(from: JobState, to: JobState) -> Result<bool, JobRuleError> {
     if from == to {
         return Ok(false);
     }
-    if from.is_terminal() {
+    if from.is_terminal() && from != JobState::NodeFail {
         return Err(JobRuleError::ImpossibleTransition { from, to });
     }
     Ok(true)
+}
+
+/// What Slurm said about one job in one reconcile pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Observed {
+    /// Slurm reported the job (same job id, same submission id) in this state.
+    Reported(JobState),
+    /// Slurm positively said it does not know the job: a lookup by its id answered "invalid job
+    /// id", or that id is now another job's.
+    Unknown,
+    /// No usable answer (the call failed, timed out, or the answer was not a v0.0.44
+    /// document): nothing can be concluded.
+    NoAnswer,
+}
+
+/// What reconcile records for one job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Nothing to record.
+    Keep,
+    /// Record Slurm's state; `correction` when it overturns a recorded NODE_FAIL.
+    Change { to: JobState, correction: bool },
+    /// Record NODE_FAIL: Slurm no longer knows a job whose end was never seen.
+    Vanished,
+}
+
+/// The reconcile decision for a job recorded as `recorded` that Slurm described as `observed`.
+/// No answer never changes anything; only a positive "unknown" makes a job vanish, and only an
+/// unfinished one; a finished job is only ever corrected out of NODE_FAIL.
+pub fn reconcile_verdict(recorded: JobState, observed: Observed) -> Verdict {
+    match observed {
+        Observed::NoAnswer => Verdict::Keep,
+        Observed::Unknown if recorded.is_terminal() => Verdict::Keep,
+        Observed::Unknown => Verdict::Vanished,
+        Observed::Reported(to) => match transition(recorded, to) {
+            Ok(true) => Verdict::Change {
+                to,
+                correction: recorded.is_terminal(),
+            },
+            Ok(false) | Err(_) => Verdict::Keep,
+        },
+    }
 }
 
 /// May `caller` (admin or not) cancel a job owned by `owner` that is in `state`?
@@ -160,6 +204,8 @@ mod tests {
                 let r = transition(from, to);
                 if from == to {
                     assert_eq!(r, Ok(false), "{from}->{to}");
+                } else if from == JobState::NodeFail {
+                    assert_eq!(r, Ok(true), "NODE_FAIL can be corrected: {from}->{to}");
                 } else if from.is_terminal() {
                     assert_eq!(r, Err(JobRuleError::ImpossibleTransition { from, to }));
                 } else {
@@ -173,6 +219,73 @@ mod tests {
         );
         assert!(transition(JobState::Completed, JobState::Running).is_err());
         assert!(transition(JobState::Cancelled, JobState::Pending).is_err());
+    }
+
+    #[test]
+    fn reconcile_verdicts() {
+        use JobState::*;
+        // No answer never changes a job, whatever it is.
+        for recorded in JobState::ALL {
+            assert_eq!(
+                reconcile_verdict(recorded, Observed::NoAnswer),
+                Verdict::Keep
+            );
+        }
+        // Only a positive "unknown" makes an unfinished job vanish; a finished one stays.
+        assert_eq!(
+            reconcile_verdict(Running, Observed::Unknown),
+            Verdict::Vanished
+        );
+        assert_eq!(
+            reconcile_verdict(Pending, Observed::Unknown),
+            Verdict::Vanished
+        );
+        assert_eq!(
+            reconcile_verdict(Completed, Observed::Unknown),
+            Verdict::Keep
+        );
+        assert_eq!(
+            reconcile_verdict(NodeFail, Observed::Unknown),
+            Verdict::Keep
+        );
+        assert_eq!(
+            reconcile_verdict(Pending, Observed::Reported(Running)),
+            Verdict::Change {
+                to: Running,
+                correction: false
+            }
+        );
+        assert_eq!(
+            reconcile_verdict(Running, Observed::Reported(Running)),
+            Verdict::Keep
+        );
+        // NODE_FAIL is corrected by what Slurm reports later; other final states are not.
+        assert_eq!(
+            reconcile_verdict(NodeFail, Observed::Reported(Running)),
+            Verdict::Change {
+                to: Running,
+                correction: true
+            }
+        );
+        assert_eq!(
+            reconcile_verdict(NodeFail, Observed::Reported(Completed)),
+            Verdict::Change {
+                to: Completed,
+                correction: true
+            }
+        );
+        assert_eq!(
+            reconcile_verdict(NodeFail, Observed::Reported(NodeFail)),
+            Verdict::Keep
+        );
+        assert_eq!(
+            reconcile_verdict(Completed, Observed::Reported(Running)),
+            Verdict::Keep
+        );
+        assert_eq!(
+            reconcile_verdict(Cancelled, Observed::Reported(Pending)),
+            Verdict::Keep
+        );
     }
 
     #[test]

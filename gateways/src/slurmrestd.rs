@@ -4,7 +4,9 @@
 //! and response types are separate, as v0.0.44 spells the same field differently in each
 //! (`tasks` is a plain int in a request, a `{set, infinite, number}` object in a response), and
 //! the response decoder accepts both the object and the bare form of wrapped numbers.
-//! Every body is parsed, even on non-2xx answers: Slurm puts its reasons in `errors[]`.
+//! Every body is parsed, even on non-2xx answers: Slurm puts its reasons in `errors[]`. An
+//! answer that is not a v0.0.44 document ([`document`]) is an error, never an empty result.
+//! Each call has a timeout (connection included); a token file is re-read when it changes.
 
 use std::time::Duration;
 
@@ -14,7 +16,7 @@ use commands::slurm::{Accepted, SlurmError, SlurmJob, SlurmPort};
 use domain::job::JobState;
 use serde::Deserialize;
 
-/// Slurm's error numbers that mean "no such job".
+/// Slurm's error number that means "no such job": "Invalid job id specified".
 const ESLURM_INVALID_JOB_ID: i64 = 2017;
 
 /// A v0.0.44 wrapped number in a response: `{"set", "infinite", "number"}`, or a bare number.
@@ -152,14 +154,6 @@ pub struct JobInfoResponse {
     pub errors: Vec<OpenApiError>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-pub struct GenericResponse {
-    #[serde(default)]
-    pub errors: Vec<OpenApiError>,
-    #[serde(default)]
-    pub warnings: Vec<Warning>,
-}
-
 impl JobInfo {
     /// The port's view of this job.
     pub fn to_port(&self) -> SlurmJob {
@@ -190,85 +184,363 @@ impl JobInfo {
     }
 }
 
-/// Slurm's verdict on a job call: `Ok(false)` when the job is unknown (404 or errno 2017), an
-/// error for any other reported error, `Ok(true)` otherwise.
-fn job_known(status: u16, errors: &[OpenApiError]) -> Result<bool, SlurmError> {
-    if status == 404
-        || errors
-            .iter()
-            .any(|e| e.error_number == Some(ESLURM_INVALID_JOB_ID))
-    {
-        return Ok(false);
-    }
-    if !errors.is_empty() {
-        let reasons: Vec<String> = errors.iter().map(OpenApiError::readable).collect();
-        return Err(SlurmError::Unavailable(reasons.join("; ")));
-    }
-    Ok(true)
+/// An answer that is not a v0.0.44 document: nothing in it is believed.
+fn not_a_document(status: u16, what: &str) -> SlurmError {
+    SlurmError::Unavailable(format!(
+        "slurmrestd answered HTTP {status} with {what}, not a v0.0.44 document; nothing was read from it"
+    ))
 }
+
+/// What a body that is not JSON looks like, in a few words (never the body itself).
+fn describe_body(body: &str) -> &'static str {
+    let t = body.trim_start();
+    if t.is_empty() {
+        "an empty body"
+    } else if t.starts_with('<') {
+        "an HTML page (a proxy's error page?)"
+    } else {
+        "a body that is not JSON"
+    }
+}
+
+/// Reads a slurmrestd answer as a v0.0.44 document of type `T`, or fails: the body must be a
+/// JSON object with `meta` (whose `plugin.data_parser`, when given, is `data_parser/v0.0.44`)
+/// and `errors`/`warnings` arrays when present; without errors the status must be 2xx and
+/// `required` (the field the answer exists for: `jobs`, `job_id`, `status`) must be there; and
+/// every field Clusterra reads must have its v0.0.44 shape. A proxy's HTML 502, a 404 page,
+/// `{}` or garbage are all errors, so a caller can never mistake them for "no jobs" or "done".
+pub fn document<T: serde::de::DeserializeOwned>(
+    status: u16,
+    body: &str,
+    required: &str,
+) -> Result<T, SlurmError> {
+    let value: serde_json::Value =
+        serde_json::from_str(body).map_err(|_| not_a_document(status, describe_body(body)))?;
+    let Some(object) = value.as_object() else {
+        return Err(not_a_document(status, "JSON that is not an object"));
+    };
+    let Some(meta) = object.get("meta").and_then(serde_json::Value::as_object) else {
+        return Err(not_a_document(status, "a JSON object without `meta`"));
+    };
+    if let Some(parser) = meta
+        .get("plugin")
+        .and_then(|p| p.get("data_parser"))
+        .and_then(serde_json::Value::as_str)
+        && parser != "data_parser/v0.0.44"
+    {
+        return Err(not_a_document(status, &format!("data parser {parser:?}")));
+    }
+    for list in ["errors", "warnings"] {
+        if object.get(list).is_some_and(|v| !v.is_array()) {
+            return Err(not_a_document(
+                status,
+                &format!("`{list}` that is not a list"),
+            ));
+        }
+    }
+    let has_errors = object
+        .get("errors")
+        .and_then(serde_json::Value::as_array)
+        .is_some_and(|e| !e.is_empty());
+    if !has_errors {
+        if !(200..300).contains(&status) {
+            return Err(SlurmError::Unavailable(format!(
+                "slurmrestd answered HTTP {status} without saying why"
+            )));
+        }
+        if !object.contains_key(required) {
+            return Err(not_a_document(status, &format!("no `{required}`")));
+        }
+    }
+    serde_json::from_value(value).map_err(|e| {
+        // The server log gets serde's words (they may quote the body); the error does not.
+        tracing::warn!(status, error = %e, "slurmrestd answered a field of the wrong shape");
+        not_a_document(status, "a field of the wrong shape")
+    })
+}
+
+/// Slurm said it does not know the job: error 2017, "Invalid job id specified" (HTTP 404).
+fn says_unknown(errors: &[OpenApiError]) -> bool {
+    errors
+        .iter()
+        .any(|e| e.error_number == Some(ESLURM_INVALID_JOB_ID))
+}
+
+/// Errors Slurm reported that are not about the job itself: the controller or the REST daemon
+/// could not do the call (502 no controller, 503, 504 socket timeout).
+fn server_side(status: u16) -> bool {
+    matches!(status, 502..=504)
+}
+
+fn readable(errors: &[OpenApiError]) -> String {
+    errors
+        .iter()
+        .map(OpenApiError::readable)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// One entry of a cancel answer's `status[]`: the signal's outcome for a job or step.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct KillStatus {
+    #[serde(default)]
+    pub error: Option<KillError>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct KillError {
+    #[serde(default)]
+    pub code: Option<i64>,
+    #[serde(default)]
+    pub message: Option<String>,
+    #[serde(default)]
+    pub string: Option<String>,
+}
+
+/// `v0.0.44_openapi_kill_job_resp`.
+#[derive(Debug, Default, Deserialize)]
+pub struct KillResponse {
+    #[serde(default)]
+    pub status: Vec<KillStatus>,
+    #[serde(default)]
+    pub errors: Vec<OpenApiError>,
+}
+
+/// "Job/step already completing or completed": cancelling a finished job is success.
+const ESLURM_ALREADY_DONE: i64 = 2021;
+
+/// The verdict on a cancel answer: `Ok` only when Slurm accepted the request.
+fn cancel_verdict(status: u16, res: &KillResponse, job_id: u64) -> Result<(), SlurmError> {
+    if says_unknown(&res.errors) {
+        return Err(SlurmError::UnknownJob(job_id));
+    }
+    if !res.errors.is_empty() {
+        return Err(if server_side(status) {
+            SlurmError::Unavailable(readable(&res.errors))
+        } else {
+            SlurmError::Rejected(res.errors.iter().map(OpenApiError::readable).collect())
+        });
+    }
+    for s in &res.status {
+        let Some(e) = &s.error else { continue };
+        match e.code {
+            None | Some(0) | Some(ESLURM_ALREADY_DONE) => {}
+            Some(ESLURM_INVALID_JOB_ID) => return Err(SlurmError::UnknownJob(job_id)),
+            Some(code) => {
+                return Err(SlurmError::Rejected(vec![
+                    e.message
+                        .clone()
+                        .or_else(|| e.string.clone())
+                        .unwrap_or_else(|| format!("Slurm error {code}")),
+                ]));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Where the JWT comes from: given once, or a file re-read whenever it changes (rotation).
+enum Token {
+    Fixed(String),
+    File {
+        path: std::path::PathBuf,
+        cached: std::sync::Mutex<FileToken>,
+    },
+}
+
+struct FileToken {
+    /// (modified, length, inode) when last read.
+    stamp: Option<(std::time::SystemTime, u64, u64)>,
+    token: String,
+}
+
+fn stamp(path: &std::path::Path) -> Option<(std::time::SystemTime, u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len(), m.ino()))
+}
+
+impl Token {
+    /// The token to send now: a file's is re-read when its modification time, size or inode
+    /// changed since it was last read (a stat per call; unreadable → the last one read).
+    fn current(&self) -> String {
+        match self {
+            Token::Fixed(t) => t.clone(),
+            Token::File { path, cached } => {
+                let mut c = cached.lock().unwrap_or_else(|p| p.into_inner());
+                let now = stamp(path);
+                if now.is_some() && now != c.stamp {
+                    match std::fs::read_to_string(path) {
+                        Ok(t) => {
+                            if t.trim() != c.token {
+                                tracing::info!(file = %path.display(), "slurmrestd token file changed; using the new token");
+                            }
+                            c.token = t.trim().to_string();
+                            c.stamp = now;
+                        }
+                        Err(e) => {
+                            tracing::warn!(file = %path.display(), error = %e, "slurmrestd token file unreadable; keeping the last token read")
+                        }
+                    }
+                }
+                c.token.clone()
+            }
+        }
+    }
+
+    /// Re-reads a token file whatever its stamp says (after a 401: a rewrite within the
+    /// file system's timestamp resolution keeps the stamp). True when the token changed.
+    fn reload(&self) -> bool {
+        let Token::File { path, cached } = self else {
+            return false;
+        };
+        let Ok(text) = std::fs::read_to_string(path) else {
+            return false;
+        };
+        let mut c = cached.lock().unwrap_or_else(|p| p.into_inner());
+        c.stamp = stamp(path);
+        let changed = text.trim() != c.token;
+        c.token = text.trim().to_string();
+        changed
+    }
+}
+
+/// How long one call to slurmrestd may take, connection included, unless set otherwise.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A slurmrestd endpoint.
 pub struct SlurmRestd {
     base: String,
     user: String,
-    token: String,
+    token: Token,
+    timeout: Duration,
     http: reqwest::Client,
 }
 
 impl SlurmRestd {
-    /// `base` is `http(s)://host:port`; requests go to `{base}/slurm/v0.0.44/…`.
+    /// `base` is `http(s)://host:port`; requests go to `{base}/slurm/v0.0.44/…` with this token.
     pub fn new(base: &str, user: &str, token: &str) -> Result<Self, SlurmError> {
+        Self::with(base, user, Token::Fixed(token.to_string()))
+    }
+
+    /// Like [`SlurmRestd::new`], with the token read from `file` now and re-read whenever the
+    /// file changes (and once more on a 401/403), so a rotated token is used without a restart.
+    pub fn with_token_file(
+        base: &str,
+        user: &str,
+        file: &std::path::Path,
+    ) -> Result<Self, SlurmError> {
+        let token = std::fs::read_to_string(file).map_err(|e| {
+            SlurmError::Unavailable(format!("the slurmrestd token file is unreadable: {e}"))
+        })?;
+        Self::with(
+            base,
+            user,
+            Token::File {
+                path: file.to_path_buf(),
+                cached: std::sync::Mutex::new(FileToken {
+                    stamp: stamp(file),
+                    token: token.trim().to_string(),
+                }),
+            },
+        )
+    }
+
+    fn with(base: &str, user: &str, token: Token) -> Result<Self, SlurmError> {
         let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
             .build()
             .map_err(|e| SlurmError::Unavailable(e.to_string()))?;
         Ok(Self {
             base: format!("{}/slurm/v0.0.44", base.trim_end_matches('/')),
             user: user.to_string(),
-            token: token.to_string(),
+            token,
+            timeout: DEFAULT_CALL_TIMEOUT,
             http,
         })
     }
 
-    async fn call<T: for<'de> Deserialize<'de> + Default>(
+    /// How long one call may take, from connecting to the last byte of the answer.
+    pub fn call_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    async fn send(
+        &self,
+        method: &reqwest::Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+        token: &str,
+    ) -> Result<(u16, String), SlurmError> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self
+            .http
+            .request(method.clone(), &url)
+            .timeout(self.timeout)
+            .header("X-SLURM-USER-NAME", &self.user)
+            .header("X-SLURM-USER-TOKEN", token);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let failed = |e: reqwest::Error| {
+            tracing::debug!(%url, error = %e, "slurmrestd call failed");
+            SlurmError::Unavailable(if e.is_timeout() {
+                format!(
+                    "slurmrestd did not answer within {} ms",
+                    self.timeout.as_millis()
+                )
+            } else if e.is_connect() {
+                "could not connect to slurmrestd".to_string()
+            } else {
+                "the connection to slurmrestd failed mid-answer".to_string()
+            })
+        };
+        let res = req.send().await.map_err(failed)?;
+        let status = res.status().as_u16();
+        let text = res.text().await.map_err(failed)?;
+        Ok((status, text))
+    }
+
+    /// One call: its status and body. A refusal of the credentials re-reads the token file
+    /// and, when the token changed, tries once more; a second refusal is an error.
+    async fn call(
         &self,
         method: reqwest::Method,
         path: &str,
         body: Option<&serde_json::Value>,
-    ) -> Result<(u16, T), SlurmError> {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .header("X-SLURM-USER-NAME", &self.user)
-            .header("X-SLURM-USER-TOKEN", &self.token);
-        if let Some(b) = body {
-            req = req.json(b);
+    ) -> Result<(u16, String), SlurmError> {
+        let refused = |status: u16| matches!(status, 401 | 403 | 511);
+        let (status, text) = self
+            .send(&method, path, body, &self.token.current())
+            .await?;
+        if !refused(status) {
+            return Ok((status, text));
         }
-        let res = req
-            .send()
-            .await
-            .map_err(|e| SlurmError::Unavailable(format!("{}: {e}", self.base)))?;
-        let status = res.status().as_u16();
-        let text = res
-            .text()
-            .await
-            .map_err(|e| SlurmError::Unavailable(e.to_string()))?;
-        if status == 401 || status == 403 || status == 511 {
-            return Err(SlurmError::Unavailable(format!(
-                "slurmrestd refused the credentials ({status}); check the Slurm user and JWT"
-            )));
+        if self.token.reload() {
+            tracing::info!(
+                status,
+                "slurmrestd refused the token; the token file changed, trying once more"
+            );
+            let (status, text) = self
+                .send(&method, path, body, &self.token.current())
+                .await?;
+            if !refused(status) {
+                return Ok((status, text));
+            }
         }
-        let parsed = serde_json::from_str(&text).unwrap_or_default();
-        Ok((status, parsed))
+        Err(SlurmError::Unavailable(format!(
+            "slurmrestd refused the credentials (HTTP {status}); check the cluster's Slurm user and its token file"
+        )))
     }
 }
 
 #[async_trait]
 impl SlurmPort for SlurmRestd {
     async fn submit(&self, body: &serde_json::Value) -> Result<Accepted, SlurmError> {
-        let (status, res): (u16, SubmitResponse) = self
+        let (status, text) = self
             .call(reqwest::Method::POST, "/job/submit", Some(body))
             .await?;
+        let res: SubmitResponse = document(status, &text, "job_id")?;
         match res.job_id {
             Some(job_id) if res.errors.is_empty() => Ok(Accepted {
                 job_id,
@@ -281,6 +553,7 @@ impl SlurmPort for SlurmRestd {
             _ if res.errors.is_empty() => Err(SlurmError::Unavailable(format!(
                 "slurmrestd answered {status} without a job id"
             ))),
+            _ if server_side(status) => Err(SlurmError::Unavailable(readable(&res.errors))),
             _ => Err(SlurmError::Rejected(
                 res.errors.iter().map(OpenApiError::readable).collect(),
             )),
@@ -288,34 +561,42 @@ impl SlurmPort for SlurmRestd {
     }
 
     async fn job(&self, job_id: u64) -> Result<Option<SlurmJob>, SlurmError> {
-        let (status, res): (u16, JobInfoResponse) = self
+        let (status, text) = self
             .call(reqwest::Method::GET, &format!("/job/{job_id}"), None)
             .await?;
-        if !job_known(status, &res.errors)? {
+        let res: JobInfoResponse = document(status, &text, "jobs")?;
+        if says_unknown(&res.errors) {
             return Ok(None);
         }
-        Ok(res
-            .jobs
+        if !res.errors.is_empty() {
+            return Err(SlurmError::Unavailable(readable(&res.errors)));
+        }
+        res.jobs
             .iter()
             .find(|j| j.job_id == job_id)
-            .map(JobInfo::to_port))
+            .map(|j| Some(j.to_port()))
+            .ok_or_else(|| {
+                SlurmError::Unavailable(format!(
+                    "slurmrestd answered a lookup of job {job_id} without that job and without saying it is unknown"
+                ))
+            })
     }
 
     async fn jobs(&self) -> Result<Vec<SlurmJob>, SlurmError> {
-        let (status, res): (u16, JobInfoResponse) =
-            self.call(reqwest::Method::GET, "/jobs/", None).await?;
-        job_known(status, &res.errors)?;
+        let (status, text) = self.call(reqwest::Method::GET, "/jobs/", None).await?;
+        let res: JobInfoResponse = document(status, &text, "jobs")?;
+        if !res.errors.is_empty() {
+            return Err(SlurmError::Unavailable(readable(&res.errors)));
+        }
         Ok(res.jobs.iter().map(JobInfo::to_port).collect())
     }
 
     async fn cancel(&self, job_id: u64) -> Result<(), SlurmError> {
-        let (status, res): (u16, GenericResponse) = self
+        let (status, text) = self
             .call(reqwest::Method::DELETE, &format!("/job/{job_id}"), None)
             .await?;
-        if !job_known(status, &res.errors)? {
-            return Err(SlurmError::UnknownJob(job_id));
-        }
-        Ok(())
+        let res: KillResponse = document(status, &text, "status")?;
+        cancel_verdict(status, &res, job_id)
     }
 }
 
@@ -380,7 +661,7 @@ mod tests {
         let unknown: JobInfoResponse =
             serde_json::from_str(&fixture("error.unknown-job.response.json")).unwrap();
         assert!(unknown.jobs.is_empty());
-        let cancel: GenericResponse =
+        let cancel: KillResponse =
             serde_json::from_str(&fixture("cancel-finished-job.response.json")).unwrap();
         assert!(
             cancel.errors.is_empty(),
@@ -389,24 +670,108 @@ mod tests {
     }
 
     #[test]
-    fn slurm_verdicts() {
-        let unknown: JobInfoResponse =
-            serde_json::from_str(&fixture("error.unknown-job.response.json")).unwrap();
-        // Recorded with HTTP 404; the errno alone must also be enough.
-        assert_eq!(job_known(200, &unknown.errors), Ok(false));
-        assert_eq!(job_known(404, &[]), Ok(false));
-        assert_eq!(job_known(200, &[]), Ok(true));
-        let other = OpenApiError {
-            error: Some("Invalid partition name specified".into()),
-            error_number: Some(2000),
-            ..OpenApiError::default()
+    fn only_v0044_documents_are_read() {
+        let unknown = fixture("error.unknown-job.response.json");
+        // Recorded with HTTP 404: a document, and it says "invalid job id".
+        let res: JobInfoResponse = document(404, &unknown, "jobs").unwrap();
+        assert!(says_unknown(&res.errors));
+        let list: JobInfoResponse =
+            document(200, &fixture("job.running.response.json"), "jobs").unwrap();
+        assert_eq!(list.jobs.len(), 1);
+        let submit: SubmitResponse =
+            document(200, &fixture("submit.response.json"), "job_id").unwrap();
+        assert_eq!(submit.job_id, Some(1));
+        let refused: SubmitResponse = document(
+            500,
+            &fixture("error.missing-environment.response.json"),
+            "job_id",
+        )
+        .unwrap();
+        assert_eq!(refused.errors.len(), 1);
+
+        let not = |status: u16, body: &str| {
+            let r: Result<JobInfoResponse, _> = document(status, body, "jobs");
+            match r {
+                Err(SlurmError::Unavailable(m)) => m,
+                other => panic!("{status} {body:?} was read: {other:?}"),
+            }
         };
-        assert_eq!(
-            job_known(500, &[other]),
-            Err(SlurmError::Unavailable(
-                "Invalid partition name specified".into()
-            ))
+        let html = "<html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>";
+        assert!(not(502, html).contains("HTML"), "{}", not(502, html));
+        assert!(not(404, "<h1>Not Found</h1>").contains("HTML"));
+        assert!(not(200, "").contains("empty"));
+        assert!(not(200, "jobs: []").contains("not JSON"));
+        assert!(not(200, "[]").contains("not an object"));
+        assert!(not(200, "{}").contains("meta"));
+        assert!(
+            not(200, r#"{"jobs": []}"#).contains("meta"),
+            "no meta, no document"
         );
+        assert!(not(200, r#"{"meta": {}}"#).contains("`jobs`"));
+        assert!(not(200, r#"{"meta": {}, "jobs": {}}"#).contains("wrong shape"));
+        assert!(not(200, r#"{"meta": {}, "jobs": [{"name": "x"}]}"#).contains("wrong shape"));
+        assert!(
+            not(
+                200,
+                r#"{"meta": {"plugin": {"data_parser": "data_parser/v0.0.42"}}, "jobs": []}"#
+            )
+            .contains("v0.0.42")
+        );
+        assert!(not(200, r#"{"meta": {}, "jobs": [], "errors": "boom"}"#).contains("errors"));
+        // A well-formed empty list, but with a status that is not success and no reason.
+        assert!(not(500, r#"{"meta": {}, "jobs": [], "errors": []}"#).contains("500"));
+        // 404 with a document that does not say "invalid job id" is not "unknown".
+        let other_404: JobInfoResponse = document(
+            404,
+            r#"{"meta": {}, "errors": [{"error": "Unable to find requested URL", "error_number": 9002}]}"#,
+            "jobs",
+        )
+        .unwrap();
+        assert!(!says_unknown(&other_404.errors));
+    }
+
+    #[test]
+    fn cancel_verdicts() {
+        let ok: KillResponse = document(200, &fixture("cancel.response.json"), "status").unwrap();
+        assert_eq!(cancel_verdict(200, &ok, 4), Ok(()));
+        let done: KillResponse =
+            document(200, &fixture("cancel-finished-job.response.json"), "status").unwrap();
+        assert_eq!(
+            cancel_verdict(200, &done, 4),
+            Ok(()),
+            "cancelling a finished job is not an error"
+        );
+        let unknown: KillResponse =
+            document(404, &fixture("error.unknown-job.response.json"), "status").unwrap();
+        assert_eq!(
+            cancel_verdict(404, &unknown, 4),
+            Err(SlurmError::UnknownJob(4))
+        );
+        let no_controller: KillResponse = document(
+            502,
+            r#"{"meta": {}, "errors": [{"error": "Unable to contact slurm controller (connect failure)", "error_number": 1007}]}"#,
+            "status",
+        )
+        .unwrap();
+        assert!(matches!(
+            cancel_verdict(502, &no_controller, 4),
+            Err(SlurmError::Unavailable(_))
+        ));
+        let denied: KillResponse = document(
+            200,
+            r#"{"meta": {}, "status": [{"error": {"code": 2002, "message": "Access/permission denied"}, "job_id": {"set": true, "number": 4}}], "errors": []}"#,
+            "status",
+        )
+        .unwrap();
+        assert_eq!(
+            cancel_verdict(200, &denied, 4),
+            Err(SlurmError::Rejected(vec![
+                "Access/permission denied".into()
+            ]))
+        );
+        // A proxy's 502 is not a confirmation.
+        let r: Result<KillResponse, _> = document(502, "<html>Bad Gateway</html>", "status");
+        assert!(matches!(r, Err(SlurmError::Unavailable(_))));
     }
 
     #[test]

@@ -35,6 +35,40 @@ pub fn collection(workspace: &WorkspaceId) -> String {
     format!("ws:{workspace}")
 }
 
+/// Whether a cluster's Slurm answers, as last recorded (`SlurmReachabilityChanged`). Kept apart
+/// from [`ClusterView`], which never changes after registration (the API caches it); absent
+/// for a cluster whose Slurm never stopped answering.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlurmStatus {
+    pub reachable: bool,
+    /// Unreachable since (the first call that got no answer failed), or reachable again since.
+    pub since: DateTime<Utc>,
+    pub cause: Option<String>,
+    pub position: i64,
+}
+
+/// The collection of a workspace's [`SlurmStatus`]es, keyed by cluster id.
+pub fn status_collection(workspace: &WorkspaceId) -> String {
+    format!("slurm-status:{workspace}")
+}
+
+/// The recorded reachability of a cluster's Slurm; `None` if it never stopped answering.
+pub async fn slurm_status(
+    read: &dyn eventlog::ReadStore,
+    workspace: &WorkspaceId,
+    cluster: &ClusterId,
+) -> Result<Option<SlurmStatus>, eventlog::LogError> {
+    Ok(read
+        .get_doc(
+            eventlog::ModelSet::Live,
+            NAME,
+            &status_collection(workspace),
+            cluster.as_str(),
+        )
+        .await?
+        .and_then(|doc| serde_json::from_str(&doc).ok()))
+}
+
 pub struct ClusterViews;
 
 #[async_trait]
@@ -50,6 +84,20 @@ impl Projector for ClusterViews {
     ) -> Result<(), ProjectionError> {
         let decoded = DomainEvent::decode(&event.event_type, event.schema_version, &event.data)
             .map_err(|e| ProjectionError::bad_event(event, e))?;
+        if let Some(DomainEvent::SlurmReachabilityChanged(r)) = &decoded {
+            let status = SlurmStatus {
+                reachable: r.reachable,
+                since: r.since,
+                cause: r.cause.clone(),
+                position: event.position,
+            };
+            view.put(
+                &status_collection(&r.workspace),
+                r.cluster_id.as_str(),
+                &status,
+            )?;
+            return Ok(());
+        }
         if let Some(DomainEvent::ClusterRegistered(c)) = decoded {
             let doc = ClusterView {
                 name: c.name,

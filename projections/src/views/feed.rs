@@ -81,6 +81,9 @@ impl Projector for Feed {
             DomainEvent::NodeLaunched(n) => (collection(&n.workspace, &n.cluster_id), None),
             DomainEvent::NodeReady(n) => (collection(&n.workspace, &n.cluster_id), None),
             DomainEvent::NodeTerminated(n) => (collection(&n.workspace, &n.cluster_id), None),
+            DomainEvent::SlurmReachabilityChanged(r) => {
+                (collection(&r.workspace, &r.cluster_id), None)
+            }
             DomainEvent::JobSubmitted(j) => {
                 let target = collection(&j.workspace, &j.cluster_id);
                 view.put(

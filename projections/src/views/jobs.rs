@@ -244,6 +244,9 @@ impl Projector for JobViews {
                 }
                 if c.to.is_terminal() {
                     doc.ended_at = Some(at);
+                } else {
+                    // A NODE_FAIL corrected by Slurm's later report: the job has not ended.
+                    doc.ended_at = None;
                 }
                 doc.pending_reason = (c.to == JobState::Pending).then(|| {
                     explain_pending(c.reason.as_deref().unwrap_or("None"), COLD_START_SECONDS)

@@ -1,0 +1,287 @@
+//! The slurmrestd adapter against small real HTTP servers that answer what a broken proxy, a
+//! wrong path or a rotated token make a slurmrestd answer: an HTML 502, a 404 page, garbage
+//! JSON, a refused token, or nothing at all. None of it may read as "no jobs", "unknown job" or
+//! "cancelled".
+
+#![allow(clippy::unwrap_used)] // a test may panic on what it did not expect
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::http::{HeaderMap, StatusCode};
+use commands::slurm::{SlurmError, SlurmPort};
+use gateways::slurmrestd::SlurmRestd;
+
+fn fixture(name: &str) -> String {
+    let path = format!(
+        "{}/../fixtures/slurmrestd/v0.0.44/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// What the server answers every request with, and the token it wants (if any).
+#[derive(Clone)]
+struct Answer {
+    status: u16,
+    content_type: &'static str,
+    body: String,
+}
+
+struct Canned {
+    answer: Mutex<Answer>,
+    wanted_token: Mutex<Option<String>>,
+    calls: AtomicUsize,
+}
+
+/// A real HTTP server on a loopback port that answers every request with `canned`.
+async fn serve(canned: Arc<Canned>) -> String {
+    let app = axum::Router::new().fallback(move |headers: HeaderMap| {
+        let canned = canned.clone();
+        async move {
+            canned.calls.fetch_add(1, Ordering::SeqCst);
+            let wanted = canned.wanted_token.lock().unwrap().clone();
+            if let Some(wanted) = wanted {
+                let sent = headers
+                    .get("x-slurm-user-token")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                if sent != wanted {
+                    return (
+                        StatusCode::UNAUTHORIZED,
+                        [("content-type", "text/plain")],
+                        "Authentication failure".to_string(),
+                    );
+                }
+            }
+            let a = canned.answer.lock().unwrap().clone();
+            (
+                StatusCode::from_u16(a.status).unwrap(),
+                [("content-type", a.content_type)],
+                a.body,
+            )
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
+fn canned(status: u16, content_type: &'static str, body: &str) -> Arc<Canned> {
+    Arc::new(Canned {
+        answer: Mutex::new(Answer {
+            status,
+            content_type,
+            body: body.to_string(),
+        }),
+        wanted_token: Mutex::new(None),
+        calls: AtomicUsize::new(0),
+    })
+}
+
+fn submit_body() -> serde_json::Value {
+    serde_json::json!({"job": {"script": "#!/bin/bash\ntrue", "environment": ["PATH=/bin"], "current_working_directory": "/tmp"}})
+}
+
+#[tokio::test]
+async fn answers_that_are_not_v0044_documents_are_errors_never_empty_lists() {
+    let bad: &[(u16, &str, &str)] = &[
+        (
+            502,
+            "text/html",
+            "<html><head><title>502 Bad Gateway</title></head><body><center>nginx</center></body></html>",
+        ),
+        (
+            404,
+            "text/html",
+            "<html><body><h1>404 Not Found</h1></body></html>",
+        ),
+        (200, "application/json", "{}"),
+        (200, "application/json", r#"{"jobs": []}"#),
+        (200, "application/json", r#"{"meta": {}, "jobs": "none"}"#),
+        (
+            200,
+            "application/json",
+            "{\"meta\": {}, \"jobs\": [{\"job_i",
+        ),
+        (200, "text/plain", "OK"),
+        (
+            503,
+            "application/json",
+            r#"{"meta": {}, "jobs": [], "errors": []}"#,
+        ),
+    ];
+    for (status, content_type, body) in bad {
+        let server = canned(*status, content_type, body);
+        let slurm = SlurmRestd::new(&serve(server.clone()).await, "root", "t").unwrap();
+        let what = format!("HTTP {status} {body:?}");
+        match slurm.jobs().await {
+            Err(SlurmError::Unavailable(m)) => assert!(!m.is_empty()),
+            other => panic!("{what}: jobs() gave {other:?}"),
+        }
+        match slurm.job(5).await {
+            Err(SlurmError::Unavailable(_)) => {}
+            other => panic!("{what}: job(5) gave {other:?}, never \"unknown\""),
+        }
+        match slurm.cancel(5).await {
+            Err(SlurmError::Unavailable(_)) => {}
+            other => panic!("{what}: cancel(5) gave {other:?}, never a confirmation"),
+        }
+        match slurm.submit(&submit_body()).await {
+            Err(SlurmError::Unavailable(_)) => {}
+            other => panic!("{what}: submit gave {other:?}"),
+        }
+        assert_eq!(server.calls.load(Ordering::SeqCst), 4);
+    }
+}
+
+#[tokio::test]
+async fn only_invalid_job_id_means_unknown() {
+    // What slurmrestd v0.0.44 answers for a job id it does not know (recorded: HTTP 404).
+    let server = canned(
+        404,
+        "application/json",
+        &fixture("error.unknown-job.response.json"),
+    );
+    let slurm = SlurmRestd::new(&serve(server).await, "root", "t").unwrap();
+    assert_eq!(slurm.job(999_999).await, Ok(None));
+    assert_eq!(
+        slurm.cancel(999_999).await,
+        Err(SlurmError::UnknownJob(999_999))
+    );
+    // The same errno in a list answer is an error, not an empty list.
+    assert!(slurm.jobs().await.is_err());
+
+    // A slurmctld that cannot be reached, as slurmrestd reports it: no answer, not a refusal.
+    let body = r#"{"meta": {"plugin": {"data_parser": "data_parser/v0.0.44"}}, "errors": [{"error": "Unable to contact slurm controller (connect failure)", "error_number": 1007}], "warnings": []}"#;
+    let server = canned(502, "application/json", body);
+    let slurm = SlurmRestd::new(&serve(server).await, "root", "t").unwrap();
+    assert!(matches!(
+        slurm.submit(&submit_body()).await,
+        Err(SlurmError::Unavailable(_))
+    ));
+    assert!(matches!(
+        slurm.cancel(4).await,
+        Err(SlurmError::Unavailable(_))
+    ));
+    assert!(matches!(
+        slurm.job(4).await,
+        Err(SlurmError::Unavailable(_))
+    ));
+
+    // The recorded answers still read as before.
+    let server = canned(
+        200,
+        "application/json",
+        &fixture("job.running.response.json"),
+    );
+    let slurm = SlurmRestd::new(&serve(server).await, "root", "t").unwrap();
+    let jobs = slurm.jobs().await.unwrap();
+    assert_eq!(jobs.len(), 1);
+    let one = slurm.job(jobs[0].job_id).await.unwrap().unwrap();
+    assert_eq!(one.state, domain::job::JobState::Running);
+    // A lookup answered without the job asked for, and without "invalid job id": not unknown.
+    assert!(slurm.job(jobs[0].job_id + 1).await.is_err());
+    let server = canned(200, "application/json", &fixture("cancel.response.json"));
+    let slurm = SlurmRestd::new(&serve(server).await, "root", "t").unwrap();
+    assert_eq!(slurm.cancel(4).await, Ok(()));
+    let server = canned(
+        500,
+        "application/json",
+        &fixture("error.missing-environment.response.json"),
+    );
+    let slurm = SlurmRestd::new(&serve(server).await, "root", "t").unwrap();
+    assert!(matches!(
+        slurm.submit(&submit_body()).await,
+        Err(SlurmError::Rejected(_))
+    ));
+}
+
+#[tokio::test]
+async fn a_slurmrestd_that_accepts_and_never_answers_costs_one_timeout() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let keep = held.clone();
+    tokio::spawn(async move {
+        loop {
+            let (socket, _) = listener.accept().await.unwrap();
+            keep.lock().unwrap().push(socket); // accepted, never read, never answered
+        }
+    });
+    let slurm = SlurmRestd::new(&format!("http://{addr}"), "root", "t")
+        .unwrap()
+        .call_timeout(Duration::from_millis(300));
+    let started = Instant::now();
+    match slurm.jobs().await {
+        Err(SlurmError::Unavailable(m)) => assert!(m.contains("300 ms"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        !held.lock().unwrap().is_empty(),
+        "the call reached the listener"
+    );
+}
+
+#[tokio::test]
+async fn a_rotated_token_file_is_used_without_a_restart() {
+    let server = canned(
+        200,
+        "application/json",
+        &fixture("job.running.response.json"),
+    );
+    *server.wanted_token.lock().unwrap() = Some("token-one".into());
+    let url = serve(server.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("default.c1.jwt");
+    std::fs::write(&file, "token-one\n").unwrap();
+    let slurm = SlurmRestd::with_token_file(&url, "root", &file).unwrap();
+    assert_eq!(slurm.jobs().await.unwrap().len(), 1);
+
+    // Slurm's key rotated: the old token is refused until the file has the new one.
+    *server.wanted_token.lock().unwrap() = Some("token-two".into());
+    match slurm.jobs().await {
+        Err(SlurmError::Unavailable(m)) => assert!(m.contains("credentials"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    std::fs::write(&file, "token-two\n").unwrap();
+    assert_eq!(
+        slurm.jobs().await.unwrap().len(),
+        1,
+        "the new token is read from the changed file"
+    );
+
+    // A rotation the file's stamp does not show (same size, same inode, same modification
+    // time, as within one tick of a coarse clock): the 401 makes it re-read, then retry once.
+    let modified = std::fs::metadata(&file).unwrap().modified().unwrap();
+    *server.wanted_token.lock().unwrap() = Some("token-3re".into());
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&file)
+            .unwrap();
+        f.write_all(b"token-3re\n").unwrap();
+        f.set_modified(modified).unwrap();
+    }
+    let before = server.calls.load(Ordering::SeqCst);
+    assert_eq!(slurm.jobs().await.unwrap().len(), 1);
+    assert_eq!(
+        server.calls.load(Ordering::SeqCst) - before,
+        2,
+        "refused once, then retried once with the re-read token"
+    );
+    // A token that is simply wrong is not retried forever: one call, one refusal.
+    *server.wanted_token.lock().unwrap() = Some("someone-else".into());
+    let before = server.calls.load(Ordering::SeqCst);
+    assert!(slurm.jobs().await.is_err());
+    assert_eq!(server.calls.load(Ordering::SeqCst) - before, 1);
+}
