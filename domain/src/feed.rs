@@ -230,6 +230,9 @@ const SUMMARY_FIELDS: &[&str] = &[
     "ready_expected_at",
     "cold_start_ms",
     "up_ms",
+    "reachable",
+    "since",
+    "cause",
 ];
 
 /// The longest text kept in a feed entry (the summary line, and each text of `data`), in bytes.
@@ -424,6 +427,10 @@ mod tests {
         // Small data passes whole.
         let small = json!({"job_id": 1, "from": "PENDING", "to": "RUNNING"});
         assert_eq!(summarize(&small), small);
+        // A cluster's reachability keeps what it says (the feed shows whether Slurm answers).
+        let reach = json!({"workspace": "w", "cluster_id": "c", "reachable": false,
+            "since": "2026-11-29T00:00:00Z", "cause": "slurmrestd did not answer within 5000 ms"});
+        assert_eq!(summarize(&reach), reach);
         // Many long multi-byte texts still fit the byte bound.
         let mut wide = serde_json::Map::new();
         for f in SUMMARY_FIELDS {
