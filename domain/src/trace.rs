@@ -105,14 +105,27 @@ pub fn parse_swf(text: &str) -> Result<Trace, TraceError> {
                 ("requested time", known(fields[8])),
             ],
         )?;
+        // KiB per processor × processors: checked (a fuzzed line overflowed it).
+        let memory_mib = match known(fields[9]).filter(|m| *m > 0) {
+            None => None,
+            Some(kb_per_proc) => Some(
+                kb_per_proc
+                    .unsigned_abs()
+                    .checked_mul(u64::from(cpus))
+                    .ok_or_else(|| TraceError::Line {
+                        line: line_no,
+                        problem: "memory per processor × processors is larger than any machine"
+                            .into(),
+                    })?
+                    .div_ceil(1024),
+            ),
+        };
         trace.jobs.push(TraceJob {
             id: u64::try_from(fields[0]).unwrap_or(0),
             submit: fields[1].max(0),
             run,
             cpus,
-            memory_mib: known(fields[9])
-                .filter(|m| *m > 0)
-                .map(|kb_per_proc| (kb_per_proc as u64 * u64::from(cpus)).div_ceil(1024)),
+            memory_mib,
             time_limit: known(fields[8]).filter(|t| *t > 0),
             traced_wait: known(fields[2]),
         });
@@ -187,6 +200,21 @@ pub fn parse_csv(text: &str) -> Result<Trace, TraceError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memory_that_overflows_is_a_line_error_not_a_panic() {
+        // Found by the `trace` fuzz target: KiB per processor × processors overflowed a u64.
+        let line =
+            "1 0 0 60 4294967295 -1 -1 4294967295 -1 9223372036854775807 1 -1 -1 -1 -1 -1 -1 -1";
+        assert!(matches!(
+            parse_swf(line),
+            Err(TraceError::Line { line: 1, .. })
+        ));
+        let crash = include_bytes!("../../fixtures/fuzz/trace-mul-overflow.swf");
+        if let Ok(text) = std::str::from_utf8(crash) {
+            let _ = parse_swf(text);
+        }
+    }
 
     #[test]
     fn times_past_a_century_are_refused() {
