@@ -826,6 +826,72 @@ mod tests {
     }
 
     #[test]
+    fn job_limit_and_token_settings_are_checked() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("clusterra.toml", "")?;
+            for (key, bad, says, good) in [
+                (
+                    "CLUSTERRA_MAX_NODES_PER_SET",
+                    "0",
+                    "max_nodes_per_set",
+                    "256",
+                ),
+                (
+                    "CLUSTERRA_MAX_NODES_PER_JOB",
+                    "300",
+                    "max_nodes_per_job",
+                    "8",
+                ),
+                (
+                    "CLUSTERRA_MAX_GPUS_PER_JOB",
+                    "100001",
+                    "max_gpus_per_job",
+                    "4",
+                ),
+                (
+                    "CLUSTERRA_AGENT_MAX_LAUNCH_PER_STEP",
+                    "0",
+                    "agent_max_launch_per_step",
+                    "16",
+                ),
+                (
+                    "CLUSTERRA_MAX_TOKEN_LIFETIME_S",
+                    "31536001",
+                    "max_token_lifetime_s",
+                    "3600",
+                ),
+            ] {
+                jail.set_env(key, bad);
+                let err = Config::load(None, &Overrides::default()).expect_err(bad);
+                assert!(format!("{err:#}").contains(says), "{bad}: {err:#}");
+                jail.set_env(key, good);
+            }
+            jail.create_file(
+                "clusterra.toml",
+                "[cluster_limits.\"not a key\"]\nmax_nodes_per_job = 2\n",
+            )?;
+            let err = Config::load(None, &Overrides::default()).expect_err("bad key");
+            assert!(format!("{err:#}").contains("cluster_limits"), "{err:#}");
+            jail.create_file(
+                "clusterra.toml",
+                "[cluster_limits.\"lab/gpu\"]\nmax_nodes_per_job = 2\nmax_gpus_per_job = 16\n",
+            )?;
+            let c = Config::load(None, &Overrides::default()).expect("good values");
+            let catalog = c.catalog().expect("built-in catalog");
+            let limits = c.limits(&catalog);
+            assert_eq!(limits.default.max_nodes_per_job, 8);
+            assert_eq!(limits.default.max_gpus_per_job, 4);
+            let lab = limits.of(
+                &domain::WorkspaceId::new("lab").expect("slug"),
+                &domain::ClusterId::new("gpu").expect("slug"),
+            );
+            assert_eq!((lab.max_nodes_per_job, lab.max_gpus_per_job), (2, 16));
+            assert_eq!(c.max_token_lifetime_s, 3600);
+            Ok(())
+        });
+    }
+
+    #[test]
     fn edge_upload_and_bucket_settings() {
         figment::Jail::expect_with(|jail| {
             jail.create_file(
