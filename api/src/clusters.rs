@@ -25,16 +25,22 @@ use crate::{ApiError, AppState};
 #[serde(deny_unknown_fields)]
 pub struct RegisterClusterRequest {
     /// The cluster's id within the workspace: 1-63 of a-z 0-9 -, starting with a letter.
-    #[schema(example = "gpu-east")]
+    #[schema(example = "gpu-east", pattern = "^[a-z][a-z0-9-]{0,62}$")]
     pub id: String,
     /// A display name, 1-100 characters.
     #[schema(example = "GPU cluster, us-east-1")]
     pub name: String,
     /// The cloud region the nodes run in.
-    #[schema(example = "us-east-1")]
+    #[schema(example = "us-east-1", pattern = "^[a-z0-9-]{1,32}$")]
     pub region: String,
-    /// The cluster's S3 bucket (3-63 of a-z 0-9 . -).
-    #[schema(example = "acme-gpu-east")]
+    /// The cluster's S3 bucket (3-63 of a-z 0-9 . -, no `..`), one the operator's `bucket_allow`
+    /// lets clusters use and no other cluster uses.
+    #[schema(
+        example = "acme-gpu-east",
+        min_length = 3,
+        max_length = 63,
+        pattern = "^[a-z0-9]((\\.?[a-z0-9-])*\\.?)?[a-z0-9]$"
+    )]
     pub bucket: String,
     pub slurm: SlurmSettings,
 }
@@ -45,14 +51,17 @@ pub struct RegisterClusterRequest {
 #[serde(deny_unknown_fields)]
 pub struct SlurmSettings {
     /// `http://` or `https://` URL of slurmrestd.
-    #[schema(example = "https://slurm.gpu-east.internal:6820")]
+    #[schema(
+        example = "https://slurm.gpu-east.internal:6820",
+        pattern = "^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?$"
+    )]
     pub url: String,
     /// Slurm user name sent as `X-SLURM-USER-NAME`.
-    #[schema(example = "clusterra")]
+    #[schema(example = "clusterra", pattern = "^[A-Za-z0-9._-]{1,32}$")]
     pub user: String,
     /// slurmrestd API version; only `v0.0.44` is supported.
     #[serde(default = "default_api_version")]
-    #[schema(example = "v0.0.44")]
+    #[schema(example = "v0.0.44", pattern = "^v0\\.0\\.44$")]
     pub api_version: String,
 }
 

@@ -165,15 +165,20 @@ pub struct JobPage {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct JobFilter {
-    /// Only jobs in this state (Slurm name, e.g. RUNNING).
+    /// Only jobs in this state (Slurm name, e.g. RUNNING; lower case is taken too).
+    #[param(
+        pattern = "^(PENDING|RUNNING|SUSPENDED|COMPLETING|COMPLETED|FAILED|CANCELLED|TIMEOUT|NODE_FAIL|PREEMPTED|BOOT_FAIL|DEADLINE|OUT_OF_MEMORY|pending|running|suspended|completing|completed|failed|cancelled|timeout|node_fail|preempted|boot_fail|deadline|out_of_memory)$"
+    )]
     pub state: Option<String>,
     /// Only this user's jobs (admins; a user only ever sees their own).
     pub user: Option<String>,
     /// Only jobs from this template.
     pub template: Option<String>,
     /// From a previous page's `next_cursor`.
+    #[param(pattern = "^[0-9]{1,19}$")]
     pub cursor: Option<String>,
     /// Page size, 1-500 (default 100).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<usize>,
 }
 
@@ -199,14 +204,23 @@ async fn cluster_and_slurm(
 ) -> Result<(ClusterId, Arc<dyn SlurmPort>), ApiError> {
     let cluster = ClusterId::new(id).map_err(|_| cluster_not_found())?;
     cluster_exists(state, caller, &cluster).await?;
-    let slurm = state.slurm.get(&caller.workspace, &cluster).ok_or_else(|| {
+    let slurm = connected_slurm(state, caller, &cluster)?;
+    Ok((cluster, slurm))
+}
+
+/// The Slurm of a cluster known to exist: 503 while this server has no connection to it.
+fn connected_slurm(
+    state: &AppState,
+    caller: &Caller,
+    cluster: &ClusterId,
+) -> Result<Arc<dyn SlurmPort>, ApiError> {
+    state.slurm.get(&caller.workspace, cluster).ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "slurm_not_connected",
             format!("cluster {cluster} has no Slurm connection on this server yet; use the local cluster, or ask an operator to connect it"),
         )
-    })?;
-    Ok((cluster, slurm))
+    })
 }
 
 pub(crate) fn job_error(e: JobError) -> ApiError {
@@ -355,7 +369,7 @@ fn via(headers: &HeaderMap, template: bool) -> Result<SubmittedVia, ApiError> {
     tag = "jobs",
     params(
         ("id" = String, Path, description = "Cluster id"),
-        ("Idempotency-Key" = Option<String>, Header, description = "A retry with the same key returns the first answer and creates nothing"),
+        ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,200}$", description = "1-200 visible ASCII characters, e.g. a UUID. A retry with the same key returns the first answer and creates nothing"),
         ("X-Clusterra-Min-Position" = Option<i64>, Header, description = "Wait (bounded) until this log position is visible, e.g. a cluster just registered"),
     ),
     request_body(content = Object, description = "A v0.0.44 job-submit body, or {template_id, params}"),
@@ -582,7 +596,7 @@ pub(crate) async fn visible_job(
     get,
     path = "/v1/clusters/{id}/jobs/{job_id}",
     tag = "jobs",
-    params(("id" = String, Path, description = "Cluster id"), ("job_id" = u64, Path, description = "Slurm job id"),
+    params(("id" = String, Path, description = "Cluster id"), ("job_id" = u64, Path, maximum = 4294967295_i64, description = "Slurm job id (a 32-bit number)"),
         ("X-Clusterra-Min-Position" = Option<i64>, Header, description = "Wait (bounded) until this log position is visible")),
     responses(
         (status = 200, description = "The job and its history", body = JobDetail),
@@ -641,7 +655,7 @@ pub struct CancelResponse {
     delete,
     path = "/v1/clusters/{id}/jobs/{job_id}",
     tag = "jobs",
-    params(("id" = String, Path, description = "Cluster id"), ("job_id" = u64, Path, description = "Slurm job id")),
+    params(("id" = String, Path, description = "Cluster id"), ("job_id" = u64, Path, maximum = 4294967295_i64, description = "Slurm job id (a 32-bit number)")),
     responses(
         (status = 202, description = "Cancel requested; the state follows. Idempotent: a repeated cancel answers the first one's position", body = CancelResponse),
         (status = 401, description = "Missing or invalid token", body = crate::error::ErrorBody),
@@ -657,8 +671,11 @@ pub(crate) async fn cancel(
     caller: Caller,
     Path((id, job_id)): Path<(String, String)>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let (cluster, slurm) = cluster_and_slurm(&state, &caller, &id).await?;
+    // An unknown job is 404 whether or not the cluster's Slurm is connected.
+    let cluster = ClusterId::new(id).map_err(|_| cluster_not_found())?;
+    cluster_exists(&state, &caller, &cluster).await?;
     let view = visible_job(&state, &caller, &cluster, &job_id).await?;
+    let slurm = connected_slurm(&state, &caller, &cluster)?;
     let position = commands::jobs::cancel_job(
         state.store.log.as_ref(),
         slurm.as_ref(),

@@ -153,12 +153,12 @@ pub(crate) async fn track(State(state): State<AppState>, req: Request, next: Nex
     response
 }
 
-/// Prometheus metrics (text exposition format).
+/// Prometheus metrics (OpenMetrics text format).
 #[utoipa::path(
     get,
     path = "/metrics",
     tag = "operations",
-    responses((status = 200, description = "Prometheus text format", content_type = "text/plain"))
+    responses((status = 200, description = "OpenMetrics text exposition format (Prometheus scrapes it)", content_type = "application/openmetrics-text"))
 )]
 pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
     let head = state

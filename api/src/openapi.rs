@@ -82,9 +82,181 @@ impl Modify for BearerAuth {
     }
 }
 
-/// The OpenAPI document.
+/// The OpenAPI document: the handlers' annotations, completed by [`conform`].
 pub fn document() -> utoipa::openapi::OpenApi {
-    ApiDoc::openapi()
+    let doc = ApiDoc::openapi();
+    let Ok(mut value) = serde_json::to_value(&doc) else {
+        return doc;
+    };
+    conform(&mut value);
+    serde_json::from_value(value).unwrap_or(doc)
+}
+
+/// The answers every route of a kind gives, so no handler has to repeat them, and the parameter
+/// rules the extractors enforce. Each rule here mirrors one piece of shared server code:
+/// - a route with `security` runs the token extractor (`auth.rs`): 401 when the token is
+///   missing, malformed, expired or not yet valid;
+/// - a route with query or header parameters reads them through `query.rs`/`consistency.rs`:
+///   400 for a malformed one (an unknown parameter, a number out of range);
+/// - a route with a JSON body reads it through `json.rs`: 400 for bytes that are not JSON,
+///   413 above the body limit, 415 without `Content-Type: application/json`, 422 for a body of
+///   the wrong shape;
+/// - a header or query value is text: it is present or absent, never JSON `null`;
+/// - `X-Clusterra-Min-Position` and `Last-Event-ID` are log positions or byte offsets (whole
+///   numbers from 0), and `type` filters are comma-separated feed event types.
+fn conform(doc: &mut serde_json::Value) {
+    use serde_json::{Value, json};
+    let error = |description: &str| json!({"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}});
+    bodies(doc);
+    let types = domain::feed::FEED_TYPES.join("|");
+    let type_pattern = format!("^(({types})(,({types}))*)?$");
+    let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for item in paths.values_mut() {
+        let Some(item) = item.as_object_mut() else {
+            continue;
+        };
+        for (method, op) in item.iter_mut() {
+            if !["get", "post", "put", "patch", "delete"].contains(&method.as_str()) {
+                continue;
+            }
+            let mut has_params = false;
+            if let Some(params) = op.get_mut("parameters").and_then(Value::as_array_mut) {
+                for p in params.iter_mut() {
+                    let name = p["name"].as_str().unwrap_or_default().to_string();
+                    let location = p["in"].as_str().unwrap_or_default().to_string();
+                    if location == "path" {
+                        if name == "email" {
+                            // `domain::Email::new`: after trimming and lowercasing, letters, digits
+                            // and . _ + - before the @; a dotted domain of letters, digits, . -.
+                            p["schema"] = json!({"type": "string", "maxLength": 254,
+                                "pattern": "^[A-Za-z0-9._+-]+@[A-Za-z0-9-][A-Za-z0-9.-]*\\.[A-Za-z0-9.-]*[A-Za-z0-9-]$"});
+                        }
+                        continue;
+                    }
+                    has_params = true;
+                    let Some(schema) = p.get_mut("schema").and_then(Value::as_object_mut) else {
+                        continue;
+                    };
+                    if let Some(Value::Array(kinds)) = schema.get_mut("type") {
+                        kinds.retain(|k| k != "null");
+                        if kinds.len() == 1 {
+                            let kind = kinds[0].clone();
+                            schema.insert("type".into(), kind);
+                        }
+                    }
+                    match (location.as_str(), name.as_str()) {
+                        ("header", "X-Clusterra-Min-Position" | "Last-Event-ID") => {
+                            schema.insert("minimum".into(), json!(0));
+                            schema.insert("maximum".into(), json!(i64::MAX));
+                        }
+                        ("query", "type") => {
+                            schema.insert("pattern".into(), json!(type_pattern));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            let secured = op.get("security").is_some();
+            let has_body = op.get("requestBody").is_some();
+            let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) else {
+                continue;
+            };
+            let mut add = |status: &str, description: &str| {
+                responses
+                    .entry(status.to_string())
+                    .or_insert_with(|| error(description));
+            };
+            if secured {
+                add(
+                    "401",
+                    "Missing, malformed, expired or not-yet-valid token (`token_*`)",
+                );
+            }
+            if has_params || has_body {
+                add(
+                    "400",
+                    "A malformed parameter or body (the field says which)",
+                );
+            }
+            if has_body {
+                add(
+                    "413",
+                    "The body is larger than the server takes (`body_too_large`)",
+                );
+                add(
+                    "415",
+                    "The body is not sent as `Content-Type: application/json`",
+                );
+                add("422", "A field is invalid (the field says which)");
+            }
+        }
+    }
+}
+
+/// The request bodies whose rules are more than one struct's fields can say: the submit body is
+/// a v0.0.44 job (validated by `domain::submit`, see docs/jobs.md) or a template request; a
+/// presigned-URL request names its file by `key` or by `location` + `path`, and an upload
+/// (`PUT`) must give its size and content type.
+fn bodies(doc: &mut serde_json::Value) {
+    use serde_json::json;
+    let submit = json!({
+        "description": "A v0.0.44 job-submit body (docs/jobs.md; other v0.0.44 job fields are taken too), or {template_id, params} (GET /v1/templates/{id} gives the params schema)",
+        "required": true,
+        "content": {"application/json": {"schema": {"oneOf": [
+            {
+                "type": "object",
+                "required": ["job"],
+                "not": {"required": ["template_id"]},
+                "properties": {"job": {
+                    "type": "object",
+                    "required": ["script", "environment", "current_working_directory"],
+                    "properties": {
+                        "name": {"type": "string", "maxLength": 200},
+                        "script": {"type": "string", "pattern": "^#!", "description": "Starts with #! (up to 1 MiB)"},
+                        "environment": {"type": "array", "minItems": 1, "items": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*="}},
+                        "current_working_directory": {"type": "string", "pattern": "^/"}
+                    }
+                }}
+            },
+            {
+                "type": "object",
+                "required": ["template_id"],
+                "properties": {
+                    "template_id": {"type": "string"},
+                    "params": {"type": "object"}
+                }
+            }
+        ]}}}
+    });
+    if let Some(op) = doc.pointer_mut("/paths/~1v1~1clusters~1{id}~1jobs/post") {
+        op["requestBody"] = submit;
+    }
+    // Dollars as a string or a JSON number, read from its text (`MicroUsd`): at most six
+    // decimals, up to what micro-dollars in an i64 hold.
+    if let Some(limit) = doc.pointer_mut("/components/schemas/QuotaRequest/properties/limit_usd") {
+        *limit = json!({
+            "description": "US dollars per billing period, at most six decimals: a number or a string",
+            "example": "250",
+            "oneOf": [
+                {"type": "string", "pattern": "^\\s*[0-9]{1,12}(\\.[0-9]{1,6})?\\s*$"},
+                {"type": "number", "minimum": 0, "maximum": 9_223_372_036_854_i64}
+            ]
+        });
+    }
+    if let Some(schema) = doc.pointer_mut("/components/schemas/PresignBody") {
+        schema["allOf"] = json!([
+            {"oneOf": [
+                {"required": ["key"], "not": {"anyOf": [{"required": ["location"]}, {"required": ["path"]}]}},
+                {"required": ["location", "path"], "not": {"required": ["key"]}}
+            ]},
+            {"oneOf": [
+                {"properties": {"method": {"const": "GET"}}},
+                {"properties": {"method": {"const": "PUT"}}, "required": ["size", "content_type"]}
+            ]}
+        ]);
+    }
 }
 
 /// This document, as JSON.
@@ -196,4 +368,67 @@ fn render(doc: &utoipa::openapi::OpenApi) -> String {
     }
     out.push_str("</body></html>");
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn every_route_documents_the_answers_its_extractors_give() {
+        let doc = serde_json::to_value(document()).unwrap();
+        let mut checked = 0;
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                let responses = op["responses"].as_object().unwrap();
+                if op.get("security").is_some() {
+                    assert!(responses.contains_key("401"), "{method} {path}");
+                    checked += 1;
+                }
+                if op.get("requestBody").is_some() {
+                    for status in ["400", "413", "415", "422"] {
+                        assert!(responses.contains_key(status), "{method} {path} {status}");
+                    }
+                }
+            }
+        }
+        assert!(checked > 20, "{checked}");
+    }
+
+    #[test]
+    fn header_and_query_parameters_are_never_null() {
+        let doc = serde_json::to_value(document()).unwrap();
+        for item in doc["paths"].as_object().unwrap().values() {
+            for op in item.as_object().unwrap().values() {
+                for p in op["parameters"].as_array().into_iter().flatten() {
+                    if let Some(kinds) = p["schema"]["type"].as_array() {
+                        assert!(!kinds.iter().any(|k| k == "null"), "{p}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_state_filter_names_every_job_state() {
+        let doc = serde_json::to_value(document()).unwrap();
+        let params = doc["paths"]["/v1/clusters/{id}/jobs"]["get"]["parameters"]
+            .as_array()
+            .unwrap();
+        let state = params.iter().find(|p| p["name"] == "state").unwrap();
+        let pattern = state["schema"]["pattern"].as_str().unwrap();
+        for s in domain::job::JobState::ALL {
+            let name = s.as_str();
+            assert!(
+                pattern.contains(&format!("|{name}|")) || pattern.contains(&format!("({name}|")),
+                "{name}"
+            );
+            let lower = name.to_ascii_lowercase();
+            assert!(
+                pattern.contains(&format!("|{lower}|")) || pattern.contains(&format!("|{lower})")),
+                "{lower}"
+            );
+        }
+    }
 }

@@ -38,30 +38,27 @@ pub struct Storage {
 /// `key` as listings return it.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"location": "data", "path": "runs/input.csv", "method": "PUT", "content_type": "text/csv", "size": 1024}))]
 pub struct PresignBody {
     /// `scripts`, `data`, `outputs` or `shared`.
-    #[schema(example = "data")]
+    #[schema(pattern = "^(scripts|data|outputs|shared)$")]
     pub location: Option<String>,
     /// A relative path: no leading `/`, no `.`/`..` or empty segments, no backslashes or control
     /// characters; the whole key at most 1,024 bytes.
-    #[schema(example = "runs/input.csv")]
     pub path: Option<String>,
     /// A whole key instead of `location` + `path`.
-    #[schema(example = "data/ada@lab.org/runs/input.csv")]
     pub key: Option<String>,
     /// `PUT` to upload, `GET` to download.
-    #[schema(example = "PUT")]
+    #[schema(pattern = "^(PUT|GET)$")]
     pub method: String,
     /// For `PUT`: the `Content-Type` the upload must carry (it is signed into the URL).
-    #[schema(example = "text/csv")]
     pub content_type: Option<String>,
     /// 1 to 3600; default 900 (15 minutes).
-    #[schema(example = 900)]
+    #[schema(minimum = 1, maximum = 3600)]
     pub expires_in_seconds: Option<u64>,
     /// For `PUT` (required there): the file's exact size in bytes. It is signed into the URL as
     /// `Content-Length`: the upload must be exactly this long. At most `max_upload_bytes`, and
     /// within your storage quota.
-    #[schema(example = 1024)]
     pub size: Option<u64>,
 }
 
@@ -109,24 +106,33 @@ pub struct ObjectDeleted {
 
 /// Query of `GET /v1/clusters/{id}/storage/objects`.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[allow(dead_code)] // documents the query; the handler reads it as strings for field errors
 pub struct ListQuery {
     /// `scripts`, `data`, `outputs` or `shared` (required).
+    #[param(pattern = "^(scripts|data|outputs|shared)$")]
     pub location: String,
-    /// Only keys under this relative prefix (may end with `/`).
+    /// Only keys under this relative prefix (may end with `/`; the path rules of docs/files.md).
     pub prefix: Option<String>,
-    /// The `continuation` of the previous page.
+    /// The `continuation` of the previous page (opaque; one the server did not issue is 400).
+    #[param(pattern = "^[!-~]{1,1024}$")]
     pub continuation: Option<String>,
     /// Objects per page, 1-1000 (default 1000).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
 }
 
 /// Query of `DELETE /v1/clusters/{id}/storage/objects`: `key`, or `location` and `path`.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[allow(dead_code)]
 pub struct DeleteQuery {
+    /// The whole key (`data/<you>/runs/a.csv`); or give `location` and `path` instead.
     pub key: Option<String>,
+    /// `scripts`, `data`, `outputs` or `shared`, with `path`.
+    #[param(pattern = "^(scripts|data|outputs|shared)$")]
     pub location: Option<String>,
+    /// The file's path in `location` (the path rules of docs/files.md).
     pub path: Option<String>,
 }
 
@@ -375,16 +381,19 @@ pub(crate) async fn list(
         Some(n) => n as u32,
         None => 1000,
     };
+    // Tokens are opaque, but every store issues them as visible ASCII: anything else never
+    // reaches the store (whose client would fail to send it and look unavailable).
+    let continuation = q.get("continuation").map(String::as_str);
+    if continuation
+        .is_some_and(|c| c.is_empty() || c.len() > 1024 || !c.bytes().all(|b| b.is_ascii_graphic()))
+    {
+        return Err(store_error(StorageError::BadContinuation));
+    }
     let files = file_caller(&state, &caller, &id).await?;
     let page = state
         .storage
         .store
-        .list(
-            &files.bucket,
-            &full,
-            q.get("continuation").map(String::as_str),
-            limit,
-        )
+        .list(&files.bucket, &full, continuation, limit)
         .await
         .map_err(store_error)?;
     let objects = page

@@ -286,9 +286,9 @@ fn parse_time(text: &Option<String>, field: &str) -> Result<Option<DateTime<Utc>
 /// Your spend and burn rate over time, per hour or per day, for plotting.
 #[utoipa::path(get, path = "/v1/users/me/usage", tag = "usage",
     params(
-        ("from" = Option<String>, Query, description = "RFC 3339; default: the billing period's start"),
-        ("to" = Option<String>, Query, description = "RFC 3339; default: now"),
-        ("bucket" = Option<String>, Query, description = "`hour` (default) or `day`"),
+        ("from" = Option<chrono::DateTime<chrono::Utc>>, Query, description = "RFC 3339; default: the billing period's start"),
+        ("to" = Option<chrono::DateTime<chrono::Utc>>, Query, description = "RFC 3339; default: now"),
+        ("bucket" = Option<String>, Query, pattern = "^(hour|day)$", description = "`hour` (default) or `day`"),
     ),
     responses(
         (status = 200, description = "The series", body = Series),
@@ -455,9 +455,11 @@ pub struct QuotaRequest {
     pub limit_usd: Box<serde_json::value::RawValue>,
     /// `warn` (default) or `block_and_kill`.
     #[serde(default)]
+    #[schema(pattern = "^(warn|block_and_kill)$")]
     pub mode: Option<String>,
     /// How far past the limit `block_and_kill` lets projected spend go (0-1000, default 0).
     #[serde(default)]
+    #[schema(maximum = 1000)]
     pub buffer_percent: Option<u32>,
 }
 
@@ -589,6 +591,7 @@ pub(crate) async fn put_quota(
         (status = 200, description = "The quota", body = QuotaBody),
         (status = 403, description = "Not an admin of this workspace", body = crate::error::ErrorBody),
         (status = 404, description = "No quota for this user", body = crate::error::ErrorBody),
+        (status = 422, description = "`invalid_email`: the path is not an email address", body = crate::error::ErrorBody),
     ),
     security(("bearer" = [])))]
 pub(crate) async fn get_quota(
@@ -622,6 +625,7 @@ fn no_quota(email: &Email) -> ApiError {
         (status = 200, description = "Removed", body = QuotaChanged),
         (status = 403, description = "Not an admin of this workspace", body = crate::error::ErrorBody),
         (status = 404, description = "No quota for this user", body = crate::error::ErrorBody),
+        (status = 422, description = "`invalid_email`: the path is not an email address", body = crate::error::ErrorBody),
     ),
     security(("bearer" = [])))]
 pub(crate) async fn delete_quota(

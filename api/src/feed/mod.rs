@@ -107,7 +107,7 @@ impl Filter {
         };
         Ok(Self {
             types,
-            job_id: number(q, "job_id", u64::MAX)?,
+            job_id: number(q, "job_id", u64::from(u32::MAX))?,
             from: time("from")?,
             to: time("to")?,
         })
@@ -174,14 +174,14 @@ pub struct FeedPage {
     path = "/v1/clusters/{id}/events",
     tag = "events",
     params(("id" = String, Path, description = "Cluster id"),
-        ("after" = Option<i64>, Query, description = "Only entries after this log position"),
-        ("before" = Option<i64>, Query, description = "Only entries before this log position"),
-        ("limit" = Option<u64>, Query, description = "At most this many (1–1000, default 100); a page also ends at 1 MiB, with `next` set"),
-        ("order" = Option<String>, Query, description = "`desc` (newest first, default) or `asc`"),
+        ("after" = Option<i64>, Query, minimum = 0, description = "Only entries after this log position"),
+        ("before" = Option<i64>, Query, minimum = 0, description = "Only entries before this log position"),
+        ("limit" = Option<u64>, Query, minimum = 1, maximum = 1000, description = "At most this many (1–1000, default 100); a page also ends at 1 MiB, with `next` set"),
+        ("order" = Option<String>, Query, pattern = "^(asc|desc)$", description = "`desc` (newest first, default) or `asc`"),
         ("type" = Option<String>, Query, description = "Comma-separated event types"),
-        ("job_id" = Option<u64>, Query, description = "Only entries about this job"),
-        ("from" = Option<String>, Query, description = "Only entries at or after this RFC 3339 time"),
-        ("to" = Option<String>, Query, description = "Only entries before this RFC 3339 time"),
+        ("job_id" = Option<u64>, Query, maximum = 4294967295_i64, description = "Only entries about this job"),
+        ("from" = Option<chrono::DateTime<chrono::Utc>>, Query, description = "Only entries at or after this RFC 3339 time"),
+        ("to" = Option<chrono::DateTime<chrono::Utc>>, Query, description = "Only entries before this RFC 3339 time"),
         ("X-Clusterra-Min-Position" = Option<i64>, Header, description = "Wait (bounded) until this log position is visible")),
     responses(
         (status = 200, description = "A page of entries", body = FeedPage),
@@ -468,10 +468,10 @@ impl FeedStream {
     path = "/v1/clusters/{id}/events/stream",
     tag = "events",
     params(("id" = String, Path, description = "Cluster id"),
-        ("after" = Option<i64>, Query, description = "Start after this log position (default: from now)"),
+        ("after" = Option<i64>, Query, minimum = 0, description = "Start after this log position (default: from now)"),
         ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this event; wins over after"),
         ("type" = Option<String>, Query, description = "Comma-separated event types"),
-        ("job_id" = Option<u64>, Query, description = "Only entries about this job")),
+        ("job_id" = Option<u64>, Query, maximum = 4294967295_i64, description = "Only entries about this job")),
     responses(
         (status = 200, description = "text/event-stream: one event per entry (id = log position, data = the entry as JSON); `dropped` tells a subscriber that fell behind where to resume", content_type = "text/event-stream"),
         (status = 400, description = "A bad parameter", body = crate::error::ErrorBody),
@@ -490,9 +490,11 @@ pub(crate) async fn stream(
     let q = raw_query(query)?;
     unknown(&q, &["after", "type", "job_id"])?;
     let filter = Filter::parse(&q)?;
+    // `after` is checked even when Last-Event-ID (which wins) is sent.
+    let after = position(&q, "after")?;
     let resume = match crate::sse::last_event_id(&headers, "a log position")? {
         Some(id) => Some(id as i64),
-        None => position(&q, "after")?,
+        None => after,
     };
     let collection = feed_of(&state, &caller, &id).await?;
     let subscription = state.feed.hub.subscribe(&collection);

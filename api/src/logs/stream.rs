@@ -284,9 +284,9 @@ fn start_offset(headers: &HeaderMap, query: RawQuery) -> Result<u64, ApiError> {
     get,
     path = "/v1/clusters/{id}/jobs/{job_id}/logs/stream",
     tag = "logs",
-    params(("id" = String, Path, description = "Cluster id"), ("job_id" = u64, Path, description = "Slurm job id"),
+    params(("id" = String, Path, description = "Cluster id"), ("job_id" = u64, Path, maximum = 4294967295_i64, description = "Slurm job id (a 32-bit number)"),
         ("X-Clusterra-Min-Position" = Option<i64>, Header, description = "Wait (bounded) until this log position is visible"),
-        ("offset" = Option<u64>, Query, description = "Byte offset to start at (default 0)"),
+        ("offset" = Option<u64>, Query, maximum = 9223372036854775807_i64, description = "Byte offset to start at (default 0)"),
         ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event (a byte offset); wins over offset")),
     responses(
         (status = 200, description = "text/event-stream of `log`, `reset`, `error` and `end` events (docs/logs.md)", content_type = "text/event-stream"),
