@@ -11,6 +11,19 @@ use serde_json::Value;
 
 /// The `clusterra` binary: `CLUSTERRA_BIN`, else the one built beside this test executable
 /// (`cargo test --workspace` and `scripts/test` build it).
+/// When a wait for something the test needs gives up: `within` times the patience
+/// (`CLUSTERRA_TEST_PATIENCE`, default 4), so a loaded machine (CI on 2 cores, `scripts/test
+/// --stress`) is waited for. Every wait ends as soon as what it waits for is there; the bound
+/// only stops a test that would otherwise hang. Never used for "nothing happens within".
+pub fn deadline(within: Duration) -> Instant {
+    let patience = std::env::var("CLUSTERRA_TEST_PATIENCE")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .unwrap_or(4)
+        .max(1);
+    Instant::now() + within * patience
+}
+
 pub fn binary() -> PathBuf {
     if let Some(path) = std::env::var_os("CLUSTERRA_BIN") {
         return PathBuf::from(path);
@@ -117,7 +130,7 @@ impl Server {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let deadline = deadline(Duration::from_secs(15));
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return status.code();
@@ -187,7 +200,7 @@ pub fn repo_root() -> PathBuf {
 
 /// Polls `/readyz` until every projection has reached `position`.
 pub async fn wait_projected(server: &Server, position: i64) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = deadline(Duration::from_secs(30));
     loop {
         let body: serde_json::Value = reqwest::get(server.url("/readyz"))
             .await
@@ -297,7 +310,7 @@ impl Api {
     }
 
     pub async fn wait_state(&self, id: u64, states: &[&str], within: Duration) -> Value {
-        let deadline = Instant::now() + within;
+        let deadline = deadline(within);
         loop {
             let job = self.job(id).await;
             if states.iter().any(|s| job["state"] == *s) {

@@ -66,7 +66,7 @@ fn submit_list_show_and_cancel_from_the_command_line() {
         .as_u64()
         .unwrap();
 
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let deadline = tests::deadline(Duration::from_secs(15));
     loop {
         let out = cli(&server, &token, &["job", &id.to_string()]);
         let job: Value = serde_json::from_str(&stdout(&out)).unwrap();

@@ -400,7 +400,7 @@ async fn pending_jobs_drive_scale_decisions_and_idle_sets_go_to_zero() {
     // Until the latest decision sets the count to `to` (a cycle may see only some of the jobs
     // and a later one grow the set again).
     let wait_for = |to: u64| async move {
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let deadline = tests::deadline(Duration::from_secs(15));
         loop {
             let d = decisions().await;
             if d.last().is_some_and(|e| e["data"]["to"] == to) {

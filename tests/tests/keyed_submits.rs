@@ -177,7 +177,7 @@ async fn one_key_sent_to_two_replicas_at_once_makes_one_job() {
     }
 
     // Each job ran exactly once, on one replica's executor.
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = tests::deadline(Duration::from_secs(20));
     loop {
         let lines = std::fs::read_to_string(&ran).unwrap_or_default();
         if lines.lines().count() >= 3 {

@@ -75,7 +75,7 @@ async fn follow(
             .starts_with("text/event-stream")
     );
     let mut events = eventsource_stream::Eventsource::eventsource(res.bytes_stream());
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = tests::deadline(Duration::from_secs(30));
     while let Some(event) = tokio::time::timeout_at(deadline.into(), events.next())
         .await
         .expect("the stream ended within 30 s")

@@ -16,7 +16,7 @@ fn job(script: &str) -> Value {
 }
 
 async fn wait_events(api: &Api, types: &str, n: usize, within: Duration) -> Vec<Value> {
-    let deadline = Instant::now() + within;
+    let deadline = tests::deadline(within);
     loop {
         let e = api.events(types).await;
         if e.len() >= n {
@@ -145,7 +145,7 @@ async fn readyz(server: &Server) -> Value {
 }
 
 async fn wait_leader(server: &Server, within: Duration) {
-    let deadline = Instant::now() + within;
+    let deadline = tests::deadline(within);
     while readyz(server).await["poll_leader"] != true {
         assert!(Instant::now() < deadline, "{} never led", server.base);
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -233,7 +233,7 @@ async fn one_leader_decides_and_another_takes_over_when_it_dies() {
         assert_eq!(status, 201, "{out}");
     }
     // B continues from A's decision (from 1), and nothing was decided twice.
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let deadline = tests::deadline(Duration::from_secs(15));
     let all = loop {
         let all = api_b.events("ScaleDecisionMade").await;
         if all.iter().any(|d| d["data"]["from"] != 0) {

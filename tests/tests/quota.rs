@@ -227,7 +227,7 @@ async fn quotas_warn_block_kill_and_the_bill_survives_a_replay() {
 
     // Blocked: the profile says so and new jobs are refused with spend and limit, appending nothing.
     // (The profile reads the quotas projection: give it a moment to apply QuotaEnforced.)
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = tests::deadline(Duration::from_secs(5));
     let me = loop {
         let (_, me) = as_user(&api, &bob, reqwest::Method::GET, "/v1/users/me", None).await;
         if me["status"] == "blocked" || Instant::now() > deadline {

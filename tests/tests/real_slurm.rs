@@ -86,7 +86,7 @@ async fn jobs_on_a_registered_slurmrestd_cluster() {
 
     std::fs::create_dir_all(data.join("slurm-tokens")).unwrap();
     std::fs::write(data.join("slurm-tokens/default.real.jwt"), &jwt).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = tests::deadline(Duration::from_secs(20));
     let submitted = loop {
         let (status, out) = call(
             reqwest::Method::POST,
@@ -104,7 +104,7 @@ async fn jobs_on_a_registered_slurmrestd_cluster() {
     let wait = |id: u64, state: &'static str, secs: u64| {
         let call = &call;
         async move {
-            let deadline = Instant::now() + Duration::from_secs(secs);
+            let deadline = tests::deadline(Duration::from_secs(secs));
             loop {
                 let (_, job) = call(
                     reqwest::Method::GET,

@@ -40,7 +40,7 @@ async fn register(api: &Api, id: &str, url: &str) {
 
 /// Submits to `cluster` once it is connected (the poll cycle connects it within an interval).
 async fn submit(api: &Api, cluster: &str) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = tests::deadline(Duration::from_secs(20));
     loop {
         let (status, out) = api
             .call(
@@ -238,7 +238,7 @@ async fn a_failing_slurm_changes_no_job_and_holds_up_no_other_cluster() {
         "the silent cluster was called"
     );
     // The silent cluster is recorded unreachable once, with a cause and no URL.
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = tests::deadline(Duration::from_secs(30));
     let events = loop {
         let events = reachability(&api, "silent").await;
         if !events.is_empty() || Instant::now() > deadline {
