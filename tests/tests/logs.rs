@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used)] // a test may panic on what it did not expect
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine;
 use futures::StreamExt;
