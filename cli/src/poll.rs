@@ -155,18 +155,10 @@ pub async fn run(p: Poller, mut stop: watch::Receiver<bool>) {
                 scaler.lead_from(chrono::Utc::now());
             }
         }
-        if !leading {
-            tokio::select! {
-                _ = tokio::time::sleep(every) => {}
-                _ = stop.changed() => {}
-            }
-            if *stop.borrow() {
-                break;
-            }
-            continue;
-        }
         let deadline = tokio::time::Instant::now() + every;
-        // One read of the registered clusters per cycle, for connecting and for quotas.
+        // One read of the registered clusters per cycle, for connecting and for quotas. Every
+        // replica connects them, leader or not: each serves submits, cancels and log reads for
+        // every cluster; only the passes below (reconcile, scaling, quotas) are the leader's.
         let clusters = match all_clusters(&store).await {
             Ok(c) => c,
             Err(e) => {
@@ -175,6 +167,16 @@ pub async fn run(p: Poller, mut stop: watch::Receiver<bool>) {
             }
         };
         connect_clusters(&clusters, &directory, &tokens_dir, slurm);
+        if !leading {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => {}
+                _ = stop.changed() => {}
+            }
+            if *stop.borrow() {
+                break;
+            }
+            continue;
+        }
         passes.reap();
         for (key, port) in directory.snapshot() {
             let work = cluster_pass(shared.clone(), key.clone(), port);

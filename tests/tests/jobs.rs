@@ -29,6 +29,80 @@ async fn the_job_lifecycle_on_the_local_executor() {
     let data = data.to_str().unwrap();
     let api = Api::start(data, &ENV);
 
+    // Each pitfall gets its own error and appends nothing. (Checked first, while nothing runs:
+    // the log position of an idle server moves only by what the requests append.)
+    let before = api.log_position().await;
+    let good = || raw("#!/bin/bash\ntrue", None);
+    let mut cases: Vec<(&str, Value)> = Vec::new();
+    let mut b = good();
+    b["job"]["script"] = json!("echo no shebang");
+    cases.push(("script_no_shebang", b));
+    let mut b = good();
+    b["job"].as_object_mut().unwrap().remove("environment");
+    cases.push(("environment_missing", b));
+    let mut b = good();
+    b["job"]["environment"] = json!([]);
+    cases.push(("environment_missing", b));
+    let mut b = good();
+    b["job"]["time_limit"] = json!({"number": 60});
+    cases.push(("wrapped_number_unset", b));
+    let mut b = good();
+    b["job"]["time_limit"] = json!("01:00:00");
+    cases.push(("time_limit_not_minutes", b));
+    let mut b = good();
+    b["job"]
+        .as_object_mut()
+        .unwrap()
+        .remove("current_working_directory");
+    cases.push(("working_directory_missing", b));
+    let mut b = good();
+    b["job"]["memory_per_cpu"] = json!(1024);
+    b["job"]["memory_per_node"] = json!(4096);
+    cases.push(("memory_conflict", b));
+    cases.push((
+        "heterogeneous_unsupported",
+        json!({"jobs": [good()["job"]]}),
+    ));
+    cases.push(("job_missing", json!({"script": "#!/bin/bash\ntrue"})));
+    cases.push((
+        "template_not_found",
+        json!({"template_id": "nope", "params": {}}),
+    ));
+    cases.push((
+        "invalid_param",
+        json!({"template_id": "shell", "params": {"command": 42}}),
+    ));
+    for (code, body) in cases {
+        let (status, out) = api.submit(body).await;
+        assert!(status == 422 || status == 404, "{code}: {status} {out}");
+        assert_eq!(out["error"]["code"], code, "{out}");
+        assert!(out["error"]["field"].is_string(), "{out}");
+    }
+    let res = api
+        .client
+        .post(api.server.url("/v1/clusters/local/jobs"))
+        .bearer_auth(&api.token)
+        .body("{not json")
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 400);
+    let res = api
+        .client
+        .post(api.server.url("/v1/clusters/local/jobs"))
+        .bearer_auth(&api.token)
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 415);
+    assert_eq!(
+        api.log_position().await,
+        before,
+        "rejected submissions appended nothing"
+    );
+
     // A template job that prints a known line reaches COMPLETED with the line in its output.
     let (status, out) = api
         .submit(
@@ -182,79 +256,6 @@ async fn the_job_lifecycle_on_the_local_executor() {
         .await
         .unwrap();
     assert_eq!(list["jobs"].as_array().unwrap().len(), 2, "{list}");
-
-    // Each pitfall gets its own error and appends nothing.
-    let before = api.log_position().await;
-    let good = || raw("#!/bin/bash\ntrue", None);
-    let mut cases: Vec<(&str, Value)> = Vec::new();
-    let mut b = good();
-    b["job"]["script"] = json!("echo no shebang");
-    cases.push(("script_no_shebang", b));
-    let mut b = good();
-    b["job"].as_object_mut().unwrap().remove("environment");
-    cases.push(("environment_missing", b));
-    let mut b = good();
-    b["job"]["environment"] = json!([]);
-    cases.push(("environment_missing", b));
-    let mut b = good();
-    b["job"]["time_limit"] = json!({"number": 60});
-    cases.push(("wrapped_number_unset", b));
-    let mut b = good();
-    b["job"]["time_limit"] = json!("01:00:00");
-    cases.push(("time_limit_not_minutes", b));
-    let mut b = good();
-    b["job"]
-        .as_object_mut()
-        .unwrap()
-        .remove("current_working_directory");
-    cases.push(("working_directory_missing", b));
-    let mut b = good();
-    b["job"]["memory_per_cpu"] = json!(1024);
-    b["job"]["memory_per_node"] = json!(4096);
-    cases.push(("memory_conflict", b));
-    cases.push((
-        "heterogeneous_unsupported",
-        json!({"jobs": [good()["job"]]}),
-    ));
-    cases.push(("job_missing", json!({"script": "#!/bin/bash\ntrue"})));
-    cases.push((
-        "template_not_found",
-        json!({"template_id": "nope", "params": {}}),
-    ));
-    cases.push((
-        "invalid_param",
-        json!({"template_id": "shell", "params": {"command": 42}}),
-    ));
-    for (code, body) in cases {
-        let (status, out) = api.submit(body).await;
-        assert!(status == 422 || status == 404, "{code}: {status} {out}");
-        assert_eq!(out["error"]["code"], code, "{out}");
-        assert!(out["error"]["field"].is_string(), "{out}");
-    }
-    let res = api
-        .client
-        .post(api.server.url("/v1/clusters/local/jobs"))
-        .bearer_auth(&api.token)
-        .body("{not json")
-        .header("content-type", "application/json")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status().as_u16(), 400);
-    let res = api
-        .client
-        .post(api.server.url("/v1/clusters/local/jobs"))
-        .bearer_auth(&api.token)
-        .body("x")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status().as_u16(), 415);
-    assert_eq!(
-        api.log_position().await,
-        before,
-        "rejected submissions appended nothing"
-    );
 
     // A plain user sees only their own jobs and cannot cancel others'.
     let bob = stdout(&run(&[

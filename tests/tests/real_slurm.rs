@@ -158,3 +158,146 @@ async fn jobs_on_a_registered_slurmrestd_cluster() {
     wait(sleeper, "CANCELLED", 30).await;
     server.stop();
 }
+
+/// Two replicas on one PostgreSQL, clients alternating between them with no balancer: every
+/// submit is accepted by either replica (each connects the cluster, not only the poll leader),
+/// each job is listed once by both, the ids are unique, and the log replays to the same views.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_on_one_database_both_submit_to_the_real_slurm() {
+    if std::env::var("CLUSTERRA_SKIP_SLURM").as_deref() == Ok("1") {
+        eprintln!("SKIPPED: CLUSTERRA_SKIP_SLURM=1 (no real Slurm in this run)");
+        return;
+    }
+    let (url, user, jwt) = (
+        env("SLURMRESTD_URL"),
+        env("SLURM_USER_NAME"),
+        env("SLURM_JWT"),
+    );
+    let db = tests::ScratchDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (a_dir, b_dir) = (dir.path().join("a"), dir.path().join("b"));
+    let env = [("CLUSTERRA_POLL_INTERVAL_MS", "200")];
+    let start = |data: &std::path::Path| {
+        Server::start_with_env(
+            &[
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--database-url",
+                &db.url,
+            ],
+            &env,
+        )
+    };
+    let (a, banner) = start(&a_dir);
+    let token = banner
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("export CLUSTERRA_TOKEN="))
+        .unwrap()
+        .to_string();
+    std::fs::copy(a_dir.join("jwt-secret"), dir.path().join("secret")).unwrap();
+    std::fs::create_dir_all(&b_dir).unwrap();
+    std::fs::copy(dir.path().join("secret"), b_dir.join("jwt-secret")).unwrap();
+    let b = start(&b_dir).0;
+    for data in [&a_dir, &b_dir] {
+        std::fs::create_dir_all(data.join("slurm-tokens")).unwrap();
+        std::fs::write(data.join("slurm-tokens/default.real.jwt"), &jwt).unwrap();
+    }
+    let client = reqwest::Client::new();
+    let call = |server: &Server, method: reqwest::Method, path: &str, body: Option<Value>| {
+        let req = client.request(method, server.url(path)).bearer_auth(&token);
+        let req = match body {
+            Some(b) => req.json(&b),
+            None => req,
+        };
+        async move {
+            let res = req.send().await.unwrap();
+            let status = res.status().as_u16();
+            (status, res.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let (status, out) = call(
+        &a,
+        reqwest::Method::POST,
+        "/v1/clusters",
+        Some(json!({"id": "real", "name": "Real Slurm", "region": "local", "bucket": "real-two-replicas", "slurm": {"url": url, "user": user}})),
+    )
+    .await;
+    assert_eq!(status, 201, "{out}");
+    let registered = out["position"].as_i64().unwrap();
+    tests::wait_projected(&a, registered).await;
+    tests::wait_projected(&b, registered).await;
+    let body = json!({"job": {"name": "two-replicas", "script": "#!/bin/bash\ntrue", "environment": ["PATH=/usr/bin:/bin"],
+        "current_working_directory": "/mnt/efs"}});
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let server = if i % 2 == 0 { &a } else { &b };
+        let deadline = tests::deadline(Duration::from_secs(15));
+        let out = loop {
+            let (status, out) = call(
+                server,
+                reqwest::Method::POST,
+                "/v1/clusters/real/jobs",
+                Some(body.clone()),
+            )
+            .await;
+            if status == 201 {
+                break out;
+            }
+            // Only before this replica first connected the cluster.
+            assert!(
+                ids.len() < 2 && out["error"]["code"] == "slurm_not_connected",
+                "submit {i} to replica {}: {status} {out}",
+                if i % 2 == 0 { "A" } else { "B" }
+            );
+            assert!(Instant::now() < deadline, "never connected: {out}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        ids.push((
+            out["job_id"].as_u64().unwrap(),
+            out["position"].as_i64().unwrap(),
+        ));
+    }
+    let mut unique: Vec<u64> = ids.iter().map(|(id, _)| *id).collect();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), 20, "job ids are unique: {ids:?}");
+    let last = ids.iter().map(|(_, p)| *p).max().unwrap();
+    for server in [&a, &b] {
+        tests::wait_projected(server, last).await;
+        let (status, page) = call(
+            server,
+            reqwest::Method::GET,
+            "/v1/clusters/real/jobs?limit=500",
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{page}");
+        let mut listed: Vec<u64> = page["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["job_id"].as_u64().unwrap())
+            .collect();
+        listed.sort_unstable();
+        assert_eq!(listed, unique, "each job listed once by {}", server.base);
+    }
+    assert_eq!(a.stop(), Some(0));
+    assert_eq!(b.stop(), Some(0));
+    let verify = tests::run(&[
+        "replay",
+        "--projection",
+        "all",
+        "--verify",
+        "--data-dir",
+        a_dir.to_str().unwrap(),
+        "--database-url",
+        &db.url,
+    ]);
+    assert!(
+        verify.status.success(),
+        "{}{}",
+        tests::stdout(&verify),
+        tests::stderr(&verify)
+    );
+    db.drop_database().await;
+}
