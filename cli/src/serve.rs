@@ -78,6 +78,12 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
         }
         None => tracing::info!(user = %job_user.user.name, "local jobs run as the server's user"),
     }
+    if store.log.backend() == "postgres" {
+        // Replicas share the log, not this machine: say what the local executor is.
+        let note = "on PostgreSQL other replicas may share this database; the embedded `local` cluster (the local executor) runs each job on the replica that took it, on that machine. It is a single-machine default: register a Slurm cluster for work that every replica serves";
+        println!("NOTE: {note}");
+        tracing::info!("{note}");
+    }
     for note in &job_user_notes {
         println!("WARNING: {note}");
         tracing::warn!("{note}");

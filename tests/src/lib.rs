@@ -219,6 +219,29 @@ pub async fn wait_projected(server: &Server, position: i64) -> serde_json::Value
     }
 }
 
+/// `clusterra replay --projection all --verify` on a data dir (and a PostgreSQL, when given):
+/// every view rebuilt from the log equals the live one.
+pub fn assert_replay_verifies(data: &Path, database_url: Option<&str>) {
+    let mut args = vec![
+        "replay",
+        "--projection",
+        "all",
+        "--verify",
+        "--data-dir",
+        data.to_str().expect("a UTF-8 path"),
+    ];
+    if let Some(url) = database_url {
+        args.extend(["--database-url", url]);
+    }
+    let verify = run(&args);
+    assert!(
+        verify.status.success(),
+        "replay --verify: {}{}",
+        stdout(&verify),
+        stderr(&verify)
+    );
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }

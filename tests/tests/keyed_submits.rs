@@ -195,17 +195,7 @@ async fn one_key_sent_to_two_replicas_at_once_makes_one_job() {
     );
 
     // The views are what the log says.
-    let verify = tests::run(&[
-        "replay",
-        "--projection",
-        "all",
-        "--verify",
-        "--data-dir",
-        a_dir.to_str().unwrap(),
-        "--database-url",
-        &url,
-    ]);
-    assert!(verify.status.success(), "{}", tests::stdout(&verify));
+    tests::assert_replay_verifies(&a_dir, Some(&url));
     drop((a, b));
     db.drop_database().await;
 }

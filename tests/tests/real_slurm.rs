@@ -283,21 +283,6 @@ async fn two_replicas_on_one_database_both_submit_to_the_real_slurm() {
     }
     assert_eq!(a.stop(), Some(0));
     assert_eq!(b.stop(), Some(0));
-    let verify = tests::run(&[
-        "replay",
-        "--projection",
-        "all",
-        "--verify",
-        "--data-dir",
-        a_dir.to_str().unwrap(),
-        "--database-url",
-        &db.url,
-    ]);
-    assert!(
-        verify.status.success(),
-        "{}{}",
-        tests::stdout(&verify),
-        tests::stderr(&verify)
-    );
+    tests::assert_replay_verifies(&a_dir, Some(&db.url));
     db.drop_database().await;
 }
