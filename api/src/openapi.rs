@@ -82,8 +82,14 @@ impl Modify for BearerAuth {
     }
 }
 
-/// The OpenAPI document: the handlers' annotations, completed by [`conform`].
+/// The OpenAPI document: the handlers' annotations, completed by [`conform`]. Built once per
+/// process (it never changes while the server runs).
 pub fn document() -> utoipa::openapi::OpenApi {
+    static DOCUMENT: std::sync::OnceLock<utoipa::openapi::OpenApi> = std::sync::OnceLock::new();
+    DOCUMENT.get_or_init(build).clone()
+}
+
+fn build() -> utoipa::openapi::OpenApi {
     let doc = ApiDoc::openapi();
     let Ok(mut value) = serde_json::to_value(&doc) else {
         return doc;
