@@ -76,6 +76,21 @@ pub struct Metrics {
     log_position: Gauge,
     projection_position: Family<ProjectionLabels, Gauge>,
     projection_lag: Family<ProjectionLabels, Gauge>,
+    poll_cycles: Counter,
+    poll_cycle_duration: Histogram,
+    poll_cycle_last: Gauge<f64, std::sync::atomic::AtomicU64>,
+    poll_events: Counter,
+}
+
+impl Metrics {
+    /// One poll cycle of the leader ended: how long it took (catching up with the log, then every
+    /// cluster's pass and the quota pass) and how many log events it read.
+    pub fn poll_cycle(&self, took: std::time::Duration, events: u64) {
+        self.poll_cycles.inc();
+        self.poll_cycle_duration.observe(took.as_secs_f64());
+        self.poll_cycle_last.set(took.as_secs_f64());
+        self.poll_events.inc_by(events);
+    }
 }
 
 impl Default for Metrics {
@@ -113,7 +128,35 @@ impl Default for Metrics {
             "Events each projection still has to apply",
             projection_lag.clone(),
         );
+        let poll_cycles = Counter::default();
+        let poll_cycle_duration = Histogram::new(exponential_buckets(0.0001, 2.0, 18));
+        let poll_cycle_last = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        let poll_events = Counter::default();
+        registry.register(
+            "poll_cycles",
+            "Poll cycles this process ran as the leader",
+            poll_cycles.clone(),
+        );
+        registry.register(
+            "poll_cycle_duration_seconds",
+            "How long each poll cycle took: catching up with the log, every cluster's pass, quotas",
+            poll_cycle_duration.clone(),
+        );
+        registry.register(
+            "poll_cycle_last_duration_seconds",
+            "How long the last poll cycle took",
+            poll_cycle_last.clone(),
+        );
+        registry.register(
+            "poll_events_read",
+            "Log events the poll cycle read to keep its open-job index",
+            poll_events.clone(),
+        );
         Self {
+            poll_cycles,
+            poll_cycle_duration,
+            poll_cycle_last,
+            poll_events,
             registry: Mutex::new(registry),
             requests,
             latency,

@@ -19,12 +19,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use commands::fleet::EdgeAgent;
+use commands::open::Tracker;
 use commands::quota::{Pricing, RunningJob};
 use commands::replicas::ReplicaStore;
-use domain::cost::{Period, QuotaStatus, usage_by_user};
+use domain::cost::{Period, QuotaStatus};
 
-use commands::jobs::{OpenJob, Unsettled, reconcile, settle_submissions};
-use commands::scaling::{Scaler, ScalingJob};
+use commands::jobs::{Unsettled, reconcile, settle_submissions};
+use commands::scaling::Scaler;
 use commands::slurm::{BreakerSettings, LiveDirectory, Reachability, SlurmPort};
 use eventlog::{ModelSet, Store};
 use projections::views::clusters::ClusterView;
@@ -56,6 +57,8 @@ pub struct Poller {
     pub slurm: SlurmCalls,
     /// Each cluster's job limits: open jobs over them are failed, not planned.
     pub limits: commands::jobs::ClusterLimits,
+    /// Where each cycle's duration is reported.
+    pub metrics: Arc<api::Metrics>,
 }
 
 type Key = (domain::WorkspaceId, domain::ClusterId);
@@ -68,6 +71,11 @@ struct Shared {
     limits: commands::jobs::ClusterLimits,
     /// Each cluster's reachability as last recorded in the log (seeded from the projection).
     recorded: Mutex<HashMap<Key, bool>>,
+    /// The jobs as the cycle needs them, read on from the log each cycle.
+    tracker: Arc<Tracker>,
+    /// Per cluster, what the last reconcile that left nothing to do saw: Slurm's jobs version and
+    /// the index's generation. While both stand, reconcile would find nothing and is skipped.
+    reconciled: Mutex<HashMap<Key, (u64, u64)>>,
 }
 
 /// The work of one cycle under way: cluster passes (`Some(key)`) and the quota pass (`None`).
@@ -137,13 +145,17 @@ pub async fn run(p: Poller, mut stop: watch::Receiver<bool>) {
         billing_period,
         slurm,
         limits,
+        metrics,
     } = p;
+    let tracker = Arc::new(Tracker::default());
     let shared = Arc::new(Shared {
         store: store.clone(),
         scaler: scaler.clone(),
         replicas,
         limits,
         recorded: Mutex::new(HashMap::new()),
+        tracker: tracker.clone(),
+        reconciled: Mutex::new(HashMap::new()),
     });
     let pricing = Arc::new(pricing);
     let mut passes = Passes::default();
@@ -178,17 +190,39 @@ pub async fn run(p: Poller, mut stop: watch::Receiver<bool>) {
             continue;
         }
         passes.reap();
+        let started = std::time::Instant::now();
+        let now = chrono::Utc::now();
+        tracker.set_period(Period::of(billing_period, now));
+        // The open-job index reads what was appended since the last cycle (all of the log the
+        // first time this process leads); the passes below work from it.
+        let caught_up = match tracker
+            .catch_up(store.log.as_ref(), &|shape| pricing.rate(shape))
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the log for the poll cycle; retrying next cycle");
+                tokio::select! {
+                    _ = tokio::time::sleep_until(deadline) => {}
+                    _ = stop.changed() => {}
+                }
+                if *stop.borrow() {
+                    break;
+                }
+                continue;
+            }
+        };
         for (key, port) in directory.snapshot() {
             let work = cluster_pass(shared.clone(), key.clone(), port);
             passes.start(Some(key), work);
         }
-        let (store2, directory2, pricing2) = (store.clone(), directory.clone(), pricing.clone());
+        let (store2, directory2, tracker2) = (store.clone(), directory.clone(), tracker.clone());
         passes.start(None, async move {
             enforce_quotas(
                 &store2,
                 &clusters,
                 directory2.as_ref(),
-                &pricing2,
+                &tracker2,
                 billing_period,
             )
             .await
@@ -199,6 +233,14 @@ pub async fn run(p: Poller, mut stop: watch::Receiver<bool>) {
             _ = passes.wait(deadline) => {}
             _ = stop.changed() => {}
         }
+        let took = started.elapsed();
+        metrics.poll_cycle(took, caught_up.events as u64);
+        tracing::debug!(
+            took_ms = took.as_secs_f64() * 1e3,
+            events = caught_up.events,
+            position = caught_up.position,
+            "poll cycle"
+        );
         if *stop.borrow() {
             break;
         }
@@ -218,83 +260,98 @@ pub async fn run(p: Poller, mut stop: watch::Receiver<bool>) {
     tracing::info!("poll cycle stopped");
 }
 
-/// One cluster's pass: scaling, replica copy, reconcile, then its reachability.
+/// One cluster's pass: scaling, replica copy, reconcile, then its reachability. Its work
+/// follows what changed: the jobs come from the open-job index, jobs are checked against the
+/// limits once (when they enter), the scaler places them only when they or the nodes changed,
+/// and reconcile is skipped while neither Slurm's jobs (where the port can tell) nor the index
+/// moved since a reconcile that left nothing to do.
 async fn cluster_pass(shared: Arc<Shared>, key: Key, slurm: Arc<dyn SlurmPort>) {
     let (workspace, cluster) = &key;
     let store = &shared.store;
-    match open_jobs(store, workspace, cluster).await {
-        Ok((open, sizing)) => {
-            fail_oversized(
-                store,
-                slurm.as_ref(),
-                &shared.limits,
-                workspace,
-                cluster,
-                &open,
-                &sizing,
-            )
-            .await;
-            match shared
-                .scaler
-                .cycle(
-                    store.log.as_ref(),
-                    workspace,
-                    cluster,
-                    &sizing,
-                    chrono::Utc::now(),
-                )
-                .await
-            {
-                Ok(made) => {
-                    for d in made {
-                        tracing::info!(%cluster, node_set = %d.node_set, from = d.from, to = d.to, reason = %d.reason, "scale decision");
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(%cluster, error = %e, "scaling step failed; retrying next cycle")
-                }
-            }
-            match shared
-                .scaler
-                .sync_replicas(
-                    store.log.as_ref(),
-                    shared.replicas.as_ref(),
-                    workspace,
-                    cluster,
-                    chrono::Utc::now(),
-                )
-                .await
-            {
-                Ok(0) => {}
-                Ok(n) => tracing::debug!(%cluster, written = n, "replica store updated"),
-                Err(e) => {
-                    tracing::warn!(%cluster, error = %e, "replica store not updated; retrying next cycle")
-                }
-            }
-            match reconcile(
-                store.log.as_ref(),
-                slurm.as_ref(),
-                workspace,
-                cluster,
-                &open,
-                chrono::Utc::now(),
-            )
-            .await
-            {
-                Ok(done) if done != Default::default() => {
-                    tracing::debug!(%cluster, changes = done.state_changes, ignored = done.ignored, vanished = done.vanished, corrected = done.corrected, cancels_resent = done.cancels_resent, "reconciled");
-                }
-                Ok(_) => {}
-                // Its breaker is open: said once when it opened, not every cycle.
-                Err(e) if matches!(slurm.reachability(), Reachability::Unreachable { .. }) => {
-                    tracing::debug!(%cluster, error = %e, "reconcile skipped: Slurm unreachable")
-                }
-                Err(e) => {
-                    tracing::warn!(%cluster, error = %e, "reconcile failed; nothing recorded, retrying next cycle")
-                }
+    let slurm_version = slurm.jobs_version();
+    let snapshot = shared.tracker.snapshot(&key);
+    fail_oversized(&shared, slurm.as_ref(), &key, snapshot.added).await;
+    let tracker = shared.tracker.clone();
+    match shared
+        .scaler
+        .cycle_with(
+            store.log.as_ref(),
+            workspace,
+            cluster,
+            Some(snapshot.generation),
+            || tracker.sizing(&key),
+            chrono::Utc::now(),
+        )
+        .await
+    {
+        Ok(made) => {
+            for d in made {
+                tracing::info!(%cluster, node_set = %d.node_set, from = d.from, to = d.to, reason = %d.reason, "scale decision");
             }
         }
-        Err(e) => tracing::warn!(%cluster, error = %e, "could not list open jobs"),
+        Err(e) => {
+            tracing::warn!(%cluster, error = %e, "scaling step failed; retrying next cycle")
+        }
+    }
+    match shared
+        .scaler
+        .sync_replicas(
+            store.log.as_ref(),
+            shared.replicas.as_ref(),
+            workspace,
+            cluster,
+            chrono::Utc::now(),
+        )
+        .await
+    {
+        Ok(0) => {}
+        Ok(n) => tracing::debug!(%cluster, written = n, "replica store updated"),
+        Err(e) => {
+            tracing::warn!(%cluster, error = %e, "replica store not updated; retrying next cycle")
+        }
+    }
+    let unchanged = slurm_version.is_some_and(|v| {
+        shared
+            .reconciled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            == Some(&(v, snapshot.generation))
+    });
+    if !unchanged {
+        match reconcile(
+            store.log.as_ref(),
+            slurm.as_ref(),
+            workspace,
+            cluster,
+            &snapshot.open,
+            chrono::Utc::now(),
+        )
+        .await
+        {
+            Ok(done) => {
+                let mut reconciled = shared.reconciled.lock().unwrap_or_else(|p| p.into_inner());
+                match slurm_version {
+                    Some(v) if done == Default::default() => {
+                        reconciled.insert(key.clone(), (v, snapshot.generation));
+                    }
+                    _ => {
+                        reconciled.remove(&key);
+                    }
+                }
+                drop(reconciled);
+                if done != Default::default() {
+                    tracing::debug!(%cluster, changes = done.state_changes, ignored = done.ignored, vanished = done.vanished, corrected = done.corrected, cancels_resent = done.cancels_resent, left = done.left, "reconciled");
+                }
+            }
+            // Its breaker is open: said once when it opened, not every cycle.
+            Err(e) if matches!(slurm.reachability(), Reachability::Unreachable { .. }) => {
+                tracing::debug!(%cluster, error = %e, "reconcile skipped: Slurm unreachable")
+            }
+            Err(e) => {
+                tracing::warn!(%cluster, error = %e, "reconcile failed; nothing recorded, retrying next cycle")
+            }
+        }
     }
     settle(store, slurm.as_ref(), workspace, cluster).await;
     record_reachability(&shared, &key, slurm.reachability()).await;
@@ -345,25 +402,25 @@ async fn settle(
 }
 
 /// Open jobs over their cluster's limits are failed with the reason (the scaler already skips
-/// them); one that is only pending in the log costs nothing here.
+/// them); one that is only pending in the log costs nothing here. Each job is checked once, when
+/// it enters the index (`added`); a check that could not be recorded is made again next cycle.
 async fn fail_oversized(
-    store: &Store,
+    shared: &Shared,
     slurm: &dyn commands::slurm::SlurmPort,
-    limits: &commands::jobs::ClusterLimits,
-    workspace: &domain::WorkspaceId,
-    cluster: &domain::ClusterId,
-    open: &[OpenJob],
-    sizing: &[ScalingJob],
+    key: &Key,
+    added: Vec<u64>,
 ) {
-    let limits = limits.of(workspace, cluster);
-    // Only jobs still sized (not finished, not NODE_FAIL): by Slurm job id.
-    let shapes: HashMap<u64, &domain::submit::JobShape> =
-        sizing.iter().map(|s| (s.job_id, &s.shape)).collect();
-    let over: Vec<commands::jobs::OversizedJob> = open
-        .iter()
-        .filter_map(|o| {
-            let shape = shapes.get(&o.job_id)?;
-            let why = limits.check(shape, "job.memory_per_node");
+    if added.is_empty() {
+        return;
+    }
+    let (workspace, cluster) = key;
+    let limits = shared.limits.of(workspace, cluster);
+    let over: Vec<commands::jobs::OversizedJob> = shared
+        .tracker
+        .shapes(key, &added)
+        .into_iter()
+        .filter_map(|(o, shape)| {
+            let why = limits.check(&shape, "job.memory_per_node");
             (!why.is_empty()).then(|| commands::jobs::OversizedJob {
                 submission_id: o.submission_id,
                 job_id: o.job_id,
@@ -378,9 +435,13 @@ async fn fail_oversized(
     if over.is_empty() {
         return;
     }
-    if let Err(e) = commands::jobs::fail_oversized(store.log.as_ref(), slurm, cluster, &over).await
+    if let Err(e) =
+        commands::jobs::fail_oversized(shared.store.log.as_ref(), slurm, cluster, &over).await
     {
         tracing::warn!(%cluster, error = %e, "could not fail jobs over the limits; retrying next cycle");
+        shared
+            .tracker
+            .readd(key, over.iter().map(|o| o.job_id).collect());
     }
 }
 
@@ -523,41 +584,6 @@ fn connect_clusters(
     }
 }
 
-/// Jobs the read side believes are not finished, for reconcile and for sizing nodes; reconcile
-/// also gets the NODE_FAIL ones, which Slurm's later report corrects.
-async fn open_jobs(
-    store: &Store,
-    workspace: &domain::WorkspaceId,
-    cluster: &domain::ClusterId,
-) -> Result<(Vec<OpenJob>, Vec<ScalingJob>), eventlog::LogError> {
-    let mut open = Vec::new();
-    let mut sizing = Vec::new();
-    for view in jobs::of_cluster(store.read.as_ref(), workspace, cluster).await? {
-        if view.state == domain::job::JobState::NodeFail {
-            open.push(OpenJob {
-                submission_id: view.submission_id,
-                job_id: view.job_id,
-                state: view.state,
-            });
-        }
-        if view.state.is_terminal() {
-            continue;
-        }
-        open.push(OpenJob {
-            submission_id: view.submission_id,
-            job_id: view.job_id,
-            state: view.state,
-        });
-        sizing.push(ScalingJob {
-            job_id: view.job_id,
-            running: view.state != domain::job::JobState::Pending,
-            shape: view.shape,
-            nodes: view.node,
-        });
-    }
-    Ok((open, sizing))
-}
-
 /// The edge agent of the local executor: every `every`, nodes follow the desired counts. Runs in
 /// every process that has a local executor (each runs its own nodes), leader or not.
 pub async fn agent(
@@ -591,12 +617,14 @@ pub async fn agent(
 }
 
 /// Quota enforcement: every workspace with quotas, every user over, once per cycle
-/// (commands::quota::enforce records once and cancels through the standard path).
+/// (commands::quota::enforce records once and cancels through the standard path). Each user's
+/// usage and unfinished jobs come from the open-job index: a few additions per user, whatever
+/// the size of the queue or of the history.
 async fn enforce_quotas(
     store: &Store,
     clusters: &[ClusterView],
     directory: &LiveDirectory,
-    pricing: &Pricing,
+    tracker: &Tracker,
     kind: domain::cost::PeriodKind,
 ) {
     let now = chrono::Utc::now();
@@ -612,17 +640,8 @@ async fn enforce_quotas(
                 continue;
             }
         };
-        let views = match jobs::of_workspace(store.read.as_ref(), ws).await {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::warn!(workspace = %ws, error = %e, "quota check: could not list jobs");
-                continue;
-            }
-        };
-        let jobs = api::usage::cost_jobs(pricing, &views);
-        let by_user = usage_by_user(&jobs, period, now);
         for (email, quota) in &quotas {
-            let usage = by_user.get(email.as_str()).copied().unwrap_or_default();
+            let (usage, jobs) = tracker.user(ws, email, period, now);
             let status = quota.status(&usage, period);
             // block_and_kill users are always looked at: enforce decides on the log, which
             // the projection may lag.
@@ -632,13 +651,12 @@ async fn enforce_quotas(
             let Ok(user) = domain::Email::new(email) else {
                 continue;
             };
-            let running: Vec<RunningJob> = views
-                .iter()
-                .filter(|v| v.user == *email && !v.state.is_terminal())
-                .map(|v| RunningJob {
-                    cluster: v.cluster_id.clone(),
-                    submission: v.submission_id,
-                    job_id: v.job_id,
+            let running: Vec<RunningJob> = jobs
+                .into_iter()
+                .map(|j| RunningJob {
+                    cluster: j.cluster,
+                    submission: j.submission_id,
+                    job_id: j.job_id,
                 })
                 .collect();
             match commands::quota::enforce(

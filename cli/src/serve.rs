@@ -181,6 +181,7 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
             },
             billing_period,
             limits,
+            metrics: state.metrics.clone(),
             slurm: crate::poll::SlurmCalls {
                 timeout: std::time::Duration::from_millis(config.slurm_call_timeout_ms),
                 breaker: commands::slurm::BreakerSettings {

@@ -615,6 +615,9 @@ pub struct OpenJob {
     pub job_id: u64,
     /// Its state as the read side has it.
     pub state: JobState,
+    /// Whether the read side has a cancel asked for it. With its state, this lets reconcile
+    /// skip reading the job's stream when Slurm reports what the read side has.
+    pub cancel_requested: bool,
 }
 
 /// What one reconcile did.
@@ -629,6 +632,9 @@ pub struct Reconciled {
     pub corrected: usize,
     /// Cancels recorded earlier that Slurm was asked for again (the job still runs).
     pub cancels_resent: usize,
+    /// What is left for the next pass: a cancel Slurm did not confirm, a lookup it did not
+    /// answer, a write that met another.
+    pub left: usize,
 }
 
 /// How long after a submission's request was recorded its outcome may still be on its way (the
@@ -720,6 +726,19 @@ pub async fn reconcile(
             },
         };
         if observed == Observed::NoAnswer {
+            done.left += 1;
+            continue;
+        }
+        // What the read side has agrees with Slurm and no cancel is to be sent again: nothing
+        // to record, and the job's stream is not read (most jobs, most cycles).
+        let resend = job.cancel_requested
+            && seen.as_ref().is_some_and(|s| {
+                matches!(
+                    s.state,
+                    JobState::Pending | JobState::Running | JobState::Suspended
+                )
+            });
+        if !resend && reconcile_verdict(job.state, observed) == Verdict::Keep {
             continue;
         }
         let stream = stream(cluster, job.submission_id);
@@ -736,6 +755,7 @@ pub async fn reconcile(
             match slurm.cancel(job.job_id).await {
                 Ok(()) => done.cancels_resent += 1,
                 Err(e) => {
+                    done.left += 1;
                     tracing::warn!(job_id = job.job_id, error = %e, "cancel not confirmed by Slurm; asking again next cycle")
                 }
             }
@@ -795,7 +815,7 @@ pub async fn reconcile(
         {
             Ok(_) => done.state_changes += 1,
             // Someone (a cancel) wrote meanwhile: the next pass sees it.
-            Err(LogError::VersionConflict { .. }) => {}
+            Err(LogError::VersionConflict { .. }) => done.left += 1,
             Err(e) => return Err(e.into()),
         }
     }
@@ -833,8 +853,11 @@ pub async fn reconcile(
                 verdict
             }
         };
-        if verdict == Some(false) {
-            done.ignored += 1;
+        match verdict {
+            Some(false) => done.ignored += 1,
+            // Being submitted or settled right now: looked at again next pass.
+            None => done.left += 1,
+            Some(true) => {}
         }
     }
     Ok(done)

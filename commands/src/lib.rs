@@ -7,6 +7,7 @@
 pub mod clusters;
 pub mod fleet;
 pub mod jobs;
+pub mod open;
 pub mod quota;
 pub mod replicas;
 pub mod scaling;

@@ -50,6 +50,12 @@ pub struct Pricing {
 }
 
 impl Pricing {
+    /// A shape's hourly rate from the catalog (zero when no instance holds it).
+    pub fn rate(&self, shape: &JobShape) -> domain::MicroUsd {
+        domain::cost::job_rate(&self.catalog, shape, self.default_mib_per_cpu)
+            .unwrap_or(domain::MicroUsd::ZERO)
+    }
+
     pub fn job(
         &self,
         user: &str,

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Duration, Utc};
 use domain::scaling::{
-    Catalog, Demand, NodeSet, PendingSlice, SetState, WarmNode, decide, mark_full, plan,
+    Catalog, Demand, Need, NodeSet, PendingSlice, SetState, WarmNode, decide, mark_full, plan,
 };
 use domain::submit::JobShape;
 use domain::{ClusterId, DomainEvent, ScaleDecisionMade, WorkspaceId};
@@ -66,6 +66,17 @@ pub struct Scaler {
     /// Jobs over these are not planned (the poll cycle fails them); desired counts are clamped
     /// to their `max_nodes_per_set`.
     limits: Option<crate::jobs::ClusterLimits>,
+    /// Each cluster's last plan, with the job generation and node-stream version it was made
+    /// from: while neither moves, the plan stands and the placement is not run again.
+    plans: Mutex<BTreeMap<(WorkspaceId, ClusterId), Plan>>,
+}
+
+/// A plan kept between cycles.
+#[derive(Clone)]
+struct Plan {
+    generation: u64,
+    nodes_version: i64,
+    needs: Arc<BTreeMap<NodeSet, Need>>,
 }
 
 /// A scaling stream folded: each node set's desired count, the log position of the decision
@@ -93,6 +104,7 @@ impl Scaler {
             folded: Mutex::new(BTreeMap::new()),
             nodes: Mutex::new(BTreeMap::new()),
             limits: None,
+            plans: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -120,18 +132,80 @@ impl Scaler {
         jobs: &[ScalingJob],
         now: DateTime<Utc>,
     ) -> Result<Vec<ScaleDecisionMade>, ScaleError> {
+        self.cycle_with(log, workspace, cluster, None, || jobs.to_vec(), now)
+            .await
+    }
+
+    /// [`Self::cycle`] for a caller that numbers the states of the cluster's jobs
+    /// (`generation`): the jobs are asked for (`jobs`) and placed only when the generation or
+    /// the cluster's nodes moved since the last plan; otherwise the last plan is used, and the
+    /// cycle costs the idle-window rule alone. `None` plans every time.
+    pub async fn cycle_with(
+        &self,
+        log: &dyn EventLog,
+        workspace: &WorkspaceId,
+        cluster: &ClusterId,
+        generation: Option<u64>,
+        jobs: impl FnOnce() -> Vec<ScalingJob>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<ScaleDecisionMade>, ScaleError> {
         let stream = stream(workspace, cluster);
         let Folded {
             desired: mut current,
             version,
             ..
         } = self.current(log, &stream).await?;
+        let (live, nodes_version) = self.live_nodes(log, workspace, cluster).await?;
+        let key = (workspace.clone(), cluster.clone());
+        let kept = generation.and_then(|g| {
+            let plans = self.plans.lock().ok()?;
+            let plan = plans.get(&key)?;
+            (plan.generation == g && plan.nodes_version == nodes_version)
+                .then(|| plan.needs.clone())
+        });
+        let needs = match kept {
+            Some(needs) => needs,
+            None => {
+                let needs = Arc::new(self.place(workspace, cluster, &live, &jobs()));
+                if let (Some(g), Ok(mut plans)) = (generation, self.plans.lock()) {
+                    plans.insert(
+                        key,
+                        Plan {
+                            generation: g,
+                            nodes_version,
+                            needs: needs.clone(),
+                        },
+                    );
+                }
+                needs
+            }
+        };
+        self.decide_from(
+            &stream,
+            workspace,
+            cluster,
+            &mut current,
+            version,
+            &needs,
+            now,
+            log,
+        )
+        .await
+    }
+
+    /// Where the pending jobs go: each node set's need, with only pending jobs named in it.
+    fn place(
+        &self,
+        workspace: &WorkspaceId,
+        cluster: &ClusterId,
+        live: &BTreeMap<String, (NodeSet, bool)>,
+        jobs: &[ScalingJob],
+    ) -> BTreeMap<NodeSet, Need> {
         // The cluster's nodes (from the node events), with what their running jobs leave free:
         // pending jobs are placed onto them first. Running jobs on nodes the events do not name
         // (a Slurm cluster without an edge agent here) hold places of their own in the plan.
-        let live = self.live_nodes(log, workspace, cluster).await?;
         let mut warm: BTreeMap<&str, WarmNode> = BTreeMap::new();
-        for (name, (set, _ready)) in &live {
+        for (name, (set, _ready)) in live {
             if let Some(shape) = self.catalog.shape(*set) {
                 warm.insert(
                     name.as_str(),
@@ -194,6 +268,22 @@ impl Scaler {
         for need in needs.values_mut() {
             need.jobs.retain(|j| pending.contains(j));
         }
+        needs
+    }
+
+    /// Marks busy sets, applies the idle window and appends the decisions at `version`.
+    #[allow(clippy::too_many_arguments)]
+    async fn decide_from(
+        &self,
+        stream: &StreamId,
+        workspace: &WorkspaceId,
+        cluster: &ClusterId,
+        current: &mut BTreeMap<NodeSet, SetState>,
+        version: i64,
+        needs: &BTreeMap<NodeSet, Need>,
+        now: DateTime<Utc>,
+        log: &dyn EventLog,
+    ) -> Result<Vec<ScaleDecisionMade>, ScaleError> {
         let started = self.started.lock().map_or(now, |s| *s);
         if let Ok(mut busy) = self.last_busy.lock() {
             let key = |set: NodeSet| (workspace.clone(), cluster.clone(), set);
@@ -204,14 +294,14 @@ impl Scaler {
                 state.last_busy = Some(busy.get(&key(*set)).copied().unwrap_or(started));
             }
             // The rule domain::simulate runs too: busy while the work fills the nodes.
-            mark_full(&mut current, &needs, now);
-            for (set, state) in &current {
+            mark_full(current, needs, now);
+            for (set, state) in current.iter() {
                 if state.last_busy == Some(now) {
                     busy.insert(key(*set), now);
                 }
             }
         }
-        let decisions = decide(&current, &needs, now, self.idle_window);
+        let decisions = decide(current, needs, now, self.idle_window);
         if decisions.is_empty() {
             return Ok(Vec::new());
         }
@@ -240,7 +330,7 @@ impl Scaler {
             )?);
         }
         match log
-            .append(&stream, ExpectedVersion::Exact(version), &batch)
+            .append(stream, ExpectedVersion::Exact(version), &batch)
             .await
         {
             Ok(_) => Ok(events),
@@ -301,13 +391,14 @@ impl Scaler {
         Ok(written)
     }
 
-    /// The cluster's live nodes, read on from where the last cycle left them.
+    /// The cluster's live nodes, read on from where the last cycle left them, and the version
+    /// of their stream.
     async fn live_nodes(
         &self,
         log: &dyn EventLog,
         workspace: &WorkspaceId,
         cluster: &ClusterId,
-    ) -> Result<BTreeMap<String, (NodeSet, bool)>, ScaleError> {
+    ) -> Result<(BTreeMap<String, (NodeSet, bool)>, i64), ScaleError> {
         let stream = crate::fleet::stream(workspace, cluster);
         let known = read_on_cached(&self.nodes, &stream, |mut known| async {
             known
@@ -317,7 +408,7 @@ impl Scaler {
             Ok(known)
         })
         .await?;
-        Ok(known.nodes)
+        Ok((known.nodes, known.version))
     }
 
     /// The stream's fold, read on from where the last cycle left it.

@@ -84,6 +84,12 @@ pub trait SlurmPort: Send + Sync + 'static {
     fn reachability(&self) -> Reachability {
         Reachability::Reachable
     }
+    /// A number that moves whenever any job's state in this controller changes, for ports that
+    /// can tell (the local executor); `None` when it cannot be known without asking (slurmrestd).
+    /// The poll cycle skips reconciling a cluster whose jobs and log are both unchanged.
+    fn jobs_version(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Whether a cluster's Slurm answers, as the last calls made to it tell.
@@ -325,6 +331,9 @@ impl SlurmPort for Guarded {
     }
     fn reachability(&self) -> Reachability {
         self.breaker().reachability()
+    }
+    fn jobs_version(&self) -> Option<u64> {
+        self.inner.jobs_version()
     }
 }
 

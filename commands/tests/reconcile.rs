@@ -249,6 +249,7 @@ async fn a_recorded_request_whose_outcome_the_log_missed_is_adopted_once_as_its_
         submission_id,
         job_id: retry.job_id,
         state: JobState::Pending,
+        cancel_requested: false,
     }];
     let mut final_state = None;
     for _ in 0..100 {
@@ -291,6 +292,7 @@ async fn a_job_that_vanished_from_slurm_gets_a_final_state_that_says_so() {
         submission_id: submitted.submission_id,
         job_id: 9_999,
         state: JobState::Pending,
+        cancel_requested: false,
     };
     let done = reconcile(
         store.log.as_ref(),

@@ -152,6 +152,7 @@ impl World {
             submission_id: s.submission_id,
             job_id: s.job_id,
             state: JobState::Pending,
+            cancel_requested: false,
         }
     }
 
@@ -352,6 +353,7 @@ async fn a_cancel_slurm_did_not_confirm_is_an_error_and_is_asked_again() {
     // Each pass asks again while Slurm still runs it; once Slurm takes it, the state follows.
     let running = OpenJob {
         state: JobState::Running,
+        cancel_requested: true,
         ..job.clone()
     };
     let done = w.reconcile(std::slice::from_ref(&running)).await.unwrap();

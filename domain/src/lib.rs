@@ -8,6 +8,7 @@ pub mod filename;
 pub mod ids;
 pub mod job;
 pub mod money;
+pub mod open;
 pub mod scaling;
 pub mod simulate;
 pub mod storage;

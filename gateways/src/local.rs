@@ -237,6 +237,9 @@ impl Fleet {
     }
 }
 
+/// How long a finished job stays in the listing (slurmctld's `MinJobAge` default).
+const MIN_JOB_AGE: chrono::Duration = chrono::Duration::seconds(300);
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Record {
     job_id: u64,
@@ -287,6 +290,8 @@ impl Record {
 struct Inner {
     settings: LocalSettings,
     records: Mutex<BTreeMap<u64, Record>>,
+    /// Moves with every change to `records` (SlurmPort::jobs_version).
+    changes: std::sync::atomic::AtomicU64,
     cancels: Mutex<BTreeMap<u64, oneshot::Sender<()>>>,
     /// Jobs waiting for a slot or a node, oldest first, and how many run.
     queue: Mutex<Queue>,
@@ -505,6 +510,7 @@ impl LocalExecutor {
             inner: Arc::new(Inner {
                 settings,
                 records: Mutex::new(records),
+                changes: std::sync::atomic::AtomicU64::new(0),
                 cancels: Mutex::new(cancels),
                 queue: Mutex::new(queue),
                 fleet: std::sync::Mutex::new(Fleet {
@@ -596,6 +602,9 @@ impl LocalExecutor {
         let mut records = self.inner.records.lock().await;
         if let Some(r) = records.get_mut(&job_id) {
             f(r);
+            self.inner
+                .changes
+                .fetch_add(1, std::sync::atomic::Ordering::Release);
             let copy = r.clone();
             drop(records);
             self.save(&copy).await;
@@ -1152,6 +1161,9 @@ impl SlurmPort for LocalExecutor {
             body: Some(job.clone()),
         };
         records.insert(job_id, record.clone());
+        self.inner
+            .changes
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
         drop(records);
         self.save(&record).await;
         let (tx, rx) = oneshot::channel();
@@ -1181,15 +1193,28 @@ impl SlurmPort for LocalExecutor {
             .map(Record::view))
     }
 
+    /// As slurmctld answers: every unfinished job, and finished ones for `MIN_JOB_AGE` after
+    /// they ended (older ones are still found by id), so the listing grows with the queue, not
+    /// with the history.
     async fn jobs(&self) -> Result<Vec<SlurmJob>, SlurmError> {
+        let forgotten = Utc::now() - MIN_JOB_AGE;
         Ok(self
             .inner
             .records
             .lock()
             .await
             .values()
+            .filter(|r| r.end_time.is_none_or(|end| end > forgotten))
             .map(Record::view)
             .collect())
+    }
+
+    fn jobs_version(&self) -> Option<u64> {
+        Some(
+            self.inner
+                .changes
+                .load(std::sync::atomic::Ordering::Acquire),
+        )
     }
 
     async fn cancel(&self, job_id: u64) -> Result<(), SlurmError> {

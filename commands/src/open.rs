@@ -1,0 +1,201 @@
+//! The poll cycle's view of the jobs ([`domain::open::OpenJobs`]), kept in memory and read on
+//! from the log: each cycle reads only the events appended since the last one, so its work
+//! follows what changed, not the size of the queue. Built from the log's start when the process
+//! first leads (one read of the history; measured in docs/performance.md).
+
+use std::sync::Mutex;
+
+use chrono::{DateTime, Utc};
+use domain::cost::{Period, Usage};
+use domain::open::{ClusterKey, OpenJobs, UserJob};
+use domain::submit::JobShape;
+use domain::{DomainEvent, MicroUsd, WorkspaceId};
+use eventlog::{EventLog, LogError};
+
+use crate::jobs::OpenJob;
+use crate::scaling::ScalingJob;
+
+/// Events read per call to the log while catching up.
+const BATCH: usize = 2_000;
+
+/// The index and the period its cost sums were last pruned for.
+#[derive(Default)]
+struct State {
+    fold: OpenJobs,
+    period_start: Option<DateTime<Utc>>,
+}
+
+/// The open-job index of this process.
+#[derive(Default)]
+pub struct Tracker {
+    state: Mutex<State>,
+}
+
+/// What a catch-up read.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CaughtUp {
+    /// Events read.
+    pub events: usize,
+    /// Job events that did not decode (skipped with a warning; the projections report them).
+    pub unreadable: usize,
+    /// The log position now applied.
+    pub position: i64,
+}
+
+/// One cluster's open jobs as a pass starts.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterSnapshot {
+    pub open: Vec<OpenJob>,
+    pub generation: u64,
+    /// Jobs that entered since the last snapshot.
+    pub added: Vec<u64>,
+}
+
+impl Tracker {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The last log position applied.
+    pub fn position(&self) -> i64 {
+        self.lock().fold.position()
+    }
+
+    /// Applies every event appended since the last call. `price` rates shapes of jobs whose
+    /// submission recorded no rate. A read error leaves what was applied so far, and the next
+    /// call goes on from there.
+    pub async fn catch_up(
+        &self,
+        log: &dyn EventLog,
+        price: &(dyn Fn(&JobShape) -> MicroUsd + Sync),
+    ) -> Result<CaughtUp, LogError> {
+        let mut done = CaughtUp::default();
+        loop {
+            let after = self.position();
+            let batch = log.read_all(after, BATCH).await?;
+            let Some(last) = batch.last().map(|e| e.position) else {
+                break;
+            };
+            done.events += batch.len();
+            let mut state = self.lock();
+            for e in &batch {
+                if !matches!(
+                    e.event_type.as_str(),
+                    "JobSubmitted" | "JobStateChanged" | "JobCancelRequested"
+                ) {
+                    continue;
+                }
+                match DomainEvent::decode(&e.event_type, e.schema_version, &e.data) {
+                    Ok(Some(event)) => {
+                        state
+                            .fold
+                            .apply(&e.stream_id, e.position, e.recorded_at, &event, price)
+                    }
+                    Ok(None) => {}
+                    Err(err) => {
+                        done.unreadable += 1;
+                        tracing::warn!(position = e.position, event_type = %e.event_type, error = %err, "open-job index: unreadable job event skipped");
+                    }
+                }
+            }
+            state.fold.advance(last);
+            if batch.len() < BATCH {
+                break;
+            }
+        }
+        done.position = self.position();
+        Ok(done)
+    }
+
+    /// A cluster's open jobs (for reconcile), its generation and the jobs new since last time.
+    pub fn snapshot(&self, key: &ClusterKey) -> ClusterSnapshot {
+        let mut state = self.lock();
+        let added = state.fold.take_added(key);
+        let Some(c) = state.fold.cluster(key) else {
+            return ClusterSnapshot::default();
+        };
+        ClusterSnapshot {
+            open: c
+                .jobs
+                .iter()
+                .map(|(job_id, e)| OpenJob {
+                    submission_id: e.submission_id,
+                    job_id: *job_id,
+                    state: e.state,
+                    cancel_requested: e.cancel_requested,
+                })
+                .collect(),
+            generation: c.generation,
+            added,
+        }
+    }
+
+    /// Puts jobs back among the new ones of a cluster (a check on them could not be finished).
+    pub fn readd(&self, key: &ClusterKey, jobs: Vec<u64>) {
+        self.lock().fold.readd(key, jobs);
+    }
+
+    /// The jobs of a cluster the scaler sizes nodes for: unfinished ones (NODE_FAIL left out).
+    pub fn sizing(&self, key: &ClusterKey) -> Vec<ScalingJob> {
+        let state = self.lock();
+        let Some(c) = state.fold.cluster(key) else {
+            return Vec::new();
+        };
+        c.jobs
+            .iter()
+            .filter(|(_, e)| !e.state.is_terminal())
+            .map(|(job_id, e)| ScalingJob {
+                job_id: *job_id,
+                running: e.state != domain::job::JobState::Pending,
+                shape: e.shape,
+                nodes: e.node.clone(),
+            })
+            .collect()
+    }
+
+    /// Shapes of some of a cluster's open jobs, by id (those still open).
+    pub fn shapes(&self, key: &ClusterKey, jobs: &[u64]) -> Vec<(OpenJob, JobShape)> {
+        let state = self.lock();
+        let Some(c) = state.fold.cluster(key) else {
+            return Vec::new();
+        };
+        jobs.iter()
+            .filter_map(|id| {
+                let e = c.jobs.get(id)?;
+                (!e.state.is_terminal()).then_some((
+                    OpenJob {
+                        submission_id: e.submission_id,
+                        job_id: *id,
+                        state: e.state,
+                        cancel_requested: e.cancel_requested,
+                    },
+                    e.shape,
+                ))
+            })
+            .collect()
+    }
+
+    /// The billing period now: ended jobs that can no longer count in it are forgotten when it
+    /// changes (and not kept from then on), so memory holds one period's ended jobs. Call it
+    /// before the first catch-up.
+    pub fn set_period(&self, period: Period) {
+        let mut state = self.lock();
+        if state.period_start != Some(period.start) {
+            state.fold.forget_ended_before(period.start);
+            state.period_start = Some(period.start);
+        }
+    }
+
+    /// A user's money in `period` at `now`, and their unfinished jobs.
+    pub fn user(
+        &self,
+        workspace: &WorkspaceId,
+        user: &str,
+        period: Period,
+        now: DateTime<Utc>,
+    ) -> (Usage, Vec<UserJob>) {
+        let mut state = self.lock();
+        let usage = state.fold.usage(workspace, user, period, now);
+        (usage, state.fold.user_jobs(workspace, user))
+    }
+}

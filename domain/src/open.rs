@@ -1,0 +1,606 @@
+//! The open-job index: what the poll cycle needs of the jobs, folded event by event so a cycle
+//! costs what changed, not what is queued.
+//!
+//! Per cluster: the jobs not finished (and those recorded NODE_FAIL, which Slurm may correct),
+//! with their shapes, nodes and whether a cancel was asked, and a generation that moves whenever
+//! that set or a job's state in it changes (the scaler plans again only then). Per user of a
+//! workspace: the running jobs priced, and the jobs that ended with their cost, so burn rate,
+//! pending bill and projected spend are a few additions per cycle.
+//!
+//! Pure: the caller reads the log and hands each job event in with its stream, position and
+//! recording time; prices come in as a function.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use chrono::{DateTime, Utc};
+
+use crate::cost::{CostJob, Period, Usage, usage};
+use crate::job::JobState;
+use crate::submit::JobShape;
+use crate::{ClusterId, DomainEvent, MicroUsd, WorkspaceId};
+
+/// A cluster of a workspace.
+pub type ClusterKey = (WorkspaceId, ClusterId);
+
+/// One job the index holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpenEntry {
+    pub submission_id: uuid::Uuid,
+    pub user: String,
+    pub state: JobState,
+    pub shape: JobShape,
+    /// The nodes it runs on, as Slurm names them, if known.
+    pub node: Option<String>,
+    pub cancel_requested: bool,
+}
+
+/// A cluster's open jobs, by Slurm job id.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterJobs {
+    pub jobs: BTreeMap<u64, OpenEntry>,
+    /// Moves whenever a job enters or leaves, changes state or nodes, or has a cancel asked.
+    pub generation: u64,
+    /// Jobs that entered since [`OpenJobs::take_added`] was last called for this cluster.
+    added: Vec<u64>,
+}
+
+/// One user's money, kept up to date job by job.
+#[derive(Debug, Clone, Default)]
+struct UserCosts {
+    /// Started and not ended, by job stream.
+    running: BTreeMap<String, CostJob>,
+    /// Ended, by job stream (only those that can still count in a period: see `closed`).
+    ended: BTreeMap<String, CostJob>,
+    /// The ended jobs' sum for one period, kept while that period lasts.
+    closed: Option<(Period, MicroUsd)>,
+}
+
+/// Where a job's stream points.
+#[derive(Debug, Clone)]
+struct Located {
+    cluster: ClusterKey,
+    job_id: u64,
+    user: String,
+    rate: MicroUsd,
+    time_limit_minutes: Option<u32>,
+    started_at: Option<DateTime<Utc>>,
+    /// Still in its cluster's open set.
+    open: bool,
+}
+
+/// The fold.
+#[derive(Debug, Default)]
+pub struct OpenJobs {
+    /// The last log position applied.
+    position: i64,
+    clusters: BTreeMap<ClusterKey, ClusterJobs>,
+    /// Every job stream seen that may still change (open ones, and ended ones that could be
+    /// corrected or still cost money this period).
+    streams: HashMap<String, Located>,
+    /// Per workspace and user.
+    costs: BTreeMap<(WorkspaceId, String), UserCosts>,
+    /// Open jobs per workspace and user: (cluster, job id).
+    by_user: BTreeMap<(WorkspaceId, String), BTreeSet<(ClusterId, u64)>>,
+    /// Jobs that ended at or before this are not kept for cost sums ([`Self::forget_ended_before`]).
+    cutoff: Option<DateTime<Utc>>,
+}
+
+/// An open job of a user, as quota enforcement needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserJob {
+    pub cluster: ClusterId,
+    pub submission_id: uuid::Uuid,
+    pub job_id: u64,
+}
+
+impl OpenJobs {
+    /// The last log position applied (0 before any).
+    pub fn position(&self) -> i64 {
+        self.position
+    }
+
+    /// Marks `position` applied: an event that changes none of this (not a job event) moves it
+    /// too, so the reader resumes after it.
+    pub fn advance(&mut self, position: i64) {
+        self.position = self.position.max(position);
+    }
+
+    /// Applies one event of stream `stream` at `position`, recorded at `recorded_at`. `price`
+    /// gives the hourly rate of a shape for jobs whose submission recorded none. Events at or
+    /// below the last position applied are ignored.
+    pub fn apply(
+        &mut self,
+        stream: &str,
+        position: i64,
+        recorded_at: DateTime<Utc>,
+        event: &DomainEvent,
+        price: &dyn Fn(&JobShape) -> MicroUsd,
+    ) {
+        if position <= self.position {
+            return;
+        }
+        self.position = position;
+        match event {
+            DomainEvent::JobSubmitted(j) => {
+                if self.streams.contains_key(stream) {
+                    return;
+                }
+                let key = (j.workspace.clone(), j.cluster_id.clone());
+                let user = j.user.to_string();
+                let cluster = self.clusters.entry(key.clone()).or_default();
+                cluster.jobs.insert(
+                    j.job_id,
+                    OpenEntry {
+                        submission_id: j.submission_id,
+                        user: user.clone(),
+                        state: JobState::Pending,
+                        shape: j.shape,
+                        node: None,
+                        cancel_requested: false,
+                    },
+                );
+                cluster.added.push(j.job_id);
+                cluster.generation += 1;
+                self.by_user
+                    .entry((j.workspace.clone(), user.clone()))
+                    .or_default()
+                    .insert((j.cluster_id.clone(), j.job_id));
+                self.streams.insert(
+                    stream.to_string(),
+                    Located {
+                        cluster: key,
+                        job_id: j.job_id,
+                        user,
+                        rate: j.rate.unwrap_or_else(|| price(&j.shape)),
+                        time_limit_minutes: j.shape.time_limit_minutes,
+                        started_at: None,
+                        open: true,
+                    },
+                );
+            }
+            DomainEvent::JobCancelRequested(_) => {
+                let Some(at) = self.streams.get(stream) else {
+                    return;
+                };
+                if let Some(cluster) = self.clusters.get_mut(&at.cluster)
+                    && let Some(entry) = cluster.jobs.get_mut(&at.job_id)
+                {
+                    entry.cancel_requested = true;
+                    cluster.generation += 1;
+                }
+            }
+            DomainEvent::JobStateChanged(c) => self.state_changed(stream, recorded_at, c),
+            _ => {}
+        }
+    }
+
+    fn state_changed(
+        &mut self,
+        stream: &str,
+        recorded_at: DateTime<Utc>,
+        c: &crate::JobStateChanged,
+    ) {
+        let Some(at) = self.streams.get_mut(stream) else {
+            return;
+        };
+        // As the jobs view has it: started when Slurm says, or when it is first seen running.
+        let when = c.at.unwrap_or(recorded_at);
+        if at.started_at.is_none() {
+            at.started_at = c.started_at.or((c.to == JobState::Running).then_some(when));
+        }
+        let ws = at.cluster.0.clone();
+        let user_key = (ws, at.user.clone());
+        let job = CostJob {
+            user: at.user.clone(),
+            job_id: at.job_id,
+            rate: at.rate,
+            started_at: at.started_at,
+            ended_at: c.to.is_terminal().then_some(when),
+            time_limit_minutes: at.time_limit_minutes,
+        };
+        // Stays in the open set unless it finished (a NODE_FAIL stays: Slurm may correct it).
+        let keep = !c.to.is_terminal() || c.to == JobState::NodeFail;
+        let (cluster_key, job_id, was_open) = (at.cluster.clone(), at.job_id, at.open);
+        at.open = keep;
+        let cluster = self.clusters.entry(cluster_key.clone()).or_default();
+        cluster.generation += 1;
+        if keep {
+            if let Some(entry) = cluster.jobs.get_mut(&job_id) {
+                entry.state = c.to;
+                if c.node.is_some() {
+                    entry.node = c.node.clone();
+                }
+            }
+        } else if was_open {
+            cluster.jobs.remove(&job_id);
+            if let Some(set) = self.by_user.get_mut(&user_key) {
+                set.remove(&(cluster_key.1.clone(), job_id));
+                if set.is_empty() {
+                    self.by_user.remove(&user_key);
+                }
+            }
+        }
+        let cutoff = self.cutoff;
+        let costs = self.costs.entry(user_key).or_default();
+        // Its cost moves between running and ended; the closed sum follows.
+        if let Some(old) = costs.ended.remove(stream)
+            && let Some((period, sum)) = &mut costs.closed
+        {
+            let gone = old.cost_between(period.start, period.end, old.ended_at.unwrap_or(when));
+            *sum = MicroUsd(sum.0.saturating_sub(gone.0));
+        }
+        costs.running.remove(stream);
+        if job.started_at.is_some() {
+            if let Some(end) = job.ended_at {
+                if cutoff.is_none_or(|c| end > c) {
+                    if let Some((period, sum)) = &mut costs.closed {
+                        let add = job.cost_between(period.start, period.end, end);
+                        *sum = MicroUsd(sum.0.saturating_add(add.0));
+                    }
+                    costs.ended.insert(stream.to_string(), job);
+                }
+            } else {
+                costs.running.insert(stream.to_string(), job);
+            }
+        }
+        if !keep && !costs_may_change(c.to) {
+            // A finished job changes no more (only NODE_FAIL is corrected): its stream is
+            // forgotten; its cost stays in `ended` for the period.
+            self.streams.remove(stream);
+        }
+    }
+
+    /// A cluster's open jobs.
+    pub fn cluster(&self, key: &ClusterKey) -> Option<&ClusterJobs> {
+        self.clusters.get(key)
+    }
+
+    /// The jobs of `key` that entered since the last call (for checks made once per job).
+    pub fn take_added(&mut self, key: &ClusterKey) -> Vec<u64> {
+        self.clusters
+            .get_mut(key)
+            .map(|c| std::mem::take(&mut c.added))
+            .unwrap_or_default()
+    }
+
+    /// Puts jobs back among those [`Self::take_added`] hands out.
+    pub fn readd(&mut self, key: &ClusterKey, jobs: Vec<u64>) {
+        if let Some(c) = self.clusters.get_mut(key) {
+            c.added.extend(jobs);
+        }
+    }
+
+    /// A user's money in `period` at `now`: running jobs one by one, ended ones as one sum kept
+    /// for the period (computed again only when the period changes). Ended jobs that can no
+    /// longer count (ended before the period) are dropped then.
+    pub fn usage(
+        &mut self,
+        workspace: &WorkspaceId,
+        user: &str,
+        period: Period,
+        now: DateTime<Utc>,
+    ) -> Usage {
+        let Some(costs) = self.costs.get_mut(&(workspace.clone(), user.to_string())) else {
+            return Usage::default();
+        };
+        let closed = match costs.closed {
+            Some((p, sum)) if p == period => sum,
+            _ => {
+                costs
+                    .ended
+                    .retain(|_, j| j.ended_at.is_none_or(|e| e > period.start));
+                let sum = costs.ended.values().fold(MicroUsd::ZERO, |acc, j| {
+                    let c = j.cost_between(period.start, period.end, j.ended_at.unwrap_or(now));
+                    MicroUsd(acc.0.saturating_add(c.0))
+                });
+                costs.closed = Some((period, sum));
+                sum
+            }
+        };
+        let mut u = usage(costs.running.values(), period, now);
+        u.pending_bill = MicroUsd(u.pending_bill.0.saturating_add(closed.0));
+        u.projected = MicroUsd(u.projected.0.saturating_add(closed.0));
+        u
+    }
+
+    /// Forgets ended jobs that can no longer count in a period starting at `start` (call it when
+    /// the period changes, so memory holds one period's ended jobs, not the history).
+    pub fn forget_ended_before(&mut self, start: DateTime<Utc>) {
+        self.cutoff = Some(self.cutoff.map_or(start, |c| c.max(start)));
+        for costs in self.costs.values_mut() {
+            costs
+                .ended
+                .retain(|_, j| j.ended_at.is_none_or(|e| e > start));
+            costs.closed = None;
+        }
+        self.costs
+            .retain(|_, c| !c.running.is_empty() || !c.ended.is_empty());
+    }
+
+    /// A user's unfinished jobs in a workspace (NODE_FAIL ones left out).
+    pub fn user_jobs(&self, workspace: &WorkspaceId, user: &str) -> Vec<UserJob> {
+        let Some(set) = self.by_user.get(&(workspace.clone(), user.to_string())) else {
+            return Vec::new();
+        };
+        set.iter()
+            .filter_map(|(cluster, job_id)| {
+                let entry = self
+                    .clusters
+                    .get(&(workspace.clone(), cluster.clone()))?
+                    .jobs
+                    .get(job_id)?;
+                (!entry.state.is_terminal()).then(|| UserJob {
+                    cluster: cluster.clone(),
+                    submission_id: entry.submission_id,
+                    job_id: *job_id,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Whether a job in `state` may still change: only NODE_FAIL is corrected by Slurm's later report.
+fn costs_may_change(state: JobState) -> bool {
+    state == JobState::NodeFail
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cost::{PeriodKind, usage_by_user};
+    use crate::{Email, JobCancelRequested, JobStateChanged, JobSubmitted, SubmittedVia};
+    use chrono::TimeZone;
+
+    fn t(h: u32, m: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 10, h, m, 0)
+            .single()
+            .unwrap_or_default()
+    }
+
+    fn shape(cpus: u32) -> JobShape {
+        JobShape {
+            cpus,
+            memory_mib: None,
+            nodes: 1,
+            time_limit_minutes: Some(120),
+            gpus: 0,
+        }
+    }
+
+    fn submitted(job_id: u64, user: &str, rate: Option<i64>) -> DomainEvent {
+        DomainEvent::JobSubmitted(JobSubmitted {
+            submission_id: uuid::Uuid::from_u128(u128::from(job_id)),
+            workspace: WorkspaceId::new("ws").unwrap_or_else(|_| unreachable!()),
+            cluster_id: ClusterId::new("c1").unwrap_or_else(|_| unreachable!()),
+            job_id,
+            name: format!("job{job_id}"),
+            user: Email::new(user).unwrap_or_else(|_| unreachable!()),
+            via: SubmittedVia::Api,
+            template_id: None,
+            params: None,
+            body: serde_json::json!({}),
+            shape: shape(2),
+            warnings: Vec::new(),
+            submitted_at: None,
+            rate: rate.map(MicroUsd),
+        })
+    }
+
+    fn changed(job_id: u64, from: JobState, to: JobState, at: DateTime<Utc>) -> DomainEvent {
+        DomainEvent::JobStateChanged(JobStateChanged {
+            job_id,
+            from,
+            to,
+            reason: None,
+            node: (to == JobState::Running).then(|| "n1".to_string()),
+            exit_code: None,
+            at: Some(at),
+            started_at: None,
+        })
+    }
+
+    fn key() -> ClusterKey {
+        (
+            WorkspaceId::new("ws").unwrap_or_else(|_| unreachable!()),
+            ClusterId::new("c1").unwrap_or_else(|_| unreachable!()),
+        )
+    }
+
+    /// Applies `events` as (stream, event) at positions 1, 2, …; every rate is 1 USD/h unless the
+    /// submission recorded one.
+    fn fold(events: &[(&str, DomainEvent)]) -> OpenJobs {
+        let mut open = OpenJobs::default();
+        for (i, (stream, e)) in events.iter().enumerate() {
+            open.apply(stream, i as i64 + 1, t(9, 0), e, &|_| MicroUsd(1_000_000));
+        }
+        open
+    }
+
+    #[test]
+    fn given_submitted_jobs_when_one_finishes_then_only_the_other_is_open() {
+        let open = fold(&[
+            ("s1", submitted(1, "a@x.org", None)),
+            ("s2", submitted(2, "a@x.org", None)),
+            (
+                "s1",
+                changed(1, JobState::Pending, JobState::Running, t(10, 0)),
+            ),
+            (
+                "s1",
+                changed(1, JobState::Running, JobState::Completed, t(11, 0)),
+            ),
+        ]);
+        let c = open
+            .cluster(&key())
+            .map(|c| c.jobs.keys().copied().collect::<Vec<_>>());
+        assert_eq!(c, Some(vec![2]));
+        assert_eq!(open.position(), 4);
+    }
+
+    #[test]
+    fn given_a_node_fail_when_slurm_corrects_it_then_the_job_is_open_and_running_again() {
+        let open = fold(&[
+            ("s1", submitted(1, "a@x.org", None)),
+            (
+                "s1",
+                changed(1, JobState::Pending, JobState::Running, t(10, 0)),
+            ),
+            (
+                "s1",
+                changed(1, JobState::Running, JobState::NodeFail, t(10, 30)),
+            ),
+            (
+                "s1",
+                changed(1, JobState::NodeFail, JobState::Running, t(10, 40)),
+            ),
+        ]);
+        let entry = open
+            .cluster(&key())
+            .and_then(|c| c.jobs.get(&1))
+            .map(|e| e.state);
+        assert_eq!(entry, Some(JobState::Running));
+        let jobs = open.user_jobs(&key().0, "a@x.org");
+        assert_eq!(jobs.len(), 1);
+    }
+
+    #[test]
+    fn generation_moves_on_every_change_and_added_is_taken_once() {
+        let mut open = fold(&[("s1", submitted(1, "a@x.org", None))]);
+        let g1 = open.cluster(&key()).map(|c| c.generation);
+        open.apply(
+            "s1",
+            2,
+            t(9, 0),
+            &DomainEvent::JobCancelRequested(JobCancelRequested {
+                job_id: 1,
+                by: Email::new("a@x.org").unwrap_or_else(|_| unreachable!()),
+                why: None,
+            }),
+            &|_| MicroUsd::ZERO,
+        );
+        let after = open.cluster(&key()).map(|c| c.generation);
+        assert!(after > g1);
+        assert_eq!(
+            open.cluster(&key())
+                .and_then(|c| c.jobs.get(&1))
+                .map(|e| e.cancel_requested),
+            Some(true)
+        );
+        assert_eq!(open.take_added(&key()), vec![1]);
+        assert!(open.take_added(&key()).is_empty());
+        // A replayed event (at or below the position) changes nothing.
+        open.apply("s9", 1, t(9, 0), &submitted(9, "a@x.org", None), &|_| {
+            MicroUsd::ZERO
+        });
+        assert_eq!(open.cluster(&key()).map(|c| c.jobs.len()), Some(1));
+    }
+
+    #[test]
+    fn usage_equals_the_sum_over_every_job_across_a_period_change() {
+        // Three jobs of one user: one ended, one running, one corrected after NODE_FAIL; the
+        // recorded rate wins over the price function.
+        let events = vec![
+            ("s1", submitted(1, "a@x.org", Some(2_000_000))),
+            ("s2", submitted(2, "a@x.org", None)),
+            ("s3", submitted(3, "a@x.org", None)),
+            (
+                "s1",
+                changed(1, JobState::Pending, JobState::Running, t(9, 0)),
+            ),
+            (
+                "s1",
+                changed(1, JobState::Running, JobState::Completed, t(10, 30)),
+            ),
+            (
+                "s2",
+                changed(2, JobState::Pending, JobState::Running, t(10, 0)),
+            ),
+            (
+                "s3",
+                changed(3, JobState::Pending, JobState::Running, t(10, 0)),
+            ),
+            (
+                "s3",
+                changed(3, JobState::Running, JobState::NodeFail, t(10, 10)),
+            ),
+            (
+                "s3",
+                changed(3, JobState::NodeFail, JobState::Running, t(10, 20)),
+            ),
+        ];
+        let mut open = fold(&events);
+        let now = t(11, 0);
+        let expected = |period: Period| {
+            let jobs = vec![
+                CostJob {
+                    user: "a@x.org".into(),
+                    job_id: 1,
+                    rate: MicroUsd(2_000_000),
+                    started_at: Some(t(9, 0)),
+                    ended_at: Some(t(10, 30)),
+                    time_limit_minutes: Some(120),
+                },
+                CostJob {
+                    user: "a@x.org".into(),
+                    job_id: 2,
+                    rate: MicroUsd(1_000_000),
+                    started_at: Some(t(10, 0)),
+                    ended_at: None,
+                    time_limit_minutes: Some(120),
+                },
+                CostJob {
+                    user: "a@x.org".into(),
+                    job_id: 3,
+                    rate: MicroUsd(1_000_000),
+                    started_at: Some(t(10, 0)),
+                    ended_at: None,
+                    time_limit_minutes: Some(120),
+                },
+            ];
+            usage_by_user(&jobs, period, now)
+                .get("a@x.org")
+                .copied()
+                .unwrap_or_default()
+        };
+        let day = Period::of(PeriodKind::Day, now);
+        let month = Period::of(PeriodKind::Month, now);
+        assert_eq!(open.usage(&key().0, "a@x.org", month, now), expected(month));
+        assert_eq!(open.usage(&key().0, "a@x.org", day, now), expected(day));
+        // A period that starts after job 1 ended: it no longer counts, and is dropped.
+        let later = Period {
+            start: t(10, 45),
+            end: t(23, 0),
+        };
+        assert_eq!(open.usage(&key().0, "a@x.org", later, now), expected(later));
+        assert_eq!(
+            open.usage(&key().0, "b@x.org", month, now),
+            Usage::default()
+        );
+    }
+
+    #[test]
+    fn a_job_ending_after_the_sum_was_kept_is_added_to_it() {
+        let mut open = fold(&[
+            ("s1", submitted(1, "a@x.org", None)),
+            (
+                "s1",
+                changed(1, JobState::Pending, JobState::Running, t(9, 0)),
+            ),
+        ]);
+        let month = Period::of(PeriodKind::Month, t(10, 0));
+        let before = open.usage(&key().0, "a@x.org", month, t(10, 0));
+        assert_eq!(before.running_jobs, 1);
+        open.apply(
+            "s1",
+            3,
+            t(10, 0),
+            &changed(1, JobState::Running, JobState::Completed, t(10, 0)),
+            &|_| MicroUsd::ZERO,
+        );
+        let after = open.usage(&key().0, "a@x.org", month, t(12, 0));
+        assert_eq!(after.running_jobs, 0);
+        assert_eq!(after.pending_bill, MicroUsd(1_000_000));
+        assert_eq!(after.projected, MicroUsd(1_000_000));
+        assert!(open.user_jobs(&key().0, "a@x.org").is_empty());
+    }
+}
