@@ -18,7 +18,7 @@ on_exit() { exit_cmds="${exit_cmds:+$exit_cmds; }$1"; }
 trap '[ -n "$pid" ] && { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; }; rm -rf "$dir"; eval "$exit_cmds"' EXIT
 
 start_server() {
-  CLUSTERRA_LOG=warn "$bin/clusterra" serve --data-dir "$dir/data" --listen 127.0.0.1:0 "$@" > "$dir/out" &
+  CLUSTERRA_LOG="${CLUSTERRA_LOG:-warn}" "$bin/clusterra" serve --data-dir "$dir/data" --listen 127.0.0.1:0 "$@" > "$dir/out" &
   pid=$!
   for _ in $(seq 100); do grep -q "clusterra listening" "$dir/out" 2>/dev/null && break; sleep 0.1; done
   url=$(sed -n "s/^clusterra listening on //p" "$dir/out")

@@ -195,6 +195,7 @@ pub async fn run(p: Poller, mut stop: watch::Receiver<bool>) {
         tracker.set_period(Period::of(billing_period, now));
         // The open-job index reads what was appended since the last cycle (all of the log the
         // first time this process leads); the passes below work from it.
+        let caught_up_started = std::time::Instant::now();
         let caught_up = match tracker
             .catch_up(store.log.as_ref(), &|shape| pricing.rate(shape))
             .await
@@ -212,6 +213,7 @@ pub async fn run(p: Poller, mut stop: watch::Receiver<bool>) {
                 continue;
             }
         };
+        let catch_up_took = caught_up_started.elapsed();
         for (key, port) in directory.snapshot() {
             let work = cluster_pass(shared.clone(), key.clone(), port);
             passes.start(Some(key), work);
@@ -237,6 +239,7 @@ pub async fn run(p: Poller, mut stop: watch::Receiver<bool>) {
         metrics.poll_cycle(took, caught_up.events as u64);
         tracing::debug!(
             took_ms = took.as_secs_f64() * 1e3,
+            catch_up_ms = catch_up_took.as_secs_f64() * 1e3,
             events = caught_up.events,
             position = caught_up.position,
             "poll cycle"
@@ -268,9 +271,11 @@ pub async fn run(p: Poller, mut stop: watch::Receiver<bool>) {
 async fn cluster_pass(shared: Arc<Shared>, key: Key, slurm: Arc<dyn SlurmPort>) {
     let (workspace, cluster) = &key;
     let store = &shared.store;
+    let t0 = std::time::Instant::now();
     let slurm_version = slurm.jobs_version();
     let snapshot = shared.tracker.snapshot(&key);
     fail_oversized(&shared, slurm.as_ref(), &key, snapshot.added).await;
+    let t_limits = t0.elapsed();
     let tracker = shared.tracker.clone();
     match shared
         .scaler
@@ -293,6 +298,7 @@ async fn cluster_pass(shared: Arc<Shared>, key: Key, slurm: Arc<dyn SlurmPort>) 
             tracing::warn!(%cluster, error = %e, "scaling step failed; retrying next cycle")
         }
     }
+    let t_scaling = t0.elapsed();
     match shared
         .scaler
         .sync_replicas(
@@ -318,13 +324,15 @@ async fn cluster_pass(shared: Arc<Shared>, key: Key, slurm: Arc<dyn SlurmPort>) 
             .get(&key)
             == Some(&(v, snapshot.generation))
     });
+    let t_replicas = t0.elapsed();
     if !unchanged {
+        let open = shared.tracker.open(&key);
         match reconcile(
             store.log.as_ref(),
             slurm.as_ref(),
             workspace,
             cluster,
-            &snapshot.open,
+            &open,
             chrono::Utc::now(),
         )
         .await
@@ -353,8 +361,19 @@ async fn cluster_pass(shared: Arc<Shared>, key: Key, slurm: Arc<dyn SlurmPort>) 
             }
         }
     }
+    let t_reconcile = t0.elapsed();
     settle(store, slurm.as_ref(), workspace, cluster).await;
     record_reachability(&shared, &key, slurm.reachability()).await;
+    tracing::debug!(
+        %cluster,
+        limits_ms = t_limits.as_secs_f64() * 1e3,
+        scaling_ms = (t_scaling - t_limits).as_secs_f64() * 1e3,
+        replicas_ms = (t_replicas - t_scaling).as_secs_f64() * 1e3,
+        reconcile_ms = (t_reconcile - t_replicas).as_secs_f64() * 1e3,
+        rest_ms = (t0.elapsed() - t_reconcile).as_secs_f64() * 1e3,
+        reconciled = !unchanged,
+        "cluster pass"
+    );
 }
 
 /// Settles the cluster's submissions whose request is recorded but whose outcome is not, once

@@ -17,6 +17,7 @@
 //! - `JobSubmitted`'s event id is derived from the submission id, so the API's append and an
 //!   adoption can never both land.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::{LazyLock, Mutex};
 
@@ -30,6 +31,7 @@ use domain::{
     JobSubmissionRequested, JobSubmitted, SubmittedVia, WorkspaceId,
 };
 use eventlog::{EventLog, ExpectedVersion, LogError, Metadata, Position, StreamId};
+use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -693,29 +695,28 @@ pub async fn reconcile(
         .into_iter()
         .map(|j| (j.job_id, j))
         .collect();
-    let system = crate::system_metadata("poll");
 
     let mut known = HashSet::new();
     let mut lookups = true;
+    let mut todo = Vec::new();
     for job in open {
         known.insert(job.submission_id);
         let ours = |s: &SlurmJob| s.submission_id() == Some(job.submission_id);
-        let listed = in_slurm.get(&job.job_id).filter(|s| ours(s)).cloned();
+        // Borrowed from the listing: a job's report is copied only when it is to be recorded.
+        let listed = in_slurm.get(&job.job_id).filter(|s| ours(s));
         // A finished job is only looked at again to correct a NODE_FAIL, and only when Slurm
         // lists it: no lookups for the past.
         if job.state.is_terminal()
             && (job.state != JobState::NodeFail
-                || listed
-                    .as_ref()
-                    .is_none_or(|s| s.state == JobState::NodeFail))
+                || listed.is_none_or(|s| s.state == JobState::NodeFail))
         {
             continue;
         }
         let (observed, seen) = match listed {
-            Some(s) => (Observed::Reported(s.state), Some(s)),
+            Some(s) => (Observed::Reported(s.state), Some(Cow::Borrowed(s))),
             None if !lookups => (Observed::NoAnswer, None),
             None => match slurm.job(job.job_id).await {
-                Ok(Some(s)) if ours(&s) => (Observed::Reported(s.state), Some(s)),
+                Ok(Some(s)) if ours(&s) => (Observed::Reported(s.state), Some(Cow::Owned(s))),
                 // Slurm knows that id as another job: ours is gone from it.
                 Ok(Some(_)) | Ok(None) => (Observed::Unknown, None),
                 Err(e) => {
@@ -741,83 +742,24 @@ pub async fn reconcile(
         if !resend && reconcile_verdict(job.state, observed) == Verdict::Keep {
             continue;
         }
-        let stream = stream(cluster, job.submission_id);
-        let Some((facts, version)) = load(log, &stream).await? else {
-            continue;
-        };
-        if let Some(s) = &seen
-            && facts.cancel_requested
-            && matches!(
-                s.state,
-                JobState::Pending | JobState::Running | JobState::Suspended
-            )
-        {
-            match slurm.cancel(job.job_id).await {
-                Ok(()) => done.cancels_resent += 1,
-                Err(e) => {
-                    done.left += 1;
-                    tracing::warn!(job_id = job.job_id, error = %e, "cancel not confirmed by Slurm; asking again next cycle")
-                }
-            }
-        }
-        let change = match (reconcile_verdict(facts.state, observed), seen) {
-            (Verdict::Keep, _) => continue,
-            (Verdict::Change { to, correction }, Some(s)) => {
-                if correction {
-                    done.corrected += 1;
-                    tracing::warn!(job_id = job.job_id, from = %facts.state, to = %to, "Slurm reports a job recorded NODE_FAIL; recording the correction");
-                }
-                JobStateChanged {
-                    job_id: job.job_id,
-                    from: facts.state,
-                    to,
-                    reason: if correction && to != JobState::Pending {
-                        Some(format!(
-                            "correction: Slurm reports this job {to} after it was recorded {}",
-                            facts.state
-                        ))
-                    } else {
-                        s.reason.clone().filter(|r| r != "None")
-                    },
-                    node: s.node.clone(),
-                    exit_code: s.exit_code,
-                    at: if to.is_terminal() {
-                        s.end_time
-                    } else {
-                        s.start_time
-                    },
-                    started_at: s.start_time,
-                }
-            }
-            (Verdict::Change { .. }, None) => continue,
-            (Verdict::Vanished, _) => {
-                done.vanished += 1;
-                JobStateChanged {
-                    job_id: job.job_id,
-                    from: facts.state,
-                    to: JobState::NodeFail,
-                    reason: Some(VANISHED_REASON.into()),
-                    node: None,
-                    exit_code: None,
-                    at: None,
-                    started_at: None,
-                }
-            }
-        };
-        let event = DomainEvent::JobStateChanged(change);
-        match log
-            .append(
-                &stream,
-                ExpectedVersion::Exact(version),
-                &[crate::encode(&event, system.clone())?],
-            )
-            .await
-        {
-            Ok(_) => done.state_changes += 1,
-            // Someone (a cancel) wrote meanwhile: the next pass sees it.
-            Err(LogError::VersionConflict { .. }) => done.left += 1,
-            Err(e) => return Err(e.into()),
-        }
+        todo.push((job.clone(), observed, seen.map(Cow::into_owned)));
+    }
+    // The jobs that need a record are read and written side by side: their appends share the
+    // log's group commits instead of paying one each.
+    let outcomes: Vec<Result<Reconciled, JobError>> = futures::stream::iter(
+        todo.into_iter()
+            .map(|(job, observed, seen)| record_one(log, slurm, cluster, job, observed, seen)),
+    )
+    .buffer_unordered(RECORD_CONCURRENCY)
+    .collect()
+    .await;
+    for outcome in outcomes {
+        let o = outcome?;
+        done.state_changes += o.state_changes;
+        done.vanished += o.vanished;
+        done.corrected += o.corrected;
+        done.cancels_resent += o.cancels_resent;
+        done.left += o.left;
     }
 
     // Adoption is settle_submissions' (of recorded requests only); here, Slurm jobs that claim
@@ -859,6 +801,102 @@ pub async fn reconcile(
             None => done.left += 1,
             Some(true) => {}
         }
+    }
+    Ok(done)
+}
+
+/// How many jobs one reconcile reads and records at once.
+const RECORD_CONCURRENCY: usize = 16;
+
+/// One job whose Slurm report the read side lacks (or whose cancel is to be sent again): its
+/// stream is read, the verdict made on what the log holds, and the change appended at the
+/// version read.
+async fn record_one(
+    log: &dyn EventLog,
+    slurm: &dyn SlurmPort,
+    cluster: &ClusterId,
+    job: OpenJob,
+    observed: Observed,
+    seen: Option<SlurmJob>,
+) -> Result<Reconciled, JobError> {
+    let mut done = Reconciled::default();
+    let system = crate::system_metadata("poll");
+    let stream = stream(cluster, job.submission_id);
+    let Some((facts, version)) = load(log, &stream).await? else {
+        return Ok(done);
+    };
+    if let Some(s) = &seen
+        && facts.cancel_requested
+        && matches!(
+            s.state,
+            JobState::Pending | JobState::Running | JobState::Suspended
+        )
+    {
+        match slurm.cancel(job.job_id).await {
+            Ok(()) => done.cancels_resent += 1,
+            Err(e) => {
+                done.left += 1;
+                tracing::warn!(job_id = job.job_id, error = %e, "cancel not confirmed by Slurm; asking again next cycle")
+            }
+        }
+    }
+    let change = match (reconcile_verdict(facts.state, observed), seen) {
+        (Verdict::Keep, _) => return Ok(done),
+        (Verdict::Change { to, correction }, Some(s)) => {
+            if correction {
+                done.corrected += 1;
+                tracing::warn!(job_id = job.job_id, from = %facts.state, to = %to, "Slurm reports a job recorded NODE_FAIL; recording the correction");
+            }
+            JobStateChanged {
+                job_id: job.job_id,
+                from: facts.state,
+                to,
+                reason: if correction && to != JobState::Pending {
+                    Some(format!(
+                        "correction: Slurm reports this job {to} after it was recorded {}",
+                        facts.state
+                    ))
+                } else {
+                    s.reason.clone().filter(|r| r != "None")
+                },
+                node: s.node.clone(),
+                exit_code: s.exit_code,
+                at: if to.is_terminal() {
+                    s.end_time
+                } else {
+                    s.start_time
+                },
+                started_at: s.start_time,
+            }
+        }
+        (Verdict::Change { .. }, None) => return Ok(done),
+        (Verdict::Vanished, _) => {
+            done.vanished += 1;
+            JobStateChanged {
+                job_id: job.job_id,
+                from: facts.state,
+                to: JobState::NodeFail,
+                reason: Some(VANISHED_REASON.into()),
+                node: None,
+                exit_code: None,
+                at: None,
+                started_at: None,
+            }
+        }
+    };
+    let event = DomainEvent::JobStateChanged(change);
+    match log
+        .append(
+            &stream,
+            ExpectedVersion::Exact(version),
+            &[crate::encode(&event, system)?],
+        )
+        .await
+    {
+        Ok(_) => done.state_changes += 1,
+        // Someone (a cancel) wrote meanwhile: the next pass sees it.
+        Err(LogError::VersionConflict { .. }) => done.left += 1,
+        Err(e) => return Err(e.into()),
     }
     Ok(done)
 }

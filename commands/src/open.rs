@@ -42,10 +42,9 @@ pub struct CaughtUp {
     pub position: i64,
 }
 
-/// One cluster's open jobs as a pass starts.
+/// Where one cluster's open jobs stand as a pass starts.
 #[derive(Debug, Clone, Default)]
 pub struct ClusterSnapshot {
-    pub open: Vec<OpenJob>,
     pub generation: u64,
     /// Jobs that entered since the last snapshot.
     pub added: Vec<u64>,
@@ -107,27 +106,31 @@ impl Tracker {
         Ok(done)
     }
 
-    /// A cluster's open jobs (for reconcile), its generation and the jobs new since last time.
+    /// A cluster's generation and the jobs new since last time.
     pub fn snapshot(&self, key: &ClusterKey) -> ClusterSnapshot {
         let mut state = self.lock();
         let added = state.fold.take_added(key);
-        let Some(c) = state.fold.cluster(key) else {
-            return ClusterSnapshot::default();
-        };
         ClusterSnapshot {
-            open: c
-                .jobs
-                .iter()
-                .map(|(job_id, e)| OpenJob {
-                    submission_id: e.submission_id,
-                    job_id: *job_id,
-                    state: e.state,
-                    cancel_requested: e.cancel_requested,
-                })
-                .collect(),
-            generation: c.generation,
+            generation: state.fold.cluster(key).map_or(0, |c| c.generation),
             added,
         }
+    }
+
+    /// A cluster's open jobs, for reconcile.
+    pub fn open(&self, key: &ClusterKey) -> Vec<OpenJob> {
+        let state = self.lock();
+        let Some(c) = state.fold.cluster(key) else {
+            return Vec::new();
+        };
+        c.jobs
+            .iter()
+            .map(|(job_id, e)| OpenJob {
+                submission_id: e.submission_id,
+                job_id: *job_id,
+                state: e.state,
+                cancel_requested: e.cancel_requested,
+            })
+            .collect()
     }
 
     /// Puts jobs back among the new ones of a cluster (a check on them could not be finished).

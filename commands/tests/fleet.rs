@@ -251,3 +251,62 @@ async fn the_sync_copies_decisions_and_never_lets_an_older_one_win() {
         .unwrap();
     assert_eq!(kept.desired, 7);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_stands_while_neither_the_jobs_nor_the_nodes_move() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _replicas) = store(dir.path()).await;
+    let (workspace, cluster) = ids();
+    let now = chrono::Utc::now();
+    let scaler = Scaler::new(catalog(), 2048, chrono::Duration::minutes(5), now);
+    let pending = |n: u64| -> Vec<ScalingJob> {
+        (1..=n)
+            .map(|job_id| ScalingJob {
+                job_id,
+                running: false,
+                shape: JobShape {
+                    cpus: 1,
+                    memory_mib: None,
+                    nodes: 1,
+                    time_limit_minutes: None,
+                    gpus: 0,
+                },
+                nodes: None,
+            })
+            .collect()
+    };
+    let asked = std::sync::atomic::AtomicUsize::new(0);
+    let cycle = |generation: u64, n: u64| {
+        let asked = &asked;
+        let scaler = &scaler;
+        let log = store.log.clone();
+        let (workspace, cluster) = (workspace.clone(), cluster.clone());
+        async move {
+            scaler
+                .cycle_with(
+                    log.as_ref(),
+                    &workspace,
+                    &cluster,
+                    Some(generation),
+                    || {
+                        asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        pending(n)
+                    },
+                    now,
+                )
+                .await
+                .unwrap()
+        }
+    };
+    // Planned once: two jobs, one decision.
+    assert_eq!(cycle(1, 2).await.len(), 1);
+    assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // Same generation: the jobs are not asked for, and the kept plan decides nothing new.
+    assert!(cycle(1, 2).await.is_empty());
+    assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // The generation moves (more jobs): planned again, and the count follows.
+    let made = cycle(2, 9).await;
+    assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert_eq!(made.len(), 1);
+    assert!(made[0].to > made[0].from, "{made:?}");
+}
