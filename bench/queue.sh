@@ -18,7 +18,8 @@ if [ -n "${DATABASE_URL:-}" ]; then
   flags=(--database-url "$db_url")
   db_flag=(--database-url "$db_url")
 fi
-CLUSTERRA_EXECUTOR_SLOTS=0 start_server "${flags[@]}"
+# On PostgreSQL the embedded `local` cluster is registered only when asked for.
+CLUSTERRA_DEFAULT_CLUSTER=true CLUSTERRA_EXECUTOR_SLOTS=0 start_server "${flags[@]}"
 token=$(mint_token "${db_flag[@]}")
 echo "filling the queue: $n submits through HTTP"
 "$bin/submitbench" --url "$url/v1/clusters/local/jobs" --token "$token" --requests "$n" --concurrency 32 --max-seconds 3600
