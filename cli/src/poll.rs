@@ -180,11 +180,7 @@ pub async fn run(p: Poller, mut stop: watch::Receiver<bool>) {
         };
         connect_clusters(&clusters, &directory, &tokens_dir, slurm);
         if !leading {
-            tokio::select! {
-                _ = tokio::time::sleep_until(deadline) => {}
-                _ = stop.changed() => {}
-            }
-            if *stop.borrow() {
+            if stopped_before(deadline, &mut stop).await {
                 break;
             }
             continue;
@@ -203,11 +199,7 @@ pub async fn run(p: Poller, mut stop: watch::Receiver<bool>) {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "could not read the log for the poll cycle; retrying next cycle");
-                tokio::select! {
-                    _ = tokio::time::sleep_until(deadline) => {}
-                    _ = stop.changed() => {}
-                }
-                if *stop.borrow() {
+                if stopped_before(deadline, &mut stop).await {
                     break;
                 }
                 continue;
@@ -261,6 +253,15 @@ pub async fn run(p: Poller, mut stop: watch::Receiver<bool>) {
         .await;
     passes.set.abort_all();
     tracing::info!("poll cycle stopped");
+}
+
+/// Waits until `deadline` or a stop, whichever comes first; true when it was a stop.
+async fn stopped_before(deadline: tokio::time::Instant, stop: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep_until(deadline) => {}
+        _ = stop.changed() => {}
+    }
+    *stop.borrow()
 }
 
 /// One cluster's pass: scaling, replica copy, reconcile, then its reachability. Its work

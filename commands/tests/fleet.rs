@@ -169,22 +169,6 @@ async fn the_sync_copies_decisions_and_never_lets_an_older_one_win() {
     let (workspace, cluster) = ids();
     let now = chrono::Utc::now();
     let scaler = Scaler::new(catalog(), 2048, chrono::Duration::minutes(5), now);
-    let pending = |n: u64| -> Vec<ScalingJob> {
-        (1..=n)
-            .map(|job_id| ScalingJob {
-                job_id,
-                running: false,
-                shape: JobShape {
-                    cpus: 1,
-                    memory_mib: None,
-                    nodes: 1,
-                    time_limit_minutes: None,
-                    gpus: 0,
-                },
-                nodes: None,
-            })
-            .collect()
-    };
     let made = scaler
         .cycle(store.log.as_ref(), &workspace, &cluster, &pending(2), now)
         .await
@@ -259,22 +243,6 @@ async fn a_plan_stands_while_neither_the_jobs_nor_the_nodes_move() {
     let (workspace, cluster) = ids();
     let now = chrono::Utc::now();
     let scaler = Scaler::new(catalog(), 2048, chrono::Duration::minutes(5), now);
-    let pending = |n: u64| -> Vec<ScalingJob> {
-        (1..=n)
-            .map(|job_id| ScalingJob {
-                job_id,
-                running: false,
-                shape: JobShape {
-                    cpus: 1,
-                    memory_mib: None,
-                    nodes: 1,
-                    time_limit_minutes: None,
-                    gpus: 0,
-                },
-                nodes: None,
-            })
-            .collect()
-    };
     let asked = std::sync::atomic::AtomicUsize::new(0);
     let cycle = |generation: u64, n: u64| {
         let asked = &asked;
@@ -309,4 +277,22 @@ async fn a_plan_stands_while_neither_the_jobs_nor_the_nodes_move() {
     assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 2);
     assert_eq!(made.len(), 1);
     assert!(made[0].to > made[0].from, "{made:?}");
+}
+
+/// `n` pending one-vCPU jobs, ids 1..=n.
+fn pending(n: u64) -> Vec<ScalingJob> {
+    (1..=n)
+        .map(|job_id| ScalingJob {
+            job_id,
+            running: false,
+            shape: JobShape {
+                cpus: 1,
+                memory_mib: None,
+                nodes: 1,
+                time_limit_minutes: None,
+                gpus: 0,
+            },
+            nodes: None,
+        })
+        .collect()
 }
