@@ -124,12 +124,7 @@ impl Tracker {
         };
         c.jobs
             .iter()
-            .map(|(job_id, e)| OpenJob {
-                submission_id: e.submission_id,
-                job_id: *job_id,
-                state: e.state,
-                cancel_requested: e.cancel_requested,
-            })
+            .map(|(job_id, e)| open_job(*job_id, e))
             .collect()
     }
 
@@ -165,15 +160,7 @@ impl Tracker {
         jobs.iter()
             .filter_map(|id| {
                 let e = c.jobs.get(id)?;
-                (!e.state.is_terminal()).then_some((
-                    OpenJob {
-                        submission_id: e.submission_id,
-                        job_id: *id,
-                        state: e.state,
-                        cancel_requested: e.cancel_requested,
-                    },
-                    e.shape,
-                ))
+                (!e.state.is_terminal()).then_some((open_job(*id, e), e.shape))
             })
             .collect()
     }
@@ -200,5 +187,15 @@ impl Tracker {
         let mut state = self.lock();
         let usage = state.fold.usage(workspace, user, period, now);
         (usage, state.fold.user_jobs(workspace, user))
+    }
+}
+
+/// What reconcile needs of an entry.
+fn open_job(job_id: u64, e: &domain::open::OpenEntry) -> OpenJob {
+    OpenJob {
+        submission_id: e.submission_id,
+        job_id,
+        state: e.state,
+        cancel_requested: e.cancel_requested,
     }
 }
