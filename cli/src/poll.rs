@@ -24,7 +24,7 @@ use commands::quota::{Pricing, RunningJob};
 use commands::replicas::ReplicaStore;
 use domain::cost::{Period, QuotaStatus};
 
-use commands::jobs::{Unsettled, reconcile, settle_submissions};
+use commands::jobs::{Unsettled, reconcile, reconcile_listed, settle_submissions};
 use commands::scaling::Scaler;
 use commands::slurm::{BreakerSettings, LiveDirectory, Reachability, SlurmPort};
 use eventlog::{ModelSet, Store};
@@ -317,42 +317,79 @@ async fn cluster_pass(shared: Arc<Shared>, key: Key, slurm: Arc<dyn SlurmPort>) 
             tracing::warn!(%cluster, error = %e, "replica store not updated; retrying next cycle")
         }
     }
-    let unchanged = slurm_version.is_some_and(|v| {
-        shared
-            .reconciled
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-            == Some(&(v, snapshot.generation))
-    });
     let t_replicas = t0.elapsed();
+    // What the last reconcile that left nothing to do saw (Slurm's jobs version, the index's
+    // generation): the same again means nothing changed on either side.
+    let last_clean = shared
+        .reconciled
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&key)
+        .copied();
+    let unchanged = slurm_version.is_some()
+        && last_clean.map(|c| c.0) == slurm_version
+        && last_clean.map(|c| c.1) == Some(snapshot.generation);
     if !unchanged {
-        let open = shared.tracker.open(&key);
-        match reconcile(
-            store.log.as_ref(),
-            slurm.as_ref(),
-            workspace,
-            cluster,
-            &open,
-            chrono::Utc::now(),
-        )
-        .await
-        {
-            Ok(done) => {
-                let mut reconciled = shared.reconciled.lock().unwrap_or_else(|p| p.into_inner());
-                match slurm_version {
-                    Some(v) if done == Default::default() => {
-                        reconciled.insert(key.clone(), (v, snapshot.generation));
-                    }
-                    _ => {
-                        reconciled.remove(&key);
-                    }
-                }
-                drop(reconciled);
-                if done != Default::default() {
-                    tracing::debug!(%cluster, changes = done.state_changes, ignored = done.ignored, vanished = done.vanished, corrected = done.corrected, cancels_resent = done.cancels_resent, left = done.left, "reconciled");
-                }
+        // A port that can tell what changed since the last clean pass lists only that, and only
+        // those jobs and the ones the index changed are compared; any other port (slurmrestd),
+        // or no clean pass yet, compares Slurm's whole listing with every open job.
+        let delta = match last_clean {
+            Some((since, _)) => slurm.jobs_since(since).await,
+            None => Ok(None),
+        };
+        let pass = match delta {
+            Ok(Some(delta)) => {
+                let ids: std::collections::BTreeSet<u64> = delta
+                    .jobs
+                    .iter()
+                    .map(|j| j.job_id)
+                    .chain(snapshot.changed.iter().copied())
+                    .collect();
+                let open = shared.tracker.open_of(&key, ids);
+                reconcile_listed(
+                    store.log.as_ref(),
+                    slurm.as_ref(),
+                    workspace,
+                    cluster,
+                    &open,
+                    delta.jobs,
+                    chrono::Utc::now(),
+                )
+                .await
+                .map(|done| (done, Some(delta.version)))
             }
+            Ok(None) => {
+                let open = shared.tracker.open(&key);
+                reconcile(
+                    store.log.as_ref(),
+                    slurm.as_ref(),
+                    workspace,
+                    cluster,
+                    &open,
+                    chrono::Utc::now(),
+                )
+                .await
+                .map(|done| (done, slurm_version))
+            }
+            Err(e) => Err(e.into()),
+        };
+        // Anything short of a clean pass makes the next one compare everything.
+        let clean = match &pass {
+            Ok((done, Some(v))) if *done == Default::default() => Some((*v, snapshot.generation)),
+            _ => None,
+        };
+        {
+            let mut reconciled = shared.reconciled.lock().unwrap_or_else(|p| p.into_inner());
+            match clean {
+                Some(c) => reconciled.insert(key.clone(), c),
+                None => reconciled.remove(&key),
+            };
+        }
+        match pass {
+            Ok((done, _)) if done != Default::default() => {
+                tracing::debug!(%cluster, changes = done.state_changes, ignored = done.ignored, vanished = done.vanished, corrected = done.corrected, cancels_resent = done.cancels_resent, left = done.left, "reconciled");
+            }
+            Ok(_) => {}
             // Its breaker is open: said once when it opened, not every cycle.
             Err(e) if matches!(slurm.reachability(), Reachability::Unreachable { .. }) => {
                 tracing::debug!(%cluster, error = %e, "reconcile skipped: Slurm unreachable")

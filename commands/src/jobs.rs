@@ -688,13 +688,25 @@ pub async fn reconcile(
     open: &[OpenJob],
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<Reconciled, JobError> {
+    let listed = slurm.jobs().await?;
+    reconcile_listed(log, slurm, workspace, cluster, open, listed, now).await
+}
+
+/// [`reconcile`] with Slurm's listing already made: the whole of it for every open job, or (from
+/// a port that can tell, [`SlurmPort::jobs_since`]) only the jobs that changed, with `open`
+/// holding the open jobs they name and those the read side changed. An open job the listing
+/// lacks is looked up by id, as in a full pass.
+pub async fn reconcile_listed(
+    log: &dyn EventLog,
+    slurm: &dyn SlurmPort,
+    workspace: &WorkspaceId,
+    cluster: &ClusterId,
+    open: &[OpenJob],
+    listed: Vec<SlurmJob>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Reconciled, JobError> {
     let mut done = Reconciled::default();
-    let in_slurm: HashMap<u64, SlurmJob> = slurm
-        .jobs()
-        .await?
-        .into_iter()
-        .map(|j| (j.job_id, j))
-        .collect();
+    let in_slurm: HashMap<u64, SlurmJob> = listed.into_iter().map(|j| (j.job_id, j)).collect();
 
     let mut known = HashSet::new();
     let mut lookups = true;

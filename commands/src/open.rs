@@ -48,6 +48,8 @@ pub struct ClusterSnapshot {
     pub generation: u64,
     /// Jobs that entered since the last snapshot.
     pub added: Vec<u64>,
+    /// Open jobs that entered or changed since the last snapshot.
+    pub changed: Vec<u64>,
 }
 
 impl Tracker {
@@ -110,9 +112,11 @@ impl Tracker {
     pub fn snapshot(&self, key: &ClusterKey) -> ClusterSnapshot {
         let mut state = self.lock();
         let added = state.fold.take_added(key);
+        let changed = state.fold.take_changed(key);
         ClusterSnapshot {
             generation: state.fold.cluster(key).map_or(0, |c| c.generation),
             added,
+            changed,
         }
     }
 
@@ -125,6 +129,17 @@ impl Tracker {
         c.jobs
             .iter()
             .map(|(job_id, e)| open_job(*job_id, e))
+            .collect()
+    }
+
+    /// Some of a cluster's open jobs, by id (those still open), for reconcile.
+    pub fn open_of(&self, key: &ClusterKey, jobs: impl IntoIterator<Item = u64>) -> Vec<OpenJob> {
+        let state = self.lock();
+        let Some(c) = state.fold.cluster(key) else {
+            return Vec::new();
+        };
+        jobs.into_iter()
+            .filter_map(|id| c.jobs.get(&id).map(|e| open_job(id, e)))
             .collect()
     }
 

@@ -90,6 +90,19 @@ pub trait SlurmPort: Send + Sync + 'static {
     fn jobs_version(&self) -> Option<u64> {
         None
     }
+    /// The jobs whose state changed after `version` (a [`Self::jobs_version`] value), and the
+    /// version they bring the caller to; `None` when the port cannot tell (slurmrestd lists
+    /// everything: `update_time` is compared against the whole collection).
+    async fn jobs_since(&self, _version: u64) -> Result<Option<JobsDelta>, SlurmError> {
+        Ok(None)
+    }
+}
+
+/// What changed in a controller since a version ([`SlurmPort::jobs_since`]).
+#[derive(Debug, Clone)]
+pub struct JobsDelta {
+    pub version: u64,
+    pub jobs: Vec<SlurmJob>,
 }
 
 /// Whether a cluster's Slurm answers, as the last calls made to it tell.
@@ -334,6 +347,9 @@ impl SlurmPort for Guarded {
     }
     fn jobs_version(&self) -> Option<u64> {
         self.inner.jobs_version()
+    }
+    async fn jobs_since(&self, version: u64) -> Result<Option<JobsDelta>, SlurmError> {
+        self.guard(self.inner.jobs_since(version)).await
     }
 }
 

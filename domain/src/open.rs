@@ -42,6 +42,9 @@ pub struct ClusterJobs {
     pub generation: u64,
     /// Jobs that entered since [`OpenJobs::take_added`] was last called for this cluster.
     added: Vec<u64>,
+    /// Open jobs that entered or changed since [`OpenJobs::take_changed`] was last called (at
+    /// most the open set: a job that leaves it leaves this too).
+    changed: BTreeSet<u64>,
 }
 
 /// One user's money, kept up to date job by job.
@@ -140,6 +143,7 @@ impl OpenJobs {
                     },
                 );
                 cluster.added.push(j.job_id);
+                cluster.changed.insert(j.job_id);
                 cluster.generation += 1;
                 self.by_user
                     .entry((j.workspace.clone(), user.clone()))
@@ -166,6 +170,7 @@ impl OpenJobs {
                     && let Some(entry) = cluster.jobs.get_mut(&at.job_id)
                 {
                     entry.cancel_requested = true;
+                    cluster.changed.insert(at.job_id);
                     cluster.generation += 1;
                 }
             }
@@ -205,6 +210,7 @@ impl OpenJobs {
         let cluster = self.clusters.entry(cluster_key.clone()).or_default();
         cluster.generation += 1;
         if keep {
+            cluster.changed.insert(job_id);
             if let Some(entry) = cluster.jobs.get_mut(&job_id) {
                 entry.state = c.to;
                 if c.node.is_some() {
@@ -213,6 +219,7 @@ impl OpenJobs {
             }
         } else if was_open {
             cluster.jobs.remove(&job_id);
+            cluster.changed.remove(&job_id);
             if let Some(set) = self.by_user.get_mut(&user_key) {
                 set.remove(&(cluster_key.1.clone(), job_id));
                 if set.is_empty() {
@@ -260,6 +267,14 @@ impl OpenJobs {
         self.clusters
             .get_mut(key)
             .map(|c| std::mem::take(&mut c.added))
+            .unwrap_or_default()
+    }
+
+    /// The open jobs of `key` that entered or changed since the last call.
+    pub fn take_changed(&mut self, key: &ClusterKey) -> Vec<u64> {
+        self.clusters
+            .get_mut(key)
+            .map(|c| std::mem::take(&mut c.changed).into_iter().collect())
             .unwrap_or_default()
     }
 
@@ -488,6 +503,8 @@ mod tests {
         );
         assert_eq!(open.take_added(&key()), vec![1]);
         assert!(open.take_added(&key()).is_empty());
+        assert_eq!(open.take_changed(&key()), vec![1]);
+        assert!(open.take_changed(&key()).is_empty());
         // A replayed event (at or below the position) changes nothing.
         open.apply("s9", 1, t(9, 0), &submitted(9, "a@x.org", None), &|_| {
             MicroUsd::ZERO

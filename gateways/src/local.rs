@@ -24,7 +24,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use commands::fleet::{NodeChange, NodeFleet};
-use commands::slurm::{Accepted, SlurmError, SlurmJob, SlurmPort};
+use commands::slurm::{Accepted, JobsDelta, SlurmError, SlurmJob, SlurmPort};
 use domain::filename::{self, JobNames};
 use domain::job::JobState;
 use domain::scaling::{Catalog, Demand, Family, NodeSet};
@@ -265,6 +265,10 @@ struct Record {
     /// The job (the body's `job`) while it waits: a restart queues it again from here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     body: Option<Value>,
+    /// The executor's change count when this record last changed (in memory only: a restart
+    /// starts every count from 0, and the poll cycle then compares every job once).
+    #[serde(skip)]
+    changed: u64,
 }
 
 impl Record {
@@ -602,9 +606,11 @@ impl LocalExecutor {
         let mut records = self.inner.records.lock().await;
         if let Some(r) = records.get_mut(&job_id) {
             f(r);
-            self.inner
+            r.changed = self
+                .inner
                 .changes
-                .fetch_add(1, std::sync::atomic::Ordering::Release);
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
+                + 1;
             let copy = r.clone();
             drop(records);
             self.save(&copy).await;
@@ -1159,11 +1165,13 @@ impl SlurmPort for LocalExecutor {
             node: None,
             // Kept until it starts, so a restart can queue it again.
             body: Some(job.clone()),
+            changed: self
+                .inner
+                .changes
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
+                + 1,
         };
         records.insert(job_id, record.clone());
-        self.inner
-            .changes
-            .fetch_add(1, std::sync::atomic::Ordering::Release);
         drop(records);
         self.save(&record).await;
         let (tx, rx) = oneshot::channel();
@@ -1215,6 +1223,24 @@ impl SlurmPort for LocalExecutor {
                 .changes
                 .load(std::sync::atomic::Ordering::Acquire),
         )
+    }
+
+    /// The records changed after `version` (read under the records' lock, so none is missed
+    /// and the version returned covers exactly what is listed).
+    async fn jobs_since(&self, version: u64) -> Result<Option<JobsDelta>, SlurmError> {
+        let records = self.inner.records.lock().await;
+        let now = self
+            .inner
+            .changes
+            .load(std::sync::atomic::Ordering::Acquire);
+        Ok(Some(JobsDelta {
+            version: now,
+            jobs: records
+                .values()
+                .filter(|r| r.changed > version)
+                .map(Record::view)
+                .collect(),
+        }))
     }
 
     async fn cancel(&self, job_id: u64) -> Result<(), SlurmError> {

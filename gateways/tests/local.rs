@@ -352,3 +352,30 @@ fn a_restart_kills_the_jobs_own_leftovers_and_never_a_reused_pid() {
     unrelated.kill().unwrap();
     unrelated.wait().unwrap();
 }
+
+#[tokio::test]
+async fn jobs_since_a_version_lists_only_what_changed_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(dir.path());
+    s.slots = 0;
+    let ex = LocalExecutor::open(s, Utc::now()).unwrap();
+    let a = ex.submit(&body("true", None)).await.unwrap();
+    let b = ex.submit(&body("true", None)).await.unwrap();
+    let v1 = ex.jobs_version().unwrap();
+    let ids =
+        |jobs: &[commands::slurm::SlurmJob]| jobs.iter().map(|j| j.job_id).collect::<Vec<_>>();
+    let all = ex.jobs_since(0).await.unwrap().unwrap();
+    assert_eq!(ids(&all.jobs), vec![a.job_id, b.job_id]);
+    assert_eq!(all.version, v1);
+    // Nothing since: an empty delta at the same version.
+    let none = ex.jobs_since(v1).await.unwrap().unwrap();
+    assert!(none.jobs.is_empty());
+    assert_eq!(none.version, v1);
+    // A cancel changes one record: only it is listed, and the version moves.
+    ex.cancel(b.job_id).await.unwrap();
+    let after = ex.jobs_since(v1).await.unwrap().unwrap();
+    assert_eq!(ids(&after.jobs), vec![b.job_id]);
+    assert_eq!(after.jobs[0].state, JobState::Cancelled);
+    assert!(after.version > v1);
+    assert_eq!(ex.jobs_version(), Some(after.version));
+}
