@@ -373,9 +373,13 @@ async fn cluster_pass(shared: Arc<Shared>, key: Key, slurm: Arc<dyn SlurmPort>) 
             }
             Err(e) => Err(e.into()),
         };
-        // Anything short of a clean pass makes the next one compare everything.
+        // A pass that left something to retry (an unanswered lookup, an unconfirmed or resent
+        // cancel, a write that met another) makes the next one compare everything; changes it
+        // recorded do not: they move the index, whose changed jobs the next pass compares.
         let clean = match &pass {
-            Ok((done, Some(v))) if *done == Default::default() => Some((*v, snapshot.generation)),
+            Ok((done, Some(v))) if done.left == 0 && done.cancels_resent == 0 => {
+                Some((*v, snapshot.generation))
+            }
             _ => None,
         };
         {

@@ -221,6 +221,7 @@ impl Scaler {
         }
         let limits = self.limits.as_ref().map(|l| l.of(workspace, cluster));
         let mut slices = Vec::new();
+        let mut placed_running = std::collections::HashSet::new();
         for job in jobs {
             // A job over the limits is never planned: it could ask for millions of nodes.
             if limits.is_some_and(|l| !l.allows(&job.shape)) {
@@ -248,6 +249,9 @@ impl Scaler {
                 }
                 continue;
             }
+            if job.running {
+                placed_running.insert(job.job_id);
+            }
             for _ in 0..job.shape.nodes.max(1) {
                 slices.push(PendingSlice {
                     job_id: job.job_id,
@@ -260,13 +264,12 @@ impl Scaler {
         if let Some(l) = limits {
             l.clamp(&mut needs);
         }
-        let pending: std::collections::HashSet<u64> = jobs
-            .iter()
-            .filter(|j| !j.running)
-            .map(|j| j.job_id)
-            .collect();
-        for need in needs.values_mut() {
-            need.jobs.retain(|j| pending.contains(j));
+        // Only pending jobs are named in a need: running ones placed above (on nodes the events
+        // do not name) are taken out again — usually none, so usually nothing to do.
+        if !placed_running.is_empty() {
+            for need in needs.values_mut() {
+                need.jobs.retain(|j| !placed_running.contains(j));
+            }
         }
         needs
     }
