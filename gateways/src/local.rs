@@ -237,6 +237,9 @@ impl Fleet {
     }
 }
 
+/// How many job ids are reserved per write of the id counter.
+const ID_BLOCK: u64 = 1_000;
+
 /// How long a finished job stays in the listing (slurmctld's `MinJobAge` default).
 const MIN_JOB_AGE: chrono::Duration = chrono::Duration::seconds(300);
 
@@ -296,6 +299,10 @@ struct Inner {
     records: Mutex<BTreeMap<u64, Record>>,
     /// Moves with every change to `records` (SlurmPort::jobs_version).
     changes: std::sync::atomic::AtomicU64,
+    /// Ids handed out below `.1` are persisted: the counter file says `.1` (ids are reserved a
+    /// block at a time, so a submission writes the counter once per [`ID_BLOCK`], not each time).
+    /// `.0` is the next id. Only changed under the records' lock.
+    ids: std::sync::Mutex<(u64, u64)>,
     cancels: Mutex<BTreeMap<u64, oneshot::Sender<()>>>,
     /// Jobs waiting for a slot or a node, oldest first, and how many run.
     queue: Mutex<Queue>,
@@ -515,6 +522,7 @@ impl LocalExecutor {
                 settings,
                 records: Mutex::new(records),
                 changes: std::sync::atomic::AtomicU64::new(0),
+                ids: std::sync::Mutex::new((0, 0)),
                 cancels: Mutex::new(cancels),
                 queue: Mutex::new(queue),
                 fleet: std::sync::Mutex::new(Fleet {
@@ -542,16 +550,29 @@ impl LocalExecutor {
 
     /// Hands out the next job id and persists the counter before the id is used, so ids never
     /// repeat, even across restarts.
+    /// The next job id (called under the records' lock). Ids only grow, across restarts too: the
+    /// counter file holds the end of the block of ids reserved so far, written before any id of
+    /// a new block is handed out; a restart continues after it (skipping at most one block's
+    /// unused ids) or after the highest recorded job, whichever is higher.
     fn allocate_id(&self, records: &BTreeMap<u64, Record>) -> Result<u64, SlurmError> {
-        let path = self.next_id_path();
-        let stored = std::fs::read_to_string(&path)
-            .ok()
-            .and_then(|t| t.trim().parse::<u64>().ok())
-            .unwrap_or(1);
-        let id = stored.max(records.keys().next_back().map_or(1, |k| k + 1));
-        write_atomic(&path, (id + 1).to_string().as_bytes()).map_err(|e| {
-            SlurmError::Unavailable(format!("cannot persist the job id counter: {e}"))
-        })?;
+        let mut ids = self.inner.ids.lock().unwrap_or_else(|p| p.into_inner());
+        if ids.0 == 0 {
+            let stored = std::fs::read_to_string(self.next_id_path())
+                .ok()
+                .and_then(|t| t.trim().parse::<u64>().ok())
+                .unwrap_or(1);
+            let next = stored.max(records.keys().next_back().map_or(1, |k| k + 1));
+            *ids = (next, next);
+        }
+        let id = ids.0.max(records.keys().next_back().map_or(1, |k| k + 1));
+        if id >= ids.1 {
+            let end = id + ID_BLOCK;
+            write_atomic(&self.next_id_path(), end.to_string().as_bytes()).map_err(|e| {
+                SlurmError::Unavailable(format!("cannot persist the job id counter: {e}"))
+            })?;
+            ids.1 = end;
+        }
+        ids.0 = id + 1;
         Ok(id)
     }
 
@@ -594,7 +615,7 @@ impl LocalExecutor {
             .state_dir
             .join("jobs")
             .join(format!("{}.json", record.job_id));
-        let result = serde_json::to_vec_pretty(record)
+        let result = serde_json::to_vec(record)
             .map_err(std::io::Error::other)
             .and_then(|bytes| write_atomic(&path, &bytes));
         if let Err(e) = result {
