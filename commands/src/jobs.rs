@@ -620,6 +620,10 @@ pub struct OpenJob {
     /// Whether the read side has a cancel asked for it. With its state, this lets reconcile
     /// skip reading the job's stream when Slurm reports what the read side has.
     pub cancel_requested: bool,
+    /// The version of the job's stream the read side's state and cancel reflect, when it knows
+    /// (the poll cycle's index does): a change is then appended at it without reading the
+    /// stream, which is read only if that append meets a newer event.
+    pub version: Option<i64>,
 }
 
 /// What one reconcile did.
@@ -834,82 +838,105 @@ async fn record_one(
     let mut done = Reconciled::default();
     let system = crate::system_metadata("poll");
     let stream = stream(cluster, job.submission_id);
-    let Some((facts, version)) = load(log, &stream).await? else {
-        return Ok(done);
-    };
-    if let Some(s) = &seen
-        && facts.cancel_requested
-        && matches!(
-            s.state,
-            JobState::Pending | JobState::Running | JobState::Suspended
-        )
-    {
-        match slurm.cancel(job.job_id).await {
-            Ok(()) => done.cancels_resent += 1,
-            Err(e) => {
-                done.left += 1;
-                tracing::warn!(job_id = job.job_id, error = %e, "cancel not confirmed by Slurm; asking again next cycle")
+    // First on what the read side knows (when it knows the version), then, if the log moved
+    // past it, once more on the stream as read.
+    let mut known = job.version.map(|v| (job.state, job.cancel_requested, v));
+    let mut resent = false;
+    for _ in 0..2 {
+        let (state, cancel_requested, version) = match known.take() {
+            Some(k) => k,
+            None => match load(log, &stream).await? {
+                Some((facts, v)) => (facts.state, facts.cancel_requested, v),
+                None => return Ok(done),
+            },
+        };
+        if !resent
+            && cancel_requested
+            && let Some(s) = &seen
+            && matches!(
+                s.state,
+                JobState::Pending | JobState::Running | JobState::Suspended
+            )
+        {
+            resent = true;
+            match slurm.cancel(job.job_id).await {
+                Ok(()) => done.cancels_resent += 1,
+                Err(e) => {
+                    done.left += 1;
+                    tracing::warn!(job_id = job.job_id, error = %e, "cancel not confirmed by Slurm; asking again next cycle")
+                }
             }
+        }
+        let (change, corrected, vanished) = match (reconcile_verdict(state, observed), &seen) {
+            (Verdict::Keep, _) => return Ok(done),
+            (Verdict::Change { to, correction }, Some(s)) => (
+                JobStateChanged {
+                    job_id: job.job_id,
+                    from: state,
+                    to,
+                    reason: if correction && to != JobState::Pending {
+                        Some(format!(
+                            "correction: Slurm reports this job {to} after it was recorded {state}"
+                        ))
+                    } else {
+                        s.reason.clone().filter(|r| r != "None")
+                    },
+                    node: s.node.clone(),
+                    exit_code: s.exit_code,
+                    at: if to.is_terminal() {
+                        s.end_time
+                    } else {
+                        s.start_time
+                    },
+                    started_at: s.start_time,
+                },
+                correction,
+                false,
+            ),
+            (Verdict::Change { .. }, None) => return Ok(done),
+            (Verdict::Vanished, _) => (
+                JobStateChanged {
+                    job_id: job.job_id,
+                    from: state,
+                    to: JobState::NodeFail,
+                    reason: Some(VANISHED_REASON.into()),
+                    node: None,
+                    exit_code: None,
+                    at: None,
+                    started_at: None,
+                },
+                false,
+                true,
+            ),
+        };
+        let to = change.to;
+        let event = DomainEvent::JobStateChanged(change);
+        match log
+            .append(
+                &stream,
+                ExpectedVersion::Exact(version),
+                &[crate::encode(&event, system.clone())?],
+            )
+            .await
+        {
+            Ok(_) => {
+                done.state_changes += 1;
+                if corrected {
+                    done.corrected += 1;
+                    tracing::warn!(job_id = job.job_id, from = %state, %to, "Slurm reports a job recorded NODE_FAIL; recording the correction");
+                }
+                if vanished {
+                    done.vanished += 1;
+                }
+                return Ok(done);
+            }
+            // Someone (a cancel, another replica) wrote meanwhile: decide again on the stream.
+            Err(LogError::VersionConflict { .. }) => continue,
+            Err(e) => return Err(e.into()),
         }
     }
-    let change = match (reconcile_verdict(facts.state, observed), seen) {
-        (Verdict::Keep, _) => return Ok(done),
-        (Verdict::Change { to, correction }, Some(s)) => {
-            if correction {
-                done.corrected += 1;
-                tracing::warn!(job_id = job.job_id, from = %facts.state, to = %to, "Slurm reports a job recorded NODE_FAIL; recording the correction");
-            }
-            JobStateChanged {
-                job_id: job.job_id,
-                from: facts.state,
-                to,
-                reason: if correction && to != JobState::Pending {
-                    Some(format!(
-                        "correction: Slurm reports this job {to} after it was recorded {}",
-                        facts.state
-                    ))
-                } else {
-                    s.reason.clone().filter(|r| r != "None")
-                },
-                node: s.node.clone(),
-                exit_code: s.exit_code,
-                at: if to.is_terminal() {
-                    s.end_time
-                } else {
-                    s.start_time
-                },
-                started_at: s.start_time,
-            }
-        }
-        (Verdict::Change { .. }, None) => return Ok(done),
-        (Verdict::Vanished, _) => {
-            done.vanished += 1;
-            JobStateChanged {
-                job_id: job.job_id,
-                from: facts.state,
-                to: JobState::NodeFail,
-                reason: Some(VANISHED_REASON.into()),
-                node: None,
-                exit_code: None,
-                at: None,
-                started_at: None,
-            }
-        }
-    };
-    let event = DomainEvent::JobStateChanged(change);
-    match log
-        .append(
-            &stream,
-            ExpectedVersion::Exact(version),
-            &[crate::encode(&event, system)?],
-        )
-        .await
-    {
-        Ok(_) => done.state_changes += 1,
-        // Someone (a cancel) wrote meanwhile: the next pass sees it.
-        Err(LogError::VersionConflict { .. }) => done.left += 1,
-        Err(e) => return Err(e.into()),
-    }
+    // Still meeting newer events: the next pass sees them.
+    done.left += 1;
     Ok(done)
 }
 

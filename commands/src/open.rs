@@ -84,14 +84,21 @@ impl Tracker {
                     e.event_type.as_str(),
                     "JobSubmitted" | "JobStateChanged" | "JobCancelRequested"
                 ) {
+                    // Any other event on a job's stream still moves its version.
+                    if e.stream_id.starts_with("job-") {
+                        state.fold.touch(&e.stream_id, e.stream_version);
+                    }
                     continue;
                 }
                 match DomainEvent::decode(&e.event_type, e.schema_version, &e.data) {
-                    Ok(Some(event)) => {
-                        state
-                            .fold
-                            .apply(&e.stream_id, e.position, e.recorded_at, &event, price)
-                    }
+                    Ok(Some(event)) => state.fold.apply(
+                        &e.stream_id,
+                        e.stream_version,
+                        e.position,
+                        e.recorded_at,
+                        &event,
+                        price,
+                    ),
                     Ok(None) => {}
                     Err(err) => {
                         done.unreadable += 1;
@@ -212,5 +219,6 @@ fn open_job(job_id: u64, e: &domain::open::OpenEntry) -> OpenJob {
         job_id,
         state: e.state,
         cancel_requested: e.cancel_requested,
+        version: Some(e.version),
     }
 }

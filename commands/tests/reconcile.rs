@@ -250,6 +250,7 @@ async fn a_recorded_request_whose_outcome_the_log_missed_is_adopted_once_as_its_
         job_id: retry.job_id,
         state: JobState::Pending,
         cancel_requested: false,
+        version: None,
     }];
     let mut final_state = None;
     for _ in 0..100 {
@@ -293,6 +294,7 @@ async fn a_job_that_vanished_from_slurm_gets_a_final_state_that_says_so() {
         job_id: 9_999,
         state: JobState::Pending,
         cancel_requested: false,
+        version: None,
     };
     let done = reconcile(
         store.log.as_ref(),

@@ -153,6 +153,7 @@ impl World {
             job_id: s.job_id,
             state: JobState::Pending,
             cancel_requested: false,
+            version: None,
         }
     }
 
@@ -371,4 +372,50 @@ async fn a_cancel_slurm_did_not_confirm_is_an_error_and_is_asked_again() {
         3,
         "not asked once over"
     );
+}
+
+#[tokio::test]
+async fn a_change_made_on_a_stale_version_is_decided_again_on_the_stream() {
+    let w = World::new().await;
+    let job = w.submit().await;
+    let (_, version) = load(w.log(), &stream(&w.cluster, job.submission_id))
+        .await
+        .unwrap()
+        .unwrap();
+    // The read side believes the job pending at an older version; the log has moved on (the
+    // job was cancelled meanwhile) and Slurm reports it running: the append at the old version
+    // conflicts, the stream is read, and the change is recorded from what the log holds.
+    let request = CancelRequest {
+        cluster: w.cluster.clone(),
+        submission: job.submission_id,
+        caller: Email::new("ada@lab.org").unwrap(),
+        caller_is_admin: false,
+        why: None,
+        metadata: eventlog::Metadata::default(),
+    };
+    cancel_job(w.log(), &w.slurm, request).await.unwrap();
+    let stale = OpenJob {
+        version: Some(version),
+        ..job.clone()
+    };
+    w.slurm
+        .lists(Ok(vec![w.slurm.job(job.job_id, JobState::Running)]));
+    let done = w.reconcile(std::slice::from_ref(&stale)).await.unwrap();
+    assert_eq!(done.state_changes, 1, "{done:?}");
+    assert_eq!(w.state(&job).await, JobState::Running);
+    // And at the version the log is at, the change goes in without a conflict.
+    let (_, now) = load(w.log(), &stream(&w.cluster, job.submission_id))
+        .await
+        .unwrap()
+        .unwrap();
+    let current = OpenJob {
+        state: JobState::Running,
+        version: Some(now),
+        ..job.clone()
+    };
+    w.slurm
+        .lists(Ok(vec![w.slurm.job(job.job_id, JobState::Completed)]));
+    let done = w.reconcile(&[current]).await.unwrap();
+    assert_eq!((done.state_changes, done.left), (1, 0), "{done:?}");
+    assert_eq!(w.state(&job).await, JobState::Completed);
 }

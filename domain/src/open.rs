@@ -32,6 +32,9 @@ pub struct OpenEntry {
     /// The nodes it runs on, as Slurm names them, if known.
     pub node: Option<String>,
     pub cancel_requested: bool,
+    /// The version of the job's stream this entry reflects: a change appended at it was made
+    /// on what the log holds (a conflict means the entry is behind).
+    pub version: i64,
 }
 
 /// A cluster's open jobs, by Slurm job id.
@@ -108,12 +111,14 @@ impl OpenJobs {
         self.position = self.position.max(position);
     }
 
-    /// Applies one event of stream `stream` at `position`, recorded at `recorded_at`. `price`
-    /// gives the hourly rate of a shape for jobs whose submission recorded none. Events at or
-    /// below the last position applied are ignored.
+    /// Applies one event of stream `stream` (at `stream_version` in it) at `position`, recorded
+    /// at `recorded_at`. `price` gives the hourly rate of a shape for jobs whose submission
+    /// recorded none. Events at or below the last position applied are ignored.
+    #[allow(clippy::too_many_arguments)]
     pub fn apply(
         &mut self,
         stream: &str,
+        stream_version: i64,
         position: i64,
         recorded_at: DateTime<Utc>,
         event: &DomainEvent,
@@ -123,6 +128,7 @@ impl OpenJobs {
             return;
         }
         self.position = position;
+        self.touch(stream, stream_version);
         match event {
             DomainEvent::JobSubmitted(j) => {
                 if self.streams.contains_key(stream) {
@@ -140,6 +146,7 @@ impl OpenJobs {
                         shape: j.shape,
                         node: None,
                         cancel_requested: false,
+                        version: stream_version,
                     },
                 );
                 cluster.added.push(j.job_id);
@@ -254,6 +261,21 @@ impl OpenJobs {
             // A finished job changes no more (only NODE_FAIL is corrected): its stream is
             // forgotten; its cost stays in `ended` for the period.
             self.streams.remove(stream);
+        }
+    }
+
+    /// Notes that an open job's stream reached `stream_version` (any event on it, those this
+    /// fold does not interpret too).
+    pub fn touch(&mut self, stream: &str, stream_version: i64) {
+        let Some(at) = self.streams.get(stream) else {
+            return;
+        };
+        if let Some(entry) = self
+            .clusters
+            .get_mut(&at.cluster)
+            .and_then(|c| c.jobs.get_mut(&at.job_id))
+        {
+            entry.version = entry.version.max(stream_version);
         }
     }
 
@@ -426,7 +448,9 @@ mod tests {
     fn fold(events: &[(&str, DomainEvent)]) -> OpenJobs {
         let mut open = OpenJobs::default();
         for (i, (stream, e)) in events.iter().enumerate() {
-            open.apply(stream, i as i64 + 1, t(9, 0), e, &|_| MicroUsd(1_000_000));
+            open.apply(stream, 0, i as i64 + 1, t(9, 0), e, &|_| {
+                MicroUsd(1_000_000)
+            });
         }
         open
     }
@@ -484,6 +508,7 @@ mod tests {
         let g1 = open.cluster(&key()).map(|c| c.generation);
         open.apply(
             "s1",
+            0,
             2,
             t(9, 0),
             &DomainEvent::JobCancelRequested(JobCancelRequested {
@@ -506,7 +531,7 @@ mod tests {
         assert_eq!(open.take_changed(&key()), vec![1]);
         assert!(open.take_changed(&key()).is_empty());
         // A replayed event (at or below the position) changes nothing.
-        open.apply("s9", 1, t(9, 0), &submitted(9, "a@x.org", None), &|_| {
+        open.apply("s9", 0, 1, t(9, 0), &submitted(9, "a@x.org", None), &|_| {
             MicroUsd::ZERO
         });
         assert_eq!(open.cluster(&key()).map(|c| c.jobs.len()), Some(1));
@@ -609,6 +634,7 @@ mod tests {
         assert_eq!(before.running_jobs, 1);
         open.apply(
             "s1",
+            0,
             3,
             t(10, 0),
             &changed(1, JobState::Running, JobState::Completed, t(10, 0)),
@@ -619,5 +645,33 @@ mod tests {
         assert_eq!(after.pending_bill, MicroUsd(1_000_000));
         assert_eq!(after.projected, MicroUsd(1_000_000));
         assert!(open.user_jobs(&key().0, "a@x.org").is_empty());
+    }
+
+    #[test]
+    fn an_entry_follows_its_streams_version_whatever_the_event() {
+        let mut open = OpenJobs::default();
+        let price = |_: &JobShape| MicroUsd::ZERO;
+        open.apply("s1", 2, 10, t(9, 0), &submitted(1, "a@x.org", None), &price);
+        let version = |o: &OpenJobs| {
+            o.cluster(&key())
+                .and_then(|c| c.jobs.get(&1))
+                .map(|e| e.version)
+        };
+        assert_eq!(version(&open), Some(2));
+        // An event this fold does not interpret still moves the version.
+        open.touch("s1", 3);
+        assert_eq!(version(&open), Some(3));
+        open.apply(
+            "s1",
+            4,
+            11,
+            t(9, 0),
+            &changed(1, JobState::Pending, JobState::Running, t(10, 0)),
+            &price,
+        );
+        assert_eq!(version(&open), Some(4));
+        // Another stream's version is not this job's.
+        open.touch("s2", 9);
+        assert_eq!(version(&open), Some(4));
     }
 }
