@@ -63,6 +63,14 @@ pub struct Poller {
 
 type Key = (domain::WorkspaceId, domain::ClusterId);
 
+/// A reconcile pass that left nothing but named jobs to look at again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Clean {
+    slurm_version: u64,
+    generation: u64,
+    recheck: Vec<u64>,
+}
+
 /// What every cluster pass shares.
 struct Shared {
     store: Store,
@@ -73,9 +81,10 @@ struct Shared {
     recorded: Mutex<HashMap<Key, bool>>,
     /// The jobs as the cycle needs them, read on from the log each cycle.
     tracker: Arc<Tracker>,
-    /// Per cluster, what the last reconcile that left nothing to do saw: Slurm's jobs version and
-    /// the index's generation. While both stand, reconcile would find nothing and is skipped.
-    reconciled: Mutex<HashMap<Key, (u64, u64)>>,
+    /// Per cluster, what the last clean reconcile saw (Slurm's jobs version, the index's
+    /// generation) and the jobs it left to compare again. While both stand and none is left,
+    /// reconcile would find nothing and is skipped.
+    reconciled: Mutex<HashMap<Key, Clean>>,
 }
 
 /// The work of one cycle under way: cluster passes (`Some(key)`) and the quota pass (`None`).
@@ -318,32 +327,37 @@ async fn cluster_pass(shared: Arc<Shared>, key: Key, slurm: Arc<dyn SlurmPort>) 
         }
     }
     let t_replicas = t0.elapsed();
-    // What the last reconcile that left nothing to do saw (Slurm's jobs version, the index's
-    // generation): the same again means nothing changed on either side.
+    // What the last clean reconcile saw: the same again, with no job left to look at, means
+    // nothing changed on either side.
     let last_clean = shared
         .reconciled
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .get(&key)
-        .copied();
-    let unchanged = slurm_version.is_some()
-        && last_clean.map(|c| c.0) == slurm_version
-        && last_clean.map(|c| c.1) == Some(snapshot.generation);
+        .cloned();
+    let unchanged = last_clean.as_ref().is_some_and(|c| {
+        Some(c.slurm_version) == slurm_version
+            && c.generation == snapshot.generation
+            && c.recheck.is_empty()
+    });
     if !unchanged {
         // A port that can tell what changed since the last clean pass lists only that, and only
-        // those jobs and the ones the index changed are compared; any other port (slurmrestd),
-        // or no clean pass yet, compares Slurm's whole listing with every open job.
-        let delta = match last_clean {
-            Some((since, _)) => slurm.jobs_since(since).await,
+        // those jobs, the ones the index changed and the ones left to look at again are
+        // compared; any other port (slurmrestd), or no clean pass yet, compares Slurm's whole
+        // listing with every open job.
+        let delta = match &last_clean {
+            Some(c) => slurm.jobs_since(c.slurm_version).await,
             None => Ok(None),
         };
         let pass = match delta {
             Ok(Some(delta)) => {
+                let recheck = last_clean.iter().flat_map(|c| c.recheck.iter().copied());
                 let ids: std::collections::BTreeSet<u64> = delta
                     .jobs
                     .iter()
                     .map(|j| j.job_id)
                     .chain(snapshot.changed.iter().copied())
+                    .chain(recheck)
                     .collect();
                 let open = shared.tracker.open_of(&key, ids);
                 reconcile_listed(
@@ -373,13 +387,15 @@ async fn cluster_pass(shared: Arc<Shared>, key: Key, slurm: Arc<dyn SlurmPort>) 
             }
             Err(e) => Err(e.into()),
         };
-        // A pass that left something to retry (an unanswered lookup, an unconfirmed or resent
-        // cancel, a write that met another) makes the next one compare everything; changes it
-        // recorded do not: they move the index, whose changed jobs the next pass compares.
+        // A pass that left something no job names (or failed) makes the next one compare
+        // everything; changes it recorded do not (they move the index, whose changed jobs the
+        // next pass compares), nor do the jobs it names to look at again.
         let clean = match &pass {
-            Ok((done, Some(v))) if done.left == 0 && done.cancels_resent == 0 => {
-                Some((*v, snapshot.generation))
-            }
+            Ok((done, Some(v))) if done.left == 0 => Some(Clean {
+                slurm_version: *v,
+                generation: snapshot.generation,
+                recheck: done.recheck.clone(),
+            }),
             _ => None,
         };
         {
@@ -391,7 +407,7 @@ async fn cluster_pass(shared: Arc<Shared>, key: Key, slurm: Arc<dyn SlurmPort>) 
         }
         match pass {
             Ok((done, _)) if done != Default::default() => {
-                tracing::debug!(%cluster, changes = done.state_changes, ignored = done.ignored, vanished = done.vanished, corrected = done.corrected, cancels_resent = done.cancels_resent, left = done.left, "reconciled");
+                tracing::debug!(%cluster, changes = done.state_changes, ignored = done.ignored, vanished = done.vanished, corrected = done.corrected, cancels_resent = done.cancels_resent, left = done.left, recheck = done.recheck.len(), "reconciled");
             }
             Ok(_) => {}
             // Its breaker is open: said once when it opened, not every cycle.

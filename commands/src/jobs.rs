@@ -638,9 +638,12 @@ pub struct Reconciled {
     pub corrected: usize,
     /// Cancels recorded earlier that Slurm was asked for again (the job still runs).
     pub cancels_resent: usize,
-    /// What is left for the next pass: a cancel Slurm did not confirm, a lookup it did not
-    /// answer, a write that met another.
+    /// What is left for the next pass that no one job names: a Slurm job whose comment names a
+    /// submission being recorded right now.
     pub left: usize,
+    /// Open jobs to compare again next pass, whatever changes: a cancel sent again (or not
+    /// confirmed), a lookup Slurm did not answer, a write that kept meeting newer events.
+    pub recheck: Vec<u64>,
 }
 
 /// How long after a submission's request was recorded its outcome may still be on its way (the
@@ -743,7 +746,7 @@ pub async fn reconcile_listed(
             },
         };
         if observed == Observed::NoAnswer {
-            done.left += 1;
+            done.recheck.push(job.job_id);
             continue;
         }
         // What the read side has agrees with Slurm and no cancel is to be sent again: nothing
@@ -776,6 +779,7 @@ pub async fn reconcile_listed(
         done.corrected += o.corrected;
         done.cancels_resent += o.cancels_resent;
         done.left += o.left;
+        done.recheck.extend(o.recheck);
     }
 
     // Adoption is settle_submissions' (of recorded requests only); here, Slurm jobs that claim
@@ -859,10 +863,11 @@ async fn record_one(
             )
         {
             resent = true;
+            // Looked at again next pass until Slurm reports it ended.
+            done.recheck.push(job.job_id);
             match slurm.cancel(job.job_id).await {
                 Ok(()) => done.cancels_resent += 1,
                 Err(e) => {
-                    done.left += 1;
                     tracing::warn!(job_id = job.job_id, error = %e, "cancel not confirmed by Slurm; asking again next cycle")
                 }
             }
@@ -936,7 +941,7 @@ async fn record_one(
         }
     }
     // Still meeting newer events: the next pass sees them.
-    done.left += 1;
+    done.recheck.push(job.job_id);
     Ok(done)
 }
 

@@ -416,6 +416,10 @@ async fn a_change_made_on_a_stale_version_is_decided_again_on_the_stream() {
     w.slurm
         .lists(Ok(vec![w.slurm.job(job.job_id, JobState::Completed)]));
     let done = w.reconcile(&[current]).await.unwrap();
-    assert_eq!((done.state_changes, done.left), (1, 0), "{done:?}");
+    assert_eq!(
+        (done.state_changes, done.left, done.recheck.len()),
+        (1, 0, 0),
+        "{done:?}"
+    );
     assert_eq!(w.state(&job).await, JobState::Completed);
 }
