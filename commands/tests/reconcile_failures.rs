@@ -128,6 +128,18 @@ impl World {
         self.store.log.as_ref()
     }
 
+    /// Its submitter asking to cancel `job`.
+    fn cancel_request(&self, job: &OpenJob) -> CancelRequest {
+        CancelRequest {
+            cluster: self.cluster.clone(),
+            submission: job.submission_id,
+            caller: Email::new("ada@lab.org").unwrap(),
+            caller_is_admin: false,
+            why: None,
+            metadata: eventlog::Metadata::default(),
+        }
+    }
+
     /// Submits a job through the real submit path; returns it as reconcile sees it.
     async fn submit(&self) -> OpenJob {
         let s = Submitter::default()
@@ -331,14 +343,7 @@ async fn a_cancel_slurm_did_not_confirm_is_an_error_and_is_asked_again() {
         .lists(Ok(vec![w.slurm.job(job.job_id, JobState::Running)]));
     w.reconcile(std::slice::from_ref(&job)).await.unwrap();
     *w.slurm.cancel.lock().unwrap() = Err(down());
-    let request = CancelRequest {
-        cluster: w.cluster.clone(),
-        submission: job.submission_id,
-        caller: Email::new("ada@lab.org").unwrap(),
-        caller_is_admin: false,
-        why: None,
-        metadata: eventlog::Metadata::default(),
-    };
+    let request = w.cancel_request(&job);
     let err = cancel_job(w.log(), &w.slurm, request).await.unwrap_err();
     assert!(
         matches!(err, JobError::Slurm(SlurmError::Unavailable(_))),
@@ -385,14 +390,7 @@ async fn a_change_made_on_a_stale_version_is_decided_again_on_the_stream() {
     // The read side believes the job pending at an older version; the log has moved on (the
     // job was cancelled meanwhile) and Slurm reports it running: the append at the old version
     // conflicts, the stream is read, and the change is recorded from what the log holds.
-    let request = CancelRequest {
-        cluster: w.cluster.clone(),
-        submission: job.submission_id,
-        caller: Email::new("ada@lab.org").unwrap(),
-        caller_is_admin: false,
-        why: None,
-        metadata: eventlog::Metadata::default(),
-    };
+    let request = w.cancel_request(&job);
     cancel_job(w.log(), &w.slurm, request).await.unwrap();
     let stale = OpenJob {
         version: Some(version),
