@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Submissions through HTTP, Clusterra beside slurmrestd, in one run with one load generator (wrk,
+# from Debian): a fresh release server on its embedded defaults whose local executor runs
+# nothing (executor_slots = 0), holding PREFILL jobs already queued, and the real Slurm of
+# scripts/slurm-local (needs root) taking the same body submitted held (nothing runs). Each is
+# driven at 16 and 64 connections for SECONDS seconds.
+#   bench/submit-vs-slurm.sh [PREFILL (default 50000)]   SECONDS=3 by default
+# slurmctld refuses submissions past its MaxJobCount (10,000 by default): keep
+# 2 × rate × SECONDS below it (the held jobs of each run stay queued in Slurm).
+. "$(dirname "$0")/lib.sh"
+prefill="${1:-50000}"
+secs="${SECONDS_PER_RUN:-3}"
+command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk" >&2; exit 1; }
+eval "$(scripts/slurm-local start)"
+on_exit 'scripts/slurm-local stop >/dev/null 2>&1 || true'
+CLUSTERRA_EXECUTOR_SLOTS=0 start_server
+token=$(mint_token)
+echo "queueing $prefill jobs in Clusterra first"
+"$bin/submitbench" --url "$url/v1/clusters/local/jobs" --token "$token" --requests "$prefill" --concurrency 32 --max-seconds 3600
+
+job='"name": "bench", "script": "#!/bin/bash\\nsrun hostname\\n", "environment": ["PATH=/usr/local/bin:/usr/bin:/bin"], "tasks": 1, "cpus_per_task": 1, "memory_per_node": {"set": true, "infinite": false, "number": 512}, "time_limit": {"set": true, "infinite": false, "number": 10}'
+cat > "$dir/clusterra.lua" <<LUA
+wrk.method = "POST"
+wrk.body = '{"job": {$job, "current_working_directory": "/mnt/efs"}}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer $token"
+LUA
+cat > "$dir/slurm.lua" <<LUA
+wrk.method = "POST"
+wrk.body = '{"job": {$job, "current_working_directory": "/tmp", "hold": true}}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["X-SLURM-USER-NAME"] = "$SLURM_USER_NAME"
+wrk.headers["X-SLURM-USER-TOKEN"] = "$SLURM_JWT"
+LUA
+run() { # name url script connections
+  echo "== $1, $4 connections, ${secs} s"
+  wrk -t2 -c"$4" -d"${secs}s" --latency -s "$3" "$2" | grep -E "Requests/sec|Latency |99%|50%|Non-2xx|Socket errors|requests in"
+}
+for c in 16 64; do
+  run Clusterra "$url/v1/clusters/local/jobs" "$dir/clusterra.lua" "$c"
+  run slurmrestd "$SLURMRESTD_URL/slurm/v0.0.44/job/submit" "$dir/slurm.lua" "$c"
+done
