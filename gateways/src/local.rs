@@ -243,6 +243,10 @@ const ID_BLOCK: u64 = 1_000;
 /// How long a finished job stays in the listing (slurmctld's `MinJobAge` default).
 const MIN_JOB_AGE: chrono::Duration = chrono::Duration::seconds(300);
 
+/// How long after the executor opens every job is listed (well past the poll cycle's
+/// `commands::jobs::ADOPT_AFTER`, when submissions left unsettled by a crash are looked up).
+const RESTART_LISTS_ALL: chrono::Duration = chrono::Duration::minutes(10);
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Record {
     job_id: u64,
@@ -295,6 +299,8 @@ impl Record {
 }
 
 struct Inner {
+    /// When this process opened the executor's state.
+    opened_at: DateTime<Utc>,
     settings: LocalSettings,
     records: Mutex<BTreeMap<u64, Record>>,
     /// Moves with every change to `records` (SlurmPort::jobs_version).
@@ -519,6 +525,7 @@ impl LocalExecutor {
         let requeued = !queue.waiting.is_empty();
         let executor = Self {
             inner: Arc::new(Inner {
+                opened_at: now,
                 settings,
                 records: Mutex::new(records),
                 changes: std::sync::atomic::AtomicU64::new(0),
@@ -1224,9 +1231,16 @@ impl SlurmPort for LocalExecutor {
 
     /// As slurmctld answers: every unfinished job, and finished ones for `MIN_JOB_AGE` after
     /// they ended (older ones are still found by id), so the listing grows with the queue, not
-    /// with the history.
+    /// with the history. For `RESTART_LISTS_ALL` after the executor opened, every job is listed:
+    /// a submission whose outcome a crash kept from the log is settled from this listing (by its
+    /// comment) a minute after the restart, however long ago its job ended.
     async fn jobs(&self) -> Result<Vec<SlurmJob>, SlurmError> {
-        let forgotten = Utc::now() - MIN_JOB_AGE;
+        let now = Utc::now();
+        let forgotten = if now - self.inner.opened_at < RESTART_LISTS_ALL {
+            DateTime::<Utc>::MIN_UTC
+        } else {
+            now - MIN_JOB_AGE
+        };
         Ok(self
             .inner
             .records

@@ -383,3 +383,34 @@ async fn jobs_since_a_version_lists_only_what_changed_after_it() {
     assert!(after.version > v1);
     assert_eq!(ex.jobs_version(), Some(after.version));
 }
+
+#[tokio::test]
+async fn jobs_that_ended_long_ago_leave_the_listing_except_just_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = {
+        let ex = LocalExecutor::open(settings(dir.path()), Utc::now()).unwrap();
+        let a = ex.submit(&body("true", None)).await.unwrap();
+        wait_final(&ex, a.job_id, Duration::from_secs(10)).await;
+        a.job_id
+    };
+    // Its record says it ended an hour ago.
+    let file = dir.path().join(format!("executor/jobs/{id}.json"));
+    let mut record: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    record["end_time"] = json!(Utc::now() - chrono::Duration::hours(1));
+    std::fs::write(&file, record.to_string()).unwrap();
+    let listed = |jobs: Vec<commands::slurm::SlurmJob>| jobs.iter().any(|j| j.job_id == id);
+    // Just after a restart every job is listed (a crash may have left its submission unsettled).
+    let fresh = LocalExecutor::open(settings(dir.path()), Utc::now()).unwrap();
+    assert!(listed(fresh.jobs().await.unwrap()));
+    // Later, a job that ended over MinJobAge ago is not listed, and is still found by id.
+    let later = LocalExecutor::open(
+        settings(dir.path()),
+        Utc::now() - chrono::Duration::minutes(20),
+    )
+    .unwrap();
+    assert!(!listed(later.jobs().await.unwrap()));
+    assert_eq!(
+        later.job(id).await.unwrap().unwrap().state,
+        JobState::Completed
+    );
+}
