@@ -751,13 +751,7 @@ pub async fn reconcile_listed(
         }
         // What the read side has agrees with Slurm and no cancel is to be sent again: nothing
         // to record, and the job's stream is not read (most jobs, most cycles).
-        let resend = job.cancel_requested
-            && seen.as_ref().is_some_and(|s| {
-                matches!(
-                    s.state,
-                    JobState::Pending | JobState::Running | JobState::Suspended
-                )
-            });
+        let resend = job.cancel_requested && seen.as_deref().is_some_and(still_cancellable);
         if !resend && reconcile_verdict(job.state, observed) == Verdict::Keep {
             continue;
         }
@@ -825,6 +819,14 @@ pub async fn reconcile_listed(
     Ok(done)
 }
 
+/// Whether Slurm still holds a job a cancel would stop: a recorded cancel is sent again then.
+fn still_cancellable(job: &SlurmJob) -> bool {
+    matches!(
+        job.state,
+        JobState::Pending | JobState::Running | JobState::Suspended
+    )
+}
+
 /// How many jobs one reconcile reads and records at once.
 const RECORD_CONCURRENCY: usize = 16;
 
@@ -854,14 +856,7 @@ async fn record_one(
                 None => return Ok(done),
             },
         };
-        if !resent
-            && cancel_requested
-            && let Some(s) = &seen
-            && matches!(
-                s.state,
-                JobState::Pending | JobState::Running | JobState::Suspended
-            )
-        {
+        if !resent && cancel_requested && seen.as_ref().is_some_and(still_cancellable) {
             resent = true;
             // Looked at again next pass until Slurm reports it ended.
             done.recheck.push(job.job_id);

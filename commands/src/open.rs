@@ -18,17 +18,10 @@ use crate::scaling::ScalingJob;
 /// Events read per call to the log while catching up.
 const BATCH: usize = 2_000;
 
-/// The index and the period its cost sums were last pruned for.
-#[derive(Default)]
-struct State {
-    fold: OpenJobs,
-    period_start: Option<DateTime<Utc>>,
-}
-
 /// The open-job index of this process.
 #[derive(Default)]
 pub struct Tracker {
-    state: Mutex<State>,
+    fold: Mutex<OpenJobs>,
 }
 
 /// What a catch-up read.
@@ -53,13 +46,22 @@ pub struct ClusterSnapshot {
 }
 
 impl Tracker {
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, OpenJobs> {
+        self.fold.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `f` over a cluster's jobs; nothing when the index holds none of that cluster.
+    fn of_cluster<T>(
+        &self,
+        key: &ClusterKey,
+        f: impl FnOnce(&domain::open::ClusterJobs) -> Vec<T>,
+    ) -> Vec<T> {
+        self.lock().cluster(key).map(f).unwrap_or_default()
     }
 
     /// The last log position applied.
     pub fn position(&self) -> i64 {
-        self.lock().fold.position()
+        self.lock().position()
     }
 
     /// Applies every event appended since the last call. `price` rates shapes of jobs whose
@@ -86,12 +88,12 @@ impl Tracker {
                 ) {
                     // Any other event on a job's stream still moves its version.
                     if e.stream_id.starts_with("job-") {
-                        state.fold.touch(&e.stream_id, e.stream_version);
+                        state.touch(&e.stream_id, e.stream_version);
                     }
                     continue;
                 }
                 match DomainEvent::decode(&e.event_type, e.schema_version, &e.data) {
-                    Ok(Some(event)) => state.fold.apply(
+                    Ok(Some(event)) => state.apply(
                         &e.stream_id,
                         e.stream_version,
                         e.position,
@@ -106,7 +108,7 @@ impl Tracker {
                     }
                 }
             }
-            state.fold.advance(last);
+            state.advance(last);
             if batch.len() < BATCH {
                 break;
             }
@@ -118,10 +120,10 @@ impl Tracker {
     /// A cluster's generation and the jobs new since last time.
     pub fn snapshot(&self, key: &ClusterKey) -> ClusterSnapshot {
         let mut state = self.lock();
-        let added = state.fold.take_added(key);
-        let changed = state.fold.take_changed(key);
+        let added = state.take_added(key);
+        let changed = state.take_changed(key);
         ClusterSnapshot {
-            generation: state.fold.cluster(key).map_or(0, |c| c.generation),
+            generation: state.cluster(key).map_or(0, |c| c.generation),
             added,
             changed,
         }
@@ -129,73 +131,58 @@ impl Tracker {
 
     /// A cluster's open jobs, for reconcile.
     pub fn open(&self, key: &ClusterKey) -> Vec<OpenJob> {
-        let state = self.lock();
-        let Some(c) = state.fold.cluster(key) else {
-            return Vec::new();
-        };
-        c.jobs
-            .iter()
-            .map(|(job_id, e)| open_job(*job_id, e))
-            .collect()
+        self.of_cluster(key, |c| {
+            c.jobs.iter().map(|(id, e)| open_job(*id, e)).collect()
+        })
     }
 
     /// Some of a cluster's open jobs, by id (those still open), for reconcile.
     pub fn open_of(&self, key: &ClusterKey, jobs: impl IntoIterator<Item = u64>) -> Vec<OpenJob> {
-        let state = self.lock();
-        let Some(c) = state.fold.cluster(key) else {
-            return Vec::new();
-        };
-        jobs.into_iter()
-            .filter_map(|id| c.jobs.get(&id).map(|e| open_job(id, e)))
-            .collect()
+        self.of_cluster(key, |c| {
+            jobs.into_iter()
+                .filter_map(|id| c.jobs.get(&id).map(|e| open_job(id, e)))
+                .collect()
+        })
     }
 
     /// Puts jobs back among the new ones of a cluster (a check on them could not be finished).
     pub fn readd(&self, key: &ClusterKey, jobs: Vec<u64>) {
-        self.lock().fold.readd(key, jobs);
+        self.lock().readd(key, jobs);
     }
 
     /// The jobs of a cluster the scaler sizes nodes for: unfinished ones (NODE_FAIL left out).
     pub fn sizing(&self, key: &ClusterKey) -> Vec<ScalingJob> {
-        let state = self.lock();
-        let Some(c) = state.fold.cluster(key) else {
-            return Vec::new();
-        };
-        c.jobs
-            .iter()
-            .filter(|(_, e)| !e.state.is_terminal())
-            .map(|(job_id, e)| ScalingJob {
-                job_id: *job_id,
-                running: e.state != domain::job::JobState::Pending,
-                shape: e.shape,
-                nodes: e.node.clone(),
-            })
-            .collect()
+        self.of_cluster(key, |c| {
+            c.jobs
+                .iter()
+                .filter(|(_, e)| !e.state.is_terminal())
+                .map(|(job_id, e)| ScalingJob {
+                    job_id: *job_id,
+                    running: e.state != domain::job::JobState::Pending,
+                    shape: e.shape,
+                    nodes: e.node.clone(),
+                })
+                .collect()
+        })
     }
 
-    /// Shapes of some of a cluster's open jobs, by id (those still open).
+    /// Shapes of some of a cluster's open jobs, by id (those still unfinished).
     pub fn shapes(&self, key: &ClusterKey, jobs: &[u64]) -> Vec<(OpenJob, JobShape)> {
-        let state = self.lock();
-        let Some(c) = state.fold.cluster(key) else {
-            return Vec::new();
-        };
-        jobs.iter()
-            .filter_map(|id| {
-                let e = c.jobs.get(id)?;
-                (!e.state.is_terminal()).then_some((open_job(*id, e), e.shape))
-            })
-            .collect()
+        self.of_cluster(key, |c| {
+            jobs.iter()
+                .filter_map(|id| {
+                    let e = c.jobs.get(id)?;
+                    (!e.state.is_terminal()).then_some((open_job(*id, e), e.shape))
+                })
+                .collect()
+        })
     }
 
     /// The billing period now: ended jobs that can no longer count in it are forgotten when it
     /// changes (and not kept from then on), so memory holds one period's ended jobs. Call it
     /// before the first catch-up.
     pub fn set_period(&self, period: Period) {
-        let mut state = self.lock();
-        if state.period_start != Some(period.start) {
-            state.fold.forget_ended_before(period.start);
-            state.period_start = Some(period.start);
-        }
+        self.lock().forget_ended_before(period.start);
     }
 
     /// A user's money in `period` at `now`, and their unfinished jobs.
@@ -207,8 +194,8 @@ impl Tracker {
         now: DateTime<Utc>,
     ) -> (Usage, Vec<UserJob>) {
         let mut state = self.lock();
-        let usage = state.fold.usage(workspace, user, period, now);
-        (usage, state.fold.user_jobs(workspace, user))
+        let usage = state.usage(workspace, user, period, now);
+        (usage, state.user_jobs(workspace, user))
     }
 }
 

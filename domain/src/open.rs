@@ -70,8 +70,6 @@ struct Located {
     rate: MicroUsd,
     time_limit_minutes: Option<u32>,
     started_at: Option<DateTime<Utc>>,
-    /// Still in its cluster's open set.
-    open: bool,
 }
 
 /// The fold.
@@ -165,7 +163,6 @@ impl OpenJobs {
                         rate: j.rate.unwrap_or_else(|| price(&j.shape)),
                         time_limit_minutes: j.shape.time_limit_minutes,
                         started_at: None,
-                        open: true,
                     },
                 );
             }
@@ -210,10 +207,11 @@ impl OpenJobs {
             ended_at: c.to.is_terminal().then_some(when),
             time_limit_minutes: at.time_limit_minutes,
         };
-        // Stays in the open set unless it finished (a NODE_FAIL stays: Slurm may correct it).
+        // Stays in the open set unless it finished (a NODE_FAIL stays: Slurm may correct it). A
+        // stream is known here only while its job is in the open set: one that leaves is
+        // forgotten below.
         let keep = !c.to.is_terminal() || c.to == JobState::NodeFail;
-        let (cluster_key, job_id, was_open) = (at.cluster.clone(), at.job_id, at.open);
-        at.open = keep;
+        let (cluster_key, job_id) = (at.cluster.clone(), at.job_id);
         let cluster = self.clusters.entry(cluster_key.clone()).or_default();
         cluster.generation += 1;
         if keep {
@@ -224,7 +222,7 @@ impl OpenJobs {
                     entry.node = c.node.clone();
                 }
             }
-        } else if was_open {
+        } else {
             cluster.jobs.remove(&job_id);
             cluster.changed.remove(&job_id);
             if let Some(set) = self.by_user.get_mut(&user_key) {
@@ -257,9 +255,9 @@ impl OpenJobs {
                 costs.running.insert(stream.to_string(), job);
             }
         }
-        if !keep && !costs_may_change(c.to) {
-            // A finished job changes no more (only NODE_FAIL is corrected): its stream is
-            // forgotten; its cost stays in `ended` for the period.
+        if !keep {
+            // A finished job changes no more (only NODE_FAIL is corrected, and it is kept): its
+            // stream is forgotten; its cost stays in `ended` for the period.
             self.streams.remove(stream);
         }
     }
@@ -342,8 +340,12 @@ impl OpenJobs {
 
     /// Forgets ended jobs that can no longer count in a period starting at `start` (call it when
     /// the period changes, so memory holds one period's ended jobs, not the history).
+    /// Idempotent: a start at or before the one already given changes nothing.
     pub fn forget_ended_before(&mut self, start: DateTime<Utc>) {
-        self.cutoff = Some(self.cutoff.map_or(start, |c| c.max(start)));
+        if self.cutoff.is_some_and(|c| c >= start) {
+            return;
+        }
+        self.cutoff = Some(start);
         for costs in self.costs.values_mut() {
             costs
                 .ended
@@ -374,11 +376,6 @@ impl OpenJobs {
             })
             .collect()
     }
-}
-
-/// Whether a job in `state` may still change: only NODE_FAIL is corrected by Slurm's later report.
-fn costs_may_change(state: JobState) -> bool {
-    state == JobState::NodeFail
 }
 
 #[cfg(test)]
