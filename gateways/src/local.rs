@@ -305,6 +305,10 @@ struct Inner {
     records: Mutex<BTreeMap<u64, Record>>,
     /// Moves with every change to `records` (SlurmPort::jobs_version).
     changes: std::sync::atomic::AtomicU64,
+    /// Each changed record by its latest change number (one entry per record changed since
+    /// open), so `jobs_since` reads what changed, not every record. Only changed under the
+    /// records' lock.
+    by_change: std::sync::Mutex<BTreeMap<u64, u64>>,
     /// Ids handed out below `.1` are persisted: the counter file says `.1` (ids are reserved a
     /// block at a time, so a submission writes the counter once per [`ID_BLOCK`], not each time).
     /// `.0` is the next id. Only changed under the records' lock.
@@ -529,6 +533,7 @@ impl LocalExecutor {
                 settings,
                 records: Mutex::new(records),
                 changes: std::sync::atomic::AtomicU64::new(0),
+                by_change: std::sync::Mutex::new(BTreeMap::new()),
                 ids: std::sync::Mutex::new((0, 0)),
                 cancels: Mutex::new(cancels),
                 queue: Mutex::new(queue),
@@ -630,15 +635,28 @@ impl LocalExecutor {
         }
     }
 
+    /// Gives a record the next change number (called under the records' lock).
+    fn mark_changed(&self, record: &mut Record) {
+        let n = self
+            .inner
+            .changes
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
+            + 1;
+        let mut by_change = self
+            .inner
+            .by_change
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        by_change.remove(&record.changed);
+        by_change.insert(n, record.job_id);
+        record.changed = n;
+    }
+
     async fn update(&self, job_id: u64, f: impl FnOnce(&mut Record)) {
         let mut records = self.inner.records.lock().await;
         if let Some(r) = records.get_mut(&job_id) {
             f(r);
-            r.changed = self
-                .inner
-                .changes
-                .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
-                + 1;
+            self.mark_changed(r);
             let copy = r.clone();
             drop(records);
             self.save(&copy).await;
@@ -1174,7 +1192,7 @@ impl SlurmPort for LocalExecutor {
             let q = self.inner.queue.lock().await;
             q.running + q.waiting.len() < self.inner.settings.slots
         };
-        let record = Record {
+        let mut record = Record {
             job_id,
             name: filename::job_name(&job).to_string(),
             state: JobState::Pending,
@@ -1193,12 +1211,9 @@ impl SlurmPort for LocalExecutor {
             node: None,
             // Kept until it starts, so a restart can queue it again.
             body: Some(job.clone()),
-            changed: self
-                .inner
-                .changes
-                .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
-                + 1,
+            changed: 0,
         };
+        self.mark_changed(&mut record);
         records.insert(job_id, record.clone());
         drop(records);
         self.save(&record).await;
@@ -1268,12 +1283,16 @@ impl SlurmPort for LocalExecutor {
             .inner
             .changes
             .load(std::sync::atomic::Ordering::Acquire);
+        let by_change = self
+            .inner
+            .by_change
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         Ok(Some(JobsDelta {
             version: now,
-            jobs: records
-                .values()
-                .filter(|r| r.changed > version)
-                .map(Record::view)
+            jobs: by_change
+                .range(version.saturating_add(1)..)
+                .filter_map(|(_, id)| records.get(id).map(Record::view))
                 .collect(),
         }))
     }
