@@ -291,3 +291,15 @@ where
     load.elapsed = started.elapsed();
     Ok(load)
 }
+
+// Where a load generator sends its load and as whom (`--url`, `--token`); a plain comment, so
+// clap does not take it for the about text of the tools that flatten it.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Server {
+    /// The server's base URL (or, where the tool says so, the endpoint itself).
+    #[arg(long)]
+    pub url: String,
+    /// A bearer token (minted with `clusterra token mint`), or Slurm's JWT for slurmrestd.
+    #[arg(long)]
+    pub token: String,
+}

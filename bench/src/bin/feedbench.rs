@@ -22,10 +22,8 @@ use serde_json::{Value, json};
 
 #[derive(Parser)]
 struct Args {
-    #[arg(long)]
-    url: String,
-    #[arg(long)]
-    token: String,
+    #[command(flatten)]
+    server: bench::Server,
     #[arg(long)]
     server_pid: u32,
     /// The server's PostgreSQL database.
@@ -67,11 +65,11 @@ impl Counter {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let base = args.url.trim_end_matches('/').to_string();
+    let base = args.server.url.trim_end_matches('/').to_string();
     let http = reqwest::Client::builder().build()?;
     let registered: Value = http
         .post(format!("{base}/v1/clusters"))
-        .bearer_auth(&args.token)
+        .bearer_auth(&args.server.token)
         .json(
             &json!({"id": "bench", "name": "Bench", "region": "local", "bucket": "bench",
             "slurm": {"url": "http://127.0.0.1:9", "user": "bench"}}),
@@ -85,7 +83,7 @@ async fn main() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("could not register the bench cluster: {registered}"))?;
     let seen = http
         .get(format!("{base}/v1/clusters/bench/events"))
-        .bearer_auth(&args.token)
+        .bearer_auth(&args.server.token)
         .header("X-Clusterra-Min-Position", position)
         .send()
         .await?;
@@ -106,7 +104,7 @@ async fn main() -> anyhow::Result<()> {
         let (http, url, token, connected, target) = (
             http.clone(),
             stream_url.clone(),
-            args.token.clone(),
+            args.server.token.clone(),
             connected.clone(),
             target.clone(),
         );

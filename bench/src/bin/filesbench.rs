@@ -15,11 +15,8 @@ use serde_json::{Value, json};
 
 #[derive(Parser)]
 struct Args {
-    /// The API's base URL.
-    #[arg(long)]
-    url: String,
-    #[arg(long)]
-    token: String,
+    #[command(flatten)]
+    server: bench::Server,
     #[arg(long, default_value_t = 20_000)]
     presigns: usize,
     #[arg(long, default_value_t = 32)]
@@ -36,7 +33,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let endpoint = format!(
         "{}/v1/clusters/{}/storage/presigned-url",
-        args.url, args.cluster
+        args.server.url, args.cluster
     );
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.concurrency)
@@ -45,12 +42,12 @@ async fn main() -> anyhow::Result<()> {
     presign(
         &client,
         &endpoint,
-        &args.token,
+        &args.server.token,
         json!({"location": "data", "path": "warm", "method": "GET"}),
     )
     .await?;
 
-    let (c, e, token) = (client.clone(), endpoint.clone(), args.token.clone());
+    let (c, e, token) = (client.clone(), endpoint.clone(), args.server.token.clone());
     let load = closed_loop(
         args.presigns,
         args.concurrency,
@@ -75,7 +72,7 @@ async fn main() -> anyhow::Result<()> {
     println!("{}", load.report("presigned URLs", args.concurrency));
 
     if args.transfer_mib > 0 {
-        transfer(&client, &endpoint, &args.token, args.transfer_mib).await?;
+        transfer(&client, &endpoint, &args.server.token, args.transfer_mib).await?;
     }
     Ok(())
 }

@@ -17,11 +17,8 @@ use clap::Parser;
 
 #[derive(Parser)]
 struct Args {
-    /// The server's base URL.
-    #[arg(long)]
-    url: String,
-    #[arg(long)]
-    token: String,
+    #[command(flatten)]
+    server: bench::Server,
     #[arg(long)]
     server_pid: u32,
     #[arg(long, default_value = "local")]
@@ -93,7 +90,7 @@ async fn next_cycle(client: &reqwest::Client, url: &str, after: Poll) -> anyhow:
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let client = reqwest::Client::new();
-    let url = args.url.trim_end_matches('/').to_string();
+    let url = args.server.url.trim_end_matches('/').to_string();
 
     // 1. Caught up: three cycles in a row that read nothing new.
     let started = Instant::now();
@@ -138,7 +135,7 @@ async fn main() -> anyhow::Result<()> {
     let cancels = (1..=args.changes).map(|id| {
         let req = client
             .delete(format!("{url}/v1/clusters/{}/jobs/{id}", args.cluster))
-            .bearer_auth(&args.token)
+            .bearer_auth(&args.server.token)
             .send();
         async move { req.await.map(|r| r.status()) }
     });
@@ -178,7 +175,7 @@ async fn main() -> anyhow::Result<()> {
     for id in 1..=args.changes {
         let job: serde_json::Value = client
             .get(format!("{url}/v1/clusters/{}/jobs/{id}", args.cluster))
-            .bearer_auth(&args.token)
+            .bearer_auth(&args.server.token)
             .send()
             .await?
             .error_for_status()?

@@ -14,10 +14,8 @@ use serde_json::json;
 
 #[derive(Parser)]
 struct Args {
-    #[arg(long)]
-    url: String,
-    #[arg(long)]
-    token: String,
+    #[command(flatten)]
+    server: bench::Server,
     #[arg(long, default_value_t = 5_000)]
     requests: usize,
     #[arg(long, default_value_t = 32)]
@@ -36,7 +34,7 @@ async fn main() -> anyhow::Result<()> {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.concurrency)
         .build()?;
-    let (url, token, user) = (args.url, args.token, args.slurmrestd_user);
+    let (url, token, user) = (args.server.url, args.server.token, args.slurmrestd_user);
     let load = closed_loop(
         args.requests,
         args.concurrency,

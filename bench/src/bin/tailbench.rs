@@ -20,11 +20,8 @@ use serde_json::{Value, json};
 
 #[derive(Parser)]
 struct Args {
-    /// Server base URL, e.g. http://127.0.0.1:8080
-    #[arg(long)]
-    url: String,
-    #[arg(long)]
-    token: String,
+    #[command(flatten)]
+    server: bench::Server,
     /// The server's efs root (its `job_<id>.out` files are appended to directly).
     #[arg(long)]
     efs: std::path::PathBuf,
@@ -116,8 +113,8 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let api = Arc::new(Api {
         http: reqwest::Client::builder().build()?,
-        url: args.url.trim_end_matches('/').to_string(),
-        token: args.token.clone(),
+        url: args.server.url.trim_end_matches('/').to_string(),
+        token: args.server.token.clone(),
     });
     let id = api.submit("#!/bin/bash\nsleep 3600\n").await?;
     api.wait_state(id, &["RUNNING"]).await?;
