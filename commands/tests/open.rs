@@ -1,0 +1,89 @@
+//! The poll cycle's open-job index read on from a real SQLite log: what it applies, what it
+//! skips, and that a second catch-up reads only what was appended since.
+
+#![allow(clippy::unwrap_used)] // a test may panic on what it did not expect
+
+use std::sync::Arc;
+
+use commands::open::Tracker;
+use domain::submit::JobShape;
+use domain::{ClusterId, DomainEvent, Email, JobSubmitted, MicroUsd, SubmittedVia, WorkspaceId};
+use eventlog::{ExpectedVersion, NewEvent, OpenOptions, StreamId, SystemClock};
+use serde_json::json;
+
+fn submitted(job_id: u64) -> DomainEvent {
+    DomainEvent::JobSubmitted(JobSubmitted {
+        submission_id: uuid::Uuid::from_u128(u128::from(job_id)),
+        workspace: WorkspaceId::new("ws").unwrap(),
+        cluster_id: ClusterId::new("c1").unwrap(),
+        job_id,
+        name: "j".into(),
+        user: Email::new("ada@lab.org").unwrap(),
+        via: SubmittedVia::Api,
+        template_id: None,
+        params: None,
+        body: json!({}),
+        shape: JobShape {
+            cpus: 1,
+            memory_mib: None,
+            nodes: 1,
+            time_limit_minutes: None,
+            gpus: 0,
+        },
+        warnings: Vec::new(),
+        submitted_at: None,
+        rate: None,
+    })
+}
+
+#[tokio::test]
+async fn catch_up_applies_job_events_skips_unreadable_ones_and_reads_on_from_where_it_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("log.db").display());
+    let store = eventlog::open(&OpenOptions::new(url), Arc::new(SystemClock))
+        .await
+        .unwrap();
+    let log = store.log.as_ref();
+    let append = |stream: &str, event: NewEvent| {
+        let stream = StreamId::new(stream).unwrap();
+        async move {
+            log.append(&stream, ExpectedVersion::Any, &[event])
+                .await
+                .unwrap()
+        }
+    };
+    let meta = commands::system_metadata("test");
+    append(
+        "job-c1-1",
+        commands::encode(&submitted(1), meta.clone()).unwrap(),
+    )
+    .await;
+    // A job event whose data is not what its type says, and an event of another kind.
+    append(
+        "job-c1-2",
+        NewEvent::new("JobStateChanged", json!({"bogus": true})),
+    )
+    .await;
+    append("other", NewEvent::new("SomethingElse", json!({}))).await;
+
+    let tracker = Tracker::default();
+    let price = |_: &JobShape| MicroUsd(1);
+    let first = tracker.catch_up(log, &price).await.unwrap();
+    assert_eq!((first.events, first.unreadable, first.position), (3, 1, 3));
+    let key = (
+        WorkspaceId::new("ws").unwrap(),
+        ClusterId::new("c1").unwrap(),
+    );
+    let snapshot = tracker.snapshot(&key);
+    assert_eq!(snapshot.added, vec![1]);
+    assert_eq!(tracker.open(&key).len(), 1);
+
+    // Nothing new: nothing read. Then only the new event.
+    let again = tracker.catch_up(log, &price).await.unwrap();
+    assert_eq!((again.events, again.position), (0, 3));
+    append("job-c1-3", commands::encode(&submitted(3), meta).unwrap()).await;
+    let next = tracker.catch_up(log, &price).await.unwrap();
+    assert_eq!((next.events, next.unreadable, next.position), (1, 0, 4));
+    assert_eq!(tracker.snapshot(&key).added, vec![3]);
+    assert_eq!(tracker.open(&key).len(), 2);
+}
