@@ -343,8 +343,8 @@ async fn cluster_pass(shared: Arc<Shared>, key: Key, slurm: Arc<dyn SlurmPort>) 
     if !unchanged {
         // A port that can tell what changed since the last clean pass lists only that, and only
         // those jobs, the ones the index changed and the ones left to look at again are
-        // compared; any other port (slurmrestd), or no clean pass yet, compares Slurm's whole
-        // listing with every open job.
+        // compared; any other port (slurmrestd), or no clean pass yet, compares Slurm's listing
+        // of every job's state with every open job and reads in full only those that differ.
         let delta = match &last_clean {
             Some(c) => slurm.jobs_since(c.slurm_version).await,
             None => Ok(None),

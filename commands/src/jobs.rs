@@ -35,7 +35,7 @@ use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::slurm::{SlurmError, SlurmJob, SlurmPort, stamp_comment};
+use crate::slurm::{SlurmError, SlurmJob, SlurmPort, StateReport, stamp_comment};
 
 /// Namespace for submission ids derived from idempotency keys.
 const IDEMPOTENCY_NAMESPACE: Uuid = Uuid::from_u128(0x6c75_7374_6572_7261_6964_656d_706f_7465);
@@ -674,9 +674,11 @@ fn comment_verdicts() -> std::sync::MutexGuard<'static, HashMap<CommentKey, bool
 /// The reason recorded with a job Slurm no longer knows.
 pub const VANISHED_REASON: &str = "Slurm no longer knows this job (a lookup by its id answered \"Invalid job id specified\") and its final state was never seen; its outcome is unknown";
 
-/// One reconcile pass for a cluster. It starts with the list of Slurm's jobs; if that call
-/// fails (no answer, or an answer that is not a v0.0.44 document) nothing is recorded and the
-/// error is returned, for the next cycle to retry. Then, for each job of `open`:
+/// One reconcile pass for a cluster. It starts with a listing of Slurm's jobs — only their ids
+/// and states where the port has such a listing ([`SlurmPort::states`]; see
+/// [`reconcile_states`]), else every job in full; if that call fails (no answer, or an answer
+/// that is not a v0.0.44 document) nothing is recorded and the error is returned, for the next
+/// cycle to retry. Then, for each job of `open`:
 /// - listed by Slurm (same id, same submission id): its state is recorded if the log lacks it
 ///   (no event when nothing changed), and a recorded NODE_FAIL is corrected;
 /// - not listed and not finished: Slurm is asked for that one job; only an answer that it does
@@ -695,8 +697,84 @@ pub async fn reconcile(
     open: &[OpenJob],
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<Reconciled, JobError> {
+    if let Some(states) = slurm.states().await? {
+        return reconcile_states(log, slurm, workspace, cluster, open, &states, now).await;
+    }
     let listed = slurm.jobs().await?;
     reconcile_listed(log, slurm, workspace, cluster, open, listed, now).await
+}
+
+/// How many full job records a pass that listed states reads from Slurm at once.
+const LOOKUP_CONCURRENCY: usize = 8;
+
+/// The open jobs a listing of states gives reason to look at in full: those Slurm reports in
+/// another state than the read side has (or in a state Clusterra does not know), those it does
+/// not list (looked up by id, as in a full pass), those with a recorded cancel Slurm still runs,
+/// and NODE_FAILs Slurm lists in another state (a correction). Finished jobs are not looked at
+/// otherwise. One hash of the listing, one probe per open job: no job's record is read here.
+pub fn differing<'a>(open: &'a [OpenJob], states: &[StateReport]) -> Vec<&'a OpenJob> {
+    let by_id: HashMap<u64, Option<JobState>> =
+        states.iter().map(|r| (r.job_id, r.state)).collect();
+    open.iter()
+        .filter(|job| {
+            let listed = by_id.get(&job.job_id).copied();
+            if job.state.is_terminal() {
+                return job.state == JobState::NodeFail
+                    && matches!(listed, Some(s) if s != Some(JobState::NodeFail));
+            }
+            match listed {
+                None | Some(None) => true,
+                Some(Some(s)) => {
+                    s != job.state
+                        || (job.cancel_requested
+                            && matches!(
+                                s,
+                                JobState::Pending | JobState::Running | JobState::Suspended
+                            ))
+                }
+            }
+        })
+        .collect()
+}
+
+/// [`reconcile`] from a listing of states: only the open jobs [`differing`] names are looked at,
+/// their full records read from Slurm by id (a few at once), and then recorded as in a full pass
+/// ([`reconcile_listed`]). Slurm's other jobs are not read, so a job whose comment claims a
+/// submission this service did not record is not reported here (it is still never adopted:
+/// adoption is [`settle_submissions`]', of recorded requests only). A lookup that gets no answer
+/// fails the pass and records nothing.
+pub async fn reconcile_states(
+    log: &dyn EventLog,
+    slurm: &dyn SlurmPort,
+    workspace: &WorkspaceId,
+    cluster: &ClusterId,
+    open: &[OpenJob],
+    states: &[StateReport],
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Reconciled, JobError> {
+    let todo: Vec<OpenJob> = differing(open, states).into_iter().cloned().collect();
+    if todo.is_empty() {
+        return Ok(Reconciled::default());
+    }
+    let listed_ids: HashSet<u64> = states.iter().map(|r| r.job_id).collect();
+    let lookups: Vec<u64> = todo
+        .iter()
+        .map(|j| j.job_id)
+        .filter(|id| listed_ids.contains(id))
+        .collect();
+    let records: Vec<Result<Option<SlurmJob>, SlurmError>> =
+        futures::stream::iter(lookups.into_iter().map(|id| slurm.job(id)))
+            .buffer_unordered(LOOKUP_CONCURRENCY)
+            .collect()
+            .await;
+    let mut listed = Vec::with_capacity(records.len());
+    for record in records {
+        // A job gone between the two calls is not listed: the pass looks it up once more.
+        if let Some(job) = record? {
+            listed.push(job);
+        }
+    }
+    reconcile_listed(log, slurm, workspace, cluster, &todo, listed, now).await
 }
 
 /// [`reconcile`] with Slurm's listing already made: the whole of it for every open job, or (from
@@ -1134,4 +1212,54 @@ pub async fn fail_oversized(
         }
     }
     Ok(failed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(job_id: u64, state: JobState, cancel_requested: bool) -> OpenJob {
+        OpenJob {
+            submission_id: Uuid::now_v7(),
+            job_id,
+            state,
+            cancel_requested,
+            version: Some(1),
+        }
+    }
+
+    fn report(job_id: u64, state: Option<JobState>) -> StateReport {
+        StateReport { job_id, state }
+    }
+
+    #[test]
+    fn a_listing_of_states_names_only_the_jobs_to_read_in_full() {
+        use JobState::*;
+        let jobs = [
+            open(1, Pending, false),   // same state: nothing to do
+            open(2, Pending, false),   // now running
+            open(3, Running, false),   // not listed: looked up by id
+            open(4, Running, false),   // a state Clusterra does not know
+            open(5, Running, true),    // cancel recorded, Slurm still runs it
+            open(6, Cancelled, true),  // finished: never looked at again
+            open(7, NodeFail, false),  // listed as running: a correction
+            open(8, NodeFail, false),  // listed as NODE_FAIL: nothing new
+            open(9, Completed, false), // finished and listed otherwise: the past stays
+            open(10, Failed, false),   // finished and not listed: no lookups for the past
+        ];
+        let states = [
+            report(1, Some(Pending)),
+            report(2, Some(Running)),
+            report(4, None),
+            report(5, Some(Running)),
+            report(6, Some(Running)),
+            report(7, Some(Running)),
+            report(8, Some(NodeFail)),
+            report(9, Some(Running)),
+            report(42, Some(Running)), // someone else's job
+        ];
+        let named: Vec<u64> = differing(&jobs, &states).iter().map(|j| j.job_id).collect();
+        assert_eq!(named, vec![2, 3, 4, 5, 7]);
+        assert!(differing(&jobs[..1], &states).is_empty());
+    }
 }

@@ -96,6 +96,21 @@ pub trait SlurmPort: Send + Sync + 'static {
     async fn jobs_since(&self, _version: u64) -> Result<Option<JobsDelta>, SlurmError> {
         Ok(None)
     }
+    /// Every job's id and state only, from a listing much cheaper than [`Self::jobs`] (slurmrestd:
+    /// `GET /jobs/state/`, ~40 bytes a job where the full record is ~8 KiB), for ports that
+    /// have one; `None` when the port has none (then reconcile lists every job in full). An
+    /// answer that cannot be read is an error, never an empty list.
+    async fn states(&self) -> Result<Option<Vec<StateReport>>, SlurmError> {
+        Ok(None)
+    }
+}
+
+/// One job in a listing of states ([`SlurmPort::states`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateReport {
+    pub job_id: u64,
+    /// `None` for a state Clusterra does not know: the job's full record is read to decide.
+    pub state: Option<JobState>,
 }
 
 /// What changed in a controller since a version ([`SlurmPort::jobs_since`]).
@@ -350,6 +365,9 @@ impl SlurmPort for Guarded {
     }
     async fn jobs_since(&self, version: u64) -> Result<Option<JobsDelta>, SlurmError> {
         self.guard(self.inner.jobs_since(version)).await
+    }
+    async fn states(&self) -> Result<Option<Vec<StateReport>>, SlurmError> {
+        self.guard(self.inner.states()).await
     }
 }
 

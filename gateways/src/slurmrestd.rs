@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
-use commands::slurm::{Accepted, SlurmError, SlurmJob, SlurmPort};
+use commands::slurm::{Accepted, SlurmError, SlurmJob, SlurmPort, StateReport};
 use domain::job::JobState;
 use serde::Deserialize;
 
@@ -152,6 +152,47 @@ pub struct JobInfoResponse {
     pub jobs: Vec<JobInfo>,
     #[serde(default)]
     pub errors: Vec<OpenApiError>,
+}
+
+/// `GET /jobs/state/`: each job's id and state (v0.0.44 `JOB_STATE_RESP`; the route table
+/// advertises a job-info document, the handler answers this one).
+#[derive(Debug, Default, Deserialize)]
+pub struct JobStateResponse {
+    #[serde(default)]
+    pub jobs: Vec<JobStateEntry>,
+    #[serde(default)]
+    pub errors: Vec<OpenApiError>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct JobStateEntry {
+    /// A string: `"123"`, or `"123_4"` / `"123_[1-3]"` for array tasks, `"123+1"` for
+    /// heterogeneous components (a bare number is accepted too).
+    pub job_id: JobIdText,
+    #[serde(default)]
+    pub state: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum JobIdText {
+    Number(u64),
+    Text(String),
+}
+
+impl JobStateEntry {
+    /// The port's view, for a plain job id; array tasks and heterogeneous components are left
+    /// out (Clusterra's job is looked up by its own id when the listing lacks it).
+    pub fn to_port(&self) -> Option<StateReport> {
+        let job_id = match &self.job_id {
+            JobIdText::Number(n) => *n,
+            JobIdText::Text(t) => t.parse().ok()?,
+        };
+        Some(StateReport {
+            job_id,
+            state: JobState::from_slurm(&self.state),
+        })
+    }
 }
 
 impl JobInfo {
@@ -591,6 +632,19 @@ impl SlurmPort for SlurmRestd {
         Ok(res.jobs.iter().map(JobInfo::to_port).collect())
     }
 
+    async fn states(&self) -> Result<Option<Vec<StateReport>>, SlurmError> {
+        let (status, text) = self
+            .call(reqwest::Method::GET, "/jobs/state/", None)
+            .await?;
+        let res: JobStateResponse = document(status, &text, "jobs")?;
+        if !res.errors.is_empty() {
+            return Err(SlurmError::Unavailable(readable(&res.errors)));
+        }
+        Ok(Some(
+            res.jobs.iter().filter_map(JobStateEntry::to_port).collect(),
+        ))
+    }
+
     async fn cancel(&self, job_id: u64) -> Result<(), SlurmError> {
         let (status, text) = self
             .call(reqwest::Method::DELETE, &format!("/job/{job_id}"), None)
@@ -615,6 +669,44 @@ mod tests {
     fn job(name: &str) -> SlurmJob {
         let res: JobInfoResponse = serde_json::from_str(&fixture(name)).unwrap();
         res.jobs[0].to_port()
+    }
+
+    #[test]
+    fn reads_a_recorded_listing_of_states() {
+        let res: JobStateResponse =
+            document(200, &fixture("jobs.state.response.json"), "jobs").unwrap();
+        let states: Vec<_> = res.jobs.iter().filter_map(JobStateEntry::to_port).collect();
+        use JobState::*;
+        let expected = [Completed, Failed, Cancelled, Timeout, Completed];
+        assert_eq!(states.len(), expected.len());
+        for (i, (report, state)) in states.iter().zip(expected).enumerate() {
+            assert_eq!((report.job_id, report.state), (i as u64 + 1, Some(state)));
+        }
+        // Array tasks and heterogeneous components are not plain ids: left out; a bare number
+        // is read; a state Clusterra does not know is `None`, not a guess.
+        let res: JobStateResponse = document(
+            200,
+            r#"{"meta": {}, "errors": [], "jobs": [
+                {"job_id": "7_[1-3]", "state": ["PENDING"]}, {"job_id": "7_4", "state": ["RUNNING"]},
+                {"job_id": "8+1", "state": ["RUNNING"]}, {"job_id": 9, "state": ["RUNNING", "COMPLETING"]},
+                {"job_id": "10", "state": ["SOMETHING_NEW"]}]}"#,
+            "jobs",
+        )
+        .unwrap();
+        let states: Vec<_> = res.jobs.iter().filter_map(JobStateEntry::to_port).collect();
+        assert_eq!(
+            states,
+            vec![
+                StateReport {
+                    job_id: 9,
+                    state: Some(Running)
+                },
+                StateReport {
+                    job_id: 10,
+                    state: None
+                },
+            ]
+        );
     }
 
     #[test]

@@ -121,6 +121,10 @@ async fn answers_that_are_not_v0044_documents_are_errors_never_empty_lists() {
             Err(SlurmError::Unavailable(m)) => assert!(!m.is_empty()),
             other => panic!("{what}: jobs() gave {other:?}"),
         }
+        match slurm.states().await {
+            Err(SlurmError::Unavailable(_)) => {}
+            other => panic!("{what}: states() gave {other:?}"),
+        }
         match slurm.job(5).await {
             Err(SlurmError::Unavailable(_)) => {}
             other => panic!("{what}: job(5) gave {other:?}, never \"unknown\""),
@@ -133,7 +137,7 @@ async fn answers_that_are_not_v0044_documents_are_errors_never_empty_lists() {
             Err(SlurmError::Unavailable(_)) => {}
             other => panic!("{what}: submit gave {other:?}"),
         }
-        assert_eq!(server.calls.load(Ordering::SeqCst), 4);
+        assert_eq!(server.calls.load(Ordering::SeqCst), 5);
     }
 }
 

@@ -141,12 +141,24 @@ async fn the_adapter_against_a_real_slurm() {
         "{rejected:?}"
     );
     assert!(slurm.job(999_999).await.unwrap().is_none());
-    assert!(
-        slurm
-            .jobs()
-            .await
-            .unwrap()
-            .iter()
-            .any(|j| j.job_id == ok.job_id)
-    );
+    let listed = slurm.jobs().await.unwrap();
+    assert!(listed.iter().any(|j| j.job_id == ok.job_id));
+    // The cheap listing of states agrees with the full one on this test's jobs (all finished;
+    // other tests' jobs may move between the two calls).
+    let states = slurm
+        .states()
+        .await
+        .unwrap()
+        .expect("slurmrestd lists states");
+    let state_of = |id: u64| states.iter().find(|r| r.job_id == id).map(|r| r.state);
+    for (id, state) in [
+        (ok.job_id, JobState::Completed),
+        (failed.job_id, JobState::Failed),
+        (sleeper.job_id, JobState::Cancelled),
+        (timeout.job_id, JobState::Timeout),
+    ] {
+        assert_eq!(state_of(id), Some(Some(state)), "job {id}");
+        let full = listed.iter().find(|j| j.job_id == id).map(|j| j.state);
+        assert_eq!(full, Some(state), "job {id}");
+    }
 }

@@ -1,7 +1,7 @@
 //! A small slurmrestd stand-in for end-to-end tests: a real HTTP server on a loopback port that
-//! keeps jobs and answers the v0.0.44 calls Clusterra makes (submit, list, one job, cancel) with
-//! documents shaped like the recorded ones in `fixtures/slurmrestd/v0.0.44/` — or, on demand,
-//! with what a broken proxy answers (any status and body), or with nothing at all.
+//! keeps jobs and answers the v0.0.44 calls Clusterra makes (submit, list, list states, one job,
+//! cancel) with documents shaped like the recorded ones in `fixtures/slurmrestd/v0.0.44/` — or,
+//! on demand, with what a broken proxy answers (any status and body), or with nothing at all.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -191,6 +191,15 @@ async fn answer(state: &Mutex<State>, method: Method, uri: Uri, body: Bytes) -> 
                         "meta": meta(), "errors": [], "warnings": []}),
                     )
                     .into_response()
+                }
+                (Method::GET, "/jobs/state") => {
+                    let jobs: Vec<Value> = s
+                        .jobs
+                        .iter()
+                        .map(|(id, j)| json!({"job_id": id.to_string(), "state": [j.state]}))
+                        .collect();
+                    axum::Json(json!({"jobs": jobs, "meta": meta(), "errors": [], "warnings": []}))
+                        .into_response()
                 }
                 (m, r) if r.starts_with("/job/") => {
                     let id_text = &r["/job/".len()..];

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Keyed submissions (each with its own Idempotency-Key) through Clusterra to the real Slurm of
+# scripts/slurm-local (needs root), beside slurmrestd taking the same body itself, in one run with
+# one load generator (wrk, from Debian), while QUEUED held jobs already wait in Slurm; and
+# slurmrestd's /ping latency measured by a second wrk during each run (is it still responsive?).
+# Every job is submitted held, so nothing runs. A fresh release server on its embedded defaults
+# registers the Slurm as cluster `real` (poll cycle every second, as by default).
+#   bench/keyed-vs-slurm.sh [QUEUED (default 10000)]   SECONDS_PER_RUN=5, CONNECTIONS=16
+. "$(dirname "$0")/lib.sh"
+queued="${1:-10000}"
+secs="${SECONDS_PER_RUN:-5}"
+conns="${CONNECTIONS:-16}"
+command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk" >&2; exit 1; }
+# A fresh slurmctld (-c: no jobs from an earlier run) that takes the queue and both runs.
+scripts/slurm-local stop >/dev/null 2>&1 || true
+eval "$(CLUSTERRA_SLURM_MAX_JOBS=$((queued + 40000)) scripts/slurm-local start)"
+on_exit 'scripts/slurm-local stop >/dev/null 2>&1 || true'
+CLUSTERRA_EXECUTOR_SLOTS=0 start_server
+token=$(mint_token --admin)
+
+echo "queueing $queued held jobs in Slurm first"
+"$bin/submitbench" --url "$SLURMRESTD_URL/slurm/v0.0.44/job/submit" --token "$SLURM_JWT" \
+  --slurmrestd-user "$SLURM_USER_NAME" --requests "$queued" --concurrency 16 --max-seconds 3600
+
+mkdir -p "$dir/data/slurm-tokens"
+printf '%s' "$SLURM_JWT" > "$dir/data/slurm-tokens/default.real.jwt"
+curl -sf -X POST "$url/v1/clusters" -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
+  -d "{\"id\": \"real\", \"name\": \"Real Slurm\", \"region\": \"local\", \"bucket\": \"real-bucket\", \"slurm\": {\"url\": \"$SLURMRESTD_URL\", \"user\": \"$SLURM_USER_NAME\"}}" >/dev/null
+
+job='"name": "bench", "script": "#!/bin/bash\\nsrun hostname\\n", "environment": ["PATH=/usr/local/bin:/usr/bin:/bin"], "tasks": 1, "cpus_per_task": 1, "memory_per_node": {"set": true, "infinite": false, "number": 512}, "time_limit": {"set": true, "infinite": false, "number": 10}, "current_working_directory": "/tmp", "hold": true'
+# Each wrk thread numbers its own keys; the round's nonce keeps rounds apart.
+clusterra_lua() { # nonce
+cat > "$dir/clusterra.lua" <<LUA
+local n, thread_no = 0, 0
+local counter = 0
+function setup(thread) counter = counter + 1; thread:set("no", counter) end
+function init(args) thread_no = no end
+function request()
+  n = n + 1
+  return wrk.format("POST", nil, {["Content-Type"] = "application/json",
+    ["Authorization"] = "Bearer $token",
+    ["Idempotency-Key"] = "bench-$1-" .. thread_no .. "-" .. n},
+    '{"job": {$job}}')
+end
+LUA
+}
+cat > "$dir/slurm.lua" <<LUA
+wrk.method = "POST"
+wrk.body = '{"job": {$job}}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["X-SLURM-USER-NAME"] = "$SLURM_USER_NAME"
+wrk.headers["X-SLURM-USER-TOKEN"] = "$SLURM_JWT"
+LUA
+cat > "$dir/ping.lua" <<LUA
+wrk.headers["X-SLURM-USER-NAME"] = "$SLURM_USER_NAME"
+wrk.headers["X-SLURM-USER-TOKEN"] = "$SLURM_JWT"
+LUA
+
+# Wait until the cluster is connected (its token file read, its directory entry built).
+for _ in $(seq 100); do
+  code=$(curl -s -o /dev/null -w '%{http_code}' "$url/v1/clusters/real/jobs" -H "Authorization: Bearer $token" \
+    -H 'Content-Type: application/json' -H "Idempotency-Key: bench-warmup" -d "{\"job\": {$job}}")
+  [ "$code" = 201 ] || [ "$code" = 200 ] && break
+  sleep 0.2
+done
+[ "$code" = 201 ] || [ "$code" = 200 ] || { echo "the cluster never connected (last status $code)" >&2; exit 1; }
+
+run() { # name url script
+  echo "== $1, $conns connections, ${secs} s (slurmrestd /ping from one more connection meanwhile)"
+  wrk -t1 -c1 -d"$((secs + 1))s" --latency -s "$dir/ping.lua" "$SLURMRESTD_URL/slurm/v0.0.44/ping" > "$dir/ping.out" &
+  local ping=$!
+  wrk -t2 -c"$conns" -d"${secs}s" --latency -s "$3" "$2" | grep -E "Requests/sec|Latency |99%|50%|Non-2xx|Socket errors|requests in"
+  wait "$ping"
+  echo "   /ping during the run:"; grep -E "Requests/sec| 50%| 99%|Non-2xx" "$dir/ping.out" | sed 's/^/   /'
+}
+for round in 1 2; do
+  clusterra_lua "$round-$RANDOM"
+  run Clusterra "$url/v1/clusters/real/jobs" "$dir/clusterra.lua"
+  run slurmrestd "$SLURMRESTD_URL/slurm/v0.0.44/job/submit" "$dir/slurm.lua"
+done
+echo "jobs in Slurm at the end: $(curl -s "$SLURMRESTD_URL/slurm/v0.0.44/jobs/state/" -H "X-SLURM-USER-NAME: $SLURM_USER_NAME" -H "X-SLURM-USER-TOKEN: $SLURM_JWT" | grep -o '"job_id"' | wc -l)"
