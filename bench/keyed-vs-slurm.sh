@@ -65,13 +65,24 @@ for _ in $(seq 100); do
 done
 [ "$code" = 201 ] || [ "$code" = 200 ] || { echo "the cluster never connected (last status $code)" >&2; exit 1; }
 
+# CPU seconds a process has used (user + system), from /proc.
+cpu() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+daemons="clusterra:$pid slurmctld:$(pgrep -xo slurmctld) slurmrestd:$(pgrep -xo slurmrestd)"
 run() { # name url script
   echo "== $1, $conns connections, ${secs} s (slurmrestd /ping from one more connection meanwhile)"
+  local before=() d
+  for d in $daemons; do before+=("$(cpu "${d#*:}")"); done
   wrk -t1 -c1 -d"$((secs + 1))s" --latency -s "$dir/ping.lua" "$SLURMRESTD_URL/slurm/v0.0.44/ping" > "$dir/ping.out" &
   local ping=$!
   wrk -t2 -c"$conns" -d"${secs}s" --latency -s "$3" "$2" | grep -E "Requests/sec|Latency |99%|50%|Non-2xx|Socket errors|requests in"
   wait "$ping"
   echo "   /ping during the run:"; grep -E "Requests/sec| 50%| 99%|Non-2xx" "$dir/ping.out" | sed 's/^/   /'
+  local i=0 line="   CPU seconds used during the run:"
+  for d in $daemons; do
+    line+=" ${d%%:*} $(awk -v a="$(cpu "${d#*:}")" -v b="${before[$i]}" 'BEGIN {printf "%.2f", a - b}')"
+    i=$((i + 1))
+  done
+  echo "$line"
 }
 for round in 1 2; do
   clusterra_lua "$round-$RANDOM"

@@ -4,7 +4,9 @@
 //! cargo bench -p bench --bench scaling
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use domain::scaling::{Catalog, Demand, Family, NodeSet, PendingSlice, Size, WarmNode, plan};
+use domain::scaling::{
+    Catalog, Demand, Family, NodeSet, PendingSlice, Size, WarmNode, plan, plan_in_runs,
+};
 
 fn decision(c: &mut Criterion) {
     let catalog =
@@ -52,6 +54,9 @@ fn decision(c: &mut Criterion) {
     );
     c.bench_function("scaling_decision_100k_pending", |b| {
         b.iter(|| plan(&catalog, &warm, &pending))
+    });
+    c.bench_function("scaling_decision_100k_pending_one_slice_at_a_time", |b| {
+        b.iter(|| plan_in_runs(&catalog, &warm, &pending, false))
     });
 }
 

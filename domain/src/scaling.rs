@@ -468,6 +468,20 @@ pub fn plan(
     warm: &[WarmNode],
     pending: &[PendingSlice],
 ) -> (BTreeMap<NodeSet, Need>, Vec<u64>) {
+    plan_in_runs(catalog, warm, pending, true)
+}
+
+/// [`plan`], placing a run of one-node jobs with equal demand a node at a time (as many as the
+/// node holds in one step) when `runs` is set, or one slice at a time when not; both give the
+/// same plan (first-fit keeps filling the lowest-numbered node with room until it is full), the
+/// first in steps that grow with the nodes rather than the jobs. Public for the benchmark that
+/// compares the two.
+pub fn plan_in_runs(
+    catalog: &Catalog,
+    warm: &[WarmNode],
+    pending: &[PendingSlice],
+    runs: bool,
+) -> (BTreeMap<NodeSet, Need>, Vec<u64>) {
     let mut needs: BTreeMap<NodeSet, Need> = BTreeMap::new();
     let mut stranded = Vec::new();
     // Per family: its slices, and the size that holds the biggest.
@@ -510,13 +524,42 @@ pub fn plan(
         // hidden from first-fit until its last slice is placed.
         let mut hidden: Vec<usize> = Vec::new();
         let mut current_job = None;
-        for slice in slices {
+        // A job of one slice: its neighbours (sorted by demand, then job) are other jobs.
+        let single = |k: usize| {
+            (k == 0 || slices[k - 1].job_id != slices[k].job_id)
+                && slices
+                    .get(k + 1)
+                    .is_none_or(|n| n.job_id != slices[k].job_id)
+        };
+        let mut k = 0;
+        while k < slices.len() {
+            let slice = slices[k];
             if current_job != Some(slice.job_id) {
                 for i in hidden.drain(..) {
                     bins.update(i);
                 }
                 current_job = Some(slice.job_id);
             }
+            if runs && single(k) {
+                let mut end = k + 1;
+                while end < slices.len() && slices[end].demand == slice.demand && single(end) {
+                    end += 1;
+                }
+                while k < end {
+                    let at = match bins.first_fit(slice.demand) {
+                        Some(i) => i,
+                        None => bins.open_new(new_set, shape.vcpus, shape.allocatable_mib),
+                    };
+                    let n = bins.room(at, slice.demand).clamp(1, end - k);
+                    let set = bins.take_many(at, slice.demand, n);
+                    let need = needs.entry(set).or_default();
+                    need.jobs.extend(slices[k..k + n].iter().map(|s| s.job_id));
+                    k += n;
+                }
+                current_job = Some(slices[end - 1].job_id);
+                continue;
+            }
+            k += 1;
             let at = match bins.first_fit(slice.demand) {
                 Some(i) => i,
                 None => {
@@ -755,9 +798,31 @@ impl Bins {
     }
 
     fn take(&mut self, i: usize, d: Demand) -> NodeSet {
+        self.take_many(i, d, 1)
+    }
+
+    /// How many slices of demand `d` node `i` holds.
+    fn room(&self, i: usize, d: Demand) -> usize {
+        let node = &self.nodes[i];
+        let by_cpus = node
+            .free_cpus
+            .checked_div(d.cpus)
+            .map_or(usize::MAX, |n| n as usize);
+        let by_mib = node
+            .free_mib
+            .checked_div(d.memory_mib)
+            .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));
+        by_cpus.min(by_mib)
+    }
+
+    /// Places `n` slices of demand `d` on node `i` (which holds them: [`Bins::room`]).
+    fn take_many(&mut self, i: usize, d: Demand, n: usize) -> NodeSet {
         let node = &mut self.nodes[i];
-        node.free_cpus -= d.cpus;
-        node.free_mib -= d.memory_mib;
+        let n32 = u32::try_from(n).unwrap_or(u32::MAX);
+        node.free_cpus = node.free_cpus.saturating_sub(d.cpus.saturating_mul(n32));
+        node.free_mib = node
+            .free_mib
+            .saturating_sub(d.memory_mib.saturating_mul(n as u64));
         node.used = true;
         let set = node.set;
         self.update(i);
@@ -995,6 +1060,58 @@ mod tests {
         assert_eq!(needs[&large].jobs, vec![4]);
         assert_eq!(needs[&medium].new_nodes, 3, "{needs:?}");
         assert_eq!(needs[&medium].jobs, vec![2, 3, 1]);
+    }
+
+    #[test]
+    fn runs_of_one_node_jobs_are_placed_as_one_slice_at_a_time_would_place_them() {
+        let c = catalog();
+        // A mixed queue: many one-node jobs in a few shapes (runs), multi-node jobs among
+        // them, all three families, and warm nodes with some room.
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = |m: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % m
+        };
+        let shapes = [
+            d(1, 1),
+            d(2, 4),
+            d(4, 4),
+            d(1, 8),
+            d(8, 16),
+            d(2, 1),
+            d(16, 32),
+        ];
+        let mut pending = Vec::new();
+        for job_id in 1..=3_000u64 {
+            let demand = shapes[next(shapes.len() as u64) as usize];
+            let nodes = if next(10) == 0 { 1 + next(4) } else { 1 };
+            for _ in 0..nodes {
+                pending.push(PendingSlice { job_id, demand });
+            }
+        }
+        let warm: Vec<WarmNode> = (0..12)
+            .map(|i| {
+                let set = [
+                    set(Family::Compute, Size::Large),
+                    set(Family::General, Size::Medium),
+                    set(Family::Memory, Size::Xlarge),
+                ][i % 3];
+                let shape = c.shape(set).unwrap();
+                WarmNode {
+                    name: format!("{set}-{i}"),
+                    set,
+                    free_cpus: shape.vcpus / (1 + i as u32 % 3),
+                    free_mib: shape.allocatable_mib / (1 + i as u64 % 2),
+                    busy: i % 2 == 0,
+                }
+            })
+            .collect();
+        let one_at_a_time = plan_in_runs(&c, &warm, &pending, false);
+        let in_runs = plan_in_runs(&c, &warm, &pending, true);
+        assert_eq!(in_runs, one_at_a_time);
+        assert!(in_runs.0.values().map(|n| n.new_nodes).sum::<u32>() > 10);
     }
 
     #[test]
