@@ -1042,8 +1042,10 @@ const CLOCK_SKEW: chrono::Duration = chrono::Duration::seconds(5);
 
 /// Settles submissions whose request was recorded more than [`ADOPT_AFTER`] before `now` and
 /// whose outcome never was (the submitter stopped between the two, or Slurm's answer was lost).
-/// Each is looked up once, in one listing of Slurm's jobs (made only when there is one to settle),
-/// by the submission id stamped in the comment: found (submitted after its request), it is
+/// Each is looked up in one listing of Slurm's jobs (made only when there is one to settle) by
+/// the submission id stamped in the comment — where the port lists states, the jobs are read in
+/// full by id, [`SETTLE_LOOKUPS`] new ones per pass, and a submission is failed only once every
+/// listed job has been read: found (submitted after its request), it is
 /// adopted as `JobSubmitted` with the request's user, name, shape and rate (`via: adopted`; the
 /// body itself is not recorded in the request, only its digest); not found,
 /// `JobSubmissionFailed` frees its `Idempotency-Key`.
@@ -1062,8 +1064,14 @@ pub async fn settle_submissions(
     if stale.is_empty() {
         return Ok(done);
     }
+    // Where the port lists states, Slurm's jobs are read in full by id, a bounded number per
+    // pass; until every listed job has been read, a submission found nowhere is not yet failed.
+    let (listed, complete) = match slurm.states().await? {
+        Some(states) => read_commented(slurm, cluster, &states).await?,
+        None => (slurm.jobs().await?, true),
+    };
     let mut by_submission: HashMap<Uuid, Vec<SlurmJob>> = HashMap::new();
-    for j in slurm.jobs().await? {
+    for j in listed {
         if let Some(id) = j.submission_id() {
             by_submission.entry(id).or_default().push(j);
         }
@@ -1088,6 +1096,9 @@ pub async fn settle_submissions(
         candidates.sort_by_key(|j| j.job_id);
         if candidates.len() > 1 {
             tracing::warn!(submission_id = %u.submission_id, jobs = ?candidates.iter().map(|j| j.job_id).collect::<Vec<_>>(), "several Slurm jobs carry one submission id; adopting the first");
+        }
+        if candidates.is_empty() && !complete {
+            continue; // Slurm's jobs are not all read yet: looked for again next pass
         }
         let (event, id) = match candidates.first() {
             Some(found) => (
@@ -1148,6 +1159,64 @@ pub async fn settle_submissions(
         }
     }
     Ok(done)
+}
+
+/// How many Slurm jobs one settling pass reads in full (newest first) when the port lists
+/// states: each is read once per process ([`SEEN_COMMENTS`]), so a big cluster's jobs are all
+/// read within a few passes, and none is read twice.
+const SETTLE_LOOKUPS: usize = 256;
+
+/// Slurm jobs read in full while settling, by cluster and job id: the job (kept only when its
+/// comment names a submission). A job id names one job while Slurm lists it; the memory is
+/// bounded by starting over past 100,000 entries.
+type SeenComments = HashMap<(ClusterId, u64), Option<SlurmJob>>;
+static SEEN_COMMENTS: LazyLock<Mutex<SeenComments>> = LazyLock::new(|| Mutex::new(HashMap::new()));
+
+fn seen_comments() -> std::sync::MutexGuard<'static, SeenComments> {
+    let mut memo = SEEN_COMMENTS.lock().unwrap_or_else(|p| p.into_inner());
+    if memo.len() > 100_000 {
+        memo.clear();
+    }
+    memo
+}
+
+/// The jobs of a listing of states whose comment names a submission, read in full by id (at
+/// most [`SETTLE_LOOKUPS`] not read before, newest first, 8 at once), and whether every listed
+/// job has now been read. A lookup that gets no answer fails the pass.
+async fn read_commented(
+    slurm: &dyn SlurmPort,
+    cluster: &ClusterId,
+    states: &[StateReport],
+) -> Result<(Vec<SlurmJob>, bool), JobError> {
+    let mut unread: Vec<u64> = {
+        let memo = seen_comments();
+        states
+            .iter()
+            .map(|r| r.job_id)
+            .filter(|id| !memo.contains_key(&(cluster.clone(), *id)))
+            .collect()
+    };
+    unread.sort_unstable_by(|a, b| b.cmp(a));
+    let complete = unread.len() <= SETTLE_LOOKUPS;
+    unread.truncate(SETTLE_LOOKUPS);
+    let records: Vec<(u64, Result<Option<SlurmJob>, SlurmError>)> = futures::stream::iter(
+        unread
+            .into_iter()
+            .map(|id| async move { (id, slurm.job(id).await) }),
+    )
+    .buffer_unordered(LOOKUP_CONCURRENCY)
+    .collect()
+    .await;
+    let mut memo = seen_comments();
+    for (id, record) in records {
+        let job = record?.filter(|j| j.submission_id().is_some());
+        memo.insert((cluster.clone(), id), job);
+    }
+    let listed = states
+        .iter()
+        .filter_map(|r| memo.get(&(cluster.clone(), r.job_id)).cloned().flatten())
+        .collect();
+    Ok((listed, complete))
 }
 
 /// An open job over its cluster's limits: accepted before the limits, or under bigger ones.

@@ -15,7 +15,7 @@ use commands::jobs::{
     JobError, OpenJob, Settled, Submission, Submitter, Unsettled, reconcile, settle_submissions,
     stream,
 };
-use commands::slurm::{Accepted, SlurmError, SlurmJob, SlurmPort};
+use commands::slurm::{Accepted, SlurmError, SlurmJob, SlurmPort, StateReport};
 use domain::job::JobState;
 use domain::{ClusterId, DomainEvent, Email, SubmittedVia, WorkspaceId};
 use eventlog::{
@@ -326,6 +326,9 @@ struct FakeSlurm {
     fail: std::sync::Mutex<Option<SlurmError>>,
     submits: std::sync::atomic::AtomicUsize,
     lists: std::sync::atomic::AtomicUsize,
+    /// Answers `states()` (as slurmrestd does) instead of `None`.
+    lists_states: bool,
+    lookups: std::sync::atomic::AtomicUsize,
 }
 
 impl FakeSlurm {
@@ -377,6 +380,7 @@ impl SlurmPort for FakeSlurm {
         })
     }
     async fn job(&self, job_id: u64) -> Result<Option<SlurmJob>, SlurmError> {
+        self.lookups.fetch_add(1, Ordering::SeqCst);
         Ok(self
             .jobs
             .lock()
@@ -391,6 +395,19 @@ impl SlurmPort for FakeSlurm {
     }
     async fn cancel(&self, _job_id: u64) -> Result<(), SlurmError> {
         Ok(())
+    }
+    async fn states(&self) -> Result<Option<Vec<StateReport>>, SlurmError> {
+        Ok(self.lists_states.then(|| {
+            self.jobs
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|j| StateReport {
+                    job_id: j.job_id,
+                    state: Some(j.state),
+                })
+                .collect()
+        }))
     }
 }
 
@@ -554,6 +571,91 @@ async fn a_request_slurm_never_got_is_marked_failed_and_frees_its_key() {
         .await
         .unwrap();
     assert!(!again.replayed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_big_slurm_settling_reads_jobs_by_id_a_few_hundred_a_pass_and_fails_only_after_all() {
+    let (_dir, store) = sqlite_log().await;
+    let (_, cluster, _) = ids();
+    let log = store.log.as_ref();
+    let long_ago = chrono::Utc::now() - chrono::Duration::hours(1);
+    let mut foreign: Vec<SlurmJob> = (1..=600)
+        .map(|id| slurm_job(id, "someone else's", long_ago))
+        .collect();
+    for j in &mut foreign {
+        j.comment = None;
+    }
+    let slurm = FakeSlurm {
+        lists_states: true,
+        ..FakeSlurm::with(foreign)
+    };
+    // A: Slurm never got it. B: Slurm took it, and its `JobSubmitted` never reached the log.
+    *slurm.fail.lock().unwrap() = Some(SlurmError::Unavailable("connection reset".into()));
+    Submitter::default()
+        .submit(log, &slurm, submission("k-never-sent"))
+        .await
+        .unwrap_err();
+    let request_log = FailingLog {
+        inner: store.log.clone(),
+        armed: AtomicBool::new(true),
+    };
+    Submitter::default()
+        .submit(&request_log, &slurm, submission("k-taken"))
+        .await
+        .unwrap_err();
+    let taken = slurm.jobs.lock().unwrap().last().cloned().unwrap();
+    let b = taken.submission_id().unwrap();
+    let requests: Vec<uuid::Uuid> = log
+        .read_all(0, 10)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|e| e.event_type == "JobSubmissionRequested")
+        .map(|e| {
+            e.stream_id
+                .rsplit("local-")
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    let a = *requests.iter().find(|id| **id != b).unwrap();
+    let both = [unsettled(a), unsettled(b)].concat();
+
+    // Newest first: B's job is read in the first pass and adopted; A is not failed while
+    // Slurm's jobs are not all read.
+    let first = settle_submissions(log, &slurm, &cluster, &both, later_now())
+        .await
+        .unwrap();
+    assert_eq!((first.adopted, first.failed), (1, 0));
+    let second = settle_submissions(log, &slurm, &cluster, &unsettled(a), later_now())
+        .await
+        .unwrap();
+    assert_eq!(second, Settled::default(), "89 jobs still unread");
+    let third = settle_submissions(log, &slurm, &cluster, &unsettled(a), later_now())
+        .await
+        .unwrap();
+    assert_eq!((third.adopted, third.failed), (0, 1));
+    assert_eq!(
+        slurm.lookups.load(Ordering::SeqCst),
+        601,
+        "each job read once"
+    );
+    assert_eq!(
+        slurm.lists.load(Ordering::SeqCst),
+        0,
+        "never listed in full"
+    );
+    let (facts, _) = commands::jobs::load(log, &stream(&cluster, b))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(facts.submitted.job_id, taken.job_id);
+    assert_eq!(
+        history(log, &cluster, a).await,
+        ["JobSubmissionRequested", "JobSubmissionFailed"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
