@@ -273,7 +273,8 @@ async fn stopped_before(deadline: tokio::time::Instant, stop: &mut watch::Receiv
     *stop.borrow()
 }
 
-/// One cluster's pass: scaling, replica copy, reconcile, then its reachability. Its work
+/// One cluster's pass: scaling and its replica copy beside reconcile, then settling and its
+/// reachability. Its work
 /// follows what changed: the jobs come from the open-job index, jobs are checked against the
 /// limits once (when they enter), the scaler places them only when they or the nodes changed,
 /// and reconcile is skipped while neither Slurm's jobs (where the port can tell) nor the index
@@ -286,47 +287,14 @@ async fn cluster_pass(shared: Arc<Shared>, key: Key, slurm: Arc<dyn SlurmPort>) 
     let snapshot = shared.tracker.snapshot(&key);
     fail_oversized(&shared, slurm.as_ref(), &key, snapshot.added).await;
     let t_limits = t0.elapsed();
-    let tracker = shared.tracker.clone();
-    match shared
-        .scaler
-        .cycle_with(
-            store.log.as_ref(),
-            workspace,
-            cluster,
-            Some(snapshot.generation),
-            || tracker.sizing(&key),
-            chrono::Utc::now(),
-        )
-        .await
-    {
-        Ok(made) => {
-            for d in made {
-                tracing::info!(%cluster, node_set = %d.node_set, from = d.from, to = d.to, reason = %d.reason, "scale decision");
-            }
-        }
-        Err(e) => {
-            tracing::warn!(%cluster, error = %e, "scaling step failed; retrying next cycle")
-        }
-    }
-    let t_scaling = t0.elapsed();
-    match shared
-        .scaler
-        .sync_replicas(
-            store.log.as_ref(),
-            shared.replicas.as_ref(),
-            workspace,
-            cluster,
-            chrono::Utc::now(),
-        )
-        .await
-    {
-        Ok(0) => {}
-        Ok(n) => tracing::debug!(%cluster, written = n, "replica store updated"),
-        Err(e) => {
-            tracing::warn!(%cluster, error = %e, "replica store not updated; retrying next cycle")
-        }
-    }
-    let t_replicas = t0.elapsed();
+    // Scaling (then the replica copy of its decisions) runs beside reconcile, on its own task
+    // (stopped with the pass): placement is CPU work over the pending set, reconcile mostly
+    // waits on Slurm and the log.
+    let scaling = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(scale_and_copy(
+        shared.clone(),
+        key.clone(),
+        snapshot.generation,
+    )));
     // What the last clean reconcile saw: the same again, with no job left to look at, means
     // nothing changed on either side.
     let last_clean = shared
@@ -420,18 +388,79 @@ async fn cluster_pass(shared: Arc<Shared>, key: Key, slurm: Arc<dyn SlurmPort>) 
         }
     }
     let t_reconcile = t0.elapsed();
+    let (scaling_took, replicas_took) = match scaling.await {
+        Ok(took) => took,
+        Err(e) => {
+            tracing::warn!(%cluster, error = %e, "scaling step ended abnormally; retrying next cycle");
+            Default::default()
+        }
+    };
+    let t_both = t0.elapsed();
     settle(store, slurm.as_ref(), workspace, cluster).await;
     record_reachability(&shared, &key, slurm.reachability()).await;
     tracing::debug!(
         %cluster,
         limits_ms = t_limits.as_secs_f64() * 1e3,
-        scaling_ms = (t_scaling - t_limits).as_secs_f64() * 1e3,
-        replicas_ms = (t_replicas - t_scaling).as_secs_f64() * 1e3,
-        reconcile_ms = (t_reconcile - t_replicas).as_secs_f64() * 1e3,
-        rest_ms = (t0.elapsed() - t_reconcile).as_secs_f64() * 1e3,
+        scaling_ms = scaling_took.as_secs_f64() * 1e3,
+        replicas_ms = replicas_took.as_secs_f64() * 1e3,
+        reconcile_ms = (t_reconcile - t_limits).as_secs_f64() * 1e3,
+        rest_ms = (t0.elapsed() - t_both).as_secs_f64() * 1e3,
         reconciled = !unchanged,
         "cluster pass"
     );
+}
+
+/// A cluster's scaling step, then the copy of its decisions to the replica store; how long each
+/// took.
+async fn scale_and_copy(
+    shared: Arc<Shared>,
+    key: Key,
+    generation: u64,
+) -> (std::time::Duration, std::time::Duration) {
+    let (workspace, cluster) = &key;
+    let store = &shared.store;
+    let t0 = std::time::Instant::now();
+    let tracker = shared.tracker.clone();
+    match shared
+        .scaler
+        .cycle_with(
+            store.log.as_ref(),
+            workspace,
+            cluster,
+            Some(generation),
+            || tracker.sizing(&key),
+            chrono::Utc::now(),
+        )
+        .await
+    {
+        Ok(made) => {
+            for d in made {
+                tracing::info!(%cluster, node_set = %d.node_set, from = d.from, to = d.to, reason = %d.reason, "scale decision");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(%cluster, error = %e, "scaling step failed; retrying next cycle")
+        }
+    }
+    let t_scaling = t0.elapsed();
+    match shared
+        .scaler
+        .sync_replicas(
+            store.log.as_ref(),
+            shared.replicas.as_ref(),
+            workspace,
+            cluster,
+            chrono::Utc::now(),
+        )
+        .await
+    {
+        Ok(0) => {}
+        Ok(n) => tracing::debug!(%cluster, written = n, "replica store updated"),
+        Err(e) => {
+            tracing::warn!(%cluster, error = %e, "replica store not updated; retrying next cycle")
+        }
+    }
+    (t_scaling, t0.elapsed() - t_scaling)
 }
 
 /// Settles the cluster's submissions whose request is recorded but whose outcome is not, once

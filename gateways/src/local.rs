@@ -333,8 +333,30 @@ struct Queued {
 
 #[derive(Default)]
 struct Queue {
+    /// In job id order (ids are handed out in submission order; two submits finishing out of
+    /// order are put back in it), so a cancel finds a waiting job by binary search.
     waiting: std::collections::VecDeque<Queued>,
     running: usize,
+}
+
+impl Queue {
+    /// Adds a job in id order: at the back but for a submit overtaken by a later one.
+    fn enqueue(&mut self, job: Queued) {
+        let at = self
+            .waiting
+            .iter()
+            .rposition(|w| w.job_id < job.job_id)
+            .map_or(0, |i| i + 1);
+        self.waiting.insert(at, job);
+    }
+
+    /// Takes a waiting job out, if it is waiting.
+    fn remove(&mut self, job_id: u64) -> bool {
+        match self.waiting.binary_search_by_key(&job_id, |w| w.job_id) {
+            Ok(i) => self.waiting.remove(i).is_some(),
+            Err(_) => false,
+        }
+    }
 }
 
 /// The local executor. Cheap to clone.
@@ -1219,7 +1241,7 @@ impl SlurmPort for LocalExecutor {
         self.save(&record).await;
         let (tx, rx) = oneshot::channel();
         self.inner.cancels.lock().await.insert(job_id, tx);
-        self.inner.queue.lock().await.waiting.push_back(Queued {
+        self.inner.queue.lock().await.enqueue(Queued {
             job_id,
             job,
             cancel: rx,
@@ -1301,12 +1323,7 @@ impl SlurmPort for LocalExecutor {
         if !self.inner.records.lock().await.contains_key(&job_id) {
             return Err(SlurmError::UnknownJob(job_id));
         }
-        let queued = {
-            let mut q = self.inner.queue.lock().await;
-            let before = q.waiting.len();
-            q.waiting.retain(|q| q.job_id != job_id);
-            q.waiting.len() != before
-        };
+        let queued = self.inner.queue.lock().await.remove(job_id);
         if queued {
             // Never started: it ends here, as Slurm ends a pending job it cancels.
             self.inner.cancels.lock().await.remove(&job_id);
@@ -1361,5 +1378,39 @@ impl NodeFleet for LocalExecutor {
             .lock()
             .map(|f| f.nodes.iter().map(|n| n.name.clone()).collect())
             .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queued(job_id: u64) -> Queued {
+        Queued {
+            job_id,
+            job: Value::Null,
+            cancel: oneshot::channel().1,
+            demand: Demand {
+                cpus: 1,
+                memory_mib: 1,
+            },
+            nodes: 1,
+            family: Family::Compute,
+        }
+    }
+
+    #[test]
+    fn the_queue_stays_in_id_order_and_a_cancel_finds_its_job() {
+        let mut q = Queue::default();
+        // Submit 3 finished after submit 4; 1 after everything.
+        for id in [2, 4, 3, 5, 1] {
+            q.enqueue(queued(id));
+        }
+        let ids = |q: &Queue| q.waiting.iter().map(|w| w.job_id).collect::<Vec<_>>();
+        assert_eq!(ids(&q), [1, 2, 3, 4, 5]);
+        assert!(q.remove(3));
+        assert!(!q.remove(3), "not waiting any more");
+        assert!(!q.remove(9), "never waited");
+        assert_eq!(ids(&q), [1, 2, 4, 5]);
     }
 }
