@@ -44,13 +44,7 @@ function request()
 end
 LUA
 }
-cat > "$dir/slurm.lua" <<LUA
-wrk.method = "POST"
-wrk.body = '{"job": {$job}}'
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["X-SLURM-USER-NAME"] = "$SLURM_USER_NAME"
-wrk.headers["X-SLURM-USER-TOKEN"] = "$SLURM_JWT"
-LUA
+slurm_lua "$dir/slurm.lua" "{\"job\": {$job}}"
 cat > "$dir/ping.lua" <<LUA
 wrk.headers["X-SLURM-USER-NAME"] = "$SLURM_USER_NAME"
 wrk.headers["X-SLURM-USER-TOKEN"] = "$SLURM_JWT"

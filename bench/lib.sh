@@ -2,6 +2,7 @@
 # folder removed on exit, and starts a fresh server in it.
 #   start_server [serve flags…]   (environment given before it reaches the server) sets pid, url
 #   mint_token [token flags…]     prints a token for bench@clusterra.local
+#   slurm_lua FILE BODY           a wrk script POSTing BODY to slurmrestd (scripts/slurm-local)
 #   on_exit 'command'             runs at exit, after the server is stopped
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -26,4 +27,15 @@ start_server() {
 
 mint_token() {
   "$bin/clusterra" token mint --data-dir "$dir/data" --email bench@clusterra.local "$@"
+}
+
+# Writes a wrk script that POSTs BODY to slurmrestd as the Slurm user of scripts/slurm-local.
+slurm_lua() { # file body
+  cat > "$1" <<LUA
+wrk.method = "POST"
+wrk.body = '$2'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["X-SLURM-USER-NAME"] = "$SLURM_USER_NAME"
+wrk.headers["X-SLURM-USER-TOKEN"] = "$SLURM_JWT"
+LUA
 }

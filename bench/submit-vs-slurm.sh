@@ -25,13 +25,7 @@ wrk.body = '{"job": {$job, "current_working_directory": "/mnt/efs"}}'
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer $token"
 LUA
-cat > "$dir/slurm.lua" <<LUA
-wrk.method = "POST"
-wrk.body = '{"job": {$job, "current_working_directory": "/tmp", "hold": true}}'
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["X-SLURM-USER-NAME"] = "$SLURM_USER_NAME"
-wrk.headers["X-SLURM-USER-TOKEN"] = "$SLURM_JWT"
-LUA
+slurm_lua "$dir/slurm.lua" "{\"job\": {$job, \"current_working_directory\": \"/tmp\", \"hold\": true}}"
 run() { # name url script connections
   echo "== $1, $4 connections, ${secs} s"
   wrk -t2 -c"$4" -d"${secs}s" --latency -s "$3" "$2" | grep -E "Requests/sec|Latency |99%|50%|Non-2xx|Socket errors|requests in"
