@@ -906,7 +906,7 @@ fn still_cancellable(job: &SlurmJob) -> bool {
 }
 
 /// How many jobs one reconcile reads and records at once.
-const RECORD_CONCURRENCY: usize = 16;
+const RECORD_CONCURRENCY: usize = 64;
 
 /// One job whose Slurm report the read side lacks (or whose cancel is to be sent again): its
 /// stream is read, the verdict made on what the log holds, and the change appended at the

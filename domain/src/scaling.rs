@@ -486,10 +486,24 @@ pub fn plan_in_runs(
     let mut stranded = Vec::new();
     // Per family: its slices, and the size that holds the biggest.
     let mut by_family: BTreeMap<Family, Vec<PendingSlice>> = BTreeMap::new();
+    // Queues hold few distinct demands: each is placed in the catalog once.
+    let mut placed: std::collections::HashMap<Demand, Option<Family>> =
+        std::collections::HashMap::new();
+    let mut last: Option<(Demand, Option<Family>)> = None;
     for s in pending {
-        match catalog.place(s.demand) {
-            Ok(set) => by_family.entry(set.family).or_default().push(*s),
-            Err(_) => stranded.push(s.job_id),
+        let family = match last {
+            Some((d, f)) if d == s.demand => f,
+            _ => {
+                let f = *placed
+                    .entry(s.demand)
+                    .or_insert_with(|| catalog.place(s.demand).ok().map(|set| set.family));
+                last = Some((s.demand, f));
+                f
+            }
+        };
+        match family {
+            Some(family) => by_family.entry(family).or_default().push(*s),
+            None => stranded.push(s.job_id),
         }
     }
     for node in warm.iter().filter(|n| n.busy) {
