@@ -6,7 +6,8 @@
 //! the response decoder accepts both the object and the bare form of wrapped numbers.
 //! Every body is parsed, even on non-2xx answers: Slurm puts its reasons in `errors[]`. An
 //! answer that is not a v0.0.44 document ([`document`]) is an error, never an empty result.
-//! Each call has a timeout (connection included); a token file is re-read when it changes.
+//! Each call has a timeout (connection included) and a size limit on its answer; a token file is
+//! re-read when it changes.
 
 use std::time::Duration;
 
@@ -455,8 +456,15 @@ pub struct SlurmRestd {
     user: String,
     token: Token,
     timeout: Duration,
+    /// The most bytes one answer may have.
+    max_answer: usize,
     http: reqwest::Client,
 }
+
+/// The most bytes one slurmrestd answer may have: a listing of 100,000 jobs' states is ~4 MB,
+/// a full listing of 10,000 jobs ~82 MB. Anything bigger is refused unread, so a lying proxy
+/// cannot fill the server's memory.
+pub const DEFAULT_MAX_ANSWER_BYTES: usize = 128 * 1024 * 1024;
 
 impl SlurmRestd {
     /// `base` is `http(s)://host:port`; requests go to `{base}/slurm/v0.0.44/…` with this token.
@@ -496,8 +504,15 @@ impl SlurmRestd {
             user: user.to_string(),
             token,
             timeout: DEFAULT_CALL_TIMEOUT,
+            max_answer: DEFAULT_MAX_ANSWER_BYTES,
             http,
         })
+    }
+
+    /// The most bytes one answer may have ([`DEFAULT_MAX_ANSWER_BYTES`] unless set).
+    pub fn max_answer_bytes(mut self, bytes: usize) -> Self {
+        self.max_answer = bytes;
+        self
     }
 
     /// How long one call may take, from connecting to the last byte of the answer.
@@ -536,9 +551,30 @@ impl SlurmRestd {
                 "the connection to slurmrestd failed mid-answer".to_string()
             })
         };
-        let res = req.send().await.map_err(failed)?;
+        let mut res = req.send().await.map_err(failed)?;
         let status = res.status().as_u16();
-        let text = res.text().await.map_err(failed)?;
+        let too_big = || {
+            SlurmError::Unavailable(format!(
+                "slurmrestd answered HTTP {status} with more than {} bytes; nothing was read from it",
+                self.max_answer
+            ))
+        };
+        if res
+            .content_length()
+            .is_some_and(|n| n > self.max_answer as u64)
+        {
+            return Err(too_big());
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = res.chunk().await.map_err(failed)? {
+            if body.len() + chunk.len() > self.max_answer {
+                return Err(too_big());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        // JSON is UTF-8: anything else is not a document (and is not guessed at).
+        let text = String::from_utf8(body)
+            .map_err(|_| not_a_document(status, "a body that is not UTF-8"))?;
         Ok((status, text))
     }
 

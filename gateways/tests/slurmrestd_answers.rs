@@ -235,6 +235,28 @@ async fn a_slurmrestd_that_accepts_and_never_answers_costs_one_timeout() {
 }
 
 #[tokio::test]
+async fn an_answer_over_the_size_limit_is_refused_unread() {
+    let jobs: Vec<String> = (1..=100)
+        .map(|id| format!(r#"{{"job_id": "{id}", "state": ["PENDING"]}}"#))
+        .collect();
+    let body = format!(
+        r#"{{"meta": {{}}, "errors": [], "jobs": [{}]}}"#,
+        jobs.join(",")
+    );
+    assert!(body.len() > 2_048);
+    let url = serve(canned(200, "application/json", &body)).await;
+    let small = SlurmRestd::new(&url, "root", "t")
+        .unwrap()
+        .max_answer_bytes(1_024);
+    match small.states().await {
+        Err(SlurmError::Unavailable(m)) => assert!(m.contains("more than 1024 bytes"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    let roomy = SlurmRestd::new(&url, "root", "t").unwrap();
+    assert_eq!(roomy.states().await.unwrap().unwrap().len(), 100);
+}
+
+#[tokio::test]
 async fn a_rotated_token_file_is_used_without_a_restart() {
     let server = canned(
         200,
