@@ -166,7 +166,16 @@ impl Scaler {
         let needs = match kept {
             Some(needs) => needs,
             None => {
-                let needs = Arc::new(self.place(workspace, cluster, &live, &jobs()));
+                let place = || Arc::new(self.place(workspace, cluster, &live, &jobs()));
+                // Placement is CPU work over every pending job (tens of ms at 100,000): on a
+                // multi-thread runtime its worker hands its other tasks (requests) over first.
+                let flavor = tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor());
+                let needs = match flavor {
+                    Ok(tokio::runtime::RuntimeFlavor::MultiThread) => {
+                        tokio::task::block_in_place(place)
+                    }
+                    _ => place(),
+                };
                 if let (Some(g), Ok(mut plans)) = (generation, self.plans.lock()) {
                     plans.insert(
                         key,
