@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use commands::jobs::{
     CancelRequest, JobError, OpenJob, Submission, Submitter, cancel_job, load, reconcile, stream,
 };
-use commands::slurm::{Accepted, SlurmError, SlurmJob, SlurmPort};
+use commands::slurm::{Accepted, SlurmError, SlurmJob, SlurmPort, StateReport};
 use domain::job::JobState;
 use domain::{ClusterId, DomainEvent, Email, SubmittedVia, WorkspaceId};
 use eventlog::{EventLog, OpenOptions, SystemClock};
@@ -28,6 +28,8 @@ struct Scripted {
     cancel: Mutex<Result<(), SlurmError>>,
     lookups: AtomicUsize,
     cancels: AtomicUsize,
+    /// `None`: the port lists no states (full listings only).
+    states: Mutex<Option<Result<Vec<StateReport>, SlurmError>>>,
 }
 
 impl Scripted {
@@ -39,6 +41,7 @@ impl Scripted {
             cancel: Mutex::new(Ok(())),
             lookups: AtomicUsize::new(0),
             cancels: AtomicUsize::new(0),
+            states: Mutex::new(None),
         }
     }
 
@@ -97,6 +100,9 @@ impl SlurmPort for Scripted {
     async fn cancel(&self, _job_id: u64) -> Result<(), SlurmError> {
         self.cancels.fetch_add(1, Ordering::SeqCst);
         self.cancel.lock().unwrap().clone()
+    }
+    async fn states(&self) -> Result<Option<Vec<StateReport>>, SlurmError> {
+        self.states.lock().unwrap().clone().transpose()
     }
 }
 
@@ -236,6 +242,49 @@ async fn a_failed_list_records_nothing_however_often() {
     }
     assert_eq!(w.head().await, head, "nothing appended");
     assert_eq!(w.slurm.lookups.load(Ordering::SeqCst), 0);
+    assert_eq!(w.state(&job).await, JobState::Running);
+}
+
+#[tokio::test]
+async fn a_listing_of_states_is_only_a_hint_and_a_lookup_without_answer_records_nothing() {
+    let w = World::new().await;
+    let job = w.submit().await;
+    let head = w.head().await;
+    let listed = |state| {
+        Some(Ok(vec![StateReport {
+            job_id: job.job_id,
+            state: Some(state),
+        }]))
+    };
+    // Listed in the state the log has: no lookup, nothing to record.
+    *w.slurm.states.lock().unwrap() = listed(JobState::Pending);
+    assert_eq!(
+        w.reconcile(std::slice::from_ref(&job)).await.unwrap(),
+        Default::default()
+    );
+    assert_eq!(w.slurm.lookups.load(Ordering::SeqCst), 0);
+    // Listed as running, but the full record gets no answer: the pass fails, nothing appended.
+    *w.slurm.states.lock().unwrap() = listed(JobState::Running);
+    w.slurm.looks_up(job.job_id, Err(down()));
+    assert!(matches!(
+        w.reconcile(std::slice::from_ref(&job)).await,
+        Err(JobError::Slurm(SlurmError::Unavailable(_)))
+    ));
+    assert_eq!(w.head().await, head, "nothing appended");
+    // The listing itself failing: an error, no lookup.
+    *w.slurm.states.lock().unwrap() = Some(Err(down()));
+    let lookups = w.slurm.lookups.load(Ordering::SeqCst);
+    assert!(w.reconcile(std::slice::from_ref(&job)).await.is_err());
+    assert_eq!(w.slurm.lookups.load(Ordering::SeqCst), lookups);
+    assert_eq!(w.head().await, head, "nothing appended");
+    // Only the full record is believed: it says running, and that is recorded.
+    *w.slurm.states.lock().unwrap() = listed(JobState::Running);
+    w.slurm.looks_up(
+        job.job_id,
+        Ok(Some(w.slurm.job(job.job_id, JobState::Running))),
+    );
+    let done = w.reconcile(std::slice::from_ref(&job)).await.unwrap();
+    assert_eq!(done.state_changes, 1);
     assert_eq!(w.state(&job).await, JobState::Running);
 }
 
