@@ -713,8 +713,18 @@ const LOOKUP_CONCURRENCY: usize = 8;
 /// and NODE_FAILs Slurm lists in another state (a correction). Finished jobs are not looked at
 /// otherwise. One hash of the listing, one probe per open job: no job's record is read here.
 pub fn differing<'a>(open: &'a [OpenJob], states: &[StateReport]) -> Vec<&'a OpenJob> {
-    let by_id: HashMap<u64, Option<JobState>> =
-        states.iter().map(|r| (r.job_id, r.state)).collect();
+    differing_by_id(open, &by_id(states))
+}
+
+/// A listing of states by job id.
+fn by_id(states: &[StateReport]) -> HashMap<u64, Option<JobState>> {
+    states.iter().map(|r| (r.job_id, r.state)).collect()
+}
+
+fn differing_by_id<'a>(
+    open: &'a [OpenJob],
+    by_id: &HashMap<u64, Option<JobState>>,
+) -> Vec<&'a OpenJob> {
     open.iter()
         .filter(|job| {
             let listed = by_id.get(&job.job_id).copied();
@@ -752,15 +762,18 @@ pub async fn reconcile_states(
     states: &[StateReport],
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<Reconciled, JobError> {
-    let todo: Vec<OpenJob> = differing(open, states).into_iter().cloned().collect();
+    let listing = by_id(states);
+    let todo: Vec<OpenJob> = differing_by_id(open, &listing)
+        .into_iter()
+        .cloned()
+        .collect();
     if todo.is_empty() {
         return Ok(Reconciled::default());
     }
-    let listed_ids: HashSet<u64> = states.iter().map(|r| r.job_id).collect();
     let lookups: Vec<u64> = todo
         .iter()
         .map(|j| j.job_id)
-        .filter(|id| listed_ids.contains(id))
+        .filter(|id| listing.contains_key(id))
         .collect();
     let records: Vec<Result<Option<SlurmJob>, SlurmError>> =
         futures::stream::iter(lookups.into_iter().map(|id| slurm.job(id)))
