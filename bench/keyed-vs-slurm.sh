@@ -6,6 +6,9 @@
 # Every job is submitted held, so nothing runs. A fresh release server on its embedded defaults
 # registers the Slurm as cluster `real` (poll cycle every second, as by default).
 #   bench/keyed-vs-slurm.sh [QUEUED (default 10000)]   SECONDS_PER_RUN=5, CONNECTIONS=16
+# SEPARATE_CORES=1 pins Slurm's daemons to CPU 0 and Clusterra and both wrk to CPU 1 (taskset):
+# Slurm has the same one core in both runs, as it would on a head node of its own, and Clusterra
+# pays for its own work instead of taking it from Slurm's.
 . "$(dirname "$0")/lib.sh"
 queued="${1:-10000}"
 secs="${SECONDS_PER_RUN:-5}"
@@ -62,13 +65,20 @@ done
 # CPU seconds a process has used (user + system), from /proc.
 cpu() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 daemons="clusterra:$pid slurmctld:$(pgrep -xo slurmctld) slurmrestd:$(pgrep -xo slurmrestd)"
+load=()
+if [ "${SEPARATE_CORES:-0}" = 1 ]; then
+  for p in $(pgrep -x slurmctld) $(pgrep -x slurmrestd) $(pgrep -x slurmd); do taskset -a -p -c 0 "$p" >/dev/null; done
+  taskset -a -p -c 1 "$pid" >/dev/null
+  load=(taskset -c 1)
+  echo "Slurm's daemons on CPU 0; Clusterra and wrk on CPU 1"
+fi
 run() { # name url script
   echo "== $1, $conns connections, ${secs} s (slurmrestd /ping from one more connection meanwhile)"
   local before=() d
   for d in $daemons; do before+=("$(cpu "${d#*:}")"); done
-  wrk -t1 -c1 -d"$((secs + 1))s" --latency -s "$dir/ping.lua" "$SLURMRESTD_URL/slurm/v0.0.44/ping" > "$dir/ping.out" &
+  "${load[@]}" wrk -t1 -c1 -d"$((secs + 1))s" --latency -s "$dir/ping.lua" "$SLURMRESTD_URL/slurm/v0.0.44/ping" > "$dir/ping.out" &
   local ping=$!
-  wrk -t2 -c"$conns" -d"${secs}s" --latency -s "$3" "$2" | grep -E "Requests/sec|Latency |99%|50%|Non-2xx|Socket errors|requests in"
+  "${load[@]}" wrk -t2 -c"$conns" -d"${secs}s" --latency -s "$3" "$2" | grep -E "Requests/sec|Latency |99%|50%|Non-2xx|Socket errors|requests in"
   wait "$ping"
   echo "   /ping during the run:"; grep -E "Requests/sec| 50%| 99%|Non-2xx" "$dir/ping.out" | sed 's/^/   /'
   local i=0 line="   CPU seconds used during the run:"

@@ -58,6 +58,19 @@ fn decision(c: &mut Criterion) {
     c.bench_function("scaling_decision_100k_pending_one_slice_at_a_time", |b| {
         b.iter(|| plan_in_runs(&catalog, &warm, &pending, false))
     });
+    // bench/queue.sh's queue: 100,000 jobs of one shape (1 vCPU, 512 MiB), no warm node.
+    let same: Vec<PendingSlice> = (0..100_000u64)
+        .map(|job_id| PendingSlice {
+            job_id,
+            demand: Demand {
+                cpus: 1,
+                memory_mib: 512,
+            },
+        })
+        .collect();
+    c.bench_function("scaling_decision_100k_pending_one_shape", |b| {
+        b.iter(|| plan(&catalog, &[], &same))
+    });
 }
 
 criterion_group!(benches, decision);

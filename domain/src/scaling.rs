@@ -562,7 +562,21 @@ pub fn plan_in_runs(
                 while k < end {
                     let at = match bins.first_fit(slice.demand) {
                         Some(i) => i,
-                        None => bins.open_new(new_set, shape.vcpus, shape.allocatable_mib),
+                        None => {
+                            // No node has room: the rest of the run fills new nodes in order,
+                            // each as full as it gets; all but the last are opened at once.
+                            let fresh = Bin::fresh(new_set, shape.vcpus, shape.allocatable_mib);
+                            let per = fresh.room(slice.demand).max(1);
+                            let full = (end - k - 1) / per;
+                            if full > 0 {
+                                bins.open_full(fresh, slice.demand, per, full);
+                                let need = needs.entry(new_set).or_default();
+                                need.jobs
+                                    .extend(slices[k..k + full * per].iter().map(|s| s.job_id));
+                                k += full * per;
+                            }
+                            bins.open_new(new_set, shape.vcpus, shape.allocatable_mib)
+                        }
                     };
                     let n = bins.room(at, slice.demand).clamp(1, end - k);
                     let set = bins.take_many(at, slice.demand, n);
@@ -705,6 +719,7 @@ struct Bins {
     mib: Vec<u64>,
 }
 
+#[derive(Clone, Copy)]
 struct Bin {
     set: NodeSet,
     free_cpus: u32,
@@ -713,6 +728,33 @@ struct Bin {
     counted: bool,
     new: bool,
     used: bool,
+}
+
+impl Bin {
+    /// A new node of `set`, empty.
+    fn fresh(set: NodeSet, free_cpus: u32, free_mib: u64) -> Self {
+        Self {
+            set,
+            free_cpus,
+            free_mib,
+            counted: false,
+            new: true,
+            used: false,
+        }
+    }
+
+    /// How many slices of demand `d` it holds.
+    fn room(&self, d: Demand) -> usize {
+        let by_cpus = self
+            .free_cpus
+            .checked_div(d.cpus)
+            .map_or(usize::MAX, |n| n as usize);
+        let by_mib = self
+            .free_mib
+            .checked_div(d.memory_mib)
+            .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));
+        by_cpus.min(by_mib)
+    }
 }
 
 impl Bins {
@@ -765,14 +807,45 @@ impl Bins {
     }
 
     fn open_new(&mut self, set: NodeSet, cpus: u32, mib: u64) -> usize {
-        self.push(Bin {
-            set,
-            free_cpus: cpus,
-            free_mib: mib,
-            counted: false,
-            new: true,
-            used: false,
-        })
+        self.push(Bin::fresh(set, cpus, mib))
+    }
+
+    /// Opens `count` new nodes like `fresh`, each holding `per` slices of demand `d`, and
+    /// updates the tree once over them rather than once per node.
+    fn open_full(&mut self, fresh: Bin, d: Demand, per: usize, count: usize) {
+        let first = self.nodes.len();
+        if first + count > self.leaves {
+            let nodes = std::mem::take(&mut self.nodes);
+            *self = Self::new(2 * (first + count));
+            for n in nodes {
+                self.push(n);
+            }
+        }
+        let per32 = u32::try_from(per).unwrap_or(u32::MAX);
+        let free_cpus = fresh.free_cpus.saturating_sub(d.cpus.saturating_mul(per32));
+        let free_mib = fresh
+            .free_mib
+            .saturating_sub(d.memory_mib.saturating_mul(per as u64));
+        for _ in 0..count {
+            self.nodes.push(Bin {
+                free_cpus,
+                free_mib,
+                used: true,
+                ..fresh
+            });
+            let at = self.leaves + self.nodes.len() - 1;
+            self.cpus[at] = free_cpus;
+            self.mib[at] = free_mib;
+        }
+        // The parents of the new leaves, a level at a time.
+        let (mut lo, mut hi) = (self.leaves + first, self.leaves + self.nodes.len() - 1);
+        while lo > 1 {
+            (lo, hi) = (lo / 2, hi / 2);
+            for at in lo..=hi {
+                self.cpus[at] = self.cpus[2 * at].max(self.cpus[2 * at + 1]);
+                self.mib[at] = self.mib[2 * at].max(self.mib[2 * at + 1]);
+            }
+        }
     }
 
     /// The lowest-numbered node with room for `d`.
@@ -817,16 +890,7 @@ impl Bins {
 
     /// How many slices of demand `d` node `i` holds.
     fn room(&self, i: usize, d: Demand) -> usize {
-        let node = &self.nodes[i];
-        let by_cpus = node
-            .free_cpus
-            .checked_div(d.cpus)
-            .map_or(usize::MAX, |n| n as usize);
-        let by_mib = node
-            .free_mib
-            .checked_div(d.memory_mib)
-            .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));
-        by_cpus.min(by_mib)
+        self.nodes[i].room(d)
     }
 
     /// Places `n` slices of demand `d` on node `i` (which holds them: [`Bins::room`]).
@@ -1126,6 +1190,31 @@ mod tests {
         let in_runs = plan_in_runs(&c, &warm, &pending, true);
         assert_eq!(in_runs, one_at_a_time);
         assert!(in_runs.0.values().map(|n| n.new_nodes).sum::<u32>() > 10);
+    }
+
+    #[test]
+    fn a_long_run_of_one_shape_opens_its_new_nodes_at_once_as_one_at_a_time_would() {
+        let c = catalog();
+        // Runs of equal one-node jobs (some filling a warm node's room first, some not), whose
+        // new nodes are opened at once but for the last: the same plan as one at a time.
+        for (count, demand) in [(1, d(1, 1)), (2, d(1, 1)), (1_001, d(1, 1)), (777, d(2, 1))] {
+            let pending: Vec<PendingSlice> = (1..=count)
+                .map(|job_id| PendingSlice { job_id, demand })
+                .collect();
+            let warm = [WarmNode {
+                name: "w".into(),
+                set: set(Family::Compute, Size::Large),
+                free_cpus: 3,
+                free_mib: 3 * 1024,
+                busy: true,
+            }];
+            for warm in [&warm[..], &[]] {
+                let in_runs = plan_in_runs(&c, warm, &pending, true);
+                assert_eq!(in_runs, plan_in_runs(&c, warm, &pending, false), "{count}");
+                let placed: usize = in_runs.0.values().map(|n| n.jobs.len()).sum();
+                assert_eq!(placed, count as usize);
+            }
+        }
     }
 
     #[test]
