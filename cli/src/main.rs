@@ -1,21 +1,17 @@
 //! `clusterra`: the control plane's one binary.
 
 mod client;
-mod config;
 mod files;
 mod ops;
-mod poll;
-mod secrets;
 mod serve;
 mod simulate;
-mod token;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{Config, Overrides};
+use server::{Config, Overrides};
 
 #[derive(Parser)]
 #[command(name = "clusterra", version, about = "Clusterra control plane")]
@@ -48,6 +44,7 @@ impl StateArgs {
                 database_url: self.database_url.clone(),
             },
         )
+        .map_err(Into::into)
     }
 }
 
@@ -355,10 +352,10 @@ fn main() -> ExitCode {
                         ttl,
                     },
             } => {
-                let ttl = token::parse_ttl(&ttl)?;
+                let ttl = server::token::parse_ttl(&ttl)?;
                 println!(
                     "{}",
-                    token::mint(&state.load(None)?, &email, &workspace, admin, ttl)?
+                    server::token::mint(&state.load(None)?, &email, &workspace, admin, ttl)?
                 );
                 Ok(ExitCode::SUCCESS)
             }

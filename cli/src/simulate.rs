@@ -8,7 +8,7 @@ use anyhow::Context;
 use domain::simulate::{SimReport, SimSettings, simulate};
 use domain::trace::{Trace, parse_csv, parse_swf};
 
-use crate::config::Profile;
+use server::Profile;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {

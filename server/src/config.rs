@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
+use crate::error::{Context, Result, ensure};
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
@@ -354,11 +354,11 @@ pub struct Overrides {
 impl Config {
     /// Loads the layers. `file` is `--config`/`CLUSTERRA_CONFIG`; without it `./clusterra.toml`
     /// is read if it exists.
-    pub fn load(file: Option<&Path>, overrides: &Overrides) -> anyhow::Result<Self> {
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         match file {
             Some(path) => {
-                anyhow::ensure!(
+                ensure!(
                     path.is_file(),
                     "config file {} does not exist; pass an existing TOML file to --config",
                     path.display()
@@ -372,7 +372,7 @@ impl Config {
             .merge(Serialized::defaults(overrides))
             .extract()
             .context("invalid configuration (see docs/configuration.md)")?;
-        anyhow::ensure!(
+        ensure!(
             matches!(
                 config.sqlite_synchronous.as_str(),
                 "normal" | "full" | "extra"
@@ -380,52 +380,52 @@ impl Config {
             "sqlite_synchronous must be normal, full or extra, not {:?}",
             config.sqlite_synchronous
         );
-        anyhow::ensure!(
+        ensure!(
             matches!(config.log_format.as_str(), "text" | "json"),
             "log_format must be text or json, not {:?}",
             config.log_format
         );
-        anyhow::ensure!(
+        ensure!(
             config.jwks_file.is_none() || config.jwks_url.is_none(),
             "set jwks_file or jwks_url, not both"
         );
-        anyhow::ensure!(
+        ensure!(
             config.min_position_wait_ms <= 60_000,
             "min_position_wait_ms must be at most 60000 (one minute)"
         );
-        anyhow::ensure!(
+        ensure!(
             config.body_limit_bytes >= 1024,
             "body_limit_bytes must be at least 1024"
         );
-        anyhow::ensure!(
+        ensure!(
             (50..=60_000).contains(&config.poll_interval_ms),
             "poll_interval_ms must be from 50 to 60000"
         );
-        anyhow::ensure!(
+        ensure!(
             (100..=120_000).contains(&config.slurm_call_timeout_ms),
             "slurm_call_timeout_ms must be from 100 to 120000"
         );
-        anyhow::ensure!(
+        ensure!(
             (1..=1_000).contains(&config.slurm_breaker_failures),
             "slurm_breaker_failures must be from 1 to 1000"
         );
-        anyhow::ensure!(
+        ensure!(
             (100..=3_600_000).contains(&config.slurm_breaker_backoff_ms),
             "slurm_breaker_backoff_ms must be from 100 to 3600000"
         );
-        anyhow::ensure!(
+        ensure!(
             (10..=60_000).contains(&config.log_poll_interval_ms),
             "log_poll_interval_ms must be from 10 to 60000"
         );
-        anyhow::ensure!(
+        ensure!(
             (16..=1_000_000).contains(&config.feed_buffer),
             "feed_buffer must be from 16 to 1000000"
         );
-        anyhow::ensure!(
+        ensure!(
             (1_000..=300_000).contains(&config.sse_heartbeat_ms),
             "sse_heartbeat_ms must be from 1000 to 300000"
         );
-        anyhow::ensure!(
+        ensure!(
             config.executor_minute_seconds > 0.0 && config.executor_minute_seconds <= 60.0,
             "executor_minute_seconds must be more than 0 and at most 60"
         );
@@ -433,7 +433,7 @@ impl Config {
             ("s3_endpoint", &config.s3_endpoint),
             ("s3_public_endpoint", &config.s3_public_endpoint),
         ] {
-            anyhow::ensure!(
+            ensure!(
                 url.is_empty()
                     || (name == "s3_endpoint" && url == "aws")
                     || ((url.starts_with("http://") || url.starts_with("https://"))
@@ -447,80 +447,80 @@ impl Config {
                 .split_once("://")
                 .and_then(|(_, rest)| rest.split_once('/'))
                 .map(|(_, p)| p);
-            anyhow::ensure!(
+            ensure!(
                 path.is_none_or(|p| p.is_empty() || p.ends_with('/')),
                 "an S3 endpoint with a path must end with '/': {url:?}"
             );
         }
-        anyhow::ensure!(
+        ensure!(
             config.scale_idle_window_ms <= 24 * 3_600_000,
             "scale_idle_window_ms must be at most 86400000 (a day)"
         );
-        anyhow::ensure!(
+        ensure!(
             (64..=1024 * 1024).contains(&config.default_mib_per_cpu),
             "default_mib_per_cpu must be from 64 to 1048576"
         );
-        anyhow::ensure!(
+        ensure!(
             config.s3_access_key_id.is_some() == config.s3_secret_access_key.is_some(),
             "set both s3_access_key_id and s3_secret_access_key, or neither"
         );
-        anyhow::ensure!(
+        ensure!(
             matches!(config.replica_store.as_str(), "embedded" | "dynamodb"),
             "replica_store must be embedded or dynamodb, not {:?}",
             config.replica_store
         );
-        anyhow::ensure!(
+        ensure!(
             config.dynamodb_access_key_id.is_some() == config.dynamodb_secret_access_key.is_some(),
             "set both dynamodb_access_key_id and dynamodb_secret_access_key, or neither"
         );
-        anyhow::ensure!(
+        ensure!(
             config.dynamodb_endpoint.is_empty()
                 || config.dynamodb_endpoint.starts_with("http://")
                 || config.dynamodb_endpoint.starts_with("https://"),
             "dynamodb_endpoint must be an http:// or https:// URL, not {:?}",
             config.dynamodb_endpoint
         );
-        anyhow::ensure!(
+        ensure!(
             !config.dynamodb_table.is_empty() && config.dynamodb_table.len() <= 255,
             "dynamodb_table must be 1 to 255 characters"
         );
-        anyhow::ensure!(
+        ensure!(
             config.profile().is_some(),
             "node_profile must be local or realistic, not {:?}",
             config.node_profile
         );
-        anyhow::ensure!(
+        ensure!(
             config.node_cold_start_ms.is_none_or(|ms| ms <= 3_600_000),
             "node_cold_start_ms must be at most 3600000 (an hour)"
         );
-        anyhow::ensure!(
+        ensure!(
             domain::cost::PeriodKind::parse(&config.billing_period).is_some(),
             "billing_period must be month, week or day, not {:?}",
             config.billing_period
         );
-        anyhow::ensure!(
+        ensure!(
             (10..=60_000).contains(&config.agent_interval_ms),
             "agent_interval_ms must be from 10 to 60000"
         );
-        anyhow::ensure!(
+        ensure!(
             (100..=600_000).contains(&config.http_header_timeout_ms),
             "http_header_timeout_ms must be from 100 to 600000"
         );
-        anyhow::ensure!(
+        ensure!(
             (100..=3_600_000).contains(&config.http_idle_timeout_ms),
             "http_idle_timeout_ms must be from 100 to 3600000"
         );
-        anyhow::ensure!(
+        ensure!(
             (1..=1_000_000).contains(&config.http_max_connections),
             "http_max_connections must be from 1 to 1000000"
         );
-        anyhow::ensure!(
+        ensure!(
             config.max_upload_bytes >= 1,
             "max_upload_bytes must be at least 1"
         );
         for p in &config.bucket_allow {
             let plain = p.replace("{workspace}", "");
-            anyhow::ensure!(
+            ensure!(
                 !p.is_empty()
                     && p.len() <= 200
                     && plain.chars().all(|c| c.is_ascii_lowercase()
@@ -529,35 +529,35 @@ impl Config {
                 "bucket_allow patterns are bucket names with * (any run), ? (one character) and {{workspace}}, not {p:?}"
             );
         }
-        anyhow::ensure!(
+        ensure!(
             (1..=10_000).contains(&config.max_nodes_per_set),
             "max_nodes_per_set must be from 1 to 10000"
         );
-        anyhow::ensure!(
+        ensure!(
             (1..=config.max_nodes_per_set).contains(&config.max_nodes_per_job),
             "max_nodes_per_job must be from 1 to max_nodes_per_set ({})",
             config.max_nodes_per_set
         );
-        anyhow::ensure!(
+        ensure!(
             config.max_gpus_per_job <= 100_000,
             "max_gpus_per_job must be at most 100000"
         );
-        anyhow::ensure!(
+        ensure!(
             (1..=1_000).contains(&config.agent_max_launch_per_step),
             "agent_max_launch_per_step must be from 1 to 1000"
         );
-        anyhow::ensure!(
+        ensure!(
             (60..=365 * 24 * 3600).contains(&config.max_token_lifetime_s),
             "max_token_lifetime_s must be from 60 to 31536000 (a year)"
         );
         for (key, l) in &config.cluster_limits {
-            anyhow::ensure!(
+            ensure!(
                 key.split_once('/').is_some_and(|(w, c)| {
                     domain::WorkspaceId::new(w).is_ok() && domain::ClusterId::new(c).is_ok()
                 }),
                 "cluster_limits keys are \"<workspace>/<cluster>\", not {key:?}"
             );
-            anyhow::ensure!(
+            ensure!(
                 l.max_nodes_per_set
                     .is_none_or(|n| (1..=10_000).contains(&n))
                     && l.max_nodes_per_job.is_none_or(|n| n >= 1),
@@ -639,7 +639,7 @@ impl Config {
     }
 
     /// The node-shape catalog: the configured file, or the built-in one.
-    pub fn catalog(&self) -> anyhow::Result<domain::scaling::Catalog> {
+    pub fn catalog(&self) -> Result<domain::scaling::Catalog> {
         let text = if self.catalog_file.as_os_str().is_empty() {
             include_str!("../../fixtures/catalog/shapes.json").to_string()
         } else {
@@ -713,6 +713,17 @@ impl Config {
 mod tests {
     use super::*;
 
+    /// The error and its causes, as `clusterra` prints them.
+    fn chain(err: &crate::Error) -> String {
+        let mut out = err.to_string();
+        let mut source = std::error::Error::source(err);
+        while let Some(e) = source {
+            out.push_str(&format!(": {e}"));
+            source = e.source();
+        }
+        out
+    }
+
     #[test]
     fn layers_override_in_order() {
         figment::Jail::expect_with(|jail| {
@@ -744,11 +755,15 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.create_file("clusterra.toml", "lissen = \"127.0.0.1:9000\"")?;
             let err = Config::load(None, &Overrides::default()).expect_err("typo");
-            assert!(format!("{err:#}").contains("lissen"), "{err:#}");
+            assert!(chain(&err).contains("lissen"), "{}", chain(&err));
             jail.create_file("clusterra.toml", "")?;
             jail.set_env("CLUSTERRA_SQLITE_SYNCHRONOUS", "sometimes");
             let err = Config::load(None, &Overrides::default()).expect_err("bad value");
-            assert!(format!("{err:#}").contains("sqlite_synchronous"), "{err:#}");
+            assert!(
+                chain(&err).contains("sqlite_synchronous"),
+                "{}",
+                chain(&err)
+            );
             jail.set_env("CLUSTERRA_SQLITE_SYNCHRONOUS", "normal");
             for (key, value, says) in [
                 ("CLUSTERRA_S3_ENDPOINT", "ftp://store", "s3_endpoint"),
@@ -765,7 +780,7 @@ mod tests {
             ] {
                 jail.set_env(key, value);
                 let err = Config::load(None, &Overrides::default()).expect_err(value);
-                assert!(format!("{err:#}").contains(says), "{value}: {err:#}");
+                assert!(chain(&err).contains(says), "{value}: {}", chain(&err));
                 jail.set_env(key, "");
             }
             Ok(())
@@ -814,7 +829,7 @@ mod tests {
             ] {
                 jail.set_env(key, bad);
                 let err = Config::load(None, &Overrides::default()).expect_err(bad);
-                assert!(format!("{err:#}").contains(says), "{bad}: {err:#}");
+                assert!(chain(&err).contains(says), "{bad}: {}", chain(&err));
                 jail.set_env(key, good);
             }
             jail.set_env("CLUSTERRA_DYNAMODB_SECRET_ACCESS_KEY", "secret");
@@ -863,7 +878,7 @@ mod tests {
             ] {
                 jail.set_env(key, bad);
                 let err = Config::load(None, &Overrides::default()).expect_err(bad);
-                assert!(format!("{err:#}").contains(says), "{bad}: {err:#}");
+                assert!(chain(&err).contains(says), "{bad}: {}", chain(&err));
                 jail.set_env(key, good);
             }
             jail.create_file(
@@ -871,7 +886,7 @@ mod tests {
                 "[cluster_limits.\"not a key\"]\nmax_nodes_per_job = 2\n",
             )?;
             let err = Config::load(None, &Overrides::default()).expect_err("bad key");
-            assert!(format!("{err:#}").contains("cluster_limits"), "{err:#}");
+            assert!(chain(&err).contains("cluster_limits"), "{}", chain(&err));
             jail.create_file(
                 "clusterra.toml",
                 "[cluster_limits.\"lab/gpu\"]\nmax_nodes_per_job = 2\nmax_gpus_per_job = 16\n",
@@ -935,7 +950,7 @@ mod tests {
             ] {
                 jail.set_env(key, bad);
                 let err = Config::load(None, &Overrides::default()).expect_err(bad);
-                assert!(format!("{err:#}").contains(says), "{bad}: {err:#}");
+                assert!(chain(&err).contains(says), "{bad}: {}", chain(&err));
                 jail.set_env(key, good);
             }
             let c = Config::load(None, &Overrides::default()).expect("good values");

@@ -2,28 +2,30 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
+use crate::error::{Context, Error, Result, bail, ensure};
 use api::{Authenticator, Claims, Role};
 use domain::{Email, WorkspaceId};
 
 use crate::config::Config;
 
 /// Parses `90s`, `30m`, `12h`, `7d` (at most 90 days).
-pub fn parse_ttl(text: &str) -> anyhow::Result<Duration> {
+pub fn parse_ttl(text: &str) -> Result<Duration> {
     let text = text.trim();
     let split = text.len().saturating_sub(1);
     let (number, unit) = text.split_at(split);
-    let n: u64 = number.parse().ok().filter(|n| *n > 0).with_context(|| {
-        format!("--ttl {text:?}: use a positive number and a unit, like 30m, 12h or 7d")
+    let n: u64 = number.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+        Error::settings(format!(
+            "--ttl {text:?}: use a positive number and a unit, like 30m, 12h or 7d"
+        ))
     })?;
     let secs = match unit {
         "s" => n,
         "m" => n * 60,
         "h" => n * 3600,
         "d" => n * 86_400,
-        _ => anyhow::bail!("--ttl {text:?}: the unit must be s, m, h or d, like 12h"),
+        _ => bail!("--ttl {text:?}: the unit must be s, m, h or d, like 12h"),
     };
-    anyhow::ensure!(secs <= 90 * 86_400, "--ttl {text:?}: at most 90d");
+    ensure!(secs <= 90 * 86_400, "--ttl {text:?}: at most 90d");
     Ok(Duration::from_secs(secs))
 }
 
@@ -34,10 +36,11 @@ pub fn mint(
     workspace: &str,
     admin: bool,
     ttl: Duration,
-) -> anyhow::Result<String> {
-    let email = Email::new(email).map_err(|e| anyhow::anyhow!("--email: {e}"))?;
-    let workspace = WorkspaceId::new(workspace).map_err(|e| anyhow::anyhow!("--workspace: {e}"))?;
-    anyhow::ensure!(
+) -> Result<String> {
+    let email = Email::new(email).map_err(|e| Error::settings(format!("--email: {e}")))?;
+    let workspace =
+        WorkspaceId::new(workspace).map_err(|e| Error::settings(format!("--workspace: {e}")))?;
+    ensure!(
         i64::try_from(ttl.as_secs()).is_ok_and(|s| s <= config.max_token_lifetime_s),
         "--ttl must be at most max_token_lifetime_s ({} s): the server refuses tokens that live longer",
         config.max_token_lifetime_s
@@ -52,7 +55,9 @@ pub fn mint(
         iat: Some(now),
         nbf: None,
     };
-    Ok(Authenticator::local(&secret).mint(&claims)?)
+    Authenticator::local(&secret)
+        .mint(&claims)
+        .context("could not sign the token")
 }
 
 #[cfg(test)]

@@ -5,12 +5,12 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
-use anyhow::Context;
+use crate::error::{Context, Error, Result, ensure};
 
 /// Reads the secret, creating it if missing. Returns it and whether it was just created.
-pub fn load_or_create(path: &Path) -> anyhow::Result<(Vec<u8>, bool)> {
+pub fn load_or_create(path: &Path) -> Result<(Vec<u8>, bool)> {
     if let Some(dir) = path.parent() {
-        crate::ops::create_private_dir(dir)?;
+        crate::store::create_private_dir(dir)?;
     }
     match std::fs::OpenOptions::new()
         .write(true)
@@ -20,8 +20,10 @@ pub fn load_or_create(path: &Path) -> anyhow::Result<(Vec<u8>, bool)> {
     {
         Ok(mut file) => {
             let mut bytes = [0u8; 32];
-            getrandom::fill(&mut bytes)
-                .map_err(|e| anyhow::anyhow!("no randomness for the token secret: {e}"))?;
+            getrandom::fill(&mut bytes).map_err(|e| Error::Start {
+                what: "no randomness for the token secret".into(),
+                source: e.to_string().into(),
+            })?;
             let text = hex::encode(bytes);
             file.write_all(text.as_bytes())
                 .and_then(|()| file.sync_all())
@@ -29,8 +31,11 @@ pub fn load_or_create(path: &Path) -> anyhow::Result<(Vec<u8>, bool)> {
             Ok((text.into_bytes(), true))
         }
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            let mode = std::fs::metadata(path)?.permissions().mode();
-            anyhow::ensure!(
+            let mode = std::fs::metadata(path)
+                .with_context(|| format!("could not read {}", path.display()))?
+                .permissions()
+                .mode();
+            ensure!(
                 mode & 0o077 == 0,
                 "{} is readable by others (mode {:o}); run `chmod 600 {}`",
                 path.display(),
@@ -40,7 +45,7 @@ pub fn load_or_create(path: &Path) -> anyhow::Result<(Vec<u8>, bool)> {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("could not read {}", path.display()))?;
             let text = text.trim();
-            anyhow::ensure!(
+            ensure!(
                 text.len() >= 32,
                 "{} is too short to be a secret; delete it to have a new one made (every token minted with it stops working)",
                 path.display()
