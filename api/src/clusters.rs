@@ -10,7 +10,7 @@ use axum::response::IntoResponse;
 use chrono::{DateTime, Utc};
 use commands::CommandError;
 use domain::{ClusterId, ClusterRegistered, SlurmEndpoint, WorkspaceId};
-use eventlog::{Metadata, ModelSet};
+use eventlog::Metadata;
 use projections::views::clusters::{self, ClusterView};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -304,17 +304,11 @@ pub(crate) async fn list(
     min: MinPosition,
 ) -> Result<(HeaderMap, Json<ClusterList>), ApiError> {
     let headers = await_projection(&state, clusters::NAME, min).await;
-    let rows = eventlog::list_all(
-        state.store.read.as_ref(),
-        ModelSet::Live,
-        clusters::NAME,
-        &clusters::collection(&caller.workspace),
-    )
-    .await?;
-    let out = rows
-        .iter()
-        .map(|row| decode_view(&row.doc).map(Cluster::from))
-        .collect::<Result<Vec<_>, _>>()?;
+    let out = clusters::list(state.store.read.as_ref(), &caller.workspace)
+        .await?
+        .into_iter()
+        .map(Cluster::from)
+        .collect();
     Ok((headers, Json(ClusterList { clusters: out })))
 }
 
@@ -356,18 +350,9 @@ pub(crate) async fn visible_cluster(
     if let Some(view) = state.cluster_cache.get(&caller.workspace, &id) {
         return Ok((id, view));
     }
-    let doc = state
-        .store
-        .read
-        .get_doc(
-            ModelSet::Live,
-            clusters::NAME,
-            &clusters::collection(&caller.workspace),
-            id.as_str(),
-        )
+    let view = clusters::get(state.store.read.as_ref(), &caller.workspace, &id)
         .await?
         .ok_or_else(crate::jobs::cluster_not_found)?;
-    let view = decode_view(&doc)?;
     state.cluster_cache.put(&caller.workspace, &id, &view);
     Ok((id, view))
 }
@@ -377,34 +362,15 @@ pub(crate) async fn visible_cluster(
 /// cluster's users' files, and two clusters sharing one would share them. (Two registrations
 /// racing for one bucket can both pass; registrations are rare admin actions.)
 async fn bucket_is_free(state: &AppState, bucket: &str, this: &str) -> Result<(), ApiError> {
-    let mut after: Option<String> = None;
-    loop {
-        let page = state
-            .store
-            .read
-            .list_docs(
-                ModelSet::Live,
-                clusters::NAME,
-                clusters::ALL,
-                after.as_deref(),
-                500,
-            )
-            .await?;
-        for row in &page {
-            if row.key != this && decode_view(&row.doc)?.bucket == bucket {
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    "bucket_in_use",
-                    format!("bucket {bucket} belongs to another cluster; give this cluster its own bucket"),
-                )
-                .with_field("bucket"));
-            }
-        }
-        match page.last() {
-            Some(last) if page.len() == 500 => after = Some(last.key.clone()),
-            _ => return Ok(()),
-        }
+    if clusters::bucket_taken(state.store.read.as_ref(), bucket, this).await? {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "bucket_in_use",
+            format!("bucket {bucket} belongs to another cluster; give this cluster its own bucket"),
+        )
+        .with_field("bucket"));
     }
+    Ok(())
 }
 
 /// Cluster views already read, so that the routes under `/v1/clusters/{id}/…` do not read the
@@ -428,11 +394,6 @@ impl ClusterCache {
             views.insert((workspace.clone(), id.clone()), view.clone());
         }
     }
-}
-
-fn decode_view(doc: &str) -> Result<ClusterView, ApiError> {
-    serde_json::from_str(doc)
-        .map_err(|e| ApiError::internal(format!("a stored cluster view is unreadable: {e}")))
 }
 
 /// The envelope metadata of a command made by `caller` over the API.

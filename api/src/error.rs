@@ -169,6 +169,17 @@ impl From<eventlog::LogError> for ApiError {
     }
 }
 
+impl From<projections::views::ViewError> for ApiError {
+    fn from(e: projections::views::ViewError) -> Self {
+        match e {
+            projections::views::ViewError::Log(e) => e.into(),
+            e @ projections::views::ViewError::Unreadable { .. } => {
+                ApiError::internal(e.to_string())
+            }
+        }
+    }
+}
+
 impl From<commands::CommandError> for ApiError {
     fn from(e: commands::CommandError) -> Self {
         match e {

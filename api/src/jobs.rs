@@ -12,7 +12,7 @@ use commands::jobs::{CancelRequest, JobError, Submission};
 use commands::slurm::{SlurmError, SlurmPort};
 use domain::job::{JobRuleError, JobState};
 use domain::{ClusterId, SubmittedVia};
-use eventlog::{ModelSet, StreamId};
+use eventlog::StreamId;
 use projections::views::clusters::SlurmStatus;
 use projections::views::jobs::{self, JobView};
 use serde::{Deserialize, Serialize};
@@ -486,8 +486,8 @@ pub(crate) async fn list(
         )
         .with_field("limit"));
     }
-    let mut after = match filter.cursor.as_deref() {
-        Some(c) => Some(c.parse::<u64>().map(jobs::key).map_err(|_| {
+    let after = match filter.cursor.as_deref() {
+        Some(c) => Some(c.parse::<u64>().map_err(|_| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "invalid_cursor",
@@ -498,45 +498,21 @@ pub(crate) async fn list(
         None => None,
     };
     let headers = await_projection(&state, jobs::NAME, min).await;
-    let collection = jobs::collection(&caller.workspace, &cluster);
-    let mut out = Vec::new();
-    let mut more = false;
-    'pages: loop {
-        let page = state
-            .store
-            .read
-            .list_docs(
-                ModelSet::Live,
-                jobs::NAME,
-                &collection,
-                after.as_deref(),
-                500,
-            )
-            .await?;
-        let Some(last) = page.last() else { break };
-        after = Some(last.key.clone());
-        for row in page {
-            let view: JobView = serde_json::from_str(&row.doc)
-                .map_err(|e| ApiError::internal(format!("a stored job view is unreadable: {e}")))?;
-            let visible = caller.is_admin() || view.user == caller.email.as_str();
-            let matches = want_state.is_none_or(|s| view.state == s)
-                && filter
-                    .user
-                    .as_deref()
-                    .is_none_or(|u| view.user == u.to_ascii_lowercase())
-                && filter
-                    .template
-                    .as_deref()
-                    .is_none_or(|t| view.template_id.as_deref() == Some(t));
-            if visible && matches {
-                if out.len() == limit {
-                    more = true;
-                    break 'pages;
-                }
-                out.push(view);
-            }
-        }
-    }
+    let user = filter.user.as_deref().map(str::to_ascii_lowercase);
+    let (out, more) = jobs::page(
+        state.store.read.as_ref(),
+        &caller.workspace,
+        &cluster,
+        &jobs::JobQuery {
+            state: want_state,
+            user: user.as_deref(),
+            template: filter.template.as_deref(),
+            visible_to: (!caller.is_admin()).then_some(caller.email.as_str()),
+            after,
+            limit,
+        },
+    )
+    .await?;
     let next_cursor = if more {
         out.last().map(|v| v.job_id.to_string())
     } else {
@@ -572,19 +548,14 @@ pub(crate) async fn visible_job(
     job_id: &str,
 ) -> Result<JobView, ApiError> {
     let job_id: u64 = job_id.parse().map_err(|_| job_not_found())?;
-    let doc = state
-        .store
-        .read
-        .get_doc(
-            ModelSet::Live,
-            jobs::NAME,
-            &jobs::collection(&caller.workspace, cluster),
-            &jobs::key(job_id),
-        )
-        .await?
-        .ok_or_else(job_not_found)?;
-    let view: JobView = serde_json::from_str(&doc)
-        .map_err(|e| ApiError::internal(format!("a stored job view is unreadable: {e}")))?;
+    let view = jobs::get(
+        state.store.read.as_ref(),
+        &caller.workspace,
+        cluster,
+        job_id,
+    )
+    .await?
+    .ok_or_else(job_not_found)?;
     if !caller.is_admin() && view.user != caller.email.as_str() {
         return Err(job_not_found());
     }

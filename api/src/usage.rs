@@ -16,7 +16,6 @@ use domain::cost::{
     CostJob, Period, Quota, QuotaMode, QuotaStatus, Usage, series, usage, usage_by_user,
 };
 use domain::{Email, MicroUsd, WorkspaceId};
-use eventlog::ModelSet;
 use projections::views::jobs::{self, JobView};
 use projections::views::quotas::{self, QuotaView};
 use serde::{Deserialize, Serialize};
@@ -56,17 +55,7 @@ async fn quota_of(
     workspace: &WorkspaceId,
     email: &str,
 ) -> Result<Option<QuotaView>, ApiError> {
-    let doc = state
-        .store
-        .read
-        .get_doc(
-            ModelSet::Live,
-            quotas::NAME,
-            &quotas::collection(workspace),
-            email,
-        )
-        .await?;
-    Ok(doc.and_then(|d| serde_json::from_str(&d).ok()))
+    Ok(quotas::get(state.store.read.as_ref(), workspace, email).await?)
 }
 
 /// A quota as answered.

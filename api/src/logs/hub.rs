@@ -23,9 +23,9 @@ use std::time::{Duration, SystemTime};
 
 use domain::job::JobState;
 use domain::{ClusterId, WorkspaceId};
-use eventlog::{ModelSet, Store};
+use eventlog::Store;
 use notify::{RecursiveMode, Watcher};
-use projections::views::jobs::{self, JobView};
+use projections::views::jobs;
 use tokio::sync::watch;
 
 /// How a job ended, for the stream's `end` event.
@@ -423,17 +423,14 @@ impl LogHub {
 
 /// The job's end, if the jobs projection has it in a final state.
 pub async fn job_end(store: &Store, job: &JobRef) -> Option<JobEnd> {
-    let doc = store
-        .read
-        .get_doc(
-            ModelSet::Live,
-            jobs::NAME,
-            &jobs::collection(&job.workspace, &job.cluster),
-            &jobs::key(job.job_id),
-        )
-        .await
-        .ok()??;
-    let view: JobView = serde_json::from_str(&doc).ok()?;
+    let view = jobs::get(
+        store.read.as_ref(),
+        &job.workspace,
+        &job.cluster,
+        job.job_id,
+    )
+    .await
+    .ok()??;
     view.state.is_terminal().then_some(JobEnd {
         state: view.state,
         exit_code: view.exit_code,

@@ -35,6 +35,61 @@ pub fn collection(workspace: &WorkspaceId) -> String {
     format!("ws:{workspace}")
 }
 
+/// One cluster of a workspace, if registered.
+pub async fn get(
+    read: &dyn eventlog::ReadStore,
+    workspace: &WorkspaceId,
+    cluster: &ClusterId,
+) -> Result<Option<ClusterView>, super::ViewError> {
+    read.get_doc(
+        eventlog::ModelSet::Live,
+        NAME,
+        &collection(workspace),
+        cluster.as_str(),
+    )
+    .await?
+    .map(|doc| super::decode(NAME, cluster.as_str(), &doc))
+    .transpose()
+}
+
+/// Every cluster of a workspace, in id order.
+pub async fn list(
+    read: &dyn eventlog::ReadStore,
+    workspace: &WorkspaceId,
+) -> Result<Vec<ClusterView>, super::ViewError> {
+    eventlog::list_all(read, eventlog::ModelSet::Live, NAME, &collection(workspace))
+        .await?
+        .iter()
+        .map(|row| super::decode(NAME, &row.key, &row.doc))
+        .collect()
+}
+
+/// Whether a cluster other than `except` (`<workspace>/<cluster>`), in any workspace, has
+/// `bucket`.
+pub async fn bucket_taken(
+    read: &dyn eventlog::ReadStore,
+    bucket: &str,
+    except: &str,
+) -> Result<bool, super::ViewError> {
+    let mut after: Option<String> = None;
+    loop {
+        let rows = read
+            .list_docs(eventlog::ModelSet::Live, NAME, ALL, after.as_deref(), 500)
+            .await?;
+        for row in &rows {
+            if row.key != except
+                && super::decode::<ClusterView>(NAME, &row.key, &row.doc)?.bucket == bucket
+            {
+                return Ok(true);
+            }
+        }
+        match rows.last() {
+            Some(last) if rows.len() == 500 => after = Some(last.key.clone()),
+            _ => return Ok(false),
+        }
+    }
+}
+
 /// Whether a cluster's Slurm answers, as last recorded (`SlurmReachabilityChanged`). Kept apart
 /// from [`ClusterView`], which never changes after registration (the API caches it); absent
 /// for a cluster whose Slurm never stopped answering.

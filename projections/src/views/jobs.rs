@@ -107,6 +107,87 @@ pub async fn of_workspace(
     Ok(out)
 }
 
+/// One job of a cluster, by id.
+pub async fn get(
+    read: &dyn eventlog::ReadStore,
+    workspace: &WorkspaceId,
+    cluster: &ClusterId,
+    job_id: u64,
+) -> Result<Option<JobView>, super::ViewError> {
+    let key = key(job_id);
+    read.get_doc(
+        eventlog::ModelSet::Live,
+        NAME,
+        &collection(workspace, cluster),
+        &key,
+    )
+    .await?
+    .map(|doc| super::decode(NAME, &key, &doc))
+    .transpose()
+}
+
+/// What a page of a cluster's jobs holds: every filter that is set must match.
+#[derive(Debug, Clone, Default)]
+pub struct JobQuery<'a> {
+    pub state: Option<JobState>,
+    /// Jobs of this user (lower-case email).
+    pub user: Option<&'a str>,
+    pub template: Option<&'a str>,
+    /// Only jobs this user may see (`None`: every job, for an admin).
+    pub visible_to: Option<&'a str>,
+    /// Jobs after this job id (a previous page's last).
+    pub after: Option<u64>,
+    /// At most this many.
+    pub limit: usize,
+}
+
+impl JobQuery<'_> {
+    fn matches(&self, view: &JobView) -> bool {
+        self.visible_to.is_none_or(|u| view.user == u)
+            && self.state.is_none_or(|s| view.state == s)
+            && self.user.is_none_or(|u| view.user == u)
+            && self
+                .template
+                .is_none_or(|t| view.template_id.as_deref() == Some(t))
+    }
+}
+
+/// A page of a cluster's jobs in job order, and whether more match after it.
+pub async fn page(
+    read: &dyn eventlog::ReadStore,
+    workspace: &WorkspaceId,
+    cluster: &ClusterId,
+    query: &JobQuery<'_>,
+) -> Result<(Vec<JobView>, bool), super::ViewError> {
+    let collection = collection(workspace, cluster);
+    let mut after = query.after.map(key);
+    let mut out = Vec::new();
+    loop {
+        let rows = read
+            .list_docs(
+                eventlog::ModelSet::Live,
+                NAME,
+                &collection,
+                after.as_deref(),
+                500,
+            )
+            .await?;
+        let Some(last) = rows.last() else {
+            return Ok((out, false));
+        };
+        after = Some(last.key.clone());
+        for row in &rows {
+            let view: JobView = super::decode(NAME, &row.key, &row.doc)?;
+            if query.matches(&view) {
+                if out.len() == query.limit {
+                    return Ok((out, true));
+                }
+                out.push(view);
+            }
+        }
+    }
+}
+
 /// The collection of a cluster's submissions whose request is recorded but whose outcome is not
 /// (`JobSubmissionRequested` without `JobSubmitted` or `JobSubmissionFailed` yet), keyed by
 /// submission id. They are not jobs yet (Slurm has given no id): the job list does not show

@@ -51,6 +51,23 @@ pub fn collection(workspace: &WorkspaceId) -> String {
     format!("quotas:{workspace}")
 }
 
+/// One user's quota, if set.
+pub async fn get(
+    read: &dyn eventlog::ReadStore,
+    workspace: &WorkspaceId,
+    email: &str,
+) -> Result<Option<QuotaView>, super::ViewError> {
+    read.get_doc(
+        eventlog::ModelSet::Live,
+        NAME,
+        &collection(workspace),
+        email,
+    )
+    .await?
+    .map(|doc| super::decode(NAME, email, &doc))
+    .transpose()
+}
+
 /// Every quota of a workspace (live set), by email.
 pub async fn of_workspace(
     read: &dyn eventlog::ReadStore,
