@@ -180,6 +180,24 @@ impl From<projections::views::ViewError> for ApiError {
     }
 }
 
+impl From<commands::jobs::JobError> for ApiError {
+    fn from(e: commands::jobs::JobError) -> Self {
+        crate::jobs::job_error(e)
+    }
+}
+
+impl From<commands::quota::QuotaError> for ApiError {
+    fn from(e: commands::quota::QuotaError) -> Self {
+        use commands::quota::QuotaError;
+        match e {
+            QuotaError::NoQuota(email) => crate::usage::no_quota(&email),
+            QuotaError::Log(e) => e.into(),
+            QuotaError::Job(e) => e.into(),
+            e @ QuotaError::Decode(_) => ApiError::internal(format!("the quota stream: {e}")),
+        }
+    }
+}
+
 impl From<commands::CommandError> for ApiError {
     fn from(e: commands::CommandError) -> Self {
         match e {

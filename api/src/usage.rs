@@ -194,9 +194,7 @@ async fn user_usage(
 /// (one short stream read), never on a projection that may lag an admin's change.
 pub(crate) async fn refuse_if_blocked(state: &AppState, caller: &Caller) -> Result<(), ApiError> {
     let log_state =
-        commands::quota::load(state.store.log.as_ref(), &caller.workspace, &caller.email)
-            .await
-            .map_err(|e| ApiError::internal(format!("could not read the quota: {e}")))?;
+        commands::quota::load(state.store.log.as_ref(), &caller.workspace, &caller.email).await?;
     let Some(q) = log_state.quota else {
         return Ok(());
     };
@@ -550,8 +548,7 @@ pub(crate) async fn put_quota(
         &caller.email,
         crate::clusters::metadata(&caller),
     )
-    .await
-    .map_err(|e| ApiError::internal(format!("could not record the quota: {e}")))?;
+    .await?;
     let view = QuotaView {
         workspace,
         email: email.to_string(),
@@ -598,7 +595,7 @@ pub(crate) async fn get_quota(
     Ok((headers, Json(quota_body(&quota))))
 }
 
-fn no_quota(email: &Email) -> ApiError {
+pub(crate) fn no_quota(email: &Email) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "quota_not_found",
@@ -631,11 +628,7 @@ pub(crate) async fn delete_quota(
         &caller.email,
         crate::clusters::metadata(&caller),
     )
-    .await
-    .map_err(|e| match e {
-        commands::quota::QuotaError::NoQuota(_) => no_quota(&email),
-        e => ApiError::internal(format!("could not remove the quota: {e}")),
-    })?;
+    .await?;
     Ok((
         position_header(position),
         Json(QuotaChanged {

@@ -1041,3 +1041,116 @@ async fn the_feed_pages_are_bounded_in_bytes() {
         .collect();
     assert_eq!(seen, all);
 }
+
+/// The log, but another admin changes a user's quota just before each quota append lands: the
+/// append then meets a real version conflict from the real database.
+struct RacingQuotaAdmin {
+    inner: Arc<dyn eventlog::EventLog>,
+}
+
+#[async_trait::async_trait]
+impl eventlog::EventLog for RacingQuotaAdmin {
+    async fn append(
+        &self,
+        stream: &eventlog::StreamId,
+        expected: eventlog::ExpectedVersion,
+        events: &[eventlog::NewEvent],
+    ) -> Result<eventlog::AppendOutcome, eventlog::LogError> {
+        if stream.as_str().starts_with("quota:") {
+            let other_admin = domain::Email::new("root@lab.org").unwrap();
+            commands::quota::set(
+                self.inner.as_ref(),
+                &domain::WorkspaceId::new("default").unwrap(),
+                &domain::Email::new("bob@lab.org").unwrap(),
+                domain::cost::Quota {
+                    limit: domain::MicroUsd::from_dollars_cents(300, 0),
+                    mode: domain::cost::QuotaMode::Warn,
+                    buffer_percent: 0,
+                },
+                &other_admin,
+                eventlog::Metadata::default(),
+            )
+            .await
+            .unwrap();
+        }
+        self.inner.append(stream, expected, events).await
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &eventlog::StreamId,
+        from_version: i64,
+        limit: usize,
+    ) -> Result<Vec<eventlog::RecordedEvent>, eventlog::LogError> {
+        self.inner.read_stream(stream, from_version, limit).await
+    }
+
+    async fn read_all(
+        &self,
+        after: eventlog::Position,
+        limit: usize,
+    ) -> Result<Vec<eventlog::RecordedEvent>, eventlog::LogError> {
+        self.inner.read_all(after, limit).await
+    }
+
+    async fn head(&self) -> Result<eventlog::Head, eventlog::LogError> {
+        self.inner.head().await
+    }
+
+    fn watch_head(&self) -> tokio::sync::watch::Receiver<eventlog::Position> {
+        self.inner.watch_head()
+    }
+
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_conflict_is_a_409_conflict_and_the_refused_command_appends_nothing() {
+    let h = harness(Duration::from_secs(5)).await;
+    let quota = "/v1/workspaces/default/quotas/bob@lab.org";
+    let put = |state: &AppState| {
+        let state = state.clone();
+        async move {
+            send(
+                &state,
+                Request::builder()
+                    .method(Method::PUT)
+                    .uri(quota)
+                    .header("authorization", bearer(Who::Admin).unwrap())
+                    .header("content-type", "application/json")
+                    .body(Body::from(r#"{"limit_usd": 250}"#))
+                    .unwrap(),
+            )
+            .await
+        }
+    };
+    let (status, _, body) = put(&h.state).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let mut racing = h.state.clone();
+    racing.store.log = Arc::new(RacingQuotaAdmin {
+        inner: h.state.store.log.clone(),
+    });
+    let before = h.state.store.log.head().await.unwrap().position;
+    let (status, _, body) = send(
+        &racing,
+        Request::builder()
+            .method(Method::DELETE)
+            .uri(quota)
+            .header("authorization", bearer(Who::Admin).unwrap())
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"]["code"], "conflict", "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("retry"),
+        "{body}"
+    );
+    // Only the other admin's change landed: the refused removal appended nothing.
+    let after = h.state.store.log.read_all(before, 10).await.unwrap();
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_eq!(after[0].event_type, "QuotaSet");
+}
