@@ -216,25 +216,23 @@ impl LiveNodes {
         log: &dyn EventLog,
         stream: &StreamId,
     ) -> Result<(), AgentError> {
-        loop {
-            let batch = log.read_stream(stream, self.version, 1_000).await?;
-            let Some(last) = batch.last() else { break };
-            self.version = last.stream_version;
-            for e in batch {
-                match DomainEvent::decode(&e.event_type, e.schema_version, &e.data)? {
-                    Some(DomainEvent::NodeLaunched(n)) => {
-                        self.nodes.insert(n.node, (n.node_set, false));
-                    }
-                    Some(DomainEvent::NodeReady(n)) => {
-                        self.nodes.insert(n.node, (n.node_set, true));
-                    }
-                    Some(DomainEvent::NodeTerminated(n)) => {
-                        self.nodes.remove(&n.node);
-                    }
-                    _ => {}
+        let nodes = &mut self.nodes;
+        self.version = crate::fold_stream(log, stream, self.version, 1_000, |_, d| {
+            match d {
+                Some(DomainEvent::NodeLaunched(n)) => {
+                    nodes.insert(n.node, (n.node_set, false));
                 }
+                Some(DomainEvent::NodeReady(n)) => {
+                    nodes.insert(n.node, (n.node_set, true));
+                }
+                Some(DomainEvent::NodeTerminated(n)) => {
+                    nodes.remove(&n.node);
+                }
+                _ => {}
             }
-        }
+            Ok::<_, AgentError>(())
+        })
+        .await?;
         Ok(())
     }
 }

@@ -122,21 +122,17 @@ struct LoadedJob {
 
 async fn load_job(log: &dyn EventLog, stream: &StreamId) -> Result<Option<LoadedJob>, JobError> {
     let mut events = Vec::new();
-    let mut version = 0;
     let mut cancel_position = None;
-    loop {
-        let batch = log.read_stream(stream, version, 500).await?;
-        let Some(last) = batch.last() else { break };
-        version = last.stream_version;
-        for e in batch {
-            if let Some(d) = DomainEvent::decode(&e.event_type, e.schema_version, &e.data)? {
-                if matches!(d, DomainEvent::JobCancelRequested(_)) && cancel_position.is_none() {
-                    cancel_position = Some(e.position);
-                }
-                events.push(d);
+    let version = crate::fold_stream(log, stream, 0, 500, |e, d| {
+        if let Some(d) = d {
+            if matches!(d, DomainEvent::JobCancelRequested(_)) && cancel_position.is_none() {
+                cancel_position = Some(e.position);
             }
+            events.push(d);
         }
-    }
+        Ok::<_, JobError>(())
+    })
+    .await?;
     Ok(JobFacts::fold(events).map(|facts| LoadedJob {
         facts,
         version,

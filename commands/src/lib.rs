@@ -29,6 +29,34 @@ pub fn encode(event: &DomainEvent, metadata: Metadata) -> Result<NewEvent, serde
     .with_metadata(metadata))
 }
 
+/// Reads `stream` after `version` to its end, `batch` events per read, handing each event
+/// (decoded; `None` for a type this build does not know) to `apply`; returns the stream's
+/// version after the last event read. The one paging loop every command's load uses.
+pub async fn fold_stream<E>(
+    log: &dyn EventLog,
+    stream: &eventlog::StreamId,
+    mut version: i64,
+    batch: usize,
+    mut apply: impl FnMut(&eventlog::RecordedEvent, Option<DomainEvent>) -> Result<(), E>,
+) -> Result<i64, E>
+where
+    E: From<LogError> + From<serde_json::Error>,
+{
+    loop {
+        let events = log.read_stream(stream, version, batch).await?;
+        let Some(last) = events.last() else {
+            return Ok(version);
+        };
+        version = last.stream_version;
+        for e in &events {
+            apply(
+                e,
+                DomainEvent::decode(&e.event_type, e.schema_version, &e.data)?,
+            )?;
+        }
+    }
+}
+
 /// The metadata of what the system does by itself; `via` says which part (`poll`,
 /// `edge-agent`, `bootstrap`).
 pub fn system_metadata(via: &str) -> Metadata {

@@ -107,33 +107,26 @@ pub async fn load(
 ) -> Result<QuotaState, QuotaError> {
     let stream = stream(workspace, email);
     let mut state = QuotaState::default();
-    loop {
-        let batch = log.read_stream(&stream, state.version, 500).await?;
-        let Some(last) = batch.last() else { break };
-        state.version = last.stream_version;
-        for e in batch {
-            match DomainEvent::decode(&e.event_type, e.schema_version, &e.data)? {
-                Some(DomainEvent::QuotaSet(q)) => {
-                    state.quota = Some(Quota {
-                        limit: q.limit,
-                        mode: q.mode,
-                        buffer_percent: q.buffer_percent,
-                    });
-                    state.warned = None;
-                    state.enforced = None;
-                }
-                Some(DomainEvent::QuotaRemoved(_)) => {
-                    state = QuotaState {
-                        version: state.version,
-                        ..QuotaState::default()
-                    };
-                }
-                Some(DomainEvent::QuotaWarningRaised(w)) => state.warned = Some(w.period_start),
-                Some(DomainEvent::QuotaEnforced(q)) => state.enforced = Some(q.period_start),
-                _ => {}
+    let version = crate::fold_stream(log, &stream, 0, 500, |_, d| {
+        match d {
+            Some(DomainEvent::QuotaSet(q)) => {
+                state.quota = Some(Quota {
+                    limit: q.limit,
+                    mode: q.mode,
+                    buffer_percent: q.buffer_percent,
+                });
+                state.warned = None;
+                state.enforced = None;
             }
+            Some(DomainEvent::QuotaRemoved(_)) => state = QuotaState::default(),
+            Some(DomainEvent::QuotaWarningRaised(w)) => state.warned = Some(w.period_start),
+            Some(DomainEvent::QuotaEnforced(q)) => state.enforced = Some(q.period_start),
+            _ => {}
         }
-    }
+        Ok::<_, QuotaError>(())
+    })
+    .await?;
+    state.version = version;
     Ok(state)
 }
 

@@ -464,25 +464,20 @@ async fn fold_from(
     stream: &StreamId,
     mut folded: Folded,
 ) -> Result<Folded, ScaleError> {
-    loop {
-        let batch = log.read_stream(stream, folded.version, 1_000).await?;
-        let Some(last) = batch.last() else { break };
-        folded.version = last.stream_version;
-        for e in batch {
-            if let Some(DomainEvent::ScaleDecisionMade(d)) =
-                DomainEvent::decode(&e.event_type, e.schema_version, &e.data)?
-            {
-                folded.desired.insert(
-                    d.node_set,
-                    SetState {
-                        desired: d.to,
-                        last_busy: None,
-                    },
-                );
-                folded.decided_at.insert(d.node_set, e.position);
-            }
+    folded.version = crate::fold_stream(log, stream, folded.version, 1_000, |e, d| {
+        if let Some(DomainEvent::ScaleDecisionMade(d)) = d {
+            folded.desired.insert(
+                d.node_set,
+                SetState {
+                    desired: d.to,
+                    last_busy: None,
+                },
+            );
+            folded.decided_at.insert(d.node_set, e.position);
         }
-    }
+        Ok::<_, ScaleError>(())
+    })
+    .await?;
     Ok(folded)
 }
 
