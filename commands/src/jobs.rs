@@ -23,12 +23,12 @@ use std::sync::{LazyLock, Mutex};
 
 use chrono::{DateTime, Utc};
 use domain::job::{
-    JobFacts, JobRuleError, JobState, Observed, Verdict, decide_cancel, reconcile_verdict,
+    Cancel, JobFacts, JobRuleError, JobState, Observed, Verdict, decide_cancel, reconcile_verdict,
 };
 use domain::submit::{FieldError, JobShape, Warning, canonicalize};
 use domain::{
-    ClusterId, DomainEvent, Email, JobCancelRequested, JobStateChanged, JobSubmissionFailed,
-    JobSubmissionRequested, JobSubmitted, SubmittedVia, WorkspaceId,
+    ClusterId, DomainEvent, Email, JobStateChanged, JobSubmissionFailed, JobSubmissionRequested,
+    JobSubmitted, SubmittedVia, WorkspaceId,
 };
 use eventlog::{EventLog, ExpectedVersion, LogError, Metadata, Position, StreamId};
 use futures::StreamExt;
@@ -577,24 +577,20 @@ pub async fn record_cancel(
         tries += 1;
         let job = load_job(log, &stream).await?.ok_or(JobError::NotFound)?;
         let facts = &job.facts;
-        if let Some(first) = job.cancel_position {
-            if facts.submitted.user != caller && !caller_is_admin {
-                return Err(JobRuleError::NotOwner.into());
-            }
-            return Ok((first, facts.submitted.job_id, !facts.state.is_terminal()));
-        }
-        decide_cancel(facts.state, &facts.submitted.user, &caller, caller_is_admin)?;
-        let event = DomainEvent::JobCancelRequested(JobCancelRequested {
-            job_id: facts.submitted.job_id,
-            by: caller.clone(),
-            why: why.clone(),
-        });
+        let events = match decide_cancel(facts, &caller, caller_is_admin, why.clone())? {
+            Cancel::Record(events) => events,
+            Cancel::AlreadyAsked { unfinished } => match job.cancel_position {
+                Some(first) => return Ok((first, facts.submitted.job_id, unfinished)),
+                // The fold saw a JobCancelRequested, so the load noted its position: not reached.
+                None => return Err(JobError::NotFound),
+            },
+        };
+        let records = events
+            .iter()
+            .map(|e| crate::encode(e, metadata.clone()))
+            .collect::<Result<Vec<_>, _>>()?;
         match log
-            .append(
-                &stream,
-                ExpectedVersion::Exact(job.version),
-                &[crate::encode(&event, metadata.clone())?],
-            )
+            .append(&stream, ExpectedVersion::Exact(job.version), &records)
             .await
         {
             Ok(out) => return Ok((out.last_position, facts.submitted.job_id, true)),

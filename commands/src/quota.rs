@@ -12,13 +12,10 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use domain::cost::{CostJob, Period, Quota, QuotaStatus, Usage};
+use domain::cost::{CostJob, Period, Quota, Usage};
 use domain::scaling::Catalog;
 use domain::submit::JobShape;
-use domain::{
-    ClusterId, DomainEvent, Email, QuotaEnforced, QuotaRemoved, QuotaSet, QuotaWarningRaised,
-    WorkspaceId,
-};
+use domain::{ClusterId, DomainEvent, Email, QuotaRemoved, QuotaSet, WorkspaceId};
 use eventlog::{EventLog, ExpectedVersion, LogError, Metadata, Position, StreamId};
 use uuid::Uuid;
 
@@ -214,46 +211,30 @@ pub async fn enforce(
     period: Period,
     running: &[RunningJob],
 ) -> Result<Enforcement, QuotaError> {
-    let mut out = Enforcement::default();
     let state = load(log, workspace, email).await?;
-    let Some(quota) = state.quota else {
-        return Ok(out);
+    let facts = domain::cost::QuotaFacts {
+        quota: state.quota,
+        warned: state.warned,
+        enforced: state.enforced,
     };
-    let status = domain::cost::standing(usage, &quota, state.enforced, period);
-    if status == QuotaStatus::Ok {
-        return Ok(out);
-    }
-    let mut records = Vec::new();
-    if state.warned != Some(period.start) {
-        records.push(crate::encode(
-            &DomainEvent::QuotaWarningRaised(QuotaWarningRaised {
-                workspace: workspace.clone(),
-                email: email.clone(),
-                projected: usage.projected,
-                pending_bill: usage.pending_bill,
-                limit: quota.limit,
-                period_start: period.start,
-            }),
-            crate::system_metadata("poll"),
-        )?);
-        out.warned = true;
-    }
-    if status == QuotaStatus::Blocked && state.enforced != Some(period.start) {
-        records.push(crate::encode(
-            &DomainEvent::QuotaEnforced(QuotaEnforced {
-                workspace: workspace.clone(),
-                email: email.clone(),
-                projected: usage.projected,
-                pending_bill: usage.pending_bill,
-                limit: quota.limit,
-                hard_limit: quota.hard_limit(),
-                period_start: period.start,
-            }),
-            crate::system_metadata("poll"),
-        )?);
-        out.blocked = true;
-    }
-    if !records.is_empty() {
+    let decided = domain::cost::decide_enforcement(workspace, email, &facts, usage, period);
+    let mut out = Enforcement {
+        warned: decided
+            .events
+            .iter()
+            .any(|e| matches!(e, DomainEvent::QuotaWarningRaised(_))),
+        blocked: decided
+            .events
+            .iter()
+            .any(|e| matches!(e, DomainEvent::QuotaEnforced(_))),
+        cancelled: Vec::new(),
+    };
+    if !decided.events.is_empty() {
+        let records = decided
+            .events
+            .iter()
+            .map(|e| crate::encode(e, crate::system_metadata("poll")))
+            .collect::<Result<Vec<_>, _>>()?;
         match log
             .append(
                 &stream(workspace, email),
@@ -267,7 +248,7 @@ pub async fn enforce(
             Err(e) => return Err(e.into()),
         }
     }
-    if status != QuotaStatus::Blocked {
+    if !decided.cancel_jobs {
         return Ok(out);
     }
     let system = Email::new(SYSTEM_EMAIL)

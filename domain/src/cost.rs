@@ -336,6 +336,189 @@ pub fn standing(
     }
 }
 
+/// What a user's quota stream says, for enforcement: the quota, and the starts of the periods a
+/// warning was raised and a block enforced in since it was last set.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QuotaFacts {
+    pub quota: Option<Quota>,
+    pub warned: Option<DateTime<Utc>>,
+    pub enforced: Option<DateTime<Utc>>,
+}
+
+/// What one enforcement cycle does for one user.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Enforcement {
+    /// To append to the user's quota stream, at the version the facts were read at.
+    pub events: Vec<crate::DomainEvent>,
+    /// Whether the user's unfinished jobs are to be cancelled (blocked this period).
+    pub cancel_jobs: bool,
+}
+
+/// Quota enforcement's decision for one user: a warning once per period when the projected
+/// spend passes the limit; for `block_and_kill`, past limit × (1 + buffer), a block once per
+/// period and every unfinished job cancelled — each cycle while the block holds.
+pub fn decide_enforcement(
+    workspace: &crate::WorkspaceId,
+    email: &crate::Email,
+    facts: &QuotaFacts,
+    usage: &Usage,
+    period: Period,
+) -> Enforcement {
+    let mut out = Enforcement::default();
+    let Some(quota) = facts.quota else {
+        return out;
+    };
+    let status = standing(usage, &quota, facts.enforced, period);
+    if status == QuotaStatus::Ok {
+        return out;
+    }
+    if facts.warned != Some(period.start) {
+        out.events.push(crate::DomainEvent::QuotaWarningRaised(
+            crate::events::QuotaWarningRaised {
+                workspace: workspace.clone(),
+                email: email.clone(),
+                projected: usage.projected,
+                pending_bill: usage.pending_bill,
+                limit: quota.limit,
+                period_start: period.start,
+            },
+        ));
+    }
+    if status == QuotaStatus::Blocked {
+        if facts.enforced != Some(period.start) {
+            out.events.push(crate::DomainEvent::QuotaEnforced(
+                crate::events::QuotaEnforced {
+                    workspace: workspace.clone(),
+                    email: email.clone(),
+                    projected: usage.projected,
+                    pending_bill: usage.pending_bill,
+                    limit: quota.limit,
+                    hard_limit: quota.hard_limit(),
+                    period_start: period.start,
+                },
+            ));
+        }
+        out.cancel_jobs = true;
+    }
+    out
+}
+
+#[cfg(test)]
+mod enforcement {
+    //! Given a quota stream's facts and a user's usage, when a cycle decides, then these events
+    //! and cancels follow.
+    use super::*;
+    use crate::DomainEvent;
+
+    fn t(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn november() -> Period {
+        Period {
+            start: t("2026-11-01T00:00:00Z"),
+            end: t("2026-12-01T00:00:00Z"),
+        }
+    }
+
+    fn quota(dollars: i64, mode: QuotaMode, buffer_percent: u32) -> Option<Quota> {
+        Some(Quota {
+            limit: MicroUsd::from_dollars_cents(dollars, 0),
+            mode,
+            buffer_percent,
+        })
+    }
+
+    fn projected(dollars: i64) -> Usage {
+        Usage {
+            projected: MicroUsd::from_dollars_cents(dollars, 0),
+            pending_bill: MicroUsd::from_dollars_cents(dollars / 2, 0),
+            ..Usage::default()
+        }
+    }
+
+    fn when(facts: QuotaFacts, usage: Usage) -> (Vec<&'static str>, bool) {
+        let ws = crate::WorkspaceId::new("lab").unwrap();
+        let email = crate::Email::new("ada@lab.org").unwrap();
+        let out = decide_enforcement(&ws, &email, &facts, &usage, november());
+        let names = out.events.iter().map(DomainEvent::event_type).collect();
+        (names, out.cancel_jobs)
+    }
+
+    #[test]
+    fn given_no_quota_when_spending_anything_then_nothing() {
+        assert_eq!(
+            when(QuotaFacts::default(), projected(1_000_000)),
+            (vec![], false)
+        );
+    }
+
+    #[test]
+    fn given_a_warn_quota_when_under_the_limit_then_nothing() {
+        let facts = QuotaFacts {
+            quota: quota(100, QuotaMode::Warn, 0),
+            ..QuotaFacts::default()
+        };
+        assert_eq!(when(facts, projected(99)), (vec![], false));
+    }
+
+    #[test]
+    fn given_a_warn_quota_when_over_the_limit_then_one_warning_per_period_and_no_cancel() {
+        let mut facts = QuotaFacts {
+            quota: quota(100, QuotaMode::Warn, 0),
+            ..QuotaFacts::default()
+        };
+        assert_eq!(
+            when(facts, projected(500)),
+            (vec!["QuotaWarningRaised"], false)
+        );
+        facts.warned = Some(november().start);
+        assert_eq!(when(facts, projected(500)), (vec![], false));
+        // Warned last period only: warned again.
+        facts.warned = Some(t("2026-10-01T00:00:00Z"));
+        assert_eq!(
+            when(facts, projected(500)),
+            (vec!["QuotaWarningRaised"], false)
+        );
+    }
+
+    #[test]
+    fn given_block_and_kill_when_over_the_limit_within_the_buffer_then_a_warning_only() {
+        let facts = QuotaFacts {
+            quota: quota(100, QuotaMode::BlockAndKill, 20),
+            ..QuotaFacts::default()
+        };
+        assert_eq!(
+            when(facts, projected(110)),
+            (vec!["QuotaWarningRaised"], false)
+        );
+    }
+
+    #[test]
+    fn given_block_and_kill_when_past_the_buffer_then_warned_blocked_and_jobs_cancelled() {
+        let facts = QuotaFacts {
+            quota: quota(100, QuotaMode::BlockAndKill, 20),
+            ..QuotaFacts::default()
+        };
+        assert_eq!(
+            when(facts, projected(121)),
+            (vec!["QuotaWarningRaised", "QuotaEnforced"], true)
+        );
+    }
+
+    #[test]
+    fn given_a_block_enforced_this_period_when_spend_falls_then_still_blocked_and_nothing_recorded_again()
+     {
+        let facts = QuotaFacts {
+            quota: quota(100, QuotaMode::BlockAndKill, 0),
+            warned: Some(november().start),
+            enforced: Some(november().start),
+        };
+        // Jobs were cancelled, so the projection fell; the block holds until the quota is set.
+        assert_eq!(when(facts, projected(10)), (vec![], true));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

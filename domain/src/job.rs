@@ -153,20 +153,42 @@ pub fn reconcile_verdict(recorded: JobState, observed: Observed) -> Verdict {
     }
 }
 
-/// May `caller` (admin or not) cancel a job owned by `owner` that is in `state`?
+/// What a cancel request decides for a job.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cancel {
+    /// The first request: record these events (`JobCancelRequested`), then ask Slurm.
+    Record(Vec<crate::DomainEvent>),
+    /// Asked before: nothing new is recorded (the request is idempotent); Slurm is asked again
+    /// while the job is unfinished.
+    AlreadyAsked { unfinished: bool },
+}
+
+/// A cancel by `caller` (admin or not) of the job `facts` describe: only its owner or an admin
+/// may, a finished job cannot be cancelled, and a second request records nothing new.
 pub fn decide_cancel(
-    state: JobState,
-    owner: &crate::Email,
+    facts: &JobFacts,
     caller: &crate::Email,
     caller_is_admin: bool,
-) -> Result<(), JobRuleError> {
-    if owner != caller && !caller_is_admin {
+    why: Option<String>,
+) -> Result<Cancel, JobRuleError> {
+    if facts.submitted.user != *caller && !caller_is_admin {
         return Err(JobRuleError::NotOwner);
     }
-    if state.is_terminal() {
-        return Err(JobRuleError::AlreadyFinished(state));
+    if facts.cancel_requested {
+        return Ok(Cancel::AlreadyAsked {
+            unfinished: !facts.state.is_terminal(),
+        });
     }
-    Ok(())
+    if facts.state.is_terminal() {
+        return Err(JobRuleError::AlreadyFinished(facts.state));
+    }
+    Ok(Cancel::Record(vec![
+        crate::DomainEvent::JobCancelRequested(crate::events::JobCancelRequested {
+            job_id: facts.submitted.job_id,
+            by: caller.clone(),
+            why,
+        }),
+    ]))
 }
 
 /// Turns Slurm's pending reason into a sentence a researcher understands.
@@ -303,19 +325,107 @@ mod tests {
         );
     }
 
+    fn job_of(owner: &str, state: JobState, cancel_requested: bool) -> JobFacts {
+        JobFacts {
+            submitted: crate::events::JobSubmitted {
+                submission_id: uuid::Uuid::from_u128(7),
+                workspace: crate::WorkspaceId::new("lab").unwrap(),
+                cluster_id: crate::ClusterId::new("c1").unwrap(),
+                job_id: 42,
+                name: "j".into(),
+                user: Email::new(owner).unwrap(),
+                via: crate::events::SubmittedVia::Api,
+                template_id: None,
+                params: None,
+                body: serde_json::json!({}),
+                shape: crate::submit::JobShape {
+                    cpus: 1,
+                    memory_mib: None,
+                    nodes: 1,
+                    time_limit_minutes: None,
+                    gpus: 0,
+                },
+                warnings: Vec::new(),
+                submitted_at: None,
+                rate: None,
+            },
+            state,
+            cancel_requested,
+        }
+    }
+
+    /// Given a job (owner, state, asked before), when `caller` cancels it.
+    fn when_cancelled_by(
+        facts: &JobFacts,
+        caller: &str,
+        admin: bool,
+    ) -> Result<Cancel, JobRuleError> {
+        decide_cancel(
+            facts,
+            &Email::new(caller).unwrap(),
+            admin,
+            Some("done with it".into()),
+        )
+    }
+
     #[test]
-    fn cancel_rules() {
-        let ada = Email::new("ada@lab.org").unwrap();
-        let bob = Email::new("bob@lab.org").unwrap();
-        assert_eq!(decide_cancel(JobState::Running, &ada, &ada, false), Ok(()));
+    fn given_a_running_job_when_its_owner_cancels_then_the_request_is_recorded() {
+        let job = job_of("ada@lab.org", JobState::Running, false);
+        let Ok(Cancel::Record(events)) = when_cancelled_by(&job, "ada@lab.org", false) else {
+            panic!("not recorded");
+        };
         assert_eq!(
-            decide_cancel(JobState::Running, &ada, &bob, false),
+            events,
+            vec![crate::DomainEvent::JobCancelRequested(
+                crate::events::JobCancelRequested {
+                    job_id: 42,
+                    by: Email::new("ada@lab.org").unwrap(),
+                    why: Some("done with it".into()),
+                }
+            )]
+        );
+    }
+
+    #[test]
+    fn given_someone_elses_job_when_a_user_cancels_then_refused_and_an_admin_may() {
+        let job = job_of("ada@lab.org", JobState::Pending, false);
+        assert_eq!(
+            when_cancelled_by(&job, "bob@lab.org", false),
             Err(JobRuleError::NotOwner)
         );
-        assert_eq!(decide_cancel(JobState::Running, &ada, &bob, true), Ok(()));
+        assert!(matches!(
+            when_cancelled_by(&job, "bob@lab.org", true),
+            Ok(Cancel::Record(_))
+        ));
+        // Asked before by the owner: a stranger still learns nothing.
+        let asked = job_of("ada@lab.org", JobState::Running, true);
         assert_eq!(
-            decide_cancel(JobState::Completed, &ada, &ada, false),
+            when_cancelled_by(&asked, "bob@lab.org", false),
+            Err(JobRuleError::NotOwner)
+        );
+    }
+
+    #[test]
+    fn given_a_finished_job_when_cancelled_then_refused() {
+        let job = job_of("ada@lab.org", JobState::Completed, false);
+        assert_eq!(
+            when_cancelled_by(&job, "ada@lab.org", false),
             Err(JobRuleError::AlreadyFinished(JobState::Completed))
+        );
+    }
+
+    #[test]
+    fn given_a_cancel_asked_before_when_asked_again_then_nothing_new_is_recorded() {
+        let running = job_of("ada@lab.org", JobState::Running, true);
+        assert_eq!(
+            when_cancelled_by(&running, "ada@lab.org", false),
+            Ok(Cancel::AlreadyAsked { unfinished: true })
+        );
+        // It ended meanwhile (cancelled): still the first request's answer, not an error.
+        let ended = job_of("ada@lab.org", JobState::Cancelled, true);
+        assert_eq!(
+            when_cancelled_by(&ended, "ada@lab.org", false),
+            Ok(Cancel::AlreadyAsked { unfinished: false })
         );
     }
 
