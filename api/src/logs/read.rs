@@ -59,8 +59,28 @@ fn bad_range(size: Option<u64>, message: impl Into<String>, field: &str) -> Resp
     response
 }
 
+/// Why a `Range` header is refused: not of the documented form (400), or well formed but not
+/// servable (416).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum RangeError {
+    Malformed(String),
+    Unsatisfiable(String),
+}
+
 /// Parses a `Range` header value (one byte range; several are refused).
-fn parse_range(value: &str) -> Result<RangeSpec, String> {
+fn parse_range(value: &str) -> Result<RangeSpec, RangeError> {
+    parse_range_text(value)
+        .map_err(RangeError::Malformed)
+        .and_then(|spec| match spec {
+            RangeSpec::Span(a, Some(b)) if b < a => Err(RangeError::Unsatisfiable(format!(
+                "the range ends ({b}) before it starts ({a})"
+            ))),
+            spec => Ok(spec),
+        })
+}
+
+/// The documented form: `bytes=START-END`, `bytes=START-` or `bytes=-SUFFIX`.
+fn parse_range_text(value: &str) -> Result<RangeSpec, String> {
     let spec = value
         .trim()
         .strip_prefix("bytes=")
@@ -80,13 +100,7 @@ fn parse_range(value: &str) -> Result<RangeSpec, String> {
         (true, true) => Err("a range needs a start or a suffix length, e.g. bytes=0-1023".into()),
         (true, false) => Ok(RangeSpec::Suffix(num(b)?)),
         (false, true) => Ok(RangeSpec::Span(num(a)?, None)),
-        (false, false) => {
-            let (a, b) = (num(a)?, num(b)?);
-            if b < a {
-                return Err(format!("the range ends ({b}) before it starts ({a})"));
-            }
-            Ok(RangeSpec::Span(a, Some(b)))
-        }
+        (false, false) => Ok(RangeSpec::Span(num(a)?, Some(num(b)?))),
     }
 }
 
@@ -121,16 +135,24 @@ fn want(headers: &HeaderMap, query: RawQuery) -> Result<Want, Box<Response>> {
         ));
     }
     if let Some(range) = range {
-        let text = range.to_str().map_err(|_| {
-            Box::new(bad_range(
-                None,
-                "the Range header is not text",
-                "headers.range",
-            ))
-        })?;
-        return parse_range(text)
-            .map(Want::Range)
-            .map_err(|m| Box::new(bad_range(None, m, "headers.range")));
+        let malformed = |message: String| {
+            Box::new(
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_range",
+                    format!("{message}; send one byte range: Range: bytes=START-END, bytes=START- or bytes=-SUFFIX"),
+                )
+                .with_field("headers.range")
+                .into_response(),
+            )
+        };
+        let text = range
+            .to_str()
+            .map_err(|_| malformed("the Range header is not text".into()))?;
+        return parse_range(text).map(Want::Range).map_err(|e| match e {
+            RangeError::Malformed(m) => malformed(m),
+            RangeError::Unsatisfiable(m) => Box::new(bad_range(None, m, "headers.range")),
+        });
     }
     Ok(match tail {
         Some(n) => Want::Tail(n),
@@ -204,7 +226,7 @@ fn head(headers: &mut HeaderMap, name: &'static str, value: impl ToString) {
         (status = 401, description = "Missing or invalid token", body = crate::error::ErrorBody),
         (status = 404, description = "No such job that you can see", body = crate::error::ErrorBody),
         (status = 409, description = "log_unavailable: the job's output file cannot be served — a pattern that cannot be expanded, a file the job does not own (outside its user's area and not named by its job id), a link, or a shared filesystem not mounted on the server", body = crate::error::ErrorBody),
-        (status = 416, description = "The range or offset lies beyond the log", body = crate::error::ErrorBody),
+        (status = 416, description = "The range or offset lies beyond the log, or the range ends before it starts", body = crate::error::ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -328,11 +350,22 @@ mod tests {
         assert_eq!(parse_range("bytes=0-9"), Ok(RangeSpec::Span(0, Some(9))));
         assert_eq!(parse_range("bytes=5-"), Ok(RangeSpec::Span(5, None)));
         assert_eq!(parse_range("bytes=-3"), Ok(RangeSpec::Suffix(3)));
-        assert!(parse_range("bytes=9-0").is_err());
-        assert!(parse_range("bytes=0-1,4-5").is_err());
-        assert!(parse_range("lines=0-1").is_err());
-        assert!(parse_range("bytes=-").is_err());
-        assert!(parse_range("bytes=x-1").is_err());
+        assert!(matches!(
+            parse_range("bytes=9-0"),
+            Err(RangeError::Unsatisfiable(_))
+        ));
+        for malformed in [
+            "bytes=0-1,4-5",
+            "lines=0-1",
+            "bytes=-",
+            "bytes=x-1",
+            ">]<A&'0",
+        ] {
+            assert!(
+                matches!(parse_range(malformed), Err(RangeError::Malformed(_))),
+                "{malformed}"
+            );
+        }
     }
 
     #[test]
