@@ -258,7 +258,9 @@ async fn follow(
     let mut backoff = Duration::from_millis(200);
     let mut cursor: Option<Cursor> = None;
     loop {
-        if *shutdown.borrow() {
+        // Stopped when told so, or when whoever could tell it is gone (a server dropped, or
+        // failing to start, after the projections started): never a loop with nothing to wait on.
+        if *shutdown.borrow() || shutdown.has_changed().is_err() {
             break;
         }
         head.borrow_and_update();

@@ -283,3 +283,26 @@ async fn sqlite_live_and_verify() {
 async fn postgres_live_and_verify() {
     live_runner_follows_and_verify_finds_tampering(true).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_runner_stops_when_whoever_could_stop_it_is_gone() {
+    let db = open(false).await;
+    append(&db.store, 3).await;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let live = Projections::start(
+        db.store.log.clone(),
+        db.store.read.clone(),
+        projections::all_projectors(),
+        stop_rx,
+    );
+    assert!(
+        live.wait_for(event_counts::NAME, 3, Duration::from_secs(10))
+            .await
+    );
+    // A server that failed to start (or was dropped) after starting its projections: the sender
+    // is dropped without a stop being sent.
+    drop(stop_tx);
+    tokio::time::timeout(Duration::from_secs(10), live.join())
+        .await
+        .expect("every projector task ends once its stop sender is gone");
+}

@@ -29,7 +29,7 @@ pub struct Server {
     config: Config,
     state: AppState,
     projections: Arc<Projections>,
-    stop_tx: watch::Sender<bool>,
+    stop: StopOnDrop,
     stop_rx: watch::Receiver<bool>,
     poller: poll::Poller,
     agent: Option<(commands::fleet::EdgeAgent, std::time::Duration)>,
@@ -75,6 +75,9 @@ impl Server {
             tracing::info!("first start: registered cluster `local` in workspace `default`");
         }
         let (stop_tx, stop_rx) = watch::channel(false);
+        // From here on, a start-up error (or a server dropped without being run) stops what was
+        // started: the projections, the embedded object store.
+        let stop = StopOnDrop(stop_tx);
         let catalog = Arc::new(config.catalog()?);
         let (directory, executor) = slurm_directory(&config, catalog.clone(), &job_user.user)?;
         let default_workspace = domain::WorkspaceId::new(commands::clusters::DEFAULT_WORKSPACE)
@@ -210,7 +213,7 @@ impl Server {
             config,
             state,
             projections,
-            stop_tx,
+            stop,
             stop_rx,
             poller,
             agent,
@@ -236,7 +239,7 @@ impl Server {
             config,
             state,
             projections,
-            stop_tx,
+            stop,
             stop_rx,
             poller,
             agent,
@@ -273,21 +276,24 @@ impl Server {
             println!("WARNING: {note}");
             tracing::warn!("{note}");
         }
-        if first_start {
-            let token = crate::token::mint(
-                &config,
-                "admin@clusterra.local",
-                "default",
-                true,
-                std::time::Duration::from_secs(12 * 3600),
-            )?;
+        // The first-start token lives 12 h, or less where max_token_lifetime_s says so.
+        let ttl = std::time::Duration::from_secs(
+            u64::try_from(config.max_token_lifetime_s.min(12 * 3600)).unwrap_or(3600),
+        );
+        let banner = first_start
+            .then(|| crate::token::mint(&config, "admin@clusterra.local", "default", true, ttl));
+        if let Some(Err(e)) = &banner {
+            tracing::warn!(error = %e, "could not mint the first-start admin token; mint one with `clusterra token mint`");
+        }
+        if let Some(Ok(token)) = banner {
             println!(
-                "\nFirst start: an admin token for workspace `default`, valid 12 h \
+                "\nFirst start: an admin token for workspace `default`, valid {hours} h \
              (mint more with `clusterra token mint --data-dir {dir} --email you@example.org`):\n\n  \
              export CLUSTERRA_TOKEN={token}\n\nTry:\n\n  \
              curl -s http://{addr}/readyz\n  \
              curl -s http://{addr}/v1/clusters -H \"Authorization: Bearer $CLUSTERRA_TOKEN\"\n",
-                dir = config.data_dir.display()
+                dir = config.data_dir.display(),
+                hours = ttl.as_secs().div_ceil(3600)
             );
         }
 
@@ -304,7 +310,7 @@ impl Server {
             .await
             .context("the HTTP server failed")?;
         tracing::info!("HTTP server stopped; stopping projectors at a checkpoint");
-        let _ = stop_tx.send(true);
+        stop.stop();
         if let Err(e) = poller.await {
             tracing::error!(error = %e, "poll cycle ended abnormally");
         }
@@ -569,5 +575,21 @@ fn raise_open_files(config: &Config) {
              raise it (ulimit -n) or lower http_max_connections, or a full server will fail to \
              accept connections instead of answering 503"
         );
+    }
+}
+
+/// Tells every task started with the server to stop: when the server stops, and when it is
+/// dropped (a start-up error after the projections started, or a server never run).
+struct StopOnDrop(watch::Sender<bool>);
+
+impl StopOnDrop {
+    fn stop(&self) {
+        let _ = self.0.send(true);
+    }
+}
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.stop();
     }
 }

@@ -11,7 +11,8 @@ use crate::config::Config;
 /// Parses `90s`, `30m`, `12h`, `7d` (at most 90 days).
 pub fn parse_ttl(text: &str) -> Result<Duration> {
     let text = text.trim();
-    let split = text.len().saturating_sub(1);
+    // The unit is the last character (of any width: `1é` is refused, not a panic).
+    let split = text.char_indices().last().map_or(0, |(i, _)| i);
     let (number, unit) = text.split_at(split);
     let n: u64 = number.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
         Error::settings(format!(
@@ -73,5 +74,9 @@ mod tests {
         assert!(parse_ttl("h").is_err());
         assert!(parse_ttl("100d").is_err());
         assert!(parse_ttl("").is_err());
+        assert!(
+            parse_ttl("1é").is_err(),
+            "a wide last character is refused, not a panic"
+        );
     }
 }

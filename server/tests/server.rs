@@ -102,3 +102,34 @@ async fn a_server_built_in_process_runs_a_job_through_its_poll_cycle_and_stops_o
         "nothing listens after the stop"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_built_and_dropped_without_running_stops_what_it_started() {
+    let dir = tempfile::tempdir().unwrap();
+    // A free port for the embedded object store, to see it go away.
+    let s3 = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let config = server::Config {
+        data_dir: dir.path().join("data"),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        s3_listen: s3,
+        executor_slots: Some(0),
+        ..server::Config::default()
+    };
+    let built = server::Server::build(config).await.unwrap();
+    assert!(
+        tokio::net::TcpStream::connect(s3).await.is_ok(),
+        "the embedded object store runs once built"
+    );
+    drop(built);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(s3).await.is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the object store still listens 10 s after the server was dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

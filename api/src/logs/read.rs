@@ -92,9 +92,12 @@ fn parse_range_text(value: &str) -> Result<RangeSpec, String> {
         .split_once('-')
         .ok_or("a range is START-END, START- or -SUFFIX, e.g. bytes=0-1023")?;
     let num = |s: &str| {
-        s.trim()
-            .parse::<u64>()
-            .map_err(|_| format!("{s:?} is not a byte position"))
+        let s = s.trim();
+        s.bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| s.parse::<u64>().ok())
+            .flatten()
+            .ok_or_else(|| format!("{s:?} is not a byte position"))
     };
     match (a.trim().is_empty(), b.trim().is_empty()) {
         (true, true) => Err("a range needs a start or a suffix length, e.g. bytes=0-1023".into()),
@@ -137,18 +140,14 @@ fn want(headers: &HeaderMap, query: RawQuery) -> Result<Want, Box<Response>> {
     if let Some(range) = range {
         let malformed = |message: String| {
             Box::new(
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_range",
-                    format!("{message}; send one byte range: Range: bytes=START-END, bytes=START- or bytes=-SUFFIX"),
-                )
-                .with_field("headers.range")
-                .into_response(),
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_range", message)
+                    .with_field("headers.range")
+                    .into_response(),
             )
         };
-        let text = range
-            .to_str()
-            .map_err(|_| malformed("the Range header is not text".into()))?;
+        let text = range.to_str().map_err(|_| {
+            malformed("the Range header is not text: send Range: bytes=START-END".into())
+        })?;
         return parse_range(text).map(Want::Range).map_err(|e| match e {
             RangeError::Malformed(m) => malformed(m),
             RangeError::Unsatisfiable(m) => Box::new(bad_range(None, m, "headers.range")),
@@ -359,6 +358,7 @@ mod tests {
             "lines=0-1",
             "bytes=-",
             "bytes=x-1",
+            "bytes=+0-+5",
             ">]<A&'0",
         ] {
             assert!(

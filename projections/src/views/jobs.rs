@@ -130,7 +130,7 @@ pub async fn get(
 #[derive(Debug, Clone, Default)]
 pub struct JobQuery<'a> {
     pub state: Option<JobState>,
-    /// Jobs of this user (lower-case email).
+    /// Jobs of this user (an email, in any case).
     pub user: Option<&'a str>,
     pub template: Option<&'a str>,
     /// Only jobs this user may see (`None`: every job, for an admin).
@@ -145,7 +145,7 @@ impl JobQuery<'_> {
     fn matches(&self, view: &JobView) -> bool {
         self.visible_to.is_none_or(|u| view.user == u)
             && self.state.is_none_or(|s| view.state == s)
-            && self.user.is_none_or(|u| view.user == u)
+            && self.user.is_none_or(|u| view.user.eq_ignore_ascii_case(u))
             && self
                 .template
                 .is_none_or(|t| view.template_id.as_deref() == Some(t))
