@@ -190,7 +190,7 @@ impl From<commands::quota::QuotaError> for ApiError {
     fn from(e: commands::quota::QuotaError) -> Self {
         use commands::quota::QuotaError;
         match e {
-            QuotaError::NoQuota(email) => crate::usage::no_quota(&email),
+            QuotaError::NoQuota(email) => crate::quotas::no_quota(&email),
             QuotaError::Log(e) => e.into(),
             QuotaError::Job(e) => e.into(),
             e @ QuotaError::Decode(_) => ApiError::internal(format!("the quota stream: {e}")),

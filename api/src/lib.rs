@@ -17,6 +17,7 @@ mod metrics;
 pub mod nodesets;
 pub mod openapi;
 mod query;
+pub mod quotas;
 pub mod sse;
 pub mod storage;
 mod templates;
@@ -179,17 +180,17 @@ fn table() -> Table {
         .add(
             Method::PUT,
             "/v1/workspaces/{ws}/quotas/{email}",
-            axum::routing::put(usage::put_quota),
+            axum::routing::put(quotas::put_quota),
         )
         .add(
             Method::GET,
             "/v1/workspaces/{ws}/quotas/{email}",
-            get(usage::get_quota),
+            get(quotas::get_quota),
         )
         .add(
             Method::DELETE,
             "/v1/workspaces/{ws}/quotas/{email}",
-            delete(usage::delete_quota),
+            delete(quotas::delete_quota),
         )
         .add(Method::GET, "/v1/templates", get(templates::list))
         .add(Method::GET, "/v1/templates/{id}", get(templates::get_one))

@@ -1,6 +1,6 @@
 //! Money: `GET /v1/users/me` (the profile with burn rate, pending bill, quota and status),
-//! `GET /v1/users/me/usage` (a series for plotting), `GET /v1/workspaces/{ws}/usage` (admins: per
-//! user), and `PUT|GET|DELETE /v1/workspaces/{ws}/quotas/{email}` (admins).
+//! `GET /v1/users/me/usage` (a series for plotting) and `GET /v1/workspaces/{ws}/usage` (admins:
+//! per user). The quota routes are in `quotas.rs`.
 //!
 //! Figures are computed at read time from the jobs projection with `domain::cost` (the rules are
 //! there and in docs/cost.md), so a replayed log gives the same figures for the same instant.
@@ -9,21 +9,16 @@
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::response::IntoResponse;
 use chrono::{DateTime, Duration, Utc};
 use commands::quota::Pricing;
-use domain::cost::{
-    CostJob, Period, Quota, QuotaMode, QuotaStatus, Usage, series, usage, usage_by_user,
-};
-use domain::{Email, MicroUsd, WorkspaceId};
+use domain::cost::{CostJob, Period, QuotaMode, QuotaStatus, Usage, series, usage, usage_by_user};
+use domain::{Email, WorkspaceId};
 use projections::views::jobs::{self, JobView};
 use projections::views::quotas::{self, QuotaView};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::auth::Caller;
-use crate::consistency::{MinPosition, await_projection, position_header};
-use crate::json::ApiJson;
 use crate::{ApiError, AppState};
 
 fn pricing(state: &AppState) -> Pricing {
@@ -50,7 +45,7 @@ pub fn cost_jobs(pricing: &Pricing, views: &[JobView]) -> Vec<CostJob> {
         .collect()
 }
 
-async fn quota_of(
+pub(crate) async fn quota_of(
     state: &AppState,
     workspace: &WorkspaceId,
     email: &str,
@@ -74,7 +69,7 @@ pub struct QuotaBody {
     pub set_at: DateTime<Utc>,
 }
 
-fn quota_body(q: &QuotaView) -> QuotaBody {
+pub(crate) fn quota_body(q: &QuotaView) -> QuotaBody {
     QuotaBody {
         email: q.email.clone(),
         limit_usd: q.limit.decimal(),
@@ -351,7 +346,7 @@ pub(crate) async fn my_series(
     }))
 }
 
-fn require_workspace_admin(caller: &Caller, ws: &str) -> Result<WorkspaceId, ApiError> {
+pub(crate) fn require_workspace_admin(caller: &Caller, ws: &str) -> Result<WorkspaceId, ApiError> {
     let forbidden = || {
         ApiError::new(
             StatusCode::FORBIDDEN,
@@ -431,210 +426,4 @@ pub(crate) async fn workspace_usage(
         projected_spend_usd: total.projected.decimal(),
         users,
     }))
-}
-
-/// Body of `PUT /v1/workspaces/{ws}/quotas/{email}`.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct QuotaRequest {
-    /// US dollars per billing period, at most six decimals: a number or a string.
-    #[schema(value_type = String, example = "250")]
-    pub limit_usd: Box<serde_json::value::RawValue>,
-    /// `warn` (default) or `block_and_kill`.
-    #[serde(default)]
-    #[schema(pattern = "^(warn|block_and_kill)$")]
-    pub mode: Option<String>,
-    /// How far past the limit `block_and_kill` lets projected spend go (0-1000, default 0).
-    #[serde(default)]
-    #[schema(maximum = 1000)]
-    pub buffer_percent: Option<u32>,
-}
-
-fn target_email(email: &str) -> Result<Email, ApiError> {
-    Email::new(email).map_err(|e| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_email",
-            format!("{email:?} is not an email address: {e}"),
-        )
-        .with_field("email")
-    })
-}
-
-/// The answer to a quota change.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct QuotaChanged {
-    pub email: String,
-    /// The quota now (null after a delete).
-    pub quota: Option<QuotaBody>,
-    pub position: i64,
-}
-
-/// Set a user's quota (admins of the workspace).
-#[utoipa::path(put, path = "/v1/workspaces/{ws}/quotas/{email}", tag = "usage",
-    params(("ws" = String, Path, description = "Workspace"), ("email" = String, Path, description = "The user")),
-    request_body = QuotaRequest,
-    responses(
-        (status = 200, description = "Set", body = QuotaChanged),
-        (status = 403, description = "Not an admin of this workspace", body = crate::error::ErrorBody),
-        (status = 422, description = "A bad field (the field says which)", body = crate::error::ErrorBody),
-    ),
-    security(("bearer" = [])))]
-pub(crate) async fn put_quota(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path((ws, email)): Path<(String, String)>,
-    ApiJson(req): ApiJson<QuotaRequest>,
-) -> Result<impl IntoResponse, ApiError> {
-    let workspace = require_workspace_admin(&caller, &ws)?;
-    let email = target_email(&email)?;
-    let bad = |field: &str, message: String| {
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_quota", message).with_field(field)
-    };
-    // From the number's own text, never through a float: 0.000001 is one micro-dollar.
-    let raw = req.limit_usd.get().trim();
-    let (text, limit) = match serde_json::from_str::<String>(raw) {
-        Ok(s) => {
-            let s = s.trim().to_string();
-            let limit = MicroUsd::parse_dollars(&s);
-            (s, limit)
-        }
-        Err(_) if raw.starts_with(|c: char| c == '-' || c.is_ascii_digit()) => {
-            (raw.to_string(), MicroUsd::parse_json_number(raw))
-        }
-        Err(_) => {
-            return Err(bad(
-                "limit_usd",
-                format!(
-                    "limit_usd must be a number of dollars such as 250 or \"0.01\", not {}",
-                    raw.chars().take(40).collect::<String>()
-                ),
-            ));
-        }
-    };
-    let limit = limit.ok_or_else(|| {
-        bad(
-            "limit_usd",
-            format!("limit_usd must be dollars ≥ 0 with at most six decimals, such as 250 or 0.01, not {text:?}"),
-        )
-    })?;
-    let mode = match req.mode.as_deref().unwrap_or("warn") {
-        "warn" => QuotaMode::Warn,
-        "block_and_kill" => QuotaMode::BlockAndKill,
-        other => {
-            return Err(bad(
-                "mode",
-                format!("mode must be warn or block_and_kill, not {other:?}"),
-            ));
-        }
-    };
-    let buffer_percent = req.buffer_percent.unwrap_or(0);
-    if buffer_percent > 1_000 {
-        return Err(bad(
-            "buffer_percent",
-            format!("buffer_percent must be from 0 to 1000, not {buffer_percent}"),
-        ));
-    }
-    let quota = Quota {
-        limit,
-        mode,
-        buffer_percent,
-    };
-    let position = commands::quota::set(
-        state.store.log.as_ref(),
-        &workspace,
-        &email,
-        quota,
-        &caller.email,
-        crate::clusters::metadata(&caller),
-    )
-    .await?;
-    let view = QuotaView {
-        workspace,
-        email: email.to_string(),
-        limit,
-        mode,
-        buffer_percent,
-        set_by: caller.email.to_string(),
-        set_at: Utc::now(),
-        enforced_in: None,
-        position,
-    };
-    Ok((
-        position_header(position),
-        Json(QuotaChanged {
-            email: email.to_string(),
-            quota: Some(quota_body(&view)),
-            position,
-        }),
-    ))
-}
-
-/// A user's quota (admins of the workspace).
-#[utoipa::path(get, path = "/v1/workspaces/{ws}/quotas/{email}", tag = "usage",
-    params(("ws" = String, Path, description = "Workspace"), ("email" = String, Path, description = "The user")),
-    responses(
-        (status = 200, description = "The quota", body = QuotaBody),
-        (status = 403, description = "Not an admin of this workspace", body = crate::error::ErrorBody),
-        (status = 404, description = "No quota for this user", body = crate::error::ErrorBody),
-        (status = 422, description = "`invalid_email`: the path is not an email address", body = crate::error::ErrorBody),
-    ),
-    security(("bearer" = [])))]
-pub(crate) async fn get_quota(
-    State(state): State<AppState>,
-    caller: Caller,
-    min: MinPosition,
-    Path((ws, email)): Path<(String, String)>,
-) -> Result<impl IntoResponse, ApiError> {
-    let workspace = require_workspace_admin(&caller, &ws)?;
-    let email = target_email(&email)?;
-    let headers = await_projection(&state, quotas::NAME, min).await;
-    let quota = quota_of(&state, &workspace, email.as_str())
-        .await?
-        .ok_or_else(|| no_quota(&email))?;
-    Ok((headers, Json(quota_body(&quota))))
-}
-
-pub(crate) fn no_quota(email: &Email) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "quota_not_found",
-        format!("{email} has no quota in this workspace; PUT one to set it"),
-    )
-    .with_field("email")
-}
-
-/// Remove a user's quota (admins of the workspace).
-#[utoipa::path(delete, path = "/v1/workspaces/{ws}/quotas/{email}", tag = "usage",
-    params(("ws" = String, Path, description = "Workspace"), ("email" = String, Path, description = "The user")),
-    responses(
-        (status = 200, description = "Removed", body = QuotaChanged),
-        (status = 403, description = "Not an admin of this workspace", body = crate::error::ErrorBody),
-        (status = 404, description = "No quota for this user", body = crate::error::ErrorBody),
-        (status = 422, description = "`invalid_email`: the path is not an email address", body = crate::error::ErrorBody),
-    ),
-    security(("bearer" = [])))]
-pub(crate) async fn delete_quota(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path((ws, email)): Path<(String, String)>,
-) -> Result<impl IntoResponse, ApiError> {
-    let workspace = require_workspace_admin(&caller, &ws)?;
-    let email = target_email(&email)?;
-    let position = commands::quota::remove(
-        state.store.log.as_ref(),
-        &workspace,
-        &email,
-        &caller.email,
-        crate::clusters::metadata(&caller),
-    )
-    .await?;
-    Ok((
-        position_header(position),
-        Json(QuotaChanged {
-            email: email.to_string(),
-            quota: None,
-            position,
-        }),
-    ))
 }

@@ -290,6 +290,70 @@ pub struct Quota {
 }
 
 impl Quota {
+    /// A quota from what a caller sent: `limit_json` is the `limit_usd` value's own JSON text (a
+    /// number or a string of dollars, read from its digits, never through a float: 0.000001 is one
+    /// micro-dollar), `mode` `warn` (default) or `block_and_kill`, `buffer_percent` 0-1000
+    /// (default 0). Refused with the field at fault and how to fix it.
+    pub fn parse(
+        limit_json: &str,
+        mode: Option<&str>,
+        buffer_percent: Option<u32>,
+    ) -> Result<Quota, crate::submit::FieldError> {
+        let bad = |field: &str, message: String| crate::submit::FieldError {
+            code: "invalid_quota",
+            field: field.into(),
+            message,
+        };
+        let raw = limit_json.trim();
+        let (text, limit) = match serde_json::from_str::<String>(raw) {
+            Ok(s) => {
+                let s = s.trim().to_string();
+                let limit = MicroUsd::parse_dollars(&s);
+                (s, limit)
+            }
+            Err(_) if raw.starts_with(|c: char| c == '-' || c.is_ascii_digit()) => {
+                (raw.to_string(), MicroUsd::parse_json_number(raw))
+            }
+            Err(_) => {
+                return Err(bad(
+                    "limit_usd",
+                    format!(
+                        "limit_usd must be a number of dollars such as 250 or \"0.01\", not {}",
+                        raw.chars().take(40).collect::<String>()
+                    ),
+                ));
+            }
+        };
+        let limit = limit.ok_or_else(|| {
+            bad(
+                "limit_usd",
+                format!("limit_usd must be dollars ≥ 0 with at most six decimals, such as 250 or 0.01, not {text:?}"),
+            )
+        })?;
+        let mode = match mode.unwrap_or("warn") {
+            "warn" => QuotaMode::Warn,
+            "block_and_kill" => QuotaMode::BlockAndKill,
+            other => {
+                return Err(bad(
+                    "mode",
+                    format!("mode must be warn or block_and_kill, not {other:?}"),
+                ));
+            }
+        };
+        let buffer_percent = buffer_percent.unwrap_or(0);
+        if buffer_percent > 1_000 {
+            return Err(bad(
+                "buffer_percent",
+                format!("buffer_percent must be from 0 to 1000, not {buffer_percent}"),
+            ));
+        }
+        Ok(Quota {
+            limit,
+            mode,
+            buffer_percent,
+        })
+    }
+
     /// limit × (1 + buffer%), rounded down.
     pub fn hard_limit(&self) -> MicroUsd {
         let v = i128::from(self.limit.0) * (100 + i128::from(self.buffer_percent)) / 100;
@@ -443,6 +507,31 @@ mod enforcement {
         let out = decide_enforcement(&ws, &email, &facts, &usage, november());
         let names = out.events.iter().map(DomainEvent::event_type).collect();
         (names, out.cancel_jobs)
+    }
+
+    #[test]
+    fn quotas_parse_from_what_callers_send_and_name_the_field_at_fault() {
+        let q = Quota::parse("\"0.000001\"", None, None).unwrap();
+        assert_eq!(
+            (q.limit, q.mode, q.buffer_percent),
+            (MicroUsd(1), QuotaMode::Warn, 0)
+        );
+        let q = Quota::parse("250", Some("block_and_kill"), Some(20)).unwrap();
+        assert_eq!(q.limit, MicroUsd::from_dollars_cents(250, 0));
+        for (limit, mode, buffer, field) in [
+            ("-1", None, None, "limit_usd"),
+            ("0.0000001", None, None, "limit_usd"),
+            ("true", None, None, "limit_usd"),
+            ("1", Some("kill"), None, "mode"),
+            ("1", None, Some(1_001), "buffer_percent"),
+        ] {
+            let err = Quota::parse(limit, mode, buffer).unwrap_err();
+            assert_eq!(
+                (err.code, err.field.as_str()),
+                ("invalid_quota", field),
+                "{limit}"
+            );
+        }
     }
 
     #[test]
