@@ -14,6 +14,7 @@ pub fn stream(workspace: &domain::WorkspaceId, cluster: &domain::ClusterId) -> S
 }
 
 /// Appends `ClusterRegistered` to a new cluster stream. A cluster that exists is refused.
+#[tracing::instrument(skip_all, fields(workspace = %cluster.workspace, cluster = %cluster.cluster_id))]
 pub async fn register_cluster(
     log: &dyn EventLog,
     cluster: ClusterRegistered,

@@ -292,6 +292,7 @@ impl Submitter {
         })
     }
 
+    #[tracing::instrument(skip_all, fields(workspace = %s.workspace, cluster = %s.cluster, user = %s.user))]
     pub async fn submit(
         &self,
         log: &dyn EventLog,
@@ -543,6 +544,7 @@ pub struct CancelRequest {
 /// already recorded (a retry, or several at once) records nothing, asks Slurm again unless the
 /// job already ended, and answers the first request's position. Concurrent appends to the
 /// stream (a state change, another cancel) are re-read and decided again.
+#[tracing::instrument(skip_all, fields(cluster = %request.cluster, submission = %request.submission, caller = %request.caller))]
 pub async fn cancel_job(
     log: &dyn EventLog,
     slurm: &dyn SlurmPort,
@@ -681,6 +683,7 @@ pub const VANISHED_REASON: &str = "Slurm no longer knows this job (a lookup by i
 ///
 /// Last, it adopts jobs Slurm has whose `JobSubmitted` never reached the log — once they are
 /// older than [`ADOPT_AFTER`] at `now`, so a submission still being recorded is not taken over.
+#[tracing::instrument(skip_all, fields(%workspace, %cluster, open = open.len()))]
 pub async fn reconcile(
     log: &dyn EventLog,
     slurm: &dyn SlurmPort,

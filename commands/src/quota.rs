@@ -128,6 +128,7 @@ pub async fn load(
 }
 
 /// Sets (or replaces) a user's quota. Raising the limit lifts a block: the next check uses it.
+#[tracing::instrument(skip_all, fields(%workspace, %email))]
 pub async fn set(
     log: &dyn EventLog,
     workspace: &WorkspaceId,
@@ -155,6 +156,7 @@ pub async fn set(
 }
 
 /// Removes a user's quota; `NoQuota` when there is none (nothing appended).
+#[tracing::instrument(skip_all, fields(%workspace, %email))]
 pub async fn remove(
     log: &dyn EventLog,
     workspace: &WorkspaceId,
@@ -202,6 +204,7 @@ pub struct Enforcement {
 /// (never on a projection that may lag), and the records are appended at exactly the version
 /// read (a conflict means another cycle got there first).
 #[allow(clippy::too_many_arguments)]
+#[tracing::instrument(skip_all, fields(%workspace, %email))]
 pub async fn enforce(
     log: &dyn EventLog,
     slurm: &dyn SlurmDirectory,
