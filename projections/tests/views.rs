@@ -138,6 +138,86 @@ async fn typed_queries_page_filter_and_refuse_unreadable_views(postgres: bool) {
     ));
 }
 
+async fn feed_ranges_hand_back_each_entry_or_why_it_does_not_parse(postgres: bool) {
+    use projections::views::feed::{self, FeedEntry};
+    let (store, _dir) = open(postgres).await;
+    let read: &dyn ReadStore = store.read.as_ref();
+    let ws = WorkspaceId::new("ws").unwrap();
+    let cluster = ClusterId::new("c1").unwrap();
+    let collection = feed::collection(&ws, &cluster);
+    let entry = |position: i64| FeedEntry {
+        position,
+        time: chrono::DateTime::parse_from_rfc3339("2026-11-29T00:00:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc),
+        event_type: "JobSubmitted".into(),
+        actor: "ada@lab.org".into(),
+        summary: format!("entry {position}"),
+        job_id: Some(1),
+        owner: Some("ada@lab.org".into()),
+        data: json!({}),
+    };
+    let mut changes: Vec<DocChange> = [1, 2, 4]
+        .into_iter()
+        .map(|p| DocChange::Put {
+            collection: collection.clone(),
+            key: feed::key(p),
+            doc: serde_json::to_string(&entry(p)).unwrap(),
+        })
+        .collect();
+    changes.push(DocChange::Put {
+        collection: collection.clone(),
+        key: feed::key(3),
+        doc: "not json".into(),
+    });
+    read.commit(ModelSet::Live, feed::NAME, 0, 4, &changes)
+        .await
+        .unwrap();
+    let collection = &collection;
+    let range = |after: Option<i64>, before: Option<i64>, descending: bool, limit: usize| {
+        let (after, before) = (after.map(feed::key), before.map(feed::key));
+        async move {
+            feed::range(
+                read,
+                collection,
+                eventlog::KeyRange {
+                    after: after.as_deref(),
+                    before: before.as_deref(),
+                    descending,
+                    limit,
+                },
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let all = range(None, None, false, 10).await;
+    let keys: Vec<&str> = all.iter().map(|r| r.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [feed::key(1), feed::key(2), feed::key(3), feed::key(4)]
+    );
+    assert_eq!(all[1].entry.as_ref().unwrap(), &entry(2));
+    assert!(matches!(
+        &all[2].entry,
+        Err(ViewError::Unreadable { view: "feed", .. })
+    ));
+    let newest_first = range(Some(1), Some(4), true, 10).await;
+    let keys: Vec<&str> = newest_first.iter().map(|r| r.key.as_str()).collect();
+    assert_eq!(keys, [feed::key(3), feed::key(2)]);
+    assert_eq!(range(Some(1), None, false, 1).await.len(), 1);
+}
+
+#[tokio::test]
+async fn sqlite_feed_ranges() {
+    feed_ranges_hand_back_each_entry_or_why_it_does_not_parse(false).await;
+}
+
+#[tokio::test]
+async fn postgres_feed_ranges() {
+    feed_ranges_hand_back_each_entry_or_why_it_does_not_parse(true).await;
+}
+
 #[tokio::test]
 async fn sqlite_typed_queries() {
     typed_queries_page_filter_and_refuse_unreadable_views(false).await;

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 
 use bytes::Bytes;
-use eventlog::{ModelSet, Store};
+use eventlog::Store;
 use projections::views::feed::{self, FeedEntry};
 use projections::{ProjectionStatus, Projections};
 use tokio::sync::{broadcast, watch};
@@ -136,16 +136,17 @@ impl FeedHub {
         };
         for (collection, mut last) in work {
             loop {
-                let rows = match store
-                    .read
-                    .list_docs(
-                        ModelSet::Live,
-                        feed::NAME,
-                        &collection,
-                        Some(&feed::key(last)),
-                        500,
-                    )
-                    .await
+                let rows = match feed::range(
+                    store.read.as_ref(),
+                    &collection,
+                    eventlog::KeyRange {
+                        after: Some(&feed::key(last)),
+                        before: None,
+                        descending: false,
+                        limit: 500,
+                    },
+                )
+                .await
                 {
                     Ok(rows) => rows,
                     Err(e) => {
@@ -154,9 +155,10 @@ impl FeedHub {
                     }
                 };
                 let n = rows.len();
+                let read_to = rows.last().and_then(|r| r.key.parse::<i64>().ok());
                 let entries: Vec<Arc<Shared>> = rows
-                    .iter()
-                    .filter_map(|r| serde_json::from_str::<FeedEntry>(&r.doc).ok())
+                    .into_iter()
+                    .filter_map(|r| r.entry.ok())
                     .map(|e| Arc::new(Shared::new(e)))
                     .collect();
                 {
@@ -172,7 +174,7 @@ impl FeedHub {
                         }
                     }
                     // Past rows that did not decode too, so they are not read again and again.
-                    if let Some(p) = rows.last().and_then(|r| r.key.parse::<i64>().ok()) {
+                    if let Some(p) = read_to {
                         feed.last = feed.last.max(p);
                     }
                     last = feed.last;

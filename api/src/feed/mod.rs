@@ -17,7 +17,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use eventlog::{KeyRange, ModelSet};
+use eventlog::KeyRange;
 use futures::StreamExt;
 use projections::views::feed::{self, FeedEntry};
 use serde::Serialize;
@@ -245,26 +245,20 @@ pub(crate) async fn list(
     let mut last_examined: Option<i64> = None;
     let mut next = None;
     'scan: loop {
-        let rows = state
-            .store
-            .read
-            .list_docs_between(
-                ModelSet::Live,
-                feed::NAME,
-                &collection,
-                KeyRange {
-                    after: after.map(feed::key).as_deref(),
-                    before: before.map(feed::key).as_deref(),
-                    descending,
-                    limit: PAGE,
-                },
-            )
-            .await?;
+        let rows = feed::range(
+            state.store.read.as_ref(),
+            &collection,
+            KeyRange {
+                after: after.map(feed::key).as_deref(),
+                before: before.map(feed::key).as_deref(),
+                descending,
+                limit: PAGE,
+            },
+        )
+        .await?;
         let full = rows.len() == PAGE;
         for row in rows {
-            let entry: FeedEntry = serde_json::from_str(&row.doc).map_err(|e| {
-                ApiError::internal(format!("a stored feed entry is unreadable: {e}"))
-            })?;
+            let entry = row.entry?;
             scanned += 1;
             let at = entry.position;
             if filter.matches(&entry) {
@@ -346,29 +340,25 @@ impl FeedStream {
                         self.phase = Phase::Live;
                         continue;
                     }
-                    let rows = self
-                        .state
-                        .store
-                        .read
-                        .list_docs_between(
-                            ModelSet::Live,
-                            feed::NAME,
-                            &self.collection,
-                            KeyRange {
-                                after: Some(&feed::key(self.cursor)),
-                                before: Some(&feed::key(until + 1)),
-                                descending: false,
-                                limit: CATCH_UP_PAGE,
-                            },
-                        )
-                        .await;
+                    let rows = feed::range(
+                        self.state.store.read.as_ref(),
+                        &self.collection,
+                        KeyRange {
+                            after: Some(&feed::key(self.cursor)),
+                            before: Some(&feed::key(until + 1)),
+                            descending: false,
+                            limit: CATCH_UP_PAGE,
+                        },
+                    )
+                    .await;
                     match rows {
                         Ok(rows) if rows.is_empty() => self.cursor = until,
                         Ok(rows) => {
                             // Past every row read, even one that does not decode (logged), so
                             // a bad row cannot make catch-up read the same page forever.
-                            for r in &rows {
-                                match serde_json::from_str::<FeedEntry>(&r.doc) {
+                            let last = rows.last().and_then(|r| r.key.parse::<i64>().ok());
+                            for r in rows {
+                                match r.entry {
                                     Ok(e) => self.buffer.push_back(bounded(e)),
                                     Err(e) => {
                                         tracing::warn!(key = %r.key, error = %e, "an unreadable feed entry was skipped")
@@ -376,7 +366,7 @@ impl FeedStream {
                                 }
                             }
                             if self.buffer.is_empty()
-                                && let Some(p) = rows.last().and_then(|r| r.key.parse::<i64>().ok())
+                                && let Some(p) = last
                             {
                                 self.cursor = p;
                             }

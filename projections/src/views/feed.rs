@@ -46,6 +46,31 @@ pub fn key(position: i64) -> String {
     format!("{position:020}")
 }
 
+/// One stored feed entry as read: its key, and the entry or why it does not parse (each reader
+/// decides: a page refuses it, a live stream skips it and goes on).
+#[derive(Debug)]
+pub struct Read {
+    pub key: String,
+    pub entry: Result<FeedEntry, super::ViewError>,
+}
+
+/// The feed entries of a collection within `range` (positions as [`key`]s), in its order.
+pub async fn range(
+    read: &dyn eventlog::ReadStore,
+    collection: &str,
+    range: eventlog::KeyRange<'_>,
+) -> Result<Vec<Read>, eventlog::LogError> {
+    Ok(read
+        .list_docs_between(eventlog::ModelSet::Live, NAME, collection, range)
+        .await?
+        .into_iter()
+        .map(|row| Read {
+            entry: super::decode(NAME, &row.key, &row.doc),
+            key: row.key,
+        })
+        .collect())
+}
+
 #[derive(Serialize, Deserialize)]
 struct JobStream {
     collection: String,

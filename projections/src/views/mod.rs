@@ -1,5 +1,5 @@
-//! The read models this build ships, and the typed queries the API reads jobs, clusters and
-//! quotas with (the feed's pages and hub still read their documents themselves).
+//! The read models this build ships, and the typed queries the API reads them with (the API
+//! names no read store call of its own).
 
 pub mod clusters;
 pub mod event_counts;
