@@ -119,6 +119,28 @@ fn invalid(field: &str, message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", message).with_field(field)
 }
 
+/// The documented form of a slurmrestd URL (`^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?$`):
+/// a host name or address, a port, a path — no user info, no other characters.
+fn url_in_documented_form(url: &str) -> bool {
+    let Some(rest) = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+    else {
+        return false;
+    };
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let (host, port) = authority.split_once(':').unwrap_or((authority, "1"));
+    !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+        && (1..=5).contains(&port.len())
+        && port.chars().all(|c| c.is_ascii_digit())
+        && path
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._~/-".contains(c))
+}
+
 fn valid_bucket(b: &str) -> bool {
     (3..=63).contains(&b.len())
         && b.chars()
@@ -166,6 +188,7 @@ fn validate(
     })?;
     let scheme_ok = matches!(url.scheme_str(), Some("http" | "https"));
     if !scheme_ok
+        || !url_in_documented_form(&req.slurm.url)
         || url.host().is_none()
         || url.path_and_query().is_some_and(|p| p.query().is_some())
     {
@@ -404,5 +427,34 @@ pub(crate) fn metadata(caller: &Caller) -> Metadata {
         via: Some("api".into()),
         correlation_id: Some(uuid::Uuid::now_v7()),
         ..Metadata::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::url_in_documented_form;
+
+    #[test]
+    fn slurm_urls_must_have_the_documented_form() {
+        for ok in [
+            "http://slurm",
+            "https://slurm.example.org:6820",
+            "http://10.0.0.5:6820/",
+            "https://h.example.org/slurm/api",
+        ] {
+            assert!(url_in_documented_form(ok), "{ok}");
+        }
+        for bad in [
+            "http://zqNgi*",
+            "ftp://slurm",
+            "http://user@slurm",
+            "http://slurm:",
+            "http://slurm:123456",
+            "http://slurm/a b",
+            "http://",
+            "http://slurm?x=1",
+        ] {
+            assert!(!url_in_documented_form(bad), "{bad}");
+        }
     }
 }
