@@ -193,6 +193,9 @@ impl From<commands::quota::QuotaError> for ApiError {
             QuotaError::NoQuota(email) => crate::quotas::no_quota(&email),
             QuotaError::Log(e) => e.into(),
             QuotaError::Job(e) => e.into(),
+            QuotaError::Blocked(b) => {
+                ApiError::new(StatusCode::FORBIDDEN, "quota_exceeded", b.to_string())
+            }
             e @ QuotaError::Decode(_) => ApiError::internal(format!("the quota stream: {e}")),
         }
     }

@@ -185,35 +185,23 @@ async fn user_usage(
     Ok((usage(&jobs, period, now), quota))
 }
 
-/// Refuses a submission by a user `block_and_kill` has blocked, deciding on the log's quota
-/// (one short stream read), never on a projection that may lag an admin's change.
+/// Refuses a submission by a user `block_and_kill` has blocked (`commands::quota::check_submit`:
+/// the rule is `domain::cost::check_submit`).
 pub(crate) async fn refuse_if_blocked(state: &AppState, caller: &Caller) -> Result<(), ApiError> {
-    let log_state =
-        commands::quota::load(state.store.log.as_ref(), &caller.workspace, &caller.email).await?;
-    let Some(q) = log_state.quota else {
-        return Ok(());
-    };
-    if q.mode != QuotaMode::BlockAndKill {
-        return Ok(());
-    }
     let now = Utc::now();
     let period = Period::of(state.scaling.billing_period, now);
-    let (u, _) = user_usage(state, &caller.workspace, &caller.email, period, now).await?;
-    if domain::cost::standing(&u, &q, log_state.enforced, period) == QuotaStatus::Blocked {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "quota_exceeded",
-            format!(
-                "your quota blocks new jobs: projected spend this period ${} (${} spent, the rest is your running jobs until their time limits) went over your limit of ${} plus {}% (${}); a workspace admin can raise the limit, otherwise the block ends with the period",
-                u.projected.decimal(),
-                u.pending_bill.decimal(),
-                q.limit.decimal(),
-                q.buffer_percent,
-                q.hard_limit().decimal()
-            ),
-        ));
-    }
-    Ok(())
+    commands::quota::check_submit(
+        state.store.log.as_ref(),
+        &caller.workspace,
+        &caller.email,
+        period,
+        async || {
+            user_usage(state, &caller.workspace, &caller.email, period, now)
+                .await
+                .map(|(usage, _)| usage)
+        },
+    )
+    .await
 }
 
 /// Query of `GET /v1/users/me/usage`.

@@ -83,6 +83,8 @@ pub enum QuotaError {
     Decode(#[from] serde_json::Error),
     #[error(transparent)]
     Job(#[from] JobError),
+    #[error(transparent)]
+    Blocked(#[from] domain::cost::SubmitBlocked),
 }
 
 /// What the quota stream says now.
@@ -125,6 +127,32 @@ pub async fn load(
     .await?;
     state.version = version;
     Ok(state)
+}
+
+/// Refuses a submission by a user a `block_and_kill` quota has blocked, deciding on the quota
+/// *stream* (one short read), never on a projection that may lag an admin's change. `usage` (the
+/// user's money in `period`) is asked for only when the user has such a quota.
+pub async fn check_submit<E: From<QuotaError>>(
+    log: &dyn EventLog,
+    workspace: &WorkspaceId,
+    email: &Email,
+    period: Period,
+    usage: impl AsyncFnOnce() -> Result<Usage, E>,
+) -> Result<(), E> {
+    let state = load(log, workspace, email).await?;
+    if state
+        .quota
+        .is_none_or(|q| q.mode != domain::cost::QuotaMode::BlockAndKill)
+    {
+        return Ok(());
+    }
+    let facts = domain::cost::QuotaFacts {
+        quota: state.quota,
+        warned: state.warned,
+        enforced: state.enforced,
+    };
+    let usage = usage().await?;
+    domain::cost::check_submit(&facts, &usage, period).map_err(|b| QuotaError::from(b).into())
 }
 
 /// Sets (or replaces) a user's quota. Raising the limit lifts a block: the next check uses it.

@@ -400,6 +400,40 @@ pub fn standing(
     }
 }
 
+/// A submission refused by a `block_and_kill` quota: what the sentence quotes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "your quota blocks new jobs: projected spend this period ${} (${} spent, the rest is your running jobs until their time limits) went over your limit of ${} plus {}% (${}); a workspace admin can raise the limit, otherwise the block ends with the period",
+    usage.projected.decimal(),
+    usage.pending_bill.decimal(),
+    quota.limit.decimal(),
+    quota.buffer_percent,
+    quota.hard_limit().decimal()
+)]
+pub struct SubmitBlocked {
+    pub usage: Usage,
+    pub quota: Quota,
+}
+
+/// May a user submit? Only a `block_and_kill` quota refuses: once the projected spend passed
+/// limit × (1 + buffer), or a block was enforced this period (it holds until the quota is set
+/// again).
+pub fn check_submit(
+    facts: &QuotaFacts,
+    usage: &Usage,
+    period: Period,
+) -> Result<(), SubmitBlocked> {
+    match facts.quota {
+        Some(quota) if standing(usage, &quota, facts.enforced, period) == QuotaStatus::Blocked => {
+            Err(SubmitBlocked {
+                usage: *usage,
+                quota,
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
 /// What a user's quota stream says, for enforcement: the quota, and the starts of the periods a
 /// warning was raised and a block enforced in since it was last set.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -532,6 +566,31 @@ mod enforcement {
                 "{limit}"
             );
         }
+    }
+
+    #[test]
+    fn given_each_quota_when_a_user_submits_then_only_a_block_refuses() {
+        let submit =
+            |facts: QuotaFacts, spent: i64| check_submit(&facts, &projected(spent), november());
+        assert_eq!(submit(QuotaFacts::default(), 1_000_000), Ok(()));
+        let warn = QuotaFacts {
+            quota: quota(100, QuotaMode::Warn, 0),
+            ..QuotaFacts::default()
+        };
+        assert_eq!(submit(warn, 1_000), Ok(()), "warn never refuses");
+        let block = QuotaFacts {
+            quota: quota(100, QuotaMode::BlockAndKill, 20),
+            ..QuotaFacts::default()
+        };
+        assert_eq!(submit(block, 120), Ok(()), "within the buffer");
+        let refused = submit(block, 121).unwrap_err();
+        assert!(refused.to_string().contains("$121.000000"), "{refused}");
+        // Enforced this period: refused even once spend fell; a new quota clears it.
+        let enforced = QuotaFacts {
+            enforced: Some(november().start),
+            ..block
+        };
+        assert!(submit(enforced, 0).is_err());
     }
 
     #[test]
