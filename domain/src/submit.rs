@@ -325,24 +325,10 @@ fn check_wrapped(c: &mut Check, name: &str, value: &Value) -> Option<(Value, Opt
     }
 }
 
-/// Validates a v0.0.44 submit body and returns it in canonical form.
-pub fn canonicalize(body: &Value) -> Result<CanonicalSubmit, Vec<FieldError>> {
-    let mut c = Check {
-        errors: Vec::new(),
-        warnings: Vec::new(),
-    };
-    let Some(top) = body.as_object() else {
-        c.error(
-            "invalid_body",
-            "",
-            "the body must be a JSON object like {\"job\": {...}} (slurmrestd v0.0.44 job submit)",
-        );
-        return Err(c.errors);
-    };
-    if top.contains_key("jobs") {
-        c.error("heterogeneous_unsupported", "jobs", "heterogeneous jobs (\"jobs\": [...]) are not supported; send one job as \"job\": {...}");
-    }
-    let mut job: Map<String, Value> = match top.get("job") {
+/// The `job` object of the body (a copy to canonicalize), and warnings for top-level fields that
+/// are not part of a v0.0.44 submit body.
+fn job_object(c: &mut Check, top: &Map<String, Value>) -> Map<String, Value> {
+    let job: Map<String, Value> = match top.get("job") {
         Some(Value::Object(j)) => j.clone(),
         Some(_) => {
             c.error(
@@ -365,6 +351,11 @@ pub fn canonicalize(body: &Value) -> Result<CanonicalSubmit, Vec<FieldError>> {
         }
     }
 
+    job
+}
+
+/// The script: required, starting with `#!`; top-level `script` wins over `job.script`.
+fn script(c: &mut Check, top: &Map<String, Value>, job: &mut Map<String, Value>) {
     // The script: top-level wins over job.script, as in slurmrestd.
     let script = match (top.get("script"), job.get("script")) {
         (Some(Value::String(t)), Some(Value::String(_))) => {
@@ -397,7 +388,11 @@ pub fn canonicalize(body: &Value) -> Result<CanonicalSubmit, Vec<FieldError>> {
             job.insert("script".into(), Value::String(s.to_string()));
         }
     }
+}
 
+/// The environment (required: an array of `NAME=value` strings, an object accepted and
+/// converted) and the working directory (required, absolute).
+fn environment_and_directory(c: &mut Check, job: &mut Map<String, Value>) {
     // The environment: required, an array of "K=V" strings.
     match job.get("environment").cloned() {
         None | Some(Value::Null) => c.error(
@@ -450,7 +445,10 @@ pub fn canonicalize(body: &Value) -> Result<CanonicalSubmit, Vec<FieldError>> {
         ),
         _ => {}
     }
+}
 
+/// Where stdout goes when the body does not say.
+fn default_output(job: &mut Map<String, Value>) {
     // Every job's stdout lands on the shared filesystem unless the body says otherwise, so its
     // log can be read through the API (Slurm's own default is `slurm-%j.out` in the cwd).
     if job.get("standard_output").is_none_or(Value::is_null) {
@@ -459,7 +457,10 @@ pub fn canonicalize(body: &Value) -> Result<CanonicalSubmit, Vec<FieldError>> {
             Value::String(DEFAULT_STDOUT.into()),
         );
     }
+}
 
+/// Fields that must be strings.
+fn check_strings(c: &mut Check, job: &Map<String, Value>) {
     for name in STRINGS {
         if job
             .get(*name)
@@ -472,13 +473,19 @@ pub fn canonicalize(body: &Value) -> Result<CanonicalSubmit, Vec<FieldError>> {
             );
         }
     }
+}
 
+/// Memory and time limits, in v0.0.44's `{"set", "number"}` form; their values by field.
+fn memory_and_time(
+    c: &mut Check,
+    job: &mut Map<String, Value>,
+) -> std::collections::HashMap<&'static str, Option<u64>> {
     let mut values: std::collections::HashMap<&str, Option<u64>> = Default::default();
     for name in WRAPPED {
         let checked = job
             .get(*name)
             .cloned()
-            .and_then(|v| check_wrapped(&mut c, name, &v));
+            .and_then(|v| check_wrapped(c, name, &v));
         if let Some((canonical, value)) = checked {
             job.insert((*name).into(), canonical);
             values.insert(name, value);
@@ -494,6 +501,14 @@ pub fn canonicalize(body: &Value) -> Result<CanonicalSubmit, Vec<FieldError>> {
         );
     }
 
+    values
+}
+
+/// Counts that v0.0.44 wants as plain integers (tasks, cpus_per_task, …), by field.
+fn counts(
+    c: &mut Check,
+    job: &mut Map<String, Value>,
+) -> std::collections::HashMap<&'static str, u64> {
     let mut ints: std::collections::HashMap<&str, u64> = Default::default();
     for name in PLAIN_INTS {
         let field = format!("job.{name}");
@@ -535,7 +550,16 @@ pub fn canonicalize(body: &Value) -> Result<CanonicalSubmit, Vec<FieldError>> {
         }
     }
 
-    let min_nodes = match job.get("nodes").cloned() {
+    ints
+}
+
+/// The minimum node count, from `nodes` (a count or a range) or `minimum_nodes`.
+fn nodes(
+    c: &mut Check,
+    job: &mut Map<String, Value>,
+    ints: &std::collections::HashMap<&'static str, u64>,
+) -> u64 {
+    match job.get("nodes").cloned() {
         None | Some(Value::Null) => ints.get("minimum_nodes").copied().unwrap_or(1),
         Some(Value::Number(n)) => match n.as_u64().filter(|v| (1..=MAX_COUNT).contains(v)) {
             Some(v) => {
@@ -581,8 +605,34 @@ pub fn canonicalize(body: &Value) -> Result<CanonicalSubmit, Vec<FieldError>> {
             );
             1
         }
-    };
+    }
+}
 
+/// Validates a v0.0.44 submit body and returns it in canonical form.
+pub fn canonicalize(body: &Value) -> Result<CanonicalSubmit, Vec<FieldError>> {
+    let mut c = Check {
+        errors: Vec::new(),
+        warnings: Vec::new(),
+    };
+    let Some(top) = body.as_object() else {
+        c.error(
+            "invalid_body",
+            "",
+            "the body must be a JSON object like {\"job\": {...}} (slurmrestd v0.0.44 job submit)",
+        );
+        return Err(c.errors);
+    };
+    if top.contains_key("jobs") {
+        c.error("heterogeneous_unsupported", "jobs", "heterogeneous jobs (\"jobs\": [...]) are not supported; send one job as \"job\": {...}");
+    }
+    let mut job = job_object(&mut c, top);
+    script(&mut c, top, &mut job);
+    environment_and_directory(&mut c, &mut job);
+    default_output(&mut job);
+    check_strings(&mut c, &job);
+    let values = memory_and_time(&mut c, &mut job);
+    let ints = counts(&mut c, &mut job);
+    let min_nodes = nodes(&mut c, &mut job, &ints);
     for key in job.keys() {
         if !KNOWN_JOB_FIELDS.contains(&key.as_str()) {
             c.warn(
