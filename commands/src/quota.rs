@@ -90,11 +90,8 @@ pub enum QuotaError {
 /// What the quota stream says now.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct QuotaState {
-    pub quota: Option<Quota>,
-    /// The period a warning was raised in since the quota was last set.
-    pub warned: Option<DateTime<Utc>>,
-    /// The period a block was recorded in since the quota was last set.
-    pub enforced: Option<DateTime<Utc>>,
+    /// The quota, and the periods a warning was raised and a block recorded in since it was set.
+    pub facts: domain::cost::QuotaFacts,
     pub version: i64,
 }
 
@@ -105,7 +102,7 @@ pub async fn load(
     email: &Email,
 ) -> Result<QuotaState, QuotaError> {
     let stream = stream(workspace, email);
-    let mut state = QuotaState::default();
+    let mut state = domain::cost::QuotaFacts::default();
     let version = crate::fold_stream(log, &stream, 0, 500, |_, d| {
         match d {
             Some(DomainEvent::QuotaSet(q)) => {
@@ -117,7 +114,7 @@ pub async fn load(
                 state.warned = None;
                 state.enforced = None;
             }
-            Some(DomainEvent::QuotaRemoved(_)) => state = QuotaState::default(),
+            Some(DomainEvent::QuotaRemoved(_)) => state = domain::cost::QuotaFacts::default(),
             Some(DomainEvent::QuotaWarningRaised(w)) => state.warned = Some(w.period_start),
             Some(DomainEvent::QuotaEnforced(q)) => state.enforced = Some(q.period_start),
             _ => {}
@@ -125,8 +122,10 @@ pub async fn load(
         Ok::<_, QuotaError>(())
     })
     .await?;
-    state.version = version;
-    Ok(state)
+    Ok(QuotaState {
+        facts: state,
+        version,
+    })
 }
 
 /// Refuses a submission by a user a `block_and_kill` quota has blocked, deciding on the quota
@@ -139,18 +138,13 @@ pub async fn check_submit<E: From<QuotaError>>(
     period: Period,
     usage: impl AsyncFnOnce() -> Result<Usage, E>,
 ) -> Result<(), E> {
-    let state = load(log, workspace, email).await?;
-    if state
+    let facts = load(log, workspace, email).await?.facts;
+    if facts
         .quota
         .is_none_or(|q| q.mode != domain::cost::QuotaMode::BlockAndKill)
     {
         return Ok(());
     }
-    let facts = domain::cost::QuotaFacts {
-        quota: state.quota,
-        warned: state.warned,
-        enforced: state.enforced,
-    };
     let usage = usage().await?;
     domain::cost::check_submit(&facts, &usage, period).map_err(|b| QuotaError::from(b).into())
 }
@@ -193,7 +187,7 @@ pub async fn remove(
     metadata: Metadata,
 ) -> Result<Position, QuotaError> {
     let state = load(log, workspace, email).await?;
-    if state.quota.is_none() {
+    if state.facts.quota.is_none() {
         return Err(QuotaError::NoQuota(email.clone()));
     }
     let e = DomainEvent::QuotaRemoved(QuotaRemoved {
@@ -243,12 +237,7 @@ pub async fn enforce(
     running: &[RunningJob],
 ) -> Result<Enforcement, QuotaError> {
     let state = load(log, workspace, email).await?;
-    let facts = domain::cost::QuotaFacts {
-        quota: state.quota,
-        warned: state.warned,
-        enforced: state.enforced,
-    };
-    let decided = domain::cost::decide_enforcement(workspace, email, &facts, usage, period);
+    let decided = domain::cost::decide_enforcement(workspace, email, &state.facts, usage, period);
     let mut out = Enforcement {
         warned: decided
             .events
