@@ -155,7 +155,8 @@ pub(crate) async fn me(
 ) -> Result<Json<Profile>, ApiError> {
     let now = Utc::now();
     let period = Period::of(state.scaling.billing_period, now);
-    let (u, quota) = user_usage(&state, &caller.workspace, &caller.email, period, now).await?;
+    let u = user_usage(&state, &caller.workspace, &caller.email, period, now).await?;
+    let quota = quota_of(&state, &caller.workspace, caller.email.as_str()).await?;
     Ok(Json(Profile {
         email: caller.email.to_string(),
         role: caller.role.as_str().into(),
@@ -168,21 +169,21 @@ pub(crate) async fn me(
     }))
 }
 
+/// A user's money in `period` at `now`, from the jobs projection.
 async fn user_usage(
     state: &AppState,
     workspace: &WorkspaceId,
     email: &Email,
     period: Period,
     now: DateTime<Utc>,
-) -> Result<(Usage, Option<QuotaView>), ApiError> {
+) -> Result<Usage, ApiError> {
     let views = jobs::of_workspace(state.store.read.as_ref(), workspace).await?;
     let mine: Vec<JobView> = views
         .into_iter()
         .filter(|v| v.user == email.as_str())
         .collect();
     let jobs = cost_jobs(&pricing(state), &mine);
-    let quota = quota_of(state, workspace, email.as_str()).await?;
-    Ok((usage(&jobs, period, now), quota))
+    Ok(usage(&jobs, period, now))
 }
 
 /// Refuses a submission by a user `block_and_kill` has blocked (`commands::quota::check_submit`:
@@ -195,11 +196,7 @@ pub(crate) async fn refuse_if_blocked(state: &AppState, caller: &Caller) -> Resu
         &caller.workspace,
         &caller.email,
         period,
-        async || {
-            user_usage(state, &caller.workspace, &caller.email, period, now)
-                .await
-                .map(|(usage, _)| usage)
-        },
+        async || user_usage(state, &caller.workspace, &caller.email, period, now).await,
     )
     .await
 }
