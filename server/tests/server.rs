@@ -55,32 +55,27 @@ async fn a_server_built_in_process_runs_a_job_through_its_poll_cycle_and_stops_o
     }));
 
     let client = reqwest::Client::new();
-    let submitted: Value = client
-        .post(format!("{url}/v1/clusters/local/jobs"))
-        .bearer_auth(&token)
-        .json(
-            &json!({"job": {"name": "in-process", "script": "#!/bin/bash\necho hello\n",
-            "environment": ["PATH=/usr/bin:/bin"], "current_working_directory": "/mnt/efs"}}),
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = submitted["job_id"].as_u64().expect("a job id");
-    // Only the poll cycle records a local job's end (reconcile): COMPLETED proves it runs.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let job = loop {
-        let job: Value = client
-            .get(format!("{url}/v1/clusters/local/jobs/{id}"))
+    // The JSON answer of a request made as the researcher.
+    let answer = async |request: reqwest::RequestBuilder| -> Value {
+        request
             .bearer_auth(&token)
             .send()
             .await
             .unwrap()
             .json()
             .await
-            .unwrap();
+            .unwrap()
+    };
+    let submitted = answer(client.post(format!("{url}/v1/clusters/local/jobs")).json(
+        &json!({"job": {"name": "in-process", "script": "#!/bin/bash\necho hello\n",
+                "environment": ["PATH=/usr/bin:/bin"], "current_working_directory": "/mnt/efs"}}),
+    ))
+    .await;
+    let id = submitted["job_id"].as_u64().expect("a job id");
+    // Only the poll cycle records a local job's end (reconcile): COMPLETED proves it runs.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let job = loop {
+        let job = answer(client.get(format!("{url}/v1/clusters/local/jobs/{id}"))).await;
         if job["state"] == "COMPLETED" || job["state"] == "FAILED" {
             break job;
         }
@@ -104,7 +99,7 @@ async fn a_server_built_in_process_runs_a_job_through_its_poll_cycle_and_stops_o
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_server_built_and_dropped_without_running_stops_what_it_started() {
+async fn a_server_built_and_dropped_without_running_stops_its_embedded_object_store() {
     let dir = tempfile::tempdir().unwrap();
     // A free port for the embedded object store, to see it go away.
     let s3 = std::net::TcpListener::bind("127.0.0.1:0")
