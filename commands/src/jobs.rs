@@ -1060,6 +1060,7 @@ const CLOCK_SKEW: chrono::Duration = chrono::Duration::seconds(5);
 pub async fn settle_submissions(
     log: &dyn EventLog,
     slurm: &dyn SlurmPort,
+    workspace: &WorkspaceId,
     cluster: &ClusterId,
     unsettled: &[Unsettled],
     now: DateTime<Utc>,
@@ -1075,7 +1076,7 @@ pub async fn settle_submissions(
     // Where the port lists states, Slurm's jobs are read in full by id, a bounded number per
     // pass; until every listed job has been read, a submission found nowhere is not yet failed.
     let (listed, complete) = match slurm.states().await? {
-        Some(states) => read_commented(slurm, cluster, &states).await?,
+        Some(states) => read_commented(slurm, workspace, cluster, &states).await?,
         None => (slurm.jobs().await?, true),
     };
     let mut by_submission: HashMap<Uuid, Vec<SlurmJob>> = HashMap::new();
@@ -1174,10 +1175,11 @@ pub async fn settle_submissions(
 /// read within a few passes, and none is read twice.
 const SETTLE_LOOKUPS: usize = 256;
 
-/// Slurm jobs read in full while settling, by cluster and job id: the job (kept only when its
-/// comment names a submission). A job id names one job while Slurm lists it; the memory is
-/// bounded by starting over past 100,000 entries.
-type SeenComments = HashMap<(ClusterId, u64), Option<SlurmJob>>;
+/// Slurm jobs read in full while settling, by workspace, cluster and job id (a cluster id names
+/// one cluster only within its workspace, and two Slurms number their jobs alike): the job (kept
+/// only when its comment names a submission). A job id names one job while Slurm lists it; the
+/// memory is bounded by starting over past 100,000 entries.
+type SeenComments = HashMap<(WorkspaceId, ClusterId, u64), Option<SlurmJob>>;
 static SEEN_COMMENTS: LazyLock<Mutex<SeenComments>> = LazyLock::new(|| Mutex::new(HashMap::new()));
 
 fn seen_comments() -> std::sync::MutexGuard<'static, SeenComments> {
@@ -1193,6 +1195,7 @@ fn seen_comments() -> std::sync::MutexGuard<'static, SeenComments> {
 /// job has now been read. A lookup that gets no answer fails the pass.
 async fn read_commented(
     slurm: &dyn SlurmPort,
+    workspace: &WorkspaceId,
     cluster: &ClusterId,
     states: &[StateReport],
 ) -> Result<(Vec<SlurmJob>, bool), JobError> {
@@ -1201,7 +1204,7 @@ async fn read_commented(
         states
             .iter()
             .map(|r| r.job_id)
-            .filter(|id| !memo.contains_key(&(cluster.clone(), *id)))
+            .filter(|id| !memo.contains_key(&(workspace.clone(), cluster.clone(), *id)))
             .collect()
     };
     unread.sort_unstable_by(|a, b| b.cmp(a));
@@ -1218,11 +1221,15 @@ async fn read_commented(
     let mut memo = seen_comments();
     for (id, record) in records {
         let job = record?.filter(|j| j.submission_id().is_some());
-        memo.insert((cluster.clone(), id), job);
+        memo.insert((workspace.clone(), cluster.clone(), id), job);
     }
     let listed = states
         .iter()
-        .filter_map(|r| memo.get(&(cluster.clone(), r.job_id)).cloned().flatten())
+        .filter_map(|r| {
+            memo.get(&(workspace.clone(), cluster.clone(), r.job_id))
+                .cloned()
+                .flatten()
+        })
         .collect();
     Ok((listed, complete))
 }

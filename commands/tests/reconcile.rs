@@ -194,13 +194,21 @@ async fn a_recorded_request_whose_outcome_the_log_missed_is_adopted_once_as_its_
         .unwrap();
     assert_eq!(done.ignored, 0, "its request is recorded: not a forgery");
     let now = chrono::Utc::now();
-    let early = settle_submissions(&log, &slurm, &cluster, &unsettled(submission_id), now)
-        .await
-        .unwrap();
+    let early = settle_submissions(
+        &log,
+        &slurm,
+        &WorkspaceId::new("default").unwrap(),
+        &cluster,
+        &unsettled(submission_id),
+        now,
+    )
+    .await
+    .unwrap();
     assert_eq!(early, Settled::default(), "still within the grace");
     let settled = settle_submissions(
         &log,
         &slurm,
+        &WorkspaceId::new("default").unwrap(),
         &cluster,
         &unsettled(submission_id),
         later_now(),
@@ -225,6 +233,7 @@ async fn a_recorded_request_whose_outcome_the_log_missed_is_adopted_once_as_its_
         settle_submissions(
             &log,
             &slurm,
+            &WorkspaceId::new("default").unwrap(),
             &cluster,
             &unsettled(submission_id),
             later_now()
@@ -442,9 +451,16 @@ async fn a_slurm_job_with_a_forged_comment_is_never_adopted() {
         assert_eq!(done.state_changes, 0);
     }
     // Settling only looks at recorded requests: a made-up one is not in the log, so nothing.
-    let settled = settle_submissions(log, &slurm, &cluster, &unsettled(forged_id), later_now())
-        .await
-        .unwrap();
+    let settled = settle_submissions(
+        log,
+        &slurm,
+        &WorkspaceId::new("default").unwrap(),
+        &cluster,
+        &unsettled(forged_id),
+        later_now(),
+    )
+    .await
+    .unwrap();
     assert_eq!(settled, Settled::default());
     assert_eq!(
         log.head().await.unwrap().position,
@@ -474,9 +490,16 @@ async fn a_slurm_job_with_a_forged_comment_is_never_adopted() {
             long_ago,
         ),
     );
-    let settled = settle_submissions(log, &real, &cluster, &unsettled(submission_id), later_now())
-        .await
-        .unwrap();
+    let settled = settle_submissions(
+        log,
+        &real,
+        &WorkspaceId::new("default").unwrap(),
+        &cluster,
+        &unsettled(submission_id),
+        later_now(),
+    )
+    .await
+    .unwrap();
     assert_eq!(settled.adopted, 1);
     let (facts, _) = commands::jobs::load(log, &stream(&cluster, submission_id))
         .await
@@ -534,6 +557,7 @@ async fn a_request_slurm_never_got_is_marked_failed_and_frees_its_key() {
     let settled = settle_submissions(
         log,
         &slurm,
+        &WorkspaceId::new("default").unwrap(),
         &cluster,
         &unsettled(submission_id),
         later_now(),
@@ -625,17 +649,38 @@ async fn on_a_big_slurm_settling_reads_jobs_by_id_a_few_hundred_a_pass_and_fails
 
     // Newest first: B's job is read in the first pass and adopted; A is not failed while
     // Slurm's jobs are not all read.
-    let first = settle_submissions(log, &slurm, &cluster, &both, later_now())
-        .await
-        .unwrap();
+    let first = settle_submissions(
+        log,
+        &slurm,
+        &WorkspaceId::new("default").unwrap(),
+        &cluster,
+        &both,
+        later_now(),
+    )
+    .await
+    .unwrap();
     assert_eq!((first.adopted, first.failed), (1, 0));
-    let second = settle_submissions(log, &slurm, &cluster, &unsettled(a), later_now())
-        .await
-        .unwrap();
+    let second = settle_submissions(
+        log,
+        &slurm,
+        &WorkspaceId::new("default").unwrap(),
+        &cluster,
+        &unsettled(a),
+        later_now(),
+    )
+    .await
+    .unwrap();
     assert_eq!(second, Settled::default(), "89 jobs still unread");
-    let third = settle_submissions(log, &slurm, &cluster, &unsettled(a), later_now())
-        .await
-        .unwrap();
+    let third = settle_submissions(
+        log,
+        &slurm,
+        &WorkspaceId::new("default").unwrap(),
+        &cluster,
+        &unsettled(a),
+        later_now(),
+    )
+    .await
+    .unwrap();
     assert_eq!((third.adopted, third.failed), (0, 1));
     assert_eq!(
         slurm.lookups.load(Ordering::SeqCst),
@@ -749,4 +794,60 @@ async fn concurrent_cancels_record_one_request_and_answer_its_position() {
 /// A clock reading past the adoption grace, so jobs Slurm just accepted count as old.
 fn later_now() -> chrono::DateTime<chrono::Utc> {
     chrono::Utc::now() + commands::jobs::ADOPT_AFTER
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settling_keeps_what_it_read_apart_per_workspace_for_clusters_of_one_name() {
+    let (_, cluster, _) = ids();
+    let long_ago = chrono::Utc::now() - chrono::Duration::hours(1);
+    // Workspace `other` has a cluster of the same name on another Slurm, whose job 1000 is
+    // someone else's: settling there reads it (and remembers it has no comment).
+    let (_other_dir, other_store) = sqlite_log().await;
+    let mut theirs = slurm_job(1_000, "someone else's", long_ago);
+    theirs.comment = None;
+    let their_slurm = FakeSlurm {
+        lists_states: true,
+        ..FakeSlurm::with(vec![theirs])
+    };
+    settle_submissions(
+        other_store.log.as_ref(),
+        &their_slurm,
+        &WorkspaceId::new("other").unwrap(),
+        &cluster,
+        &unsettled(uuid::Uuid::now_v7()),
+        later_now(),
+    )
+    .await
+    .unwrap();
+    // In `default`, job 1000 of its own Slurm is a submission whose `JobSubmitted` was lost.
+    let (_dir, store) = sqlite_log().await;
+    let slurm = FakeSlurm {
+        lists_states: true,
+        ..FakeSlurm::with(Vec::new())
+    };
+    let request_log = FailingLog {
+        inner: store.log.clone(),
+        armed: AtomicBool::new(true),
+    };
+    Submitter::default()
+        .submit(&request_log, &slurm, submission("k-taken"))
+        .await
+        .unwrap_err();
+    let taken = slurm.jobs.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(taken.job_id, 1_000, "the same job id as the other Slurm's");
+    let settled = settle_submissions(
+        store.log.as_ref(),
+        &slurm,
+        &WorkspaceId::new("default").unwrap(),
+        &cluster,
+        &unsettled(taken.submission_id().unwrap()),
+        later_now(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (settled.adopted, settled.failed),
+        (1, 0),
+        "read in its own Slurm and adopted, not taken for the other workspace's job"
+    );
 }

@@ -491,6 +491,7 @@ async fn settle(
     match settle_submissions(
         store.log.as_ref(),
         slurm,
+        workspace,
         cluster,
         &unsettled,
         chrono::Utc::now(),
