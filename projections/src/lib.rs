@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use domain::DomainEvent;
 use eventlog::{DocChange, LogError, ModelSet, ReadStore, RecordedEvent};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -51,19 +52,80 @@ impl ProjectionError {
     }
 }
 
+/// What a projector reads of an event of a given type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reads {
+    /// Not handed to the projector at all.
+    Nothing,
+    /// The envelope only (type, stream, position, time): the data is not decoded.
+    Envelope,
+    /// The envelope and the decoded [`DomainEvent`]; a type this build does not know is skipped.
+    Decoded,
+}
+
+impl Reads {
+    /// `Decoded` when `wanted`, else `Nothing`.
+    pub fn decoded_if(wanted: bool) -> Self {
+        if wanted {
+            Reads::Decoded
+        } else {
+            Reads::Nothing
+        }
+    }
+}
+
+/// One event as the runner hands it to a projector: decoded once, by the runner, when the
+/// projector [`Reads::Decoded`] it.
+pub struct Event<'a> {
+    pub recorded: &'a RecordedEvent,
+    /// `Some` exactly when the projector's [`Projector::reads`] said `Decoded`.
+    pub domain: Option<DomainEvent>,
+}
+
+/// What [`Projector::apply`] returns.
+pub type Applied = Result<(), ProjectionError>;
+
 /// Derives one read model from the log.
 #[async_trait]
 pub trait Projector: Send + Sync + 'static {
     /// A stable name: it keys the projector's documents and checkpoint.
     fn name(&self) -> &'static str;
 
+    /// Which events this projector reads, and how much of them. Must depend on the type only.
+    /// By default every event, undecoded.
+    fn reads(&self, event_type: &str) -> Reads {
+        let _ = event_type;
+        Reads::Envelope
+    }
+
     /// Applies one event. Must be deterministic: the same events give the same documents, which
     /// is what `replay --verify` checks.
-    async fn apply(
-        &self,
-        view: &mut ViewTx<'_>,
-        event: &RecordedEvent,
-    ) -> Result<(), ProjectionError>;
+    async fn apply(&self, view: &mut ViewTx<'_>, event: Event<'_>) -> Applied;
+}
+
+/// Hands `event` to `projector` as it reads it: skipped, as its envelope, or decoded. An event
+/// whose data does not decode stops the projector (`BadEvent`) rather than being skipped.
+pub(crate) async fn apply_one(
+    projector: &dyn Projector,
+    view: &mut ViewTx<'_>,
+    recorded: &RecordedEvent,
+) -> Applied {
+    let domain = match projector.reads(&recorded.event_type) {
+        Reads::Nothing => return Ok(()),
+        Reads::Envelope => None,
+        Reads::Decoded => {
+            match DomainEvent::decode(
+                &recorded.event_type,
+                recorded.schema_version,
+                &recorded.data,
+            ) {
+                Ok(Some(domain)) => Some(domain),
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(ProjectionError::bad_event(recorded, e)),
+            }
+        }
+    };
+    projector.apply(view, Event { recorded, domain }).await
 }
 
 /// The documents a projector reads and writes while it applies one batch. Reads go to a

@@ -141,7 +141,7 @@ async fn advance(
         let apply = async {
             let mut view = ViewTx::new(store, set, name);
             for event in &events {
-                projector.apply(&mut view, event).await?;
+                crate::apply_one(projector, &mut view, event).await?;
             }
             let changes = view.into_changes();
             let persist = snapshot.must_persist(last, !changes.is_empty());

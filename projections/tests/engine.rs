@@ -7,13 +7,11 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use eventlog::{
-    ExpectedVersion, ModelSet, NewEvent, OpenOptions, RecordedEvent, Store, StreamId, SystemClock,
-};
+use eventlog::{ExpectedVersion, ModelSet, NewEvent, OpenOptions, Store, StreamId, SystemClock};
 use projections::views::event_counts::{self, EventCounts, EventTypeCount};
 use projections::{
-    Difference, ProjectionError, Projections, Projector, Target, ViewTx, catch_up,
-    rebuild_and_promote, verify,
+    Applied, Difference, Event, ProjectionError, Projections, Projector, Reads, Target, ViewTx,
+    catch_up, rebuild_and_promote, verify,
 };
 use serde_json::json;
 
@@ -77,11 +75,11 @@ impl Projector for Flaky {
     fn name(&self) -> &'static str {
         "flaky"
     }
-    async fn apply(
-        &self,
-        view: &mut ViewTx<'_>,
-        event: &RecordedEvent,
-    ) -> Result<(), ProjectionError> {
+    fn reads(&self, _: &str) -> Reads {
+        Reads::Envelope
+    }
+    async fn apply(&self, view: &mut ViewTx<'_>, event: Event<'_>) -> Applied {
+        let event = event.recorded;
         if self.fail_at.load(Ordering::SeqCst) == event.position {
             self.fail_at.store(-1, Ordering::SeqCst);
             return Err(ProjectionError::bad_event(

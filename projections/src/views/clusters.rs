@@ -4,12 +4,14 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use domain::{ClusterId, DomainEvent, SlurmEndpoint, WorkspaceId};
-use eventlog::RecordedEvent;
 use serde::{Deserialize, Serialize};
 
-use crate::{ProjectionError, Projector, ViewTx};
+use crate::{Applied, Event, Projector, Reads, ViewTx};
 
 pub const NAME: &str = "clusters";
+
+/// The projector; its documents and checkpoint are kept under [`NAME`].
+pub struct ClusterViews;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterView {
@@ -41,15 +43,7 @@ pub async fn get(
     workspace: &WorkspaceId,
     cluster: &ClusterId,
 ) -> Result<Option<ClusterView>, super::ViewError> {
-    read.get_doc(
-        eventlog::ModelSet::Live,
-        NAME,
-        &collection(workspace),
-        cluster.as_str(),
-    )
-    .await?
-    .map(|doc| super::decode(NAME, cluster.as_str(), &doc))
-    .transpose()
+    super::live(read, NAME, &collection(workspace), cluster.as_str()).await
 }
 
 /// Every cluster of a workspace, in id order.
@@ -124,21 +118,24 @@ pub async fn slurm_status(
         .and_then(|doc| serde_json::from_str(&doc).ok()))
 }
 
-pub struct ClusterViews;
-
 #[async_trait]
 impl Projector for ClusterViews {
     fn name(&self) -> &'static str {
         NAME
     }
 
-    async fn apply(
-        &self,
-        view: &mut ViewTx<'_>,
-        event: &RecordedEvent,
-    ) -> Result<(), ProjectionError> {
-        let decoded = DomainEvent::decode(&event.event_type, event.schema_version, &event.data)
-            .map_err(|e| ProjectionError::bad_event(event, e))?;
+    fn reads(&self, event_type: &str) -> Reads {
+        Reads::decoded_if(matches!(
+            event_type,
+            "ClusterRegistered" | "SlurmReachabilityChanged"
+        ))
+    }
+
+    async fn apply(&self, view: &mut ViewTx<'_>, event: Event<'_>) -> Applied {
+        let Event {
+            recorded: event,
+            domain: decoded,
+        } = event;
         if let Some(DomainEvent::SlurmReachabilityChanged(r)) = &decoded {
             let status = SlurmStatus {
                 reachable: r.reachable,

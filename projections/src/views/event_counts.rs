@@ -2,12 +2,15 @@
 //! also what the replay benchmark measures.
 
 use async_trait::async_trait;
-use eventlog::RecordedEvent;
 use serde::{Deserialize, Serialize};
 
-use crate::{ProjectionError, Projector, ViewTx};
+use crate::{Applied, Event, Projector, ViewTx};
 
 pub const NAME: &str = "event_counts";
+
+/// The projector; its documents and checkpoint are kept under [`NAME`].
+pub struct EventCounts;
+
 pub const COLLECTION: &str = "types";
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -17,19 +20,14 @@ pub struct EventTypeCount {
     pub last_position: i64,
 }
 
-pub struct EventCounts;
-
 #[async_trait]
 impl Projector for EventCounts {
     fn name(&self) -> &'static str {
         NAME
     }
 
-    async fn apply(
-        &self,
-        view: &mut ViewTx<'_>,
-        event: &RecordedEvent,
-    ) -> Result<(), ProjectionError> {
+    async fn apply(&self, view: &mut ViewTx<'_>, event: Event<'_>) -> Applied {
+        let event = event.recorded;
         let mut doc: EventTypeCount = view
             .get(COLLECTION, &event.event_type)
             .await?

@@ -9,12 +9,15 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use domain::feed::{self, JobContext};
 use domain::{ClusterId, DomainEvent, WorkspaceId};
-use eventlog::RecordedEvent;
 use serde::{Deserialize, Serialize};
 
-use crate::{ProjectionError, Projector, ViewTx};
+use crate::{Applied, Event, ProjectionError, Projector, Reads, ViewTx};
 
 pub const NAME: &str = "feed";
+
+/// The projector; its documents and checkpoint are kept under [`NAME`].
+pub struct Feed;
+
 const JOB_STREAMS: &str = "job-streams";
 
 /// One line of a cluster's feed.
@@ -78,25 +81,21 @@ struct JobStream {
     owner: String,
 }
 
-pub struct Feed;
-
 #[async_trait]
 impl Projector for Feed {
     fn name(&self) -> &'static str {
         NAME
     }
 
-    async fn apply(
-        &self,
-        view: &mut ViewTx<'_>,
-        event: &RecordedEvent,
-    ) -> Result<(), ProjectionError> {
-        if !feed::FEED_TYPES.contains(&event.event_type.as_str()) {
-            return Ok(());
-        }
-        let Some(decoded) =
-            DomainEvent::decode(&event.event_type, event.schema_version, &event.data)
-                .map_err(|e| ProjectionError::bad_event(event, e))?
+    fn reads(&self, event_type: &str) -> Reads {
+        Reads::decoded_if(feed::FEED_TYPES.contains(&event_type))
+    }
+
+    async fn apply(&self, view: &mut ViewTx<'_>, event: Event<'_>) -> Applied {
+        let Event {
+            recorded: event,
+            domain: Some(decoded),
+        } = event
         else {
             return Ok(());
         };

@@ -6,15 +6,19 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use domain::cost::{CostJob, PricedJob, Pricing};
 use domain::job::{JobState, explain_pending};
 use domain::submit::JobShape;
 use domain::{ClusterId, DomainEvent, SubmittedVia, WorkspaceId};
-use eventlog::RecordedEvent;
 use serde::{Deserialize, Serialize};
 
-use crate::{ProjectionError, Projector, ViewTx};
+use crate::{Applied, Event, ProjectionError, Projector, Reads, ViewTx};
 
 pub const NAME: &str = "jobs";
+
+/// The projector; its documents and checkpoint are kept under [`NAME`].
+pub struct JobViews;
+
 const BY_STREAM: &str = "by-stream";
 
 /// What the console shows about a node starting; the scaler will refine it per node set.
@@ -107,6 +111,36 @@ pub async fn of_workspace(
     Ok(out)
 }
 
+/// What the workspace's jobs cost, priced by `pricing` (`domain::cost::Pricing::job`): every
+/// started job, or only `user`'s.
+pub async fn costs(
+    read: &dyn eventlog::ReadStore,
+    workspace: &WorkspaceId,
+    user: Option<&str>,
+    pricing: &Pricing,
+) -> Result<Vec<CostJob>, eventlog::LogError> {
+    Ok(of_workspace(read, workspace)
+        .await?
+        .iter()
+        .filter(|v| user.is_none_or(|u| v.user == u))
+        .filter_map(|v| pricing.job(v.priced()))
+        .collect())
+}
+
+impl JobView {
+    /// What cost reads of the job.
+    pub fn priced(&self) -> PricedJob<'_> {
+        PricedJob {
+            user: &self.user,
+            job_id: self.job_id,
+            shape: &self.shape,
+            started_at: self.started_at,
+            ended_at: self.ended_at,
+            recorded_rate: self.rate,
+        }
+    }
+}
+
 /// One job of a cluster, by id.
 pub async fn get(
     read: &dyn eventlog::ReadStore,
@@ -114,16 +148,7 @@ pub async fn get(
     cluster: &ClusterId,
     job_id: u64,
 ) -> Result<Option<JobView>, super::ViewError> {
-    let key = key(job_id);
-    read.get_doc(
-        eventlog::ModelSet::Live,
-        NAME,
-        &collection(workspace, cluster),
-        &key,
-    )
-    .await?
-    .map(|doc| super::decode(NAME, &key, &doc))
-    .transpose()
+    super::live(read, NAME, &collection(workspace, cluster), &key(job_id)).await
 }
 
 /// What a page of a cluster's jobs holds: every filter that is set must match.
@@ -237,25 +262,22 @@ struct Pointer {
     key: String,
 }
 
-pub struct JobViews;
-
 #[async_trait]
 impl Projector for JobViews {
     fn name(&self) -> &'static str {
         NAME
     }
 
-    async fn apply(
-        &self,
-        view: &mut ViewTx<'_>,
-        event: &RecordedEvent,
-    ) -> Result<(), ProjectionError> {
-        if !event.event_type.starts_with("Job") {
-            return Ok(());
-        }
-        let decoded = DomainEvent::decode(&event.event_type, event.schema_version, &event.data)
-            .map_err(|e| ProjectionError::bad_event(event, e))?;
-        match decoded {
+    fn reads(&self, event_type: &str) -> Reads {
+        Reads::decoded_if(event_type.starts_with("Job"))
+    }
+
+    async fn apply(&self, view: &mut ViewTx<'_>, event: Event<'_>) -> Applied {
+        let Event {
+            recorded: event,
+            domain,
+        } = event;
+        match domain {
             Some(DomainEvent::JobSubmissionRequested(r)) => {
                 view.put(
                     &submitting_collection(&r.workspace, &r.cluster_id),

@@ -35,3 +35,16 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(
         reason: e.to_string(),
     })
 }
+
+/// One live document of `view` as its type, if present.
+pub(crate) async fn live<T: serde::de::DeserializeOwned>(
+    read: &dyn eventlog::ReadStore,
+    view: &'static str,
+    collection: &str,
+    key: &str,
+) -> Result<Option<T>, ViewError> {
+    read.get_doc(eventlog::ModelSet::Live, view, collection, key)
+        .await?
+        .map(|doc| decode(view, key, &doc))
+        .transpose()
+}

@@ -5,12 +5,14 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use domain::cost::{Period, Quota, QuotaMode, QuotaStatus};
 use domain::{DomainEvent, MicroUsd, WorkspaceId};
-use eventlog::RecordedEvent;
 use serde::{Deserialize, Serialize};
 
-use crate::{ProjectionError, Projector, ViewTx};
+use crate::{Applied, Event, Projector, Reads, ViewTx};
 
 pub const NAME: &str = "quotas";
+
+/// The projector; its documents and checkpoint are kept under [`NAME`].
+pub struct QuotaViews;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QuotaView {
@@ -57,15 +59,7 @@ pub async fn get(
     workspace: &WorkspaceId,
     email: &str,
 ) -> Result<Option<QuotaView>, super::ViewError> {
-    read.get_doc(
-        eventlog::ModelSet::Live,
-        NAME,
-        &collection(workspace),
-        email,
-    )
-    .await?
-    .map(|doc| super::decode(NAME, email, &doc))
-    .transpose()
+    super::live(read, NAME, &collection(workspace), email).await
 }
 
 /// Every quota of a workspace (live set), by email.
@@ -83,25 +77,22 @@ pub async fn of_workspace(
     )
 }
 
-pub struct QuotaViews;
-
 #[async_trait]
 impl Projector for QuotaViews {
     fn name(&self) -> &'static str {
         NAME
     }
 
-    async fn apply(
-        &self,
-        view: &mut ViewTx<'_>,
-        event: &RecordedEvent,
-    ) -> Result<(), ProjectionError> {
-        if !event.event_type.starts_with("Quota") {
-            return Ok(());
-        }
-        let decoded = DomainEvent::decode(&event.event_type, event.schema_version, &event.data)
-            .map_err(|e| ProjectionError::bad_event(event, e))?;
-        match decoded {
+    fn reads(&self, event_type: &str) -> Reads {
+        Reads::decoded_if(matches!(
+            event_type,
+            "QuotaSet" | "QuotaRemoved" | "QuotaEnforced"
+        ))
+    }
+
+    async fn apply(&self, view: &mut ViewTx<'_>, event: Event<'_>) -> Applied {
+        let (event, domain) = (event.recorded, event.domain);
+        match domain {
             Some(DomainEvent::QuotaSet(q)) => {
                 let doc = QuotaView {
                     email: q.email.to_string(),

@@ -2,12 +2,15 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use eventlog::RecordedEvent;
 use serde::{Deserialize, Serialize};
 
-use crate::{ProjectionError, Projector, ViewTx};
+use crate::{Applied, Event, Projector, ViewTx};
 
 pub const NAME: &str = "streams";
+
+/// The projector; its documents and checkpoint are kept under [`NAME`].
+pub struct StreamSummaries;
+
 pub const COLLECTION: &str = "streams";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,19 +24,14 @@ pub struct StreamSummary {
     pub last_recorded_at: DateTime<Utc>,
 }
 
-pub struct StreamSummaries;
-
 #[async_trait]
 impl Projector for StreamSummaries {
     fn name(&self) -> &'static str {
         NAME
     }
 
-    async fn apply(
-        &self,
-        view: &mut ViewTx<'_>,
-        event: &RecordedEvent,
-    ) -> Result<(), ProjectionError> {
+    async fn apply(&self, view: &mut ViewTx<'_>, event: Event<'_>) -> Applied {
+        let event = event.recorded;
         let summary = match view
             .get::<StreamSummary>(COLLECTION, &event.stream_id)
             .await?
