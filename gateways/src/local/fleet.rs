@@ -1,0 +1,208 @@
+//! The executor's nodes: launched for the node sets the scaler asks for, ready after the cold start,
+//! and the jobs placed on them.
+
+use super::*;
+
+/// One node of the executor's fleet.
+#[derive(Debug, Clone)]
+pub(super) struct LocalNode {
+    pub(super) name: String,
+    pub(super) set: NodeSet,
+    pub(super) free_cpus: u32,
+    pub(super) free_mib: u64,
+    pub(super) launched_at: DateTime<Utc>,
+    pub(super) ready_at: DateTime<Utc>,
+    pub(super) ready: bool,
+    /// Jobs placed on it.
+    pub(super) jobs: Vec<u64>,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Fleet {
+    pub(super) nodes: Vec<LocalNode>,
+    /// Node names are `<set>-<owner>.<pid>-<n>`, n counting up for the process's life.
+    pub(super) launched: u64,
+    /// This executor's id (`<state dir>/executor-id`).
+    pub(super) owner: String,
+}
+
+impl Fleet {
+    /// Ready nodes of `family` with room for `demand`, `count` of them, or None.
+    pub(super) fn find(&self, family: Family, demand: Demand, count: u32) -> Option<Vec<usize>> {
+        let mut found = Vec::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            if n.ready
+                && n.set.family == family
+                && n.free_cpus >= demand.cpus
+                && n.free_mib >= demand.memory_mib
+            {
+                found.push(i);
+                if found.len() == count.max(1) as usize {
+                    return Some(found);
+                }
+            }
+        }
+        None
+    }
+
+    pub(super) fn take(&mut self, at: &[usize], job_id: u64, demand: Demand) -> Vec<String> {
+        at.iter()
+            .map(|&i| {
+                let n = &mut self.nodes[i];
+                n.free_cpus -= demand.cpus;
+                n.free_mib -= demand.memory_mib;
+                n.jobs.push(job_id);
+                n.name.clone()
+            })
+            .collect()
+    }
+
+    pub(super) fn release(&mut self, job_id: u64, demand: Demand) {
+        for n in self.nodes.iter_mut().filter(|n| n.jobs.contains(&job_id)) {
+            n.jobs.retain(|j| *j != job_id);
+            n.free_cpus += demand.cpus;
+            n.free_mib += demand.memory_mib;
+        }
+    }
+
+    pub(super) fn reconcile(
+        &mut self,
+        settings: &NodeSettings,
+        desired: &BTreeMap<NodeSet, u32>,
+        now: DateTime<Utc>,
+    ) -> Vec<NodeChange> {
+        let mut changes = Vec::new();
+        let ms = |d: chrono::Duration| u64::try_from(d.num_milliseconds()).unwrap_or(0);
+        for n in self
+            .nodes
+            .iter_mut()
+            .filter(|n| !n.ready && n.ready_at <= now)
+        {
+            n.ready = true;
+            changes.push(NodeChange::Ready {
+                node: n.name.clone(),
+                set: n.set,
+                cold_start_ms: ms(now - n.launched_at),
+            });
+        }
+        let sets: std::collections::BTreeSet<NodeSet> = desired
+            .keys()
+            .copied()
+            .chain(self.nodes.iter().map(|n| n.set))
+            .collect();
+        let cold =
+            chrono::Duration::from_std(settings.cold_start).unwrap_or(chrono::Duration::zero());
+        let mut budget = settings.max_launch_per_step as usize;
+        for set in sets {
+            let want = desired.get(&set).copied().unwrap_or(0) as usize;
+            let have = self.nodes.iter().filter(|n| n.set == set).count();
+            if have < want {
+                let Some(shape) = settings.catalog.shape(set) else {
+                    continue;
+                };
+                let launch = (want - have).min(budget);
+                budget -= launch;
+                for _ in 0..launch {
+                    self.launched += 1;
+                    // `<set>-<executor id>.<pid>-<n>`: the executor id (stable for its state
+                    // directory) tells this executor's nodes from other processes' in a shared
+                    // log, the pid keeps a restarted executor's names new.
+                    let name = format!(
+                        "{set}-{}.{}-{}",
+                        self.owner,
+                        std::process::id(),
+                        self.launched
+                    );
+                    let ready = cold.is_zero();
+                    self.nodes.push(LocalNode {
+                        name: name.clone(),
+                        set,
+                        free_cpus: shape.vcpus,
+                        free_mib: shape.allocatable_mib,
+                        launched_at: now,
+                        ready_at: now + cold,
+                        ready,
+                        jobs: Vec::new(),
+                    });
+                    changes.push(NodeChange::Launched {
+                        node: name.clone(),
+                        set,
+                        instance_type: shape.instance_type.clone(),
+                        launched_at: now,
+                        ready_expected_at: now + cold,
+                    });
+                    if ready {
+                        changes.push(NodeChange::Ready {
+                            node: name,
+                            set,
+                            cold_start_ms: 0,
+                        });
+                    }
+                }
+            } else if have > want {
+                // Idle nodes only: the ones still starting first, then the newest.
+                let mut idle: Vec<usize> = (0..self.nodes.len())
+                    .filter(|&i| self.nodes[i].set == set && self.nodes[i].jobs.is_empty())
+                    .collect();
+                idle.sort_by_key(|&i| {
+                    (
+                        self.nodes[i].ready,
+                        std::cmp::Reverse(self.nodes[i].launched_at),
+                    )
+                });
+                idle.truncate(have - want);
+                idle.sort_unstable_by(|a, b| b.cmp(a));
+                for i in idle {
+                    let n = self.nodes.remove(i);
+                    changes.push(NodeChange::Terminated {
+                        node: n.name,
+                        set,
+                        reason: format!("{set} scaled down to {want}"),
+                        up_ms: ms(now - n.launched_at),
+                    });
+                }
+            }
+        }
+        changes
+    }
+}
+
+#[async_trait]
+impl NodeFleet for LocalExecutor {
+    async fn reconcile(
+        &self,
+        desired: &BTreeMap<NodeSet, u32>,
+        now: DateTime<Utc>,
+    ) -> Vec<NodeChange> {
+        let Some(settings) = &self.inner.settings.nodes else {
+            return Vec::new();
+        };
+        let changes = match self.inner.fleet.lock() {
+            Ok(mut fleet) => fleet.reconcile(settings, desired, now),
+            Err(_) => Vec::new(),
+        };
+        if changes
+            .iter()
+            .any(|c| matches!(c, NodeChange::Ready { .. }))
+        {
+            self.dispatch().await;
+        }
+        changes
+    }
+
+    fn owns(&self, node: &str) -> bool {
+        self.inner
+            .fleet
+            .lock()
+            .map(|f| node.contains(&format!("-{}.", f.owner)))
+            .unwrap_or(false)
+    }
+
+    async fn nodes(&self) -> Vec<String> {
+        self.inner
+            .fleet
+            .lock()
+            .map(|f| f.nodes.iter().map(|n| n.name.clone()).collect())
+            .unwrap_or_default()
+    }
+}
