@@ -9,7 +9,8 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use chrono::{DateTime, Utc};
 use commands::CommandError;
-use domain::{ClusterId, ClusterRegistered, SlurmEndpoint, WorkspaceId};
+use domain::cluster::{ClusterFields, Registration};
+use domain::{ClusterId, ClusterRegistered, WorkspaceId};
 use eventlog::Metadata;
 use projections::views::clusters::{self, ClusterView};
 use serde::{Deserialize, Serialize};
@@ -66,7 +67,7 @@ pub struct SlurmSettings {
 }
 
 fn default_api_version() -> String {
-    "v0.0.44".into()
+    domain::cluster::SLURM_API_VERSION.into()
 }
 
 /// A cluster as users see it.
@@ -115,120 +116,6 @@ pub struct ClusterList {
     pub clusters: Vec<Cluster>,
 }
 
-fn invalid(field: &str, message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", message).with_field(field)
-}
-
-/// The documented form of a slurmrestd URL (`^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?$`):
-/// a host name or address, a port, a path — no user info, no other characters.
-fn url_in_documented_form(url: &str) -> bool {
-    let Some(rest) = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"))
-    else {
-        return false;
-    };
-    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let (host, port) = authority.split_once(':').unwrap_or((authority, "1"));
-    !host.is_empty()
-        && host
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
-        && (1..=5).contains(&port.len())
-        && port.chars().all(|c| c.is_ascii_digit())
-        && path
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._~/-".contains(c))
-}
-
-fn valid_bucket(b: &str) -> bool {
-    (3..=63).contains(&b.len())
-        && b.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-')
-        && b.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && b.ends_with(|c: char| c.is_ascii_alphanumeric())
-        && !b.contains("..")
-}
-
-fn valid_text(s: &str, max: usize) -> bool {
-    let t = s.trim();
-    !t.is_empty() && t.chars().count() <= max && !t.chars().any(char::is_control)
-}
-
-/// Validates the whole request; the first problem is reported with its field.
-fn validate(
-    req: RegisterClusterRequest,
-) -> Result<(ClusterId, String, String, String, SlurmEndpoint), ApiError> {
-    let id = ClusterId::new(req.id).map_err(|e| invalid("id", format!("{e}")))?;
-    if !valid_text(&req.name, 100) {
-        return Err(invalid("name", "name must be 1-100 printable characters"));
-    }
-    let region_ok = (1..=32).contains(&req.region.len())
-        && req
-            .region
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-    if !region_ok {
-        return Err(invalid(
-            "region",
-            "region must be 1-32 of a-z 0-9 -, like us-east-1",
-        ));
-    }
-    if !valid_bucket(&req.bucket) {
-        return Err(invalid(
-            "bucket",
-            "bucket must be an S3 bucket name: 3-63 of a-z 0-9 . -, starting and ending with a letter or digit",
-        ));
-    }
-    let url: axum::http::Uri = req.slurm.url.parse().map_err(|_| {
-        invalid(
-            "slurm.url",
-            "slurm.url must be a URL like https://slurm.example.org:6820",
-        )
-    })?;
-    let scheme_ok = matches!(url.scheme_str(), Some("http" | "https"));
-    if !scheme_ok
-        || !url_in_documented_form(&req.slurm.url)
-        || url.host().is_none()
-        || url.path_and_query().is_some_and(|p| p.query().is_some())
-    {
-        return Err(invalid(
-            "slurm.url",
-            "slurm.url must be an http:// or https:// URL with a host and no query, like https://slurm.example.org:6820",
-        ));
-    }
-    let user_ok = (1..=32).contains(&req.slurm.user.len())
-        && req
-            .slurm
-            .user
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
-    if !user_ok {
-        return Err(invalid(
-            "slurm.user",
-            "slurm.user must be a Unix user name: 1-32 of a-z A-Z 0-9 . _ -",
-        ));
-    }
-    if req.slurm.api_version != "v0.0.44" {
-        return Err(invalid(
-            "slurm.api_version",
-            "only slurmrestd v0.0.44 is supported; send \"v0.0.44\" or leave it out",
-        ));
-    }
-    let endpoint = SlurmEndpoint {
-        url: req.slurm.url.trim_end_matches('/').to_string(),
-        user: req.slurm.user,
-        api_version: req.slurm.api_version,
-    };
-    Ok((
-        id,
-        req.name.trim().to_string(),
-        req.region,
-        req.bucket,
-        endpoint,
-    ))
-}
-
 /// Register a cluster in the caller's workspace (admins only).
 #[utoipa::path(
     post,
@@ -251,7 +138,22 @@ pub(crate) async fn register(
     ApiJson(req): ApiJson<RegisterClusterRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require_admin()?;
-    let (cluster_id, name, region, bucket, slurm) = validate(req)?;
+    let ClusterFields {
+        id: cluster_id,
+        name,
+        region,
+        bucket,
+        slurm,
+    } = Registration {
+        id: &req.id,
+        name: &req.name,
+        region: &req.region,
+        bucket: &req.bucket,
+        slurm_url: &req.slurm.url,
+        slurm_user: &req.slurm.user,
+        slurm_api_version: &req.slurm.api_version,
+    }
+    .parse()?;
     if let Some(patterns) = &state.settings.bucket_allow
         && !domain::storage::bucket_allowed(patterns, caller.workspace.as_str(), &bucket)
     {
@@ -427,34 +329,5 @@ pub(crate) fn metadata(caller: &Caller) -> Metadata {
         via: Some("api".into()),
         correlation_id: Some(uuid::Uuid::now_v7()),
         ..Metadata::default()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::url_in_documented_form;
-
-    #[test]
-    fn slurm_urls_must_have_the_documented_form() {
-        for ok in [
-            "http://slurm",
-            "https://slurm.example.org:6820",
-            "http://10.0.0.5:6820/",
-            "https://h.example.org/slurm/api",
-        ] {
-            assert!(url_in_documented_form(ok), "{ok}");
-        }
-        for bad in [
-            "http://zqNgi*",
-            "ftp://slurm",
-            "http://user@slurm",
-            "http://slurm:",
-            "http://slurm:123456",
-            "http://slurm/a b",
-            "http://",
-            "http://slurm?x=1",
-        ] {
-            assert!(!url_in_documented_form(bad), "{bad}");
-        }
     }
 }

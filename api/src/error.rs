@@ -169,6 +169,13 @@ impl From<eventlog::LogError> for ApiError {
     }
 }
 
+impl From<domain::submit::FieldError> for ApiError {
+    /// A field a domain rule refused (a quota's, a cluster registration's): 422 with its code.
+    fn from(e: domain::submit::FieldError) -> Self {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.code, e.message).with_field(e.field)
+    }
+}
+
 impl From<projections::views::ViewError> for ApiError {
     fn from(e: projections::views::ViewError) -> Self {
         match e {

@@ -6,7 +6,6 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use chrono::Utc;
 use domain::Email;
 use domain::cost::Quota;
 use projections::views::quotas::{self, QuotaView};
@@ -74,10 +73,7 @@ pub(crate) async fn put_quota(
 ) -> Result<impl IntoResponse, ApiError> {
     let workspace = require_workspace_admin(&caller, &ws)?;
     let email = target_email(&email)?;
-    let quota = Quota::parse(req.limit_usd.get(), req.mode.as_deref(), req.buffer_percent)
-        .map_err(|e| {
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.code, e.message).with_field(e.field)
-        })?;
+    let quota = Quota::parse(req.limit_usd.get(), req.mode.as_deref(), req.buffer_percent)?;
     let Quota {
         limit,
         mode,
@@ -99,7 +95,7 @@ pub(crate) async fn put_quota(
         mode,
         buffer_percent,
         set_by: caller.email.to_string(),
-        set_at: Utc::now(),
+        set_at: state.clock.now(),
         enforced_in: None,
         position,
     };
