@@ -89,6 +89,9 @@ pub struct AppState {
     pub cluster_cache: Arc<clusters::ClusterCache>,
     /// The node-shape catalog.
     pub scaling: Arc<nodesets::Scaling>,
+    /// What "now" is for the routes that compute with time (usage, quotas, grants): the system
+    /// clock in a server, a fixed one where a test needs it.
+    pub clock: Arc<dyn eventlog::Clock>,
 }
 
 /// One route the server serves.

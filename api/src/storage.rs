@@ -311,7 +311,7 @@ pub(crate) async fn presign(
             size: body.size,
         },
         &state.storage.uploads,
-        Utc::now(),
+        state.clock.now(),
     )
     .await
     .map_err(|e| file_error(e, if body.key.is_some() { "key" } else { "path" }))?;

@@ -10,10 +10,11 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use chrono::{DateTime, Duration, Utc};
-use commands::quota::Pricing;
-use domain::cost::{CostJob, Period, QuotaMode, QuotaStatus, Usage, series, usage, usage_by_user};
+use domain::cost::{
+    CostJob, Period, Pricing, QuotaMode, QuotaStatus, Usage, series, usage, usage_by_user,
+};
 use domain::{Email, WorkspaceId};
-use projections::views::jobs::{self, JobView};
+use projections::views::jobs;
 use projections::views::quotas::{self, QuotaView};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -26,23 +27,6 @@ fn pricing(state: &AppState) -> Pricing {
         catalog: state.scaling.catalog.clone(),
         default_mib_per_cpu: state.scaling.default_mib_per_cpu,
     }
-}
-
-/// The jobs that cost something (started), priced.
-pub fn cost_jobs(pricing: &Pricing, views: &[JobView]) -> Vec<CostJob> {
-    views
-        .iter()
-        .filter(|v| v.started_at.is_some())
-        .map(|v| {
-            // A finished job always has ended_at; without it, it is billed up to now.
-            let mut job = pricing.job(&v.user, v.job_id, &v.shape, v.started_at, v.ended_at);
-            // The rate recorded at submission wins over today's catalog.
-            if let Some(rate) = v.rate {
-                job.rate = rate;
-            }
-            job
-        })
-        .collect()
 }
 
 pub(crate) async fn quota_of(
@@ -153,7 +137,7 @@ pub(crate) async fn me(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<Profile>, ApiError> {
-    let now = Utc::now();
+    let now = state.clock.now();
     let period = Period::of(state.scaling.billing_period, now);
     let u = user_usage(&state, &caller.workspace, &caller.email, period, now).await?;
     let quota = quota_of(&state, &caller.workspace, caller.email.as_str()).await?;
@@ -177,19 +161,15 @@ async fn user_usage(
     period: Period,
     now: DateTime<Utc>,
 ) -> Result<Usage, ApiError> {
-    let views = jobs::of_workspace(state.store.read.as_ref(), workspace).await?;
-    let mine: Vec<JobView> = views
-        .into_iter()
-        .filter(|v| v.user == email.as_str())
-        .collect();
-    let jobs = cost_jobs(&pricing(state), &mine);
+    let read = state.store.read.as_ref();
+    let jobs = jobs::costs(read, workspace, Some(email.as_str()), &pricing(state)).await?;
     Ok(usage(&jobs, period, now))
 }
 
 /// Refuses a submission by a user `block_and_kill` has blocked (`commands::quota::check_submit`:
 /// the rule is `domain::cost::check_submit`).
 pub(crate) async fn refuse_if_blocked(state: &AppState, caller: &Caller) -> Result<(), ApiError> {
-    let now = Utc::now();
+    let now = state.clock.now();
     let period = Period::of(state.scaling.billing_period, now);
     commands::quota::check_submit(
         state.store.log.as_ref(),
@@ -274,7 +254,7 @@ pub(crate) async fn my_series(
             format!("{e}; the parameters are from, to and bucket"),
         )
     })?;
-    let now = Utc::now();
+    let now = state.clock.now();
     let from =
         parse_time(&q.from, "from")?.unwrap_or(Period::of(state.scaling.billing_period, now).start);
     let to = parse_time(&q.to, "to")?.unwrap_or(now);
@@ -308,12 +288,9 @@ pub(crate) async fn my_series(
         )
         .with_field("from"));
     }
-    let views = jobs::of_workspace(state.store.read.as_ref(), &caller.workspace).await?;
-    let mine: Vec<JobView> = views
-        .into_iter()
-        .filter(|v| v.user == caller.email.as_str())
-        .collect();
-    let jobs = cost_jobs(&pricing(&state), &mine);
+    let read = state.store.read.as_ref();
+    let me = Some(caller.email.as_str());
+    let jobs = jobs::costs(read, &caller.workspace, me, &pricing(&state)).await?;
     let refs: Vec<&CostJob> = jobs.iter().collect();
     let points = series(&refs, from, to, bucket, now)
         .into_iter()
@@ -380,10 +357,15 @@ pub(crate) async fn workspace_usage(
     Path(ws): Path<String>,
 ) -> Result<Json<WorkspaceUsage>, ApiError> {
     let workspace = require_workspace_admin(&caller, &ws)?;
-    let now = Utc::now();
+    let now = state.clock.now();
     let period = Period::of(state.scaling.billing_period, now);
-    let views = jobs::of_workspace(state.store.read.as_ref(), &workspace).await?;
-    let jobs = cost_jobs(&pricing(&state), &views);
+    let jobs = jobs::costs(
+        state.store.read.as_ref(),
+        &workspace,
+        None,
+        &pricing(&state),
+    )
+    .await?;
     let by_user = usage_by_user(&jobs, period, now);
     let quotas = quotas::of_workspace(state.store.read.as_ref(), &workspace).await?;
     let mut emails: std::collections::BTreeSet<String> =

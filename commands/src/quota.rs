@@ -9,12 +9,7 @@
 //! reconcile pass asks Slurm again while it runs), and a cluster whose Slurm is not answering
 //! gets the cancel recorded without being called.
 
-use std::sync::Arc;
-
-use chrono::{DateTime, Utc};
-use domain::cost::{CostJob, Period, Quota, Usage};
-use domain::scaling::Catalog;
-use domain::submit::JobShape;
+use domain::cost::{Period, Quota, Usage};
 use domain::{ClusterId, DomainEvent, Email, QuotaRemoved, QuotaSet, WorkspaceId};
 use eventlog::{EventLog, ExpectedVersion, LogError, Metadata, Position, StreamId};
 use uuid::Uuid;
@@ -37,40 +32,6 @@ pub fn stream(workspace: &WorkspaceId, email: &Email) -> StreamId {
         StreamId::new(format!("quota:{workspace}:email-{id}"))
             .unwrap_or_else(|e| unreachable!("a slug and a uuid make a stream id: {e}"))
     })
-}
-
-/// Prices jobs by the rule of `domain::cost`.
-#[derive(Clone)]
-pub struct Pricing {
-    pub catalog: Arc<Catalog>,
-    pub default_mib_per_cpu: u64,
-}
-
-impl Pricing {
-    /// A shape's hourly rate from the catalog (zero when no instance holds it).
-    pub fn rate(&self, shape: &JobShape) -> domain::MicroUsd {
-        domain::cost::job_rate(&self.catalog, shape, self.default_mib_per_cpu)
-            .unwrap_or(domain::MicroUsd::ZERO)
-    }
-
-    pub fn job(
-        &self,
-        user: &str,
-        job_id: u64,
-        shape: &JobShape,
-        started_at: Option<DateTime<Utc>>,
-        ended_at: Option<DateTime<Utc>>,
-    ) -> CostJob {
-        CostJob {
-            user: user.to_string(),
-            job_id,
-            rate: domain::cost::job_rate(&self.catalog, shape, self.default_mib_per_cpu)
-                .unwrap_or(domain::MicroUsd::ZERO),
-            started_at,
-            ended_at,
-            time_limit_minutes: shape.time_limit_minutes,
-        }
-    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -48,6 +48,46 @@ pub fn job_rate(catalog: &Catalog, shape: &JobShape, default_mib_per_cpu: u64) -
     Some(MicroUsd(i64::try_from(rate).unwrap_or(i64::MAX)))
 }
 
+/// Prices jobs by the rule above: the catalog and the memory per vCPU of jobs that ask for none.
+#[derive(Debug, Clone)]
+pub struct Pricing {
+    pub catalog: std::sync::Arc<Catalog>,
+    pub default_mib_per_cpu: u64,
+}
+
+impl Pricing {
+    /// A shape's hourly rate from the catalog (zero when no instance holds it).
+    pub fn rate(&self, shape: &JobShape) -> MicroUsd {
+        job_rate(&self.catalog, shape, self.default_mib_per_cpu).unwrap_or(MicroUsd::ZERO)
+    }
+
+    /// A job as cost sees it, or `None` before it started (a job costs from its start). The rate
+    /// recorded at submission (`recorded`) wins over today's catalog; a job without an end is
+    /// billed up to the instant asked about.
+    pub fn job(&self, job: PricedJob<'_>) -> Option<CostJob> {
+        let started_at = job.started_at?;
+        Some(CostJob {
+            user: job.user.to_string(),
+            job_id: job.job_id,
+            rate: job.recorded_rate.unwrap_or_else(|| self.rate(job.shape)),
+            started_at: Some(started_at),
+            ended_at: job.ended_at,
+            time_limit_minutes: job.shape.time_limit_minutes,
+        })
+    }
+}
+
+/// What [`Pricing::job`] reads of a job.
+#[derive(Debug, Clone, Copy)]
+pub struct PricedJob<'a> {
+    pub user: &'a str,
+    pub job_id: u64,
+    pub shape: &'a JobShape,
+    pub started_at: Option<DateTime<Utc>>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub recorded_rate: Option<MicroUsd>,
+}
+
 /// What accrues at `rate` per hour over `ms` milliseconds, rounded down.
 pub fn accrue(rate: MicroUsd, ms: i64) -> MicroUsd {
     let v = i128::from(rate.0) * i128::from(ms.max(0)) / MS_PER_HOUR;

@@ -168,6 +168,7 @@ impl Server {
                 leading: leading.clone(),
                 billing_period,
             }),
+            clock: Arc::new(eventlog::SystemClock),
         };
         let replicas = replica_store(&config, &store).await?;
         let poller = crate::poll::Poller {
@@ -179,7 +180,7 @@ impl Server {
             replicas: replicas.clone(),
             leadership: gateways::leader::Leadership::new(store.db.clone()),
             leading: leading.clone(),
-            pricing: commands::quota::Pricing {
+            pricing: domain::cost::Pricing {
                 catalog: catalog.clone(),
                 default_mib_per_cpu: config.default_mib_per_cpu,
             },

@@ -20,9 +20,9 @@ use std::time::Duration;
 
 use commands::fleet::EdgeAgent;
 use commands::open::Tracker;
-use commands::quota::{Pricing, RunningJob};
+use commands::quota::RunningJob;
 use commands::replicas::ReplicaStore;
-use domain::cost::{Period, QuotaStatus};
+use domain::cost::{Period, Pricing, QuotaStatus};
 
 use commands::jobs::{Unsettled, reconcile, reconcile_listed, settle_submissions};
 use commands::scaling::Scaler;
