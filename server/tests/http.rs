@@ -1,17 +1,16 @@
-//! The API through `app()` with a real SQLite database: the authorization matrix, malformed
-//! bodies, read-your-writes, and the OpenAPI document against the router.
+//! The API through the router of a server wired by `Server::build`, with a real SQLite database:
+//! the authorization matrix, malformed bodies, read-your-writes, and the OpenAPI document against
+//! the router.
 
 #![allow(clippy::unwrap_used)] // a test may panic on what it did not expect
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use api::{AppState, Authenticator, Claims, Role, Settings};
+use api::{AppState, Authenticator, Claims, Role};
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
-use eventlog::{OpenOptions, SystemClock};
 use http_body_util::BodyExt;
-use projections::Projections;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
@@ -19,122 +18,47 @@ const SECRET: &[u8] = b"test-secret-test-secret-test-secret!";
 
 struct Harness {
     state: AppState,
+    /// Stops what it started (the projections, the embedded object store) when dropped.
+    _server: server::Server,
     _dir: tempfile::TempDir,
-    _stop: tokio::sync::watch::Sender<bool>,
 }
 
 async fn harness(wait: Duration) -> Harness {
     harness_with(wait, 1024).await
 }
 
+/// A server wired by `Server::build` (the wiring `clusterra serve` uses), not serving: requests go
+/// through its router in-process. Its token secret is [`SECRET`], written where the server reads it.
 async fn harness_with(wait: Duration, feed_buffer: usize) -> Harness {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("api.db").display());
-    let store = eventlog::open(&OpenOptions::new(url), Arc::new(SystemClock))
-        .await
-        .unwrap();
-    commands::clusters::ensure_default_cluster(store.log.as_ref())
-        .await
-        .unwrap();
-    let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let projections = Arc::new(Projections::start(
-        store.log.clone(),
-        store.read.clone(),
-        projections::all_projectors(),
-        stop_rx,
-    ));
-    let executor = gateways::local::LocalExecutor::open(
-        gateways::local::LocalSettings {
-            state_dir: dir.path().join("executor"),
-            efs_root: dir.path().join("efs"),
-            grace: Duration::from_millis(200),
-            minute: Duration::from_secs(60),
-            slots: 4,
-            nodes: None,
-            user: gateways::jobuser::JobUser::current(),
-        },
-        chrono::Utc::now(),
-    )
-    .unwrap();
-    let directory = commands::slurm::LiveDirectory::default();
-    directory.insert(
-        domain::WorkspaceId::new("default").unwrap(),
-        domain::ClusterId::new("local").unwrap(),
-        Arc::new(executor),
-    );
-    let objects = gateways::s3::embedded::start(
-        gateways::s3::embedded::EmbeddedSettings {
-            root: dir.path().join("objects"),
-            listen: "127.0.0.1:0".parse().unwrap(),
-            access_key: "test-key".into(),
-            secret_key: "test-secret".into(),
-            edge: edge::Limits::default(),
-            uploads: Default::default(),
-        },
-        stop.subscribe(),
-    )
-    .await
-    .unwrap();
-    let s3 = gateways::s3::S3Store::connect(&gateways::s3::S3Settings {
-        endpoint: Some(format!("http://{}", objects.addr)),
-        public_endpoint: None,
-        region: "us-east-1".into(),
-        path_style: true,
-        credentials: Some(("test-key".into(), "test-secret".into())),
-        create_buckets: true,
-        timeout: Duration::from_secs(10),
-        filesystem_keys: true,
-    })
-    .await;
-    let state = AppState {
-        store: store.clone(),
-        projections: projections.clone(),
-        auth: Arc::new(Authenticator::local(SECRET)),
-        metrics: Arc::new(api::Metrics::default()),
-        settings: Arc::new(Settings {
-            min_position_wait: wait,
-            body_limit: 1024 * 1024,
-            edge: edge::Limits::default(),
-            bucket_allow: Some(vec!["acme-*".into(), "local".into()]),
-        }),
-        slurm: Arc::new(directory),
-        submitter: Arc::new(commands::jobs::Submitter::default()),
-        templates: Arc::new(commands::templates::Catalog::builtin().unwrap()),
-        logs: Arc::new(api::logs::Logs {
-            local_root: dir.path().join("efs"),
-            local_user: "clusterra-job".into(),
-            mounts_dir: dir.path().join("efs-mounts"),
-            hub: api::logs::LogHub::start(store.clone(), Duration::from_millis(100), 32 * 1024),
-            heartbeat: Duration::from_secs(15),
-            chunk_bytes: 32 * 1024,
-        }),
-        feed: Arc::new(api::feed::FeedSettings {
-            hub: api::feed::FeedHub::start(store.clone(), &projections, feed_buffer).unwrap(),
-            heartbeat: Duration::from_secs(15),
-            max_page_bytes: api::feed::MAX_PAGE_BYTES,
-        }),
-        storage: api::storage::Storage {
-            store: Arc::new(s3),
-            uploads: Default::default(),
-        },
-        cluster_cache: Default::default(),
-        scaling: Arc::new(api::nodesets::Scaling {
-            catalog: Arc::new(
-                domain::scaling::Catalog::parse(
-                    include_str!("../../fixtures/catalog/shapes.json"),
-                    512,
-                )
-                .unwrap(),
-            ),
-            default_mib_per_cpu: 2048,
-            leading: Default::default(),
-            billing_period: Default::default(),
-        }),
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let config = server::Config {
+        data_dir: data,
+        listen: "127.0.0.1:0".parse().unwrap(),
+        s3_listen: "127.0.0.1:0".parse().unwrap(),
+        min_position_wait_ms: wait.as_millis() as u64,
+        feed_buffer,
+        bucket_allow: vec!["acme-*".into(), "local".into()],
+        executor_slots: Some(4),
+        executor_grace_ms: 200,
+        log_poll_interval_ms: 100,
+        ..server::Config::default()
     };
+    let mut secret = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(config.secret_path())
+        .unwrap();
+    std::io::Write::write_all(&mut secret, SECRET).unwrap();
+    let built = server::Server::build(config).await.unwrap();
     Harness {
-        state,
+        state: built.state().clone(),
+        _server: built,
         _dir: dir,
-        _stop: stop,
     }
 }
 

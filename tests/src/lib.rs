@@ -374,6 +374,21 @@ impl Api {
     }
 }
 
+/// A server on a fresh data directory (`data` in a new temporary folder) started with `env`: the
+/// folder (removed when dropped, so keep it to the end of the test), the data directory's path,
+/// and the server.
+pub fn started(env: &[(&str, &str)]) -> (tempfile::TempDir, String, Api) {
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let data = dir
+        .path()
+        .join("data")
+        .to_str()
+        .expect("a UTF-8 path")
+        .to_string();
+    let api = Api::start(&data, env);
+    (dir, data, api)
+}
+
 /// A database of its own on `DATABASE_URL`'s PostgreSQL server, for tests that run several
 /// replicas against one database; [`ScratchDb::drop_database`] removes it.
 pub struct ScratchDb {

@@ -1,6 +1,6 @@
 //! The per-cluster event feed through the real binary: pages and filters, redaction of other
-//! users' jobs, the live stream with a reconnect, the CLI, and two API replicas on one
-//! PostgreSQL database.
+//! users' jobs, the live stream with a reconnect, the CLI, the feed rebuilt from the log, and two
+//! API replicas on one PostgreSQL database.
 
 #![allow(clippy::unwrap_used)] // a test may panic on what it did not expect
 
@@ -115,24 +115,12 @@ impl Sub {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_feed_pages_filters_redacts_and_streams() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let data = data.to_str().unwrap();
-    let api = Api::start(data, &ENV);
-    let server = &api.server;
-    let admin = api.token.clone();
-    let alice = mint(data, "alice@example.org", "default");
-    let bob = mint(data, "bob@example.org", "default");
-    let eve = mint(data, "eve@rival.org", "rival");
-
-    // A subscriber from now, before anything happens.
-    let mut live = Sub::open(server, &bob, None).await;
-
+/// A job of alice's with a secret in its environment, run to COMPLETED: its id and the position
+/// of its `JobSubmitted`.
+async fn alices_secret_job(api: &Api, alice: &str) -> (u64, i64) {
     let (job, at) = submit(
-        server,
-        &alice,
+        &api.server,
+        alice,
         &body(
             "#!/bin/bash\necho hi",
             &["PATH=/usr/bin:/bin", "TOKEN=s3cr3t"],
@@ -141,17 +129,35 @@ async fn the_feed_pages_filters_redacts_and_streams() {
     .await;
     api.wait_state(job, &["COMPLETED"], Duration::from_secs(15))
         .await;
+    (job, at)
+}
+
+/// What alice did: her secret job, then a sleeper she cancelled while it ran.
+struct Story {
+    job: u64,
+    /// The position of the secret job's `JobSubmitted`.
+    at: i64,
+    sleeper: u64,
+    /// The position of the cancel's request.
+    cancelled_at: i64,
+}
+
+async fn alices_story(api: &Api, alice: &str) -> Story {
+    let (job, at) = alices_secret_job(api, alice).await;
     let (sleeper, _) = submit(
-        server,
-        &alice,
+        &api.server,
+        alice,
         &body("#!/bin/bash\nsleep 30", &["PATH=/bin"]),
     )
     .await;
     api.wait_state(sleeper, &["RUNNING"], Duration::from_secs(15))
         .await;
     let res = reqwest::Client::new()
-        .delete(server.url(&format!("/v1/clusters/local/jobs/{sleeper}")))
-        .bearer_auth(&alice)
+        .delete(
+            api.server
+                .url(&format!("/v1/clusters/local/jobs/{sleeper}")),
+        )
+        .bearer_auth(alice)
         .send()
         .await
         .unwrap();
@@ -161,8 +167,53 @@ async fn the_feed_pages_filters_redacts_and_streams() {
         .unwrap();
     api.wait_state(sleeper, &["CANCELLED"], Duration::from_secs(15))
         .await;
+    Story {
+        job,
+        at,
+        sleeper,
+        cancelled_at,
+    }
+}
 
-    // Bob's live view: alice's jobs show up, in log order, with their script hidden.
+/// A job of alice's that does nothing, run to COMPLETED and in every view.
+async fn alices_quick_job(api: &Api, alice: &str) -> u64 {
+    let (job, _) = submit(
+        &api.server,
+        alice,
+        &body("#!/bin/bash\ntrue", &["PATH=/bin"]),
+    )
+    .await;
+    api.wait_state(job, &["COMPLETED"], Duration::from_secs(15))
+        .await;
+    tests::wait_projected(&api.server, api.log_position().await).await;
+    job
+}
+
+/// The entry of `job` reaching COMPLETED.
+fn completes(job: u64) -> impl Fn(&Value) -> bool {
+    move |e: &Value| {
+        e["job_id"] == job && e["type"] == "JobStateChanged" && e["data"]["to"] == "COMPLETED"
+    }
+}
+
+/// Every entry of the feed, oldest first, as `token` sees it once the feed has `min`.
+async fn oldest_first(server: &Server, token: &str, min: i64) -> Value {
+    page(server, token, "?order=asc&limit=1000", min).await.1
+}
+
+/// A subscriber sees another user's jobs as they happen, in log order, with their script and
+/// environment hidden.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_sees_other_users_jobs_live_in_log_order_with_their_script_hidden() {
+    let (_dir, data, api) = tests::started(&ENV);
+    let alice = mint(&data, "alice@example.org", "default");
+    let bob = mint(&data, "bob@example.org", "default");
+    // A subscriber from now, before anything happens.
+    let mut live = Sub::open(&api.server, &bob, None).await;
+    let Story {
+        job, at, sleeper, ..
+    } = alices_story(&api, &alice).await;
+
     let seen = live
         .until(|e| e["type"] == "JobStateChanged" && e["data"]["to"] == "CANCELLED")
         .await;
@@ -195,15 +246,21 @@ async fn the_feed_pages_filters_redacts_and_streams() {
         "{summaries:#?}"
     );
     assert!(summaries.contains(&format!("alice@example.org cancelled job {sleeper}").as_str()));
+}
 
-    // The feed carries a bounded summary, for alice and admins too; the body stays in the job's
-    // own stream, which alice and admins read through the job route.
-    for token in [&alice, &admin] {
+/// The feed carries a bounded summary, for the owner and admins too; the body stays in the job's
+/// own stream, which the owner and admins read through the job route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_feed_carries_a_summary_and_the_body_stays_in_the_jobs_own_stream() {
+    let (_dir, data, api) = tests::started(&ENV);
+    let alice = mint(&data, "alice@example.org", "default");
+    let (job, at) = alices_secret_job(&api, &alice).await;
+    for token in [&alice, &api.token] {
         let (status, p) = page(
-            server,
+            &api.server,
             token,
             &format!("?job_id={job}&type=JobSubmitted"),
-            cancelled_at,
+            at,
         )
         .await;
         assert_eq!(status, 200, "{p}");
@@ -235,16 +292,25 @@ async fn the_feed_pages_filters_redacts_and_streams() {
             "{detail}"
         );
     }
+}
 
-    // Pages: newest first by default, `next` continues; oldest first with `after`.
-    let (_, everything) = page(server, &bob, "?order=asc&limit=1000", cancelled_at).await;
+/// Pages are newest first by default and `next` continues to the oldest; `after` pages oldest
+/// first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_are_newest_first_and_next_continues_and_after_reads_oldest_first() {
+    let (_dir, data, api) = tests::started(&ENV);
+    let server = &api.server;
+    let alice = mint(&data, "alice@example.org", "default");
+    let bob = mint(&data, "bob@example.org", "default");
+    let story = alices_story(&api, &alice).await;
+    let everything = oldest_first(server, &bob, story.cancelled_at).await;
     let all = positions(&everything);
     assert!(all.len() >= 7, "{everything}");
     assert_eq!(everything["next"], Value::Null);
     let mut newest_first = Vec::new();
     let mut query = "?limit=2".to_string();
     loop {
-        let (status, p) = page(server, &bob, &query, cancelled_at).await;
+        let (status, p) = page(server, &bob, &query, story.cancelled_at).await;
         assert_eq!(status, 200, "{p}");
         newest_first.extend(positions(&p));
         match p["next"].as_i64() {
@@ -262,6 +328,17 @@ async fn the_feed_pages_filters_redacts_and_streams() {
     )
     .await;
     assert_eq!(positions(&p), vec![all[2]]);
+}
+
+/// The type filter takes one type or several; `from` and `to` bound the entries' times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_type_and_time_filters_pick_their_entries() {
+    let (_dir, data, api) = tests::started(&ENV);
+    let server = &api.server;
+    let alice = mint(&data, "alice@example.org", "default");
+    let bob = mint(&data, "bob@example.org", "default");
+    let story = alices_story(&api, &alice).await;
+    let all = positions(&oldest_first(server, &bob, story.cancelled_at).await);
     let (_, p) = page(server, &bob, "?type=JobCancelRequested", 0).await;
     assert_eq!(p["events"].as_array().unwrap().len(), 1);
     assert_eq!(p["events"][0]["actor"], "alice@example.org");
@@ -286,8 +363,15 @@ async fn the_feed_pages_filters_redacts_and_streams() {
     )
     .await;
     assert_eq!(positions(&p), all);
+}
 
-    // Bad parameters: a clear error with the field, for each.
+/// Bad parameters: a clear error with the field, for each; the stream refuses a reconnect id
+/// that is not a log position.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_parameters_are_refused_with_the_field_at_fault() {
+    let (_dir, data, api) = tests::started(&ENV);
+    let server = &api.server;
+    let bob = mint(&data, "bob@example.org", "default");
     for (query, field) in [
         ("?type=JobExploded", "type"),
         ("?limit=0", "limit"),
@@ -302,7 +386,6 @@ async fn the_feed_pages_filters_redacts_and_streams() {
         assert_eq!(status, 400, "{query}: {p}");
         assert_eq!(p["error"]["field"], field, "{query}: {p}");
     }
-    // The stream refuses a reconnect id that is not a log position.
     let res = reqwest::Client::new()
         .get(server.url("/v1/clusters/local/events/stream"))
         .bearer_auth(&bob)
@@ -313,27 +396,37 @@ async fn the_feed_pages_filters_redacts_and_streams() {
     assert_eq!(res.status(), 400);
     let err: Value = res.json().await.unwrap();
     assert_eq!(err["error"]["code"], "invalid_last_event_id", "{err}");
-    // Another workspace does not see this cluster at all.
-    let (status, p) = page(server, &eve, "", 0).await;
+}
+
+/// Another workspace does not see this cluster's feed at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_workspace_does_not_see_the_feed() {
+    let (_dir, data, api) = tests::started(&ENV);
+    let eve = mint(&data, "eve@rival.org", "rival");
+    let (status, p) = page(&api.server, &eve, "", 0).await;
     assert_eq!(
         (status, p["error"]["code"].as_str()),
         (404, Some("cluster_not_found"))
     );
+}
 
-    // A reconnect with Last-Event-ID gets exactly what happened meanwhile.
-    let last = *all.last().unwrap();
+/// A reconnect with Last-Event-ID gets exactly what happened meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_with_last_event_id_gets_exactly_what_happened_meanwhile() {
+    let (_dir, data, api) = tests::started(&ENV);
+    let server = &api.server;
+    let alice = mint(&data, "alice@example.org", "default");
+    let bob = mint(&data, "bob@example.org", "default");
+    // bob follows the feed until alice's first job is over, then drops off.
+    let mut live = Sub::open(server, &bob, None).await;
+    let first = alices_quick_job(&api, &alice).await;
+    let last = live.until(completes(first)).await.last().unwrap()["position"]
+        .as_i64()
+        .unwrap();
     drop(live);
-    let (missed, _) = submit(server, &alice, &body("#!/bin/bash\ntrue", &["PATH=/bin"])).await;
-    api.wait_state(missed, &["COMPLETED"], Duration::from_secs(15))
-        .await;
+    let missed = alices_quick_job(&api, &alice).await;
     let mut again = Sub::open(server, &bob, Some(last)).await;
-    let resumed = again
-        .until(|e| {
-            e["job_id"] == missed
-                && e["type"] == "JobStateChanged"
-                && e["data"]["to"] == "COMPLETED"
-        })
-        .await;
+    let resumed = again.until(completes(missed)).await;
     let (_, p) = page(server, &bob, &format!("?order=asc&after={last}"), 0).await;
     assert_eq!(
         resumed
@@ -342,13 +435,20 @@ async fn the_feed_pages_filters_redacts_and_streams() {
             .collect::<Vec<_>>(),
         positions(&p)
     );
+}
 
-    // The CLI prints the same lines, oldest first.
+/// The CLI prints the feed's latest lines, oldest first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_prints_the_latest_entries() {
+    let (_dir, data, api) = tests::started(&ENV);
+    let alice = mint(&data, "alice@example.org", "default");
+    let bob = mint(&data, "bob@example.org", "default");
+    let job = alices_quick_job(&api, &alice).await;
     let out = run(&[
         "events",
         "local",
         "--url",
-        &server.base,
+        &api.server.base,
         "--token",
         &bob,
         "--limit",
@@ -358,21 +458,25 @@ async fn the_feed_pages_filters_redacts_and_streams() {
     let text = stdout(&out);
     assert_eq!(text.lines().count(), 3, "{text}");
     assert!(
-        text.contains(&format!("job {missed} of alice@example.org")),
+        text.contains(&format!("job {job} of alice@example.org")),
         "{text}"
     );
+}
 
-    // The feed projection stores summaries; rebuilt from the log, it is what the live one is.
-    drop(again);
-    let Api { server, .. } = api;
-    assert_eq!(server.stop(), Some(0));
+/// The feed projection stores summaries; rebuilt from the log, it is what the live one is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_feed_rebuilt_from_the_log_is_the_live_one() {
+    let (_dir, data, api) = tests::started(&ENV);
+    let alice = mint(&data, "alice@example.org", "default");
+    alices_story(&api, &alice).await;
+    assert_eq!(api.server.stop(), Some(0));
     let verify = run(&[
         "replay",
         "--projection",
         "feed",
         "--verify",
         "--data-dir",
-        data,
+        &data,
     ]);
     assert!(verify.status.success(), "{}", stdout(&verify));
     assert!(stdout(&verify).contains("feed: OK"), "{}", stdout(&verify));

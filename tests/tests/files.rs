@@ -35,24 +35,39 @@ async fn download(url: &str) -> (u16, Vec<u8>) {
     (res.status().as_u16(), res.bytes().await.unwrap().to_vec())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn presigned_urls_namespaces_and_the_audit_trail() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().to_str().unwrap();
-    let api = Api::start(data, &[]);
-    let alice = mint(data, "alice@lab.org", "default", false);
-    let bob = mint(data, "bob@lab.org", "default", false);
-    let admin = api.token.clone();
+// alice's file: its key, its bytes, and the route that deletes it.
+const CSV_KEY: &str = "data/alice@lab.org/runs/in put+1.csv";
+const CSV: &[u8] = b"a,b\n1,2\n";
+const CSV_DELETE: &str =
+    "/v1/clusters/local/storage/objects?key=data/alice%40lab.org/runs/in%20put%2B1.csv";
 
-    // alice uploads with a plain HTTP client, then reads the same bytes back.
+/// alice uploads her file with a plain HTTP client; returns the upload's grant.
+async fn upload_alices_csv(api: &Api, alice: &str) -> Value {
     let (status, put) = presign(
-        &api,
-        &alice,
+        api,
+        alice,
         json!({"location": "data", "path": "runs/in put+1.csv", "method": "PUT", "size": 8}),
     )
     .await;
     assert_eq!(status, 201, "{put}");
-    assert_eq!(put["key"], "data/alice@lab.org/runs/in put+1.csv");
+    assert_eq!(upload(put["url"].as_str().unwrap(), CSV).await, 200);
+    put
+}
+
+/// A download URL for alice's file, signed for her.
+async fn alices_csv_url(api: &Api, alice: &str) -> String {
+    let (_, get) = presign(api, alice, json!({"key": CSV_KEY, "method": "GET"})).await;
+    get["url"].as_str().unwrap().to_string()
+}
+
+/// alice uploads with a presigned URL and a plain HTTP client, then reads the same bytes back;
+/// a URL is good for 15 minutes by default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alice_uploads_with_a_presigned_url_and_reads_the_same_bytes_back() {
+    let (_dir, data, api) = tests::started(&[]);
+    let alice = mint(&data, "alice@lab.org", "default", false);
+    let put = upload_alices_csv(&api, &alice).await;
+    assert_eq!(put["key"], CSV_KEY);
     assert_eq!(put["method"], "PUT");
     let expires = chrono::DateTime::parse_from_rfc3339(put["expires_at"].as_str().unwrap())
         .unwrap()
@@ -62,20 +77,17 @@ async fn presigned_urls_namespaces_and_the_audit_trail() {
         (890..=900).contains(&left),
         "default expiry 15 minutes: {left}"
     );
-    assert_eq!(
-        upload(put["url"].as_str().unwrap(), b"a,b\n1,2\n").await,
-        200
-    );
-    let (_, get) = presign(
-        &api,
-        &alice,
-        json!({"key": "data/alice@lab.org/runs/in put+1.csv", "method": "GET"}),
-    )
-    .await;
-    let get_url = get["url"].as_str().unwrap().to_string();
-    assert_eq!(download(&get_url).await, (200, b"a,b\n1,2\n".to_vec()));
+    let get_url = alices_csv_url(&api, &alice).await;
+    assert_eq!(download(&get_url).await, (200, CSV.to_vec()));
+}
 
-    // The URL is the credential: a changed key, a changed signature, an expired URL all fail.
+/// The URL is the credential: a changed key, a changed signature, an expired URL all fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_key_a_changed_signature_and_an_expired_url_are_refused() {
+    let (_dir, data, api) = tests::started(&[]);
+    let alice = mint(&data, "alice@lab.org", "default", false);
+    upload_alices_csv(&api, &alice).await;
+    let get_url = alices_csv_url(&api, &alice).await;
     let bobs = get_url.replace("alice%40lab.org", "bob%40lab.org");
     assert_ne!(bobs, get_url);
     assert_eq!(download(&bobs).await.0, 403);
@@ -92,15 +104,18 @@ async fn presigned_urls_namespaces_and_the_audit_trail() {
     .await;
     tokio::time::sleep(Duration::from_millis(2_200)).await;
     assert_eq!(download(short["url"].as_str().unwrap()).await.0, 403);
+}
 
-    // bob cannot get a URL for alice's key, nor see it listed; he cannot write to shared/.
+/// bob cannot get a URL for alice's key, nor see it listed; he cannot write to shared/; nothing
+/// is appended for any refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bob_cannot_reach_alices_file_nor_write_shared() {
+    let (_dir, data, api) = tests::started(&[]);
+    let alice = mint(&data, "alice@lab.org", "default", false);
+    let bob = mint(&data, "bob@lab.org", "default", false);
+    upload_alices_csv(&api, &alice).await;
     let head = api.log_position().await;
-    let (status, denied) = presign(
-        &api,
-        &bob,
-        json!({"key": "data/alice@lab.org/runs/in put+1.csv", "method": "GET"}),
-    )
-    .await;
+    let (status, denied) = presign(&api, &bob, json!({"key": CSV_KEY, "method": "GET"})).await;
     assert_eq!(
         (status, denied["error"]["code"].as_str()),
         (403, Some("not_your_file"))
@@ -130,8 +145,15 @@ async fn presigned_urls_namespaces_and_the_audit_trail() {
         (200, json!([])),
         "{list}"
     );
+    assert_eq!(api.log_position().await, head, "refusals append nothing");
+}
 
-    // Path tricks are refused with the field at fault, and nothing is appended for any refusal.
+/// Path tricks are refused with the field at fault, and nothing is appended for any refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_tricks_are_refused_with_the_field_at_fault() {
+    let (_dir, data, api) = tests::started(&[]);
+    let alice = mint(&data, "alice@lab.org", "default", false);
+    let head = api.log_position().await;
     for (body, field) in [
         (
             json!({"location": "data", "path": "../bob@lab.org/x", "method": "PUT"}),
@@ -191,9 +213,14 @@ async fn presigned_urls_namespaces_and_the_audit_trail() {
         );
     }
     assert_eq!(api.log_position().await, head, "refusals append nothing");
+}
 
-    // The embedded store keeps keys as file names: for bucket `local` at most 163 bytes, and the
-    // API says so before signing. The longest key it accepts round-trips.
+/// The embedded store keeps keys as file names: for bucket `local` at most 163 bytes, and the
+/// API says so before signing. The longest key it accepts round-trips.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_longer_than_the_store_keeps_is_refused_before_signing() {
+    let (_dir, data, api) = tests::started(&[]);
+    let alice = mint(&data, "alice@lab.org", "default", false);
     let longest = "p".repeat(163 - "data/alice@lab.org/".len());
     let (status, out) = presign(
         &api,
@@ -214,11 +241,16 @@ async fn presigned_urls_namespaces_and_the_audit_trail() {
     .await;
     assert_eq!(status, 201, "{out}");
     assert_eq!(upload(out["url"].as_str().unwrap(), b"long").await, 200);
+}
 
-    // An admin writes shared/, everyone reads it.
+/// An admin writes shared/, everyone reads it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_writes_shared_and_everyone_reads_it() {
+    let (_dir, data, api) = tests::started(&[]);
+    let bob = mint(&data, "bob@lab.org", "default", false);
     let (status, shared) = presign(
         &api,
-        &admin,
+        &api.token,
         json!({"location": "shared", "path": "ref.fa", "method": "PUT", "content_type": "text/plain", "size": 11}),
     )
     .await;
@@ -243,8 +275,15 @@ async fn presigned_urls_namespaces_and_the_audit_trail() {
         download(read["url"].as_str().unwrap()).await,
         (200, b">chr1\nACGT\n".to_vec())
     );
+}
 
-    // alice's listing; bob cannot delete her file; she can, once.
+/// alice lists her files; bob cannot delete her file; she can, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alice_lists_and_deletes_her_file_once_and_bob_cannot_delete_it() {
+    let (_dir, data, api) = tests::started(&[]);
+    let alice = mint(&data, "alice@lab.org", "default", false);
+    let bob = mint(&data, "bob@lab.org", "default", false);
+    upload_alices_csv(&api, &alice).await;
     let (_, list) = api
         .call(
             Method::GET,
@@ -256,19 +295,26 @@ async fn presigned_urls_namespaces_and_the_audit_trail() {
         .await;
     assert_eq!(list["objects"][0]["path"], "runs/in put+1.csv", "{list}");
     assert_eq!(list["objects"][0]["size"], 8);
-    let del = "/v1/clusters/local/storage/objects?key=data/alice%40lab.org/runs/in%20put%2B1.csv";
-    let (status, _) = api.call(Method::DELETE, del, &bob, None, None).await;
+    let (status, _) = api.call(Method::DELETE, CSV_DELETE, &bob, None, None).await;
     assert_eq!(status, 403);
-    let (status, out) = api.call(Method::DELETE, del, &alice, None, None).await;
+    let (status, out) = api
+        .call(Method::DELETE, CSV_DELETE, &alice, None, None)
+        .await;
     assert_eq!((status, out["size"].clone()), (200, json!(8)), "{out}");
-    let (status, out) = api.call(Method::DELETE, del, &alice, None, None).await;
+    let (status, out) = api
+        .call(Method::DELETE, CSV_DELETE, &alice, None, None)
+        .await;
     assert_eq!(
         (status, out["error"]["code"].clone()),
         (404, json!("object_not_found"))
     );
+}
 
-    // Another workspace does not see the cluster at all.
-    let stranger = mint(data, "eve@other.org", "other", true);
+/// Another workspace does not see the cluster at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_workspace_does_not_see_the_cluster() {
+    let (_dir, data, api) = tests::started(&[]);
+    let stranger = mint(&data, "eve@other.org", "other", true);
     let (status, _) = presign(
         &api,
         &stranger,
@@ -276,14 +322,25 @@ async fn presigned_urls_namespaces_and_the_audit_trail() {
     )
     .await;
     assert_eq!(status, 404);
+}
 
-    // The audit trail: every grant and the delete, with actor, key, method and expiry, and never
-    // the URL's signature.
+/// The audit trail: every grant and the delete, with actor, key, method and expiry, and never
+/// the URL's signature.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_trail_has_every_grant_and_the_delete_and_no_signature() {
+    let (_dir, data, api) = tests::started(&[]);
+    let alice = mint(&data, "alice@lab.org", "default", false);
+    upload_alices_csv(&api, &alice).await;
+    alices_csv_url(&api, &alice).await;
+    let (status, out) = api
+        .call(Method::DELETE, CSV_DELETE, &alice, None, None)
+        .await;
+    assert_eq!(status, 200, "{out}");
     let out = run(&[
         "audit",
         "stream",
         "--data-dir",
-        data,
+        &data,
         "--json",
         "files:default:local:alice@lab.org",
     ]);
@@ -307,23 +364,14 @@ async fn presigned_urls_namespaces_and_the_audit_trail() {
         .collect();
     assert_eq!(
         types,
-        [
-            "FileAccessGranted",
-            "FileAccessGranted",
-            "FileAccessGranted",
-            "FileAccessGranted",
-            "FileDeleted"
-        ],
+        ["FileAccessGranted", "FileAccessGranted", "FileDeleted"],
         "{text}"
     );
     assert_eq!(events[0]["data"]["method"], "PUT");
-    assert_eq!(
-        events[0]["data"]["key"],
-        "data/alice@lab.org/runs/in put+1.csv"
-    );
+    assert_eq!(events[0]["data"]["key"], CSV_KEY);
     assert!(events[0]["data"]["expires_at"].is_string());
     assert_eq!(events[0]["metadata"]["actor"], "alice@lab.org");
-    assert_eq!(events[4]["data"]["size"], 8);
+    assert_eq!(events[2]["data"]["size"], 8);
 }
 
 /// A file larger than anything that should sit in memory: 100 MiB up and down through the CLI.

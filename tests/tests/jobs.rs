@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tests::{Api, run, stdout};
+use tests::{Api, mint, run, stdout};
 
 const ENV: [(&str, &str); 3] = [
     ("CLUSTERRA_POLL_INTERVAL_MS", "100"),
@@ -22,15 +22,30 @@ fn raw(script: &str, minutes: Option<u64>) -> Value {
     json!({ "job": job })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_job_lifecycle_on_the_local_executor() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let data = data.to_str().unwrap();
-    let api = Api::start(data, &ENV);
+/// Submits `body` as the admin and returns the new job's id.
+async fn submitted(api: &Api, body: Value) -> u64 {
+    let (status, out) = api.submit(body).await;
+    assert_eq!(status, 201, "{out}");
+    out["job_id"].as_u64().unwrap()
+}
 
-    // Each pitfall gets its own error and appends nothing. (Checked first, while nothing runs:
-    // the log position of an idle server moves only by what the requests append.)
+/// `DELETE` on job `id`, as the admin.
+async fn cancel(api: &Api, id: u64) -> (u16, Value) {
+    api.call(
+        reqwest::Method::DELETE,
+        &format!("/v1/clusters/local/jobs/{id}"),
+        &api.token,
+        None,
+        None,
+    )
+    .await
+}
+
+/// Each pitfall in a submission gets its own error, and no refusal appends anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_bad_submission_gets_its_own_error_and_appends_nothing() {
+    let (_dir, _, api) = tests::started(&ENV);
+    // Nothing runs: the log position of an idle server moves only by what the requests append.
     let before = api.log_position().await;
     let good = || raw("#!/bin/bash\ntrue", None);
     let mut cases: Vec<(&str, Value)> = Vec::new();
@@ -102,8 +117,13 @@ async fn the_job_lifecycle_on_the_local_executor() {
         before,
         "rejected submissions appended nothing"
     );
+}
 
-    // A template job that prints a known line reaches COMPLETED with the line in its output.
+/// A template job that prints a known line reaches COMPLETED with the line in its output, a full
+/// view and its history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_template_job_completes_with_its_line_in_its_output() {
+    let (_dir, data, api) = tests::started(&ENV);
     let (status, out) = api
         .submit(
             json!({"template_id": "shell", "params": {"command": "echo clusterra-e2e-$((6*7))"}}),
@@ -151,74 +171,60 @@ async fn the_job_lifecycle_on_the_local_executor() {
     // The write-ahead request, then Slurm's answer.
     assert_eq!(history[..2], ["JobSubmissionRequested", "JobSubmitted"]);
     assert_eq!(history.last(), Some(&"JobStateChanged"));
+}
 
-    // exit 3 is FAILED with exit code 3.
-    let (_, out) = api.submit(raw("#!/bin/bash\nexit 3", None)).await;
-    let job_failed = out["job_id"].as_u64().unwrap();
+/// A job that exits 3 is FAILED with exit code 3; over, with no cancel asked for, it has nothing
+/// to cancel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_exits_3_fails_with_exit_code_3_and_has_nothing_to_cancel() {
+    let (_dir, _, api) = tests::started(&ENV);
+    let job_failed = submitted(&api, raw("#!/bin/bash\nexit 3", None)).await;
     let job = api
         .wait_state(job_failed, &["FAILED"], Duration::from_secs(15))
         .await;
     assert_eq!(job["exit_code"], 3);
+    let (status, out) = cancel(&api, job_failed).await;
+    assert_eq!(
+        (status, out["error"]["code"].as_str()),
+        (409, Some("job_finished"))
+    );
+}
 
-    // Over its time limit (1 "minute" = 1 s here) is TIMEOUT.
-    let (_, out) = api.submit(raw("#!/bin/bash\nsleep 30", Some(1))).await;
-    api.wait_state(
-        out["job_id"].as_u64().unwrap(),
-        &["TIMEOUT"],
-        Duration::from_secs(15),
-    )
-    .await;
+/// A job over its time limit (1 "minute" = 1 s here) is TIMEOUT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_over_its_time_limit_times_out() {
+    let (_dir, _, api) = tests::started(&ENV);
+    let id = submitted(&api, raw("#!/bin/bash\nsleep 30", Some(1))).await;
+    api.wait_state(id, &["TIMEOUT"], Duration::from_secs(15))
+        .await;
+}
 
-    // Cancel a sleeping job: CANCELLED within 2 s.
-    let (_, out) = api.submit(raw("#!/bin/bash\nsleep 30", None)).await;
-    let sleeper = out["job_id"].as_u64().unwrap();
+/// A sleeping job is CANCELLED within 2 s of its cancel; asking again answers the first request,
+/// even once it is over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_job_is_cancelled_within_two_seconds_and_a_second_cancel_answers_the_first() {
+    let (_dir, _, api) = tests::started(&ENV);
+    let sleeper = submitted(&api, raw("#!/bin/bash\nsleep 30", None)).await;
     api.wait_state(sleeper, &["RUNNING", "PENDING"], Duration::from_secs(10))
         .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Instant::now();
-    let (status, out) = api
-        .call(
-            reqwest::Method::DELETE,
-            &format!("/v1/clusters/local/jobs/{sleeper}"),
-            &api.token,
-            None,
-            None,
-        )
-        .await;
+    let (status, out) = cancel(&api, sleeper).await;
     assert_eq!(status, 202, "{out}");
     let job = api
         .wait_state(sleeper, &["CANCELLED"], Duration::from_secs(2))
         .await;
     assert!(started.elapsed() < Duration::from_secs(2));
     assert_eq!(job["cancel_requested_by"], "admin@clusterra.local");
-    // Cancel is idempotent: asking again answers the first request, even once it is over.
-    let first_cancel = out["position"].clone();
-    let (status, out) = api
-        .call(
-            reqwest::Method::DELETE,
-            &format!("/v1/clusters/local/jobs/{sleeper}"),
-            &api.token,
-            None,
-            None,
-        )
-        .await;
-    assert_eq!((status, &out["position"]), (202, &first_cancel), "{out}");
-    // A job that ended with no cancel asked for has nothing to cancel.
-    let (status, out) = api
-        .call(
-            reqwest::Method::DELETE,
-            &format!("/v1/clusters/local/jobs/{}", job_failed),
-            &api.token,
-            None,
-            None,
-        )
-        .await;
-    assert_eq!(
-        (status, out["error"]["code"].as_str()),
-        (409, Some("job_finished"))
-    );
+    let first_cancel = &out["position"];
+    let (status, out) = cancel(&api, sleeper).await;
+    assert_eq!((status, &out["position"]), (202, first_cancel), "{out}");
+}
 
-    // A retry with the same Idempotency-Key creates one job.
+/// A retry with the same Idempotency-Key answers the same and creates one job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_with_the_same_idempotency_key_creates_one_job() {
+    let (_dir, _, api) = tests::started(&ENV);
     let body = json!({"template_id": "shell", "params": {"command": "true"}});
     let (s1, first) = api
         .call(
@@ -255,19 +261,19 @@ async fn the_job_lifecycle_on_the_local_executor() {
         .json()
         .await
         .unwrap();
-    assert_eq!(list["jobs"].as_array().unwrap().len(), 2, "{list}");
+    assert_eq!(list["jobs"].as_array().unwrap().len(), 1, "{list}");
+}
 
-    // A plain user sees only their own jobs and cannot cancel others'.
-    let bob = stdout(&run(&[
-        "token",
-        "mint",
-        "--data-dir",
-        data,
-        "--email",
-        "bob@lab.org",
-    ]))
-    .trim()
-    .to_string();
+/// A plain user sees only their own jobs (the list, one job, the state filter); an admin sees
+/// theirs too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_user_sees_only_their_own_jobs_and_an_admin_sees_everyones() {
+    let (_dir, data, api) = tests::started(&ENV);
+    // The admin's job, over before bob looks.
+    let id = submitted(&api, raw("#!/bin/bash\ntrue", None)).await;
+    api.wait_state(id, &["COMPLETED"], Duration::from_secs(15))
+        .await;
+    let bob = mint(&data, "bob@lab.org", "default", false);
     let (_, list) = api
         .call(
             reqwest::Method::GET,
@@ -319,12 +325,20 @@ async fn the_job_lifecycle_on_the_local_executor() {
             .collect();
         assert_eq!(ids, vec![bobs], "{list}");
     }
+}
 
-    // A restart loses the running job the way Slurm loses a dead node's: NODE_FAIL.
+/// A restart loses the running job the way Slurm loses a dead node's (NODE_FAIL), job ids keep
+/// increasing across it, and every view is then what the log says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_fails_the_running_job_keeps_ids_increasing_and_the_views_replay_the_same() {
+    let (_dir, data, api) = tests::started(&ENV);
+    let running = submitted(&api, raw("#!/bin/bash\nsleep 30", None)).await;
+    api.wait_state(running, &["RUNNING"], Duration::from_secs(10))
+        .await;
     assert_eq!(api.server.stop(), Some(0));
-    let api = Api::start(data, &ENV);
+    let api = Api::start(&data, &ENV);
     let job = api
-        .wait_state(bobs, &["NODE_FAIL"], Duration::from_secs(10))
+        .wait_state(running, &["NODE_FAIL"], Duration::from_secs(10))
         .await;
     assert!(
         job["reason"].as_str().unwrap().contains("restarted"),
@@ -332,9 +346,8 @@ async fn the_job_lifecycle_on_the_local_executor() {
     );
     // Job ids keep increasing across restarts (never handed out twice; a restart continues after
     // the block of ids the executor had reserved).
-    let (_, out) = api.submit(raw("#!/bin/bash\ntrue", None)).await;
-    let next = out["job_id"].as_u64().unwrap();
-    assert!(next > bobs, "{next} after {bobs}");
+    let next = submitted(&api, raw("#!/bin/bash\ntrue", None)).await;
+    assert!(next > running, "{next} after {running}");
     api.wait_state(next, &["COMPLETED"], Duration::from_secs(10))
         .await;
     assert_eq!(api.server.stop(), Some(0));
@@ -346,7 +359,7 @@ async fn the_job_lifecycle_on_the_local_executor() {
         "all",
         "--verify",
         "--data-dir",
-        data,
+        &data,
     ]);
     assert!(verify.status.success(), "{}", stdout(&verify));
     assert!(stdout(&verify).contains("jobs: OK"), "{}", stdout(&verify));
@@ -463,15 +476,7 @@ async fn pending_jobs_drive_scale_decisions_and_idle_sets_go_to_zero() {
     let count = steady.len();
     // The jobs go away; after the idle window the set goes to zero.
     for id in ids {
-        let (status, out) = api
-            .call(
-                reqwest::Method::DELETE,
-                &format!("/v1/clusters/local/jobs/{id}"),
-                &api.token,
-                None,
-                None,
-            )
-            .await;
+        let (status, out) = cancel(&api, id).await;
         assert_eq!(status, 202, "{out}");
     }
     let down = wait_for(0).await;

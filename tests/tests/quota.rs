@@ -1,7 +1,8 @@
-//! Cost and quotas through the real binary on the local executor: a $0.01 `block_and_kill`
-//! quota cancels a running job within a cycle (the cancel is in the feed with its reason) and
-//! blocks new submissions until the limit is raised; a `warn` user's job keeps running and one
-//! warning is raised; the bill after replaying the log from zero equals the live figure.
+//! Cost and quotas through the real binary on the local executor: only a workspace admin sets a
+//! quota and bad fields are named; a $0.01 `block_and_kill` quota cancels a running job within a
+//! cycle (the cancel is in the feed with its reason) and blocks new submissions until the limit is
+//! raised; a `warn` user's job keeps running and one warning is raised; the usage series and the
+//! profile; the bill after replaying the log from zero equals the live figure.
 
 #![allow(clippy::unwrap_used)] // a test may panic on what it did not expect
 
@@ -63,16 +64,61 @@ fn quota_events(data: &str, email: &str, kind: &str) -> usize {
     stdout(&out).lines().filter(|l| l.contains(kind)).count()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn quotas_warn_block_kill_and_the_bill_survives_a_replay() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let data = data.to_str().unwrap();
-    let api = Api::start(data, &[]);
-    let bob = mint(data, "bob@lab.org", "default", false);
-    let carol = mint(data, "carol@lab.org", "default", false);
+/// Submits `body` as `token`'s user and returns the new job's id.
+async fn submitted(api: &Api, token: &str, body: Value) -> u64 {
+    let (status, out) = submit_as(api, token, body).await;
+    assert_eq!(status, 201, "{out}");
+    out["job_id"].as_u64().unwrap()
+}
 
-    // Only admins set quotas; bad fields are named; nothing is appended for either.
+/// Refused quota changes append nothing: the log is still at `head`.
+async fn assert_still_at(api: &Api, head: i64) {
+    assert_eq!(
+        api.log_position().await,
+        head,
+        "refused quota changes append nothing"
+    );
+}
+
+/// bob: $0.01, block_and_kill. A one-hour job on a c7g.large share ($0.03625/h) projects $0.036
+/// as soon as it runs: over the limit, so it is cancelled. Returns the job's id, its view once
+/// seen running (or already cancelled), and its view once cancelled.
+async fn killed_by_quota(api: &Api, bob: &str) -> (u64, Value, Value) {
+    let set = set_quota(
+        api,
+        "bob@lab.org",
+        json!({"limit_usd": "0.01", "mode": "block_and_kill"}),
+    )
+    .await;
+    assert_eq!(set["quota"]["limit_usd"], "0.010000", "{set}");
+    let id = submitted(api, bob, job("#!/bin/bash\nsleep 60\n", 60)).await;
+    let running = api
+        .wait_state(id, &["RUNNING", "CANCELLED"], Duration::from_secs(15))
+        .await;
+    let started = Instant::now();
+    let done = api
+        .wait_state(id, &["CANCELLED"], Duration::from_secs(10))
+        .await;
+    eprintln!(
+        "cancelled {} ms after it was seen running",
+        started.elapsed().as_millis()
+    );
+    (id, running, done)
+}
+
+/// A two-second job of `token`'s user, run to COMPLETED.
+async fn ran_two_seconds(api: &Api, token: &str) {
+    let id = submitted(api, token, job("#!/bin/bash\nsleep 2\n", 60)).await;
+    api.wait_state(id, &["COMPLETED"], Duration::from_secs(15))
+        .await;
+}
+
+/// Only an admin of the workspace sets quotas: not its users, not another workspace's admin;
+/// nothing is appended for either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_an_admin_of_the_workspace_may_set_a_quota() {
+    let (_dir, data, api) = tests::started(&[]);
+    let bob = mint(&data, "bob@lab.org", "default", false);
     let head = api.log_position().await;
     let (status, out) = as_user(
         &api,
@@ -87,6 +133,25 @@ async fn quotas_warn_block_kill_and_the_bill_survives_a_replay() {
         (403, Some("admin_required")),
         "{out}"
     );
+    // An admin of another workspace is not an admin of this one.
+    let rival = mint(&data, "ada@rival.org", "rival", true);
+    let (status, out) = as_user(
+        &api,
+        &rival,
+        reqwest::Method::PUT,
+        "/v1/workspaces/default/quotas/bob@lab.org",
+        Some(json!({"limit_usd": 100})),
+    )
+    .await;
+    assert_eq!(status, 403, "{out}");
+    assert_still_at(&api, head).await;
+}
+
+/// Bad quota fields, and an address that is not an email, are named; nothing is appended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_quota_fields_are_named_and_append_nothing() {
+    let (_dir, _, api) = tests::started(&[]);
+    let head = api.log_position().await;
     for (body, field) in [
         (json!({"limit_usd": "-1"}), "limit_usd"),
         (json!({"limit_usd": "0.0000001"}), "limit_usd"),
@@ -111,18 +176,28 @@ async fn quotas_warn_block_kill_and_the_bill_survives_a_replay() {
             "{out}"
         );
     }
-    // An admin of another workspace is not an admin of this one.
-    let rival = mint(data, "ada@rival.org", "rival", true);
-    let (status, out) = as_user(
-        &api,
-        &rival,
-        reqwest::Method::PUT,
-        "/v1/workspaces/default/quotas/bob@lab.org",
-        Some(json!({"limit_usd": 100})),
-    )
-    .await;
-    assert_eq!(status, 403, "{out}");
-    // No quota yet: reading or removing one says so.
+    let (status, out) = api
+        .call(
+            reqwest::Method::GET,
+            "/v1/workspaces/default/quotas/not-an-email",
+            &api.token,
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, out["error"]["field"].as_str()),
+        (422, Some("email")),
+        "{out}"
+    );
+    assert_still_at(&api, head).await;
+}
+
+/// With no quota set, reading or removing one says so, and appends nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quota_never_set_can_be_neither_read_nor_removed() {
+    let (_dir, _, api) = tests::started(&[]);
+    let head = api.log_position().await;
     for method in [reqwest::Method::GET, reqwest::Method::DELETE] {
         let (status, out) = api
             .call(
@@ -139,27 +214,14 @@ async fn quotas_warn_block_kill_and_the_bill_survives_a_replay() {
             "{out}"
         );
     }
-    let (status, out) = api
-        .call(
-            reqwest::Method::GET,
-            "/v1/workspaces/default/quotas/not-an-email",
-            &api.token,
-            None,
-            None,
-        )
-        .await;
-    assert_eq!(
-        (status, out["error"]["field"].as_str()),
-        (422, Some("email")),
-        "{out}"
-    );
-    assert_eq!(
-        api.log_position().await,
-        head,
-        "refused quota changes append nothing"
-    );
+    assert_still_at(&api, head).await;
+}
 
-    // The usage series names the parameter at fault.
+/// The usage series names the parameter at fault.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_usage_series_names_the_parameter_at_fault() {
+    let (_dir, data, api) = tests::started(&[]);
+    let bob = mint(&data, "bob@lab.org", "default", false);
     for (query, field) in [
         ("bucket=week", Some("bucket")),
         ("from=yesterday", Some("from")),
@@ -182,30 +244,16 @@ async fn quotas_warn_block_kill_and_the_bill_survives_a_replay() {
         assert_eq!(out["error"]["code"], "invalid_query", "{query}: {out}");
         assert_eq!(out["error"]["field"].as_str(), field, "{query}: {out}");
     }
+}
 
-    // bob: $0.01, block_and_kill. A one-hour job on a c7g.large share ($0.03625/h) projects
-    // $0.036 as soon as it runs: over the limit, so it is cancelled.
-    let set = set_quota(
-        &api,
-        "bob@lab.org",
-        json!({"limit_usd": "0.01", "mode": "block_and_kill"}),
-    )
-    .await;
-    assert_eq!(set["quota"]["limit_usd"], "0.010000", "{set}");
-    let (status, out) = submit_as(&api, &bob, job("#!/bin/bash\nsleep 60\n", 60)).await;
-    assert_eq!(status, 201, "{out}");
-    let id = out["job_id"].as_u64().unwrap();
-    let running = api
-        .wait_state(id, &["RUNNING", "CANCELLED"], Duration::from_secs(15))
-        .await;
-    let started = Instant::now();
-    let done = api
-        .wait_state(id, &["CANCELLED"], Duration::from_secs(10))
-        .await;
-    eprintln!(
-        "cancelled {} ms after it was seen running",
-        started.elapsed().as_millis()
-    );
+/// A $0.01 `block_and_kill` quota cancels a running job within a cycle (in the feed with its
+/// reason), blocks new submissions with spend and limit until the limit is raised, and records
+/// the block once however many cycles see the user over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_and_kill_quota_cancels_the_job_and_blocks_submissions_until_raised() {
+    let (_dir, data, api) = tests::started(&[]);
+    let bob = mint(&data, "bob@lab.org", "default", false);
+    let (id, running, done) = killed_by_quota(&api, &bob).await;
     assert!(!running["started_at"].is_null(), "{running}");
     assert_eq!(
         done["cancel_requested_by"], "system@clusterra.local",
@@ -223,7 +271,7 @@ async fn quotas_warn_block_kill_and_the_bill_survives_a_replay() {
         cancel["summary"].as_str().unwrap().contains("(quota)"),
         "{cancel}"
     );
-    assert_eq!(quota_events(data, "bob@lab.org", "QuotaEnforced"), 1);
+    assert_eq!(quota_events(&data, "bob@lab.org", "QuotaEnforced"), 1);
 
     // Blocked: the profile says so and new jobs are refused with spend and limit, appending nothing.
     // (The profile reads the quotas projection: give it a moment to apply QuotaEnforced.)
@@ -259,20 +307,22 @@ async fn quotas_warn_block_kill_and_the_bill_survives_a_replay() {
         json!({"limit_usd": 100, "mode": "block_and_kill", "buffer_percent": 10}),
     )
     .await;
-    let (status, out) = submit_as(&api, &bob, job("#!/bin/bash\ntrue\n", 1)).await;
-    assert_eq!(status, 201, "{out}");
-    api.wait_state(
-        out["job_id"].as_u64().unwrap(),
-        &["COMPLETED"],
-        Duration::from_secs(15),
-    )
-    .await;
+    let lifted = submitted(&api, &bob, job("#!/bin/bash\ntrue\n", 1)).await;
+    api.wait_state(lifted, &["COMPLETED"], Duration::from_secs(15))
+        .await;
+    // Cycles later, still one record each.
+    assert_eq!(quota_events(&data, "bob@lab.org", "QuotaEnforced"), 1);
+    assert_eq!(quota_events(&data, "bob@lab.org", "QuotaWarningRaised"), 1);
+}
 
-    // carol: $0.01, warn. Her job runs to the end; one warning, however many cycles see her over.
+/// A $0.01 `warn` quota: the job runs to the end, priced at submission, and one warning is
+/// raised however many cycles see the user over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warn_quota_lets_the_job_run_and_raises_one_warning() {
+    let (_dir, data, api) = tests::started(&[]);
+    let carol = mint(&data, "carol@lab.org", "default", false);
     set_quota(&api, "carol@lab.org", json!({"limit_usd": 0.01})).await;
-    let (status, out) = submit_as(&api, &carol, job("#!/bin/bash\nsleep 2\n", 60)).await;
-    assert_eq!(status, 201, "{out}");
-    let cid = out["job_id"].as_u64().unwrap();
+    let cid = submitted(&api, &carol, job("#!/bin/bash\nsleep 2\n", 60)).await;
     api.wait_state(cid, &["RUNNING"], Duration::from_secs(15))
         .await;
     let (_, me) = as_user(&api, &carol, reqwest::Method::GET, "/v1/users/me", None).await;
@@ -285,12 +335,18 @@ async fn quotas_warn_block_kill_and_the_bill_survives_a_replay() {
     assert!(done["cancel_requested_by"].is_null(), "{done}");
     // Its rate is in the log, priced at submission (micro-USD per hour).
     assert_eq!(done["history"][0]["data"]["rate"], 36_250, "{done}");
-    assert_eq!(quota_events(data, "carol@lab.org", "QuotaWarningRaised"), 1);
-    // Many cycles later, still one record each.
-    assert_eq!(quota_events(data, "bob@lab.org", "QuotaEnforced"), 1);
-    assert_eq!(quota_events(data, "bob@lab.org", "QuotaWarningRaised"), 1);
+    assert_eq!(
+        quota_events(&data, "carol@lab.org", "QuotaWarningRaised"),
+        1
+    );
+}
 
-    // Her series: one point per day of the period so far, her spend in today's.
+/// A user's usage series has one point per day of the period so far, their spend in today's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_usage_series_has_a_point_per_day_with_the_spend_in_todays() {
+    let (_dir, data, api) = tests::started(&[]);
+    let carol = mint(&data, "carol@lab.org", "default", false);
+    ran_two_seconds(&api, &carol).await;
     let (status, series) = as_user(
         &api,
         &carol,
@@ -307,7 +363,13 @@ async fn quotas_warn_block_kill_and_the_bill_survives_a_replay() {
         .cloned()
         .unwrap();
     assert_ne!(today["spend_usd"], "0.000000", "{series}");
-    // The admin reads her quota back.
+}
+
+/// An admin reads a user's quota back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_reads_a_quota_back() {
+    let (_dir, _, api) = tests::started(&[]);
+    set_quota(&api, "carol@lab.org", json!({"limit_usd": 0.01})).await;
     let (status, q) = api
         .call(
             reqwest::Method::GET,
@@ -322,8 +384,13 @@ async fn quotas_warn_block_kill_and_the_bill_survives_a_replay() {
         (200, Some("0.010000")),
         "{q}"
     );
+}
 
-    // The CLI prints the profile.
+/// `clusterra me` prints the caller's profile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_prints_the_profile() {
+    let (_dir, data, api) = tests::started(&[]);
+    let carol = mint(&data, "carol@lab.org", "default", false);
     let out = run(&["me", "--url", &api.server.base, "--token", &carol]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
@@ -331,13 +398,22 @@ async fn quotas_warn_block_kill_and_the_bill_survives_a_replay() {
         "{}",
         stdout(&out)
     );
+}
 
-    // Every job has ended: the bill is fixed. Replaying the log from zero gives the same.
+/// Once a job killed by its quota and a finished one have ended, the bill is fixed: replaying
+/// the log from zero gives the same, and so does a restart with every price doubled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bill_of_a_killed_and_a_finished_job_survives_a_replay_and_dearer_prices() {
+    let (dir, data, api) = tests::started(&[]);
+    let bob = mint(&data, "bob@lab.org", "default", false);
+    let carol = mint(&data, "carol@lab.org", "default", false);
+    killed_by_quota(&api, &bob).await;
+    ran_two_seconds(&api, &carol).await;
     let live = workspace_usage(&api).await;
     assert_ne!(live["pending_bill_usd"], "0.000000", "{live}");
     let token = api.token.clone();
     assert_eq!(api.server.stop(), Some(0));
-    let out = run(&["replay", "--projection", "all", "--data-dir", data]);
+    let out = run(&["replay", "--projection", "all", "--data-dir", &data]);
     assert!(out.status.success(), "{}", stderr(&out));
     // Restarted with every price doubled: the bill stays what the log recorded.
     let mut catalog: Value = serde_json::from_str(
@@ -351,7 +427,7 @@ async fn quotas_warn_block_kill_and_the_bill_survives_a_replay() {
     let dearer = dir.path().join("dearer.json");
     std::fs::write(&dearer, catalog.to_string()).unwrap();
     let api = Api::start(
-        data,
+        &data,
         &[("CLUSTERRA_CATALOG_FILE", dearer.to_str().unwrap())],
     );
     let api = Api { token, ..api };
