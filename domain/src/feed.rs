@@ -197,28 +197,10 @@ const VISIBLE_TO_OTHERS: &[&str] = &[
     "why",
 ];
 
-/// The fields a feed entry's `data` keeps: the job's summary (never its body, params, warnings or
-/// submission id — those stay in the job's own stream, read through the job route) and the
-/// cluster and node events' own fields.
-const SUMMARY_FIELDS: &[&str] = &[
-    "job_id",
-    "workspace",
-    "cluster_id",
-    "name",
-    "user",
-    "via",
-    "template_id",
-    "shape",
-    "submitted_at",
-    "from",
-    "to",
-    "reason",
-    "node",
-    "exit_code",
-    "at",
-    "started_at",
-    "by",
-    "why",
+/// The fields a feed entry's `data` keeps: the job's summary ([`VISIBLE_TO_OTHERS`]: never its
+/// body, params, warnings or submission id — those stay in the job's own stream, read through the
+/// job route) and these, the cluster and node events' own fields.
+const CLUSTER_FIELDS: &[&str] = &[
     "region",
     "bucket",
     "registered_by",
@@ -234,6 +216,11 @@ const SUMMARY_FIELDS: &[&str] = &[
     "since",
     "cause",
 ];
+
+/// Whether a feed entry's `data` keeps the field `name`.
+fn summary_field(name: &str) -> bool {
+    VISIBLE_TO_OTHERS.contains(&name) || CLUSTER_FIELDS.contains(&name)
+}
 
 /// The longest text kept in a feed entry (the summary line, and each text of `data`), in bytes.
 pub const MAX_TEXT_BYTES: usize = 256;
@@ -256,7 +243,7 @@ pub fn clip(text: &str, max: usize) -> String {
     format!("{}…", &text[..end])
 }
 
-/// A feed entry's `data`: a bounded summary of the event's data. Only [`SUMMARY_FIELDS`] are
+/// A feed entry's `data`: a bounded summary of the event's data. Only [`summary_field`]s are
 /// kept, texts are clipped to [`MAX_TEXT_BYTES`], lists to [`MAX_LIST_ITEMS`] (with
 /// `"truncated": true`), and the whole is at most [`MAX_DATA_BYTES`] of JSON. Idempotent, so an
 /// entry stored before summaries existed reads the same as a new one.
@@ -267,7 +254,7 @@ pub fn summarize(data: &Value) -> Value {
     let mut truncated = false;
     let mut out: Map<String, Value> = map
         .iter()
-        .filter(|(k, _)| SUMMARY_FIELDS.contains(&k.as_str()))
+        .filter(|(k, _)| summary_field(k))
         .map(|(k, v)| (k.clone(), bound(v, 0, &mut truncated)))
         .collect();
     if truncated || map.get("truncated") == Some(&Value::Bool(true)) {
@@ -433,7 +420,7 @@ mod tests {
         assert_eq!(summarize(&reach), reach);
         // Many long multi-byte texts still fit the byte bound.
         let mut wide = serde_json::Map::new();
-        for f in SUMMARY_FIELDS {
+        for f in VISIBLE_TO_OTHERS.iter().chain(CLUSTER_FIELDS) {
             wide.insert((*f).into(), json!("é".repeat(1_000)));
         }
         let s = summarize(&Value::Object(wide));

@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use eventlog::{ExpectedVersion, ModelSet, NewEvent, OpenOptions, Store, StreamId, SystemClock};
 use projections::views::event_counts::{self, EventCounts, EventTypeCount};
 use projections::{
-    Applied, Difference, Event, ProjectionError, Projections, Projector, Reads, Target, ViewTx,
-    catch_up, rebuild_and_promote, verify,
+    Applied, Difference, Event, ProjectionError, Projections, Projector, Reads, Target,
+    VerifyReport, ViewTx, catch_up, rebuild_and_promote, verify,
 };
 use serde_json::json;
 
@@ -65,6 +65,66 @@ async fn count(store: &Store, set: ModelSet, kind: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Starts every projector on `store`; the sender stops them.
+fn start_all(store: &Store) -> (tokio::sync::watch::Sender<bool>, Projections) {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let live = Projections::start(
+        store.log.clone(),
+        store.read.clone(),
+        projections::all_projectors(),
+        stop_rx,
+    );
+    (stop_tx, live)
+}
+
+/// Whether the live EventCounts reaches `position` within 10 s.
+async fn event_counts_reach(live: &Projections, position: i64) -> bool {
+    live.wait_for(event_counts::NAME, position, Duration::from_secs(10))
+        .await
+}
+
+/// Rebuilds EventCounts from the log and compares it with the live view.
+async fn verify_event_counts(store: &Store) -> VerifyReport {
+    verify(
+        store.log.as_ref(),
+        store.read.as_ref(),
+        &EventCounts,
+        |_, _| {},
+    )
+    .await
+    .unwrap()
+}
+
+/// Catches `p` up on the live set, 10 events a batch.
+async fn catch_up_live(store: &Store, p: &Flaky) -> Result<i64, ProjectionError> {
+    catch_up(
+        store.log.as_ref(),
+        store.read.as_ref(),
+        p,
+        Target {
+            set: ModelSet::Live,
+            until: None,
+            batch: 10,
+        },
+        None,
+        |_, _| {},
+    )
+    .await
+}
+
+/// How many events [`Flaky`] has applied to the live set.
+async fn flaky_count(store: &Store) -> u64 {
+    serde_json::from_str(
+        &store
+            .read
+            .get_doc(ModelSet::Live, "flaky", "n", "all")
+            .await
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap()
+}
+
 /// Counts events like EventCounts, but fails once on the event at `fail_at`.
 struct Flaky {
     fail_at: AtomicI64,
@@ -98,19 +158,7 @@ async fn a_failed_batch_commits_nothing_and_resumes_exactly(postgres: bool) {
     let p = Flaky {
         fail_at: AtomicI64::new(17),
     };
-    let err = catch_up(
-        db.store.log.as_ref(),
-        db.store.read.as_ref(),
-        &p,
-        Target {
-            set: ModelSet::Live,
-            until: None,
-            batch: 10,
-        },
-        None,
-        |_, _| {},
-    )
-    .await;
+    let err = catch_up_live(&db.store, &p).await;
     assert!(err.is_err());
     // The first batch (1..=10) committed; the failing one (11..=20) left no trace.
     assert_eq!(
@@ -121,63 +169,21 @@ async fn a_failed_batch_commits_nothing_and_resumes_exactly(postgres: bool) {
             .unwrap(),
         10
     );
-    let n: u64 = serde_json::from_str(
-        &db.store
-            .read
-            .get_doc(ModelSet::Live, "flaky", "n", "all")
-            .await
-            .unwrap()
-            .unwrap(),
-    )
-    .unwrap();
+    let n = flaky_count(&db.store).await;
     assert_eq!(n, 10);
-    let reached = catch_up(
-        db.store.log.as_ref(),
-        db.store.read.as_ref(),
-        &p,
-        Target {
-            set: ModelSet::Live,
-            until: None,
-            batch: 10,
-        },
-        None,
-        |_, _| {},
-    )
-    .await
-    .unwrap();
+    let reached = catch_up_live(&db.store, &p).await.unwrap();
     assert_eq!(reached, 30);
-    let n: u64 = serde_json::from_str(
-        &db.store
-            .read
-            .get_doc(ModelSet::Live, "flaky", "n", "all")
-            .await
-            .unwrap()
-            .unwrap(),
-    )
-    .unwrap();
+    let n = flaky_count(&db.store).await;
     assert_eq!(n, 30, "every event applied exactly once");
 }
 
 async fn live_runner_follows_and_verify_finds_tampering(postgres: bool) {
     let db = open(postgres).await;
     append(&db.store, 12).await;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let live = Projections::start(
-        db.store.log.clone(),
-        db.store.read.clone(),
-        projections::all_projectors(),
-        stop_rx,
-    );
-    assert!(
-        live.wait_for(event_counts::NAME, 12, Duration::from_secs(10))
-            .await
-    );
+    let (stop_tx, live) = start_all(&db.store);
+    assert!(event_counts_reach(&live, 12).await);
     append(&db.store, 9).await;
-    assert!(
-        live.wait_for(event_counts::NAME, 21, Duration::from_secs(10))
-            .await,
-        "follows live appends"
-    );
+    assert!(event_counts_reach(&live, 21).await, "follows live appends");
     assert!(
         !live
             .wait_for(event_counts::NAME, 22, Duration::from_millis(200))
@@ -187,14 +193,7 @@ async fn live_runner_follows_and_verify_finds_tampering(postgres: bool) {
     stop_tx.send(true).unwrap();
     live.join().await;
 
-    let clean = verify(
-        db.store.log.as_ref(),
-        db.store.read.as_ref(),
-        &EventCounts,
-        |_, _| {},
-    )
-    .await
-    .unwrap();
+    let clean = verify_event_counts(&db.store).await;
     assert_eq!(
         (clean.position, clean.documents, clean.differences.len()),
         (21, 3, 0)
@@ -224,14 +223,7 @@ async fn live_runner_follows_and_verify_finds_tampering(postgres: bool) {
         )
         .await
         .unwrap();
-    let report = verify(
-        db.store.log.as_ref(),
-        db.store.read.as_ref(),
-        &EventCounts,
-        |_, _| {},
-    )
-    .await
-    .unwrap();
+    let report = verify_event_counts(&db.store).await;
     assert_eq!(report.differences.len(), 2, "{:?}", report.differences);
     assert!(
         matches!(&report.differences[0], Difference::Changed { key, live, .. } if key == "A" && live["count"] == 999)
@@ -251,14 +243,7 @@ async fn live_runner_follows_and_verify_finds_tampering(postgres: bool) {
     assert_eq!(reached, 21);
     assert!(calls >= 1);
     assert_eq!(count(&db.store, ModelSet::Live, "A").await, 7);
-    let report = verify(
-        db.store.log.as_ref(),
-        db.store.read.as_ref(),
-        &EventCounts,
-        |_, _| {},
-    )
-    .await
-    .unwrap();
+    let report = verify_event_counts(&db.store).await;
     assert!(report.differences.is_empty());
 }
 
@@ -286,17 +271,8 @@ async fn postgres_live_and_verify() {
 async fn the_live_runner_stops_when_whoever_could_stop_it_is_gone() {
     let db = open(false).await;
     append(&db.store, 3).await;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let live = Projections::start(
-        db.store.log.clone(),
-        db.store.read.clone(),
-        projections::all_projectors(),
-        stop_rx,
-    );
-    assert!(
-        live.wait_for(event_counts::NAME, 3, Duration::from_secs(10))
-            .await
-    );
+    let (stop_tx, live) = start_all(&db.store);
+    assert!(event_counts_reach(&live, 3).await);
     // A server that failed to start (or was dropped) after starting its projections: the sender
     // is dropped without a stop being sent.
     drop(stop_tx);

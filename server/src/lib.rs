@@ -236,35 +236,23 @@ impl Server {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<()> {
-        let Server {
-            config,
-            state,
-            projections,
-            stop,
-            stop_rx,
-            poller,
-            agent,
-            job_user,
-            job_user_notes,
-            first_start,
-        } = self;
-        let store = state.store.clone();
+        let store = self.state.store.clone();
         let addr: SocketAddr = listener
             .local_addr()
             .context("the listener has no address")?;
-        tracing::info!(%addr, backend = store.log.backend(), data_dir = %config.data_dir.display(), "clusterra listening");
+        tracing::info!(%addr, backend = store.log.backend(), data_dir = %self.config.data_dir.display(), "clusterra listening");
         // Tests and scripts read this line to find the port.
         println!("clusterra listening on http://{addr}");
-        match job_user.user.switch {
+        match self.job_user.user.switch {
             Some((uid, _)) => {
                 println!(
                     "local jobs run as {} (uid {uid}), who cannot read the data directory",
-                    job_user.user.name
+                    self.job_user.user.name
                 );
-                tracing::info!(user = %job_user.user.name, uid, "local jobs run as an unprivileged user");
+                tracing::info!(user = %self.job_user.user.name, uid, "local jobs run as an unprivileged user");
             }
             None => {
-                tracing::info!(user = %job_user.user.name, "local jobs run as the server's user")
+                tracing::info!(user = %self.job_user.user.name, "local jobs run as the server's user")
             }
         }
         if store.log.backend() == "postgres" {
@@ -273,16 +261,17 @@ impl Server {
             println!("NOTE: {note}");
             tracing::info!("{note}");
         }
-        for note in &job_user_notes {
+        for note in &self.job_user_notes {
             println!("WARNING: {note}");
             tracing::warn!("{note}");
         }
         // The first-start token lives 12 h, or less where max_token_lifetime_s says so.
         let ttl = std::time::Duration::from_secs(
-            u64::try_from(config.max_token_lifetime_s.min(12 * 3600)).unwrap_or(3600),
+            u64::try_from(self.config.max_token_lifetime_s.min(12 * 3600)).unwrap_or(3600),
         );
-        let banner = first_start
-            .then(|| crate::token::mint(&config, "admin@clusterra.local", "default", true, ttl));
+        let banner = self.first_start.then(|| {
+            crate::token::mint(&self.config, "admin@clusterra.local", "default", true, ttl)
+        });
         if let Some(Err(e)) = &banner {
             tracing::warn!(error = %e, "could not mint the first-start admin token; mint one with `clusterra token mint`");
         }
@@ -293,25 +282,25 @@ impl Server {
              export CLUSTERRA_TOKEN={token}\n\nTry:\n\n  \
              curl -s http://{addr}/readyz\n  \
              curl -s http://{addr}/v1/clusters -H \"Authorization: Bearer $CLUSTERRA_TOKEN\"\n",
-                dir = config.data_dir.display(),
+                dir = self.config.data_dir.display(),
                 hours = ttl.as_secs().div_ceil(3600)
             );
         }
 
-        let poller = tokio::spawn(crate::poll::run(poller, stop_rx.clone()));
-        let agent = agent.map(|(agent, every)| {
+        let poller = tokio::spawn(crate::poll::run(self.poller, self.stop_rx.clone()));
+        let agent = self.agent.map(|(agent, every)| {
             tokio::spawn(crate::poll::agent(
                 store.clone(),
                 agent,
                 every,
-                stop_rx.clone(),
+                self.stop_rx.clone(),
             ))
         });
-        api::serve(listener, state, shutdown)
+        api::serve(listener, self.state, shutdown)
             .await
             .context("the HTTP server failed")?;
         tracing::info!("HTTP server stopped; stopping projectors at a checkpoint");
-        stop.stop();
+        self.stop.stop();
         if let Err(e) = poller.await {
             tracing::error!(error = %e, "poll cycle ended abnormally");
         }
@@ -321,7 +310,7 @@ impl Server {
         } {
             tracing::error!(error = %e, "edge agent ended abnormally");
         }
-        match Arc::try_unwrap(projections) {
+        match Arc::try_unwrap(self.projections) {
             Ok(p) => p.join().await,
             Err(_) => tracing::warn!("projections still referenced at shutdown"),
         }

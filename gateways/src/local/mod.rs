@@ -341,16 +341,9 @@ impl LocalExecutor {
         let mut queue = Queue::default();
         let mut cancels = BTreeMap::new();
         for (job_id, job, demand, nodes, family) in waiting {
-            let (tx, rx) = oneshot::channel();
-            cancels.insert(job_id, tx);
-            queue.waiting.push_back(Queued {
-                job_id,
-                job,
-                cancel: rx,
-                demand,
-                nodes,
-                family,
-            });
+            let (queued, cancel) = Queued::new(job_id, job, (demand, nodes, family));
+            cancels.insert(job_id, cancel);
+            queue.waiting.push_back(queued);
         }
         let requeued = !queue.waiting.is_empty();
         let executor = Self {

@@ -13,6 +13,26 @@ pub(super) struct Queued {
     pub(super) family: Family,
 }
 
+impl Queued {
+    /// A job to queue (what one of its nodes needs, how many, which family), and what cancels it.
+    pub(super) fn new(
+        job_id: u64,
+        job: Value,
+        (demand, nodes, family): (Demand, u32, Family),
+    ) -> (Queued, oneshot::Sender<()>) {
+        let (tx, rx) = oneshot::channel();
+        let queued = Queued {
+            job_id,
+            job,
+            cancel: rx,
+            demand,
+            nodes,
+            family,
+        };
+        (queued, tx)
+    }
+}
+
 #[derive(Default)]
 pub(super) struct Queue {
     /// In job id order (ids are handed out in submission order; two submits finishing out of
@@ -130,16 +150,9 @@ impl SlurmPort for LocalExecutor {
         records.insert(job_id, record.clone());
         drop(records);
         self.save(&record).await;
-        let (tx, rx) = oneshot::channel();
-        self.inner.cancels.lock().await.insert(job_id, tx);
-        self.inner.queue.lock().await.enqueue(Queued {
-            job_id,
-            job,
-            cancel: rx,
-            demand,
-            nodes,
-            family,
-        });
+        let (queued, cancel) = Queued::new(job_id, job, (demand, nodes, family));
+        self.inner.cancels.lock().await.insert(job_id, cancel);
+        self.inner.queue.lock().await.enqueue(queued);
         self.dispatch().await;
         Ok(Accepted {
             job_id,
@@ -237,17 +250,11 @@ mod tests {
     use super::*;
 
     fn queued(job_id: u64) -> Queued {
-        Queued {
-            job_id,
-            job: Value::Null,
-            cancel: oneshot::channel().1,
-            demand: Demand {
-                cpus: 1,
-                memory_mib: 1,
-            },
-            nodes: 1,
-            family: Family::Compute,
-        }
+        let one = Demand {
+            cpus: 1,
+            memory_mib: 1,
+        };
+        Queued::new(job_id, Value::Null, (one, 1, Family::Compute)).0
     }
 
     #[test]

@@ -27,16 +27,16 @@ impl Projector for EventCounts {
     }
 
     async fn apply(&self, view: &mut ViewTx<'_>, event: Event<'_>) -> Applied {
-        let event = event.recorded;
+        let Event { recorded, .. } = event;
         let mut doc: EventTypeCount = view
-            .get(COLLECTION, &event.event_type)
+            .get(COLLECTION, &recorded.event_type)
             .await?
             .unwrap_or_else(|| EventTypeCount {
-                event_type: event.event_type.clone(),
+                event_type: recorded.event_type.clone(),
                 ..Default::default()
             });
         doc.count += 1;
-        doc.last_position = event.position;
-        view.put(COLLECTION, &event.event_type, &doc)
+        doc.last_position = recorded.position;
+        view.put(COLLECTION, &recorded.event_type, &doc)
     }
 }

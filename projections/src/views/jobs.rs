@@ -21,6 +21,13 @@ pub struct JobViews;
 
 const BY_STREAM: &str = "by-stream";
 
+/// Where a job stream's view is (`BY_STREAM`, keyed by stream id).
+#[derive(Serialize, Deserialize)]
+struct Pointer {
+    collection: String,
+    key: String,
+}
+
 /// What the console shows about a node starting; the scaler will refine it per node set.
 pub const COLD_START_SECONDS: u32 = 90;
 
@@ -254,12 +261,6 @@ pub async fn submitting(
 /// The key of a job within its collection.
 pub fn key(job_id: u64) -> String {
     format!("{job_id:012}")
-}
-
-#[derive(Serialize, Deserialize)]
-struct Pointer {
-    collection: String,
-    key: String,
 }
 
 #[async_trait]
