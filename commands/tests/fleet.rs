@@ -4,18 +4,20 @@
 
 #![allow(clippy::unwrap_used)] // a test may panic on what it did not expect
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use commands::fleet::{EdgeAgent, NodeChange, live_nodes};
-use commands::replicas::{ReplicaStore, ReplicaWrite};
+use commands::replicas::{ReplicaStore, ReplicaWrite, Replicas};
 use commands::scaling::{Scaler, ScalingJob};
 use domain::scaling::{Catalog, Family, NodeSet, Size};
-use domain::submit::JobShape;
 use domain::{ClusterId, WorkspaceId};
-use eventlog::{OpenOptions, SystemClock};
+use eventlog::EventLog;
 use gateways::local::{LocalExecutor, LocalSettings, NodeSettings};
 use gateways::replicas::SqlReplicas;
+
+mod common;
 
 fn catalog() -> Arc<Catalog> {
     Arc::new(Catalog::parse(include_str!("../../fixtures/catalog/shapes.json"), 512).unwrap())
@@ -60,13 +62,65 @@ fn executor_capped(dir: &std::path::Path, name: &str, max_launch: u32) -> Arc<Lo
     )
 }
 
-async fn store(dir: &std::path::Path) -> (eventlog::Store, Arc<dyn ReplicaStore>) {
-    let url = format!("sqlite://{}", dir.join("log.db").display());
-    let store = eventlog::open(&OpenOptions::new(url), Arc::new(SystemClock))
+/// A temporary folder with a fresh SQLite log and the replica store embedded in it.
+async fn store() -> (tempfile::TempDir, eventlog::Store, Arc<dyn ReplicaStore>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = common::sqlite_store(dir.path()).await;
+    let replicas = Arc::new(SqlReplicas::new(store.db.clone()).await.unwrap());
+    (dir, store, replicas)
+}
+
+/// Stores a decision of `desired` small nodes for the `ids()` cluster.
+async fn put_small(
+    replicas: &dyn ReplicaStore,
+    desired: u32,
+    expected_version: u64,
+    decided_at: i64,
+    now: chrono::DateTime<chrono::Utc>,
+) {
+    let (workspace, cluster_id) = ids();
+    replicas
+        .put(&ReplicaWrite {
+            workspace,
+            cluster_id,
+            node_set: SMALL,
+            desired,
+            expected_version,
+            decided_at,
+            now,
+        })
         .await
         .unwrap();
-    let replicas = Arc::new(SqlReplicas::new(store.db.clone()).await.unwrap());
-    (store, replicas)
+}
+
+/// The stored small-node item of the `ids()` cluster.
+async fn stored_small(replicas: &dyn ReplicaStore) -> Replicas {
+    let (workspace, cluster) = ids();
+    replicas
+        .get(&workspace, &cluster, SMALL)
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// Copies the scaler's decisions for the `ids()` cluster into `replicas`; how many it wrote.
+async fn sync(
+    scaler: &Scaler,
+    log: &dyn EventLog,
+    replicas: &dyn ReplicaStore,
+    now: chrono::DateTime<chrono::Utc>,
+) -> usize {
+    let (workspace, cluster) = ids();
+    scaler
+        .sync_replicas(log, replicas, &workspace, &cluster, now)
+        .await
+        .unwrap()
+}
+
+/// The live nodes the log knows of in the `ids()` cluster, by name: (node set, ready).
+async fn cluster_live_nodes(log: &dyn EventLog) -> BTreeMap<String, (NodeSet, bool)> {
+    let (workspace, cluster) = ids();
+    live_nodes(log, &workspace, &cluster).await.unwrap()
 }
 
 fn agent(replicas: &Arc<dyn ReplicaStore>, fleet: Arc<LocalExecutor>) -> EdgeAgent {
@@ -81,22 +135,9 @@ fn agent(replicas: &Arc<dyn ReplicaStore>, fleet: Arc<LocalExecutor>) -> EdgeAge
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_follow_the_counts_and_a_restart_records_only_its_own_lost_nodes() {
-    let dir = tempfile::tempdir().unwrap();
-    let (store, replicas) = store(dir.path()).await;
-    let (workspace, cluster) = ids();
+    let (dir, store, replicas) = store().await;
     let now = chrono::Utc::now();
-    replicas
-        .put(&ReplicaWrite {
-            workspace: workspace.clone(),
-            cluster_id: cluster.clone(),
-            node_set: SMALL,
-            desired: 1,
-            expected_version: 0,
-            decided_at: 1,
-            now,
-        })
-        .await
-        .unwrap();
+    put_small(replicas.as_ref(), 1, 0, 1, now).await;
 
     // Two executors (two processes' data directories) each bring one node up.
     let a = agent(&replicas, executor(dir.path(), "a"));
@@ -112,17 +153,13 @@ async fn nodes_follow_the_counts_and_a_restart_records_only_its_own_lost_nodes()
     assert!(b.step(store.log.as_ref(), now).await.unwrap().len() == 2);
     // Nothing to do a second time.
     assert!(a.step(store.log.as_ref(), now).await.unwrap().is_empty());
-    let live = live_nodes(store.log.as_ref(), &workspace, &cluster)
-        .await
-        .unwrap();
+    let live = cluster_live_nodes(store.log.as_ref()).await;
     assert_eq!(live.len(), 2, "{live:?}");
 
     // A restarts (same data directory, new process state): only its own node is lost.
     let a2 = agent(&replicas, executor(dir.path(), "a"));
     assert_eq!(a2.recover(store.log.as_ref()).await.unwrap(), 1);
-    let after = live_nodes(store.log.as_ref(), &workspace, &cluster)
-        .await
-        .unwrap();
+    let after = cluster_live_nodes(store.log.as_ref()).await;
     assert_eq!(after.len(), 1, "{after:?}");
     assert!(b.fleet.nodes().await.iter().all(|n| after.contains_key(n)));
     // B's restart check finds nothing of its own lost.
@@ -131,22 +168,9 @@ async fn nodes_follow_the_counts_and_a_restart_records_only_its_own_lost_nodes()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_launches_at_most_its_step_limit_at_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let (store, replicas) = store(dir.path()).await;
-    let (workspace, cluster) = ids();
+    let (dir, store, replicas) = store().await;
     let now = chrono::Utc::now();
-    replicas
-        .put(&ReplicaWrite {
-            workspace: workspace.clone(),
-            cluster_id: cluster.clone(),
-            node_set: SMALL,
-            desired: 7,
-            expected_version: 0,
-            decided_at: 1,
-            now,
-        })
-        .await
-        .unwrap();
+    put_small(replicas.as_ref(), 7, 0, 1, now).await;
     let a = agent(&replicas, executor_capped(dir.path(), "a", 3));
     let launched = |changes: &[NodeChange]| {
         changes
@@ -164,8 +188,7 @@ async fn the_agent_launches_at_most_its_step_limit_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sync_copies_decisions_and_never_lets_an_older_one_win() {
-    let dir = tempfile::tempdir().unwrap();
-    let (store, replicas) = store(dir.path()).await;
+    let (_dir, store, replicas) = store().await;
     let (workspace, cluster) = ids();
     let now = chrono::Utc::now();
     let scaler = Scaler::new(catalog(), 2048, chrono::Duration::minutes(5), now);
@@ -174,73 +197,25 @@ async fn the_sync_copies_decisions_and_never_lets_an_older_one_win() {
         .await
         .unwrap();
     assert_eq!(made.len(), 1);
-    let written = scaler
-        .sync_replicas(
-            store.log.as_ref(),
-            replicas.as_ref(),
-            &workspace,
-            &cluster,
-            now,
-        )
-        .await
-        .unwrap();
+    let written = sync(&scaler, store.log.as_ref(), replicas.as_ref(), now).await;
     assert_eq!(written, 1);
-    let stored = replicas
-        .get(&workspace, &cluster, SMALL)
-        .await
-        .unwrap()
-        .unwrap();
+    let stored = stored_small(replicas.as_ref()).await;
     assert_eq!((stored.desired, stored.version), (2, 1));
     // Idempotent: nothing new, nothing written.
-    let again = scaler
-        .sync_replicas(
-            store.log.as_ref(),
-            replicas.as_ref(),
-            &workspace,
-            &cluster,
-            now,
-        )
-        .await
-        .unwrap();
+    let again = sync(&scaler, store.log.as_ref(), replicas.as_ref(), now).await;
     assert_eq!(again, 0);
 
     // Another writer stored a newer decision (a later log position): the sync leaves it.
-    replicas
-        .put(&ReplicaWrite {
-            workspace: workspace.clone(),
-            cluster_id: cluster.clone(),
-            node_set: SMALL,
-            desired: 7,
-            expected_version: 1,
-            decided_at: stored.decided_at + 1_000,
-            now,
-        })
-        .await
-        .unwrap();
-    let written = scaler
-        .sync_replicas(
-            store.log.as_ref(),
-            replicas.as_ref(),
-            &workspace,
-            &cluster,
-            now,
-        )
-        .await
-        .unwrap();
+    put_small(replicas.as_ref(), 7, 1, stored.decided_at + 1_000, now).await;
+    let written = sync(&scaler, store.log.as_ref(), replicas.as_ref(), now).await;
     assert_eq!(written, 0);
-    let kept = replicas
-        .get(&workspace, &cluster, SMALL)
-        .await
-        .unwrap()
-        .unwrap();
+    let kept = stored_small(replicas.as_ref()).await;
     assert_eq!(kept.desired, 7);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plan_stands_while_neither_the_jobs_nor_the_nodes_move() {
-    let dir = tempfile::tempdir().unwrap();
-    let (store, _replicas) = store(dir.path()).await;
-    let (workspace, cluster) = ids();
+    let (_dir, store, _replicas) = store().await;
     let now = chrono::Utc::now();
     let scaler = Scaler::new(catalog(), 2048, chrono::Duration::minutes(5), now);
     let asked = std::sync::atomic::AtomicUsize::new(0);
@@ -248,7 +223,7 @@ async fn a_plan_stands_while_neither_the_jobs_nor_the_nodes_move() {
         let asked = &asked;
         let scaler = &scaler;
         let log = store.log.clone();
-        let (workspace, cluster) = (workspace.clone(), cluster.clone());
+        let (workspace, cluster) = ids();
         async move {
             scaler
                 .cycle_with(
@@ -285,13 +260,7 @@ fn pending(n: u64) -> Vec<ScalingJob> {
         .map(|job_id| ScalingJob {
             job_id,
             running: false,
-            shape: JobShape {
-                cpus: 1,
-                memory_mib: None,
-                nodes: 1,
-                time_limit_minutes: None,
-                gpus: 0,
-            },
+            shape: common::one_cpu(),
             nodes: None,
         })
         .collect()

@@ -3,13 +3,13 @@
 
 #![allow(clippy::unwrap_used)] // a test may panic on what it did not expect
 
-use std::sync::Arc;
-
 use commands::open::Tracker;
 use domain::submit::JobShape;
 use domain::{ClusterId, DomainEvent, Email, JobSubmitted, MicroUsd, SubmittedVia, WorkspaceId};
-use eventlog::{ExpectedVersion, NewEvent, OpenOptions, StreamId, SystemClock};
+use eventlog::{ExpectedVersion, NewEvent, StreamId};
 use serde_json::json;
+
+mod common;
 
 fn submitted(job_id: u64) -> DomainEvent {
     DomainEvent::JobSubmitted(JobSubmitted {
@@ -23,13 +23,7 @@ fn submitted(job_id: u64) -> DomainEvent {
         template_id: None,
         params: None,
         body: json!({}),
-        shape: JobShape {
-            cpus: 1,
-            memory_mib: None,
-            nodes: 1,
-            time_limit_minutes: None,
-            gpus: 0,
-        },
+        shape: common::one_cpu(),
         warnings: Vec::new(),
         submitted_at: None,
         rate: None,
@@ -39,10 +33,7 @@ fn submitted(job_id: u64) -> DomainEvent {
 #[tokio::test]
 async fn catch_up_applies_job_events_skips_unreadable_ones_and_reads_on_from_where_it_stopped() {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("log.db").display());
-    let store = eventlog::open(&OpenOptions::new(url), Arc::new(SystemClock))
-        .await
-        .unwrap();
+    let store = common::sqlite_store(dir.path()).await;
     let log = store.log.as_ref();
     let append = |stream: &str, event: NewEvent| {
         let stream = StreamId::new(stream).unwrap();

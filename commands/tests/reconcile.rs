@@ -12,19 +12,21 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use commands::jobs::{
-    JobError, OpenJob, Settled, Submission, Submitter, Unsettled, reconcile, settle_submissions,
-    stream,
+    JobError, OpenJob, Reconciled, Settled, Submission, Submitter, Unsettled, reconcile,
+    settle_submissions, stream,
 };
 use commands::slurm::{Accepted, SlurmError, SlurmJob, SlurmPort, StateReport};
-use domain::job::JobState;
+use domain::job::{JobFacts, JobState};
 use domain::{ClusterId, DomainEvent, Email, SubmittedVia, WorkspaceId};
 use eventlog::{
-    AppendOutcome, EventLog, ExpectedVersion, Head, LogError, NewEvent, OpenOptions, Position,
-    RecordedEvent, StreamId, SystemClock,
+    AppendOutcome, EventLog, ExpectedVersion, Head, LogError, NewEvent, Position, RecordedEvent,
+    StreamId,
 };
 use gateways::local::{LocalExecutor, LocalSettings};
 use serde_json::json;
 use tokio::sync::watch;
+
+mod common;
 
 /// An event log that fails the next `JobSubmitted` append when armed: the crash window.
 struct FailingLog {
@@ -75,13 +77,20 @@ impl EventLog for FailingLog {
     }
 }
 
+impl FailingLog {
+    /// `inner`, armed: its next `JobSubmitted` append fails.
+    fn failing_next_submit(inner: Arc<dyn EventLog>) -> FailingLog {
+        FailingLog {
+            inner,
+            armed: AtomicBool::new(true),
+        }
+    }
+}
+
 /// A fresh SQLite log and local executor in a temp dir.
 async fn setup() -> (tempfile::TempDir, eventlog::Store, LocalExecutor) {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("log.db").display());
-    let store = eventlog::open(&OpenOptions::new(url), Arc::new(SystemClock))
-        .await
-        .unwrap();
+    let store = common::sqlite_store(dir.path()).await;
     let slurm = LocalExecutor::open(
         LocalSettings {
             state_dir: dir.path().join("ex"),
@@ -154,15 +163,63 @@ fn unsettled(submission_id: uuid::Uuid) -> Vec<Unsettled> {
     }]
 }
 
+/// Settles `unsettled` requests of the `default` workspace's `cluster` as of `now`.
+async fn settle(
+    log: &dyn EventLog,
+    slurm: &dyn SlurmPort,
+    cluster: &ClusterId,
+    unsettled: &[Unsettled],
+    now: chrono::DateTime<chrono::Utc>,
+) -> Settled {
+    let workspace = WorkspaceId::new("default").unwrap();
+    settle_submissions(log, slurm, &workspace, cluster, unsettled, now)
+        .await
+        .unwrap()
+}
+
+/// Settles the one request `submission` as of [`later_now`], past the adoption grace.
+async fn settle_later(
+    log: &dyn EventLog,
+    slurm: &dyn SlurmPort,
+    cluster: &ClusterId,
+    submission: uuid::Uuid,
+) -> Settled {
+    settle(log, slurm, cluster, &unsettled(submission), later_now()).await
+}
+
+/// Reconciles the `default` workspace's `cluster` against `open`, as of [`later_now`].
+async fn reconcile_later(
+    log: &dyn EventLog,
+    slurm: &dyn SlurmPort,
+    cluster: &ClusterId,
+    open: &[OpenJob],
+) -> Reconciled {
+    let workspace = WorkspaceId::new("default").unwrap();
+    reconcile(log, slurm, &workspace, cluster, open, later_now())
+        .await
+        .unwrap()
+}
+
+/// What the log holds of a submission's job.
+async fn job_facts(log: &dyn EventLog, cluster: &ClusterId, submission: uuid::Uuid) -> JobFacts {
+    commands::jobs::load(log, &stream(cluster, submission))
+        .await
+        .unwrap()
+        .unwrap()
+        .0
+}
+
+/// The submission id in a job stream's id (`job-local-<id>`).
+fn submission_of(stream_id: &str) -> uuid::Uuid {
+    stream_id.rsplit("local-").next().unwrap().parse().unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recorded_request_whose_outcome_the_log_missed_is_adopted_once_as_its_user() {
     let (_dir, store, slurm) = setup().await;
-    let log = FailingLog {
-        inner: store.log.clone(),
-        armed: AtomicBool::new(true),
-    };
+    let log = FailingLog::failing_next_submit(store.log.clone());
     let submitter = Submitter::default();
-    let (workspace, cluster, _) = ids();
+    let (_, cluster, _) = ids();
 
     let err = submitter
         .submit(&log, &slurm, submission("k1"))
@@ -189,32 +246,12 @@ async fn a_recorded_request_whose_outcome_the_log_missed_is_adopted_once_as_its_
 
     // Reconcile does not adopt (it only follows known jobs); settling does, once the request is
     // older than the grace, as the recorded user.
-    let done = reconcile(&log, &slurm, &workspace, &cluster, &[], later_now())
-        .await
-        .unwrap();
+    let done = reconcile_later(&log, &slurm, &cluster, &[]).await;
     assert_eq!(done.ignored, 0, "its request is recorded: not a forgery");
     let now = chrono::Utc::now();
-    let early = settle_submissions(
-        &log,
-        &slurm,
-        &WorkspaceId::new("default").unwrap(),
-        &cluster,
-        &unsettled(submission_id),
-        now,
-    )
-    .await
-    .unwrap();
+    let early = settle(&log, &slurm, &cluster, &unsettled(submission_id), now).await;
     assert_eq!(early, Settled::default(), "still within the grace");
-    let settled = settle_submissions(
-        &log,
-        &slurm,
-        &WorkspaceId::new("default").unwrap(),
-        &cluster,
-        &unsettled(submission_id),
-        later_now(),
-    )
-    .await
-    .unwrap();
+    let settled = settle_later(&log, &slurm, &cluster, submission_id).await;
     assert_eq!(settled.adopted, 1);
     let events = log
         .read_stream(&stream(&cluster, submission_id), 0, 10)
@@ -230,16 +267,7 @@ async fn a_recorded_request_whose_outcome_the_log_missed_is_adopted_once_as_its_
         other => panic!("{other:?}"),
     }
     assert_eq!(
-        settle_submissions(
-            &log,
-            &slurm,
-            &WorkspaceId::new("default").unwrap(),
-            &cluster,
-            &unsettled(submission_id),
-            later_now()
-        )
-        .await
-        .unwrap(),
+        settle_later(&log, &slurm, &cluster, submission_id).await,
         Settled::default(),
         "adopted once"
     );
@@ -263,13 +291,8 @@ async fn a_recorded_request_whose_outcome_the_log_missed_is_adopted_once_as_its_
     }];
     let mut final_state = None;
     for _ in 0..100 {
-        reconcile(&log, &slurm, &workspace, &cluster, &open, later_now())
-            .await
-            .unwrap();
-        let (facts, _) = commands::jobs::load(&log, &stream(&cluster, submission_id))
-            .await
-            .unwrap()
-            .unwrap();
+        reconcile_later(&log, &slurm, &cluster, &open).await;
+        let facts = job_facts(&log, &cluster, submission_id).await;
         if facts.state.is_terminal() {
             final_state = Some(facts.state);
             break;
@@ -278,9 +301,7 @@ async fn a_recorded_request_whose_outcome_the_log_missed_is_adopted_once_as_its_
     }
     assert_eq!(final_state, Some(JobState::Completed));
     let head = log.head().await.unwrap().position;
-    let done = reconcile(&log, &slurm, &workspace, &cluster, &open, later_now())
-        .await
-        .unwrap();
+    let done = reconcile_later(&log, &slurm, &cluster, &open).await;
     assert_eq!(
         (done.state_changes, log.head().await.unwrap().position),
         (0, head),
@@ -292,7 +313,7 @@ async fn a_recorded_request_whose_outcome_the_log_missed_is_adopted_once_as_its_
 async fn a_job_that_vanished_from_slurm_gets_a_final_state_that_says_so() {
     let (_dir, store, slurm) = setup().await;
     let submitter = Submitter::default();
-    let (workspace, cluster, _) = ids();
+    let (_, cluster, _) = ids();
     let submitted = submitter
         .submit(store.log.as_ref(), &slurm, submission("k2"))
         .await
@@ -305,24 +326,9 @@ async fn a_job_that_vanished_from_slurm_gets_a_final_state_that_says_so() {
         cancel_requested: false,
         version: None,
     };
-    let done = reconcile(
-        store.log.as_ref(),
-        &slurm,
-        &workspace,
-        &cluster,
-        &[ghost],
-        later_now(),
-    )
-    .await
-    .unwrap();
+    let done = reconcile_later(store.log.as_ref(), &slurm, &cluster, &[ghost]).await;
     assert_eq!(done.vanished, 1);
-    let (facts, _) = commands::jobs::load(
-        store.log.as_ref(),
-        &stream(&cluster, submitted.submission_id),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let facts = job_facts(store.log.as_ref(), &cluster, submitted.submission_id).await;
     assert_eq!(facts.state, JobState::NodeFail);
 }
 
@@ -422,17 +428,29 @@ impl SlurmPort for FakeSlurm {
 
 async fn sqlite_log() -> (tempfile::TempDir, eventlog::Store) {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("log.db").display());
-    let store = eventlog::open(&OpenOptions::new(url), Arc::new(SystemClock))
-        .await
-        .unwrap();
+    let store = common::sqlite_store(dir.path()).await;
     (dir, store)
+}
+
+/// Submits `key` to `slurm` while the log fails the `JobSubmitted` append: Slurm takes the job,
+/// the log records only the request. Returns the job Slurm took.
+async fn submit_losing_the_outcome(
+    store: &eventlog::Store,
+    slurm: &FakeSlurm,
+    key: &str,
+) -> SlurmJob {
+    let request_log = FailingLog::failing_next_submit(store.log.clone());
+    Submitter::default()
+        .submit(&request_log, slurm, submission(key))
+        .await
+        .unwrap_err();
+    slurm.jobs.lock().unwrap().last().cloned().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slurm_job_with_a_forged_comment_is_never_adopted() {
     let (_dir, store) = sqlite_log().await;
-    let (workspace, cluster, _) = ids();
+    let (_, cluster, _) = ids();
     // Someone with Slurm access submits a job whose comment claims a submission of the victim's,
     // long enough ago that the old rule (adopt any commented job older than 60 s) took it.
     let forged_id = uuid::Uuid::now_v7();
@@ -444,23 +462,12 @@ async fn a_slurm_job_with_a_forged_comment_is_never_adopted() {
     )]);
     let log = store.log.as_ref();
     for _ in 0..3 {
-        let done = reconcile(log, &slurm, &workspace, &cluster, &[], later_now())
-            .await
-            .unwrap();
+        let done = reconcile_later(log, &slurm, &cluster, &[]).await;
         assert_eq!(done.ignored, 1, "reported as unknown, every cycle");
         assert_eq!(done.state_changes, 0);
     }
     // Settling only looks at recorded requests: a made-up one is not in the log, so nothing.
-    let settled = settle_submissions(
-        log,
-        &slurm,
-        &WorkspaceId::new("default").unwrap(),
-        &cluster,
-        &unsettled(forged_id),
-        later_now(),
-    )
-    .await
-    .unwrap();
+    let settled = settle_later(log, &slurm, &cluster, forged_id).await;
     assert_eq!(settled, Settled::default());
     assert_eq!(
         log.head().await.unwrap().position,
@@ -470,10 +477,7 @@ async fn a_slurm_job_with_a_forged_comment_is_never_adopted() {
 
     // A forged job that claims a real keyed submission's id (ids from keys are predictable) is
     // not adopted either: it was in Slurm before the request was recorded.
-    let request_log = FailingLog {
-        inner: store.log.clone(),
-        armed: AtomicBool::new(true),
-    };
+    let request_log = FailingLog::failing_next_submit(store.log.clone());
     let real = FakeSlurm::default();
     let err = Submitter::default()
         .submit(&request_log, &real, submission("k-forged"))
@@ -490,29 +494,15 @@ async fn a_slurm_job_with_a_forged_comment_is_never_adopted() {
             long_ago,
         ),
     );
-    let settled = settle_submissions(
-        log,
-        &real,
-        &WorkspaceId::new("default").unwrap(),
-        &cluster,
-        &unsettled(submission_id),
-        later_now(),
-    )
-    .await
-    .unwrap();
+    let settled = settle_later(log, &real, &cluster, submission_id).await;
     assert_eq!(settled.adopted, 1);
-    let (facts, _) = commands::jobs::load(log, &stream(&cluster, submission_id))
-        .await
-        .unwrap()
-        .unwrap();
+    let facts = job_facts(log, &cluster, submission_id).await;
     assert_eq!(
         (facts.submitted.job_id, facts.submitted.user.as_str()),
         (real_job.job_id, "ada@lab.org"),
         "the job submitted after the request, as the recorded user"
     );
-    let done = reconcile(log, &real, &workspace, &cluster, &[], later_now())
-        .await
-        .unwrap();
+    let done = reconcile_later(log, &real, &cluster, &[]).await;
     assert_eq!(done.ignored, 1, "the forged twin is reported, not adopted");
 }
 
@@ -553,17 +543,8 @@ async fn a_request_slurm_never_got_is_marked_failed_and_frees_its_key() {
         .first()
         .map(|e| e.stream_id.clone())
         .unwrap();
-    let submission_id: uuid::Uuid = key_stream.rsplit("local-").next().unwrap().parse().unwrap();
-    let settled = settle_submissions(
-        log,
-        &slurm,
-        &WorkspaceId::new("default").unwrap(),
-        &cluster,
-        &unsettled(submission_id),
-        later_now(),
-    )
-    .await
-    .unwrap();
+    let submission_id = submission_of(&key_stream);
+    let settled = settle_later(log, &slurm, &cluster, submission_id).await;
     assert_eq!(settled.failed, 1);
     assert_eq!(slurm.lists.load(Ordering::SeqCst), 1, "looked up once");
 
@@ -619,15 +600,7 @@ async fn on_a_big_slurm_settling_reads_jobs_by_id_a_few_hundred_a_pass_and_fails
         .submit(log, &slurm, submission("k-never-sent"))
         .await
         .unwrap_err();
-    let request_log = FailingLog {
-        inner: store.log.clone(),
-        armed: AtomicBool::new(true),
-    };
-    Submitter::default()
-        .submit(&request_log, &slurm, submission("k-taken"))
-        .await
-        .unwrap_err();
-    let taken = slurm.jobs.lock().unwrap().last().cloned().unwrap();
+    let taken = submit_losing_the_outcome(&store, &slurm, "k-taken").await;
     let b = taken.submission_id().unwrap();
     let requests: Vec<uuid::Uuid> = log
         .read_all(0, 10)
@@ -635,52 +608,18 @@ async fn on_a_big_slurm_settling_reads_jobs_by_id_a_few_hundred_a_pass_and_fails
         .unwrap()
         .iter()
         .filter(|e| e.event_type == "JobSubmissionRequested")
-        .map(|e| {
-            e.stream_id
-                .rsplit("local-")
-                .next()
-                .unwrap()
-                .parse()
-                .unwrap()
-        })
+        .map(|e| submission_of(&e.stream_id))
         .collect();
     let a = *requests.iter().find(|id| **id != b).unwrap();
     let both = [unsettled(a), unsettled(b)].concat();
 
     // Newest first: B's job is read in the first pass and adopted; A is not failed while
     // Slurm's jobs are not all read.
-    let first = settle_submissions(
-        log,
-        &slurm,
-        &WorkspaceId::new("default").unwrap(),
-        &cluster,
-        &both,
-        later_now(),
-    )
-    .await
-    .unwrap();
+    let first = settle(log, &slurm, &cluster, &both, later_now()).await;
     assert_eq!((first.adopted, first.failed), (1, 0));
-    let second = settle_submissions(
-        log,
-        &slurm,
-        &WorkspaceId::new("default").unwrap(),
-        &cluster,
-        &unsettled(a),
-        later_now(),
-    )
-    .await
-    .unwrap();
+    let second = settle_later(log, &slurm, &cluster, a).await;
     assert_eq!(second, Settled::default(), "89 jobs still unread");
-    let third = settle_submissions(
-        log,
-        &slurm,
-        &WorkspaceId::new("default").unwrap(),
-        &cluster,
-        &unsettled(a),
-        later_now(),
-    )
-    .await
-    .unwrap();
+    let third = settle_later(log, &slurm, &cluster, a).await;
     assert_eq!((third.adopted, third.failed), (0, 1));
     assert_eq!(
         slurm.lookups.load(Ordering::SeqCst),
@@ -692,10 +631,7 @@ async fn on_a_big_slurm_settling_reads_jobs_by_id_a_few_hundred_a_pass_and_fails
         0,
         "never listed in full"
     );
-    let (facts, _) = commands::jobs::load(log, &stream(&cluster, b))
-        .await
-        .unwrap()
-        .unwrap();
+    let facts = job_facts(log, &cluster, b).await;
     assert_eq!(facts.submitted.job_id, taken.job_id);
     assert_eq!(
         history(log, &cluster, a).await,
@@ -825,26 +761,15 @@ async fn settling_keeps_what_it_read_apart_per_workspace_for_clusters_of_one_nam
         lists_states: true,
         ..FakeSlurm::with(Vec::new())
     };
-    let request_log = FailingLog {
-        inner: store.log.clone(),
-        armed: AtomicBool::new(true),
-    };
-    Submitter::default()
-        .submit(&request_log, &slurm, submission("k-taken"))
-        .await
-        .unwrap_err();
-    let taken = slurm.jobs.lock().unwrap().last().cloned().unwrap();
+    let taken = submit_losing_the_outcome(&store, &slurm, "k-taken").await;
     assert_eq!(taken.job_id, 1_000, "the same job id as the other Slurm's");
-    let settled = settle_submissions(
+    let settled = settle_later(
         store.log.as_ref(),
         &slurm,
-        &WorkspaceId::new("default").unwrap(),
         &cluster,
-        &unsettled(taken.submission_id().unwrap()),
-        later_now(),
+        taken.submission_id().unwrap(),
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(
         (settled.adopted, settled.failed),
         (1, 0),

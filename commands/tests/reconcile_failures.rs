@@ -6,8 +6,8 @@
 #![allow(clippy::unwrap_used)] // a test may panic on what it did not expect
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use commands::jobs::{
@@ -16,8 +16,10 @@ use commands::jobs::{
 use commands::slurm::{Accepted, SlurmError, SlurmJob, SlurmPort, StateReport};
 use domain::job::JobState;
 use domain::{ClusterId, DomainEvent, Email, SubmittedVia, WorkspaceId};
-use eventlog::{EventLog, OpenOptions, SystemClock};
+use eventlog::EventLog;
 use serde_json::json;
+
+mod common;
 
 /// A Slurm whose every answer the test decides.
 struct Scripted {
@@ -65,8 +67,23 @@ impl Scripted {
         *self.list.lock().unwrap() = answer;
     }
 
+    /// Lists only job `id`, in `state`.
+    fn lists_only(&self, id: u64, state: JobState) {
+        self.lists(Ok(vec![self.job(id, state)]));
+    }
+
     fn looks_up(&self, id: u64, answer: Result<Option<SlurmJob>, SlurmError>) {
         self.lookup.lock().unwrap().insert(id, answer);
+    }
+
+    /// How many single jobs it was asked for.
+    fn lookups_made(&self) -> usize {
+        self.lookups.load(Ordering::SeqCst)
+    }
+
+    /// How many cancels it was asked for.
+    fn cancels_sent(&self) -> usize {
+        self.cancels.load(Ordering::SeqCst)
     }
 }
 
@@ -117,10 +134,7 @@ struct World {
 impl World {
     async fn new() -> World {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("log.db").display());
-        let store = eventlog::open(&OpenOptions::new(url), Arc::new(SystemClock))
-            .await
-            .unwrap();
+        let store = common::sqlite_store(dir.path()).await;
         World {
             _dir: dir,
             store,
@@ -128,6 +142,13 @@ impl World {
             workspace: WorkspaceId::new("default").unwrap(),
             cluster: ClusterId::new("remote").unwrap(),
         }
+    }
+
+    /// A new world with one job submitted.
+    async fn with_a_job() -> (World, OpenJob) {
+        let w = World::new().await;
+        let job = w.submit().await;
+        (w, job)
     }
 
     fn log(&self) -> &dyn EventLog {
@@ -187,6 +208,11 @@ impl World {
         .await
     }
 
+    /// Reconciles the one open `job`.
+    async fn reconcile_one(&self, job: &OpenJob) -> Result<commands::jobs::Reconciled, JobError> {
+        self.reconcile(std::slice::from_ref(job)).await
+    }
+
     async fn state(&self, job: &OpenJob) -> JobState {
         load(self.log(), &stream(&self.cluster, job.submission_id))
             .await
@@ -219,11 +245,9 @@ impl World {
 
 #[tokio::test]
 async fn a_failed_list_records_nothing_however_often() {
-    let w = World::new().await;
-    let job = w.submit().await;
-    w.slurm
-        .lists(Ok(vec![w.slurm.job(job.job_id, JobState::Running)]));
-    w.reconcile(std::slice::from_ref(&job)).await.unwrap();
+    let (w, job) = World::with_a_job().await;
+    w.slurm.lists_only(job.job_id, JobState::Running);
+    w.reconcile_one(&job).await.unwrap();
     assert_eq!(w.state(&job).await, JobState::Running);
     let head = w.head().await;
     let running = OpenJob {
@@ -236,19 +260,18 @@ async fn a_failed_list_records_nothing_however_often() {
     w.slurm.looks_up(job.job_id, Ok(None));
     for _ in 0..5 {
         assert!(matches!(
-            w.reconcile(std::slice::from_ref(&running)).await,
+            w.reconcile_one(&running).await,
             Err(JobError::Slurm(SlurmError::Unavailable(_)))
         ));
     }
     assert_eq!(w.head().await, head, "nothing appended");
-    assert_eq!(w.slurm.lookups.load(Ordering::SeqCst), 0);
+    assert_eq!(w.slurm.lookups_made(), 0);
     assert_eq!(w.state(&job).await, JobState::Running);
 }
 
 #[tokio::test]
 async fn a_listing_of_states_is_only_a_hint_and_a_lookup_without_answer_records_nothing() {
-    let w = World::new().await;
-    let job = w.submit().await;
+    let (w, job) = World::with_a_job().await;
     let head = w.head().await;
     let listed = |state| {
         Some(Ok(vec![StateReport {
@@ -258,24 +281,21 @@ async fn a_listing_of_states_is_only_a_hint_and_a_lookup_without_answer_records_
     };
     // Listed in the state the log has: no lookup, nothing to record.
     *w.slurm.states.lock().unwrap() = listed(JobState::Pending);
-    assert_eq!(
-        w.reconcile(std::slice::from_ref(&job)).await.unwrap(),
-        Default::default()
-    );
-    assert_eq!(w.slurm.lookups.load(Ordering::SeqCst), 0);
+    assert_eq!(w.reconcile_one(&job).await.unwrap(), Default::default());
+    assert_eq!(w.slurm.lookups_made(), 0);
     // Listed as running, but the full record gets no answer: the pass fails, nothing appended.
     *w.slurm.states.lock().unwrap() = listed(JobState::Running);
     w.slurm.looks_up(job.job_id, Err(down()));
     assert!(matches!(
-        w.reconcile(std::slice::from_ref(&job)).await,
+        w.reconcile_one(&job).await,
         Err(JobError::Slurm(SlurmError::Unavailable(_)))
     ));
     assert_eq!(w.head().await, head, "nothing appended");
     // The listing itself failing: an error, no lookup.
     *w.slurm.states.lock().unwrap() = Some(Err(down()));
-    let lookups = w.slurm.lookups.load(Ordering::SeqCst);
-    assert!(w.reconcile(std::slice::from_ref(&job)).await.is_err());
-    assert_eq!(w.slurm.lookups.load(Ordering::SeqCst), lookups);
+    let lookups = w.slurm.lookups_made();
+    assert!(w.reconcile_one(&job).await.is_err());
+    assert_eq!(w.slurm.lookups_made(), lookups);
     assert_eq!(w.head().await, head, "nothing appended");
     // Only the full record is believed: it says running, and that is recorded.
     *w.slurm.states.lock().unwrap() = listed(JobState::Running);
@@ -283,19 +303,17 @@ async fn a_listing_of_states_is_only_a_hint_and_a_lookup_without_answer_records_
         job.job_id,
         Ok(Some(w.slurm.job(job.job_id, JobState::Running))),
     );
-    let done = w.reconcile(std::slice::from_ref(&job)).await.unwrap();
+    let done = w.reconcile_one(&job).await.unwrap();
     assert_eq!(done.state_changes, 1);
     assert_eq!(w.state(&job).await, JobState::Running);
 }
 
 #[tokio::test]
 async fn a_job_vanishes_only_when_slurm_says_it_does_not_know_it() {
-    let w = World::new().await;
-    let job = w.submit().await;
+    let (w, job) = World::with_a_job().await;
     let other = w.submit().await;
     // Slurm's list lacks the first job; the lookup fails: no verdict, nothing appended.
-    w.slurm
-        .lists(Ok(vec![w.slurm.job(other.job_id, JobState::Pending)]));
+    w.slurm.lists_only(other.job_id, JobState::Pending);
     let head = w.head().await;
     let done = w.reconcile(&[job.clone(), other.clone()]).await.unwrap();
     assert_eq!(done.vanished, 0);
@@ -325,17 +343,16 @@ async fn a_job_vanishes_only_when_slurm_says_it_does_not_know_it() {
     stranger.comment = Some(format!("clusterra:{} bob@lab.org", uuid::Uuid::now_v7()));
     w.slurm.lists(Ok(vec![stranger.clone()]));
     w.slurm.looks_up(third.job_id, Ok(Some(stranger)));
-    w.reconcile(std::slice::from_ref(&third)).await.unwrap();
+    w.reconcile_one(&third).await.unwrap();
     assert_eq!(w.state(&third).await, JobState::NodeFail);
 }
 
 #[tokio::test]
 async fn node_fail_is_corrected_when_slurm_reports_the_job_again() {
-    let w = World::new().await;
-    let job = w.submit().await;
+    let (w, job) = World::with_a_job().await;
     w.slurm.lists(Ok(Vec::new()));
     w.slurm.looks_up(job.job_id, Ok(None));
-    w.reconcile(std::slice::from_ref(&job)).await.unwrap();
+    w.reconcile_one(&job).await.unwrap();
     assert_eq!(w.state(&job).await, JobState::NodeFail);
     let recorded = OpenJob {
         state: JobState::NodeFail,
@@ -343,15 +360,14 @@ async fn node_fail_is_corrected_when_slurm_reports_the_job_again() {
     };
     // Still unknown: a recorded NODE_FAIL is never looked up again, never re-recorded.
     let head = w.head().await;
-    let lookups = w.slurm.lookups.load(Ordering::SeqCst);
-    w.reconcile(std::slice::from_ref(&recorded)).await.unwrap();
+    let lookups = w.slurm.lookups_made();
+    w.reconcile_one(&recorded).await.unwrap();
     assert_eq!(w.head().await, head);
-    assert_eq!(w.slurm.lookups.load(Ordering::SeqCst), lookups);
+    assert_eq!(w.slurm.lookups_made(), lookups);
 
     // Slurm lists it running (its controller came back with its state): the correction.
-    w.slurm
-        .lists(Ok(vec![w.slurm.job(job.job_id, JobState::Running)]));
-    let done = w.reconcile(std::slice::from_ref(&recorded)).await.unwrap();
+    w.slurm.lists_only(job.job_id, JobState::Running);
+    let done = w.reconcile_one(&recorded).await.unwrap();
     assert_eq!((done.corrected, done.state_changes), (1, 1));
     assert_eq!(w.state(&job).await, JobState::Running);
     let changes = w.changes(&job).await;
@@ -363,8 +379,7 @@ async fn node_fail_is_corrected_when_slurm_reports_the_job_again() {
     );
 
     // And it ends normally.
-    w.slurm
-        .lists(Ok(vec![w.slurm.job(job.job_id, JobState::Completed)]));
+    w.slurm.lists_only(job.job_id, JobState::Completed);
     let running = OpenJob {
         state: JobState::Running,
         ..job.clone()
@@ -377,8 +392,7 @@ async fn node_fail_is_corrected_when_slurm_reports_the_job_again() {
         state: JobState::Completed,
         ..job.clone()
     };
-    w.slurm
-        .lists(Ok(vec![w.slurm.job(job.job_id, JobState::Running)]));
+    w.slurm.lists_only(job.job_id, JobState::Running);
     let head = w.head().await;
     w.reconcile(&[done_job]).await.unwrap();
     assert_eq!(w.head().await, head);
@@ -386,11 +400,9 @@ async fn node_fail_is_corrected_when_slurm_reports_the_job_again() {
 
 #[tokio::test]
 async fn a_cancel_slurm_did_not_confirm_is_an_error_and_is_asked_again() {
-    let w = World::new().await;
-    let job = w.submit().await;
-    w.slurm
-        .lists(Ok(vec![w.slurm.job(job.job_id, JobState::Running)]));
-    w.reconcile(std::slice::from_ref(&job)).await.unwrap();
+    let (w, job) = World::with_a_job().await;
+    w.slurm.lists_only(job.job_id, JobState::Running);
+    w.reconcile_one(&job).await.unwrap();
     *w.slurm.cancel.lock().unwrap() = Err(down());
     let request = w.cancel_request(&job);
     let err = cancel_job(w.log(), &w.slurm, request).await.unwrap_err();
@@ -403,7 +415,7 @@ async fn a_cancel_slurm_did_not_confirm_is_an_error_and_is_asked_again() {
         .unwrap()
         .unwrap();
     assert!(facts.cancel_requested, "the request is recorded");
-    assert_eq!(w.slurm.cancels.load(Ordering::SeqCst), 1);
+    assert_eq!(w.slurm.cancels_sent(), 1);
 
     // Each pass asks again while Slurm still runs it; once Slurm takes it, the state follows.
     let running = OpenJob {
@@ -411,27 +423,21 @@ async fn a_cancel_slurm_did_not_confirm_is_an_error_and_is_asked_again() {
         cancel_requested: true,
         ..job.clone()
     };
-    let done = w.reconcile(std::slice::from_ref(&running)).await.unwrap();
+    let done = w.reconcile_one(&running).await.unwrap();
     assert_eq!(done.cancels_resent, 0, "still not confirmed");
-    assert_eq!(w.slurm.cancels.load(Ordering::SeqCst), 2);
+    assert_eq!(w.slurm.cancels_sent(), 2);
     *w.slurm.cancel.lock().unwrap() = Ok(());
-    let done = w.reconcile(std::slice::from_ref(&running)).await.unwrap();
+    let done = w.reconcile_one(&running).await.unwrap();
     assert_eq!(done.cancels_resent, 1);
-    w.slurm
-        .lists(Ok(vec![w.slurm.job(job.job_id, JobState::Cancelled)]));
+    w.slurm.lists_only(job.job_id, JobState::Cancelled);
     w.reconcile(&[running]).await.unwrap();
     assert_eq!(w.state(&job).await, JobState::Cancelled);
-    assert_eq!(
-        w.slurm.cancels.load(Ordering::SeqCst),
-        3,
-        "not asked once over"
-    );
+    assert_eq!(w.slurm.cancels_sent(), 3, "not asked once over");
 }
 
 #[tokio::test]
 async fn a_change_made_on_a_stale_version_is_decided_again_on_the_stream() {
-    let w = World::new().await;
-    let job = w.submit().await;
+    let (w, job) = World::with_a_job().await;
     let (_, version) = load(w.log(), &stream(&w.cluster, job.submission_id))
         .await
         .unwrap()
@@ -445,9 +451,8 @@ async fn a_change_made_on_a_stale_version_is_decided_again_on_the_stream() {
         version: Some(version),
         ..job.clone()
     };
-    w.slurm
-        .lists(Ok(vec![w.slurm.job(job.job_id, JobState::Running)]));
-    let done = w.reconcile(std::slice::from_ref(&stale)).await.unwrap();
+    w.slurm.lists_only(job.job_id, JobState::Running);
+    let done = w.reconcile_one(&stale).await.unwrap();
     assert_eq!(done.state_changes, 1, "{done:?}");
     assert_eq!(w.state(&job).await, JobState::Running);
     // And at the version the log is at, the change goes in without a conflict.
@@ -460,8 +465,7 @@ async fn a_change_made_on_a_stale_version_is_decided_again_on_the_stream() {
         version: Some(now),
         ..job.clone()
     };
-    w.slurm
-        .lists(Ok(vec![w.slurm.job(job.job_id, JobState::Completed)]));
+    w.slurm.lists_only(job.job_id, JobState::Completed);
     let done = w.reconcile(&[current]).await.unwrap();
     assert_eq!(
         (done.state_changes, done.left, done.recheck.len()),

@@ -56,9 +56,15 @@ fn limits(header_ms: u64, idle_ms: u64, max: usize) -> Limits {
 
 /// Sends `request` on a new connection and reads until the server closes it (or 5 s).
 async fn exchange(addr: SocketAddr, request: &str) -> String {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(request.as_bytes()).await.unwrap();
+    let mut s = sent(addr, request.as_bytes()).await;
     read_to_close(&mut s, Duration::from_secs(5)).await.0
+}
+
+/// A new connection to `addr` that has sent `bytes`.
+async fn sent(addr: SocketAddr, bytes: &[u8]) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    s
 }
 
 /// Reads until EOF; the text and whether EOF came within `within`.
@@ -83,9 +89,7 @@ const HI: &str = "GET /hi HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n";
 async fn stalled(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
     let mut out = Vec::new();
     for _ in 0..n {
-        let mut s = TcpStream::connect(addr).await.unwrap();
-        s.write_all(b"GET /hi HT").await.unwrap();
-        out.push(s);
+        out.push(sent(addr, b"GET /hi HT").await);
     }
     out
 }
@@ -133,11 +137,8 @@ async fn past_the_limit_connections_get_a_json_503_until_slots_free_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_keep_alive_connections_are_closed_and_busy_ones_are_not() {
     let server = start(limits(300, 600, 16)).await;
-    let mut s = TcpStream::connect(server.addr).await.unwrap();
     // A request that takes longer than both timeouts is not cut.
-    s.write_all(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
+    let mut s = sent(server.addr, b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n").await;
     let mut buf = vec![0u8; 4096];
     let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf))
         .await
@@ -162,10 +163,8 @@ async fn idle_keep_alive_connections_are_closed_and_busy_ones_are_not() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_that_stops_arriving_is_cut() {
     let server = start(limits(400, 30_000, 16)).await;
-    let mut s = TcpStream::connect(server.addr).await.unwrap();
-    s.write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nhalf")
-        .await
-        .unwrap();
+    let half = b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nhalf";
+    let mut s = sent(server.addr, half).await;
     let since = Instant::now();
     let (text, closed) = read_to_close(&mut s, Duration::from_secs(3)).await;
     assert!(closed, "{text}");
@@ -184,10 +183,7 @@ async fn a_body_that_stops_arriving_is_cut() {
 async fn shutdown_finishes_requests_in_flight_and_closes_idle_connections() {
     let mut server = start(limits(1_000, 30_000, 16)).await;
     let mut idle = TcpStream::connect(server.addr).await.unwrap();
-    let mut busy = TcpStream::connect(server.addr).await.unwrap();
-    busy.write_all(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
+    let mut busy = sent(server.addr, b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n").await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let _ = server.stop.take().unwrap().send(());
     let (text, closed) = read_to_close(&mut busy, Duration::from_secs(3)).await;

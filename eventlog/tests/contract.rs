@@ -309,40 +309,39 @@ async fn idempotent_reappend(b: Backend) {
     );
     assert_eq!(log.head().await.unwrap().position, 4);
 
-    // A batch mixing a stored id with a new one is refused whole.
+    // A batch mixing a stored id with a new one is refused whole; the same id on another stream
+    // is refused too.
     let mixed = vec![ev(10), batch[1].clone()];
-    let err = log
-        .append(&sid("s"), ExpectedVersion::Any, &mixed)
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, LogError::DuplicateEventMismatch { .. }),
-        "{err:?}"
-    );
-    // The same id on another stream is refused too.
-    let err = log
-        .append(&sid("elsewhere"), ExpectedVersion::Any, &batch)
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, LogError::DuplicateEventMismatch { .. }),
-        "{err:?}"
-    );
+    for (stream, events) in [("s", &mixed), ("elsewhere", &batch)] {
+        let err = log
+            .append(&sid(stream), ExpectedVersion::Any, events)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, LogError::DuplicateEventMismatch { .. }),
+            "{stream}: {err:?}"
+        );
+    }
     assert_eq!(log.head().await.unwrap().position, 4);
     assert_eq!(log.read_all(0, 100).await.unwrap().len(), 4);
+}
+
+/// Appends `ev(i)` for each `i` of `numbers` to stream `s`, one append each.
+async fn append_one_by_one(store: &Store, numbers: std::ops::Range<u64>) {
+    for i in numbers {
+        store
+            .log
+            .append(&sid("s"), ExpectedVersion::Any, &[ev(i)])
+            .await
+            .unwrap();
+    }
 }
 
 async fn resume_from_checkpoint_after_reopen(b: Backend) {
     let ctx = Ctx::new(b);
     let checkpoint = {
         let store = ctx.open().await;
-        for i in 0..10 {
-            store
-                .log
-                .append(&sid("s"), ExpectedVersion::Any, &[ev(i)])
-                .await
-                .unwrap();
-        }
+        append_one_by_one(&store, 0..10).await;
         let seen: Vec<_> = subscribe(store.log.clone(), 0, SubscribeOptions::default())
             .take(6)
             .map(|r| r.unwrap())
@@ -352,13 +351,7 @@ async fn resume_from_checkpoint_after_reopen(b: Backend) {
     };
     assert_eq!(checkpoint, 6);
     let store = ctx.open().await;
-    for i in 10..15 {
-        store
-            .log
-            .append(&sid("s"), ExpectedVersion::Any, &[ev(i)])
-            .await
-            .unwrap();
-    }
+    append_one_by_one(&store, 10..15).await;
     let rest: Vec<_> = subscribe(
         store.log.clone(),
         checkpoint,
@@ -531,23 +524,25 @@ async fn read_store_commits_atomically_with_its_checkpoint(b: Backend) {
     assert_eq!(rs.dump(ModelSet::Live, "p").await.unwrap(), (0, vec![]));
 }
 
+/// One test per case, each running `super::case` against `backend`.
+macro_rules! cases_against {
+    ($backend:expr; $($case:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $case() {
+                super::$case($backend).await;
+            }
+        )*
+    };
+}
+
 macro_rules! contract {
     ($($case:ident),* $(,)?) => {
         mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $case() {
-                    super::$case(super::Backend::Sqlite).await;
-                }
-            )*
+            cases_against!(super::Backend::Sqlite; $($case),*);
         }
         mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $case() {
-                    super::$case(super::Backend::Postgres).await;
-                }
-            )*
+            cases_against!(super::Backend::Postgres; $($case),*);
         }
     };
 }

@@ -22,6 +22,23 @@ fn settings(dir: &std::path::Path) -> LocalSettings {
     }
 }
 
+/// An executor in `dir`, started now.
+fn executor(dir: &std::path::Path) -> LocalExecutor {
+    LocalExecutor::open(settings(dir), Utc::now()).unwrap()
+}
+
+/// An executor in a new temporary folder (keep it to the end of the test) that runs at most
+/// `slots` jobs at once.
+fn executor_with_slots(slots: usize) -> (tempfile::TempDir, LocalExecutor) {
+    let dir = tempfile::tempdir().unwrap();
+    let limited = LocalSettings {
+        slots,
+        ..settings(dir.path())
+    };
+    let ex = LocalExecutor::open(limited, Utc::now()).unwrap();
+    (dir, ex)
+}
+
 fn body(script: &str, time_limit: Option<u64>) -> Value {
     let mut job = json!({
         "name": "t",
@@ -36,26 +53,32 @@ fn body(script: &str, time_limit: Option<u64>) -> Value {
     json!({ "job": job })
 }
 
+/// A job running `true` on `ex`, run to its end: its id.
+async fn ran_true(ex: &LocalExecutor) -> u64 {
+    let job = ex.submit(&body("true", None)).await.unwrap();
+    wait_final(ex, job.job_id, Duration::from_secs(10)).await;
+    job.job_id
+}
+
 async fn wait_final(ex: &LocalExecutor, id: u64, within: Duration) -> commands::slurm::SlurmJob {
     let deadline = Instant::now() + within;
-    loop {
-        let job = ex.job(id).await.unwrap().unwrap();
-        if job.state.is_terminal() {
-            return job;
-        }
+    let mut job = ex.job(id).await.unwrap().unwrap();
+    while !job.state.is_terminal() {
         assert!(
             Instant::now() < deadline,
             "job {id} still {} after {within:?}",
             job.state
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+        job = ex.job(id).await.unwrap().unwrap();
     }
+    job
 }
 
 #[tokio::test]
 async fn runs_maps_exit_codes_enforces_limits_and_cancels() {
     let dir = tempfile::tempdir().unwrap();
-    let ex = LocalExecutor::open(settings(dir.path()), Utc::now()).unwrap();
+    let ex = executor(dir.path());
 
     let ok = ex
         .submit(&body(
@@ -156,9 +179,8 @@ async fn runs_maps_exit_codes_enforces_limits_and_cancels() {
 async fn ids_survive_restarts_and_lost_jobs_are_node_fail() {
     let dir = tempfile::tempdir().unwrap();
     let first = {
-        let ex = LocalExecutor::open(settings(dir.path()), Utc::now()).unwrap();
-        let a = ex.submit(&body("true", None)).await.unwrap();
-        wait_final(&ex, a.job_id, Duration::from_secs(10)).await;
+        let ex = executor(dir.path());
+        ran_true(&ex).await;
         let b = ex.submit(&body("sleep 30", None)).await.unwrap();
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(
@@ -168,7 +190,7 @@ async fn ids_survive_restarts_and_lost_jobs_are_node_fail() {
         b.job_id
     };
     // The executor "crashed" with job `first` running; a new one takes over the state.
-    let ex = LocalExecutor::open(settings(dir.path()), Utc::now()).unwrap();
+    let ex = executor(dir.path());
     let lost = ex.job(first).await.unwrap().unwrap();
     assert_eq!(lost.state, JobState::NodeFail);
     let next = ex.submit(&body("true", None)).await.unwrap();
@@ -182,10 +204,7 @@ async fn ids_survive_restarts_and_lost_jobs_are_node_fail() {
 
 #[tokio::test]
 async fn jobs_beyond_the_slots_wait_pending_in_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut s = settings(dir.path());
-    s.slots = 1;
-    let ex = LocalExecutor::open(s, Utc::now()).unwrap();
+    let (dir, ex) = executor_with_slots(1);
     let first = ex.submit(&body("sleep 0.5", None)).await.unwrap();
     let second = ex.submit(&body("true", None)).await.unwrap();
     let third = ex.submit(&body("sleep 30", None)).await.unwrap();
@@ -292,7 +311,7 @@ fn a_restart_kills_the_jobs_own_leftovers_and_never_a_reused_pid() {
         // live on.
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(async {
-            let ex = LocalExecutor::open(settings(dir.path()), Utc::now()).unwrap();
+            let ex = executor(dir.path());
             let kept = ex.submit(&body("sleep 300", None)).await.unwrap().job_id;
             let ended = ex.submit(&body("sleep 300", None)).await.unwrap().job_id;
             let deadline = Instant::now() + Duration::from_secs(10);
@@ -334,7 +353,7 @@ fn a_restart_kills_the_jobs_own_leftovers_and_never_a_reused_pid() {
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let ex = LocalExecutor::open(settings(dir.path()), Utc::now()).unwrap();
+        let ex = executor(dir.path());
         for id in [kept, ended] {
             assert_eq!(
                 ex.job(id).await.unwrap().unwrap().state,
@@ -359,10 +378,7 @@ fn a_restart_kills_the_jobs_own_leftovers_and_never_a_reused_pid() {
 
 #[tokio::test]
 async fn jobs_since_a_version_lists_only_what_changed_after_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut s = settings(dir.path());
-    s.slots = 0;
-    let ex = LocalExecutor::open(s, Utc::now()).unwrap();
+    let (_dir, ex) = executor_with_slots(0);
     let a = ex.submit(&body("true", None)).await.unwrap();
     let b = ex.submit(&body("true", None)).await.unwrap();
     let v1 = ex.jobs_version().unwrap();
@@ -388,10 +404,8 @@ async fn jobs_since_a_version_lists_only_what_changed_after_it() {
 async fn jobs_that_ended_long_ago_leave_the_listing_except_just_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let id = {
-        let ex = LocalExecutor::open(settings(dir.path()), Utc::now()).unwrap();
-        let a = ex.submit(&body("true", None)).await.unwrap();
-        wait_final(&ex, a.job_id, Duration::from_secs(10)).await;
-        a.job_id
+        let ex = executor(dir.path());
+        ran_true(&ex).await
     };
     // Its record says it ended an hour ago.
     let file = dir.path().join(format!("executor/jobs/{id}.json"));
@@ -400,7 +414,7 @@ async fn jobs_that_ended_long_ago_leave_the_listing_except_just_after_a_restart(
     std::fs::write(&file, record.to_string()).unwrap();
     let listed = |jobs: Vec<commands::slurm::SlurmJob>| jobs.iter().any(|j| j.job_id == id);
     // Just after a restart every job is listed (a crash may have left its submission unsettled).
-    let fresh = LocalExecutor::open(settings(dir.path()), Utc::now()).unwrap();
+    let fresh = executor(dir.path());
     assert!(listed(fresh.jobs().await.unwrap()));
     // Later, a job that ended over MinJobAge ago is not listed, and is still found by id.
     let later = LocalExecutor::open(

@@ -107,6 +107,14 @@ impl Ctx {
             }
         })
     }
+
+    /// What the store holds for `set` of workspace `acme`'s `cluster`.
+    async fn stored(&self, cluster: &str, set: NodeSet) -> Option<Replicas> {
+        self.store
+            .get(&ws("acme"), &cl(cluster), set)
+            .await
+            .unwrap()
+    }
 }
 
 fn ws(s: &str) -> WorkspaceId {
@@ -165,11 +173,7 @@ async fn first_put_creates_version_1(b: Backend) {
             decided_at: 10,
         }
     );
-    let got = ctx
-        .store
-        .get(&ws("acme"), &cl("main"), SMALL)
-        .await
-        .unwrap();
+    let got = ctx.stored("main", SMALL).await;
     assert_eq!(got, Some(stored));
     assert!(["sql", "dynamodb"].contains(&ctx.store.backend()));
 }
@@ -179,13 +183,7 @@ async fn second_create_conflicts_and_returns_the_stored_item(b: Backend) {
     let first = ctx.store.put(&write(SMALL, 3, 0, 10)).await.unwrap();
     let current = conflict(ctx.store.put(&write(SMALL, 9, 0, 11)).await);
     assert_eq!(current, Some(first.clone()));
-    assert_eq!(
-        ctx.store
-            .get(&ws("acme"), &cl("main"), SMALL)
-            .await
-            .unwrap(),
-        Some(first)
-    );
+    assert_eq!(ctx.stored("main", SMALL).await, Some(first));
 }
 
 async fn put_with_the_right_version_bumps_it(b: Backend) {
@@ -203,13 +201,7 @@ async fn put_with_the_right_version_bumps_it(b: Backend) {
     );
     let third = ctx.store.put(&write(SMALL, 0, 2, 30)).await.unwrap();
     assert_eq!((third.desired, third.version), (0, 3));
-    assert_eq!(
-        ctx.store
-            .get(&ws("acme"), &cl("main"), SMALL)
-            .await
-            .unwrap(),
-        Some(third)
-    );
+    assert_eq!(ctx.stored("main", SMALL).await, Some(third));
 }
 
 /// A stale leader read version 1, a newer leader already wrote version 2: the stale write is
@@ -223,50 +215,20 @@ async fn stale_leader_cannot_overwrite_a_newer_decision(b: Backend) {
     // A version from the future conflicts too.
     let current = conflict(ctx.store.put(&write(SMALL, 1, 7, 40)).await);
     assert_eq!(current, Some(newer.clone()));
-    assert_eq!(
-        ctx.store
-            .get(&ws("acme"), &cl("main"), SMALL)
-            .await
-            .unwrap(),
-        Some(newer)
-    );
+    assert_eq!(ctx.stored("main", SMALL).await, Some(newer));
     // Expecting an item that does not exist: conflict, nothing stored.
     let other = set(Family::Memory, Size::Large);
     assert_eq!(conflict(ctx.store.put(&write(other, 2, 1, 50)).await), None);
-    assert_eq!(
-        ctx.store
-            .get(&ws("acme"), &cl("main"), other)
-            .await
-            .unwrap(),
-        None
-    );
+    assert_eq!(ctx.stored("main", other).await, None);
 }
 
 async fn get_of_a_missing_set_is_none(b: Backend) {
     let Some(ctx) = Ctx::new(b).await else { return };
-    assert_eq!(
-        ctx.store
-            .get(&ws("acme"), &cl("main"), SMALL)
-            .await
-            .unwrap(),
-        None
-    );
+    assert_eq!(ctx.stored("main", SMALL).await, None);
     ctx.store.put(&write(SMALL, 3, 0, 10)).await.unwrap();
     let missing = set(Family::Compute, Size::Medium);
-    assert_eq!(
-        ctx.store
-            .get(&ws("acme"), &cl("main"), missing)
-            .await
-            .unwrap(),
-        None
-    );
-    assert_eq!(
-        ctx.store
-            .get(&ws("acme"), &cl("other"), SMALL)
-            .await
-            .unwrap(),
-        None
-    );
+    assert_eq!(ctx.stored("main", missing).await, None);
+    assert_eq!(ctx.stored("other", SMALL).await, None);
 }
 
 async fn list_returns_one_clusters_sets_in_node_set_order(b: Backend) {
@@ -364,13 +326,7 @@ async fn concurrent_puts_expecting_the_same_version_have_one_winner(b: Backend) 
         let winner = winners.pop().unwrap();
         assert_eq!(winner.version, round + 1);
         assert!(losers.iter().all(|c| c.is_some()));
-        assert_eq!(
-            ctx.store
-                .get(&ws("acme"), &cl("main"), SMALL)
-                .await
-                .unwrap(),
-            Some(winner)
-        );
+        assert_eq!(ctx.stored("main", SMALL).await, Some(winner));
     }
 }
 

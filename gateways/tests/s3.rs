@@ -97,6 +97,18 @@ impl Fixture {
             .url
     }
 
+    /// The status of a plain PUT of `body` to `url`.
+    async fn put_status(&self, url: &str, body: &'static str) -> u16 {
+        self.http
+            .put(url)
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
     /// Uploads `body` to `key` through a presigned PUT; the store's status.
     async fn upload(&self, key: &ObjectKey, body: &'static str) -> u16 {
         self.upload_bytes(key, body.as_bytes().to_vec()).await.0
@@ -159,16 +171,7 @@ async fn presigned_urls_round_trip_and_tampering_is_refused() {
     };
     tampered.replace_range(sig_at..sig_at + 1, flipped);
     assert_eq!(f.http.get(&tampered).send().await.unwrap().status(), 403);
-    assert_eq!(
-        f.http
-            .put(&get.url)
-            .body("x")
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        403
-    );
+    assert_eq!(f.put_status(&get.url, "x").await, 403);
     // A store with the wrong secret signs URLs the endpoint refuses.
     let wrong = S3Store::connect(&S3Settings {
         create_buckets: false,
@@ -236,23 +239,11 @@ async fn expired_urls_and_unsigned_content_types_are_refused() {
     let mut old = sized(&k, 1, 60);
     old.start = Utc::now() - chrono::Duration::hours(1);
     let url = f.store.presign(old).await.unwrap().url;
-    assert_eq!(
-        f.http.put(&url).body("x").send().await.unwrap().status(),
-        403
-    );
+    assert_eq!(f.put_status(&url, "x").await, 403);
     // A 1 s URL used after it ran out.
     let short = f.store.presign(sized(&k, 1, 1)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(2_200)).await;
-    assert_eq!(
-        f.http
-            .put(&short.url)
-            .body("x")
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        403
-    );
+    assert_eq!(f.put_status(&short.url, "x").await, 403);
     // A signed Content-Type must be sent exactly.
     let mut typed = sized(&k, 1, 60);
     typed.content_type = Some("text/csv".into());
@@ -261,24 +252,17 @@ async fn expired_urls_and_unsigned_content_types_are_refused() {
         signed.headers.get("content-type").map(String::as_str),
         Some("text/csv")
     );
-    let wrong = f
-        .http
-        .put(&signed.url)
-        .header("content-type", "text/plain")
-        .body("a")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(wrong.status(), 403);
-    let right = f
-        .http
-        .put(&signed.url)
-        .header("content-type", "text/csv")
-        .body("a")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(right.status(), 200);
+    for (content_type, status) in [("text/plain", 403), ("text/csv", 200)] {
+        let sent = f
+            .http
+            .put(&signed.url)
+            .header("content-type", content_type)
+            .body("a")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(sent.status().as_u16(), status, "{content_type}");
+    }
 }
 
 #[tokio::test]
@@ -340,21 +324,13 @@ async fn uploads_are_held_to_their_signed_size_the_maximum_and_the_quota() {
     assert_eq!(r.status(), 403);
     assert!(r.text().await.unwrap().contains("size"));
     // Past max_upload_bytes, even when signed.
-    let (status, text) = f.upload_bytes(&key("big"), vec![b'x'; 101]).await;
-    assert_eq!(status, 400, "{text}");
-    assert!(
-        text.contains("EntityTooLarge") && text.contains("max_upload_bytes"),
-        "{text}"
-    );
+    let too_big = f.upload_bytes(&key("big"), vec![b'x'; 101]).await;
+    assert_refused(too_big, 400, &["EntityTooLarge", "max_upload_bytes"]);
     // The quota: ada has 10 bytes; 100 + 100 more fit, 60 more do not.
     assert_eq!(f.upload_bytes(&key("a"), vec![b'a'; 100]).await.0, 200);
     assert_eq!(f.upload_bytes(&key("b"), vec![b'b'; 100]).await.0, 200);
-    let (status, text) = f.upload_bytes(&key("c"), vec![b'c'; 60]).await;
-    assert_eq!(status, 403, "{text}");
-    assert!(
-        text.contains("QuotaExceeded") && text.contains("storage_quota_bytes"),
-        "{text}"
-    );
+    let over_quota = f.upload_bytes(&key("c"), vec![b'c'; 60]).await;
+    assert_refused(over_quota, 403, &["QuotaExceeded", "storage_quota_bytes"]);
     // Replacing an object counts its new size, not both.
     assert_eq!(f.upload_bytes(&key("a"), vec![b'A'; 100]).await.0, 200);
     // Another user's quota is their own.
@@ -367,6 +343,13 @@ async fn uploads_are_held_to_their_signed_size_the_maximum_and_the_quota() {
         .await
         .unwrap();
     assert_eq!(used, 210);
+}
+
+/// Asserts the store's answer `(status, text)` to an upload is a refusal with `expected` status
+/// whose text names every one of `words`.
+fn assert_refused((status, text): (u16, String), expected: u16, words: &[&str]) {
+    assert_eq!(status, expected, "{text}");
+    assert!(words.iter().all(|w| text.contains(w)), "{text}");
 }
 
 fn futures_stream(

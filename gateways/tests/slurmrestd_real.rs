@@ -35,16 +35,18 @@ fn body(script: &str, minutes: Option<u64>) -> serde_json::Value {
     json!({ "job": job })
 }
 
+/// Job `id` once Slurm reports it in `state`, polled for at most `seconds`.
 async fn wait(
     slurm: &SlurmRestd,
     id: u64,
-    states: &[JobState],
-    within: Duration,
+    state: JobState,
+    seconds: u64,
 ) -> commands::slurm::SlurmJob {
+    let within = Duration::from_secs(seconds);
     let deadline = Instant::now() + within;
     loop {
         if let Some(job) = slurm.job(id).await.unwrap() {
-            if states.contains(&job.state) {
+            if job.state == state {
                 return job;
             }
             assert!(
@@ -74,13 +76,7 @@ async fn the_adapter_against_a_real_slurm() {
         .submit(&body("echo adapter-says-hello", None))
         .await
         .unwrap();
-    let job = wait(
-        &slurm,
-        ok.job_id,
-        &[JobState::Completed],
-        Duration::from_secs(60),
-    )
-    .await;
+    let job = wait(&slurm, ok.job_id, JobState::Completed, 60).await;
     assert_eq!(job.exit_code, Some(0));
     assert_eq!(
         job.submission_id().unwrap().to_string(),
@@ -96,41 +92,17 @@ async fn the_adapter_against_a_real_slurm() {
     assert!(out.contains("adapter-says-hello"), "{out}");
 
     let failed = slurm.submit(&body("exit 3", None)).await.unwrap();
-    let job = wait(
-        &slurm,
-        failed.job_id,
-        &[JobState::Failed],
-        Duration::from_secs(60),
-    )
-    .await;
+    let job = wait(&slurm, failed.job_id, JobState::Failed, 60).await;
     assert_eq!(job.exit_code, Some(3));
 
     let sleeper = slurm.submit(&body("sleep 300", None)).await.unwrap();
-    wait(
-        &slurm,
-        sleeper.job_id,
-        &[JobState::Running],
-        Duration::from_secs(60),
-    )
-    .await;
+    wait(&slurm, sleeper.job_id, JobState::Running, 60).await;
     slurm.cancel(sleeper.job_id).await.unwrap();
-    wait(
-        &slurm,
-        sleeper.job_id,
-        &[JobState::Cancelled],
-        Duration::from_secs(30),
-    )
-    .await;
+    wait(&slurm, sleeper.job_id, JobState::Cancelled, 30).await;
     slurm.cancel(sleeper.job_id).await.unwrap();
 
     let timeout = slurm.submit(&body("sleep 300", Some(1))).await.unwrap();
-    wait(
-        &slurm,
-        timeout.job_id,
-        &[JobState::Timeout],
-        Duration::from_secs(150),
-    )
-    .await;
+    wait(&slurm, timeout.job_id, JobState::Timeout, 150).await;
 
     let rejected = slurm
         .submit(&json!({"job": {"script": "#!/bin/bash\ntrue", "current_working_directory": "/tmp", "environment": []}}))

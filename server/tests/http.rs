@@ -143,17 +143,27 @@ fn request(method: Method, path: &str, who: Who, body: Option<Value>) -> Request
     }
 }
 
+/// `who`'s GET of `path`.
+async fn get(state: &AppState, path: &str, who: Who) -> (StatusCode, axum::http::HeaderMap, Value) {
+    send(state, request(Method::GET, path, who, None)).await
+}
+
 fn new_cluster(id: &str) -> Value {
     json!({"id": id, "name": "GPU east", "region": "us-east-1", "bucket": format!("acme-{id}"),
            "slurm": {"url": "https://slurm.gpu-east.internal:6820", "user": "clusterra"}})
 }
 
 async fn wait_ready(state: &AppState) {
+    wait_projected(state, "clusters").await;
+}
+
+/// Waits (10 s at most) until `projection` has read the whole log.
+async fn wait_projected(state: &AppState, projection: &str) {
     let head = state.store.log.head().await.unwrap().position;
     assert!(
         state
             .projections
-            .wait_for("clusters", head, Duration::from_secs(10))
+            .wait_for(projection, head, Duration::from_secs(10))
             .await
     );
 }
@@ -279,19 +289,8 @@ async fn authorization_matrix() {
 async fn malformed_bodies_get_the_error_shape_and_append_nothing() {
     let h = harness(Duration::from_secs(5)).await;
     let before = h.state.store.log.head().await.unwrap().position;
-    let with = |f: &dyn Fn(&mut Value)| {
-        let mut v = new_cluster("gpu-east");
-        f(&mut v);
-        v
-    };
-    // (what, request, status, code, field)
-    type Case = (
-        &'static str,
-        Request<Body>,
-        StatusCode,
-        &'static str,
-        Option<&'static str>,
-    );
+    let mut no_slurm = new_cluster("gpu-east");
+    no_slurm.as_object_mut().unwrap().remove("slurm");
     let cases: Vec<Case> = vec![
         (
             "not JSON",
@@ -333,86 +332,54 @@ async fn malformed_bodies_get_the_error_shape_and_append_nothing() {
         ),
         (
             "missing field",
-            body(with(&|v| {
-                v.as_object_mut().unwrap().remove("slurm");
-            })),
+            body(no_slurm),
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_body",
             None,
         ),
-        (
-            "wrong type",
-            body(with(&|v| v["slurm"]["url"] = json!(42))),
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_body",
-            Some("slurm.url"),
-        ),
-        (
+        refused("wrong type", "slurm.url", json!(42), "invalid_body"),
+        refused(
             "unknown field",
-            body(with(&|v| v["slurm"]["token"] = json!("secret"))),
-            StatusCode::UNPROCESSABLE_ENTITY,
+            "slurm.token",
+            json!("secret"),
             "invalid_body",
-            Some("slurm.token"),
         ),
-        (
-            "bad id",
-            body(with(&|v| v["id"] = json!("GPU East"))),
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_field",
-            Some("id"),
-        ),
-        (
-            "empty name",
-            body(with(&|v| v["name"] = json!("  "))),
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_field",
-            Some("name"),
-        ),
-        (
-            "bad region",
-            body(with(&|v| v["region"] = json!("US East"))),
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_field",
-            Some("region"),
-        ),
-        (
+        refused("bad id", "id", json!("GPU East"), "invalid_field"),
+        refused("empty name", "name", json!("  "), "invalid_field"),
+        refused("bad region", "region", json!("US East"), "invalid_field"),
+        refused(
             "bad bucket",
-            body(with(&|v| v["bucket"] = json!("Acme_Bucket"))),
-            StatusCode::UNPROCESSABLE_ENTITY,
+            "bucket",
+            json!("Acme_Bucket"),
             "invalid_field",
-            Some("bucket"),
         ),
-        (
+        refused(
             "bad url",
-            body(with(&|v| v["slurm"]["url"] = json!("ftp://slurm:6820"))),
-            StatusCode::UNPROCESSABLE_ENTITY,
+            "slurm.url",
+            json!("ftp://slurm:6820"),
             "invalid_field",
-            Some("slurm.url"),
         ),
-        (
+        refused(
             "bad user",
-            body(with(&|v| v["slurm"]["user"] = json!("root; rm -rf"))),
-            StatusCode::UNPROCESSABLE_ENTITY,
+            "slurm.user",
+            json!("root; rm -rf"),
             "invalid_field",
-            Some("slurm.user"),
         ),
-        (
+        refused(
             "old api",
-            body(with(&|v| v["slurm"]["api_version"] = json!("v0.0.38"))),
-            StatusCode::UNPROCESSABLE_ENTITY,
+            "slurm.api_version",
+            json!("v0.0.38"),
             "invalid_field",
-            Some("slurm.api_version"),
         ),
-        (
+        refused(
             "a bucket outside the operator's bucket_allow",
-            body(with(&|v| v["bucket"] = json!("someone-elses-bucket"))),
-            StatusCode::UNPROCESSABLE_ENTITY,
+            "bucket",
+            json!("someone-elses-bucket"),
             "bucket_not_allowed",
-            Some("bucket"),
         ),
         (
             "another cluster's bucket",
-            body(with(&|v| v["bucket"] = json!("local"))),
+            body(cluster_with("bucket", json!("local"))),
             StatusCode::CONFLICT,
             "bucket_in_use",
             Some("bucket"),
@@ -450,15 +417,52 @@ async fn malformed_bodies_get_the_error_shape_and_append_nothing() {
     }
 }
 
-fn raw(text: &str, content_type: &str) -> Request<Body> {
+/// (what, request, status, code, field)
+type Case = (
+    &'static str,
+    Request<Body>,
+    StatusCode,
+    &'static str,
+    Option<&'static str>,
+);
+
+/// A cluster `gpu-east` with the field at the dotted `path` set to `value`.
+fn cluster_with(path: &str, value: Value) -> Value {
+    let mut cluster = new_cluster("gpu-east");
+    let mut at = &mut cluster;
+    for key in path.split('.') {
+        at = &mut at[key];
+    }
+    *at = value;
+    cluster
+}
+
+/// `what`: registering a cluster whose `field` is `value` is unprocessable, the error `code`
+/// naming `field`.
+fn refused(what: &'static str, field: &'static str, value: Value, code: &'static str) -> Case {
+    (
+        what,
+        body(cluster_with(field, value)),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        code,
+        Some(field),
+    )
+}
+
+/// An admin's POST of `text` to `path`, with `content_type` (none when empty).
+fn raw_to(path: &str, text: &str, content_type: &str) -> Request<Body> {
     let mut b = Request::builder()
         .method(Method::POST)
-        .uri("/v1/clusters")
+        .uri(path)
         .header("authorization", bearer(Who::Admin).unwrap());
     if !content_type.is_empty() {
         b = b.header("content-type", content_type);
     }
     b.body(Body::from(text.to_string())).unwrap()
+}
+
+fn raw(text: &str, content_type: &str) -> Request<Body> {
+    raw_to("/v1/clusters", text, content_type)
 }
 
 fn body(v: Value) -> Request<Body> {
@@ -468,49 +472,48 @@ fn body(v: Value) -> Request<Body> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_routes_and_methods_answer_in_the_error_shape() {
     let h = harness(Duration::from_secs(5)).await;
-    let (status, _, out) = send(&h.state, request(Method::GET, "/v1/nope", Who::Admin, None)).await;
-    assert_eq!(
-        (status, out["error"]["code"].as_str()),
-        (StatusCode::NOT_FOUND, Some("route_not_found"))
-    );
-    let (status, _, out) = send(
-        &h.state,
-        request(Method::DELETE, "/v1/clusters", Who::Admin, None),
-    )
-    .await;
-    assert_eq!(
-        (status, out["error"]["code"].as_str()),
-        (StatusCode::METHOD_NOT_ALLOWED, Some("method_not_allowed"))
-    );
-    let (status, _, out) = send(
-        &h.state,
-        request(Method::GET, "/v1/clusters/..%2Fetc", Who::Admin, None),
-    )
-    .await;
-    assert_eq!(
-        (status, out["error"]["code"].as_str()),
-        (StatusCode::NOT_FOUND, Some("cluster_not_found"))
-    );
-    let req = Request::builder()
-        .uri("/v1/clusters")
-        .header("authorization", "Basic YWRhOnB3")
-        .body(Body::empty())
-        .unwrap();
-    let (status, _, out) = send(&h.state, req).await;
-    assert_eq!(
-        (status, out["error"]["code"].as_str()),
-        (StatusCode::UNAUTHORIZED, Some("token_not_bearer"))
-    );
-    let req = Request::builder()
-        .uri("/v1/clusters")
-        .header("authorization", "Bearer abc.def")
-        .body(Body::empty())
-        .unwrap();
-    let (status, _, out) = send(&h.state, req).await;
-    assert_eq!(
-        (status, out["error"]["code"].as_str()),
-        (StatusCode::UNAUTHORIZED, Some("token_malformed"))
-    );
+    let clusters_with_authorization = |authorization: &str| {
+        Request::builder()
+            .uri("/v1/clusters")
+            .header("authorization", authorization)
+            .body(Body::empty())
+            .unwrap()
+    };
+    let cases = [
+        (
+            request(Method::GET, "/v1/nope", Who::Admin, None),
+            StatusCode::NOT_FOUND,
+            "route_not_found",
+        ),
+        (
+            request(Method::DELETE, "/v1/clusters", Who::Admin, None),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+        ),
+        (
+            request(Method::GET, "/v1/clusters/..%2Fetc", Who::Admin, None),
+            StatusCode::NOT_FOUND,
+            "cluster_not_found",
+        ),
+        (
+            clusters_with_authorization("Basic YWRhOnB3"),
+            StatusCode::UNAUTHORIZED,
+            "token_not_bearer",
+        ),
+        (
+            clusters_with_authorization("Bearer abc.def"),
+            StatusCode::UNAUTHORIZED,
+            "token_malformed",
+        ),
+    ];
+    for (req, status, code) in cases {
+        let (got, _, out) = send(&h.state, req).await;
+        assert_eq!(
+            (got, out["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{out}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -593,7 +596,7 @@ async fn every_route_is_in_the_openapi_document_and_back() {
     }
 
     let h = harness(Duration::from_secs(1)).await;
-    let (status, _, html) = send(&h.state, request(Method::GET, "/docs", Who::NoToken, None)).await;
+    let (status, _, html) = get(&h.state, "/docs", Who::NoToken).await;
     assert_eq!(status, StatusCode::OK);
     let html = html.as_str().unwrap();
     for (_, path) in &served {
@@ -602,11 +605,7 @@ async fn every_route_is_in_the_openapi_document_and_back() {
             "/docs lacks {path}"
         );
     }
-    let (_, _, served_doc) = send(
-        &h.state,
-        request(Method::GET, "/openapi.json", Who::NoToken, None),
-    )
-    .await;
+    let (_, _, served_doc) = get(&h.state, "/openapi.json", Who::NoToken).await;
     assert_eq!(served_doc, value);
 }
 
@@ -614,21 +613,9 @@ async fn every_route_is_in_the_openapi_document_and_back() {
 async fn metrics_count_requests_by_route_and_show_projection_lag() {
     let h = harness(Duration::from_secs(1)).await;
     wait_ready(&h.state).await;
-    send(
-        &h.state,
-        request(Method::GET, "/v1/clusters/local", Who::User, None),
-    )
-    .await;
-    send(
-        &h.state,
-        request(Method::GET, "/v1/clusters/nope", Who::User, None),
-    )
-    .await;
-    let (_, headers, text) = send(
-        &h.state,
-        request(Method::GET, "/metrics", Who::NoToken, None),
-    )
-    .await;
+    get(&h.state, "/v1/clusters/local", Who::User).await;
+    get(&h.state, "/v1/clusters/nope", Who::User).await;
+    let (_, headers, text) = get(&h.state, "/metrics", Who::NoToken).await;
     assert!(
         headers["content-type"]
             .to_str()
@@ -660,22 +647,14 @@ async fn metric_labels_are_a_closed_set_whatever_the_client_sends() {
         )
         .await;
         assert!(status.is_client_error(), "{status}");
-        send(
+        get(
             &h.state,
-            request(
-                Method::GET,
-                &format!("/nope/{i}/{}", "p".repeat(500)),
-                Who::NoToken,
-                None,
-            ),
+            &format!("/nope/{i}/{}", "p".repeat(500)),
+            Who::NoToken,
         )
         .await;
     }
-    let (_, _, text) = send(
-        &h.state,
-        request(Method::GET, "/metrics", Who::NoToken, None),
-    )
-    .await;
+    let (_, _, text) = get(&h.state, "/metrics", Who::NoToken).await;
     let text = text.as_str().unwrap();
     assert!(!text.contains("MMMM") && !text.contains("pppp"), "{text}");
     assert!(
@@ -741,14 +720,7 @@ async fn every_command_route_refuses_malformed_bodies_without_appending() {
             ),
         ];
         for (body, content_type, status, code) in cases {
-            let mut b = Request::builder()
-                .method(Method::POST)
-                .uri(&path)
-                .header("authorization", bearer(Who::Admin).unwrap());
-            if !content_type.is_empty() {
-                b = b.header("content-type", content_type);
-            }
-            let (got, _, out) = send(&h.state, b.body(Body::from(body.to_string())).unwrap()).await;
+            let (got, _, out) = send(&h.state, raw_to(&path, body, content_type)).await;
             assert_eq!(got, status, "{path} {content_type}: {out}");
             assert!(
                 out["error"]["code"].is_string() && out["error"]["message"].is_string(),
@@ -760,6 +732,21 @@ async fn every_command_route_refuses_malformed_bodies_without_appending() {
         }
     }
     assert_eq!(h.state.store.log.head().await.unwrap().position, before);
+}
+
+/// The plain user submits `job` to `local`, which takes it.
+async fn user_submits(state: &AppState, job: Value) {
+    let (status, _, out) = send(
+        state,
+        request(
+            Method::POST,
+            "/v1/clusters/local/jobs",
+            Who::User,
+            Some(job),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{out}");
 }
 
 /// Reads SSE frames until `done` says so or 10 s pass; returns the text read.
@@ -813,25 +800,13 @@ async fn a_slow_feed_subscriber_is_dropped_and_resumes_losslessly() {
 
     // 40 submissions while the subscriber reads nothing: far more than its 16-entry buffer.
     for i in 0..40 {
-        let (status, _, out) = send(
+        user_submits(
             &h.state,
-            request(
-                Method::POST,
-                "/v1/clusters/local/jobs",
-                Who::User,
-                Some(json!({"template_id": "shell", "params": {"command": format!("echo {i}")}})),
-            ),
+            json!({"template_id": "shell", "params": {"command": format!("echo {i}")}}),
         )
         .await;
-        assert_eq!(status, StatusCode::CREATED, "{out}");
     }
-    let head = h.state.store.log.head().await.unwrap().position;
-    assert!(
-        h.state
-            .projections
-            .wait_for("feed", head, Duration::from_secs(10))
-            .await
-    );
+    wait_projected(&h.state, "feed").await;
     let rest = read_sse(&mut slow, |t| t.contains("event: dropped")).await;
     let dropped = rest
         .split("event: dropped")
@@ -848,14 +823,10 @@ async fn a_slow_feed_subscriber_is_dropped_and_resumes_losslessly() {
     assert!(slow.frame().await.is_none());
 
     // Every entry the feed has, in order, once, across the two connections.
-    let (status, _, page) = send(
+    let (status, _, page) = get(
         &h.state,
-        request(
-            Method::GET,
-            "/v1/clusters/local/events?order=asc&limit=1000",
-            Who::Admin,
-            None,
-        ),
+        "/v1/clusters/local/events?order=asc&limit=1000",
+        Who::Admin,
     )
     .await;
     assert_eq!(status, StatusCode::OK);
@@ -890,25 +861,9 @@ async fn the_feed_pages_are_bounded_in_bytes() {
     for i in 0..6 {
         let body = json!({"job": {"name": format!("big-{i}"), "script": "#!/bin/bash\ntrue",
             "environment": [format!("PAYLOAD={big}")], "current_working_directory": "/mnt/efs"}});
-        let (status, _, out) = send(
-            &h.state,
-            request(
-                Method::POST,
-                "/v1/clusters/local/jobs",
-                Who::User,
-                Some(body),
-            ),
-        )
-        .await;
-        assert_eq!(status, StatusCode::CREATED, "{out}");
+        user_submits(&h.state, body).await;
     }
-    let head = h.state.store.log.head().await.unwrap().position;
-    assert!(
-        h.state
-            .projections
-            .wait_for("feed", head, Duration::from_secs(10))
-            .await
-    );
+    wait_projected(&h.state, "feed").await;
     // What the projection stores is the summary too.
     let stored = h
         .state
@@ -933,14 +888,10 @@ async fn the_feed_pages_are_bounded_in_bytes() {
     let mut query = "order=asc&limit=1000".to_string();
     let mut pages = 0;
     loop {
-        let (status, _, page) = send(
+        let (status, _, page) = get(
             &h.state,
-            request(
-                Method::GET,
-                &format!("/v1/clusters/local/events?{query}"),
-                Who::Admin,
-                None,
-            ),
+            &format!("/v1/clusters/local/events?{query}"),
+            Who::Admin,
         )
         .await;
         assert_eq!(status, StatusCode::OK, "{page}");

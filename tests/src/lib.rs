@@ -242,6 +242,44 @@ pub fn assert_replay_verifies(data: &Path, database_url: Option<&str>) {
     );
 }
 
+/// `clusterra replay --projection PROJECTION --verify` on a data dir, which succeeds: what it
+/// printed.
+pub fn replay_verified(data: &str, projection: &str) -> String {
+    let verify = run(&[
+        "replay",
+        "--projection",
+        projection,
+        "--verify",
+        "--data-dir",
+        data,
+    ]);
+    assert!(verify.status.success(), "{}", stdout(&verify));
+    stdout(&verify)
+}
+
+/// Asserts that an answer `(status, out)` is an error of `expected` status with `code`.
+pub fn assert_error_code(status: u16, out: &Value, expected: u16, code: &str) {
+    assert_eq!(
+        (status, out["error"]["code"].as_str()),
+        (expected, Some(code)),
+        "{out}"
+    );
+}
+
+/// Asserts that an answer `(status, out)` is an error of `expected` status naming `field`.
+pub fn assert_error_field(status: u16, out: &Value, expected: u16, field: &str) {
+    assert_eq!(
+        (status, out["error"]["field"].as_str()),
+        (expected, Some(field)),
+        "{out}"
+    );
+}
+
+/// Asserts that `text` contains `part`, showing `text` when it does not.
+pub fn assert_contains(text: &str, part: &str) {
+    assert!(text.contains(part), "{text}");
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -262,23 +300,19 @@ impl Api {
     /// banner's, or minted when the data dir was used before.
     pub fn start(data: &str, env: &[(&str, &str)]) -> Api {
         let (server, banner) = Server::start_with_env(&["--data-dir", data], env);
-        let token = banner
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("export CLUSTERRA_TOKEN="))
-            .map(str::to_string)
-            .unwrap_or_else(|| {
-                stdout(&run(&[
-                    "token",
-                    "mint",
-                    "--data-dir",
-                    data,
-                    "--email",
-                    "admin@clusterra.local",
-                    "--admin",
-                ]))
-                .trim()
-                .to_string()
-            });
+        let token = banner_token(&banner).unwrap_or_else(|| {
+            stdout(&run(&[
+                "token",
+                "mint",
+                "--data-dir",
+                data,
+                "--email",
+                "admin@clusterra.local",
+                "--admin",
+            ]))
+            .trim()
+            .to_string()
+        });
         Api {
             server,
             token,
@@ -309,27 +343,48 @@ impl Api {
         (status, res.json().await.unwrap_or(Value::Null))
     }
 
+    /// `token`'s GET of `path`: the status and the answer.
+    pub async fn get_as(&self, path: &str, token: &str) -> (u16, Value) {
+        self.call(reqwest::Method::GET, path, token, None, None)
+            .await
+    }
+
+    /// The admin's GET of `path`: the status and the answer.
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.get_as(path, &self.token).await
+    }
+
+    /// The admin's GET of `path`, which answers 200: the answer.
+    pub async fn get_ok(&self, path: &str) -> Value {
+        let (status, out) = self.get(path).await;
+        assert_eq!(status, 200, "{out}");
+        out
+    }
+
+    /// `token`'s POST of `body` to `path`: the status and the answer.
+    pub async fn post_as(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::POST, path, token, Some(body), None)
+            .await
+    }
+
+    /// `token`'s DELETE of `path`: the status and the answer.
+    pub async fn delete_as(&self, path: &str, token: &str) -> (u16, Value) {
+        self.call(reqwest::Method::DELETE, path, token, None, None)
+            .await
+    }
+
+    /// Submits `body` to the `local` cluster as `token`'s user.
+    pub async fn submit_as(&self, token: &str, body: Value) -> (u16, Value) {
+        self.post_as("/v1/clusters/local/jobs", token, body).await
+    }
+
+    /// Submits `body` to the `local` cluster as the admin.
     pub async fn submit(&self, body: Value) -> (u16, Value) {
-        self.call(
-            reqwest::Method::POST,
-            "/v1/clusters/local/jobs",
-            &self.token,
-            Some(body),
-            None,
-        )
-        .await
+        self.submit_as(&self.token, body).await
     }
 
     pub async fn job(&self, id: u64) -> Value {
-        self.call(
-            reqwest::Method::GET,
-            &format!("/v1/clusters/local/jobs/{id}"),
-            &self.token,
-            None,
-            None,
-        )
-        .await
-        .1
+        self.get(&format!("/v1/clusters/local/jobs/{id}")).await.1
     }
 
     pub async fn wait_state(&self, id: u64, states: &[&str], within: Duration) -> Value {
@@ -349,18 +404,23 @@ impl Api {
 
     /// The `local` cluster's feed entries of `types` (comma-separated), oldest first.
     pub async fn events(&self, types: &str) -> Vec<Value> {
-        self.call(
-            reqwest::Method::GET,
-            &format!("/v1/clusters/local/events?type={types}&order=asc&limit=500"),
-            &self.token,
-            None,
-            None,
-        )
+        self.feed_entries(&format!(
+            "/v1/clusters/local/events?type={types}&order=asc&limit=500"
+        ))
         .await
-        .1["events"]
+    }
+
+    /// The entries of the feed page at `path` (`/v1/clusters/{id}/events?…`), read as the admin.
+    pub async fn feed_entries(&self, path: &str) -> Vec<Value> {
+        self.get(path).await.1["events"]
             .as_array()
             .cloned()
             .unwrap_or_default()
+    }
+
+    /// Asserts that the log is still at `head`: `why` says what appended nothing.
+    pub async fn assert_log_at(&self, head: i64, why: &str) {
+        assert_eq!(self.log_position().await, head, "{why}");
     }
 
     pub async fn log_position(&self) -> i64 {
@@ -387,6 +447,80 @@ pub fn started(env: &[(&str, &str)]) -> (tempfile::TempDir, String, Api) {
         .to_string();
     let api = Api::start(&data, env);
     (dir, data, api)
+}
+
+/// Like [`started`], and a token of the plain user `email` of workspace `default`.
+pub fn started_with_user(
+    env: &[(&str, &str)],
+    email: &str,
+) -> (tempfile::TempDir, String, Api, String) {
+    let (dir, data, api) = started(env);
+    let user = mint(&data, email, "default", false);
+    (dir, data, api, user)
+}
+
+/// Like [`started`], with the temporary folder itself as the data directory.
+pub fn started_in_temp_dir(env: &[(&str, &str)]) -> (tempfile::TempDir, String, Api) {
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let data = dir.path().to_str().expect("a UTF-8 path").to_string();
+    let api = Api::start(&data, env);
+    (dir, data, api)
+}
+
+/// `clusterra serve` on a fresh data directory (`data` in a new temporary folder) started with
+/// `env`: the folder (keep it to the end of the test), the server, and the admin token its first
+/// start printed.
+pub fn serving(env: &[(&str, &str)]) -> (tempfile::TempDir, Server, String) {
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let data = dir.path().join("data");
+    let (server, banner) =
+        Server::start_with_env(&["--data-dir", data.to_str().expect("a UTF-8 path")], env);
+    let token = banner_token(&banner).expect("the first start prints an admin token");
+    (dir, server, token)
+}
+
+/// The admin token a first start prints in its banner (`export CLUSTERRA_TOKEN=…`), if it did.
+pub fn banner_token(banner: &str) -> Option<String> {
+    banner
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("export CLUSTERRA_TOKEN="))
+        .map(str::to_string)
+}
+
+/// A new temporary folder (keep it to the end of the test) and the data directories of two
+/// replicas in it, `a` and `b` (not created).
+pub fn replica_dirs() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    (dir, a, b)
+}
+
+/// One replica of several on one database: `clusterra serve --data-dir DATA --database-url URL`
+/// with `env`, and what it printed at start.
+pub fn start_replica(data: &Path, database_url: &str, env: &[(&str, &str)]) -> (Server, String) {
+    Server::start_with_env(
+        &[
+            "--data-dir",
+            data.to_str().expect("a UTF-8 path"),
+            "--database-url",
+            database_url,
+        ],
+        env,
+    )
+}
+
+/// Another replica beside the one whose data directory is `first`: its own data directory
+/// `data`, the same database, and `first`'s token secret (as replicas behind one load balancer
+/// have).
+pub fn start_another_replica(
+    first: &Path,
+    data: &Path,
+    database_url: &str,
+    env: &[(&str, &str)],
+) -> Server {
+    std::fs::create_dir_all(data).expect("a data directory");
+    std::fs::copy(first.join("jwt-secret"), data.join("jwt-secret")).expect("the token secret");
+    start_replica(data, database_url, env).0
 }
 
 /// A database of its own on `DATABASE_URL`'s PostgreSQL server, for tests that run several

@@ -20,17 +20,7 @@ fn cli(server: &Server, token: &str, args: &[&str]) -> std::process::Output {
 
 #[test]
 fn submit_list_show_and_cancel_from_the_command_line() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let (server, banner) = Server::start_with_env(
-        &["--data-dir", data.to_str().unwrap()],
-        &[("CLUSTERRA_POLL_INTERVAL_MS", "100")],
-    );
-    let token = banner
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("export CLUSTERRA_TOKEN="))
-        .unwrap()
-        .to_string();
+    let (dir, server, token) = tests::serving(&[("CLUSTERRA_POLL_INTERVAL_MS", "100")]);
 
     let out = cli(
         &server,
@@ -87,7 +77,7 @@ fn submit_list_show_and_cancel_from_the_command_line() {
     assert!(out.status.success(), "{}", stderr(&out));
     let out = cli(&server, &token, &["cancel", "4242"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("job_not_found"), "{}", stderr(&out));
+    tests::assert_contains(&stderr(&out), "job_not_found");
 
     // A body the API refuses is explained, with the field at fault.
     std::fs::write(&body, r##"{"job": {"script": "echo hi", "environment": ["PATH=/bin"], "current_working_directory": "/mnt/efs"}}"##).unwrap();

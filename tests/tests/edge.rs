@@ -41,18 +41,11 @@ async fn stalled(addr: &str, n: usize) -> Vec<TcpStream> {
 
 /// Whether the server closed `s` within `within` (without answering a 200).
 async fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
-    let mut buf = [0u8; 1024];
     let mut got = Vec::new();
-    let closed = tokio::time::timeout(within, async {
-        loop {
-            match s.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-    .await
-    .is_ok();
+    // The read ends at the end of the stream or at an error (a reset): closed, either way.
+    let closed = tokio::time::timeout(within, s.read_to_end(&mut got))
+        .await
+        .is_ok();
     assert!(
         !String::from_utf8_lossy(&got).contains(" 200 "),
         "a stalled request was answered"
@@ -190,9 +183,7 @@ async fn past_the_connection_limit_new_connections_get_a_json_503() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_the_request_in_flight() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().to_str().unwrap();
-    let api = Api::start(data, &[("CLUSTERRA_MIN_POSITION_WAIT_MS", "2000")]);
+    let (_dir, _, api) = tests::started_in_temp_dir(&[("CLUSTERRA_MIN_POSITION_WAIT_MS", "2000")]);
     // A read that waits (bounded) for a log position that will not come.
     let slow = {
         let client = api.client.clone();
@@ -217,40 +208,21 @@ async fn sigterm_finishes_the_request_in_flight() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clusters_use_only_buckets_the_operator_allows() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().to_str().unwrap();
-    let api = Api::start(
-        data,
-        &[("CLUSTERRA_BUCKET_ALLOW", "lab-*, {workspace}-archive")],
-    );
+    let (_dir, _, api) =
+        tests::started_in_temp_dir(&[("CLUSTERRA_BUCKET_ALLOW", "lab-*, {workspace}-archive")]);
     let cluster = |id: &str, bucket: &str| {
         json!({"id": id, "name": id, "region": "local", "bucket": bucket,
             "slurm": {"url": "http://127.0.0.1:9", "user": "slurm"}})
     };
+    let register = |body: Value| api.post_as("/v1/clusters", &api.token, body);
     for bucket in ["company-payroll", "lab", "other-archive"] {
-        let (status, out) = api
-            .call(
-                reqwest::Method::POST,
-                "/v1/clusters",
-                &api.token,
-                Some(cluster("c1", bucket)),
-                None,
-            )
-            .await;
+        let (status, out) = register(cluster("c1", bucket)).await;
         assert_eq!(status, 422, "{bucket}: {out}");
         assert_eq!(out["error"]["code"], "bucket_not_allowed", "{out}");
         assert_eq!(out["error"]["field"], "bucket", "{out}");
     }
     for (id, bucket) in [("c2", "lab-gpu"), ("c3", "default-archive")] {
-        let (status, out) = api
-            .call(
-                reqwest::Method::POST,
-                "/v1/clusters",
-                &api.token,
-                Some(cluster(id, bucket)),
-                None,
-            )
-            .await;
+        let (status, out) = register(cluster(id, bucket)).await;
         assert_eq!(status, 201, "{bucket}: {out}");
     }
 }

@@ -60,6 +60,17 @@ fn positions(page: &Value) -> Vec<i64> {
         .collect()
 }
 
+/// `GET` of the feed's live stream as `token`, resuming after the entry `last` when given.
+async fn open_stream(server: &Server, token: &str, last: Option<String>) -> reqwest::Response {
+    let mut req = reqwest::Client::new()
+        .get(server.url("/v1/clusters/local/events/stream"))
+        .bearer_auth(token);
+    if let Some(l) = last {
+        req = req.header("Last-Event-ID", l);
+    }
+    req.send().await.unwrap()
+}
+
 /// An open SSE subscription.
 struct Sub {
     events: std::pin::Pin<
@@ -69,13 +80,7 @@ struct Sub {
 
 impl Sub {
     async fn open(server: &Server, token: &str, last: Option<i64>) -> Sub {
-        let mut req = reqwest::Client::new()
-            .get(server.url("/v1/clusters/local/events/stream"))
-            .bearer_auth(token);
-        if let Some(l) = last {
-            req = req.header("Last-Event-ID", l);
-        }
-        let res = req.send().await.unwrap();
+        let res = open_stream(server, token, last.map(|l| l.to_string())).await;
         assert_eq!(res.status(), 200);
         let events = eventsource_stream::Eventsource::eventsource(res.bytes_stream())
             .map(|e| e.map_err(|e| e.to_string()));
@@ -115,20 +120,32 @@ impl Sub {
     }
 }
 
+/// A server started with [`ENV`], and the tokens of alice and bob, users of its workspace.
+fn started_with_alice_and_bob() -> (tempfile::TempDir, Api, String, String) {
+    let (dir, data, api) = tests::started(&ENV);
+    let alice = mint(&data, "alice@example.org", "default");
+    let bob = mint(&data, "bob@example.org", "default");
+    (dir, api, alice, bob)
+}
+
 /// A job of alice's with a secret in its environment, run to COMPLETED: its id and the position
 /// of its `JobSubmitted`.
 async fn alices_secret_job(api: &Api, alice: &str) -> (u64, i64) {
-    let (job, at) = submit(
-        &api.server,
-        alice,
-        &body(
-            "#!/bin/bash\necho hi",
-            &["PATH=/usr/bin:/bin", "TOKEN=s3cr3t"],
-        ),
-    )
-    .await;
-    api.wait_state(job, &["COMPLETED"], Duration::from_secs(15))
-        .await;
+    let secret = ["PATH=/usr/bin:/bin", "TOKEN=s3cr3t"];
+    alices_job_in(api, alice, "#!/bin/bash\necho hi", &secret, "COMPLETED").await
+}
+
+/// A job of alice's running `script` with `env`, once in `state`: its id and the position of its
+/// `JobSubmitted`.
+async fn alices_job_in(
+    api: &Api,
+    alice: &str,
+    script: &str,
+    env: &[&str],
+    state: &str,
+) -> (u64, i64) {
+    let (job, at) = submit(&api.server, alice, &body(script, env)).await;
+    api.wait_state(job, &[state], Duration::from_secs(15)).await;
     (job, at)
 }
 
@@ -144,27 +161,13 @@ struct Story {
 
 async fn alices_story(api: &Api, alice: &str) -> Story {
     let (job, at) = alices_secret_job(api, alice).await;
-    let (sleeper, _) = submit(
-        &api.server,
-        alice,
-        &body("#!/bin/bash\nsleep 30", &["PATH=/bin"]),
-    )
-    .await;
-    api.wait_state(sleeper, &["RUNNING"], Duration::from_secs(15))
+    let sleeping = "#!/bin/bash\nsleep 30";
+    let (sleeper, _) = alices_job_in(api, alice, sleeping, &["PATH=/bin"], "RUNNING").await;
+    let (status, cancel) = api
+        .delete_as(&format!("/v1/clusters/local/jobs/{sleeper}"), alice)
         .await;
-    let res = reqwest::Client::new()
-        .delete(
-            api.server
-                .url(&format!("/v1/clusters/local/jobs/{sleeper}")),
-        )
-        .bearer_auth(alice)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 202);
-    let cancelled_at = res.json::<Value>().await.unwrap()["position"]
-        .as_i64()
-        .unwrap();
+    assert_eq!(status, 202);
+    let cancelled_at = cancel["position"].as_i64().unwrap();
     api.wait_state(sleeper, &["CANCELLED"], Duration::from_secs(15))
         .await;
     Story {
@@ -177,14 +180,8 @@ async fn alices_story(api: &Api, alice: &str) -> Story {
 
 /// A job of alice's that does nothing, run to COMPLETED and in every view.
 async fn alices_quick_job(api: &Api, alice: &str) -> u64 {
-    let (job, _) = submit(
-        &api.server,
-        alice,
-        &body("#!/bin/bash\ntrue", &["PATH=/bin"]),
-    )
-    .await;
-    api.wait_state(job, &["COMPLETED"], Duration::from_secs(15))
-        .await;
+    let (job, _) =
+        alices_job_in(api, alice, "#!/bin/bash\ntrue", &["PATH=/bin"], "COMPLETED").await;
     tests::wait_projected(&api.server, api.log_position().await).await;
     job
 }
@@ -205,9 +202,7 @@ async fn oldest_first(server: &Server, token: &str, min: i64) -> Value {
 /// environment hidden.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_sees_other_users_jobs_live_in_log_order_with_their_script_hidden() {
-    let (_dir, data, api) = tests::started(&ENV);
-    let alice = mint(&data, "alice@example.org", "default");
-    let bob = mint(&data, "bob@example.org", "default");
+    let (_dir, api, alice, bob) = started_with_alice_and_bob();
     // A subscriber from now, before anything happens.
     let mut live = Sub::open(&api.server, &bob, None).await;
     let Story {
@@ -298,10 +293,8 @@ async fn the_feed_carries_a_summary_and_the_body_stays_in_the_jobs_own_stream() 
 /// first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pages_are_newest_first_and_next_continues_and_after_reads_oldest_first() {
-    let (_dir, data, api) = tests::started(&ENV);
+    let (_dir, api, alice, bob) = started_with_alice_and_bob();
     let server = &api.server;
-    let alice = mint(&data, "alice@example.org", "default");
-    let bob = mint(&data, "bob@example.org", "default");
     let story = alices_story(&api, &alice).await;
     let everything = oldest_first(server, &bob, story.cancelled_at).await;
     let all = positions(&everything);
@@ -333,10 +326,8 @@ async fn pages_are_newest_first_and_next_continues_and_after_reads_oldest_first(
 /// The type filter takes one type or several; `from` and `to` bound the entries' times.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_type_and_time_filters_pick_their_entries() {
-    let (_dir, data, api) = tests::started(&ENV);
+    let (_dir, api, alice, bob) = started_with_alice_and_bob();
     let server = &api.server;
-    let alice = mint(&data, "alice@example.org", "default");
-    let bob = mint(&data, "bob@example.org", "default");
     let story = alices_story(&api, &alice).await;
     let all = positions(&oldest_first(server, &bob, story.cancelled_at).await);
     let (_, p) = page(server, &bob, "?type=JobCancelRequested", 0).await;
@@ -386,13 +377,7 @@ async fn bad_parameters_are_refused_with_the_field_at_fault() {
         assert_eq!(status, 400, "{query}: {p}");
         assert_eq!(p["error"]["field"], field, "{query}: {p}");
     }
-    let res = reqwest::Client::new()
-        .get(server.url("/v1/clusters/local/events/stream"))
-        .bearer_auth(&bob)
-        .header("Last-Event-ID", "-3")
-        .send()
-        .await
-        .unwrap();
+    let res = open_stream(server, &bob, Some("-3".into())).await;
     assert_eq!(res.status(), 400);
     let err: Value = res.json().await.unwrap();
     assert_eq!(err["error"]["code"], "invalid_last_event_id", "{err}");
@@ -404,19 +389,14 @@ async fn another_workspace_does_not_see_the_feed() {
     let (_dir, data, api) = tests::started(&ENV);
     let eve = mint(&data, "eve@rival.org", "rival");
     let (status, p) = page(&api.server, &eve, "", 0).await;
-    assert_eq!(
-        (status, p["error"]["code"].as_str()),
-        (404, Some("cluster_not_found"))
-    );
+    tests::assert_error_code(status, &p, 404, "cluster_not_found");
 }
 
 /// A reconnect with Last-Event-ID gets exactly what happened meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reconnect_with_last_event_id_gets_exactly_what_happened_meanwhile() {
-    let (_dir, data, api) = tests::started(&ENV);
+    let (_dir, api, alice, bob) = started_with_alice_and_bob();
     let server = &api.server;
-    let alice = mint(&data, "alice@example.org", "default");
-    let bob = mint(&data, "bob@example.org", "default");
     // bob follows the feed until alice's first job is over, then drops off.
     let mut live = Sub::open(server, &bob, None).await;
     let first = alices_quick_job(&api, &alice).await;
@@ -440,9 +420,7 @@ async fn a_reconnect_with_last_event_id_gets_exactly_what_happened_meanwhile() {
 /// The CLI prints the feed's latest lines, oldest first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_prints_the_latest_entries() {
-    let (_dir, data, api) = tests::started(&ENV);
-    let alice = mint(&data, "alice@example.org", "default");
-    let bob = mint(&data, "bob@example.org", "default");
+    let (_dir, api, alice, bob) = started_with_alice_and_bob();
     let job = alices_quick_job(&api, &alice).await;
     let out = run(&[
         "events",
@@ -470,16 +448,8 @@ async fn the_feed_rebuilt_from_the_log_is_the_live_one() {
     let alice = mint(&data, "alice@example.org", "default");
     alices_story(&api, &alice).await;
     assert_eq!(api.server.stop(), Some(0));
-    let verify = run(&[
-        "replay",
-        "--projection",
-        "feed",
-        "--verify",
-        "--data-dir",
-        &data,
-    ]);
-    assert!(verify.status.success(), "{}", stdout(&verify));
-    assert!(stdout(&verify).contains("feed: OK"), "{}", stdout(&verify));
+    let verified = tests::replay_verified(&data, "feed");
+    assert!(verified.contains("feed: OK"), "{verified}");
 }
 
 /// Two API replicas on one PostgreSQL database: a subscriber on one sees what the other appends.
@@ -487,36 +457,25 @@ async fn the_feed_rebuilt_from_the_log_is_the_live_one() {
 async fn a_subscriber_on_one_replica_sees_appends_through_another() {
     let db = tests::ScratchDb::create().await;
     let url = db.url.clone();
-    let dir = tempfile::tempdir().unwrap();
-    let (a_dir, b_dir) = (dir.path().join("a"), dir.path().join("b"));
-    let a_data = a_dir.to_str().unwrap();
+    let (_dir, a_dir, b_dir) = tests::replica_dirs();
     // Replica B polls Slurm rarely: both replicas would otherwise reconcile the local cluster's
     // jobs against their own executors (one leader per poll cycle is a later feature).
-    let (a, banner) = Server::start_with_env(
-        &["--data-dir", a_data, "--database-url", &url],
+    let (a, banner) = tests::start_replica(
+        &a_dir,
+        &url,
         &[
             ("CLUSTERRA_POLL_INTERVAL_MS", "100"),
             ("CLUSTERRA_DEFAULT_CLUSTER", "true"),
         ],
     );
-    let token = banner
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("export CLUSTERRA_TOKEN="))
-        .unwrap()
-        .to_string();
+    let token = tests::banner_token(&banner).unwrap();
     // Same signing secret on both, as replicas behind one load balancer would have.
-    std::fs::create_dir_all(&b_dir).unwrap();
-    std::fs::copy(a_dir.join("jwt-secret"), b_dir.join("jwt-secret")).unwrap();
-    let b = Server::start_with_env(
-        &[
-            "--data-dir",
-            b_dir.to_str().unwrap(),
-            "--database-url",
-            &url,
-        ],
+    let b = tests::start_another_replica(
+        &a_dir,
+        &b_dir,
+        &url,
         &[("CLUSTERRA_POLL_INTERVAL_MS", "60000")],
-    )
-    .0;
+    );
 
     // Both have projected the `local` cluster (registered by A: CLUSTERRA_DEFAULT_CLUSTER).
     tests::wait_projected(&a, 1).await;

@@ -8,15 +8,13 @@
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use reqwest::Method;
 use serde_json::{Value, json};
 use tests::{Api, Server, mint, run, stdout};
 
 const PRESIGN: &str = "/v1/clusters/local/storage/presigned-url";
 
 async fn presign(api: &Api, token: &str, body: Value) -> (u16, Value) {
-    api.call(Method::POST, PRESIGN, token, Some(body), None)
-        .await
+    api.post_as(PRESIGN, token, body).await
 }
 
 async fn upload(url: &str, bytes: &'static [u8]) -> u16 {
@@ -54,6 +52,20 @@ async fn upload_alices_csv(api: &Api, alice: &str) -> Value {
     put
 }
 
+/// The stream of alice's file events in the log of data directory `data`, as JSON lines.
+fn alices_file_trail(data: &str) -> String {
+    let out = run(&[
+        "audit",
+        "stream",
+        "--data-dir",
+        data,
+        "--json",
+        "files:default:local:alice@lab.org",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    stdout(&out)
+}
+
 /// A download URL for alice's file, signed for her.
 async fn alices_csv_url(api: &Api, alice: &str) -> String {
     let (_, get) = presign(api, alice, json!({"key": CSV_KEY, "method": "GET"})).await;
@@ -64,8 +76,7 @@ async fn alices_csv_url(api: &Api, alice: &str) -> String {
 /// a URL is good for 15 minutes by default.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alice_uploads_with_a_presigned_url_and_reads_the_same_bytes_back() {
-    let (_dir, data, api) = tests::started(&[]);
-    let alice = mint(&data, "alice@lab.org", "default", false);
+    let (_dir, _, api, alice) = tests::started_with_user(&[], "alice@lab.org");
     let put = upload_alices_csv(&api, &alice).await;
     assert_eq!(put["key"], CSV_KEY);
     assert_eq!(put["method"], "PUT");
@@ -84,8 +95,7 @@ async fn alice_uploads_with_a_presigned_url_and_reads_the_same_bytes_back() {
 /// The URL is the credential: a changed key, a changed signature, an expired URL all fail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_key_a_changed_signature_and_an_expired_url_are_refused() {
-    let (_dir, data, api) = tests::started(&[]);
-    let alice = mint(&data, "alice@lab.org", "default", false);
+    let (_dir, _, api, alice) = tests::started_with_user(&[], "alice@lab.org");
     upload_alices_csv(&api, &alice).await;
     let get_url = alices_csv_url(&api, &alice).await;
     let bobs = get_url.replace("alice%40lab.org", "bob%40lab.org");
@@ -110,79 +120,45 @@ async fn a_changed_key_a_changed_signature_and_an_expired_url_are_refused() {
 /// is appended for any refusal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bob_cannot_reach_alices_file_nor_write_shared() {
-    let (_dir, data, api) = tests::started(&[]);
-    let alice = mint(&data, "alice@lab.org", "default", false);
+    let (_dir, data, api, alice) = tests::started_with_user(&[], "alice@lab.org");
     let bob = mint(&data, "bob@lab.org", "default", false);
     upload_alices_csv(&api, &alice).await;
     let head = api.log_position().await;
     let (status, denied) = presign(&api, &bob, json!({"key": CSV_KEY, "method": "GET"})).await;
-    assert_eq!(
-        (status, denied["error"]["code"].as_str()),
-        (403, Some("not_your_file"))
-    );
+    tests::assert_error_code(status, &denied, 403, "not_your_file");
     let (status, denied) = presign(
         &api,
         &bob,
         json!({"location": "shared", "path": "ref.fa", "method": "PUT"}),
     )
     .await;
-    assert_eq!(
-        (status, denied["error"]["code"].as_str()),
-        (403, Some("shared_admin_only")),
-        "{denied}"
-    );
+    tests::assert_error_code(status, &denied, 403, "shared_admin_only");
     let (status, list) = api
-        .call(
-            Method::GET,
-            "/v1/clusters/local/storage/objects?location=data",
-            &bob,
-            None,
-            None,
-        )
+        .get_as("/v1/clusters/local/storage/objects?location=data", &bob)
         .await;
     assert_eq!(
         (status, list["objects"].clone()),
         (200, json!([])),
         "{list}"
     );
-    assert_eq!(api.log_position().await, head, "refusals append nothing");
+    api.assert_log_at(head, "refusals append nothing").await;
 }
 
 /// Path tricks are refused with the field at fault, and nothing is appended for any refusal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn path_tricks_are_refused_with_the_field_at_fault() {
-    let (_dir, data, api) = tests::started(&[]);
-    let alice = mint(&data, "alice@lab.org", "default", false);
+    let (_dir, _, api, alice) = tests::started_with_user(&[], "alice@lab.org");
+    let put_to = |path: &str| json!({"location": "data", "path": path, "method": "PUT"});
+    let too_long = "x".repeat(1100);
     let head = api.log_position().await;
     for (body, field) in [
-        (
-            json!({"location": "data", "path": "../bob@lab.org/x", "method": "PUT"}),
-            "path",
-        ),
-        (
-            json!({"location": "data", "path": "%2e%2e/x", "method": "PUT"}),
-            "path",
-        ),
-        (
-            json!({"location": "data", "path": "a//b", "method": "PUT"}),
-            "path",
-        ),
-        (
-            json!({"location": "data", "path": "a\u{0}b", "method": "PUT"}),
-            "path",
-        ),
-        (
-            json!({"location": "data", "path": "/etc/passwd", "method": "PUT"}),
-            "path",
-        ),
-        (
-            json!({"location": "data", "path": "a\\b", "method": "PUT"}),
-            "path",
-        ),
-        (
-            json!({"location": "data", "path": "x".repeat(1100), "method": "PUT"}),
-            "path",
-        ),
+        (put_to("../bob@lab.org/x"), "path"),
+        (put_to("%2e%2e/x"), "path"),
+        (put_to("a//b"), "path"),
+        (put_to("a\u{0}b"), "path"),
+        (put_to("/etc/passwd"), "path"),
+        (put_to("a\\b"), "path"),
+        (put_to(too_long.as_str()), "path"),
         (
             json!({"key": "data/alice@lab.org/../../other/x", "method": "GET"}),
             "key",
@@ -212,15 +188,14 @@ async fn path_tricks_are_refused_with_the_field_at_fault() {
             "{out}"
         );
     }
-    assert_eq!(api.log_position().await, head, "refusals append nothing");
+    api.assert_log_at(head, "refusals append nothing").await;
 }
 
 /// The embedded store keeps keys as file names: for bucket `local` at most 163 bytes, and the
 /// API says so before signing. The longest key it accepts round-trips.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_longer_than_the_store_keeps_is_refused_before_signing() {
-    let (_dir, data, api) = tests::started(&[]);
-    let alice = mint(&data, "alice@lab.org", "default", false);
+    let (_dir, _, api, alice) = tests::started_with_user(&[], "alice@lab.org");
     let longest = "p".repeat(163 - "data/alice@lab.org/".len());
     let (status, out) = presign(
         &api,
@@ -228,11 +203,7 @@ async fn a_key_longer_than_the_store_keeps_is_refused_before_signing() {
         json!({"location": "data", "path": format!("{longest}q"), "method": "PUT"}),
     )
     .await;
-    assert_eq!(
-        (status, out["error"]["field"].as_str()),
-        (422, Some("path")),
-        "{out}"
-    );
+    tests::assert_error_field(status, &out, 422, "path");
     let (status, out) = presign(
         &api,
         &alice,
@@ -246,8 +217,7 @@ async fn a_key_longer_than_the_store_keeps_is_refused_before_signing() {
 /// An admin writes shared/, everyone reads it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_writes_shared_and_everyone_reads_it() {
-    let (_dir, data, api) = tests::started(&[]);
-    let bob = mint(&data, "bob@lab.org", "default", false);
+    let (_dir, _, api, bob) = tests::started_with_user(&[], "bob@lab.org");
     let (status, shared) = presign(
         &api,
         &api.token,
@@ -280,30 +250,22 @@ async fn an_admin_writes_shared_and_everyone_reads_it() {
 /// alice lists her files; bob cannot delete her file; she can, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alice_lists_and_deletes_her_file_once_and_bob_cannot_delete_it() {
-    let (_dir, data, api) = tests::started(&[]);
-    let alice = mint(&data, "alice@lab.org", "default", false);
+    let (_dir, data, api, alice) = tests::started_with_user(&[], "alice@lab.org");
     let bob = mint(&data, "bob@lab.org", "default", false);
     upload_alices_csv(&api, &alice).await;
     let (_, list) = api
-        .call(
-            Method::GET,
+        .get_as(
             "/v1/clusters/local/storage/objects?location=data&prefix=runs/",
             &alice,
-            None,
-            None,
         )
         .await;
     assert_eq!(list["objects"][0]["path"], "runs/in put+1.csv", "{list}");
     assert_eq!(list["objects"][0]["size"], 8);
-    let (status, _) = api.call(Method::DELETE, CSV_DELETE, &bob, None, None).await;
+    let (status, _) = api.delete_as(CSV_DELETE, &bob).await;
     assert_eq!(status, 403);
-    let (status, out) = api
-        .call(Method::DELETE, CSV_DELETE, &alice, None, None)
-        .await;
+    let (status, out) = api.delete_as(CSV_DELETE, &alice).await;
     assert_eq!((status, out["size"].clone()), (200, json!(8)), "{out}");
-    let (status, out) = api
-        .call(Method::DELETE, CSV_DELETE, &alice, None, None)
-        .await;
+    let (status, out) = api.delete_as(CSV_DELETE, &alice).await;
     assert_eq!(
         (status, out["error"]["code"].clone()),
         (404, json!("object_not_found"))
@@ -328,24 +290,12 @@ async fn another_workspace_does_not_see_the_cluster() {
 /// the URL's signature.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_audit_trail_has_every_grant_and_the_delete_and_no_signature() {
-    let (_dir, data, api) = tests::started(&[]);
-    let alice = mint(&data, "alice@lab.org", "default", false);
+    let (_dir, data, api, alice) = tests::started_with_user(&[], "alice@lab.org");
     upload_alices_csv(&api, &alice).await;
     alices_csv_url(&api, &alice).await;
-    let (status, out) = api
-        .call(Method::DELETE, CSV_DELETE, &alice, None, None)
-        .await;
+    let (status, out) = api.delete_as(CSV_DELETE, &alice).await;
     assert_eq!(status, 200, "{out}");
-    let out = run(&[
-        "audit",
-        "stream",
-        "--data-dir",
-        &data,
-        "--json",
-        "files:default:local:alice@lab.org",
-    ]);
-    assert!(out.status.success(), "{out:?}");
-    let text = stdout(&out);
+    let text = alices_file_trail(&data);
     assert!(!text.contains("X-Amz-Signature"), "{text}");
     let events: Vec<Value> = text
         .lines()
@@ -499,12 +449,9 @@ async fn an_external_endpoint_with_a_separate_public_endpoint() {
     );
     assert_eq!(upload(url, b"#!/bin/sh\n").await, 200);
     let (_, list) = api
-        .call(
-            Method::GET,
+        .get_as(
             "/v1/clusters/local/storage/objects?location=scripts",
             &api.token,
-            None,
-            None,
         )
         .await;
     assert_eq!(list["objects"][0]["path"], "job.sh", "{list}");
@@ -515,24 +462,16 @@ async fn an_external_endpoint_with_a_separate_public_endpoint() {
 /// needs no network (presigning is local) but is still recorded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_store_is_a_clear_502() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().to_str().unwrap();
     // Nothing listens on port 9 of loopback.
-    let api = Api::start(
-        data,
-        &[
-            ("CLUSTERRA_S3_ENDPOINT", "http://127.0.0.1:9"),
-            ("CLUSTERRA_S3_ACCESS_KEY_ID", "k"),
-            ("CLUSTERRA_S3_SECRET_ACCESS_KEY", "s"),
-        ],
-    );
+    let (_dir, _, api) = tests::started_in_temp_dir(&[
+        ("CLUSTERRA_S3_ENDPOINT", "http://127.0.0.1:9"),
+        ("CLUSTERRA_S3_ACCESS_KEY_ID", "k"),
+        ("CLUSTERRA_S3_SECRET_ACCESS_KEY", "s"),
+    ]);
     let (status, out) = api
-        .call(
-            Method::GET,
+        .get_as(
             "/v1/clusters/local/storage/objects?location=data",
             &api.token,
-            None,
-            None,
         )
         .await;
     assert_eq!(status, 502, "{out}");
@@ -555,16 +494,11 @@ async fn an_unreachable_store_is_a_clear_502() {
 /// upload itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uploads_are_bounded_in_size_and_by_each_users_quota() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().to_str().unwrap();
-    let api = Api::start(
-        data,
-        &[
-            ("CLUSTERRA_MAX_UPLOAD_BYTES", "1000"),
-            ("CLUSTERRA_STORAGE_QUOTA_BYTES", "2500"),
-        ],
-    );
-    let alice = mint(data, "alice@lab.org", "default", false);
+    let (_dir, data, api) = tests::started_in_temp_dir(&[
+        ("CLUSTERRA_MAX_UPLOAD_BYTES", "1000"),
+        ("CLUSTERRA_STORAGE_QUOTA_BYTES", "2500"),
+    ]);
+    let alice = mint(&data, "alice@lab.org", "default", false);
     let put = |path: &str, size: Option<u64>| {
         let mut b = json!({"location": "data", "path": path, "method": "PUT"});
         if let Some(n) = size {
@@ -586,7 +520,7 @@ async fn uploads_are_bounded_in_size_and_by_each_users_quota() {
         assert_eq!(out["error"]["code"], code, "{out}");
         assert_eq!(out["error"]["field"], "size", "{out}");
     }
-    assert_eq!(api.log_position().await, before, "refusals append nothing");
+    api.assert_log_at(before, "refusals append nothing").await;
 
     let (status, a) = presign(&api, &alice, put("a", Some(1000))).await;
     assert_eq!(status, 201, "{a}");
@@ -626,13 +560,7 @@ async fn uploads_are_bounded_in_size_and_by_each_users_quota() {
     assert!(res.text().await.unwrap().contains("QuotaExceeded"));
     // The grant records the signed size.
     let (_, events) = api
-        .call(
-            Method::GET,
-            "/v1/clusters/local/storage/objects?location=data",
-            &alice,
-            None,
-            None,
-        )
+        .get_as("/v1/clusters/local/storage/objects?location=data", &alice)
         .await;
     let sizes: u64 = events["objects"]
         .as_array()
@@ -641,16 +569,8 @@ async fn uploads_are_bounded_in_size_and_by_each_users_quota() {
         .map(|o| o["size"].as_u64().unwrap())
         .sum();
     assert_eq!(sizes, 2400);
-    let trail = run(&[
-        "audit",
-        "stream",
-        "--data-dir",
-        data,
-        "--json",
-        "files:default:local:alice@lab.org",
-    ]);
-    assert!(trail.status.success(), "{trail:?}");
-    let signed: Vec<u64> = stdout(&trail)
+    let trail = alices_file_trail(&data);
+    let signed: Vec<u64> = trail
         .lines()
         .filter_map(|l| {
             let e: Value = serde_json::from_str(l).unwrap();
@@ -658,10 +578,5 @@ async fn uploads_are_bounded_in_size_and_by_each_users_quota() {
             d["size"].as_u64()
         })
         .collect();
-    assert_eq!(
-        signed,
-        vec![1000, 1000, 1000, 400, 400],
-        "{}",
-        stdout(&trail)
-    );
+    assert_eq!(signed, vec![1000, 1000, 1000, 400, 400], "{trail}");
 }

@@ -76,7 +76,7 @@ async fn story(state: &[&str], url: &str) {
 
     let ok = with(&["replay", "--projection", "all", "--verify"]);
     assert!(ok.status.success(), "{}{}", stdout(&ok), stderr(&ok));
-    assert!(stdout(&ok).contains("event_counts: OK"), "{}", stdout(&ok));
+    tests::assert_contains(&stdout(&ok), "event_counts: OK");
 
     let ok = with(&["audit", "verify"]);
     assert!(ok.status.success(), "{}", stdout(&ok));
@@ -101,11 +101,7 @@ async fn story(state: &[&str], url: &str) {
                WHERE projection = 'event_counts' AND key = 'SampleRecorded'").await;
     let bad = with(&["replay", "--projection", "event_counts", "--verify"]);
     assert_eq!(bad.status.code(), Some(1), "{}", stdout(&bad));
-    assert!(
-        stdout(&bad).contains("types/SampleRecorded: live has"),
-        "{}",
-        stdout(&bad)
-    );
+    tests::assert_contains(&stdout(&bad), "types/SampleRecorded: live has");
     // A replay repairs it.
     let fixed = with(&["replay", "--projection", "event_counts"]);
     assert!(fixed.status.success(), "{}", stderr(&fixed));
@@ -133,20 +129,12 @@ async fn story(state: &[&str], url: &str) {
         "{}",
         stdout(&broken)
     );
-    assert!(
-        stdout(&broken).contains("41 events before it are intact"),
-        "{}",
-        stdout(&broken)
-    );
+    tests::assert_contains(&stdout(&broken), "41 events before it are intact");
 
     // Usage mistakes are explained.
     let unknown = with(&["replay", "--projection", "nope"]);
     assert_eq!(unknown.status.code(), Some(2));
-    assert!(
-        stderr(&unknown).contains("use one of: all, event_counts"),
-        "{}",
-        stderr(&unknown)
-    );
+    tests::assert_contains(&stderr(&unknown), "use one of: all, event_counts");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -199,11 +187,7 @@ fn bad_configuration_is_explained() {
     std::fs::write(&cfg, "listen = \"not an address\"").unwrap();
     let out = run(&["audit", "verify", "--config", cfg.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("invalid configuration"),
-        "{}",
-        stderr(&out)
-    );
+    tests::assert_contains(&stderr(&out), "invalid configuration");
     let out = run(&["audit", "verify", "--config", "/nonexistent.toml"]);
-    assert!(stderr(&out).contains("does not exist"), "{}", stderr(&out));
+    tests::assert_contains(&stderr(&out), "does not exist");
 }

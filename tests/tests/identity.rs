@@ -37,11 +37,8 @@ async fn first_start_prints_a_working_admin_token_and_mint_makes_more() {
     let data = dir.path().join("data");
     let data = data.to_str().unwrap();
     let (server, banner) = Server::start_with_env(&["--data-dir", data], &[]);
-    let token = banner
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("export CLUSTERRA_TOKEN="))
-        .unwrap_or_else(|| panic!("no token in the banner: {banner}"))
-        .to_string();
+    let token =
+        tests::banner_token(&banner).unwrap_or_else(|| panic!("no token in the banner: {banner}"));
     assert!(banner.contains("curl -s http://127.0.0.1:"), "{banner}");
     let (status, clusters) = get(&server, "/v1/clusters", &token).await;
     assert_eq!(status, 200, "{clusters}");
@@ -82,28 +79,17 @@ async fn first_start_prints_a_working_admin_token_and_mint_makes_more() {
         .unwrap();
     assert_eq!(res.status().as_u16(), 403);
 
-    let bad = run(&[
-        "token",
-        "mint",
-        "--data-dir",
-        data,
-        "--email",
-        "not-an-email",
-    ]);
-    assert_eq!(bad.status.code(), Some(2));
-    assert!(stderr(&bad).contains("--email"), "{}", stderr(&bad));
-    let bad = run(&[
-        "token",
-        "mint",
-        "--data-dir",
-        data,
-        "--email",
-        "a@b.org",
-        "--ttl",
-        "forever",
-    ]);
-    assert_eq!(bad.status.code(), Some(2));
-    assert!(stderr(&bad).contains("--ttl"), "{}", stderr(&bad));
+    // A bad value is refused with the option at fault.
+    for (args, option) in [
+        (&["--email", "not-an-email"][..], "--email"),
+        (&["--email", "a@b.org", "--ttl", "forever"][..], "--ttl"),
+    ] {
+        let mut command = vec!["token", "mint", "--data-dir", data];
+        command.extend_from_slice(args);
+        let bad = run(&command);
+        assert_eq!(bad.status.code(), Some(2));
+        tests::assert_contains(&stderr(&bad), option);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,10 +108,7 @@ async fn rs256_tokens_against_a_jwks_file() {
     assert_eq!(get(&server, "/v1/clusters", &good).await.0, 200);
     let forged = rs256("test-rsa-other.pem", "test-key-1", "ada@lab.org", "admin");
     let (status, body) = get(&server, "/v1/clusters", &forged).await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (401, Some("token_bad_signature"))
-    );
+    tests::assert_error_code(status, &body, 401, "token_bad_signature");
     // Local HS256 tokens are not accepted in JWKS mode.
     let local = run(&[
         "token",
@@ -136,10 +119,7 @@ async fn rs256_tokens_against_a_jwks_file() {
         "a@b.org",
     ]);
     let (status, body) = get(&server, "/v1/clusters", stdout(&local).trim()).await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (401, Some("token_wrong_algorithm"))
-    );
+    tests::assert_error_code(status, &body, 401, "token_wrong_algorithm");
 }
 
 /// Serves the JWKS over HTTP on loopback, counting fetches.

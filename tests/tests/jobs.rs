@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tests::{Api, mint, run, stdout};
+use tests::Api;
 
 const ENV: [(&str, &str); 3] = [
     ("CLUSTERRA_POLL_INTERVAL_MS", "100"),
@@ -31,14 +31,8 @@ async fn submitted(api: &Api, body: Value) -> u64 {
 
 /// `DELETE` on job `id`, as the admin.
 async fn cancel(api: &Api, id: u64) -> (u16, Value) {
-    api.call(
-        reqwest::Method::DELETE,
-        &format!("/v1/clusters/local/jobs/{id}"),
-        &api.token,
-        None,
-        None,
-    )
-    .await
+    api.delete_as(&format!("/v1/clusters/local/jobs/{id}"), &api.token)
+        .await
 }
 
 /// Each pitfall in a submission gets its own error, and no refusal appends anything.
@@ -112,11 +106,8 @@ async fn each_bad_submission_gets_its_own_error_and_appends_nothing() {
         .await
         .unwrap();
     assert_eq!(res.status().as_u16(), 415);
-    assert_eq!(
-        api.log_position().await,
-        before,
-        "rejected submissions appended nothing"
-    );
+    api.assert_log_at(before, "rejected submissions appended nothing")
+        .await;
 }
 
 /// A template job that prints a known line reaches COMPLETED with the line in its output, a full
@@ -184,10 +175,7 @@ async fn a_job_that_exits_3_fails_with_exit_code_3_and_has_nothing_to_cancel() {
         .await;
     assert_eq!(job["exit_code"], 3);
     let (status, out) = cancel(&api, job_failed).await;
-    assert_eq!(
-        (status, out["error"]["code"].as_str()),
-        (409, Some("job_finished"))
-    );
+    tests::assert_error_code(status, &out, 409, "job_finished");
 }
 
 /// A job over its time limit (1 "minute" = 1 s here) is TIMEOUT.
@@ -226,24 +214,17 @@ async fn a_cancelled_job_is_cancelled_within_two_seconds_and_a_second_cancel_ans
 async fn a_retry_with_the_same_idempotency_key_creates_one_job() {
     let (_dir, _, api) = tests::started(&ENV);
     let body = json!({"template_id": "shell", "params": {"command": "true"}});
-    let (s1, first) = api
-        .call(
+    let submit_with_key = || {
+        api.call(
             reqwest::Method::POST,
             "/v1/clusters/local/jobs",
             &api.token,
             Some(body.clone()),
             Some("key-1"),
         )
-        .await;
-    let (s2, second) = api
-        .call(
-            reqwest::Method::POST,
-            "/v1/clusters/local/jobs",
-            &api.token,
-            Some(body),
-            Some("key-1"),
-        )
-        .await;
+    };
+    let (s1, first) = submit_with_key().await;
+    let (s2, second) = submit_with_key().await;
     assert_eq!((s1, s2), (201, 201));
     assert_eq!(first, second);
     // Read our own write: wait (bounded) until the view has the retry's position.
@@ -268,40 +249,19 @@ async fn a_retry_with_the_same_idempotency_key_creates_one_job() {
 /// theirs too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plain_user_sees_only_their_own_jobs_and_an_admin_sees_everyones() {
-    let (_dir, data, api) = tests::started(&ENV);
+    let (_dir, _, api, bob) = tests::started_with_user(&ENV, "bob@lab.org");
     // The admin's job, over before bob looks.
     let id = submitted(&api, raw("#!/bin/bash\ntrue", None)).await;
     api.wait_state(id, &["COMPLETED"], Duration::from_secs(15))
         .await;
-    let bob = mint(&data, "bob@lab.org", "default", false);
-    let (_, list) = api
-        .call(
-            reqwest::Method::GET,
-            "/v1/clusters/local/jobs",
-            &bob,
-            None,
-            None,
-        )
-        .await;
+    let (_, list) = api.get_as("/v1/clusters/local/jobs", &bob).await;
     assert_eq!(list["jobs"], json!([]));
     let (status, _) = api
-        .call(
-            reqwest::Method::GET,
-            &format!("/v1/clusters/local/jobs/{id}"),
-            &bob,
-            None,
-            None,
-        )
+        .get_as(&format!("/v1/clusters/local/jobs/{id}"), &bob)
         .await;
     assert_eq!(status, 404);
     let (_, out) = api
-        .call(
-            reqwest::Method::POST,
-            "/v1/clusters/local/jobs",
-            &bob,
-            Some(raw("#!/bin/bash\nsleep 30", None)),
-            None,
-        )
+        .submit_as(&bob, raw("#!/bin/bash\nsleep 30", None))
         .await;
     let bobs = out["job_id"].as_u64().unwrap();
     api.wait_state(bobs, &["RUNNING"], Duration::from_secs(10))
@@ -309,21 +269,11 @@ async fn a_plain_user_sees_only_their_own_jobs_and_an_admin_sees_everyones() {
     // The state filter, as bob: exactly his running job; as admin: his too (admins see all).
     for who in [&bob, &api.token] {
         let (_, list) = api
-            .call(
-                reqwest::Method::GET,
-                "/v1/clusters/local/jobs?state=RUNNING",
-                who,
-                None,
-                None,
-            )
+            .get_as("/v1/clusters/local/jobs?state=RUNNING", who)
             .await;
-        let ids: Vec<u64> = list["jobs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|j| j["job_id"].as_u64().unwrap())
-            .collect();
-        assert_eq!(ids, vec![bobs], "{list}");
+        let jobs = list["jobs"].as_array().unwrap();
+        assert_eq!(jobs.len(), 1, "{list}");
+        assert_eq!(jobs[0]["job_id"], bobs, "{list}");
     }
 }
 
@@ -353,26 +303,15 @@ async fn a_restart_fails_the_running_job_keeps_ids_increasing_and_the_views_repl
     assert_eq!(api.server.stop(), Some(0));
 
     // Every view is what the log says.
-    let verify = run(&[
-        "replay",
-        "--projection",
-        "all",
-        "--verify",
-        "--data-dir",
-        &data,
-    ]);
-    assert!(verify.status.success(), "{}", stdout(&verify));
-    assert!(stdout(&verify).contains("jobs: OK"), "{}", stdout(&verify));
+    let verified = tests::replay_verified(&data, "all");
+    assert!(verified.contains("jobs: OK"), "{verified}");
 }
 
 /// A job no node shape can hold is refused at submit, naming the largest shape; nothing is
 /// appended. A big job that a roomier family holds is accepted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_no_shape_can_hold_are_refused_at_submit() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let data = data.to_str().unwrap();
-    let api = Api::start(data, &[("CLUSTERRA_EXECUTOR_SLOTS", "0")]);
+    let (_dir, _, api) = tests::started(&[("CLUSTERRA_EXECUTOR_SLOTS", "0")]);
     let head = api.log_position().await;
     let mut big = raw("#!/bin/bash\ntrue\n", Some(1));
     big["job"]["cpus_per_task"] = json!(64);
@@ -382,18 +321,14 @@ async fn jobs_no_shape_can_hold_are_refused_at_submit() {
     assert_eq!(out["error"]["field"], "job", "{out}");
     let message = out["error"]["message"].as_str().unwrap();
     assert!(message.contains("r7g.4xlarge"), "{message}");
-    assert_eq!(
-        api.log_position().await,
-        head,
-        "a refused job appends nothing"
-    );
+    api.assert_log_at(head, "a refused job appends nothing")
+        .await;
 
     // 16 vCPUs with 40 GiB: more than compute's largest keeps, general's holds it.
     let mut roomy = raw("#!/bin/bash\ntrue\n", Some(1));
     roomy["job"]["cpus_per_task"] = json!(16);
     roomy["job"]["memory_per_node"] = json!({"set": true, "number": 40 * 1024});
-    let (status, out) = api.submit(roomy).await;
-    assert_eq!(status, 201, "{out}");
+    submitted(&api, roomy).await;
 }
 
 /// The poll cycle sizes node sets for pending jobs: a decision when counts change (in the feed,
@@ -401,17 +336,11 @@ async fn jobs_no_shape_can_hold_are_refused_at_submit() {
 /// window once the jobs are gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pending_jobs_drive_scale_decisions_and_idle_sets_go_to_zero() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let data = data.to_str().unwrap();
-    let api = Api::start(
-        data,
-        &[
-            ("CLUSTERRA_EXECUTOR_SLOTS", "0"),
-            ("CLUSTERRA_POLL_INTERVAL_MS", "100"),
-            ("CLUSTERRA_SCALE_IDLE_WINDOW_MS", "1000"),
-        ],
-    );
+    let (_dir, _, api) = tests::started(&[
+        ("CLUSTERRA_EXECUTOR_SLOTS", "0"),
+        ("CLUSTERRA_POLL_INTERVAL_MS", "100"),
+        ("CLUSTERRA_SCALE_IDLE_WINDOW_MS", "1000"),
+    ]);
     let decisions = || api.events("ScaleDecisionMade");
     // Until the latest decision sets the count to `to` (a cycle may see only some of the jobs
     // and a later one grow the set again).
@@ -433,9 +362,7 @@ async fn pending_jobs_drive_scale_decisions_and_idle_sets_go_to_zero() {
     // allocatable) hold one each.
     let mut ids = Vec::new();
     for _ in 0..3 {
-        let (status, out) = api.submit(raw("#!/bin/bash\ntrue\n", Some(1))).await;
-        assert_eq!(status, 201, "{out}");
-        ids.push(out["job_id"].as_u64().unwrap());
+        ids.push(submitted(&api, raw("#!/bin/bash\ntrue\n", Some(1))).await);
     }
     let up = wait_for(3).await;
     let last = up.last().unwrap();
@@ -444,16 +371,7 @@ async fn pending_jobs_drive_scale_decisions_and_idle_sets_go_to_zero() {
     assert_eq!(last["data"]["instance_type"], "c7g.large");
     assert_eq!(last["data"]["to"], 3, "{up:?}");
     assert_eq!(last["actor"], "system");
-    let (status, sets) = api
-        .call(
-            reqwest::Method::GET,
-            "/v1/clusters/local/nodesets",
-            &api.token,
-            None,
-            None,
-        )
-        .await;
-    assert_eq!(status, 200, "{sets}");
+    let sets = api.get_ok("/v1/clusters/local/nodesets").await;
     let sets = sets["nodesets"].as_array().unwrap().clone();
     assert_eq!(sets.len(), 15);
     let small = sets
@@ -496,17 +414,11 @@ async fn pending_jobs_drive_scale_decisions_and_idle_sets_go_to_zero() {
 /// it with the reason, and other jobs still run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_jobs_are_refused_and_one_in_the_log_is_failed_after_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let data = data.to_str().unwrap();
     // Under a generous limit, with nodes that never finish starting: the big job stays pending.
-    let api = Api::start(
-        data,
-        &[
-            ("CLUSTERRA_MAX_NODES_PER_JOB", "200"),
-            ("CLUSTERRA_NODE_COLD_START_MS", "3600000"),
-        ],
-    );
+    let (_dir, data, api) = tests::started(&[
+        ("CLUSTERRA_MAX_NODES_PER_JOB", "200"),
+        ("CLUSTERRA_NODE_COLD_START_MS", "3600000"),
+    ]);
     let head = api.log_position().await;
     let with = |field: &str, value: Value| {
         let mut b = raw("#!/bin/bash\ntrue\n", Some(1));
@@ -532,30 +444,23 @@ async fn oversized_jobs_are_refused_and_one_in_the_log_is_failed_after_a_restart
         assert_eq!(out["error"]["code"], code, "{out}");
         assert_eq!(out["error"]["field"], field, "{out}");
     }
-    assert_eq!(
-        api.log_position().await,
-        head,
-        "a refused job appends nothing"
-    );
+    api.assert_log_at(head, "a refused job appends nothing")
+        .await;
 
-    let (status, out) = api.submit(with("nodes", json!(150))).await;
-    assert_eq!(status, 201, "{out}");
-    let big = out["job_id"].as_u64().unwrap();
+    let big = submitted(&api, with("nodes", json!(150))).await;
     api.wait_state(big, &["PENDING"], Duration::from_secs(5))
         .await;
     assert_eq!(api.server.stop(), Some(0));
 
     // The default limit is 64 nodes: the job can never be placed. The server starts, fails it
     // with the reason, and runs a normal job.
-    let api = Api::start(data, &[("CLUSTERRA_NODE_COLD_START_MS", "200")]);
+    let api = Api::start(&data, &[("CLUSTERRA_NODE_COLD_START_MS", "200")]);
     let failed = api
         .wait_state(big, &["FAILED"], Duration::from_secs(20))
         .await;
     let reason = failed["reason"].as_str().unwrap_or_default();
     assert!(reason.contains("at most 64 nodes"), "{failed}");
-    let (status, out) = api.submit(raw("#!/bin/bash\ntrue\n", Some(1))).await;
-    assert_eq!(status, 201, "{out}");
-    let small = out["job_id"].as_u64().unwrap();
+    let small = submitted(&api, raw("#!/bin/bash\ntrue\n", Some(1))).await;
     api.wait_state(small, &["COMPLETED"], Duration::from_secs(30))
         .await;
     // No node set was ever asked for more than the per-set limit.
@@ -568,10 +473,7 @@ async fn oversized_jobs_are_refused_and_one_in_the_log_is_failed_after_a_restart
 /// `console` (those come from the server's own routes); a refused label appends nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn via_is_decided_by_the_server() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let data = data.to_str().unwrap();
-    let api = Api::start(data, &[("CLUSTERRA_EXECUTOR_SLOTS", "0")]);
+    let (_dir, _, api) = tests::started(&[("CLUSTERRA_EXECUTOR_SLOTS", "0")]);
     let head = api.log_position().await;
     let submit = |via: &'static str| {
         api.client
@@ -588,11 +490,8 @@ async fn via_is_decided_by_the_server() {
         assert_eq!(out["error"]["code"], "invalid_via", "{out}");
         assert_eq!(out["error"]["field"], "headers.x-clusterra-via", "{out}");
     }
-    assert_eq!(
-        api.log_position().await,
-        head,
-        "a refused label appends nothing"
-    );
+    api.assert_log_at(head, "a refused label appends nothing")
+        .await;
     let res = submit("cli").await.unwrap();
     assert_eq!(res.status().as_u16(), 201);
     let out: Value = res.json().await.unwrap();

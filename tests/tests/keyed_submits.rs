@@ -7,45 +7,28 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tests::{Api, ScratchDb, Server};
+use tests::{Api, ScratchDb};
 
 fn job(script: &str) -> Value {
     json!({"job": {"name": "keyed", "script": script, "environment": ["PATH=/usr/bin:/bin"],
         "current_working_directory": "/mnt/efs"}})
 }
 
-async fn post(
-    client: &reqwest::Client,
-    server: &Server,
-    token: &str,
-    body: &Value,
-    key: &str,
-) -> (u16, Value) {
-    let res = client
-        .post(server.url("/v1/clusters/local/jobs"))
-        .bearer_auth(token)
-        .header("Idempotency-Key", key)
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    (
-        res.status().as_u16(),
-        res.json().await.unwrap_or(Value::Null),
+/// The admin submits `body` with Idempotency-Key `key`.
+async fn post(api: &Api, body: &Value, key: &str) -> (u16, Value) {
+    api.call(
+        reqwest::Method::POST,
+        "/v1/clusters/local/jobs",
+        &api.token,
+        Some(body.clone()),
+        Some(key),
     )
+    .await
 }
 
 /// The event types of a job's stream, read from the log through `GET …/jobs/{id}`.
-async fn history(client: &reqwest::Client, server: &Server, token: &str, id: u64) -> Vec<String> {
-    let job: Value = client
-        .get(server.url(&format!("/v1/clusters/local/jobs/{id}")))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+async fn history(api: &Api, id: u64) -> Vec<String> {
+    let job = api.job(id).await;
     job["history"]
         .as_array()
         .unwrap()
@@ -58,8 +41,7 @@ async fn history(client: &reqwest::Client, server: &Server, token: &str, id: u64
 async fn one_key_sent_to_two_replicas_at_once_makes_one_job() {
     let db = ScratchDb::create().await;
     let url = db.url.clone();
-    let dir = tempfile::tempdir().unwrap();
-    let (a_dir, b_dir) = (dir.path().join("a"), dir.path().join("b"));
+    let (dir, a_dir, b_dir) = tests::replica_dirs();
     // Every run of the job leaves a line here, whichever replica's executor ran it.
     let ran = dir.path().join("ran");
     // Jobs run as an unprivileged user when the tests run as root: let it append here.
@@ -73,33 +55,14 @@ async fn one_key_sent_to_two_replicas_at_once_makes_one_job() {
         ("CLUSTERRA_EXECUTOR_SLOTS", "4"),
         ("CLUSTERRA_DEFAULT_CLUSTER", "true"),
     ];
-    let (a, banner) = Server::start_with_env(
-        &[
-            "--data-dir",
-            a_dir.to_str().unwrap(),
-            "--database-url",
-            &url,
-        ],
-        &env,
-    );
-    let token = banner
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("export CLUSTERRA_TOKEN="))
-        .unwrap()
-        .to_string();
-    std::fs::create_dir_all(&b_dir).unwrap();
-    std::fs::copy(a_dir.join("jwt-secret"), b_dir.join("jwt-secret")).unwrap();
-    let b = Server::start_with_env(
-        &[
-            "--data-dir",
-            b_dir.to_str().unwrap(),
-            "--database-url",
-            &url,
-        ],
-        &env,
-    )
-    .0;
-    tests::wait_projected(&a, 1).await;
+    let (a, banner) = tests::start_replica(&a_dir, &url, &env);
+    let a = Api {
+        server: a,
+        token: tests::banner_token(&banner).unwrap(),
+        client: reqwest::Client::new(),
+    };
+    let b = tests::start_another_replica(&a_dir, &b_dir, &url, &env);
+    tests::wait_projected(&a.server, 1).await;
     tests::wait_projected(&b, 1).await;
 
     let body = job(&format!(
@@ -107,15 +70,14 @@ async fn one_key_sent_to_two_replicas_at_once_makes_one_job() {
         ran.display()
     ));
     // Several rounds, each a new key sent to both replicas at once (four requests each).
-    let client = reqwest::Client::new();
     for round in 0..3 {
         let key = format!("two-replicas-{round}");
         let mut calls = Vec::new();
         for i in 0..8 {
             let (client, token, body, key) =
-                (client.clone(), token.clone(), body.clone(), key.clone());
+                (a.client.clone(), a.token.clone(), body.clone(), key.clone());
             let server = if i % 2 == 0 {
-                a.base.clone()
+                a.server.base.clone()
             } else {
                 b.base.clone()
             };
@@ -161,8 +123,8 @@ async fn one_key_sent_to_two_replicas_at_once_makes_one_job() {
         }
         let id = created[0]["job_id"].as_u64().unwrap();
         let at = created[0]["position"].as_i64().unwrap();
-        tests::wait_projected(&a, at).await;
-        let types = history(&client, &a, &token, id).await;
+        tests::wait_projected(&a.server, at).await;
+        let types = history(&a, id).await;
         assert_eq!(
             (
                 types
@@ -202,56 +164,31 @@ async fn one_key_sent_to_two_replicas_at_once_makes_one_job() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_reused_with_another_body_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let api = Api::start(data.to_str().unwrap(), &[("CLUSTERRA_EXECUTOR_SLOTS", "0")]);
-    let (status, first) = post(
-        &api.client,
-        &api.server,
-        &api.token,
-        &job("#!/bin/bash\ntrue"),
-        "k",
-    )
-    .await;
+    let (_dir, _, api) = tests::started(&[("CLUSTERRA_EXECUTOR_SLOTS", "0")]);
+    let (status, first) = post(&api, &job("#!/bin/bash\ntrue"), "k").await;
     assert_eq!(status, 201, "{first}");
-    let (status, again) = post(
-        &api.client,
-        &api.server,
-        &api.token,
-        &job("#!/bin/bash\ntrue"),
-        "k",
-    )
-    .await;
+    let (status, again) = post(&api, &job("#!/bin/bash\ntrue"), "k").await;
     assert_eq!(
         (status, &again),
         (201, &first),
         "the same body: the first answer"
     );
     let before = api.log_position().await;
-    let (status, out) = post(
-        &api.client,
-        &api.server,
-        &api.token,
-        &job("#!/bin/bash\nfalse"),
-        "k",
-    )
-    .await;
+    let (status, out) = post(&api, &job("#!/bin/bash\nfalse"), "k").await;
     assert_eq!(status, 422, "{out}");
     assert_eq!(out["error"]["code"], "idempotency_key_reused", "{out}");
     assert_eq!(out["error"]["field"], "headers.idempotency-key", "{out}");
-    assert_eq!(api.log_position().await, before, "nothing appended");
+    api.assert_log_at(before, "nothing appended").await;
     // Spelling the same job differently is the same canonical body: not a reuse.
     let mut respelled = job("#!/bin/bash\ntrue");
     respelled["job"]["environment"] = json!({"PATH": "/usr/bin:/bin"});
-    let (status, out) = post(&api.client, &api.server, &api.token, &respelled, "k").await;
+    let (status, out) = post(&api, &respelled, "k").await;
     assert_eq!((status, &out["job_id"]), (201, &first["job_id"]), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parallel_cancels_of_one_job_record_one_request_and_answer_its_position() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let api = Api::start(data.to_str().unwrap(), &[("CLUSTERRA_EXECUTOR_SLOTS", "0")]);
+    let (_dir, _, api) = tests::started(&[("CLUSTERRA_EXECUTOR_SLOTS", "0")]);
     // Pending (nothing runs): the cancels race only with each other.
     let (status, out) = api.submit(job("#!/bin/bash\nsleep 30")).await;
     assert_eq!(status, 201, "{out}");
@@ -277,7 +214,7 @@ async fn parallel_cancels_of_one_job_record_one_request_and_answer_its_position(
         assert_eq!(*status, 202, "{answers:?}");
         assert_eq!(out["position"], answers[0].1["position"], "{answers:?}");
     }
-    let types = history(&api.client, &api.server, &api.token, id).await;
+    let types = history(&api, id).await;
     assert_eq!(
         types.iter().filter(|t| *t == "JobCancelRequested").count(),
         1,

@@ -139,26 +139,15 @@ fn header<'a>(res: &'a reqwest::Response, name: &str) -> &'a str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_are_read_in_ranges_and_streamed_live_without_loss() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let data = data.to_str().unwrap();
-    let api = Api::start(data, &ENV);
-    let alice = mint(data, "alice@example.org");
-    let bob = mint(data, "bob@example.org");
+    let (_dir, data, api) = tests::started(&ENV);
+    let alice = mint(&data, "alice@example.org");
+    let bob = mint(&data, "bob@example.org");
 
     let submit = |token: String, script: &'static str| {
         let api = &api;
         async move {
-            let res = api
-                .client
-                .post(api.server.url("/v1/clusters/local/jobs"))
-                .bearer_auth(&token)
-                .json(&body(script))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(res.status(), 201);
-            let out = res.json::<Value>().await.unwrap();
+            let (status, out) = api.submit_as(&token, body(script)).await;
+            assert_eq!(status, 201, "{out}");
             // Read-your-writes: later reads wait for the projection to see the job.
             tests::wait_projected(&api.server, out["position"].as_i64().unwrap()).await;
             out["job_id"].as_u64().unwrap()
@@ -352,16 +341,7 @@ async fn logs_are_read_in_ranges_and_streamed_live_without_loss() {
 
 /// Submits `job` (the body's `job` object) as `token` and waits until the job is final.
 async fn run_as(api: &Api, token: &str, job: Value) -> u64 {
-    let res = api
-        .client
-        .post(api.server.url("/v1/clusters/local/jobs"))
-        .bearer_auth(token)
-        .json(&json!({ "job": job }))
-        .send()
-        .await
-        .unwrap();
-    let status = res.status();
-    let out = res.json::<Value>().await.unwrap();
+    let (status, out) = api.submit_as(token, json!({ "job": job })).await;
     assert_eq!(status, 201, "{out}");
     tests::wait_projected(&api.server, out["position"].as_i64().unwrap()).await;
     let id = out["job_id"].as_u64().unwrap();
@@ -374,9 +354,22 @@ async fn run_as(api: &Api, token: &str, job: Value) -> u64 {
     id
 }
 
+/// The `job` object of a job `name` running `script` (whole), its output going to `stdout`.
+fn job_writing_to(name: &str, script: &str, stdout: &str) -> Value {
+    json!({"name": name, "script": script,
+           "environment": ["PATH=/usr/bin:/bin"], "current_working_directory": "/mnt/efs",
+           "standard_output": stdout})
+}
+
 fn job(name: &str, script: &str) -> Value {
     json!({"name": name, "script": format!("#!/bin/bash\n{script}\n"),
            "environment": ["PATH=/usr/bin:/bin"], "current_working_directory": "/mnt/efs"})
+}
+
+/// Runs `job` (the body's `job` object) as `token`, whose log is then refused: the reason.
+async fn log_refused_for(api: &Api, token: &str, job: Value) -> String {
+    let id = run_as(api, token, job).await;
+    read_log(api, token, id).await.unwrap_err()
 }
 
 /// The body of a log answer, or its error code.
@@ -400,42 +393,28 @@ async fn read_log(api: &Api, token: &str, id: u64) -> Result<String, String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_cannot_be_pointed_at_another_users_log() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let data = data.to_str().unwrap();
-    let api = Api::start(data, &ENV);
-    let alice = mint(data, "alice@example.org");
-    let bob = mint(data, "bob@example.org");
+    let (_dir, data, api) = tests::started(&ENV);
+    let alice = mint(&data, "alice@example.org");
+    let bob = mint(&data, "bob@example.org");
 
     let secret = "alice's results: 42";
     let a = run_as(&api, &alice, job("fit", &format!("echo \"{secret}\""))).await;
     assert_eq!(read_log(&api, &alice, a).await.unwrap().trim(), secret);
     let alices_file = format!("/mnt/efs/job_{a}.out");
 
-    // Bob's own log, replaced by his job with a link to alice's file: not served.
+    // Bob's own log, replaced by his job with a link to alice's file: not served. A hard link is
+    // refused the same way (while it exists, alice's own log is refused too: a file with two
+    // names is never served).
     let area = "users/bob@example.org";
-    let linked = run_as(
-        &api,
-        &bob,
-        json!({"name": "link", "script": format!("#!/bin/bash\nrm {area}/out.txt\nln -s ../../job_{a}.out {area}/out.txt\n"),
-               "environment": ["PATH=/usr/bin:/bin"], "current_working_directory": "/mnt/efs",
-               "standard_output": format!("/mnt/efs/{area}/out.txt")}),
-    )
-    .await;
-    let message = read_log(&api, &bob, linked).await.unwrap_err();
-    assert!(message.contains("link"), "{message}");
-    // A hard link is refused the same way (while it exists, alice's own log is refused too: a
-    // file with two names is never served).
-    let hard = run_as(
-        &api,
-        &bob,
-        json!({"name": "hard", "script": format!("#!/bin/bash\nrm {area}/hard.txt\nln job_{a}.out {area}/hard.txt\n"),
-               "environment": ["PATH=/usr/bin:/bin"], "current_working_directory": "/mnt/efs",
-               "standard_output": format!("/mnt/efs/{area}/hard.txt")}),
-    )
-    .await;
-    let message = read_log(&api, &bob, hard).await.unwrap_err();
-    assert!(message.contains("link"), "{message}");
+    for (name, file, link) in [
+        ("link", "out.txt", format!("ln -s ../../job_{a}.out")),
+        ("hard", "hard.txt", format!("ln job_{a}.out")),
+    ] {
+        let script = format!("#!/bin/bash\nrm {area}/{file}\n{link} {area}/{file}\n");
+        let linking = job_writing_to(name, &script, &format!("/mnt/efs/{area}/{file}"));
+        let message = log_refused_for(&api, &bob, linking).await;
+        assert!(message.contains("link"), "{message}");
+    }
     std::fs::remove_file(format!("{data}/efs/{area}/hard.txt")).ok();
 
     // The review's case: bob names his job like alice's file and writes to `%x.out`. The
@@ -444,9 +423,11 @@ async fn a_job_cannot_be_pointed_at_another_users_log() {
     let named = run_as(
         &api,
         &bob,
-        json!({"name": format!("job_{a}"), "script": "#!/bin/bash\necho bob",
-               "environment": ["PATH=/usr/bin:/bin"], "current_working_directory": "/mnt/efs",
-               "standard_output": "/mnt/efs/%x.out"}),
+        job_writing_to(
+            &format!("job_{a}"),
+            "#!/bin/bash\necho bob",
+            "/mnt/efs/%x.out",
+        ),
     )
     .await;
     let message = read_log(&api, &bob, named).await.unwrap_err();
@@ -460,15 +441,16 @@ async fn a_job_cannot_be_pointed_at_another_users_log() {
         assert_ne!(res.status(), 200, "{path}");
     }
     // Another user's area, even with the job id in the name.
-    let other_area = run_as(
+    let message = log_refused_for(
         &api,
         &bob,
-        json!({"name": "x", "script": "#!/bin/bash\necho bob",
-               "environment": ["PATH=/usr/bin:/bin"], "current_working_directory": "/mnt/efs",
-               "standard_output": "/mnt/efs/users/alice@example.org/job_%j.out"}),
+        job_writing_to(
+            "x",
+            "#!/bin/bash\necho bob",
+            "/mnt/efs/users/alice@example.org/job_%j.out",
+        ),
     )
     .await;
-    let message = read_log(&api, &bob, other_area).await.unwrap_err();
     assert!(message.contains("another user's area"), "{message}");
 
     // What a job owns is served: its area, a name ending in its id, `%x`, `%u`, `%N` and `%5j`
@@ -481,9 +463,7 @@ async fn a_job_cannot_be_pointed_at_another_users_log() {
         let id = run_as(
             &api,
             &bob,
-            json!({"name": "fit2", "script": "#!/bin/bash\necho \"mine $SLURM_JOB_ID\"",
-                   "environment": ["PATH=/usr/bin:/bin"], "current_working_directory": "/mnt/efs",
-                   "standard_output": stdout}),
+            job_writing_to("fit2", "#!/bin/bash\necho \"mine $SLURM_JOB_ID\"", &stdout),
         )
         .await;
         assert_eq!(
@@ -508,27 +488,17 @@ async fn a_job_cannot_be_pointed_at_another_users_log() {
     assert!(!padded.stdout.is_empty(), "%5j zero-pads the id");
 
     // A pattern the executor cannot expand is refused at submit; an array's log is 409.
-    let (status, out) = api
-        .call(
-            reqwest::Method::POST,
-            "/v1/clusters/local/jobs",
-            &bob,
-            Some(json!({"job": {"name": "s", "script": "#!/bin/bash\ntrue",
-                   "environment": ["PATH=/usr/bin:/bin"], "current_working_directory": "/mnt/efs",
-                   "standard_output": "/mnt/efs/job_%s.out"}})),
-            None,
-        )
-        .await;
+    let unexpandable = job_writing_to("s", "#!/bin/bash\ntrue", "/mnt/efs/job_%s.out");
+    let (status, out) = api.submit_as(&bob, json!({ "job": unexpandable })).await;
     assert!((400..500).contains(&status), "{status} {out}");
     assert!(out.to_string().contains("%s"), "{out}");
-    let array = run_as(
+    let message = log_refused_for(
         &api,
         &bob,
         json!({"name": "arr", "script": "#!/bin/bash\ntrue", "array": "1-2",
                "environment": ["PATH=/usr/bin:/bin"], "current_working_directory": "/mnt/efs"}),
     )
     .await;
-    let message = read_log(&api, &bob, array).await.unwrap_err();
     assert!(message.contains("array"), "{message}");
 
     // Alice still reads her own log (bob's %x job wrote over it, as his script could have:

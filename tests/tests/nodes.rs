@@ -35,17 +35,7 @@ fn time(v: &Value) -> chrono::DateTime<chrono::FixedOffset> {
 }
 
 async fn nodeset(api: &Api, instance_type: &str) -> Value {
-    let (status, out) = api
-        .call(
-            reqwest::Method::GET,
-            "/v1/clusters/local/nodesets",
-            &api.token,
-            None,
-            None,
-        )
-        .await;
-    assert_eq!(status, 200, "{out}");
-    out["nodesets"]
+    api.get_ok("/v1/clusters/local/nodesets").await["nodesets"]
         .as_array()
         .unwrap()
         .iter()
@@ -56,16 +46,10 @@ async fn nodeset(api: &Api, instance_type: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_run_on_nodes_that_come_up_after_their_cold_start_and_go_when_idle() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let data = data.to_str().unwrap();
-    let api = Api::start(
-        data,
-        &[
-            ("CLUSTERRA_NODE_COLD_START_MS", "1500"),
-            ("CLUSTERRA_SCALE_IDLE_WINDOW_MS", "4000"),
-        ],
-    );
+    let (_dir, _, api) = tests::started(&[
+        ("CLUSTERRA_NODE_COLD_START_MS", "1500"),
+        ("CLUSTERRA_SCALE_IDLE_WINDOW_MS", "4000"),
+    ]);
     // One vCPU with the default 2 GiB: a c7g.large (compute-small).
     let (status, out) = api.submit(job("#!/bin/bash\nsleep 1\n")).await;
     assert_eq!(status, 201, "{out}");
@@ -156,8 +140,7 @@ async fn wait_leader(server: &Server, within: Duration) {
 async fn one_leader_decides_and_another_takes_over_when_it_dies() {
     let db = ScratchDb::create().await;
     let url = db.url.clone();
-    let dir = tempfile::tempdir().unwrap();
-    let (a_dir, b_dir) = (dir.path().join("a"), dir.path().join("b"));
+    let (_dir, a_dir, b_dir) = tests::replica_dirs();
     // No nodes and nothing runs (executor_slots = 0): pending jobs only drive decisions.
     let env = [
         ("CLUSTERRA_EXECUTOR_SLOTS", "0"),
@@ -165,33 +148,10 @@ async fn one_leader_decides_and_another_takes_over_when_it_dies() {
         ("CLUSTERRA_SCALE_IDLE_WINDOW_MS", "600000"),
         ("CLUSTERRA_DEFAULT_CLUSTER", "true"),
     ];
-    let (a, banner) = Server::start_with_env(
-        &[
-            "--data-dir",
-            a_dir.to_str().unwrap(),
-            "--database-url",
-            &url,
-        ],
-        &env,
-    );
-    let token = banner
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("export CLUSTERRA_TOKEN="))
-        .unwrap()
-        .to_string();
+    let (a, banner) = tests::start_replica(&a_dir, &url, &env);
+    let token = tests::banner_token(&banner).unwrap();
     wait_leader(&a, Duration::from_secs(10)).await;
-    std::fs::create_dir_all(&b_dir).unwrap();
-    std::fs::copy(a_dir.join("jwt-secret"), b_dir.join("jwt-secret")).unwrap();
-    let b = Server::start_with_env(
-        &[
-            "--data-dir",
-            b_dir.to_str().unwrap(),
-            "--database-url",
-            &url,
-        ],
-        &env,
-    )
-    .0;
+    let b = tests::start_another_replica(&a_dir, &b_dir, &url, &env);
     tests::wait_projected(&b, 1).await;
     // A leads, B waits (several of B's cycles).
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -270,19 +230,14 @@ async fn the_agent_reads_desired_counts_from_dynamodb() {
     let endpoint = std::env::var("CLUSTERRA_DYNAMODB_ENDPOINT")
         .expect("CLUSTERRA_DYNAMODB_ENDPOINT; run scripts/test (it starts moto_server)");
     let table = format!("e2e-{}", uuid::Uuid::new_v4().simple());
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let api = Api::start(
-        data.to_str().unwrap(),
-        &[
-            ("CLUSTERRA_REPLICA_STORE", "dynamodb"),
-            ("CLUSTERRA_DYNAMODB_ENDPOINT", &endpoint),
-            ("CLUSTERRA_DYNAMODB_TABLE", &table),
-            ("CLUSTERRA_DYNAMODB_CREATE_TABLE", "true"),
-            ("CLUSTERRA_DYNAMODB_ACCESS_KEY_ID", "test"),
-            ("CLUSTERRA_DYNAMODB_SECRET_ACCESS_KEY", "test"),
-        ],
-    );
+    let (_dir, data, api) = tests::started(&[
+        ("CLUSTERRA_REPLICA_STORE", "dynamodb"),
+        ("CLUSTERRA_DYNAMODB_ENDPOINT", &endpoint),
+        ("CLUSTERRA_DYNAMODB_TABLE", &table),
+        ("CLUSTERRA_DYNAMODB_CREATE_TABLE", "true"),
+        ("CLUSTERRA_DYNAMODB_ACCESS_KEY_ID", "test"),
+        ("CLUSTERRA_DYNAMODB_SECRET_ACCESS_KEY", "test"),
+    ]);
     let (status, out) = api.submit(job("#!/bin/bash\ntrue\n")).await;
     assert_eq!(status, 201, "{out}");
     let id = out["job_id"].as_u64().unwrap();
@@ -291,10 +246,9 @@ async fn the_agent_reads_desired_counts_from_dynamodb() {
     let ready = wait_events(&api, "NodeReady", 1, Duration::from_secs(5)).await;
     assert_eq!(api.job(id).await["node"], ready[0]["data"]["node"]);
     // No row went to the embedded table: the agent could only have read DynamoDB.
-    let db =
-        sqlx::SqlitePool::connect(&format!("sqlite://{}/clusterra.db", data.to_str().unwrap()))
-            .await
-            .unwrap();
+    let db = sqlx::SqlitePool::connect(&format!("sqlite://{data}/clusterra.db"))
+        .await
+        .unwrap();
     let rows: Option<i64> = sqlx::query_scalar("SELECT count(*) FROM replica_counts")
         .fetch_optional(&db)
         .await

@@ -17,37 +17,18 @@ fn job(script: &str, minutes: u64) -> Value {
         "time_limit": {"set": true, "number": minutes}}})
 }
 
-async fn as_user(
-    api: &Api,
-    token: &str,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    api.call(method, path, token, body, None).await
-}
+/// bob's quota, as the API names it.
+const BOBS_QUOTA: &str = "/v1/workspaces/default/quotas/bob@lab.org";
 
-async fn submit_as(api: &Api, token: &str, body: Value) -> (u16, Value) {
-    as_user(
-        api,
-        token,
-        reqwest::Method::POST,
-        "/v1/clusters/local/jobs",
-        Some(body),
-    )
-    .await
+/// `token`'s PUT of `body` to `path`.
+async fn put_as(api: &Api, token: &str, path: &str, body: Value) -> (u16, Value) {
+    api.call(reqwest::Method::PUT, path, token, Some(body), None)
+        .await
 }
 
 async fn set_quota(api: &Api, email: &str, body: Value) -> Value {
-    let (status, out) = api
-        .call(
-            reqwest::Method::PUT,
-            &format!("/v1/workspaces/default/quotas/{email}"),
-            &api.token,
-            Some(body),
-            None,
-        )
-        .await;
+    let path = format!("/v1/workspaces/default/quotas/{email}");
+    let (status, out) = put_as(api, &api.token, &path, body).await;
     assert_eq!(status, 200, "{out}");
     out
 }
@@ -66,18 +47,15 @@ fn quota_events(data: &str, email: &str, kind: &str) -> usize {
 
 /// Submits `body` as `token`'s user and returns the new job's id.
 async fn submitted(api: &Api, token: &str, body: Value) -> u64 {
-    let (status, out) = submit_as(api, token, body).await;
+    let (status, out) = api.submit_as(token, body).await;
     assert_eq!(status, 201, "{out}");
     out["job_id"].as_u64().unwrap()
 }
 
 /// Refused quota changes append nothing: the log is still at `head`.
 async fn assert_still_at(api: &Api, head: i64) {
-    assert_eq!(
-        api.log_position().await,
-        head,
-        "refused quota changes append nothing"
-    );
+    api.assert_log_at(head, "refused quota changes append nothing")
+        .await;
 }
 
 /// bob: $0.01, block_and_kill. A one-hour job on a c7g.large share ($0.03625/h) projects $0.036
@@ -117,32 +95,13 @@ async fn ran_two_seconds(api: &Api, token: &str) {
 /// nothing is appended for either.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_an_admin_of_the_workspace_may_set_a_quota() {
-    let (_dir, data, api) = tests::started(&[]);
-    let bob = mint(&data, "bob@lab.org", "default", false);
+    let (_dir, data, api, bob) = tests::started_with_user(&[], "bob@lab.org");
     let head = api.log_position().await;
-    let (status, out) = as_user(
-        &api,
-        &bob,
-        reqwest::Method::PUT,
-        "/v1/workspaces/default/quotas/bob@lab.org",
-        Some(json!({"limit_usd": 100})),
-    )
-    .await;
-    assert_eq!(
-        (status, out["error"]["code"].as_str()),
-        (403, Some("admin_required")),
-        "{out}"
-    );
+    let (status, out) = put_as(&api, &bob, BOBS_QUOTA, json!({"limit_usd": 100})).await;
+    tests::assert_error_code(status, &out, 403, "admin_required");
     // An admin of another workspace is not an admin of this one.
     let rival = mint(&data, "ada@rival.org", "rival", true);
-    let (status, out) = as_user(
-        &api,
-        &rival,
-        reqwest::Method::PUT,
-        "/v1/workspaces/default/quotas/bob@lab.org",
-        Some(json!({"limit_usd": 100})),
-    )
-    .await;
+    let (status, out) = put_as(&api, &rival, BOBS_QUOTA, json!({"limit_usd": 100})).await;
     assert_eq!(status, 403, "{out}");
     assert_still_at(&api, head).await;
 }
@@ -161,35 +120,11 @@ async fn bad_quota_fields_are_named_and_append_nothing() {
             "buffer_percent",
         ),
     ] {
-        let (status, out) = api
-            .call(
-                reqwest::Method::PUT,
-                "/v1/workspaces/default/quotas/bob@lab.org",
-                &api.token,
-                Some(body),
-                None,
-            )
-            .await;
-        assert_eq!(
-            (status, out["error"]["field"].as_str()),
-            (422, Some(field)),
-            "{out}"
-        );
+        let (status, out) = put_as(&api, &api.token, BOBS_QUOTA, body).await;
+        tests::assert_error_field(status, &out, 422, field);
     }
-    let (status, out) = api
-        .call(
-            reqwest::Method::GET,
-            "/v1/workspaces/default/quotas/not-an-email",
-            &api.token,
-            None,
-            None,
-        )
-        .await;
-    assert_eq!(
-        (status, out["error"]["field"].as_str()),
-        (422, Some("email")),
-        "{out}"
-    );
+    let (status, out) = api.get("/v1/workspaces/default/quotas/not-an-email").await;
+    tests::assert_error_field(status, &out, 422, "email");
     assert_still_at(&api, head).await;
 }
 
@@ -199,20 +134,8 @@ async fn a_quota_never_set_can_be_neither_read_nor_removed() {
     let (_dir, _, api) = tests::started(&[]);
     let head = api.log_position().await;
     for method in [reqwest::Method::GET, reqwest::Method::DELETE] {
-        let (status, out) = api
-            .call(
-                method,
-                "/v1/workspaces/default/quotas/bob@lab.org",
-                &api.token,
-                None,
-                None,
-            )
-            .await;
-        assert_eq!(
-            (status, out["error"]["code"].as_str()),
-            (404, Some("quota_not_found")),
-            "{out}"
-        );
+        let (status, out) = api.call(method, BOBS_QUOTA, &api.token, None, None).await;
+        tests::assert_error_code(status, &out, 404, "quota_not_found");
     }
     assert_still_at(&api, head).await;
 }
@@ -220,8 +143,7 @@ async fn a_quota_never_set_can_be_neither_read_nor_removed() {
 /// The usage series names the parameter at fault.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_usage_series_names_the_parameter_at_fault() {
-    let (_dir, data, api) = tests::started(&[]);
-    let bob = mint(&data, "bob@lab.org", "default", false);
+    let (_dir, _, api, bob) = tests::started_with_user(&[], "bob@lab.org");
     for (query, field) in [
         ("bucket=week", Some("bucket")),
         ("from=yesterday", Some("from")),
@@ -232,14 +154,9 @@ async fn the_usage_series_names_the_parameter_at_fault() {
         ("from=2000-01-01T00:00:00Z&bucket=hour", Some("from")),
         ("colour=blue", None),
     ] {
-        let (status, out) = as_user(
-            &api,
-            &bob,
-            reqwest::Method::GET,
-            &format!("/v1/users/me/usage?{query}"),
-            None,
-        )
-        .await;
+        let (status, out) = api
+            .get_as(&format!("/v1/users/me/usage?{query}"), &bob)
+            .await;
         assert_eq!(status, 422, "{query}: {out}");
         assert_eq!(out["error"]["code"], "invalid_query", "{query}: {out}");
         assert_eq!(out["error"]["field"].as_str(), field, "{query}: {out}");
@@ -251,8 +168,7 @@ async fn the_usage_series_names_the_parameter_at_fault() {
 /// the block once however many cycles see the user over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_block_and_kill_quota_cancels_the_job_and_blocks_submissions_until_raised() {
-    let (_dir, data, api) = tests::started(&[]);
-    let bob = mint(&data, "bob@lab.org", "default", false);
+    let (_dir, data, api, bob) = tests::started_with_user(&[], "bob@lab.org");
     let (id, running, done) = killed_by_quota(&api, &bob).await;
     assert!(!running["started_at"].is_null(), "{running}");
     assert_eq!(
@@ -277,7 +193,7 @@ async fn a_block_and_kill_quota_cancels_the_job_and_blocks_submissions_until_rai
     // (The profile reads the quotas projection: give it a moment to apply QuotaEnforced.)
     let deadline = tests::deadline(Duration::from_secs(5));
     let me = loop {
-        let (_, me) = as_user(&api, &bob, reqwest::Method::GET, "/v1/users/me", None).await;
+        let (_, me) = api.get_as("/v1/users/me", &bob).await;
         if me["status"] == "blocked" || Instant::now() > deadline {
             break me;
         }
@@ -286,19 +202,12 @@ async fn a_block_and_kill_quota_cancels_the_job_and_blocks_submissions_until_rai
     assert_eq!(me["status"], "blocked", "{me}");
     assert_eq!(me["quota"]["mode"], "block_and_kill", "{me}");
     let head = api.log_position().await;
-    let (status, out) = submit_as(&api, &bob, job("#!/bin/bash\ntrue\n", 1)).await;
-    assert_eq!(
-        (status, out["error"]["code"].as_str()),
-        (403, Some("quota_exceeded")),
-        "{out}"
-    );
+    let (status, out) = api.submit_as(&bob, job("#!/bin/bash\ntrue\n", 1)).await;
+    tests::assert_error_code(status, &out, 403, "quota_exceeded");
     let msg = out["error"]["message"].as_str().unwrap();
     assert!(msg.contains("$0.010000"), "{msg}");
-    assert_eq!(
-        api.log_position().await,
-        head,
-        "a refused submission appends nothing"
-    );
+    api.assert_log_at(head, "a refused submission appends nothing")
+        .await;
 
     // Raising the limit lifts the block.
     set_quota(
@@ -319,13 +228,12 @@ async fn a_block_and_kill_quota_cancels_the_job_and_blocks_submissions_until_rai
 /// raised however many cycles see the user over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_warn_quota_lets_the_job_run_and_raises_one_warning() {
-    let (_dir, data, api) = tests::started(&[]);
-    let carol = mint(&data, "carol@lab.org", "default", false);
+    let (_dir, data, api, carol) = tests::started_with_user(&[], "carol@lab.org");
     set_quota(&api, "carol@lab.org", json!({"limit_usd": 0.01})).await;
     let cid = submitted(&api, &carol, job("#!/bin/bash\nsleep 2\n", 60)).await;
     api.wait_state(cid, &["RUNNING"], Duration::from_secs(15))
         .await;
-    let (_, me) = as_user(&api, &carol, reqwest::Method::GET, "/v1/users/me", None).await;
+    let (_, me) = api.get_as("/v1/users/me", &carol).await;
     assert_eq!(me["status"], "warning", "{me}");
     assert_eq!(me["running_jobs"], 1, "{me}");
     assert_eq!(me["burn_rate_usd_per_hour"], "0.036250", "{me}");
@@ -344,17 +252,9 @@ async fn a_warn_quota_lets_the_job_run_and_raises_one_warning() {
 /// A user's usage series has one point per day of the period so far, their spend in today's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_usage_series_has_a_point_per_day_with_the_spend_in_todays() {
-    let (_dir, data, api) = tests::started(&[]);
-    let carol = mint(&data, "carol@lab.org", "default", false);
+    let (_dir, _, api, carol) = tests::started_with_user(&[], "carol@lab.org");
     ran_two_seconds(&api, &carol).await;
-    let (status, series) = as_user(
-        &api,
-        &carol,
-        reqwest::Method::GET,
-        "/v1/users/me/usage?bucket=day",
-        None,
-    )
-    .await;
+    let (status, series) = api.get_as("/v1/users/me/usage?bucket=day", &carol).await;
     assert_eq!(status, 200, "{series}");
     let today = series["points"]
         .as_array()
@@ -370,15 +270,7 @@ async fn the_usage_series_has_a_point_per_day_with_the_spend_in_todays() {
 async fn an_admin_reads_a_quota_back() {
     let (_dir, _, api) = tests::started(&[]);
     set_quota(&api, "carol@lab.org", json!({"limit_usd": 0.01})).await;
-    let (status, q) = api
-        .call(
-            reqwest::Method::GET,
-            "/v1/workspaces/default/quotas/carol@lab.org",
-            &api.token,
-            None,
-            None,
-        )
-        .await;
+    let (status, q) = api.get("/v1/workspaces/default/quotas/carol@lab.org").await;
     assert_eq!(
         (status, q["limit_usd"].as_str()),
         (200, Some("0.010000")),
@@ -389,15 +281,10 @@ async fn an_admin_reads_a_quota_back() {
 /// `clusterra me` prints the caller's profile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_prints_the_profile() {
-    let (_dir, data, api) = tests::started(&[]);
-    let carol = mint(&data, "carol@lab.org", "default", false);
+    let (_dir, _, api, carol) = tests::started_with_user(&[], "carol@lab.org");
     let out = run(&["me", "--url", &api.server.base, "--token", &carol]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        stdout(&out).contains("carol@lab.org (user) in workspace default"),
-        "{}",
-        stdout(&out)
-    );
+    tests::assert_contains(&stdout(&out), "carol@lab.org (user) in workspace default");
 }
 
 /// Once a job killed by its quota and a finished one have ended, the bill is fixed: replaying
@@ -442,17 +329,7 @@ async fn the_bill_of_a_killed_and_a_finished_job_survives_a_replay_and_dearer_pr
 }
 
 async fn workspace_usage(api: &Api) -> Value {
-    let (status, out) = api
-        .call(
-            reqwest::Method::GET,
-            "/v1/workspaces/default/usage",
-            &api.token,
-            None,
-            None,
-        )
-        .await;
-    assert_eq!(status, 200, "{out}");
-    out
+    api.get_ok("/v1/workspaces/default/usage").await
 }
 
 /// A limit is read from the number's own text: `0.000001` is one micro-dollar (it used to go
@@ -460,13 +337,10 @@ async fn workspace_usage(api: &Api) -> Value {
 /// still refused, and nothing is appended for them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_limit_of_six_decimals_is_read_exactly() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let data = data.to_str().unwrap();
-    let api = Api::start(data, &[("CLUSTERRA_EXECUTOR_SLOTS", "0")]);
+    let (_dir, _, api) = tests::started(&[("CLUSTERRA_EXECUTOR_SLOTS", "0")]);
     let put = |text: &'static str| {
         api.client
-            .put(api.server.url("/v1/workspaces/default/quotas/bob@lab.org"))
+            .put(api.server.url(BOBS_QUOTA))
             .bearer_auth(&api.token)
             .header("content-type", "application/json")
             .body(text)
@@ -492,9 +366,6 @@ async fn a_limit_of_six_decimals_is_read_exactly() {
         assert_eq!(status, 422, "{text}: {out}");
         assert_eq!(out["error"]["field"], "limit_usd", "{out}");
     }
-    assert_eq!(
-        api.log_position().await,
-        head,
-        "a refused quota appends nothing"
-    );
+    api.assert_log_at(head, "a refused quota appends nothing")
+        .await;
 }

@@ -25,17 +25,8 @@ async fn jobs_on_a_registered_slurmrestd_cluster() {
         env("SLURM_JWT"),
         env("SLURM_EFS_ROOT"),
     );
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, server, token) = tests::serving(&[("CLUSTERRA_POLL_INTERVAL_MS", "200")]);
     let data = dir.path().join("data");
-    let (server, banner) = Server::start_with_env(
-        &["--data-dir", data.to_str().unwrap()],
-        &[("CLUSTERRA_POLL_INTERVAL_MS", "200")],
-    );
-    let token = banner
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("export CLUSTERRA_TOKEN="))
-        .unwrap()
-        .to_string();
     let client = reqwest::Client::new();
     let registered_at = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
     let call = |method: reqwest::Method, path: &str, body: Option<Value>| {
@@ -78,11 +69,7 @@ async fn jobs_on_a_registered_slurmrestd_cluster() {
         Some(body("#!/bin/bash\ntrue")),
     )
     .await;
-    assert_eq!(
-        (status, out["error"]["code"].as_str()),
-        (503, Some("slurm_not_connected")),
-        "{out}"
-    );
+    tests::assert_error_code(status, &out, 503, "slurm_not_connected");
 
     std::fs::create_dir_all(data.join("slurm-tokens")).unwrap();
     std::fs::write(data.join("slurm-tokens/default.real.jwt"), &jwt).unwrap();
@@ -174,8 +161,7 @@ async fn two_replicas_on_one_database_both_submit_to_the_real_slurm() {
         env("SLURM_JWT"),
     );
     let db = tests::ScratchDb::create().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (a_dir, b_dir) = (dir.path().join("a"), dir.path().join("b"));
+    let (dir, a_dir, b_dir) = tests::replica_dirs();
     let env = [("CLUSTERRA_POLL_INTERVAL_MS", "200")];
     let start = |data: &std::path::Path| {
         Server::start_with_env(
@@ -189,11 +175,7 @@ async fn two_replicas_on_one_database_both_submit_to_the_real_slurm() {
         )
     };
     let (a, banner) = start(&a_dir);
-    let token = banner
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("export CLUSTERRA_TOKEN="))
-        .unwrap()
-        .to_string();
+    let token = tests::banner_token(&banner).unwrap();
     std::fs::copy(a_dir.join("jwt-secret"), dir.path().join("secret")).unwrap();
     std::fs::create_dir_all(&b_dir).unwrap();
     std::fs::copy(dir.path().join("secret"), b_dir.join("jwt-secret")).unwrap();

@@ -56,11 +56,7 @@ fn simulate_prints_both_fleets_and_json_for_swf_csv_and_gzip() {
 fn simulate_explains_bad_input() {
     let out = run(&["simulate", "--trace", "/nonexistent/trace.swf"]);
     assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("could not read the trace"),
-        "{}",
-        stderr(&out)
-    );
+    tests::assert_contains(&stderr(&out), "could not read the trace");
 
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.csv");
@@ -77,5 +73,5 @@ fn simulate_explains_bad_input() {
     let swf = repo_root().join("fixtures/traces/small.swf");
     let out = run(&["simulate", "--trace", swf.to_str().unwrap(), "--cycle", "0"]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("--cycle"), "{}", stderr(&out));
+    tests::assert_contains(&stderr(&out), "--cycle");
 }

@@ -13,6 +13,11 @@ pub const NAME: &str = "clusters";
 /// The projector; its documents and checkpoint are kept under [`NAME`].
 pub struct ClusterViews;
 
+/// The collection holding a workspace's clusters.
+pub fn collection(workspace: &WorkspaceId) -> String {
+    format!("ws:{workspace}")
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterView {
     pub workspace: WorkspaceId,
@@ -31,11 +36,6 @@ pub struct ClusterView {
 /// The collection holding every workspace's clusters, keyed `<workspace>/<cluster>`, for the
 /// server's own use (connecting clusters to their Slurm); never served to callers.
 pub const ALL: &str = "all";
-
-/// The collection holding a workspace's clusters.
-pub fn collection(workspace: &WorkspaceId) -> String {
-    format!("ws:{workspace}")
-}
 
 /// One cluster of a workspace, if registered.
 pub async fn get(

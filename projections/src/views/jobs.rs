@@ -19,6 +19,11 @@ pub const NAME: &str = "jobs";
 /// The projector; its documents and checkpoint are kept under [`NAME`].
 pub struct JobViews;
 
+/// The collection of a cluster's jobs.
+pub fn collection(workspace: &WorkspaceId, cluster: &ClusterId) -> String {
+    format!("jobs:{workspace}:{cluster}")
+}
+
 const BY_STREAM: &str = "by-stream";
 
 /// Where a job stream's view is (`BY_STREAM`, keyed by stream id).
@@ -64,11 +69,6 @@ pub struct JobView {
     pub rate: Option<domain::MicroUsd>,
     /// The log position that last changed this view.
     pub position: i64,
-}
-
-/// The collection of a cluster's jobs.
-pub fn collection(workspace: &WorkspaceId, cluster: &ClusterId) -> String {
-    format!("jobs:{workspace}:{cluster}")
 }
 
 /// Every job view of a cluster (live set), in job order; views that do not parse are skipped

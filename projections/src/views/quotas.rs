@@ -14,6 +14,11 @@ pub const NAME: &str = "quotas";
 /// The projector; its documents and checkpoint are kept under [`NAME`].
 pub struct QuotaViews;
 
+/// The collection of a workspace's quotas.
+pub fn collection(workspace: &WorkspaceId) -> String {
+    format!("quotas:{workspace}")
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QuotaView {
     pub workspace: WorkspaceId,
@@ -46,11 +51,6 @@ impl QuotaView {
             buffer_percent: self.buffer_percent,
         }
     }
-}
-
-/// The collection of a workspace's quotas.
-pub fn collection(workspace: &WorkspaceId) -> String {
-    format!("quotas:{workspace}")
 }
 
 /// One user's quota, if set.
