@@ -54,6 +54,8 @@ pub struct Settings {
     /// The buckets a workspace admin may give a cluster (`bucket_allow` patterns,
     /// `domain::storage::bucket_allowed`); `None` = any (every bucket is in the embedded store).
     pub bucket_allow: Option<Vec<String>>,
+    /// The billing period of bills and quotas.
+    pub billing_period: domain::cost::PeriodKind,
 }
 
 impl Default for Settings {
@@ -63,6 +65,7 @@ impl Default for Settings {
             body_limit: 1024 * 1024,
             edge: edge::Limits::default(),
             bucket_allow: None,
+            billing_period: domain::cost::PeriodKind::default(),
         }
     }
 }

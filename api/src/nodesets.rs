@@ -138,6 +138,4 @@ pub struct Scaling {
     pub default_mib_per_cpu: u64,
     /// Whether this replica leads the poll cycle now.
     pub leading: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    /// The billing period of bills and quotas.
-    pub billing_period: domain::cost::PeriodKind,
 }

@@ -138,7 +138,7 @@ pub(crate) async fn me(
     caller: Caller,
 ) -> Result<Json<Profile>, ApiError> {
     let now = state.clock.now();
-    let period = Period::of(state.scaling.billing_period, now);
+    let period = Period::of(state.settings.billing_period, now);
     let u = user_usage(&state, &caller.workspace, &caller.email, period, now).await?;
     let quota = quota_of(&state, &caller.workspace, caller.email.as_str()).await?;
     Ok(Json(Profile {
@@ -170,7 +170,7 @@ async fn user_usage(
 /// the rule is `domain::cost::check_submit`).
 pub(crate) async fn refuse_if_blocked(state: &AppState, caller: &Caller) -> Result<(), ApiError> {
     let now = state.clock.now();
-    let period = Period::of(state.scaling.billing_period, now);
+    let period = Period::of(state.settings.billing_period, now);
     commands::quota::check_submit(
         state.store.log.as_ref(),
         &caller.workspace,
@@ -255,8 +255,8 @@ pub(crate) async fn my_series(
         )
     })?;
     let now = state.clock.now();
-    let from =
-        parse_time(&q.from, "from")?.unwrap_or(Period::of(state.scaling.billing_period, now).start);
+    let from = parse_time(&q.from, "from")?
+        .unwrap_or(Period::of(state.settings.billing_period, now).start);
     let to = parse_time(&q.to, "to")?.unwrap_or(now);
     let (bucket_name, bucket) = match q.bucket.as_deref().unwrap_or("hour") {
         "hour" => ("hour", Duration::hours(1)),
@@ -358,7 +358,7 @@ pub(crate) async fn workspace_usage(
 ) -> Result<Json<WorkspaceUsage>, ApiError> {
     let workspace = require_workspace_admin(&caller, &ws)?;
     let now = state.clock.now();
-    let period = Period::of(state.scaling.billing_period, now);
+    let period = Period::of(state.settings.billing_period, now);
     let jobs = jobs::costs(
         state.store.read.as_ref(),
         &workspace,

@@ -126,6 +126,7 @@ impl Server {
                 body_limit: config.body_limit_bytes,
                 edge: config.edge_limits(),
                 bucket_allow: config.bucket_allow(),
+                billing_period,
             }),
             slurm: directory.clone(),
             submitter: Arc::new(
@@ -166,7 +167,6 @@ impl Server {
                 catalog: catalog.clone(),
                 default_mib_per_cpu: config.default_mib_per_cpu,
                 leading: leading.clone(),
-                billing_period,
             }),
             clock: Arc::new(eventlog::SystemClock),
         };

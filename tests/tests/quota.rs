@@ -269,7 +269,9 @@ async fn the_usage_series_has_a_point_per_day_with_the_spend_in_todays() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_reads_a_quota_back() {
     let (_dir, _, api) = tests::started(&[]);
-    set_quota(&api, "carol@lab.org", json!({"limit_usd": 0.01})).await;
+    let set = set_quota(&api, "carol@lab.org", json!({"limit_usd": 0.01})).await;
+    // Read our own write: the quota view has the PUT once its position is projected.
+    tests::wait_projected(&api.server, set["position"].as_i64().unwrap()).await;
     let (status, q) = api.get("/v1/workspaces/default/quotas/carol@lab.org").await;
     assert_eq!(
         (status, q["limit_usd"].as_str()),
