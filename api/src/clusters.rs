@@ -51,9 +51,10 @@ pub struct RegisterClusterRequest {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SlurmSettings {
-    /// `http://` or `https://` URL of slurmrestd.
+    /// `http://` or `https://` URL of slurmrestd, at most 2,048 characters.
     #[schema(
         example = "https://slurm.gpu-east.internal:6820",
+        max_length = 2048,
         pattern = "^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?$"
     )]
     pub url: String,

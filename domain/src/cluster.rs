@@ -4,6 +4,9 @@
 use crate::submit::FieldError;
 use crate::{ClusterId, SlurmEndpoint};
 
+/// The longest slurmrestd URL a cluster may have.
+pub const MAX_URL_LEN: usize = 2_048;
+
 /// The only slurmrestd API version this build speaks.
 pub const SLURM_API_VERSION: &str = "v0.0.44";
 
@@ -60,6 +63,12 @@ impl Registration<'_> {
             return Err(invalid(
                 "bucket",
                 "bucket must be an S3 bucket name: 3-63 of a-z 0-9 . -, starting and ending with a letter or digit",
+            ));
+        }
+        if self.slurm_url.len() > MAX_URL_LEN {
+            return Err(invalid(
+                "slurm.url",
+                format!("slurm.url must be at most {MAX_URL_LEN} characters"),
             ));
         }
         if !url_in_documented_form(self.slurm_url) {
@@ -162,12 +171,15 @@ mod tests {
     #[test]
     fn each_bad_field_is_named() {
         type Spoil = fn(&mut Registration<'static>);
-        let cases: [(&str, Spoil); 7] = [
+        let cases: [(&str, Spoil); 8] = [
             ("id", |r| r.id = "Bad Id"),
             ("name", |r| r.name = "  "),
             ("region", |r| r.region = "US_EAST"),
             ("bucket", |r| r.bucket = "a..b"),
             ("slurm.url", |r| r.slurm_url = "http://slurm?x=1"),
+            ("slurm.url", |r| {
+                r.slurm_url = format!("https://slurm/{}", "a".repeat(MAX_URL_LEN)).leak()
+            }),
             ("slurm.user", |r| r.slurm_user = "root user"),
             ("slurm.api_version", |r| r.slurm_api_version = "v0.0.40"),
         ];

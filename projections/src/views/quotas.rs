@@ -86,7 +86,8 @@ impl Projector for QuotaViews {
     fn reads(&self, event_type: &str) -> Reads {
         Reads::decoded_if(matches!(
             event_type,
-            "QuotaSet" | "QuotaRemoved" | "QuotaEnforced"
+            // QuotaWarningRaised changes no view, but is read (and so must decode) as before.
+            "QuotaSet" | "QuotaRemoved" | "QuotaEnforced" | "QuotaWarningRaised"
         ))
     }
 
