@@ -2,8 +2,10 @@
 //! `GET /v1/users/me/usage` (a series for plotting) and `GET /v1/workspaces/{ws}/usage` (admins:
 //! per user). The quota routes are in `quotas.rs`.
 //!
-//! Figures are computed at read time from the jobs projection with `domain::cost` (the rules are
-//! there and in docs/cost.md), so a replayed log gives the same figures for the same instant.
+//! Figures are computed at read time with `domain::cost` (the rules are there and in docs/cost.md)
+//! from the `costs` projection, which keeps each user's running jobs and the jobs that ended in
+//! each month: a request reads a few documents of the caller (or of the workspace's users), not
+//! every job. A replayed log gives the same figures for the same instant.
 //! Amounts are decimal strings of US dollars with six decimals (exact micro-USD).
 
 use axum::Json;
@@ -14,7 +16,7 @@ use domain::cost::{
     CostJob, Period, Pricing, QuotaMode, QuotaStatus, Usage, series, usage, usage_by_user,
 };
 use domain::{Email, WorkspaceId};
-use projections::views::jobs;
+use projections::views::costs;
 use projections::views::quotas::{self, QuotaView};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -162,7 +164,7 @@ async fn user_usage(
     now: DateTime<Utc>,
 ) -> Result<Usage, ApiError> {
     let read = state.store.read.as_ref();
-    let jobs = jobs::costs(read, workspace, Some(email.as_str()), &pricing(state)).await?;
+    let jobs = costs::of_user(read, workspace, email, period.start, now, &pricing(state)).await?;
     Ok(usage(&jobs, period, now))
 }
 
@@ -289,8 +291,8 @@ pub(crate) async fn my_series(
         .with_field("from"));
     }
     let read = state.store.read.as_ref();
-    let me = Some(caller.email.as_str());
-    let jobs = jobs::costs(read, &caller.workspace, me, &pricing(&state)).await?;
+    let (ws, me) = (&caller.workspace, &caller.email);
+    let jobs = costs::of_user(read, ws, me, from, now, &pricing(&state)).await?;
     let refs: Vec<&CostJob> = jobs.iter().collect();
     let points = series(&refs, from, to, bucket, now)
         .into_iter()
@@ -359,13 +361,8 @@ pub(crate) async fn workspace_usage(
     let workspace = require_workspace_admin(&caller, &ws)?;
     let now = state.clock.now();
     let period = Period::of(state.settings.billing_period, now);
-    let jobs = jobs::costs(
-        state.store.read.as_ref(),
-        &workspace,
-        None,
-        &pricing(&state),
-    )
-    .await?;
+    let read = state.store.read.as_ref();
+    let jobs = costs::of_workspace(read, &workspace, period.start, now, &pricing(&state)).await?;
     let by_user = usage_by_user(&jobs, period, now);
     let quotas = quotas::of_workspace(state.store.read.as_ref(), &workspace).await?;
     let mut emails: std::collections::BTreeSet<String> =

@@ -242,6 +242,7 @@ pub fn all_projectors() -> Vec<Arc<dyn Projector>> {
         Arc::new(views::jobs::JobViews),
         Arc::new(views::feed::Feed),
         Arc::new(views::quotas::QuotaViews),
+        Arc::new(views::costs::CostViews),
     ]
 }
 

@@ -6,7 +6,6 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use domain::cost::{CostJob, PricedJob, Pricing};
 use domain::job::{JobState, explain_pending};
 use domain::submit::JobShape;
 use domain::{ClusterId, DomainEvent, SubmittedVia, WorkspaceId};
@@ -116,36 +115,6 @@ pub async fn of_workspace(
         }
     }
     Ok(out)
-}
-
-/// What the workspace's jobs cost, priced by `pricing` (`domain::cost::Pricing::job`): every
-/// started job, or only `user`'s.
-pub async fn costs(
-    read: &dyn eventlog::ReadStore,
-    workspace: &WorkspaceId,
-    user: Option<&str>,
-    pricing: &Pricing,
-) -> Result<Vec<CostJob>, eventlog::LogError> {
-    Ok(of_workspace(read, workspace)
-        .await?
-        .iter()
-        .filter(|v| user.is_none_or(|u| v.user == u))
-        .filter_map(|v| pricing.job(v.priced()))
-        .collect())
-}
-
-impl JobView {
-    /// What cost reads of the job.
-    pub fn priced(&self) -> PricedJob<'_> {
-        PricedJob {
-            user: &self.user,
-            job_id: self.job_id,
-            shape: &self.shape,
-            started_at: self.started_at,
-            ended_at: self.ended_at,
-            recorded_rate: self.rate,
-        }
-    }
 }
 
 /// One job of a cluster, by id.

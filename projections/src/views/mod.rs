@@ -2,6 +2,7 @@
 //! names no read store call of its own).
 
 pub mod clusters;
+pub mod costs;
 pub mod event_counts;
 pub mod feed;
 pub mod jobs;

@@ -1,0 +1,258 @@
+//! `costs`: what each user's jobs cost, kept per user so that a profile, a usage series or a
+//! workspace's usage reads a few documents, not every job of the workspace.
+//!
+//! Per workspace, a user's started jobs that have not ended are in `running:<ws>` (keyed by
+//! email), and the jobs that ended in a UTC month in `ended:<ws>:<YYYY-MM>` (keyed by email).
+//! Each job's own entry (`by-stream`, keyed by its stream) remembers where it is, so a state
+//! change moves it: started → running; ended → its month; a NODE_FAIL that Slurm corrects back to
+//! running. Jobs that never started cost nothing and stay in their own entry only. Prices are not
+//! stored: a job keeps its shape and the rate recorded at submission, and is priced when read
+//! (`domain::cost::Pricing::job`), exactly as the jobs view is.
+//!
+//! A job is filed under the month of its end as the log recorded it (Slurm's end time, or the
+//! event's time when Slurm's is later), so every month up to now's holds every job that ended.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Datelike, Utc};
+use domain::cost::{CostJob, PricedJob, Pricing};
+use domain::job::JobState;
+use domain::submit::JobShape;
+use domain::{ClusterId, DomainEvent, Email, WorkspaceId};
+use serde::{Deserialize, Serialize};
+
+use crate::{Applied, Event, Projector, Reads, ViewTx};
+
+pub const NAME: &str = "costs";
+
+/// The projector; its documents and checkpoint are kept under [`NAME`].
+pub struct CostViews;
+
+const BY_STREAM: &str = "by-stream";
+
+fn running_collection(workspace: &WorkspaceId) -> String {
+    format!("running:{workspace}")
+}
+
+fn ended_collection(workspace: &WorkspaceId, month: &str) -> String {
+    format!("ended:{workspace}:{month}")
+}
+
+fn month_of(at: DateTime<Utc>) -> String {
+    format!("{:04}-{:02}", at.year(), at.month())
+}
+
+/// One job as cost reads it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CostedJob {
+    pub job_id: u64,
+    pub shape: JobShape,
+    /// The hourly rate recorded at submission (`None` for jobs recorded before cost existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<domain::MicroUsd>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<DateTime<Utc>>,
+}
+
+/// A user's jobs in one place (running, or ended in one month), keyed `<cluster>/<job id>`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserJobs {
+    pub jobs: BTreeMap<String, CostedJob>,
+}
+
+/// A job's own entry: whose it is and where its costed copy is.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Entry {
+    workspace: WorkspaceId,
+    cluster_id: ClusterId,
+    user: Email,
+    job: CostedJob,
+    /// The month it is filed under while ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ended_in: Option<String>,
+}
+
+impl Entry {
+    fn key(&self) -> String {
+        format!("{}/{}", self.cluster_id, self.job.job_id)
+    }
+
+    /// The collection its costed copy is in, if it started.
+    fn place(&self) -> Option<String> {
+        self.job.started_at?;
+        Some(match &self.ended_in {
+            Some(month) => ended_collection(&self.workspace, month),
+            None => running_collection(&self.workspace),
+        })
+    }
+}
+
+#[async_trait]
+impl Projector for CostViews {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn reads(&self, event_type: &str) -> Reads {
+        Reads::decoded_if(event_type == "JobSubmitted" || event_type == "JobStateChanged")
+    }
+
+    async fn apply(&self, view: &mut ViewTx<'_>, event: Event<'_>) -> Applied {
+        let stream = &event.recorded.stream_id;
+        let recorded_at = event.recorded.recorded_at;
+        match event.domain {
+            Some(DomainEvent::JobSubmitted(j)) => {
+                let entry = Entry {
+                    workspace: j.workspace,
+                    cluster_id: j.cluster_id,
+                    user: j.user,
+                    job: CostedJob {
+                        job_id: j.job_id,
+                        shape: j.shape,
+                        rate: j.rate,
+                        started_at: None,
+                        ended_at: None,
+                    },
+                    ended_in: None,
+                };
+                view.put(BY_STREAM, stream, &entry)
+            }
+            Some(DomainEvent::JobStateChanged(c)) => {
+                let Some(mut entry) = view.get::<Entry>(BY_STREAM, stream).await? else {
+                    return Ok(());
+                };
+                let before = entry.place();
+                // As the jobs view derives them (`views::jobs`).
+                let at = c.at.unwrap_or(recorded_at);
+                if entry.job.started_at.is_none() {
+                    entry.job.started_at =
+                        c.started_at.or((c.to == JobState::Running).then_some(at));
+                }
+                entry.job.ended_at = c.to.is_terminal().then_some(at);
+                entry.ended_in = entry.job.ended_at.map(|e| month_of(e.min(recorded_at)));
+                let key = entry.key();
+                if let Some(from) = before {
+                    let mut jobs: UserJobs = view
+                        .get(&from, entry.user.as_str())
+                        .await?
+                        .unwrap_or_default();
+                    jobs.jobs.remove(&key);
+                    put_or_delete(view, &from, entry.user.as_str(), &jobs)?;
+                }
+                if let Some(to) = entry.place() {
+                    let mut jobs: UserJobs = view
+                        .get(&to, entry.user.as_str())
+                        .await?
+                        .unwrap_or_default();
+                    jobs.jobs.insert(key, entry.job.clone());
+                    view.put(&to, entry.user.as_str(), &jobs)?;
+                }
+                view.put(BY_STREAM, stream, &entry)
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+fn put_or_delete(view: &mut ViewTx<'_>, collection: &str, key: &str, jobs: &UserJobs) -> Applied {
+    if jobs.jobs.is_empty() {
+        view.delete(collection, key);
+        Ok(())
+    } else {
+        view.put(collection, key, jobs)
+    }
+}
+
+/// The months from `from`'s to `until`'s, as `YYYY-MM` (at most 1,200: a century).
+fn months(from: DateTime<Utc>, until: DateTime<Utc>) -> Vec<String> {
+    let (mut y, mut m) = (from.year(), from.month());
+    let mut out = Vec::new();
+    while (y, m) <= (until.year(), until.month()) && out.len() < 1_200 {
+        out.push(format!("{y:04}-{m:02}"));
+        (y, m) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+    }
+    out
+}
+
+fn priced(user: &str, jobs: UserJobs, pricing: &Pricing, out: &mut Vec<CostJob>) {
+    out.extend(jobs.jobs.values().filter_map(|j| {
+        pricing.job(PricedJob {
+            user,
+            job_id: j.job_id,
+            shape: &j.shape,
+            started_at: j.started_at,
+            ended_at: j.ended_at,
+            recorded_rate: j.rate,
+        })
+    }));
+}
+
+/// `user`'s jobs that cost something at or after `from`, up to `now`, priced: the running ones
+/// and those that ended since `from`'s month. Reads one document per month.
+pub async fn of_user(
+    read: &dyn eventlog::ReadStore,
+    workspace: &WorkspaceId,
+    user: &Email,
+    since: DateTime<Utc>,
+    now: DateTime<Utc>,
+    pricing: &Pricing,
+) -> Result<Vec<CostJob>, super::ViewError> {
+    let mut out = Vec::new();
+    let mut places = vec![running_collection(workspace)];
+    places.extend(
+        months(since, now)
+            .iter()
+            .map(|m| ended_collection(workspace, m)),
+    );
+    for place in places {
+        if let Some(jobs) = super::live(read, NAME, &place, user.as_str()).await? {
+            priced(user.as_str(), jobs, pricing, &mut out);
+        }
+    }
+    Ok(out)
+}
+
+/// Every user's jobs of the workspace that cost something at or after `since`, up to `now`,
+/// priced. Reads the running jobs and one collection per month.
+pub async fn of_workspace(
+    read: &dyn eventlog::ReadStore,
+    workspace: &WorkspaceId,
+    since: DateTime<Utc>,
+    now: DateTime<Utc>,
+    pricing: &Pricing,
+) -> Result<Vec<CostJob>, super::ViewError> {
+    let mut out = Vec::new();
+    let mut places = vec![running_collection(workspace)];
+    places.extend(
+        months(since, now)
+            .iter()
+            .map(|m| ended_collection(workspace, m)),
+    );
+    for place in places {
+        for row in eventlog::list_all(read, eventlog::ModelSet::Live, NAME, &place).await? {
+            let jobs = super::decode(NAME, &row.key, &row.doc)?;
+            priced(&row.key, jobs, pricing, &mut out);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn months_run_from_the_first_to_the_last_inclusive() {
+        let at = |y, m, d| Utc.with_ymd_and_hms(y, m, d, 12, 0, 0).unwrap();
+        assert_eq!(
+            months(at(2026, 11, 30), at(2027, 2, 1)),
+            ["2026-11", "2026-12", "2027-01", "2027-02"]
+        );
+        assert_eq!(months(at(2026, 11, 2), at(2026, 11, 29)), ["2026-11"]);
+        assert!(months(at(2027, 1, 1), at(2026, 1, 1)).is_empty());
+    }
+}
