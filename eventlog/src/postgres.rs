@@ -241,6 +241,83 @@ async fn append_one(
     Ok(appended(head, &rows)?)
 }
 
+/// A whole group in a few statements — whether any of its event ids is stored, every stream's
+/// version, one multi-row insert — when nothing in it is unusual. `None`, with nothing written,
+/// when an event id is stored already or repeats within the group (an idempotent re-append: the
+/// append-at-a-time path sorts those out) or the insert fails; a version conflict refuses only
+/// its own append, as on that path.
+async fn append_group(
+    conn: &mut sqlx::PgConnection,
+    head: &mut Head,
+    group: &[AppendRequest],
+    now: chrono::DateTime<Utc>,
+) -> Result<Option<Vec<Result<AppendOutcome, LogError>>>, LogError> {
+    let ids: Vec<Uuid> = group
+        .iter()
+        .flat_map(|r| r.events.iter().map(|e| e.event_id))
+        .collect();
+    let distinct: std::collections::HashSet<&Uuid> = ids.iter().collect();
+    if distinct.len() != ids.len() || group.iter().any(|r| r.events.is_empty()) {
+        return Ok(None);
+    }
+    let stored: Option<i32> =
+        sqlx::query_scalar("SELECT 1 FROM events WHERE event_id = ANY($1) LIMIT 1")
+            .bind(&ids)
+            .fetch_optional(&mut *conn)
+            .await?;
+    if stored.is_some() {
+        return Ok(None);
+    }
+    let streams: Vec<&str> = group.iter().map(|r| r.stream.as_str()).collect();
+    let mut versions: std::collections::HashMap<String, i64> = sqlx::query_as(
+        "SELECT stream_id, MAX(stream_version)::BIGINT FROM events \
+         WHERE stream_id = ANY($1) GROUP BY stream_id",
+    )
+    .bind(&streams)
+    .fetch_all(&mut *conn)
+    .await?
+    .into_iter()
+    .collect();
+    let mut at = *head;
+    let mut rows = Vec::new();
+    let mut results = Vec::with_capacity(group.len());
+    for request in group {
+        let stream = &request.stream;
+        let current = versions.get(stream.as_str()).copied().unwrap_or(0);
+        let prepared = request
+            .expected
+            .check(stream, current)
+            .and_then(|()| prepare_rows(at, stream, current, &request.events, now));
+        match prepared.and_then(|prepared| Ok((appended(&mut at, &prepared)?, prepared))) {
+            Ok((outcome, prepared)) => {
+                versions.insert(stream.to_string(), outcome.stream_version);
+                rows.extend(prepared.into_iter().map(|r| (stream.as_str(), r)));
+                results.push(Ok(outcome));
+            }
+            Err(e) => results.push(Err(e)),
+        }
+    }
+    sqlx::query("SAVEPOINT append_group")
+        .execute(&mut *conn)
+        .await?;
+    for chunk in rows.chunks(ROWS_PER_INSERT) {
+        let mut q = QueryBuilder::<Postgres>::new(format!("INSERT INTO events ({EVENT_COLUMNS}) "));
+        q.push_values(chunk, |b, (stream, r)| bind_row(b, stream, r));
+        if let Err(e) = q.build().execute(&mut *conn).await {
+            tracing::debug!(error = %e, "group insert refused; appending one at a time");
+            sqlx::query("ROLLBACK TO SAVEPOINT append_group")
+                .execute(&mut *conn)
+                .await?;
+            return Ok(None);
+        }
+    }
+    sqlx::query("RELEASE SAVEPOINT append_group")
+        .execute(&mut *conn)
+        .await?;
+    *head = at;
+    Ok(Some(results))
+}
+
 #[async_trait]
 impl GroupWrite for PgWriter {
     async fn write_group(&self, group: &[AppendRequest]) -> Result<GroupResult, LogError> {
@@ -256,6 +333,9 @@ impl GroupWrite for PgWriter {
         let start = head.position;
         // Read under the lock, so `recorded_at` never goes backwards as positions grow.
         let now = self.clock.now();
+        if let Some(results) = append_group(&mut tx, &mut head, group, now).await? {
+            return self.finish(tx, start, head, results).await;
+        }
         let mut results = Vec::with_capacity(group.len());
         for request in group {
             // Always a savepoint: an error aborts a PostgreSQL transaction until rolled back.
@@ -282,6 +362,29 @@ impl GroupWrite for PgWriter {
                 .await?;
             results.push(result);
         }
+        self.finish(tx, start, head, results).await
+    }
+
+    fn moved(&self, head: Position) {
+        self.head_tx.send_if_modified(|p| {
+            let moved = head > *p;
+            if moved {
+                *p = head;
+            }
+            moved
+        });
+    }
+}
+
+impl PgWriter {
+    /// Moves the log's head to `head` and commits, or rolls back when nothing was written.
+    async fn finish(
+        &self,
+        mut tx: sqlx::Transaction<'_, Postgres>,
+        start: Position,
+        head: Head,
+        results: Vec<Result<AppendOutcome, LogError>>,
+    ) -> Result<GroupResult, LogError> {
         if head.position == start {
             tx.rollback().await?;
             return Ok((results, None));
@@ -299,16 +402,6 @@ impl GroupWrite for PgWriter {
             .await?;
         tx.commit().await?;
         Ok((results, Some(head.position)))
-    }
-
-    fn moved(&self, head: Position) {
-        self.head_tx.send_if_modified(|p| {
-            let moved = head > *p;
-            if moved {
-                *p = head;
-            }
-            moved
-        });
     }
 }
 

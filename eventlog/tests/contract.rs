@@ -326,6 +326,47 @@ async fn idempotent_reappend(b: Backend) {
     assert_eq!(log.read_all(0, 100).await.unwrap().len(), 4);
 }
 
+/// One batch sent by many callers at once (a retry racing its original) lands once: one caller
+/// appends it, the others get its stored positions; a group mixing new streams with it keeps
+/// the new ones.
+async fn racing_reappends_of_one_batch_land_once(b: Backend) {
+    let ctx = Ctx::new(b);
+    let store = ctx.open().await;
+    const TASKS: usize = 8;
+    let batch = vec![ev(1), ev(2)];
+    let barrier = Arc::new(tokio::sync::Barrier::new(TASKS));
+    let mut handles = Vec::new();
+    for t in 0..TASKS {
+        let (log, barrier, batch) = (store.log.clone(), barrier.clone(), batch.clone());
+        handles.push(tokio::spawn(async move {
+            barrier.wait().await;
+            let (s, mine) = (sid("s"), sid(&format!("t{t}")));
+            let fresh_event = [ev(100 + t as u64)];
+            let again = log.append(&s, ExpectedVersion::NoStream, &batch);
+            let fresh = log.append(&mine, ExpectedVersion::NoStream, &fresh_event);
+            let (again, fresh) = tokio::join!(again, fresh);
+            (again.unwrap(), fresh.unwrap())
+        }));
+    }
+    let mut appended = 0;
+    for h in handles {
+        let (again, fresh) = h.await.unwrap();
+        appended += usize::from(!again.already_stored);
+        assert_eq!(again.stream_version, 2, "{again:?}");
+        assert!(!fresh.already_stored);
+        assert_eq!(fresh.stream_version, 1);
+    }
+    assert_eq!(appended, 1, "one caller appended the batch");
+    assert_eq!(store.log.head().await.unwrap().position, 2 + TASKS as i64);
+    assert_eq!(
+        verify_chain(store.log.as_ref(), |_| {})
+            .await
+            .unwrap()
+            .first_break,
+        None
+    );
+}
+
 /// Appends `ev(i)` for each `i` of `numbers` to stream `s`, one append each.
 async fn append_one_by_one(store: &Store, numbers: std::ops::Range<u64>) {
     for i in numbers {
@@ -553,6 +594,7 @@ contract!(
     racing_writers_one_winner_per_version,
     concurrent_writers_and_a_live_subscriber,
     idempotent_reappend,
+    racing_reappends_of_one_batch_land_once,
     resume_from_checkpoint_after_reopen,
     hash_chain_finds_an_edited_row,
     read_store_commits_atomically_with_its_checkpoint,
