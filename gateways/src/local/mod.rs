@@ -293,7 +293,7 @@ impl LocalExecutor {
                 let never_started = record.state == JobState::Pending
                     && record.start_time.is_none()
                     && record.pid.is_none();
-                match record.body.clone() {
+                match &record.body {
                     Some(job) if never_started => {
                         let body = serde_json::json!({ "job": job });
                         match demand_of(&settings, &body) {
@@ -302,7 +302,7 @@ impl LocalExecutor {
                                     job_id = record.job_id,
                                     "job waiting before the restart: queued again"
                                 );
-                                waiting.push((record.job_id, job, demand, nodes, family));
+                                waiting.push((record.job_id, demand, nodes, family));
                             }
                             Err(e) => {
                                 record.state = JobState::Failed;
@@ -340,8 +340,8 @@ impl LocalExecutor {
         waiting.sort_by_key(|w| w.0);
         let mut queue = Queue::default();
         let mut cancels = BTreeMap::new();
-        for (job_id, job, demand, nodes, family) in waiting {
-            let (queued, cancel) = Queued::new(job_id, job, (demand, nodes, family));
+        for (job_id, demand, nodes, family) in waiting {
+            let (queued, cancel) = Queued::new(job_id, (demand, nodes, family));
             cancels.insert(job_id, cancel);
             queue.waiting.push_back(queued);
         }
@@ -440,17 +440,22 @@ impl LocalExecutor {
     }
 
     async fn save(&self, record: &Record) {
+        self.persist(record.job_id, serde_json::to_vec(record));
+    }
+
+    /// Writes a job's record, serialized.
+    fn persist(&self, job_id: u64, bytes: serde_json::Result<Vec<u8>>) {
         let path = self
             .inner
             .settings
             .state_dir
             .join("jobs")
-            .join(format!("{}.json", record.job_id));
-        let result = serde_json::to_vec(record)
+            .join(format!("{job_id}.json"));
+        let result = bytes
             .map_err(std::io::Error::other)
             .and_then(|bytes| write_atomic(&path, &bytes));
         if let Err(e) = result {
-            tracing::error!(job_id = record.job_id, error = %e, "could not persist a local job record");
+            tracing::error!(job_id, error = %e, "could not persist a local job record");
         }
     }
 

@@ -5,7 +5,6 @@ use super::*;
 /// A job waiting to start.
 pub(super) struct Queued {
     pub(super) job_id: u64,
-    pub(super) job: Value,
     pub(super) cancel: oneshot::Receiver<()>,
     /// What one of its nodes needs, how many, and of which family.
     pub(super) demand: Demand,
@@ -15,15 +14,14 @@ pub(super) struct Queued {
 
 impl Queued {
     /// A job to queue (what one of its nodes needs, how many, which family), and what cancels it.
+    /// Its body stays in its record only (read when it starts), not twice in memory.
     pub(super) fn new(
         job_id: u64,
-        job: Value,
         (demand, nodes, family): (Demand, u32, Family),
     ) -> (Queued, oneshot::Sender<()>) {
         let (tx, rx) = oneshot::channel();
         let queued = Queued {
             job_id,
-            job,
             cancel: rx,
             demand,
             nodes,
@@ -142,15 +140,16 @@ impl SlurmPort for LocalExecutor {
             pid_start: None,
             boot_id: None,
             node: None,
-            // Kept until it starts, so a restart can queue it again.
-            body: Some(job.clone()),
+            // Kept until it starts (the queue reads it from here), so a restart can queue it again.
+            body: Some(job),
             changed: 0,
         };
         self.mark_changed(&mut record);
-        records.insert(job_id, record.clone());
+        let bytes = serde_json::to_vec(&record);
+        records.insert(job_id, record);
         drop(records);
-        self.save(&record).await;
-        let (queued, cancel) = Queued::new(job_id, job, (demand, nodes, family));
+        self.persist(job_id, bytes);
+        let (queued, cancel) = Queued::new(job_id, (demand, nodes, family));
         self.inner.cancels.lock().await.insert(job_id, cancel);
         self.inner.queue.lock().await.enqueue(queued);
         self.dispatch().await;
@@ -254,7 +253,7 @@ mod tests {
             cpus: 1,
             memory_mib: 1,
         };
-        Queued::new(job_id, Value::Null, (one, 1, Family::Compute)).0
+        Queued::new(job_id, (one, 1, Family::Compute)).0
     }
 
     #[test]

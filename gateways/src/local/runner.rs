@@ -49,7 +49,7 @@ impl LocalExecutor {
             self.update(job_id, |r| r.node = Some(nodes.join(",")))
                 .await;
             let first = nodes.first().cloned().unwrap_or_else(|| "local".into());
-            self.clone().run(job_id, q.job, q.cancel, &first).await;
+            self.clone().run(job_id, q.cancel, &first).await;
             if let Ok(mut fleet) = self.inner.fleet.lock() {
                 fleet.release(job_id, demand);
             }
@@ -62,9 +62,7 @@ impl LocalExecutor {
     pub(super) async fn worker(self, first: Queued) {
         let mut next = first;
         loop {
-            self.clone()
-                .run(next.job_id, next.job, next.cancel, "local")
-                .await;
+            self.clone().run(next.job_id, next.cancel, "local").await;
             let mut queue = self.inner.queue.lock().await;
             match queue.waiting.pop_front() {
                 Some(job) => next = job,
@@ -76,14 +74,26 @@ impl LocalExecutor {
         }
     }
 
-    pub(super) async fn run(
-        self,
-        job_id: u64,
-        job: Value,
-        cancel: oneshot::Receiver<()>,
-        node: &str,
-    ) {
+    pub(super) async fn run(self, job_id: u64, cancel: oneshot::Receiver<()>, node: &str) {
         let settings = &self.inner.settings;
+        // The body waits in the job's record until it starts (cleared below, once running).
+        let body = self
+            .inner
+            .records
+            .lock()
+            .await
+            .get(&job_id)
+            .and_then(|r| r.body.clone());
+        let Some(job) = body else {
+            tracing::warn!(job_id, "a queued local job has no body to run; failed");
+            self.update(job_id, |r| {
+                r.state = JobState::Failed;
+                r.reason = Some("the job's body was lost before it started".into());
+                r.end_time = Some(Utc::now());
+            })
+            .await;
+            return;
+        };
         let script_path = settings
             .state_dir
             .join("scripts")
