@@ -203,9 +203,15 @@ async fn the_costs_projection_prices_like_every_job_of_the_jobs_view() {
     log.change("c2", 5, JobState::Running, at(0, 1)).await;
     log.change("c2", 5, JobState::Failed, at(0, 2)).await;
 
+    // Job 6: Slurm dates its end an hour past the end of November, ahead of an instant asked
+    // about (a clock ahead of the server's): still counted up to that instant.
+    log.submit("c1", 6, a, 2, Some(60_000)).await;
+    log.change("c1", 6, JobState::Running, at(30, 0)).await;
+    log.change("c1", 6, JobState::Completed, at(31, 1)).await;
+
     project(&log, ModelSet::Live).await;
     let all = from_jobs_view(&log).await;
-    assert_eq!(all.len(), 5, "{all:?}");
+    assert_eq!(all.len(), 6, "{all:?}");
     let p = pricing();
     let read = log.store.read.as_ref();
     let periods = [
@@ -215,7 +221,7 @@ async fn the_costs_projection_prices_like_every_job_of_the_jobs_view() {
         Period::of(domain::cost::PeriodKind::Week, at(3, 0)),
     ];
     for period in periods {
-        for now in [at(1, 4), at(2, 0), at(20, 0)] {
+        for now in [at(1, 4), at(2, 0), at(20, 0), at(30, 23)] {
             if now < period.start {
                 continue;
             }

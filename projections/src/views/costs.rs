@@ -9,8 +9,9 @@
 //! stored: a job keeps its shape and the rate recorded at submission, and is priced when read
 //! (`domain::cost::Pricing::job`), exactly as the jobs view is.
 //!
-//! A job is filed under the month of its end as the log recorded it (Slurm's end time, or the
-//! event's time when Slurm's is later), so every month up to now's holds every job that ended.
+//! A job is filed under the month of its end (Slurm's end time when it says one). Reads take the
+//! months from the first instant asked about to the month after now's, so an end Slurm's clock
+//! dates a little ahead of the server's is still read; an end dated more than a month ahead is not.
 
 use std::collections::BTreeMap;
 
@@ -132,7 +133,7 @@ impl Projector for CostViews {
                         c.started_at.or((c.to == JobState::Running).then_some(at));
                 }
                 entry.job.ended_at = c.to.is_terminal().then_some(at);
-                entry.ended_in = entry.job.ended_at.map(|e| month_of(e.min(recorded_at)));
+                entry.ended_in = entry.job.ended_at.map(month_of);
                 let key = entry.key();
                 if let Some(from) = before {
                     let mut jobs: UserJobs = view
@@ -166,11 +167,16 @@ fn put_or_delete(view: &mut ViewTx<'_>, collection: &str, key: &str, jobs: &User
     }
 }
 
-/// The months from `from`'s to `until`'s, as `YYYY-MM` (at most 1,200: a century).
-fn months(from: DateTime<Utc>, until: DateTime<Utc>) -> Vec<String> {
+/// The months from `from`'s to the one after `now`'s, as `YYYY-MM` (at most 1,200: a century).
+fn months(from: DateTime<Utc>, now: DateTime<Utc>) -> Vec<String> {
     let (mut y, mut m) = (from.year(), from.month());
+    let last = if now.month() == 12 {
+        (now.year() + 1, 1)
+    } else {
+        (now.year(), now.month() + 1)
+    };
     let mut out = Vec::new();
-    while (y, m) <= (until.year(), until.month()) && out.len() < 1_200 {
+    while (y, m) <= last && out.len() < 1_200 {
         out.push(format!("{y:04}-{m:02}"));
         (y, m) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
     }
@@ -249,10 +255,13 @@ mod tests {
     fn months_run_from_the_first_to_the_last_inclusive() {
         let at = |y, m, d| Utc.with_ymd_and_hms(y, m, d, 12, 0, 0).unwrap();
         assert_eq!(
-            months(at(2026, 11, 30), at(2027, 2, 1)),
+            months(at(2026, 11, 30), at(2027, 1, 1)),
             ["2026-11", "2026-12", "2027-01", "2027-02"]
         );
-        assert_eq!(months(at(2026, 11, 2), at(2026, 11, 29)), ["2026-11"]);
-        assert!(months(at(2027, 1, 1), at(2026, 1, 1)).is_empty());
+        assert_eq!(
+            months(at(2026, 12, 2), at(2026, 12, 29)),
+            ["2026-12", "2027-01"]
+        );
+        assert!(months(at(2027, 3, 1), at(2026, 1, 1)).is_empty());
     }
 }
