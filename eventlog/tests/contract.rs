@@ -265,13 +265,12 @@ async fn concurrent_writers_and_a_live_subscriber(b: Backend) {
     assert_eq!(next_version.len(), WRITERS as usize);
     let ids: HashSet<_> = events.iter().map(|e| e.event_id).collect();
     assert_eq!(ids.len(), total);
-    assert_eq!(
-        verify_chain(store.log.as_ref(), |_| {})
-            .await
-            .unwrap()
-            .first_break,
-        None
-    );
+    assert_chain_intact(&store).await;
+}
+
+async fn assert_chain_intact(store: &Store) {
+    let report = verify_chain(store.log.as_ref(), |_| {}).await.unwrap();
+    assert_eq!(report.first_break, None);
 }
 
 async fn idempotent_reappend(b: Backend) {
@@ -358,13 +357,7 @@ async fn racing_reappends_of_one_batch_land_once(b: Backend) {
     }
     assert_eq!(appended, 1, "one caller appended the batch");
     assert_eq!(store.log.head().await.unwrap().position, 2 + TASKS as i64);
-    assert_eq!(
-        verify_chain(store.log.as_ref(), |_| {})
-            .await
-            .unwrap()
-            .first_break,
-        None
-    );
+    assert_chain_intact(&store).await;
 }
 
 /// Appends `ev(i)` for each `i` of `numbers` to stream `s`, one append each.

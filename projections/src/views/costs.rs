@@ -183,6 +183,16 @@ fn months(from: DateTime<Utc>, now: DateTime<Utc>) -> Vec<String> {
     out
 }
 
+/// Where the jobs that cost something from `since` to `now` are: the running jobs, then the
+/// month collections.
+fn places(workspace: &WorkspaceId, since: DateTime<Utc>, now: DateTime<Utc>) -> Vec<String> {
+    let ended = months(since, now);
+    let ended = ended.iter().map(|m| ended_collection(workspace, m));
+    std::iter::once(running_collection(workspace))
+        .chain(ended)
+        .collect()
+}
+
 fn priced(user: &str, jobs: UserJobs, pricing: &Pricing, out: &mut Vec<CostJob>) {
     out.extend(jobs.jobs.values().filter_map(|j| {
         pricing.job(PricedJob {
@@ -207,13 +217,7 @@ pub async fn of_user(
     pricing: &Pricing,
 ) -> Result<Vec<CostJob>, super::ViewError> {
     let mut out = Vec::new();
-    let mut places = vec![running_collection(workspace)];
-    places.extend(
-        months(since, now)
-            .iter()
-            .map(|m| ended_collection(workspace, m)),
-    );
-    for place in places {
+    for place in places(workspace, since, now) {
         if let Some(jobs) = super::live(read, NAME, &place, user.as_str()).await? {
             priced(user.as_str(), jobs, pricing, &mut out);
         }
@@ -231,13 +235,7 @@ pub async fn of_workspace(
     pricing: &Pricing,
 ) -> Result<Vec<CostJob>, super::ViewError> {
     let mut out = Vec::new();
-    let mut places = vec![running_collection(workspace)];
-    places.extend(
-        months(since, now)
-            .iter()
-            .map(|m| ended_collection(workspace, m)),
-    );
-    for place in places {
+    for place in places(workspace, since, now) {
         for row in eventlog::list_all(read, eventlog::ModelSet::Live, NAME, &place).await? {
             let jobs = super::decode(NAME, &row.key, &row.doc)?;
             priced(&row.key, jobs, pricing, &mut out);
