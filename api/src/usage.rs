@@ -164,7 +164,8 @@ async fn user_usage(
     now: DateTime<Utc>,
 ) -> Result<Usage, ApiError> {
     let read = state.store.read.as_ref();
-    let jobs = costs::of_user(read, workspace, email, period.start, now, &pricing(state)).await?;
+    let window = (period.start, now);
+    let jobs = costs::priced_jobs(read, workspace, Some(email), window, &pricing(state)).await?;
     Ok(usage(&jobs, period, now))
 }
 
@@ -292,7 +293,7 @@ pub(crate) async fn my_series(
     }
     let read = state.store.read.as_ref();
     let (ws, me) = (&caller.workspace, &caller.email);
-    let jobs = costs::of_user(read, ws, me, from, now, &pricing(&state)).await?;
+    let jobs = costs::priced_jobs(read, ws, Some(me), (from, now), &pricing(&state)).await?;
     let refs: Vec<&CostJob> = jobs.iter().collect();
     let points = series(&refs, from, to, bucket, now)
         .into_iter()
@@ -362,7 +363,8 @@ pub(crate) async fn workspace_usage(
     let now = state.clock.now();
     let period = Period::of(state.settings.billing_period, now);
     let read = state.store.read.as_ref();
-    let jobs = costs::of_workspace(read, &workspace, period.start, now, &pricing(&state)).await?;
+    let window = (period.start, now);
+    let jobs = costs::priced_jobs(read, &workspace, None, window, &pricing(&state)).await?;
     let by_user = usage_by_user(&jobs, period, now);
     let quotas = quotas::of_workspace(state.store.read.as_ref(), &workspace).await?;
     let mut emails: std::collections::BTreeSet<String> =

@@ -227,7 +227,8 @@ async fn the_costs_projection_prices_like_every_job_of_the_jobs_view() {
             }
             for user in [a, b] {
                 let email = Email::new(user).unwrap();
-                let mine = costs::of_user(read, &log.ws, &email, period.start, now, &p)
+                let window = (period.start, now);
+                let mine = costs::priced_jobs(read, &log.ws, Some(&email), window, &p)
                     .await
                     .unwrap();
                 let theirs: Vec<&CostJob> = all.iter().filter(|j| j.user == user).collect();
@@ -243,7 +244,8 @@ async fn the_costs_projection_prices_like_every_job_of_the_jobs_view() {
                     "{user}'s series in {period:?} at {now}"
                 );
             }
-            let everyone = costs::of_workspace(read, &log.ws, period.start, now, &p)
+            let window = (period.start, now);
+            let everyone = costs::priced_jobs(read, &log.ws, None, window, &p)
                 .await
                 .unwrap();
             assert_eq!(
@@ -254,16 +256,10 @@ async fn the_costs_projection_prices_like_every_job_of_the_jobs_view() {
         }
     }
     // A job that ended before the period is not read at all.
-    let november = costs::of_user(
-        read,
-        &log.ws,
-        &Email::new(b).unwrap(),
-        at(1, 0),
-        at(20, 0),
-        &p,
-    )
-    .await
-    .unwrap();
+    let b_email = Email::new(b).unwrap();
+    let november = costs::priced_jobs(read, &log.ws, Some(&b_email), (at(1, 0), at(20, 0)), &p)
+        .await
+        .unwrap();
     assert!(november.iter().all(|j| j.job_id != 5), "{november:?}");
 
     // A rebuild gives the same documents.

@@ -206,39 +206,30 @@ fn priced(user: &str, jobs: UserJobs, pricing: &Pricing, out: &mut Vec<CostJob>)
     }));
 }
 
-/// `user`'s jobs that cost something at or after `from`, up to `now`, priced: the running ones
-/// and those that ended since `from`'s month. Reads one document per month.
-pub async fn of_user(
+/// The jobs that cost something from `since` to `now`, priced: `user`'s, or every user's of the
+/// workspace with `None` — the running ones and those that ended from `since`'s month on. Reads
+/// one document (one collection for every user) per month.
+pub async fn priced_jobs(
     read: &dyn eventlog::ReadStore,
     workspace: &WorkspaceId,
-    user: &Email,
-    since: DateTime<Utc>,
-    now: DateTime<Utc>,
+    user: Option<&Email>,
+    (since, now): (DateTime<Utc>, DateTime<Utc>),
     pricing: &Pricing,
 ) -> Result<Vec<CostJob>, super::ViewError> {
     let mut out = Vec::new();
     for place in places(workspace, since, now) {
-        if let Some(jobs) = super::live(read, NAME, &place, user.as_str()).await? {
-            priced(user.as_str(), jobs, pricing, &mut out);
-        }
-    }
-    Ok(out)
-}
-
-/// Every user's jobs of the workspace that cost something at or after `since`, up to `now`,
-/// priced. Reads the running jobs and one collection per month.
-pub async fn of_workspace(
-    read: &dyn eventlog::ReadStore,
-    workspace: &WorkspaceId,
-    since: DateTime<Utc>,
-    now: DateTime<Utc>,
-    pricing: &Pricing,
-) -> Result<Vec<CostJob>, super::ViewError> {
-    let mut out = Vec::new();
-    for place in places(workspace, since, now) {
-        for row in eventlog::list_all(read, eventlog::ModelSet::Live, NAME, &place).await? {
-            let jobs = super::decode(NAME, &row.key, &row.doc)?;
-            priced(&row.key, jobs, pricing, &mut out);
+        match user {
+            Some(user) => {
+                if let Some(jobs) = super::live(read, NAME, &place, user.as_str()).await? {
+                    priced(user.as_str(), jobs, pricing, &mut out);
+                }
+            }
+            None => {
+                for row in eventlog::list_all(read, eventlog::ModelSet::Live, NAME, &place).await? {
+                    let jobs = super::decode(NAME, &row.key, &row.doc)?;
+                    priced(&row.key, jobs, pricing, &mut out);
+                }
+            }
         }
     }
     Ok(out)
