@@ -19,14 +19,18 @@ pub fn parse_ttl(text: &str) -> Result<Duration> {
             "--ttl {text:?}: use a positive number and a unit, like 30m, 12h or 7d"
         ))
     })?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
+    let unit_secs: u64 = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
         _ => bail!("--ttl {text:?}: the unit must be s, m, h or d, like 12h"),
     };
-    ensure!(secs <= 90 * 86_400, "--ttl {text:?}: at most 90d");
+    // Checked: a number of days past u64 must be refused, not wrap below the bound.
+    let secs = n.checked_mul(unit_secs).filter(|s| *s <= 90 * 86_400);
+    let Some(secs) = secs else {
+        bail!("--ttl {text:?}: at most 90d");
+    };
     Ok(Duration::from_secs(secs))
 }
 
@@ -73,6 +77,9 @@ mod tests {
         assert!(parse_ttl("0h").is_err());
         assert!(parse_ttl("h").is_err());
         assert!(parse_ttl("100d").is_err());
+        // Days past u64 are refused, not wrapped below the bound.
+        assert!(parse_ttl("300000000000000d").is_err());
+        assert!(parse_ttl("18446744073709551615m").is_err());
         assert!(parse_ttl("").is_err());
         assert!(
             parse_ttl("1é").is_err(),
