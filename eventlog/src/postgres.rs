@@ -244,8 +244,8 @@ async fn append_one(
 /// A whole group in a few statements — whether any of its event ids is stored, every stream's
 /// version, one multi-row insert — when nothing in it is unusual. `None`, with nothing written,
 /// when an event id is stored already or repeats within the group (an idempotent re-append: the
-/// append-at-a-time path sorts those out) or the insert fails; a version conflict refuses only
-/// its own append, as on that path.
+/// append-at-a-time path sorts those out) or the insert meets a stored id; a version conflict
+/// refuses only its own append, as on that path.
 async fn append_group(
     conn: &mut sqlx::PgConnection,
     head: &mut Head,
@@ -304,7 +304,10 @@ async fn append_group(
         let mut q = QueryBuilder::<Postgres>::new(format!("INSERT INTO events ({EVENT_COLUMNS}) "));
         q.push_values(chunk, |b, (stream, r)| bind_row(b, stream, r));
         if let Err(e) = q.build().execute(&mut *conn).await {
-            tracing::debug!(error = %e, "group insert refused; appending one at a time");
+            if !is_unique_violation(&e) {
+                // A database failure, not a clash of ids: the group fails, as on the other path.
+                return Err(e.into());
+            }
             sqlx::query("ROLLBACK TO SAVEPOINT append_group")
                 .execute(&mut *conn)
                 .await?;
