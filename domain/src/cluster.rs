@@ -5,7 +5,7 @@ use crate::submit::FieldError;
 use crate::{ClusterId, SlurmEndpoint};
 
 /// The longest slurmrestd URL a cluster may have.
-pub const MAX_URL_LEN: usize = 2_048;
+const MAX_URL_LEN: usize = 2_048;
 
 /// The only slurmrestd API version this build speaks.
 pub const SLURM_API_VERSION: &str = "v0.0.44";
@@ -91,7 +91,9 @@ impl Registration<'_> {
         if self.slurm_api_version != SLURM_API_VERSION {
             return Err(invalid(
                 "slurm.api_version",
-                "only slurmrestd v0.0.44 is supported; send \"v0.0.44\" or leave it out",
+                format!(
+                    "only slurmrestd {SLURM_API_VERSION} is supported; send \"{SLURM_API_VERSION}\" or leave it out"
+                ),
             ));
         }
         Ok(ClusterFields {
@@ -110,7 +112,7 @@ impl Registration<'_> {
 
 /// The documented form of a slurmrestd URL (`^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?$`):
 /// a host name or address, a port, a path — no user info, no query, no other characters.
-pub fn url_in_documented_form(url: &str) -> bool {
+fn url_in_documented_form(url: &str) -> bool {
     let Some(rest) = url
         .strip_prefix("http://")
         .or_else(|| url.strip_prefix("https://"))
@@ -123,15 +125,15 @@ pub fn url_in_documented_form(url: &str) -> bool {
         && host
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
-        && (1..=5).contains(&port.len())
         && port.chars().all(|c| c.is_ascii_digit())
+        && port.parse::<u16>().is_ok_and(|p| p > 0)
         && path
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "._~/-".contains(c))
 }
 
 /// An S3 bucket name: 3-63 of a-z 0-9 . -, starting and ending with a letter or digit, no `..`.
-pub fn valid_bucket(b: &str) -> bool {
+fn valid_bucket(b: &str) -> bool {
     (3..=63).contains(&b.len())
         && b.chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-')
@@ -206,6 +208,8 @@ mod tests {
             "http://user@slurm",
             "http://slurm:",
             "http://slurm:123456",
+            "http://slurm:99999",
+            "http://slurm:0",
             "http://slurm/a b",
             "http://",
             "http://slurm?x=1",
