@@ -216,6 +216,10 @@ pub struct Series {
 /// The most buckets one series answers.
 pub const MAX_BUCKETS: i64 = 2_000;
 
+/// How far back a series may start, in days (ten years): the spend is read per month from `from`
+/// on, so an unbounded `from` would make one request read centuries of empty months.
+pub const MAX_HISTORY_DAYS: i64 = 3_660;
+
 fn parse_time(text: &Option<String>, field: &str) -> Result<Option<DateTime<Utc>>, ApiError> {
     text.as_deref()
         .map(|t| {
@@ -236,7 +240,7 @@ fn parse_time(text: &Option<String>, field: &str) -> Result<Option<DateTime<Utc>
 /// Your spend and burn rate over time, per hour or per day, for plotting.
 #[utoipa::path(get, path = "/v1/users/me/usage", tag = "usage",
     params(
-        ("from" = Option<chrono::DateTime<chrono::Utc>>, Query, description = "RFC 3339; default: the billing period's start"),
+        ("from" = Option<chrono::DateTime<chrono::Utc>>, Query, description = "RFC 3339, at most ten years ago; default: the billing period's start"),
         ("to" = Option<chrono::DateTime<chrono::Utc>>, Query, description = "RFC 3339; default: now"),
         ("bucket" = Option<String>, Query, pattern = "^(hour|day)$", description = "`hour` (default) or `day`"),
     ),
@@ -273,6 +277,14 @@ pub(crate) async fn my_series(
             .with_field("bucket"));
         }
     };
+    if from < now - Duration::days(MAX_HISTORY_DAYS) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_query",
+            format!("from may be at most {MAX_HISTORY_DAYS} days (ten years) before now"),
+        )
+        .with_field("from"));
+    }
     if to <= from {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,

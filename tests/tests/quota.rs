@@ -152,6 +152,11 @@ async fn the_usage_series_names_the_parameter_at_fault() {
             Some("to"),
         ),
         ("from=2000-01-01T00:00:00Z&bucket=hour", Some("from")),
+        // One day, but centuries ago: refused before any month is read.
+        (
+            "from=0001-01-01T00:00:00Z&to=0001-01-02T00:00:00Z&bucket=day",
+            Some("from"),
+        ),
         ("colour=blue", None),
     ] {
         let (status, out) = api
