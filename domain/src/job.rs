@@ -191,6 +191,25 @@ pub fn decide_cancel(
     ]))
 }
 
+/// A job's start and end after `change`, as every view derives them: the start, once known, is
+/// kept (Slurm's start time, else the change's time when it is to RUNNING); the end is the change's
+/// time when it is terminal, and none again when Slurm corrects a NODE_FAIL. The change's time is
+/// Slurm's (`at`) or, without one, when the log recorded it.
+pub fn times_after(
+    started_at: Option<chrono::DateTime<chrono::Utc>>,
+    change: &crate::JobStateChanged,
+    recorded_at: chrono::DateTime<chrono::Utc>,
+) -> (
+    Option<chrono::DateTime<chrono::Utc>>,
+    Option<chrono::DateTime<chrono::Utc>>,
+) {
+    let at = change.at.unwrap_or(recorded_at);
+    let started = started_at.or(change
+        .started_at
+        .or((change.to == JobState::Running).then_some(at)));
+    (started, change.to.is_terminal().then_some(at))
+}
+
 /// Turns Slurm's pending reason into a sentence a researcher understands.
 pub fn explain_pending(reason: &str, cold_start_seconds: u32) -> String {
     match reason {
@@ -218,6 +237,36 @@ pub fn explain_pending(reason: &str, cold_start_seconds: u32) -> String {
 mod tests {
     use super::*;
     use crate::Email;
+
+    #[test]
+    fn times_after_keep_the_start_and_follow_the_end() {
+        use chrono::TimeZone;
+        let t = |h| chrono::Utc.with_ymd_and_hms(2026, 11, 29, h, 0, 0).unwrap();
+        let change = |to, at: Option<_>, started_at| crate::JobStateChanged {
+            job_id: 1,
+            from: JobState::Pending,
+            to,
+            reason: None,
+            node: None,
+            exit_code: None,
+            at,
+            started_at,
+        };
+        // To RUNNING without Slurm's times: started when recorded.
+        let running = change(JobState::Running, None, None);
+        assert_eq!(times_after(None, &running, t(1)), (Some(t(1)), None));
+        // PENDING straight to COMPLETED with Slurm's start: both times from Slurm.
+        let done = change(JobState::Completed, Some(t(3)), Some(t(2)));
+        assert_eq!(times_after(None, &done, t(4)), (Some(t(2)), Some(t(3))));
+        // A known start is kept; a NODE_FAIL ends, and a correction back to RUNNING un-ends.
+        let failed = change(JobState::NodeFail, Some(t(5)), Some(t(9)));
+        assert_eq!(
+            times_after(Some(t(1)), &failed, t(6)),
+            (Some(t(1)), Some(t(5)))
+        );
+        let again = change(JobState::Running, Some(t(7)), None);
+        assert_eq!(times_after(Some(t(1)), &again, t(7)), (Some(t(1)), None));
+    }
 
     #[test]
     fn terminal_states_never_change_and_same_state_is_no_change() {

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use chrono::{DateTime, Datelike, Utc};
 use domain::cost::{CostJob, PricedJob, Pricing};
-use domain::job::JobState;
+use domain::job::times_after;
 use domain::submit::JobShape;
 use domain::{ClusterId, DomainEvent, Email, WorkspaceId};
 use serde::{Deserialize, Serialize};
@@ -126,30 +126,21 @@ impl Projector for CostViews {
                     return Ok(());
                 };
                 let before = entry.place();
-                // As the jobs view derives them (`views::jobs`).
-                let at = c.at.unwrap_or(recorded_at);
-                if entry.job.started_at.is_none() {
-                    entry.job.started_at =
-                        c.started_at.or((c.to == JobState::Running).then_some(at));
-                }
-                entry.job.ended_at = c.to.is_terminal().then_some(at);
+                (entry.job.started_at, entry.job.ended_at) =
+                    times_after(entry.job.started_at, &c, recorded_at);
                 entry.ended_in = entry.job.ended_at.map(month_of);
-                let key = entry.key();
-                if let Some(from) = before {
-                    let mut jobs: UserJobs = view
-                        .get(&from, entry.user.as_str())
-                        .await?
-                        .unwrap_or_default();
+                let (key, after) = (entry.key(), entry.place());
+                let user = entry.user.as_str();
+                // Moved (started, ended, or ended no more): out of where it was.
+                if let Some(from) = before.filter(|b| after.as_ref() != Some(b)) {
+                    let mut jobs: UserJobs = view.get(&from, user).await?.unwrap_or_default();
                     jobs.jobs.remove(&key);
-                    put_or_delete(view, &from, entry.user.as_str(), &jobs)?;
+                    put_or_delete(view, &from, user, &jobs)?;
                 }
-                if let Some(to) = entry.place() {
-                    let mut jobs: UserJobs = view
-                        .get(&to, entry.user.as_str())
-                        .await?
-                        .unwrap_or_default();
+                if let Some(to) = after {
+                    let mut jobs: UserJobs = view.get(&to, user).await?.unwrap_or_default();
                     jobs.jobs.insert(key, entry.job.clone());
-                    view.put(&to, entry.user.as_str(), &jobs)?;
+                    view.put(&to, user, &jobs)?;
                 }
                 view.put(BY_STREAM, stream, &entry)
             }

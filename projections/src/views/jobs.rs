@@ -6,7 +6,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use domain::job::{JobState, explain_pending};
+use domain::job::{JobState, explain_pending, times_after};
 use domain::submit::JobShape;
 use domain::{ClusterId, DomainEvent, SubmittedVia, WorkspaceId};
 use serde::{Deserialize, Serialize};
@@ -307,20 +307,11 @@ impl Projector for JobViews {
                 let Some((pointer, mut doc)) = self.find(view, &event.stream_id).await? else {
                     return Ok(());
                 };
-                let at = c.at.unwrap_or(event.recorded_at);
+                (doc.started_at, doc.ended_at) = times_after(doc.started_at, &c, event.recorded_at);
                 doc.state = c.to;
                 doc.reason = c.reason.clone();
                 doc.node = c.node.or(doc.node);
                 doc.exit_code = c.exit_code.or(doc.exit_code);
-                if doc.started_at.is_none() {
-                    doc.started_at = c.started_at.or((c.to == JobState::Running).then_some(at));
-                }
-                if c.to.is_terminal() {
-                    doc.ended_at = Some(at);
-                } else {
-                    // A NODE_FAIL corrected by Slurm's later report: the job has not ended.
-                    doc.ended_at = None;
-                }
                 doc.pending_reason = (c.to == JobState::Pending).then(|| {
                     explain_pending(c.reason.as_deref().unwrap_or("None"), COLD_START_SECONDS)
                 });
