@@ -439,10 +439,6 @@ impl LocalExecutor {
         demand_of(&self.inner.settings, body)
     }
 
-    async fn save(&self, record: &Record) {
-        self.persist(record.job_id, serde_json::to_vec(record));
-    }
-
     /// Writes a job's record, serialized.
     fn persist(&self, job_id: u64, bytes: serde_json::Result<Vec<u8>>) {
         let path = self
@@ -481,9 +477,10 @@ impl LocalExecutor {
         if let Some(r) = records.get_mut(&job_id) {
             f(r);
             self.mark_changed(r);
-            let copy = r.clone();
+            // Serialized under the lock, written after it (no copy of the record, script and all).
+            let bytes = serde_json::to_vec(r);
             drop(records);
-            self.save(&copy).await;
+            self.persist(job_id, bytes);
         }
     }
 }
