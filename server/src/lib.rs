@@ -79,11 +79,13 @@ impl Server {
         // started: the projections, the embedded object store.
         let stop = StopOnDrop(stop_tx);
         let catalog = Arc::new(config.catalog()?);
-        let (directory, executor) = slurm_directory(&config, catalog.clone(), &job_user.user)?;
         let default_workspace = domain::WorkspaceId::new(commands::clusters::DEFAULT_WORKSPACE)
             .context("the default workspace id")?;
         let default_cluster = domain::ClusterId::new(commands::clusters::DEFAULT_CLUSTER)
             .context("the default cluster id")?;
+        let local = (default_workspace.clone(), default_cluster.clone());
+        let (directory, executor) =
+            slurm_directory(&config, catalog.clone(), &job_user.user, local)?;
         let leading = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let billing_period =
             domain::cost::PeriodKind::parse(&config.billing_period).unwrap_or_default();
@@ -324,6 +326,7 @@ fn slurm_directory(
     config: &Config,
     catalog: Arc<domain::scaling::Catalog>,
     user: &gateways::jobuser::JobUser,
+    local: (domain::WorkspaceId, domain::ClusterId),
 ) -> Result<(
     Arc<commands::slurm::LiveDirectory>,
     Arc<gateways::local::LocalExecutor>,
@@ -352,13 +355,7 @@ fn slurm_directory(
     .context("could not open the local executor")?;
     let executor = Arc::new(executor);
     let directory = commands::slurm::LiveDirectory::default();
-    directory.insert(
-        domain::WorkspaceId::new(commands::clusters::DEFAULT_WORKSPACE)
-            .context("the default workspace id")?,
-        domain::ClusterId::new(commands::clusters::DEFAULT_CLUSTER)
-            .context("the default cluster id")?,
-        executor.clone(),
-    );
+    directory.insert(local.0, local.1, executor.clone());
     Ok((Arc::new(directory), executor))
 }
 
