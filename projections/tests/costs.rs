@@ -111,9 +111,12 @@ impl Log {
 
 /// Every started job of the workspace from the jobs view, priced as the API used to.
 async fn from_jobs_view(log: &Log) -> Vec<CostJob> {
-    let views = jobs::of_workspace(log.store.read.as_ref(), &log.ws)
-        .await
-        .unwrap();
+    let mut views = Vec::new();
+    for cluster in ["c1", "c2"] {
+        let cluster = ClusterId::new(cluster).unwrap();
+        let read = log.store.read.as_ref();
+        views.extend(jobs::of_cluster(read, &log.ws, &cluster).await.unwrap());
+    }
     let p = pricing();
     views
         .iter()

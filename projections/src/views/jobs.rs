@@ -96,27 +96,6 @@ pub async fn of_cluster(
         .collect())
 }
 
-/// Every job view of a workspace: all its clusters' (from the clusters projection).
-pub async fn of_workspace(
-    read: &dyn eventlog::ReadStore,
-    workspace: &WorkspaceId,
-) -> Result<Vec<JobView>, eventlog::LogError> {
-    let clusters = eventlog::list_all(
-        read,
-        eventlog::ModelSet::Live,
-        super::clusters::NAME,
-        &super::clusters::collection(workspace),
-    )
-    .await?;
-    let mut out = Vec::new();
-    for row in clusters {
-        if let Ok(c) = serde_json::from_str::<super::clusters::ClusterView>(&row.doc) {
-            out.extend(of_cluster(read, workspace, &c.cluster_id).await?);
-        }
-    }
-    Ok(out)
-}
-
 /// One job of a cluster, by id.
 pub async fn get(
     read: &dyn eventlog::ReadStore,
