@@ -1175,19 +1175,27 @@ pub async fn settle_submissions(
 /// read within a few passes, and none is read twice.
 const SETTLE_LOOKUPS: usize = 256;
 
-/// Slurm jobs read in full while settling, by workspace, cluster and job id (a cluster id names
-/// one cluster only within its workspace, and two Slurms number their jobs alike): the job (kept
-/// only when its comment names a submission). A job id names one job while Slurm lists it; the
-/// memory is bounded by starting over past 100,000 entries.
-type SeenComments = HashMap<(WorkspaceId, ClusterId, u64), Option<SlurmJob>>;
+/// Slurm jobs read in full while settling, per cluster (by workspace and cluster: a cluster id
+/// names one cluster only within its workspace, and two Slurms number their jobs alike), by job
+/// id: the job (kept only when its comment names a submission). A job id names one job while
+/// Slurm lists it; a cluster's memory is bounded by starting over past 100,000 entries.
+type SeenComments = HashMap<(WorkspaceId, ClusterId), HashMap<u64, Option<SlurmJob>>>;
 static SEEN_COMMENTS: LazyLock<Mutex<SeenComments>> = LazyLock::new(|| Mutex::new(HashMap::new()));
 
-fn seen_comments() -> std::sync::MutexGuard<'static, SeenComments> {
+/// Runs `f` on what settling has read of one cluster's Slurm.
+fn with_seen<T>(
+    workspace: &WorkspaceId,
+    cluster: &ClusterId,
+    f: impl FnOnce(&mut HashMap<u64, Option<SlurmJob>>) -> T,
+) -> T {
     let mut memo = SEEN_COMMENTS.lock().unwrap_or_else(|p| p.into_inner());
-    if memo.len() > 100_000 {
-        memo.clear();
+    let seen = memo
+        .entry((workspace.clone(), cluster.clone()))
+        .or_default();
+    if seen.len() > 100_000 {
+        seen.clear();
     }
-    memo
+    f(seen)
 }
 
 /// The jobs of a listing of states whose comment names a submission, read in full by id (at
@@ -1199,14 +1207,13 @@ async fn read_commented(
     cluster: &ClusterId,
     states: &[StateReport],
 ) -> Result<(Vec<SlurmJob>, bool), JobError> {
-    let mut unread: Vec<u64> = {
-        let memo = seen_comments();
+    let mut unread: Vec<u64> = with_seen(workspace, cluster, |seen| {
         states
             .iter()
             .map(|r| r.job_id)
-            .filter(|id| !memo.contains_key(&(workspace.clone(), cluster.clone(), *id)))
+            .filter(|id| !seen.contains_key(id))
             .collect()
-    };
+    });
     unread.sort_unstable_by(|a, b| b.cmp(a));
     let complete = unread.len() <= SETTLE_LOOKUPS;
     unread.truncate(SETTLE_LOOKUPS);
@@ -1218,20 +1225,29 @@ async fn read_commented(
     .buffer_unordered(LOOKUP_CONCURRENCY)
     .collect()
     .await;
-    let mut memo = seen_comments();
+    // What was read before a lookup failed is kept, as before; the failure fails the pass.
+    let mut read = Vec::with_capacity(records.len());
+    let mut failed = None;
     for (id, record) in records {
-        let job = record?.filter(|j| j.submission_id().is_some());
-        memo.insert((workspace.clone(), cluster.clone(), id), job);
+        match record {
+            Ok(job) => read.push((id, job.filter(|j| j.submission_id().is_some()))),
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
     }
-    let listed = states
-        .iter()
-        .filter_map(|r| {
-            memo.get(&(workspace.clone(), cluster.clone(), r.job_id))
-                .cloned()
-                .flatten()
-        })
-        .collect();
-    Ok((listed, complete))
+    let listed = with_seen(workspace, cluster, |seen| {
+        seen.extend(read);
+        states
+            .iter()
+            .filter_map(|r| seen.get(&r.job_id).cloned().flatten())
+            .collect()
+    });
+    match failed {
+        Some(e) => Err(e.into()),
+        None => Ok((listed, complete)),
+    }
 }
 
 /// An open job over its cluster's limits: accepted before the limits, or under bigger ones.
