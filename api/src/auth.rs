@@ -147,6 +147,10 @@ enum Mode {
     Local {
         encoding: EncodingKey,
         decoding: DecodingKey,
+        /// Keys of sign-in link codes: derived from the secret with another label, so a code is
+        /// never a bearer token and a bearer token is never a code.
+        login_encoding: EncodingKey,
+        login_decoding: DecodingKey,
     },
     Jwks {
         /// Keys by `kid`; replaced as a whole on refresh.
@@ -197,10 +201,13 @@ fn parse_jwks(text: &str) -> Result<HashMap<String, DecodingKey>, KeyError> {
 impl Authenticator {
     /// HS256 with a local secret (the embedded default).
     pub fn local(secret: &[u8]) -> Self {
+        let login_key = login_key(secret);
         Self {
             mode: Mode::Local {
                 encoding: EncodingKey::from_secret(secret),
                 decoding: DecodingKey::from_secret(secret),
+                login_encoding: EncodingKey::from_secret(&login_key),
+                login_decoding: DecodingKey::from_secret(&login_key),
             },
             issuer: None,
             audience: None,
@@ -235,6 +242,11 @@ impl Authenticator {
         self
     }
 
+    /// The longest lifetime of a token this server accepts, in seconds.
+    pub fn max_lifetime_s(&self) -> i64 {
+        self.max_lifetime_s
+    }
+
     /// Replaces the JWKS keys (after a refresh). No effect in local mode.
     pub fn replace_jwks(&self, text: &str) -> Result<usize, KeyError> {
         let new = parse_jwks(text)?;
@@ -255,6 +267,64 @@ impl Authenticator {
             )?),
             Mode::Jwks { .. } => Err(KeyError::NotLocal),
         }
+    }
+
+    /// Whether this server signs its own tokens (the embedded default), and so can mint sign-in
+    /// links and console sessions.
+    pub fn is_local(&self) -> bool {
+        matches!(self.mode, Mode::Local { .. })
+    }
+
+    /// Signs a one-time sign-in link code (HS256 under a key derived from the local secret).
+    pub fn mint_login_code(&self, code: &LoginCode) -> Result<String, KeyError> {
+        match &self.mode {
+            Mode::Local { login_encoding, .. } => Ok(jsonwebtoken::encode(
+                &Header::new(Algorithm::HS256),
+                code,
+                login_encoding,
+            )?),
+            Mode::Jwks { .. } => Err(KeyError::NotLocal),
+        }
+    }
+
+    /// Checks a sign-in link code's signature and expiry (not whether it was used: that is the
+    /// log's `login:<link_id>` stream).
+    pub fn verify_login_code(&self, code: &str) -> Result<(LoginCode, Caller), AuthError> {
+        let Mode::Local { login_decoding, .. } = &self.mode else {
+            return Err(AuthError::BadSignature);
+        };
+        let header =
+            jsonwebtoken::decode_header(code).map_err(|e| AuthError::Malformed(e.to_string()))?;
+        if header.alg != Algorithm::HS256 {
+            return Err(AuthError::WrongAlgorithm(format!(
+                "{:?}; expected HS256",
+                header.alg
+            )));
+        }
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 0;
+        validation.validate_aud = false;
+        let code = jsonwebtoken::decode::<LoginCode>(code, login_decoding, &validation)
+            .map_err(|e| match e.kind() {
+                ErrorKind::ExpiredSignature => AuthError::Expired,
+                ErrorKind::InvalidSignature => AuthError::BadSignature,
+                _ => AuthError::Malformed(e.to_string()),
+            })?
+            .claims;
+        if code.kind != LOGIN_CODE_KIND {
+            return Err(AuthError::InvalidClaims("not a sign-in link".into()));
+        }
+        if code.exp.saturating_sub(chrono::Utc::now().timestamp()) > MAX_LOGIN_LINK_TTL_S {
+            return Err(AuthError::LifetimeTooLong(MAX_LOGIN_LINK_TTL_S));
+        }
+        let caller = Caller {
+            email: Email::new(code.email.clone())
+                .map_err(|e| AuthError::InvalidClaims(e.to_string()))?,
+            workspace: WorkspaceId::new(code.workspace.clone())
+                .map_err(|e| AuthError::InvalidClaims(e.to_string()))?,
+            role: code.role,
+        };
+        Ok((code, caller))
     }
 
     /// Checks a bearer token and returns the caller.
@@ -333,6 +403,49 @@ impl Authenticator {
     }
 }
 
+/// The console's session cookie: it holds a bearer token (HttpOnly, SameSite=Strict).
+pub const SESSION_COOKIE: &str = "clusterra_session";
+
+/// The `kind` claim of sign-in link codes.
+pub const LOGIN_CODE_KIND: &str = "login";
+
+/// The longest a sign-in link may live: 15 minutes.
+pub const MAX_LOGIN_LINK_TTL_S: i64 = 15 * 60;
+
+/// A one-time sign-in link's claims.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoginCode {
+    /// Always [`LOGIN_CODE_KIND`].
+    pub kind: String,
+    /// The link's id: its use is recorded on stream `login:<link_id>`.
+    pub link_id: uuid::Uuid,
+    pub email: String,
+    pub workspace: String,
+    pub role: Role,
+    pub exp: i64,
+}
+
+fn login_key(secret: &[u8]) -> Vec<u8> {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(b"clusterra sign-in link key v1\0");
+    h.update(secret);
+    h.finalize().to_vec()
+}
+
+/// The session cookie's token, if the request carries one.
+pub fn session_token(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(cookie::Cookie::split_parse)
+        .filter_map(Result::ok)
+        .find(|c| c.name() == SESSION_COOKIE)
+        .map(|c| c.value().to_owned())
+        .filter(|v| !v.is_empty())
+}
+
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
@@ -340,10 +453,19 @@ impl FromRequestParts<AppState> for Caller {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let value = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .ok_or(AuthError::Missing)?;
+        let Some(value) = parts.headers.get(axum::http::header::AUTHORIZATION) else {
+            // The console's session cookie stands for the header on reads only (the log and
+            // feed streams the browser opens with EventSource): a request that changes
+            // something must carry the header, which another site cannot make a browser send.
+            let safe =
+                parts.method == axum::http::Method::GET || parts.method == axum::http::Method::HEAD;
+            let token = session_token(&parts.headers)
+                .filter(|_| safe)
+                .ok_or(AuthError::Missing)?;
+            let caller = state.auth.verify(&token)?;
+            tracing::Span::current().record("caller", caller.email.as_str());
+            return Ok(caller);
+        };
         let value = value.to_str().map_err(|_| AuthError::NotBearer)?;
         let token = value
             .strip_prefix("Bearer ")

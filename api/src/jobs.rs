@@ -149,6 +149,13 @@ pub struct HistoryEntry {
 pub struct JobDetail {
     #[serde(flatten)]
     pub job: Job,
+    /// What the job has cost so far, in US dollars (from its start to its end, or to now while
+    /// it runs), at the hourly rate recorded when it was submitted; `"0"` before it starts.
+    #[schema(example = "0.012345")]
+    pub cost_usd: String,
+    /// Its hourly rate in US dollars (its share of the node it needs).
+    #[schema(example = "0.0416")]
+    pub rate_usd_per_hour: String,
     pub history: Vec<HistoryEntry>,
 }
 
@@ -343,9 +350,12 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 /// How a submission came in. A client may label itself `api` or `cli` (informational); `console`
 /// and `agent` are decided by the server's own routes for them, never taken from a header, so an
 /// API caller cannot make its job look like the agent's or the console's.
-fn via(headers: &HeaderMap, template: bool) -> Result<SubmittedVia, ApiError> {
+fn via(headers: &HeaderMap, template: bool, console: bool) -> Result<SubmittedVia, ApiError> {
     if template {
         return Ok(SubmittedVia::Template);
+    }
+    if console {
+        return Ok(SubmittedVia::Console);
     }
     match headers
         .get("x-clusterra-via")
@@ -389,6 +399,7 @@ pub(crate) async fn submit(
     min: MinPosition,
     Path(id): Path<String>,
     headers: HeaderMap,
+    console: Option<axum::Extension<crate::FromConsole>>,
     ApiJson(body): ApiJson<serde_json::Value>,
 ) -> Result<impl IntoResponse, ApiError> {
     let key = idempotency_key(&headers)?;
@@ -403,7 +414,7 @@ pub(crate) async fn submit(
         }
         None => (body, None, None),
     };
-    let via = via(&headers, template_id.is_some())?;
+    let via = via(&headers, template_id.is_some(), console.is_some())?;
     let submitted = state
         .submitter
         .submit(
@@ -601,9 +612,25 @@ pub(crate) async fn get_one(
             data: e.data_json().unwrap_or(serde_json::Value::Null),
         })
         .collect();
+    let pricing = crate::usage::pricing(&state);
+    let now = state.clock.now();
+    let priced = pricing.job(domain::cost::PricedJob {
+        user: &view.user,
+        job_id: view.job_id,
+        shape: &view.shape,
+        started_at: view.started_at,
+        ended_at: view.ended_at,
+        recorded_rate: view.rate,
+    });
+    let rate = view.rate.unwrap_or_else(|| pricing.rate(&view.shape));
+    let cost = priced.map_or(domain::MicroUsd::ZERO, |j| {
+        j.cost_between(chrono::DateTime::<Utc>::MIN_UTC, now, now)
+    });
     Ok((
         headers,
         Json(JobDetail {
+            cost_usd: cost.decimal(),
+            rate_usd_per_hour: rate.decimal(),
             job: Job::seen(
                 view,
                 slurm_status(&state, &caller, &cluster).await?.as_ref(),

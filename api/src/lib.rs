@@ -97,6 +97,11 @@ pub struct AppState {
     pub clock: Arc<dyn eventlog::Clock>,
 }
 
+/// Marks a request the console makes to the API in-process (a request extension, which no
+/// client can set): its submissions are recorded as made `via` the console.
+#[derive(Debug, Clone, Copy)]
+pub struct FromConsole;
+
 /// One route the server serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteSpec {
@@ -207,8 +212,19 @@ pub fn routes() -> Vec<RouteSpec> {
     table().specs
 }
 
-/// The whole router.
-pub fn app(state: AppState) -> Router {
+/// The API's routes with their state, without the layers every request passes through: the
+/// console calls the API in-process through this router.
+pub fn router(state: AppState) -> Router {
+    table()
+        .router
+        .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .with_state(state)
+}
+
+/// `routes` (the API's, with anything merged into them) behind the layers every request passes:
+/// the body limit, error logging, metrics, request ids and tracing.
+pub fn layered(routes: Router, state: &AppState) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     let trace = TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
         let id = req
@@ -218,10 +234,7 @@ pub fn app(state: AppState) -> Router {
             .unwrap_or("-");
         tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id, caller = tracing::field::Empty)
     });
-    table()
-        .router
-        .fallback(error::not_found)
-        .method_not_allowed_fallback(error::method_not_allowed)
+    routes
         .layer(DefaultBodyLimit::max(state.settings.body_limit))
         .layer(axum::middleware::from_fn(error::log_errors))
         .layer(axum::middleware::from_fn_with_state(
@@ -231,17 +244,20 @@ pub fn app(state: AppState) -> Router {
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(trace)
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
-        .with_state(state)
 }
 
-/// Serves `app(state)` on `listener` until `shutdown` resolves, then finishes in-flight requests.
-/// The connection limit and the header and idle timeouts are `state.settings.edge`
-/// ([`edge::serve`]).
+/// The whole API router.
+pub fn app(state: AppState) -> Router {
+    layered(router(state.clone()), &state)
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves, then finishes in-flight requests.
+/// The connection limit and the header and idle timeouts are `limits` ([`edge::serve`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    state: AppState,
+    app: Router,
+    limits: edge::Limits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let limits = state.settings.edge;
-    edge::serve(listener, app(state), limits, "api", shutdown).await
+    edge::serve(listener, app, limits, "api", shutdown).await
 }

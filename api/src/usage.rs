@@ -24,7 +24,7 @@ use utoipa::ToSchema;
 use crate::auth::Caller;
 use crate::{ApiError, AppState};
 
-fn pricing(state: &AppState) -> Pricing {
+pub(crate) fn pricing(state: &AppState) -> Pricing {
     Pricing {
         catalog: state.scaling.catalog.clone(),
         default_mib_per_cpu: state.scaling.default_mib_per_cpu,

@@ -230,9 +230,16 @@ enum TokenCommand {
         /// The caller's workspace
         #[arg(long, default_value = "default")]
         workspace: String,
-        /// How long the token is valid: 30m, 12h, 7d (at most 90d)
-        #[arg(long, default_value = "12h")]
-        ttl: String,
+        /// How long the token is valid: 30m, 12h, 7d (at most 90d; a sign-in link: at most
+        /// 15m, default 15m)
+        #[arg(long)]
+        ttl: Option<String>,
+        /// Print a one-time console sign-in link (`http://…/login?code=…`) instead of a token
+        #[arg(long)]
+        login_link: bool,
+        /// The console's address for the link (default: the server's listen address)
+        #[arg(long, requires = "login_link")]
+        url: Option<String>,
     },
 }
 
@@ -350,13 +357,26 @@ fn main() -> ExitCode {
                         admin,
                         workspace,
                         ttl,
+                        login_link,
+                        url,
                     },
             } => {
-                let ttl = server::token::parse_ttl(&ttl)?;
-                println!(
-                    "{}",
-                    server::token::mint(&state.load(None)?, &email, &workspace, admin, ttl)?
-                );
+                let default_ttl = if login_link { "15m" } else { "12h" };
+                let ttl = server::token::parse_ttl(ttl.as_deref().unwrap_or(default_ttl))?;
+                let config = state.load(None)?;
+                let out = if login_link {
+                    server::token::login_link(
+                        &config,
+                        &email,
+                        &workspace,
+                        admin,
+                        ttl,
+                        url.as_deref(),
+                    )?
+                } else {
+                    server::token::mint(&config, &email, &workspace, admin, ttl)?
+                };
+                println!("{out}");
                 Ok(ExitCode::SUCCESS)
             }
         }

@@ -296,6 +296,19 @@ pub struct SlurmReachabilityChanged {
     pub cause: Option<String>,
 }
 
+/// A one-time console sign-in link (`clusterra token mint --login-link`) was used and opened a
+/// console session. Appended on stream `login:<link_id>` with "no stream yet" as the expected
+/// version, so a link signs in once however many requests (or replicas) race with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignInLinkUsed {
+    pub link_id: uuid::Uuid,
+    pub workspace: WorkspaceId,
+    pub email: Email,
+    /// `admin` or `user`.
+    pub role: String,
+    pub at: DateTime<Utc>,
+}
+
 /// Every domain event, tagged by its type name.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "data")]
@@ -317,6 +330,7 @@ pub enum DomainEvent {
     QuotaWarningRaised(QuotaWarningRaised),
     QuotaEnforced(QuotaEnforced),
     SlurmReachabilityChanged(SlurmReachabilityChanged),
+    SignInLinkUsed(SignInLinkUsed),
 }
 
 impl DomainEvent {
@@ -340,6 +354,7 @@ impl DomainEvent {
             DomainEvent::QuotaWarningRaised(_) => "QuotaWarningRaised",
             DomainEvent::QuotaEnforced(_) => "QuotaEnforced",
             DomainEvent::SlurmReachabilityChanged(_) => "SlurmReachabilityChanged",
+            DomainEvent::SignInLinkUsed(_) => "SignInLinkUsed",
         }
     }
 
@@ -368,6 +383,7 @@ impl DomainEvent {
             DomainEvent::QuotaWarningRaised(e) => serde_json::to_value(e),
             DomainEvent::QuotaEnforced(e) => serde_json::to_value(e),
             DomainEvent::SlurmReachabilityChanged(e) => serde_json::to_value(e),
+            DomainEvent::SignInLinkUsed(e) => serde_json::to_value(e),
         }
     }
 
@@ -413,6 +429,7 @@ impl DomainEvent {
             "SlurmReachabilityChanged" => Some(DomainEvent::SlurmReachabilityChanged(
                 serde_json::from_str(data)?,
             )),
+            "SignInLinkUsed" => Some(DomainEvent::SignInLinkUsed(serde_json::from_str(data)?)),
             _ => None,
         })
     }

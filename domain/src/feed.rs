@@ -164,7 +164,9 @@ pub fn describe(event: &DomainEvent, actor: &str, job: Option<&JobContext>) -> O
         | DomainEvent::QuotaSet(_)
         | DomainEvent::QuotaRemoved(_)
         | DomainEvent::QuotaWarningRaised(_)
-        | DomainEvent::QuotaEnforced(_) => return None,
+        | DomainEvent::QuotaEnforced(_)
+        // A console sign-in is the user's own record, not cluster activity.
+        | DomainEvent::SignInLinkUsed(_) => return None,
     };
     Some(Described {
         summary: clip(&summary, MAX_SUMMARY_BYTES),

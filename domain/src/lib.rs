@@ -20,7 +20,7 @@ pub use events::{
     ClusterRegistered, DomainEvent, FileAccessGranted, FileDeleted, JobCancelRequested,
     JobStateChanged, JobSubmissionFailed, JobSubmissionRequested, JobSubmitted, NodeLaunched,
     NodeReady, NodeTerminated, QuotaEnforced, QuotaRemoved, QuotaSet, QuotaWarningRaised,
-    ScaleDecisionMade, SlurmEndpoint, SlurmReachabilityChanged, SubmittedVia,
+    ScaleDecisionMade, SignInLinkUsed, SlurmEndpoint, SlurmReachabilityChanged, SubmittedVia,
 };
 pub use ids::{ClusterId, Email, IdError, WorkspaceId};
 pub use money::MicroUsd;

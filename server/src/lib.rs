@@ -36,6 +36,8 @@ pub struct Server {
     job_user: gateways::jobuser::Resolved,
     job_user_notes: Vec<String>,
     first_start: bool,
+    /// Origins of the object store's presigned URLs (the console's CSP `connect-src`).
+    storage_origins: Vec<String>,
 }
 
 /// Binds the API's address from the settings, with a sentence that says how to pick another.
@@ -96,7 +98,7 @@ impl Server {
             stop_rx.clone(),
         ));
         let (auth, first_start) = authenticator(&config).await?;
-        let objects = object_store(&config, stop_rx.clone()).await?;
+        let (objects, storage_origins) = object_store(&config, stop_rx.clone()).await?;
         // Everything in the data directory exists now: make it the server's alone.
         let mut job_user_notes: Vec<String> = job_user.warning.iter().cloned().collect();
         job_user_notes.extend(
@@ -223,12 +225,26 @@ impl Server {
             job_user,
             job_user_notes,
             first_start,
+            storage_origins,
         })
     }
 
     /// The state the HTTP API is served with (for in-process callers and tests).
     pub fn state(&self) -> &AppState {
         &self.state
+    }
+
+    /// The API and the console behind one set of layers: what [`Server::run`] serves.
+    pub fn app(&self) -> axum::Router {
+        let api_routes = api::router(self.state.clone());
+        let console = console::router(
+            api_routes.clone(),
+            &self.state,
+            &console::Options {
+                storage_origins: self.storage_origins.clone(),
+            },
+        );
+        api::layered(api_routes.merge(console), &self.state)
     }
 
     /// Serves the API on `listener` and runs the workers until `shutdown` completes; then
@@ -278,6 +294,25 @@ impl Server {
             tracing::warn!(error = %e, "could not mint the first-start admin token; mint one with `clusterra token mint`");
         }
         if let Some(Ok(token)) = banner {
+            let mut console_addr = addr;
+            if console_addr.ip().is_unspecified() {
+                console_addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            match crate::token::login_link(
+                &self.config,
+                "admin@clusterra.local",
+                "default",
+                true,
+                std::time::Duration::from_secs(15 * 60),
+                Some(&format!("http://{console_addr}")),
+            ) {
+                Ok(link) => println!(
+                    "\nThe console: open this one-time sign-in link within 15 minutes \
+                     (another: `clusterra token mint --data-dir {dir} --email you@example.org --login-link`):\n\n  {link}",
+                    dir = self.config.data_dir.display()
+                ),
+                Err(e) => tracing::warn!(error = %e, "could not make the first-start sign-in link"),
+            }
             println!(
                 "\nFirst start: an admin token for workspace `default`, valid {hours} h \
              (mint more with `clusterra token mint --data-dir {dir} --email you@example.org`):\n\n  \
@@ -289,6 +324,7 @@ impl Server {
             );
         }
 
+        let app = self.app();
         let poller = tokio::spawn(crate::poll::run(self.poller, self.stop_rx.clone()));
         let agent = self.agent.map(|(agent, every)| {
             tokio::spawn(crate::poll::agent(
@@ -298,7 +334,8 @@ impl Server {
                 self.stop_rx.clone(),
             ))
         });
-        api::serve(listener, self.state, shutdown)
+        let limits = self.state.settings.edge;
+        api::serve(listener, app, limits, shutdown)
             .await
             .context("the HTTP server failed")?;
         tracing::info!("HTTP server stopped; stopping projectors at a checkpoint");
@@ -401,7 +438,7 @@ async fn replica_store(
 async fn object_store(
     config: &Config,
     stop: watch::Receiver<bool>,
-) -> Result<Arc<dyn commands::storage::ObjectStore>> {
+) -> Result<(Arc<dyn commands::storage::ObjectStore>, Vec<String>)> {
     use gateways::s3::{S3Settings, S3Store, embedded};
     let mut settings = S3Settings {
         endpoint: (!config.s3_endpoint.is_empty() && config.s3_endpoint != "aws")
@@ -464,7 +501,23 @@ async fn object_store(
         public_endpoint = settings.public_endpoint.as_deref().unwrap_or("(same)"),
         "object store"
     );
-    Ok(Arc::new(S3Store::connect(&settings).await))
+    // Where browsers send presigned uploads: the console's CSP lets them connect there.
+    let origins = match settings
+        .public_endpoint
+        .as_ref()
+        .or(settings.endpoint.as_ref())
+    {
+        Some(url) => vec![origin_of(url)],
+        None => vec!["https://*.amazonaws.com".to_owned()],
+    };
+    Ok((Arc::new(S3Store::connect(&settings).await), origins))
+}
+
+/// `scheme://host[:port]` of a URL (the whole text when it has no path).
+fn origin_of(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let host_len = rest.find('/').unwrap_or(rest.len());
+    url[..url.len() - rest.len() + host_len].to_owned()
 }
 
 /// The token verifier: a JWKS when configured, else the local secret. The flag says whether the

@@ -65,6 +65,57 @@ pub fn mint(
         .context("could not sign the token")
 }
 
+/// A one-time console sign-in link for the server of `config`: `<base>/login?code=…`, valid
+/// for `ttl` (at most 15 minutes); the server records its use, so it signs in once. `base`
+/// defaults to the server's listen address (`127.0.0.1` for an unspecified one).
+pub fn login_link(
+    config: &Config,
+    email: &str,
+    workspace: &str,
+    admin: bool,
+    ttl: Duration,
+    base: Option<&str>,
+) -> Result<String> {
+    let email = Email::new(email).map_err(|e| Error::settings(format!("--email: {e}")))?;
+    let workspace =
+        WorkspaceId::new(workspace).map_err(|e| Error::settings(format!("--workspace: {e}")))?;
+    let ttl_s = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
+    ensure!(
+        ttl_s <= api::auth::MAX_LOGIN_LINK_TTL_S,
+        "--ttl: a sign-in link lives at most 15m"
+    );
+    let base = match base {
+        Some(b) => {
+            let b = b.trim_end_matches('/');
+            ensure!(
+                (b.starts_with("http://") || b.starts_with("https://")) && b.len() <= 2048,
+                "--url must be the console's address, like https://clusterra.lab.org"
+            );
+            b.to_owned()
+        }
+        None => {
+            let mut addr = config.listen;
+            if addr.ip().is_unspecified() {
+                addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            format!("http://{addr}")
+        }
+    };
+    let (secret, _) = crate::secrets::load_or_create(&config.secret_path())?;
+    let code = api::auth::LoginCode {
+        kind: api::auth::LOGIN_CODE_KIND.into(),
+        link_id: uuid::Uuid::new_v4(),
+        email: email.to_string(),
+        workspace: workspace.to_string(),
+        role: if admin { Role::Admin } else { Role::User },
+        exp: chrono::Utc::now().timestamp().saturating_add(ttl_s),
+    };
+    let code = Authenticator::local(&secret)
+        .mint_login_code(&code)
+        .context("could not sign the sign-in link")?;
+    Ok(format!("{base}/login?code={code}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

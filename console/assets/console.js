@@ -1,0 +1,214 @@
+// Clusterra console: the few things the browser must do itself. One module, no dependencies,
+// no inline script (the Content-Security-Policy forbids it). Each part starts only on pages
+// that carry its data attribute.
+
+// Every stream this page opened: closed when the page is left, so a page kept in the
+// back/forward cache does not hold connections (the browser allows six per host, and an open
+// stream holds one); a page restored from that cache reloads to follow again.
+const sources = [];
+const open = (url) => {
+  const es = new EventSource(url);
+  sources.push(es);
+  return es;
+};
+window.addEventListener('pagehide', () => { for (const es of sources) es.close(); });
+window.addEventListener('pageshow', (e) => { if (e.persisted) location.reload(); });
+
+const csrf = () => document.querySelector('meta[name="csrf-token"]')?.content ?? '';
+
+// Times in the browser's zone.
+function localTimes(root = document) {
+  for (const t of root.querySelectorAll('time[datetime]')) {
+    const d = new Date(t.getAttribute('datetime'));
+    if (!Number.isNaN(d.getTime())) {
+      t.title = t.getAttribute('datetime');
+      t.textContent = d.toLocaleString();
+    }
+  }
+}
+
+// Selects that submit their form when changed (the cluster picker, filters).
+for (const s of document.querySelectorAll('select[data-autosubmit]')) {
+  s.addEventListener('change', () => s.form.submit());
+}
+
+// The log panel: follows the logs SSE route; EventSource resumes with Last-Event-ID after a
+// drop. Text is appended once per animation frame and the panel keeps its last MAX_LINES
+// lines, so a job printing a thousand lines a second leaves the page responsive.
+const MAX_LINES = 5000;
+function logPanel(pre) {
+  const status = document.getElementById('log-status');
+  const follow = document.getElementById('log-follow');
+  let pending = '';
+  let lines = 0;
+  let scheduled = false;
+  const decoder = new TextDecoder();
+  const flush = () => {
+    scheduled = false;
+    if (!pending) return;
+    pre.append(document.createTextNode(pending));
+    lines += (pending.match(/\n/g) || []).length;
+    pending = '';
+    if (lines > MAX_LINES) {
+      // Drop whole old text nodes, then trim the first one to the cap.
+      let text = pre.textContent;
+      const cut = text.split('\n');
+      text = cut.slice(cut.length - MAX_LINES - 1).join('\n');
+      pre.textContent = text;
+      lines = MAX_LINES;
+    }
+    if (follow?.checked) pre.scrollTop = pre.scrollHeight;
+  };
+  const push = (text) => {
+    pending += text;
+    if (!scheduled) {
+      scheduled = true;
+      requestAnimationFrame(flush);
+    }
+  };
+  const es = open(pre.dataset.logPanel);
+  es.addEventListener('open', () => { status.textContent = 'live'; });
+  es.addEventListener('error', () => {
+    status.textContent = es.readyState === EventSource.CLOSED ? 'closed' : 'reconnecting…';
+  });
+  es.addEventListener('log', (m) => {
+    const d = JSON.parse(m.data);
+    if (d.text !== undefined) push(d.text);
+    else if (d.base64 !== undefined) {
+      const bytes = Uint8Array.from(atob(d.base64), (c) => c.charCodeAt(0));
+      push(decoder.decode(bytes, { stream: true }));
+    }
+  });
+  es.addEventListener('reset', () => { pending = ''; lines = 0; pre.textContent = ''; });
+  es.addEventListener('end', (m) => {
+    const d = JSON.parse(m.data);
+    flush();
+    es.close();
+    status.textContent = `ended: ${d.state}` + (d.exit_code !== null && d.exit_code !== undefined ? ` (exit ${d.exit_code})` : '');
+    const badge = document.querySelector('#job-state .state');
+    if (badge && d.state) {
+      badge.textContent = d.state;
+      badge.className = `state state-${d.state.toLowerCase()}`;
+    }
+  });
+}
+
+// Job state badges follow the cluster's feed.
+function setBadge(cell, state) {
+  const badge = cell.querySelector('.state');
+  if (!badge) return;
+  badge.textContent = state;
+  badge.className = `state state-${state.toLowerCase()}`;
+}
+
+function liveJobs(el) {
+  const cluster = el.dataset.liveJobs;
+  const es = open(`/v1/clusters/${encodeURIComponent(cluster)}/events/stream?type=JobStateChanged,JobSubmitted`);
+  es.addEventListener('open', () => { el.textContent = 'States update live.'; });
+  es.addEventListener('error', () => { el.textContent = 'Reconnecting to live updates…'; });
+  es.addEventListener('message', (m) => {
+    const e = JSON.parse(m.data);
+    const row = document.querySelector(`tr[data-job-id="${e.job_id}"]`);
+    if (e.type === 'JobStateChanged' && row && e.data?.to) setBadge(row.querySelector('.state-cell'), e.data.to);
+    if (e.type === 'JobSubmitted' && !row) el.textContent = `New job ${e.job_id} submitted: reload to see it.`;
+  });
+}
+
+function liveJob(el) {
+  const es = open(`/v1/clusters/${encodeURIComponent(el.dataset.cluster)}/events/stream?type=JobStateChanged&job_id=${encodeURIComponent(el.dataset.liveJob)}`);
+  es.addEventListener('message', (m) => {
+    const e = JSON.parse(m.data);
+    const cell = document.getElementById('job-state');
+    if (cell && e.data?.to) setBadge(cell, e.data.to);
+  });
+}
+
+// The activity feed: new entries on top, the list capped.
+function feed(ol) {
+  const status = document.getElementById('feed-status');
+  const url = new URL(ol.dataset.feed, location.href);
+  url.searchParams.set('after', ol.dataset.after || '0');
+  const es = open(url);
+  es.addEventListener('open', () => { status.textContent = 'Live.'; });
+  es.addEventListener('error', () => { status.textContent = 'Reconnecting…'; });
+  es.addEventListener('message', (m) => {
+    const e = JSON.parse(m.data);
+    if (ol.querySelector(`li[data-position="${e.position}"]`)) return;
+    const li = document.createElement('li');
+    li.dataset.position = e.position;
+    const t = document.createElement('time');
+    t.setAttribute('datetime', e.time);
+    t.textContent = e.time;
+    const type = document.createElement('span');
+    type.className = 'type';
+    type.textContent = e.type;
+    const summary = document.createElement('span');
+    summary.textContent = e.summary;
+    li.append(t, ' ', type, ' ', summary);
+    if (e.actor) {
+      const by = document.createElement('span');
+      by.className = 'muted';
+      by.textContent = `by ${e.actor}`;
+      li.append(' ', by);
+    }
+    ol.prepend(li);
+    localTimes(li);
+    while (ol.children.length > 500) ol.lastElementChild.remove();
+  });
+}
+
+// Upload: ask the console for a presigned PUT, then send the file straight to the object store
+// with a progress bar.
+function upload(form) {
+  const file = form.querySelector('input[type=file]');
+  const path = form.querySelector('input[name=path]');
+  const bar = form.querySelector('progress');
+  const status = form.querySelector('[aria-live]');
+  form.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    const f = file.files[0];
+    if (!f) return;
+    let target = path.value.trim() || f.name;
+    if (target.endsWith('/')) target += f.name;
+    status.textContent = 'Preparing…';
+    const res = await fetch(`/files/presign?cluster=${encodeURIComponent(form.dataset.cluster)}`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'x-csrf-token': csrf() },
+      body: JSON.stringify({ location: form.dataset.location, path: target, method: 'PUT', size: f.size, content_type: f.type || 'application/octet-stream' }),
+    });
+    const signed = await res.json();
+    if (!res.ok) {
+      status.textContent = signed.error?.message ?? `Refused (${res.status})`;
+      return;
+    }
+    const xhr = new XMLHttpRequest();
+    xhr.open('PUT', signed.url);
+    for (const [k, v] of Object.entries(signed.headers || {})) xhr.setRequestHeader(k, v);
+    bar.hidden = false;
+    xhr.upload.addEventListener('progress', (p) => {
+      if (p.lengthComputable) bar.value = Math.round((p.loaded / p.total) * 100);
+    });
+    xhr.addEventListener('load', () => {
+      if (xhr.status >= 200 && xhr.status < 300) {
+        bar.value = 100;
+        status.textContent = `Uploaded ${signed.key}`;
+        location.reload();
+      } else status.textContent = `The store refused the upload (${xhr.status}).`;
+    });
+    xhr.addEventListener('error', () => { status.textContent = 'The upload failed: network error. Try again.'; });
+    xhr.send(f);
+  });
+}
+
+localTimes();
+for (const el of document.querySelectorAll('form[data-upload]')) upload(el);
+// Streams open after the load event: a stream opened before it keeps the page "loading" (the
+// browser's spinner, and WebDriver's wait for the page) as long as it stays open.
+function streams() {
+  for (const el of document.querySelectorAll('[data-log-panel]')) logPanel(el);
+  for (const el of document.querySelectorAll('[data-live-jobs]')) liveJobs(el);
+  for (const el of document.querySelectorAll('[data-live-job]')) liveJob(el);
+  for (const el of document.querySelectorAll('[data-feed]')) feed(el);
+}
+if (document.readyState === 'complete') streams();
+else window.addEventListener('load', () => setTimeout(streams, 0));
