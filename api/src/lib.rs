@@ -215,10 +215,13 @@ pub fn routes() -> Vec<RouteSpec> {
 /// The API's routes with their state, without the layers every request passes through: the
 /// console calls the API in-process through this router.
 pub fn router(state: AppState) -> Router {
+    // The body limit here too: a request made in-process does not pass `layered`'s.
+    let limit = DefaultBodyLimit::max(state.settings.body_limit);
     table()
         .router
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(limit)
         .with_state(state)
 }
 

@@ -33,8 +33,9 @@ for (const s of document.querySelectorAll('select[data-autosubmit]')) {
 }
 
 // The log panel: follows the logs SSE route; EventSource resumes with Last-Event-ID after a
-// drop. Text is appended once per animation frame and the panel keeps its last MAX_LINES
-// lines, so a job printing a thousand lines a second leaves the page responsive.
+// drop. Text is appended once per animation frame, and the panel keeps about its last MAX_LINES
+// lines (trimmed when it holds a fifth more, so the trimming costs little per line), so a job
+// printing a thousand lines a second leaves the page responsive.
 const MAX_LINES = 5000;
 function logPanel(pre) {
   const status = document.getElementById('log-status');
@@ -42,20 +43,20 @@ function logPanel(pre) {
   let pending = '';
   let lines = 0;
   let scheduled = false;
-  const decoder = new TextDecoder();
+  let decoder = new TextDecoder();
   const flush = () => {
     scheduled = false;
     if (!pending) return;
     pre.append(document.createTextNode(pending));
     lines += (pending.match(/\n/g) || []).length;
     pending = '';
-    if (lines > MAX_LINES) {
-      // Drop whole old text nodes, then trim the first one to the cap.
-      let text = pre.textContent;
-      const cut = text.split('\n');
-      text = cut.slice(cut.length - MAX_LINES - 1).join('\n');
-      pre.textContent = text;
+    if (lines > MAX_LINES * 1.2) {
+      const kept = pre.textContent.split('\n');
+      const keep = kept.slice(kept.length - MAX_LINES - 1).join('\n');
+      const from = pre.scrollHeight - pre.scrollTop;
+      pre.textContent = keep;
       lines = MAX_LINES;
+      if (!follow?.checked) pre.scrollTop = Math.max(0, pre.scrollHeight - from);
     }
     if (follow?.checked) pre.scrollTop = pre.scrollHeight;
   };
@@ -73,15 +74,21 @@ function logPanel(pre) {
   });
   es.addEventListener('log', (m) => {
     const d = JSON.parse(m.data);
-    if (d.text !== undefined) push(d.text);
+    if (d.text !== undefined) push(decoder.decode() + d.text);
     else if (d.base64 !== undefined) {
       const bytes = Uint8Array.from(atob(d.base64), (c) => c.charCodeAt(0));
       push(decoder.decode(bytes, { stream: true }));
     }
   });
-  es.addEventListener('reset', () => { pending = ''; lines = 0; pre.textContent = ''; });
+  es.addEventListener('reset', () => {
+    pending = '';
+    lines = 0;
+    decoder = new TextDecoder();
+    pre.textContent = '';
+  });
   es.addEventListener('end', (m) => {
     const d = JSON.parse(m.data);
+    push(decoder.decode());
     flush();
     es.close();
     status.textContent = `ended: ${d.state}` + (d.exit_code !== null && d.exit_code !== undefined ? ` (exit ${d.exit_code})` : '');
@@ -110,7 +117,9 @@ function liveJobs(el) {
     const e = JSON.parse(m.data);
     const row = document.querySelector(`tr[data-job-id="${e.job_id}"]`);
     if (e.type === 'JobStateChanged' && row && e.data?.to) setBadge(row.querySelector('.state-cell'), e.data.to);
-    if (e.type === 'JobSubmitted' && !row) el.textContent = `New job ${e.job_id} submitted: reload to see it.`;
+    // A user's list holds their own jobs only (admins: everyone's).
+    const mine = el.dataset.admin === 'true' || e.owner === el.dataset.me;
+    if (e.type === 'JobSubmitted' && !row && mine) el.textContent = `New job ${e.job_id} submitted: reload to see it.`;
   });
 }
 
@@ -171,14 +180,21 @@ function upload(form) {
     let target = path.value.trim() || f.name;
     if (target.endsWith('/')) target += f.name;
     status.textContent = 'Preparing…';
-    const res = await fetch(`/files/presign?cluster=${encodeURIComponent(form.dataset.cluster)}`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json', 'x-csrf-token': csrf() },
-      body: JSON.stringify({ location: form.dataset.location, path: target, method: 'PUT', size: f.size, content_type: f.type || 'application/octet-stream' }),
-    });
-    const signed = await res.json();
-    if (!res.ok) {
-      status.textContent = signed.error?.message ?? `Refused (${res.status})`;
+    let signed;
+    try {
+      const res = await fetch(`/files/presign?cluster=${encodeURIComponent(form.dataset.cluster)}`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', 'x-csrf-token': csrf() },
+        body: JSON.stringify({ location: form.dataset.location, path: target, method: 'PUT', size: f.size, content_type: f.type || 'application/octet-stream' }),
+      });
+      const body = (res.headers.get('content-type') || '').includes('json') ? await res.json() : null;
+      if (!res.ok || !body) {
+        status.textContent = body?.error?.message ?? (res.redirected ? 'Your session ended: sign in again.' : `Refused (${res.status}); reload the page and try again.`);
+        return;
+      }
+      signed = body;
+    } catch (e) {
+      status.textContent = `Could not reach the server (${e}); try again.`;
       return;
     }
     const xhr = new XMLHttpRequest();

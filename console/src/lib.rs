@@ -54,8 +54,9 @@ type Shared = Arc<Console>;
 pub fn router(api: Router, state: &AppState, options: &Options) -> Router {
     let csp = format!(
         "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
-         connect-src 'self' {}; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-        options.storage_origins.join(" ")
+         connect-src 'self' {origins}; form-action 'self' {origins}; frame-ancestors 'none'; \
+         base-uri 'none'",
+        origins = options.storage_origins.join(" ")
     );
     let console = Arc::new(Console {
         api,
@@ -92,13 +93,25 @@ pub fn router(api: Router, state: &AppState, options: &Options) -> Router {
         .with_state(console)
 }
 
-/// The headers every console answer carries.
+/// The headers every console answer carries; a state-changing request from another origin is
+/// refused before it reaches a handler ([`session::same_origin`]).
 async fn security_headers(
     axum::extract::State(console): axum::extract::State<Shared>,
     req: Request,
     next: Next,
 ) -> Response {
-    let mut res = next.run(req).await;
+    let mut res = if req.method() != axum::http::Method::GET
+        && req.method() != axum::http::Method::HEAD
+        && !session::same_origin(req.headers())
+    {
+        layout::problem(
+            axum::http::StatusCode::FORBIDDEN,
+            "cross_origin_refused",
+            "This form was sent from another site or port. Open the console itself and try again.",
+        )
+    } else {
+        next.run(req).await
+    };
     let h = res.headers_mut();
     h.insert(header::CONTENT_SECURITY_POLICY, console.csp.clone());
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
@@ -108,7 +121,7 @@ async fn security_headers(
     );
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     h.entry(header::CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));

@@ -59,17 +59,27 @@ impl FromRequestParts<Arc<Console>> for Session {
         console: &Arc<Console>,
     ) -> Result<Self, Self::Rejection> {
         let to_login = || {
+            // After signing in the browser GETs `next`: a form's path would be a 405.
+            let page = parts.method == axum::http::Method::GET;
             let next = parts
                 .uri
                 .path_and_query()
                 .map(|p| p.as_str())
-                .filter(|p| safe_next(p))
+                .filter(|p| page && safe_next(p))
                 .unwrap_or("/jobs");
             let target: String = form_urlencoded::Serializer::new(String::new())
                 .append_pair("next", next)
                 .finish();
             Redirect::to(&format!("/login?{target}")).into_response()
         };
+        // Two session cookies (one planted with a narrower path by another page of this
+        // host, say) are no session: which one the browser meant cannot be told.
+        if session_cookies(&parts.headers) > 1 {
+            let mut res = to_login();
+            res.headers_mut()
+                .append(header::SET_COOKIE, clear_cookie(&parts.headers));
+            return Err(res);
+        }
         let Some(token) = api::auth::session_token(&parts.headers) else {
             return Err(to_login());
         };
@@ -93,14 +103,45 @@ impl FromRequestParts<Arc<Console>> for Session {
     }
 }
 
-/// Whether `next` is a path of this console (not another site, not a scheme-relative URL).
+fn session_cookies(headers: &HeaderMap) -> usize {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(Cookie::split_parse)
+        .filter_map(Result::ok)
+        .filter(|c| c.name() == SESSION_COOKIE)
+        .count()
+}
+
+/// Whether `next` is a path of this console: visible ASCII only (browsers drop tabs and line
+/// breaks from URLs, so `/\t/evil.example` would become `//evil.example`), no backslash, not
+/// scheme-relative, not the sign-in page.
 pub fn safe_next(next: &str) -> bool {
     next.starts_with('/')
+        && next.bytes().all(|b| (0x21..=0x7e).contains(&b))
+        && !next.contains('\\')
         && !next.starts_with("//")
-        && !next.starts_with("/\\")
-        && !next.contains(['\r', '\n'])
         && !next.starts_with("/login")
         && next.len() <= 1024
+}
+
+/// Whether a state-changing request came from a page of this console: a browser names the
+/// page's origin in `Origin` on every POST; one that names another origin (another site, or
+/// another port of this host such as the object store, which shares this host's cookies) is
+/// refused. A request without `Origin` (not a browser) passes: the CSRF token still guards it.
+pub fn same_origin(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return true;
+    };
+    let host = headers
+        .get("x-forwarded-host")
+        .or_else(|| headers.get(header::HOST))
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .map(str::trim);
+    let origin_host = origin.split_once("://").map(|(_, h)| h);
+    matches!((origin_host, host), (Some(o), Some(h)) if o.eq_ignore_ascii_case(h))
 }
 
 /// Whether the browser reached us over TLS (directly, or through a proxy that says so): the
@@ -109,7 +150,8 @@ fn over_tls(headers: &HeaderMap) -> bool {
     headers
         .get("x-forwarded-proto")
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("https"))
+        .and_then(|v| v.split(',').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("https"))
 }
 
 /// The `Set-Cookie` of a new session, living `max_age_s`.
@@ -191,6 +233,31 @@ mod tests {
         assert!(!safe_next("/\\evil.example"));
         assert!(!safe_next("https://evil.example/"));
         assert!(!safe_next("/login?next=/login"));
+        assert!(!safe_next("/\t/evil.example"));
+        assert!(!safe_next("/jobs\\x"));
+        assert!(!safe_next("/jobs x"));
+    }
+
+    #[test]
+    fn origins_must_match_the_host() {
+        let mut h = HeaderMap::new();
+        assert!(same_origin(&h), "no Origin: not a browser");
+        h.insert(header::HOST, HeaderValue::from_static("127.0.0.1:8080"));
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("http://127.0.0.1:8080"),
+        );
+        assert!(same_origin(&h));
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("http://127.0.0.1:8014"),
+        );
+        assert!(
+            !same_origin(&h),
+            "the object store's port is another origin"
+        );
+        h.insert(header::ORIGIN, HeaderValue::from_static("null"));
+        assert!(!same_origin(&h));
     }
 
     #[test]

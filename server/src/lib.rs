@@ -507,10 +507,27 @@ async fn object_store(
         .as_ref()
         .or(settings.endpoint.as_ref())
     {
+        // Virtual-host style puts the bucket in the host name: its subdomains too.
+        Some(url) if !settings.path_style && !host_is_ip(url) => {
+            let origin = origin_of(url);
+            let sub = origin.replacen("://", "://*.", 1);
+            vec![origin, sub]
+        }
         Some(url) => vec![origin_of(url)],
         None => vec!["https://*.amazonaws.com".to_owned()],
     };
     Ok((Arc::new(S3Store::connect(&settings).await), origins))
+}
+
+/// Whether a URL's host is an IP address (no subdomains to name).
+fn host_is_ip(url: &str) -> bool {
+    let origin = origin_of(url);
+    let host_port = origin.split_once("://").map_or(origin.as_str(), |(_, h)| h);
+    let host = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(v6),
+        None => host_port.rsplit_once(':').map_or(host_port, |(h, _)| h),
+    };
+    host.parse::<std::net::IpAddr>().is_ok()
 }
 
 /// `scheme://host[:port]` of a URL (the whole text when it has no path).
@@ -631,5 +648,20 @@ impl StopOnDrop {
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod origin_tests {
+    #[test]
+    fn origins_and_ip_hosts() {
+        assert_eq!(
+            super::origin_of("http://127.0.0.1:9000/x"),
+            "http://127.0.0.1:9000"
+        );
+        assert_eq!(super::origin_of("https://s3.example"), "https://s3.example");
+        assert!(super::host_is_ip("http://127.0.0.1:9000"));
+        assert!(super::host_is_ip("http://[::1]:9000/"));
+        assert!(!super::host_is_ip("https://s3.example:443"));
     }
 }

@@ -358,7 +358,7 @@ async fn pages_carry_security_headers_and_bad_input_gets_clear_errors() {
         assert_contains(csp, "script-src 'self'");
         assert!(!csp.contains("unsafe-inline"), "{csp}");
         assert_eq!(h["x-frame-options"], "DENY");
-        assert_eq!(h["referrer-policy"], "no-referrer");
+        assert_eq!(h["referrer-policy"], "same-origin");
         let html = res.text().await.expect("html");
         assert!(!html.contains("<script>"), "{path} has an inline script");
     }

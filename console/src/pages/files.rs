@@ -185,8 +185,12 @@ pub async fn presign(
     Json(req): Json<PresignRequest>,
 ) -> Response {
     let sent = headers.get("x-csrf-token").and_then(|v| v.to_str().ok());
-    if let Some(r) = session.csrf_refusal(sent) {
-        return r;
+    if session.csrf_refusal(sent).is_some() {
+        return (
+            StatusCode::FORBIDDEN,
+            Json(json!({"error": {"code": "csrf_token_invalid", "message": "reload the page and try again: this request did not carry the page's CSRF token", "field": "headers.x-csrf-token"}})),
+        )
+            .into_response();
     }
     let Some(cluster) = q.cluster else {
         return (StatusCode::BAD_REQUEST, Json(json!({"error": {"code": "cluster_missing", "message": "add ?cluster=", "field": "cluster"}}))).into_response();
@@ -280,7 +284,8 @@ pub async fn delete(
                 .back
                 .filter(|b| crate::session::safe_next(b) && b.starts_with("/files"))
                 .unwrap_or_else(|| "/files".into());
-            Redirect::to(&format!("{back}{}", super::at(&v))).into_response()
+            let sep = if back.contains('?') { "" } else { "?" };
+            Redirect::to(&format!("{back}{sep}{}", super::at(&v))).into_response()
         }
         Err(e) => failed(&console, &session, &cluster, &e).await,
     }

@@ -95,7 +95,7 @@ pub async fn list(
             button type="submit" { "Filter" }
             @if filtered { " " a href={"/jobs?cluster=" (seg(&cluster))} { "Clear" } }
         }
-        p #live-status .muted aria-live="polite" data-live-jobs=(cluster) {}
+        p #live-status .muted aria-live="polite" data-live-jobs=(cluster) data-me=(session.caller.email.as_str()) data-admin=(admin) {}
         @if jobs.is_empty() {
             @if filtered {
                 (empty("No job matches these filters.", html! { a href={"/jobs?cluster=" (seg(&cluster))} { "Show all jobs" } }))

@@ -21,6 +21,9 @@ use crate::session::{Session, clear_cookie, login_csrf, login_csrf_ok, safe_next
 /// tokens only).
 const SESSION_TTL_S: i64 = 12 * 3600;
 
+/// The longest token a session cookie can hold.
+const MAX_TOKEN_BYTES: usize = 3500;
+
 #[derive(Debug, Default, Deserialize)]
 pub struct LoginQuery {
     code: Option<String>,
@@ -169,9 +172,10 @@ pub async fn submit(
         }
     } else {
         let token = form.token.as_deref().unwrap_or_default().trim().to_owned();
-        if token.is_empty() || token.len() > 16 * 1024 {
+        // Browsers keep cookies of up to about 4 KiB: a longer token would be dropped silently.
+        if token.is_empty() || token.len() > MAX_TOKEN_BYTES {
             return retry(
-                "Paste an access token (at most 16 KiB).",
+                "Paste an access token of at most 3,500 characters (a browser cannot keep a longer one in its cookie); ask your identity provider for a shorter token.",
                 StatusCode::UNPROCESSABLE_ENTITY,
             );
         }

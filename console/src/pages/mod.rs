@@ -26,7 +26,8 @@ pub struct ClusterQuery {
     pub at: Option<i64>,
 }
 
-/// `&at=N` for the page shown after a change recorded at log position `v["position"]`.
+/// `&at=N` for the page shown after a change recorded at log position `v["position"]` (the
+/// page's address already has a query).
 pub fn at(v: &serde_json::Value) -> String {
     v["position"]
         .as_i64()
