@@ -92,12 +92,30 @@ function logPanel(pre) {
     flush();
     es.close();
     status.textContent = `ended: ${d.state}` + (d.exit_code !== null && d.exit_code !== undefined ? ` (exit ${d.exit_code})` : '');
-    const badge = document.querySelector('#job-state .state');
-    if (badge && d.state) {
-      badge.textContent = d.state;
-      badge.className = `state state-${d.state.toLowerCase()}`;
-    }
+    refreshFacts();
   });
+}
+
+// A job page's facts (state, node, times, cost) are rendered by the server: when the job's
+// state changes, the page fetches itself again and takes the new facts from it (and drops the
+// cancel form once the job has ended).
+async function refreshFacts() {
+  const facts = document.querySelector('dl.facts');
+  if (!facts) return;
+  try {
+    const res = await fetch(location.href, { headers: { accept: 'text/html' } });
+    if (!res.ok) return;
+    const doc = new DOMParser().parseFromString(await res.text(), 'text/html');
+    const fresh = doc.querySelector('dl.facts');
+    if (fresh) {
+      facts.replaceWith(document.importNode(fresh, true));
+      localTimes(document.querySelector('dl.facts'));
+    }
+    if (!doc.getElementById('cancel')) document.getElementById('cancel')?.remove();
+  } catch (e) {
+    const note = document.getElementById('facts-note');
+    if (note) note.textContent = 'Could not refresh the facts; reload the page.';
+  }
 }
 
 // Job state badges follow the cluster's feed.
@@ -129,6 +147,7 @@ function liveJob(el) {
     const e = JSON.parse(m.data);
     const cell = document.getElementById('job-state');
     if (cell && e.data?.to) setBadge(cell, e.data.to);
+    refreshFacts();
   });
 }
 

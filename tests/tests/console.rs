@@ -699,6 +699,58 @@ async fn in_a_browser_a_researcher_submits_from_the_form_watches_the_log_sees_co
 }
 
 #[tokio::test]
+async fn in_a_browser_the_log_panel_keeps_its_last_lines_of_a_fast_job_and_the_facts_follow() {
+    if !browser_wanted("in_a_browser_the_log_panel_…") {
+        return;
+    }
+    let (_dir, _data, api, link) = started_console();
+    let b = Browser::start().await;
+    let base = api.server.base.clone();
+    sign_in(&b, &link).await;
+    b.goto(&format!("{base}/submit?cluster=local&template=shell"))
+        .await;
+    // 20,000 lines as fast as the job can print them.
+    b.fill("#p-command", "seq 1 20000 | sed 's/^/row /'; echo finished")
+        .await;
+    b.click("#submit-job").await;
+    b.wait_text("#log-status", "ended: COMPLETED", Duration::from_secs(60))
+        .await;
+    let log = b.text("#log").await;
+    assert!(
+        log.trim_end().ends_with("row 20000\nfinished"),
+        "the end is there: {}",
+        &log[log.len().saturating_sub(100)..]
+    );
+    let lines = log.lines().count();
+    assert!(
+        (5_000..=6_001).contains(&lines),
+        "the panel keeps about its last 5,000 lines: {lines}"
+    );
+    // The page answers at once (the panel did not freeze it).
+    let t = std::time::Instant::now();
+    let n = b
+        .client
+        .execute(
+            "return document.querySelectorAll('dl.facts dd').length",
+            vec![],
+        )
+        .await
+        .expect("script");
+    assert!(n.as_u64().unwrap_or(0) > 5);
+    assert!(t.elapsed() < Duration::from_secs(2));
+    // The facts followed the job to its end without a reload: its node and end time are there.
+    b.wait_text("dl.facts", "COMPLETED", Duration::from_secs(10))
+        .await;
+    let facts = b.text("dl.facts").await;
+    assert!(!facts.contains("not placed yet"), "{facts}");
+    assert!(
+        b.client.find(Locator::Css("#cancel")).await.is_err(),
+        "no cancel form for an ended job"
+    );
+    b.close().await;
+}
+
+#[tokio::test]
 async fn in_a_browser_a_5_mb_file_goes_up_to_the_store_and_comes_back_byte_identical() {
     if !browser_wanted("in_a_browser_a_5_mb_file_…") {
         return;

@@ -90,8 +90,8 @@ pub async fn page(
             dt { "Owner" } dd { (job["user"].as_str().unwrap_or("")) }
             dt { "Node" } dd { (job["node"].as_str().unwrap_or("not placed yet")) }
             dt { "Shape" } dd {
-                (shape["cpus"].as_u64().unwrap_or(0)) " CPUs, "
-                (shape["memory_mib"].as_u64().unwrap_or(0)) " MiB"
+                (shape["cpus"].as_u64().unwrap_or(0)) " CPU(s), "
+                @match shape["memory_mib"].as_u64() { Some(m) => { (m) " MiB" } None => { "the node's default memory per CPU" } }
                 @if let Some(n) = shape["nodes"].as_u64() { ", " (n) " node(s)" }
                 @if let Some(t) = shape["time_limit_minutes"].as_u64() { ", up to " (t) " min" }
             }
@@ -101,6 +101,7 @@ pub async fn page(
             dt { "Ended" } dd { (time(job["ended_at"].as_str())) }
             @if let Some(t) = job["template_id"].as_str() { dt { "Template" } dd { (t) } }
         }
+        p.muted #facts-note aria-live="polite" {}
         section aria-labelledby="log-h" {
             h2 #log-h { "Output" }
             div.log-tools {
@@ -111,7 +112,7 @@ pub async fn page(
             pre #log .log tabindex="0" aria-label="Job output" data-log-panel={(base) "/logs/stream"} {}
         }
         @if !final_state {
-            section aria-labelledby="cancel-h" {
+            section #cancel aria-labelledby="cancel-h" {
                 h2 #cancel-h { "Cancel" }
                 form.card method="post" action={"/jobs/" (seg(&job_id)) "/cancel?cluster=" (seg(&cluster))} {
                     input type="hidden" name="csrf" value=(session.csrf);
