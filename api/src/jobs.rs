@@ -508,7 +508,18 @@ pub(crate) async fn list(
         })?),
         None => None,
     };
-    let headers = await_projection(&state, jobs::NAME, min).await;
+    // A user's page (or a user filter) reads the per-user view: wait for that one too.
+    let by_user = filter.user.is_some() || !caller.is_admin();
+    let headers = await_projection(
+        &state,
+        if by_user {
+            jobs::BY_USER_NAME
+        } else {
+            jobs::NAME
+        },
+        min,
+    )
+    .await;
     let user = filter.user.as_deref().map(str::to_ascii_lowercase);
     let (out, more) = jobs::page(
         state.store.read.as_ref(),

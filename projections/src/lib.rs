@@ -240,6 +240,7 @@ pub fn all_projectors() -> Vec<Arc<dyn Projector>> {
         Arc::new(views::streams::StreamSummaries),
         Arc::new(views::clusters::ClusterViews),
         Arc::new(views::jobs::JobViews),
+        Arc::new(views::jobs::UserJobViews),
         Arc::new(views::feed::Feed),
         Arc::new(views::quotas::QuotaViews),
         Arc::new(views::costs::CostViews),

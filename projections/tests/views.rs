@@ -65,6 +65,25 @@ async fn typed_queries_page_filter_and_refuse_unreadable_views(postgres: bool) {
     read.commit(ModelSet::Live, jobs::NAME, 0, 1, &changes)
         .await
         .unwrap();
+    // The per-user view holds the same documents by user (what `UserJobViews` keeps).
+    let by_user: Vec<DocChange> = (1..=1_203u64)
+        .map(|id| DocChange::Put {
+            collection: jobs::user_collection(
+                ws.as_str(),
+                cluster.as_str(),
+                if id.is_multiple_of(2) {
+                    "a@example.org"
+                } else {
+                    "b@example.org"
+                },
+            ),
+            key: jobs::key(id),
+            doc: job_doc(&ws, &cluster, id),
+        })
+        .collect();
+    read.commit(ModelSet::Live, jobs::BY_USER_NAME, 0, 1, &by_user)
+        .await
+        .unwrap();
 
     let one = jobs::get(read, &ws, &cluster, 42).await.unwrap().unwrap();
     assert_eq!((one.job_id, one.user.as_str()), (42, "a@example.org"));

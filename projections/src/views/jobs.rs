@@ -18,6 +18,20 @@ pub const NAME: &str = "jobs";
 /// The projector; its documents and checkpoint are kept under [`NAME`].
 pub struct JobViews;
 
+/// The name of the per-user copy of the job views ([`UserJobViews`]).
+pub const BY_USER_NAME: &str = "jobs-by-user";
+
+/// The same job views, kept per user ([`user_collection`]): a user's page reads their own jobs,
+/// not the whole cluster's. A projector of its own (documents and checkpoint under
+/// [`BY_USER_NAME`]), so a server that already had the `jobs` view builds it from the log on
+/// its first start, like any new projection.
+pub struct UserJobViews;
+
+/// The collection of one user's jobs in a cluster.
+pub fn user_collection(workspace: &str, cluster: &str, user: &str) -> String {
+    format!("jobs:{workspace}:{cluster}:{user}")
+}
+
 /// The collection of a cluster's jobs.
 pub fn collection(workspace: &WorkspaceId, cluster: &ClusterId) -> String {
     format!("jobs:{workspace}:{cluster}")
@@ -139,14 +153,26 @@ pub async fn page(
     cluster: &ClusterId,
     query: &JobQuery<'_>,
 ) -> Result<(Vec<JobView>, bool), super::ViewError> {
-    let collection = collection(workspace, cluster);
+    // A user's jobs are read from their own collection of the per-user view: a page costs
+    // what that user has, not what the cluster has.
+    let (projection, collection) = match query.visible_to.or(query.user) {
+        Some(user) => (
+            BY_USER_NAME,
+            user_collection(
+                workspace.as_str(),
+                cluster.as_str(),
+                &user.to_ascii_lowercase(),
+            ),
+        ),
+        None => (NAME, collection(workspace, cluster)),
+    };
     let mut after = query.after.map(key);
     let mut out = Vec::new();
     loop {
         let rows = read
             .list_docs(
                 eventlog::ModelSet::Live,
-                NAME,
+                projection,
                 &collection,
                 after.as_deref(),
                 500,
@@ -157,7 +183,7 @@ pub async fn page(
         };
         after = Some(last.key.clone());
         for row in &rows {
-            let view: JobView = super::decode(NAME, &row.key, &row.doc)?;
+            let view: JobView = super::decode(projection, &row.key, &row.doc)?;
             if query.matches(&view) {
                 if out.len() == query.limit {
                     return Ok((out, true));
@@ -222,107 +248,142 @@ impl Projector for JobViews {
     }
 
     async fn apply(&self, view: &mut ViewTx<'_>, event: Event<'_>) -> Applied {
-        let Event {
-            recorded: event,
-            domain,
-        } = event;
-        match domain {
-            Some(DomainEvent::JobSubmissionRequested(r)) => {
-                view.put(
-                    &submitting_collection(&r.workspace, &r.cluster_id),
-                    &r.submission_id.to_string(),
-                    &PendingSubmission {
-                        submission_id: r.submission_id,
-                        user: r.user.to_string(),
-                        requested_at: event.recorded_at,
-                        stream_id: event.stream_id.clone(),
-                        position: event.position,
-                    },
-                )?;
-            }
-            Some(DomainEvent::JobSubmissionFailed(f)) => {
-                view.delete(
-                    &submitting_collection(&f.workspace, &f.cluster_id),
-                    &f.submission_id.to_string(),
-                );
-            }
-            Some(DomainEvent::JobSubmitted(j)) => {
-                view.delete(
-                    &submitting_collection(&j.workspace, &j.cluster_id),
-                    &j.submission_id.to_string(),
-                );
-                let pointer = Pointer {
-                    collection: collection(&j.workspace, &j.cluster_id),
-                    key: key(j.job_id),
-                };
-                let doc = JobView {
-                    job_id: j.job_id,
-                    cluster_id: j.cluster_id,
-                    workspace: j.workspace,
-                    submission_id: j.submission_id,
-                    name: j.name,
-                    user: j.user.to_string(),
-                    state: JobState::Pending,
-                    exit_code: None,
-                    submitted_at: j.submitted_at.unwrap_or(event.recorded_at),
-                    started_at: None,
-                    ended_at: None,
-                    pending_reason: Some(explain_pending("None", COLD_START_SECONDS)),
-                    reason: None,
-                    node: None,
-                    shape: j.shape,
-                    via: j.via,
-                    template_id: j.template_id,
-                    cancel_requested_by: None,
-                    stream_id: event.stream_id.clone(),
-                    stdout: domain::job::stdout_path(&j.body, j.job_id),
-                    rate: j.rate,
-                    position: event.position,
-                };
-                view.put(&pointer.collection, &pointer.key, &doc)?;
-                view.put(BY_STREAM, &event.stream_id, &pointer)?;
-            }
-            Some(DomainEvent::JobStateChanged(c)) => {
-                let Some((pointer, mut doc)) = self.find(view, &event.stream_id).await? else {
-                    return Ok(());
-                };
-                (doc.started_at, doc.ended_at) = times_after(doc.started_at, &c, event.recorded_at);
-                doc.state = c.to;
-                doc.reason = c.reason.clone();
-                doc.node = c.node.or(doc.node);
-                doc.exit_code = c.exit_code.or(doc.exit_code);
-                doc.pending_reason = (c.to == JobState::Pending).then(|| {
-                    explain_pending(c.reason.as_deref().unwrap_or("None"), COLD_START_SECONDS)
-                });
-                doc.position = event.position;
-                view.put(&pointer.collection, &pointer.key, &doc)?;
-            }
-            Some(DomainEvent::JobCancelRequested(c)) => {
-                let Some((pointer, mut doc)) = self.find(view, &event.stream_id).await? else {
-                    return Ok(());
-                };
-                doc.cancel_requested_by = Some(c.by.to_string());
-                doc.position = event.position;
-                view.put(&pointer.collection, &pointer.key, &doc)?;
-            }
-            _ => {}
-        }
-        Ok(())
+        apply(view, event, Layout::ByCluster).await
     }
 }
 
-impl JobViews {
-    async fn find(
-        &self,
-        view: &mut ViewTx<'_>,
-        stream: &str,
-    ) -> Result<Option<(Pointer, JobView)>, ProjectionError> {
-        let Some(pointer) = view.get::<Pointer>(BY_STREAM, stream).await? else {
-            return Ok(None);
-        };
-        Ok(view
-            .get::<JobView>(&pointer.collection, &pointer.key)
-            .await?
-            .map(|doc| (pointer, doc)))
+#[async_trait]
+impl Projector for UserJobViews {
+    fn name(&self) -> &'static str {
+        BY_USER_NAME
     }
+
+    fn reads(&self, event_type: &str) -> Reads {
+        Reads::decoded_if(matches!(
+            event_type,
+            "JobSubmitted" | "JobStateChanged" | "JobCancelRequested"
+        ))
+    }
+
+    async fn apply(&self, view: &mut ViewTx<'_>, event: Event<'_>) -> Applied {
+        apply(view, event, Layout::ByUser).await
+    }
+}
+
+/// Where [`apply`] keeps a job's view.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// In its cluster's collection, with the cluster's unsettled submissions.
+    ByCluster,
+    /// In its user's collection of the cluster.
+    ByUser,
+}
+
+async fn apply(view: &mut ViewTx<'_>, event: Event<'_>, layout: Layout) -> Applied {
+    let Event {
+        recorded: event,
+        domain,
+    } = event;
+    match domain {
+        Some(DomainEvent::JobSubmissionRequested(r)) if layout == Layout::ByCluster => {
+            view.put(
+                &submitting_collection(&r.workspace, &r.cluster_id),
+                &r.submission_id.to_string(),
+                &PendingSubmission {
+                    submission_id: r.submission_id,
+                    user: r.user.to_string(),
+                    requested_at: event.recorded_at,
+                    stream_id: event.stream_id.clone(),
+                    position: event.position,
+                },
+            )?;
+        }
+        Some(DomainEvent::JobSubmissionFailed(f)) if layout == Layout::ByCluster => {
+            view.delete(
+                &submitting_collection(&f.workspace, &f.cluster_id),
+                &f.submission_id.to_string(),
+            );
+        }
+        Some(DomainEvent::JobSubmitted(j)) => {
+            view.delete(
+                &submitting_collection(&j.workspace, &j.cluster_id),
+                &j.submission_id.to_string(),
+            );
+            let pointer = Pointer {
+                collection: match layout {
+                    Layout::ByCluster => collection(&j.workspace, &j.cluster_id),
+                    Layout::ByUser => user_collection(
+                        j.workspace.as_str(),
+                        j.cluster_id.as_str(),
+                        j.user.as_str(),
+                    ),
+                },
+                key: key(j.job_id),
+            };
+            let doc = JobView {
+                job_id: j.job_id,
+                cluster_id: j.cluster_id,
+                workspace: j.workspace,
+                submission_id: j.submission_id,
+                name: j.name,
+                user: j.user.to_string(),
+                state: JobState::Pending,
+                exit_code: None,
+                submitted_at: j.submitted_at.unwrap_or(event.recorded_at),
+                started_at: None,
+                ended_at: None,
+                pending_reason: Some(explain_pending("None", COLD_START_SECONDS)),
+                reason: None,
+                node: None,
+                shape: j.shape,
+                via: j.via,
+                template_id: j.template_id,
+                cancel_requested_by: None,
+                stream_id: event.stream_id.clone(),
+                stdout: domain::job::stdout_path(&j.body, j.job_id),
+                rate: j.rate,
+                position: event.position,
+            };
+            view.put(&pointer.collection, &pointer.key, &doc)?;
+            view.put(BY_STREAM, &event.stream_id, &pointer)?;
+        }
+        Some(DomainEvent::JobStateChanged(c)) => {
+            let Some((pointer, mut doc)) = find(view, &event.stream_id).await? else {
+                return Ok(());
+            };
+            (doc.started_at, doc.ended_at) = times_after(doc.started_at, &c, event.recorded_at);
+            doc.state = c.to;
+            doc.reason = c.reason.clone();
+            doc.node = c.node.or(doc.node);
+            doc.exit_code = c.exit_code.or(doc.exit_code);
+            doc.pending_reason = (c.to == JobState::Pending).then(|| {
+                explain_pending(c.reason.as_deref().unwrap_or("None"), COLD_START_SECONDS)
+            });
+            doc.position = event.position;
+            view.put(&pointer.collection, &pointer.key, &doc)?;
+        }
+        Some(DomainEvent::JobCancelRequested(c)) => {
+            let Some((pointer, mut doc)) = find(view, &event.stream_id).await? else {
+                return Ok(());
+            };
+            doc.cancel_requested_by = Some(c.by.to_string());
+            doc.position = event.position;
+            view.put(&pointer.collection, &pointer.key, &doc)?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+async fn find(
+    view: &mut ViewTx<'_>,
+    stream: &str,
+) -> Result<Option<(Pointer, JobView)>, ProjectionError> {
+    let Some(pointer) = view.get::<Pointer>(BY_STREAM, stream).await? else {
+        return Ok(None);
+    };
+    Ok(view
+        .get::<JobView>(&pointer.collection, &pointer.key)
+        .await?
+        .map(|doc| (pointer, doc)))
 }
