@@ -433,16 +433,24 @@ fn login_key(secret: &[u8]) -> Vec<u8> {
     h.finalize().to_vec()
 }
 
-/// The session cookie's token, if the request carries one.
-pub fn session_token(headers: &axum::http::HeaderMap) -> Option<String> {
+/// The values of every cookie called `name` the request carries, in order.
+pub fn cookie_values(headers: &axum::http::HeaderMap, name: &str) -> Vec<String> {
     headers
         .get_all(axum::http::header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(cookie::Cookie::split_parse)
         .filter_map(Result::ok)
-        .find(|c| c.name() == SESSION_COOKIE)
+        .filter(|c| c.name() == name)
         .map(|c| c.value().to_owned())
+        .collect()
+}
+
+/// The session cookie's token, if the request carries one.
+pub fn session_token(headers: &axum::http::HeaderMap) -> Option<String> {
+    cookie_values(headers, SESSION_COOKIE)
+        .into_iter()
+        .next()
         .filter(|v| !v.is_empty())
 }
 

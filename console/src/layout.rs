@@ -69,6 +69,32 @@ impl Console {
         })
     }
 
+    /// The frame of a page about one cluster, and that cluster; or the page to answer instead:
+    /// the error, or, when the workspace has no cluster, an empty state saying what to do.
+    pub async fn cluster_frame<'a>(
+        &self,
+        session: &'a Session,
+        wanted: Option<&str>,
+        active: &'static str,
+        title: &str,
+    ) -> Result<(Frame<'a>, String), Response> {
+        let frame = self
+            .frame(session, wanted, active)
+            .await
+            .map_err(|e| self.bare_fail(&e))?;
+        match frame.cluster.clone() {
+            Some(cluster) => Ok((frame, cluster)),
+            None => Err(self.page(
+                &frame,
+                title,
+                empty(
+                    "Your workspace has no cluster yet.",
+                    html! { "A workspace admin registers one through the API: " code { "POST /v1/clusters" } " (docs/api.md)." },
+                ),
+            )),
+        }
+    }
+
     /// A whole page: the shell around `body`.
     pub fn page(&self, frame: &Frame<'_>, title: &str, body: Markup) -> Response {
         let caller = &frame.session.caller;
@@ -81,12 +107,8 @@ impl Console {
             (DOCTYPE)
             html lang="en" {
                 head {
-                    meta charset="utf-8";
-                    meta name="viewport" content="width=device-width, initial-scale=1";
+                    (head_common(title, Some(&self.assets.url("console.css"))))
                     meta name="csrf-token" content=(frame.session.csrf);
-                    title { (title) " · Clusterra" }
-                    link rel="icon" href="data:,";
-                    link rel="stylesheet" href=(self.assets.url("console.css"));
                     script type="module" src=(self.assets.url("console.js")) {}
                 }
                 body {
@@ -150,16 +172,24 @@ impl Console {
     }
 }
 
+/// What every page's `<head>` holds: charset, viewport, title, no favicon request, the
+/// stylesheet when given.
+pub fn head_common(title: &str, css: Option<&str>) -> Markup {
+    html! {
+        meta charset="utf-8";
+        meta name="viewport" content="width=device-width, initial-scale=1";
+        title { (title) " · Clusterra" }
+        link rel="icon" href="data:,";
+        @if let Some(css) = css { link rel="stylesheet" href=(css); }
+    }
+}
+
 /// A small standalone page for an error outside the shell.
 pub fn problem(status: StatusCode, code: &str, message: &str) -> Response {
     let markup = html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { "Clusterra" }
-            }
+            head { (head_common("Something went wrong", None)) }
             body {
                 main {
                     h1 { "Something went wrong" }

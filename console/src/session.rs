@@ -104,14 +104,7 @@ impl FromRequestParts<Arc<Console>> for Session {
 }
 
 fn session_cookies(headers: &HeaderMap) -> usize {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(Cookie::split_parse)
-        .filter_map(Result::ok)
-        .filter(|c| c.name() == SESSION_COOKIE)
-        .count()
+    api::auth::cookie_values(headers, SESSION_COOKIE).len()
 }
 
 /// Whether `next` is a path of this console: visible ASCII only (browsers drop tabs and line
@@ -154,28 +147,34 @@ fn over_tls(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("https"))
 }
 
-/// The `Set-Cookie` of a new session, living `max_age_s`.
-pub fn session_cookie(headers: &HeaderMap, token: &str, max_age_s: i64) -> HeaderValue {
-    let c = Cookie::build((SESSION_COOKIE, token.to_owned()))
+/// A `Set-Cookie` of this console: HttpOnly, SameSite=Strict, Secure over TLS.
+fn set_cookie(
+    headers: &HeaderMap,
+    name: &'static str,
+    value: String,
+    path: &'static str,
+    max_age: cookie::time::Duration,
+) -> HeaderValue {
+    let c = Cookie::build((name, value))
         .http_only(true)
         .same_site(SameSite::Strict)
         .secure(over_tls(headers))
-        .path("/")
-        .max_age(cookie::time::Duration::seconds(max_age_s.max(0)))
+        .path(path)
+        .max_age(max_age)
         .build();
     HeaderValue::from_str(&c.to_string()).unwrap_or(HeaderValue::from_static(""))
 }
 
+/// The `Set-Cookie` of a new session, living `max_age_s`.
+pub fn session_cookie(headers: &HeaderMap, token: &str, max_age_s: i64) -> HeaderValue {
+    let age = cookie::time::Duration::seconds(max_age_s.max(0));
+    set_cookie(headers, SESSION_COOKIE, token.to_owned(), "/", age)
+}
+
 /// The `Set-Cookie` that ends a session.
 pub fn clear_cookie(headers: &HeaderMap) -> HeaderValue {
-    let c = Cookie::build((SESSION_COOKIE, ""))
-        .http_only(true)
-        .same_site(SameSite::Strict)
-        .secure(over_tls(headers))
-        .path("/")
-        .max_age(cookie::time::Duration::ZERO)
-        .build();
-    HeaderValue::from_str(&c.to_string()).unwrap_or(HeaderValue::from_static(""))
+    let age = cookie::time::Duration::ZERO;
+    set_cookie(headers, SESSION_COOKIE, String::new(), "/", age)
 }
 
 /// The double-submit cookie of the sign-in form (there is no session yet to derive a token
@@ -189,29 +188,16 @@ pub fn login_csrf(headers: &HeaderMap) -> (String, HeaderValue) {
     // got this very cookie, which is still no way in for another site (SameSite=Strict).
     let _ = getrandom::fill(&mut bytes);
     let value = hex::encode(bytes);
-    let c = Cookie::build((LOGIN_CSRF_COOKIE, value.clone()))
-        .http_only(true)
-        .same_site(SameSite::Strict)
-        .secure(over_tls(headers))
-        .path("/login")
-        .max_age(cookie::time::Duration::minutes(30))
-        .build();
-    (
-        value,
-        HeaderValue::from_str(&c.to_string()).unwrap_or(HeaderValue::from_static("")),
-    )
+    let age = cookie::time::Duration::minutes(30);
+    let cookie = set_cookie(headers, LOGIN_CSRF_COOKIE, value.clone(), "/login", age);
+    (value, cookie)
 }
 
 /// The login CSRF cookie the browser sent.
 pub fn login_csrf_sent(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(Cookie::split_parse)
-        .filter_map(Result::ok)
-        .find(|c| c.name() == LOGIN_CSRF_COOKIE)
-        .map(|c| c.value().to_owned())
+    api::auth::cookie_values(headers, LOGIN_CSRF_COOKIE)
+        .into_iter()
+        .next()
 }
 
 /// Compares a login form's CSRF field with its cookie.

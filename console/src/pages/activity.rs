@@ -48,22 +48,12 @@ pub async fn page(
     session: Session,
     Query(q): Query<ActivityQuery>,
 ) -> Response {
-    let frame = match console
-        .frame(&session, q.cluster.as_deref(), "/activity")
+    let (frame, cluster) = match console
+        .cluster_frame(&session, q.cluster.as_deref(), "/activity", "Activity")
         .await
     {
         Ok(f) => f,
-        Err(e) => return console.bare_fail(&e),
-    };
-    let Some(cluster) = frame.cluster.clone() else {
-        return console.page(
-            &frame,
-            "Activity",
-            empty(
-                "Your workspace has no cluster yet.",
-                html! { "Activity appears once a cluster is registered." },
-            ),
-        );
+        Err(page) => return page,
     };
     let kind = q.kind.clone().filter(|k| KINDS.iter().any(|(t, _)| t == k));
     let uri = format!(

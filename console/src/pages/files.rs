@@ -53,22 +53,12 @@ pub async fn page(
     session: Session,
     Query(q): Query<FilesQuery>,
 ) -> Response {
-    let frame = match console
-        .frame(&session, q.cluster.as_deref(), "/files")
+    let (frame, cluster) = match console
+        .cluster_frame(&session, q.cluster.as_deref(), "/files", "Files")
         .await
     {
         Ok(f) => f,
-        Err(e) => return console.bare_fail(&e),
-    };
-    let Some(cluster) = frame.cluster.clone() else {
-        return console.page(
-            &frame,
-            "Files",
-            empty(
-                "Your workspace has no cluster yet.",
-                html! { "Files live in a cluster's bucket." },
-            ),
-        );
+        Err(page) => return page,
     };
     let location = q
         .location

@@ -50,17 +50,13 @@ pub async fn page(
     Path(job_id): Path<String>,
     Query(q): Query<ClusterQuery>,
 ) -> Response {
-    let frame = match console.frame(&session, q.cluster.as_deref(), "/jobs").await {
-        Ok(f) => f,
-        Err(e) => return console.bare_fail(&e),
-    };
     let title = format!("Job {job_id}");
-    let Some(cluster) = frame.cluster.clone() else {
-        return console.page(
-            &frame,
-            &title,
-            html! { p { "Your workspace has no cluster yet." } },
-        );
+    let (frame, cluster) = match console
+        .cluster_frame(&session, q.cluster.as_deref(), "/jobs", &title)
+        .await
+    {
+        Ok(f) => f,
+        Err(page) => return page,
     };
     let base = format!("/v1/clusters/{}/jobs/{}", seg(&cluster), seg(&job_id));
     let job = match console.get_at(&session, &base, q.at).await {

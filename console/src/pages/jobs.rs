@@ -42,12 +42,12 @@ pub async fn list(
     session: Session,
     Query(q): Query<JobsQuery>,
 ) -> Response {
-    let frame = match console.frame(&session, q.cluster.as_deref(), "/jobs").await {
+    let (frame, cluster) = match console
+        .cluster_frame(&session, q.cluster.as_deref(), "/jobs", "Jobs")
+        .await
+    {
         Ok(f) => f,
-        Err(e) => return console.bare_fail(&e),
-    };
-    let Some(cluster) = frame.cluster.clone() else {
-        return console.page(&frame, "Jobs", empty("Your workspace has no cluster yet.", html! { "A workspace admin registers one with " code { "clusterra clusters add" } "." }));
+        Err(page) => return page,
     };
     let admin = session.caller.is_admin();
     let uri = format!(

@@ -48,12 +48,7 @@ fn login_page(
     let markup = html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { "Sign in · Clusterra" }
-                link rel="stylesheet" href=(console.assets.url("console.css"));
-            }
+            head { (crate::layout::head_common("Sign in", Some(&console.assets.url("console.css")))) }
             body.login {
                 main #main {
                     h1 { "Sign in to Clusterra" }

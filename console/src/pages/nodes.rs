@@ -18,22 +18,12 @@ pub async fn page(
     session: Session,
     Query(q): Query<ClusterQuery>,
 ) -> Response {
-    let frame = match console
-        .frame(&session, q.cluster.as_deref(), "/nodes")
+    let (frame, cluster) = match console
+        .cluster_frame(&session, q.cluster.as_deref(), "/nodes", "Nodes")
         .await
     {
         Ok(f) => f,
-        Err(e) => return console.bare_fail(&e),
-    };
-    let Some(cluster) = frame.cluster.clone() else {
-        return console.page(
-            &frame,
-            "Nodes",
-            empty(
-                "Your workspace has no cluster yet.",
-                html! { "Nodes appear once a cluster is registered." },
-            ),
-        );
+        Err(page) => return page,
     };
     let sets = match console
         .get(

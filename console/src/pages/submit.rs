@@ -64,19 +64,12 @@ async fn render(
     values: &BTreeMap<String, String>,
     fail: Option<&Fail>,
 ) -> Response {
-    let frame = match console.frame(session, cluster, "/submit").await {
+    let (frame, cluster) = match console
+        .cluster_frame(session, cluster, "/submit", "Submit")
+        .await
+    {
         Ok(f) => f,
-        Err(e) => return console.bare_fail(&e),
-    };
-    let Some(cluster) = frame.cluster.clone() else {
-        return console.page(
-            &frame,
-            "Submit",
-            empty(
-                "Your workspace has no cluster yet.",
-                html! { "A workspace admin registers one first." },
-            ),
-        );
+        Err(page) => return page,
     };
     let list = match console.get(session, "/v1/templates").await {
         Ok(l) => l,
