@@ -599,6 +599,22 @@ impl Browser {
     }
 }
 
+/// Every visible input, select and textarea of the page has a label (a `<label for>`, an
+/// enclosing `<label>`, or `aria-label`).
+async fn assert_labelled(b: &Browser) {
+    let unlabelled = b
+        .client
+        .execute(
+            r#"return Array.from(document.querySelectorAll('input:not([type=hidden]), select, textarea'))
+                 .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label'))
+                 .map(e => e.outerHTML);"#,
+            vec![],
+        )
+        .await
+        .expect("script");
+    assert_eq!(unlabelled, json!([]), "inputs without a label");
+}
+
 async fn sign_in(b: &Browser, link: &str) {
     b.goto(link).await;
     b.shoot("login").await;
@@ -622,6 +638,7 @@ async fn in_a_browser_a_researcher_submits_from_the_form_watches_the_log_sees_co
     b.goto(&format!("{base}/submit?cluster=local&template=shell"))
         .await;
     b.shoot("submit").await;
+    assert_labelled(&b).await;
     b.fill(
         "#p-command",
         "for i in $(seq 1 30); do echo line $i; sleep 0.1; done; echo all done",
@@ -782,6 +799,7 @@ async fn in_a_browser_a_5_mb_file_goes_up_to_the_store_and_comes_back_byte_ident
         .await;
     assert_contains(&b.text("table.files").await, "5.0 MiB");
     b.shoot("files").await;
+    assert_labelled(&b).await;
 
     // The download button's POST answers with a redirect to a presigned GET: fetch it from
     // the page and hash what comes back.
@@ -868,6 +886,18 @@ async fn in_a_browser_an_admin_sets_a_quota_and_a_user_gets_no_admin_page() {
         json!(403),
         "a user cannot set a quota through the console"
     );
+    // From the browser itself: a cancel posted without the page's CSRF token is refused.
+    let refused = b
+        .client
+        .execute_async(
+            r#"const done = arguments[arguments.length - 1];
+               fetch('/jobs/1/cancel?cluster=local', {method: 'POST', redirect: 'manual', body: new URLSearchParams({confirm: 'yes'})})
+                 .then(r => r.text().then(t => done([r.status, t.includes('csrf_token_invalid')]))).catch(e => done(String(e)));"#,
+            vec![],
+        )
+        .await
+        .expect("post from the page");
+    assert_eq!(refused, json!([403, true]));
     let (_, quota) = api.get("/v1/workspaces/default/quotas/ada@lab.org").await;
     assert_eq!(quota["limit_usd"], "25.000000", "unchanged");
     b.close().await;
