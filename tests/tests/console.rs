@@ -72,6 +72,21 @@ fn set_cookie(res: &reqwest::Response, name: &str) -> Option<String> {
         .map(str::to_string)
 }
 
+/// A form POSTed with the session cookie.
+async fn post_form<T: serde::Serialize + ?Sized>(
+    http: &reqwest::Client,
+    url: &str,
+    session: &str,
+    form: &T,
+) -> reqwest::Response {
+    http.post(url)
+        .header("cookie", session)
+        .form(form)
+        .send()
+        .await
+        .expect("POST")
+}
+
 /// Uses a sign-in link over HTTP; the answer to the POST.
 async fn use_link(http: &reqwest::Client, link: &str) -> reqwest::Response {
     let page = http.get(link).send().await.expect("GET /login");
@@ -221,13 +236,7 @@ async fn posts_without_the_csrf_token_are_refused_and_change_nothing() {
         let mut wrong = form.clone();
         wrong.push(("csrf", "0123456789abcdef0123456789abcdef"));
         for body in [form.clone(), wrong] {
-            let res = http
-                .post(format!("{base}{path}"))
-                .header("cookie", &session)
-                .form(&body)
-                .send()
-                .await
-                .expect("POST");
+            let res = post_form(&http, &format!("{base}{path}"), &session, &body).await;
             assert_eq!(res.status(), 403, "{path} without its CSRF token");
             assert_contains(&res.text().await.expect("html"), "csrf_token_invalid");
         }
@@ -270,18 +279,18 @@ async fn posts_without_the_csrf_token_are_refused_and_change_nothing() {
     assert_eq!(api.log_position().await, before);
 
     // With the token, the same form submits (via the console).
-    let res = http
-        .post(format!("{base}/jobs?cluster=local"))
-        .header("cookie", &session)
-        .form(&[
+    let res = post_form(
+        &http,
+        &format!("{base}/jobs?cluster=local"),
+        &session,
+        &[
             ("csrf", csrf.as_str()),
             ("template_id", "shell"),
             ("p.command", "echo hi"),
             ("idempotency_key", "k-1"),
-        ])
-        .send()
-        .await
-        .expect("POST");
+        ],
+    )
+    .await;
     assert_eq!(res.status(), 303);
     assert_contains(res.headers()["location"].to_str().expect("ascii"), "/jobs/");
     let location = res.headers()["location"]
@@ -302,13 +311,13 @@ async fn posts_without_the_csrf_token_are_refused_and_change_nothing() {
     let raw = json!({"job": {"name": "raw", "script": "#!/bin/bash\necho raw\n", "current_working_directory": "/mnt/efs",
         "environment": ["PATH=/usr/bin:/bin"], "tasks": 1}})
     .to_string();
-    let res = http
-        .post(format!("{base}/jobs?cluster=local"))
-        .header("cookie", &session)
-        .form(&[("csrf", csrf.as_str()), ("body", raw.as_str())])
-        .send()
-        .await
-        .expect("POST");
+    let res = post_form(
+        &http,
+        &format!("{base}/jobs?cluster=local"),
+        &session,
+        &[("csrf", csrf.as_str()), ("body", raw.as_str())],
+    )
+    .await;
     assert_eq!(
         res.status(),
         303,
@@ -391,30 +400,30 @@ async fn pages_carry_security_headers_and_bad_input_gets_clear_errors() {
     assert_contains(&res.text().await.expect("html"), "no cluster");
     // A template form's bad value comes back at its field, and nothing is submitted.
     let before = api.log_position().await;
-    let res = http
-        .post(format!("{base}/jobs?cluster=local"))
-        .header("cookie", &session)
-        .form(&[
+    let res = post_form(
+        &http,
+        &format!("{base}/jobs?cluster=local"),
+        &session,
+        &[
             ("csrf", csrf.as_str()),
             ("template_id", "shell"),
             ("p.command", "echo hi"),
             ("p.minutes", "999999"),
-        ])
-        .send()
-        .await
-        .expect("POST");
+        ],
+    )
+    .await;
     assert_eq!(res.status(), 422);
     let html = res.text().await.expect("html");
     assert_contains(&html, "field-error");
     assert_contains(&html, "params.minutes");
     // A raw body that is not JSON.
-    let res = http
-        .post(format!("{base}/jobs?cluster=local"))
-        .header("cookie", &session)
-        .form(&[("csrf", csrf.as_str()), ("body", "{not json")])
-        .send()
-        .await
-        .expect("POST");
+    let res = post_form(
+        &http,
+        &format!("{base}/jobs?cluster=local"),
+        &session,
+        &[("csrf", csrf.as_str()), ("body", "{not json")],
+    )
+    .await;
     assert_eq!(res.status(), 422);
     assert_contains(&res.text().await.expect("html"), "invalid_json");
     assert_eq!(api.log_position().await, before);
