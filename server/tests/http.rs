@@ -154,7 +154,11 @@ fn new_cluster(id: &str) -> Value {
 }
 
 async fn wait_ready(state: &AppState) {
-    wait_projected(state, "clusters").await;
+    // Every view a route of the matrix reads: a GET right after a PUT of a quota, say, must
+    // see it (seen flaky when only `clusters` was waited for).
+    for projection in ["clusters", "jobs", "quotas", "costs"] {
+        wait_projected(state, projection).await;
+    }
 }
 
 /// Waits (10 s at most) until `projection` has read the whole log.
