@@ -601,8 +601,15 @@ impl Browser {
             .expect("resize");
     }
 
-    async fn close(mut self) {
+    async fn close(self) {
         let _ = self.client.clone().close().await;
+        // The driver goes with `self` (Drop).
+    }
+}
+
+impl Drop for Browser {
+    /// A test that fails before `close` must not leave chromedriver (and its browser) behind.
+    fn drop(&mut self) {
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
