@@ -329,6 +329,11 @@ impl Authenticator {
 
     /// Checks a bearer token and returns the caller.
     pub fn verify(&self, token: &str) -> Result<Caller, AuthError> {
+        self.verify_until(token).map(|(caller, _)| caller)
+    }
+
+    /// [`Authenticator::verify`], with the token's expiry (`exp`, seconds since the epoch).
+    pub fn verify_until(&self, token: &str) -> Result<(Caller, i64), AuthError> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| AuthError::Malformed(e.to_string()))?;
         let mut validation;
@@ -395,11 +400,14 @@ impl Authenticator {
             Email::new(claims.email).map_err(|e| AuthError::InvalidClaims(e.to_string()))?;
         let workspace = WorkspaceId::new(claims.workspace)
             .map_err(|e| AuthError::InvalidClaims(e.to_string()))?;
-        Ok(Caller {
-            email,
-            workspace,
-            role: claims.role,
-        })
+        Ok((
+            Caller {
+                email,
+                workspace,
+                role: claims.role,
+            },
+            claims.exp,
+        ))
     }
 }
 

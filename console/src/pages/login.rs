@@ -147,9 +147,9 @@ pub async fn submit(
             cookie,
         )
     };
-    let token = if let Some(code) = form.code.as_deref().filter(|c| !c.is_empty()) {
+    let (token, exp) = if let Some(code) = form.code.as_deref().filter(|c| !c.is_empty()) {
         match use_link(&console, code).await {
-            Ok(token) => token,
+            Ok(minted) => minted,
             Err(LinkError::Refused(m)) => return retry(&m, StatusCode::UNAUTHORIZED),
             Err(LinkError::Used) => {
                 return retry(
@@ -174,15 +174,17 @@ pub async fn submit(
                 StatusCode::UNPROCESSABLE_ENTITY,
             );
         }
-        if let Err(e) = console.auth.verify(&token) {
-            return retry(
-                &format!("That token was refused: {e}"),
-                StatusCode::UNAUTHORIZED,
-            );
+        match console.auth.verify_until(&token) {
+            Ok((_, exp)) => (token, exp),
+            Err(e) => {
+                return retry(
+                    &format!("That token was refused: {e}"),
+                    StatusCode::UNAUTHORIZED,
+                );
+            }
         }
-        token
     };
-    let max_age = session_max_age(&console, &token);
+    let max_age = max_age_until(&console, exp);
     let mut res = Redirect::to(&next).into_response();
     res.headers_mut().append(
         header::SET_COOKIE,
@@ -191,23 +193,9 @@ pub async fn submit(
     res
 }
 
-/// Seconds until a token expires (its `exp`), for the cookie's Max-Age; the signature was
-/// checked before.
-fn session_max_age(console: &Console, token: &str) -> i64 {
-    use base64::Engine;
-    let exp = token
-        .split('.')
-        .nth(1)
-        .and_then(|p| {
-            base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(p)
-                .ok()
-        })
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .and_then(|v| v["exp"].as_i64());
-    exp.map_or(3600, |e| {
-        (e - chrono::Utc::now().timestamp()).clamp(0, console.auth.max_lifetime_s())
-    })
+/// Seconds until `exp`, for the cookie's Max-Age (bounded by the longest lifetime accepted).
+fn max_age_until(console: &Console, exp: i64) -> i64 {
+    (exp - chrono::Utc::now().timestamp()).clamp(0, console.auth.max_lifetime_s())
 }
 
 enum LinkError {
@@ -218,7 +206,7 @@ enum LinkError {
 
 /// Checks a link, records its use once (stream `login:<link_id>`, expected: no stream), and
 /// mints the session's token.
-async fn use_link(console: &Console, code: &str) -> Result<String, LinkError> {
+async fn use_link(console: &Console, code: &str) -> Result<(String, i64), LinkError> {
     let (link, caller) = console
         .auth
         .verify_login_code(code)
@@ -260,10 +248,11 @@ async fn use_link(console: &Console, code: &str) -> Result<String, LinkError> {
         iat: Some(now.timestamp()),
         nbf: None,
     };
-    console
+    let token = console
         .auth
         .mint(&claims)
-        .map_err(|e| LinkError::Internal(e.to_string()))
+        .map_err(|e| LinkError::Internal(e.to_string()))?;
+    Ok((token, claims.exp))
 }
 
 #[derive(Debug, Default, Deserialize)]
