@@ -172,6 +172,22 @@ pub fn passable(path: &Path) {
 
 /// A token for `email` in `workspace`, signed with the data directory's secret.
 pub fn mint(data: &str, email: &str, workspace: &str, admin: bool) -> String {
+    token_mint(data, email, workspace, admin, &[])
+}
+
+/// A one-time console sign-in link for `email` (workspace `default`) to the server at `base`.
+pub fn login_link(data: &str, base: &str, email: &str, admin: bool) -> String {
+    token_mint(
+        data,
+        email,
+        "default",
+        admin,
+        &["--login-link", "--url", base],
+    )
+}
+
+/// `clusterra token mint` with `extra` arguments; what it printed.
+fn token_mint(data: &str, email: &str, workspace: &str, admin: bool, extra: &[&str]) -> String {
     let mut args = vec![
         "token",
         "mint",
@@ -185,6 +201,7 @@ pub fn mint(data: &str, email: &str, workspace: &str, admin: bool) -> String {
     if admin {
         args.push("--admin");
     }
+    args.extend_from_slice(extra);
     let out = run(&args);
     assert!(out.status.success(), "{out:?}");
     stdout(&out).trim().to_string()

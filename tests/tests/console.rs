@@ -21,31 +21,6 @@ fn banner_link(banner: &str) -> String {
         .to_string()
 }
 
-/// A sign-in link made by `clusterra token mint --login-link` for the server at `base`.
-fn cli_link(data: &str, base: &str, email: &str, admin: bool) -> String {
-    let mut args = vec![
-        "token",
-        "mint",
-        "--data-dir",
-        data,
-        "--email",
-        email,
-        "--login-link",
-        "--url",
-        base,
-    ];
-    if admin {
-        args.push("--admin");
-    }
-    let out = run(&args);
-    assert!(
-        out.status.success(),
-        "token mint --login-link: {}",
-        tests::stderr(&out)
-    );
-    stdout(&out).trim().to_string()
-}
-
 fn no_redirects() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -178,8 +153,57 @@ async fn a_sign_in_link_signs_in_once_and_its_session_is_an_httponly_strict_cook
     assert_contains(&again.text().await.expect("html"), "already used");
     assert_eq!(api.log_position().await, before + 1);
 
+    // A link whose signature is not this server's, and one that expired: refused, nothing
+    // recorded, no session.
+    let mut forged = tests::login_link(&_data, &base, "ada@lab.org", false);
+    forged.pop();
+    forged.push('A');
+    let before = api.log_position().await;
+    let page = http.get(&forged).send().await.expect("GET");
+    assert_contains(
+        &page.text().await.expect("html"),
+        "not valid for this server",
+    );
+    let out = run(&[
+        "token",
+        "mint",
+        "--data-dir",
+        &_data,
+        "--email",
+        "ada@lab.org",
+        "--login-link",
+        "--url",
+        &base,
+        "--ttl",
+        "1s",
+    ]);
+    let expired = stdout(&out).trim().to_string();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let page = http.get(&expired).send().await.expect("GET");
+    assert_contains(&page.text().await.expect("html"), "expired");
+    // A pasted token: refused when it is not valid, or longer than a cookie can hold.
+    for (token, status, says) in [
+        ("not-a-jwt".to_string(), 401, "That token was refused"),
+        ("x".repeat(4_000), 422, "at most 3,500 characters"),
+    ] {
+        let page = http.get(format!("{base}/login")).send().await.expect("GET");
+        let cookie = set_cookie(&page, "clusterra_login_csrf").expect("cookie");
+        let html = page.text().await.expect("html");
+        let res = http
+            .post(format!("{base}/login"))
+            .header("cookie", cookie.split(';').next().expect("pair"))
+            .form(&[("csrf", hidden(&html, "csrf")), ("token", token)])
+            .send()
+            .await
+            .expect("POST");
+        assert_eq!(res.status(), status);
+        assert!(set_cookie(&res, "clusterra_session").is_none());
+        assert_contains(&res.text().await.expect("html"), says);
+    }
+    assert_eq!(api.log_position().await, before);
+
     // Behind a TLS proxy the cookie is Secure.
-    let fresh = cli_link(&_data, &base, "ada@lab.org", false);
+    let fresh = tests::login_link(&_data, &base, "ada@lab.org", false);
     let page = http
         .get(&fresh)
         .header("x-forwarded-proto", "https")
@@ -873,7 +897,7 @@ async fn in_a_browser_an_admin_sets_a_quota_and_a_user_gets_no_admin_page() {
 
     // Ada is a plain user: no workspace table, no quota form; the quota route refuses her.
     let b = Browser::start().await;
-    sign_in(&b, &cli_link(&data, &base, "ada@lab.org", false)).await;
+    sign_in(&b, &tests::login_link(&data, &base, "ada@lab.org", false)).await;
     b.goto(&format!("{base}/usage?cluster=local")).await;
     b.wait_text("h1", "Usage", Duration::from_secs(5)).await;
     assert!(
