@@ -80,6 +80,33 @@ pub async fn await_projection(state: &AppState, projection: &str, min: MinPositi
     headers
 }
 
+/// [`await_projection`] for a read that joins several projections: `fresh` only when every one
+/// reached the position; the projection position reported is the least of theirs.
+pub async fn await_projections(
+    state: &AppState,
+    projections: &[&str],
+    min: MinPosition,
+) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    for name in projections {
+        let headers = await_projection(state, name, min).await;
+        for (key, value) in &headers {
+            let keep = match out.get(key) {
+                None => true,
+                Some(old) if key == CONSISTENCY => value == "stale" && old != "stale",
+                Some(old) => {
+                    let n = |v: &HeaderValue| v.to_str().ok().and_then(|v| v.parse::<i64>().ok());
+                    n(value) < n(old)
+                }
+            };
+            if keep {
+                out.insert(key.clone(), value.clone());
+            }
+        }
+    }
+    out
+}
+
 /// The `X-Clusterra-Position` header of a command's answer.
 pub fn position_header(position: i64) -> HeaderMap {
     let mut headers = HeaderMap::new();

@@ -10,7 +10,7 @@
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use chrono::{DateTime, Duration, Utc};
 use domain::cost::{
     CostJob, Period, Pricing, QuotaMode, QuotaStatus, Usage, series, usage, usage_by_user,
@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::auth::Caller;
+use crate::consistency::{MinPosition, await_projections};
 use crate::{ApiError, AppState};
 
 pub(crate) fn pricing(state: &AppState) -> Pricing {
@@ -130,6 +131,7 @@ pub struct Profile {
 
 /// Your profile: who you are, what your jobs cost, your quota and where you stand.
 #[utoipa::path(get, path = "/v1/users/me", tag = "usage",
+    params(("X-Clusterra-Min-Position" = Option<i64>, Header, description = "Wait (bounded) until this log position is visible, e.g. a quota just set")),
     responses(
         (status = 200, description = "Your profile", body = Profile),
         (status = 401, description = "Missing or invalid token", body = crate::error::ErrorBody),
@@ -138,21 +140,26 @@ pub struct Profile {
 pub(crate) async fn me(
     State(state): State<AppState>,
     caller: Caller,
-) -> Result<Json<Profile>, ApiError> {
+    min: MinPosition,
+) -> Result<(HeaderMap, Json<Profile>), ApiError> {
+    let headers = await_projections(&state, &[costs::NAME, quotas::NAME], min).await;
     let now = state.clock.now();
     let period = Period::of(state.settings.billing_period, now);
     let u = user_usage(&state, &caller.workspace, &caller.email, period, now).await?;
     let quota = quota_of(&state, &caller.workspace, caller.email.as_str()).await?;
-    Ok(Json(Profile {
-        email: caller.email.to_string(),
-        role: caller.role.as_str().into(),
-        workspace: caller.workspace.to_string(),
-        period: PeriodBody {
-            start: period.start,
-            end: period.end,
-        },
-        usage: usage_body(&u, quota.as_ref(), period),
-    }))
+    Ok((
+        headers,
+        Json(Profile {
+            email: caller.email.to_string(),
+            role: caller.role.as_str().into(),
+            workspace: caller.workspace.to_string(),
+            period: PeriodBody {
+                start: period.start,
+                end: period.end,
+            },
+            usage: usage_body(&u, quota.as_ref(), period),
+        }),
+    ))
 }
 
 /// A user's money in `period` at `now`, from the jobs projection.
@@ -360,7 +367,8 @@ pub struct WorkspaceUsage {
 
 /// Per user: burn rate, pending bill, projected spend, quota and status (admins of the workspace).
 #[utoipa::path(get, path = "/v1/workspaces/{ws}/usage", tag = "usage",
-    params(("ws" = String, Path, description = "Workspace")),
+    params(("ws" = String, Path, description = "Workspace"),
+        ("X-Clusterra-Min-Position" = Option<i64>, Header, description = "Wait (bounded) until this log position is visible, e.g. a quota just set")),
     responses(
         (status = 200, description = "The workspace's usage", body = WorkspaceUsage),
         (status = 403, description = "Not an admin of this workspace", body = crate::error::ErrorBody),
@@ -369,9 +377,11 @@ pub struct WorkspaceUsage {
 pub(crate) async fn workspace_usage(
     State(state): State<AppState>,
     caller: Caller,
+    min: MinPosition,
     Path(ws): Path<String>,
-) -> Result<Json<WorkspaceUsage>, ApiError> {
+) -> Result<(HeaderMap, Json<WorkspaceUsage>), ApiError> {
     let workspace = require_workspace_admin(&caller, &ws)?;
+    let headers = await_projections(&state, &[costs::NAME, quotas::NAME], min).await;
     let now = state.clock.now();
     let period = Period::of(state.settings.billing_period, now);
     let read = state.store.read.as_ref();
@@ -393,15 +403,18 @@ pub(crate) async fn workspace_usage(
             }
         })
         .collect();
-    Ok(Json(WorkspaceUsage {
-        workspace: workspace.to_string(),
-        period: PeriodBody {
-            start: period.start,
-            end: period.end,
-        },
-        burn_rate_usd_per_hour: total.burn_rate.decimal(),
-        pending_bill_usd: total.pending_bill.decimal(),
-        projected_spend_usd: total.projected.decimal(),
-        users,
-    }))
+    Ok((
+        headers,
+        Json(WorkspaceUsage {
+            workspace: workspace.to_string(),
+            period: PeriodBody {
+                start: period.start,
+                end: period.end,
+            },
+            burn_rate_usd_per_hour: total.burn_rate.decimal(),
+            pending_bill_usd: total.pending_bill.decimal(),
+            projected_spend_usd: total.projected.decimal(),
+            users,
+        }),
+    ))
 }

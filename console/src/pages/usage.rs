@@ -126,12 +126,13 @@ pub async fn page(
     let ws = if admin {
         Some(
             console
-                .get(
+                .get_at(
                     &session,
                     &format!(
                         "/v1/workspaces/{}/usage",
                         seg(session.caller.workspace.as_str())
                     ),
+                    q.at,
                 )
                 .await,
         )
