@@ -5,7 +5,7 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use commands::scaling::{ScalingJob, desired_counts};
-use domain::scaling::{Demand, PendingSlice, plan};
+use domain::scaling::{PendingSlice, plan};
 use projections::views::jobs;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -86,13 +86,16 @@ pub(crate) async fn list(
     let slices: Vec<PendingSlice> = running
         .iter()
         .flat_map(|j| {
-            let demand = Demand::per_node(
-                j.shape.cpus,
-                j.shape.memory_mib,
-                j.shape.nodes,
+            let (demand, nodes) = domain::placement::of_shape(
+                &state.scaling.catalog,
+                &j.shape,
                 state.scaling.default_mib_per_cpu,
+            )
+            .map_or_else(
+                |e| (e.demand, j.shape.nodes.max(1)),
+                |p| (p.demand, p.nodes),
             );
-            (0..j.shape.nodes.max(1)).map(move |_| PendingSlice {
+            (0..nodes).map(move |_| PendingSlice {
                 job_id: j.job_id,
                 demand,
             })

@@ -5,10 +5,21 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use domain::simulate::{SimReport, SimSettings, simulate};
+use domain::simulate::{FleetReport, IdlePolicy, SimReport, SimSettings, simulate};
 use domain::trace::{Trace, parse_csv, parse_swf};
 
 use server::Profile;
+
+/// Which elastic idle policies run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Policies {
+    /// The service's: a node set shrinks once under-used for the idle window
+    Set,
+    /// Per node: a node idle for the idle window is terminated (ParallelCluster's)
+    Node,
+    /// Both, side by side
+    Both,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -30,9 +41,19 @@ pub struct SimulateArgs {
     /// Cold start in seconds (overrides --profile)
     #[arg(long, value_name = "SECONDS")]
     pub cold_start: Option<i64>,
-    /// Seconds a node set must be under-used before it shrinks
+    /// Seconds of idleness before nodes go (per set or per node, by --idle-policy)
     #[arg(long, value_name = "SECONDS", default_value_t = 300)]
     pub idle_window: i64,
+    /// How idle elastic nodes go away
+    #[arg(long, value_enum, default_value_t = Policies::Both)]
+    pub idle_policy: Policies,
+    /// The most nodes one job may use (wider jobs are refused and reported)
+    #[arg(long, value_name = "N", default_value_t = domain::simulate::MAX_NODES_PER_JOB)]
+    pub max_nodes_per_job: u32,
+    /// The site's machine in processors, for the fixed-fleet baseline [default: the SWF
+    /// header's MaxProcs]
+    #[arg(long, value_name = "N")]
+    pub site_procs: Option<u64>,
     /// Seconds between scaling cycles
     #[arg(long, value_name = "SECONDS", default_value_t = 1)]
     pub cycle: i64,
@@ -53,6 +74,20 @@ pub struct SimulateArgs {
 pub fn run(args: &SimulateArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.idle_window >= 0, "--idle-window must be ≥ 0 seconds");
     anyhow::ensure!(args.cycle >= 1, "--cycle must be at least 1 second");
+    anyhow::ensure!(
+        (1..=domain::simulate::MAX_NODES_PER_JOB).contains(&args.max_nodes_per_job),
+        "--max-nodes-per-job must be from 1 to {}",
+        domain::simulate::MAX_NODES_PER_JOB
+    );
+    anyhow::ensure!(
+        args.site_procs
+            .is_none_or(|p| (1..=100_000_000).contains(&p)),
+        "--site-procs must be from 1 to 100000000"
+    );
+    anyhow::ensure!(
+        (64..=1024 * 1024).contains(&args.mib_per_cpu),
+        "--mib-per-cpu must be from 64 to 1048576"
+    );
     let cold_start = args
         .cold_start
         .unwrap_or_else(|| args.profile.cold_start_seconds());
@@ -79,6 +114,13 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<()> {
             idle_window: args.idle_window,
             cycle: args.cycle,
             default_mib_per_cpu: args.mib_per_cpu,
+            max_nodes_per_job: args.max_nodes_per_job,
+            site_procs: args.site_procs,
+            idle_policy: match args.idle_policy {
+                Policies::Set => Some(IdlePolicy::Set),
+                Policies::Node => Some(IdlePolicy::Node),
+                Policies::Both => None,
+            },
         },
     );
     tracing::debug!(
@@ -131,65 +173,124 @@ fn render(path: &Path, r: &SimReport) -> String {
     let s = &r.settings;
     let _ = writeln!(
         out,
-        "trace {}: {} jobs simulated, {} refused (no shape holds them), {} lines without run time or processors",
+        "trace {}: {} jobs simulated; {} refused ({:.1}% of the work: {} need more memory per processor than any shape, {} more than {} nodes); {} cancelled before they started (not run); {} lines without run time or processors",
         path.display(),
         r.jobs,
-        r.refused,
+        r.refused.jobs(),
+        100.0 * r.refused.work_share,
+        r.refused.no_shape,
+        r.refused.too_wide,
+        s.max_nodes_per_job,
+        r.cancelled,
         r.skipped
     );
     let _ = writeln!(
         out,
-        "cold start {} s, idle window {} s, a scaling cycle every {} s, {} MiB per processor where the trace has no memory\n",
-        s.cold_start, s.idle_window, s.cycle, s.default_mib_per_cpu
+        "cold start {} s, idle window {} s, a scaling cycle every {} s, {} MiB per processor where the trace has no memory ({} jobs took the memory they used)\n",
+        s.cold_start, s.idle_window, s.cycle, s.default_mib_per_cpu, r.memory_from_use
+    );
+    let bound = r.lower_bound.0.max(1) as f64;
+    let _ = writeln!(
+        out,
+        "{:<38} {:>12} {:>16} {:>8} {:>9} {:>9} {:>9} {:>9}",
+        "", "node-hours", "cost", "x bound", "p50 wait", "p95 wait", "p99 wait", "launches"
     );
     let _ = writeln!(
         out,
-        "{:<26} {:>14} {:>16} {:>9} {:>9} {:>9} {:>10}",
-        "fleet", "node-hours", "cost (USD)", "p50 wait", "p95 wait", "p99 wait", "launches"
+        "{:<38} {:>12} {:>16} {:>8.2} {:>9} {:>9} {:>9} {:>9}",
+        "lower bound (perfectly packed)",
+        "-",
+        r.lower_bound.cents(),
+        1.0,
+        "-",
+        "-",
+        "-",
+        "-"
     );
-    let fixed_nodes: u32 = r.fixed_fleet.values().sum();
-    for (name, f) in [
-        ("elastic (Clusterra)".to_string(), &r.elastic),
-        (format!("fixed, {fixed_nodes} nodes at peak"), &r.fixed),
-    ] {
+    let mut fleets: Vec<(String, &FleetReport)> = Vec::new();
+    if let Some(f) = &r.elastic.set {
+        fleets.push(("elastic, set idle policy (Clusterra)".into(), f));
+    }
+    if let Some(f) = &r.elastic.node {
+        fleets.push(("elastic, node idle policy".into(), f));
+    }
+    if let Some(site) = &r.site {
+        fleets.push((
+            format!(
+                "fixed, site size ({} procs, {} nodes)",
+                site.procs,
+                site.fleet.values().sum::<u32>()
+            ),
+            &site.report,
+        ));
+    }
+    for (name, f) in &fleets {
         let _ = writeln!(
             out,
-            "{:<26} {:>14.1} {:>16} {:>8}s {:>8}s {:>8}s {:>10}",
+            "{:<38} {:>12.1} {:>16} {:>8.2} {:>8}s {:>8}s {:>8}s {:>9}",
             name,
             f.node_hours(),
-            f.cost.to_string(),
+            f.cost.cents(),
+            f.cost.0 as f64 / bound,
             f.waits.p50,
             f.waits.p95,
             f.waits.p99,
             f.launches
         );
     }
-    let _ = writeln!(out, "\nfixed fleet:");
-    for (set, n) in &r.fixed_fleet {
-        let usage = r.fixed.per_set.get(set);
+    if let Some(w) = &r.traced_waits {
         let _ = writeln!(
             out,
-            "  {set:<18} {n:>5} x {}",
-            usage.map_or("?", |u| u.instance_type.as_str())
+            "{:<38} {:>12} {:>16} {:>8} {:>8}s {:>8}s {:>8}s {:>9}",
+            "the site's own scheduler (traced)", "", "", "", w.p50, w.p95, w.p99, ""
         );
     }
-    let _ = writeln!(out, "elastic node sets used:");
-    for (set, u) in &r.elastic.per_set {
+    if r.site.is_none() {
         let _ = writeln!(
             out,
-            "  {set:<18} {:<14} peak {:>5} nodes, {:>10.1} node-hours, {}",
-            u.instance_type,
-            u.peak_nodes,
-            u.node_seconds as f64 / 3600.0,
-            u.cost
+            "(no fixed-fleet baseline: the trace names no MaxProcs; give --site-procs N)"
         );
     }
-    if r.fixed.cost.0 > 0 {
+    let _ = writeln!(out, "\nwhere each fleet's cost goes:");
+    for (name, f) in &fleets {
+        let b = &f.breakdown;
+        let packing = domain::MicroUsd(b.busy.0 - r.lower_bound.0);
+        let pct = |m: domain::MicroUsd| 100.0 * m.0 as f64 / f.cost.0.max(1) as f64;
         let _ = writeln!(
             out,
-            "\nelastic costs {:.1}% of the fixed fleet",
-            100.0 * r.elastic.cost.0 as f64 / r.fixed.cost.0 as f64
+            "  {name:<36} starting {:>14} ({:>4.1}%)  idle {:>14} ({:>4.1}%)  busy {:>14}, of which packing {:>12} ({:>4.1}%)",
+            b.cold_start.cents(),
+            pct(b.cold_start),
+            b.idle.cents(),
+            pct(b.idle),
+            b.busy.cents(),
+            packing.cents(),
+            pct(packing)
         );
+    }
+    if let Some(site) = &r.site {
+        let _ = writeln!(out, "\nsite-size fleet ({}):", site.source);
+        for (set, n) in &site.fleet {
+            let usage = site.report.per_set.get(set);
+            let _ = writeln!(
+                out,
+                "  {set:<18} {n:>6} x {}",
+                usage.map_or("?", |u| u.instance_type.as_str())
+            );
+        }
+    }
+    for (name, f) in &fleets[..fleets.len() - usize::from(r.site.is_some())] {
+        let _ = writeln!(out, "\nnode sets used, {name}:");
+        for (set, u) in &f.per_set {
+            let _ = writeln!(
+                out,
+                "  {set:<18} {:<14} peak {:>6} nodes {:>12.1} node-hours {:>14}",
+                u.instance_type,
+                u.peak_nodes,
+                u.node_seconds as f64 / 3600.0,
+                u.cost.cents()
+            );
+        }
     }
     out
 }

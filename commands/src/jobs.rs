@@ -277,19 +277,15 @@ impl Submitter {
         let Some((catalog, default_mib)) = &self.shapes else {
             return Ok(());
         };
-        let demand = domain::scaling::Demand::per_node(
-            shape.cpus,
-            shape.memory_mib,
-            shape.nodes,
-            *default_mib,
-        );
-        catalog.place(demand).map(|_| ()).map_err(|too_big| {
-            JobError::Invalid(vec![FieldError {
-                code: "no_shape_fits",
-                field: "job".into(),
-                message: too_big.to_string(),
-            }])
-        })
+        domain::placement::of_shape(catalog, shape, *default_mib)
+            .map(|_| ())
+            .map_err(|too_big| {
+                JobError::Invalid(vec![FieldError {
+                    code: "no_shape_fits",
+                    field: "job".into(),
+                    message: too_big.to_string(),
+                }])
+            })
     }
 
     #[tracing::instrument(skip_all, fields(workspace = %s.workspace, cluster = %s.cluster, user = %s.user))]

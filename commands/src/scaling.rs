@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Duration, Utc};
 use domain::scaling::{
-    Catalog, Demand, Need, NodeSet, PendingSlice, SetState, WarmNode, decide, mark_full, plan,
+    Catalog, Need, NodeSet, PendingSlice, SetState, WarmNode, decide, mark_full, plan,
 };
 use domain::submit::JobShape;
 use domain::{ClusterId, DomainEvent, ScaleDecisionMade, WorkspaceId};
@@ -231,17 +231,27 @@ impl Scaler {
         let limits = self.limits.as_ref().map(|l| l.of(workspace, cluster));
         let mut slices = Vec::new();
         let mut placed_running = std::collections::HashSet::new();
+        let mut placed = std::collections::HashMap::new();
         for job in jobs {
             // A job over the limits is never planned: it could ask for millions of nodes.
             if limits.is_some_and(|l| !l.allows(&job.shape)) {
                 continue;
             }
-            let demand = Demand::per_node(
+            // Queues hold few distinct shapes: each is placed once per cycle.
+            let key = (
                 job.shape.cpus,
                 job.shape.memory_mib,
                 job.shape.nodes,
-                self.default_mib_per_cpu,
+                job.shape.tasks,
             );
+            let (demand, nodes) = *placed.entry(key).or_insert_with(|| {
+                domain::placement::of_shape(&self.catalog, &job.shape, self.default_mib_per_cpu)
+                    .map_or_else(
+                        // No shape holds it: the planner strands it (as before).
+                        |e| (e.demand, job.shape.nodes.max(1)),
+                        |p| (p.demand, p.nodes),
+                    )
+            });
             let on: Vec<&str> = job
                 .nodes
                 .as_deref()
@@ -261,7 +271,7 @@ impl Scaler {
             if job.running {
                 placed_running.insert(job.job_id);
             }
-            for _ in 0..job.shape.nodes.max(1) {
+            for _ in 0..nodes {
                 slices.push(PendingSlice {
                     job_id: job.job_id,
                     demand,

@@ -24,7 +24,7 @@ use chrono::{DateTime, Datelike, Duration, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::MicroUsd;
-use crate::scaling::{Catalog, Demand};
+use crate::scaling::Catalog;
 use crate::submit::JobShape;
 
 /// What a running job without a time limit is expected to run on, for projections: one hour.
@@ -35,15 +35,9 @@ const MS_PER_HOUR: i128 = 3_600_000;
 /// A job's hourly rate by the rule above; `None` when no shape holds it (refused at submit; a
 /// catalog change may strand an old job, which then costs nothing).
 pub fn job_rate(catalog: &Catalog, shape: &JobShape, default_mib_per_cpu: u64) -> Option<MicroUsd> {
-    let demand = Demand::per_node(
-        shape.cpus,
-        shape.memory_mib,
-        shape.nodes,
-        default_mib_per_cpu,
-    );
-    let set = catalog.place(demand).ok()?;
-    let s = catalog.shape(set)?;
-    let rate = i128::from(s.hourly.0) * i128::from(demand.cpus) * i128::from(shape.nodes.max(1))
+    let p = crate::placement::of_shape(catalog, shape, default_mib_per_cpu).ok()?;
+    let s = catalog.shape(p.set)?;
+    let rate = i128::from(s.hourly.0) * i128::from(p.demand.cpus) * i128::from(p.nodes.max(1))
         / i128::from(s.vcpus.max(1));
     Some(MicroUsd(i64::try_from(rate).unwrap_or(i64::MAX)))
 }
@@ -710,6 +704,7 @@ mod enforcement {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scaling::Demand;
 
     const CATALOG: &str = include_str!("../../fixtures/catalog/shapes.json");
 
@@ -724,6 +719,7 @@ mod tests {
             nodes,
             time_limit_minutes: None,
             gpus: 0,
+            tasks: None,
         }
     }
 

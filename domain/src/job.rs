@@ -393,6 +393,7 @@ mod tests {
                     nodes: 1,
                     time_limit_minutes: None,
                     gpus: 0,
+                    tasks: None,
                 },
                 warnings: Vec::new(),
                 submitted_at: None,

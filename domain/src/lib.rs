@@ -10,6 +10,7 @@ pub mod ids;
 pub mod job;
 pub mod money;
 pub mod open;
+pub mod placement;
 pub mod scaling;
 pub mod simulate;
 pub mod storage;

@@ -84,6 +84,23 @@ impl MicroUsd {
     }
 }
 
+impl MicroUsd {
+    /// Dollars to the cent (half a cent rounds away from zero), thousands grouped: `$1,234.57`.
+    pub fn cents(self) -> String {
+        let sign = if self.0 < 0 { "-" } else { "" };
+        let cents = self.0.unsigned_abs().saturating_add(5_000) / 10_000;
+        let dollars = (cents / 100).to_string();
+        let mut grouped = String::new();
+        for (i, ch) in dollars.chars().enumerate() {
+            if i > 0 && (dollars.len() - i).is_multiple_of(3) {
+                grouped.push(',');
+            }
+            grouped.push(ch);
+        }
+        format!("{sign}${grouped}.{:02}", cents % 100)
+    }
+}
+
 impl std::fmt::Display for MicroUsd {
     /// `$12.345678`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -97,6 +114,15 @@ impl std::fmt::Display for MicroUsd {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cents_round_and_group() {
+        assert_eq!(MicroUsd(1_234_565_000).cents(), "$1,234.57");
+        assert_eq!(MicroUsd(4_999).cents(), "$0.00");
+        assert_eq!(MicroUsd(5_000).cents(), "$0.01");
+        assert_eq!(MicroUsd(-123_456_789_000_000).cents(), "-$123,456,789.00");
+        assert_eq!(MicroUsd(999_995_000).cents(), "$1,000.00");
+    }
 
     #[test]
     fn json_numbers_are_read_from_their_text() {

@@ -398,6 +398,7 @@ mod tests {
             nodes: 1,
             time_limit_minutes: Some(120),
             gpus: 0,
+            tasks: None,
         }
     }
 

@@ -106,8 +106,9 @@ impl NodeSet {
 }
 
 impl fmt::Display for NodeSet {
+    /// `compute-small`, honouring width and alignment (`{:<18}`).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", self.family.as_str(), self.size.as_str())
+        f.pad(&format!("{}-{}", self.family.as_str(), self.size.as_str()))
     }
 }
 
@@ -254,6 +255,11 @@ impl Catalog {
                 });
             }
         }
+        Err(self.too_big(demand))
+    }
+
+    /// The refusal of a node no shape holds, naming the largest shape.
+    pub fn too_big(&self, demand: Demand) -> TooBig {
         let largest = self
             .shapes
             .values()
@@ -262,12 +268,12 @@ impl Catalog {
                 || ("?".to_string(), 0, 0),
                 |s| (s.instance_type.clone(), s.vcpus, s.allocatable_mib),
             );
-        Err(TooBig {
+        TooBig {
             demand,
             largest: largest.0,
             largest_vcpus: largest.1,
             largest_mib: largest.2,
-        })
+        }
     }
 }
 
@@ -516,11 +522,14 @@ pub fn plan_in_runs(
             .map(|s| s.demand.memory_mib)
             .max()
             .unwrap_or(0);
-        let Some(shape) = catalog.smallest_fit(family, max_cpus, max_mib).or_else(|| {
-            // No one size holds the biggest vCPUs and the biggest memory together (two
-            // different jobs): take the largest, which holds each job.
-            catalog.largest(family)
-        }) else {
+        let Some(shape) = cheapest_size(catalog, family, &slices)
+            .or_else(|| catalog.smallest_fit(family, max_cpus, max_mib))
+            .or_else(|| {
+                // No one size holds the biggest vCPUs and the biggest memory together (two
+                // different jobs): take the largest, which holds each job.
+                catalog.largest(family)
+            })
+        else {
             continue;
         };
         let new_set = NodeSet {
@@ -614,6 +623,49 @@ pub fn plan_in_runs(
         }
     }
     (needs, stranded)
+}
+
+/// The size of new nodes for a family's pending slices: the one whose nodes hold them for the
+/// least money — per size, each demand's slices need `count / per-node` nodes (as many as fit one
+/// node by vCPUs and by memory), summed and rounded up, times the hourly price; ties go to the
+/// smaller size. One slice of 1 vCPU and 2 GiB opens a c7g.large; fifteen open one c7g.4xlarge
+/// (fifteen c7g.large would cost nearly twice as much). `None` when no size holds every demand.
+fn cheapest_size<'c>(
+    catalog: &'c Catalog,
+    family: Family,
+    slices: &[PendingSlice],
+) -> Option<&'c Shape> {
+    let mut groups: BTreeMap<Demand, u64> = BTreeMap::new();
+    for s in slices {
+        *groups.entry(s.demand).or_default() += 1;
+    }
+    let mut best: Option<(u128, &Shape)> = None;
+    for size in Size::ALL {
+        let Some(shape) = catalog.shape(NodeSet { family, size }) else {
+            continue;
+        };
+        // Nodes in millionths, so that groups share the last node.
+        let mut micro_nodes: u128 = 0;
+        let mut holds = true;
+        for (d, count) in &groups {
+            let per_node =
+                Bin::fresh(NodeSet { family, size }, shape.vcpus, shape.allocatable_mib).room(*d);
+            if per_node == 0 {
+                holds = false;
+                break;
+            }
+            micro_nodes += u128::from(*count) * 1_000_000 / per_node as u128;
+        }
+        if !holds {
+            continue;
+        }
+        let nodes = micro_nodes.div_ceil(1_000_000).max(1);
+        let cost = nodes * u128::from(shape.hourly.0.max(0).unsigned_abs());
+        if best.is_none_or(|(c, _)| cost < c) {
+            best = Some((cost, shape));
+        }
+    }
+    best.map(|(_, s)| s)
 }
 
 /// What a node set has now: the desired count last decided, and when it last had work (running
@@ -924,6 +976,44 @@ impl Bins {
 mod tests {
     use super::*;
 
+    #[test]
+    fn new_nodes_are_the_size_that_holds_the_pending_slices_for_the_least_money() {
+        let c = Catalog::parse(include_str!("../../fixtures/catalog/shapes.json"), 512).unwrap();
+        let slices = |n: u64| -> Vec<PendingSlice> {
+            (0..n)
+                .map(|job_id| PendingSlice {
+                    job_id,
+                    demand: Demand {
+                        cpus: 1,
+                        memory_mib: 2048,
+                    },
+                })
+                .collect()
+        };
+        let size = |n| {
+            let (needs, _) = plan(&c, &[], &slices(n));
+            needs
+                .iter()
+                .map(|(set, need)| (c.shape(*set).unwrap().instance_type.clone(), need.nodes))
+                .collect::<Vec<_>>()
+        };
+        // One 1-vCPU 2 GiB slice: a c7g.large (a c7g.medium keeps 1.5 GiB).
+        assert_eq!(size(1), vec![("c7g.large".to_string(), 1)]);
+        // Fifteen: one c7g.4xlarge ($0.58) holds them all, where fifteen c7g.large would
+        // cost $1.0875.
+        assert_eq!(size(15), vec![("c7g.4xlarge".to_string(), 1)]);
+    }
+
+    #[test]
+    fn a_node_set_pads_to_the_width_asked() {
+        let set = NodeSet {
+            family: Family::Compute,
+            size: Size::Small,
+        };
+        assert_eq!(format!("[{set:<16}]"), "[compute-small   ]");
+        assert_eq!(format!("[{set:>14}]"), "[ compute-small]");
+    }
+
     const CATALOG: &str = include_str!("../../fixtures/catalog/shapes.json");
 
     fn catalog() -> Catalog {
@@ -961,6 +1051,7 @@ mod tests {
             nodes,
             time_limit_minutes: None,
             gpus,
+            tasks: None,
         }
     }
 

@@ -1,52 +1,79 @@
 //! Simulation of the scaling policy over a workload trace, on a simulated clock (pure: the trace
 //! comes in parsed, time is whole seconds after the trace's start).
 //!
-//! Two fleets run the same trace with the same scheduler:
-//! - **elastic**: Clusterra's policy. Every `cycle` seconds in which something changed (a job
-//!   arrived or ended, a node became ready) the scaler places the pending jobs ([`plan`]) onto the
-//!   nodes that are up or starting and decides desired counts ([`decide`], the same functions the
-//!   service runs); missing nodes are launched and are ready `cold_start` seconds later; nodes
-//!   above the desired count are terminated as soon as they are idle. Nodes are paid from launch
-//!   to termination, cold start included, as EC2 bills.
-//! - **fixed**: a fleet sized to the trace's peak (the most vCPUs and memory of each family that
-//!   would run at once if every job started when submitted), of each family's largest shape,
-//!   always up, paid for the whole span.
+//! Three answers to "what would this workload cost, and how long would it wait":
+//! - **the lower bound**: each job's run time × the cheapest capacity that holds it — the
+//!   hourly price of any shape × the job's share of it (the larger of its vCPU share and its
+//!   memory share), as if the fleet were perfectly packed, never idle, never starting. No fleet
+//!   costs less.
+//! - **a fixed fleet the size of the site's machine** (the SWF header's `MaxProcs`, or a count
+//!   the caller gives): that many vCPUs of each family's largest shape, split by the families'
+//!   shares of the work, always up; jobs queue for it (EASY backfill: the oldest waiting job of
+//!   a family holds a reservation, later jobs pass it only when they do not delay it).
+//! - **elastic** (Clusterra's policy): every `cycle` seconds in which something changed (a job
+//!   arrived or ended, a node became ready) the scaler places the pending jobs ([`plan`]) onto
+//!   the nodes that are up or starting and decides desired counts ([`decide`], the same
+//!   functions the service runs); missing nodes are launched and are ready `cold_start` seconds
+//!   later. Two idle policies: **set** (the service's: a node set shrinks once it has had less
+//!   work than nodes for the idle window) and **node** (ParallelCluster's: each node is
+//!   terminated once it has been idle for the idle window). Nodes are paid from launch to
+//!   termination, cold start included, as EC2 bills; the elastic cost is split into cold starts,
+//!   idle nodes and busy nodes, and busy minus the bound is what packing costs.
 //!
-//! The scheduler (Slurm's part) starts pending jobs in submit order on the first ready nodes of
-//! their family with room, and lets a later job pass one that does not fit (backfill without
-//! reservations). A job's wait is its start minus its submit, so cold starts are in it.
+//! A trace job asks for processors and, maybe, memory; it is placed by the service's rule
+//! ([`crate::placement`]: its family by memory per vCPU, then the shape and node count whose
+//! capacity costs least), over at most `max_nodes_per_job` nodes. Without memory,
+//! `default_mib_per_cpu` per processor is assumed. A job no shape holds, or one that needs more
+//! nodes than allowed, is refused and reported with its cause and its share of the work.
 //!
-//! A trace job asks for processors and, maybe, memory: it is spread over the fewest nodes whose
-//! share one shape can hold ([`Demand::per_node`]); without memory, `default_mib_per_cpu` per
-//! processor is assumed. Jobs no shape can hold even spread over [`MAX_NODES`] nodes are counted
-//! as refused, as the service would refuse them at submit.
+//! The elastic scheduler (Slurm's part) starts pending jobs in submit order on the first ready
+//! nodes of their family with room, and lets a later job pass one that does not fit (new nodes are
+//! coming for it). A job's wait is its start minus its submit, so cold starts are in it.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 
 use crate::MicroUsd;
+use crate::placement::{Ask, cheapest};
 use crate::scaling::{
     Catalog, Demand, Family, NodeSet, PendingSlice, SetState, WarmNode, decide, mark_full, plan,
 };
 use crate::trace::Trace;
 
-/// The most nodes a trace job is spread over.
-pub const MAX_NODES: u32 = 256;
+/// The default most nodes of one simulated job: far above any trace's widest job.
+pub const MAX_NODES_PER_JOB: u32 = 100_000;
+
+/// How idle elastic nodes go away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum IdlePolicy {
+    /// The service's: a node set shrinks once it has had less work than nodes for the window.
+    #[default]
+    Set,
+    /// Per node: a node idle for the whole window is terminated.
+    Node,
+}
 
 /// Knobs of a simulation run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct SimSettings {
     /// Seconds from a node's launch to its being ready for jobs.
     pub cold_start: i64,
-    /// Seconds a node set must have had less work than nodes before it shrinks.
+    /// Seconds of idleness before nodes go (per set or per node, by the policy).
     pub idle_window: i64,
     /// Seconds between scaling cycles (the service's poll interval).
     pub cycle: i64,
     /// Memory assumed per processor when the trace does not say.
     pub default_mib_per_cpu: u64,
+    /// The most nodes one job may use (the cluster's limit).
+    pub max_nodes_per_job: u32,
+    /// The site's machine in processors; `None`: the trace header's `MaxProcs`.
+    pub site_procs: Option<u64>,
+    /// Which elastic policies run: `None` both.
+    pub idle_policy: Option<IdlePolicy>,
 }
 
 impl Default for SimSettings {
@@ -56,6 +83,9 @@ impl Default for SimSettings {
             idle_window: 300,
             cycle: 1,
             default_mib_per_cpu: 2048,
+            max_nodes_per_job: MAX_NODES_PER_JOB,
+            site_procs: None,
+            idle_policy: None,
         }
     }
 }
@@ -70,36 +100,107 @@ pub struct SimJob {
     pub nodes: u32,
     pub demand: Demand,
     pub family: Family,
+    /// Its processors (for the work it is).
+    pub cpus: u32,
+    /// Its lower-bound price, micro-USD an hour.
+    pub bound_rate: u64,
 }
 
-/// Turns trace jobs into simulated ones; returns them and the ids of the refused.
-pub fn prepare(
-    trace: &Trace,
-    catalog: &Catalog,
-    default_mib_per_cpu: u64,
-) -> (Vec<SimJob>, Vec<u64>) {
+impl SimJob {
+    fn cpu_seconds(&self) -> u64 {
+        u64::from(self.cpus) * u64::try_from(self.run).unwrap_or(0)
+    }
+}
+
+/// Jobs the simulation could not run, by cause.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct Refused {
+    /// One processor's memory is more than any shape holds.
+    pub no_shape: usize,
+    /// It needs more nodes than `max_nodes_per_job`.
+    pub too_wide: usize,
+    /// Their processor-seconds, and that as a share of the whole trace's.
+    pub cpu_seconds: u64,
+    pub work_share: f64,
+}
+
+impl Refused {
+    pub fn jobs(&self) -> usize {
+        self.no_shape + self.too_wide
+    }
+}
+
+/// The cheapest capacity that holds `cpus` processors with `mib` (module docs), micro-USD an
+/// hour: the least over every shape of hourly × max(vCPU share, memory share).
+pub fn bound_rate(catalog: &Catalog, cpus: u32, mib: u64) -> u64 {
+    catalog
+        .shapes()
+        .map(|s| {
+            let (v, m) = (
+                u128::from(s.vcpus.max(1)),
+                u128::from(s.allocatable_mib.max(1)),
+            );
+            let share = (u128::from(cpus) * m).max(u128::from(mib) * v);
+            u128::from(s.hourly.0.max(0).unsigned_abs()) * share / (v * m)
+        })
+        .min()
+        .map_or(0, |r| u64::try_from(r).unwrap_or(u64::MAX))
+}
+
+/// A trace shape placed: nodes, each node's demand, the family, the lower-bound rate.
+type Placed = (u32, Demand, Family, u64);
+
+/// Turns trace jobs into simulated ones, placed by the service's rule; and what was refused.
+pub fn prepare(trace: &Trace, catalog: &Catalog, settings: &SimSettings) -> (Vec<SimJob>, Refused) {
     let mut jobs = Vec::with_capacity(trace.jobs.len());
-    let mut refused = Vec::new();
+    let mut refused = Refused::default();
+    let mut total: u64 = 0;
+    // Traces repeat shapes: each is placed once.
+    let mut memo: HashMap<(u32, Option<u64>), Option<Placed>> = HashMap::new();
+    let default = settings.default_mib_per_cpu;
     for t in &trace.jobs {
-        // A node holds at least one of the job's processors.
-        let fitted = (1..=MAX_NODES.min(t.cpus.max(1))).find_map(|nodes| {
-            let demand = Demand::per_node(t.cpus, t.memory_mib, nodes, default_mib_per_cpu);
-            catalog
-                .place(demand)
-                .ok()
-                .map(|set| (nodes, demand, set.family))
+        let work = u64::from(t.cpus) * u64::try_from(t.run).unwrap_or(0);
+        total = total.saturating_add(work);
+        let placed = *memo.entry((t.cpus, t.memory_mib)).or_insert_with(|| {
+            let ask = Ask::processors(t.cpus, t.memory_mib, settings.max_nodes_per_job, default);
+            cheapest(catalog, &ask).ok().map(|p| {
+                let mib = t
+                    .memory_mib
+                    .unwrap_or(u64::from(t.cpus).saturating_mul(default));
+                (
+                    p.nodes,
+                    p.demand,
+                    // The planner's family for one node, where the scheduler runs it.
+                    catalog.place(p.demand).map_or(p.family, |s| s.family),
+                    bound_rate(catalog, t.cpus, mib),
+                )
+            })
         });
-        match fitted {
-            Some((nodes, demand, family)) => jobs.push(SimJob {
+        match placed {
+            Some((nodes, demand, family, bound_rate)) => jobs.push(SimJob {
                 id: t.id,
                 submit: t.submit,
                 run: t.run,
                 nodes,
                 demand,
                 family,
+                cpus: t.cpus,
+                bound_rate,
             }),
-            None => refused.push(t.id),
+            None => {
+                // Would any node count hold it? Then only the limit refused it.
+                let wide = Ask::processors(t.cpus, t.memory_mib, u32::MAX, default);
+                if cheapest(catalog, &wide).is_ok() {
+                    refused.too_wide += 1;
+                } else {
+                    refused.no_shape += 1;
+                }
+                refused.cpu_seconds = refused.cpu_seconds.saturating_add(work);
+            }
         }
+    }
+    if total > 0 {
+        refused.work_share = refused.cpu_seconds as f64 / total as f64;
     }
     jobs.sort_by_key(|j| (j.submit, j.id));
     (jobs, refused)
@@ -116,7 +217,7 @@ pub struct Waits {
 }
 
 impl Waits {
-    fn of(mut waits: Vec<i64>) -> Waits {
+    pub fn of(mut waits: Vec<i64>) -> Waits {
         if waits.is_empty() {
             return Waits::default();
         }
@@ -144,17 +245,26 @@ pub struct SetUsage {
     pub launches: u64,
 }
 
+/// Where a fleet's money went: nodes starting, nodes up with nothing to run, nodes running jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct Breakdown {
+    pub cold_start: MicroUsd,
+    pub idle: MicroUsd,
+    pub busy: MicroUsd,
+}
+
 /// What one fleet did over the trace.
 #[derive(Debug, Clone, PartialEq, Default, Serialize)]
 pub struct FleetReport {
     pub node_seconds: u64,
     pub cost: MicroUsd,
+    pub breakdown: Breakdown,
     pub waits: Waits,
     /// Seconds from the trace's start to the last job's end.
     pub makespan: i64,
     pub launches: u64,
     pub scaling_cycles: u64,
-    /// Jobs that ran (every job, unless the fleet cannot hold one).
+    /// Jobs that ran.
     pub started: usize,
     #[serde(serialize_with = "by_name")]
     pub per_set: BTreeMap<NodeSet, SetUsage>,
@@ -166,19 +276,45 @@ impl FleetReport {
     }
 }
 
-/// Both fleets over one trace.
+/// The fixed fleet the size of the site's machine.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SiteReport {
+    /// The machine's processors, and where that number came from.
+    pub procs: u64,
+    pub source: &'static str,
+    /// Nodes per set.
+    #[serde(serialize_with = "by_name")]
+    pub fleet: BTreeMap<NodeSet, u32>,
+    pub report: FleetReport,
+}
+
+/// The elastic runs, by idle policy.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct Elastic {
+    pub set: Option<FleetReport>,
+    pub node: Option<FleetReport>,
+}
+
+/// Every answer over one trace.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SimReport {
     pub settings: SimSettings,
+    /// Jobs simulated.
     pub jobs: usize,
-    pub refused: usize,
+    pub refused: Refused,
     /// Trace lines without run time or processors.
     pub skipped: usize,
-    pub elastic: FleetReport,
-    pub fixed: FleetReport,
-    /// The fixed fleet: nodes per set.
-    #[serde(serialize_with = "by_name")]
-    pub fixed_fleet: BTreeMap<NodeSet, u32>,
+    /// Jobs cancelled before they started (never run).
+    pub cancelled: usize,
+    /// Jobs whose memory is what they used (they requested none).
+    pub memory_from_use: usize,
+    /// Processor-seconds simulated.
+    pub work_cpu_seconds: u64,
+    pub lower_bound: MicroUsd,
+    pub elastic: Elastic,
+    pub site: Option<SiteReport>,
+    /// The waits the site's own scheduler gave the simulated jobs (SWF field 3).
+    pub traced_waits: Option<Waits>,
 }
 
 /// A map by node set as a JSON object keyed `compute-small`, …
@@ -189,70 +325,80 @@ fn by_name<S: serde::Serializer, V: Serialize>(
     serializer.collect_map(map.iter().map(|(set, v)| (set.to_string(), v)))
 }
 
-/// Runs both fleets over `trace`.
+/// Runs every answer over `trace`.
 pub fn simulate(trace: &Trace, catalog: &Catalog, settings: SimSettings) -> SimReport {
-    let (jobs, refused) = prepare(trace, catalog, settings.default_mib_per_cpu);
-    let fleet = peak_fleet(&jobs, catalog);
+    let (jobs, refused) = prepare(trace, catalog, &settings);
+    let lower = jobs
+        .iter()
+        .map(|j| u128::from(j.bound_rate) * u128::from(u64::try_from(j.run).unwrap_or(0)) / 3600)
+        .sum::<u128>();
+    let site = settings
+        .site_procs
+        .map(|p| (p, "given"))
+        .or(trace.max_procs.map(|p| (p, "trace header MaxProcs")))
+        .map(|(procs, source)| {
+            let fleet = site_fleet(&jobs, catalog, procs);
+            SiteReport {
+                procs,
+                source,
+                report: run(&jobs, catalog, settings, Mode::Fixed(&fleet)),
+                fleet,
+            }
+        });
+    let wants = |p: IdlePolicy| settings.idle_policy.is_none_or(|w| w == p);
+    let ids: BTreeSet<u64> = jobs.iter().map(|j| j.id).collect();
+    let traced: Vec<i64> = trace
+        .jobs
+        .iter()
+        .filter(|t| ids.contains(&t.id))
+        .filter_map(|t| t.traced_wait)
+        .collect();
     SimReport {
         settings,
         jobs: jobs.len(),
-        refused: refused.len(),
         skipped: trace.skipped,
-        elastic: run(&jobs, catalog, settings, None),
-        fixed: run(&jobs, catalog, settings, Some(&fleet)),
-        fixed_fleet: fleet,
+        cancelled: trace.cancelled,
+        memory_from_use: trace.jobs.iter().filter(|t| t.memory_used).count(),
+        work_cpu_seconds: jobs.iter().map(SimJob::cpu_seconds).sum(),
+        lower_bound: MicroUsd(i64::try_from(lower).unwrap_or(i64::MAX)),
+        elastic: Elastic {
+            set: wants(IdlePolicy::Set)
+                .then(|| run(&jobs, catalog, settings, Mode::Elastic(IdlePolicy::Set))),
+            node: wants(IdlePolicy::Node)
+                .then(|| run(&jobs, catalog, settings, Mode::Elastic(IdlePolicy::Node))),
+        },
+        site,
+        traced_waits: (!traced.is_empty()).then(|| Waits::of(traced)),
+        refused,
     }
 }
 
-/// The fixed fleet sized to the trace's peak: per family, enough of its largest shape for the
-/// most vCPUs and the most memory that would run at once if no job waited.
-pub fn peak_fleet(jobs: &[SimJob], catalog: &Catalog) -> BTreeMap<NodeSet, u32> {
+/// The site's machine as a fixed fleet: `procs` vCPUs of each family's largest shape, shared out
+/// by the families' work (processor-seconds), each family with at least its widest job's nodes.
+pub fn site_fleet(jobs: &[SimJob], catalog: &Catalog, procs: u64) -> BTreeMap<NodeSet, u32> {
+    let mut work: BTreeMap<Family, (u128, u32)> = BTreeMap::new();
+    for j in jobs {
+        let w = work.entry(j.family).or_default();
+        w.0 += u128::from(j.cpu_seconds());
+        w.1 = w.1.max(j.nodes);
+    }
+    let total: u128 = work.values().map(|w| w.0).sum::<u128>().max(1);
     let mut out = BTreeMap::new();
-    for family in Family::ALL {
-        // (time, 0 start / 1 end, cpus, mib). A job runs at least one second, so its end comes
-        // after its start even with a run time of 0; ends sort before starts at the same second.
-        let mut edges: Vec<(i64, u8, u64, u64)> = Vec::new();
-        for j in jobs.iter().filter(|j| j.family == family) {
-            let cpus = u64::from(j.demand.cpus) * u64::from(j.nodes);
-            let mib = j.demand.memory_mib * u64::from(j.nodes);
-            edges.push((j.submit, 1, cpus, mib));
-            edges.push((j.submit.saturating_add(j.run.max(1)), 0, cpus, mib));
-        }
-        if edges.is_empty() {
-            continue;
-        }
-        edges.sort_unstable_by_key(|e| (e.0, e.1));
-        let (mut cpus, mut mib, mut peak_cpus, mut peak_mib) = (0u64, 0u64, 0u64, 0u64);
-        for (_, start, c, m) in edges {
-            if start == 1 {
-                cpus += c;
-                mib += m;
-            } else {
-                cpus = cpus.saturating_sub(c);
-                mib = mib.saturating_sub(m);
-            }
-            peak_cpus = peak_cpus.max(cpus);
-            peak_mib = peak_mib.max(mib);
-        }
+    for (family, (w, widest)) in work {
         let Some(shape) = catalog.largest(family) else {
             continue;
         };
-        let widest = jobs
-            .iter()
-            .filter(|j| j.family == family)
-            .map(|j| j.nodes)
-            .max()
-            .unwrap_or(1);
-        let nodes = peak_cpus
-            .div_ceil(u64::from(shape.vcpus.max(1)))
-            .max(peak_mib.div_ceil(shape.allocatable_mib.max(1)))
-            .max(u64::from(widest));
+        let vcpus = u128::from(procs) * w / total;
+        let nodes = u32::try_from(vcpus.div_ceil(u128::from(shape.vcpus.max(1))))
+            .unwrap_or(u32::MAX)
+            .max(widest)
+            .max(1);
         out.insert(
             NodeSet {
                 family,
                 size: shape.size,
             },
-            u32::try_from(nodes).unwrap_or(u32::MAX),
+            nodes,
         );
     }
     out
@@ -266,6 +412,15 @@ enum Ev {
     Ready(usize),
     /// A scaling cycle.
     Cycle,
+    /// A node may have been idle for the whole window (the node policy).
+    Idle(usize),
+}
+
+/// Which fleet a run is.
+#[derive(Debug, Clone, Copy)]
+enum Mode<'a> {
+    Fixed(&'a BTreeMap<NodeSet, u32>),
+    Elastic(IdlePolicy),
 }
 
 struct Node {
@@ -276,17 +431,20 @@ struct Node {
     ready_at: i64,
     running: u32,
     gone: bool,
+    /// Since when it has run nothing (meaningful while `running == 0` and it is ready).
+    idle_since: i64,
+    idle_seconds: u64,
 }
 
 struct Sim<'a> {
     jobs: &'a [SimJob],
     catalog: &'a Catalog,
     settings: SimSettings,
-    elastic: bool,
+    elastic: Option<IdlePolicy>,
     t: i64,
     nodes: Vec<Node>,
     /// Live node numbers per family, oldest first.
-    by_family: BTreeMap<Family, Vec<usize>>,
+    by_family: BTreeMap<Family, BTreeSet<usize>>,
     live: BTreeMap<NodeSet, u32>,
     desired: BTreeMap<NodeSet, SetState>,
     /// Sets whose work filled their nodes at the last cycle (and so until now: nothing changed
@@ -295,24 +453,24 @@ struct Sim<'a> {
     /// Pending job numbers in submit order.
     pending: Vec<usize>,
     placed: Vec<Vec<usize>>,
+    /// Running jobs by (end, job): the fixed fleet's reservations look ahead with them.
+    running: BTreeSet<(i64, usize)>,
     events: BinaryHeap<Reverse<(i64, Ev)>>,
     next_cycle: Option<i64>,
     waits: Vec<i64>,
     report: FleetReport,
 }
 
-/// Runs one fleet: elastic when `fixed` is None.
-pub fn run(
-    jobs: &[SimJob],
-    catalog: &Catalog,
-    settings: SimSettings,
-    fixed: Option<&BTreeMap<NodeSet, u32>>,
-) -> FleetReport {
+/// Runs one fleet.
+fn run(jobs: &[SimJob], catalog: &Catalog, settings: SimSettings, mode: Mode<'_>) -> FleetReport {
     let mut sim = Sim {
         jobs,
         catalog,
         settings,
-        elastic: fixed.is_none(),
+        elastic: match mode {
+            Mode::Elastic(p) => Some(p),
+            Mode::Fixed(_) => None,
+        },
         t: 0,
         nodes: Vec::new(),
         by_family: BTreeMap::new(),
@@ -321,6 +479,7 @@ pub fn run(
         full: Vec::new(),
         pending: Vec::new(),
         placed: vec![Vec::new(); jobs.len()],
+        running: BTreeSet::new(),
         events: BinaryHeap::new(),
         next_cycle: None,
         waits: Vec::with_capacity(jobs.len()),
@@ -328,12 +487,15 @@ pub fn run(
     };
     let start = jobs.first().map_or(0, |j| j.submit.min(0));
     sim.t = start;
-    for (&set, &n) in fixed.into_iter().flatten() {
-        for _ in 0..n {
-            sim.launch(set, start, 0);
+    if let Mode::Fixed(fleet) = mode {
+        for (&set, &n) in fleet {
+            for _ in 0..n {
+                sim.launch(set, start, 0);
+            }
         }
     }
     let mut next_job = 0;
+    let mut idle_checks = Vec::new();
     loop {
         let next_event = sim.events.peek().map(|Reverse((t, _))| *t);
         let next_arrival = jobs.get(next_job).map(|j| j.submit);
@@ -356,8 +518,15 @@ pub fn run(
                     sim.finish(j);
                     freed = true;
                 }
-                Ev::Ready(n) => freed |= !sim.nodes[n].gone,
+                Ev::Ready(n) => {
+                    if !sim.nodes[n].gone {
+                        freed = true;
+                        sim.nodes[n].idle_since = t;
+                        sim.idle_check(n);
+                    }
+                }
                 Ev::Cycle => cycle = true,
+                Ev::Idle(n) => idle_checks.push(n),
             }
         }
         let first_new = sim.pending.len();
@@ -368,7 +537,7 @@ pub fn run(
         let arrived = sim.pending.len() > first_new;
         if freed || arrived {
             sim.schedule(if freed { 0 } else { first_new });
-            if sim.elastic {
+            if sim.elastic.is_some() {
                 // The next cycle tick at or after now.
                 let every = settings.cycle.max(1);
                 sim.want_cycle_at((t + every - 1).div_euclid(every) * every);
@@ -378,7 +547,10 @@ pub fn run(
             sim.next_cycle = None;
             sim.scale();
         }
-        if sim.elastic && (freed || cycle) {
+        for n in idle_checks.drain(..) {
+            sim.expire_if_idle(n);
+        }
+        if sim.elastic == Some(IdlePolicy::Set) && (freed || cycle) {
             sim.terminate_surplus();
         }
     }
@@ -395,6 +567,11 @@ pub fn run(
     sim.report
 }
 
+/// `seconds` of a shape at `hourly`, micro-USD, rounded down.
+fn price(hourly: MicroUsd, seconds: u64) -> i64 {
+    i64::try_from(i128::from(hourly.0) * i128::from(seconds) / 3600).unwrap_or(i64::MAX)
+}
+
 impl Sim<'_> {
     fn launch(&mut self, set: NodeSet, at: i64, cold_start: i64) {
         let Some(shape) = self.catalog.shape(set) else {
@@ -409,8 +586,10 @@ impl Sim<'_> {
             ready_at: at + cold_start,
             running: 0,
             gone: false,
+            idle_since: at + cold_start,
+            idle_seconds: 0,
         });
-        self.by_family.entry(set.family).or_default().push(n);
+        self.by_family.entry(set.family).or_default().insert(n);
         let live = self.live.entry(set).or_default();
         *live += 1;
         let usage = self.report.per_set.entry(set).or_insert_with(|| SetUsage {
@@ -427,13 +606,18 @@ impl Sim<'_> {
     fn retire(&mut self, n: usize, at: i64) {
         let node = &mut self.nodes[n];
         node.gone = true;
+        if node.running == 0 && at > node.idle_since {
+            node.idle_seconds += u64::try_from(at - node.idle_since).unwrap_or(0);
+        }
         let set = node.set;
         let seconds = u64::try_from(at - node.launched).unwrap_or(0);
+        let cold = u64::try_from(node.ready_at.min(at) - node.launched).unwrap_or(0);
+        let idle = node.idle_seconds.min(seconds - cold);
         if let Some(live) = self.live.get_mut(&set) {
             *live = live.saturating_sub(1);
         }
         if let Some(list) = self.by_family.get_mut(&set.family) {
-            list.retain(|&m| m != n);
+            list.remove(&n);
         }
         self.report.node_seconds += seconds;
         if let (Some(usage), Some(shape)) =
@@ -441,18 +625,54 @@ impl Sim<'_> {
         {
             usage.node_seconds += seconds;
             // Rounded down to the micro-dollar per node stay.
-            let cost = i128::from(shape.hourly.0) * i128::from(seconds) / 3600;
-            usage.cost = MicroUsd(usage.cost.0 + i64::try_from(cost).unwrap_or(i64::MAX));
+            let cost = price(shape.hourly, seconds);
+            usage.cost = MicroUsd(usage.cost.0 + cost);
+            let b = &mut self.report.breakdown;
+            let (c, i) = (price(shape.hourly, cold), price(shape.hourly, idle));
+            b.cold_start.0 += c;
+            b.idle.0 += i;
+            b.busy.0 += cost - c - i;
         }
     }
 
     fn finish(&mut self, j: usize) {
         let d = self.jobs[j].demand;
+        let end = self.t;
+        self.running.remove(&(end, j));
         for n in std::mem::take(&mut self.placed[j]) {
             let node = &mut self.nodes[n];
             node.free_cpus += d.cpus;
             node.free_mib += d.memory_mib;
             node.running -= 1;
+            if node.running == 0 {
+                node.idle_since = end;
+                self.idle_check(n);
+            }
+        }
+    }
+
+    /// Under the node policy, look again once the node may have been idle for the window.
+    fn idle_check(&mut self, n: usize) {
+        if self.elastic == Some(IdlePolicy::Node) && self.nodes[n].running == 0 {
+            let at = self.nodes[n].idle_since + self.settings.idle_window;
+            self.events.push(Reverse((at, Ev::Idle(n))));
+        }
+    }
+
+    /// The node policy: a node idle for the whole window goes, and its set's count with it.
+    fn expire_if_idle(&mut self, n: usize) {
+        let node = &self.nodes[n];
+        if node.gone
+            || node.running > 0
+            || node.ready_at > self.t
+            || self.t - node.idle_since < self.settings.idle_window
+        {
+            return;
+        }
+        let set = node.set;
+        self.retire(n, self.t);
+        if let Some(state) = self.desired.get_mut(&set) {
+            state.desired = state.desired.saturating_sub(1);
         }
     }
 
@@ -462,6 +682,11 @@ impl Sim<'_> {
         // Per family, the smallest demand that found no room this pass: anything at least as
         // big cannot fit either.
         let mut failed: BTreeMap<Family, (u32, u64, u32)> = BTreeMap::new();
+        // The fixed fleet: per family, the reservation of its oldest waiting job (when it
+        // starts, and on which nodes); a later job may not take those nodes past then.
+        let mut reserved: BTreeMap<Family, (i64, Vec<usize>)> = BTreeMap::new();
+        let fixed = self.elastic.is_none();
+        let from = if fixed { 0 } else { from };
         let mut started = Vec::new();
         let mut chosen = Vec::new();
         for (i, &j) in self.pending.iter().enumerate().skip(from) {
@@ -474,10 +699,18 @@ impl Sim<'_> {
             {
                 continue;
             }
+            let holds = reserved
+                .get(&job.family)
+                .filter(|(shadow, _)| t + job.run > *shadow)
+                .map(|(_, nodes)| nodes.as_slice());
             chosen.clear();
             for &n in self.by_family.get(&job.family).into_iter().flatten() {
                 let node = &self.nodes[n];
-                if node.ready_at <= t && node.free_cpus >= d.cpus && node.free_mib >= d.memory_mib {
+                if node.ready_at <= t
+                    && node.free_cpus >= d.cpus
+                    && node.free_mib >= d.memory_mib
+                    && holds.is_none_or(|h| !h.contains(&n))
+                {
                     chosen.push(n);
                     if chosen.len() == job.nodes as usize {
                         break;
@@ -485,6 +718,15 @@ impl Sim<'_> {
                 }
             }
             if chosen.len() < job.nodes as usize {
+                if fixed && !reserved.contains_key(&job.family) {
+                    let r = self.reservation(job);
+                    reserved.insert(job.family, r);
+                    continue;
+                }
+                if holds.is_some() {
+                    // Kept off the reserved nodes: a bigger but shorter job may still fit.
+                    continue;
+                }
                 let f = failed
                     .entry(job.family)
                     .or_insert((d.cpus, d.memory_mib, job.nodes));
@@ -495,6 +737,9 @@ impl Sim<'_> {
             }
             for &n in &chosen {
                 let node = &mut self.nodes[n];
+                if node.running == 0 && t > node.idle_since {
+                    node.idle_seconds += u64::try_from(t - node.idle_since).unwrap_or(0);
+                }
                 node.free_cpus -= d.cpus;
                 node.free_mib -= d.memory_mib;
                 node.running += 1;
@@ -502,6 +747,7 @@ impl Sim<'_> {
             self.placed[j] = chosen.clone();
             self.waits.push(t - job.submit);
             self.events.push(Reverse((t + job.run, Ev::Finish(j))));
+            self.running.insert((t + job.run, j));
             started.push(i);
         }
         if !started.is_empty() {
@@ -518,6 +764,52 @@ impl Sim<'_> {
         }
     }
 
+    /// When `job` could start on the fixed fleet if nothing else started, and on which nodes:
+    /// the running jobs of its family end in order, freeing their nodes, until it fits.
+    fn reservation(&self, job: SimJob) -> (i64, Vec<usize>) {
+        let d = job.demand;
+        let family: Vec<usize> = self
+            .by_family
+            .get(&job.family)
+            .into_iter()
+            .flatten()
+            .copied()
+            .collect();
+        let mut free: HashMap<usize, (u32, u64)> = family
+            .iter()
+            .map(|&n| (n, (self.nodes[n].free_cpus, self.nodes[n].free_mib)))
+            .collect();
+        let fits = |f: &(u32, u64)| f.0 >= d.cpus && f.1 >= d.memory_mib;
+        let mut count = free.values().filter(|f| fits(f)).count();
+        for &(end, r) in &self.running {
+            let rj = self.jobs[r];
+            if rj.family != job.family {
+                continue;
+            }
+            for n in &self.placed[r] {
+                if let Some(f) = free.get_mut(n) {
+                    let before = fits(f);
+                    f.0 += rj.demand.cpus;
+                    f.1 += rj.demand.memory_mib;
+                    if !before && fits(f) {
+                        count += 1;
+                    }
+                }
+            }
+            if count >= job.nodes as usize {
+                let nodes = family
+                    .iter()
+                    .copied()
+                    .filter(|n| free.get(n).is_some_and(fits))
+                    .take(job.nodes as usize)
+                    .collect();
+                return (end, nodes);
+            }
+        }
+        // The fleet cannot hold it at all: it reserves nothing.
+        (i64::MAX, Vec::new())
+    }
+
     fn want_cycle_at(&mut self, at: i64) {
         let at = at.max(self.t);
         if self.next_cycle.is_none_or(|c| c > at) {
@@ -529,6 +821,7 @@ impl Sim<'_> {
     /// One scaling cycle: plan, decide, launch.
     fn scale(&mut self) {
         let t = self.t;
+        let node_policy = self.elastic == Some(IdlePolicy::Node);
         self.report.scaling_cycles += 1;
         let warm: Vec<WarmNode> = self
             .by_family
@@ -568,6 +861,10 @@ impl Sim<'_> {
             Duration::seconds(self.settings.idle_window),
         );
         for d in decisions {
+            // Under the node policy sets only grow here: nodes go one by one when idle.
+            if node_policy && d.to <= d.from {
+                continue;
+            }
             let state = self.desired.entry(d.set).or_default();
             state.desired = d.to;
             if d.to > d.from {
@@ -592,6 +889,9 @@ impl Sim<'_> {
             for _ in live..desired {
                 self.launch(set, t, self.settings.cold_start);
             }
+        }
+        if node_policy {
+            return;
         }
         // Come back when a set that has more nodes than work may shrink.
         let wake = self
@@ -664,6 +964,14 @@ mod tests {
             memory_mib: Some(gib * 1024),
             time_limit: None,
             traced_wait: None,
+            memory_used: false,
+        }
+    }
+
+    fn trace(jobs: Vec<TraceJob>) -> Trace {
+        Trace {
+            jobs,
+            ..Trace::default()
         }
     }
 
@@ -672,68 +980,119 @@ mod tests {
             cold_start: 80,
             idle_window: 300,
             cycle: 10,
-            default_mib_per_cpu: 2048,
+            ..SimSettings::default()
         }
+    }
+
+    fn elastic(r: &SimReport) -> &FleetReport {
+        r.elastic.set.as_ref().unwrap()
+    }
+
+    fn run_elastic(trace: &Trace, policy: IdlePolicy) -> FleetReport {
+        let c = catalog();
+        let (jobs, _) = prepare(trace, &c, &settings());
+        run(&jobs, &c, settings(), Mode::Elastic(policy))
     }
 
     #[test]
     fn one_job_waits_for_the_cycle_and_the_cold_start_and_pays_until_the_idle_window_ends() {
-        let trace = Trace {
-            jobs: vec![job(1, 5, 600, 1, 1)],
-            skipped: 0,
-        };
-        let r = simulate(&trace, &catalog(), settings());
+        let t = trace(vec![job(1, 5, 600, 1, 1)]);
+        let r = simulate(&t, &catalog(), settings());
+        let e = elastic(&r);
         // Submitted at 5; the cycle at 10 launches one c7g.medium (1 vCPU, 1.5 GiB allocatable);
         // ready at 90; the job runs 90..690; the set is idle from 690 and shrinks at 990.
-        assert_eq!(r.elastic.waits.p50, 85);
-        assert_eq!(r.elastic.launches, 1);
-        assert_eq!(r.elastic.node_seconds, 990 - 10);
-        let medium = r.elastic.per_set.values().next().unwrap();
+        assert_eq!(e.waits.p50, 85);
+        assert_eq!(e.launches, 1);
+        assert_eq!(e.node_seconds, 990 - 10);
+        let medium = e.per_set.values().next().unwrap();
         assert_eq!(medium.instance_type, "c7g.medium");
         // $0.0363 an hour for 980 s, to the micro-dollar, rounded down.
-        assert_eq!(r.elastic.cost, MicroUsd(36_300 * 980 / 3600));
-        // The fixed fleet: one c7g.4xlarge, up from 0 to the job's end at 605, no wait.
-        assert_eq!(r.fixed.waits.max, 0);
-        assert_eq!(r.fixed.node_seconds, 605);
-        assert_eq!(r.fixed_fleet.values().copied().collect::<Vec<_>>(), vec![1]);
+        assert_eq!(e.cost, MicroUsd(36_300 * 980 / 3600));
+        // 80 s starting, 300 s idle, 600 s busy.
+        assert_eq!(e.breakdown.cold_start, MicroUsd(36_300 * 80 / 3600));
+        assert_eq!(e.breakdown.idle, MicroUsd(36_300 * 300 / 3600));
+        assert_eq!(
+            e.breakdown.cold_start.0 + e.breakdown.idle.0 + e.breakdown.busy.0,
+            e.cost.0
+        );
+        // The bound: 600 s of the cheapest capacity for 1 vCPU and 1 GiB, a sixteenth of a
+        // c7g.4xlarge ($0.58 / 16).
+        assert_eq!(r.lower_bound, MicroUsd(580_000 / 16 * 600 / 3600));
+        // No site size in the trace or the settings: no fixed fleet.
+        assert!(r.site.is_none());
     }
 
     #[test]
     fn a_warm_node_takes_the_next_job_without_a_cold_start() {
-        let trace = Trace {
-            jobs: vec![job(1, 0, 100, 1, 1), job(2, 200, 100, 1, 1)],
-            skipped: 0,
-        };
-        let r = run_elastic(&trace);
+        let t = trace(vec![job(1, 0, 100, 1, 1), job(2, 200, 100, 1, 1)]);
+        let r = run_elastic(&t, IdlePolicy::Set);
         // The first waits for the cold start (80 s); the second finds the node idle and warm.
         assert_eq!(r.waits.max, 80);
         assert_eq!(r.waits.p50, 0);
         assert_eq!(r.launches, 1);
     }
 
-    fn run_elastic(trace: &Trace) -> FleetReport {
+    #[test]
+    fn the_node_policy_lets_each_idle_node_go_after_the_window() {
+        // Two nodes' worth of work, one of which ends early: the node policy lets that node go
+        // 300 s after its job ended.
+        let t = trace(vec![job(1, 0, 60, 16, 16), job(2, 0, 3600, 16, 16)]);
+        let set = run_elastic(&t, IdlePolicy::Set);
+        let node = run_elastic(&t, IdlePolicy::Node);
+        assert_eq!((set.launches, node.launches), (2, 2));
+        assert_eq!((set.started, node.started), (2, 2));
+        // Node policy: node A 0..(80+60+300), node B 0..(80+3600+300).
+        assert_eq!(node.node_seconds, (80 + 60 + 300) + (80 + 3600 + 300));
+        // Here the set policy does the same: the set was last full at 80, had one job from
+        // 140, and shrinks at 440.
+        assert_eq!(set.node_seconds, node.node_seconds, "{set:?} {node:?}");
+        let r = simulate(&t, &catalog(), settings());
+        assert!(r.elastic.set.is_some() && r.elastic.node.is_some());
+        let only = simulate(
+            &t,
+            &catalog(),
+            SimSettings {
+                idle_policy: Some(IdlePolicy::Node),
+                ..settings()
+            },
+        );
+        assert!(only.elastic.set.is_none() && only.elastic.node.is_some());
+    }
+
+    #[test]
+    fn sixteen_processors_at_the_default_memory_run_on_compute_nodes() {
+        // No memory in the trace: 2 GiB per processor, 32 GiB in all, more than one
+        // c7g.4xlarge keeps (31.5 GiB). Two half c7g.4xlarge cost less than one m7g.4xlarge.
+        let mut j = job(1, 0, 3600, 16, 0);
+        j.memory_mib = None;
+        let t = trace(vec![j]);
         let c = catalog();
-        let (jobs, _) = prepare(trace, &c, 2048);
-        run(&jobs, &c, settings(), None)
+        let (jobs, refused) = prepare(&t, &c, &settings());
+        assert_eq!(refused.jobs(), 0);
+        assert_eq!((jobs[0].family, jobs[0].nodes), (Family::Compute, 2));
+        let r = run_elastic(&t, IdlePolicy::Set);
+        assert_eq!(
+            r.per_set.values().next().unwrap().instance_type,
+            "c7g.4xlarge"
+        );
     }
 
     #[test]
     fn jobs_are_packed_first_fit_and_wide_jobs_are_spread() {
-        // A 40-processor job is spread over 3 nodes of 14; the plan sizes the family by its
-        // biggest slice (c7g.4xlarge, 16 vCPUs), the 14s take one node each and the four
-        // 4-vCPU jobs share a fourth.
-        let trace = Trace {
-            jobs: (1..=4)
-                .map(|i| job(i, 0, 60, 4, 4))
+        // A 40-processor job is spread where its capacity costs least: 4 nodes of 10 on
+        // c7g.4xlarge; the four 4-vCPU jobs share what those leave.
+        // (The wide job comes first: Slurm's part starts jobs in submit order, first fit.)
+        let t = trace(
+            (1..=4)
+                .map(|i| job(i, 1, 60, 4, 4))
                 .chain([job(5, 0, 60, 40, 40)])
                 .collect(),
-            skipped: 0,
-        };
+        );
         let c = catalog();
-        let (jobs, refused) = prepare(&trace, &c, 2048);
-        assert!(refused.is_empty());
-        assert_eq!(jobs[4].nodes, 3);
-        let r = run(&jobs, &c, settings(), None);
+        let (jobs, refused) = prepare(&t, &c, &settings());
+        assert_eq!(refused.jobs(), 0);
+        assert_eq!(jobs[0].nodes, 4);
+        let r = run(&jobs, &c, settings(), Mode::Elastic(IdlePolicy::Set));
         assert_eq!(r.waits.max, 80, "all start once the first nodes are ready");
         assert_eq!(r.per_set.values().map(|u| u.peak_nodes).sum::<u32>(), 4);
         assert_eq!(
@@ -743,19 +1102,71 @@ mod tests {
     }
 
     #[test]
-    fn jobs_no_shape_can_hold_are_refused() {
-        // 1 TiB on one processor: it cannot be spread (a node holds at least one processor)
-        // and no shape has that memory.
-        let trace = Trace {
-            jobs: vec![job(1, 0, 60, 1, 1024)],
-            skipped: 0,
+    fn refusals_say_why_and_how_much_of_the_work_they_are() {
+        // 1 TiB on one processor: no shape, whatever the node count. 64 processors over at
+        // most 2 nodes: too wide. One small job runs.
+        let t = trace(vec![
+            job(1, 0, 60, 1, 1024),
+            job(2, 0, 100, 64, 64),
+            job(3, 0, 40, 1, 1),
+        ]);
+        let s = SimSettings {
+            max_nodes_per_job: 2,
+            ..settings()
         };
-        let r = simulate(&trace, &catalog(), settings());
-        assert_eq!((r.jobs, r.refused), (0, 1));
+        let r = simulate(&t, &catalog(), s);
+        assert_eq!(r.jobs, 1);
+        assert_eq!((r.refused.no_shape, r.refused.too_wide), (1, 1));
+        assert_eq!(r.refused.cpu_seconds, 60 + 6400);
+        let share = 6460.0 / 6500.0;
+        assert!((r.refused.work_share - share).abs() < 1e-9);
+        // Without the limit the wide job runs, on four full nodes.
+        let r = simulate(&t, &catalog(), settings());
+        assert_eq!((r.jobs, r.refused.jobs()), (2, 1));
+        assert_eq!(elastic(&r).started, 2);
     }
 
     #[test]
-    fn the_fixture_traces_simulate_and_elastic_is_cheaper_than_peak() {
+    fn a_site_sized_fleet_queues_and_holds_a_reservation_for_the_oldest_job() {
+        // A 32-processor machine: two c7g.4xlarge. A 32-processor job arrives behind a
+        // 16-processor one; a stream of short 16-processor jobs follows. Without a reservation
+        // the short ones would keep passing the wide one; with it the wide job starts when the
+        // first ends, and short jobs pass only where they do not delay it.
+        let mut jobs = vec![job(1, 0, 1000, 16, 16), job(2, 10, 500, 32, 32)];
+        for i in 0..20 {
+            jobs.push(job(10 + i, 20 + i as i64 * 50, 2000, 16, 16));
+        }
+        let t = Trace {
+            max_procs: Some(32),
+            ..trace(jobs)
+        };
+        let r = simulate(&t, &catalog(), settings());
+        let site = r.site.as_ref().unwrap();
+        assert_eq!((site.procs, site.source), (32, "trace header MaxProcs"));
+        assert_eq!(site.fleet.values().copied().collect::<Vec<_>>(), vec![2]);
+        assert_eq!(site.report.started, 22);
+        // Job 1 runs 0..1000 on one node; the wide job holds both from 1000 (no short job
+        // takes the idle node before: each would run past 1000), runs 1000..1500; then the
+        // short ones two at a time, ten rounds of 2000 s.
+        assert_eq!(site.report.makespan, 1500 + 10 * 2000);
+        // The longest wait: the second to last short job (arrived at 920) started in the
+        // last round, at 1500 + 9 × 2000.
+        assert_eq!(site.report.waits.max, 1500 + 9 * 2000 - 920);
+        let c = catalog();
+        // A given size wins over the header.
+        let r = simulate(
+            &t,
+            &c,
+            SimSettings {
+                site_procs: Some(64),
+                ..settings()
+            },
+        );
+        assert_eq!(r.site.unwrap().fleet.values().sum::<u32>(), 4);
+    }
+
+    #[test]
+    fn the_fixture_traces_simulate_and_elastic_is_above_the_bound() {
         let c = catalog();
         for text in [
             include_str!("../../fixtures/traces/small.swf"),
@@ -768,48 +1179,52 @@ mod tests {
             };
             let r = simulate(&trace, &c, settings());
             assert!(r.jobs > 0);
-            assert!(r.elastic.waits.p99 >= settings().cold_start);
-            assert_eq!(r.fixed.waits.p50, 0);
-            assert!(r.elastic.cost.0 > 0 && r.fixed.cost.0 > r.elastic.cost.0);
-            assert_eq!((r.elastic.started, r.fixed.started), (r.jobs, r.jobs));
+            for e in [
+                r.elastic.set.as_ref().unwrap(),
+                r.elastic.node.as_ref().unwrap(),
+            ] {
+                assert!(e.waits.p99 >= settings().cold_start);
+                assert!(e.cost.0 > r.lower_bound.0 && r.lower_bound.0 > 0);
+                assert_eq!(e.started, r.jobs);
+            }
         }
     }
 
     #[test]
     fn the_report_serializes_with_node_sets_by_name() {
-        let trace = Trace {
-            jobs: vec![job(1, 0, 60, 1, 1)],
-            skipped: 0,
+        let t = Trace {
+            max_procs: Some(16),
+            ..trace(vec![job(1, 0, 60, 1, 1)])
         };
-        let json = serde_json::to_value(simulate(&trace, &catalog(), settings())).unwrap();
-        assert_eq!(json["fixed_fleet"]["compute-xlarge"], 1, "{json}");
+        let json = serde_json::to_value(simulate(&t, &catalog(), settings())).unwrap();
+        assert_eq!(json["site"]["fleet"]["compute-xlarge"], 1, "{json}");
         assert_eq!(
-            json["elastic"]["per_set"]["compute-xs"]["instance_type"], "c7g.medium",
+            json["elastic"]["set"]["per_set"]["compute-xs"]["instance_type"], "c7g.medium",
             "{json}"
         );
     }
 
     #[test]
     fn zero_run_times_and_zero_cold_starts_are_handled() {
-        let trace = Trace {
-            jobs: vec![
-                job(1, 0, 600, 4, 4),
-                job(2, 10, 0, 4, 4),
-                job(3, 10, 0, 4, 4),
-            ],
-            skipped: 0,
-        };
-        let c = catalog();
+        let t = trace(vec![
+            job(1, 0, 600, 4, 4),
+            job(2, 10, 0, 4, 4),
+            job(3, 10, 0, 4, 4),
+        ]);
         let s = SimSettings {
             cold_start: 0,
+            site_procs: Some(16),
             ..settings()
         };
-        let r = simulate(&trace, &c, s);
-        // The peak counts the zero-run jobs once each, never below zero.
-        assert_eq!(r.fixed_fleet.values().copied().collect::<Vec<_>>(), vec![1]);
-        assert_eq!((r.elastic.started, r.fixed.started), (3, 3), "{r:?}");
+        let r = simulate(&t, &catalog(), s);
+        let e = elastic(&r);
         assert_eq!(
-            r.elastic.waits.max, 0,
+            (e.started, r.site.as_ref().unwrap().report.started),
+            (3, 3),
+            "{r:?}"
+        );
+        assert_eq!(
+            e.waits.max, 0,
             "no cold start: each job starts at its cycle"
         );
     }

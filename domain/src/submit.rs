@@ -38,6 +38,12 @@ pub struct JobShape {
     /// `tres_per_task` (× tasks) entries like `gres/gpu:4` or `gres/gpu:a100:2`.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub gpus: u32,
+    /// The job's tasks when Slurm chooses how many nodes they go on (the body names no node
+    /// count, no tasks per node, no memory per node and no GPUs): placement may then spread them
+    /// from `nodes` up to one task per node, whichever capacity costs least
+    /// (`domain::placement`). `None`: exactly `nodes` nodes (jobs recorded before this field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tasks: Option<u32>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -685,6 +691,16 @@ pub fn canonicalize(body: &Value) -> Result<CanonicalSubmit, Vec<FieldError>> {
         },
         _ => None,
     };
+    let pinned = [
+        "nodes",
+        "minimum_nodes",
+        "maximum_nodes",
+        "tasks_per_node",
+        "memory_per_node",
+    ]
+    .iter()
+    .any(|k| job.get(*k).is_some_and(|v| !v.is_null()))
+        || gpus > 0;
     let time_limit_minutes = values
         .get("time_limit")
         .copied()
@@ -700,6 +716,7 @@ pub fn canonicalize(body: &Value) -> Result<CanonicalSubmit, Vec<FieldError>> {
             nodes: u32::try_from(min_nodes).unwrap_or(u32::MAX),
             time_limit_minutes,
             gpus,
+            tasks: (!pinned).then(|| u32::try_from(tasks).unwrap_or(u32::MAX)),
         },
     })
 }
@@ -813,6 +830,7 @@ mod tests {
                 nodes: 1,
                 time_limit_minutes: Some(30),
                 gpus: 0,
+                tasks: Some(2),
             }
         );
         assert_eq!(
@@ -1022,6 +1040,7 @@ mod tests {
                 nodes: 2,
                 time_limit_minutes: None,
                 gpus: 0,
+                tasks: None,
             }
         );
         assert!(out.body.get("script").is_none());

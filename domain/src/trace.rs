@@ -1,9 +1,12 @@
 //! Workload traces for simulation (pure: the caller reads the file, decompresses it, and passes
 //! the text): the Standard Workload Format of the Parallel Workloads Archive, and a simple CSV.
 //!
-//! SWF: `;` lines are the header; each job line has 18 whitespace-separated fields, `-1` for
-//! unknown. Used here: 1 job, 2 submit, 3 wait, 4 run, 5 allocated processors, 8 requested
-//! processors, 9 requested time, 10 requested memory (KB per processor), 11 status.
+//! SWF: `;` lines are the header (`MaxProcs:` and `MaxNodes:` are read: the site's machine);
+//! each job line has 18 whitespace-separated fields, `-1` for unknown. Used here: 1 job,
+//! 2 submit, 3 wait (what the site's scheduler gave it), 4 run, 5 allocated processors, 7 used
+//! memory (KB per processor: the job's memory when it requested none), 8 requested processors,
+//! 9 requested time, 10 requested memory (KB per processor), 11 status (5, cancelled: a job
+//! cancelled before it started never ran and is counted apart, not simulated).
 //!
 //! CSV: a header `submit_seconds,run_seconds,cpus,memory_mib,time_limit_seconds`, then one job per
 //! line; `memory_mib` and `time_limit_seconds` may be empty.
@@ -24,6 +27,9 @@ pub struct TraceJob {
     pub time_limit: Option<i64>,
     /// The wait the traced system gave it, when known.
     pub traced_wait: Option<i64>,
+    /// `memory_mib` is what the job used (SWF field 7), not what it asked for.
+    #[serde(default)]
+    pub memory_used: bool,
 }
 
 /// A parsed trace: its jobs in submit order, and how many lines were left out (no run time or no
@@ -32,6 +38,18 @@ pub struct TraceJob {
 pub struct Trace {
     pub jobs: Vec<TraceJob>,
     pub skipped: usize,
+    /// Jobs cancelled before they started (SWF status 5 without a run): never simulated.
+    pub cancelled: usize,
+    /// The site's machine, from the SWF header (`MaxProcs`, `MaxNodes`).
+    pub max_procs: Option<u64>,
+    pub max_nodes: Option<u64>,
+}
+
+/// A header line's number, like `; MaxProcs: 240`.
+fn header_number(line: &str, key: &str) -> Option<u64> {
+    let rest = line.trim_start_matches(';').trim();
+    let value = rest.strip_prefix(key)?.trim_start().strip_prefix(':')?;
+    value.split_whitespace().next()?.parse().ok()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -68,7 +86,16 @@ pub fn parse_swf(text: &str) -> Result<Trace, TraceError> {
     for (n, line) in text.lines().enumerate() {
         let line_no = n + 1;
         let line = line.trim();
-        if line.is_empty() || line.starts_with(';') {
+        if line.starts_with(';') {
+            if let Some(n) = header_number(line, "MaxProcs").filter(|n| *n > 0) {
+                trace.max_procs = Some(n);
+            }
+            if let Some(n) = header_number(line, "MaxNodes").filter(|n| *n > 0) {
+                trace.max_nodes = Some(n);
+            }
+            continue;
+        }
+        if line.is_empty() {
             continue;
         }
         let fields: Vec<i64> = line
@@ -92,6 +119,11 @@ pub fn parse_swf(text: &str) -> Result<Trace, TraceError> {
         let procs = known(fields[7])
             .filter(|p| *p > 0)
             .or_else(|| known(fields[4]).filter(|p| *p > 0));
+        // Cancelled before it started: no run, or no processor ever allocated.
+        if fields[10] == 5 && (fields[3] <= 0 || fields[4] <= 0) {
+            trace.cancelled += 1;
+            continue;
+        }
         let (Some(run), Some(procs)) = (known(fields[3]), procs) else {
             trace.skipped += 1;
             continue;
@@ -106,7 +138,9 @@ pub fn parse_swf(text: &str) -> Result<Trace, TraceError> {
             ],
         )?;
         // KiB per processor × processors: checked (a fuzzed line overflowed it).
-        let memory_mib = match known(fields[9]).filter(|m| *m > 0) {
+        let requested = known(fields[9]).filter(|m| *m > 0);
+        let used = known(fields[6]).filter(|m| *m > 0);
+        let memory_mib = match requested.or(used) {
             None => None,
             Some(kb_per_proc) => Some(
                 kb_per_proc
@@ -128,6 +162,7 @@ pub fn parse_swf(text: &str) -> Result<Trace, TraceError> {
             memory_mib,
             time_limit: known(fields[8]).filter(|t| *t > 0),
             traced_wait: known(fields[2]),
+            memory_used: requested.is_none() && used.is_some(),
         });
     }
     trace.jobs.sort_by_key(|j| (j.submit, j.id));
@@ -191,6 +226,7 @@ pub fn parse_csv(text: &str) -> Result<Trace, TraceError> {
             memory_mib: number(3, "memory_mib")?.map(|m| m as u64),
             time_limit: number(4, "time_limit_seconds")?,
             traced_wait: None,
+            memory_used: false,
         });
     }
     trace.jobs.sort_by_key(|j| (j.submit, j.id));
@@ -234,9 +270,11 @@ mod tests {
     #[test]
     fn the_synthetic_swf_trace() {
         let t = parse_swf(include_str!("../../fixtures/traces/small.swf")).unwrap();
-        // Job 6 has no run time: left out. Job 8 has no requested processors: allocated used.
-        assert_eq!(t.skipped, 1);
-        assert_eq!(t.jobs.len(), 7);
+        // Job 6 was cancelled before it ran: counted apart. Job 8 has no requested processors:
+        // allocated used. Job 9 has no run time: left out.
+        assert_eq!((t.skipped, t.cancelled), (1, 1));
+        assert_eq!(t.jobs.len(), 8);
+        assert_eq!((t.max_procs, t.max_nodes), (Some(64), Some(4)));
         let first = &t.jobs[0];
         assert_eq!(
             (
@@ -251,6 +289,9 @@ mod tests {
         assert_eq!(t.jobs[1].memory_mib, Some(4 * 1024), "KB per processor × 4");
         assert_eq!(t.jobs[2].memory_mib, None);
         assert_eq!(t.jobs[6].cpus, 8);
+        // Job 10 requested no memory; it used 1 GiB per processor on 2.
+        let used = t.jobs.iter().find(|j| j.id == 10).unwrap();
+        assert_eq!((used.memory_mib, used.memory_used), (Some(2048), true));
         assert_eq!(t.jobs[3].time_limit, Some(7200));
         assert_eq!(t.jobs[3].traced_wait, Some(40));
     }

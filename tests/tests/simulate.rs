@@ -11,10 +11,18 @@ fn simulate_prints_both_fleets_and_json_for_swf_csv_and_gzip() {
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
     for needle in [
-        "7 jobs simulated",
-        "elastic (Clusterra)",
-        "fixed, 4 nodes at peak",
-        "c7g.4xlarge",
+        "8 jobs simulated; 0 refused (0.0% of the work",
+        "1 cancelled before they started",
+        "1 lines without run time or processors",
+        "(1 jobs took the memory they used)",
+        "lower bound (perfectly packed)",
+        "elastic, set idle policy (Clusterra)",
+        "elastic, node idle policy",
+        "fixed, site size (64 procs, ",
+        "the site's own scheduler (traced)",
+        "site-size fleet (trace header MaxProcs)",
+        "x c7g.4xlarge",
+        "of which packing",
     ] {
         assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
     }
@@ -44,12 +52,17 @@ fn simulate_prints_both_fleets_and_json_for_swf_csv_and_gzip() {
     let report: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(report["settings"]["cold_start"], 2, "{report}");
     assert!(report["jobs"].as_u64().unwrap() > 0, "{report}");
-    assert_eq!(report["elastic"]["started"], report["jobs"], "{report}");
-    assert_eq!(report["elastic"]["waits"]["p99"], 2, "{report}");
-    assert!(
-        report["fixed"]["cost"].as_i64().unwrap() > report["elastic"]["cost"].as_i64().unwrap(),
-        "{report}"
-    );
+    for policy in ["set", "node"] {
+        let e = &report["elastic"][policy];
+        assert_eq!(e["started"], report["jobs"], "{report}");
+        assert_eq!(e["waits"]["p99"], 2, "{report}");
+        assert!(
+            e["cost"].as_i64().unwrap() > report["lower_bound"].as_i64().unwrap(),
+            "{report}"
+        );
+    }
+    // No site size in a CSV: no fixed fleet unless given.
+    assert!(report["site"].is_null(), "{report}");
 }
 
 #[test]
@@ -74,4 +87,13 @@ fn simulate_explains_bad_input() {
     let out = run(&["simulate", "--trace", swf.to_str().unwrap(), "--cycle", "0"]);
     assert!(!out.status.success());
     tests::assert_contains(&stderr(&out), "--cycle");
+    for (flag, value) in [
+        ("--max-nodes-per-job", "0"),
+        ("--site-procs", "0"),
+        ("--mib-per-cpu", "1"),
+    ] {
+        let out = run(&["simulate", "--trace", swf.to_str().unwrap(), flag, value]);
+        assert!(!out.status.success());
+        tests::assert_contains(&stderr(&out), flag);
+    }
 }

@@ -24,5 +24,6 @@ pub fn one_cpu() -> JobShape {
         nodes: 1,
         time_limit_minutes: None,
         gpus: 0,
+        tasks: None,
     }
 }

@@ -225,17 +225,15 @@ fn demand_of(settings: &LocalSettings, body: &Value) -> Result<(Demand, u32, Fam
     let shape = domain::submit::canonicalize(body)
         .map_err(|errors| SlurmError::Rejected(errors.into_iter().map(|e| e.message).collect()))?
         .shape;
-    let demand = Demand::per_node(
-        shape.cpus,
-        shape.memory_mib,
-        shape.nodes,
-        ns.default_mib_per_cpu,
-    );
+    let p = domain::placement::of_shape(&ns.catalog, &shape, ns.default_mib_per_cpu)
+        .map_err(|e| SlurmError::Rejected(vec![e.to_string()]))?;
+    // The family the planner gives each node (`plan` places per-node demands), so jobs run
+    // where the scaler opened nodes for them.
     let set = ns
         .catalog
-        .place(demand)
+        .place(p.demand)
         .map_err(|e| SlurmError::Rejected(vec![e.to_string()]))?;
-    Ok((demand, shape.nodes.max(1), set.family))
+    Ok((p.demand, p.nodes, set.family))
 }
 
 /// Writes a file atomically: a temp file, then rename.

@@ -1,0 +1,342 @@
+//! Where a job goes (pure): the family its memory per vCPU asks for, and within it the shape and
+//! the node count whose capacity costs least.
+//!
+//! A job holds, on each of its nodes, a share of the node: the larger of its share of the vCPUs
+//! and its share of the allocatable memory (what is left cannot take a job that needs the other).
+//! The price of that capacity is `nodes × hourly × share`. Among the node counts Slurm may use
+//! (from the job's minimum to its maximum, each node holding whole tasks) and the sizes of the
+//! family, the cheapest wins; ties go to fewer nodes, then the smaller size. The family is the
+//! seed's rule ([`Family::for_demand`] on the whole job: `compute` ≤ 3 GiB per vCPU, `general`
+//! ≤ 6 GiB, `memory` above); only when no size of it holds the job within its node count does the
+//! next roomier family take it.
+//!
+//! Why not the fewest nodes: at the default 2,048 MiB per vCPU and a 512 MiB system reserve, a
+//! 16-vCPU job needs 32 GiB, one c7g.4xlarge keeps 31.5 GiB for jobs, and the fewest-nodes rule
+//! put it on an m7g.4xlarge ($0.6528 an hour) where two half c7g.4xlarge nodes hold it for
+//! $0.589.
+
+use crate::MicroUsd;
+use crate::scaling::{Catalog, Demand, Family, NodeSet, Size, TooBig};
+use crate::submit::JobShape;
+
+/// What a job asks for, as placement sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ask {
+    /// Tasks; each runs whole on one node.
+    pub tasks: u32,
+    pub cpus_per_task: u32,
+    /// The whole job's memory, spread evenly over its nodes; `None`: `default_mib_per_cpu` per
+    /// vCPU on each node.
+    pub memory_mib: Option<u64>,
+    pub default_mib_per_cpu: u64,
+    pub min_nodes: u32,
+    /// At most this many nodes (at least `min_nodes`; more than `tasks` is never used).
+    pub max_nodes: u32,
+}
+
+impl Ask {
+    /// A job of `cpus` processors of one vCPU each (a trace job), on 1 to `max_nodes` nodes.
+    pub fn processors(
+        cpus: u32,
+        memory_mib: Option<u64>,
+        max_nodes: u32,
+        default_mib_per_cpu: u64,
+    ) -> Ask {
+        Ask {
+            tasks: cpus.max(1),
+            cpus_per_task: 1,
+            memory_mib,
+            default_mib_per_cpu,
+            min_nodes: 1,
+            max_nodes: max_nodes.max(1),
+        }
+    }
+
+    /// A submitted job: on exactly its `nodes` unless Slurm may choose ([`JobShape::tasks`]).
+    pub fn of_shape(shape: &JobShape, default_mib_per_cpu: u64) -> Ask {
+        let min_nodes = shape.nodes.max(1);
+        match shape
+            .tasks
+            .filter(|t| *t > 0 && shape.cpus.is_multiple_of(*t))
+        {
+            Some(tasks) => Ask {
+                tasks,
+                cpus_per_task: (shape.cpus / tasks).max(1),
+                memory_mib: shape.memory_mib,
+                default_mib_per_cpu,
+                min_nodes,
+                max_nodes: tasks.max(min_nodes),
+            },
+            // Pinned: the old rule, `⌈cpus / nodes⌉` on each of `nodes`.
+            None => Ask {
+                tasks: shape.cpus.max(1),
+                cpus_per_task: 1,
+                memory_mib: shape.memory_mib,
+                default_mib_per_cpu,
+                min_nodes,
+                max_nodes: min_nodes,
+            },
+        }
+    }
+
+    /// The node counts Slurm may use: from the minimum to the maximum, never more nodes than
+    /// tasks when it chooses (a job pinned to more nodes than tasks gets them, as in Slurm).
+    fn node_range(&self) -> (u32, u32) {
+        let min = self.min_nodes.max(1);
+        let max = if self.max_nodes > min {
+            self.max_nodes.min(self.tasks.max(1)).max(min)
+        } else {
+            min
+        };
+        (min, max)
+    }
+
+    fn cpus(&self) -> u64 {
+        u64::from(self.tasks.max(1)) * u64::from(self.cpus_per_task.max(1))
+    }
+
+    /// One node's share on `nodes` nodes.
+    fn demand(&self, nodes: u32) -> Demand {
+        let nodes = nodes.max(1);
+        let cpus = self.tasks.max(1).div_ceil(nodes) * self.cpus_per_task.max(1);
+        let memory_mib = self
+            .memory_mib
+            .map(|m| m.div_ceil(u64::from(nodes)))
+            .unwrap_or(u64::from(cpus) * self.default_mib_per_cpu);
+        Demand { cpus, memory_mib }
+    }
+
+    /// The family the seed's rule gives the whole job.
+    pub fn family(&self) -> Family {
+        let cpus = self.cpus();
+        let mib = self
+            .memory_mib
+            .unwrap_or(cpus.saturating_mul(self.default_mib_per_cpu));
+        Family::for_demand(u32::try_from(cpus).unwrap_or(u32::MAX), mib)
+    }
+}
+
+/// Where a job goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement {
+    pub family: Family,
+    /// The shape whose capacity priced it (new nodes are sized by the planner).
+    pub set: NodeSet,
+    pub nodes: u32,
+    /// What each node needs.
+    pub demand: Demand,
+    /// The hourly price of the capacity it holds: `nodes × hourly × share`.
+    pub rate: MicroUsd,
+}
+
+/// The price of `nodes` nodes of a shape with `vcpus` and `mib` allocatable, each holding `d`.
+fn capacity_price(hourly: MicroUsd, vcpus: u32, mib: u64, d: Demand, nodes: u32) -> u128 {
+    // share = max(d.cpus / vcpus, d.mib / mib), compared without dividing.
+    let (v, m) = (u128::from(vcpus.max(1)), u128::from(mib.max(1)));
+    let by_cpu = u128::from(d.cpus) * m;
+    let by_mib = u128::from(d.memory_mib) * v;
+    u128::from(hourly.0.max(0).unsigned_abs()) * u128::from(nodes) * by_cpu.max(by_mib) / (v * m)
+}
+
+/// The cheapest place for `ask` (module docs), or why none holds it.
+pub fn cheapest(catalog: &Catalog, ask: &Ask) -> Result<Placement, TooBig> {
+    let seed = ask.family();
+    let (min_nodes, max_nodes) = ask.node_range();
+    for family in Family::ALL.into_iter().filter(|f| *f >= seed) {
+        let mut best: Option<(u128, u32, Size, Demand)> = None;
+        for size in Size::ALL {
+            let Some(shape) = catalog.shape(NodeSet { family, size }) else {
+                continue;
+            };
+            let Some(lo) = fewest_nodes(ask, shape.vcpus, shape.allocatable_mib, min_nodes) else {
+                continue;
+            };
+            // Beyond the fewest, a node or three more can round better; never past the most.
+            for nodes in lo..=lo.saturating_add(3).min(max_nodes) {
+                let d = ask.demand(nodes);
+                if d.cpus > shape.vcpus || d.memory_mib > shape.allocatable_mib {
+                    continue;
+                }
+                let price =
+                    capacity_price(shape.hourly, shape.vcpus, shape.allocatable_mib, d, nodes);
+                if best.is_none_or(|(p, n, _, _)| (price, nodes) < (p, n)) {
+                    best = Some((price, nodes, size, d));
+                }
+            }
+        }
+        if let Some((price, nodes, size, demand)) = best {
+            // The planner opens the smallest size that holds a node; the rate is that size's.
+            let set = catalog
+                .smallest_fit(family, demand.cpus, demand.memory_mib)
+                .map_or(NodeSet { family, size }, |s| NodeSet {
+                    family,
+                    size: s.size,
+                });
+            return Ok(Placement {
+                family,
+                set,
+                nodes,
+                demand,
+                rate: MicroUsd(i64::try_from(price).unwrap_or(i64::MAX)),
+            });
+        }
+    }
+    // Nothing holds it: the error names one node at the most nodes allowed.
+    let demand = ask.demand(max_nodes.max(min_nodes));
+    Err(catalog
+        .place(demand)
+        .err()
+        .unwrap_or_else(|| catalog.too_big(demand)))
+}
+
+/// The fewest nodes from `min_nodes` on whose share fits `vcpus` and `mib`, or `None` when even
+/// one task per node does not (or it would take more nodes than the job may have).
+fn fewest_nodes(ask: &Ask, vcpus: u32, mib: u64, min_nodes: u32) -> Option<u32> {
+    let cpt = ask.cpus_per_task.max(1);
+    let mut per_node = vcpus / cpt;
+    if ask.memory_mib.is_none() {
+        let task_mib = u64::from(cpt) * ask.default_mib_per_cpu;
+        per_node = per_node.min(u32::try_from(mib.checked_div(task_mib)?).unwrap_or(u32::MAX));
+    }
+    if per_node == 0 {
+        return None;
+    }
+    let mut nodes = ask.tasks.max(1).div_ceil(per_node).max(min_nodes);
+    if let Some(m) = ask.memory_mib {
+        nodes = nodes.max(u32::try_from(m.div_ceil(mib.max(1))).unwrap_or(u32::MAX));
+    }
+    let (_, most) = ask.node_range();
+    (nodes <= most).then_some(nodes)
+}
+
+/// A submitted job's placement.
+pub fn of_shape(
+    catalog: &Catalog,
+    shape: &JobShape,
+    default_mib_per_cpu: u64,
+) -> Result<Placement, TooBig> {
+    cheapest(catalog, &Ask::of_shape(shape, default_mib_per_cpu))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn catalog() -> Catalog {
+        Catalog::parse(include_str!("../../fixtures/catalog/shapes.json"), 512).unwrap()
+    }
+
+    #[test]
+    fn sixteen_vcpus_at_the_default_memory_go_on_two_compute_nodes_not_one_general() {
+        let c = catalog();
+        let p = cheapest(&c, &Ask::processors(16, None, 256, 2048)).unwrap();
+        assert_eq!(p.family, Family::Compute);
+        assert_eq!(p.nodes, 2);
+        assert_eq!(
+            p.demand,
+            Demand {
+                cpus: 8,
+                memory_mib: 16384
+            }
+        );
+        assert_eq!(
+            c.shape(p.set).unwrap().instance_type,
+            "c7g.4xlarge",
+            "8 vCPUs and 16 GiB: a c7g.2xlarge keeps 15.5 GiB"
+        );
+        // Two half c7g.4xlarge ($0.58 × 2 × 16384/32256) beat one m7g.4xlarge ($0.6528).
+        assert_eq!(p.rate, MicroUsd(580_000 * 2 * 16384 / 32256));
+        assert!(p.rate < MicroUsd(652_800));
+    }
+
+    #[test]
+    fn a_job_pinned_to_one_node_keeps_the_fewest_nodes_rule() {
+        let c = catalog();
+        let shape = JobShape {
+            cpus: 16,
+            memory_mib: None,
+            nodes: 1,
+            time_limit_minutes: None,
+            gpus: 0,
+            tasks: None,
+        };
+        let p = of_shape(&c, &shape, 2048).unwrap();
+        assert_eq!((p.family, p.nodes), (Family::General, 1));
+        // The same job with its 16 tasks left to Slurm spreads onto compute.
+        let free = JobShape {
+            tasks: Some(16),
+            ..shape
+        };
+        let p = of_shape(&c, &free, 2048).unwrap();
+        assert_eq!((p.family, p.nodes), (Family::Compute, 2));
+        // One task of 16 vCPUs cannot be split.
+        let one_task = JobShape {
+            tasks: Some(1),
+            ..shape
+        };
+        assert_eq!(of_shape(&c, &one_task, 2048).unwrap().nodes, 1);
+    }
+
+    #[test]
+    fn small_jobs_stay_on_one_node_and_in_their_family() {
+        let c = catalog();
+        let p = cheapest(&c, &Ask::processors(1, Some(1024), 256, 2048)).unwrap();
+        assert_eq!((p.family, p.nodes), (Family::Compute, 1));
+        assert_eq!(c.shape(p.set).unwrap().instance_type, "c7g.medium");
+        let p = cheapest(&c, &Ask::processors(4, Some(4 * 5 * 1024), 256, 2048)).unwrap();
+        assert_eq!((p.family, p.nodes), (Family::General, 1));
+        let p = cheapest(&c, &Ask::processors(2, Some(2 * 10 * 1024), 256, 2048)).unwrap();
+        assert_eq!(p.family, Family::Memory);
+    }
+
+    #[test]
+    fn wide_jobs_are_placed_up_to_the_most_nodes_and_refused_past_it() {
+        let c = catalog();
+        // 8,192 processors: 512 full compute nodes.
+        let p = cheapest(&c, &Ask::processors(8192, Some(8192 * 1024), 100_000, 2048)).unwrap();
+        assert_eq!((p.family, p.nodes), (Family::Compute, 512));
+        assert!(cheapest(&c, &Ask::processors(8192, Some(8192 * 1024), 256, 2048)).is_err());
+        // A processor needing more memory than any shape: refused whatever the node count.
+        assert!(cheapest(&c, &Ask::processors(1, Some(1 << 20), 100_000, 2048)).is_err());
+    }
+
+    #[test]
+    fn a_job_pinned_to_more_nodes_than_tasks_gets_them() {
+        let c = catalog();
+        let shape = JobShape {
+            cpus: 1,
+            memory_mib: None,
+            nodes: 150,
+            time_limit_minutes: None,
+            gpus: 0,
+            tasks: None,
+        };
+        let p = of_shape(&c, &shape, 2048).unwrap();
+        assert_eq!((p.nodes, p.demand.cpus), (150, 1));
+    }
+
+    #[test]
+    fn the_family_falls_back_only_when_its_sizes_cannot_hold_the_job() {
+        let c = catalog();
+        // 16 vCPUs with 40 GiB on one node: compute by ratio, held by no compute size.
+        let ask = Ask {
+            tasks: 16,
+            cpus_per_task: 1,
+            memory_mib: Some(40 * 1024),
+            default_mib_per_cpu: 2048,
+            min_nodes: 1,
+            max_nodes: 1,
+        };
+        assert_eq!(cheapest(&c, &ask).unwrap().family, Family::General);
+        // Free to spread, it stays in compute.
+        let p = cheapest(
+            &c,
+            &Ask {
+                max_nodes: 16,
+                ..ask
+            },
+        )
+        .unwrap();
+        assert_eq!(p.family, Family::Compute);
+    }
+}
