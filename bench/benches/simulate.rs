@@ -95,7 +95,10 @@ pub fn wide() -> Trace {
 fn bench(c: &mut Criterion) {
     let catalog =
         Catalog::parse(include_str!("../../fixtures/catalog/shapes.json"), 512).expect("catalog");
-    let settings = SimSettings::default();
+    let settings = SimSettings {
+        default_mib_per_cpu: catalog.fitting_mib_per_cpu(),
+        ..SimSettings::default()
+    };
     let mut group = c.benchmark_group("simulate");
     group.sample_size(10);
     for (name, t) in [

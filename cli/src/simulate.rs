@@ -57,9 +57,10 @@ pub struct SimulateArgs {
     /// Seconds between scaling cycles
     #[arg(long, value_name = "SECONDS", default_value_t = 1)]
     pub cycle: i64,
-    /// Memory assumed per processor for jobs whose trace line has none
-    #[arg(long, value_name = "MIB", default_value_t = 2048)]
-    pub mib_per_cpu: u64,
+    /// Memory assumed per processor for jobs whose trace line has none [default: what the largest
+    /// compute shape keeps per vCPU after --reserve-mib, at most 2048; 2016 with the defaults]
+    #[arg(long, value_name = "MIB")]
+    pub mib_per_cpu: Option<u64>,
     /// The node-shape catalog [default: the built-in one]
     #[arg(long, value_name = "FILE")]
     pub catalog: Option<PathBuf>,
@@ -85,7 +86,8 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<()> {
         "--site-procs must be from 1 to 100000000"
     );
     anyhow::ensure!(
-        (64..=1024 * 1024).contains(&args.mib_per_cpu),
+        args.mib_per_cpu
+            .is_none_or(|m| (64..=1024 * 1024).contains(&m)),
         "--mib-per-cpu must be from 64 to 1048576"
     );
     let cold_start = args
@@ -113,7 +115,9 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<()> {
             cold_start,
             idle_window: args.idle_window,
             cycle: args.cycle,
-            default_mib_per_cpu: args.mib_per_cpu,
+            default_mib_per_cpu: args
+                .mib_per_cpu
+                .unwrap_or_else(|| catalog.fitting_mib_per_cpu()),
             max_nodes_per_job: args.max_nodes_per_job,
             site_procs: args.site_procs,
             idle_policy: match args.idle_policy {

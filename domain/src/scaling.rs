@@ -156,6 +156,9 @@ pub enum CatalogError {
     Bad { set: NodeSet, problem: String },
 }
 
+/// The most memory per vCPU a job that asks for none gets by default (2 GiB).
+pub const DEFAULT_MIB_PER_CPU: u64 = 2048;
+
 /// The 15 shapes, by family then size.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Catalog {
@@ -224,6 +227,18 @@ impl Catalog {
 
     pub fn shapes(&self) -> impl Iterator<Item = &Shape> {
         self.shapes.values()
+    }
+
+    /// The memory per vCPU a job that asks for none gets by default: what the largest compute
+    /// shape keeps per vCPU after the system reserve (2,016 MiB at the 512 MiB reserve), at most
+    /// [`DEFAULT_MIB_PER_CPU`]. So a compute node holds as many default-memory vCPUs as it has:
+    /// at 2,048 a c7g.4xlarge (31.5 GiB for jobs) held 15, and a 16-vCPU job fit no compute node.
+    pub fn fitting_mib_per_cpu(&self) -> u64 {
+        self.largest(Family::Compute)
+            .map_or(DEFAULT_MIB_PER_CPU, |s| {
+                s.allocatable_mib / u64::from(s.vcpus.max(1))
+            })
+            .clamp(64, DEFAULT_MIB_PER_CPU)
     }
 
     /// The largest shape of a family.
@@ -1002,6 +1017,20 @@ mod tests {
         // Fifteen: one c7g.4xlarge ($0.58) holds them all, where fifteen c7g.large would
         // cost $1.0875.
         assert_eq!(size(15), vec![("c7g.4xlarge".to_string(), 1)]);
+    }
+
+    #[test]
+    fn the_default_memory_per_vcpu_fills_a_compute_node() {
+        let text = include_str!("../../fixtures/catalog/shapes.json");
+        assert_eq!(
+            Catalog::parse(text, 512).unwrap().fitting_mib_per_cpu(),
+            2016
+        );
+        assert_eq!(
+            Catalog::parse(text, 1024).unwrap().fitting_mib_per_cpu(),
+            1984
+        );
+        assert_eq!(Catalog::parse(text, 0).unwrap().fitting_mib_per_cpu(), 2048);
     }
 
     #[test]

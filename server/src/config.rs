@@ -117,8 +117,9 @@ pub struct Config {
     pub catalog_file: PathBuf,
     /// Memory each node keeps for the system (kubelet, slurmd, the OS), in MiB.
     pub node_reserve_mib: u64,
-    /// Memory per vCPU assumed for a job that asks for none, in MiB.
-    pub default_mib_per_cpu: u64,
+    /// Memory per vCPU assumed for a job that asks for none, in MiB; unset: what the largest
+    /// compute shape keeps per vCPU after `node_reserve_mib`, at most 2048 (2016 by default).
+    pub default_mib_per_cpu: Option<u64>,
     /// How long a node set with nothing to do keeps its nodes before it goes to zero, in ms.
     pub scale_idle_window_ms: u64,
     /// Where desired node counts are kept for the edge agent: "embedded" (a table in the
@@ -247,7 +248,7 @@ impl Default for Config {
             s3_create_buckets: None,
             catalog_file: PathBuf::new(),
             node_reserve_mib: 512,
-            default_mib_per_cpu: 2048,
+            default_mib_per_cpu: None,
             scale_idle_window_ms: 300_000,
             replica_store: "embedded".into(),
             dynamodb_endpoint: String::new(),
@@ -457,7 +458,9 @@ impl Config {
             "scale_idle_window_ms must be at most 86400000 (a day)"
         );
         ensure!(
-            (64..=1024 * 1024).contains(&config.default_mib_per_cpu),
+            config
+                .default_mib_per_cpu
+                .is_none_or(|m| (64..=1024 * 1024).contains(&m)),
             "default_mib_per_cpu must be from 64 to 1048576"
         );
         ensure!(
@@ -639,6 +642,13 @@ impl Config {
     }
 
     /// The node-shape catalog: the configured file, or the built-in one.
+    /// The memory per vCPU of a job that asks for none: the setting, else what fills a compute
+    /// node of `catalog` (`Catalog::fitting_mib_per_cpu`).
+    pub fn mib_per_cpu(&self, catalog: &domain::scaling::Catalog) -> u64 {
+        self.default_mib_per_cpu
+            .unwrap_or_else(|| catalog.fitting_mib_per_cpu())
+    }
+
     pub fn catalog(&self) -> Result<domain::scaling::Catalog> {
         let text = if self.catalog_file.as_os_str().is_empty() {
             include_str!("../../fixtures/catalog/shapes.json").to_string()

@@ -114,7 +114,7 @@ impl Server {
         let scaler = Arc::new(
             commands::scaling::Scaler::new(
                 catalog.clone(),
-                config.default_mib_per_cpu,
+                config.mib_per_cpu(&catalog),
                 chrono::Duration::milliseconds(config.scale_idle_window_ms as i64),
                 chrono::Utc::now(),
             )
@@ -135,7 +135,7 @@ impl Server {
             slurm: directory.clone(),
             submitter: Arc::new(
                 commands::jobs::Submitter::default()
-                    .with_shapes(catalog.clone(), config.default_mib_per_cpu)
+                    .with_shapes(catalog.clone(), config.mib_per_cpu(&catalog))
                     .with_limits(limits.clone()),
             ),
             templates: Arc::new(
@@ -169,7 +169,7 @@ impl Server {
             cluster_cache: Default::default(),
             scaling: Arc::new(api::nodesets::Scaling {
                 catalog: catalog.clone(),
-                default_mib_per_cpu: config.default_mib_per_cpu,
+                default_mib_per_cpu: config.mib_per_cpu(&catalog),
                 leading: leading.clone(),
             }),
             clock: Arc::new(eventlog::SystemClock),
@@ -186,7 +186,7 @@ impl Server {
             leading: leading.clone(),
             pricing: domain::cost::Pricing {
                 catalog: catalog.clone(),
-                default_mib_per_cpu: config.default_mib_per_cpu,
+                default_mib_per_cpu: config.mib_per_cpu(&catalog),
             },
             billing_period,
             limits,
@@ -380,8 +380,8 @@ fn slurm_directory(
                 .executor_slots
                 .is_none()
                 .then(|| gateways::local::NodeSettings {
+                    default_mib_per_cpu: config.mib_per_cpu(&catalog),
                     catalog,
-                    default_mib_per_cpu: config.default_mib_per_cpu,
                     cold_start: config.node_cold_start(),
                     max_launch_per_step: config.agent_max_launch_per_step,
                 }),

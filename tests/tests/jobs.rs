@@ -358,11 +358,15 @@ async fn pending_jobs_drive_scale_decisions_and_idle_sets_go_to_zero() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     };
-    // Three one-vCPU jobs with the default 2 GiB each: c7g.large nodes (2 vCPUs, 3.5 GiB
-    // allocatable) hold one each.
+    // Three jobs of 2 vCPUs and 3 GiB: c7g.large nodes (2 vCPUs, 3.5 GiB allocatable) hold one
+    // each, for less than any bigger size holds them (new nodes are the cheapest size for the
+    // pending jobs, whichever of them a cycle sees).
     let mut ids = Vec::new();
     for _ in 0..3 {
-        ids.push(submitted(&api, raw("#!/bin/bash\ntrue\n", Some(1))).await);
+        let mut body = raw("#!/bin/bash\ntrue\n", Some(1));
+        body["job"]["cpus_per_task"] = json!(2);
+        body["job"]["memory_per_node"] = json!({"set": true, "number": 3072});
+        ids.push(submitted(&api, body).await);
     }
     let up = wait_for(3).await;
     let last = up.last().unwrap();

@@ -120,45 +120,58 @@ async fn jobs_run_on_nodes_that_come_up_after_their_cold_start_and_go_when_idle(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_16_task_job_at_the_default_memory_runs_on_compute_nodes_and_a_pinned_one_on_general() {
+async fn a_16_vcpu_job_at_the_default_memory_runs_on_compute_nodes() {
     let (_dir, _, api) = tests::started(&[("CLUSTERRA_NODE_COLD_START_MS", "300")]);
-    // 16 tasks of one vCPU, no memory asked: 2 GiB each, 32 GiB in all, more than a
-    // c7g.4xlarge keeps (31.5 GiB). Slurm may spread the tasks (no node count), and two half
-    // c7g.4xlarge cost less than one m7g.4xlarge: it runs on two compute nodes.
+    let run = |body: Value| {
+        let api = &api;
+        async move {
+            let (status, out) = api.submit(body).await;
+            assert_eq!(status, 201, "{out}");
+            let id = out["job_id"].as_u64().unwrap();
+            api.wait_state(id, &["COMPLETED"], Duration::from_secs(20))
+                .await
+        }
+    };
+    // 16 tasks, no memory asked: the default memory per vCPU is what a c7g.4xlarge keeps per
+    // vCPU after the 512 MiB reserve (2,016 MiB), so the job fills one compute node exactly.
     let mut body = job("#!/bin/bash\ntrue\n");
     body["job"]["tasks"] = json!(16);
-    let (status, out) = api.submit(body.clone()).await;
-    assert_eq!(status, 201, "{out}");
-    let spread = out["job_id"].as_u64().unwrap();
-    let done = api
-        .wait_state(spread, &["COMPLETED"], Duration::from_secs(20))
-        .await;
+    let done = run(body.clone()).await;
+    let nodes: Vec<&str> = done["node"].as_str().unwrap().split(',').collect();
+    assert_eq!(nodes.len(), 1, "{done}");
+    assert!(nodes[0].starts_with("compute-xlarge-"), "{done}");
+    assert_eq!(done["rate_usd_per_hour"], "0.580000", "{done}");
+
+    // 2 GiB per vCPU asked (32 GiB, more than a c7g.4xlarge keeps): Slurm may spread the tasks
+    // (no node count), and two half c7g.4xlarge cost less than one m7g.4xlarge.
+    body["job"]["memory_per_cpu"] = json!({"set": true, "number": 2048});
+    let done = run(body.clone()).await;
     let nodes: Vec<&str> = done["node"].as_str().unwrap().split(',').collect();
     assert_eq!(nodes.len(), 2, "{done}");
     assert!(
         nodes.iter().all(|n| n.starts_with("compute-xlarge-")),
         "{done}"
     );
-    let launched = wait_events(&api, "NodeLaunched", 2, Duration::from_secs(5)).await;
+    // Its rate: 16 of 32 vCPUs of two $0.58 nodes.
+    assert_eq!(done["rate_usd_per_hour"], "0.580000", "{done}");
+    let launched = api.events("NodeLaunched").await;
     assert!(
         launched
             .iter()
             .all(|e| e["data"]["instance_type"] == "c7g.4xlarge"),
         "{launched:?}"
     );
-    // Its rate is the compute nodes' share: 16 of 32 vCPUs of two $0.58 nodes.
-    assert_eq!(api.job(spread).await["rate_usd_per_hour"], "0.580000");
 
-    // The same job pinned to one node (`nodes: 1`) fits no compute size: a general node.
+    // The same pinned to one node (`nodes: 1`): no compute size holds it, a general node does.
     body["job"]["nodes"] = json!(1);
-    let (status, out) = api.submit(body).await;
-    assert_eq!(status, 201, "{out}");
-    let pinned = out["job_id"].as_u64().unwrap();
-    let done = api
-        .wait_state(pinned, &["COMPLETED"], Duration::from_secs(20))
-        .await;
-    let node = done["node"].as_str().unwrap();
-    assert!(node.starts_with("general-xlarge-"), "{done}");
+    let done = run(body).await;
+    assert!(
+        done["node"]
+            .as_str()
+            .unwrap()
+            .starts_with("general-xlarge-"),
+        "{done}"
+    );
 }
 
 async fn readyz(server: &Server) -> Value {
