@@ -1,14 +1,15 @@
-//! Where a job goes (pure): the family its memory per vCPU asks for, and within it the shape and
-//! the node count whose capacity costs least.
+//! Where a job goes (pure): the family its memory per vCPU asks for (or a roomier one), and the
+//! shape and the node count whose capacity costs least.
 //!
 //! A job holds, on each of its nodes, a share of the node: the larger of its share of the vCPUs
 //! and its share of the allocatable memory (what is left cannot take a job that needs the other).
 //! The price of that capacity is `nodes × hourly × share`. Among the node counts Slurm may use
 //! (from the job's minimum to its maximum, each node holding whole tasks) and the sizes of the
-//! family, the cheapest wins; ties go to fewer nodes, then the smaller size. The family is the
-//! seed's rule ([`Family::for_demand`] on the whole job: `compute` ≤ 3 GiB per vCPU, `general`
-//! ≤ 6 GiB, `memory` above); only when no size of it holds the job within its node count does the
-//! next roomier family take it.
+//! family, the cheapest wins; ties go to fewer nodes, the leaner family, then the smaller size. The
+//! families tried are the seed's rule's ([`Family::for_demand`] on the whole job: `compute`
+//! ≤ 3 GiB per vCPU, `general` ≤ 6 GiB, `memory` above) and the roomier ones: a job asking
+//! 2.5 GiB per vCPU holds a compute node's memory before its vCPUs, and costs less on a general
+//! node.
 //!
 //! Why not the fewest nodes: at the default 2,048 MiB per vCPU and a 512 MiB system reserve, a
 //! 16-vCPU job needs 32 GiB, one c7g.4xlarge keeps 31.5 GiB for jobs, and the fewest-nodes rule
@@ -16,7 +17,7 @@
 //! $0.589.
 
 use crate::MicroUsd;
-use crate::scaling::{Catalog, Demand, Family, NodeSet, Size, TooBig};
+use crate::scaling::{Catalog, Demand, Family, NodeSet, Size, TooBig, capacity_price};
 use crate::submit::JobShape;
 
 /// What a job asks for, as placement sees it.
@@ -129,21 +130,14 @@ pub struct Placement {
     pub rate: MicroUsd,
 }
 
-/// The price of `nodes` nodes of a shape with `vcpus` and `mib` allocatable, each holding `d`.
-fn capacity_price(hourly: MicroUsd, vcpus: u32, mib: u64, d: Demand, nodes: u32) -> u128 {
-    // share = max(d.cpus / vcpus, d.mib / mib), compared without dividing.
-    let (v, m) = (u128::from(vcpus.max(1)), u128::from(mib.max(1)));
-    let by_cpu = u128::from(d.cpus) * m;
-    let by_mib = u128::from(d.memory_mib) * v;
-    u128::from(hourly.0.max(0).unsigned_abs()) * u128::from(nodes) * by_cpu.max(by_mib) / (v * m)
-}
-
 /// The cheapest place for `ask` (module docs), or why none holds it.
 pub fn cheapest(catalog: &Catalog, ask: &Ask) -> Result<Placement, TooBig> {
     let seed = ask.family();
     let (min_nodes, max_nodes) = ask.node_range();
+    // (price, nodes, family, size, demand); ties to fewer nodes, the leaner family, the smaller
+    // size (the order they are tried in).
+    let mut best: Option<(u128, u32, Family, Size, Demand)> = None;
     for family in Family::ALL.into_iter().filter(|f| *f >= seed) {
-        let mut best: Option<(u128, u32, Size, Demand)> = None;
         for size in Size::ALL {
             let Some(shape) = catalog.shape(NodeSet { family, size }) else {
                 continue;
@@ -157,29 +151,28 @@ pub fn cheapest(catalog: &Catalog, ask: &Ask) -> Result<Placement, TooBig> {
                 if d.cpus > shape.vcpus || d.memory_mib > shape.allocatable_mib {
                     continue;
                 }
-                let price =
-                    capacity_price(shape.hourly, shape.vcpus, shape.allocatable_mib, d, nodes);
-                if best.is_none_or(|(p, n, _, _)| (price, nodes) < (p, n)) {
-                    best = Some((price, nodes, size, d));
+                let price = capacity_price(shape, d, nodes);
+                if best.is_none_or(|(p, n, ..)| (price, nodes) < (p, n)) {
+                    best = Some((price, nodes, family, size, d));
                 }
             }
         }
-        if let Some((price, nodes, size, demand)) = best {
-            // The planner opens the smallest size that holds a node; the rate is that size's.
-            let set = catalog
-                .smallest_fit(family, demand.cpus, demand.memory_mib)
-                .map_or(NodeSet { family, size }, |s| NodeSet {
-                    family,
-                    size: s.size,
-                });
-            return Ok(Placement {
+    }
+    if let Some((price, nodes, family, size, demand)) = best {
+        // The planner opens the smallest size that holds a node; the rate is that size's.
+        let set = catalog
+            .smallest_fit(family, demand.cpus, demand.memory_mib)
+            .map_or(NodeSet { family, size }, |s| NodeSet {
                 family,
-                set,
-                nodes,
-                demand,
-                rate: MicroUsd(i64::try_from(price).unwrap_or(i64::MAX)),
+                size: s.size,
             });
-        }
+        return Ok(Placement {
+            family,
+            set,
+            nodes,
+            demand,
+            rate: MicroUsd(i64::try_from(price).unwrap_or(i64::MAX)),
+        });
     }
     // Nothing holds it: the error names one node at the most nodes allowed.
     let demand = ask.demand(max_nodes.max(min_nodes));
@@ -316,27 +309,27 @@ mod tests {
     }
 
     #[test]
-    fn the_family_falls_back_only_when_its_sizes_cannot_hold_the_job() {
+    fn a_roomier_family_takes_a_job_when_it_holds_it_for_less() {
         let c = catalog();
-        // 16 vCPUs with 40 GiB on one node: compute by ratio, held by no compute size.
-        let ask = Ask {
+        let ask = |mib: u64, max_nodes: u32| Ask {
             tasks: 16,
             cpus_per_task: 1,
-            memory_mib: Some(40 * 1024),
+            memory_mib: Some(mib),
             default_mib_per_cpu: 2048,
             min_nodes: 1,
-            max_nodes: 1,
+            max_nodes,
         };
-        assert_eq!(cheapest(&c, &ask).unwrap().family, Family::General);
-        // Free to spread, it stays in compute.
-        let p = cheapest(
-            &c,
-            &Ask {
-                max_nodes: 16,
-                ..ask
-            },
-        )
-        .unwrap();
-        assert_eq!(p.family, Family::Compute);
+        // 2.5 GiB per vCPU asks for compute by ratio, but holds a compute node's memory before
+        // its vCPUs: $0.58 × 40/31.5 × … on compute, $0.6528 for an m7g.4xlarge.
+        assert_eq!(cheapest(&c, &ask(40 * 1024, 1)).unwrap().family, Family::General);
+        assert_eq!(cheapest(&c, &ask(40 * 1024, 16)).unwrap().family, Family::General);
+        // 1.875 GiB per vCPU: compute holds it, for less.
+        let p = cheapest(&c, &ask(30 * 1024, 1)).unwrap();
+        assert_eq!((p.family, p.nodes), (Family::Compute, 1));
+        // Never a leaner family than the ratio asks: 10 GiB per vCPU stays on memory nodes.
+        assert_eq!(
+            cheapest(&c, &ask(160 * 1024, 16)).unwrap().family,
+            Family::Memory
+        );
     }
 }

@@ -258,19 +258,36 @@ impl Catalog {
     }
 
     /// Where one node of a job goes, or why no shape can ever hold it. The family is the one its
-    /// memory per vCPU asks for; when no size of that family is big enough, the next roomier
-    /// family (general, then memory) that holds it.
+    /// memory per vCPU asks for or a roomier one (general, then memory), whichever holds the node
+    /// for the least money ([`Catalog::capacity_price`]; ties to the leaner family); the size,
+    /// the smallest of that family that holds it. A compute node keeps about 2 GiB per vCPU, so
+    /// a node asking 2.5 GiB per vCPU would hold a compute node's memory before its vCPUs and
+    /// cost more there than on a general node.
     pub fn place(&self, demand: Demand) -> Result<NodeSet, TooBig> {
         let family = Family::for_demand(demand.cpus, demand.memory_mib);
+        let mut best: Option<(u128, NodeSet)> = None;
         for f in Family::ALL.into_iter().filter(|f| *f >= family) {
-            if let Some(s) = self.smallest_fit(f, demand.cpus, demand.memory_mib) {
-                return Ok(NodeSet {
-                    family: f,
-                    size: s.size,
-                });
+            let Some(s) = self.smallest_fit(f, demand.cpus, demand.memory_mib) else {
+                continue;
+            };
+            let price = Size::ALL
+                .iter()
+                .filter_map(|&size| self.shapes.get(&NodeSet { family: f, size }))
+                .filter(|s| s.vcpus >= demand.cpus && s.allocatable_mib >= demand.memory_mib)
+                .map(|s| capacity_price(s, demand, 1))
+                .min()
+                .unwrap_or(u128::MAX);
+            if best.is_none_or(|(p, _)| price < p) {
+                best = Some((
+                    price,
+                    NodeSet {
+                        family: f,
+                        size: s.size,
+                    },
+                ));
             }
         }
-        Err(self.too_big(demand))
+        best.map(|(_, set)| set).ok_or_else(|| self.too_big(demand))
     }
 
     /// The refusal of a node no shape holds, naming the largest shape.
@@ -290,6 +307,18 @@ impl Catalog {
             largest_mib: largest.2,
         }
     }
+}
+
+/// The hourly price, in micro-USD (rounded down once), of the part of `nodes` `shape` nodes that
+/// node-slices `d` hold, one on each: the larger of a slice's share of the vCPUs and its share of
+/// the allocatable memory (what is left cannot take a job that needs the other).
+pub fn capacity_price(shape: &Shape, d: Demand, nodes: u32) -> u128 {
+    let (v, m) = (
+        u128::from(shape.vcpus.max(1)),
+        u128::from(shape.allocatable_mib.max(1)),
+    );
+    let share = (u128::from(d.cpus) * m).max(u128::from(d.memory_mib) * v);
+    u128::from(shape.hourly.0.max(0).unsigned_abs()) * u128::from(nodes) * share / (v * m)
 }
 
 /// What one node of a job needs.
