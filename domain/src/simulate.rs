@@ -445,6 +445,11 @@ struct Sim<'a> {
     nodes: Vec<Node>,
     /// Live node numbers per family, oldest first.
     by_family: BTreeMap<Family, BTreeSet<usize>>,
+    /// Live nodes with room (a free vCPU and free memory), per family: what the scheduler and
+    /// the planner look at. The rest are full: the planner only counts them, per set, so a
+    /// cycle's work follows the nodes with room, not the fleet.
+    roomy: BTreeMap<Family, BTreeSet<usize>>,
+    full_nodes: BTreeMap<NodeSet, u32>,
     live: BTreeMap<NodeSet, u32>,
     desired: BTreeMap<NodeSet, SetState>,
     /// Sets whose work filled their nodes at the last cycle (and so until now: nothing changed
@@ -474,6 +479,8 @@ fn run(jobs: &[SimJob], catalog: &Catalog, settings: SimSettings, mode: Mode<'_>
         t: 0,
         nodes: Vec::new(),
         by_family: BTreeMap::new(),
+        roomy: BTreeMap::new(),
+        full_nodes: BTreeMap::new(),
         live: BTreeMap::new(),
         desired: BTreeMap::new(),
         full: Vec::new(),
@@ -590,6 +597,7 @@ impl Sim<'_> {
             idle_seconds: 0,
         });
         self.by_family.entry(set.family).or_default().insert(n);
+        self.roomy.entry(set.family).or_default().insert(n);
         let live = self.live.entry(set).or_default();
         *live += 1;
         let usage = self.report.per_set.entry(set).or_insert_with(|| SetUsage {
@@ -619,6 +627,13 @@ impl Sim<'_> {
         if let Some(list) = self.by_family.get_mut(&set.family) {
             list.remove(&n);
         }
+        let was_roomy = self
+            .roomy
+            .get_mut(&set.family)
+            .is_some_and(|r| r.remove(&n));
+        if !was_roomy && let Some(full) = self.full_nodes.get_mut(&set) {
+            *full = full.saturating_sub(1);
+        }
         self.report.node_seconds += seconds;
         if let (Some(usage), Some(shape)) =
             (self.report.per_set.get_mut(&set), self.catalog.shape(set))
@@ -641,9 +656,18 @@ impl Sim<'_> {
         self.running.remove(&(end, j));
         for n in std::mem::take(&mut self.placed[j]) {
             let node = &mut self.nodes[n];
+            let was_full = node.free_cpus == 0 || node.free_mib == 0;
             node.free_cpus += d.cpus;
             node.free_mib += d.memory_mib;
             node.running -= 1;
+            let set = node.set;
+            if was_full && node.free_cpus > 0 && node.free_mib > 0 {
+                self.roomy.entry(set.family).or_default().insert(n);
+                if let Some(full) = self.full_nodes.get_mut(&set) {
+                    *full = full.saturating_sub(1);
+                }
+            }
+            let node = &mut self.nodes[n];
             if node.running == 0 {
                 node.idle_since = end;
                 self.idle_check(n);
@@ -704,7 +728,7 @@ impl Sim<'_> {
                 .filter(|(shadow, _)| t + job.run > *shadow)
                 .map(|(_, nodes)| nodes.as_slice());
             chosen.clear();
-            for &n in self.by_family.get(&job.family).into_iter().flatten() {
+            for &n in self.roomy.get(&job.family).into_iter().flatten() {
                 let node = &self.nodes[n];
                 if node.ready_at <= t
                     && node.free_cpus >= d.cpus
@@ -743,6 +767,13 @@ impl Sim<'_> {
                 node.free_cpus -= d.cpus;
                 node.free_mib -= d.memory_mib;
                 node.running += 1;
+                if node.free_cpus == 0 || node.free_mib == 0 {
+                    let set = node.set;
+                    if let Some(r) = self.roomy.get_mut(&set.family) {
+                        r.remove(&n);
+                    }
+                    *self.full_nodes.entry(set).or_default() += 1;
+                }
             }
             self.placed[j] = chosen.clone();
             self.waits.push(t - job.submit);
@@ -823,8 +854,9 @@ impl Sim<'_> {
         let t = self.t;
         let node_policy = self.elastic == Some(IdlePolicy::Node);
         self.report.scaling_cycles += 1;
+        // Full nodes cannot take a slice: the plan need not see them, only count them.
         let warm: Vec<WarmNode> = self
-            .by_family
+            .roomy
             .values()
             .flatten()
             .map(|&n| &self.nodes[n])
@@ -846,7 +878,12 @@ impl Sim<'_> {
                 });
             }
         }
-        let (needs, _) = plan(self.catalog, &warm, &slices);
+        let (mut needs, _) = plan(self.catalog, &warm, &slices);
+        for (set, &n) in &self.full_nodes {
+            if n > 0 {
+                needs.entry(*set).or_default().nodes += n;
+            }
+        }
         let now = instant(t);
         for set in std::mem::take(&mut self.full) {
             if let Some(state) = self.desired.get_mut(&set) {
