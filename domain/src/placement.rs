@@ -321,8 +321,14 @@ mod tests {
         };
         // 2.5 GiB per vCPU asks for compute by ratio, but holds a compute node's memory before
         // its vCPUs: $0.58 × 40/31.5 × … on compute, $0.6528 for an m7g.4xlarge.
-        assert_eq!(cheapest(&c, &ask(40 * 1024, 1)).unwrap().family, Family::General);
-        assert_eq!(cheapest(&c, &ask(40 * 1024, 16)).unwrap().family, Family::General);
+        assert_eq!(
+            cheapest(&c, &ask(40 * 1024, 1)).unwrap().family,
+            Family::General
+        );
+        assert_eq!(
+            cheapest(&c, &ask(40 * 1024, 16)).unwrap().family,
+            Family::General
+        );
         // 1.875 GiB per vCPU: compute holds it, for less.
         let p = cheapest(&c, &ask(30 * 1024, 1)).unwrap();
         assert_eq!((p.family, p.nodes), (Family::Compute, 1));
