@@ -644,10 +644,14 @@ pub fn plan_in_runs(
             let at = match bins.first_fit(slice.demand) {
                 Some(i) => i,
                 None => {
+                    let leaves = bins.leaves;
                     let i = bins.open_new(new_set, shape.vcpus, shape.allocatable_mib);
-                    // Growing the tree rebuilt it from the nodes' real room.
-                    for &h in &hidden {
-                        bins.hide(h);
+                    // Growing the tree rebuilt it from the nodes' real room: hide again. (Only
+                    // then: a job of k slices on k new nodes would otherwise cost k² steps.)
+                    if bins.leaves != leaves {
+                        for &h in &hidden {
+                            bins.hide(h);
+                        }
                     }
                     i
                 }

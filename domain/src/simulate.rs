@@ -943,7 +943,8 @@ impl Sim<'_> {
         }
     }
 
-    /// Terminates idle nodes of sets above their desired count, starting ones first.
+    /// Terminates idle nodes of sets above their desired count, starting ones first (an idle
+    /// node has all its room: only the nodes with room are looked at).
     fn terminate_surplus(&mut self) {
         let t = self.t;
         let over: Vec<(NodeSet, u32)> = self
@@ -956,7 +957,7 @@ impl Sim<'_> {
             .collect();
         for (set, mut surplus) in over {
             let mut idle: Vec<usize> = self
-                .by_family
+                .roomy
                 .get(&set.family)
                 .into_iter()
                 .flatten()
