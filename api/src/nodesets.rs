@@ -83,18 +83,22 @@ pub(crate) async fn list(
                 nodes: v.node,
             })
             .collect();
+    // Running jobs come in few shapes: each is placed once.
+    let mut placed = std::collections::HashMap::new();
     let slices: Vec<PendingSlice> = running
         .iter()
         .flat_map(|j| {
-            let (demand, nodes) = domain::placement::of_shape(
-                &state.scaling.catalog,
-                &j.shape,
-                state.scaling.default_mib_per_cpu,
-            )
-            .map_or_else(
-                |e| (e.demand, j.shape.nodes.max(1)),
-                |p| (p.demand, p.nodes),
-            );
+            let (demand, nodes) = *placed.entry(j.shape).or_insert_with(|| {
+                domain::placement::of_shape(
+                    &state.scaling.catalog,
+                    &j.shape,
+                    state.scaling.default_mib_per_cpu,
+                )
+                .map_or_else(
+                    |e| (e.demand, j.shape.nodes.max(1)),
+                    |p| (p.demand, p.nodes),
+                )
+            });
             (0..nodes).map(move |_| PendingSlice {
                 job_id: j.job_id,
                 demand,
