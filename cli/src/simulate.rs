@@ -82,8 +82,9 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<()> {
     );
     anyhow::ensure!(
         args.site_procs
-            .is_none_or(|p| (1..=100_000_000).contains(&p)),
-        "--site-procs must be from 1 to 100000000"
+            .is_none_or(|p| (1..=domain::simulate::MAX_SITE_PROCS).contains(&p)),
+        "--site-procs must be from 1 to {}",
+        domain::simulate::MAX_SITE_PROCS
     );
     anyhow::ensure!(
         args.mib_per_cpu

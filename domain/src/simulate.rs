@@ -39,12 +39,18 @@ use serde::Serialize;
 use crate::MicroUsd;
 use crate::placement::{Ask, cheapest};
 use crate::scaling::{
-    Catalog, Demand, Family, NodeSet, PendingSlice, SetState, WarmNode, decide, mark_full, plan,
+    Catalog, Demand, Family, NodeSet, PendingSlice, SetState, WarmNode, capacity_price, decide,
+    mark_full, plan,
 };
 use crate::trace::Trace;
 
 /// The default most nodes of one simulated job: far above any trace's widest job.
 pub const MAX_NODES_PER_JOB: u32 = 100_000;
+
+/// The largest site machine simulated as a fixed fleet, in processors (62,500 nodes of 16
+/// vCPUs): a trace header or a flag naming more is not a machine but a typo or an attack on
+/// memory, and gets no fixed fleet.
+pub const MAX_SITE_PROCS: u64 = 1_000_000;
 
 /// How idle elastic nodes go away.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Default)]
@@ -133,16 +139,13 @@ impl Refused {
 /// The cheapest capacity that holds `cpus` processors with `mib` (module docs), micro-USD an
 /// hour: the least over every shape of hourly × max(vCPU share, memory share).
 pub fn bound_rate(catalog: &Catalog, cpus: u32, mib: u64) -> u64 {
+    let whole = Demand {
+        cpus,
+        memory_mib: mib,
+    };
     catalog
         .shapes()
-        .map(|s| {
-            let (v, m) = (
-                u128::from(s.vcpus.max(1)),
-                u128::from(s.allocatable_mib.max(1)),
-            );
-            let share = (u128::from(cpus) * m).max(u128::from(mib) * v);
-            u128::from(s.hourly.0.max(0).unsigned_abs()) * share / (v * m)
-        })
+        .map(|s| capacity_price(s, whole, 1))
         .min()
         .map_or(0, |r| u64::try_from(r).unwrap_or(u64::MAX))
 }
@@ -336,6 +339,7 @@ pub fn simulate(trace: &Trace, catalog: &Catalog, settings: SimSettings) -> SimR
         .site_procs
         .map(|p| (p, "given"))
         .or(trace.max_procs.map(|p| (p, "trace header MaxProcs")))
+        .filter(|(p, _)| *p <= MAX_SITE_PROCS)
         .map(|(procs, source)| {
             let fleet = site_fleet(&jobs, catalog, procs);
             SiteReport {
@@ -1201,6 +1205,12 @@ mod tests {
             },
         );
         assert_eq!(r.site.unwrap().fleet.values().sum::<u32>(), 4);
+        // A header claiming more than any machine gets no fixed fleet (and no huge one).
+        let huge = Trace {
+            max_procs: Some(MAX_SITE_PROCS + 1),
+            ..t.clone()
+        };
+        assert!(simulate(&huge, &c, settings()).site.is_none());
     }
 
     #[test]

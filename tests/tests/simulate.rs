@@ -90,6 +90,7 @@ fn simulate_explains_bad_input() {
     for (flag, value) in [
         ("--max-nodes-per-job", "0"),
         ("--site-procs", "0"),
+        ("--site-procs", "1000001"),
         ("--mib-per-cpu", "1"),
     ] {
         let out = run(&["simulate", "--trace", swf.to_str().unwrap(), flag, value]);
