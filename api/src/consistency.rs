@@ -48,7 +48,38 @@ impl FromRequestParts<AppState> for MinPosition {
 
 /// Waits for `projection` to reach the asked position and returns the headers to answer with.
 pub async fn await_projection(state: &AppState, projection: &str, min: MinPosition) -> HeaderMap {
-    let reached = match min.0 {
+    await_projections(state, &[projection], min).await
+}
+
+/// [`await_projection`] for a read that joins several projections: `fresh` only when every one
+/// reached the position; the projection position reported is the least of theirs.
+pub async fn await_projections(
+    state: &AppState,
+    projections: &[&str],
+    min: MinPosition,
+) -> HeaderMap {
+    let mut fresh = true;
+    for name in projections {
+        fresh &= reached(state, name, min).await;
+    }
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        CONSISTENCY,
+        HeaderValue::from_static(if fresh { "fresh" } else { "stale" }),
+    );
+    if let Some(p) = projections
+        .iter()
+        .filter_map(|name| state.projections.position(name))
+        .min()
+    {
+        headers.insert(PROJECTION_POSITION, HeaderValue::from(p));
+    }
+    headers
+}
+
+/// Whether `projection` has (or, within the bounded wait, gets to) the asked position.
+async fn reached(state: &AppState, projection: &str, min: MinPosition) -> bool {
+    match min.0 {
         // A position past the log's end was never returned by any replica (a command answers
         // only once its events are in the shared log): it cannot become visible, so there is
         // nothing to wait for. (A position the projection has reached needs no log lookup.)
@@ -68,43 +99,7 @@ pub async fn await_projection(state: &AppState, projection: &str, min: MinPositi
                 .await
         }
         None => true,
-    };
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        CONSISTENCY,
-        HeaderValue::from_static(if reached { "fresh" } else { "stale" }),
-    );
-    if let Some(p) = state.projections.position(projection) {
-        headers.insert(PROJECTION_POSITION, HeaderValue::from(p));
     }
-    headers
-}
-
-/// [`await_projection`] for a read that joins several projections: `fresh` only when every one
-/// reached the position; the projection position reported is the least of theirs.
-pub async fn await_projections(
-    state: &AppState,
-    projections: &[&str],
-    min: MinPosition,
-) -> HeaderMap {
-    let mut out = HeaderMap::new();
-    for name in projections {
-        let headers = await_projection(state, name, min).await;
-        for (key, value) in &headers {
-            let keep = match out.get(key) {
-                None => true,
-                Some(old) if key == CONSISTENCY => value == "stale" && old != "stale",
-                Some(old) => {
-                    let n = |v: &HeaderValue| v.to_str().ok().and_then(|v| v.parse::<i64>().ok());
-                    n(value) < n(old)
-                }
-            };
-            if keep {
-                out.insert(key.clone(), value.clone());
-            }
-        }
-    }
-    out
 }
 
 /// The `X-Clusterra-Position` header of a command's answer.

@@ -126,8 +126,9 @@ pub struct Placement {
     pub nodes: u32,
     /// What each node needs.
     pub demand: Demand,
-    /// The hourly price of the capacity it holds: `nodes × hourly × share`.
-    pub rate: MicroUsd,
+    /// The hourly price of the capacity it holds, `nodes × hourly × share`: what placement
+    /// minimises. (What the job is billed is `cost::job_rate`.)
+    pub capacity_price: MicroUsd,
 }
 
 /// The cheapest place for `ask` (module docs), or why none holds it.
@@ -159,7 +160,7 @@ pub fn cheapest(catalog: &Catalog, ask: &Ask) -> Result<Placement, TooBig> {
         }
     }
     if let Some((price, nodes, family, size, demand)) = best {
-        // The planner opens the smallest size that holds a node; the rate is that size's.
+        // The planner opens the smallest size that holds a node; the billed rate is that size's.
         let set = catalog
             .smallest_fit(family, demand.cpus, demand.memory_mib)
             .map_or(NodeSet { family, size }, |s| NodeSet {
@@ -171,7 +172,7 @@ pub fn cheapest(catalog: &Catalog, ask: &Ask) -> Result<Placement, TooBig> {
             set,
             nodes,
             demand,
-            rate: MicroUsd(i64::try_from(price).unwrap_or(i64::MAX)),
+            capacity_price: MicroUsd(i64::try_from(price).unwrap_or(i64::MAX)),
         });
     }
     // Nothing holds it: the error names one node at the most nodes allowed.
@@ -238,8 +239,8 @@ mod tests {
             "8 vCPUs and 16 GiB: a c7g.2xlarge keeps 15.5 GiB"
         );
         // Two half c7g.4xlarge ($0.58 × 2 × 16384/32256) beat one m7g.4xlarge ($0.6528).
-        assert_eq!(p.rate, MicroUsd(580_000 * 2 * 16384 / 32256));
-        assert!(p.rate < MicroUsd(652_800));
+        assert_eq!(p.capacity_price, MicroUsd(580_000 * 2 * 16384 / 32256));
+        assert!(p.capacity_price < MicroUsd(652_800));
     }
 
     #[test]
