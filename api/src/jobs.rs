@@ -350,11 +350,18 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 /// How a submission came in. A client may label itself `api` or `cli` (informational); `console`
 /// and `agent` are decided by the server's own routes for them, never taken from a header, so an
 /// API caller cannot make its job look like the agent's or the console's.
-fn via(headers: &HeaderMap, template: bool, console: bool) -> Result<SubmittedVia, ApiError> {
+fn via(
+    headers: &HeaderMap,
+    template: bool,
+    origin: crate::Origin,
+) -> Result<SubmittedVia, ApiError> {
+    if origin.agent {
+        return Ok(SubmittedVia::Agent);
+    }
     if template {
         return Ok(SubmittedVia::Template);
     }
-    if console {
+    if origin.console {
         return Ok(SubmittedVia::Console);
     }
     match headers
@@ -399,7 +406,7 @@ pub(crate) async fn submit(
     min: MinPosition,
     Path(id): Path<String>,
     headers: HeaderMap,
-    console: Option<axum::Extension<crate::FromConsole>>,
+    origin: crate::Origin,
     ApiJson(body): ApiJson<serde_json::Value>,
 ) -> Result<impl IntoResponse, ApiError> {
     let key = idempotency_key(&headers)?;
@@ -414,7 +421,7 @@ pub(crate) async fn submit(
         }
         None => (body, None, None),
     };
-    let via = via(&headers, template_id.is_some(), console.is_some())?;
+    let via = via(&headers, template_id.is_some(), origin)?;
     let submitted = state
         .submitter
         .submit(

@@ -4,6 +4,7 @@
 //! with graceful shutdown. Every route is added through one table ([`routes`]), which the tests
 //! hold against the OpenAPI document.
 
+pub mod agent;
 pub mod auth;
 pub mod clusters;
 pub mod consistency;
@@ -95,12 +96,42 @@ pub struct AppState {
     /// What "now" is for the routes that compute with time (usage, quotas, grants): the system
     /// clock in a server, a fixed one where a test needs it.
     pub clock: Arc<dyn eventlog::Clock>,
+    /// Ask AI: the model and its limits (a disabled agent answers 503 `agent_unavailable`).
+    pub agent: Arc<agent::Agent>,
 }
 
 /// Marks a request the console makes to the API in-process (a request extension, which no
 /// client can set): its submissions are recorded as made `via` the console.
 #[derive(Debug, Clone, Copy)]
 pub struct FromConsole;
+
+/// Marks a request the agent makes to the API in-process when a confirmed proposal runs (a
+/// request extension, which no client can set): its submissions are recorded as made `via` the
+/// agent.
+#[derive(Debug, Clone, Copy)]
+pub struct FromAgent;
+
+/// Which of the server's own parts made a request in-process, from its extensions (which no
+/// client can set): none for a client's request.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Origin {
+    pub console: bool,
+    pub agent: bool,
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Origin {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Origin {
+            console: parts.extensions.get::<FromConsole>().is_some(),
+            agent: parts.extensions.get::<FromAgent>().is_some(),
+        })
+    }
+}
 
 /// One route the server serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -202,6 +233,36 @@ fn table() -> Table {
             Method::DELETE,
             "/v1/workspaces/{ws}/quotas/{email}",
             delete(quotas::delete_quota),
+        )
+        .add(
+            Method::POST,
+            "/v1/clusters/{id}/agent/conversations",
+            post(agent::start),
+        )
+        .add(
+            Method::GET,
+            "/v1/clusters/{id}/agent/conversations/{cid}",
+            get(agent::get_conversation),
+        )
+        .add(
+            Method::POST,
+            "/v1/clusters/{id}/agent/conversations/{cid}/messages",
+            post(agent::post_message),
+        )
+        .add(
+            Method::GET,
+            "/v1/clusters/{id}/agent/proposals",
+            get(agent::list_proposals),
+        )
+        .add(
+            Method::POST,
+            "/v1/clusters/{id}/agent/proposals/{pid}/confirm",
+            post(agent::confirm),
+        )
+        .add(
+            Method::POST,
+            "/v1/clusters/{id}/agent/proposals/{pid}/reject",
+            post(agent::reject),
         )
         .add(Method::GET, "/v1/templates", get(templates::list))
         .add(Method::GET, "/v1/templates/{id}", get(templates::get_one))

@@ -46,6 +46,12 @@ use crate::{clusters, health, jobs, metrics, templates};
         crate::quotas::put_quota,
         crate::quotas::get_quota,
         crate::quotas::delete_quota,
+        crate::agent::start,
+        crate::agent::get_conversation,
+        crate::agent::post_message,
+        crate::agent::list_proposals,
+        crate::agent::confirm,
+        crate::agent::reject,
     ),
     components(schemas(crate::error::ErrorBody, crate::error::ErrorDetail, crate::error::ErrorItem)),
     modifiers(&BearerAuth),
@@ -57,6 +63,7 @@ use crate::{clusters, health, jobs, metrics, templates};
         (name = "storage", description = "Presigned URLs to the cluster's bucket, listings and deletes"),
         (name = "templates", description = "Parameterised job templates"),
         (name = "usage", description = "Burn rate, pending bill, usage series and quotas"),
+        (name = "agent", description = "Ask AI: conversations, and proposals you confirm or reject"),
         (name = "operations", description = "Health, readiness, metrics and this document"),
     )
 )]

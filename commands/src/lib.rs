@@ -4,6 +4,7 @@
 //! [`eventlog::EventLog`]; the Slurm ([`slurm`]), replica-store ([`replicas`]) and object-store
 //! ([`storage`]) ports live beside the handlers that use them.
 
+pub mod agent;
 pub mod clusters;
 pub mod fleet;
 pub mod jobs;

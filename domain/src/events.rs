@@ -309,6 +309,160 @@ pub struct SignInLinkUsed {
     pub at: DateTime<Utc>,
 }
 
+/// A user started a conversation with the agent in a cluster. Stream
+/// `agent:<workspace>:<cluster>:<conversation id>`; the conversation's messages and read tool
+/// calls follow on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentConversationStarted {
+    pub conversation_id: uuid::Uuid,
+    pub workspace: WorkspaceId,
+    pub cluster_id: ClusterId,
+    pub user: Email,
+    pub at: DateTime<Utc>,
+}
+
+/// A message of a conversation: the user's, or the agent's reply (`error` when the model
+/// failed or was cut off).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentMessageAdded {
+    pub conversation_id: uuid::Uuid,
+    /// `user` or `assistant`.
+    pub role: String,
+    pub text: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+/// The agent ran a read tool as the user, made a proposal of an act tool (`proposal_id`), or
+/// refused a call (`error` says why). A read tool's result is not kept, only its size.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentToolCalled {
+    pub conversation_id: uuid::Uuid,
+    pub call_id: String,
+    pub tool: String,
+    pub arguments: serde_json::Value,
+    pub result_bytes: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proposal_id: Option<uuid::Uuid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+/// What must still hold when a proposal runs: the stream of what it acts on at the version the
+/// user was shown (e.g. a job's history of 3 events).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentPrecondition {
+    /// What it is about, e.g. `job 42`.
+    pub subject: String,
+    pub version: i64,
+}
+
+/// The agent proposed an action (a submit, cancel, delete or quota change); it runs only when
+/// the user confirms this exact digest. Stream `proposal:<workspace>:<cluster>:<proposal id>`:
+/// its decision and outcome follow on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentActionProposed {
+    pub proposal_id: uuid::Uuid,
+    pub conversation_id: uuid::Uuid,
+    /// The model's tool-call id (one proposal per call, also for parallel calls).
+    pub call_id: String,
+    pub workspace: WorkspaceId,
+    pub cluster_id: ClusterId,
+    pub user: Email,
+    pub tool: crate::agent::Tool,
+    /// The canonical arguments that will run, and nothing else.
+    pub arguments: serde_json::Value,
+    /// SHA-256 of the proposal id, cluster, tool and canonical arguments (`agent::digest`).
+    pub digest: String,
+    /// What the server resolved for the user to read: names, owners, states, cost so far, what
+    /// will change.
+    pub preview: serde_json::Value,
+    pub preconditions: Vec<AgentPrecondition>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// The user confirmed a proposal with its digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentActionConfirmed {
+    pub proposal_id: uuid::Uuid,
+    pub workspace: WorkspaceId,
+    pub cluster_id: ClusterId,
+    pub user: Email,
+    pub by: Email,
+    pub digest: String,
+    pub at: DateTime<Utc>,
+}
+
+/// The user rejected a proposal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentActionRejected {
+    pub proposal_id: uuid::Uuid,
+    pub workspace: WorkspaceId,
+    pub cluster_id: ClusterId,
+    pub user: Email,
+    pub by: Email,
+    pub reason: String,
+    pub at: DateTime<Utc>,
+}
+
+/// A proposal was confirmed after its expiry: it will never run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentActionExpired {
+    pub proposal_id: uuid::Uuid,
+    pub workspace: WorkspaceId,
+    pub cluster_id: ClusterId,
+    pub user: Email,
+    pub at: DateTime<Utc>,
+}
+
+/// What a proposal acts on changed since the user was shown it: it will never run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentActionInvalidated {
+    pub proposal_id: uuid::Uuid,
+    pub workspace: WorkspaceId,
+    pub cluster_id: ClusterId,
+    pub user: Email,
+    pub reason: String,
+    pub at: DateTime<Utc>,
+}
+
+/// What a proposal's execution did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentOutcome {
+    /// The log position of the last event the action appended (0 when it appended none).
+    pub position: i64,
+    /// The jobs it submitted or cancelled.
+    #[serde(default)]
+    pub job_ids: Vec<u64>,
+    pub summary: String,
+}
+
+/// A confirmed proposal ran. Appended at the proposal stream's version after the
+/// confirmation: once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentActionExecuted {
+    pub proposal_id: uuid::Uuid,
+    pub workspace: WorkspaceId,
+    pub cluster_id: ClusterId,
+    pub user: Email,
+    pub outcome: AgentOutcome,
+    pub at: DateTime<Utc>,
+}
+
+/// A confirmed proposal was refused by the API it ran through (the error's code and sentence).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentActionFailed {
+    pub proposal_id: uuid::Uuid,
+    pub workspace: WorkspaceId,
+    pub cluster_id: ClusterId,
+    pub user: Email,
+    pub code: String,
+    pub message: String,
+    pub at: DateTime<Utc>,
+}
+
 /// Every domain event, tagged by its type name.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "data")]
@@ -331,6 +485,16 @@ pub enum DomainEvent {
     QuotaEnforced(QuotaEnforced),
     SlurmReachabilityChanged(SlurmReachabilityChanged),
     SignInLinkUsed(SignInLinkUsed),
+    AgentConversationStarted(AgentConversationStarted),
+    AgentMessageAdded(AgentMessageAdded),
+    AgentToolCalled(AgentToolCalled),
+    AgentActionProposed(AgentActionProposed),
+    AgentActionConfirmed(AgentActionConfirmed),
+    AgentActionRejected(AgentActionRejected),
+    AgentActionExpired(AgentActionExpired),
+    AgentActionInvalidated(AgentActionInvalidated),
+    AgentActionExecuted(AgentActionExecuted),
+    AgentActionFailed(AgentActionFailed),
 }
 
 impl DomainEvent {
@@ -355,6 +519,16 @@ impl DomainEvent {
             DomainEvent::QuotaEnforced(_) => "QuotaEnforced",
             DomainEvent::SlurmReachabilityChanged(_) => "SlurmReachabilityChanged",
             DomainEvent::SignInLinkUsed(_) => "SignInLinkUsed",
+            DomainEvent::AgentConversationStarted(_) => "AgentConversationStarted",
+            DomainEvent::AgentMessageAdded(_) => "AgentMessageAdded",
+            DomainEvent::AgentToolCalled(_) => "AgentToolCalled",
+            DomainEvent::AgentActionProposed(_) => "AgentActionProposed",
+            DomainEvent::AgentActionConfirmed(_) => "AgentActionConfirmed",
+            DomainEvent::AgentActionRejected(_) => "AgentActionRejected",
+            DomainEvent::AgentActionExpired(_) => "AgentActionExpired",
+            DomainEvent::AgentActionInvalidated(_) => "AgentActionInvalidated",
+            DomainEvent::AgentActionExecuted(_) => "AgentActionExecuted",
+            DomainEvent::AgentActionFailed(_) => "AgentActionFailed",
         }
     }
 
@@ -384,6 +558,16 @@ impl DomainEvent {
             DomainEvent::QuotaEnforced(e) => serde_json::to_value(e),
             DomainEvent::SlurmReachabilityChanged(e) => serde_json::to_value(e),
             DomainEvent::SignInLinkUsed(e) => serde_json::to_value(e),
+            DomainEvent::AgentConversationStarted(e) => serde_json::to_value(e),
+            DomainEvent::AgentMessageAdded(e) => serde_json::to_value(e),
+            DomainEvent::AgentToolCalled(e) => serde_json::to_value(e),
+            DomainEvent::AgentActionProposed(e) => serde_json::to_value(e),
+            DomainEvent::AgentActionConfirmed(e) => serde_json::to_value(e),
+            DomainEvent::AgentActionRejected(e) => serde_json::to_value(e),
+            DomainEvent::AgentActionExpired(e) => serde_json::to_value(e),
+            DomainEvent::AgentActionInvalidated(e) => serde_json::to_value(e),
+            DomainEvent::AgentActionExecuted(e) => serde_json::to_value(e),
+            DomainEvent::AgentActionFailed(e) => serde_json::to_value(e),
         }
     }
 
@@ -430,6 +614,34 @@ impl DomainEvent {
                 serde_json::from_str(data)?,
             )),
             "SignInLinkUsed" => Some(DomainEvent::SignInLinkUsed(serde_json::from_str(data)?)),
+            "AgentConversationStarted" => Some(DomainEvent::AgentConversationStarted(
+                serde_json::from_str(data)?,
+            )),
+            "AgentMessageAdded" => {
+                Some(DomainEvent::AgentMessageAdded(serde_json::from_str(data)?))
+            }
+            "AgentToolCalled" => Some(DomainEvent::AgentToolCalled(serde_json::from_str(data)?)),
+            "AgentActionProposed" => Some(DomainEvent::AgentActionProposed(serde_json::from_str(
+                data,
+            )?)),
+            "AgentActionConfirmed" => Some(DomainEvent::AgentActionConfirmed(
+                serde_json::from_str(data)?,
+            )),
+            "AgentActionRejected" => Some(DomainEvent::AgentActionRejected(serde_json::from_str(
+                data,
+            )?)),
+            "AgentActionExpired" => {
+                Some(DomainEvent::AgentActionExpired(serde_json::from_str(data)?))
+            }
+            "AgentActionInvalidated" => Some(DomainEvent::AgentActionInvalidated(
+                serde_json::from_str(data)?,
+            )),
+            "AgentActionExecuted" => Some(DomainEvent::AgentActionExecuted(serde_json::from_str(
+                data,
+            )?)),
+            "AgentActionFailed" => {
+                Some(DomainEvent::AgentActionFailed(serde_json::from_str(data)?))
+            }
             _ => None,
         })
     }

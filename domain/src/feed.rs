@@ -19,6 +19,13 @@ pub const FEED_TYPES: &[&str] = &[
     "NodeReady",
     "NodeTerminated",
     "SlurmReachabilityChanged",
+    "AgentActionProposed",
+    "AgentActionConfirmed",
+    "AgentActionRejected",
+    "AgentActionExpired",
+    "AgentActionInvalidated",
+    "AgentActionExecuted",
+    "AgentActionFailed",
 ];
 
 /// The job an event is about, as the feed needs it (state and cancel events name only the job id).
@@ -153,6 +160,66 @@ pub fn describe(event: &DomainEvent, actor: &str, job: Option<&JobContext>) -> O
             None,
             None,
         ),
+        // The agent's proposals and what became of them: the user's own (others see the line,
+        // not the arguments or the preview).
+        DomainEvent::AgentActionProposed(p) => (
+            format!(
+                "the agent proposed {} for {} (proposal {}), waiting for confirmation",
+                p.tool.name(),
+                p.user,
+                short(&p.proposal_id)
+            ),
+            None,
+            Some(p.user.to_string()),
+        ),
+        DomainEvent::AgentActionConfirmed(c) => (
+            format!("{} confirmed proposal {}", c.by, short(&c.proposal_id)),
+            None,
+            Some(c.user.to_string()),
+        ),
+        DomainEvent::AgentActionRejected(r) => (
+            format!("{} rejected proposal {}", r.by, short(&r.proposal_id)),
+            None,
+            Some(r.user.to_string()),
+        ),
+        DomainEvent::AgentActionExpired(e) => (
+            format!("proposal {} expired unconfirmed", short(&e.proposal_id)),
+            None,
+            Some(e.user.to_string()),
+        ),
+        DomainEvent::AgentActionInvalidated(i) => (
+            format!(
+                "proposal {} no longer holds: {}",
+                short(&i.proposal_id),
+                i.reason
+            ),
+            None,
+            Some(i.user.to_string()),
+        ),
+        DomainEvent::AgentActionExecuted(e) => (
+            format!(
+                "proposal {} of {} ran: {}",
+                short(&e.proposal_id),
+                e.user,
+                e.outcome.summary
+            ),
+            None,
+            Some(e.user.to_string()),
+        ),
+        DomainEvent::AgentActionFailed(f) => (
+            format!(
+                "proposal {} of {} failed: {}",
+                short(&f.proposal_id),
+                f.user,
+                f.code
+            ),
+            None,
+            Some(f.user.to_string()),
+        ),
+        // A conversation is the user's own; what it changes enters the feed as proposals.
+        DomainEvent::AgentConversationStarted(_)
+        | DomainEvent::AgentMessageAdded(_)
+        | DomainEvent::AgentToolCalled(_) => return None,
         // File grants and deletes are per-user audit records, not cluster activity; quotas
         // belong to a workspace, not a cluster (the cancels they cause are in the feed).
         // The write-ahead record of a submission and its failure stay in the job's own stream:
@@ -173,6 +240,11 @@ pub fn describe(event: &DomainEvent, actor: &str, job: Option<&JobContext>) -> O
         job_id,
         owner,
     })
+}
+
+/// The first eight hex digits of a proposal id, as the feed names it.
+fn short(id: &uuid::Uuid) -> String {
+    id.simple().to_string()[..8].to_string()
 }
 
 /// The fields of a job event another workspace member may see: that the job exists, whose it
@@ -197,6 +269,8 @@ const VISIBLE_TO_OTHERS: &[&str] = &[
     "started_at",
     "by",
     "why",
+    "proposal_id",
+    "tool",
 ];
 
 /// The fields a feed entry's `data` keeps: the job's summary ([`VISIBLE_TO_OTHERS`]: never its

@@ -1,6 +1,7 @@
 //! Clusterra's domain: ids, value types and events. Pure: no I/O, no async, no clock reads —
 //! time always comes in as an argument.
 
+pub mod agent;
 pub mod cluster;
 pub mod cost;
 pub mod events;

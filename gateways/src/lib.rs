@@ -7,6 +7,7 @@
 //!   ([`replicas::DynamoReplicas`]).
 
 mod aws;
+pub mod chat;
 pub mod jobuser;
 pub mod leader;
 pub mod local;

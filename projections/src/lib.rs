@@ -244,6 +244,7 @@ pub fn all_projectors() -> Vec<Arc<dyn Projector>> {
         Arc::new(views::feed::Feed),
         Arc::new(views::quotas::QuotaViews),
         Arc::new(views::costs::CostViews),
+        Arc::new(views::agent::AgentViews),
     ]
 }
 

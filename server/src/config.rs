@@ -162,6 +162,28 @@ pub struct Config {
     /// are in the embedded store, none when `s3_endpoint` is set.
     #[serde(deserialize_with = "list_or_string")]
     pub bucket_allow: Vec<String>,
+    /// Ask AI's model: an OpenAI-compatible base URL ending in `/v1`; empty = no agent (its
+    /// routes answer 503 `agent_unavailable`).
+    pub agent_model_url: String,
+    /// The model name sent with each request.
+    pub agent_model: String,
+    /// A file holding the model server's API key (read at each request).
+    pub agent_api_key_file: Option<PathBuf>,
+    /// The longest one model request may take, in ms.
+    pub agent_model_timeout_ms: u64,
+    /// The most tokens one model answer may have.
+    pub agent_max_tokens: u32,
+    /// Model calls to answer one message, tool rounds included.
+    pub agent_max_turns: u32,
+    /// User messages one conversation may hold.
+    pub agent_max_messages: u32,
+    /// Messages one user may send per minute (per replica).
+    pub agent_messages_per_minute: u32,
+    /// How long a proposal may be confirmed, in seconds.
+    pub agent_proposal_ttl_s: u64,
+    /// Stop sequences sent with each request (a small model may need `</tool_call>`).
+    #[serde(deserialize_with = "list_or_string")]
+    pub agent_model_stop: Vec<String>,
     /// The most nodes one job may ask for; CPUs and memory per job are what the catalog's
     /// biggest shape holds on that many nodes (docs/security.md).
     pub max_nodes_per_job: u32,
@@ -273,11 +295,31 @@ impl Default for Config {
             max_upload_bytes: 5 * 1024 * 1024 * 1024,
             storage_quota_bytes: 20 * 1024 * 1024 * 1024,
             bucket_allow: Vec::new(),
+            agent_model_url: String::new(),
+            agent_model: "default".into(),
+            agent_api_key_file: None,
+            agent_model_timeout_ms: 60_000,
+            agent_max_tokens: 512,
+            agent_max_turns: 6,
+            agent_max_messages: 50,
+            agent_messages_per_minute: 10,
+            agent_proposal_ttl_s: 600,
+            agent_model_stop: Vec::new(),
         }
     }
 }
 
-const ENV_KEYS: [&str; 61] = [
+const ENV_KEYS: [&str; 71] = [
+    "agent_model_url",
+    "agent_model",
+    "agent_api_key_file",
+    "agent_model_timeout_ms",
+    "agent_max_tokens",
+    "agent_max_turns",
+    "agent_max_messages",
+    "agent_messages_per_minute",
+    "agent_proposal_ttl_s",
+    "agent_model_stop",
     "max_token_lifetime_s",
     "max_nodes_per_job",
     "max_nodes_per_set",
@@ -454,6 +496,51 @@ impl Config {
             );
         }
         ensure!(
+            config.agent_model_url.is_empty()
+                || ((config.agent_model_url.starts_with("http://")
+                    || config.agent_model_url.starts_with("https://"))
+                    && !config.agent_model_url.contains(['?', '#'])
+                    && config.agent_model_url.len() <= 2048),
+            "agent_model_url must be an http:// or https:// base URL ending in /v1, not {:?}",
+            config.agent_model_url
+        );
+        ensure!(
+            !config.agent_model.is_empty() && config.agent_model.len() <= 256,
+            "agent_model must be a model name of 1-256 characters"
+        );
+        ensure!(
+            (1_000..=600_000).contains(&config.agent_model_timeout_ms),
+            "agent_model_timeout_ms must be from 1000 to 600000"
+        );
+        ensure!(
+            (16..=32_768).contains(&config.agent_max_tokens),
+            "agent_max_tokens must be from 16 to 32768"
+        );
+        ensure!(
+            (1..=32).contains(&config.agent_max_turns),
+            "agent_max_turns must be from 1 to 32"
+        );
+        ensure!(
+            (1..=1_000).contains(&config.agent_max_messages),
+            "agent_max_messages must be from 1 to 1000"
+        );
+        ensure!(
+            (1..=10_000).contains(&config.agent_messages_per_minute),
+            "agent_messages_per_minute must be from 1 to 10000"
+        );
+        ensure!(
+            (10..=86_400).contains(&config.agent_proposal_ttl_s),
+            "agent_proposal_ttl_s must be from 10 to 86400 (a day)"
+        );
+        ensure!(
+            config.agent_model_stop.len() <= 4
+                && config
+                    .agent_model_stop
+                    .iter()
+                    .all(|s| !s.is_empty() && s.len() <= 64),
+            "agent_model_stop holds at most 4 stop sequences of 1-64 characters"
+        );
+        ensure!(
             config.scale_idle_window_ms <= 24 * 3_600_000,
             "scale_idle_window_ms must be at most 86400000 (a day)"
         );
@@ -617,6 +704,32 @@ impl Config {
             max_upload_bytes: self.max_upload_bytes,
             quota_bytes: (self.storage_quota_bytes > 0).then_some(self.storage_quota_bytes),
         }
+    }
+
+    /// Ask AI's agent: its model connection when `agent_model_url` is set, and its limits.
+    pub fn agent(&self) -> Result<api::agent::Agent> {
+        let limits = api::agent::AgentLimits {
+            max_turns: self.agent_max_turns,
+            max_messages: self.agent_max_messages,
+            messages_per_minute: self.agent_messages_per_minute,
+            proposal_ttl: std::time::Duration::from_secs(self.agent_proposal_ttl_s),
+        };
+        if self.agent_model_url.is_empty() {
+            return Ok(api::agent::Agent::new(None, limits));
+        }
+        let chat = gateways::chat::OpenAiChat::new(gateways::chat::ChatSettings {
+            base_url: self.agent_model_url.clone(),
+            model: self.agent_model.clone(),
+            api_key_file: self.agent_api_key_file.clone(),
+            timeout: std::time::Duration::from_millis(self.agent_model_timeout_ms),
+            max_tokens: self.agent_max_tokens,
+            stop: self.agent_model_stop.clone(),
+        })
+        .map_err(|e| crate::error::Error::settings(format!("the agent's model connection: {e}")))?;
+        Ok(api::agent::Agent::new(
+            Some(std::sync::Arc::new(chat)),
+            limits,
+        ))
     }
 
     /// The `bucket_allow` rule in force: `None` = any bucket (all in the embedded store).

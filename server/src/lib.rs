@@ -173,6 +173,7 @@ impl Server {
                 leading: leading.clone(),
             }),
             clock: Arc::new(eventlog::SystemClock),
+            agent: Arc::new(config.agent()?),
         };
         let replicas = replica_store(&config, &store).await?;
         let poller = crate::poll::Poller {

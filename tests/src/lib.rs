@@ -1,6 +1,7 @@
 //! Helpers for the end-to-end tests: find the built `clusterra`, start it, run its subcommands.
 
 pub mod fake_slurm;
+pub mod model;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -108,6 +108,15 @@ impl Projector for Feed {
             DomainEvent::SlurmReachabilityChanged(r) => {
                 (collection(&r.workspace, &r.cluster_id), None)
             }
+            DomainEvent::AgentActionProposed(e) => (collection(&e.workspace, &e.cluster_id), None),
+            DomainEvent::AgentActionConfirmed(e) => (collection(&e.workspace, &e.cluster_id), None),
+            DomainEvent::AgentActionRejected(e) => (collection(&e.workspace, &e.cluster_id), None),
+            DomainEvent::AgentActionExpired(e) => (collection(&e.workspace, &e.cluster_id), None),
+            DomainEvent::AgentActionInvalidated(e) => {
+                (collection(&e.workspace, &e.cluster_id), None)
+            }
+            DomainEvent::AgentActionExecuted(e) => (collection(&e.workspace, &e.cluster_id), None),
+            DomainEvent::AgentActionFailed(e) => (collection(&e.workspace, &e.cluster_id), None),
             DomainEvent::JobSubmitted(j) => {
                 let target = collection(&j.workspace, &j.cluster_id);
                 view.put(

@@ -1,6 +1,7 @@
 //! The read models this build ships, and the typed queries the API reads them with (the API
 //! names no read store call of its own).
 
+pub mod agent;
 pub mod clusters;
 pub mod costs;
 pub mod event_counts;

@@ -1,0 +1,440 @@
+//! The agent's commands: the chat-model port, and the conversation and proposal streams.
+//!
+//! A conversation lives on `agent:<workspace>:<cluster>:<conversation id>`; each proposal on
+//! `proposal:<workspace>:<cluster>:<proposal id>`. A confirmation, a rejection and an outcome are
+//! appended at exactly the version read, so however many requests (or replicas) race, a proposal
+//! is decided once and its outcome recorded once ([`domain::agent::decide_confirm`]).
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use domain::agent::{Confirm, DecideError, Proposal};
+use domain::events::{AgentActionExecuted, AgentActionFailed, AgentOutcome};
+use domain::{ClusterId, DomainEvent, Email, WorkspaceId};
+use eventlog::{EventLog, ExpectedVersion, LogError, Metadata, NewEvent, StreamId};
+use serde::{Deserialize, Serialize};
+
+/// One message sent to the model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ChatMessage {
+    System(String),
+    User(String),
+    Assistant {
+        text: String,
+        tool_calls: Vec<ToolCall>,
+    },
+    Tool {
+        call_id: String,
+        content: String,
+    },
+}
+
+/// A tool call as the model made it: `arguments` is the JSON text it wrote (maybe not JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolCall {
+    pub id: String,
+    pub name: String,
+    pub arguments: String,
+}
+
+/// A tool the model may call.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ToolSpec {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub parameters: serde_json::Value,
+}
+
+/// One request to the model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatRequest {
+    pub messages: Vec<ChatMessage>,
+    pub tools: Vec<ToolSpec>,
+}
+
+/// The model's whole answer to one request.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ChatReply {
+    pub text: String,
+    pub tool_calls: Vec<ToolCall>,
+    /// `stop`, `tool_calls`, `length`, …, as the server said.
+    pub finish_reason: String,
+}
+
+/// Why the model gave no usable answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("the model did not answer within {0} ms")]
+    Timeout(u64),
+    #[error("the model server could not be reached: {0}")]
+    Unreachable(String),
+    #[error("the model server answered HTTP {status}: {body}")]
+    Status { status: u16, body: String },
+    #[error("the model server's answer is not a chat completion: {0}")]
+    Protocol(String),
+}
+
+/// A chat-completions model (OpenAI's protocol, with tools and streaming). Text arrives on
+/// `deltas` as it is generated; the whole answer is returned at the end.
+#[async_trait]
+pub trait ChatModel: Send + Sync + 'static {
+    async fn complete(
+        &self,
+        request: &ChatRequest,
+        deltas: &tokio::sync::mpsc::UnboundedSender<String>,
+    ) -> Result<ChatReply, ModelError>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("no such conversation")]
+    NoConversation,
+    #[error("no such proposal")]
+    NoProposal,
+    #[error("another message of this conversation is being answered; wait for it")]
+    Busy,
+    #[error(transparent)]
+    Decide(#[from] DecideError),
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error("stored event unreadable: {0}")]
+    Decode(#[from] serde_json::Error),
+}
+
+/// A conversation's stream.
+pub fn conversation_stream(
+    workspace: &WorkspaceId,
+    cluster: &ClusterId,
+    id: &uuid::Uuid,
+) -> StreamId {
+    StreamId::new(format!("agent:{workspace}:{cluster}:{id}"))
+        .unwrap_or_else(|e| unreachable!("slugs and a uuid make a stream id: {e}"))
+}
+
+/// A proposal's stream.
+pub fn proposal_stream(workspace: &WorkspaceId, cluster: &ClusterId, id: &uuid::Uuid) -> StreamId {
+    StreamId::new(format!("proposal:{workspace}:{cluster}:{id}"))
+        .unwrap_or_else(|e| unreachable!("slugs and a uuid make a stream id: {e}"))
+}
+
+/// The metadata of what a user does through the agent.
+pub fn agent_metadata(user: &Email, role: &str) -> Metadata {
+    Metadata {
+        actor: Some(user.to_string()),
+        role: Some(role.to_string()),
+        via: Some("agent".into()),
+        ..Default::default()
+    }
+}
+
+fn encode(events: &[DomainEvent], meta: &Metadata) -> Result<Vec<NewEvent>, AgentError> {
+    events
+        .iter()
+        .map(|e| Ok(NewEvent::new(e.event_type(), e.data()?).with_metadata(meta.clone())))
+        .collect()
+}
+
+/// A conversation as its stream holds it.
+#[derive(Debug, Clone, Default)]
+pub struct Conversation {
+    /// `None` when the stream is empty.
+    pub started: Option<domain::events::AgentConversationStarted>,
+    pub events: Vec<(i64, DateTime<Utc>, DomainEvent)>,
+    pub version: i64,
+}
+
+/// Reads a conversation's stream (bounded: a conversation holds at most the messages its
+/// settings allow).
+pub async fn load_conversation(
+    log: &dyn EventLog,
+    stream: &StreamId,
+) -> Result<Conversation, AgentError> {
+    let mut c = Conversation::default();
+    c.version = crate::fold_stream(log, stream, 0, 500, |rec, event| {
+        if let Some(event) = event {
+            if let DomainEvent::AgentConversationStarted(s) = &event {
+                c.started = Some(s.clone());
+            }
+            c.events.push((rec.position, rec.recorded_at, event));
+        }
+        Ok::<_, AgentError>(())
+    })
+    .await?;
+    Ok(c)
+}
+
+/// Appends `events` to a conversation at `version` (0: it starts it). A conflict means another
+/// message is being answered.
+pub async fn append_conversation(
+    log: &dyn EventLog,
+    stream: &StreamId,
+    version: i64,
+    events: &[DomainEvent],
+    meta: &Metadata,
+) -> Result<i64, AgentError> {
+    let expected = if version == 0 {
+        ExpectedVersion::NoStream
+    } else {
+        ExpectedVersion::Exact(version)
+    };
+    match log.append(stream, expected, &encode(events, meta)?).await {
+        Ok(out) => Ok(out.last_position),
+        Err(LogError::VersionConflict { .. }) => Err(AgentError::Busy),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Records a new proposal on its own stream.
+pub async fn propose(
+    log: &dyn EventLog,
+    proposed: domain::events::AgentActionProposed,
+    meta: &Metadata,
+) -> Result<i64, AgentError> {
+    let stream = proposal_stream(
+        &proposed.workspace,
+        &proposed.cluster_id,
+        &proposed.proposal_id,
+    );
+    let out = log
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            &encode(&[DomainEvent::AgentActionProposed(proposed)], meta)?,
+        )
+        .await?;
+    Ok(out.last_position)
+}
+
+/// A proposal and the version its stream is at.
+pub async fn load_proposal(
+    log: &dyn EventLog,
+    workspace: &WorkspaceId,
+    cluster: &ClusterId,
+    id: &uuid::Uuid,
+) -> Result<(Proposal, i64), AgentError> {
+    let stream = proposal_stream(workspace, cluster, id);
+    let mut proposal: Option<Proposal> = None;
+    let version = crate::fold_stream(log, &stream, 0, 100, |_, event| {
+        match (event, proposal.as_mut()) {
+            (Some(DomainEvent::AgentActionProposed(p)), None) => proposal = Some(Proposal::new(p)),
+            (Some(e), Some(p)) => p.apply(&e),
+            _ => {}
+        }
+        Ok::<_, AgentError>(())
+    })
+    .await?;
+    proposal.map(|p| (p, version)).ok_or(AgentError::NoProposal)
+}
+
+/// Which proposal a decision is about.
+#[derive(Debug, Clone, Copy)]
+pub struct ProposalRef<'a> {
+    pub workspace: &'a WorkspaceId,
+    pub cluster: &'a ClusterId,
+    pub id: &'a uuid::Uuid,
+}
+
+/// Who decides, and the metadata their events carry.
+#[derive(Debug, Clone, Copy)]
+pub struct Decider<'a> {
+    pub email: &'a Email,
+    pub meta: &'a Metadata,
+}
+
+/// What confirming decided.
+#[derive(Debug)]
+pub enum Confirmed {
+    /// Run the proposal's stored arguments, then [`record_outcome`] at `version`.
+    Run {
+        proposal: Box<Proposal>,
+        version: i64,
+    },
+    /// It ran before: its outcome.
+    Done(AgentOutcome),
+}
+
+/// Confirms a proposal: decides, records the decision at the version read (a conflict is
+/// decided again), and says whether to run it. `changed` checks the proposal's preconditions
+/// against the world now (a sentence when one no longer holds).
+pub async fn confirm<F, Fut>(
+    log: &dyn EventLog,
+    target: ProposalRef<'_>,
+    by: Decider<'_>,
+    digest: &str,
+    now: DateTime<Utc>,
+    changed: F,
+) -> Result<Confirmed, AgentError>
+where
+    F: Fn(Proposal) -> Fut,
+    Fut: std::future::Future<Output = Option<String>>,
+{
+    let ProposalRef {
+        workspace,
+        cluster,
+        id,
+    } = target;
+    let (caller, meta) = (by.email, by.meta);
+    let stream = proposal_stream(workspace, cluster, id);
+    for _ in 0..3 {
+        let (proposal, version) = load_proposal(log, workspace, cluster, id).await?;
+        // Preconditions matter only for a proposal about to be confirmed now.
+        let pending = proposal.decision.state == domain::agent::ProposalState::Pending
+            && digest == proposal.proposed.digest
+            && now < proposal.proposed.expires_at
+            && &proposal.proposed.user == caller;
+        let changed = if pending {
+            changed(proposal.clone()).await
+        } else {
+            None
+        };
+        match domain::agent::decide_confirm(&proposal, caller, digest, now, changed) {
+            Confirm::Done(outcome) => return Ok(Confirmed::Done(outcome)),
+            Confirm::Refuse { error, record } => {
+                if !record.is_empty() {
+                    match log
+                        .append(
+                            &stream,
+                            ExpectedVersion::Exact(version),
+                            &encode(&record, meta)?,
+                        )
+                        .await
+                    {
+                        Ok(_) => {}
+                        Err(LogError::VersionConflict { .. }) => continue,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                return Err(error.into());
+            }
+            Confirm::Execute(record) => {
+                if record.is_empty() {
+                    return Ok(Confirmed::Run {
+                        proposal: Box::new(proposal),
+                        version,
+                    });
+                }
+                match log
+                    .append(
+                        &stream,
+                        ExpectedVersion::Exact(version),
+                        &encode(&record, meta)?,
+                    )
+                    .await
+                {
+                    Ok(_) => {
+                        return Ok(Confirmed::Run {
+                            proposal: Box::new(proposal),
+                            version: version + record.len() as i64,
+                        });
+                    }
+                    Err(LogError::VersionConflict { .. }) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+    }
+    Err(AgentError::Busy)
+}
+
+/// How a confirmed proposal's run ended.
+#[derive(Debug, Clone)]
+pub enum RunResult {
+    Ran(AgentOutcome),
+    Refused { code: String, message: String },
+}
+
+/// Records a run's outcome at `version` (the confirmation's): once. When another request
+/// recorded one first, that one is the outcome.
+pub async fn record_outcome(
+    log: &dyn EventLog,
+    proposal: &Proposal,
+    version: i64,
+    result: RunResult,
+    meta: &Metadata,
+    now: DateTime<Utc>,
+) -> Result<Result<AgentOutcome, (String, String)>, AgentError> {
+    let p = &proposal.proposed;
+    let event = match &result {
+        RunResult::Ran(outcome) => DomainEvent::AgentActionExecuted(AgentActionExecuted {
+            proposal_id: p.proposal_id,
+            workspace: p.workspace.clone(),
+            cluster_id: p.cluster_id.clone(),
+            user: p.user.clone(),
+            outcome: outcome.clone(),
+            at: now,
+        }),
+        RunResult::Refused { code, message } => DomainEvent::AgentActionFailed(AgentActionFailed {
+            proposal_id: p.proposal_id,
+            workspace: p.workspace.clone(),
+            cluster_id: p.cluster_id.clone(),
+            user: p.user.clone(),
+            code: code.clone(),
+            message: message.clone(),
+            at: now,
+        }),
+    };
+    let stream = proposal_stream(&p.workspace, &p.cluster_id, &p.proposal_id);
+    match log
+        .append(
+            &stream,
+            ExpectedVersion::Exact(version),
+            &encode(&[event], meta)?,
+        )
+        .await
+    {
+        Ok(_) => Ok(match result {
+            RunResult::Ran(o) => Ok(o),
+            RunResult::Refused { code, message } => Err((code, message)),
+        }),
+        Err(LogError::VersionConflict { .. }) => {
+            let (now_there, _) =
+                load_proposal(log, &p.workspace, &p.cluster_id, &p.proposal_id).await?;
+            Ok(
+                match (now_there.decision.outcome, now_there.decision.reason) {
+                    (Some(o), _) => Ok(o),
+                    (None, reason) => Err((
+                        "proposal_failed".into(),
+                        reason.unwrap_or_else(|| "the proposal did not run".into()),
+                    )),
+                },
+            )
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Rejects a proposal (recorded once).
+pub async fn reject(
+    log: &dyn EventLog,
+    target: ProposalRef<'_>,
+    by: Decider<'_>,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> Result<i64, AgentError> {
+    let ProposalRef {
+        workspace,
+        cluster,
+        id,
+    } = target;
+    let (caller, meta) = (by.email, by.meta);
+    let stream = proposal_stream(workspace, cluster, id);
+    for _ in 0..3 {
+        let (proposal, version) = load_proposal(log, workspace, cluster, id).await?;
+        let events = domain::agent::decide_reject(&proposal, caller, reason, now)?;
+        if events.is_empty() {
+            return Ok(0);
+        }
+        match log
+            .append(
+                &stream,
+                ExpectedVersion::Exact(version),
+                &encode(&events, meta)?,
+            )
+            .await
+        {
+            Ok(out) => return Ok(out.last_position),
+            Err(LogError::VersionConflict { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(AgentError::Busy)
+}
