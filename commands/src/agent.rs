@@ -28,6 +28,61 @@ pub enum ChatMessage {
     },
 }
 
+impl ChatMessage {
+    /// One message in OpenAI's chat format (`{"role", "content", "tool_calls", "tool_call_id"}`),
+    /// as an operator writes few-shot examples for a small model.
+    pub fn from_openai(v: &serde_json::Value) -> Result<ChatMessage, String> {
+        let text = |k: &str| {
+            v.get(k)
+                .and_then(|t| t.as_str())
+                .unwrap_or_default()
+                .to_string()
+        };
+        match v.get("role").and_then(|r| r.as_str()) {
+            Some("system") => Ok(ChatMessage::System(text("content"))),
+            Some("user") => Ok(ChatMessage::User(text("content"))),
+            Some("assistant") => {
+                let mut tool_calls = Vec::new();
+                for c in v
+                    .get("tool_calls")
+                    .and_then(|c| c.as_array())
+                    .map(Vec::as_slice)
+                    .unwrap_or_default()
+                {
+                    let f = c.get("function").ok_or("a tool call without a function")?;
+                    let name = f
+                        .get("name")
+                        .and_then(|n| n.as_str())
+                        .ok_or("a tool call without a name")?;
+                    let arguments = match f.get("arguments") {
+                        Some(serde_json::Value::String(s)) => s.clone(),
+                        Some(other) => other.to_string(),
+                        None => "{}".into(),
+                    };
+                    tool_calls.push(ToolCall {
+                        id: c
+                            .get("id")
+                            .and_then(|i| i.as_str())
+                            .unwrap_or("example")
+                            .to_string(),
+                        name: name.to_string(),
+                        arguments,
+                    });
+                }
+                Ok(ChatMessage::Assistant {
+                    text: text("content"),
+                    tool_calls,
+                })
+            }
+            Some("tool") => Ok(ChatMessage::Tool {
+                call_id: text("tool_call_id"),
+                content: text("content"),
+            }),
+            _ => Err("each message has a role: system, user, assistant or tool".into()),
+        }
+    }
+}
+
 /// A tool call as the model made it: `arguments` is the JSON text it wrote (maybe not JSON).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ToolCall {

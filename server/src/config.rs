@@ -184,6 +184,12 @@ pub struct Config {
     /// Stop sequences sent with each request (a small model may need `</tool_call>`).
     #[serde(deserialize_with = "list_or_string")]
     pub agent_model_stop: Vec<String>,
+    /// The tools offered to the model; empty = all of them (docs/agent.md).
+    #[serde(deserialize_with = "list_or_string")]
+    pub agent_tools: Vec<String>,
+    /// A JSON file of example messages (OpenAI's chat format) put after the system prompt: a
+    /// small model needs a few to call tools at all.
+    pub agent_examples_file: Option<PathBuf>,
     /// The most nodes one job may ask for; CPUs and memory per job are what the catalog's
     /// biggest shape holds on that many nodes (docs/security.md).
     pub max_nodes_per_job: u32,
@@ -209,6 +215,32 @@ pub struct ClusterLimitsFile {
     pub max_memory_mib_per_job: Option<u64>,
     pub max_gpus_per_job: Option<u32>,
     pub max_nodes_per_set: Option<u32>,
+}
+
+/// The example messages of `agent_examples_file`: a JSON array of at most 64 chat messages in
+/// OpenAI's format, at most 64 KiB.
+fn agent_examples(path: &Path) -> Result<Vec<commands::agent::ChatMessage>> {
+    let bad = |why: String| {
+        crate::error::Error::settings(format!("agent_examples_file {}: {why}", path.display()))
+    };
+    let text = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    if text.len() > 64 * 1024 {
+        return Err(bad("larger than 64 KiB".into()));
+    }
+    let doc: serde_json::Value =
+        serde_json::from_slice(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
+    let items = doc
+        .as_array()
+        .filter(|a| a.len() <= 64)
+        .ok_or_else(|| bad("expected a JSON array of at most 64 messages".into()))?;
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            commands::agent::ChatMessage::from_openai(m)
+                .map_err(|e| bad(format!("message {i}: {e}")))
+        })
+        .collect()
 }
 
 /// A list, or one string of comma-separated items (as an environment variable gives it).
@@ -305,11 +337,15 @@ impl Default for Config {
             agent_messages_per_minute: 10,
             agent_proposal_ttl_s: 600,
             agent_model_stop: Vec::new(),
+            agent_tools: Vec::new(),
+            agent_examples_file: None,
         }
     }
 }
 
-const ENV_KEYS: [&str; 71] = [
+const ENV_KEYS: [&str; 73] = [
+    "agent_tools",
+    "agent_examples_file",
     "agent_model_url",
     "agent_model",
     "agent_api_key_file",
@@ -708,11 +744,30 @@ impl Config {
 
     /// Ask AI's agent: its model connection when `agent_model_url` is set, and its limits.
     pub fn agent(&self) -> Result<api::agent::Agent> {
+        let mut tools = Vec::new();
+        for name in &self.agent_tools {
+            let tool = domain::agent::Tool::from_name(name).ok_or_else(|| {
+                crate::error::Error::settings(format!(
+                    "agent_tools: there is no tool {name:?}; the tools are {}",
+                    domain::agent::Tool::ALL.map(|t| t.name()).join(", ")
+                ))
+            })?;
+            tools.push(tool);
+        }
+        if tools.is_empty() {
+            tools = domain::agent::Tool::ALL.to_vec();
+        }
+        let examples = match &self.agent_examples_file {
+            None => Vec::new(),
+            Some(path) => agent_examples(path)?,
+        };
         let limits = api::agent::AgentLimits {
             max_turns: self.agent_max_turns,
             max_messages: self.agent_max_messages,
             messages_per_minute: self.agent_messages_per_minute,
             proposal_ttl: std::time::Duration::from_secs(self.agent_proposal_ttl_s),
+            tools,
+            examples,
         };
         if self.agent_model_url.is_empty() {
             return Ok(api::agent::Agent::new(None, limits));

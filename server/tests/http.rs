@@ -206,6 +206,24 @@ async fn authorization_matrix() {
                     (p.replace("{id}", "local").replace("{job_id}", "1"), None)
                 }
                 (_, "/v1/templates/{id}") => ("/v1/templates/shell".to_string(), None),
+                // Ask AI: this server has no model, so a caller who may see the cluster gets
+                // 503 `agent_unavailable`, and one who may not gets 404 first.
+                (m, p) if p.starts_with("/v1/clusters/{id}/agent/") => {
+                    let id = "0192f3a4-0000-7000-8000-000000000001";
+                    let body = match (m, p.rsplit('/').next()) {
+                        ("POST", Some("messages")) => Some(json!({"text": "hello"})),
+                        ("POST", Some("confirm")) => Some(json!({"digest": "0".repeat(64)})),
+                        ("POST", Some("reject")) => Some(json!({"reason": "no"})),
+                        ("POST", _) => Some(json!({})),
+                        _ => None,
+                    };
+                    (
+                        p.replace("{id}", "local")
+                            .replace("{cid}", id)
+                            .replace("{pid}", id),
+                        body,
+                    )
+                }
                 ("POST", "/v1/clusters/{id}/storage/presigned-url") => (
                     "/v1/clusters/local/storage/presigned-url".to_string(),
                     Some(json!({"location": "data", "path": "m.csv", "method": "PUT", "size": 3})),
@@ -255,6 +273,9 @@ async fn authorization_matrix() {
                     // PUT comes before the GET and the DELETE in the route table).
                     (_, p, Who::Admin) if p.starts_with("/v1/workspaces/{ws}/") => StatusCode::OK,
                     (_, p, _) if p.starts_with("/v1/workspaces/{ws}/") => StatusCode::FORBIDDEN,
+                    (_, p, _) if p.starts_with("/v1/clusters/{id}/agent/") => {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    }
                     ("GET", _, _) => StatusCode::OK,
                     other => panic!("no expectation for {other:?}: add this route to the matrix"),
                 }

@@ -51,6 +51,10 @@ pub struct AgentLimits {
     pub messages_per_minute: u32,
     /// How long a proposal may be confirmed.
     pub proposal_ttl: Duration,
+    /// The tools offered to the model (a call of another is refused as unknown).
+    pub tools: Vec<domain::agent::Tool>,
+    /// Example exchanges put after the system prompt (a small model needs a few).
+    pub examples: Vec<commands::agent::ChatMessage>,
 }
 
 impl Default for AgentLimits {
@@ -60,6 +64,8 @@ impl Default for AgentLimits {
             max_messages: 50,
             messages_per_minute: 10,
             proposal_ttl: Duration::from_secs(600),
+            tools: domain::agent::Tool::ALL.to_vec(),
+            examples: Vec::new(),
         }
     }
 }
@@ -224,12 +230,17 @@ pub struct ConversationCreated {
     pub position: i64,
 }
 
+/// `POST …/agent/conversations`'s body: `{}` (nothing to set yet).
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct StartIn {}
+
 /// Start a conversation with the agent in a cluster.
 #[utoipa::path(
     post,
     path = "/v1/clusters/{id}/agent/conversations",
     tag = "agent",
     params(("id" = String, Path, description = "Cluster id")),
+    request_body = StartIn,
     responses(
         (status = 201, description = "Started", body = ConversationCreated),
         (status = 401, description = "Missing or invalid token", body = crate::error::ErrorBody),
@@ -242,9 +253,18 @@ pub(crate) async fn start(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
+    ApiJson(body): ApiJson<serde_json::Map<String, serde_json::Value>>,
 ) -> Result<Response, ApiError> {
-    state.agent.model()?;
+    if let Some(field) = body.keys().next() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            "A conversation takes no settings yet: send {}",
+        )
+        .with_field(field.clone()));
+    }
     let (cluster, _) = crate::clusters::visible_cluster(&state, &caller, &id).await?;
+    state.agent.model()?;
     let conversation_id = uuid::Uuid::now_v7();
     let stream =
         commands::agent::conversation_stream(&caller.workspace, &cluster, &conversation_id);
@@ -292,6 +312,7 @@ pub struct MessageOut {
 pub struct ToolCallOut {
     pub call_id: String,
     pub tool: String,
+    #[schema(value_type = Object)]
     pub arguments: serde_json::Value,
     pub result_bytes: u64,
     pub proposal_id: Option<uuid::Uuid>,
@@ -307,10 +328,12 @@ pub struct ProposalOut {
     pub conversation_id: uuid::Uuid,
     pub tool: String,
     /// Exactly what will run when confirmed.
+    #[schema(value_type = Object)]
     pub arguments: serde_json::Value,
     /// Send this back to confirm.
     pub digest: String,
     /// What the server resolved: names, owners, states, cost so far, what will change.
+    #[schema(value_type = Object)]
     pub preview: serde_json::Value,
     /// pending, confirmed, rejected, expired, invalidated, executed or failed.
     pub state: String,
@@ -371,8 +394,8 @@ pub(crate) async fn get_conversation(
     min: crate::consistency::MinPosition,
     Path((id, cid)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    state.agent.model()?;
     let (cluster, _) = crate::clusters::visible_cluster(&state, &caller, &id).await?;
+    state.agent.model()?;
     let cid = parse_id(&cid, "conversation", "cid")?;
     let conversation = own_conversation(&state, &caller, &cluster, &cid).await?;
     let headers =
@@ -488,9 +511,9 @@ pub(crate) async fn post_message(
     Path((id, cid)): Path<(String, String)>,
     ApiJson(body): ApiJson<MessageIn>,
 ) -> Result<Response, ApiError> {
+    let (cluster, _) = crate::clusters::visible_cluster(&state, &caller, &id).await?;
     let model = state.agent.model()?;
     let token = bearer(&headers)?;
-    let (cluster, _) = crate::clusters::visible_cluster(&state, &caller, &id).await?;
     let cid = parse_id(&cid, "conversation", "cid")?;
     let text = body.text.trim().to_string();
     if text.is_empty() || text.chars().count() > domain::agent::MAX_MESSAGE_CHARS {
@@ -607,8 +630,8 @@ pub(crate) async fn list_proposals(
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    state.agent.model()?;
     let (cluster, _) = crate::clusters::visible_cluster(&state, &caller, &id).await?;
+    state.agent.model()?;
     let wanted = match q.get("state") {
         None => None,
         Some(s) => Some(ProposalState::parse(s).ok_or_else(|| {
@@ -716,9 +739,9 @@ pub(crate) async fn confirm(
     Path((id, pid)): Path<(String, String)>,
     ApiJson(body): ApiJson<ConfirmIn>,
 ) -> Result<Response, ApiError> {
+    let (cluster, _) = crate::clusters::visible_cluster(&state, &caller, &id).await?;
     state.agent.model()?;
     let token = bearer(&headers)?;
-    let (cluster, _) = crate::clusters::visible_cluster(&state, &caller, &id).await?;
     let pid = parse_id(&pid, "proposal", "pid")?;
     if body.digest.len() != 64 || !body.digest.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(ApiError::new(
@@ -820,8 +843,8 @@ pub(crate) async fn reject(
     Path((id, pid)): Path<(String, String)>,
     ApiJson(body): ApiJson<RejectIn>,
 ) -> Result<Response, ApiError> {
-    state.agent.model()?;
     let (cluster, _) = crate::clusters::visible_cluster(&state, &caller, &id).await?;
+    state.agent.model()?;
     let pid = parse_id(&pid, "proposal", "pid")?;
     if body.reason.chars().count() > domain::agent::MAX_REASON_CHARS {
         return Err(ApiError::new(

@@ -50,9 +50,10 @@ fn system_prompt(cluster: &ClusterId, caller: &Caller) -> String {
     )
 }
 
-fn tool_specs() -> Vec<ToolSpec> {
-    Tool::ALL
-        .into_iter()
+fn tool_specs(offered: &[Tool]) -> Vec<ToolSpec> {
+    offered
+        .iter()
+        .copied()
         .map(|t| ToolSpec {
             name: t.name(),
             description: t.description(),
@@ -101,6 +102,7 @@ impl Turn {
             &self.cluster,
             &self.caller,
         ))];
+        out.extend(self.state.agent.limits.examples.iter().cloned());
         let proposals = projections::views::agent::of_conversation(
             self.state.store.read.as_ref(),
             &self.caller.workspace,
@@ -180,7 +182,8 @@ impl Turn {
     pub async fn answer(mut self, text: String) {
         let mut messages = self.messages().await;
         messages.push(ChatMessage::User(text));
-        let tools = tool_specs();
+        let offered = self.state.agent.limits.tools.clone();
+        let tools = tool_specs(&offered);
         let (api, token, caller, cluster) = (
             self.api.clone(),
             self.token.clone(),
@@ -255,7 +258,14 @@ impl Turn {
             let mut events = Vec::with_capacity(calls.len());
             for call in &calls {
                 let now = self.state.clock.now();
-                let checked = domain::agent::check_call(&call.name, &call.arguments);
+                let checked =
+                    domain::agent::check_call(&call.name, &call.arguments).and_then(|c| {
+                        if offered.contains(&c.tool) {
+                            Ok(c)
+                        } else {
+                            Err(domain::agent::ToolError::Unknown(call.name.clone()))
+                        }
+                    });
                 let (content, event) = match checked {
                     Err(e) => {
                         let error = e.to_string();
