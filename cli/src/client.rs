@@ -106,6 +106,30 @@ impl Client {
     }
 }
 
+impl Client {
+    /// A POST whose answer is a stream (Ask AI's reply): no overall timeout, only one for
+    /// connecting; the caller reads the body as it comes.
+    pub(crate) async fn stream_post(
+        &self,
+        path: &str,
+        body: &Value,
+    ) -> anyhow::Result<reqwest::Response> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .build()?;
+        let mut req = http.post(format!("{}{path}", self.base)).json(body);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        req.send().await.with_context(|| {
+            format!(
+                "could not reach {}; is `clusterra serve` running?",
+                self.base
+            )
+        })
+    }
+}
+
 /// Prints the API's answer: the body on success, the error's message on failure.
 pub(crate) fn finish(status: u16, body: &Value) -> anyhow::Result<ExitCode> {
     if (200..300).contains(&status) {

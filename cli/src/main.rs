@@ -1,5 +1,6 @@
 //! `clusterra`: the control plane's one binary.
 
+mod ask;
 mod client;
 mod files;
 mod ops;
@@ -115,6 +116,16 @@ enum Command {
         /// The server's JSON answer as is
         #[arg(long)]
         json: bool,
+    },
+    /// Ask AI: print its reply; each action it proposes runs only if you answer y
+    Ask {
+        #[command(flatten)]
+        target: client::Target,
+        /// What to ask, e.g. "why is job 42 pending?"
+        text: String,
+        /// Go on with this conversation (its id, printed after each answer)
+        #[arg(long, value_name = "ID")]
+        conversation: Option<String>,
     },
     /// Cancel a job
     Cancel {
@@ -308,6 +319,11 @@ fn main() -> ExitCode {
             } => client::jobs(&target, state, user, template).await,
             Command::Job { target, job_id } => client::job(&target, job_id).await,
             Command::Cancel { target, job_id } => client::cancel(&target, job_id).await,
+            Command::Ask {
+                target,
+                text,
+                conversation,
+            } => ask::ask(&target, &text, conversation).await,
             Command::Me { target, json } => client::me(&target, json).await,
             Command::Files { command } => match command {
                 FilesCommand::Put {

@@ -559,3 +559,56 @@ async fn bad_requests_are_refused_with_their_field_and_append_nothing() {
     api.assert_log_at(head, "a rate-limited message appends nothing")
         .await;
 }
+
+/// `clusterra ask` with `answer` typed at its prompt.
+fn ask_cli(api: &Api, token: &str, text: &str, answer: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = std::process::Command::new(tests::binary())
+        .args(["ask", text])
+        .env("CLUSTERRA_URL", &api.server.base)
+        .env("CLUSTERRA_TOKEN", token)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(answer.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_asks_before_each_proposal_runs() {
+    let model = ScriptedModel::start().await;
+    let (_dir, _data, api, ada) = with_model(&model, &[]);
+    let kept = submitted(&api, &ada, sleeper("kept", 300)).await;
+    let gone = submitted(&api, &ada, sleeper("gone", 300)).await;
+    model.script([
+        Reply::Calls(vec![call("c1", "cancel_job", json!({ "job_ids": [kept] }))]),
+        Reply::Text("Proposed.".into()),
+    ]);
+    let out = tokio::task::block_in_place(|| ask_cli(&api, &ada, "cancel kept", "n\n"));
+    assert!(out.status.success(), "{}", tests::stderr(&out));
+    let printed = tests::stdout(&out);
+    assert!(printed.contains("Proposed."), "{printed}");
+    assert!(printed.contains("Run this? [y/N]"), "{printed}");
+    assert!(printed.contains("rejected"), "{printed}");
+    model.script([
+        Reply::Calls(vec![call("c2", "cancel_job", json!({ "job_ids": [gone] }))]),
+        Reply::Text("Proposed again.".into()),
+    ]);
+    let out = tokio::task::block_in_place(|| ask_cli(&api, &ada, "cancel gone", "y\n"));
+    assert!(out.status.success(), "{}", tests::stderr(&out));
+    assert!(
+        tests::stdout(&out).contains("executed"),
+        "{}",
+        tests::stdout(&out)
+    );
+    api.wait_state(gone, &["CANCELLED"], Duration::from_secs(30))
+        .await;
+    assert_ne!(state_of(&api, kept).await, "CANCELLED");
+}
