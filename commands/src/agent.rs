@@ -406,7 +406,7 @@ pub async fn record_outcome(
     result: RunResult,
     meta: &Metadata,
     now: DateTime<Utc>,
-) -> Result<Result<AgentOutcome, (String, String)>, AgentError> {
+) -> Result<(Result<AgentOutcome, (String, String)>, i64), AgentError> {
     let p = &proposal.proposed;
     let event = match &result {
         RunResult::Ran(outcome) => DomainEvent::AgentActionExecuted(AgentActionExecuted {
@@ -436,22 +436,24 @@ pub async fn record_outcome(
         )
         .await
     {
-        Ok(_) => Ok(match result {
-            RunResult::Ran(o) => Ok(o),
-            RunResult::Refused { code, message } => Err((code, message)),
-        }),
+        Ok(out) => Ok((
+            match result {
+                RunResult::Ran(o) => Ok(o),
+                RunResult::Refused { code, message } => Err((code, message)),
+            },
+            out.last_position,
+        )),
         Err(LogError::VersionConflict { .. }) => {
             let (now_there, _) =
                 load_proposal(log, &p.workspace, &p.cluster_id, &p.proposal_id).await?;
-            Ok(
-                match (now_there.decision.outcome, now_there.decision.reason) {
-                    (Some(o), _) => Ok(o),
-                    (None, reason) => Err((
-                        "proposal_failed".into(),
-                        reason.unwrap_or_else(|| "the proposal did not run".into()),
-                    )),
-                },
-            )
+            let outcome = match (now_there.decision.outcome, now_there.decision.reason) {
+                (Some(o), _) => Ok(o),
+                (None, reason) => Err((
+                    "proposal_failed".into(),
+                    reason.unwrap_or_else(|| "the proposal did not run".into()),
+                )),
+            };
+            Ok((outcome, 0))
         }
         Err(e) => Err(e.into()),
     }

@@ -235,6 +235,157 @@ function upload(form) {
   });
 }
 
+// Ask AI: the question goes to the console, which passes the API's SSE reply through as it is
+// written; the reply grows in place, and each proposal becomes a card with Confirm (sending the
+// digest it shows) and Reject. Everything shown comes from the server's text, set as text.
+function ask(form) {
+  const chat = document.getElementById('chat');
+  const text = form.querySelector('textarea');
+  const send = form.querySelector('button[type=submit]');
+  const status = form.querySelector('[aria-live]');
+  const token = form.querySelector('input[name=csrf]').value;
+  const bubble = (role, words) => {
+    const div = document.createElement('div');
+    div.className = `msg ${role}`;
+    const who = document.createElement('p');
+    who.className = 'who';
+    who.textContent = role === 'user' ? 'You' : 'Ask AI';
+    const p = document.createElement('p');
+    p.className = 'text';
+    p.textContent = words;
+    div.append(who, p);
+    chat.append(div);
+    return p;
+  };
+  const decision = (pid, what, fields, label, cls) => {
+    const f = document.createElement('form');
+    f.method = 'post';
+    const q = new URLSearchParams(new URL(form.action, location.href).search);
+    f.action = `/ask/proposals/${encodeURIComponent(pid)}/${what}?${q}`;
+    for (const [k, v] of Object.entries({ csrf: token, ...fields })) {
+      const i = document.createElement('input');
+      i.type = 'hidden'; i.name = k; i.value = v;
+      f.append(i);
+    }
+    if (what === 'reject') {
+      const l = document.createElement('label');
+      l.textContent = 'Why not (optional) ';
+      const i = document.createElement('input');
+      i.type = 'text'; i.name = 'reason'; i.maxLength = 500;
+      l.append(i);
+      f.append(l);
+    }
+    const b = document.createElement('button');
+    b.type = 'submit'; b.textContent = label;
+    if (cls) b.className = cls;
+    f.append(b);
+    return f;
+  };
+  const card = (p) => {
+    const a = document.createElement('article');
+    a.className = 'card proposal';
+    a.dataset.proposal = p.proposal_id;
+    a.setAttribute('aria-label', `Proposal ${p.tool}`);
+    const h = document.createElement('h3');
+    h.textContent = `${p.tool} `;
+    const s = document.createElement('span');
+    s.className = 'badge'; s.textContent = 'pending';
+    h.append(s);
+    a.append(h);
+    if (p.preview?.what_changes) {
+      const w = document.createElement('p');
+      const strong = document.createElement('strong');
+      strong.textContent = p.preview.what_changes;
+      w.append(strong);
+      a.append(w);
+    }
+    for (const j of p.preview?.jobs ?? []) {
+      const li = document.createElement('p');
+      li.textContent = `job ${j.job_id} ${j.name ?? ''} of ${j.owner ?? ''}, ${j.state ?? ''}, $${j.cost_so_far_usd ?? '0'} so far`;
+      a.append(li);
+    }
+    const d = document.createElement('details');
+    const sm = document.createElement('summary');
+    sm.textContent = 'Exactly what runs';
+    const pre = document.createElement('pre');
+    pre.textContent = JSON.stringify(p.arguments, null, 2);
+    d.append(sm, pre);
+    const actions = document.createElement('div');
+    actions.className = 'actions';
+    actions.append(decision(p.proposal_id, 'confirm', { digest: p.digest }, 'Confirm', 'danger'),
+      decision(p.proposal_id, 'reject', {}, 'Reject'));
+    a.append(d, actions);
+    chat.append(a);
+  };
+  form.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    const question = text.value.trim();
+    if (!question) return;
+    bubble('user', question);
+    const reply = bubble('assistant', '');
+    send.disabled = true;
+    status.textContent = 'Thinking…';
+    let res;
+    try {
+      res = await fetch(form.action, {
+        method: 'POST',
+        headers: { 'content-type': 'application/x-www-form-urlencoded', accept: 'text/event-stream' },
+        body: new URLSearchParams({ csrf: token, text: question }),
+      });
+    } catch (e) {
+      status.textContent = `Could not reach the server (${e}); try again.`;
+      send.disabled = false;
+      return;
+    }
+    if (!res.ok || !(res.headers.get('content-type') || '').startsWith('text/event-stream')) {
+      const body = (res.headers.get('content-type') || '').includes('json') ? await res.json() : null;
+      status.textContent = body?.error?.message ?? `Refused (${res.status}); reload the page and try again.`;
+      send.disabled = false;
+      return;
+    }
+    const cid = res.headers.get('x-conversation-id');
+    if (cid && !new URL(form.action, location.href).searchParams.get('conversation')) {
+      const u = new URL(form.action, location.href);
+      u.searchParams.set('conversation', cid);
+      form.action = u.pathname + u.search;
+      const page = new URL(location.href);
+      page.searchParams.set('conversation', cid);
+      history.replaceState(null, '', page.pathname + page.search);
+    }
+    text.value = '';
+    const reader = res.body.getReader();
+    const decoder = new TextDecoder();
+    let buffer = '';
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += decoder.decode(value, { stream: true });
+      let cut;
+      while ((cut = buffer.indexOf('\n\n')) >= 0) {
+        const frame = buffer.slice(0, cut);
+        buffer = buffer.slice(cut + 2);
+        let event = 'message';
+        let data = '';
+        for (const line of frame.split('\n')) {
+          if (line.startsWith('event: ')) event = line.slice(7);
+          else if (line.startsWith('data: ')) data += line.slice(6);
+        }
+        if (!data) continue;
+        let d;
+        try { d = JSON.parse(data); } catch { continue; }
+        if (event === 'delta') reply.textContent += d.text;
+        else if (event === 'tool_call') status.textContent = `${d.tool}: ${d.ok ? 'looked up' : (d.error ?? 'refused')}`;
+        else if (event === 'proposal') card(d);
+        else if (event === 'error') status.textContent = `The assistant failed: ${d.message}`;
+        else if (event === 'done') status.textContent = d.proposals?.length ? 'Review the proposal: nothing runs until you confirm it.' : '';
+      }
+    }
+    send.disabled = false;
+    text.focus();
+  });
+}
+for (const el of document.querySelectorAll('form[data-ask]')) ask(el);
+
 localTimes();
 for (const el of document.querySelectorAll('form[data-upload]')) upload(el);
 // Streams open after the load event: a stream opened before it keeps the page "loading" (the

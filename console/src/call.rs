@@ -147,6 +147,30 @@ impl Console {
         })
     }
 
+    /// One request to the API as the session's caller, its answer as it comes (a stream is
+    /// passed through as it is written: Ask AI's reply).
+    pub async fn call_raw(
+        &self,
+        session: &Session,
+        method: Method,
+        uri: &str,
+        body: &Value,
+    ) -> Result<axum::response::Response, Fail> {
+        let req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::AUTHORIZATION, format!("Bearer {}", session.token))
+            .header(header::CONTENT_TYPE, "application/json")
+            .extension(api::FromConsole)
+            .body(Body::from(body.to_string()))
+            .map_err(|e| Fail::internal(format!("bad request to {uri}: {e}")))?;
+        self.api
+            .clone()
+            .oneshot(req)
+            .await
+            .map_err(|e| Fail::internal(e.to_string()))
+    }
+
     pub async fn get(&self, session: &Session, uri: &str) -> Result<Value, Fail> {
         self.call(session, Method::GET, uri, None).await
     }

@@ -85,6 +85,8 @@ pub fn router(api: Router, state: &AppState, options: &Options) -> Router {
         .route("/activity", get(pages::activity::page))
         .route("/nodes", get(pages::nodes::page))
         .route("/ask", get(pages::ask::page))
+        .route("/ask/messages", post(pages::ask::message))
+        .route("/ask/proposals/{pid}/{what}", post(pages::ask::decide))
         .route("/assets/{name}", get(assets::serve))
         .layer(axum::middleware::from_fn_with_state(
             console.clone(),

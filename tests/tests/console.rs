@@ -104,9 +104,13 @@ async fn session(http: &reqwest::Client, base: &str, link: &str) -> (String, Str
 }
 
 fn started_console() -> (tempfile::TempDir, String, Api, String) {
+    started_console_with(&[])
+}
+
+fn started_console_with(env: &[(&str, &str)]) -> (tempfile::TempDir, String, Api, String) {
     let dir = tempfile::tempdir().expect("a temporary folder");
     let data = dir.path().join("data").to_str().expect("utf-8").to_string();
-    let (server, banner) = Server::start_with_env(&["--data-dir", &data], &[]);
+    let (server, banner) = Server::start_with_env(&["--data-dir", &data], env);
     let link = banner_link(&banner);
     let token = tests::banner_token(&banner).expect("a first-start token");
     let api = Api {
@@ -750,8 +754,67 @@ async fn in_a_browser_a_researcher_submits_from_the_form_watches_the_log_sees_co
     b.wait_text("table.jobs", "CANCELLED", Duration::from_secs(5))
         .await;
     b.shoot("jobs").await;
+    b.close().await;
+}
+
+#[tokio::test]
+async fn in_a_browser_ask_ai_streams_its_reply_and_a_proposal_runs_only_when_confirmed() {
+    use tests::model::{Reply, ScriptedModel, call};
+    if !browser_wanted("in_a_browser_ask_ai_…") {
+        return;
+    }
+    let model = ScriptedModel::start().await;
+    let env = model.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (_dir, _data, api, link) = started_console_with(&env);
+    let (status, out) = api
+        .submit(
+            json!({"job": {"name": "long-run", "script": "#!/bin/sh\nsleep 300\n",
+            "environment": ["PATH=/usr/bin:/bin"], "current_working_directory": "/mnt/efs"}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{out}");
+    let job = out["job_id"].as_u64().expect("a job id");
+    model.script([
+        Reply::Calls(vec![call("c1", "cancel_job", json!({ "job_ids": [job] }))]),
+        Reply::Text(format!("I can cancel job {job} once you confirm it below.")),
+    ]);
+    let b = Browser::start().await;
+    let base = api.server.base.clone();
+    sign_in(&b, &link).await;
     b.goto(&format!("{base}/ask?cluster=local")).await;
+    assert_labelled(&b).await;
+    b.fill("#ask-text", &format!("Please cancel job {job}."))
+        .await;
+    b.click("#ask-send").await;
+    b.wait_text(
+        "#chat",
+        "once you confirm it below",
+        Duration::from_secs(30),
+    )
+    .await;
+    let card = b
+        .wait_text(
+            "#chat article.proposal",
+            "cancel_job",
+            Duration::from_secs(10),
+        )
+        .await;
+    assert_contains(&card, "long-run");
+    assert_contains(&card, "1 job will be cancelled");
+    assert_contains(&b.url().await, "conversation=");
     b.shoot("ask").await;
+    // Shown, not run.
+    assert_ne!(api.job(job).await["state"], "CANCELLED");
+    b.click("#chat article.proposal button.danger").await;
+    b.wait_text(
+        "#chat",
+        "Result: cancel asked for job",
+        Duration::from_secs(30),
+    )
+    .await;
+    api.wait_state(job, &["CANCELLED"], Duration::from_secs(30))
+        .await;
     b.close().await;
 }
 

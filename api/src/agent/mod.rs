@@ -704,6 +704,9 @@ pub struct DecisionOut {
     pub outcome: Option<domain::events::AgentOutcome>,
     /// Why it failed (the API's error code and sentence).
     pub error: Option<Failure>,
+    /// The log position of what this request recorded (0 when it recorded nothing new): send
+    /// it as `X-Clusterra-Min-Position` to read the proposal's new state.
+    pub position: i64,
 }
 
 /// An API refusal of a confirmed proposal.
@@ -786,6 +789,7 @@ pub(crate) async fn confirm(
             state: "executed".into(),
             outcome: Some(outcome),
             error: None,
+            position: 0,
         },
         Confirmed::Run { proposal, version } => {
             let result = tools.execute(&proposal.proposed).await;
@@ -800,17 +804,19 @@ pub(crate) async fn confirm(
             .await
             .map_err(agent_error)?;
             match recorded {
-                Ok(outcome) => DecisionOut {
+                (Ok(outcome), position) => DecisionOut {
                     proposal_id: pid,
                     state: "executed".into(),
                     outcome: Some(outcome),
                     error: None,
+                    position,
                 },
-                Err((code, message)) => DecisionOut {
+                (Err((code, message)), position) => DecisionOut {
                     proposal_id: pid,
                     state: "failed".into(),
                     outcome: None,
                     error: Some(Failure { code, message }),
+                    position,
                 },
             }
         }
@@ -885,6 +891,7 @@ pub(crate) async fn reject(
             state: "rejected".into(),
             outcome: None,
             error: None,
+            position,
         }),
     )
         .into_response())
