@@ -11,6 +11,18 @@ use serde_json::{Value, json};
 
 use crate::client::{Client, Target, error_line};
 
+/// `text` without control characters (but newlines and tabs) or bidirectional overrides: what a
+/// model or a job log wrote cannot move the cursor, rewrite the lines above, or reach the
+/// clipboard through terminal escape sequences.
+fn plain(text: &str) -> String {
+    text.chars()
+        .filter(|c| {
+            (!c.is_control() || *c == '\n' || *c == '\t')
+                && !matches!(*c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+        })
+        .collect()
+}
+
 pub async fn ask(t: &Target, text: &str, conversation: Option<String>) -> anyhow::Result<ExitCode> {
     let c = Client::new(t)?;
     let base = format!("/v1/clusters/{}/agent", t.cluster);
@@ -59,16 +71,16 @@ pub async fn ask(t: &Target, text: &str, conversation: Option<String>) -> anyhow
             let data: Value = serde_json::from_str(&event.data).unwrap_or(Value::Null);
             match event.event.as_str() {
                 "delta" => {
-                    print!("{}", data["text"].as_str().unwrap_or_default());
+                    print!("{}", plain(data["text"].as_str().unwrap_or_default()));
                     out.flush()?;
                 }
                 "tool_call" => eprintln!(
                     "  [{} {}{}]",
-                    data["tool"].as_str().unwrap_or("?"),
+                    plain(data["tool"].as_str().unwrap_or("?")),
                     if data["ok"] == true { "ok" } else { "refused" },
                     data["error"]
                         .as_str()
-                        .map(|e| format!(": {e}"))
+                        .map(|e| format!(": {}", plain(e)))
                         .unwrap_or_default()
                 ),
                 "proposal" => proposals.push(data),
@@ -76,8 +88,8 @@ pub async fn ask(t: &Target, text: &str, conversation: Option<String>) -> anyhow
                     failed = true;
                     eprintln!(
                         "\nerror {}: {}",
-                        data["code"].as_str().unwrap_or("?"),
-                        data["message"].as_str().unwrap_or("?")
+                        plain(data["code"].as_str().unwrap_or("?")),
+                        plain(data["message"].as_str().unwrap_or("?"))
                     );
                 }
                 "done" => break,
@@ -91,12 +103,12 @@ pub async fn ask(t: &Target, text: &str, conversation: Option<String>) -> anyhow
         let pid = p["proposal_id"].as_str().unwrap_or_default();
         println!(
             "\nProposed: {} {}\n  {}\n  expires {}",
-            p["tool"].as_str().unwrap_or("?"),
-            p["arguments"],
-            p["preview"]["what_changes"].as_str().unwrap_or(""),
-            p["expires_at"].as_str().unwrap_or("?")
+            plain(p["tool"].as_str().unwrap_or("?")),
+            plain(&p["arguments"].to_string()),
+            plain(p["preview"]["what_changes"].as_str().unwrap_or("")),
+            plain(p["expires_at"].as_str().unwrap_or("?"))
         );
-        println!("  preview: {}", p["preview"]);
+        println!("  preview: {}", plain(&p["preview"].to_string()));
         print!("Run this? [y/N] ");
         std::io::stdout().flush()?;
         let mut line = String::new();

@@ -122,8 +122,9 @@ pub enum ModelError {
     Timeout(u64),
     #[error("the model server could not be reached: {0}")]
     Unreachable(String),
-    #[error("the model server answered HTTP {status}: {body}")]
-    Status { status: u16, body: String },
+    /// The server's body is logged where it is read, never carried (it may echo a key).
+    #[error("the model server answered HTTP {status}{hint}", hint = status_hint(*status))]
+    Status { status: u16 },
     #[error("the model server's answer is not a chat completion: {0}")]
     Protocol(String),
 }
@@ -139,6 +140,15 @@ pub trait ChatModel: Send + Sync + 'static {
     ) -> Result<ChatReply, ModelError>;
 }
 
+fn status_hint(status: u16) -> &'static str {
+    match status {
+        401 | 403 => " (it refused the credentials: check agent_api_key_file)",
+        404 => " (check agent_model_url and agent_model)",
+        429 => " (it is rate-limiting this server)",
+        _ => "",
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error("no such conversation")]
@@ -147,6 +157,8 @@ pub enum AgentError {
     NoProposal,
     #[error("another message of this conversation is being answered; wait for it")]
     Busy,
+    #[error("the proposal is being decided by other requests; try again")]
+    Contended,
     #[error(transparent)]
     Decide(#[from] DecideError),
     #[error(transparent)]
@@ -361,12 +373,7 @@ where
                 return Err(error.into());
             }
             Confirm::Execute(record) => {
-                if record.is_empty() {
-                    return Ok(Confirmed::Run {
-                        proposal: Box::new(proposal),
-                        version,
-                    });
-                }
+                // Always a confirmation at the exact version read: of two requests, one runs.
                 match log
                     .append(
                         &stream,
@@ -387,7 +394,7 @@ where
             }
         }
     }
-    Err(AgentError::Busy)
+    Err(AgentError::Contended)
 }
 
 /// How a confirmed proposal's run ended.
@@ -493,5 +500,5 @@ pub async fn reject(
             Err(e) => return Err(e.into()),
         }
     }
-    Err(AgentError::Busy)
+    Err(AgentError::Contended)
 }

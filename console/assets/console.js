@@ -338,7 +338,10 @@ function ask(form) {
       return;
     }
     if (!res.ok || !(res.headers.get('content-type') || '').startsWith('text/event-stream')) {
-      const body = (res.headers.get('content-type') || '').includes('json') ? await res.json() : null;
+      let body = null;
+      try {
+        if ((res.headers.get('content-type') || '').includes('json')) body = await res.json();
+      } catch { body = null; }
       status.textContent = body?.error?.message ?? `Refused (${res.status}); reload the page and try again.`;
       send.disabled = false;
       return;
@@ -357,7 +360,14 @@ function ask(form) {
     const decoder = new TextDecoder();
     let buffer = '';
     for (;;) {
-      const { value, done } = await reader.read();
+      let chunk;
+      try {
+        chunk = await reader.read();
+      } catch (e) {
+        status.textContent = `The connection dropped (${e}); the answer goes on at the server: reload to see it.`;
+        break;
+      }
+      const { value, done } = chunk;
       if (done) break;
       buffer += decoder.decode(value, { stream: true });
       let cut;

@@ -33,6 +33,11 @@ pub const MAX_LOG_LINES: u32 = 200;
 pub const MAX_LIST: u32 = 50;
 /// The largest arguments of one tool call, in bytes of JSON.
 pub const MAX_ARGUMENT_BYTES: usize = 64 * 1024;
+/// How long a confirmed proposal's run holds it: another confirmation within this time is
+/// refused as running (a double click, the CLI and the console at once); one after it (the run
+/// was interrupted before its outcome was recorded) runs the same idempotent action again. It
+/// exceeds the longest run: 100 cancels of a slow Slurm.
+pub const RUN_LEASE_SECONDS: i64 = 600;
 
 /// What a tool may do, decided by the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -286,7 +291,9 @@ pub fn check_call(name: &str, arguments: &str) -> Result<Call, ToolError> {
                 (Some(Value::Array(items)), _) => items
                     .iter()
                     .map(|v| {
-                        number(v).ok_or_else(|| invalid("job_ids", "job ids are whole numbers"))
+                        number(v)
+                            .filter(|n| *n <= i64::MAX as u64)
+                            .ok_or_else(|| invalid("job_ids", "job ids are whole numbers"))
                     })
                     .collect::<Result<_, _>>()?,
                 (None, Some(_)) => vec![job_id(&args, "job_id")?],
@@ -504,6 +511,9 @@ impl ProposalState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Decision {
     pub state: ProposalState,
+    /// When it was last confirmed (its run holds it for [`RUN_LEASE_SECONDS`]).
+    #[serde(default)]
+    pub confirmed_at: Option<DateTime<Utc>>,
     /// What the execution did.
     pub outcome: Option<AgentOutcome>,
     /// Why it was rejected, invalidated or failed.
@@ -514,6 +524,7 @@ impl Default for Decision {
     fn default() -> Self {
         Decision {
             state: ProposalState::Pending,
+            confirmed_at: None,
             outcome: None,
             reason: None,
         }
@@ -524,7 +535,10 @@ impl Decision {
     /// Applies one event of the proposal's stream.
     pub fn apply(&mut self, event: &DomainEvent) {
         match event {
-            DomainEvent::AgentActionConfirmed(_) => self.state = ProposalState::Confirmed,
+            DomainEvent::AgentActionConfirmed(c) => {
+                self.state = ProposalState::Confirmed;
+                self.confirmed_at = Some(c.at);
+            }
             DomainEvent::AgentActionRejected(r) => {
                 self.state = ProposalState::Rejected;
                 self.reason = Some(r.reason.clone());
@@ -582,6 +596,9 @@ pub enum DecideError {
     Invalidated(String),
     #[error("the proposal was already {0}")]
     Decided(&'static str),
+    /// Confirmed a moment ago: its run is under way.
+    #[error("the proposal is running since {0}")]
+    Running(DateTime<Utc>),
 }
 
 /// What a confirmation decides.
@@ -620,7 +637,18 @@ pub fn decide_confirm(
             }
             return refuse(DecideError::Decided("executed"));
         }
-        ProposalState::Confirmed if digest == p.digest => return Confirm::Execute(Vec::new()),
+        ProposalState::Confirmed if digest == p.digest => {
+            // Its run holds it for a lease; after that the run was interrupted: run the same
+            // idempotent action again, holding it anew (recorded at the exact version, so two
+            // requests never both take it). The user confirmed in time: expiry and
+            // preconditions were checked then, and the interrupted run may itself have changed
+            // what they looked at.
+            let since = proposal.decision.confirmed_at.unwrap_or(p.expires_at);
+            if now < since + chrono::Duration::seconds(RUN_LEASE_SECONDS) {
+                return refuse(DecideError::Running(since));
+            }
+            return Confirm::Execute(vec![confirmed(p, caller, now)]);
+        }
         ProposalState::Pending => {}
         other => {
             return match other {
@@ -662,17 +690,19 @@ pub fn decide_confirm(
             )],
         };
     }
-    Confirm::Execute(vec![DomainEvent::AgentActionConfirmed(
-        AgentActionConfirmed {
-            proposal_id: p.proposal_id,
-            workspace: p.workspace.clone(),
-            cluster_id: p.cluster_id.clone(),
-            user: p.user.clone(),
-            by: caller.clone(),
-            digest: p.digest.clone(),
-            at: now,
-        },
-    )])
+    Confirm::Execute(vec![confirmed(p, caller, now)])
+}
+
+fn confirmed(p: &AgentActionProposed, caller: &Email, now: DateTime<Utc>) -> DomainEvent {
+    DomainEvent::AgentActionConfirmed(AgentActionConfirmed {
+        proposal_id: p.proposal_id,
+        workspace: p.workspace.clone(),
+        cluster_id: p.cluster_id.clone(),
+        user: p.user.clone(),
+        by: caller.clone(),
+        digest: p.digest.clone(),
+        at: now,
+    })
 }
 
 fn refuse(error: DecideError) -> Confirm {
@@ -833,13 +863,24 @@ mod tests {
             panic!("expected execute");
         };
         assert!(matches!(events[..], [DomainEvent::AgentActionConfirmed(_)]));
-        // Confirmed but not finished: confirming again finishes it, recording nothing new.
+        // Confirmed and running: a second confirmation (a double click) runs nothing.
         let mut confirmed = p.clone();
         confirmed.apply(&events[0]);
         assert_eq!(
             decide_confirm(&confirmed, &ada(), &d, t(2), None),
-            Confirm::Execute(vec![])
+            Confirm::Refuse {
+                error: DecideError::Running(t(1)),
+                record: vec![]
+            }
         );
+        // Confirmed, and its run interrupted (no outcome past the lease, even past expiry):
+        // confirming again takes it anew, recorded, and runs the same action.
+        let Confirm::Execute(again) =
+            decide_confirm(&confirmed, &ada(), &d, t(1 + RUN_LEASE_SECONDS), None)
+        else {
+            panic!("expected a re-run");
+        };
+        assert!(matches!(again[..], [DomainEvent::AgentActionConfirmed(_)]));
         // Executed: the outcome again, nothing new.
         let outcome = AgentOutcome {
             position: 9,

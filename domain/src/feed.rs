@@ -187,25 +187,38 @@ pub fn describe(event: &DomainEvent, actor: &str, job: Option<&JobContext>) -> O
             None,
             Some(e.user.to_string()),
         ),
+        // What a proposal was about (a file's key, a quota, a rejection's words) is its owner's:
+        // the line names the proposal and, for jobs, their ids, which the feed shows anyway.
         DomainEvent::AgentActionInvalidated(i) => (
             format!(
-                "proposal {} no longer holds: {}",
+                "proposal {} of {} no longer holds: what it acts on changed",
                 short(&i.proposal_id),
-                i.reason
+                i.user
             ),
             None,
             Some(i.user.to_string()),
         ),
-        DomainEvent::AgentActionExecuted(e) => (
-            format!(
-                "proposal {} of {} ran: {}",
-                short(&e.proposal_id),
-                e.user,
-                e.outcome.summary
-            ),
-            None,
-            Some(e.user.to_string()),
-        ),
+        DomainEvent::AgentActionExecuted(e) => {
+            let jobs = if e.outcome.job_ids.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " (job {})",
+                    e.outcome
+                        .job_ids
+                        .iter()
+                        .take(8)
+                        .map(u64::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            };
+            (
+                format!("proposal {} of {} ran{jobs}", short(&e.proposal_id), e.user),
+                None,
+                Some(e.user.to_string()),
+            )
+        }
         DomainEvent::AgentActionFailed(f) => (
             format!(
                 "proposal {} of {} failed: {}",
@@ -242,9 +255,10 @@ pub fn describe(event: &DomainEvent, actor: &str, job: Option<&JobContext>) -> O
     })
 }
 
-/// The first eight hex digits of a proposal id, as the feed names it.
+/// The last eight hex digits of a proposal id (its random part: a uuid v7 begins with the time,
+/// which proposals made in the same minute share), as the feed names it.
 fn short(id: &uuid::Uuid) -> String {
-    id.simple().to_string()[..8].to_string()
+    id.simple().to_string()[24..].to_string()
 }
 
 /// The fields of a job event another workspace member may see: that the job exists, whose it

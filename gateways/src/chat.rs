@@ -131,10 +131,12 @@ impl OpenAiChat {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("text/event-stream"));
         if !status.is_success() {
+            // The body may echo part of a key or name internal hosts: logged here, never
+            // shown to users or recorded.
             let body = read_limited(res, 4096).await.unwrap_or_default();
+            tracing::warn!(status = status.as_u16(), body = %clip(&String::from_utf8_lossy(&body), 300), "the model server refused a request");
             return Err(ModelError::Status {
                 status: status.as_u16(),
-                body: clip(&String::from_utf8_lossy(&body), 300),
             });
         }
         if !is_stream {
@@ -192,6 +194,15 @@ async fn read_limited(res: reqwest::Response, max: usize) -> Result<Vec<u8>, Mod
         out.extend_from_slice(&chunk);
     }
     Ok(out)
+}
+
+/// Why the model's stream was cut off while it was read.
+#[derive(Debug, thiserror::Error)]
+enum Cut {
+    #[error("{0}")]
+    Http(String),
+    #[error("answer larger than {MAX_ANSWER_BYTES} bytes")]
+    TooLarge,
 }
 
 /// Tool calls as their pieces arrive, by the index the server gives each.
@@ -306,7 +317,17 @@ async fn read_stream(
 ) -> Result<ChatReply, ModelError> {
     use eventsource_stream::Eventsource;
     use futures::StreamExt;
-    let mut events = res.bytes_stream().eventsource();
+    // Bytes are counted before they are parsed: a line that never ends is cut off too.
+    let mut seen = 0usize;
+    let bounded = res.bytes_stream().map(move |chunk| {
+        let chunk = chunk.map_err(|e| Cut::Http(without_url(&e)))?;
+        seen += chunk.len();
+        if seen > MAX_ANSWER_BYTES {
+            return Err(Cut::TooLarge);
+        }
+        Ok(chunk)
+    });
+    let mut events = bounded.eventsource();
     let mut reply = ChatReply::default();
     let mut calls = Calls::default();
     let mut read = 0usize;

@@ -535,10 +535,9 @@ impl Config {
             config.agent_model_url.is_empty()
                 || ((config.agent_model_url.starts_with("http://")
                     || config.agent_model_url.starts_with("https://"))
-                    && !config.agent_model_url.contains(['?', '#'])
+                    && !config.agent_model_url.contains(['?', '#', '@'])
                     && config.agent_model_url.len() <= 2048),
-            "agent_model_url must be an http:// or https:// base URL ending in /v1, not {:?}",
-            config.agent_model_url
+            "agent_model_url must be an http:// or https:// base URL ending in /v1, without credentials (put the key in agent_api_key_file)"
         );
         ensure!(
             !config.agent_model.is_empty() && config.agent_model.len() <= 256,
@@ -766,6 +765,7 @@ impl Config {
             max_messages: self.agent_max_messages,
             messages_per_minute: self.agent_messages_per_minute,
             proposal_ttl: std::time::Duration::from_secs(self.agent_proposal_ttl_s),
+            model_timeout: std::time::Duration::from_millis(self.agent_model_timeout_ms),
             tools,
             examples,
         };

@@ -51,6 +51,9 @@ pub struct AgentLimits {
     pub messages_per_minute: u32,
     /// How long a proposal may be confirmed.
     pub proposal_ttl: Duration,
+    /// The longest one model call may take (with `max_turns`, how long a message may be in
+    /// answering on any replica).
+    pub model_timeout: Duration,
     /// The tools offered to the model (a call of another is refused as unknown).
     pub tools: Vec<domain::agent::Tool>,
     /// Example exchanges put after the system prompt (a small model needs a few).
@@ -64,6 +67,7 @@ impl Default for AgentLimits {
             max_messages: 50,
             messages_per_minute: 10,
             proposal_ttl: Duration::from_secs(600),
+            model_timeout: Duration::from_secs(60),
             tools: domain::agent::Tool::ALL.to_vec(),
             examples: Vec::new(),
         }
@@ -176,6 +180,11 @@ fn agent_error(e: AgentError) -> ApiError {
         AgentError::NoConversation => not_found("conversation", "conversation_id"),
         AgentError::NoProposal => not_found("proposal", "proposal_id"),
         AgentError::Busy => busy(),
+        AgentError::Contended => ApiError::new(
+            StatusCode::CONFLICT,
+            "proposal_busy",
+            "Other requests are deciding this proposal right now; read it again (GET …/agent/proposals) and retry",
+        ),
         AgentError::Decide(d) => match d {
             DecideError::NotFound => not_found("proposal", "proposal_id"),
             DecideError::DigestMismatch => ApiError::new(
@@ -193,6 +202,13 @@ fn agent_error(e: AgentError) -> ApiError {
                 StatusCode::CONFLICT,
                 "proposal_invalidated",
                 format!("The proposal no longer holds ({reason}); ask Ask AI again for a fresh one"),
+            ),
+            DecideError::Running(since) => ApiError::new(
+                StatusCode::CONFLICT,
+                "proposal_running",
+                format!(
+                    "The proposal was confirmed at {since} and is running; read its outcome with GET …/agent/proposals (nothing was run again)"
+                ),
             ),
             DecideError::Decided(state) => ApiError::new(
                 StatusCode::CONFLICT,
@@ -232,6 +248,7 @@ pub struct ConversationCreated {
 
 /// `POST …/agent/conversations`'s body: `{}` (nothing to set yet).
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct StartIn {}
 
 /// Start a conversation with the agent in a cluster.
@@ -265,6 +282,7 @@ pub(crate) async fn start(
     }
     let (cluster, _) = crate::clusters::visible_cluster(&state, &caller, &id).await?;
     state.agent.model()?;
+    state.agent.admit(caller.email.as_str())?;
     let conversation_id = uuid::Uuid::now_v7();
     let stream =
         commands::agent::conversation_stream(&caller.workspace, &cluster, &conversation_id);
@@ -542,6 +560,18 @@ pub(crate) async fn post_message(
             ),
         ));
     }
+    // A message being answered on another replica: the last one is the user's, younger than
+    // the longest an answer may take.
+    if let Some((_, _, DomainEvent::AgentMessageAdded(m))) = conversation.events.last()
+        && m.role == "user"
+    {
+        let answering = state.agent.limits.model_timeout * state.agent.limits.max_turns
+            + Duration::from_secs(30);
+        let answering = chrono::Duration::from_std(answering).unwrap_or(chrono::Duration::hours(1));
+        if state.clock.now() < m.at + answering {
+            return Err(busy());
+        }
+    }
     let held = state.agent.hold(cid).ok_or_else(busy)?;
     state.agent.admit(caller.email.as_str())?;
     let meta = commands::agent::agent_metadata(&caller.email, caller.role.as_str());
@@ -576,6 +606,7 @@ pub(crate) async fn post_message(
         version: conversation.version + 1,
         meta,
         frames: tx,
+        gone: Default::default(),
     };
     tokio::spawn(async move {
         let _held = held;
@@ -792,17 +823,37 @@ pub(crate) async fn confirm(
             position: 0,
         },
         Confirmed::Run { proposal, version } => {
-            let result = tools.execute(&proposal.proposed).await;
-            let recorded = commands::agent::record_outcome(
-                state.store.log.as_ref(),
-                &proposal,
-                version,
-                result,
-                &meta,
-                state.clock.now(),
-            )
-            .await
-            .map_err(agent_error)?;
+            // The run and its record go on even when the client hangs up: a task of their own.
+            let (state, api, token, caller, cluster, meta) = (
+                state.clone(),
+                api.clone(),
+                token.clone(),
+                caller.clone(),
+                cluster.clone(),
+                meta.clone(),
+            );
+            let run = tokio::spawn(async move {
+                let tools = tools::Tools {
+                    api: &api,
+                    token: &token,
+                    caller: &caller,
+                    cluster: &cluster,
+                };
+                let result = tools.execute(&proposal.proposed).await;
+                commands::agent::record_outcome(
+                    state.store.log.as_ref(),
+                    &proposal,
+                    version,
+                    result,
+                    &meta,
+                    state.clock.now(),
+                )
+                .await
+            });
+            let recorded = run
+                .await
+                .map_err(|e| ApiError::internal(format!("the proposal's run stopped: {e}")))?
+                .map_err(agent_error)?;
             match recorded {
                 (Ok(outcome), position) => DecisionOut {
                     proposal_id: pid,

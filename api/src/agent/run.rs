@@ -34,6 +34,8 @@ pub(crate) struct Turn {
     pub version: i64,
     pub meta: Metadata,
     pub frames: tokio::sync::mpsc::Sender<Bytes>,
+    /// The client hung up or stopped reading: the reply goes on unsent.
+    pub gone: Arc<std::sync::atomic::AtomicBool>,
 }
 
 fn system_prompt(cluster: &ClusterId, caller: &Caller) -> String {
@@ -62,12 +64,89 @@ fn tool_specs(offered: &[Tool]) -> Vec<ToolSpec> {
         .collect()
 }
 
+/// The most bytes of earlier conversation replayed to the model with each message: the
+/// newest messages are kept, from a user message on.
+const HISTORY_BUDGET_BYTES: usize = 48 * 1024;
+/// The longest a frame waits for a client that stopped reading; then the reply goes on
+/// without it (and is recorded all the same).
+const SEND_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// The longest text of a reply recorded, in bytes.
+const MAX_REPLY_BYTES: usize = 64 * 1024;
+
+fn size(m: &ChatMessage) -> usize {
+    match m {
+        ChatMessage::System(t) | ChatMessage::User(t) => t.len(),
+        ChatMessage::Assistant { text, tool_calls } => {
+            text.len()
+                + tool_calls
+                    .iter()
+                    .map(|c| c.name.len() + c.arguments.len() + c.id.len())
+                    .sum::<usize>()
+        }
+        ChatMessage::Tool { call_id, content } => call_id.len() + content.len(),
+    }
+}
+
+/// `messages` with the oldest of the conversation dropped (never the first `keep`: the system
+/// prompt and the examples) until the rest fits [`HISTORY_BUDGET_BYTES`]; what is kept starts
+/// at a user message, so no tool result is left without its call.
+fn within_budget(messages: Vec<ChatMessage>, keep: usize) -> Vec<ChatMessage> {
+    let keep = keep.min(messages.len());
+    let mut total: usize = messages[keep..].iter().map(size).sum();
+    let mut start = keep;
+    while total > HISTORY_BUDGET_BYTES && start < messages.len() {
+        total -= size(&messages[start]);
+        start += 1;
+        while start < messages.len() && !matches!(messages[start], ChatMessage::User(_)) {
+            total -= size(&messages[start]);
+            start += 1;
+        }
+    }
+    let mut out = messages;
+    out.drain(keep..start);
+    out
+}
+
+fn clip(text: &str, max: usize) -> String {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
+}
+
+/// The error code of a failed append to the conversation.
+fn record_code(e: &commands::agent::AgentError) -> &'static str {
+    match e {
+        commands::agent::AgentError::Busy => "conversation_busy",
+        _ => "agent_record_failed",
+    }
+}
+
+/// Sends a frame unless the client is gone or stopped reading (then nothing more is sent).
+async fn send_frame(
+    frames: &tokio::sync::mpsc::Sender<Bytes>,
+    gone: &std::sync::atomic::AtomicBool,
+    frame: Bytes,
+) {
+    use std::sync::atomic::Ordering;
+    if gone.load(Ordering::Relaxed) {
+        return;
+    }
+    match tokio::time::timeout(SEND_WAIT, frames.send(frame)).await {
+        Ok(Ok(())) => {}
+        _ => gone.store(true, Ordering::Relaxed),
+    }
+}
+
 impl Turn {
     async fn send(&self, event: &str, data: Value) {
-        let _ = self
-            .frames
-            .send(crate::sse::frame(Some(event), None, &data.to_string()))
-            .await;
+        send_frame(
+            &self.frames,
+            &self.gone,
+            crate::sse::frame(Some(event), None, &data.to_string()),
+        )
+        .await;
     }
 
     /// Appends to the conversation at the version this turn holds.
@@ -135,9 +214,15 @@ impl Turn {
                     flush(&mut out, &mut pending_calls);
                     if m.role == "user" {
                         out.push(ChatMessage::User(m.text.clone()));
-                    } else if !m.text.is_empty() {
+                    } else {
+                        // A failed turn still answers, so roles alternate (strict chat
+                        // templates refuse two user messages in a row).
+                        let text = match (&m.error, m.text.is_empty()) {
+                            (Some(e), true) => format!("(no answer: {e})"),
+                            _ => m.text.clone(),
+                        };
                         out.push(ChatMessage::Assistant {
-                            text: m.text.clone(),
+                            text,
                             tool_calls: Vec::new(),
                         });
                     }
@@ -166,7 +251,11 @@ impl Turn {
                         ToolCall {
                             id: t.call_id.clone(),
                             name: t.tool.clone(),
-                            arguments: t.arguments.to_string(),
+                            arguments: if t.arguments.is_null() {
+                                "{}".into()
+                            } else {
+                                t.arguments.to_string()
+                            },
                         },
                         content,
                     ));
@@ -175,7 +264,7 @@ impl Turn {
             }
         }
         flush(&mut out, &mut pending_calls);
-        out
+        within_budget(out, 1 + self.state.agent.limits.examples.len())
     }
 
     /// Answers `text` (already recorded), streaming frames until `done`.
@@ -200,16 +289,15 @@ impl Turn {
         let max_turns = self.state.agent.limits.max_turns;
         for _ in 0..max_turns {
             let (dtx, mut drx) = tokio::sync::mpsc::unbounded_channel::<String>();
-            let frames = self.frames.clone();
+            let (frames, gone) = (self.frames.clone(), self.gone.clone());
             let forward = tokio::spawn(async move {
                 while let Some(text) = drx.recv().await {
-                    let _ = frames
-                        .send(crate::sse::frame(
-                            Some("delta"),
-                            None,
-                            &json!({ "text": text }).to_string(),
-                        ))
-                        .await;
+                    let frame = crate::sse::frame(
+                        Some("delta"),
+                        None,
+                        &json!({ "text": text }).to_string(),
+                    );
+                    send_frame(&frames, &gone, frame).await;
                 }
             });
             let request = ChatRequest {
@@ -269,7 +357,7 @@ impl Turn {
                 let (content, event) = match checked {
                     Err(e) => {
                         let error = e.to_string();
-                        self.send("tool_call", json!({"call_id": call.id, "tool": call.name, "ok": false, "error": error}))
+                        self.send("tool_call", json!({"call_id": call.id, "tool": clip(&call.name, 64), "ok": false, "error": error}))
                             .await;
                         (
                             json!({ "error": error }).to_string(),
@@ -372,7 +460,7 @@ impl Turn {
             if let Err(e) = self.record(events).await {
                 self.send(
                     "error",
-                    json!({"code": "conversation_busy", "message": e.to_string()}),
+                    json!({"code": record_code(&e), "message": e.to_string()}),
                 )
                 .await;
                 return;
@@ -434,7 +522,7 @@ impl Turn {
         let event = DomainEvent::AgentMessageAdded(domain::events::AgentMessageAdded {
             conversation_id: self.conversation,
             role: "assistant".into(),
-            text: text.clone(),
+            text: clip(&text, MAX_REPLY_BYTES),
             error: error.clone(),
             at: self.state.clock.now(),
         });
@@ -446,7 +534,7 @@ impl Turn {
             Err(e) => {
                 self.send(
                     "error",
-                    json!({"code": "conversation_busy", "message": e.to_string()}),
+                    json!({"code": record_code(&e), "message": e.to_string()}),
                 )
                 .await;
             }

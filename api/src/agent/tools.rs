@@ -259,7 +259,13 @@ impl Tools<'_> {
                 let what = match a.get("template_id").and_then(Value::as_str) {
                     Some(t) => json!({"template_id": t, "params": a["params"]}),
                     None => {
-                        json!({"name": a["job"]["name"], "script_lines": a["job"]["script"].as_str().map(|s| s.lines().count())})
+                        let script = a["job"]["script"].as_str().unwrap_or_default();
+                        let head: Vec<&str> = script.lines().take(40).collect();
+                        json!({"name": a["job"]["name"],
+                               "script_head": clip(&head.join("\n"), 4096),
+                               "script_lines": script.lines().count(),
+                               "environment": a["job"]["environment"].as_array().map(|e| e.iter().take(20).cloned().collect::<Vec<_>>()),
+                               "current_working_directory": a["job"]["current_working_directory"]})
                     }
                 };
                 Ok((
@@ -360,11 +366,17 @@ impl Tools<'_> {
                             None,
                         )
                         .await;
+                    let (code, message) = answer.error();
                     if answer.status.is_success() {
                         position = position.max(answer.json()["position"].as_i64().unwrap_or(0));
                         done.push(id);
+                    } else if code == "slurm_unavailable" || code == "slurm_rejected" {
+                        // The cancel is recorded; the poll cycle asks Slurm again.
+                        done.push(id);
+                        refused.push(format!(
+                            "job {id}: recorded, Slurm has not confirmed it yet"
+                        ));
                     } else {
-                        let (code, message) = answer.error();
                         refused.push(format!("job {id}: {code}: {message}"));
                     }
                 }

@@ -161,11 +161,20 @@ impl Projector for Feed {
             job_id: described.job_id,
             owner: described.owner,
             // A bounded summary: the whole body stays in the job's own stream.
-            data: feed::summarize(
-                &event
-                    .data_json()
-                    .map_err(|e| ProjectionError::bad_event(event, e))?,
-            ),
+            data: {
+                let mut data = feed::summarize(
+                    &event
+                        .data_json()
+                        .map_err(|e| ProjectionError::bad_event(event, e))?,
+                );
+                // A rejection's or invalidation's words are the proposal owner's, not the feed's.
+                if event.event_type.starts_with("AgentAction")
+                    && let Some(fields) = data.as_object_mut()
+                {
+                    fields.remove("reason");
+                }
+                data
+            },
         };
         view.put(&target, &key(event.position), &entry)
     }
