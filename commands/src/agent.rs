@@ -200,6 +200,29 @@ fn encode(events: &[DomainEvent], meta: &Metadata) -> Result<Vec<NewEvent>, Agen
         .collect()
 }
 
+/// Appends `events` to `stream` at exactly `version`: the last position, or `None` when the
+/// stream moved on since it was read (decide again).
+async fn append_at(
+    log: &dyn EventLog,
+    stream: &StreamId,
+    version: i64,
+    events: &[DomainEvent],
+    meta: &Metadata,
+) -> Result<Option<i64>, AgentError> {
+    match log
+        .append(
+            stream,
+            ExpectedVersion::Exact(version),
+            &encode(events, meta)?,
+        )
+        .await
+    {
+        Ok(out) => Ok(Some(out.last_position)),
+        Err(LogError::VersionConflict { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// A conversation as its stream holds it.
 #[derive(Debug, Clone, Default)]
 pub struct Conversation {
@@ -356,40 +379,25 @@ where
         match domain::agent::decide_confirm(&proposal, caller, digest, now, changed) {
             Confirm::Done(outcome) => return Ok(Confirmed::Done(outcome)),
             Confirm::Refuse { error, record } => {
-                if !record.is_empty() {
-                    match log
-                        .append(
-                            &stream,
-                            ExpectedVersion::Exact(version),
-                            &encode(&record, meta)?,
-                        )
-                        .await
-                    {
-                        Ok(_) => {}
-                        Err(LogError::VersionConflict { .. }) => continue,
-                        Err(e) => return Err(e.into()),
-                    }
+                if !record.is_empty()
+                    && append_at(log, &stream, version, &record, meta)
+                        .await?
+                        .is_none()
+                {
+                    continue;
                 }
                 return Err(error.into());
             }
             Confirm::Execute(record) => {
                 // Always a confirmation at the exact version read: of two requests, one runs.
-                match log
-                    .append(
-                        &stream,
-                        ExpectedVersion::Exact(version),
-                        &encode(&record, meta)?,
-                    )
-                    .await
+                if append_at(log, &stream, version, &record, meta)
+                    .await?
+                    .is_some()
                 {
-                    Ok(_) => {
-                        return Ok(Confirmed::Run {
-                            proposal: Box::new(proposal),
-                            version: version + record.len() as i64,
-                        });
-                    }
-                    Err(LogError::VersionConflict { .. }) => continue,
-                    Err(e) => return Err(e.into()),
+                    return Ok(Confirmed::Run {
+                        proposal: Box::new(proposal),
+                        version: version + record.len() as i64,
+                    });
                 }
             }
         }
@@ -435,22 +443,15 @@ pub async fn record_outcome(
         }),
     };
     let stream = proposal_stream(&p.workspace, &p.cluster_id, &p.proposal_id);
-    match log
-        .append(
-            &stream,
-            ExpectedVersion::Exact(version),
-            &encode(&[event], meta)?,
-        )
-        .await
-    {
-        Ok(out) => Ok((
+    match append_at(log, &stream, version, &[event], meta).await? {
+        Some(position) => Ok((
             match result {
                 RunResult::Ran(o) => Ok(o),
                 RunResult::Refused { code, message } => Err((code, message)),
             },
-            out.last_position,
+            position,
         )),
-        Err(LogError::VersionConflict { .. }) => {
+        None => {
             let (now_there, _) =
                 load_proposal(log, &p.workspace, &p.cluster_id, &p.proposal_id).await?;
             let outcome = match (now_there.decision.outcome, now_there.decision.reason) {
@@ -462,7 +463,6 @@ pub async fn record_outcome(
             };
             Ok((outcome, 0))
         }
-        Err(e) => Err(e.into()),
     }
 }
 
@@ -487,17 +487,8 @@ pub async fn reject(
         if events.is_empty() {
             return Ok(0);
         }
-        match log
-            .append(
-                &stream,
-                ExpectedVersion::Exact(version),
-                &encode(&events, meta)?,
-            )
-            .await
-        {
-            Ok(out) => return Ok(out.last_position),
-            Err(LogError::VersionConflict { .. }) => continue,
-            Err(e) => return Err(e.into()),
+        if let Some(position) = append_at(log, &stream, version, &events, meta).await? {
+            return Ok(position);
         }
     }
     Err(AgentError::Contended)

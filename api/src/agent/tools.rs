@@ -437,15 +437,7 @@ impl Tools<'_> {
                         None,
                     )
                     .await;
-                if !answer.status.is_success() {
-                    let (code, message) = answer.error();
-                    return RunResult::Refused { code, message };
-                }
-                RunResult::Ran(AgentOutcome {
-                    position: position_of(&answer),
-                    job_ids: Vec::new(),
-                    summary: format!("deleted {key}"),
-                })
+                finished(&answer, format!("deleted {key}"))
             }
             Tool::SetQuota => {
                 let email = a["email"].as_str().unwrap_or("");
@@ -462,15 +454,7 @@ impl Tools<'_> {
                         None,
                     )
                     .await;
-                if !answer.status.is_success() {
-                    let (code, message) = answer.error();
-                    return RunResult::Refused { code, message };
-                }
-                RunResult::Ran(AgentOutcome {
-                    position: position_of(&answer),
-                    job_ids: Vec::new(),
-                    summary: format!("set {email}'s quota"),
-                })
+                finished(&answer, format!("set {email}'s quota"))
             }
             other => RunResult::Refused {
                 code: "not_an_action".into(),
@@ -478,6 +462,19 @@ impl Tools<'_> {
             },
         }
     }
+}
+
+/// What a run that changes no job did: the API's answer, or its refusal.
+fn finished(answer: &Answer, summary: String) -> RunResult {
+    if !answer.status.is_success() {
+        let (code, message) = answer.error();
+        return RunResult::Refused { code, message };
+    }
+    RunResult::Ran(AgentOutcome {
+        position: position_of(answer),
+        job_ids: Vec::new(),
+        summary,
+    })
 }
 
 /// The `X-Clusterra-Position` of an answer, or the `position` of its body.
