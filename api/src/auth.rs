@@ -56,6 +56,10 @@ pub struct Caller {
     pub email: Email,
     pub workspace: WorkspaceId,
     pub role: Role,
+    /// Through what the request came, decided by the server: `agent` or `console` for the
+    /// server's own in-process requests (a request extension no client can set), else `api`.
+    /// The `via` of the events the request records.
+    pub via: &'static str,
 }
 
 impl Caller {
@@ -323,6 +327,7 @@ impl Authenticator {
             workspace: WorkspaceId::new(code.workspace.clone())
                 .map_err(|e| AuthError::InvalidClaims(e.to_string()))?,
             role: code.role,
+            via: "api",
         };
         Ok((code, caller))
     }
@@ -405,6 +410,7 @@ impl Authenticator {
                 email,
                 workspace,
                 role: claims.role,
+                via: "api",
             },
             claims.exp,
         ))
@@ -480,7 +486,10 @@ impl FromRequestParts<AppState> for Caller {
                 .ok_or(AuthError::Missing)?;
             let caller = state.auth.verify(&token)?;
             tracing::Span::current().record("caller", caller.email.as_str());
-            return Ok(caller);
+            return Ok(Caller {
+                via: origin_via(parts),
+                ..caller
+            });
         };
         let value = value.to_str().map_err(|_| AuthError::NotBearer)?;
         let token = value
@@ -491,7 +500,21 @@ impl FromRequestParts<AppState> for Caller {
             .ok_or(AuthError::NotBearer)?;
         let caller = state.auth.verify(token)?;
         tracing::Span::current().record("caller", caller.email.as_str());
-        Ok(caller)
+        Ok(Caller {
+            via: origin_via(parts),
+            ..caller
+        })
+    }
+}
+
+/// `agent` or `console` for the server's own in-process requests, else `api`.
+fn origin_via(parts: &Parts) -> &'static str {
+    if parts.extensions.get::<crate::FromAgent>().is_some() {
+        "agent"
+    } else if parts.extensions.get::<crate::FromConsole>().is_some() {
+        "console"
+    } else {
+        "api"
     }
 }
 

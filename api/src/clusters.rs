@@ -327,7 +327,7 @@ pub(crate) fn metadata(caller: &Caller) -> Metadata {
     Metadata {
         actor: Some(caller.email.to_string()),
         role: Some(caller.role.as_str().to_string()),
-        via: Some("api".into()),
+        via: Some(caller.via.into()),
         correlation_id: Some(uuid::Uuid::now_v7()),
         ..Metadata::default()
     }

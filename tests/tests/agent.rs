@@ -213,6 +213,24 @@ async fn a_cancel_becomes_a_proposal_that_runs_once_and_only_with_its_digest() {
         .unwrap()
         .clone();
     assert_eq!(cancel["data"]["by"], "ada@lab.org");
+    // …recorded as made via the agent (decided by the server, like a submission's).
+    let submission = api.job(job).await["submission_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let audit = tests::run(&[
+        "audit",
+        "stream",
+        &format!("job-local-{submission}"),
+        "--data-dir",
+        &data,
+    ]);
+    let line = tests::stdout(&audit)
+        .lines()
+        .find(|l| l.contains("JobCancelRequested"))
+        .unwrap()
+        .to_string();
+    assert!(line.contains("by ada@lab.org via agent"), "{line}");
     let feed: Vec<String> = api
         .events("AgentActionProposed,AgentActionConfirmed,AgentActionExecuted")
         .await
