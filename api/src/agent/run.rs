@@ -182,6 +182,16 @@ impl Turn {
             &self.caller,
         ))];
         out.extend(self.state.agent.limits.examples.iter().cloned());
+        // What became of earlier proposals, as of now (a confirmation a moment ago included):
+        // the proposals view is waited for up to the log's head (bounded, as reads are).
+        if let Ok(head) = self.state.store.log.head().await {
+            crate::consistency::await_projection(
+                &self.state,
+                projections::views::agent::NAME,
+                crate::consistency::MinPosition(Some(head.position)),
+            )
+            .await;
+        }
         let proposals = projections::views::agent::of_conversation(
             self.state.store.read.as_ref(),
             &self.caller.workspace,
