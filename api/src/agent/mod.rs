@@ -594,6 +594,7 @@ pub(crate) async fn post_message(
     .map_err(agent_error)?;
     let _ = version;
     let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(64);
+    let tx_beat = tx.clone();
     let turn = run::Turn {
         state: state.clone(),
         api: crate::router(state.clone()),
@@ -608,9 +609,22 @@ pub(crate) async fn post_message(
         frames: tx,
         gone: Default::default(),
     };
+    // A model may think for a minute: heartbeats keep proxies from closing the quiet stream.
+    let (beats, every) = (tx_beat, state.logs.heartbeat);
     tokio::spawn(async move {
         let _held = held;
+        let heartbeat = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if beats.send(crate::sse::heartbeat()).await.is_err() {
+                    break;
+                }
+            }
+        });
         turn.answer(text).await;
+        heartbeat.abort();
     });
     let frames = tokio_stream::wrappers::ReceiverStream::new(rx);
     Ok(crate::sse::response(futures::StreamExt::chain(
