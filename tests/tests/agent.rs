@@ -461,8 +461,10 @@ async fn rejected_expired_and_invalidated_proposals_run_nothing() {
     let model = ScriptedModel::start().await;
     let (_dir, _data, api, ada) = with_model(&model, &[("CLUSTERRA_AGENT_PROPOSAL_TTL_S", "10")]);
     let long = submitted(&api, &ada, sleeper("long", 300)).await;
-    let short = submitted(&api, &ada, sleeper("short", 1)).await;
-    api.wait_state(short, &["RUNNING", "COMPLETED"], Duration::from_secs(30))
+    let short = submitted(&api, &ada, sleeper("short", 5)).await;
+    // Running long enough to be proposed (a proposal for a job that ended is refused), short
+    // enough to end before the user confirms.
+    api.wait_state(short, &["RUNNING"], Duration::from_secs(30))
         .await;
     model.script([
         Reply::Calls(vec![
