@@ -161,6 +161,24 @@ impl Console {
         res
     }
 
+    /// An API error shown in the page's shell, with a link back to where the form was.
+    pub fn fail_back(
+        &self,
+        frame: &Frame<'_>,
+        title: &str,
+        fail: &Fail,
+        back: (&str, &str),
+    ) -> Response {
+        let (href, label) = back;
+        let mut res = self.page(
+            frame,
+            title,
+            maud::html! { (error_box(fail)) p { a href=(href) { (label) } } },
+        );
+        *res.status_mut() = fail.status;
+        res
+    }
+
     /// An error before a frame could be made (the cluster list itself failed).
     pub fn bare_fail(&self, fail: &Fail) -> Response {
         let code = if fail.code.is_empty() {

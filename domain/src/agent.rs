@@ -226,7 +226,8 @@ pub struct Call {
 /// Checks a model's tool call: the tool by name, the arguments (a JSON object, as a string on
 /// the wire) against what the tool accepts, with every number bounded.
 pub fn check_call(name: &str, arguments: &str) -> Result<Call, ToolError> {
-    let tool = Tool::from_name(name).ok_or_else(|| ToolError::Unknown(clip(name, 64)))?;
+    let tool =
+        Tool::from_name(name).ok_or_else(|| ToolError::Unknown(crate::feed::clip(name, 64)))?;
     if arguments.len() > MAX_ARGUMENT_BYTES {
         return Err(ToolError::Malformed(format!(
             "larger than {MAX_ARGUMENT_BYTES} bytes"
@@ -390,14 +391,6 @@ fn slug<'a>(args: &'a serde_json::Map<String, Value>, field: &str) -> Result<&'a
         return Err(invalid(field, "an id of letters, digits, '-', '_' or '.'"));
     }
     Ok(s)
-}
-
-fn clip(s: &str, max: usize) -> String {
-    let mut end = s.len().min(max);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_string()
 }
 
 /// JSON with object keys sorted at every level and no spaces: the form a digest is taken of,
@@ -732,7 +725,7 @@ pub fn decide_reject(
                 cluster_id: p.cluster_id.clone(),
                 user: p.user.clone(),
                 by: caller.clone(),
-                reason: clip(reason, MAX_REASON_CHARS),
+                reason: crate::feed::clip(reason, MAX_REASON_CHARS),
                 at: now,
             },
         )]),

@@ -134,7 +134,7 @@ impl OpenAiChat {
             // The body may echo part of a key or name internal hosts: logged here, never
             // shown to users or recorded.
             let body = read_limited(res, 4096).await.unwrap_or_default();
-            tracing::warn!(status = status.as_u16(), body = %clip(&String::from_utf8_lossy(&body), 300), "the model server refused a request");
+            tracing::warn!(status = status.as_u16(), body = %domain::feed::clip(&String::from_utf8_lossy(&body), 300), "the model server refused a request");
             return Err(ModelError::Status {
                 status: status.as_u16(),
             });
@@ -170,14 +170,6 @@ fn without_url(e: &reqwest::Error) -> String {
         text = text.replace(url.as_str(), "the model server");
     }
     text
-}
-
-fn clip(s: &str, max: usize) -> String {
-    let mut end = s.len().min(max);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_string()
 }
 
 async fn read_limited(res: reqwest::Response, max: usize) -> Result<Vec<u8>, ModelError> {
@@ -232,7 +224,7 @@ impl Calls {
                 arguments: String::new(),
             });
             if let Some(id) = item.get("id").and_then(Value::as_str) {
-                call.id = clip(id, 128);
+                call.id = domain::feed::clip(id, 128);
             }
             if let Some(f) = item.get("function") {
                 if let Some(name) = f.get("name").and_then(Value::as_str) {
@@ -271,7 +263,7 @@ fn server_error(doc: &Value) -> Option<ModelError> {
             .unwrap_or_else(|| e.to_string());
         ModelError::Protocol(format!(
             "the model server reported: {}",
-            clip(&message, 300)
+            domain::feed::clip(&message, 300)
         ))
     })
 }

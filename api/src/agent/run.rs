@@ -107,14 +107,6 @@ fn within_budget(messages: Vec<ChatMessage>, keep: usize) -> Vec<ChatMessage> {
     out
 }
 
-fn clip(text: &str, max: usize) -> String {
-    let mut end = text.len().min(max);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text[..end].to_string()
-}
-
 /// The error code of a failed append to the conversation.
 fn record_code(e: &commands::agent::AgentError) -> &'static str {
     match e {
@@ -367,7 +359,7 @@ impl Turn {
                 let (content, event) = match checked {
                     Err(e) => {
                         let error = e.to_string();
-                        self.send("tool_call", json!({"call_id": call.id, "tool": clip(&call.name, 64), "ok": false, "error": error}))
+                        self.send("tool_call", json!({"call_id": call.id, "tool": domain::feed::clip(&call.name, 64), "ok": false, "error": error}))
                             .await;
                         (
                             json!({ "error": error }).to_string(),
@@ -532,7 +524,7 @@ impl Turn {
         let event = DomainEvent::AgentMessageAdded(domain::events::AgentMessageAdded {
             conversation_id: self.conversation,
             role: "assistant".into(),
-            text: clip(&text, MAX_REPLY_BYTES),
+            text: domain::feed::clip(&text, MAX_REPLY_BYTES),
             error: error.clone(),
             at: self.state.clock.now(),
         });

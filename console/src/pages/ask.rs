@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 
 use crate::Console;
 use crate::call::{Fail, seg};
-use crate::layout::{error_box, time};
+use crate::layout::time;
 use crate::session::Session;
 
 #[derive(Debug, Default, Deserialize)]
@@ -220,9 +220,8 @@ pub async fn message(
             )
                 .into_response()
         } else {
-            let mut res = console.page(&frame, "Ask AI", html! { (error_box(e)) p { a href=(here(&cluster, q.conversation.as_deref())) { "Back" } } });
-            *res.status_mut() = e.status;
-            res
+            let back = here(&cluster, q.conversation.as_deref());
+            console.fail_back(&frame, "Ask AI", e, (&back, "Back"))
         }
     };
     let cid = match q.conversation.as_deref().filter(|c| conversation_ok(c)) {
@@ -347,14 +346,6 @@ pub async fn decide(
                 .unwrap_or_default();
             Redirect::to(&format!("{back}{at}")).into_response()
         }
-        Err(e) => {
-            let mut res = console.page(
-                &frame,
-                "Ask AI",
-                html! { (error_box(&e)) p { a href=(back) { "Back to the conversation" } } },
-            );
-            *res.status_mut() = e.status;
-            res
-        }
+        Err(e) => console.fail_back(&frame, "Ask AI", &e, (&back, "Back to the conversation")),
     }
 }

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use super::ClusterQuery;
 use crate::Console;
 use crate::call::seg;
-use crate::layout::{error_box, money, state_badge, time};
+use crate::layout::{money, state_badge, time};
 use crate::session::Session;
 
 /// A Slurm pending reason in plain English.
@@ -171,15 +171,7 @@ pub async fn cancel(
     let uri = format!("/v1/clusters/{}/jobs/{}", seg(&cluster), seg(&job_id));
     match console.call(&session, Method::DELETE, &uri, None).await {
         Ok(v) => Redirect::to(&format!("{back}{}", super::at(&v))).into_response(),
-        Err(e) => {
-            let mut res = console.page(
-                &frame,
-                "Cancel",
-                html! { (error_box(&e)) p { a href=(back) { "Back to the job" } } },
-            );
-            *res.status_mut() = e.status;
-            res
-        }
+        Err(e) => console.fail_back(&frame, "Cancel", &e, (&back, "Back to the job")),
     }
 }
 
