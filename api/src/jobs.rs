@@ -350,18 +350,14 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 /// How a submission came in. A client may label itself `api` or `cli` (informational); `console`
 /// and `agent` are decided by the server's own routes for them, never taken from a header, so an
 /// API caller cannot make its job look like the agent's or the console's.
-fn via(
-    headers: &HeaderMap,
-    template: bool,
-    origin: crate::Origin,
-) -> Result<SubmittedVia, ApiError> {
-    if origin.agent {
+fn via(headers: &HeaderMap, template: bool, caller: &Caller) -> Result<SubmittedVia, ApiError> {
+    if caller.via == "agent" {
         return Ok(SubmittedVia::Agent);
     }
     if template {
         return Ok(SubmittedVia::Template);
     }
-    if origin.console {
+    if caller.via == "console" {
         return Ok(SubmittedVia::Console);
     }
     match headers
@@ -406,7 +402,6 @@ pub(crate) async fn submit(
     min: MinPosition,
     Path(id): Path<String>,
     headers: HeaderMap,
-    origin: crate::Origin,
     ApiJson(body): ApiJson<serde_json::Value>,
 ) -> Result<impl IntoResponse, ApiError> {
     let key = idempotency_key(&headers)?;
@@ -421,7 +416,7 @@ pub(crate) async fn submit(
         }
         None => (body, None, None),
     };
-    let via = via(&headers, template_id.is_some(), origin)?;
+    let via = via(&headers, template_id.is_some(), &caller)?;
     let submitted = state
         .submitter
         .submit(

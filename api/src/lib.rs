@@ -111,28 +111,6 @@ pub struct FromConsole;
 #[derive(Debug, Clone, Copy)]
 pub struct FromAgent;
 
-/// Which of the server's own parts made a request in-process, from its extensions (which no
-/// client can set): none for a client's request.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct Origin {
-    pub console: bool,
-    pub agent: bool,
-}
-
-impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Origin {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        _: &S,
-    ) -> Result<Self, Self::Rejection> {
-        Ok(Origin {
-            console: parts.extensions.get::<FromConsole>().is_some(),
-            agent: parts.extensions.get::<FromAgent>().is_some(),
-        })
-    }
-}
-
 /// One route the server serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteSpec {
