@@ -58,9 +58,14 @@ pub async fn await_projections(
     projections: &[&str],
     min: MinPosition,
 ) -> HeaderMap {
+    // One bounded wait in all: once a projection is stale the answer is, and the others are
+    // not waited for in turn.
     let mut fresh = true;
     for name in projections {
-        fresh &= reached(state, name, min).await;
+        if !reached(state, name, min).await {
+            fresh = false;
+            break;
+        }
     }
     let mut headers = HeaderMap::new();
     headers.insert(
