@@ -154,7 +154,9 @@ async fn a_16_vcpu_job_at_the_default_memory_runs_on_compute_nodes() {
     );
     // Its rate: 16 of 32 vCPUs of two $0.58 nodes.
     assert_eq!(done["rate_usd_per_hour"], "0.580000", "{done}");
-    let launched = api.events("NodeLaunched").await;
+    // It ran on two nodes, so at least two launches (the wait ends as soon as the feed has
+    // them), every one a compute 4xlarge.
+    let launched = wait_events(&api, "NodeLaunched", 2, Duration::from_secs(10)).await;
     assert!(
         launched
             .iter()
