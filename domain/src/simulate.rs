@@ -158,15 +158,16 @@ pub fn prepare(trace: &Trace, catalog: &Catalog, settings: &SimSettings) -> (Vec
     let mut jobs = Vec::with_capacity(trace.jobs.len());
     let mut refused = Refused::default();
     let mut total: u64 = 0;
-    // Traces repeat shapes: each is placed once.
-    let mut memo: HashMap<(u32, Option<u64>), Option<Placed>> = HashMap::new();
+    // Traces repeat shapes: each is placed once, and a refused one is judged once (`Err`: whether
+    // only the node-count limit refused it).
+    let mut memo: HashMap<(u32, Option<u64>), Result<Placed, bool>> = HashMap::new();
     let default = settings.default_mib_per_cpu;
     for t in &trace.jobs {
         let work = u64::from(t.cpus) * u64::try_from(t.run).unwrap_or(0);
         total = total.saturating_add(work);
         let placed = *memo.entry((t.cpus, t.memory_mib)).or_insert_with(|| {
             let ask = Ask::processors(t.cpus, t.memory_mib, settings.max_nodes_per_job, default);
-            cheapest(catalog, &ask).ok().map(|p| {
+            let placed = cheapest(catalog, &ask).ok().map(|p| {
                 let mib = t
                     .memory_mib
                     .unwrap_or(u64::from(t.cpus).saturating_mul(default));
@@ -177,10 +178,15 @@ pub fn prepare(trace: &Trace, catalog: &Catalog, settings: &SimSettings) -> (Vec
                     catalog.place(p.demand).map_or(p.family, |s| s.family),
                     bound_rate(catalog, t.cpus, mib),
                 )
+            });
+            // Would any node count hold it? Then only the limit refused it.
+            placed.ok_or_else(|| {
+                let wide = Ask::processors(t.cpus, t.memory_mib, u32::MAX, default);
+                cheapest(catalog, &wide).is_ok()
             })
         });
         match placed {
-            Some((nodes, demand, family, bound_rate)) => jobs.push(SimJob {
+            Ok((nodes, demand, family, bound_rate)) => jobs.push(SimJob {
                 id: t.id,
                 submit: t.submit,
                 run: t.run,
@@ -190,10 +196,8 @@ pub fn prepare(trace: &Trace, catalog: &Catalog, settings: &SimSettings) -> (Vec
                 cpus: t.cpus,
                 bound_rate,
             }),
-            None => {
-                // Would any node count hold it? Then only the limit refused it.
-                let wide = Ask::processors(t.cpus, t.memory_mib, u32::MAX, default);
-                if cheapest(catalog, &wide).is_ok() {
+            Err(too_wide) => {
+                if too_wide {
                     refused.too_wide += 1;
                 } else {
                     refused.no_shape += 1;

@@ -809,7 +809,6 @@ impl Config {
         <Profile as clap::ValueEnum>::from_str(&self.node_profile, false).ok()
     }
 
-    /// The node-shape catalog: the configured file, or the built-in one.
     /// The memory per vCPU of a job that asks for none: the setting, else what fills a compute
     /// node of `catalog` (`Catalog::fitting_mib_per_cpu`).
     pub fn mib_per_cpu(&self, catalog: &domain::scaling::Catalog) -> u64 {
@@ -817,6 +816,7 @@ impl Config {
             .unwrap_or_else(|| catalog.fitting_mib_per_cpu())
     }
 
+    /// The node-shape catalog: the configured file, or the built-in one.
     pub fn catalog(&self) -> Result<domain::scaling::Catalog> {
         let text = if self.catalog_file.as_os_str().is_empty() {
             include_str!("../../fixtures/catalog/shapes.json").to_string()

@@ -81,6 +81,7 @@ impl Server {
         // started: the projections, the embedded object store.
         let stop = StopOnDrop(stop_tx);
         let catalog = Arc::new(config.catalog()?);
+        let mib_per_cpu = config.mib_per_cpu(&catalog);
         let default_workspace = domain::WorkspaceId::new(commands::clusters::DEFAULT_WORKSPACE)
             .context("the default workspace id")?;
         let default_cluster = domain::ClusterId::new(commands::clusters::DEFAULT_CLUSTER)
@@ -114,7 +115,7 @@ impl Server {
         let scaler = Arc::new(
             commands::scaling::Scaler::new(
                 catalog.clone(),
-                config.mib_per_cpu(&catalog),
+                mib_per_cpu,
                 chrono::Duration::milliseconds(config.scale_idle_window_ms as i64),
                 chrono::Utc::now(),
             )
@@ -135,7 +136,7 @@ impl Server {
             slurm: directory.clone(),
             submitter: Arc::new(
                 commands::jobs::Submitter::default()
-                    .with_shapes(catalog.clone(), config.mib_per_cpu(&catalog))
+                    .with_shapes(catalog.clone(), mib_per_cpu)
                     .with_limits(limits.clone()),
             ),
             templates: Arc::new(
@@ -169,7 +170,7 @@ impl Server {
             cluster_cache: Default::default(),
             scaling: Arc::new(api::nodesets::Scaling {
                 catalog: catalog.clone(),
-                default_mib_per_cpu: config.mib_per_cpu(&catalog),
+                default_mib_per_cpu: mib_per_cpu,
                 leading: leading.clone(),
             }),
             clock: Arc::new(eventlog::SystemClock),
@@ -187,7 +188,7 @@ impl Server {
             leading: leading.clone(),
             pricing: domain::cost::Pricing {
                 catalog: catalog.clone(),
-                default_mib_per_cpu: config.mib_per_cpu(&catalog),
+                default_mib_per_cpu: mib_per_cpu,
             },
             billing_period,
             limits,
