@@ -1151,4 +1151,108 @@ mod tests {
         c.node_cold_start_ms = Some(1500);
         assert_eq!(c.node_cold_start(), std::time::Duration::from_millis(1500));
     }
+
+    #[test]
+    fn agent_settings_are_checked_and_its_examples_read() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("clusterra.toml", "")?;
+            // Off by default: no model, every tool, no examples.
+            let c = Config::load(None, &Overrides::default()).expect("defaults");
+            let agent = c.agent().expect("an agent");
+            assert!(agent.model.is_none());
+            assert_eq!(agent.limits.tools.len(), domain::agent::Tool::ALL.len());
+            for (key, bad, says) in [
+                (
+                    "CLUSTERRA_AGENT_MODEL_URL",
+                    "ftp://model/v1",
+                    "agent_model_url",
+                ),
+                // Credentials belong in agent_api_key_file, and the error never echoes them.
+                (
+                    "CLUSTERRA_AGENT_MODEL_URL",
+                    "http://me:secret@model/v1",
+                    "agent_model_url",
+                ),
+                (
+                    "CLUSTERRA_AGENT_MODEL_TIMEOUT_MS",
+                    "999",
+                    "agent_model_timeout_ms",
+                ),
+                ("CLUSTERRA_AGENT_MAX_TOKENS", "32769", "agent_max_tokens"),
+                ("CLUSTERRA_AGENT_MAX_TURNS", "33", "agent_max_turns"),
+                ("CLUSTERRA_AGENT_MAX_MESSAGES", "0", "agent_max_messages"),
+                (
+                    "CLUSTERRA_AGENT_MESSAGES_PER_MINUTE",
+                    "10001",
+                    "agent_messages_per_minute",
+                ),
+                (
+                    "CLUSTERRA_AGENT_PROPOSAL_TTL_S",
+                    "86401",
+                    "agent_proposal_ttl_s",
+                ),
+                (
+                    "CLUSTERRA_AGENT_MODEL_STOP",
+                    "a,b,c,d,e",
+                    "agent_model_stop",
+                ),
+            ] {
+                jail.set_env(key, bad);
+                let err = Config::load(None, &Overrides::default()).expect_err(bad);
+                assert!(chain(&err).contains(says), "{bad}: {}", chain(&err));
+                assert!(!chain(&err).contains("secret"), "{}", chain(&err));
+                jail.clear_env();
+            }
+            // A tool that does not exist names the ones that do.
+            jail.set_env("CLUSTERRA_AGENT_TOOLS", "list_jobs,format_disk");
+            let c = Config::load(None, &Overrides::default()).expect("loads");
+            let err = c.agent().err().expect("refused");
+            assert!(chain(&err).contains("format_disk"), "{}", chain(&err));
+            assert!(chain(&err).contains("cancel_job"), "{}", chain(&err));
+            jail.set_env("CLUSTERRA_AGENT_TOOLS", "list_jobs, cancel_job");
+            jail.set_env("CLUSTERRA_AGENT_MODEL_URL", "http://127.0.0.1:9/v1");
+            // Examples: a JSON array of chat messages, each with a role.
+            for (text, says) in [
+                ("not json", "not JSON"),
+                ("{}", "JSON array"),
+                ("[{\"content\": \"hi\"}]", "message 0"),
+                (
+                    "[{\"role\": \"assistant\", \"tool_calls\": [{\"id\": \"x\"}]}]",
+                    "message 0",
+                ),
+            ] {
+                jail.create_file("examples.json", text)?;
+                jail.set_env("CLUSTERRA_AGENT_EXAMPLES_FILE", "examples.json");
+                let c = Config::load(None, &Overrides::default()).expect("loads");
+                let err = c.agent().err().expect(text);
+                assert!(chain(&err).contains(says), "{text}: {}", chain(&err));
+            }
+            jail.create_file("examples.json", &"x".repeat(64 * 1024 + 1))?;
+            let c = Config::load(None, &Overrides::default()).expect("loads");
+            assert!(chain(&c.agent().err().expect("too large")).contains("64 KiB"));
+            jail.create_file(
+                "examples.json",
+                r#"[{"role": "user", "content": "Cancel job 17."},
+                    {"role": "assistant", "content": "", "tool_calls": [{"id": "e1", "type": "function",
+                     "function": {"name": "cancel_job", "arguments": {"job_ids": [17]}}}]},
+                    {"role": "tool", "tool_call_id": "e1", "content": "ok"}]"#,
+            )?;
+            let c = Config::load(None, &Overrides::default()).expect("loads");
+            let agent = c.agent().expect("an agent");
+            assert!(agent.model.is_some());
+            assert_eq!(
+                agent.limits.tools,
+                [
+                    domain::agent::Tool::ListJobs,
+                    domain::agent::Tool::CancelJob
+                ]
+            );
+            assert_eq!(agent.limits.examples.len(), 3);
+            // Arguments written as an object are carried as their JSON text.
+            assert!(matches!(&agent.limits.examples[1],
+                commands::agent::ChatMessage::Assistant { tool_calls, .. }
+                    if tool_calls[0].arguments == r#"{"job_ids":[17]}"#));
+            Ok(())
+        });
+    }
 }
