@@ -30,9 +30,11 @@ fn ids() -> (WorkspaceId, ClusterId) {
     )
 }
 
-const SMALL: NodeSet = NodeSet {
-    family: Family::Compute,
-    size: Size::Small,
+/// Where a 1-vCPU job at 2 GiB goes: an m7g.medium (a c7g.medium keeps 1.5 GiB; a c7g.large
+/// costs more).
+const ONE_VCPU: NodeSet = NodeSet {
+    family: Family::General,
+    size: Size::Xs,
 };
 
 fn executor(dir: &std::path::Path, name: &str) -> Arc<LocalExecutor> {
@@ -70,7 +72,7 @@ async fn store() -> (tempfile::TempDir, eventlog::Store, Arc<dyn ReplicaStore>) 
     (dir, store, replicas)
 }
 
-/// Stores a decision of `desired` small nodes for the `ids()` cluster.
+/// Stores a decision of `desired` one-vCPU nodes for the `ids()` cluster.
 async fn put_small(
     replicas: &dyn ReplicaStore,
     desired: u32,
@@ -83,7 +85,7 @@ async fn put_small(
         .put(&ReplicaWrite {
             workspace,
             cluster_id,
-            node_set: SMALL,
+            node_set: ONE_VCPU,
             desired,
             expected_version,
             decided_at,
@@ -93,11 +95,11 @@ async fn put_small(
         .unwrap();
 }
 
-/// The stored small-node item of the `ids()` cluster.
+/// The stored one-vCPU-node item of the `ids()` cluster.
 async fn stored_small(replicas: &dyn ReplicaStore) -> Replicas {
     let (workspace, cluster) = ids();
     replicas
-        .get(&workspace, &cluster, SMALL)
+        .get(&workspace, &cluster, ONE_VCPU)
         .await
         .unwrap()
         .unwrap()

@@ -731,11 +731,11 @@ mod tests {
             job_rate(&c, &shape(1, Some(1), 1), 2048),
             Some(MicroUsd(36_300))
         );
-        // 1 vCPU with the default 2 GiB does not fit c7g.medium (1.5 GiB allocatable): c7g.large
-        // ($0.0725/h, 2 vCPUs), half of it.
+        // 1 vCPU with 2 GiB does not fit c7g.medium (1.5 GiB allocatable); an m7g.medium
+        // ($0.0408/h, 1 vCPU, 3.5 GiB) costs less than a c7g.large ($0.0725/h): the whole node.
         assert_eq!(
             job_rate(&c, &shape(1, None, 1), 2048),
-            Some(MicroUsd(36_250))
+            Some(MicroUsd(40_800))
         );
         // 16 vCPUs over 2 nodes: 8 per node on c7g.2xlarge ($0.29/h, 8 vCPUs), two nodes.
         let r = job_rate(&c, &shape(16, Some(16), 2), 2048).unwrap();

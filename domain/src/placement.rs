@@ -1,20 +1,25 @@
 //! Where a job goes (pure): the family its memory per vCPU asks for (or a roomier one), and the
-//! shape and the node count whose capacity costs least.
+//! shape and the node count that cost least when the job runs alone on them.
 //!
-//! A job holds, on each of its nodes, a share of the node: the larger of its share of the vCPUs
-//! and its share of the allocatable memory (what is left cannot take a job that needs the other).
-//! The price of that capacity is `nodes × hourly × share`. Among the node counts Slurm may use
-//! (from the job's minimum to its maximum, each node holding whole tasks) and the sizes of the
-//! family, the cheapest wins; ties go to fewer nodes, the leaner family, then the smaller size. The
-//! families tried are the seed's rule's ([`Family::for_demand`] on the whole job: `compute`
+//! Among the node counts Slurm may use (from the job's minimum to its maximum, each node holding
+//! whole tasks) and the sizes of the families, the cheapest **whole nodes** win: `nodes ×
+//! hourly`, the price of the nodes the job makes the cluster start when nothing shares them. Ties
+//! (prices are linear in a family, so one c7g.2xlarge costs what two c7g.xlarge do) go to the
+//! cheaper *capacity* — on each node the job holds the larger of its share of the vCPUs and its
+//! share of the allocatable memory, priced `nodes × hourly × share` — then to fewer nodes, the
+//! leaner family and the smaller size. Pricing whole nodes sizes each job to nodes it fills:
+//! other jobs share a node only when they end before the node's own jobs (the simulator's
+//! scheduler) or are of its size, so a node's leftover room is seldom filled, and the capacity
+//! price alone (which assumes it always is) left 15–21% of the elastic fleet's money on half-empty
+//! nodes over the archive traces (docs/autoscaling.md). The families tried are the seed's rule's ([`Family::for_demand`] on the whole job: `compute`
 //! ≤ 3 GiB per vCPU, `general` ≤ 6 GiB, `memory` above) and the roomier ones: a job asking
 //! 2.5 GiB per vCPU holds a compute node's memory before its vCPUs, and costs less on a general
 //! node.
 //!
-//! Why not the fewest nodes: at the default 2,048 MiB per vCPU and a 512 MiB system reserve, a
-//! 16-vCPU job needs 32 GiB, one c7g.4xlarge keeps 31.5 GiB for jobs, and the fewest-nodes rule
-//! put it on an m7g.4xlarge ($0.6528 an hour) where two half c7g.4xlarge nodes hold it for
-//! $0.589.
+//! Why not the fewest nodes: an 8-vCPU job at the default 2,016 MiB per vCPU (15.75 GiB) fits no
+//! c7g.2xlarge (15.5 GiB after the 512 MiB reserve); on the fewest nodes it takes half a
+//! c7g.4xlarge ($0.58 an hour of node), on three c7g.xlarge (three vCPUs each) it fills them for
+//! $0.435.
 
 use crate::MicroUsd;
 use crate::scaling::{Catalog, Demand, Family, NodeSet, Size, TooBig, capacity_price};
@@ -126,8 +131,8 @@ pub struct Placement {
     pub nodes: u32,
     /// What each node needs.
     pub demand: Demand,
-    /// The hourly price of the capacity it holds, `nodes × hourly × share`: what placement
-    /// minimises. (What the job is billed is `cost::job_rate`.)
+    /// The hourly price of the capacity it holds, `nodes × hourly × share` (placement minimises
+    /// the whole nodes' price first, then this). What the job is billed is `cost::job_rate`.
     pub capacity_price: MicroUsd,
 }
 
@@ -135,9 +140,9 @@ pub struct Placement {
 pub fn cheapest(catalog: &Catalog, ask: &Ask) -> Result<Placement, TooBig> {
     let seed = ask.family();
     let (min_nodes, max_nodes) = ask.node_range();
-    // (price, nodes, family, size, demand); ties to fewer nodes, the leaner family, the smaller
-    // size (the order they are tried in).
-    let mut best: Option<(u128, u32, Family, Size, Demand)> = None;
+    // (whole nodes' price, capacity price, nodes, family, size, demand); ties to fewer nodes, the
+    // leaner family, the smaller size (the order they are tried in).
+    let mut best: Option<(u128, u128, u32, Family, Size, Demand)> = None;
     for family in Family::ALL.into_iter().filter(|f| *f >= seed) {
         for size in Size::ALL {
             let Some(shape) = catalog.shape(NodeSet { family, size }) else {
@@ -152,14 +157,15 @@ pub fn cheapest(catalog: &Catalog, ask: &Ask) -> Result<Placement, TooBig> {
                 if d.cpus > shape.vcpus || d.memory_mib > shape.allocatable_mib {
                     continue;
                 }
+                let whole = u128::from(nodes) * u128::from(shape.hourly.0.max(0).unsigned_abs());
                 let price = capacity_price(shape, d, nodes);
-                if best.is_none_or(|(p, n, ..)| (price, nodes) < (p, n)) {
-                    best = Some((price, nodes, family, size, d));
+                if best.is_none_or(|(w, p, n, ..)| (whole, price, nodes) < (w, p, n)) {
+                    best = Some((whole, price, nodes, family, size, d));
                 }
             }
         }
     }
-    if let Some((price, nodes, family, size, demand)) = best {
+    if let Some((_, price, nodes, family, size, demand)) = best {
         // The planner opens the smallest size that holds a node; the billed rate is that size's.
         let set = catalog
             .smallest_fit(family, demand.cpus, demand.memory_mib)
@@ -221,26 +227,52 @@ mod tests {
     }
 
     #[test]
-    fn sixteen_vcpus_at_the_default_memory_go_on_two_compute_nodes_not_one_general() {
+    fn sixteen_vcpus_at_the_default_memory_fill_one_compute_node() {
         let c = catalog();
+        let default = c.fitting_mib_per_cpu();
+        assert_eq!(default, 2016);
+        let p = cheapest(&c, &Ask::processors(16, None, 256, default)).unwrap();
+        assert_eq!((p.family, p.nodes), (Family::Compute, 1));
+        assert_eq!(c.shape(p.set).unwrap().instance_type, "c7g.4xlarge");
+        // At 2,048 MiB a vCPU (32 GiB) no compute node holds it; one m7g.4xlarge ($0.6528) costs
+        // less than the two c7g.4xlarge ($1.16) half of it would start on their own.
         let p = cheapest(&c, &Ask::processors(16, None, 256, 2048)).unwrap();
-        assert_eq!(p.family, Family::Compute);
-        assert_eq!(p.nodes, 2);
+        assert_eq!((p.family, p.nodes), (Family::General, 1));
+        assert_eq!(c.shape(p.set).unwrap().instance_type, "m7g.4xlarge");
+    }
+
+    #[test]
+    fn a_job_is_sized_to_nodes_it_fills_not_to_half_a_big_one() {
+        let c = catalog();
+        // 8 vCPUs at 2,016 MiB (15.75 GiB): no c7g.2xlarge holds it (15.5 GiB). Half a
+        // c7g.4xlarge is $0.29 of capacity but $0.58 of node when nothing fills the other half;
+        // three c7g.xlarge (three vCPUs each) are $0.435, one m7g.2xlarge $0.3264.
+        let p = cheapest(&c, &Ask::processors(8, None, 256, 2016)).unwrap();
         assert_eq!(
-            p.demand,
-            Demand {
-                cpus: 8,
-                memory_mib: 16384
-            }
+            (c.shape(p.set).unwrap().instance_type.as_str(), p.nodes),
+            ("m7g.2xlarge", 1)
         );
+        // With only compute nodes in reach (a job pinned to three), three c7g.xlarge.
+        let three = Ask {
+            min_nodes: 3,
+            max_nodes: 3,
+            ..Ask::processors(8, None, 256, 2016)
+        };
+        let p = cheapest(&c, &three).unwrap();
         assert_eq!(
-            c.shape(p.set).unwrap().instance_type,
-            "c7g.4xlarge",
-            "8 vCPUs and 16 GiB: a c7g.2xlarge keeps 15.5 GiB"
+            (
+                c.shape(p.set).unwrap().instance_type.as_str(),
+                p.demand.cpus
+            ),
+            ("c7g.xlarge", 3)
         );
-        // Two half c7g.4xlarge ($0.58 × 2 × 16384/32256) beat one m7g.4xlarge ($0.6528).
-        assert_eq!(p.capacity_price, MicroUsd(580_000 * 2 * 16384 / 32256));
-        assert!(p.capacity_price < MicroUsd(652_800));
+        // Equal node prices (a family's prices are linear) go to the cheaper capacity, then to
+        // fewer nodes: 8 vCPUs at 1 GiB fill one c7g.2xlarge, not two c7g.xlarge.
+        let p = cheapest(&c, &Ask::processors(8, Some(8 * 1024), 256, 2016)).unwrap();
+        assert_eq!(
+            (c.shape(p.set).unwrap().instance_type.as_str(), p.nodes),
+            ("c7g.2xlarge", 1)
+        );
     }
 
     #[test]
@@ -256,13 +288,25 @@ mod tests {
         };
         let p = of_shape(&c, &shape, 2048).unwrap();
         assert_eq!((p.family, p.nodes), (Family::General, 1));
-        // The same job with its 16 tasks left to Slurm spreads onto compute.
-        let free = JobShape {
-            tasks: Some(16),
+        // 20 vCPUs pinned to two nodes: ten on each of two c7g.4xlarge ($1.16). Left to Slurm,
+        // its 20 tasks go four to each of five m7g.xlarge ($0.816; three c7g.2xlarge, seven
+        // tasks each by memory, would be $0.87).
+        let twenty = JobShape {
+            cpus: 20,
+            nodes: 2,
             ..shape
         };
-        let p = of_shape(&c, &free, 2048).unwrap();
-        assert_eq!((p.family, p.nodes), (Family::Compute, 2));
+        let p = of_shape(&c, &twenty, 2016).unwrap();
+        assert_eq!((c.shape(p.set).unwrap().vcpus, p.nodes), (16, 2));
+        let free = JobShape {
+            tasks: Some(20),
+            ..twenty
+        };
+        let p = of_shape(&c, &free, 2016).unwrap();
+        assert_eq!(
+            (c.shape(p.set).unwrap().instance_type.as_str(), p.nodes),
+            ("m7g.xlarge", 5)
+        );
         // One task of 16 vCPUs cannot be split.
         let one_task = JobShape {
             tasks: Some(1),
@@ -277,7 +321,11 @@ mod tests {
         let p = cheapest(&c, &Ask::processors(1, Some(1024), 256, 2048)).unwrap();
         assert_eq!((p.family, p.nodes), (Family::Compute, 1));
         assert_eq!(c.shape(p.set).unwrap().instance_type, "c7g.medium");
+        // 5 GiB per vCPU asks for general, but four of them (20 GiB) fit no m7g.xlarge (15.5 GiB
+        // for jobs): an r7g.xlarge ($0.2142) holds them for less than an m7g.2xlarge ($0.3264).
         let p = cheapest(&c, &Ask::processors(4, Some(4 * 5 * 1024), 256, 2048)).unwrap();
+        assert_eq!((p.family, p.nodes), (Family::Memory, 1));
+        let p = cheapest(&c, &Ask::processors(4, Some(4 * 3 * 1024), 256, 2048)).unwrap();
         assert_eq!((p.family, p.nodes), (Family::General, 1));
         let p = cheapest(&c, &Ask::processors(2, Some(2 * 10 * 1024), 256, 2048)).unwrap();
         assert_eq!(p.family, Family::Memory);

@@ -257,26 +257,23 @@ impl Catalog {
             .find(|s| s.vcpus >= cpus && s.allocatable_mib >= memory_mib)
     }
 
-    /// Where one node of a job goes, or why no shape can ever hold it. The family is the one its
-    /// memory per vCPU asks for or a roomier one (general, then memory), whichever holds the node
-    /// for the least money ([`Catalog::capacity_price`]; ties to the leaner family); the size,
-    /// the smallest of that family that holds it. A compute node keeps about 2 GiB per vCPU, so
-    /// a node asking 2.5 GiB per vCPU would hold a compute node's memory before its vCPUs and
-    /// cost more there than on a general node.
+    /// Where one node of a job goes, or why no shape can ever hold it: the smallest size that
+    /// holds it in the family its memory per vCPU asks for or a roomier one (general, then
+    /// memory), whichever such node costs least (ties to the cheaper capacity,
+    /// [`capacity_price`], then the leaner family) — as [`crate::placement`] prices whole nodes.
+    /// A compute node keeps about 2 GiB per vCPU, so a node asking 2.5 GiB per vCPU would hold a
+    /// compute node's memory before its vCPUs and cost more there than on a general node.
     pub fn place(&self, demand: Demand) -> Result<NodeSet, TooBig> {
         let family = Family::for_demand(demand.cpus, demand.memory_mib);
-        let mut best: Option<(u128, NodeSet)> = None;
+        let mut best: Option<((u64, u128), NodeSet)> = None;
         for f in Family::ALL.into_iter().filter(|f| *f >= family) {
             let Some(s) = self.smallest_fit(f, demand.cpus, demand.memory_mib) else {
                 continue;
             };
-            let price = Size::ALL
-                .iter()
-                .filter_map(|&size| self.shapes.get(&NodeSet { family: f, size }))
-                .filter(|s| s.vcpus >= demand.cpus && s.allocatable_mib >= demand.memory_mib)
-                .map(|s| capacity_price(s, demand, 1))
-                .min()
-                .unwrap_or(u128::MAX);
+            let price = (
+                s.hourly.0.max(0).unsigned_abs(),
+                capacity_price(s, demand, 1),
+            );
             if best.is_none_or(|(p, _)| price < p) {
                 best = Some((
                     price,
@@ -510,7 +507,12 @@ pub struct Need {
     pub jobs: Vec<u64>,
 }
 
-/// Places every pending slice (first-fit decreasing) and says what each node set needs. Slices
+/// Places every pending slice (first-fit decreasing) and says what each node set needs. A slice
+/// goes to nodes of its own set ([`Catalog::place`]: the smallest size of the cheapest family that
+/// holds it, as placement sized the job): first onto warm nodes of that set with room (those
+/// still starting were opened for it), else onto new ones. Room on nodes of other sizes is left
+/// to the scheduler, which takes it only where the job ends before the node's own jobs (the
+/// simulator's rule); planning nodes for it anyway costs at most an idle window. Slices
 /// no shape can hold are skipped (they were refused at submit; a catalog change may strand old
 /// ones) and returned as the second value.
 pub fn plan(
@@ -534,56 +536,39 @@ pub fn plan_in_runs(
 ) -> (BTreeMap<NodeSet, Need>, Vec<u64>) {
     let mut needs: BTreeMap<NodeSet, Need> = BTreeMap::new();
     let mut stranded = Vec::new();
-    // Per family: its slices, and the size that holds the biggest.
-    let mut by_family: BTreeMap<Family, Vec<PendingSlice>> = BTreeMap::new();
+    // Per node set: its slices.
+    let mut by_set: BTreeMap<NodeSet, Vec<PendingSlice>> = BTreeMap::new();
     // Queues hold few distinct demands: each is placed in the catalog once.
-    let mut placed: std::collections::HashMap<Demand, Option<Family>> =
+    let mut placed: std::collections::HashMap<Demand, Option<NodeSet>> =
         std::collections::HashMap::new();
-    let mut last: Option<(Demand, Option<Family>)> = None;
+    let mut last: Option<(Demand, Option<NodeSet>)> = None;
     for s in pending {
-        let family = match last {
+        let set = match last {
             Some((d, f)) if d == s.demand => f,
             _ => {
                 let f = *placed
                     .entry(s.demand)
-                    .or_insert_with(|| catalog.place(s.demand).ok().map(|set| set.family));
+                    .or_insert_with(|| catalog.place(s.demand).ok());
                 last = Some((s.demand, f));
                 f
             }
         };
-        match family {
-            Some(family) => by_family.entry(family).or_default().push(*s),
+        match set {
+            Some(set) => by_set.entry(set).or_default().push(*s),
             None => stranded.push(s.job_id),
         }
     }
     for node in warm.iter().filter(|n| n.busy) {
         needs.entry(node.set).or_default().nodes += 1;
     }
-    for (family, mut slices) in by_family {
-        let max_cpus = slices.iter().map(|s| s.demand.cpus).max().unwrap_or(1);
-        let max_mib = slices
-            .iter()
-            .map(|s| s.demand.memory_mib)
-            .max()
-            .unwrap_or(0);
-        let Some(shape) = cheapest_size(catalog, family, &slices)
-            .or_else(|| catalog.smallest_fit(family, max_cpus, max_mib))
-            .or_else(|| {
-                // No one size holds the biggest vCPUs and the biggest memory together (two
-                // different jobs): take the largest, which holds each job.
-                catalog.largest(family)
-            })
-        else {
+    for (new_set, mut slices) in by_set {
+        let Some(shape) = catalog.shape(new_set) else {
             continue;
         };
-        let new_set = NodeSet {
-            family,
-            size: shape.size,
-        };
         slices.sort_unstable_by(|a, b| b.demand.cmp(&a.demand).then(a.job_id.cmp(&b.job_id)));
-        let warm_here = warm.iter().filter(|n| n.set.family == family).count();
+        let warm_here = warm.iter().filter(|n| n.set == new_set).count();
         let mut bins = Bins::new(warm_here + slices.len());
-        for node in warm.iter().filter(|n| n.set.family == family) {
+        for node in warm.iter().filter(|n| n.set == new_set) {
             bins.open(node.set, node.free_cpus, node.free_mib, node.busy);
         }
         // The slices of one job are consecutive (equal demand, then job id) and must go to
@@ -671,49 +656,6 @@ pub fn plan_in_runs(
         }
     }
     (needs, stranded)
-}
-
-/// The size of new nodes for a family's pending slices: the one whose nodes hold them for the
-/// least money — per size, each demand's slices need `count / per-node` nodes (as many as fit one
-/// node by vCPUs and by memory), summed and rounded up, times the hourly price; ties go to the
-/// smaller size. One slice of 1 vCPU and 2 GiB opens a c7g.large; fifteen open one c7g.4xlarge
-/// (fifteen c7g.large would cost nearly twice as much). `None` when no size holds every demand.
-fn cheapest_size<'c>(
-    catalog: &'c Catalog,
-    family: Family,
-    slices: &[PendingSlice],
-) -> Option<&'c Shape> {
-    let mut groups: BTreeMap<Demand, u64> = BTreeMap::new();
-    for s in slices {
-        *groups.entry(s.demand).or_default() += 1;
-    }
-    let mut best: Option<(u128, &Shape)> = None;
-    for size in Size::ALL {
-        let Some(shape) = catalog.shape(NodeSet { family, size }) else {
-            continue;
-        };
-        // Nodes in millionths, so that groups share the last node.
-        let mut micro_nodes: u128 = 0;
-        let mut holds = true;
-        for (d, count) in &groups {
-            let per_node =
-                Bin::fresh(NodeSet { family, size }, shape.vcpus, shape.allocatable_mib).room(*d);
-            if per_node == 0 {
-                holds = false;
-                break;
-            }
-            micro_nodes += u128::from(*count) * 1_000_000 / per_node as u128;
-        }
-        if !holds {
-            continue;
-        }
-        let nodes = micro_nodes.div_ceil(1_000_000).max(1);
-        let cost = nodes * u128::from(shape.hourly.0.max(0).unsigned_abs());
-        if best.is_none_or(|(c, _)| cost < c) {
-            best = Some((cost, shape));
-        }
-    }
-    best.map(|(_, s)| s)
 }
 
 /// What a node set has now: the desired count last decided, and when it last had work (running
@@ -1025,31 +967,45 @@ mod tests {
     use super::*;
 
     #[test]
-    fn new_nodes_are_the_size_that_holds_the_pending_slices_for_the_least_money() {
+    fn new_nodes_are_of_each_slice_own_size() {
         let c = Catalog::parse(include_str!("../../fixtures/catalog/shapes.json"), 512).unwrap();
-        let slices = |n: u64| -> Vec<PendingSlice> {
+        let slices = |n: u64, memory_mib: u64| -> Vec<PendingSlice> {
             (0..n)
                 .map(|job_id| PendingSlice {
                     job_id,
                     demand: Demand {
                         cpus: 1,
-                        memory_mib: 2048,
+                        memory_mib,
                     },
                 })
                 .collect()
         };
-        let size = |n| {
-            let (needs, _) = plan(&c, &[], &slices(n));
+        let size = |s: &[PendingSlice]| {
+            let (needs, _) = plan(&c, &[], s);
             needs
                 .iter()
                 .map(|(set, need)| (c.shape(*set).unwrap().instance_type.clone(), need.nodes))
                 .collect::<Vec<_>>()
         };
-        // One 1-vCPU 2 GiB slice: a c7g.large (a c7g.medium keeps 1.5 GiB).
-        assert_eq!(size(1), vec![("c7g.large".to_string(), 1)]);
-        // Fifteen: one c7g.4xlarge ($0.58) holds them all, where fifteen c7g.large would
-        // cost $1.0875.
-        assert_eq!(size(15), vec![("c7g.4xlarge".to_string(), 1)]);
+        // One 1-vCPU 2 GiB slice: a c7g.medium keeps 1.5 GiB; an m7g.medium ($0.0408) holds it
+        // for less than a c7g.large ($0.0725).
+        assert_eq!(size(&slices(1, 2048)), vec![("m7g.medium".to_string(), 1)]);
+        // Fifteen of 1 GiB: fifteen c7g.medium ($0.5445), each full, not one c7g.4xlarge ($0.58)
+        // that stays up, mostly empty, for the longest of them.
+        assert_eq!(
+            size(&slices(15, 1024)),
+            vec![("c7g.medium".to_string(), 15)]
+        );
+        // Mixed sizes each open their own set.
+        let mut mixed = slices(2, 1024);
+        mixed.push(PendingSlice {
+            job_id: 9,
+            demand: d(4, 4),
+        });
+        assert_eq!(
+            size(&mixed),
+            vec![("c7g.medium".to_string(), 2), ("c7g.xlarge".to_string(), 1)]
+        );
     }
 
     #[test]
@@ -1191,13 +1147,22 @@ mod tests {
         let slices = [PendingSlice { job_id: 7, demand }; 2];
         let (needs, _) = plan(&c, &[], &slices);
         assert_eq!(needs.values().map(|n| n.nodes).sum::<u32>(), 2, "{needs:?}");
-        // Two single-slice jobs of the same size share one node.
-        let slices = [
-            PendingSlice { job_id: 7, demand },
-            PendingSlice { job_id: 8, demand },
-        ];
-        let (needs, _) = plan(&c, &[], &slices);
-        assert_eq!(needs.values().map(|n| n.nodes).sum::<u32>(), 1, "{needs:?}");
+        // On a warm node of their set with room for both, still one each: the first there, the
+        // second on a new node.
+        let own = c.place(demand).unwrap();
+        let warm = [WarmNode {
+            name: "w".into(),
+            set: own,
+            free_cpus: 2,
+            free_mib: 2 * demand.memory_mib,
+            busy: true,
+        }];
+        let (needs, _) = plan(&c, &warm, &slices);
+        assert_eq!(
+            (needs[&own].nodes, needs[&own].new_nodes),
+            (2, 1),
+            "{needs:?}"
+        );
     }
 
     #[test]
@@ -1233,8 +1198,10 @@ mod tests {
     #[test]
     fn smallest_size_that_fits_after_the_reserve() {
         let c = catalog();
-        // 2 GiB on one vCPU: c7g.medium keeps 1.5 GiB after the reserve, so c7g.large.
-        assert_eq!(c.place(d(1, 2)).unwrap(), set(Family::Compute, Size::Small));
+        // 2 GiB on one vCPU: c7g.medium keeps 1.5 GiB after the reserve; a c7g.large ($0.0725)
+        // holds it, an m7g.medium ($0.0408) for less.
+        assert_eq!(c.place(d(1, 2)).unwrap(), set(Family::General, Size::Xs));
+        assert_eq!(c.place(d(2, 2)).unwrap(), set(Family::Compute, Size::Small));
         assert_eq!(c.place(d(1, 1)).unwrap(), set(Family::Compute, Size::Xs));
         // 2.5 GiB per vCPU asks for compute, whose largest holds 31.5 GiB: general holds it.
         assert_eq!(
@@ -1266,31 +1233,50 @@ mod tests {
     }
 
     #[test]
-    fn first_fit_decreasing_fills_warm_nodes_before_new_ones() {
+    fn first_fit_decreasing_fills_warm_nodes_of_the_set_before_new_ones() {
         let c = catalog();
         let large = set(Family::Compute, Size::Large); // 8 vCPUs, 15.5 GiB allocatable
-        let warm = vec![WarmNode {
-            name: "compute-large-0".into(),
-            set: large,
-            free_cpus: 2,
-            free_mib: 4096,
-            busy: true,
-        }];
+        let medium = set(Family::Compute, Size::Medium); // 4 vCPUs, 7.5 GiB allocatable
+        let warm = vec![
+            WarmNode {
+                name: "compute-large-0".into(),
+                set: large,
+                free_cpus: 2,
+                free_mib: 4096,
+                busy: true,
+            },
+            WarmNode {
+                name: "compute-medium-0".into(),
+                set: medium,
+                free_cpus: 4,
+                free_mib: 7680,
+                busy: false,
+            },
+        ];
         let pending: Vec<PendingSlice> = [(1, d(1, 1)), (2, d(4, 4)), (3, d(4, 4)), (4, d(2, 2))]
             .into_iter()
             .map(|(job_id, demand)| PendingSlice { job_id, demand })
             .collect();
         let (needs, stranded) = plan(&c, &warm, &pending);
         assert!(stranded.is_empty());
-        // The biggest (4 vCPUs) makes compute-medium (4 vCPUs, 7.5 GiB) the size of new nodes.
-        // Biggest first: jobs 2 and 3 fill a new medium each; job 4 takes the warm node's two
-        // free vCPUs; job 1 finds no room anywhere and opens a third medium.
-        let medium = set(Family::Compute, Size::Medium);
+        // Each slice goes to its own set: 4 vCPUs and 4 GiB to compute-medium, where job 2 takes
+        // the warm node and job 3 opens one; 2 vCPUs to compute-small, 1 vCPU and 1 GiB to
+        // compute-xs, each new. The room left on the busy compute-large is not planned on.
         assert_eq!(needs[&large].nodes, 1, "{needs:?}");
         assert_eq!(needs[&large].new_nodes, 0);
-        assert_eq!(needs[&large].jobs, vec![4]);
-        assert_eq!(needs[&medium].new_nodes, 3, "{needs:?}");
-        assert_eq!(needs[&medium].jobs, vec![2, 3, 1]);
+        assert!(needs[&large].jobs.is_empty());
+        assert_eq!((needs[&medium].nodes, needs[&medium].new_nodes), (2, 1));
+        assert_eq!(needs[&medium].jobs, vec![2, 3]);
+        let small = set(Family::Compute, Size::Small);
+        let xs = set(Family::Compute, Size::Xs);
+        assert_eq!(
+            (needs[&small].new_nodes, needs[&small].jobs.clone()),
+            (1, vec![4])
+        );
+        assert_eq!(
+            (needs[&xs].new_nodes, needs[&xs].jobs.clone()),
+            (1, vec![1])
+        );
     }
 
     #[test]

@@ -22,13 +22,19 @@
 //!
 //! A trace job asks for processors and, maybe, memory; it is placed by the service's rule
 //! ([`crate::placement`]: its family by memory per vCPU, then the shape and node count whose
-//! capacity costs least), over at most `max_nodes_per_job` nodes. Without memory,
+//! whole nodes cost least), over at most `max_nodes_per_job` nodes. Without memory,
 //! `default_mib_per_cpu` per processor is assumed. A job no shape holds, or one that needs more
 //! nodes than allowed, is refused and reported with its cause and its share of the work.
 //!
-//! The elastic scheduler (Slurm's part) starts pending jobs in submit order on the first ready
-//! nodes of their family with room, and lets a later job pass one that does not fit (new nodes are
-//! coming for it). A job's wait is its start minus its submit, so cold starts are in it.
+//! The elastic scheduler (Slurm's part) starts pending jobs in submit order on ready nodes of
+//! their family with room, and lets a later job pass one that does not fit (new nodes are coming
+//! for it). A job takes room on a node of another size only when, by the time limits, it ends
+//! before the node's own jobs — so it never keeps a node up longer than the node would have been
+//! up anyway — and among those the node whose jobs end soonest after it; else a node of its own
+//! set (the size placement chose, which the planner opens for it). Without this rule a one-vCPU
+//! job left in a c7g.4xlarge's hole kept the node up after its big job ended: 60–76% of the
+//! packing cost over the archive traces was such nodes running one job. A job's wait is its start
+//! minus its submit, so cold starts are in it.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
@@ -110,7 +116,15 @@ pub struct SimJob {
     pub cpus: u32,
     /// Its lower-bound price, micro-USD an hour.
     pub bound_rate: u64,
+    /// Seconds it may run (its time limit; [`NO_LIMIT`] when the trace has none): what the
+    /// scheduler knows of its end.
+    pub limit: i64,
+    /// Its own node set: where the planner opens nodes for it.
+    pub set: NodeSet,
 }
+
+/// The time limit of a job without one, in seconds: far past any trace.
+pub const NO_LIMIT: i64 = i64::MAX / 4;
 
 impl SimJob {
     fn cpu_seconds(&self) -> u64 {
@@ -151,7 +165,7 @@ pub fn bound_rate(catalog: &Catalog, cpus: u32, mib: u64) -> u64 {
 }
 
 /// A trace shape placed: nodes, each node's demand, the family, the lower-bound rate.
-type Placed = (u32, Demand, Family, u64);
+type Placed = (u32, Demand, NodeSet, u64);
 
 /// Turns trace jobs into simulated ones, placed by the service's rule; and what was refused.
 pub fn prepare(trace: &Trace, catalog: &Catalog, settings: &SimSettings) -> (Vec<SimJob>, Refused) {
@@ -174,8 +188,8 @@ pub fn prepare(trace: &Trace, catalog: &Catalog, settings: &SimSettings) -> (Vec
                 (
                     p.nodes,
                     p.demand,
-                    // The planner's family for one node, where the scheduler runs it.
-                    catalog.place(p.demand).map_or(p.family, |s| s.family),
+                    // The planner's set for one node, where the scheduler runs it.
+                    catalog.place(p.demand).unwrap_or(p.set),
                     bound_rate(catalog, t.cpus, mib),
                 )
             });
@@ -186,15 +200,20 @@ pub fn prepare(trace: &Trace, catalog: &Catalog, settings: &SimSettings) -> (Vec
             })
         });
         match placed {
-            Ok((nodes, demand, family, bound_rate)) => jobs.push(SimJob {
+            Ok((nodes, demand, set, bound_rate)) => jobs.push(SimJob {
                 id: t.id,
                 submit: t.submit,
                 run: t.run,
                 nodes,
                 demand,
-                family,
+                family: set.family,
                 cpus: t.cpus,
                 bound_rate,
+                limit: t
+                    .time_limit
+                    .filter(|l| *l > 0)
+                    .map_or(NO_LIMIT, |l| l.min(NO_LIMIT)),
+                set,
             }),
             Err(too_wide) => {
                 if too_wide {
@@ -424,6 +443,9 @@ enum Ev {
     Idle(usize),
 }
 
+/// The smallest job that found no room in one scheduling pass: vCPUs, MiB, nodes, time limit.
+type Failed = (u32, u64, u32, i64);
+
 /// Which fleet a run is.
 #[derive(Debug, Clone, Copy)]
 enum Mode<'a> {
@@ -442,6 +464,8 @@ struct Node {
     /// Since when it has run nothing (meaningful while `running == 0` and it is ready).
     idle_since: i64,
     idle_seconds: u64,
+    /// When its running jobs' time limits are all up (meaningful while it runs any).
+    ends_by: i64,
 }
 
 struct Sim<'a> {
@@ -603,6 +627,7 @@ impl Sim<'_> {
             gone: false,
             idle_since: at + cold_start,
             idle_seconds: 0,
+            ends_by: at,
         });
         self.by_family.entry(set.family).or_default().insert(n);
         self.roomy.entry(set.family).or_default().insert(n);
@@ -711,9 +736,10 @@ impl Sim<'_> {
     /// Starts pending jobs (from `from` on) that fit on ready nodes.
     fn schedule(&mut self, from: usize) {
         let t = self.t;
-        // Per family, the smallest demand that found no room this pass: anything at least as
-        // big cannot fit either.
-        let mut failed: BTreeMap<Family, (u32, u64, u32)> = BTreeMap::new();
+        // Per family (elastic: per node set), the smallest demand that found no room this pass:
+        // anything at least as big (and as long: elastic jobs may take room by their ends)
+        // cannot fit either.
+        let mut failed: BTreeMap<(Family, Option<NodeSet>), Failed> = BTreeMap::new();
         // The fixed fleet: per family, the reservation of its oldest waiting job (when it
         // starts, and on which nodes); a later job may not take those nodes past then.
         let mut reserved: BTreeMap<Family, (i64, Vec<usize>)> = BTreeMap::new();
@@ -721,13 +747,21 @@ impl Sim<'_> {
         let from = if fixed { 0 } else { from };
         let mut started = Vec::new();
         let mut chosen = Vec::new();
+        let mut ranked: Vec<((u8, i64), usize)> = Vec::new();
         for (i, &j) in self.pending.iter().enumerate().skip(from) {
             let job = self.jobs[j];
             let d = job.demand;
-            if let Some(&(c, m, k)) = failed.get(&job.family)
+            let end = t.saturating_add(job.limit);
+            let (key, limit) = if fixed {
+                ((job.family, None), 0)
+            } else {
+                ((job.family, Some(job.set)), job.limit)
+            };
+            if let Some(&(c, m, k, l)) = failed.get(&key)
                 && d.cpus >= c
                 && d.memory_mib >= m
                 && job.nodes >= k
+                && limit >= l
             {
                 continue;
             }
@@ -736,18 +770,45 @@ impl Sim<'_> {
                 .filter(|(shadow, _)| t + job.run > *shadow)
                 .map(|(_, nodes)| nodes.as_slice());
             chosen.clear();
-            for &n in self.roomy.get(&job.family).into_iter().flatten() {
-                let node = &self.nodes[n];
-                if node.ready_at <= t
-                    && node.free_cpus >= d.cpus
-                    && node.free_mib >= d.memory_mib
-                    && holds.is_none_or(|h| !h.contains(&n))
-                {
-                    chosen.push(n);
-                    if chosen.len() == job.nodes as usize {
-                        break;
+            let fits = |node: &Node| {
+                node.ready_at <= t && node.free_cpus >= d.cpus && node.free_mib >= d.memory_mib
+            };
+            if fixed {
+                // First fit, off the reserved nodes.
+                for &n in self.roomy.get(&job.family).into_iter().flatten() {
+                    if fits(&self.nodes[n]) && holds.is_none_or(|h| !h.contains(&n)) {
+                        chosen.push(n);
+                        if chosen.len() == job.nodes as usize {
+                            break;
+                        }
                     }
                 }
+            } else {
+                // Elastic (module docs): nodes whose jobs end after it, the soonest first; then
+                // its own set's busy nodes, then its own set's idle ones; oldest first.
+                ranked.clear();
+                for &n in self.roomy.get(&job.family).into_iter().flatten() {
+                    let node = &self.nodes[n];
+                    if !fits(node) {
+                        continue;
+                    }
+                    let rank = if node.running > 0 && node.ends_by >= end {
+                        (0, node.ends_by - end)
+                    } else if node.set != job.set {
+                        continue;
+                    } else if node.running > 0 {
+                        (1, 0)
+                    } else {
+                        (2, 0)
+                    };
+                    ranked.push((rank, n));
+                }
+                let k = job.nodes as usize;
+                if ranked.len() > k {
+                    ranked.select_nth_unstable(k - 1);
+                    ranked.truncate(k);
+                }
+                chosen.extend(ranked.iter().map(|r| r.1));
             }
             if chosen.len() < job.nodes as usize {
                 if fixed && !reserved.contains_key(&job.family) {
@@ -760,10 +821,10 @@ impl Sim<'_> {
                     continue;
                 }
                 let f = failed
-                    .entry(job.family)
-                    .or_insert((d.cpus, d.memory_mib, job.nodes));
-                if d.cpus <= f.0 && d.memory_mib <= f.1 && job.nodes <= f.2 {
-                    *f = (d.cpus, d.memory_mib, job.nodes);
+                    .entry(key)
+                    .or_insert((d.cpus, d.memory_mib, job.nodes, limit));
+                if d.cpus <= f.0 && d.memory_mib <= f.1 && job.nodes <= f.2 && limit <= f.3 {
+                    *f = (d.cpus, d.memory_mib, job.nodes, limit);
                 }
                 continue;
             }
@@ -774,6 +835,11 @@ impl Sim<'_> {
                 }
                 node.free_cpus -= d.cpus;
                 node.free_mib -= d.memory_mib;
+                node.ends_by = if node.running == 0 {
+                    end
+                } else {
+                    node.ends_by.max(end)
+                };
                 node.running += 1;
                 if node.free_cpus == 0 || node.free_mib == 0 {
                     let set = node.set;
@@ -993,6 +1059,7 @@ fn instant(t: i64) -> DateTime<Utc> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scaling::Size;
     use crate::trace::{TraceJob, parse_csv, parse_swf};
 
     const CATALOG: &str = include_str!("../../fixtures/catalog/shapes.json");
@@ -1107,44 +1174,84 @@ mod tests {
 
     #[test]
     fn sixteen_processors_at_the_default_memory_run_on_compute_nodes() {
-        // No memory in the trace: 2 GiB per processor, 32 GiB in all, more than one
-        // c7g.4xlarge keeps (31.5 GiB). Two half c7g.4xlarge cost less than one m7g.4xlarge.
+        // No memory in the trace: the catalog's default (2,016 MiB per processor) fills one
+        // c7g.4xlarge (31.5 GiB for jobs).
         let mut j = job(1, 0, 3600, 16, 0);
         j.memory_mib = None;
         let t = trace(vec![j]);
         let c = catalog();
-        let (jobs, refused) = prepare(&t, &c, &settings());
+        let fitting = SimSettings {
+            default_mib_per_cpu: c.fitting_mib_per_cpu(),
+            ..settings()
+        };
+        let (jobs, refused) = prepare(&t, &c, &fitting);
         assert_eq!(refused.jobs(), 0);
-        assert_eq!((jobs[0].family, jobs[0].nodes), (Family::Compute, 2));
-        let r = run_elastic(&t, IdlePolicy::Set);
+        assert_eq!((jobs[0].family, jobs[0].nodes), (Family::Compute, 1));
+        let r = run(&jobs, &c, fitting, Mode::Elastic(IdlePolicy::Set));
         assert_eq!(
             r.per_set.values().next().unwrap().instance_type,
             "c7g.4xlarge"
         );
+        // At 2,048 MiB (32 GiB) no compute node holds it: one m7g.4xlarge ($0.6528) costs less
+        // than the two c7g.4xlarge ($1.16) its halves would keep up on their own.
+        let (jobs, _) = prepare(&t, &c, &settings());
+        assert_eq!((jobs[0].family, jobs[0].nodes), (Family::General, 1));
     }
 
     #[test]
-    fn jobs_are_packed_first_fit_and_wide_jobs_are_spread() {
-        // A 40-processor job is spread where its capacity costs least: 4 nodes of 10 on
-        // c7g.4xlarge; the four 4-vCPU jobs share what those leave.
-        // (The wide job comes first: Slurm's part starts jobs in submit order, first fit.)
-        let t = trace(
-            (1..=4)
-                .map(|i| job(i, 1, 60, 4, 4))
-                .chain([job(5, 0, 60, 40, 40)])
-                .collect(),
-        );
+    fn wide_jobs_fill_nodes_of_their_size_and_others_share_only_when_they_end_first() {
+        // A 40-processor job at 1 GiB each fills five c7g.2xlarge (the cheapest whole nodes;
+        // ten c7g.xlarge cost the same, and fewer nodes win).
         let c = catalog();
-        let (jobs, refused) = prepare(&t, &c, &settings());
+        let (jobs, refused) = prepare(&trace(vec![job(5, 0, 60, 40, 40)]), &c, &settings());
         assert_eq!(refused.jobs(), 0);
-        assert_eq!(jobs[0].nodes, 4);
-        let r = run(&jobs, &c, settings(), Mode::Elastic(IdlePolicy::Set));
-        assert_eq!(r.waits.max, 80, "all start once the first nodes are ready");
-        assert_eq!(r.per_set.values().map(|u| u.peak_nodes).sum::<u32>(), 4);
+        let large = NodeSet {
+            family: Family::Compute,
+            size: Size::Large,
+        };
         assert_eq!(
-            r.per_set.values().next().unwrap().instance_type,
-            "c7g.4xlarge"
+            (jobs[0].set, jobs[0].nodes, jobs[0].demand.cpus),
+            (large, 5, 8)
         );
+        // Scheduling: job 1 holds 9 of a c7g.4xlarge's 16 vCPUs for an hour. Job 2 (a
+        // c7g.xlarge's size) ends, by its time limit, before job 1: it takes the room at once.
+        // Job 3 would outlive job 1 there: it waits for a node of its own size.
+        let sim = |id: u64, submit: i64, limit: i64, cpus: u32| {
+            let demand = Demand {
+                cpus,
+                memory_mib: 4096,
+            };
+            let set = c.place(demand).unwrap();
+            SimJob {
+                id,
+                submit,
+                run: limit,
+                nodes: 1,
+                demand,
+                family: set.family,
+                cpus,
+                bound_rate: 0,
+                limit,
+                set,
+            }
+        };
+        let jobs = [
+            sim(1, 0, 3600, 9),
+            sim(2, 100, 600, 4),
+            sim(3, 200, 7200, 4),
+        ];
+        let (xlarge, medium) = (jobs[0].set, jobs[1].set);
+        assert_eq!(
+            (xlarge.size, medium.size, medium.family),
+            (Size::Xlarge, Size::Medium, Family::Compute)
+        );
+        let r = run(&jobs, &c, settings(), Mode::Elastic(IdlePolicy::Set));
+        assert_eq!(r.started, 3, "{r:#?}");
+        assert_eq!(r.per_set[&xlarge].peak_nodes, 1);
+        assert_eq!(r.per_set[&medium].peak_nodes, 1, "only job 3 opened one");
+        // Job 1 and job 3 wait for a cold start (80 s), job 2 for nothing.
+        assert_eq!((r.waits.p50, r.waits.max), (80, 80));
+        assert!(r.waits.mean < 80.0 * 2.0 / 3.0 + 1.0, "{:?}", r.waits);
     }
 
     #[test]

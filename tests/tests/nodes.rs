@@ -50,7 +50,8 @@ async fn jobs_run_on_nodes_that_come_up_after_their_cold_start_and_go_when_idle(
         ("CLUSTERRA_NODE_COLD_START_MS", "1500"),
         ("CLUSTERRA_SCALE_IDLE_WINDOW_MS", "4000"),
     ]);
-    // One vCPU with the default 2 GiB: a c7g.large (compute-small).
+    // One vCPU with the default 2,016 MiB: a c7g.medium keeps 1.5 GiB, and an m7g.medium
+    // (general-xs, $0.0408) holds it for less than a c7g.large ($0.0725).
     let (status, out) = api.submit(job("#!/bin/bash\nsleep 1\n")).await;
     assert_eq!(status, 201, "{out}");
     let first = out["job_id"].as_u64().unwrap();
@@ -59,7 +60,7 @@ async fn jobs_run_on_nodes_that_come_up_after_their_cold_start_and_go_when_idle(
     assert_eq!(api.job(first).await["state"], "PENDING");
     let launched = wait_events(&api, "NodeLaunched", 1, Duration::from_secs(10)).await;
     assert_eq!(
-        launched[0]["data"]["instance_type"], "c7g.large",
+        launched[0]["data"]["instance_type"], "m7g.medium",
         "{launched:?}"
     );
     let node = launched[0]["data"]["node"].as_str().unwrap().to_string();
@@ -82,7 +83,7 @@ async fn jobs_run_on_nodes_that_come_up_after_their_cold_start_and_go_when_idle(
         node,
         "the job view names its node"
     );
-    let set = nodeset(&api, "c7g.large").await;
+    let set = nodeset(&api, "m7g.medium").await;
     assert_eq!(
         (set["desired"].as_u64(), set["ready"].as_u64()),
         (Some(1), Some(1)),
@@ -111,7 +112,7 @@ async fn jobs_run_on_nodes_that_come_up_after_their_cold_start_and_go_when_idle(
     // Idle past the window: scaled to 0 and the node is terminated.
     let gone = wait_events(&api, "NodeTerminated", 1, Duration::from_secs(20)).await;
     assert_eq!(gone[0]["data"]["node"], node.as_str(), "{gone:?}");
-    let set = nodeset(&api, "c7g.large").await;
+    let set = nodeset(&api, "m7g.medium").await;
     assert_eq!(
         (set["desired"].as_u64(), set["ready"].as_u64()),
         (Some(0), Some(0)),
@@ -142,29 +143,41 @@ async fn a_16_vcpu_job_at_the_default_memory_runs_on_compute_nodes() {
     assert!(nodes[0].starts_with("compute-xlarge-"), "{done}");
     assert_eq!(done["rate_usd_per_hour"], "0.580000", "{done}");
 
-    // 2 GiB per vCPU asked (32 GiB, more than a c7g.4xlarge keeps): Slurm may spread the tasks
-    // (no node count), and two half c7g.4xlarge cost less than one m7g.4xlarge.
-    body["job"]["memory_per_cpu"] = json!({"set": true, "number": 2048});
-    let done = run(body.clone()).await;
+    // 20 tasks at the default memory (39.4 GiB): Slurm may spread them (no node count). Two
+    // c7g.4xlarge would hold them for $1.16 of nodes, half empty; five m7g.xlarge, four tasks
+    // each, fill theirs for $0.816 (placement prices the whole nodes a job starts).
+    let mut twenty = body.clone();
+    twenty["job"]["tasks"] = json!(20);
+    let done = run(twenty).await;
     let nodes: Vec<&str> = done["node"].as_str().unwrap().split(',').collect();
-    assert_eq!(nodes.len(), 2, "{done}");
+    assert_eq!(nodes.len(), 5, "{done}");
     assert!(
-        nodes.iter().all(|n| n.starts_with("compute-xlarge-")),
+        nodes.iter().all(|n| n.starts_with("general-medium-")),
         "{done}"
     );
-    // Its rate: 16 of 32 vCPUs of two $0.58 nodes.
-    assert_eq!(done["rate_usd_per_hour"], "0.580000", "{done}");
-    // It ran on two nodes, so at least two launches (the wait ends as soon as the feed has
-    // them), every one a compute 4xlarge.
-    let launched = wait_events(&api, "NodeLaunched", 2, Duration::from_secs(10)).await;
-    assert!(
+    assert_eq!(done["rate_usd_per_hour"], "0.816000", "{done}");
+    let launched = wait_events(&api, "NodeLaunched", 6, Duration::from_secs(10)).await;
+    assert_eq!(
         launched
             .iter()
-            .all(|e| e["data"]["instance_type"] == "c7g.4xlarge"),
+            .filter(|e| e["data"]["instance_type"] == "m7g.xlarge")
+            .count(),
+        5,
         "{launched:?}"
     );
 
-    // The same pinned to one node (`nodes: 1`): no compute size holds it, a general node does.
+    // 2 GiB per vCPU asked (32 GiB, more than a c7g.4xlarge keeps), pinned to one node
+    // (`nodes: 1`) or not: no compute size holds it on one node, and one m7g.4xlarge ($0.6528)
+    // costs less than the two c7g.4xlarge ($1.16) its halves would keep up.
+    body["job"]["memory_per_cpu"] = json!({"set": true, "number": 2048});
+    let done = run(body.clone()).await;
+    assert!(
+        done["node"]
+            .as_str()
+            .unwrap()
+            .starts_with("general-xlarge-"),
+        "{done}"
+    );
     body["job"]["nodes"] = json!(1);
     let done = run(body).await;
     assert!(

@@ -58,7 +58,7 @@ async fn assert_still_at(api: &Api, head: i64) {
         .await;
 }
 
-/// bob: $0.01, block_and_kill. A one-hour job on a c7g.large share ($0.03625/h) projects $0.036
+/// bob: $0.01, block_and_kill. A one-hour job on an m7g.medium ($0.0408/h) projects $0.0408
 /// as soon as it runs: over the limit, so it is cancelled. Returns the job's id, its view once
 /// seen running (or already cancelled), and its view once cancelled.
 async fn killed_by_quota(api: &Api, bob: &str) -> (u64, Value, Value) {
@@ -241,13 +241,13 @@ async fn a_warn_quota_lets_the_job_run_and_raises_one_warning() {
     let (_, me) = api.get_as("/v1/users/me", &carol).await;
     assert_eq!(me["status"], "warning", "{me}");
     assert_eq!(me["running_jobs"], 1, "{me}");
-    assert_eq!(me["burn_rate_usd_per_hour"], "0.036250", "{me}");
+    assert_eq!(me["burn_rate_usd_per_hour"], "0.040800", "{me}");
     let done = api
         .wait_state(cid, &["COMPLETED"], Duration::from_secs(15))
         .await;
     assert!(done["cancel_requested_by"].is_null(), "{done}");
     // Its rate is in the log, priced at submission (micro-USD per hour).
-    assert_eq!(done["history"][0]["data"]["rate"], 36_250, "{done}");
+    assert_eq!(done["history"][0]["data"]["rate"], 40_800, "{done}");
     assert_eq!(
         quota_events(&data, "carol@lab.org", "QuotaWarningRaised"),
         1

@@ -15,6 +15,9 @@ pub(super) struct LocalNode {
     pub(super) ready: bool,
     /// Jobs placed on it.
     pub(super) jobs: Vec<u64>,
+    /// When the time limits of the jobs it has run since it was last empty are up (`None`: one
+    /// of them has none).
+    pub(super) ends_by: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Default)]
@@ -27,30 +30,60 @@ pub(super) struct Fleet {
 }
 
 impl Fleet {
-    /// Ready nodes of `family` with room for `demand`, `count` of them, or None.
-    pub(super) fn find(&self, family: Family, demand: Demand, count: u32) -> Option<Vec<usize>> {
-        let mut found = Vec::new();
+    /// `wants.nodes` ready nodes with room for a job that would run until `end` (`None`: no
+    /// limit), or None. The simulator's rule (`domain::simulate`): a node of another size of its
+    /// family only when the job ends before the node's own jobs — the soonest-ending such node
+    /// first — so it never keeps a node up longer; else nodes of its own set, busy ones first;
+    /// oldest first.
+    pub(super) fn find(&self, wants: &Wants, end: Option<DateTime<Utc>>) -> Option<Vec<usize>> {
+        let (demand, set) = (wants.demand, wants.set);
+        let end = end.unwrap_or(DateTime::<Utc>::MAX_UTC);
+        let mut ranked: Vec<((u8, i64), usize)> = Vec::new();
         for (i, n) in self.nodes.iter().enumerate() {
-            if n.ready
-                && n.set.family == family
-                && n.free_cpus >= demand.cpus
-                && n.free_mib >= demand.memory_mib
+            if !n.ready
+                || n.set.family != set.family
+                || n.free_cpus < demand.cpus
+                || n.free_mib < demand.memory_mib
             {
-                found.push(i);
-                if found.len() == count.max(1) as usize {
-                    return Some(found);
-                }
+                continue;
             }
+            let ends_by = n.ends_by.unwrap_or(DateTime::<Utc>::MAX_UTC);
+            let rank = if !n.jobs.is_empty() && ends_by >= end {
+                (0, (ends_by - end).num_seconds())
+            } else if n.set != set {
+                continue;
+            } else if !n.jobs.is_empty() {
+                (1, 0)
+            } else {
+                (2, 0)
+            };
+            ranked.push((rank, i));
         }
-        None
+        let count = wants.nodes.max(1) as usize;
+        if ranked.len() < count {
+            return None;
+        }
+        ranked.sort_unstable();
+        Some(ranked.into_iter().take(count).map(|r| r.1).collect())
     }
 
-    pub(super) fn take(&mut self, at: &[usize], job_id: u64, demand: Demand) -> Vec<String> {
+    pub(super) fn take(
+        &mut self,
+        at: &[usize],
+        job_id: u64,
+        demand: Demand,
+        end: Option<DateTime<Utc>>,
+    ) -> Vec<String> {
         at.iter()
             .map(|&i| {
                 let n = &mut self.nodes[i];
                 n.free_cpus -= demand.cpus;
                 n.free_mib -= demand.memory_mib;
+                n.ends_by = if n.jobs.is_empty() {
+                    end
+                } else {
+                    n.ends_by.zip(end).map(|(a, b)| a.max(b))
+                };
                 n.jobs.push(job_id);
                 n.name.clone()
             })
@@ -123,6 +156,7 @@ impl Fleet {
                         ready_at: now + cold,
                         ready,
                         jobs: Vec::new(),
+                        ends_by: None,
                     });
                     changes.push(NodeChange::Launched {
                         node: name.clone(),

@@ -31,7 +31,7 @@ use commands::fleet::{NodeChange, NodeFleet};
 use commands::slurm::{Accepted, JobsDelta, SlurmError, SlurmJob, SlurmPort};
 use domain::filename::{self, JobNames};
 use domain::job::JobState;
-use domain::scaling::{Catalog, Demand, Family, NodeSet};
+use domain::scaling::{Catalog, Demand, Family, NodeSet, Size};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
@@ -209,31 +209,52 @@ fn executor_id(state_dir: &Path) -> Result<String, LocalError> {
     Ok(id)
 }
 
-/// What one node of a job needs, on how many nodes, of which family (with nodes; without, a
-/// placeholder that nothing reads).
-fn demand_of(settings: &LocalSettings, body: &Value) -> Result<(Demand, u32, Family), SlurmError> {
+/// Where a job goes on the executor's nodes: what one node needs, on how many nodes, its own node
+/// set, and how long it may run.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Wants {
+    pub(super) demand: Demand,
+    pub(super) nodes: u32,
+    /// The set the planner gives each node (`plan` places per-node demands with
+    /// [`Catalog::place`]): where the scaler opens nodes for it.
+    pub(super) set: NodeSet,
+    /// Its time limit in the executor's minutes; `None`: unlimited.
+    pub(super) limit: Option<Duration>,
+}
+
+/// What a job wants (with nodes; without, a placeholder that nothing reads).
+fn demand_of(settings: &LocalSettings, body: &Value) -> Result<Wants, SlurmError> {
     let Some(ns) = &settings.nodes else {
-        return Ok((
-            Demand {
+        return Ok(Wants {
+            demand: Demand {
                 cpus: 1,
                 memory_mib: 0,
             },
-            1,
-            Family::Compute,
-        ));
+            nodes: 1,
+            set: NodeSet {
+                family: Family::Compute,
+                size: Size::Xs,
+            },
+            limit: None,
+        });
     };
     let shape = domain::submit::canonicalize(body)
         .map_err(|errors| SlurmError::Rejected(errors.into_iter().map(|e| e.message).collect()))?
         .shape;
     let p = domain::placement::of_shape(&ns.catalog, &shape, ns.default_mib_per_cpu)
         .map_err(|e| SlurmError::Rejected(vec![e.to_string()]))?;
-    // The family the planner gives each node (`plan` places per-node demands), so jobs run
-    // where the scaler opened nodes for them.
     let set = ns
         .catalog
         .place(p.demand)
         .map_err(|e| SlurmError::Rejected(vec![e.to_string()]))?;
-    Ok((p.demand, p.nodes, set.family))
+    Ok(Wants {
+        demand: p.demand,
+        nodes: p.nodes,
+        set,
+        limit: shape
+            .time_limit_minutes
+            .map(|m| settings.minute.saturating_mul(m)),
+    })
 }
 
 /// Writes a file atomically: a temp file, then rename.
@@ -295,12 +316,12 @@ impl LocalExecutor {
                     Some(job) if never_started => {
                         let body = serde_json::json!({ "job": job });
                         match demand_of(&settings, &body) {
-                            Ok((demand, nodes, family)) => {
+                            Ok(wants) => {
                                 tracing::info!(
                                     job_id = record.job_id,
                                     "job waiting before the restart: queued again"
                                 );
-                                waiting.push((record.job_id, demand, nodes, family));
+                                waiting.push((record.job_id, wants));
                             }
                             Err(e) => {
                                 record.state = JobState::Failed;
@@ -338,8 +359,8 @@ impl LocalExecutor {
         waiting.sort_by_key(|w| w.0);
         let mut queue = Queue::default();
         let mut cancels = BTreeMap::new();
-        for (job_id, demand, nodes, family) in waiting {
-            let (queued, cancel) = Queued::new(job_id, (demand, nodes, family));
+        for (job_id, wants) in waiting {
+            let (queued, cancel) = Queued::new(job_id, wants);
             cancels.insert(job_id, cancel);
             queue.waiting.push_back(queued);
         }
@@ -432,8 +453,8 @@ impl LocalExecutor {
         }
     }
 
-    /// What one node of a job needs, on how many nodes, of which family.
-    fn demand(&self, body: &Value) -> Result<(Demand, u32, Family), SlurmError> {
+    /// What one node of a job needs, on how many nodes, of which set, for how long.
+    fn demand(&self, body: &Value) -> Result<Wants, SlurmError> {
         demand_of(&self.inner.settings, body)
     }
 

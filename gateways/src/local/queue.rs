@@ -6,26 +6,19 @@ use super::*;
 pub(super) struct Queued {
     pub(super) job_id: u64,
     pub(super) cancel: oneshot::Receiver<()>,
-    /// What one of its nodes needs, how many, and of which family.
-    pub(super) demand: Demand,
-    pub(super) nodes: u32,
-    pub(super) family: Family,
+    /// What one of its nodes needs, how many, of which set, for how long.
+    pub(super) wants: Wants,
 }
 
 impl Queued {
-    /// A job to queue (what one of its nodes needs, how many, which family), and what cancels it.
-    /// Its body stays in its record only (read when it starts), not twice in memory.
-    pub(super) fn new(
-        job_id: u64,
-        (demand, nodes, family): (Demand, u32, Family),
-    ) -> (Queued, oneshot::Sender<()>) {
+    /// A job to queue (what it wants), and what cancels it. Its body stays in its record only
+    /// (read when it starts), not twice in memory.
+    pub(super) fn new(job_id: u64, wants: Wants) -> (Queued, oneshot::Sender<()>) {
         let (tx, rx) = oneshot::channel();
         let queued = Queued {
             job_id,
             cancel: rx,
-            demand,
-            nodes,
-            family,
+            wants,
         };
         (queued, tx)
     }
@@ -116,7 +109,7 @@ impl SlurmPort for LocalExecutor {
                 outside.join(", ")
             )]));
         }
-        let (demand, nodes, family) = self.demand(body)?;
+        let wants = self.demand(body)?;
         let mut records = self.inner.records.lock().await;
         let job_id = self.allocate_id(&records)?;
         let free = self.inner.settings.nodes.is_none() && {
@@ -149,7 +142,7 @@ impl SlurmPort for LocalExecutor {
         records.insert(job_id, record);
         drop(records);
         self.persist(job_id, bytes);
-        let (queued, cancel) = Queued::new(job_id, (demand, nodes, family));
+        let (queued, cancel) = Queued::new(job_id, wants);
         self.inner.cancels.lock().await.insert(job_id, cancel);
         self.inner.queue.lock().await.enqueue(queued);
         self.dispatch().await;
@@ -253,7 +246,20 @@ mod tests {
             cpus: 1,
             memory_mib: 1,
         };
-        Queued::new(job_id, (one, 1, Family::Compute)).0
+        let set = NodeSet {
+            family: Family::Compute,
+            size: Size::Xs,
+        };
+        Queued::new(
+            job_id,
+            Wants {
+                demand: one,
+                nodes: 1,
+                set,
+                limit: None,
+            },
+        )
+        .0
     }
 
     #[test]

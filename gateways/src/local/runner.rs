@@ -12,10 +12,17 @@ impl LocalExecutor {
             let mut i = 0;
             while i < queue.waiting.len() {
                 let q = &queue.waiting[i];
+                let now = Utc::now();
+                // When its time limit is up if it starts now (`None`: never).
+                let end = q
+                    .wants
+                    .limit
+                    .and_then(|l| chrono::Duration::from_std(l).ok())
+                    .and_then(|l| now.checked_add_signed(l));
                 let placed = match self.inner.fleet.lock() {
                     Ok(mut fleet) => fleet
-                        .find(q.family, q.demand, q.nodes)
-                        .map(|at| fleet.take(&at, q.job_id, q.demand)),
+                        .find(&q.wants, end)
+                        .map(|at| fleet.take(&at, q.job_id, q.wants.demand, end)),
                     Err(_) => None,
                 };
                 match placed.and_then(|names| queue.waiting.remove(i).map(|q| (q, names))) {
@@ -45,7 +52,7 @@ impl LocalExecutor {
         nodes: Vec<String>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
         Box::pin(async move {
-            let (job_id, demand) = (q.job_id, q.demand);
+            let (job_id, demand) = (q.job_id, q.wants.demand);
             self.update(job_id, |r| r.node = Some(nodes.join(",")))
                 .await;
             let first = nodes.first().cloned().unwrap_or_else(|| "local".into());
