@@ -138,13 +138,22 @@ pub struct Placement {
 
 /// The cheapest place for `ask` (module docs), or why none holds it.
 pub fn cheapest(catalog: &Catalog, ask: &Ask) -> Result<Placement, TooBig> {
+    cheapest_of(catalog, ask, None)
+}
+
+/// [`cheapest`] over the shapes of one size only (`None`: every size): a fixed fleet of each
+/// family's largest shape places its jobs with `Some(Size::Xlarge)`.
+pub fn cheapest_of(catalog: &Catalog, ask: &Ask, only: Option<Size>) -> Result<Placement, TooBig> {
     let seed = ask.family();
     let (min_nodes, max_nodes) = ask.node_range();
     // (whole nodes' price, capacity price, nodes, family, size, demand); ties to fewer nodes, the
     // leaner family, the smaller size (the order they are tried in).
     let mut best: Option<(u128, u128, u32, Family, Size, Demand)> = None;
     for family in Family::ALL.into_iter().filter(|f| *f >= seed) {
-        for size in Size::ALL {
+        for size in Size::ALL
+            .into_iter()
+            .filter(|s| only.is_none_or(|o| o == *s))
+        {
             let Some(shape) = catalog.shape(NodeSet { family, size }) else {
                 continue;
             };

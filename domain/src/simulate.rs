@@ -8,7 +8,7 @@
 //!   costs less.
 //! - **a fixed fleet the size of the site's machine** (the SWF header's `MaxProcs`, or a count
 //!   the caller gives): that many vCPUs of each family's largest shape, split by the families'
-//!   shares of the work, always up; jobs queue for it (EASY backfill: the oldest waiting job of
+//!   shares of the work, always up, its jobs placed on those shapes; jobs queue for it (EASY backfill: the oldest waiting job of
 //!   a family holds a reservation, later jobs pass it only when they do not delay it).
 //! - **elastic** (Clusterra's policy): every `cycle` seconds in which something changed (a job
 //!   arrived or ended, a node became ready) the scaler places the pending jobs ([`plan`]) onto
@@ -43,10 +43,10 @@ use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 
 use crate::MicroUsd;
-use crate::placement::{Ask, cheapest};
+use crate::placement::{Ask, cheapest, cheapest_of};
 use crate::scaling::{
-    Catalog, Demand, Family, NodeSet, PendingSlice, SetState, WarmNode, capacity_price, decide,
-    mark_full, plan,
+    Catalog, Demand, Family, NodeSet, PendingSlice, SetState, Size, WarmNode, capacity_price,
+    decide, mark_full, plan,
 };
 use crate::trace::Trace;
 
@@ -121,6 +121,9 @@ pub struct SimJob {
     pub limit: i64,
     /// Its own node set: where the planner opens nodes for it.
     pub set: NodeSet,
+    /// Where a fixed fleet of each family's largest shape runs it: nodes, each node's demand,
+    /// the family.
+    pub fixed: (u32, Demand, Family),
 }
 
 /// The time limit of a job without one, in seconds: far past any trace.
@@ -165,7 +168,7 @@ pub fn bound_rate(catalog: &Catalog, cpus: u32, mib: u64) -> u64 {
 }
 
 /// A trace shape placed: nodes, each node's demand, the family, the lower-bound rate.
-type Placed = (u32, Demand, NodeSet, u64);
+type Placed = (u32, Demand, NodeSet, u64, (u32, Demand, Family));
 
 /// Turns trace jobs into simulated ones, placed by the service's rule; and what was refused.
 pub fn prepare(trace: &Trace, catalog: &Catalog, settings: &SimSettings) -> (Vec<SimJob>, Refused) {
@@ -191,6 +194,11 @@ pub fn prepare(trace: &Trace, catalog: &Catalog, settings: &SimSettings) -> (Vec
                     // The planner's set for one node, where the scheduler runs it.
                     catalog.place(p.demand).unwrap_or(p.set),
                     bound_rate(catalog, t.cpus, mib),
+                    // On the largest shapes (it fits them if it fits any smaller one).
+                    cheapest_of(catalog, &ask, Some(Size::Xlarge))
+                        .map_or((p.nodes, p.demand, p.family), |f| {
+                            (f.nodes, f.demand, f.family)
+                        }),
                 )
             });
             // Would any node count hold it? Then only the limit refused it.
@@ -200,7 +208,8 @@ pub fn prepare(trace: &Trace, catalog: &Catalog, settings: &SimSettings) -> (Vec
             })
         });
         match placed {
-            Ok((nodes, demand, set, bound_rate)) => jobs.push(SimJob {
+            Ok((nodes, demand, set, bound_rate, fixed)) => jobs.push(SimJob {
+                fixed,
                 id: t.id,
                 submit: t.submit,
                 run: t.run,
@@ -364,11 +373,21 @@ pub fn simulate(trace: &Trace, catalog: &Catalog, settings: SimSettings) -> SimR
         .or(trace.max_procs.map(|p| (p, "trace header MaxProcs")))
         .filter(|(p, _)| *p <= MAX_SITE_PROCS)
         .map(|(procs, source)| {
-            let fleet = site_fleet(&jobs, catalog, procs);
+            // Placed on the fleet's shapes: each family's largest.
+            let on_largest: Vec<SimJob> = jobs
+                .iter()
+                .map(|j| SimJob {
+                    nodes: j.fixed.0,
+                    demand: j.fixed.1,
+                    family: j.fixed.2,
+                    ..*j
+                })
+                .collect();
+            let fleet = site_fleet(&on_largest, catalog, procs);
             SiteReport {
                 procs,
                 source,
-                report: run(&jobs, catalog, settings, Mode::Fixed(&fleet)),
+                report: run(&on_largest, catalog, settings, Mode::Fixed(&fleet)),
                 fleet,
             }
         });
@@ -1059,7 +1078,6 @@ fn instant(t: i64) -> DateTime<Utc> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scaling::Size;
     use crate::trace::{TraceJob, parse_csv, parse_swf};
 
     const CATALOG: &str = include_str!("../../fixtures/catalog/shapes.json");
@@ -1233,6 +1251,7 @@ mod tests {
                 bound_rate: 0,
                 limit,
                 set,
+                fixed: (1, demand, set.family),
             }
         };
         let jobs = [
