@@ -16,10 +16,11 @@
 //! 2.5 GiB per vCPU holds a compute node's memory before its vCPUs, and costs less on a general
 //! node.
 //!
-//! Why not the fewest nodes: an 8-vCPU job at the default 2,016 MiB per vCPU (15.75 GiB) fits no
-//! c7g.2xlarge (15.5 GiB after the 512 MiB reserve); on the fewest nodes it takes half a
-//! c7g.4xlarge ($0.58 an hour of node), on three c7g.xlarge (three vCPUs each) it fills them for
-//! $0.435.
+//! Why not the fewest nodes: 20 tasks at the default 2,016 MiB per vCPU fit two c7g.4xlarge (ten
+//! each, $1.16 an hour of nodes, 12 vCPUs left over); five m7g.xlarge hold four each and are full
+//! for $0.816. Why not the capacity price alone: an 8-vCPU job at that memory (15.75 GiB, more
+//! than a c7g.2xlarge keeps) is $0.29 of a c7g.4xlarge's capacity, but $0.58 of node when nothing
+//! fills the other half; one m7g.2xlarge holds it for $0.3264.
 
 use crate::MicroUsd;
 use crate::scaling::{Catalog, Demand, Family, NodeSet, Size, TooBig, capacity_price};
@@ -261,7 +262,7 @@ mod tests {
             (c.shape(p.set).unwrap().instance_type.as_str(), p.nodes),
             ("m7g.2xlarge", 1)
         );
-        // With only compute nodes in reach (a job pinned to three), three c7g.xlarge.
+        // Pinned to three nodes: three c7g.xlarge ($0.435) beat three m7g.xlarge ($0.4896).
         let three = Ask {
             min_nodes: 3,
             max_nodes: 3,

@@ -3,10 +3,11 @@
 //!
 //! - **Family** by the job's memory per vCPU: `compute` ≤ 3 GiB, `general` ≤ 6 GiB, `memory`
 //!   above.
-//! - **Size** within a family: the smallest whose *allocatable* vCPUs and memory (instance memory
-//!   minus the system reserve) hold the biggest pending job of that family.
-//! - **Placement**: first-fit decreasing — the biggest jobs first, each onto the first warm node
-//!   of its family with room, else onto a node opened this cycle, else a new node.
+//! - **Size**: a job's own node set, the smallest size whose *allocatable* vCPUs and memory
+//!   (instance memory minus the system reserve) hold one of its nodes, in the family whose such
+//!   node costs least ([`Catalog::place`]; [`crate::placement`] sizes the job the same way).
+//! - **Planning**: first-fit decreasing — the biggest jobs first, each onto the first warm node
+//!   of its own set with room, else onto a new node of that set.
 //!
 //! The catalog (family, size, instance type, vCPUs, GiB, hourly price) is data
 //! (`fixtures/catalog/shapes.json`), parsed here from text the caller read.
@@ -1140,16 +1141,37 @@ mod tests {
 
     #[test]
     fn the_slices_of_one_job_go_to_different_nodes() {
-        let c = catalog();
-        // Two nodes of 1 vCPU and 1600 MiB: a c7g.large (2 vCPUs, 3.5 GiB) could hold both
-        // slices, but Slurm puts them on two nodes.
-        let demand = Demand::per_node(2, Some(3200), 2, 2048);
+        // A catalog whose smallest compute shape has two vCPUs: one node of it holds two
+        // one-vCPU slices.
+        let mut doc: serde_json::Value = serde_json::from_str(CATALOG).unwrap();
+        doc["shapes"][0]["vcpus"] = serde_json::json!(2);
+        doc["shapes"][0]["memory_gib"] = serde_json::json!(4);
+        doc["shapes"][0]["hourly_usd"] = serde_json::json!("0.03");
+        let c = Catalog::parse(&doc.to_string(), 512).unwrap();
+        let demand = Demand::per_node(2, Some(2048), 2, 2048);
+        let own = c.place(demand).unwrap();
+        assert_eq!(c.shape(own).unwrap().vcpus, 2, "{own}");
+        // The two slices of one job: two nodes, as Slurm places them.
         let slices = [PendingSlice { job_id: 7, demand }; 2];
         let (needs, _) = plan(&c, &[], &slices);
-        assert_eq!(needs.values().map(|n| n.nodes).sum::<u32>(), 2, "{needs:?}");
-        // On a warm node of their set with room for both, still one each: the first there, the
-        // second on a new node.
-        let own = c.place(demand).unwrap();
+        assert_eq!(
+            (needs[&own].nodes, needs[&own].new_nodes),
+            (2, 2),
+            "{needs:?}"
+        );
+        // Two one-slice jobs share one.
+        let two = [
+            PendingSlice { job_id: 7, demand },
+            PendingSlice { job_id: 8, demand },
+        ];
+        let (needs, _) = plan(&c, &[], &two);
+        assert_eq!(
+            (needs[&own].nodes, needs[&own].new_nodes),
+            (1, 1),
+            "{needs:?}"
+        );
+        // A warm node of the set with room for both takes one slice of the job; the other
+        // opens a node.
         let warm = [WarmNode {
             name: "w".into(),
             set: own,

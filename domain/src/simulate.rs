@@ -26,8 +26,9 @@
 //! `default_mib_per_cpu` per processor is assumed. A job no shape holds, or one that needs more
 //! nodes than allowed, is refused and reported with its cause and its share of the work.
 //!
-//! The elastic scheduler (Slurm's part) starts pending jobs in submit order on ready nodes of
-//! their family with room, and lets a later job pass one that does not fit (new nodes are coming
+//! The elastic scheduler (the local executor's rule, `gateways::local`; on a Slurm cluster Slurm
+//! chooses nodes its own way) starts pending jobs in submit order on ready nodes of their family
+//! with room, and lets a later job pass one that does not fit (new nodes are coming
 //! for it). A job takes room on a node of another size only when, by the time limits, it ends
 //! before the node's own jobs — so it never keeps a node up longer than the node would have been
 //! up anyway — and among those the node whose jobs end soonest after it; else a node of its own
@@ -483,8 +484,10 @@ struct Node {
     /// Since when it has run nothing (meaningful while `running == 0` and it is ready).
     idle_since: i64,
     idle_seconds: u64,
-    /// When its running jobs' time limits are all up (meaningful while it runs any).
+    /// When its running jobs' time limits are all up (meaningful while it runs any): the
+    /// latest of `ends`, one per running job.
     ends_by: i64,
+    ends: Vec<i64>,
 }
 
 struct Sim<'a> {
@@ -508,6 +511,8 @@ struct Sim<'a> {
     full: Vec<NodeSet>,
     /// Pending job numbers in submit order.
     pending: Vec<usize>,
+    /// Per started job: when its time limit is up.
+    limit_ends: Vec<i64>,
     placed: Vec<Vec<usize>>,
     /// Running jobs by (end, job): the fixed fleet's reservations look ahead with them.
     running: BTreeSet<(i64, usize)>,
@@ -536,6 +541,7 @@ fn run(jobs: &[SimJob], catalog: &Catalog, settings: SimSettings, mode: Mode<'_>
         desired: BTreeMap::new(),
         full: Vec::new(),
         pending: Vec::new(),
+        limit_ends: vec![0; jobs.len()],
         placed: vec![Vec::new(); jobs.len()],
         running: BTreeSet::new(),
         events: BinaryHeap::new(),
@@ -647,6 +653,7 @@ impl Sim<'_> {
             idle_since: at + cold_start,
             idle_seconds: 0,
             ends_by: at,
+            ends: Vec::new(),
         });
         self.by_family.entry(set.family).or_default().insert(n);
         self.roomy.entry(set.family).or_default().insert(n);
@@ -706,12 +713,17 @@ impl Sim<'_> {
         let d = self.jobs[j].demand;
         let end = self.t;
         self.running.remove(&(end, j));
+        let limit_end = self.limit_ends[j];
         for n in std::mem::take(&mut self.placed[j]) {
             let node = &mut self.nodes[n];
             let was_full = node.free_cpus == 0 || node.free_mib == 0;
             node.free_cpus += d.cpus;
             node.free_mib += d.memory_mib;
             node.running -= 1;
+            if let Some(k) = node.ends.iter().position(|e| *e == limit_end) {
+                node.ends.swap_remove(k);
+            }
+            node.ends_by = node.ends.iter().copied().max().unwrap_or(end);
             let set = node.set;
             if was_full && node.free_cpus > 0 && node.free_mib > 0 {
                 self.roomy.entry(set.family).or_default().insert(n);
@@ -854,6 +866,7 @@ impl Sim<'_> {
                 }
                 node.free_cpus -= d.cpus;
                 node.free_mib -= d.memory_mib;
+                node.ends.push(end);
                 node.ends_by = if node.running == 0 {
                     end
                 } else {
@@ -869,6 +882,12 @@ impl Sim<'_> {
                 }
             }
             self.placed[j] = chosen.clone();
+            self.limit_ends[j] = end;
+            if !fixed {
+                // A node just made busy, or whose jobs now end later, may take jobs this pass
+                // skipped as too big or too long.
+                failed.retain(|(f, _), _| *f != job.family);
+            }
             self.waits.push(t - job.submit);
             self.events.push(Reverse((t + job.run, Ev::Finish(j))));
             self.running.insert((t + job.run, j));
@@ -1233,7 +1252,8 @@ mod tests {
         );
         // Scheduling: job 1 holds 9 of a c7g.4xlarge's 16 vCPUs for an hour. Job 2 (a
         // c7g.xlarge's size) ends, by its time limit, before job 1: it takes the room at once.
-        // Job 3 would outlive job 1 there: it waits for a node of its own size.
+        // Job 3 would fit there too (9 + 3 + 3 of 16) but outlive job 1: it waits for a node of
+        // its own size. (First fit on any node of the family would have put it there.)
         let sim = |id: u64, submit: i64, limit: i64, cpus: u32| {
             let demand = Demand {
                 cpus,
@@ -1256,8 +1276,8 @@ mod tests {
         };
         let jobs = [
             sim(1, 0, 3600, 9),
-            sim(2, 100, 600, 4),
-            sim(3, 200, 7200, 4),
+            sim(2, 100, 600, 3),
+            sim(3, 200, 7200, 3),
         ];
         let (xlarge, medium) = (jobs[0].set, jobs[1].set);
         assert_eq!(

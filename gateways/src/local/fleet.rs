@@ -15,9 +15,8 @@ pub(super) struct LocalNode {
     pub(super) ready: bool,
     /// Jobs placed on it.
     pub(super) jobs: Vec<u64>,
-    /// When the time limits of the jobs it has run since it was last empty are up (`None`: one
-    /// of them has none).
-    pub(super) ends_by: Option<DateTime<Utc>>,
+    /// When each job on it reaches its time limit (`None`: it has none).
+    pub(super) ends: Vec<(u64, Option<DateTime<Utc>>)>,
 }
 
 #[derive(Debug, Default)]
@@ -32,12 +31,11 @@ pub(super) struct Fleet {
 impl Fleet {
     /// `wants.nodes` ready nodes with room for a job that would run until `end` (`None`: no
     /// limit), or None. The simulator's rule (`domain::simulate`): a node of another size of its
-    /// family only when the job ends before the node's own jobs — the soonest-ending such node
-    /// first — so it never keeps a node up longer; else nodes of its own set, busy ones first;
-    /// oldest first.
+    /// family only when the job ends, by the time limits, before the node's own jobs — the
+    /// soonest-ending such node first — so it never keeps a node up longer (a job without a
+    /// limit never does); else nodes of its own set, busy ones first; oldest first.
     pub(super) fn find(&self, wants: &Wants, end: Option<DateTime<Utc>>) -> Option<Vec<usize>> {
         let (demand, set) = (wants.demand, wants.set);
-        let end = end.unwrap_or(DateTime::<Utc>::MAX_UTC);
         let mut ranked: Vec<((u8, i64), usize)> = Vec::new();
         for (i, n) in self.nodes.iter().enumerate() {
             if !n.ready
@@ -47,9 +45,15 @@ impl Fleet {
             {
                 continue;
             }
-            let ends_by = n.ends_by.unwrap_or(DateTime::<Utc>::MAX_UTC);
-            let rank = if !n.jobs.is_empty() && ends_by >= end {
-                (0, (ends_by - end).num_seconds())
+            // When its jobs' limits are all up (any without one: never).
+            let ends_by = n
+                .ends
+                .iter()
+                .try_fold(DateTime::<Utc>::MIN_UTC, |m, (_, e)| e.map(|e| m.max(e)))
+                .unwrap_or(DateTime::<Utc>::MAX_UTC);
+            let ends_first = end.filter(|e| !n.jobs.is_empty() && ends_by >= *e);
+            let rank = if let Some(e) = ends_first {
+                (0, (ends_by - e).num_seconds())
             } else if n.set != set {
                 continue;
             } else if !n.jobs.is_empty() {
@@ -79,11 +83,7 @@ impl Fleet {
                 let n = &mut self.nodes[i];
                 n.free_cpus -= demand.cpus;
                 n.free_mib -= demand.memory_mib;
-                n.ends_by = if n.jobs.is_empty() {
-                    end
-                } else {
-                    n.ends_by.zip(end).map(|(a, b)| a.max(b))
-                };
+                n.ends.push((job_id, end));
                 n.jobs.push(job_id);
                 n.name.clone()
             })
@@ -93,6 +93,7 @@ impl Fleet {
     pub(super) fn release(&mut self, job_id: u64, demand: Demand) {
         for n in self.nodes.iter_mut().filter(|n| n.jobs.contains(&job_id)) {
             n.jobs.retain(|j| *j != job_id);
+            n.ends.retain(|(j, _)| *j != job_id);
             n.free_cpus += demand.cpus;
             n.free_mib += demand.memory_mib;
         }
@@ -156,7 +157,7 @@ impl Fleet {
                         ready_at: now + cold,
                         ready,
                         jobs: Vec::new(),
-                        ends_by: None,
+                        ends: Vec::new(),
                     });
                     changes.push(NodeChange::Launched {
                         node: name.clone(),
@@ -238,5 +239,71 @@ impl NodeFleet for LocalExecutor {
             .lock()
             .map(|f| f.nodes.iter().map(|n| n.name.clone()).collect())
             .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(set: NodeSet, free_cpus: u32, ends: &[Option<i64>]) -> LocalNode {
+        let t0 = DateTime::<Utc>::UNIX_EPOCH;
+        LocalNode {
+            name: format!("{set}-{}", ends.len()),
+            set,
+            free_cpus,
+            free_mib: 1 << 20,
+            launched_at: t0,
+            ready_at: t0,
+            ready: true,
+            jobs: (0..ends.len() as u64).collect(),
+            ends: ends
+                .iter()
+                .enumerate()
+                .map(|(j, e)| (j as u64, e.map(|s| t0 + chrono::Duration::seconds(s))))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_job_takes_another_size_only_where_it_ends_first_else_its_own_set() {
+        let xlarge = NodeSet {
+            family: Family::Compute,
+            size: Size::Xlarge,
+        };
+        let medium = NodeSet {
+            family: Family::Compute,
+            size: Size::Medium,
+        };
+        let fleet = Fleet {
+            nodes: vec![
+                node(xlarge, 7, &[Some(3600)]),            // 0: ends at 3600
+                node(xlarge, 7, &[Some(1800), Some(900)]), // 1: ends at 1800
+                node(medium, 4, &[]),                      // 2: its own set, idle
+                node(xlarge, 7, &[None]),                  // 3: a job without a limit
+            ],
+            ..Fleet::default()
+        };
+        let wants = Wants {
+            demand: Demand {
+                cpus: 3,
+                memory_mib: 1024,
+            },
+            nodes: 1,
+            set: medium,
+            limit: None,
+        };
+        let at = |s: i64| Some(DateTime::<Utc>::UNIX_EPOCH + chrono::Duration::seconds(s));
+        // Ends at 600: every busy xlarge outlives it; the one ending soonest after it wins.
+        assert_eq!(fleet.find(&wants, at(600)), Some(vec![1]));
+        // Ends at 2000: only node 0 (3600) and node 3 (no limit) outlive it; 0 is sooner.
+        assert_eq!(fleet.find(&wants, at(2000)), Some(vec![0]));
+        // Ends at 4000: only the node without a limit outlives it, sooner than nothing.
+        assert_eq!(fleet.find(&wants, at(4000)), Some(vec![3]));
+        // No limit of its own: it never ends first, so only its own set.
+        assert_eq!(fleet.find(&wants, None), Some(vec![2]));
+        // Two nodes of its own set wanted, one there: none.
+        let two = Wants { nodes: 2, ..wants };
+        assert_eq!(fleet.find(&two, None), None);
     }
 }
