@@ -9,6 +9,7 @@ pub mod auth;
 pub mod clusters;
 pub mod consistency;
 pub mod error;
+mod estimate;
 pub mod feed;
 mod health;
 mod jobs;
@@ -143,6 +144,11 @@ fn table() -> Table {
         .add(Method::GET, "/v1/clusters", get(clusters::list))
         .add(Method::GET, "/v1/clusters/{id}", get(clusters::get_one))
         .add(Method::POST, "/v1/clusters/{id}/jobs", post(jobs::submit))
+        .add(
+            Method::POST,
+            "/v1/clusters/{id}/jobs/estimate",
+            post(estimate::estimate),
+        )
         .add(Method::GET, "/v1/clusters/{id}/jobs", get(jobs::list))
         .add(
             Method::GET,

@@ -31,7 +31,9 @@ pub struct NodeSetView {
     pub hourly_usd: String,
     /// The count the autoscaler last decided (`ScaleDecisionMade`).
     pub desired: u32,
-    /// Nodes that the running jobs hold (first-fit of their shapes).
+    /// Nodes that the running jobs hold: the distinct nodes they run on, by name (the local
+    /// executor's names start with their set); jobs on nodes not named so are placed on their
+    /// own set (first-fit of their shapes).
     pub busy: u32,
     /// Nodes up and taking jobs (`NodeReady`, not terminated).
     pub ready: u32,
@@ -83,9 +85,35 @@ pub(crate) async fn list(
                 nodes: v.node,
             })
             .collect();
+    // Nodes named `<set>-…` are counted once each, by their set; the rest are planned.
+    let mut named: std::collections::BTreeMap<
+        domain::scaling::NodeSet,
+        std::collections::BTreeSet<&str>,
+    > = std::collections::BTreeMap::new();
+    let mut unnamed = Vec::new();
+    for j in &running {
+        let sets: Option<Vec<(domain::scaling::NodeSet, &str)>> = j
+            .nodes
+            .as_deref()
+            .map(|names| {
+                names
+                    .split(',')
+                    .map(|n| node_set_of(n).map(|s| (s, n)))
+                    .collect()
+            })
+            .unwrap_or(None);
+        match sets {
+            Some(sets) if !sets.is_empty() => {
+                for (s, n) in sets {
+                    named.entry(s).or_default().insert(n);
+                }
+            }
+            _ => unnamed.push(j),
+        }
+    }
     // Running jobs come in few shapes: each is placed once.
     let mut placed = std::collections::HashMap::new();
-    let slices: Vec<PendingSlice> = running
+    let slices: Vec<PendingSlice> = unnamed
         .iter()
         .flat_map(|j| {
             let (demand, nodes) = *placed.entry(j.shape).or_insert_with(|| {
@@ -124,13 +152,24 @@ pub(crate) async fn list(
                 allocatable_mib: s.allocatable_mib,
                 hourly_usd: dollars(s.hourly),
                 desired: desired.get(&set).map_or(0, |d| d.desired),
-                busy: busy.get(&set).map_or(0, |n| n.nodes),
+                busy: busy.get(&set).map_or(0, |n| n.nodes)
+                    + named
+                        .get(&set)
+                        .map_or(0, |n| u32::try_from(n.len()).unwrap_or(u32::MAX)),
                 ready: nodes.get(&set).map_or(0, |n| n.0),
                 starting: nodes.get(&set).map_or(0, |n| n.1),
             }
         })
         .collect();
     Ok(Json(NodeSetList { nodesets }))
+}
+
+/// The node set a node named `<family>-<size>-…` belongs to (the local executor's names).
+fn node_set_of(name: &str) -> Option<domain::scaling::NodeSet> {
+    let mut parts = name.splitn(3, '-');
+    let (family, size) = (parts.next()?, parts.next()?);
+    parts.next()?;
+    domain::scaling::NodeSet::parse(&format!("{family}-{size}"))
 }
 
 /// `0.0725` from 72,500 micro-USD.
@@ -145,4 +184,9 @@ pub struct Scaling {
     pub default_mib_per_cpu: u64,
     /// Whether this replica leads the poll cycle now.
     pub leading: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// The scaler the poll cycle runs (its last plans and node folds answer job estimates).
+    pub scaler: Option<std::sync::Arc<commands::scaling::Scaler>>,
+    /// A new node's cold start, and the poll cycle's interval: what a job waits for a node.
+    pub cold_start: std::time::Duration,
+    pub poll_interval: std::time::Duration,
 }

@@ -27,6 +27,7 @@ use crate::{clusters, health, jobs, metrics, templates};
         clusters::list,
         clusters::get_one,
         jobs::submit,
+        crate::estimate::estimate,
         jobs::list,
         jobs::get_one,
         jobs::cancel,

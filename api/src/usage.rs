@@ -75,7 +75,7 @@ fn mode_name(m: QuotaMode) -> &'static str {
     }
 }
 
-fn status_name(s: QuotaStatus) -> &'static str {
+pub(crate) fn status_name(s: QuotaStatus) -> &'static str {
     match s {
         QuotaStatus::Ok => "ok",
         QuotaStatus::Warning => "warning",
@@ -163,7 +163,7 @@ pub(crate) async fn me(
 }
 
 /// A user's money in `period` at `now`, from the jobs projection.
-async fn user_usage(
+pub(crate) async fn user_usage(
     state: &AppState,
     workspace: &WorkspaceId,
     email: &Email,

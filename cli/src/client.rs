@@ -168,14 +168,13 @@ pub fn parse_params(pairs: &[String]) -> anyhow::Result<Value> {
     Ok(Value::Object(map))
 }
 
-pub async fn submit(
-    t: &Target,
+/// A submission's body: a v0.0.44 body file, or a template with its parameters.
+pub fn submit_body(
     file: Option<PathBuf>,
     template: Option<String>,
     params: &[String],
-    key: Option<String>,
-) -> anyhow::Result<ExitCode> {
-    let body = match (file, template) {
+) -> anyhow::Result<Value> {
+    Ok(match (file, template) {
         (Some(f), None) => {
             let text = std::fs::read_to_string(&f)
                 .with_context(|| format!("could not read {}", f.display()))?;
@@ -185,17 +184,105 @@ pub async fn submit(
         _ => anyhow::bail!(
             "give a body file (clusterra submit body.json) or --template ID, not both"
         ),
-    };
+    })
+}
+
+pub async fn submit(t: &Target, body: &Value, key: Option<String>) -> anyhow::Result<ExitCode> {
     let c = Client::new(t)?;
     let (status, out) = c
         .send(
             reqwest::Method::POST,
             &format!("/v1/clusters/{}/jobs", t.cluster),
-            Some(&body),
+            Some(body),
             key.as_deref(),
         )
         .await?;
     finish(status, &out)
+}
+
+/// `clusterra submit --dry-run`: the estimate, in words; nothing is submitted.
+pub async fn estimate(t: &Target, body: &Value) -> anyhow::Result<ExitCode> {
+    let c = Client::new(t)?;
+    let (status, out) = c
+        .send(
+            reqwest::Method::POST,
+            &format!("/v1/clusters/{}/jobs/estimate", t.cluster),
+            Some(body),
+            None,
+        )
+        .await?;
+    if !(200..300).contains(&status) {
+        return finish(status, &out);
+    }
+    print!("{}", estimate_text(&out));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// An estimate as lines of text (control characters of server text stripped).
+pub fn estimate_text(e: &Value) -> String {
+    let s = |v: &Value| -> String {
+        v.as_str()
+            .map(|t| t.chars().filter(|c| !c.is_control()).collect())
+            .unwrap_or_else(|| v.to_string())
+    };
+    let p = &e["placement"];
+    let mut out = format!(
+        "placement  {} × {} ({}-{}), {} vCPUs and {} MiB on each
+",
+        s(&p["nodes"]),
+        s(&p["instance_type"]),
+        s(&p["family"]),
+        s(&p["size"]),
+        s(&p["vcpus_per_node"]),
+        s(&p["memory_mib_per_node"]),
+    );
+    out += &format!(
+        "rate       ${} an hour
+",
+        s(&e["rate_usd_per_hour"])
+    );
+    match e["max_cost_usd"].as_str() {
+        Some(max) => {
+            out += &format!(
+                "max cost   ${max} (time limit {} min)
+",
+                s(&e["time_limit_minutes"])
+            )
+        }
+        None => {
+            out += "max cost   unbounded (no time limit)
+"
+        }
+    }
+    let start = &e["expected_start"];
+    out += &format!(
+        "starts     {} ({}): {}
+",
+        s(&start["at"]),
+        s(&start["kind"]),
+        s(&start["reason"])
+    );
+    let q = &e["quota"];
+    out += &format!(
+        "quota      {} after it{}
+",
+        s(&q["status_after"]),
+        q["remaining_usd"]
+            .as_str()
+            .map(|r| format!(", ${r} of the limit left"))
+            .unwrap_or_else(|| ", no quota".into())
+    );
+    for w in e["warnings"].as_array().into_iter().flatten() {
+        out += &format!(
+            "warning    {}: {}
+",
+            s(&w["field"]),
+            s(&w["message"])
+        );
+    }
+    out += "nothing was submitted (--dry-run)
+";
+    out
 }
 
 pub async fn jobs(

@@ -91,6 +91,9 @@ enum Command {
         /// Makes retries safe: the same key returns the first answer
         #[arg(long, value_name = "KEY")]
         idempotency_key: Option<String>,
+        /// Submit nothing: print where it would run, what it would cost and when it would start
+        #[arg(long, conflicts_with = "idempotency_key")]
+        dry_run: bool,
     },
     /// List jobs (yours; all of them for admins)
     Jobs {
@@ -310,7 +313,15 @@ fn main() -> ExitCode {
                 template,
                 params,
                 idempotency_key,
-            } => client::submit(&target, file, template, &params, idempotency_key).await,
+                dry_run,
+            } => {
+                let body = client::submit_body(file, template, &params)?;
+                if dry_run {
+                    client::estimate(&target, &body).await
+                } else {
+                    client::submit(&target, &body, idempotency_key).await
+                }
+            }
             Command::Jobs {
                 target,
                 state,

@@ -288,14 +288,15 @@ impl Submitter {
             })
     }
 
-    #[tracing::instrument(skip_all, fields(workspace = %s.workspace, cluster = %s.cluster, user = %s.user))]
-    pub async fn submit(
+    /// Checks a body as [`Self::submit`] does, recording nothing: its canonical form, or every
+    /// field error submit would answer. The job estimate uses it, so both refuse alike.
+    pub fn validate(
         &self,
-        log: &dyn EventLog,
-        slurm: &dyn SlurmPort,
-        s: Submission,
-    ) -> Result<Submitted, JobError> {
-        let canonical = canonicalize(&s.body).map_err(JobError::Invalid)?;
+        workspace: &WorkspaceId,
+        cluster: &ClusterId,
+        body: &serde_json::Value,
+    ) -> Result<domain::submit::CanonicalSubmit, JobError> {
+        let canonical = canonicalize(body).map_err(JobError::Invalid)?;
         if let Some(limits) = &self.limits {
             let memory_field = if canonical.body["job"]
                 .get("memory_per_cpu")
@@ -306,13 +307,32 @@ impl Submitter {
                 "job.memory_per_node"
             };
             let over = limits
-                .of(&s.workspace, &s.cluster)
+                .of(workspace, cluster)
                 .check(&canonical.shape, memory_field);
             if !over.is_empty() {
                 return Err(JobError::Invalid(over));
             }
         }
         self.check_fits(&canonical.shape)?;
+        Ok(canonical)
+    }
+
+    /// A shape's hourly rate as submit records it (`None` without a catalog, or when nothing
+    /// holds it).
+    pub fn rate(&self, shape: &JobShape) -> Option<domain::MicroUsd> {
+        self.shapes
+            .as_ref()
+            .and_then(|(catalog, default_mib)| domain::cost::job_rate(catalog, shape, *default_mib))
+    }
+
+    #[tracing::instrument(skip_all, fields(workspace = %s.workspace, cluster = %s.cluster, user = %s.user))]
+    pub async fn submit(
+        &self,
+        log: &dyn EventLog,
+        slurm: &dyn SlurmPort,
+        s: Submission,
+    ) -> Result<Submitted, JobError> {
+        let canonical = self.validate(&s.workspace, &s.cluster, &s.body)?;
         let digest = body_digest(&canonical.body);
         let submission_id = match &s.idempotency_key {
             Some(key) => Uuid::new_v5(
@@ -337,9 +357,7 @@ impl Submitter {
             .and_then(|n| n.as_str())
             .unwrap_or("job")
             .to_string();
-        let rate = self.shapes.as_ref().and_then(|(catalog, default_mib)| {
-            domain::cost::job_rate(catalog, &canonical.shape, *default_mib)
-        });
+        let rate = self.rate(&canonical.shape);
         let metadata = Metadata {
             actor: Some(s.user.to_string()),
             role: Some(s.role),

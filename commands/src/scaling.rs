@@ -79,6 +79,26 @@ struct Plan {
     needs: Arc<BTreeMap<NodeSet, Need>>,
 }
 
+/// A node set as a new job would find it ([`Scaler::outlook`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outlook {
+    /// Nodes of the set up and taking jobs.
+    pub ready: u32,
+    /// Nodes of the set launched and still in their cold start.
+    pub starting: u32,
+    /// What the last plan put on the set; `None` when this process has made none.
+    pub planned: Option<Planned>,
+}
+
+/// What a plan put on one node set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Planned {
+    /// Pending jobs placed on the set.
+    pub pending_jobs: usize,
+    /// Nodes up or starting that hold running or placed jobs.
+    pub holding: u32,
+}
+
 /// A scaling stream folded: each node set's desired count, the log position of the decision
 /// that set it, and the stream's version.
 #[derive(Debug, Clone, Default)]
@@ -431,6 +451,43 @@ impl Scaler {
         })
         .await?;
         Ok((known.nodes, known.version))
+    }
+
+    /// What a new job of `set` would find in a cluster: its nodes of that set as the log has them
+    /// (read on from the last call), and what this process's last plan of the cluster placed
+    /// there (`None` when it has not planned the cluster: it does not lead the poll cycle).
+    /// Costs the node events since the last call and one look at the kept plan: never the queue.
+    pub async fn outlook(
+        &self,
+        log: &dyn EventLog,
+        workspace: &WorkspaceId,
+        cluster: &ClusterId,
+        set: NodeSet,
+    ) -> Result<Outlook, ScaleError> {
+        let (live, _) = self.live_nodes(log, workspace, cluster).await?;
+        let (mut ready, mut starting) = (0, 0);
+        for (s, is_ready) in live.values() {
+            if *s == set {
+                if *is_ready {
+                    ready += 1;
+                } else {
+                    starting += 1;
+                }
+            }
+        }
+        let plan = self.plans.lock().ok().and_then(|plans| {
+            plans
+                .get(&(workspace.clone(), cluster.clone()))
+                .map(|p| p.needs.get(&set).cloned().unwrap_or_default())
+        });
+        Ok(Outlook {
+            ready,
+            starting,
+            planned: plan.map(|need| Planned {
+                pending_jobs: need.jobs.len(),
+                holding: need.nodes.saturating_sub(need.new_nodes),
+            }),
+        })
     }
 
     /// The stream's fold, read on from where the last cycle left it.

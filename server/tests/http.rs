@@ -190,6 +190,10 @@ async fn authorization_matrix() {
                     "/v1/clusters/local/jobs".to_string(),
                     Some(json!({"template_id": "shell", "params": {"command": "sleep 5"}})),
                 ),
+                ("POST", "/v1/clusters/{id}/jobs/estimate") => (
+                    "/v1/clusters/local/jobs/estimate".to_string(),
+                    Some(json!({"template_id": "shell", "params": {"command": "sleep 5"}})),
+                ),
                 (_, "/v1/clusters/{id}") => ("/v1/clusters/local".to_string(), None),
                 (_, "/v1/clusters/{id}/jobs") => ("/v1/clusters/local/jobs".to_string(), None),
                 (_, "/v1/clusters/{id}/nodesets") => {
@@ -266,6 +270,7 @@ async fn authorization_matrix() {
                         StatusCode::NOT_FOUND
                     }
                     ("POST", "/v1/clusters/{id}/jobs", _) => StatusCode::CREATED,
+                    ("POST", "/v1/clusters/{id}/jobs/estimate", _) => StatusCode::OK,
                     ("DELETE", "/v1/clusters/{id}/jobs/{job_id}", _) => StatusCode::ACCEPTED,
                     ("POST", "/v1/clusters/{id}/storage/presigned-url", _) => StatusCode::CREATED,
                     ("DELETE", "/v1/clusters/{id}/storage/objects", _) => StatusCode::NOT_FOUND,
