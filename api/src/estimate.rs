@@ -18,6 +18,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::auth::Caller;
+use crate::consistency::{MinPosition, await_projection};
 use crate::json::ApiJson;
 use crate::{ApiError, AppState};
 
@@ -96,10 +97,14 @@ pub struct Estimate {
 pub(crate) async fn estimate(
     State(state): State<AppState>,
     caller: Caller,
+    min: MinPosition,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<serde_json::Value>,
 ) -> Result<Json<Estimate>, ApiError> {
-    let (cluster, _) = crate::clusters::visible_cluster(&state, &caller, &id).await?;
+    // The cluster as submit finds it: one registered a moment ago (with the position), and a
+    // Slurm this server reaches (else 503 `slurm_not_connected`, as submit answers).
+    await_projection(&state, projections::views::clusters::NAME, min).await;
+    let (cluster, _) = crate::jobs::cluster_and_slurm(&state, &caller, &id).await?;
     let body = match body.get("template_id") {
         Some(_) => crate::templates::render_request(&state, &body)?.0,
         None => body,
@@ -116,8 +121,13 @@ pub(crate) async fn estimate(
     let shape_of = |set: NodeSet| scaling.catalog.shape(set);
     let billed = shape_of(placed.set)
         .ok_or_else(|| ApiError::internal("the placement names no catalog shape"))?;
-    let rate = state.submitter.rate(&shape).unwrap_or(MicroUsd::ZERO);
-    let max_cost = shape.time_limit_minutes.map(|m| {
+    let rate = state
+        .submitter
+        .rate(&shape)
+        .ok_or_else(|| ApiError::internal("a validated job has no rate"))?;
+    // Slurm reads 0 and INFINITE (u32::MAX) minutes as no limit.
+    let limit = shape.time_limit_minutes.filter(|m| *m > 0 && *m < u32::MAX);
+    let max_cost = limit.map(|m| {
         MicroUsd(i64::try_from(i128::from(rate.0) * i128::from(m) / 60).unwrap_or(i64::MAX))
     });
     if max_cost.is_none() {
@@ -132,7 +142,8 @@ pub(crate) async fn estimate(
     // When it would start: the planner's own set for one of its nodes.
     let now = state.clock.now();
     let set = scaling.catalog.place(placed.demand).unwrap_or(placed.set);
-    let outlook = match &scaling.scaler {
+    let leading = scaling.leading.load(std::sync::atomic::Ordering::Relaxed);
+    let outlook = match scaling.scaler.as_ref().filter(|_| leading) {
         Some(scaler) => Some(
             scaler
                 .outlook(state.store.log.as_ref(), &caller.workspace, &cluster, set)
@@ -141,7 +152,7 @@ pub(crate) async fn estimate(
         ),
         None => None,
     };
-    let expected_start = expected_start(outlook, placed.nodes, set, scaling, now);
+    let expected_start = expected_start(outlook, leading, placed.nodes, set, scaling, now);
 
     // The quota with this job's maximum added (a job without a limit: until the period ends).
     let period = Period::of(state.settings.billing_period, now);
@@ -159,12 +170,18 @@ pub(crate) async fn estimate(
         ..usage
     };
     let mut status = domain::cost::status(&after, quota.as_ref().map(|q| q.quota()).as_ref());
-    if let Err(e) = crate::usage::refuse_if_blocked(&state, &caller).await {
-        status = QuotaStatus::Blocked;
-        warnings.push(domain::submit::Warning {
-            field: "quota".into(),
-            message: format!("submit would be refused now: {}", e.message),
-        });
+    // A user `block_and_kill` has blocked: submit refuses (403) before it reads the body; the
+    // estimate says so instead. Any other failure of the check is the server's.
+    match crate::usage::refuse_if_blocked(&state, &caller).await {
+        Ok(()) => {}
+        Err(e) if e.code == "quota_exceeded" => {
+            status = QuotaStatus::Blocked;
+            warnings.push(domain::submit::Warning {
+                field: "quota".into(),
+                message: format!("submit would be refused now: {}", e.message),
+            });
+        }
+        Err(e) => return Err(e),
     }
     Ok(Json(Estimate {
         placement: EstimatePlacement {
@@ -177,7 +194,7 @@ pub(crate) async fn estimate(
         },
         rate_usd_per_hour: rate.decimal(),
         max_cost_usd: max_cost.map(MicroUsd::decimal),
-        time_limit_minutes: shape.time_limit_minutes,
+        time_limit_minutes: limit,
         expected_start,
         quota: EstimateQuota {
             status_after: crate::usage::status_name(status).into(),
@@ -192,6 +209,7 @@ pub(crate) async fn estimate(
 /// The expected start from what the set holds (module docs of `commands::scaling::Outlook`).
 fn expected_start(
     outlook: Option<Outlook>,
+    leading: bool,
     nodes: u32,
     set: NodeSet,
     scaling: &crate::nodesets::Scaling,
@@ -206,15 +224,29 @@ fn expected_start(
         reason,
     };
     let Some(planned) = outlook.and_then(|o| o.planned.map(|p| (o, p))) else {
+        let why = if leading {
+            "the poll cycle has not planned this cluster yet"
+        } else {
+            "this replica does not lead the poll cycle"
+        };
         return launched(
             "unknown_plan",
             format!(
-                "at most a cold start (about {secs} s): this replica does not lead the poll \
-                 cycle, so it cannot tell whether a {set} node has room now"
+                "about a cold start (about {secs} s) unless its set is at its node limit: {why}, \
+                 so it cannot tell whether a {set} node has room now"
             ),
         );
     };
     let (o, p) = planned;
+    if p.capped {
+        return launched(
+            "queued",
+            format!(
+                "{set} has as many nodes as the cluster allows it (max_nodes_per_set): it starts \
+                 when running jobs of the set end, not before about {secs} s"
+            ),
+        );
+    }
     if p.pending_jobs > 0 {
         return launched(
             "queued",
@@ -246,4 +278,74 @@ fn expected_start(
             }
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use commands::scaling::Planned;
+    use domain::scaling::{Catalog, Family, Size};
+
+    fn scaling() -> crate::nodesets::Scaling {
+        crate::nodesets::Scaling {
+            catalog: std::sync::Arc::new(
+                Catalog::parse(include_str!("../../fixtures/catalog/shapes.json"), 512)
+                    .expect("the fixture catalog"),
+            ),
+            default_mib_per_cpu: 2016,
+            leading: Default::default(),
+            scaler: None,
+            cold_start: std::time::Duration::from_secs(80),
+            poll_interval: std::time::Duration::from_secs(1),
+        }
+    }
+
+    fn outlook(ready: u32, pending_jobs: usize, holding: u32, capped: bool) -> Option<Outlook> {
+        Some(Outlook {
+            ready,
+            starting: 0,
+            planned: Some(Planned {
+                pending_jobs,
+                holding,
+                capped,
+            }),
+        })
+    }
+
+    #[test]
+    fn the_expected_start_reads_the_plan() {
+        let s = scaling();
+        let set = NodeSet {
+            family: Family::Compute,
+            size: Size::Xlarge,
+        };
+        let now = DateTime::<Utc>::UNIX_EPOCH;
+        let later = now + chrono::Duration::seconds(81);
+        let at = |o, nodes| expected_start(o, true, nodes, set, &s, now);
+        // Two ready nodes, one holding work: one free, so a one-node job starts now; a
+        // two-node job waits for a node.
+        let e = at(outlook(2, 0, 1, false), 1);
+        assert_eq!((e.kind.as_str(), e.at), ("warm_node", now));
+        let e = at(outlook(2, 0, 1, false), 2);
+        assert_eq!((e.kind.as_str(), e.at), ("cold_start", later));
+        assert!(e.reason.contains("2 are launched"), "{}", e.reason);
+        // Pending jobs of the set go first, even with a free node.
+        let e = at(outlook(3, 4, 0, false), 1);
+        assert_eq!((e.kind.as_str(), e.at), ("queued", later));
+        assert!(e.reason.contains("behind 4 pending job"), "{}", e.reason);
+        // At the set's node limit: it waits for running jobs.
+        let e = at(outlook(5, 0, 5, true), 1);
+        assert_eq!(e.kind, "queued");
+        assert!(e.reason.contains("max_nodes_per_set"), "{}", e.reason);
+        // No plan: a follower, or a leader before its first cycle of the cluster.
+        let e = expected_start(None, false, 1, set, &s, now);
+        assert_eq!((e.kind.as_str(), e.at), ("unknown_plan", later));
+        assert!(e.reason.contains("does not lead"), "{}", e.reason);
+        let e = expected_start(None, true, 1, set, &s, now);
+        assert!(
+            e.reason.contains("not planned this cluster yet"),
+            "{}",
+            e.reason
+        );
+    }
 }

@@ -204,7 +204,7 @@ fn job_not_found() -> ApiError {
 }
 
 /// Resolves the cluster (in the caller's workspace) and its Slurm.
-async fn cluster_and_slurm(
+pub(crate) async fn cluster_and_slurm(
     state: &AppState,
     caller: &Caller,
     id: &str,

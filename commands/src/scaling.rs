@@ -97,6 +97,9 @@ pub struct Planned {
     pub pending_jobs: usize,
     /// Nodes up or starting that hold running or placed jobs.
     pub holding: u32,
+    /// The set needs as many nodes as the cluster allows it (`max_nodes_per_set`): more jobs
+    /// wait for running ones to end, not for a node to start.
+    pub capped: bool,
 }
 
 /// A scaling stream folded: each node set's desired count, the log position of the decision
@@ -139,6 +142,13 @@ impl Scaler {
     pub fn lead_from(&self, now: DateTime<Utc>) {
         if let Ok(mut s) = self.started.lock() {
             *s = now;
+        }
+    }
+
+    /// This process stopped deciding: its plans are no longer kept current, so none is kept.
+    pub fn stop_leading(&self) {
+        if let Ok(mut plans) = self.plans.lock() {
+            plans.clear();
         }
     }
 
@@ -464,6 +474,19 @@ impl Scaler {
         cluster: &ClusterId,
         set: NodeSet,
     ) -> Result<Outlook, ScaleError> {
+        let plan = self.plans.lock().ok().and_then(|plans| {
+            plans
+                .get(&(workspace.clone(), cluster.clone()))
+                .map(|p| p.needs.get(&set).cloned().unwrap_or_default())
+        });
+        let Some(need) = plan else {
+            // No plan to read: the nodes alone cannot say whether one has room.
+            return Ok(Outlook {
+                ready: 0,
+                starting: 0,
+                planned: None,
+            });
+        };
         let (live, _) = self.live_nodes(log, workspace, cluster).await?;
         let (mut ready, mut starting) = (0, 0);
         for (s, is_ready) in live.values() {
@@ -475,17 +498,17 @@ impl Scaler {
                 }
             }
         }
-        let plan = self.plans.lock().ok().and_then(|plans| {
-            plans
-                .get(&(workspace.clone(), cluster.clone()))
-                .map(|p| p.needs.get(&set).cloned().unwrap_or_default())
-        });
+        let most = self
+            .limits
+            .as_ref()
+            .map(|l| l.of(workspace, cluster).max_nodes_per_set);
         Ok(Outlook {
             ready,
             starting,
-            planned: plan.map(|need| Planned {
+            planned: Some(Planned {
                 pending_jobs: need.jobs.len(),
                 holding: need.nodes.saturating_sub(need.new_nodes),
+                capped: most.is_some_and(|m| need.nodes >= m),
             }),
         })
     }

@@ -396,6 +396,54 @@ function ask(form) {
 }
 for (const el of document.querySelectorAll('form[data-ask]')) ask(el);
 
+// The submit page: the estimate beside the form follows what it holds (half a second after the
+// last change). Without script the "Estimate cost and start" button asks for the same page.
+function liveEstimate(box) {
+  const button = document.querySelector('button[formaction^="/jobs/estimate"]');
+  const form = button?.form;
+  if (!form) return;
+  let timer = null;
+  let asked = 0;
+  const say = (text) => {
+    const p = document.createElement('p');
+    p.className = 'help';
+    p.textContent = text;
+    box.replaceChildren(p);
+  };
+  const refresh = async () => {
+    const mine = ++asked;
+    const body = new URLSearchParams(new FormData(form));
+    try {
+      const res = await fetch(button.getAttribute('formaction'), {
+        method: 'POST',
+        body,
+        credentials: 'same-origin',
+        headers: { 'Content-Type': 'application/x-www-form-urlencoded' },
+      });
+      const page = new DOMParser().parseFromString(await res.text(), 'text/html');
+      if (mine !== asked) return; // a later change asked again
+      const fresh = page.querySelector('[data-estimate]');
+      if (fresh && fresh.children.length) {
+        box.replaceChildren(...fresh.childNodes);
+        localTimes(box);
+        return;
+      }
+      const problem = page.querySelector('.error[role="alert"] p');
+      say(problem
+        ? 'No estimate yet: ' + problem.textContent.trim()
+        : 'No estimate: the server did not answer with one (reload the page if you were signed out).');
+    } catch (e) {
+      if (mine === asked) say('No estimate: the server could not be reached. Change a field to try again.');
+    }
+  };
+  form.addEventListener('input', () => {
+    clearTimeout(timer);
+    timer = setTimeout(refresh, 500);
+  });
+  refresh();
+}
+for (const el of document.querySelectorAll('[data-estimate]')) liveEstimate(el);
+
 localTimes();
 for (const el of document.querySelectorAll('form[data-upload]')) upload(el);
 // Streams open after the load event: a stream opened before it keeps the page "loading" (the

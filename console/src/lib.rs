@@ -73,6 +73,7 @@ pub fn router(api: Router, state: &AppState, options: &Options) -> Router {
         .route("/login", get(pages::login::page).post(pages::login::submit))
         .route("/logout", post(pages::login::logout))
         .route("/jobs", get(pages::jobs::list).post(pages::submit::post))
+        .route("/jobs/estimate", post(pages::submit::estimate))
         .route("/jobs/{job_id}", get(pages::job::page))
         .route("/jobs/{job_id}/cancel", post(pages::job::cancel))
         .route("/submit", get(pages::submit::page))

@@ -174,6 +174,8 @@ pub async fn run(p: Poller, mut stop: watch::Receiver<bool>) {
             tracing::info!(leading, "poll cycle leadership changed");
             if leading {
                 scaler.lead_from(chrono::Utc::now());
+            } else {
+                scaler.stop_leading();
             }
         }
         let deadline = tokio::time::Instant::now() + every;

@@ -240,6 +240,58 @@ async fn a_sign_in_link_signs_in_once_and_its_session_is_an_httponly_strict_cook
 }
 
 #[tokio::test]
+async fn the_submit_form_estimates_without_submitting() {
+    let (_dir, _data, api, link) = started_console();
+    let http = no_redirects();
+    let base = api.server.base.clone();
+    let (session, csrf) = session(&http, &base, &link).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await; // the first poll cycles settle
+    let before = api.log_position().await;
+    let form = vec![
+        ("csrf", csrf.as_str()),
+        ("template_id", "shell"),
+        ("p.command", "echo hi"),
+        ("p.minutes", "30"),
+    ];
+    let res = post_form(
+        &http,
+        &format!("{base}/jobs/estimate?cluster=local"),
+        &session,
+        &form,
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    let html = res.text().await.expect("html");
+    for part in [
+        "Estimate",
+        "an hour",
+        "time limit 30 min",
+        "Nothing was submitted",
+        "echo hi",
+    ] {
+        assert_contains(&html, part);
+    }
+    // A refused form says why, field by field, and estimates nothing.
+    let bad = vec![
+        ("csrf", csrf.as_str()),
+        ("template_id", "shell"),
+        ("p.minutes", "30"),
+    ];
+    let res = post_form(
+        &http,
+        &format!("{base}/jobs/estimate?cluster=local"),
+        &session,
+        &bad,
+    )
+    .await;
+    assert_eq!(res.status(), 422);
+    let html = res.text().await.expect("html");
+    assert_contains(&html, "invalid_param");
+    assert!(!html.contains("Nothing was submitted"), "{html}");
+    assert_eq!(api.log_position().await, before, "estimates append nothing");
+}
+
+#[tokio::test]
 async fn posts_without_the_csrf_token_are_refused_and_change_nothing() {
     let (_dir, _data, api, link) = started_console();
     let http = no_redirects();
@@ -250,6 +302,10 @@ async fn posts_without_the_csrf_token_are_refused_and_change_nothing() {
     for (path, form) in [
         (
             "/jobs?cluster=local",
+            vec![("template_id", "shell"), ("p.command", "echo hi")],
+        ),
+        (
+            "/jobs/estimate?cluster=local",
             vec![("template_id", "shell"), ("p.command", "echo hi")],
         ),
         (
@@ -694,6 +750,11 @@ async fn in_a_browser_a_researcher_submits_from_the_form_watches_the_log_sees_co
     )
     .await;
     b.fill("#p-minutes", "5").await;
+    // The estimate beside the form follows it: five minutes of the job's rate at most.
+    let estimate = b
+        .wait_text("#estimate", "time limit 5 min", Duration::from_secs(10))
+        .await;
+    assert_contains(&estimate, "Nothing was submitted");
     b.click("#submit-job").await;
     b.wait_text("h1", "Job ", Duration::from_secs(10)).await;
     assert_contains(&b.url().await, "/jobs/");

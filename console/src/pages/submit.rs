@@ -50,11 +50,14 @@ pub async fn page(
         q.raw.is_some(),
         &BTreeMap::new(),
         None,
+        None,
     )
     .await
 }
 
-/// The page, with the values and errors of a submit that was refused.
+/// The page, with the values and errors of a submit that was refused, or the estimate of what
+/// the form holds.
+#[allow(clippy::too_many_arguments)]
 async fn render(
     console: &Console,
     session: &Session,
@@ -63,6 +66,7 @@ async fn render(
     raw: bool,
     values: &BTreeMap<String, String>,
     fail: Option<&Fail>,
+    estimate: Option<&Value>,
 ) -> Response {
     let (frame, cluster) = match console
         .cluster_frame(session, cluster, "/submit", "Submit")
@@ -112,7 +116,10 @@ async fn render(
                 input type="hidden" name="template_id" value=(d["id"].as_str().unwrap_or(""));
                 (fields(&d["params_schema"], values, fail))
                 button #submit-job type="submit" { "Submit job" }
+                " "
+                button #estimate-job .secondary type="submit" formaction={"/jobs/estimate?cluster=" (seg(&cluster))} formnovalidate { "Estimate cost and start" }
             }
+            (estimate_box(estimate))
         } @else if raw {
             form #raw-form .card method="post" action={"/jobs?cluster=" (seg(&cluster))} {
                 input type="hidden" name="csrf" value=(session.csrf);
@@ -123,7 +130,10 @@ async fn render(
                 }
                 p #raw-help .help { "The body slurmrestd's " code { "POST /slurm/v0.0.44/job/submit" } " takes. docs/jobs.md lists what is checked before it reaches Slurm." }
                 button #submit-raw type="submit" { "Submit job" }
+                " "
+                button #estimate-raw .secondary type="submit" formaction={"/jobs/estimate?cluster=" (seg(&cluster))} formnovalidate { "Estimate cost and start" }
             }
+            (estimate_box(estimate))
         } @else if templates.is_empty() {
             (empty("No templates in the catalog.", html! { a href={"/submit?raw=1&cluster=" (seg(&cluster))} { "Write a raw body" } }))
         } @else {
@@ -140,6 +150,43 @@ async fn render(
         *res.status_mut() = f.status;
     }
     res
+}
+
+/// The estimate of what the form holds (`POST …/jobs/estimate`), or an empty live region the
+/// page's script fills as the form changes.
+fn estimate_box(estimate: Option<&Value>) -> Markup {
+    let s = |v: &Value| match v {
+        Value::String(t) => t.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    };
+    html! {
+        section #estimate .card aria-live="polite" data-estimate {
+            @if let Some(e) = estimate {
+                h2 { "Estimate" }
+                @let p = &e["placement"];
+                dl.facts {
+                    dt { "Runs on" } dd { (s(&p["nodes"])) " × " (s(&p["instance_type"])) " (" (s(&p["family"])) "-" (s(&p["size"])) "), " (s(&p["vcpus_per_node"])) " vCPUs and " (s(&p["memory_mib_per_node"])) " MiB on each" }
+                    dt { "Rate" } dd { "$" (s(&e["rate_usd_per_hour"])) " an hour" }
+                    dt { "At most" } dd {
+                        @match e["max_cost_usd"].as_str() {
+                            Some(m) => { "$" (m) " (time limit " (s(&e["time_limit_minutes"])) " min)" }
+                            None => { "unbounded: no time limit" }
+                        }
+                    }
+                    dt { "Starts" } dd { time datetime=(s(&e["expected_start"]["at"])) { (s(&e["expected_start"]["at"])) } ": " (s(&e["expected_start"]["reason"])) }
+                    dt { "Quota after it" } dd {
+                        (s(&e["quota"]["status_after"]))
+                        @if let Some(r) = e["quota"]["remaining_usd"].as_str() { ", $" (r) " of the limit left" }
+                    }
+                }
+                @for w in e["warnings"].as_array().into_iter().flatten() {
+                    p.help { strong { (s(&w["field"])) } ": " (s(&w["message"])) }
+                }
+                p.muted { "Nothing was submitted." }
+            }
+        }
+    }
 }
 
 fn idempotency_key() -> String {
@@ -237,43 +284,52 @@ fn params(schema: &Value, values: &BTreeMap<String, String>) -> Value {
     Value::Object(out)
 }
 
-/// `POST /jobs`: submits the form through the API; on success, to the job's page.
-pub async fn post(
-    State(console): State<Arc<Console>>,
-    session: Session,
-    Query(q): Query<super::ClusterQuery>,
-    Form(form): Form<Vec<(String, String)>>,
-) -> Response {
+/// What a submit form asks: its values, cluster, template and API body; or the page to answer.
+struct Asked {
+    values: BTreeMap<String, String>,
+    cluster: String,
+    template: Option<String>,
+    body: Value,
+}
+
+/// Reads a submit form (checking its CSRF token) into the body the API takes.
+async fn asked(
+    console: &Console,
+    session: &Session,
+    cluster: Option<String>,
+    form: Vec<(String, String)>,
+) -> Result<Asked, Response> {
     let values: BTreeMap<String, String> = form.into_iter().collect();
     if let Some(r) = session.csrf_refusal(values.get("csrf").map(String::as_str)) {
-        return r;
+        return Err(r);
     }
-    let Some(cluster) = q.cluster.filter(|c| !c.is_empty()) else {
-        return crate::layout::problem(
+    let Some(cluster) = cluster.filter(|c| !c.is_empty()) else {
+        return Err(crate::layout::problem(
             StatusCode::BAD_REQUEST,
             "cluster_missing",
             "Pick a cluster first: open Submit from the navigation.",
-        );
+        ));
     };
     let template = values.get("template_id").cloned().filter(|t| !t.is_empty());
     let body = match &template {
         Some(t) => {
             let detail = match console
-                .get(&session, &format!("/v1/templates/{}", seg(t)))
+                .get(session, &format!("/v1/templates/{}", seg(t)))
                 .await
             {
                 Ok(d) => d,
                 Err(e) => {
-                    return render(
-                        &console,
-                        &session,
+                    return Err(render(
+                        console,
+                        session,
                         Some(&cluster),
                         None,
                         false,
                         &values,
                         Some(&e),
+                        None,
                     )
-                    .await;
+                    .await);
                 }
             };
             json!({"template_id": t, "params": params(&detail["params_schema"], &values)})
@@ -289,19 +345,83 @@ pub async fn post(
                         field: Some("body".into()),
                         details: Vec::new(),
                     };
-                    return render(
-                        &console,
-                        &session,
+                    return Err(render(
+                        console,
+                        session,
                         Some(&cluster),
                         None,
                         true,
                         &values,
                         Some(&fail),
+                        None,
                     )
-                    .await;
+                    .await);
                 }
             }
         }
+    };
+    Ok(Asked {
+        values,
+        cluster,
+        template,
+        body,
+    })
+}
+
+/// `POST /jobs/estimate`: the estimate of what the form holds, on the submit page with the form
+/// as it was (nothing is submitted).
+pub async fn estimate(
+    State(console): State<Arc<Console>>,
+    session: Session,
+    Query(q): Query<super::ClusterQuery>,
+    Form(form): Form<Vec<(String, String)>>,
+) -> Response {
+    let a = match asked(&console, &session, q.cluster, form).await {
+        Ok(a) => a,
+        Err(page) => return page,
+    };
+    let uri = format!("/v1/clusters/{}/jobs/estimate", seg(&a.cluster));
+    let (estimate, fail) = match console
+        .call_with(
+            &session,
+            Method::POST,
+            &uri,
+            Some(&a.body),
+            HeaderMap::new(),
+        )
+        .await
+    {
+        Ok(v) => (Some(v), None),
+        Err(e) => (None, Some(e)),
+    };
+    render(
+        &console,
+        &session,
+        Some(&a.cluster),
+        a.template.as_deref(),
+        a.template.is_none(),
+        &a.values,
+        fail.as_ref(),
+        estimate.as_ref(),
+    )
+    .await
+}
+
+/// `POST /jobs`: submits the form through the API; on success, to the job's page.
+pub async fn post(
+    State(console): State<Arc<Console>>,
+    session: Session,
+    Query(q): Query<super::ClusterQuery>,
+    Form(form): Form<Vec<(String, String)>>,
+) -> Response {
+    let Asked {
+        values,
+        cluster,
+        template,
+        body,
+    } = match asked(&console, &session, q.cluster, form).await {
+        Ok(a) => a,
+        Err(page) => return page,
     };
     let mut headers = HeaderMap::new();
     if let Some(k) = values.get("idempotency_key").and_then(|k| k.parse().ok()) {
@@ -330,6 +450,7 @@ pub async fn post(
                 template.is_none(),
                 &values,
                 Some(&e),
+                None,
             )
             .await
         }
