@@ -18,7 +18,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::auth::Caller;
-use crate::consistency::{MinPosition, await_projection};
+use crate::consistency::{MinPosition, await_projections};
 use crate::json::ApiJson;
 use crate::{ApiError, AppState};
 
@@ -84,13 +84,15 @@ pub struct Estimate {
     post,
     path = "/v1/clusters/{id}/jobs/estimate",
     tag = "jobs",
-    params(("id" = String, Path, description = "Cluster id")),
+    params(("id" = String, Path, description = "Cluster id"),
+        ("X-Clusterra-Min-Position" = Option<i64>, Header, description = "Wait (bounded) until this log position is visible, e.g. a cluster just registered or a quota just set")),
     request_body(content = Object, description = "What submit takes: a v0.0.44 job-submit body, or {template_id, params}"),
     responses(
         (status = 200, description = "The estimate; nothing was recorded", body = Estimate),
         (status = 401, description = "Missing or invalid token", body = crate::error::ErrorBody),
         (status = 404, description = "No such cluster in your workspace", body = crate::error::ErrorBody),
         (status = 422, description = "The body is not a valid submission: the same errors submit answers (`details` lists every problem)", body = crate::error::ErrorBody),
+        (status = 503, description = "`slurm_not_connected`: a registered cluster this server has no Slurm connection to, as submit answers", body = crate::error::ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -102,8 +104,18 @@ pub(crate) async fn estimate(
     ApiJson(body): ApiJson<serde_json::Value>,
 ) -> Result<Json<Estimate>, ApiError> {
     // The cluster as submit finds it: one registered a moment ago (with the position), and a
-    // Slurm this server reaches (else 503 `slurm_not_connected`, as submit answers).
-    await_projection(&state, projections::views::clusters::NAME, min).await;
+    // Slurm this server reaches (else 503 `slurm_not_connected`, as submit answers); a quota
+    // just set, with the position its PUT answered.
+    await_projections(
+        &state,
+        &[
+            projections::views::clusters::NAME,
+            projections::views::costs::NAME,
+            projections::views::quotas::NAME,
+        ],
+        min,
+    )
+    .await;
     let (cluster, _) = crate::jobs::cluster_and_slurm(&state, &caller, &id).await?;
     let body = match body.get("template_id") {
         Some(_) => crate::templates::render_request(&state, &body)?.0,

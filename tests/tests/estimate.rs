@@ -261,8 +261,25 @@ async fn the_quota_after_the_job_and_the_cli_dry_run() {
         )
         .await;
     assert_eq!(status, 200, "{out}");
+    // The quota just set, seen through the position its PUT answered.
+    let at = out["position"].as_i64().unwrap().to_string();
+    let estimate_as = |body: Value| {
+        let (api, user, at) = (&api, &user, &at);
+        async move {
+            let res = api
+                .client
+                .post(api.server.url(ESTIMATE))
+                .bearer_auth(user)
+                .header("X-Clusterra-Min-Position", at.as_str())
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            (res.status().as_u16(), res.json::<Value>().await.unwrap())
+        }
+    };
     // An hour of one vCPU fits the dollar; a week of sixteen does not.
-    let (status, small) = api.post_as(ESTIMATE, &user, job(1, Some(60))).await;
+    let (status, small) = estimate_as(job(1, Some(60))).await;
     assert_eq!(status, 200, "{small}");
     assert_eq!(small["quota"]["status_after"], "ok", "{small}");
     let rate: f64 = small["rate_usd_per_hour"]
@@ -276,9 +293,7 @@ async fn the_quota_after_the_job_and_the_cli_dry_run() {
         .parse()
         .unwrap();
     assert!((left - (1.0 - rate)).abs() < 1e-6, "{small}");
-    let (status, big) = api
-        .post_as(ESTIMATE, &user, job(16, Some(7 * 24 * 60)))
-        .await;
+    let (status, big) = estimate_as(job(16, Some(7 * 24 * 60))).await;
     assert_eq!(status, 200, "{big}");
     assert_eq!(big["quota"]["status_after"], "warning", "{big}");
     assert!(
