@@ -54,6 +54,10 @@ fn is_zero(n: &u32) -> bool {
 /// above any cluster's limit, low enough that no product of them overflows.
 pub const MAX_COUNT: u64 = 100_000;
 
+/// The longest time limit a job may ask for, in minutes (a year); no limit is
+/// `{"infinite": true}`.
+pub const MAX_TIME_LIMIT_MINUTES: u64 = 525_600;
+
 /// A validated body in canonical v0.0.44 form.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CanonicalSubmit {
@@ -649,6 +653,15 @@ pub fn canonicalize(body: &Value) -> Result<CanonicalSubmit, Vec<FieldError>> {
     }
 
     let gpus = count_gpus(&mut c, &job, &ints, min_nodes);
+    if let Some(Some(m)) = values.get("time_limit")
+        && *m > MAX_TIME_LIMIT_MINUTES
+    {
+        c.error(
+            "time_limit_too_long",
+            "job.time_limit",
+            format!("time_limit is at most {MAX_TIME_LIMIT_MINUTES} minutes (a year), not {m}; for no limit send {{\"infinite\": true}}"),
+        );
+    }
     if !c.errors.is_empty() {
         return Err(c.errors);
     }
@@ -889,6 +902,13 @@ mod tests {
         );
 
         let mut b = good();
+        b["job"]["time_limit"] = json!(MAX_TIME_LIMIT_MINUTES + 1);
+        assert_eq!(
+            codes(b.clone()),
+            vec![("time_limit_too_long".into(), "job.time_limit".into())]
+        );
+        b["job"]["time_limit"] = json!({"set": true, "number": MAX_TIME_LIMIT_MINUTES});
+        assert!(canonicalize(&b).is_ok());
         b["job"]["time_limit"] = json!("01:00:00");
         assert_eq!(
             codes(b),
