@@ -229,7 +229,13 @@ fn expected_start(
 ) -> ExpectedStart {
     let cold = chrono::Duration::from_std(scaling.cold_start).unwrap_or_default();
     let cycle = chrono::Duration::from_std(scaling.poll_interval).unwrap_or_default();
-    let secs = (cold + cycle).num_seconds();
+    // "81 s", or "under a second" (a local profile in tests).
+    let wait = (cold + cycle).num_seconds();
+    let secs = if wait < 1 {
+        "under a second".to_string()
+    } else {
+        format!("{wait} s")
+    };
     let launched = |kind: &str, reason: String| ExpectedStart {
         at: now + cycle + cold,
         kind: kind.into(),
@@ -244,7 +250,7 @@ fn expected_start(
         return launched(
             "unknown_plan",
             format!(
-                "about a cold start (about {secs} s) unless its set is at its node limit: {why}, \
+                "about a cold start (about {secs}) unless its set is at its node limit: {why}, \
                  so it cannot tell whether a {set} node has room now"
             ),
         );
@@ -255,7 +261,7 @@ fn expected_start(
             "queued",
             format!(
                 "{set} has as many nodes as the cluster allows it (max_nodes_per_set): it starts \
-                 when running jobs of the set end, not before about {secs} s"
+                 when running jobs of the set end, not before about {secs}"
             ),
         );
     }
@@ -264,7 +270,7 @@ fn expected_start(
             "queued",
             format!(
                 "behind {} pending job(s) of {set}; nodes are launched for them and for it: \
-                 about {secs} s (a poll cycle and a cold start)",
+                 about {secs} (a poll cycle and a cold start)",
                 p.pending_jobs
             ),
         );
@@ -282,7 +288,7 @@ fn expected_start(
         "cold_start",
         format!(
             "no ready {set} node has room: {} launched at the next poll cycle, ready after a cold \
-             start (about {secs} s)",
+             start (about {secs})",
             if nodes == 1 {
                 "one is".to_string()
             } else {

@@ -742,7 +742,6 @@ async fn in_a_browser_a_researcher_submits_from_the_form_watches_the_log_sees_co
     // A template job through the generated form.
     b.goto(&format!("{base}/submit?cluster=local&template=shell"))
         .await;
-    b.shoot("submit").await;
     assert_labelled(&b).await;
     b.fill(
         "#p-command",
@@ -755,6 +754,7 @@ async fn in_a_browser_a_researcher_submits_from_the_form_watches_the_log_sees_co
         .wait_text("#estimate", "time limit 5 min", Duration::from_secs(10))
         .await;
     assert_contains(&estimate, "Nothing was submitted");
+    b.shoot("submit").await;
     b.click("#submit-job").await;
     b.wait_text("h1", "Job ", Duration::from_secs(10)).await;
     assert_contains(&b.url().await, "/jobs/");

@@ -110,6 +110,7 @@ async fn render(
         }
         @if let Some(d) = &detail {
             p.help { (d["description"].as_str().unwrap_or("")) }
+            div.with-estimate {
             form #template-form .card method="post" action={"/jobs?cluster=" (seg(&cluster))} novalidate[false] {
                 input type="hidden" name="csrf" value=(session.csrf);
                 input type="hidden" name="idempotency_key" value=(idem);
@@ -120,7 +121,9 @@ async fn render(
                 button #estimate-job .secondary type="submit" formaction={"/jobs/estimate?cluster=" (seg(&cluster))} formnovalidate { "Estimate cost and start" }
             }
             (estimate_box(estimate))
+            }
         } @else if raw {
+            div.with-estimate {
             form #raw-form .card method="post" action={"/jobs?cluster=" (seg(&cluster))} {
                 input type="hidden" name="csrf" value=(session.csrf);
                 input type="hidden" name="idempotency_key" value=(idem);
@@ -134,6 +137,7 @@ async fn render(
                 button #estimate-raw .secondary type="submit" formaction={"/jobs/estimate?cluster=" (seg(&cluster))} formnovalidate { "Estimate cost and start" }
             }
             (estimate_box(estimate))
+            }
         } @else if templates.is_empty() {
             (empty("No templates in the catalog.", html! { a href={"/submit?raw=1&cluster=" (seg(&cluster))} { "Write a raw body" } }))
         } @else {
