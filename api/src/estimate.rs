@@ -139,9 +139,7 @@ pub(crate) async fn estimate(
         .ok_or_else(|| ApiError::internal("a validated job has no rate"))?;
     // Slurm reads 0 and INFINITE (u32::MAX) minutes as no limit.
     let limit = shape.time_limit_minutes.filter(|m| *m > 0 && *m < u32::MAX);
-    let max_cost = limit.map(|m| {
-        MicroUsd(i64::try_from(i128::from(rate.0) * i128::from(m) / 60).unwrap_or(i64::MAX))
-    });
+    let max_cost = limit.map(|m| domain::cost::accrue(rate, i64::from(m) * 60_000));
     if max_cost.is_none() {
         warnings.push(domain::submit::Warning {
             field: "job.time_limit".into(),
@@ -171,12 +169,8 @@ pub(crate) async fn estimate(
     let usage =
         crate::usage::user_usage(&state, &caller.workspace, &caller.email, period, now).await?;
     let quota = crate::usage::quota_of(&state, &caller.workspace, caller.email.as_str()).await?;
-    let added = max_cost.unwrap_or_else(|| {
-        let hours_left = (period.end - now).num_seconds().max(0);
-        MicroUsd(
-            i64::try_from(i128::from(rate.0) * i128::from(hours_left) / 3600).unwrap_or(i64::MAX),
-        )
-    });
+    let added = max_cost
+        .unwrap_or_else(|| domain::cost::accrue(rate, (period.end - now).num_milliseconds()));
     let after = Usage {
         projected: MicroUsd(usage.projected.0.saturating_add(added.0)),
         ..usage

@@ -161,17 +161,17 @@ pub fn cheapest_of(catalog: &Catalog, ask: &Ask, only: Option<Size>) -> Result<P
             let Some(lo) = fewest_nodes(ask, shape.vcpus, shape.allocatable_mib, min_nodes) else {
                 continue;
             };
-            // Beyond the fewest, a node or three more can round better; never past the most.
-            for nodes in lo..=lo.saturating_add(3).min(max_nodes) {
-                let d = ask.demand(nodes);
-                if d.cpus > shape.vcpus || d.memory_mib > shape.allocatable_mib {
-                    continue;
-                }
-                let whole = u128::from(nodes) * u128::from(shape.hourly.0.max(0).unsigned_abs());
-                let price = capacity_price(shape, d, nodes);
-                if best.is_none_or(|(w, p, n, ..)| (whole, price, nodes) < (w, p, n)) {
-                    best = Some((whole, price, nodes, family, size, d));
-                }
+            // Only the fewest nodes of a size: each more costs a whole node more (the capacity
+            // price that once made more nodes round better is only the tie-break now).
+            let nodes = lo;
+            let d = ask.demand(nodes);
+            if d.cpus > shape.vcpus || d.memory_mib > shape.allocatable_mib {
+                continue;
+            }
+            let whole = u128::from(nodes) * u128::from(shape.hourly.0.max(0).unsigned_abs());
+            let price = capacity_price(shape, d, nodes);
+            if best.is_none_or(|(w, p, n, ..)| (whole, price, nodes) < (w, p, n)) {
+                best = Some((whole, price, nodes, family, size, d));
             }
         }
     }

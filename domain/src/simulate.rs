@@ -484,9 +484,7 @@ struct Node {
     /// Since when it has run nothing (meaningful while `running == 0` and it is ready).
     idle_since: i64,
     idle_seconds: u64,
-    /// When its running jobs' time limits are all up (meaningful while it runs any): the
-    /// latest of `ends`, one per running job.
-    ends_by: i64,
+    /// When each running job's time limit is up: the node's jobs end by the latest.
     ends: Vec<i64>,
 }
 
@@ -652,7 +650,6 @@ impl Sim<'_> {
             gone: false,
             idle_since: at + cold_start,
             idle_seconds: 0,
-            ends_by: at,
             ends: Vec::new(),
         });
         self.by_family.entry(set.family).or_default().insert(n);
@@ -723,7 +720,6 @@ impl Sim<'_> {
             if let Some(k) = node.ends.iter().position(|e| *e == limit_end) {
                 node.ends.swap_remove(k);
             }
-            node.ends_by = node.ends.iter().copied().max().unwrap_or(end);
             let set = node.set;
             if was_full && node.free_cpus > 0 && node.free_mib > 0 {
                 self.roomy.entry(set.family).or_default().insert(n);
@@ -823,8 +819,9 @@ impl Sim<'_> {
                     if !fits(node) {
                         continue;
                     }
-                    let rank = if node.running > 0 && node.ends_by >= end {
-                        (0, node.ends_by - end)
+                    let ends_by = node.ends.iter().copied().max().unwrap_or(t);
+                    let rank = if node.running > 0 && ends_by >= end {
+                        (0, ends_by - end)
                     } else if node.set != job.set {
                         continue;
                     } else if node.running > 0 {
@@ -867,11 +864,6 @@ impl Sim<'_> {
                 node.free_cpus -= d.cpus;
                 node.free_mib -= d.memory_mib;
                 node.ends.push(end);
-                node.ends_by = if node.running == 0 {
-                    end
-                } else {
-                    node.ends_by.max(end)
-                };
                 node.running += 1;
                 if node.free_cpus == 0 || node.free_mib == 0 {
                     let set = node.set;
