@@ -322,16 +322,9 @@ async fn read_stream(
     let mut events = bounded.eventsource();
     let mut reply = ChatReply::default();
     let mut calls = Calls::default();
-    let mut read = 0usize;
     let mut done = false;
     while let Some(event) = events.next().await {
         let event = event.map_err(|e| ModelError::Protocol(format!("broken event stream: {e}")))?;
-        read += event.data.len();
-        if read > MAX_ANSWER_BYTES {
-            return Err(ModelError::Protocol(format!(
-                "answer larger than {MAX_ANSWER_BYTES} bytes"
-            )));
-        }
         let data = event.data.trim();
         if data == "[DONE]" {
             done = true;

@@ -575,7 +575,7 @@ pub(crate) async fn post_message(
     let held = state.agent.hold(cid).ok_or_else(busy)?;
     state.agent.admit(caller.email.as_str())?;
     let meta = commands::agent::agent_metadata(&caller.email, caller.role.as_str());
-    let version = commands::agent::append_conversation(
+    commands::agent::append_conversation(
         state.store.log.as_ref(),
         &commands::agent::conversation_stream(&caller.workspace, &cluster, &cid),
         conversation.version,
@@ -592,7 +592,6 @@ pub(crate) async fn post_message(
     )
     .await
     .map_err(agent_error)?;
-    let _ = version;
     let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(64);
     let tx_beat = tx.clone();
     let turn = run::Turn {
