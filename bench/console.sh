@@ -14,7 +14,7 @@ CLUSTERRA_EXECUTOR_SLOTS=0 start_server
 admin=$(mint_token --admin)
 few=$("$bin/clusterra" token mint --data-dir "$dir/data" --email few@clusterra.local)
 echo "filling the cluster: $n submits through HTTP, then 20 by another user"
-"$bin/submitbench" --url "$url/v1/clusters/local/jobs" --token "$admin" --requests "$n" --concurrency 32 --max-seconds 3600
+fill_queue "$admin" "$n"
 "$bin/submitbench" --url "$url/v1/clusters/local/jobs" --token "$few" --requests 20 --concurrency 4 --max-seconds 600
 page() { # name token path
   cat > "$dir/cookie.lua" <<LUA

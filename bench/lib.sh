@@ -2,6 +2,7 @@
 # folder removed on exit, and starts a fresh server in it.
 #   start_server [serve flags…]   (environment given before it reaches the server) sets pid, url
 #   mint_token [token flags…]     prints a token for bench@clusterra.local
+#   fill_queue TOKEN N            N submits to the local cluster through HTTP (32 clients)
 #   slurm_lua FILE BODY           a wrk script POSTing BODY to slurmrestd (scripts/slurm-local)
 #   on_exit 'command'             runs at exit, after the server is stopped
 set -euo pipefail
@@ -23,6 +24,12 @@ start_server() {
   pid=$!
   for _ in $(seq 100); do grep -q "clusterra listening" "$dir/out" 2>/dev/null && break; sleep 0.1; done
   url=$(sed -n "s/^clusterra listening on //p" "$dir/out")
+}
+
+# Queues N jobs on the local cluster through HTTP as TOKEN's user (32 clients; they stay PENDING
+# on a server whose executor runs nothing).
+fill_queue() { # token n
+  "$bin/submitbench" --url "$url/v1/clusters/local/jobs" --token "$1" --requests "$2" --concurrency 32 --max-seconds 3600
 }
 
 mint_token() {

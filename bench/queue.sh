@@ -22,7 +22,7 @@ fi
 CLUSTERRA_DEFAULT_CLUSTER=true CLUSTERRA_EXECUTOR_SLOTS=0 start_server "${flags[@]}"
 token=$(mint_token "${db_flag[@]}")
 echo "filling the queue: $n submits through HTTP"
-"$bin/submitbench" --url "$url/v1/clusters/local/jobs" --token "$token" --requests "$n" --concurrency 32 --max-seconds 3600
+fill_queue "$token" "$n"
 "$bin/queuebench" --url "$url" --token "$token" --server-pid "$pid" --clk-tck "$(getconf CLK_TCK)" \
   --idle-seconds "${IDLE_SECONDS:-30}" --changes "${CHANGES:-100}"
 echo "server RSS: $(awk '/VmRSS/ {print $2, $3}' /proc/$pid/status)"

@@ -16,7 +16,7 @@ on_exit 'scripts/slurm-local stop >/dev/null 2>&1 || true'
 CLUSTERRA_EXECUTOR_SLOTS=0 start_server
 token=$(mint_token)
 echo "queueing $prefill jobs in Clusterra first"
-"$bin/submitbench" --url "$url/v1/clusters/local/jobs" --token "$token" --requests "$prefill" --concurrency 32 --max-seconds 3600
+fill_queue "$token" "$prefill"
 
 job='"name": "bench", "script": "#!/bin/bash\\nsrun hostname\\n", "environment": ["PATH=/usr/local/bin:/usr/bin:/bin"], "tasks": 1, "cpus_per_task": 1, "memory_per_node": {"set": true, "infinite": false, "number": 512}, "time_limit": {"set": true, "infinite": false, "number": 10}'
 cat > "$dir/clusterra.lua" <<LUA

@@ -10,7 +10,7 @@ seconds="${2:-10}"
 CLUSTERRA_EXECUTOR_SLOTS=0 start_server
 token=$(mint_token --admin)
 echo "filling the workspace: $n submits through HTTP"
-"$bin/submitbench" --url "$url/v1/clusters/local/jobs" --token "$token" --requests "$n" --concurrency 32 --max-seconds 3600
+fill_queue "$token" "$n"
 cat > "$dir/auth.lua" <<LUA
 wrk.headers["Authorization"] = "Bearer $token"
 LUA
