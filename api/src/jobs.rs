@@ -156,6 +156,9 @@ pub struct JobDetail {
     /// Its hourly rate in US dollars (its share of the node it needs).
     #[schema(example = "0.0416")]
     pub rate_usd_per_hour: String,
+    /// What it used of what it asked for, once it ended and its executor measured it (or said
+    /// it could not); null before.
+    pub efficiency: Option<crate::efficiency::EfficiencyBody>,
     pub history: Vec<HistoryEntry>,
 }
 
@@ -639,11 +642,23 @@ pub(crate) async fn get_one(
     let cost = priced.map_or(domain::MicroUsd::ZERO, |j| {
         j.cost_between(chrono::DateTime::<Utc>::MIN_UTC, now, now)
     });
+    let efficiency = match (&view.usage, view.started_at, view.ended_at) {
+        (Some(usage), Some(started), Some(ended)) => Some(crate::efficiency::report(
+            &state,
+            &view.shape,
+            rate,
+            cost,
+            (started, ended),
+            usage,
+        )),
+        _ => None,
+    };
     Ok((
         headers,
         Json(JobDetail {
             cost_usd: cost.decimal(),
             rate_usd_per_hour: rate.decimal(),
+            efficiency,
             job: Job::seen(
                 view,
                 slurm_status(&state, &caller, &cluster).await?.as_ref(),

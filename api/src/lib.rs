@@ -8,6 +8,7 @@ pub mod agent;
 pub mod auth;
 pub mod clusters;
 pub mod consistency;
+mod efficiency;
 pub mod error;
 mod estimate;
 pub mod feed;
@@ -24,6 +25,7 @@ pub mod sse;
 pub mod storage;
 mod templates;
 pub mod usage;
+mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,6 +60,8 @@ pub struct Settings {
     pub bucket_allow: Option<Vec<String>>,
     /// The billing period of bills and quotas.
     pub billing_period: domain::cost::PeriodKind,
+    /// The webhook key and `webhook_allow`.
+    pub webhooks: commands::webhooks::OutboxSettings,
 }
 
 impl Default for Settings {
@@ -68,6 +72,10 @@ impl Default for Settings {
             edge: edge::Limits::default(),
             bucket_allow: None,
             billing_period: domain::cost::PeriodKind::default(),
+            webhooks: commands::webhooks::OutboxSettings {
+                key: Arc::new(Vec::new()),
+                allow: Arc::new(domain::webhook::loopback()),
+            },
         }
     }
 }
@@ -198,6 +206,32 @@ fn table() -> Table {
         )
         .add(Method::GET, "/v1/users/me", get(usage::me))
         .add(Method::GET, "/v1/users/me/usage", get(usage::my_series))
+        .add(
+            Method::GET,
+            "/v1/users/me/efficiency",
+            get(efficiency::mine),
+        )
+        .add(
+            Method::GET,
+            "/v1/workspaces/{ws}/efficiency",
+            get(efficiency::workspace),
+        )
+        .add(
+            Method::POST,
+            "/v1/users/me/webhooks",
+            post(webhooks::register),
+        )
+        .add(Method::GET, "/v1/users/me/webhooks", get(webhooks::list))
+        .add(
+            Method::DELETE,
+            "/v1/users/me/webhooks/{id}",
+            delete(webhooks::remove),
+        )
+        .add(
+            Method::GET,
+            "/v1/users/me/webhooks/{id}/deliveries",
+            get(webhooks::deliveries),
+        )
         .add(
             Method::GET,
             "/v1/workspaces/{ws}/usage",

@@ -329,7 +329,8 @@ pub async fn jobs(
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn job(t: &Target, id: u64) -> anyhow::Result<ExitCode> {
+/// `clusterra job ID`: the job in a few lines, with its efficiency report once it ended.
+pub async fn job(t: &Target, id: u64, json: bool) -> anyhow::Result<ExitCode> {
     let c = Client::new(t)?;
     let (status, out) = c
         .send(
@@ -339,7 +340,96 @@ pub async fn job(t: &Target, id: u64) -> anyhow::Result<ExitCode> {
             None,
         )
         .await?;
-    finish(status, &out)
+    if json || !(200..300).contains(&status) {
+        return finish(status, &out);
+    }
+    print!("{}", job_text(&out));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What `clusterra job` prints of a job's detail.
+pub fn job_text(j: &Value) -> String {
+    let s = |v: &Value| v.as_str().unwrap_or("-").to_string();
+    let mut out = format!(
+        "job {} {:?}: {}{}\n",
+        j["job_id"],
+        j["name"].as_str().unwrap_or(""),
+        s(&j["state"]),
+        j["exit_code"]
+            .as_i64()
+            .map(|e| format!(" (exit code {e})"))
+            .unwrap_or_default()
+    );
+    out.push_str(&format!(
+        "  owner      {} (via {}) on cluster {}\n",
+        s(&j["user"]),
+        s(&j["via"]),
+        s(&j["cluster_id"])
+    ));
+    out.push_str(&format!(
+        "  times      submitted {}, started {}, ended {}\n",
+        s(&j["submitted_at"]),
+        s(&j["started_at"]),
+        s(&j["ended_at"])
+    ));
+    let shape = &j["shape"];
+    out.push_str(&format!(
+        "  asked      {} CPU(s), {}, {} node(s), {}\n",
+        shape["cpus"],
+        shape["memory_mib"]
+            .as_u64()
+            .map(|m| format!("{m} MiB"))
+            .unwrap_or_else(|| "default memory".into()),
+        shape["nodes"],
+        shape["time_limit_minutes"]
+            .as_u64()
+            .map(|m| format!("time limit {m} min"))
+            .unwrap_or_else(|| "no time limit".into())
+    ));
+    if let Some(r) = j["pending_reason"].as_str() {
+        out.push_str(&format!("  waiting    {r}\n"));
+    }
+    out.push_str(&format!(
+        "  cost       ${} at ${}/hour\n",
+        s(&j["cost_usd"]),
+        s(&j["rate_usd_per_hour"])
+    ));
+    let e = &j["efficiency"];
+    if e.is_null() {
+        if j["ended_at"].is_null() {
+            out.push_str("  efficiency when it ends\n");
+        } else {
+            out.push_str("  efficiency not recorded for this job\n");
+        }
+        return out;
+    }
+    let percent = |v: &Value| {
+        v.as_f64()
+            .map(|p| format!("{p}%"))
+            .unwrap_or_else(|| "not measured".into())
+    };
+    out.push_str(&format!(
+        "  CPU        {}{}\n",
+        percent(&e["cpu_percent"]),
+        e["cpu_seconds"]
+            .as_f64()
+            .map(|c| format!(" ({c:.1} CPU-seconds)"))
+            .unwrap_or_default()
+    ));
+    out.push_str(&format!(
+        "  memory     {} of {} MiB{}\n",
+        percent(&e["memory_percent"]),
+        e["memory_asked_mib"],
+        e["peak_memory_bytes"]
+            .as_u64()
+            .map(|b| format!(" (peak {:.1} MiB)", b as f64 / 1_048_576.0))
+            .unwrap_or_default()
+    ));
+    if let Some(w) = e["wasted_usd"].as_str() {
+        out.push_str(&format!("  wasted     ${w}\n"));
+    }
+    out.push_str(&format!("  hint       {}\n", s(&e["hint"])));
+    out
 }
 
 /// `clusterra me`: who you are, what your jobs cost, your quota and where you stand.

@@ -106,11 +106,14 @@ enum Command {
         #[arg(long)]
         template: Option<String>,
     },
-    /// Show one job and its history
+    /// Show one job: its state, cost and, once it ended, its efficiency report
     Job {
         #[command(flatten)]
         target: client::Target,
         job_id: u64,
+        /// The server's JSON answer as is (with the job's event history)
+        #[arg(long)]
+        json: bool,
     },
     /// Your profile: burn rate, pending bill, projected spend, quota and status
     Me {
@@ -328,7 +331,11 @@ fn main() -> ExitCode {
                 user,
                 template,
             } => client::jobs(&target, state, user, template).await,
-            Command::Job { target, job_id } => client::job(&target, job_id).await,
+            Command::Job {
+                target,
+                job_id,
+                json,
+            } => client::job(&target, job_id, json).await,
             Command::Cancel { target, job_id } => client::cancel(&target, job_id).await,
             Command::Ask {
                 target,

@@ -967,6 +967,14 @@ async fn record_one(
                 }
             }
         }
+        // A job that ended says what it used, in the same append as its end.
+        let usage =
+            seen.as_ref()
+                .and_then(|s| s.usage.clone())
+                .map(|usage| domain::JobUsageRecorded {
+                    job_id: job.job_id,
+                    usage,
+                });
         let (change, corrected, vanished) = match (reconcile_verdict(state, observed), &seen) {
             (Verdict::Keep, _) => return Ok(done),
             (Verdict::Change { to, correction }, Some(s)) => (
@@ -1010,13 +1018,18 @@ async fn record_one(
             ),
         };
         let to = change.to;
-        let event = DomainEvent::JobStateChanged(change);
+        let mut events = vec![crate::encode(
+            &DomainEvent::JobStateChanged(change),
+            system.clone(),
+        )?];
+        if let Some(u) = usage.clone().filter(|_| to.is_terminal() && !vanished) {
+            events.push(crate::encode(
+                &DomainEvent::JobUsageRecorded(u),
+                system.clone(),
+            )?);
+        }
         match log
-            .append(
-                &stream,
-                ExpectedVersion::Exact(version),
-                &[crate::encode(&event, system.clone())?],
-            )
+            .append(&stream, ExpectedVersion::Exact(version), &events)
             .await
         {
             Ok(_) => {

@@ -15,6 +15,7 @@ pub mod scaling;
 pub mod slurm;
 pub mod storage;
 pub mod templates;
+pub mod webhooks;
 
 pub use eventlog::{Clock, EventLog, LogError, Metadata, Position};
 

@@ -3,6 +3,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+pub use domain::efficiency::Usage;
 use domain::job::JobState;
 
 /// The prefix Clusterra stamps on every job's `comment`: `clusterra:<submission id> <submitter>`,
@@ -36,6 +37,10 @@ pub struct SlurmJob {
     pub start_time: Option<DateTime<Utc>>,
     pub end_time: Option<DateTime<Utc>>,
     pub comment: Option<String>,
+    /// What the job used, once it ended, as far as the controller measures it (the local
+    /// executor: `wait4`'s rusage; slurmctld: nothing without accounting, said in the note).
+    /// `None` while it runs.
+    pub usage: Option<Usage>,
 }
 
 impl SlurmJob {

@@ -367,6 +367,7 @@ fn slurm_job(job_id: u64, comment: &str, submit_time: chrono::DateTime<chrono::U
         start_time: Some(submit_time),
         end_time: None,
         comment: Some(comment.into()),
+        usage: None,
     }
 }
 

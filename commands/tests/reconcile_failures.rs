@@ -60,6 +60,7 @@ impl Scripted {
             start_time: None,
             end_time: None,
             comment: self.comments.lock().unwrap().get(&id).cloned(),
+            usage: None,
         }
     }
 

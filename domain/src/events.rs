@@ -141,6 +141,16 @@ pub struct JobStateChanged {
     pub started_at: Option<DateTime<Utc>>,
 }
 
+/// What a finished job used, as its executor measured it: appended with the job's terminal
+/// `JobStateChanged`, on the job's stream. `usage` says what was not measured and why (a Slurm
+/// controller without accounting keeps no usage).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobUsageRecorded {
+    pub job_id: u64,
+    #[serde(flatten)]
+    pub usage: crate::efficiency::Usage,
+}
+
 /// Someone asked for a job to be cancelled.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobCancelRequested {
@@ -463,6 +473,57 @@ pub struct AgentActionFailed {
     pub at: DateTime<Utc>,
 }
 
+/// A user registered a webhook. Stream `webhook:<workspace>:<webhook id>`. Its secret is not
+/// recorded: it is derived from the server's webhook key and the id (`webhook::secret_of`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookRegistered {
+    pub webhook_id: uuid::Uuid,
+    pub workspace: WorkspaceId,
+    pub user: Email,
+    pub url: String,
+    pub events: Vec<crate::webhook::Kind>,
+    pub at: DateTime<Utc>,
+}
+
+/// A webhook was removed: nothing more is delivered to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookRemoved {
+    pub webhook_id: uuid::Uuid,
+    pub workspace: WorkspaceId,
+    pub user: Email,
+    pub by: Email,
+    pub at: DateTime<Utc>,
+}
+
+/// One attempt to deliver an event to a webhook, and how it went.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookDeliveryAttempted {
+    pub webhook_id: uuid::Uuid,
+    pub workspace: WorkspaceId,
+    pub user: Email,
+    /// `<webhook id>:<log position>`, the same on every attempt.
+    pub delivery_id: String,
+    /// The log position of the event delivered.
+    pub position: i64,
+    pub event: crate::webhook::Kind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<u64>,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    /// `delivered` (a 2xx answer), `failed` (tried again at `next_attempt_at`) or `gave_up`.
+    pub outcome: String,
+    /// The receiver's HTTP status, if it answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// Why it failed, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub duration_ms: u64,
+    pub at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<DateTime<Utc>>,
+}
+
 /// Every domain event, tagged by its type name.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "data")]
@@ -472,6 +533,7 @@ pub enum DomainEvent {
     JobSubmitted(JobSubmitted),
     JobSubmissionFailed(JobSubmissionFailed),
     JobStateChanged(JobStateChanged),
+    JobUsageRecorded(JobUsageRecorded),
     JobCancelRequested(JobCancelRequested),
     FileAccessGranted(FileAccessGranted),
     FileDeleted(FileDeleted),
@@ -495,6 +557,9 @@ pub enum DomainEvent {
     AgentActionInvalidated(AgentActionInvalidated),
     AgentActionExecuted(AgentActionExecuted),
     AgentActionFailed(AgentActionFailed),
+    WebhookRegistered(WebhookRegistered),
+    WebhookRemoved(WebhookRemoved),
+    WebhookDeliveryAttempted(WebhookDeliveryAttempted),
 }
 
 impl DomainEvent {
@@ -506,6 +571,7 @@ impl DomainEvent {
             DomainEvent::JobSubmitted(_) => "JobSubmitted",
             DomainEvent::JobSubmissionFailed(_) => "JobSubmissionFailed",
             DomainEvent::JobStateChanged(_) => "JobStateChanged",
+            DomainEvent::JobUsageRecorded(_) => "JobUsageRecorded",
             DomainEvent::JobCancelRequested(_) => "JobCancelRequested",
             DomainEvent::FileAccessGranted(_) => "FileAccessGranted",
             DomainEvent::FileDeleted(_) => "FileDeleted",
@@ -529,6 +595,9 @@ impl DomainEvent {
             DomainEvent::AgentActionInvalidated(_) => "AgentActionInvalidated",
             DomainEvent::AgentActionExecuted(_) => "AgentActionExecuted",
             DomainEvent::AgentActionFailed(_) => "AgentActionFailed",
+            DomainEvent::WebhookRegistered(_) => "WebhookRegistered",
+            DomainEvent::WebhookRemoved(_) => "WebhookRemoved",
+            DomainEvent::WebhookDeliveryAttempted(_) => "WebhookDeliveryAttempted",
         }
     }
 
@@ -545,6 +614,7 @@ impl DomainEvent {
             DomainEvent::JobSubmitted(e) => serde_json::to_value(e),
             DomainEvent::JobSubmissionFailed(e) => serde_json::to_value(e),
             DomainEvent::JobStateChanged(e) => serde_json::to_value(e),
+            DomainEvent::JobUsageRecorded(e) => serde_json::to_value(e),
             DomainEvent::JobCancelRequested(e) => serde_json::to_value(e),
             DomainEvent::FileAccessGranted(e) => serde_json::to_value(e),
             DomainEvent::FileDeleted(e) => serde_json::to_value(e),
@@ -568,6 +638,9 @@ impl DomainEvent {
             DomainEvent::AgentActionInvalidated(e) => serde_json::to_value(e),
             DomainEvent::AgentActionExecuted(e) => serde_json::to_value(e),
             DomainEvent::AgentActionFailed(e) => serde_json::to_value(e),
+            DomainEvent::WebhookRegistered(e) => serde_json::to_value(e),
+            DomainEvent::WebhookRemoved(e) => serde_json::to_value(e),
+            DomainEvent::WebhookDeliveryAttempted(e) => serde_json::to_value(e),
         }
     }
 
@@ -591,6 +664,7 @@ impl DomainEvent {
                 data,
             )?)),
             "JobStateChanged" => Some(DomainEvent::JobStateChanged(serde_json::from_str(data)?)),
+            "JobUsageRecorded" => Some(DomainEvent::JobUsageRecorded(serde_json::from_str(data)?)),
             "JobCancelRequested" => {
                 Some(DomainEvent::JobCancelRequested(serde_json::from_str(data)?))
             }
@@ -642,6 +716,13 @@ impl DomainEvent {
             "AgentActionFailed" => {
                 Some(DomainEvent::AgentActionFailed(serde_json::from_str(data)?))
             }
+            "WebhookRegistered" => {
+                Some(DomainEvent::WebhookRegistered(serde_json::from_str(data)?))
+            }
+            "WebhookRemoved" => Some(DomainEvent::WebhookRemoved(serde_json::from_str(data)?)),
+            "WebhookDeliveryAttempted" => Some(DomainEvent::WebhookDeliveryAttempted(
+                serde_json::from_str(data)?,
+            )),
             _ => None,
         })
     }

@@ -245,6 +245,11 @@ pub fn describe(event: &DomainEvent, actor: &str, job: Option<&JobContext>) -> O
         | DomainEvent::QuotaRemoved(_)
         | DomainEvent::QuotaWarningRaised(_)
         | DomainEvent::QuotaEnforced(_)
+        // What a job used is in its view; webhooks are their user's own, not cluster activity.
+        | DomainEvent::JobUsageRecorded(_)
+        | DomainEvent::WebhookRegistered(_)
+        | DomainEvent::WebhookRemoved(_)
+        | DomainEvent::WebhookDeliveryAttempted(_)
         // A console sign-in is the user's own record, not cluster activity.
         | DomainEvent::SignInLinkUsed(_) => return None,
     };

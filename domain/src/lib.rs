@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod cluster;
 pub mod cost;
+pub mod efficiency;
 pub mod events;
 pub mod feed;
 pub mod filename;
@@ -17,12 +18,14 @@ pub mod simulate;
 pub mod storage;
 pub mod submit;
 pub mod trace;
+pub mod webhook;
 
 pub use events::{
     ClusterRegistered, DomainEvent, FileAccessGranted, FileDeleted, JobCancelRequested,
-    JobStateChanged, JobSubmissionFailed, JobSubmissionRequested, JobSubmitted, NodeLaunched,
-    NodeReady, NodeTerminated, QuotaEnforced, QuotaRemoved, QuotaSet, QuotaWarningRaised,
-    ScaleDecisionMade, SignInLinkUsed, SlurmEndpoint, SlurmReachabilityChanged, SubmittedVia,
+    JobStateChanged, JobSubmissionFailed, JobSubmissionRequested, JobSubmitted, JobUsageRecorded,
+    NodeLaunched, NodeReady, NodeTerminated, QuotaEnforced, QuotaRemoved, QuotaSet,
+    QuotaWarningRaised, ScaleDecisionMade, SignInLinkUsed, SlurmEndpoint, SlurmReachabilityChanged,
+    SubmittedVia, WebhookDeliveryAttempted, WebhookRegistered, WebhookRemoved,
 };
 pub use ids::{ClusterId, Email, IdError, WorkspaceId};
 pub use money::MicroUsd;

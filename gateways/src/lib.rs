@@ -14,3 +14,4 @@ pub mod local;
 pub mod replicas;
 pub mod s3;
 pub mod slurmrestd;
+pub mod webhook;

@@ -222,7 +222,22 @@ impl JobInfo {
             start_time: self.start_time.time(),
             end_time: self.end_time.time().filter(|_| state.is_terminal()),
             comment: self.comment.clone().filter(|c| !c.is_empty()),
+            usage: state.is_terminal().then(unmeasured),
         }
+    }
+}
+
+/// What slurmctld's job record says of a finished job's use: nothing. CPU time and peak memory
+/// are kept by Slurm's accounting (slurmdbd, `GET /slurmdb/v0.0.44/job/{id}`), which the
+/// controller's API this adapter reads does not carry.
+fn unmeasured() -> commands::slurm::Usage {
+    commands::slurm::Usage {
+        cpu_ms: None,
+        peak_memory_bytes: None,
+        source: "none".into(),
+        note: Some(
+            "Slurm's controller does not report what a job used; Slurm measures it only with accounting (slurmdbd), which this adapter does not read".into(),
+        ),
     }
 }
 

@@ -245,6 +245,7 @@ pub fn all_projectors() -> Vec<Arc<dyn Projector>> {
         Arc::new(views::quotas::QuotaViews),
         Arc::new(views::costs::CostViews),
         Arc::new(views::agent::AgentViews),
+        Arc::new(views::webhooks::WebhookViews),
     ]
 }
 

@@ -162,6 +162,16 @@ pub struct Config {
     /// are in the embedded store, none when `s3_endpoint` is set.
     #[serde(deserialize_with = "list_or_string")]
     pub bucket_allow: Vec<String>,
+    /// The hosts webhooks may deliver to: host names or IP literals, `*.domain` (any name under
+    /// it) or `*` (anywhere); a list, or one comma-separated string. Empty = loopback only
+    /// (`127.0.0.1`, `::1`, `localhost`). Checked at registration and at every attempt.
+    #[serde(deserialize_with = "list_or_string")]
+    pub webhook_allow: Vec<String>,
+    /// The key each webhook's signing secret is derived from (32 random bytes, hex, made at the
+    /// first start); empty = `<data_dir>/webhook-key`. Replicas must share one.
+    pub webhook_key_file: PathBuf,
+    /// How long one webhook delivery attempt may take, connecting included, in milliseconds.
+    pub webhook_timeout_ms: u64,
     /// Ask AI's model: an OpenAI-compatible base URL ending in `/v1`; empty = no agent (its
     /// routes answer 503 `agent_unavailable`).
     pub agent_model_url: String,
@@ -327,6 +337,9 @@ impl Default for Config {
             max_upload_bytes: 5 * 1024 * 1024 * 1024,
             storage_quota_bytes: 20 * 1024 * 1024 * 1024,
             bucket_allow: Vec::new(),
+            webhook_allow: Vec::new(),
+            webhook_key_file: PathBuf::new(),
+            webhook_timeout_ms: 10_000,
             agent_model_url: String::new(),
             agent_model: "default".into(),
             agent_api_key_file: None,
@@ -343,7 +356,10 @@ impl Default for Config {
     }
 }
 
-const ENV_KEYS: [&str; 73] = [
+const ENV_KEYS: [&str; 76] = [
+    "webhook_allow",
+    "webhook_key_file",
+    "webhook_timeout_ms",
     "agent_tools",
     "agent_examples_file",
     "agent_model_url",
@@ -659,6 +675,21 @@ impl Config {
             "max_nodes_per_set must be from 1 to 10000"
         );
         ensure!(
+            (100..=60_000).contains(&config.webhook_timeout_ms),
+            "webhook_timeout_ms must be from 100 to 60000"
+        );
+        for h in &config.webhook_allow {
+            let name = h.trim().trim_start_matches("*.");
+            ensure!(
+                !name.is_empty()
+                    && name.len() <= 253
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || ".-:[]*".contains(c)),
+                "webhook_allow entries are host names, IP literals, *.domain or *, not {h:?}"
+            );
+        }
+        ensure!(
             (1..=config.max_nodes_per_set).contains(&config.max_nodes_per_job),
             "max_nodes_per_job must be from 1 to max_nodes_per_set ({})",
             config.max_nodes_per_set
@@ -867,6 +898,24 @@ impl Config {
     /// The local HS256 secret's file.
     pub fn secret_path(&self) -> PathBuf {
         self.data_dir.join("jwt-secret")
+    }
+
+    /// Where the webhook key is.
+    pub fn webhook_key_path(&self) -> PathBuf {
+        if self.webhook_key_file.as_os_str().is_empty() {
+            self.data_dir.join("webhook-key")
+        } else {
+            self.webhook_key_file.clone()
+        }
+    }
+
+    /// The `webhook_allow` list in force.
+    pub fn webhook_allow(&self) -> Vec<String> {
+        if self.webhook_allow.is_empty() {
+            domain::webhook::loopback()
+        } else {
+            self.webhook_allow.clone()
+        }
     }
 
     /// The database URL to open: the configured one, or SQLite in the data dir.

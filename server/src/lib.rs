@@ -32,6 +32,11 @@ pub struct Server {
     stop: StopOnDrop,
     stop_rx: watch::Receiver<bool>,
     poller: poll::Poller,
+    /// The webhook outbox, and the leader flag it runs under.
+    outbox: (
+        commands::webhooks::Outbox,
+        Arc<std::sync::atomic::AtomicBool>,
+    ),
     agent: Option<(commands::fleet::EdgeAgent, std::time::Duration)>,
     job_user: gateways::jobuser::Resolved,
     job_user_notes: Vec<String>,
@@ -99,6 +104,11 @@ impl Server {
             stop_rx.clone(),
         ));
         let (auth, first_start) = authenticator(&config).await?;
+        let (webhook_key, _) = crate::secrets::load_or_create(&config.webhook_key_path())?;
+        let webhook_settings = commands::webhooks::OutboxSettings {
+            key: Arc::new(webhook_key),
+            allow: Arc::new(config.webhook_allow()),
+        };
         let (objects, storage_origins) = object_store(&config, stop_rx.clone()).await?;
         // Everything in the data directory exists now: make it the server's alone.
         let mut job_user_notes: Vec<String> = job_user.warning.iter().cloned().collect();
@@ -132,6 +142,7 @@ impl Server {
                 edge: config.edge_limits(),
                 bucket_allow: config.bucket_allow(),
                 billing_period,
+                webhooks: webhook_settings.clone(),
             }),
             slurm: directory.clone(),
             submitter: Arc::new(
@@ -219,7 +230,19 @@ impl Server {
                 std::time::Duration::from_millis(config.agent_interval_ms),
             )
         });
+        let sender = gateways::webhook::HttpWebhookSender::new(std::time::Duration::from_millis(
+            config.webhook_timeout_ms,
+        ))
+        .context("could not make the webhook sender's HTTP client")?;
+        let outbox = commands::webhooks::Outbox::new(
+            store.log.clone(),
+            store.read.clone(),
+            Arc::new(sender),
+            webhook_settings,
+            Arc::new(eventlog::SystemClock),
+        );
         Ok(Server {
+            outbox: (outbox, leading.clone()),
             config,
             state,
             projections,
@@ -331,6 +354,13 @@ impl Server {
 
         let app = self.app();
         let poller = tokio::spawn(crate::poll::run(self.poller, self.stop_rx.clone()));
+        let (outbox, leading) = self.outbox;
+        let outbox = tokio::spawn(commands::webhooks::run(
+            outbox,
+            std::time::Duration::from_secs(1),
+            leading,
+            self.stop_rx.clone(),
+        ));
         let agent = self.agent.map(|(agent, every)| {
             tokio::spawn(crate::poll::agent(
                 store.clone(),
@@ -347,6 +377,9 @@ impl Server {
         self.stop.stop();
         if let Err(e) = poller.await {
             tracing::error!(error = %e, "poll cycle ended abnormally");
+        }
+        if let Err(e) = outbox.await {
+            tracing::error!(error = %e, "webhook outbox ended abnormally");
         }
         if let Some(Err(e)) = match agent {
             Some(a) => Some(a.await),

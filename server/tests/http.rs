@@ -241,6 +241,15 @@ async fn authorization_matrix() {
                         .to_string(),
                     None,
                 ),
+                ("POST", "/v1/users/me/webhooks") => (
+                    "/v1/users/me/webhooks".to_string(),
+                    Some(json!({"url": "http://127.0.0.1:9/hook", "events": ["job.ended"]})),
+                ),
+                // Nobody has this webhook: its owner-only routes answer 404 to everyone.
+                (_, p) if p.starts_with("/v1/users/me/webhooks/{id}") => (
+                    p.replace("{id}", "0192f3a4-0000-7000-8000-000000000009"),
+                    None,
+                ),
                 ("PUT", p) if p.starts_with("/v1/workspaces/{ws}/quotas/") => (
                     "/v1/workspaces/default/quotas/bob@lab.org".to_string(),
                     Some(json!({"limit_usd": 100, "mode": "warn"})),
@@ -271,6 +280,10 @@ async fn authorization_matrix() {
                     }
                     ("POST", "/v1/clusters/{id}/jobs", _) => StatusCode::CREATED,
                     ("POST", "/v1/clusters/{id}/jobs/estimate", _) => StatusCode::OK,
+                    ("POST", "/v1/users/me/webhooks", _) => StatusCode::CREATED,
+                    (_, p, _) if p.starts_with("/v1/users/me/webhooks/{id}") => {
+                        StatusCode::NOT_FOUND
+                    }
                     ("DELETE", "/v1/clusters/{id}/jobs/{job_id}", _) => StatusCode::ACCEPTED,
                     ("POST", "/v1/clusters/{id}/storage/presigned-url", _) => StatusCode::CREATED,
                     ("DELETE", "/v1/clusters/{id}/storage/objects", _) => StatusCode::NOT_FOUND,

@@ -58,7 +58,7 @@ fn submit_list_show_and_cancel_from_the_command_line() {
 
     let deadline = tests::deadline(Duration::from_secs(15));
     loop {
-        let out = cli(&server, &token, &["job", &id.to_string()]);
+        let out = cli(&server, &token, &["job", &id.to_string(), "--json"]);
         let job: Value = serde_json::from_str(&stdout(&out)).unwrap();
         if job["state"] == "COMPLETED" {
             assert_eq!(job["via"], "template");

@@ -115,6 +115,9 @@ struct Record {
     /// The job (the body's `job`) while it waits: a restart queues it again from here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     body: Option<Value>,
+    /// What it used, from `wait4` when it ended (added with the efficiency report).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    usage: Option<commands::slurm::Usage>,
     /// The executor's change count when this record last changed (in memory only: a restart
     /// starts every count from 0, and the poll cycle then compares every job once).
     #[serde(skip)]
@@ -137,6 +140,16 @@ impl Record {
             start_time: self.start_time,
             end_time: self.end_time,
             comment: self.comment.clone(),
+            usage: self.state.is_terminal().then(|| {
+                self.usage.clone().unwrap_or_else(|| {
+                    runner::unmeasured(if self.start_time.is_some() {
+                        "the job ended while the executor was not running, so nothing waited for it"
+                            .into()
+                    } else {
+                        "the job never started".into()
+                    })
+                })
+            }),
         }
     }
 }

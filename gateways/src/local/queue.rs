@@ -135,6 +135,7 @@ impl SlurmPort for LocalExecutor {
             node: None,
             // Kept until it starts (the queue reads it from here), so a restart can queue it again.
             body: Some(job),
+            usage: None,
             changed: 0,
         };
         self.mark_changed(&mut record);

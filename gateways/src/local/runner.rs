@@ -122,7 +122,7 @@ impl LocalExecutor {
             .and_then(Value::as_u64)
             .map(|m| settings.minute * m as u32);
 
-        let launched = (|| -> std::io::Result<tokio::process::Child> {
+        let launched = (|| -> std::io::Result<std::process::Child> {
             // The same expansion the log routes use to find the file again.
             let outside = |key: &str, p: &str| {
                 std::io::Error::new(
@@ -165,15 +165,17 @@ impl LocalExecutor {
                 Some(p) if *p != stdout_path => create(p)?,
                 _ => out.try_clone()?,
             };
-            let mut cmd = tokio::process::Command::new("bash");
+            // std's process, not tokio's: it is reaped by `wait4` (below), which tells what the
+            // job used; std's `Child` neither waits nor kills when dropped.
+            use std::os::unix::process::CommandExt;
+            let mut cmd = std::process::Command::new("bash");
             cmd.arg(&script_path)
                 .current_dir(&cwd)
                 .env_clear()
                 .stdin(Stdio::null())
                 .stdout(out)
                 .stderr(err)
-                .process_group(0)
-                .kill_on_drop(false);
+                .process_group(0);
             if let Some((uid, gid)) = settings.user.switch {
                 // std drops the supplementary groups too when it switches the uid.
                 cmd.uid(uid).gid(gid);
@@ -198,7 +200,7 @@ impl LocalExecutor {
                 );
             cmd.spawn()
         })();
-        let mut child = match launched {
+        let child = match launched {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(job_id, error = %e, "local job failed to launch");
@@ -213,9 +215,10 @@ impl LocalExecutor {
                 return;
             }
         };
-        let pid = child.id();
+        let pid = Some(child.id());
         // Our child until we wait for it: its /proc entry is still ours to read.
         let pid_start = pid.and_then(|p| proc_stat(p).map(|s| s.start));
+        let mut exited = wait_in_thread(job_id, child);
         let boot = boot_id();
         self.update(job_id, |r| {
             r.state = JobState::Running;
@@ -235,27 +238,48 @@ impl LocalExecutor {
                 None => std::future::pending().await,
             }
         };
-        let (state, reason, exit_code) = tokio::select! {
-            status = child.wait() => match status {
-                Ok(s) => match s.code() {
-                    Some(0) => (JobState::Completed, None, Some(0)),
-                    Some(code) => (JobState::Failed, Some("NonZeroExitCode".to_string()), Some(code)),
-                    None => {
-                        use std::os::unix::process::ExitStatusExt;
-                        let sig = s.signal().unwrap_or(0);
-                        (JobState::Failed, Some(format!("killed by signal {sig}")), Some(128 + sig))
-                    }
-                },
-                Err(e) => (JobState::Failed, Some(format!("could not wait for the job: {e}")), None),
+        let (stopped, waited) = tokio::select! {
+            waited = &mut exited => (None, waited),
+            _ = sleep_limit => (
+                Some((JobState::Timeout, "TimeLimit")),
+                self.stop_group(pid, &mut exited).await,
+            ),
+            _ = cancel => (
+                Some((JobState::Cancelled, "cancelled")),
+                self.stop_group(pid, &mut exited).await,
+            ),
+        };
+        let waited = waited
+            .map_err(|_| std::io::Error::other("the thread waiting for it stopped"))
+            .and_then(|w| w);
+        let (state, reason, exit_code) = match (stopped, &waited) {
+            (Some((state, why)), _) => (state, Some(why.to_string()), None),
+            (None, Ok(w)) => match w.status.code() {
+                Some(0) => (JobState::Completed, None, Some(0)),
+                Some(code) => (
+                    JobState::Failed,
+                    Some("NonZeroExitCode".to_string()),
+                    Some(code),
+                ),
+                None => {
+                    use std::os::unix::process::ExitStatusExt;
+                    let sig = w.status.signal().unwrap_or(0);
+                    (
+                        JobState::Failed,
+                        Some(format!("killed by signal {sig}")),
+                        Some(128 + sig),
+                    )
+                }
             },
-            _ = sleep_limit => {
-                self.stop_group(pid, &mut child).await;
-                (JobState::Timeout, Some("TimeLimit".to_string()), None)
-            }
-            _ = cancel => {
-                self.stop_group(pid, &mut child).await;
-                (JobState::Cancelled, Some("cancelled".to_string()), None)
-            }
+            (None, Err(e)) => (
+                JobState::Failed,
+                Some(format!("could not wait for the job: {e}")),
+                None,
+            ),
+        };
+        let usage = match &waited {
+            Ok(w) => usage_of(&w.rusage),
+            Err(e) => unmeasured(format!("the executor could not wait for the job: {e}")),
         };
         self.inner.cancels.lock().await.remove(&job_id);
         self.update(job_id, |r| {
@@ -263,25 +287,76 @@ impl LocalExecutor {
             r.reason = reason;
             r.exit_code = exit_code;
             r.end_time = Some(Utc::now());
+            r.usage = Some(usage);
         })
         .await;
         tracing::info!(job_id, state = %state, exit_code, "local job ended");
     }
 
-    /// SIGTERM to the whole group, SIGKILL after the grace period.
-    pub(super) async fn stop_group(&self, pid: Option<u32>, child: &mut tokio::process::Child) {
-        let Some(pid) = pid else { return };
+    /// SIGTERM to the whole group, SIGKILL after the grace period; then what the wait saw.
+    pub(super) async fn stop_group(&self, pid: Option<u32>, exited: &mut Exited) -> Waited {
+        let Some(pid) = pid else {
+            return exited.await;
+        };
         let group = Pid::from_raw(pid as i32);
         let _ = killpg(group, Signal::SIGTERM);
-        if tokio::time::timeout(self.inner.settings.grace, child.wait())
-            .await
-            .is_err()
-        {
-            let _ = killpg(group, Signal::SIGKILL);
-            let _ = child.wait().await;
-        }
+        let waited = match tokio::time::timeout(self.inner.settings.grace, &mut *exited).await {
+            Ok(w) => w,
+            Err(_) => {
+                let _ = killpg(group, Signal::SIGKILL);
+                exited.await
+            }
+        };
         // Children that ignored SIGTERM but whose parent exited still belong to the group.
         let _ = killpg(group, Signal::SIGKILL);
+        waited
+    }
+}
+
+/// What waiting for a job's process gives: its exit status and resource use.
+pub(super) type Waited = Result<std::io::Result<wait4::ResUse>, oneshot::error::RecvError>;
+/// Resolves once the job's process has been reaped.
+pub(super) type Exited = oneshot::Receiver<std::io::Result<wait4::ResUse>>;
+
+/// Reaps a job's process with `wait4(2)` on a thread of its own (the process's resource use is
+/// only told to whoever reaps it), and hands the result over. A plain thread, not tokio's
+/// blocking pool: a job may run for days, and a pool thread held that long is one the server's
+/// file I/O cannot use.
+fn wait_in_thread(job_id: u64, mut child: std::process::Child) -> Exited {
+    use wait4::Wait4;
+    let (tx, rx) = oneshot::channel();
+    let waiter = std::thread::Builder::new()
+        .name(format!("job-{job_id}"))
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            let _ = tx.send(child.wait4());
+        });
+    if let Err(e) = waiter {
+        // The channel's sender went with the closure: the job is reported as not waited for.
+        tracing::error!(job_id, error = %e, "no thread to wait for a local job; its process is left unreaped");
+    }
+    rx
+}
+
+/// A job's CPU time (user + system, its own and its reaped children's) and peak resident
+/// memory (the largest of its processes), as `wait4` reports them.
+fn usage_of(r: &wait4::ResourceUsage) -> commands::slurm::Usage {
+    let cpu = r.utime.saturating_add(r.stime);
+    commands::slurm::Usage {
+        cpu_ms: Some(u64::try_from(cpu.as_millis()).unwrap_or(u64::MAX)),
+        peak_memory_bytes: Some(r.maxrss),
+        source: "rusage".into(),
+        note: None,
+    }
+}
+
+/// A job the executor could not measure, and why.
+pub(super) fn unmeasured(why: String) -> commands::slurm::Usage {
+    commands::slurm::Usage {
+        cpu_ms: None,
+        peak_memory_bytes: None,
+        source: "none".into(),
+        note: Some(why),
     }
 }
 

@@ -56,6 +56,10 @@ pub struct CostedJob {
     pub started_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended_at: Option<DateTime<Utc>>,
+    /// What it used, once it ended and its executor said (`JobUsageRecorded`): what a user's
+    /// efficiency summary reads, month by month, beside the cost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<domain::efficiency::Usage>,
 }
 
 /// A user's jobs in one place (running, or ended in one month), keyed `<cluster>/<job id>`.
@@ -98,7 +102,10 @@ impl Projector for CostViews {
     }
 
     fn reads(&self, event_type: &str) -> Reads {
-        Reads::decoded_if(event_type == "JobSubmitted" || event_type == "JobStateChanged")
+        Reads::decoded_if(matches!(
+            event_type,
+            "JobSubmitted" | "JobStateChanged" | "JobUsageRecorded"
+        ))
     }
 
     async fn apply(&self, view: &mut ViewTx<'_>, event: Event<'_>) -> Applied {
@@ -116,6 +123,7 @@ impl Projector for CostViews {
                         rate: j.rate,
                         started_at: None,
                         ended_at: None,
+                        usage: None,
                     },
                     ended_in: None,
                 };
@@ -141,6 +149,19 @@ impl Projector for CostViews {
                     let mut jobs: UserJobs = view.get(&to, user).await?.unwrap_or_default();
                     jobs.jobs.insert(key, entry.job.clone());
                     view.put(&to, user, &jobs)?;
+                }
+                view.put(BY_STREAM, stream, &entry)
+            }
+            Some(DomainEvent::JobUsageRecorded(u)) => {
+                let Some(mut entry) = view.get::<Entry>(BY_STREAM, stream).await? else {
+                    return Ok(());
+                };
+                entry.job.usage = Some(u.usage);
+                if let Some(place) = entry.place() {
+                    let user = entry.user.as_str();
+                    let mut jobs: UserJobs = view.get(&place, user).await?.unwrap_or_default();
+                    jobs.jobs.insert(entry.key(), entry.job.clone());
+                    view.put(&place, user, &jobs)?;
                 }
                 view.put(BY_STREAM, stream, &entry)
             }
@@ -219,6 +240,57 @@ pub async fn priced_jobs(
                 for row in eventlog::list_all(read, eventlog::ModelSet::Live, NAME, &place).await? {
                     let jobs = super::decode(NAME, &row.key, &row.doc)?;
                     priced(&row.key, jobs, pricing, &mut out);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// One ended job of [`ended_between`].
+#[derive(Debug, Clone)]
+pub struct EndedJob {
+    pub user: String,
+    /// `<cluster>/<job id>`.
+    pub key: String,
+    pub job: CostedJob,
+}
+
+/// The jobs that ended in `[from, to)`: `user`'s, or every user's of the workspace with `None`,
+/// in month, user and job order. Reads the month collections from `from`'s to `to`'s (one
+/// document per month for one user).
+pub async fn ended_between(
+    read: &dyn eventlog::ReadStore,
+    workspace: &WorkspaceId,
+    user: Option<&Email>,
+    (from, to): (DateTime<Utc>, DateTime<Utc>),
+) -> Result<Vec<EndedJob>, super::ViewError> {
+    let mut out = Vec::new();
+    let within = |j: &CostedJob| j.ended_at.is_some_and(|e| e >= from && e < to);
+    let mut take = |user: &str, jobs: UserJobs| {
+        out.extend(
+            jobs.jobs
+                .into_iter()
+                .filter(|(_, j)| within(j))
+                .map(|(key, job)| EndedJob {
+                    user: user.to_string(),
+                    key,
+                    job,
+                }),
+        )
+    };
+    for month in months(from, to) {
+        let place = ended_collection(workspace, &month);
+        match user {
+            Some(user) => {
+                if let Some(jobs) = super::live(read, NAME, &place, user.as_str()).await? {
+                    take(user.as_str(), jobs);
+                }
+            }
+            None => {
+                for row in eventlog::list_all(read, eventlog::ModelSet::Live, NAME, &place).await? {
+                    let jobs = super::decode(NAME, &row.key, &row.doc)?;
+                    take(&row.key, jobs);
                 }
             }
         }

@@ -80,6 +80,10 @@ pub struct JobView {
     /// Its hourly rate as recorded at submission (None for jobs recorded before cost existed).
     #[serde(default)]
     pub rate: Option<domain::MicroUsd>,
+    /// What it used, once it ended and its executor said (`JobUsageRecorded`). Added with the
+    /// efficiency report, hence the default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<domain::efficiency::Usage>,
     /// The log position that last changed this view.
     pub position: i64,
 }
@@ -261,7 +265,7 @@ impl Projector for UserJobViews {
     fn reads(&self, event_type: &str) -> Reads {
         Reads::decoded_if(matches!(
             event_type,
-            "JobSubmitted" | "JobStateChanged" | "JobCancelRequested"
+            "JobSubmitted" | "JobStateChanged" | "JobUsageRecorded" | "JobCancelRequested"
         ))
     }
 
@@ -342,6 +346,7 @@ async fn apply(view: &mut ViewTx<'_>, event: Event<'_>, layout: Layout) -> Appli
                 stream_id: event.stream_id.clone(),
                 stdout: domain::job::stdout_path(&j.body, j.job_id),
                 rate: j.rate,
+                usage: None,
                 position: event.position,
             };
             view.put(&pointer.collection, &pointer.key, &doc)?;
@@ -359,6 +364,14 @@ async fn apply(view: &mut ViewTx<'_>, event: Event<'_>, layout: Layout) -> Appli
             doc.pending_reason = (c.to == JobState::Pending).then(|| {
                 explain_pending(c.reason.as_deref().unwrap_or("None"), COLD_START_SECONDS)
             });
+            doc.position = event.position;
+            view.put(&pointer.collection, &pointer.key, &doc)?;
+        }
+        Some(DomainEvent::JobUsageRecorded(u)) => {
+            let Some((pointer, mut doc)) = find(view, &event.stream_id).await? else {
+                return Ok(());
+            };
+            doc.usage = Some(u.usage);
             doc.position = event.position;
             view.put(&pointer.collection, &pointer.key, &doc)?;
         }

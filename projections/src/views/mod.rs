@@ -9,6 +9,7 @@ pub mod feed;
 pub mod jobs;
 pub mod quotas;
 pub mod streams;
+pub mod webhooks;
 
 /// Why a typed query over a view failed.
 #[derive(Debug, thiserror::Error)]

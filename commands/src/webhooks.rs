@@ -1,0 +1,755 @@
+//! Webhooks: registering and removing them, and the outbox that delivers the log's events to
+//! them.
+//!
+//! The outbox is a projector-like worker with a checkpoint of its own in the read store
+//! ([`OUTBOX`]): it reads the log after its checkpoint and, in the same read-store transaction
+//! that moves the checkpoint, queues each event a webhook asked for (collection
+//! `queue:<webhook id>`, keyed by log position, with the exact body to send). So an event is
+//! queued once, and a queued delivery survives a restart. Each webhook's queue is delivered in
+//! order, head first: a delivery that fails is tried again after a backoff
+//! (`domain::webhook::backoff`) and the webhook's later events wait behind it (in order per job,
+//! and per webhook), until it is delivered or, [`domain::webhook::GIVE_UP_AFTER_HOURS`] after
+//! its first attempt, given up. Every attempt is recorded in the log
+//! (`WebhookDeliveryAttempted`), which is what the user's list of deliveries shows. A delivery
+//! whose receiver answered but whose outcome was not recorded (the server stopped in between)
+//! is sent again: delivery is at least once, and the id header says which repeat it is.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use domain::webhook::{self, JobOwner, Kind, Payload};
+use domain::{DomainEvent, Email, WebhookDeliveryAttempted, WorkspaceId};
+use eventlog::{
+    DocChange, ExpectedVersion, LogError, ModelSet, ReadStore, RecordedEvent, StreamId,
+};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use crate::EventLog;
+
+/// The outbox's name in the read store (its checkpoint and documents).
+pub const OUTBOX: &str = "webhook-outbox";
+const HOOKS: &str = "hooks";
+/// Log events read per step.
+const BATCH: usize = 500;
+/// Webhooks delivered to at once.
+const CONCURRENCY: usize = 16;
+/// How long a read position that queued nothing may go unstored.
+const IDLE_COMMIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Job owners remembered before the memory is cleared (a miss reads the job's stream).
+const OWNER_CACHE: usize = 100_000;
+
+fn queue_collection(webhook: uuid::Uuid) -> String {
+    format!("queue:{webhook}")
+}
+
+/// Log order, then the event's own order.
+fn queue_key(position: i64, index: u8) -> String {
+    format!("{:020}.{index}", position.max(0))
+}
+
+/// A webhook's stream: `webhook:<workspace>:<id>`.
+pub fn stream(workspace: &WorkspaceId, webhook: uuid::Uuid) -> Result<StreamId, LogError> {
+    StreamId::new(format!("webhook:{workspace}:{webhook}"))
+}
+
+/// A user's registrations and removals: `webhooks:<workspace>:<email>`. One stream per user, so
+/// the count of their webhooks is checked against the stream's version ([`register`]).
+pub fn user_stream(workspace: &WorkspaceId, user: &Email) -> Result<StreamId, LogError> {
+    StreamId::new(format!("webhooks:{workspace}:{user}"))
+}
+
+/// Why a webhook command was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    #[error("you have {0} webhooks, the most one user may have; remove one first")]
+    TooMany(usize),
+    #[error("you have no webhook {0}")]
+    NotFound(uuid::Uuid),
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error("could not encode: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+/// The user's webhooks now (ids), and their stream's version.
+async fn active(
+    log: &dyn EventLog,
+    stream: &StreamId,
+) -> Result<(BTreeSet<uuid::Uuid>, i64), WebhookError> {
+    let mut ids = BTreeSet::new();
+    let version = crate::fold_stream(log, stream, 0, 500, |_, e| {
+        match e {
+            Some(DomainEvent::WebhookRegistered(w)) => {
+                ids.insert(w.webhook_id);
+            }
+            Some(DomainEvent::WebhookRemoved(w)) => {
+                ids.remove(&w.webhook_id);
+            }
+            _ => {}
+        }
+        Ok::<(), WebhookError>(())
+    })
+    .await?;
+    Ok((ids, version))
+}
+
+/// Registers a webhook of `user`'s (URL and events already checked): at most
+/// [`webhook::MAX_PER_USER`] per user, whatever requests race. Returns its id and position.
+pub async fn register(
+    log: &dyn EventLog,
+    workspace: &WorkspaceId,
+    user: &Email,
+    url: &str,
+    events: Vec<Kind>,
+    metadata: eventlog::Metadata,
+    now: DateTime<Utc>,
+) -> Result<(uuid::Uuid, i64), WebhookError> {
+    let stream = user_stream(workspace, user)?;
+    let (ids, version) = active(log, &stream).await?;
+    if ids.len() >= webhook::MAX_PER_USER {
+        return Err(WebhookError::TooMany(ids.len()));
+    }
+    let webhook_id = uuid::Uuid::now_v7();
+    let event = DomainEvent::WebhookRegistered(domain::WebhookRegistered {
+        webhook_id,
+        workspace: workspace.clone(),
+        user: user.clone(),
+        url: url.to_string(),
+        events,
+        at: now,
+    });
+    let out = log
+        .append(
+            &stream,
+            ExpectedVersion::Exact(version),
+            &[crate::encode(&event, metadata)?],
+        )
+        .await?;
+    Ok((webhook_id, out.last_position))
+}
+
+/// Removes one of `user`'s webhooks; nothing more is delivered to it.
+pub async fn remove(
+    log: &dyn EventLog,
+    workspace: &WorkspaceId,
+    user: &Email,
+    webhook_id: uuid::Uuid,
+    metadata: eventlog::Metadata,
+    now: DateTime<Utc>,
+) -> Result<i64, WebhookError> {
+    let stream = user_stream(workspace, user)?;
+    let (ids, version) = active(log, &stream).await?;
+    if !ids.contains(&webhook_id) {
+        return Err(WebhookError::NotFound(webhook_id));
+    }
+    let event = DomainEvent::WebhookRemoved(domain::WebhookRemoved {
+        webhook_id,
+        workspace: workspace.clone(),
+        user: user.clone(),
+        by: user.clone(),
+        at: now,
+    });
+    Ok(log
+        .append(
+            &stream,
+            ExpectedVersion::Exact(version),
+            &[crate::encode(&event, metadata)?],
+        )
+        .await?
+        .last_position)
+}
+
+/// A webhook as the outbox keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hook {
+    pub webhook_id: uuid::Uuid,
+    pub workspace: WorkspaceId,
+    pub user: Email,
+    pub url: String,
+    pub events: Vec<Kind>,
+}
+
+/// One queued delivery.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Queued {
+    pub position: i64,
+    #[serde(default)]
+    pub index: u8,
+    pub kind: Kind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<u64>,
+    /// The exact body sent on every attempt.
+    pub body: String,
+    #[serde(default)]
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_attempt_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<DateTime<Utc>>,
+}
+
+/// How a POST to a receiver went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sent {
+    /// It answered with this status.
+    Answered(u16),
+    /// It did not answer (refused, timed out, reset), in words.
+    NoAnswer(String),
+}
+
+/// The port that POSTs a delivery (implemented with an HTTP client in `gateways`). It must not
+/// follow redirects: an allowed host could send the request on to one that is not.
+#[async_trait]
+pub trait WebhookSender: Send + Sync + 'static {
+    async fn post(&self, url: &str, headers: &[(&'static str, String)], body: &[u8]) -> Sent;
+}
+
+/// What the outbox needs beside the log, the read store and the sender.
+#[derive(Clone)]
+pub struct OutboxSettings {
+    /// The server's webhook key: each webhook's secret is derived from it.
+    pub key: Arc<Vec<u8>>,
+    /// `webhook_allow`: the hosts deliveries may go to (checked again at each attempt).
+    pub allow: Arc<Vec<String>>,
+}
+
+impl std::fmt::Debug for OutboxSettings {
+    /// Never the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutboxSettings")
+            .field("key", &"<redacted>")
+            .field("allow", &self.allow)
+            .finish()
+    }
+}
+
+/// What one outbox pass did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Pass {
+    pub queued: usize,
+    pub delivered: usize,
+    pub failed: usize,
+    pub gave_up: usize,
+}
+
+/// The outbox worker's state between passes.
+pub struct Outbox {
+    log: Arc<dyn EventLog>,
+    read: Arc<dyn ReadStore>,
+    sender: Arc<dyn WebhookSender>,
+    settings: OutboxSettings,
+    clock: Arc<dyn eventlog::Clock>,
+    /// How far the log has been read.
+    checkpoint: i64,
+    /// The checkpoint in the read store: behind `checkpoint` while only events that queue
+    /// nothing were read since (stored at most every [`IDLE_COMMIT`], so a busy log that
+    /// tells no webhook anything costs no write per pass).
+    stored: i64,
+    stored_at: std::time::Instant,
+    hooks: HashMap<uuid::Uuid, Hook>,
+    /// Webhooks whose queue may hold something.
+    busy: BTreeSet<uuid::Uuid>,
+    owners: HashMap<String, Option<JobOwner>>,
+    loaded: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error("could not encode: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+impl Outbox {
+    pub fn new(
+        log: Arc<dyn EventLog>,
+        read: Arc<dyn ReadStore>,
+        sender: Arc<dyn WebhookSender>,
+        settings: OutboxSettings,
+        clock: Arc<dyn eventlog::Clock>,
+    ) -> Self {
+        Outbox {
+            log,
+            read,
+            sender,
+            settings,
+            clock,
+            checkpoint: 0,
+            stored: 0,
+            stored_at: std::time::Instant::now(),
+            hooks: HashMap::new(),
+            busy: BTreeSet::new(),
+            owners: HashMap::new(),
+            loaded: false,
+        }
+    }
+
+    /// Reads the checkpoint and the webhooks from the read store (at the first pass, and again
+    /// when another runner moved the checkpoint).
+    async fn load(&mut self) -> Result<(), OutboxError> {
+        self.checkpoint = self.read.checkpoint(ModelSet::Live, OUTBOX).await?;
+        self.stored = self.checkpoint;
+        self.stored_at = std::time::Instant::now();
+        self.hooks.clear();
+        for row in eventlog::list_all(self.read.as_ref(), ModelSet::Live, OUTBOX, HOOKS).await? {
+            let hook: Hook = serde_json::from_str(&row.doc)?;
+            self.hooks.insert(hook.webhook_id, hook);
+        }
+        // Any of them may have a queue left from before.
+        self.busy = self.hooks.keys().copied().collect();
+        self.loaded = true;
+        Ok(())
+    }
+
+    /// Queues what the log holds after the checkpoint (a batch at most), then delivers what is
+    /// due. Returns what it did and whether the log has more to read.
+    pub async fn pass(&mut self) -> Result<(Pass, bool), OutboxError> {
+        if !self.loaded {
+            self.load().await?;
+        }
+        let mut done = Pass::default();
+        let events = self.log.read_all(self.checkpoint, BATCH).await?;
+        let more = events.len() == BATCH;
+        if let Some(last) = events.last().map(|e| e.position) {
+            let mut changes = Vec::new();
+            let mut hooks = self.hooks.clone();
+            let mut busy = Vec::new();
+            for e in &events {
+                self.scan(e, &mut hooks, &mut changes, &mut busy, &mut done)
+                    .await?;
+            }
+            if changes.is_empty() && self.stored_at.elapsed() < IDLE_COMMIT {
+                self.checkpoint = last;
+                self.deliver(&mut done).await?;
+                return Ok((done, more));
+            }
+            match self
+                .read
+                .commit(ModelSet::Live, OUTBOX, self.stored, last, &changes)
+                .await
+            {
+                Ok(()) => {
+                    self.checkpoint = last;
+                    self.stored = last;
+                    self.stored_at = std::time::Instant::now();
+                    self.hooks = hooks;
+                    self.busy.extend(busy);
+                }
+                Err(LogError::CheckpointMoved { .. }) => {
+                    // Another runner (a former leader) moved it: start again from the store.
+                    self.loaded = false;
+                    return Ok((Pass::default(), true));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.deliver(&mut done).await?;
+        Ok((done, more))
+    }
+
+    /// What one log event changes: a webhook registered or removed, or an event to queue.
+    async fn scan(
+        &mut self,
+        e: &RecordedEvent,
+        hooks: &mut HashMap<uuid::Uuid, Hook>,
+        changes: &mut Vec<DocChange>,
+        busy: &mut Vec<uuid::Uuid>,
+        done: &mut Pass,
+    ) -> Result<(), OutboxError> {
+        let relevant = matches!(
+            e.event_type.as_str(),
+            "WebhookRegistered"
+                | "WebhookRemoved"
+                | "JobSubmitted"
+                | "JobStateChanged"
+                | "QuotaWarningRaised"
+                | "QuotaEnforced"
+        );
+        if !relevant {
+            return Ok(());
+        }
+        // Nothing to tell anyone until someone has a webhook.
+        if hooks.is_empty() && !e.event_type.starts_with("Webhook") {
+            return Ok(());
+        }
+        let Some(event) = DomainEvent::decode(&e.event_type, e.schema_version, &e.data)? else {
+            return Ok(());
+        };
+        match &event {
+            DomainEvent::WebhookRegistered(w) => {
+                let hook = Hook {
+                    webhook_id: w.webhook_id,
+                    workspace: w.workspace.clone(),
+                    user: w.user.clone(),
+                    url: w.url.clone(),
+                    events: w.events.clone(),
+                };
+                changes.push(DocChange::Put {
+                    collection: HOOKS.into(),
+                    key: w.webhook_id.to_string(),
+                    doc: serde_json::to_string(&hook)?,
+                });
+                hooks.insert(w.webhook_id, hook);
+                return Ok(());
+            }
+            DomainEvent::WebhookRemoved(w) => {
+                hooks.remove(&w.webhook_id);
+                changes.push(DocChange::Delete {
+                    collection: HOOKS.into(),
+                    key: w.webhook_id.to_string(),
+                });
+                // Its queue goes with it (read from the store: queued before this batch).
+                let queue = queue_collection(w.webhook_id);
+                for row in
+                    eventlog::list_all(self.read.as_ref(), ModelSet::Live, OUTBOX, &queue).await?
+                {
+                    changes.push(DocChange::Delete {
+                        collection: queue.clone(),
+                        key: row.key,
+                    });
+                }
+                changes.retain(
+                    |c| !matches!(c, DocChange::Put { collection, .. } if *collection == queue),
+                );
+                return Ok(());
+            }
+            DomainEvent::JobSubmitted(j) => {
+                self.remember(
+                    &e.stream_id,
+                    Some(JobOwner {
+                        workspace: j.workspace.clone(),
+                        cluster_id: j.cluster_id.clone(),
+                        job_id: j.job_id,
+                        name: j.name.clone(),
+                        user: j.user.clone(),
+                    }),
+                );
+                return Ok(());
+            }
+            _ => {}
+        }
+        let owner = match &event {
+            DomainEvent::JobStateChanged(_) => self.owner(&e.stream_id).await?,
+            _ => None,
+        };
+        for o in webhook::occurrences(&event, owner.as_ref()) {
+            self.enqueue(e, &o, hooks, changes, busy, done)?;
+        }
+        Ok(())
+    }
+
+    /// Queues one occurrence for each webhook of its user that asked for its kind.
+    fn enqueue(
+        &self,
+        e: &RecordedEvent,
+        o: &webhook::Occurrence,
+        hooks: &HashMap<uuid::Uuid, Hook>,
+        changes: &mut Vec<DocChange>,
+        busy: &mut Vec<uuid::Uuid>,
+        done: &mut Pass,
+    ) -> Result<(), OutboxError> {
+        for hook in hooks.values().filter(|h| {
+            h.workspace == o.workspace && h.user == o.user && h.events.contains(&o.kind)
+        }) {
+            let payload = Payload {
+                id: webhook::delivery_id(hook.webhook_id, e.position, o.index),
+                kind: o.kind,
+                position: e.position,
+                occurred_at: e.recorded_at,
+                workspace: o.workspace.clone(),
+                user: o.user.clone(),
+                data: o.data.clone(),
+            };
+            let queued = Queued {
+                position: e.position,
+                index: o.index,
+                kind: o.kind,
+                job_id: o.job_id,
+                body: serde_json::to_string(&payload)?,
+                attempts: 0,
+                first_attempt_at: None,
+                next_attempt_at: None,
+            };
+            changes.push(DocChange::Put {
+                collection: queue_collection(hook.webhook_id),
+                key: queue_key(e.position, o.index),
+                doc: serde_json::to_string(&queued)?,
+            });
+            busy.push(hook.webhook_id);
+            done.queued += 1;
+        }
+        Ok(())
+    }
+
+    fn remember(&mut self, stream: &str, owner: Option<JobOwner>) {
+        if self.owners.len() >= OWNER_CACHE {
+            self.owners.clear();
+        }
+        self.owners.insert(stream.to_string(), owner);
+    }
+
+    /// Whose job a stream is: remembered from its `JobSubmitted`, else read from the stream.
+    async fn owner(&mut self, stream: &str) -> Result<Option<JobOwner>, OutboxError> {
+        if let Some(o) = self.owners.get(stream) {
+            return Ok(o.clone());
+        }
+        let id = StreamId::new(stream)?;
+        let mut found = None;
+        for e in self.log.read_stream(&id, 0, 4).await? {
+            if let Some(DomainEvent::JobSubmitted(j)) =
+                DomainEvent::decode(&e.event_type, e.schema_version, &e.data)?
+            {
+                found = Some(JobOwner {
+                    workspace: j.workspace,
+                    cluster_id: j.cluster_id,
+                    job_id: j.job_id,
+                    name: j.name,
+                    user: j.user,
+                });
+                break;
+            }
+        }
+        self.remember(stream, found.clone());
+        Ok(found)
+    }
+
+    /// Sends each busy webhook's due head delivery (several webhooks at once), records each
+    /// attempt in the log, then takes delivered and given-up ones off their queues.
+    async fn deliver(&mut self, done: &mut Pass) -> Result<(), OutboxError> {
+        let now = self.clock.now();
+        let mut due = Vec::new();
+        let mut idle = Vec::new();
+        for id in self.busy.iter().copied() {
+            let Some(hook) = self.hooks.get(&id) else {
+                idle.push(id);
+                continue;
+            };
+            let head = self
+                .read
+                .list_docs(ModelSet::Live, OUTBOX, &queue_collection(id), None, 1)
+                .await?;
+            let Some(row) = head.into_iter().next() else {
+                idle.push(id);
+                continue;
+            };
+            let q: Queued = serde_json::from_str(&row.doc)?;
+            if q.next_attempt_at.is_none_or(|at| at <= now) {
+                due.push((hook.clone(), q));
+            }
+        }
+        for id in idle {
+            self.busy.remove(&id);
+        }
+        if due.is_empty() {
+            return Ok(());
+        }
+        let attempts: Vec<(Hook, Queued, Sent, u64, DateTime<Utc>)> =
+            futures::stream::iter(due.into_iter().map(|(hook, q)| self.attempt(hook, q)))
+                .buffer_unordered(CONCURRENCY)
+                .collect()
+                .await;
+        let mut changes = Vec::new();
+        for (hook, mut q, sent, duration_ms, at) in attempts {
+            q.attempts = q.attempts.saturating_add(1);
+            let first = *q.first_attempt_at.get_or_insert(at);
+            let (outcome, status, error) = match &sent {
+                Sent::Answered(s) if (200..300).contains(s) => ("delivered", Some(*s), None),
+                Sent::Answered(s) => (
+                    "failed",
+                    Some(*s),
+                    Some(format!("the receiver answered HTTP {s}")),
+                ),
+                Sent::NoAnswer(why) => ("failed", None, Some(why.clone())),
+            };
+            let give_up = outcome == "failed"
+                && at - first >= chrono::Duration::hours(webhook::GIVE_UP_AFTER_HOURS);
+            let outcome = if give_up { "gave_up" } else { outcome };
+            let next = (outcome == "failed").then(|| at + webhook::backoff(q.attempts));
+            let event = DomainEvent::WebhookDeliveryAttempted(WebhookDeliveryAttempted {
+                webhook_id: hook.webhook_id,
+                workspace: hook.workspace.clone(),
+                user: hook.user.clone(),
+                delivery_id: webhook::delivery_id(hook.webhook_id, q.position, q.index),
+                position: q.position,
+                event: q.kind,
+                job_id: q.job_id,
+                attempt: q.attempts,
+                outcome: outcome.into(),
+                status,
+                error,
+                duration_ms,
+                at,
+                next_attempt_at: next,
+            });
+            self.log
+                .append(
+                    &stream(&hook.workspace, hook.webhook_id)?,
+                    ExpectedVersion::Any,
+                    &[crate::encode(&event, crate::system_metadata("webhooks"))?],
+                )
+                .await?;
+            let collection = queue_collection(hook.webhook_id);
+            let key = queue_key(q.position, q.index);
+            match outcome {
+                "delivered" => {
+                    done.delivered += 1;
+                    changes.push(DocChange::Delete { collection, key });
+                }
+                "gave_up" => {
+                    done.gave_up += 1;
+                    tracing::warn!(webhook = %hook.webhook_id, position = q.position, attempts = q.attempts, "webhook delivery given up");
+                    changes.push(DocChange::Delete { collection, key });
+                }
+                _ => {
+                    done.failed += 1;
+                    q.next_attempt_at = next;
+                    changes.push(DocChange::Put {
+                        collection,
+                        key,
+                        doc: serde_json::to_string(&q)?,
+                    });
+                }
+            }
+        }
+        match self
+            .read
+            .commit(ModelSet::Live, OUTBOX, self.stored, self.stored, &changes)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(LogError::CheckpointMoved { .. }) => {
+                self.loaded = false;
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// One signed POST of a queued delivery (or its refusal when the host is no longer allowed).
+    async fn attempt(&self, hook: Hook, q: Queued) -> (Hook, Queued, Sent, u64, DateTime<Utc>) {
+        let at = self.clock.now();
+        let started = std::time::Instant::now();
+        let host = url_host(&hook.url);
+        let sent = match host {
+            Some(h) if webhook::host_allowed(&self.settings.allow, &h) => {
+                let secret = webhook::secret_of(&self.settings.key, hook.webhook_id);
+                let timestamp = at.timestamp();
+                let headers = [
+                    ("Content-Type", "application/json".to_string()),
+                    ("User-Agent", "Clusterra-Webhooks/1".to_string()),
+                    (
+                        "Clusterra-Webhook-Id",
+                        webhook::delivery_id(hook.webhook_id, q.position, q.index),
+                    ),
+                    ("Clusterra-Webhook-Timestamp", timestamp.to_string()),
+                    (
+                        "Clusterra-Webhook-Signature",
+                        webhook::signature(secret.as_bytes(), timestamp, q.body.as_bytes()),
+                    ),
+                ];
+                self.sender
+                    .post(&hook.url, &headers, q.body.as_bytes())
+                    .await
+            }
+            Some(h) => Sent::NoAnswer(format!(
+                "host {h} is not in the server's webhook_allow list; not sent"
+            )),
+            None => Sent::NoAnswer("the webhook's URL has no host; not sent".into()),
+        };
+        let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        (hook, q, sent, ms, at)
+    }
+}
+
+/// The host of an `http(s)://` URL, lower case (`[::1]` for IPv6), without port or user.
+pub fn url_host(url: &str) -> Option<String> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let host_port = authority.rsplit('@').next()?;
+    let host = if host_port.starts_with('[') {
+        &host_port[..=host_port.find(']')?]
+    } else {
+        host_port.split(':').next()?
+    };
+    (!host.is_empty()).then(|| host.to_ascii_lowercase())
+}
+
+/// Runs the outbox until `stop` turns true: a pass whenever the log moves, and at least every
+/// `tick` for retries that come due — while `leading` (the poll leader's flag) is set, so one
+/// replica delivers. A replica that stops leading reads the checkpoint again when it leads again.
+pub async fn run(
+    mut outbox: Outbox,
+    tick: std::time::Duration,
+    leading: Arc<std::sync::atomic::AtomicBool>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut head = outbox.log.watch_head();
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        if !leading.load(std::sync::atomic::Ordering::Acquire) {
+            outbox.loaded = false;
+            tokio::select! {
+                _ = tokio::time::sleep(tick) => {}
+                _ = stop.changed() => {}
+            }
+            continue;
+        }
+        match outbox.pass().await {
+            Ok((pass, more)) => {
+                if pass != Pass::default() {
+                    tracing::debug!(
+                        queued = pass.queued,
+                        delivered = pass.delivered,
+                        failed = pass.failed,
+                        gave_up = pass.gave_up,
+                        "webhook outbox pass"
+                    );
+                }
+                if more {
+                    continue;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "webhook outbox pass failed; trying again");
+                outbox.loaded = false;
+            }
+        }
+        tokio::select! {
+            _ = head.changed() => {}
+            _ = tokio::time::sleep(tick) => {}
+            _ = stop.changed() => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_host_of_a_url_is_found_without_user_port_or_path() {
+        assert_eq!(
+            url_host("http://127.0.0.1:8080/hook"),
+            Some("127.0.0.1".into())
+        );
+        assert_eq!(
+            url_host("https://Hooks.Lab.org/x?y=1"),
+            Some("hooks.lab.org".into())
+        );
+        assert_eq!(url_host("http://[::1]:9/x"), Some("[::1]".into()));
+        assert_eq!(
+            url_host("http://u:p@evil.org@127.0.0.1/"),
+            Some("127.0.0.1".into())
+        );
+        assert_eq!(url_host("ftp://x"), None);
+        assert_eq!(url_host("http:///x"), None);
+    }
+}
