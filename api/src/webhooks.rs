@@ -27,12 +27,27 @@ use crate::{ApiError, AppState};
 pub struct WebhookRequest {
     /// Where deliveries are POSTed: `http(s)://host[:port]/path`, at most 2,048 bytes, no user
     /// or password, no fragment; the host must be in the server's `webhook_allow` list
-    /// (loopback only by default).
+    /// (loopback only on the embedded default).
     #[schema(example = "http://127.0.0.1:9000/clusterra")]
     pub url: String,
-    /// What to deliver: any of `job.started`, `job.ended`, `quota.warning`, `quota.enforced`.
-    #[schema(example = json!(["job.started", "job.ended"]))]
+    /// What to deliver: 1 to 4 of `job.started`, `job.ended`, `quota.warning`, `quota.enforced`.
+    #[schema(value_type = Vec<EventName>, min_items = 1, max_items = 4, example = json!(["job.started", "job.ended"]))]
     pub events: Vec<String>,
+}
+
+/// An event a webhook can be told about (read as text, so that a wrong one is refused with its
+/// field, `invalid_events`).
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)] // only the document's
+pub enum EventName {
+    #[schema(rename = "job.started")]
+    JobStarted,
+    #[schema(rename = "job.ended")]
+    JobEnded,
+    #[schema(rename = "quota.warning")]
+    QuotaWarning,
+    #[schema(rename = "quota.enforced")]
+    QuotaEnforced,
 }
 
 /// How a receiver checks a delivery.
@@ -66,7 +81,7 @@ fn signing() -> SigningBody {
 /// One delivery attempt.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct DeliveryBody {
-    /// `<webhook id>:<log position>`, the same on every attempt of one delivery.
+    /// `<webhook id>:<log position>:<n>`, the same on every attempt of one delivery.
     pub delivery_id: String,
     /// The log position of the event delivered.
     pub position: i64,
@@ -194,8 +209,7 @@ fn check_url(state: &AppState, text: &str) -> Result<String, ApiError> {
             "webhook_host_not_allowed",
             "url",
             format!(
-                "this server delivers webhooks only to {}; ask its operator to add {host} to webhook_allow",
-                state.settings.webhooks.allow.join(", ")
+                "this server does not deliver webhooks to {host}; its operator lists the hosts it may in webhook_allow"
             ),
         ));
     }

@@ -183,6 +183,9 @@ pub struct Queued {
     pub job_id: Option<u64>,
     /// The exact body sent on every attempt.
     pub body: String,
+    /// When the event was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub occurred_at: Option<DateTime<Utc>>,
     #[serde(default)]
     pub attempts: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -235,6 +238,47 @@ pub struct Pass {
     pub gave_up: usize,
 }
 
+/// The webhooks the outbox knows, by id and by user.
+#[derive(Debug, Clone, Default)]
+struct Hooks {
+    by_id: HashMap<uuid::Uuid, Hook>,
+    by_user: HashMap<(WorkspaceId, Email), Vec<uuid::Uuid>>,
+}
+
+impl Hooks {
+    fn insert(&mut self, hook: Hook) {
+        let user = (hook.workspace.clone(), hook.user.clone());
+        let ids = self.by_user.entry(user).or_default();
+        if !ids.contains(&hook.webhook_id) {
+            ids.push(hook.webhook_id);
+        }
+        self.by_id.insert(hook.webhook_id, hook);
+    }
+
+    fn remove(&mut self, id: uuid::Uuid) {
+        if let Some(hook) = self.by_id.remove(&id) {
+            let user = (hook.workspace, hook.user);
+            if let Some(ids) = self.by_user.get_mut(&user) {
+                ids.retain(|i| *i != id);
+                if ids.is_empty() {
+                    self.by_user.remove(&user);
+                }
+            }
+        }
+    }
+
+    /// The user's webhooks that asked for `kind`.
+    fn of(&self, workspace: &WorkspaceId, user: &Email, kind: Kind) -> Vec<&Hook> {
+        self.by_user
+            .get(&(workspace.clone(), user.clone()))
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.by_id.get(id))
+            .filter(|h| h.events.contains(&kind))
+            .collect()
+    }
+}
+
 /// The outbox worker's state between passes.
 pub struct Outbox {
     log: Arc<dyn EventLog>,
@@ -249,9 +293,13 @@ pub struct Outbox {
     /// tells no webhook anything costs no write per pass).
     stored: i64,
     stored_at: std::time::Instant,
-    hooks: HashMap<uuid::Uuid, Hook>,
-    /// Webhooks whose queue may hold something.
-    busy: BTreeSet<uuid::Uuid>,
+    hooks: Hooks,
+    /// Webhooks whose queue may hold something, and when its head is due (`None`: now).
+    busy: HashMap<uuid::Uuid, Option<DateTime<Utc>>>,
+    /// Each webhook stream's version as this worker last wrote it: attempts are appended at it,
+    /// so a replica that stopped leading without knowing it cannot record (and act on) a stale
+    /// attempt after the new leader wrote one.
+    versions: HashMap<uuid::Uuid, i64>,
     owners: HashMap<String, Option<JobOwner>>,
     loaded: bool,
 }
@@ -262,6 +310,15 @@ pub enum OutboxError {
     Log(#[from] LogError),
     #[error("could not encode: {0}")]
     Encode(#[from] serde_json::Error),
+}
+
+/// One attempt's result, waiting to be recorded.
+struct Attempted {
+    hook: Hook,
+    q: Queued,
+    sent: Sent,
+    duration_ms: u64,
+    at: DateTime<Utc>,
 }
 
 impl Outbox {
@@ -281,26 +338,28 @@ impl Outbox {
             checkpoint: 0,
             stored: 0,
             stored_at: std::time::Instant::now(),
-            hooks: HashMap::new(),
-            busy: BTreeSet::new(),
+            hooks: Hooks::default(),
+            busy: HashMap::new(),
+            versions: HashMap::new(),
             owners: HashMap::new(),
             loaded: false,
         }
     }
 
     /// Reads the checkpoint and the webhooks from the read store (at the first pass, and again
-    /// when another runner moved the checkpoint).
+    /// when another runner moved the checkpoint or wrote a webhook's stream).
     async fn load(&mut self) -> Result<(), OutboxError> {
         self.checkpoint = self.read.checkpoint(ModelSet::Live, OUTBOX).await?;
         self.stored = self.checkpoint;
         self.stored_at = std::time::Instant::now();
-        self.hooks.clear();
+        self.hooks = Hooks::default();
         for row in eventlog::list_all(self.read.as_ref(), ModelSet::Live, OUTBOX, HOOKS).await? {
             let hook: Hook = serde_json::from_str(&row.doc)?;
-            self.hooks.insert(hook.webhook_id, hook);
+            self.hooks.insert(hook);
         }
         // Any of them may have a queue left from before.
-        self.busy = self.hooks.keys().copied().collect();
+        self.busy = self.hooks.by_id.keys().map(|id| (*id, None)).collect();
+        self.versions.clear();
         self.loaded = true;
         Ok(())
     }
@@ -316,11 +375,22 @@ impl Outbox {
         let more = events.len() == BATCH;
         if let Some(last) = events.last().map(|e| e.position) {
             let mut changes = Vec::new();
-            let mut hooks = self.hooks.clone();
             let mut busy = Vec::new();
+            // Taken, not cloned: a batch that fails to commit makes the worker load again.
+            let mut hooks = std::mem::take(&mut self.hooks);
+            let mut scanned = Ok(());
             for e in &events {
-                self.scan(e, &mut hooks, &mut changes, &mut busy, &mut done)
-                    .await?;
+                scanned = self
+                    .scan(e, &mut hooks, &mut changes, &mut busy, &mut done)
+                    .await;
+                if scanned.is_err() {
+                    break;
+                }
+            }
+            self.hooks = hooks;
+            if let Err(e) = scanned {
+                self.loaded = false;
+                return Err(e);
             }
             if changes.is_empty() && self.stored_at.elapsed() < IDLE_COMMIT {
                 self.checkpoint = last;
@@ -336,15 +406,19 @@ impl Outbox {
                     self.checkpoint = last;
                     self.stored = last;
                     self.stored_at = std::time::Instant::now();
-                    self.hooks = hooks;
-                    self.busy.extend(busy);
+                    for id in busy {
+                        self.busy.entry(id).or_insert(None);
+                    }
                 }
-                Err(LogError::CheckpointMoved { .. }) => {
-                    // Another runner (a former leader) moved it: start again from the store.
+                Err(e) => {
+                    // Another runner (a former leader) moved it, or the store failed: start
+                    // again from what the store holds.
                     self.loaded = false;
-                    return Ok((Pass::default(), true));
+                    return match e {
+                        LogError::CheckpointMoved { .. } => Ok((Pass::default(), true)),
+                        e => Err(e.into()),
+                    };
                 }
-                Err(e) => return Err(e.into()),
             }
         }
         self.deliver(&mut done).await?;
@@ -355,7 +429,7 @@ impl Outbox {
     async fn scan(
         &mut self,
         e: &RecordedEvent,
-        hooks: &mut HashMap<uuid::Uuid, Hook>,
+        hooks: &mut Hooks,
         changes: &mut Vec<DocChange>,
         busy: &mut Vec<uuid::Uuid>,
         done: &mut Pass,
@@ -373,7 +447,7 @@ impl Outbox {
             return Ok(());
         }
         // Nothing to tell anyone until someone has a webhook.
-        if hooks.is_empty() && !e.event_type.starts_with("Webhook") {
+        if hooks.by_id.is_empty() && !e.event_type.starts_with("Webhook") {
             return Ok(());
         }
         let Some(event) = DomainEvent::decode(&e.event_type, e.schema_version, &e.data)? else {
@@ -393,17 +467,20 @@ impl Outbox {
                     key: w.webhook_id.to_string(),
                     doc: serde_json::to_string(&hook)?,
                 });
-                hooks.insert(w.webhook_id, hook);
+                hooks.insert(hook);
                 return Ok(());
             }
             DomainEvent::WebhookRemoved(w) => {
-                hooks.remove(&w.webhook_id);
+                hooks.remove(w.webhook_id);
                 changes.push(DocChange::Delete {
                     collection: HOOKS.into(),
                     key: w.webhook_id.to_string(),
                 });
-                // Its queue goes with it (read from the store: queued before this batch).
+                // Its queue goes with it: what this batch queued, and what the store holds.
                 let queue = queue_collection(w.webhook_id);
+                changes.retain(
+                    |c| !matches!(c, DocChange::Put { collection, .. } if *collection == queue),
+                );
                 for row in
                     eventlog::list_all(self.read.as_ref(), ModelSet::Live, OUTBOX, &queue).await?
                 {
@@ -412,9 +489,6 @@ impl Outbox {
                         key: row.key,
                     });
                 }
-                changes.retain(
-                    |c| !matches!(c, DocChange::Put { collection, .. } if *collection == queue),
-                );
                 return Ok(());
             }
             DomainEvent::JobSubmitted(j) => {
@@ -437,50 +511,35 @@ impl Outbox {
             _ => None,
         };
         for o in webhook::occurrences(&event, owner.as_ref()) {
-            self.enqueue(e, &o, hooks, changes, busy, done)?;
-        }
-        Ok(())
-    }
-
-    /// Queues one occurrence for each webhook of its user that asked for its kind.
-    fn enqueue(
-        &self,
-        e: &RecordedEvent,
-        o: &webhook::Occurrence,
-        hooks: &HashMap<uuid::Uuid, Hook>,
-        changes: &mut Vec<DocChange>,
-        busy: &mut Vec<uuid::Uuid>,
-        done: &mut Pass,
-    ) -> Result<(), OutboxError> {
-        for hook in hooks.values().filter(|h| {
-            h.workspace == o.workspace && h.user == o.user && h.events.contains(&o.kind)
-        }) {
-            let payload = Payload {
-                id: webhook::delivery_id(hook.webhook_id, e.position, o.index),
-                kind: o.kind,
-                position: e.position,
-                occurred_at: e.recorded_at,
-                workspace: o.workspace.clone(),
-                user: o.user.clone(),
-                data: o.data.clone(),
-            };
-            let queued = Queued {
-                position: e.position,
-                index: o.index,
-                kind: o.kind,
-                job_id: o.job_id,
-                body: serde_json::to_string(&payload)?,
-                attempts: 0,
-                first_attempt_at: None,
-                next_attempt_at: None,
-            };
-            changes.push(DocChange::Put {
-                collection: queue_collection(hook.webhook_id),
-                key: queue_key(e.position, o.index),
-                doc: serde_json::to_string(&queued)?,
-            });
-            busy.push(hook.webhook_id);
-            done.queued += 1;
+            for hook in hooks.of(&o.workspace, &o.user, o.kind) {
+                let payload = Payload {
+                    id: webhook::delivery_id(hook.webhook_id, e.position, o.index),
+                    kind: o.kind,
+                    position: e.position,
+                    occurred_at: e.recorded_at,
+                    workspace: o.workspace.clone(),
+                    user: o.user.clone(),
+                    data: o.data.clone(),
+                };
+                let queued = Queued {
+                    position: e.position,
+                    index: o.index,
+                    kind: o.kind,
+                    job_id: o.job_id,
+                    body: serde_json::to_string(&payload)?,
+                    occurred_at: Some(e.recorded_at),
+                    attempts: 0,
+                    first_attempt_at: None,
+                    next_attempt_at: None,
+                };
+                changes.push(DocChange::Put {
+                    collection: queue_collection(hook.webhook_id),
+                    key: queue_key(e.position, o.index),
+                    doc: serde_json::to_string(&queued)?,
+                });
+                busy.push(hook.webhook_id);
+                done.queued += 1;
+            }
         }
         Ok(())
     }
@@ -492,29 +551,53 @@ impl Outbox {
         self.owners.insert(stream.to_string(), owner);
     }
 
-    /// Whose job a stream is: remembered from its `JobSubmitted`, else read from the stream.
+    /// Whose job a stream is: remembered from its `JobSubmitted`, else read from the stream
+    /// (page by page: retried submissions put requests and failures before it).
     async fn owner(&mut self, stream: &str) -> Result<Option<JobOwner>, OutboxError> {
         if let Some(o) = self.owners.get(stream) {
             return Ok(o.clone());
         }
         let id = StreamId::new(stream)?;
         let mut found = None;
-        for e in self.log.read_stream(&id, 0, 4).await? {
-            if let Some(DomainEvent::JobSubmitted(j)) =
-                DomainEvent::decode(&e.event_type, e.schema_version, &e.data)?
-            {
-                found = Some(JobOwner {
-                    workspace: j.workspace,
-                    cluster_id: j.cluster_id,
-                    job_id: j.job_id,
-                    name: j.name,
-                    user: j.user,
-                });
-                break;
+        let mut after = 0;
+        'pages: loop {
+            let page = self.log.read_stream(&id, after, 64).await?;
+            let Some(last) = page.last() else { break };
+            after = last.stream_version;
+            for e in &page {
+                if let Some(DomainEvent::JobSubmitted(j)) =
+                    DomainEvent::decode(&e.event_type, e.schema_version, &e.data)?
+                {
+                    found = Some(JobOwner {
+                        workspace: j.workspace,
+                        cluster_id: j.cluster_id,
+                        job_id: j.job_id,
+                        name: j.name,
+                        user: j.user,
+                    });
+                    break 'pages;
+                }
             }
         }
         self.remember(stream, found.clone());
         Ok(found)
+    }
+
+    /// A webhook stream's version: known from this worker's last append, else read once.
+    async fn version(&mut self, hook: &Hook) -> Result<i64, OutboxError> {
+        if let Some(v) = self.versions.get(&hook.webhook_id) {
+            return Ok(*v);
+        }
+        let v = crate::fold_stream(
+            self.log.as_ref(),
+            &stream(&hook.workspace, hook.webhook_id)?,
+            0,
+            1_000,
+            |_, _| Ok::<(), OutboxError>(()),
+        )
+        .await?;
+        self.versions.insert(hook.webhook_id, v);
+        Ok(v)
     }
 
     /// Sends each busy webhook's due head delivery (several webhooks at once), records each
@@ -523,8 +606,14 @@ impl Outbox {
         let now = self.clock.now();
         let mut due = Vec::new();
         let mut idle = Vec::new();
-        for id in self.busy.iter().copied() {
-            let Some(hook) = self.hooks.get(&id) else {
+        let candidates: Vec<uuid::Uuid> = self
+            .busy
+            .iter()
+            .filter(|(_, at)| at.is_none_or(|at| at <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in candidates {
+            let Some(hook) = self.hooks.by_id.get(&id).cloned() else {
                 idle.push(id);
                 continue;
             };
@@ -537,8 +626,11 @@ impl Outbox {
                 continue;
             };
             let q: Queued = serde_json::from_str(&row.doc)?;
-            if q.next_attempt_at.is_none_or(|at| at <= now) {
-                due.push((hook.clone(), q));
+            match q.next_attempt_at.filter(|at| *at > now) {
+                Some(at) => {
+                    self.busy.insert(id, Some(at));
+                }
+                None => due.push((hook, q)),
             }
         }
         for id in idle {
@@ -547,97 +639,136 @@ impl Outbox {
         if due.is_empty() {
             return Ok(());
         }
-        let attempts: Vec<(Hook, Queued, Sent, u64, DateTime<Utc>)> =
-            futures::stream::iter(due.into_iter().map(|(hook, q)| self.attempt(hook, q)))
+        let attempts: Vec<Attempted> =
+            futures::stream::iter(due.into_iter().map(|(hook, q)| self.attempt(hook, q, now)))
                 .buffer_unordered(CONCURRENCY)
                 .collect()
                 .await;
-        let mut changes = Vec::new();
-        for (hook, mut q, sent, duration_ms, at) in attempts {
-            q.attempts = q.attempts.saturating_add(1);
-            let first = *q.first_attempt_at.get_or_insert(at);
-            let (outcome, status, error) = match &sent {
-                Sent::Answered(s) if (200..300).contains(s) => ("delivered", Some(*s), None),
-                Sent::Answered(s) => (
-                    "failed",
-                    Some(*s),
-                    Some(format!("the receiver answered HTTP {s}")),
-                ),
-                Sent::NoAnswer(why) => ("failed", None, Some(why.clone())),
-            };
-            let give_up = outcome == "failed"
-                && at - first >= chrono::Duration::hours(webhook::GIVE_UP_AFTER_HOURS);
-            let outcome = if give_up { "gave_up" } else { outcome };
-            let next = (outcome == "failed").then(|| at + webhook::backoff(q.attempts));
-            let event = DomainEvent::WebhookDeliveryAttempted(WebhookDeliveryAttempted {
-                webhook_id: hook.webhook_id,
-                workspace: hook.workspace.clone(),
-                user: hook.user.clone(),
-                delivery_id: webhook::delivery_id(hook.webhook_id, q.position, q.index),
-                position: q.position,
-                event: q.kind,
-                job_id: q.job_id,
-                attempt: q.attempts,
-                outcome: outcome.into(),
-                status,
-                error,
-                duration_ms,
-                at,
-                next_attempt_at: next,
-            });
-            self.log
-                .append(
-                    &stream(&hook.workspace, hook.webhook_id)?,
-                    ExpectedVersion::Any,
-                    &[crate::encode(&event, crate::system_metadata("webhooks"))?],
-                )
-                .await?;
-            let collection = queue_collection(hook.webhook_id);
-            let key = queue_key(q.position, q.index);
-            match outcome {
-                "delivered" => {
-                    done.delivered += 1;
-                    changes.push(DocChange::Delete { collection, key });
-                }
-                "gave_up" => {
-                    done.gave_up += 1;
-                    tracing::warn!(webhook = %hook.webhook_id, position = q.position, attempts = q.attempts, "webhook delivery given up");
-                    changes.push(DocChange::Delete { collection, key });
-                }
-                _ => {
-                    done.failed += 1;
-                    q.next_attempt_at = next;
-                    changes.push(DocChange::Put {
-                        collection,
-                        key,
-                        doc: serde_json::to_string(&q)?,
-                    });
-                }
+        for a in attempts {
+            // Recorded one by one: an attempt the log holds is taken off its queue at once.
+            if !self.record(a, done).await? {
+                self.loaded = false;
+                return Ok(());
             }
         }
+        Ok(())
+    }
+
+    /// Records an attempt in the log at its webhook stream's version, then updates its queue.
+    /// `false` when another runner wrote the stream meanwhile (its result is dropped).
+    async fn record(&mut self, a: Attempted, done: &mut Pass) -> Result<bool, OutboxError> {
+        let Attempted {
+            hook,
+            mut q,
+            sent,
+            duration_ms,
+            at,
+        } = a;
+        q.attempts = q.attempts.saturating_add(1);
+        let first = *q.first_attempt_at.get_or_insert(at);
+        let day = chrono::Duration::hours(webhook::GIVE_UP_AFTER_HOURS);
+        let (outcome, status, error) = match &sent {
+            Sent::Answered(s) if (200..300).contains(s) => ("delivered", Some(*s), None),
+            Sent::Answered(s) => (
+                "failed",
+                Some(*s),
+                Some(format!("the receiver answered HTTP {s}")),
+            ),
+            Sent::NoAnswer(why) => ("failed", None, Some(why.clone())),
+        };
+        // Given up a day after its first attempt, or once the event itself is a day old (what
+        // queued behind a receiver that was down goes at once then, instead of a day each).
+        let stale = at - first >= day || q.occurred_at.is_some_and(|o| at - o >= day);
+        let outcome = if outcome == "failed" && stale {
+            "gave_up"
+        } else {
+            outcome
+        };
+        let next = (outcome == "failed").then(|| at + webhook::backoff(q.attempts));
+        let event = DomainEvent::WebhookDeliveryAttempted(WebhookDeliveryAttempted {
+            webhook_id: hook.webhook_id,
+            workspace: hook.workspace.clone(),
+            user: hook.user.clone(),
+            delivery_id: webhook::delivery_id(hook.webhook_id, q.position, q.index),
+            position: q.position,
+            event: q.kind,
+            job_id: q.job_id,
+            attempt: q.attempts,
+            outcome: outcome.into(),
+            status,
+            error,
+            duration_ms,
+            at,
+            next_attempt_at: next,
+        });
+        let version = self.version(&hook).await?;
         match self
-            .read
-            .commit(ModelSet::Live, OUTBOX, self.stored, self.stored, &changes)
+            .log
+            .append(
+                &stream(&hook.workspace, hook.webhook_id)?,
+                ExpectedVersion::Exact(version),
+                &[crate::encode(&event, crate::system_metadata("webhooks"))?],
+            )
             .await
         {
-            Ok(()) => Ok(()),
-            Err(LogError::CheckpointMoved { .. }) => {
-                self.loaded = false;
-                Ok(())
+            Ok(out) => {
+                self.versions.insert(hook.webhook_id, out.stream_version);
             }
+            Err(LogError::VersionConflict { .. }) => {
+                tracing::warn!(webhook = %hook.webhook_id, "another runner delivers this webhook; this attempt's result is dropped");
+                return Ok(false);
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let collection = queue_collection(hook.webhook_id);
+        let key = queue_key(q.position, q.index);
+        let change = match outcome {
+            "delivered" | "gave_up" => {
+                if outcome == "delivered" {
+                    done.delivered += 1;
+                } else {
+                    done.gave_up += 1;
+                    tracing::warn!(webhook = %hook.webhook_id, position = q.position, attempts = q.attempts, "webhook delivery given up");
+                }
+                self.busy.insert(hook.webhook_id, None);
+                DocChange::Delete { collection, key }
+            }
+            _ => {
+                done.failed += 1;
+                q.next_attempt_at = next;
+                self.busy.insert(hook.webhook_id, next);
+                DocChange::Put {
+                    collection,
+                    key,
+                    doc: serde_json::to_string(&q)?,
+                }
+            }
+        };
+        match self
+            .read
+            .commit(ModelSet::Live, OUTBOX, self.stored, self.stored, &[change])
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(LogError::CheckpointMoved { .. }) => Ok(false),
             Err(e) => Err(e.into()),
         }
     }
 
-    /// One signed POST of a queued delivery (or its refusal when the host is no longer allowed).
-    async fn attempt(&self, hook: Hook, q: Queued) -> (Hook, Queued, Sent, u64, DateTime<Utc>) {
-        let at = self.clock.now();
+    /// One signed POST of a queued delivery — unless the host is no longer allowed, or the
+    /// event is a day old (then it is not sent, and given up).
+    async fn attempt(&self, hook: Hook, q: Queued, now: DateTime<Utc>) -> Attempted {
         let started = std::time::Instant::now();
+        let day = chrono::Duration::hours(webhook::GIVE_UP_AFTER_HOURS);
         let host = url_host(&hook.url);
         let sent = match host {
+            _ if q.occurred_at.is_some_and(|o| now - o >= day) => Sent::NoAnswer(format!(
+                "the event is more than {} hours old; not sent",
+                webhook::GIVE_UP_AFTER_HOURS
+            )),
             Some(h) if webhook::host_allowed(&self.settings.allow, &h) => {
                 let secret = webhook::secret_of(&self.settings.key, hook.webhook_id);
-                let timestamp = at.timestamp();
+                let timestamp = now.timestamp();
                 let headers = [
                     ("Content-Type", "application/json".to_string()),
                     ("User-Agent", "Clusterra-Webhooks/1".to_string()),
@@ -660,8 +791,14 @@ impl Outbox {
             )),
             None => Sent::NoAnswer("the webhook's URL has no host; not sent".into()),
         };
-        let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        (hook, q, sent, ms, at)
+        let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        Attempted {
+            hook,
+            q,
+            sent,
+            duration_ms,
+            at: now,
+        }
     }
 }
 

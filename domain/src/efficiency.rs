@@ -6,7 +6,15 @@
 //! The suggested shape keeps the job's nodes and time limit and asks for
 //! - the CPUs it kept busy on average, rounded up (at least one, never more than it asked);
 //! - its peak memory plus [`HEADROOM_PERCENT`], rounded up to a power of two MiB (at least
-//!   [`MIN_SUGGESTED_MIB`], never more than it asked).
+//!   [`MIN_SUGGESTED_MIB`], never more than it asked). `rusage` gives the peak of the job's
+//!   *largest process*, not of all of them at once: a job that kept more than one core busy may
+//!   have run several processes side by side, so its peak is taken that many times (⌈cores busy⌉
+//!   × the largest process) — an overestimate for one multi-threaded process, never an
+//!   underestimate that would have the suggested shape run out of memory.
+//!
+//! A job stopped by its time limit or a cancel is measured only in part (the processes the
+//! stop killed were never waited for by the job's shell): its figures are shown, but no shape
+//! is suggested from them.
 //!
 //! It is priced from the same catalog and rule as submit (`cost::job_rate`); what the job cost
 //! above that price over the same run is `wasted`. A measurement the executor could not make
@@ -37,9 +45,13 @@ pub struct Usage {
     pub peak_memory_bytes: Option<u64>,
     /// How it was measured: `rusage` (the local executor's `wait4`), or `none`.
     pub source: String,
-    /// Why something was not measured, in words.
+    /// Why something was not measured, or measured only in part, in words.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// Measured only in part (a job stopped by its time limit or a cancel): no suggestion is
+    /// made from it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub partial: bool,
 }
 
 /// A cheaper shape that would have held the job.
@@ -126,10 +138,27 @@ pub fn assess(
         };
     }
 
+    if usage.partial {
+        let why = usage
+            .note
+            .as_deref()
+            .unwrap_or("the job was stopped before it ended");
+        return Efficiency {
+            cpu_percent,
+            memory_percent,
+            cost: run.cost,
+            wasted: None,
+            suggestion: None,
+            hint: format!("measured in part, so no smaller shape is suggested: {why}"),
+        };
+    }
+
     let want_cpus = busy.map_or(cpus, |b| (b.ceil() as u32).clamp(1, cpus));
-    let want_mib = usage
-        .peak_memory_bytes
-        .map_or(asked, |b| suggested_mib(b).min(asked));
+    // Several processes side by side may each have held the largest one's peak.
+    let at_once = busy.map_or(u64::from(cpus), |b| b.ceil().max(1.0) as u64);
+    let want_mib = usage.peak_memory_bytes.map_or(asked, |b| {
+        suggested_mib(b.saturating_mul(at_once)).min(asked)
+    });
     let smaller = JobShape {
         cpus: want_cpus,
         memory_mib: Some(want_mib),
@@ -318,7 +347,8 @@ fn bytes_words(bytes: u64) -> String {
 /// Dollars to the cent from $1, else to four places (`$0.0408`): a short run's cost is mostly
 /// below a cent.
 pub fn usd(m: MicroUsd) -> String {
-    if m.0.unsigned_abs() >= 1_000_000 {
+    // Past $0.9999, four places (rounded up) would read $0.10000: cents read better.
+    if m.0.unsigned_abs() > 999_900 {
         m.cents()
     } else {
         let sign = if m.0 < 0 { "-" } else { "" };
@@ -352,6 +382,7 @@ mod tests {
             peak_memory_bytes: Some(peak_mib * MIB),
             source: "rusage".into(),
             note: None,
+            partial: false,
         }
     }
 
@@ -365,7 +396,7 @@ mod tests {
     fn a_job_that_asked_16_gib_and_peaked_at_1_2_is_told_a_smaller_shape_and_what_it_costs() {
         let c = catalog();
         let d = c.fitting_mib_per_cpu();
-        let asked = shape(2, Some(16 * 1024));
+        let asked = shape(1, Some(16 * 1024));
         let (rate, cost, ms) = run_of(&c, &asked, 1);
         let e = assess(
             &c,
@@ -376,12 +407,12 @@ mod tests {
                 cost,
                 elapsed_ms: ms,
             },
-            &measured(2 * 3_600_000, 1229),
+            &measured(3_600_000, 1229),
         );
         assert_eq!(e.cpu_percent, Some(100.0));
         assert_eq!(e.memory_percent, Some(7.5));
         let s = e.suggestion.clone().expect("a cheaper shape");
-        assert_eq!(s.shape.cpus, 2);
+        assert_eq!(s.shape.cpus, 1);
         assert_eq!(s.shape.memory_mib, Some(2048));
         assert!(s.rate < rate, "{s:?}");
         assert_eq!(e.wasted, Some(MicroUsd(cost.0 - s.cost.0)));
@@ -447,6 +478,39 @@ mod tests {
     }
 
     #[test]
+    fn several_busy_cores_take_the_largest_process_that_many_times_and_a_stopped_job_gets_no_suggestion()
+     {
+        let c = catalog();
+        let d = c.fitting_mib_per_cpu();
+        let asked = shape(8, Some(32 * 1024));
+        let (rate, cost, ms) = run_of(&c, &asked, 1);
+        let run = Run {
+            shape: &asked,
+            rate,
+            cost,
+            elapsed_ms: ms,
+        };
+        // Four cores busy, the largest process at 1 GiB: four such may have run at once.
+        let e = assess(&c, d, run, &measured(4 * ms as u64, 1024));
+        let s = e.suggestion.expect("a cheaper shape");
+        assert_eq!(
+            (s.shape.cpus, s.shape.memory_mib),
+            (4, Some(8192)),
+            "{}",
+            e.hint
+        );
+        let stopped = Usage {
+            partial: true,
+            note: Some("stopped by its time limit".into()),
+            ..measured(ms as u64, 1024)
+        };
+        let e = assess(&c, d, run, &stopped);
+        assert_eq!((e.suggestion, e.wasted), (None, None));
+        assert_eq!(e.cpu_percent, Some(12.5));
+        assert!(e.hint.starts_with("measured in part"), "{}", e.hint);
+    }
+
+    #[test]
     fn nothing_measured_says_so_and_guesses_nothing() {
         let c = catalog();
         let asked = shape(4, None);
@@ -465,6 +529,7 @@ mod tests {
                 peak_memory_bytes: None,
                 source: "none".into(),
                 note: Some("Slurm keeps no usage without accounting".into()),
+                partial: false,
             },
         );
         assert_eq!(
@@ -562,5 +627,7 @@ mod tests {
         assert_eq!(usd(MicroUsd(40_800)), "$0.0408");
         assert_eq!(usd(MicroUsd(1)), "$0.0001");
         assert_eq!(usd(MicroUsd(12_345_678)), "$12.35");
+        assert_eq!(usd(MicroUsd(999_900)), "$0.9999");
+        assert_eq!(usd(MicroUsd(999_901)), "$1.00");
     }
 }

@@ -473,8 +473,9 @@ pub struct AgentActionFailed {
     pub at: DateTime<Utc>,
 }
 
-/// A user registered a webhook. Stream `webhook:<workspace>:<webhook id>`. Its secret is not
-/// recorded: it is derived from the server's webhook key and the id (`webhook::secret_of`).
+/// A user registered a webhook. Stream `webhooks:<workspace>:<email>` (the user's registrations
+/// and removals; its delivery attempts are on `webhook:<workspace>:<webhook id>`). Its secret is
+/// not recorded: it is derived from the server's webhook key and the id (`webhook::secret_of`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WebhookRegistered {
     pub webhook_id: uuid::Uuid,
@@ -501,7 +502,7 @@ pub struct WebhookDeliveryAttempted {
     pub webhook_id: uuid::Uuid,
     pub workspace: WorkspaceId,
     pub user: Email,
-    /// `<webhook id>:<log position>`, the same on every attempt.
+    /// `<webhook id>:<log position>:<n>`, the same on every attempt.
     pub delivery_id: String,
     /// The log position of the event delivered.
     pub position: i64,

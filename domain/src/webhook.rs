@@ -107,7 +107,10 @@ pub fn occurrences(event: &DomainEvent, owner: Option<&JobOwner>) -> Vec<Occurre
                 return Vec::new();
             };
             let started = c.from == JobState::Pending
-                && (c.to == JobState::Running || (c.to.is_terminal() && c.started_at.is_some()));
+                && (matches!(
+                    c.to,
+                    JobState::Running | JobState::Completing | JobState::Suspended
+                ) || (c.to.is_terminal() && c.started_at.is_some()));
             let ended = c.to.is_terminal() && !c.from.is_terminal();
             let mut out = Vec::new();
             for (kind, state, at) in [

@@ -236,8 +236,9 @@ fn unmeasured() -> commands::slurm::Usage {
         peak_memory_bytes: None,
         source: "none".into(),
         note: Some(
-            "Slurm's controller does not report what a job used; Slurm measures it only with accounting (slurmdbd), which this adapter does not read".into(),
+            "Slurm's controller does not report it; only its accounting (slurmdbd) does".into(),
         ),
+        partial: false,
     }
 }
 

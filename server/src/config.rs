@@ -164,7 +164,8 @@ pub struct Config {
     pub bucket_allow: Vec<String>,
     /// The hosts webhooks may deliver to: host names or IP literals, `*.domain` (any name under
     /// it) or `*` (anywhere); a list, or one comma-separated string. Empty = loopback only
-    /// (`127.0.0.1`, `::1`, `localhost`). Checked at registration and at every attempt.
+    /// (`127.0.0.1`, `::1`, `localhost`) on the embedded default, no host at all with
+    /// PostgreSQL. Checked at registration and at every attempt.
     #[serde(deserialize_with = "list_or_string")]
     pub webhook_allow: Vec<String>,
     /// The key each webhook's signing secret is derived from (32 random bytes, hex, made at the
@@ -909,12 +910,13 @@ impl Config {
         }
     }
 
-    /// The `webhook_allow` list in force.
+    /// The `webhook_allow` list in force: empty = loopback only on the embedded default
+    /// (SQLite), no host at all with PostgreSQL (a shared deployment says where webhooks may go).
     pub fn webhook_allow(&self) -> Vec<String> {
-        if self.webhook_allow.is_empty() {
-            domain::webhook::loopback()
-        } else {
-            self.webhook_allow.clone()
+        match (self.webhook_allow.is_empty(), self.database_url.is_empty()) {
+            (true, true) => domain::webhook::loopback(),
+            (true, false) => Vec::new(),
+            (false, _) => self.webhook_allow.clone(),
         }
     }
 

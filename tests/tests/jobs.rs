@@ -161,7 +161,11 @@ async fn a_template_job_completes_with_its_line_in_its_output() {
         .collect();
     // The write-ahead request, then Slurm's answer.
     assert_eq!(history[..2], ["JobSubmissionRequested", "JobSubmitted"]);
-    assert_eq!(history.last(), Some(&"JobStateChanged"));
+    // Its end, with what it used in the same append.
+    assert_eq!(
+        history[history.len() - 2..],
+        ["JobStateChanged", "JobUsageRecorded"]
+    );
 }
 
 /// A job that exits 3 is FAILED with exit code 3; over, with no cancel asked for, it has nothing

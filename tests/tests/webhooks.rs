@@ -224,8 +224,18 @@ async fn webhooks_are_signed_in_order_retried_and_survive_a_restart() {
         hook["signing"]["signature_header"],
         "Clusterra-Webhook-Signature"
     );
-    // The secret is not listed again.
-    let listed = api.get_as("/v1/users/me/webhooks", &ada).await.1;
+    // The secret is not listed again (read once the registration is visible).
+    let listed: Value = api
+        .client
+        .get(api.server.url("/v1/users/me/webhooks"))
+        .bearer_auth(&ada)
+        .header("X-Clusterra-Min-Position", hook["position"].to_string())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert!(!listed.to_string().contains(&secret), "{listed}");
     assert_eq!(
         listed["webhooks"][0]["webhook_id"], hook["webhook_id"],

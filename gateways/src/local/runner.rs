@@ -278,7 +278,7 @@ impl LocalExecutor {
             ),
         };
         let usage = match &waited {
-            Ok(w) => usage_of(&w.rusage),
+            Ok(w) => usage_of(&w.rusage, stopped.map(|(_, why)| why)),
             Err(e) => unmeasured(format!("the executor could not wait for the job: {e}")),
         };
         self.inner.cancels.lock().await.remove(&job_id);
@@ -325,28 +325,44 @@ pub(super) type Exited = oneshot::Receiver<std::io::Result<wait4::ResUse>>;
 fn wait_in_thread(job_id: u64, mut child: std::process::Child) -> Exited {
     use wait4::Wait4;
     let (tx, rx) = oneshot::channel();
+    let pid = child.id();
     let waiter = std::thread::Builder::new()
         .name(format!("job-{job_id}"))
         .stack_size(64 * 1024)
         .spawn(move || {
-            let _ = tx.send(child.wait4());
+            let waited = loop {
+                match child.wait4() {
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    other => break other,
+                }
+            };
+            let _ = tx.send(waited);
         });
     if let Err(e) = waiter {
-        // The channel's sender went with the closure: the job is reported as not waited for.
-        tracing::error!(job_id, error = %e, "no thread to wait for a local job; its process is left unreaped");
+        // No thread: the job is stopped and reaped here rather than left running unwatched
+        // (the channel's sender went with the closure, so the job is recorded as not waited
+        // for).
+        tracing::error!(job_id, error = %e, "no thread to wait for a local job; stopping it");
+        let group = Pid::from_raw(pid as i32);
+        let _ = killpg(group, Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(group, None);
     }
     rx
 }
 
 /// A job's CPU time (user + system, its own and its reaped children's) and peak resident
-/// memory (the largest of its processes), as `wait4` reports them.
-fn usage_of(r: &wait4::ResourceUsage) -> commands::slurm::Usage {
+/// memory (the largest of its processes), as `wait4` reports them; `stopped` says why only part
+/// of it was (processes the stop killed were never waited for by the job's shell).
+fn usage_of(r: &wait4::ResourceUsage, stopped: Option<&str>) -> commands::slurm::Usage {
     let cpu = r.utime.saturating_add(r.stime);
     commands::slurm::Usage {
         cpu_ms: Some(u64::try_from(cpu.as_millis()).unwrap_or(u64::MAX)),
         peak_memory_bytes: Some(r.maxrss),
         source: "rusage".into(),
-        note: None,
+        note: stopped.map(|why| {
+            format!("the job was stopped ({why}): what its killed processes used is not counted")
+        }),
+        partial: stopped.is_some(),
     }
 }
 
@@ -357,6 +373,7 @@ pub(super) fn unmeasured(why: String) -> commands::slurm::Usage {
         peak_memory_bytes: None,
         source: "none".into(),
         note: Some(why),
+        partial: false,
     }
 }
 
