@@ -64,6 +64,8 @@ pub struct EfficiencyBody {
     /// How it was measured: `rusage` (the local executor's `wait4`) or `none`.
     #[schema(example = "rusage")]
     pub measured_by: String,
+    /// Measured only in part (stopped by its time limit or a cancel): no shape is suggested.
+    pub partial: bool,
     /// What the run cost.
     pub cost_usd: String,
     /// What it cost above the suggested shape's price ("0.000000" when none costs less); null
@@ -105,6 +107,7 @@ fn body(e: &Efficiency, shape: &JobShape, default_mib: u64, usage: &Usage) -> Ef
         peak_memory_bytes: usage.peak_memory_bytes,
         memory_asked_mib: domain::efficiency::asked_mib(shape, default_mib),
         measured_by: usage.source.clone(),
+        partial: usage.partial,
         cost_usd: e.cost.decimal(),
         wasted_usd: e.wasted.map(MicroUsd::decimal),
         hint: e.hint.clone(),

@@ -107,8 +107,32 @@ async fn jobs_on_a_registered_slurmrestd_cluster() {
             }
         }
     };
-    let job = wait(id, "COMPLETED", 60).await;
+    let mut job = wait(id, "COMPLETED", 60).await;
     assert_eq!(job["exit_code"], 0);
+    // Slurm's controller reports no usage (there is no accounting here): the report says so
+    // and guesses nothing.
+    let deadline = tests::deadline(Duration::from_secs(10));
+    while job["efficiency"].is_null() {
+        assert!(Instant::now() < deadline, "{job}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        job = call(
+            reqwest::Method::GET,
+            &format!("/v1/clusters/real/jobs/{id}"),
+            None,
+        )
+        .await
+        .1;
+    }
+    let e = &job["efficiency"];
+    assert_eq!(e["measured_by"], "none", "{e}");
+    assert!(
+        e["cpu_percent"].is_null() && e["wasted_usd"].is_null(),
+        "{e}"
+    );
+    assert!(
+        e["hint"].as_str().unwrap().starts_with("not measured: "),
+        "{e}"
+    );
     let output = std::fs::read_to_string(format!("{efs}/job_{id}.out")).unwrap();
     assert!(output.contains("hello-from-real-slurm"), "{output}");
     // The log through the API: the cluster's shared filesystem is mounted (here: linked) at

@@ -96,6 +96,13 @@ pub async fn page(
             dt { "Started" } dd { (time(job["started_at"].as_str())) }
             dt { "Ended" } dd { (time(job["ended_at"].as_str())) }
             @if let Some(t) = job["template_id"].as_str() { dt { "Template" } dd { (t) } }
+            @if let Some(e) = job["efficiency"].as_object() {
+                dt { "Efficiency" } dd #job-efficiency {
+                    @if let Some(c) = e.get("cpu_percent").and_then(|v| v.as_f64()) { (c) "% of its CPU time, " }
+                    @if let Some(m) = e.get("memory_percent").and_then(|v| v.as_f64()) { (m) "% of its memory; " }
+                    (e.get("hint").and_then(|v| v.as_str()).unwrap_or(""))
+                }
+            }
         }
         p.muted #facts-note aria-live="polite" {}
         section aria-labelledby="log-h" {
