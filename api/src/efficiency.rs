@@ -221,17 +221,29 @@ fn window(state: &AppState, query: RawQuery) -> Result<(DateTime<Utc>, DateTime<
     Ok((from, to))
 }
 
-/// Sums each user's ended jobs, in email order.
-fn summarise(state: &AppState, ended: Vec<costs::EndedJob>) -> BTreeMap<String, EfficiencySummary> {
-    let default_mib = state.scaling.default_mib_per_cpu;
-    let pricing = crate::usage::pricing(state);
-    let mut sums: HashMap<String, (Summary, Vec<(MicroUsd, WastefulJob)>)> = HashMap::new();
-    for e in ended {
+/// Each user's ended jobs, summed as they are read.
+struct Summing<'a> {
+    state: &'a AppState,
+    pricing: domain::cost::Pricing,
+    sums: HashMap<String, (Summary, Vec<(MicroUsd, WastefulJob)>)>,
+}
+
+impl<'a> Summing<'a> {
+    fn new(state: &'a AppState) -> Self {
+        Summing {
+            state,
+            pricing: crate::usage::pricing(state),
+            sums: HashMap::new(),
+        }
+    }
+
+    fn add(&mut self, e: costs::EndedJob) {
+        let default_mib = self.state.scaling.default_mib_per_cpu;
         let j = &e.job;
         let (Some(started), Some(ended_at)) = (j.started_at, j.ended_at) else {
-            continue;
+            return;
         };
-        let rate = j.rate.unwrap_or_else(|| pricing.rate(&j.shape));
+        let rate = j.rate.unwrap_or_else(|| self.pricing.rate(&j.shape));
         let elapsed_ms = (ended_at - started).num_milliseconds();
         let run = Run {
             shape: &j.shape,
@@ -242,8 +254,8 @@ fn summarise(state: &AppState, ended: Vec<costs::EndedJob>) -> BTreeMap<String, 
         let assessed = j
             .usage
             .as_ref()
-            .map(|u| assess(&state.scaling.catalog, default_mib, run, u));
-        let (sum, worst) = sums.entry(e.user).or_default();
+            .map(|u| assess(&self.state.scaling.catalog, default_mib, run, u));
+        let (sum, worst) = self.sums.entry(e.user.clone()).or_default();
         sum.add(run, default_mib, j.usage.as_ref(), assessed.as_ref());
         if let Some(a) = assessed.filter(|a| a.wasted.is_some_and(|w| w > MicroUsd::ZERO)) {
             let (cluster_id, job_id) = e.key.split_once('/').unwrap_or((e.key.as_str(), "0"));
@@ -265,23 +277,28 @@ fn summarise(state: &AppState, ended: Vec<costs::EndedJob>) -> BTreeMap<String, 
             }
         }
     }
-    sums.into_iter()
-        .map(|(user, (s, mut worst))| {
-            trim(&mut worst);
-            (
-                user,
-                EfficiencySummary {
-                    jobs: s.jobs,
-                    measured: s.measured,
-                    cpu_percent: s.cpu_percent,
-                    memory_percent: s.memory_percent,
-                    cost_usd: s.cost.decimal(),
-                    wasted_usd: s.wasted.decimal(),
-                    worst: worst.into_iter().map(|(_, w)| w).collect(),
-                },
-            )
-        })
-        .collect()
+
+    /// Each user's summary, in email order.
+    fn finish(self) -> BTreeMap<String, EfficiencySummary> {
+        self.sums
+            .into_iter()
+            .map(|(user, (s, mut worst))| {
+                trim(&mut worst);
+                (
+                    user,
+                    EfficiencySummary {
+                        jobs: s.jobs,
+                        measured: s.measured,
+                        cpu_percent: s.cpu_percent,
+                        memory_percent: s.memory_percent,
+                        cost_usd: s.cost.decimal(),
+                        wasted_usd: s.wasted.decimal(),
+                        worst: worst.into_iter().map(|(_, w)| w).collect(),
+                    },
+                )
+            })
+            .collect()
+    }
 }
 
 /// The [`WORST`] that wasted most, most first (ties: the latest first).
@@ -322,14 +339,17 @@ pub(crate) async fn mine(
 ) -> Result<(HeaderMap, Json<MyEfficiency>), ApiError> {
     let (from, to) = window(&state, query)?;
     let headers = await_projections(&state, &[costs::NAME], min).await;
-    let ended = costs::ended_between(
+    let mut sums = Summing::new(&state);
+    costs::ended_between(
         state.store.read.as_ref(),
         &caller.workspace,
         Some(&caller.email),
         (from, to),
+        |e| sums.add(e),
     )
     .await?;
-    let summary = summarise(&state, ended)
+    let summary = sums
+        .finish()
         .remove(caller.email.as_str())
         .unwrap_or_else(empty);
     Ok((
@@ -368,9 +388,17 @@ pub(crate) async fn workspace(
     let workspace = crate::usage::require_workspace_admin(&caller, &ws)?;
     let (from, to) = window(&state, query)?;
     let headers = await_projections(&state, &[costs::NAME], min).await;
-    let ended =
-        costs::ended_between(state.store.read.as_ref(), &workspace, None, (from, to)).await?;
-    let users = summarise(&state, ended)
+    let mut sums = Summing::new(&state);
+    costs::ended_between(
+        state.store.read.as_ref(),
+        &workspace,
+        None,
+        (from, to),
+        |e| sums.add(e),
+    )
+    .await?;
+    let users = sums
+        .finish()
         .into_iter()
         .map(|(email, summary)| UserEfficiency { email, summary })
         .collect();

@@ -256,28 +256,26 @@ pub struct EndedJob {
     pub job: CostedJob,
 }
 
-/// The jobs that ended in `[from, to)`: `user`'s, or every user's of the workspace with `None`,
-/// in month, user and job order. Reads the month collections from `from`'s to `to`'s (one
-/// document per month for one user).
+/// Hands `visit` each job that ended in `[from, to)`: `user`'s, or every user's of the
+/// workspace with `None`, in month, user and job order, one month's documents at a time (a
+/// year of a workspace's jobs is never held at once). Reads the month collections from
+/// `from`'s to `to`'s (one document per month for one user).
 pub async fn ended_between(
     read: &dyn eventlog::ReadStore,
     workspace: &WorkspaceId,
     user: Option<&Email>,
     (from, to): (DateTime<Utc>, DateTime<Utc>),
-) -> Result<Vec<EndedJob>, super::ViewError> {
-    let mut out = Vec::new();
+    mut visit: impl FnMut(EndedJob),
+) -> Result<(), super::ViewError> {
     let within = |j: &CostedJob| j.ended_at.is_some_and(|e| e >= from && e < to);
     let mut take = |user: &str, jobs: UserJobs| {
-        out.extend(
-            jobs.jobs
-                .into_iter()
-                .filter(|(_, j)| within(j))
-                .map(|(key, job)| EndedJob {
-                    user: user.to_string(),
-                    key,
-                    job,
-                }),
-        )
+        for (key, job) in jobs.jobs.into_iter().filter(|(_, j)| within(j)) {
+            visit(EndedJob {
+                user: user.to_string(),
+                key,
+                job,
+            });
+        }
     };
     for month in months(from, to) {
         let place = ended_collection(workspace, &month);
@@ -295,7 +293,7 @@ pub async fn ended_between(
             }
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]
