@@ -184,22 +184,7 @@ fn window(state: &AppState, query: RawQuery) -> Result<(DateTime<Utc>, DateTime<
     let q = raw_query(query)?;
     unknown(&q, &["from", "to"])?;
     let now = state.clock.now();
-    let time = |name: &str| -> Result<Option<DateTime<Utc>>, ApiError> {
-        q.get(name)
-            .map(|t| {
-                DateTime::parse_from_rfc3339(t)
-                    .map(|d| d.with_timezone(&Utc))
-                    .map_err(|_| {
-                        ApiError::new(
-                            StatusCode::UNPROCESSABLE_ENTITY,
-                            "invalid_query",
-                            format!("{name} must be an RFC 3339 time such as 2026-11-01T00:00:00Z, not {t:?}"),
-                        )
-                        .with_field(name)
-                    })
-            })
-            .transpose()
-    };
+    let time = |name: &str| crate::usage::parse_time(&q.get(name).cloned(), name);
     let from = time("from")?.unwrap_or(Period::of(state.settings.billing_period, now).start);
     let to = time("to")?.unwrap_or(now);
     if to <= from {

@@ -227,7 +227,10 @@ pub const MAX_BUCKETS: i64 = 2_000;
 /// on, so an unbounded `from` would make one request read centuries of empty months.
 pub const MAX_HISTORY_DAYS: i64 = 3_660;
 
-fn parse_time(text: &Option<String>, field: &str) -> Result<Option<DateTime<Utc>>, ApiError> {
+pub(crate) fn parse_time(
+    text: &Option<String>,
+    field: &str,
+) -> Result<Option<DateTime<Utc>>, ApiError> {
     text.as_deref()
         .map(|t| {
             DateTime::parse_from_rfc3339(t)

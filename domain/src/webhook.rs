@@ -147,36 +147,46 @@ pub fn occurrences(event: &DomainEvent, owner: Option<&JobOwner>) -> Vec<Occurre
 }
 
 fn quota_occurrence(event: &DomainEvent) -> Option<Occurrence> {
-    match event {
-        DomainEvent::QuotaWarningRaised(q) => Some(Occurrence {
-            index: 0,
-            kind: Kind::QuotaWarning,
-            workspace: q.workspace.clone(),
-            user: q.email.clone(),
-            job_id: None,
-            data: serde_json::json!({
-                "projected_usd": q.projected.decimal(),
-                "pending_bill_usd": q.pending_bill.decimal(),
-                "limit_usd": q.limit.decimal(),
-                "period_start": q.period_start,
-            }),
-        }),
-        DomainEvent::QuotaEnforced(q) => Some(Occurrence {
-            index: 0,
-            kind: Kind::QuotaEnforced,
-            workspace: q.workspace.clone(),
-            user: q.email.clone(),
-            job_id: None,
-            data: serde_json::json!({
-                "projected_usd": q.projected.decimal(),
-                "pending_bill_usd": q.pending_bill.decimal(),
-                "limit_usd": q.limit.decimal(),
-                "hard_limit_usd": q.hard_limit.decimal(),
-                "period_start": q.period_start,
-            }),
-        }),
-        _ => None,
+    let (kind, workspace, email, projected, bill, limit, hard, period) = match event {
+        DomainEvent::QuotaWarningRaised(q) => (
+            Kind::QuotaWarning,
+            &q.workspace,
+            &q.email,
+            q.projected,
+            q.pending_bill,
+            q.limit,
+            None,
+            q.period_start,
+        ),
+        DomainEvent::QuotaEnforced(q) => (
+            Kind::QuotaEnforced,
+            &q.workspace,
+            &q.email,
+            q.projected,
+            q.pending_bill,
+            q.limit,
+            Some(q.hard_limit),
+            q.period_start,
+        ),
+        _ => return None,
+    };
+    let mut data = serde_json::json!({
+        "projected_usd": projected.decimal(),
+        "pending_bill_usd": bill.decimal(),
+        "limit_usd": limit.decimal(),
+        "period_start": period,
+    });
+    if let Some(h) = hard {
+        data["hard_limit_usd"] = serde_json::Value::String(h.decimal());
     }
+    Some(Occurrence {
+        index: 0,
+        kind,
+        workspace: workspace.clone(),
+        user: email.clone(),
+        job_id: None,
+        data,
+    })
 }
 
 /// The body a webhook receives.
@@ -356,6 +366,75 @@ mod tests {
             signature(b"key", 1, b"body"),
             "v1=91b5374b153842ad05b2c4eab9349b8321b14703165bd3fb8b034dfb8be98ae5"
         );
+    }
+
+    #[test]
+    fn a_job_tells_its_start_and_end_and_a_quota_its_warning_and_enforcement() {
+        let owner = JobOwner {
+            workspace: WorkspaceId::new("default").unwrap(),
+            cluster_id: ClusterId::new("local").unwrap(),
+            job_id: 7,
+            name: "fold".into(),
+            user: Email::new("ada@lab.org").unwrap(),
+        };
+        let at = DateTime::<Utc>::from_timestamp(1_700_000_000, 0);
+        let change = |from, to, started_at| {
+            DomainEvent::JobStateChanged(crate::JobStateChanged {
+                job_id: 7,
+                from,
+                to,
+                reason: None,
+                node: None,
+                exit_code: Some(0),
+                at,
+                started_at,
+            })
+        };
+        let kinds = |e: &DomainEvent| -> Vec<(u8, Kind)> {
+            occurrences(e, Some(&owner))
+                .iter()
+                .map(|o| (o.index, o.kind))
+                .collect()
+        };
+        use JobState::*;
+        assert_eq!(
+            kinds(&change(Pending, Running, at)),
+            [(0, Kind::JobStarted)]
+        );
+        assert_eq!(
+            kinds(&change(Running, Completed, at)),
+            [(0, Kind::JobEnded)]
+        );
+        // Seen only once it had ended: both, the start first.
+        assert_eq!(
+            kinds(&change(Pending, Completed, at)),
+            [(0, Kind::JobStarted), (1, Kind::JobEnded)]
+        );
+        // Cancelled while it waited: it never started.
+        assert_eq!(
+            kinds(&change(Pending, Cancelled, None)),
+            [(0, Kind::JobEnded)]
+        );
+        assert_eq!(kinds(&change(Running, Suspended, at)), []);
+        assert!(occurrences(&change(Pending, Running, at), None).is_empty());
+
+        let enforced = DomainEvent::QuotaEnforced(crate::QuotaEnforced {
+            workspace: owner.workspace.clone(),
+            email: owner.user.clone(),
+            projected: crate::MicroUsd(120_000_000),
+            pending_bill: crate::MicroUsd(90_000_000),
+            limit: crate::MicroUsd(100_000_000),
+            hard_limit: crate::MicroUsd(110_000_000),
+            period_start: at.unwrap(),
+        });
+        let o = occurrences(&enforced, None);
+        assert_eq!(o.len(), 1);
+        assert_eq!(
+            (o[0].kind, o[0].user.as_str()),
+            (Kind::QuotaEnforced, "ada@lab.org")
+        );
+        assert_eq!(o[0].data["hard_limit_usd"], "110.000000");
+        assert_eq!(o[0].data["limit_usd"], "100.000000");
     }
 
     #[test]
