@@ -398,6 +398,8 @@ pub fn job_text(j: &Value) -> String {
     if e.is_null() {
         if j["ended_at"].is_null() {
             out.push_str("  efficiency when it ends\n");
+        } else if j["started_at"].is_null() {
+            out.push_str("  efficiency none: the job never ran\n");
         } else {
             out.push_str("  efficiency not recorded for this job\n");
         }
