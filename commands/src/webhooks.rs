@@ -36,6 +36,8 @@ const HOOKS: &str = "hooks";
 const BATCH: usize = 500;
 /// Webhooks delivered to at once.
 const CONCURRENCY: usize = 16;
+/// The shortest time between two outbox passes (what a delivery may wait beyond its event).
+const MIN_GAP: std::time::Duration = std::time::Duration::from_millis(200);
 /// How long a read position that queued nothing may go unstored.
 const IDLE_COMMIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Job owners remembered before the memory is cleared (a miss reads the job's stream).
@@ -827,10 +829,20 @@ pub async fn run(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut head = outbox.log.watch_head();
+    let mut last_pass = tokio::time::Instant::now();
+    let mut caught_up = false;
     loop {
         if *stop.borrow() {
             return;
         }
+        // Caught up, at most one pass per MIN_GAP: under a stream of appends (a submit burst)
+        // the head moves continuously, and a pass per move read the log a few events at a time
+        // beside the projectors. Catching up (a full batch last time) goes on at once.
+        if caught_up {
+            tokio::time::sleep_until(last_pass + MIN_GAP).await;
+        }
+        last_pass = tokio::time::Instant::now();
+        caught_up = true;
         if !leading.load(std::sync::atomic::Ordering::Acquire) {
             outbox.loaded = false;
             tokio::select! {
@@ -851,6 +863,7 @@ pub async fn run(
                     );
                 }
                 if more {
+                    caught_up = false;
                     continue;
                 }
             }
