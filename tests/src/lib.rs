@@ -367,6 +367,21 @@ impl Api {
             .await
     }
 
+    /// `token`'s GET of `path` once the read reflects log position `position` (read your write:
+    /// `X-Clusterra-Min-Position`): the answer.
+    pub async fn get_at(&self, path: &str, token: &str, position: i64) -> Value {
+        self.client
+            .get(self.server.url(path))
+            .bearer_auth(token)
+            .header("X-Clusterra-Min-Position", position.to_string())
+            .send()
+            .await
+            .expect("the server answers")
+            .json()
+            .await
+            .expect("the server answers JSON")
+    }
+
     /// The admin's GET of `path`: the status and the answer.
     pub async fn get(&self, path: &str) -> (u16, Value) {
         self.get_as(path, &self.token).await

@@ -187,3 +187,48 @@ async fn a_job_gets_a_report_within_five_percent_and_a_cheaper_shape() {
     // The report is the log's: the views rebuilt from it match.
     tests::assert_replay_verifies(std::path::Path::new(&data), None);
 }
+
+/// A job its time limit stopped is measured only in part (what the stop killed was never waited
+/// for by its shell): the figures are shown, marked partial, and no shape is suggested.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_stopped_by_its_time_limit_is_measured_in_part_and_gets_no_suggestion() {
+    let (_dir, _data, api) = tests::started(&[
+        ("CLUSTERRA_POLL_INTERVAL_MS", "100"),
+        // One minute of time limit lasts a second.
+        ("CLUSTERRA_EXECUTOR_MINUTE_SECONDS", "1"),
+        ("CLUSTERRA_EXECUTOR_GRACE_MS", "200"),
+    ]);
+    let body = json!({"job": {"name": "spins", "script": "#!/bin/bash\n/usr/bin/python3 -c 'while True: pass'\n",
+        "environment": ["PATH=/usr/bin:/bin"], "current_working_directory": "/mnt/efs",
+        "tasks": 1, "cpus_per_task": 4, "time_limit": {"set": true, "number": 1}}});
+    let (status, out) = api.submit(body).await;
+    assert_eq!(status, 201, "{out}");
+    let id = out["job_id"].as_u64().unwrap();
+    api.wait_state(id, &["TIMEOUT"], Duration::from_secs(30))
+        .await;
+    let deadline = tests::deadline(Duration::from_secs(10));
+    let job = loop {
+        let job = api.job(id).await;
+        if !job["efficiency"].is_null() {
+            break job;
+        }
+        assert!(std::time::Instant::now() < deadline, "{job}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let e = &job["efficiency"];
+    assert_eq!(
+        (&e["partial"], &e["measured_by"]),
+        (&json!(true), &json!("rusage")),
+        "{e}"
+    );
+    assert!(
+        e["suggestion"].is_null() && e["wasted_usd"].is_null(),
+        "{e}"
+    );
+    assert!(
+        e["hint"].as_str().unwrap().starts_with(
+            "measured in part, so no smaller shape is suggested: the job was stopped (TimeLimit)"
+        ),
+        "{e}"
+    );
+}

@@ -232,20 +232,13 @@ async fn a_retry_with_the_same_idempotency_key_creates_one_job() {
     assert_eq!((s1, s2), (201, 201));
     assert_eq!(first, second);
     // Read our own write: wait (bounded) until the view has the retry's position.
-    let list: Value = api
-        .client
-        .get(api.server.url("/v1/clusters/local/jobs?template=shell"))
-        .bearer_auth(&api.token)
-        .header(
-            "X-Clusterra-Min-Position",
+    let list = api
+        .get_at(
+            "/v1/clusters/local/jobs?template=shell",
+            &api.token,
             second["position"].as_i64().unwrap(),
         )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(list["jobs"].as_array().unwrap().len(), 1, "{list}");
 }
 

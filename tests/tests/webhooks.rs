@@ -225,17 +225,13 @@ async fn webhooks_are_signed_in_order_retried_and_survive_a_restart() {
         "Clusterra-Webhook-Signature"
     );
     // The secret is not listed again (read once the registration is visible).
-    let listed: Value = api
-        .client
-        .get(api.server.url("/v1/users/me/webhooks"))
-        .bearer_auth(&ada)
-        .header("X-Clusterra-Min-Position", hook["position"].to_string())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed = api
+        .get_at(
+            "/v1/users/me/webhooks",
+            &ada,
+            hook["position"].as_i64().unwrap(),
+        )
+        .await;
     assert!(!listed.to_string().contains(&secret), "{listed}");
     assert_eq!(
         listed["webhooks"][0]["webhook_id"], hook["webhook_id"],
@@ -373,6 +369,35 @@ async fn webhooks_are_signed_in_order_retried_and_survive_a_restart() {
         .await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(receiver.deliveries().len(), 10, "nothing after removal");
+
+    // At most 10 webhooks a user; a removal frees a place. Page sizes are bounded.
+    let quiet = json!({"url": url, "events": ["quota.enforced"]});
+    let mut last = None;
+    for _ in 0..10 {
+        let (status, out) = api
+            .post_as("/v1/users/me/webhooks", &bob, quiet.clone())
+            .await;
+        assert_eq!(status, 201, "{out}");
+        last = out["webhook_id"].as_str().map(str::to_string);
+    }
+    let (status, out) = api
+        .post_as("/v1/users/me/webhooks", &bob, quiet.clone())
+        .await;
+    tests::assert_error_code(status, &out, 409, "too_many_webhooks");
+    let last = last.unwrap();
+    let (status, _) = api
+        .delete_as(&format!("/v1/users/me/webhooks/{last}"), &bob)
+        .await;
+    assert_eq!(status, 200);
+    let (status, out) = api.post_as("/v1/users/me/webhooks", &bob, quiet).await;
+    assert_eq!(status, 201, "{out}");
+    let bobs = format!("/v1/users/me/webhooks/{last}/deliveries");
+    let (status, out) = api.get_as(&bobs, &bob).await;
+    tests::assert_error_code(status, &out, 404, "webhook_not_found");
+    for (query, code) in [("limit=0", 400), ("limit=501", 400), ("cursor=1", 400)] {
+        let (status, out) = api.get_as(&format!("{deliveries}?{query}"), &ada).await;
+        assert_eq!(status, code, "{query}: {out}");
+    }
     tests::assert_replay_verifies(std::path::Path::new(&data), None);
     drop(dir);
 }
