@@ -172,6 +172,12 @@ pub struct Hook {
     pub user: Email,
     pub url: String,
     pub events: Vec<Kind>,
+    /// Its attempt stream's version as the outbox last wrote it (stored with each attempt's
+    /// queue change): attempts are appended at it, so a replica that stopped leading without
+    /// knowing it cannot record (and act on) a stale attempt after the new leader wrote one, and
+    /// a new leader starts from it instead of reading every past attempt.
+    #[serde(default)]
+    pub version: i64,
 }
 
 /// One queued delivery.
@@ -298,10 +304,6 @@ pub struct Outbox {
     hooks: Hooks,
     /// Webhooks whose queue may hold something, and when its head is due (`None`: now).
     busy: HashMap<uuid::Uuid, Option<DateTime<Utc>>>,
-    /// Each webhook stream's version as this worker last wrote it: attempts are appended at it,
-    /// so a replica that stopped leading without knowing it cannot record (and act on) a stale
-    /// attempt after the new leader wrote one.
-    versions: HashMap<uuid::Uuid, i64>,
     owners: HashMap<String, Option<JobOwner>>,
     loaded: bool,
 }
@@ -342,7 +344,6 @@ impl Outbox {
             stored_at: std::time::Instant::now(),
             hooks: Hooks::default(),
             busy: HashMap::new(),
-            versions: HashMap::new(),
             owners: HashMap::new(),
             loaded: false,
         }
@@ -361,7 +362,6 @@ impl Outbox {
         }
         // Any of them may have a queue left from before.
         self.busy = self.hooks.by_id.keys().map(|id| (*id, None)).collect();
-        self.versions.clear();
         self.loaded = true;
         Ok(())
     }
@@ -463,6 +463,7 @@ impl Outbox {
                     user: w.user.clone(),
                     url: w.url.clone(),
                     events: w.events.clone(),
+                    version: 0,
                 };
                 changes.push(DocChange::Put {
                     collection: HOOKS.into(),
@@ -585,21 +586,17 @@ impl Outbox {
         Ok(found)
     }
 
-    /// A webhook stream's version: known from this worker's last append, else read once.
-    async fn version(&mut self, hook: &Hook) -> Result<i64, OutboxError> {
-        if let Some(v) = self.versions.get(&hook.webhook_id) {
-            return Ok(*v);
-        }
-        let v = crate::fold_stream(
-            self.log.as_ref(),
-            &stream(&hook.workspace, hook.webhook_id)?,
-            0,
-            1_000,
-            |_, _| Ok::<(), OutboxError>(()),
-        )
-        .await?;
-        self.versions.insert(hook.webhook_id, v);
-        Ok(v)
+    /// The hook's document with `version`, to store beside a queue change (none once removed).
+    fn hook_at(&mut self, id: uuid::Uuid, version: i64) -> Result<Option<DocChange>, OutboxError> {
+        let Some(hook) = self.hooks.by_id.get_mut(&id) else {
+            return Ok(None);
+        };
+        hook.version = version;
+        Ok(Some(DocChange::Put {
+            collection: HOOKS.into(),
+            key: id.to_string(),
+            doc: serde_json::to_string(hook)?,
+        }))
     }
 
     /// Sends each busy webhook's due head delivery (several webhooks at once), records each
@@ -703,25 +700,41 @@ impl Outbox {
             at,
             next_attempt_at: next,
         });
-        let version = self.version(&hook).await?;
-        match self
+        let attempts = stream(&hook.workspace, hook.webhook_id)?;
+        let version = match self
             .log
             .append(
-                &stream(&hook.workspace, hook.webhook_id)?,
-                ExpectedVersion::Exact(version),
+                &attempts,
+                ExpectedVersion::Exact(hook.version),
                 &[crate::encode(&event, crate::system_metadata("webhooks"))?],
             )
             .await
         {
-            Ok(out) => {
-                self.versions.insert(hook.webhook_id, out.stream_version);
-            }
+            Ok(out) => out.stream_version,
             Err(LogError::VersionConflict { .. }) => {
-                tracing::warn!(webhook = %hook.webhook_id, "another runner delivers this webhook; this attempt's result is dropped");
+                // Another runner wrote the stream (or this one stopped between an append and
+                // its queue change): this result is dropped, and the version caught up from
+                // the one known, reading only what was written since.
+                tracing::warn!(webhook = %hook.webhook_id, "another runner wrote this webhook's attempts; this attempt's result is dropped");
+                let caught_up =
+                    crate::fold_stream(self.log.as_ref(), &attempts, hook.version, 500, |_, _| {
+                        Ok::<(), OutboxError>(())
+                    })
+                    .await?;
+                let change = self.hook_at(hook.webhook_id, caught_up)?;
+                self.read
+                    .commit(
+                        ModelSet::Live,
+                        OUTBOX,
+                        self.stored,
+                        self.stored,
+                        &change.into_iter().collect::<Vec<_>>(),
+                    )
+                    .await?;
                 return Ok(false);
             }
             Err(e) => return Err(e.into()),
-        }
+        };
         let collection = queue_collection(hook.webhook_id);
         let key = queue_key(q.position, q.index);
         let change = match outcome {
@@ -746,9 +759,11 @@ impl Outbox {
                 }
             }
         };
+        let mut changes = vec![change];
+        changes.extend(self.hook_at(hook.webhook_id, version)?);
         match self
             .read
-            .commit(ModelSet::Live, OUTBOX, self.stored, self.stored, &[change])
+            .commit(ModelSet::Live, OUTBOX, self.stored, self.stored, &changes)
             .await
         {
             Ok(()) => Ok(true),
