@@ -5,12 +5,18 @@
 #   fill_queue TOKEN N            N submits to the local cluster through HTTP (32 clients)
 #   slurm_lua FILE BODY           a wrk script POSTing BODY to slurmrestd (scripts/slurm-local)
 #   on_exit 'command'             runs at exit, after the server is stopped
+# BENCH_BIN=DIR runs the clusterra and bench binaries already in DIR (another build, for an A/B
+# comparison) instead of building this checkout's.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/clusterra/target}"
 export CLUSTERRA_S3_LISTEN=127.0.0.1:0  # the embedded object store on a free port
-cargo build --release -q -p cli -p bench
-bin="$CARGO_TARGET_DIR/release"
+if [ -n "${BENCH_BIN:-}" ]; then
+  bin=$BENCH_BIN
+else
+  cargo build --release -q -p cli -p bench
+  bin="$CARGO_TARGET_DIR/release"
+fi
 dir=$(mktemp -d)
 # A server running as root runs local jobs as an unprivileged user, who must pass through here.
 chmod 711 "$dir"

@@ -334,6 +334,7 @@ impl Submitter {
     ) -> Result<Submitted, JobError> {
         let canonical = self.validate(&s.workspace, &s.cluster, &s.body)?;
         let digest = body_digest(&canonical.body);
+        let unkeyed = s.idempotency_key.is_none();
         let submission_id = match &s.idempotency_key {
             Some(key) => Uuid::new_v5(
                 &IDEMPOTENCY_NAMESPACE,
@@ -382,8 +383,15 @@ impl Submitter {
         // Record the request, unless the log already answers this submission.
         let started = std::time::Instant::now();
         let mut pause = std::time::Duration::from_millis(20);
+        // Without a key the submission id is new (a v7 uuid): its stream cannot hold anything
+        // yet, so the first attempt appends without reading it ("no stream" still guards it).
+        let mut fresh = unkeyed;
         let request_version = loop {
-            let seen = read_submission(log, &stream, submission_id).await?;
+            let seen = if std::mem::take(&mut fresh) {
+                SubmissionRecord::default()
+            } else {
+                read_submission(log, &stream, submission_id).await?
+            };
             // A key names one submission: another body under it is refused, unless its last
             // attempt failed (nothing was created, the key is free again).
             let settled_failed = seen.failed && seen.submitted.is_none();

@@ -26,7 +26,7 @@ use tokio::sync::watch;
 pub use envelope::{
     AppendOutcome, ExpectedVersion, Head, Metadata, NewEvent, Position, RecordedEvent, StreamId,
 };
-pub use readstore::{DocChange, DocRow, KeyRange, ModelSet, ReadStore, list_all};
+pub use readstore::{DocChange, DocRow, KeyRange, ModelSet, ProjectionCommit, ReadStore, list_all};
 pub use subscribe::{SubscribeOptions, subscribe};
 
 /// Errors of the log and the read-model store.

@@ -23,8 +23,8 @@ use crate::appended;
 use crate::group::{self, AppendRequest, GroupResult, GroupWrite};
 use crate::{
     AppendOutcome, Clock, DocChange, DocRow, EventLog, ExpectedVersion, Head, KeyRange, LogError,
-    ModelSet, NewEvent, OpenOptions, Position, ReadStore, RecordedEvent, StreamId, bind_row,
-    check_reappend, hash32, prepare_rows,
+    ModelSet, NewEvent, OpenOptions, Position, ProjectionCommit, ReadStore, RecordedEvent,
+    StreamId, bind_row, check_reappend, hash32, prepare_rows,
 };
 
 const EVENT_COLUMNS: &str = "position, stream_id, stream_version, event_id, event_type, \
@@ -512,65 +512,104 @@ impl ReadStore for PgStore {
         to: Position,
         changes: &[DocChange],
     ) -> Result<(), LogError> {
+        let one = ProjectionCommit {
+            projection,
+            from,
+            to,
+            changes,
+        };
+        self.commit_many(set, &[one]).await
+    }
+
+    async fn commit_many(
+        &self,
+        set: ModelSet,
+        commits: &[ProjectionCommit<'_>],
+    ) -> Result<(), LogError> {
+        if commits.is_empty() {
+            return Ok(());
+        }
         let mut tx = self.pool.begin().await?;
         let cp_table = set.checkpoints_table();
-        // Make sure the row exists, then lock it: two runners of one projection serialise here.
+        let names: Vec<&str> = commits.iter().map(|c| c.projection).collect();
+        // Make sure the rows exist, then lock them (in name order: two runners committing
+        // overlapping sets cannot deadlock): two runners of one projection serialise here.
         sqlx::query(&format!(
-            "INSERT INTO {cp_table} (projection, position) VALUES ($1, 0) ON CONFLICT DO NOTHING"
+            "INSERT INTO {cp_table} (projection, position) SELECT unnest($1::text[]), 0 \
+             ON CONFLICT DO NOTHING"
         ))
-        .bind(projection)
+        .bind(&names)
         .execute(&mut *tx)
         .await?;
-        let found: i64 = sqlx::query_scalar(&format!(
-            "SELECT position FROM {cp_table} WHERE projection = $1 FOR UPDATE"
-        ))
-        .bind(projection)
-        .fetch_one(&mut *tx)
-        .await?;
-        if found != from {
-            return Err(LogError::CheckpointMoved {
-                projection: projection.to_string(),
-                expected: from,
-                found,
-            });
+        let found: std::collections::HashMap<String, i64> =
+            sqlx::query_as::<_, (String, i64)>(&format!(
+                "SELECT projection, position FROM {cp_table} WHERE projection = ANY($1) \
+                 ORDER BY projection FOR UPDATE"
+            ))
+            .bind(&names)
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .collect();
+        for c in commits {
+            let at = found.get(c.projection).copied().unwrap_or(0);
+            if at != c.from {
+                return Err(LogError::CheckpointMoved {
+                    projection: c.projection.to_string(),
+                    expected: c.from,
+                    found: at,
+                });
+            }
         }
         let docs = set.docs_table();
-        let put = format!(
-            "INSERT INTO {docs} (projection, collection, key, doc) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (projection, collection, key) DO UPDATE SET doc = excluded.doc"
-        );
-        let delete =
-            format!("DELETE FROM {docs} WHERE projection = $1 AND collection = $2 AND key = $3");
-        for change in changes {
-            match change {
-                DocChange::Put {
-                    collection,
-                    key,
-                    doc,
-                } => {
-                    sqlx::query(&put)
-                        .bind(projection)
-                        .bind(collection)
-                        .bind(key)
-                        .bind(doc)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                DocChange::Delete { collection, key } => {
-                    sqlx::query(&delete)
-                        .bind(projection)
-                        .bind(collection)
-                        .bind(key)
-                        .execute(&mut *tx)
-                        .await?;
+        let (mut puts, mut deletes) = (DocColumns::default(), DocColumns::default());
+        for c in commits {
+            for change in c.changes {
+                match change {
+                    DocChange::Put {
+                        collection,
+                        key,
+                        doc,
+                    } => puts.push(c.projection, collection, key, Some(doc)),
+                    DocChange::Delete { collection, key } => {
+                        deletes.push(c.projection, collection, key, None)
+                    }
                 }
             }
         }
+        // Each projection's changes name a document once, so no upsert touches a row twice.
+        if !puts.projection.is_empty() {
+            sqlx::query(&format!(
+                "INSERT INTO {docs} (projection, collection, key, doc) \
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) \
+                 ON CONFLICT (projection, collection, key) DO UPDATE SET doc = excluded.doc"
+            ))
+            .bind(&puts.projection)
+            .bind(&puts.collection)
+            .bind(&puts.key)
+            .bind(&puts.doc)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !deletes.projection.is_empty() {
+            sqlx::query(&format!(
+                "DELETE FROM {docs} WHERE (projection, collection, key) IN \
+                 (SELECT * FROM unnest($1::text[], $2::text[], $3::text[]))"
+            ))
+            .bind(&deletes.projection)
+            .bind(&deletes.collection)
+            .bind(&deletes.key)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let positions: Vec<i64> = commits.iter().map(|c| c.to).collect();
         sqlx::query(&format!(
-            "UPDATE {cp_table} SET position = $2 WHERE projection = $1"
+            "UPDATE {cp_table} SET position = v.position \
+             FROM unnest($1::text[], $2::int8[]) AS v(projection, position) \
+             WHERE {cp_table}.projection = v.projection"
         ))
-        .bind(projection)
-        .bind(to)
+        .bind(&names)
+        .bind(&positions)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -691,4 +730,30 @@ fn doc_from_row(row: &PgRow) -> Result<DocRow, LogError> {
         key: row.try_get("key")?,
         doc: row.try_get("doc")?,
     })
+}
+
+/// Document changes as columns, for `unnest`.
+#[derive(Default)]
+struct DocColumns<'a> {
+    projection: Vec<&'a str>,
+    collection: Vec<&'a str>,
+    key: Vec<&'a str>,
+    doc: Vec<&'a str>,
+}
+
+impl<'a> DocColumns<'a> {
+    fn push(
+        &mut self,
+        projection: &'a str,
+        collection: &'a str,
+        key: &'a str,
+        doc: Option<&'a str>,
+    ) {
+        self.projection.push(projection);
+        self.collection.push(collection);
+        self.key.push(key);
+        if let Some(doc) = doc {
+            self.doc.push(doc);
+        }
+    }
 }

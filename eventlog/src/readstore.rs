@@ -43,6 +43,16 @@ pub enum DocChange {
     },
 }
 
+/// One projection's part of [`ReadStore::commit_many`]: its changes, and its checkpoint moving
+/// from `from` to `to`.
+#[derive(Debug, Clone, Copy)]
+pub struct ProjectionCommit<'a> {
+    pub projection: &'a str,
+    pub from: Position,
+    pub to: Position,
+    pub changes: &'a [DocChange],
+}
+
 /// One stored document.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DocRow {
@@ -77,6 +87,22 @@ pub trait ReadStore: Send + Sync + 'static {
         to: Position,
         changes: &[DocChange],
     ) -> Result<(), LogError>;
+
+    /// Commits several projections' changes and checkpoints, as [`ReadStore::commit`] does for
+    /// one. The SQLite and PostgreSQL stores write them all in one transaction (a few statements
+    /// whatever the number of projections): if any stored checkpoint is not its `from`, nothing
+    /// is written and [`LogError::CheckpointMoved`] names that projection.
+    async fn commit_many(
+        &self,
+        set: ModelSet,
+        commits: &[ProjectionCommit<'_>],
+    ) -> Result<(), LogError> {
+        for c in commits {
+            self.commit(set, c.projection, c.from, c.to, c.changes)
+                .await?;
+        }
+        Ok(())
+    }
 
     /// Documents of one collection in key order, after `after_key`, at most `limit`.
     async fn list_docs(

@@ -22,8 +22,8 @@ use crate::appended;
 use crate::group::{self, AppendRequest, GroupResult, GroupWrite};
 use crate::{
     AppendOutcome, Clock, DocChange, DocRow, EventLog, ExpectedVersion, Head, KeyRange, LogError,
-    ModelSet, NewEvent, OpenOptions, Position, ReadStore, RecordedEvent, StreamId, bind_row,
-    check_reappend, hash32, prepare_rows,
+    ModelSet, NewEvent, OpenOptions, Position, ProjectionCommit, ReadStore, RecordedEvent,
+    StreamId, bind_row, check_reappend, hash32, prepare_rows,
 };
 
 const EVENT_COLUMNS: &str = "position, stream_id, stream_version, event_id, event_type, \
@@ -368,63 +368,114 @@ impl ReadStore for SqliteStore {
         to: Position,
         changes: &[DocChange],
     ) -> Result<(), LogError> {
+        let one = ProjectionCommit {
+            projection,
+            from,
+            to,
+            changes,
+        };
+        self.commit_many(set, &[one]).await
+    }
+
+    async fn commit_many(
+        &self,
+        set: ModelSet,
+        commits: &[ProjectionCommit<'_>],
+    ) -> Result<(), LogError> {
+        if commits.is_empty() {
+            return Ok(());
+        }
         let _writer = self.write_lock.lock().await;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let cp_table = set.checkpoints_table();
-        let found: Option<i64> = sqlx::query_scalar(&format!(
-            "SELECT position FROM {cp_table} WHERE projection = ?"
-        ))
-        .bind(projection)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let found = found.unwrap_or(0);
-        if found != from {
-            return Err(LogError::CheckpointMoved {
-                projection: projection.to_string(),
-                expected: from,
-                found,
-            });
+        // Every checkpoint in one query.
+        let mut q = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT projection, position FROM {cp_table} WHERE projection IN ("
+        ));
+        let mut sep = q.separated(", ");
+        for c in commits {
+            sep.push_bind(c.projection);
         }
-        let docs = set.docs_table();
-        let put = format!(
-            "INSERT INTO {docs} (projection, collection, key, doc) VALUES (?, ?, ?, ?) \
-             ON CONFLICT (projection, collection, key) DO UPDATE SET doc = excluded.doc"
-        );
-        let delete =
-            format!("DELETE FROM {docs} WHERE projection = ? AND collection = ? AND key = ?");
-        for change in changes {
-            match change {
-                DocChange::Put {
-                    collection,
-                    key,
-                    doc,
-                } => {
-                    sqlx::query(&put)
-                        .bind(projection)
-                        .bind(collection)
-                        .bind(key)
-                        .bind(doc)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                DocChange::Delete { collection, key } => {
-                    sqlx::query(&delete)
-                        .bind(projection)
-                        .bind(collection)
-                        .bind(key)
-                        .execute(&mut *tx)
-                        .await?;
-                }
+        q.push(")");
+        let found: std::collections::HashMap<String, i64> = q
+            .build_query_as::<(String, i64)>()
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .collect();
+        for c in commits {
+            let at = found.get(c.projection).copied().unwrap_or(0);
+            if at != c.from {
+                return Err(LogError::CheckpointMoved {
+                    projection: c.projection.to_string(),
+                    expected: c.from,
+                    found: at,
+                });
             }
         }
-        sqlx::query(&format!(
-            "INSERT INTO {cp_table} (projection, position) VALUES (?, ?) \
-             ON CONFLICT (projection) DO UPDATE SET position = excluded.position"
-        ))
-        .bind(projection)
-        .bind(to)
-        .execute(&mut *tx)
-        .await?;
+        let docs = set.docs_table();
+        // Puts as multi-row upserts (4 parameters a row, under SQLite's 32,766).
+        let puts: Vec<(&str, &str, &str, &str)> = commits
+            .iter()
+            .flat_map(|c| {
+                c.changes.iter().filter_map(move |change| match change {
+                    DocChange::Put {
+                        collection,
+                        key,
+                        doc,
+                    } => Some((
+                        c.projection,
+                        collection.as_str(),
+                        key.as_str(),
+                        doc.as_str(),
+                    )),
+                    DocChange::Delete { .. } => None,
+                })
+            })
+            .collect();
+        for chunk in puts.chunks(ROWS_PER_INSERT) {
+            let mut q = QueryBuilder::<Sqlite>::new(format!(
+                "INSERT INTO {docs} (projection, collection, key, doc) "
+            ));
+            q.push_values(chunk, |mut b, (projection, collection, key, doc)| {
+                b.push_bind(*projection)
+                    .push_bind(*collection)
+                    .push_bind(*key)
+                    .push_bind(*doc);
+            });
+            q.push(" ON CONFLICT (projection, collection, key) DO UPDATE SET doc = excluded.doc");
+            q.build().execute(&mut *tx).await?;
+        }
+        let deletes: Vec<(&str, &str, &str)> = commits
+            .iter()
+            .flat_map(|c| {
+                c.changes.iter().filter_map(move |change| match change {
+                    DocChange::Delete { collection, key } => {
+                        Some((c.projection, collection.as_str(), key.as_str()))
+                    }
+                    DocChange::Put { .. } => None,
+                })
+            })
+            .collect();
+        for chunk in deletes.chunks(ROWS_PER_INSERT) {
+            let mut q = QueryBuilder::<Sqlite>::new(format!(
+                "DELETE FROM {docs} WHERE (projection, collection, key) IN ("
+            ));
+            q.push_values(chunk, |mut b, (projection, collection, key)| {
+                b.push_bind(*projection)
+                    .push_bind(*collection)
+                    .push_bind(*key);
+            });
+            q.push(")");
+            q.build().execute(&mut *tx).await?;
+        }
+        let mut q =
+            QueryBuilder::<Sqlite>::new(format!("INSERT INTO {cp_table} (projection, position) "));
+        q.push_values(commits, |mut b, c| {
+            b.push_bind(c.projection).push_bind(c.to);
+        });
+        q.push(" ON CONFLICT (projection) DO UPDATE SET position = excluded.position");
+        q.build().execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(())
     }

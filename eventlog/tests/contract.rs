@@ -9,8 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use eventlog::{
-    ChainReport, DocChange, ExpectedVersion, LogError, ModelSet, NewEvent, OpenOptions, Store,
-    StreamId, SubscribeOptions, SystemClock, hash::ChainBreak, subscribe, verify_chain,
+    ChainReport, DocChange, ExpectedVersion, LogError, ModelSet, NewEvent, OpenOptions,
+    ProjectionCommit, Store, StreamId, SubscribeOptions, SystemClock, hash::ChainBreak, subscribe,
+    verify_chain,
 };
 use futures::StreamExt;
 use serde_json::json;
@@ -558,6 +559,78 @@ async fn read_store_commits_atomically_with_its_checkpoint(b: Backend) {
     assert_eq!(rs.dump(ModelSet::Live, "p").await.unwrap(), (0, vec![]));
 }
 
+/// Several projections commit in one transaction: all of it lands, or (one checkpoint moved)
+/// none of it.
+async fn read_store_commits_many_projections_at_once(b: Backend) {
+    let ctx = Ctx::new(b);
+    let store = ctx.open().await;
+    let rs = &store.read;
+    let put = |k: &str, v: &str| DocChange::Put {
+        collection: "c".into(),
+        key: k.into(),
+        doc: v.into(),
+    };
+    let part = |projection, from, to, changes| ProjectionCommit {
+        projection,
+        from,
+        to,
+        changes,
+    };
+    let (p1, p2) = ([put("a", "1"), put("b", "2")], [put("a", "x")]);
+    rs.commit_many(
+        ModelSet::Live,
+        &[part("p", 0, 4, &p1), part("q", 0, 4, &p2)],
+    )
+    .await
+    .unwrap();
+    let doc = |projection, key| rs.get_doc(ModelSet::Live, projection, "c", key);
+    assert_eq!(doc("p", "a").await.unwrap().as_deref(), Some("1"));
+    assert_eq!(doc("p", "b").await.unwrap().as_deref(), Some("2"));
+    assert_eq!(doc("q", "a").await.unwrap().as_deref(), Some("x"));
+    // One stale part refuses the whole commit: nothing of `p`'s part is written either.
+    let (p3, q3) = (
+        [put("a", "changed"), put("z", "new")],
+        [DocChange::Delete {
+            collection: "c".into(),
+            key: "a".into(),
+        }],
+    );
+    let err = rs
+        .commit_many(
+            ModelSet::Live,
+            &[part("p", 4, 9, &p3), part("q", 2, 9, &q3)],
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, LogError::CheckpointMoved { projection, expected: 2, found: 4 } if projection == "q"),
+        "{err:?}"
+    );
+    assert_eq!(doc("p", "a").await.unwrap().as_deref(), Some("1"));
+    assert_eq!(doc("p", "z").await.unwrap(), None);
+    assert_eq!(rs.checkpoint(ModelSet::Live, "p").await.unwrap(), 4);
+    // Puts, deletes and a checkpoint-only part together; a new projection starts at 0.
+    rs.commit_many(
+        ModelSet::Live,
+        &[
+            part("p", 4, 9, &p3),
+            part("q", 4, 9, &q3),
+            part("r", 0, 9, &[]),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(doc("p", "a").await.unwrap().as_deref(), Some("changed"));
+    assert_eq!(doc("p", "z").await.unwrap().as_deref(), Some("new"));
+    assert_eq!(doc("q", "a").await.unwrap(), None);
+    for projection in ["p", "q", "r"] {
+        assert_eq!(rs.checkpoint(ModelSet::Live, projection).await.unwrap(), 9);
+    }
+    // The rebuild set is its own.
+    assert_eq!(rs.checkpoint(ModelSet::Rebuild, "p").await.unwrap(), 0);
+    rs.commit_many(ModelSet::Live, &[]).await.unwrap();
+}
+
 /// One test per case, each running `super::case` against `backend`.
 macro_rules! cases_against {
     ($backend:expr; $($case:ident),*) => {
@@ -591,4 +664,5 @@ contract!(
     resume_from_checkpoint_after_reopen,
     hash_chain_finds_an_edited_row,
     read_store_commits_atomically_with_its_checkpoint,
+    read_store_commits_many_projections_at_once,
 );

@@ -40,6 +40,10 @@ pub enum ProjectionError {
     },
     #[error("no projection named {0:?}")]
     Unknown(String),
+    /// The shared follower could not read the log; every projector starts again from its
+    /// checkpoint.
+    #[error("reading the log failed: {0}")]
+    LogRead(String),
 }
 
 impl ProjectionError {

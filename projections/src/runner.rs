@@ -4,12 +4,15 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use eventlog::{EventLog, LogError, ModelSet, Position, ReadStore};
+use domain::DomainEvent;
+use eventlog::{
+    DocChange, EventLog, LogError, ModelSet, Position, ProjectionCommit, ReadStore, RecordedEvent,
+};
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::{ProjectionError, Projector, ViewTx};
+use crate::{Event, ProjectionError, Projector, Reads, ViewTx};
 
 /// Events applied and committed per transaction.
 pub const BATCH: usize = 1_000;
@@ -84,23 +87,6 @@ impl Cursor {
             || changed
             || last - self.persisted >= LAZY_EVENTS
             || self.persisted_at.elapsed() >= LAZY_FOR
-    }
-
-    /// Writes the checkpoint if events were applied since it was last written.
-    async fn flush(
-        &mut self,
-        store: &dyn ReadStore,
-        set: ModelSet,
-        name: &str,
-    ) -> Result<(), LogError> {
-        if self.applied > self.persisted {
-            store
-                .commit(set, name, self.persisted, self.applied, &[])
-                .await?;
-            self.persisted = self.applied;
-            self.persisted_at = Instant::now();
-        }
-        Ok(())
     }
 }
 
@@ -181,7 +167,10 @@ pub struct Projections {
 }
 
 impl Projections {
-    /// Starts one task per projector. They stop at a checkpoint when `shutdown` turns true.
+    /// Starts the projectors on one task that reads the log once for all of them, decodes each
+    /// event once, and commits every projector's changes of a batch in one transaction
+    /// ([`ReadStore::commit_many`]). A projector that fails is retried on its own, with backoff,
+    /// while the others go on. They stop at a checkpoint when `shutdown` turns true.
     pub fn start(
         log: Arc<dyn EventLog>,
         store: Arc<dyn ReadStore>,
@@ -189,7 +178,7 @@ impl Projections {
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         let mut statuses = BTreeMap::new();
-        let mut tasks = Vec::new();
+        let mut members = Vec::new();
         for projector in projectors {
             let (tx, rx) = watch::channel(ProjectionStatus {
                 position: 0,
@@ -197,14 +186,15 @@ impl Projections {
                 last_error: None,
             });
             statuses.insert(projector.name(), rx);
-            tasks.push(tokio::spawn(follow(
-                log.clone(),
-                store.clone(),
+            members.push(Member {
                 projector,
-                tx,
-                shutdown.clone(),
-            )));
+                status: tx,
+                cursor: None,
+                backoff: FIRST_BACKOFF,
+                retry_at: Instant::now(),
+            });
         }
+        let tasks = vec![tokio::spawn(follow(log, store, members, shutdown))];
         Self { statuses, tasks }
     }
 
@@ -246,17 +236,69 @@ impl Projections {
     }
 }
 
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// One live projector of the shared follower.
+struct Member {
+    projector: Arc<dyn Projector>,
+    status: watch::Sender<ProjectionStatus>,
+    /// `None` until its checkpoint is read, and again after a failure.
+    cursor: Option<Cursor>,
+    backoff: Duration,
+    /// When a member without a cursor may read its checkpoint again.
+    retry_at: Instant,
+}
+
+impl Member {
+    fn name(&self) -> &'static str {
+        self.projector.name()
+    }
+
+    fn running(&self, position: Position) {
+        self.status.send_if_modified(|s| {
+            let changed = s.position != position || s.state != "running";
+            s.position = position;
+            s.state = "running";
+            s.last_error = None;
+            changed
+        });
+    }
+
+    /// Starts again from what is persisted (a failed batch may have half-applied), after a
+    /// backoff; or at once from the stored checkpoint when another runner moved it.
+    fn failed(&mut self, e: ProjectionError) {
+        self.cursor = None;
+        if let ProjectionError::Store(LogError::CheckpointMoved { found, .. }) = e {
+            // A rebuild was promoted or another runner moved it: pick up from there, and say
+            // where we are (it may be behind what we had reported).
+            self.status.send_modify(|s| s.position = found);
+            self.retry_at = Instant::now();
+            tracing::info!(
+                projection = self.name(),
+                checkpoint = found,
+                "checkpoint moved; resuming from it"
+            );
+            return;
+        }
+        tracing::error!(projection = self.name(), error = %e, retry_in_ms = self.backoff.as_millis() as u64, "projection failed");
+        self.status.send_modify(|s| {
+            s.state = "failing";
+            s.last_error = Some(e.to_string());
+        });
+        self.retry_at = Instant::now() + self.backoff;
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// The shared follower: catches every projector up, then follows the head.
 async fn follow(
     log: Arc<dyn EventLog>,
     store: Arc<dyn ReadStore>,
-    projector: Arc<dyn Projector>,
-    status: watch::Sender<ProjectionStatus>,
+    mut members: Vec<Member>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let name = projector.name();
     let mut head = log.watch_head();
-    let mut backoff = Duration::from_millis(200);
-    let mut cursor: Option<Cursor> = None;
     loop {
         // Stopped when told so, or when whoever could tell it is gone (a server dropped, or
         // failing to start, after the projections started): never a loop with nothing to wait on.
@@ -264,90 +306,251 @@ async fn follow(
             break;
         }
         head.borrow_and_update();
-        let result = async {
-            let c = match &mut cursor {
-                Some(c) => c,
-                None => cursor.insert(Cursor::lazy(store.checkpoint(ModelSet::Live, name).await?)),
-            };
-            advance(
-                log.as_ref(),
-                store.as_ref(),
-                projector.as_ref(),
-                Target {
-                    set: ModelSet::Live,
-                    until: None,
-                    batch: BATCH,
-                },
-                Some(&shutdown),
-                c,
-                |position, _| {
-                    status.send_modify(|s| {
-                        s.position = position;
-                        s.state = "running";
-                        s.last_error = None;
-                    })
-                },
-            )
-            .await?;
-            if c.persisted_at.elapsed() >= LAZY_FOR || *shutdown.borrow() {
-                c.flush(store.as_ref(), ModelSet::Live, name).await?;
-            }
-            Ok::<_, ProjectionError>(c.applied)
-        }
-        .await;
-        match result {
-            Ok(position) => {
-                backoff = Duration::from_millis(200);
-                status.send_if_modified(|s| {
-                    let changed = s.position != position || s.state != "running";
-                    s.position = position;
-                    s.state = "running";
-                    s.last_error = None;
-                    changed
-                });
-            }
-            Err(ProjectionError::Store(LogError::CheckpointMoved { found, .. })) => {
-                // A rebuild was promoted or another runner moved it: pick up from there, and say
-                // where we are (it may be behind what we had reported).
-                cursor = None;
-                status.send_modify(|s| s.position = found);
-                tracing::info!(
-                    projection = name,
-                    checkpoint = found,
-                    "checkpoint moved; resuming from it"
-                );
-                continue;
-            }
-            Err(e) => {
-                // Start again from what is persisted: a failed batch may have half-applied.
-                cursor = None;
-                tracing::error!(projection = name, error = %e, retry_in_ms = backoff.as_millis() as u64, "projection failed");
-                status.send_modify(|s| {
-                    s.state = "failing";
-                    s.last_error = Some(e.to_string());
-                });
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = shutdown.changed() => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(30));
-                continue;
+        let now = Instant::now();
+        for m in members
+            .iter_mut()
+            .filter(|m| m.cursor.is_none() && m.retry_at <= now)
+        {
+            match store.checkpoint(ModelSet::Live, m.name()).await {
+                Ok(checkpoint) => m.cursor = Some(Cursor::lazy(checkpoint)),
+                Err(e) => m.failed(e.into()),
             }
         }
+        if let Err(e) = advance_all(log.as_ref(), store.as_ref(), &mut members, &shutdown).await {
+            // The log could not be read: every member starts again from its checkpoint.
+            for m in members.iter_mut().filter(|m| m.cursor.is_some()) {
+                m.failed(ProjectionError::LogRead(e.to_string()));
+            }
+        }
+        let due: Vec<usize> = (0..members.len())
+            .filter(|&i| {
+                members[i]
+                    .cursor
+                    .is_some_and(|c| c.persisted_at.elapsed() >= LAZY_FOR)
+            })
+            .collect();
+        flush(store.as_ref(), &mut members, &due).await;
+        let now = Instant::now();
+        if members
+            .iter()
+            .any(|m| m.cursor.is_none() && m.retry_at <= now)
+        {
+            continue;
+        }
+        let wait = members
+            .iter()
+            .filter(|m| m.cursor.is_none())
+            .map(|m| m.retry_at.saturating_duration_since(now))
+            .min()
+            .unwrap_or(Duration::MAX)
+            .min(Duration::from_millis(500));
         tokio::select! {
             _ = head.changed() => {}
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = shutdown.changed() => {}
         }
     }
-    if let Some(c) = &mut cursor
-        && let Err(e) = c.flush(store.as_ref(), ModelSet::Live, name).await
-    {
-        tracing::warn!(projection = name, error = %e, "could not write the checkpoint at stop; the events after it will be read again");
+    let all: Vec<usize> = (0..members.len()).collect();
+    if !flush(store.as_ref(), &mut members, &all).await {
+        tracing::warn!(
+            "could not write every checkpoint at stop; the events after them will be read again"
+        );
     }
-    tracing::info!(
-        projection = name,
-        position = status.borrow().position,
-        "projector stopped at its checkpoint"
-    );
+    for m in &members {
+        tracing::info!(
+            projection = m.name(),
+            position = m.status.borrow().position,
+            "projector stopped at its checkpoint"
+        );
+    }
+}
+
+/// Persists the checkpoints of `which` members that applied events since they last wrote it.
+/// False if any could not be written.
+async fn flush(store: &dyn ReadStore, members: &mut [Member], which: &[usize]) -> bool {
+    let parts: Vec<(usize, Vec<DocChange>, Position)> = which
+        .iter()
+        .filter_map(|&i| {
+            let c = members[i].cursor?;
+            (c.applied > c.persisted).then(|| (i, Vec::new(), c.applied))
+        })
+        .collect();
+    commit(store, members, parts).await
+}
+
+/// Commits members' changes up to a position each, all in one transaction; when that fails,
+/// one member at a time, so one member's failure (a moved checkpoint) stops only that member.
+/// False if any part failed.
+async fn commit(
+    store: &dyn ReadStore,
+    members: &mut [Member],
+    parts: Vec<(usize, Vec<DocChange>, Position)>,
+) -> bool {
+    if parts.is_empty() {
+        return true;
+    }
+    let commits: Vec<ProjectionCommit<'_>> = parts
+        .iter()
+        .map(|(i, changes, to)| ProjectionCommit {
+            projection: members[*i].name(),
+            from: members[*i].cursor.map_or(0, |c| c.persisted),
+            to: *to,
+            changes,
+        })
+        .collect();
+    let mut ok = true;
+    let results: Vec<Result<(), LogError>> = match store.commit_many(ModelSet::Live, &commits).await
+    {
+        Ok(()) => parts.iter().map(|_| Ok(())).collect(),
+        Err(e) if parts.len() == 1 => vec![Err(e)],
+        Err(_) => {
+            let mut each = Vec::with_capacity(commits.len());
+            for c in &commits {
+                each.push(
+                    store
+                        .commit(ModelSet::Live, c.projection, c.from, c.to, c.changes)
+                        .await,
+                );
+            }
+            each
+        }
+    };
+    for ((i, _, to), result) in parts.into_iter().zip(results) {
+        match result {
+            Ok(()) => {
+                if let Some(c) = &mut members[i].cursor {
+                    c.persisted = to;
+                    c.persisted_at = Instant::now();
+                }
+            }
+            Err(e) => {
+                ok = false;
+                members[i].failed(e.into());
+            }
+        }
+    }
+    ok
+}
+
+/// Applies the events after every member's position to the members that have not seen them,
+/// batch by batch, reading each batch once (the next one while this one is applied and
+/// committed) and decoding each event once. Returns when caught up with the head or told to
+/// stop; a member that fails is left without a cursor (see [`Member::failed`]).
+async fn advance_all(
+    log: &dyn EventLog,
+    store: &dyn ReadStore,
+    members: &mut [Member],
+    stop: &watch::Receiver<bool>,
+) -> Result<(), LogError> {
+    let lowest = |members: &[Member]| {
+        members
+            .iter()
+            .filter_map(|m| m.cursor)
+            .map(|c| c.applied)
+            .min()
+    };
+    let Some(from) = lowest(members) else {
+        return Ok(());
+    };
+    let mut events = log.read_all(from, BATCH).await?;
+    loop {
+        if *stop.borrow() {
+            return Ok(());
+        }
+        let Some(last) = events.last().map(|e| e.position) else {
+            return Ok(());
+        };
+        let apply = apply_batch(store, members, &events, last);
+        let (_, next) = tokio::join!(apply, log.read_all(last, BATCH));
+        events = next?;
+        if lowest(members).is_none() {
+            return Ok(());
+        }
+    }
+}
+
+/// Applies one batch to the members behind `last`, then commits what they changed.
+async fn apply_batch(
+    store: &dyn ReadStore,
+    members: &mut [Member],
+    events: &[RecordedEvent],
+    last: Position,
+) {
+    // Decoded once for every member that reads the event decoded.
+    let mut decoded: Vec<Option<Result<Option<DomainEvent>, ()>>> = vec![None; events.len()];
+    let mut parts = Vec::new();
+    let mut moved = Vec::new();
+    for (i, member) in members.iter_mut().enumerate() {
+        let Some(cursor) = member.cursor.filter(|c| c.applied < last) else {
+            continue;
+        };
+        let projector = member.projector.clone();
+        let mut view = ViewTx::new(store, ModelSet::Live, projector.name());
+        let mut result = Ok(());
+        for (event, decoded) in events.iter().zip(decoded.iter_mut()) {
+            if event.position <= cursor.applied {
+                continue;
+            }
+            let domain = match projector.reads(&event.event_type) {
+                Reads::Nothing => continue,
+                Reads::Envelope => None,
+                Reads::Decoded => {
+                    let once = decoded.get_or_insert_with(|| {
+                        DomainEvent::decode(&event.event_type, event.schema_version, &event.data)
+                            .map_err(drop)
+                    });
+                    match once {
+                        Ok(Some(domain)) => Some(domain.clone()),
+                        Ok(None) => continue,
+                        Err(()) => {
+                            // Decoded again for the error itself (it cannot be cloned).
+                            result = Err(decode_error(event));
+                            break;
+                        }
+                    }
+                }
+            };
+            if let Err(e) = projector
+                .apply(
+                    &mut view,
+                    Event {
+                        recorded: event,
+                        domain,
+                    },
+                )
+                .await
+            {
+                result = Err(e);
+                break;
+            }
+        }
+        match result {
+            Ok(()) => {
+                let changes = view.into_changes();
+                if cursor.must_persist(last, !changes.is_empty()) {
+                    parts.push((i, changes, last));
+                }
+                moved.push(i);
+            }
+            Err(e) => member.failed(e),
+        }
+    }
+    commit(store, members, parts).await;
+    for i in moved {
+        // A member whose commit failed has no cursor any more.
+        if let Some(c) = &mut members[i].cursor {
+            c.applied = last;
+            members[i].running(last);
+        }
+    }
+}
+
+fn decode_error(event: &RecordedEvent) -> ProjectionError {
+    match DomainEvent::decode(&event.event_type, event.schema_version, &event.data) {
+        Err(e) => ProjectionError::bad_event(event, e),
+        Ok(_) => ProjectionError::Store(LogError::Corrupt(format!(
+            "event {} decoded on the second attempt only",
+            event.position
+        ))),
+    }
 }

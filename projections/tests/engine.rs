@@ -247,6 +247,88 @@ async fn live_runner_follows_and_verify_finds_tampering(postgres: bool) {
     assert!(report.differences.is_empty());
 }
 
+/// Fails on one position every time it sees it.
+struct Broken;
+
+#[async_trait]
+impl Projector for Broken {
+    fn name(&self) -> &'static str {
+        "broken"
+    }
+    async fn apply(&self, _: &mut ViewTx<'_>, event: Event<'_>) -> Applied {
+        if event.recorded.position == 17 {
+            return Err(ProjectionError::bad_event(
+                event.recorded,
+                serde_json::from_str::<u8>("x").unwrap_err(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The live projectors share one reader and one commit per batch: one that fails (for good, or
+/// once) neither stops the others nor loses or repeats an event of its own.
+async fn one_failing_live_projector_does_not_hold_up_the_others(postgres: bool) {
+    let db = open(postgres).await;
+    append(&db.store, 30).await;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let flaky = Arc::new(Flaky {
+        fail_at: AtomicI64::new(17),
+    });
+    let live = Projections::start(
+        db.store.log.clone(),
+        db.store.read.clone(),
+        vec![Arc::new(Broken), flaky, Arc::new(EventCounts)],
+        stop_rx,
+    );
+    assert!(event_counts_reach(&live, 30).await);
+    assert!(live.wait_for("flaky", 30, Duration::from_secs(10)).await);
+    assert_eq!(
+        flaky_count(&db.store).await,
+        30,
+        "every event applied exactly once"
+    );
+    let broken = live.statuses()["broken"].clone();
+    assert_eq!(broken.state, "failing");
+    assert!(broken.position < 17, "{broken:?}");
+    let error = broken.last_error.unwrap_or_default();
+    assert!(error.starts_with("event 17 "), "{error}");
+    // It keeps retrying on its own; the others follow new events meanwhile.
+    append(&db.store, 5).await;
+    assert!(event_counts_reach(&live, 35).await);
+    assert!(live.wait_for("flaky", 35, Duration::from_secs(10)).await);
+    assert_eq!(flaky_count(&db.store).await, 35);
+    stop_tx.send(true).unwrap();
+    live.join().await;
+    for (name, at) in [(event_counts::NAME, 35), ("flaky", 35)] {
+        let checkpoint = db
+            .store
+            .read
+            .checkpoint(ModelSet::Live, name)
+            .await
+            .unwrap();
+        assert_eq!(checkpoint, at, "{name} persists its checkpoint at stop");
+    }
+    assert!(
+        db.store
+            .read
+            .checkpoint(ModelSet::Live, "broken")
+            .await
+            .unwrap()
+            < 17
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_one_failing_projector() {
+    one_failing_live_projector_does_not_hold_up_the_others(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_one_failing_projector() {
+    one_failing_live_projector_does_not_hold_up_the_others(true).await;
+}
+
 #[tokio::test]
 async fn sqlite_failed_batch() {
     a_failed_batch_commits_nothing_and_resumes_exactly(false).await;

@@ -309,10 +309,13 @@ async fn apply(view: &mut ViewTx<'_>, event: Event<'_>, layout: Layout) -> Appli
             );
         }
         Some(DomainEvent::JobSubmitted(j)) => {
-            view.delete(
-                &submitting_collection(&j.workspace, &j.cluster_id),
-                &j.submission_id.to_string(),
-            );
+            // Only the by-cluster layout keeps unsettled submissions.
+            if layout == Layout::ByCluster {
+                view.delete(
+                    &submitting_collection(&j.workspace, &j.cluster_id),
+                    &j.submission_id.to_string(),
+                );
+            }
             let pointer = Pointer {
                 collection: match layout {
                     Layout::ByCluster => collection(&j.workspace, &j.cluster_id),
