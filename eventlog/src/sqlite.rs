@@ -151,6 +151,9 @@ async fn write_group(
         hash: hash32(head_row.try_get::<&[u8], _>("hash")?, "log_head.hash")?,
     };
     let start = head.position;
+    if let Some(results) = append_group(&mut tx, &mut head, group, now).await? {
+        return finish(tx, start, head, results).await;
+    }
     let mut results = Vec::with_capacity(group.len());
     for request in group {
         // An append that writes with one INSERT needs no savepoint: its checks come before any
@@ -173,6 +176,16 @@ async fn write_group(
         }
         results.push(result);
     }
+    finish(tx, start, head, results).await
+}
+
+/// Moves the head row and commits, if anything was written.
+async fn finish(
+    mut tx: sqlx::Transaction<'_, Sqlite>,
+    start: Position,
+    head: Head,
+    results: Vec<Result<AppendOutcome, LogError>>,
+) -> Result<GroupResult, LogError> {
     if head.position == start {
         tx.rollback().await?;
         return Ok((results, None));
@@ -184,6 +197,86 @@ async fn write_group(
         .await?;
     tx.commit().await?;
     Ok((results, Some(head.position)))
+}
+
+/// A whole group in a few statements — whether any of its event ids is stored, every stream's
+/// version, one multi-row insert — when nothing in it is unusual (as PostgreSQL's group path).
+/// `None`, with nothing written, when an event id is stored already or repeats within the
+/// group (an idempotent re-append: the append-at-a-time path sorts those out), when the group is
+/// larger than one insert, or the insert meets a stored id; a version conflict refuses only its
+/// own append, as on that path.
+async fn append_group(
+    conn: &mut sqlx::SqliteConnection,
+    head: &mut Head,
+    group: &[AppendRequest],
+    now: chrono::DateTime<Utc>,
+) -> Result<Option<Vec<Result<AppendOutcome, LogError>>>, LogError> {
+    let ids: Vec<Uuid> = group
+        .iter()
+        .flat_map(|r| r.events.iter().map(|e| e.event_id))
+        .collect();
+    let distinct: std::collections::HashSet<&Uuid> = ids.iter().collect();
+    // One insert only: SQLite undoes a failed statement by itself, so no savepoint is needed.
+    if ids.len() > ROWS_PER_INSERT
+        || distinct.len() != ids.len()
+        || group.iter().any(|r| r.events.is_empty())
+    {
+        return Ok(None);
+    }
+    let mut q = QueryBuilder::<Sqlite>::new("SELECT 1 FROM events WHERE event_id IN (");
+    let mut sep = q.separated(", ");
+    for id in &ids {
+        sep.push_bind(*id);
+    }
+    q.push(") LIMIT 1");
+    if q.build().fetch_optional(&mut *conn).await?.is_some() {
+        return Ok(None);
+    }
+    let mut q = QueryBuilder::<Sqlite>::new(
+        "SELECT stream_id, MAX(stream_version) FROM events WHERE stream_id IN (",
+    );
+    let mut sep = q.separated(", ");
+    for request in group {
+        sep.push_bind(request.stream.as_str());
+    }
+    q.push(") GROUP BY stream_id");
+    let mut versions: std::collections::HashMap<String, i64> = q
+        .build_query_as::<(String, i64)>()
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .collect();
+    let mut at = *head;
+    let mut rows = Vec::new();
+    let mut results = Vec::with_capacity(group.len());
+    for request in group {
+        let stream = &request.stream;
+        let current = versions.get(stream.as_str()).copied().unwrap_or(0);
+        let prepared = request
+            .expected
+            .check(stream, current)
+            .and_then(|()| prepare_rows(at, stream, current, &request.events, now));
+        match prepared.and_then(|prepared| Ok((appended(&mut at, &prepared)?, prepared))) {
+            Ok((outcome, prepared)) => {
+                versions.insert(stream.to_string(), outcome.stream_version);
+                rows.extend(prepared.into_iter().map(|r| (stream.as_str(), r)));
+                results.push(Ok(outcome));
+            }
+            Err(e) => results.push(Err(e)),
+        }
+    }
+    if !rows.is_empty() {
+        let mut q = QueryBuilder::<Sqlite>::new(format!("INSERT INTO events ({EVENT_COLUMNS}) "));
+        q.push_values(&rows, |b, (stream, r)| bind_row(b, stream, r));
+        if let Err(e) = q.build().execute(&mut *conn).await {
+            if is_unique_violation(&e) {
+                return Ok(None);
+            }
+            return Err(e.into());
+        }
+    }
+    *head = at;
+    Ok(Some(results))
 }
 
 /// One append inside the group's transaction; moves `head` on success.
