@@ -32,16 +32,33 @@ const EVENT_COLUMNS: &str = "position, stream_id, stream_version, event_id, even
 /// SQLite allows 32766 bound parameters per statement; 11 per row.
 const ROWS_PER_INSERT: usize = 1_000;
 
+/// How often an open store checkpoints its WAL into the database file, in the background. SQLite's
+/// automatic checkpoint runs inside the commit that crosses the threshold — the group writer's,
+/// holding the write lock — and stalls every append behind it for as long as copying ~40 MB
+/// takes. A passive checkpoint from its own connection copies what no reader needs while appends
+/// go on.
+pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+
 pub struct SqliteStore {
     pool: SqlitePool,
     /// Held by the group writer and by read-model commits: one writer at a time in-process.
     write_lock: Arc<Mutex<()>>,
     head_tx: Arc<watch::Sender<Position>>,
     appends: mpsc::Sender<AppendRequest>,
+    /// The WAL checkpoint task ([`CHECKPOINT_EVERY`]), stopped with the store.
+    checkpointer: tokio::task::AbortHandle,
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        self.checkpointer.abort();
+    }
 }
 
 /// The connection settings of the log: WAL, the given `synchronous` level, a 10 s busy timeout,
-/// and a WAL of up to ~40 MB between checkpoints (fewer checkpoint fsyncs on busy logs).
+/// and a WAL of up to ~40 MB between checkpoints (fewer checkpoint fsyncs on busy logs). A
+/// store opened by [`SqliteStore::open`] turns the automatic checkpoint off on its own
+/// connections and checkpoints from a task of its own instead (see [`CHECKPOINT_EVERY`]).
 /// Public so benchmarks measure the raw database limit with exactly the same settings.
 pub fn connect_options(url: &str, synchronous: &str) -> Result<SqliteConnectOptions, LogError> {
     let synchronous = match synchronous {
@@ -68,7 +85,8 @@ impl SqliteStore {
 
     /// Opens `sqlite://PATH` (created if missing) and runs the migrations.
     pub async fn open(options: &OpenOptions, clock: Arc<dyn Clock>) -> Result<Self, LogError> {
-        let connect = connect_options(&options.url, &options.sqlite_synchronous)?;
+        let connect = connect_options(&options.url, &options.sqlite_synchronous)?
+            .pragma("wal_autocheckpoint", "0");
         let pool = SqlitePoolOptions::new()
             .max_connections(options.max_connections.max(2))
             .min_connections(1)
@@ -80,6 +98,7 @@ impl SqliteStore {
             .await?;
         let head_tx = Arc::new(watch::channel(head).0);
         let write_lock = Arc::new(Mutex::new(()));
+        let checkpointer = tokio::spawn(checkpoint_wal(pool.clone())).abort_handle();
         let (appends, requests) = mpsc::channel(4 * group::MAX_GROUP);
         tokio::spawn(group::run(
             SqliteWriter {
@@ -95,7 +114,30 @@ impl SqliteStore {
             write_lock,
             head_tx,
             appends,
+            checkpointer,
         })
+    }
+}
+
+/// Checkpoints the WAL every [`CHECKPOINT_EVERY`] while the pool is open (passive: it never
+/// waits for a reader or a writer).
+async fn checkpoint_wal(pool: SqlitePool) {
+    let mut every = tokio::time::interval(CHECKPOINT_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        if pool.is_closed() {
+            return;
+        }
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&pool)
+            .await
+        {
+            if pool.is_closed() {
+                return;
+            }
+            tracing::warn!(error = %e, "WAL checkpoint failed; retrying");
+        }
     }
 }
 
