@@ -322,6 +322,13 @@ async fn follow(
                 m.failed(ProjectionError::LogRead(e.to_string()));
             }
         }
+        // Caught up: every member with a cursor is running where it is (one whose checkpoint was
+        // already at the head, say written by another replica, read no batch to say so).
+        for m in &members {
+            if let Some(c) = m.cursor {
+                m.running(c.applied);
+            }
+        }
         let due: Vec<usize> = (0..members.len())
             .filter(|&i| {
                 members[i]

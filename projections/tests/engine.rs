@@ -362,3 +362,26 @@ async fn the_live_runner_stops_when_whoever_could_stop_it_is_gone() {
         .await
         .expect("every projector task ends once its stop sender is gone");
 }
+
+/// A runner whose checkpoints are already at the head (a restart, or another replica wrote them)
+/// reads no batch, and still says it is running there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_starting_at_the_head_reports_running_there() {
+    let db = open(false).await;
+    append(&db.store, 4).await;
+    let (stop_tx, live) = start_all(&db.store);
+    assert!(event_counts_reach(&live, 4).await);
+    stop_tx.send(true).unwrap();
+    live.join().await;
+    let (stop_tx, again) = start_all(&db.store);
+    assert!(event_counts_reach(&again, 4).await);
+    let statuses = again.statuses();
+    assert!(
+        statuses
+            .values()
+            .all(|s| s.state == "running" && s.position == 4),
+        "{statuses:?}"
+    );
+    stop_tx.send(true).unwrap();
+    again.join().await;
+}
