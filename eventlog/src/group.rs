@@ -5,7 +5,12 @@
 use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{AppendOutcome, ExpectedVersion, LogError, NewEvent, Position, StreamId};
+use std::collections::HashMap;
+
+use crate::{
+    AppendOutcome, ExpectedVersion, Head, LogError, NewEvent, Position, PreparedRow, StreamId,
+    appended, prepare_rows,
+};
 
 /// The most appends one transaction takes.
 pub(crate) const MAX_GROUP: usize = 256;
@@ -85,4 +90,42 @@ pub(crate) async fn run(writer: impl GroupWrite, mut requests: mpsc::Receiver<Ap
             }
         }
     }
+}
+
+/// A group's rows, planned in memory by [`plan`]: what to insert, where the head ends, and each
+/// append's result.
+pub(crate) struct Planned<'a> {
+    pub at: Head,
+    pub rows: Vec<(&'a str, PreparedRow<'a>)>,
+    pub results: Vec<Result<AppendOutcome, LogError>>,
+}
+
+/// Checks each append of a group against its stream's version (`versions`: what is stored, per
+/// stream) and prepares its rows after `head`, in order; a refused append takes no position.
+pub(crate) fn plan<'a>(
+    head: Head,
+    group: &'a [AppendRequest],
+    mut versions: HashMap<String, i64>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Planned<'a> {
+    let mut at = head;
+    let mut rows = Vec::new();
+    let mut results = Vec::with_capacity(group.len());
+    for request in group {
+        let stream = &request.stream;
+        let current = versions.get(stream.as_str()).copied().unwrap_or(0);
+        let prepared = request
+            .expected
+            .check(stream, current)
+            .and_then(|()| prepare_rows(at, stream, current, &request.events, now));
+        match prepared.and_then(|prepared| Ok((appended(&mut at, &prepared)?, prepared))) {
+            Ok((outcome, prepared)) => {
+                versions.insert(stream.to_string(), outcome.stream_version);
+                rows.extend(prepared.into_iter().map(|r| (stream.as_str(), r)));
+                results.push(Ok(outcome));
+            }
+            Err(e) => results.push(Err(e)),
+        }
+    }
+    Planned { at, rows, results }
 }

@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::appended;
-use crate::group::{self, AppendRequest, GroupResult, GroupWrite};
+use crate::group::{self, AppendRequest, GroupResult, GroupWrite, Planned};
 use crate::{
     AppendOutcome, Clock, DocChange, DocRow, EventLog, ExpectedVersion, Head, KeyRange, LogError,
     ModelSet, NewEvent, OpenOptions, Position, ProjectionCommit, ReadStore, RecordedEvent,
@@ -269,7 +269,7 @@ async fn append_group(
         return Ok(None);
     }
     let streams: Vec<&str> = group.iter().map(|r| r.stream.as_str()).collect();
-    let mut versions: std::collections::HashMap<String, i64> = sqlx::query_as(
+    let versions: std::collections::HashMap<String, i64> = sqlx::query_as(
         "SELECT stream_id, MAX(stream_version)::BIGINT FROM events \
          WHERE stream_id = ANY($1) GROUP BY stream_id",
     )
@@ -278,25 +278,7 @@ async fn append_group(
     .await?
     .into_iter()
     .collect();
-    let mut at = *head;
-    let mut rows = Vec::new();
-    let mut results = Vec::with_capacity(group.len());
-    for request in group {
-        let stream = &request.stream;
-        let current = versions.get(stream.as_str()).copied().unwrap_or(0);
-        let prepared = request
-            .expected
-            .check(stream, current)
-            .and_then(|()| prepare_rows(at, stream, current, &request.events, now));
-        match prepared.and_then(|prepared| Ok((appended(&mut at, &prepared)?, prepared))) {
-            Ok((outcome, prepared)) => {
-                versions.insert(stream.to_string(), outcome.stream_version);
-                rows.extend(prepared.into_iter().map(|r| (stream.as_str(), r)));
-                results.push(Ok(outcome));
-            }
-            Err(e) => results.push(Err(e)),
-        }
-    }
+    let Planned { at, rows, results } = group::plan(*head, group, versions, now);
     sqlx::query("SAVEPOINT append_group")
         .execute(&mut *conn)
         .await?;
@@ -504,23 +486,6 @@ impl ReadStore for PgStore {
             .await?)
     }
 
-    async fn commit(
-        &self,
-        set: ModelSet,
-        projection: &str,
-        from: Position,
-        to: Position,
-        changes: &[DocChange],
-    ) -> Result<(), LogError> {
-        let one = ProjectionCommit {
-            projection,
-            from,
-            to,
-            changes,
-        };
-        self.commit_many(set, &[one]).await
-    }
-
     async fn commit_many(
         &self,
         set: ModelSet,
@@ -551,16 +516,7 @@ impl ReadStore for PgStore {
             .await?
             .into_iter()
             .collect();
-        for c in commits {
-            let at = found.get(c.projection).copied().unwrap_or(0);
-            if at != c.from {
-                return Err(LogError::CheckpointMoved {
-                    projection: c.projection.to_string(),
-                    expected: c.from,
-                    found: at,
-                });
-            }
-        }
+        crate::readstore::check_checkpoints(commits, &found)?;
         let docs = set.docs_table();
         let (mut puts, mut deletes) = (DocColumns::default(), DocColumns::default());
         for c in commits {

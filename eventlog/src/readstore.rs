@@ -86,23 +86,25 @@ pub trait ReadStore: Send + Sync + 'static {
         from: Position,
         to: Position,
         changes: &[DocChange],
-    ) -> Result<(), LogError>;
+    ) -> Result<(), LogError> {
+        let one = ProjectionCommit {
+            projection,
+            from,
+            to,
+            changes,
+        };
+        self.commit_many(set, &[one]).await
+    }
 
     /// Commits several projections' changes and checkpoints, as [`ReadStore::commit`] does for
-    /// one. The SQLite and PostgreSQL stores write them all in one transaction (a few statements
-    /// whatever the number of projections): if any stored checkpoint is not its `from`, nothing
-    /// is written and [`LogError::CheckpointMoved`] names that projection.
+    /// one, all in one transaction (a few statements whatever the number of projections): if any
+    /// stored checkpoint is not its `from`, nothing is written and [`LogError::CheckpointMoved`]
+    /// names that projection.
     async fn commit_many(
         &self,
         set: ModelSet,
         commits: &[ProjectionCommit<'_>],
-    ) -> Result<(), LogError> {
-        for c in commits {
-            self.commit(set, c.projection, c.from, c.to, c.changes)
-                .await?;
-        }
-        Ok(())
-    }
+    ) -> Result<(), LogError>;
 
     /// Documents of one collection in key order, after `after_key`, at most `limit`.
     async fn list_docs(
@@ -167,4 +169,23 @@ pub async fn list_all(
         all.extend(page);
     }
     Ok(all)
+}
+
+/// Refuses a commit any of whose parts starts elsewhere than its stored checkpoint (`found`, by
+/// projection; a projection without one is at 0).
+pub(crate) fn check_checkpoints(
+    commits: &[ProjectionCommit<'_>],
+    found: &std::collections::HashMap<String, i64>,
+) -> Result<(), LogError> {
+    for c in commits {
+        let at = found.get(c.projection).copied().unwrap_or(0);
+        if at != c.from {
+            return Err(LogError::CheckpointMoved {
+                projection: c.projection.to_string(),
+                expected: c.from,
+                found: at,
+            });
+        }
+    }
+    Ok(())
 }

@@ -19,7 +19,7 @@ use tokio::sync::{Mutex, mpsc, watch};
 use uuid::Uuid;
 
 use crate::appended;
-use crate::group::{self, AppendRequest, GroupResult, GroupWrite};
+use crate::group::{self, AppendRequest, GroupResult, GroupWrite, Planned};
 use crate::{
     AppendOutcome, Clock, DocChange, DocRow, EventLog, ExpectedVersion, Head, KeyRange, LogError,
     ModelSet, NewEvent, OpenOptions, Position, ProjectionCommit, ReadStore, RecordedEvent,
@@ -282,31 +282,13 @@ async fn append_group(
         sep.push_bind(request.stream.as_str());
     }
     q.push(") GROUP BY stream_id");
-    let mut versions: std::collections::HashMap<String, i64> = q
+    let versions: std::collections::HashMap<String, i64> = q
         .build_query_as::<(String, i64)>()
         .fetch_all(&mut *conn)
         .await?
         .into_iter()
         .collect();
-    let mut at = *head;
-    let mut rows = Vec::new();
-    let mut results = Vec::with_capacity(group.len());
-    for request in group {
-        let stream = &request.stream;
-        let current = versions.get(stream.as_str()).copied().unwrap_or(0);
-        let prepared = request
-            .expected
-            .check(stream, current)
-            .and_then(|()| prepare_rows(at, stream, current, &request.events, now));
-        match prepared.and_then(|prepared| Ok((appended(&mut at, &prepared)?, prepared))) {
-            Ok((outcome, prepared)) => {
-                versions.insert(stream.to_string(), outcome.stream_version);
-                rows.extend(prepared.into_iter().map(|r| (stream.as_str(), r)));
-                results.push(Ok(outcome));
-            }
-            Err(e) => results.push(Err(e)),
-        }
-    }
+    let Planned { at, rows, results } = group::plan(*head, group, versions, now);
     if !rows.is_empty() {
         let mut q = QueryBuilder::<Sqlite>::new(format!("INSERT INTO events ({EVENT_COLUMNS}) "));
         q.push_values(&rows, |b, (stream, r)| bind_row(b, stream, r));
@@ -495,23 +477,6 @@ impl ReadStore for SqliteStore {
             .await?)
     }
 
-    async fn commit(
-        &self,
-        set: ModelSet,
-        projection: &str,
-        from: Position,
-        to: Position,
-        changes: &[DocChange],
-    ) -> Result<(), LogError> {
-        let one = ProjectionCommit {
-            projection,
-            from,
-            to,
-            changes,
-        };
-        self.commit_many(set, &[one]).await
-    }
-
     async fn commit_many(
         &self,
         set: ModelSet,
@@ -538,16 +503,7 @@ impl ReadStore for SqliteStore {
             .await?
             .into_iter()
             .collect();
-        for c in commits {
-            let at = found.get(c.projection).copied().unwrap_or(0);
-            if at != c.from {
-                return Err(LogError::CheckpointMoved {
-                    projection: c.projection.to_string(),
-                    expected: c.from,
-                    found: at,
-                });
-            }
-        }
+        crate::readstore::check_checkpoints(commits, &found)?;
         let docs = set.docs_table();
         // Puts as multi-row upserts (4 parameters a row, under SQLite's 32,766).
         let puts: Vec<(&str, &str, &str, &str)> = commits

@@ -374,7 +374,12 @@ async fn a_runner_starting_at_the_head_reports_running_there() {
     stop_tx.send(true).unwrap();
     live.join().await;
     let (stop_tx, again) = start_all(&db.store);
-    assert!(event_counts_reach(&again, 4).await);
+    for name in again.statuses().into_keys() {
+        assert!(
+            again.wait_for(name, 4, Duration::from_secs(10)).await,
+            "{name} says where it is"
+        );
+    }
     let statuses = again.statuses();
     assert!(
         statuses
