@@ -449,15 +449,19 @@ async fn hash_chain_finds_an_edited_row(b: Backend) {
     );
 }
 
+/// A document `k` of collection `c` holding `v`.
+fn put(k: &str, v: &str) -> DocChange {
+    DocChange::Put {
+        collection: "c".into(),
+        key: k.into(),
+        doc: v.into(),
+    }
+}
+
 async fn read_store_commits_atomically_with_its_checkpoint(b: Backend) {
     let ctx = Ctx::new(b);
     let store = ctx.open().await;
     let rs = &store.read;
-    let put = |k: &str, v: &str| DocChange::Put {
-        collection: "c".into(),
-        key: k.into(),
-        doc: v.into(),
-    };
     assert_eq!(rs.checkpoint(ModelSet::Live, "p").await.unwrap(), 0);
     rs.commit(ModelSet::Live, "p", 0, 5, &[put("a", "1"), put("b", "2")])
         .await
@@ -565,11 +569,6 @@ async fn read_store_commits_many_projections_at_once(b: Backend) {
     let ctx = Ctx::new(b);
     let store = ctx.open().await;
     let rs = &store.read;
-    let put = |k: &str, v: &str| DocChange::Put {
-        collection: "c".into(),
-        key: k.into(),
-        doc: v.into(),
-    };
     let part = |projection, from, to, changes| ProjectionCommit {
         projection,
         from,

@@ -44,6 +44,9 @@ pub enum ProjectionError {
     /// checkpoint.
     #[error("reading the log failed: {0}")]
     LogRead(String),
+    /// The shared follower's commit of a batch failed for every projector in it.
+    #[error("committing the batch failed: {0}")]
+    CommitFailed(String),
 }
 
 impl ProjectionError {

@@ -406,22 +406,32 @@ async fn commit(
         })
         .collect();
     let mut ok = true;
-    let results: Vec<Result<(), LogError>> = match store.commit_many(ModelSet::Live, &commits).await
-    {
-        Ok(()) => parts.iter().map(|_| Ok(())).collect(),
-        Err(e) if parts.len() == 1 => vec![Err(e)],
-        Err(_) => {
-            let mut each = Vec::with_capacity(commits.len());
-            for c in &commits {
-                each.push(
-                    store
-                        .commit(ModelSet::Live, c.projection, c.from, c.to, c.changes)
-                        .await,
-                );
+    let results: Vec<Result<(), ProjectionError>> =
+        match store.commit_many(ModelSet::Live, &commits).await {
+            Ok(()) => parts.iter().map(|_| Ok(())).collect(),
+            // Only a moved checkpoint is one member's own: the others can commit without it. Any
+            // other failure (the database) is every member's; it is not tried again part by part.
+            Err(e @ LogError::CheckpointMoved { .. }) if parts.len() == 1 => vec![Err(e.into())],
+            Err(e) if !matches!(e, LogError::CheckpointMoved { .. }) => {
+                let message = e.to_string();
+                parts
+                    .iter()
+                    .map(|_| Err(ProjectionError::CommitFailed(message.clone())))
+                    .collect()
             }
-            each
-        }
-    };
+            Err(_) => {
+                let mut each = Vec::with_capacity(commits.len());
+                for c in &commits {
+                    each.push(
+                        store
+                            .commit(ModelSet::Live, c.projection, c.from, c.to, c.changes)
+                            .await
+                            .map_err(ProjectionError::from),
+                    );
+                }
+                each
+            }
+        };
     for ((i, _, to), result) in parts.into_iter().zip(results) {
         match result {
             Ok(()) => {
@@ -432,7 +442,7 @@ async fn commit(
             }
             Err(e) => {
                 ok = false;
-                members[i].failed(e.into());
+                members[i].failed(e);
             }
         }
     }
