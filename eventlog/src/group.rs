@@ -36,9 +36,11 @@ pub(crate) trait GroupWrite: Send + Sync + 'static {
     fn moved(&self, head: Position);
 }
 
-/// Sends an append to the writer and waits for its result.
-pub(crate) async fn submit(
-    appends: &mpsc::Sender<AppendRequest>,
+/// Sends an append to the writer (as `wrap` makes it that writer's message) and waits for its
+/// result.
+pub(crate) async fn submit<T>(
+    appends: &mpsc::Sender<T>,
+    wrap: impl FnOnce(AppendRequest) -> T,
     stream: &StreamId,
     expected: ExpectedVersion,
     events: &[NewEvent],
@@ -53,9 +55,13 @@ pub(crate) async fn submit(
         events: events.to_vec(),
         reply,
     };
-    let stopped = || LogError::Database(sqlx::Error::PoolClosed);
-    appends.send(request).await.map_err(|_| stopped())?;
+    appends.send(wrap(request)).await.map_err(|_| stopped())?;
     answer.await.map_err(|_| stopped())?
+}
+
+/// The error of an append whose writer has stopped (the store is closing).
+pub(crate) fn stopped() -> LogError {
+    LogError::Database(sqlx::Error::PoolClosed)
 }
 
 /// The writer task: runs until every sender is gone.
@@ -68,25 +74,36 @@ pub(crate) async fn run(writer: impl GroupWrite, mut requests: mpsc::Receiver<Ap
                 Err(_) => break,
             }
         }
-        match writer.write_group(&group).await {
-            Ok((results, head)) => {
-                if let Some(head) = head {
-                    writer.moved(head);
-                }
-                for (request, result) in group.into_iter().zip(results) {
-                    let _ = request.reply.send(result);
-                }
+        let result = writer.write_group(&group).await;
+        deliver(group, result, |head| writer.moved(head));
+    }
+}
+
+/// Answers every append of a group with its result (`moved` first, with the new head, if the
+/// group wrote anything); a failed transaction fails each of them.
+pub(crate) fn deliver(
+    group: Vec<AppendRequest>,
+    result: Result<GroupResult, LogError>,
+    moved: impl FnOnce(Position),
+) {
+    match result {
+        Ok((results, head)) => {
+            if let Some(head) = head {
+                moved(head);
             }
-            Err(e) => {
-                let message = e.to_string();
-                tracing::warn!(error = %message, appends = group.len(), "group append failed");
-                for request in group {
-                    let _ = request
-                        .reply
-                        .send(Err(LogError::Database(sqlx::Error::Protocol(format!(
-                            "the append's transaction failed: {message}"
-                        )))));
-                }
+            for (request, result) in group.into_iter().zip(results) {
+                let _ = request.reply.send(result);
+            }
+        }
+        Err(e) => {
+            let message = e.to_string();
+            tracing::warn!(error = %message, appends = group.len(), "group append failed");
+            for request in group {
+                let _ = request
+                    .reply
+                    .send(Err(LogError::Database(sqlx::Error::Protocol(format!(
+                        "the append's transaction failed: {message}"
+                    )))));
             }
         }
     }

@@ -15,6 +15,7 @@ pub mod hash;
 pub mod postgres;
 mod readstore;
 pub mod sqlite;
+mod sqlite_writer;
 mod subscribe;
 
 use std::sync::Arc;
@@ -63,6 +64,11 @@ pub enum LogError {
     Encode(#[from] serde_json::Error),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// An error of the SQLite store's writer connection (`sqlite_writer`).
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("could not start the SQLite writer thread: {0}")]
+    Io(String),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
 }

@@ -398,7 +398,7 @@ impl EventLog for PgStore {
         expected: ExpectedVersion,
         events: &[NewEvent],
     ) -> Result<AppendOutcome, LogError> {
-        group::submit(&self.appends, stream, expected, events).await
+        group::submit(&self.appends, |r| r, stream, expected, events).await
     }
 
     async fn read_stream(

@@ -1,8 +1,9 @@
 //! The SQLite backend: the embedded default.
 //!
-//! WAL mode, one in-process writer at a time (a fair async mutex in front of `BEGIN IMMEDIATE`),
-//! any number of concurrent readers. Other processes (the `clusterra` CLI) take SQLite's own
-//! write lock and wait on `busy_timeout`.
+//! WAL mode. Every write of the store — groups of appends, projector commits — goes through one
+//! writer thread with a connection of its own (`crate::sqlite_writer`: one hand-off per
+//! transaction); reads use the sqlx pool, any number at once. Other processes (the `clusterra`
+//! CLI) take SQLite's own write lock and wait on `busy_timeout`.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -10,27 +11,22 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{TimeZone, Utc};
+use sqlx::Row;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{QueryBuilder, Row, Sqlite};
-use tokio::sync::{Mutex, mpsc, watch};
-use uuid::Uuid;
+use tokio::sync::{mpsc, watch};
 
-use crate::appended;
-use crate::group::{self, AppendRequest, GroupResult, GroupWrite, Planned};
+use crate::group;
+use crate::sqlite_writer::{self, Job, OwnedCommit};
 use crate::{
-    AppendOutcome, Clock, DocChange, DocRow, EventLog, ExpectedVersion, Head, KeyRange, LogError,
-    ModelSet, NewEvent, OpenOptions, Position, ProjectionCommit, ReadStore, RecordedEvent,
-    StreamId, bind_row, check_reappend, hash32, prepare_rows,
+    AppendOutcome, Clock, DocRow, EventLog, ExpectedVersion, Head, KeyRange, LogError, ModelSet,
+    NewEvent, OpenOptions, Position, ProjectionCommit, ReadStore, RecordedEvent, StreamId, hash32,
 };
 
 const EVENT_COLUMNS: &str = "position, stream_id, stream_version, event_id, event_type, \
      schema_version, data, metadata, recorded_at, prev_hash, hash";
-
-/// SQLite allows 32766 bound parameters per statement; 11 per row.
-const ROWS_PER_INSERT: usize = 1_000;
 
 /// How often an open store checkpoints its WAL into the database file, in the background. SQLite's
 /// automatic checkpoint runs inside the commit that crosses the threshold — the group writer's,
@@ -41,10 +37,9 @@ pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 
 pub struct SqliteStore {
     pool: SqlitePool,
-    /// Held by the group writer and by read-model commits: one writer at a time in-process.
-    write_lock: Arc<Mutex<()>>,
     head_tx: Arc<watch::Sender<Position>>,
-    appends: mpsc::Sender<AppendRequest>,
+    /// The writer thread's queue (it stops when the store, the last sender, drops).
+    jobs: mpsc::Sender<Job>,
     /// The WAL checkpoint task ([`CHECKPOINT_EVERY`]), stopped with the store.
     checkpointer: tokio::task::AbortHandle,
 }
@@ -90,30 +85,22 @@ impl SqliteStore {
         let pool = SqlitePoolOptions::new()
             .max_connections(options.max_connections.max(2))
             .min_connections(1)
-            .connect_with(connect)
+            .connect_with(connect.clone())
             .await?;
         sqlx::migrate!("../migrations/sqlite").run(&pool).await?;
         let head: i64 = sqlx::query_scalar("SELECT position FROM log_head WHERE id = 1")
             .fetch_one(&pool)
             .await?;
         let head_tx = Arc::new(watch::channel(head).0);
-        let write_lock = Arc::new(Mutex::new(()));
+        let path = connect.get_filename().to_path_buf();
+        let conn = sqlite_writer::connect(&path, &options.sqlite_synchronous)?;
+        let (jobs, queue) = mpsc::channel(4 * group::MAX_GROUP);
+        sqlite_writer::spawn(conn, queue, head_tx.clone(), clock)?;
         let checkpointer = tokio::spawn(checkpoint_wal(pool.clone())).abort_handle();
-        let (appends, requests) = mpsc::channel(4 * group::MAX_GROUP);
-        tokio::spawn(group::run(
-            SqliteWriter {
-                pool: pool.clone(),
-                write_lock: write_lock.clone(),
-                head_tx: head_tx.clone(),
-                clock,
-            },
-            requests,
-        ));
         Ok(Self {
             pool,
-            write_lock,
             head_tx,
-            appends,
+            jobs,
             checkpointer,
         })
     }
@@ -141,211 +128,6 @@ async fn checkpoint_wal(pool: SqlitePool) {
     }
 }
 
-async fn events_by_id(
-    conn: &mut sqlx::SqliteConnection,
-    ids: &[Uuid],
-) -> Result<Vec<RecordedEvent>, LogError> {
-    let mut q = QueryBuilder::<Sqlite>::new(format!(
-        "SELECT {EVENT_COLUMNS} FROM events WHERE event_id IN ("
-    ));
-    let mut sep = q.separated(", ");
-    for id in ids {
-        sep.push_bind(*id);
-    }
-    q.push(") ORDER BY position");
-    let rows = q.build().fetch_all(&mut *conn).await?;
-    rows.iter().map(event_from_row).collect()
-}
-
-/// The SQLite side of group commit (`crate::group`): one `BEGIN IMMEDIATE` transaction per group,
-/// under the store's write lock.
-struct SqliteWriter {
-    pool: SqlitePool,
-    write_lock: Arc<Mutex<()>>,
-    head_tx: Arc<watch::Sender<Position>>,
-    clock: Arc<dyn Clock>,
-}
-
-#[async_trait]
-impl GroupWrite for SqliteWriter {
-    async fn write_group(&self, group: &[AppendRequest]) -> Result<GroupResult, LogError> {
-        let _writer = self.write_lock.lock().await;
-        write_group(&self.pool, group, self.clock.now()).await
-    }
-
-    fn moved(&self, head: Position) {
-        self.head_tx.send_replace(head);
-    }
-}
-
-/// Runs one group; returns each append's result and the new head if anything was written.
-async fn write_group(
-    pool: &SqlitePool,
-    group: &[AppendRequest],
-    now: chrono::DateTime<Utc>,
-) -> Result<GroupResult, LogError> {
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-    let head_row = sqlx::query("SELECT position, hash FROM log_head WHERE id = 1")
-        .fetch_one(&mut *tx)
-        .await?;
-    let mut head = Head {
-        position: head_row.try_get("position")?,
-        hash: hash32(head_row.try_get::<&[u8], _>("hash")?, "log_head.hash")?,
-    };
-    let start = head.position;
-    if let Some(results) = append_group(&mut tx, &mut head, group, now).await? {
-        return finish(tx, start, head, results).await;
-    }
-    let mut results = Vec::with_capacity(group.len());
-    for request in group {
-        // An append that writes with one INSERT needs no savepoint: its checks come before any
-        // write, and SQLite undoes a failed statement by itself (a duplicate id). Longer appends
-        // are wrapped in one, so a failure undoes only them.
-        let savepoint = group.len() > 1 && request.events.len() > ROWS_PER_INSERT;
-        if savepoint {
-            sqlx::query("SAVEPOINT append").execute(&mut *tx).await?;
-        }
-        let result = append_one(&mut tx, &mut head, request, now).await;
-        if savepoint {
-            if result.is_err() {
-                sqlx::query("ROLLBACK TO append").execute(&mut *tx).await?;
-            }
-            sqlx::query("RELEASE append").execute(&mut *tx).await?;
-        } else if let Err(LogError::Database(e)) = result {
-            // Without a savepoint a database failure (I/O, a full disk) may have ended the
-            // transaction: fail the whole group; every append in it gets the error.
-            return Err(LogError::Database(e));
-        }
-        results.push(result);
-    }
-    finish(tx, start, head, results).await
-}
-
-/// Moves the head row and commits, if anything was written.
-async fn finish(
-    mut tx: sqlx::Transaction<'_, Sqlite>,
-    start: Position,
-    head: Head,
-    results: Vec<Result<AppendOutcome, LogError>>,
-) -> Result<GroupResult, LogError> {
-    if head.position == start {
-        tx.rollback().await?;
-        return Ok((results, None));
-    }
-    sqlx::query("UPDATE log_head SET position = ?, hash = ? WHERE id = 1")
-        .bind(head.position)
-        .bind(&head.hash[..])
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    Ok((results, Some(head.position)))
-}
-
-/// A whole group in a few statements — whether any of its event ids is stored, every stream's
-/// version, one multi-row insert — when nothing in it is unusual (as PostgreSQL's group path).
-/// `None`, with nothing written, when an event id is stored already or repeats within the
-/// group (an idempotent re-append: the append-at-a-time path sorts those out), when the group is
-/// larger than one insert, or the insert meets a stored id; a version conflict refuses only its
-/// own append, as on that path.
-async fn append_group(
-    conn: &mut sqlx::SqliteConnection,
-    head: &mut Head,
-    group: &[AppendRequest],
-    now: chrono::DateTime<Utc>,
-) -> Result<Option<Vec<Result<AppendOutcome, LogError>>>, LogError> {
-    let ids: Vec<Uuid> = group
-        .iter()
-        .flat_map(|r| r.events.iter().map(|e| e.event_id))
-        .collect();
-    let distinct: std::collections::HashSet<&Uuid> = ids.iter().collect();
-    // One insert only: SQLite undoes a failed statement by itself, so no savepoint is needed.
-    if ids.len() > ROWS_PER_INSERT
-        || distinct.len() != ids.len()
-        || group.iter().any(|r| r.events.is_empty())
-    {
-        return Ok(None);
-    }
-    let mut q = QueryBuilder::<Sqlite>::new("SELECT 1 FROM events WHERE event_id IN (");
-    let mut sep = q.separated(", ");
-    for id in &ids {
-        sep.push_bind(*id);
-    }
-    q.push(") LIMIT 1");
-    if q.build().fetch_optional(&mut *conn).await?.is_some() {
-        return Ok(None);
-    }
-    let mut q = QueryBuilder::<Sqlite>::new(
-        "SELECT stream_id, MAX(stream_version) FROM events WHERE stream_id IN (",
-    );
-    let mut sep = q.separated(", ");
-    for request in group {
-        sep.push_bind(request.stream.as_str());
-    }
-    q.push(") GROUP BY stream_id");
-    let versions: std::collections::HashMap<String, i64> = q
-        .build_query_as::<(String, i64)>()
-        .fetch_all(&mut *conn)
-        .await?
-        .into_iter()
-        .collect();
-    let Planned { at, rows, results } = group::plan(*head, group, versions, now);
-    if !rows.is_empty() {
-        let mut q = QueryBuilder::<Sqlite>::new(format!("INSERT INTO events ({EVENT_COLUMNS}) "));
-        q.push_values(&rows, |b, (stream, r)| bind_row(b, stream, r));
-        if let Err(e) = q.build().execute(&mut *conn).await {
-            if is_unique_violation(&e) {
-                return Ok(None);
-            }
-            return Err(e.into());
-        }
-    }
-    *head = at;
-    Ok(Some(results))
-}
-
-/// One append inside the group's transaction; moves `head` on success.
-async fn append_one(
-    conn: &mut sqlx::SqliteConnection,
-    head: &mut Head,
-    request: &AppendRequest,
-    now: chrono::DateTime<Utc>,
-) -> Result<AppendOutcome, LogError> {
-    let (stream, events) = (&request.stream, &request.events);
-    let first = events.first().ok_or(LogError::EmptyAppend)?;
-    let state = sqlx::query(
-        "SELECT (SELECT COALESCE(MAX(stream_version), 0) FROM events WHERE stream_id = ?) AS current, \
-                EXISTS (SELECT 1 FROM events WHERE event_id = ?) AS seen",
-    )
-    .bind(stream.as_str())
-    .bind(first.event_id)
-    .fetch_one(&mut *conn)
-    .await?;
-    let ids = || events.iter().map(|e| e.event_id).collect::<Vec<Uuid>>();
-    // Idempotent re-append: if the first id is stored, the whole batch must be.
-    if state.try_get::<bool, _>("seen")? {
-        let stored = events_by_id(conn, &ids()).await?;
-        return check_reappend(stream, events, &stored);
-    }
-    let current: i64 = state.try_get("current")?;
-    request.expected.check(stream, current)?;
-
-    let rows = prepare_rows(*head, stream, current, events, now)?;
-    for chunk in rows.chunks(ROWS_PER_INSERT) {
-        let mut q = QueryBuilder::<Sqlite>::new(format!("INSERT INTO events ({EVENT_COLUMNS}) "));
-        q.push_values(chunk, |b, r| bind_row(b, stream.as_str(), r));
-        if let Err(e) = q.build().execute(&mut *conn).await {
-            if is_unique_violation(&e) {
-                // Some ids of the batch are stored and some are not: refuse the batch. (The
-                // caller rolls back to the savepoint; reading here sees the stored ones.)
-                let stored = events_by_id(conn, &ids()).await?;
-                return check_reappend(stream, events, &stored);
-            }
-            return Err(e.into());
-        }
-    }
-    appended(head, &rows)
-}
-
 /// Decodes a row selected with [`EVENT_COLUMNS`], by column index (name lookups cost ~20% of a
 /// replay).
 pub(crate) fn event_from_row(row: &SqliteRow) -> Result<RecordedEvent, LogError> {
@@ -369,10 +151,6 @@ pub(crate) fn event_from_row(row: &SqliteRow) -> Result<RecordedEvent, LogError>
     })
 }
 
-fn is_unique_violation(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
-}
-
 #[async_trait]
 impl EventLog for SqliteStore {
     async fn append(
@@ -381,7 +159,7 @@ impl EventLog for SqliteStore {
         expected: ExpectedVersion,
         events: &[NewEvent],
     ) -> Result<AppendOutcome, LogError> {
-        group::submit(&self.appends, stream, expected, events).await
+        group::submit(&self.jobs, Job::Append, stream, expected, events).await
     }
 
     async fn read_stream(
@@ -485,90 +263,13 @@ impl ReadStore for SqliteStore {
         if commits.is_empty() {
             return Ok(());
         }
-        let _writer = self.write_lock.lock().await;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let cp_table = set.checkpoints_table();
-        // Every checkpoint in one query.
-        let mut q = QueryBuilder::<Sqlite>::new(format!(
-            "SELECT projection, position FROM {cp_table} WHERE projection IN ("
-        ));
-        let mut sep = q.separated(", ");
-        for c in commits {
-            sep.push_bind(c.projection);
-        }
-        q.push(")");
-        let found: std::collections::HashMap<String, i64> = q
-            .build_query_as::<(String, i64)>()
-            .fetch_all(&mut *tx)
-            .await?
-            .into_iter()
-            .collect();
-        crate::readstore::check_checkpoints(commits, &found)?;
-        let docs = set.docs_table();
-        // Puts as multi-row upserts (4 parameters a row, under SQLite's 32,766).
-        let puts: Vec<(&str, &str, &str, &str)> = commits
-            .iter()
-            .flat_map(|c| {
-                c.changes.iter().filter_map(move |change| match change {
-                    DocChange::Put {
-                        collection,
-                        key,
-                        doc,
-                    } => Some((
-                        c.projection,
-                        collection.as_str(),
-                        key.as_str(),
-                        doc.as_str(),
-                    )),
-                    DocChange::Delete { .. } => None,
-                })
-            })
-            .collect();
-        for chunk in puts.chunks(ROWS_PER_INSERT) {
-            let mut q = QueryBuilder::<Sqlite>::new(format!(
-                "INSERT INTO {docs} (projection, collection, key, doc) "
-            ));
-            q.push_values(chunk, |mut b, (projection, collection, key, doc)| {
-                b.push_bind(*projection)
-                    .push_bind(*collection)
-                    .push_bind(*key)
-                    .push_bind(*doc);
-            });
-            q.push(" ON CONFLICT (projection, collection, key) DO UPDATE SET doc = excluded.doc");
-            q.build().execute(&mut *tx).await?;
-        }
-        let deletes: Vec<(&str, &str, &str)> = commits
-            .iter()
-            .flat_map(|c| {
-                c.changes.iter().filter_map(move |change| match change {
-                    DocChange::Delete { collection, key } => {
-                        Some((c.projection, collection.as_str(), key.as_str()))
-                    }
-                    DocChange::Put { .. } => None,
-                })
-            })
-            .collect();
-        for chunk in deletes.chunks(ROWS_PER_INSERT) {
-            let mut q = QueryBuilder::<Sqlite>::new(format!(
-                "DELETE FROM {docs} WHERE (projection, collection, key) IN ("
-            ));
-            q.push_values(chunk, |mut b, (projection, collection, key)| {
-                b.push_bind(*projection)
-                    .push_bind(*collection)
-                    .push_bind(*key);
-            });
-            q.push(")");
-            q.build().execute(&mut *tx).await?;
-        }
-        let mut q =
-            QueryBuilder::<Sqlite>::new(format!("INSERT INTO {cp_table} (projection, position) "));
-        q.push_values(commits, |mut b, c| {
-            b.push_bind(c.projection).push_bind(c.to);
-        });
-        q.push(" ON CONFLICT (projection) DO UPDATE SET position = excluded.position");
-        q.build().execute(&mut *tx).await?;
-        tx.commit().await?;
-        Ok(())
+        let commits = commits.iter().map(OwnedCommit::of).collect();
+        sqlite_writer::ask(&self.jobs, |reply| Job::Commit {
+            set,
+            commits,
+            reply,
+        })
+        .await
     }
 
     async fn list_docs(
@@ -640,33 +341,18 @@ impl ReadStore for SqliteStore {
     }
 
     async fn clear(&self, set: ModelSet, projection: &str) -> Result<(), LogError> {
-        let _writer = self.write_lock.lock().await;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        for table in [set.docs_table(), set.checkpoints_table()] {
-            sqlx::query(&format!("DELETE FROM {table} WHERE projection = ?"))
-                .bind(projection)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        let projection = projection.to_string();
+        sqlite_writer::ask(&self.jobs, |reply| Job::Clear {
+            set,
+            projection,
+            reply,
+        })
+        .await
     }
 
     async fn promote(&self, projection: &str) -> Result<(), LogError> {
-        let _writer = self.write_lock.lock().await;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        for sql in [
-            "DELETE FROM rm_live_docs WHERE projection = ?",
-            "DELETE FROM rm_live_checkpoints WHERE projection = ?",
-            "INSERT INTO rm_live_docs SELECT * FROM rm_rebuild_docs WHERE projection = ?",
-            "INSERT INTO rm_live_checkpoints SELECT * FROM rm_rebuild_checkpoints WHERE projection = ?",
-            "DELETE FROM rm_rebuild_docs WHERE projection = ?",
-            "DELETE FROM rm_rebuild_checkpoints WHERE projection = ?",
-        ] {
-            sqlx::query(sql).bind(projection).execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        let projection = projection.to_string();
+        sqlite_writer::ask(&self.jobs, |reply| Job::Promote { projection, reply }).await
     }
 }
 
