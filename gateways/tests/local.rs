@@ -304,6 +304,7 @@ fn alive(pid: u32) -> bool {
 fn a_restart_kills_the_jobs_own_leftovers_and_never_a_reused_pid() {
     use nix::sys::signal::{Signal, killpg};
     use nix::unistd::Pid;
+    use std::io::Write;
     use std::os::unix::process::CommandExt;
     let dir = tempfile::tempdir().unwrap();
     let (kept, ended) = {
@@ -324,9 +325,15 @@ fn a_restart_kills_the_jobs_own_leftovers_and_never_a_reused_pid() {
             (kept, ended)
         })
     };
-    let path = |id: u64| dir.path().join(format!("executor/jobs/{id}.json"));
+    // The records' journal: a job's last line is its record.
+    let journal = dir.path().join("executor/jobs/records.jsonl");
     let record = |id: u64| -> Value {
-        serde_json::from_str(&std::fs::read_to_string(path(id)).unwrap()).unwrap()
+        std::fs::read_to_string(&journal)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .rfind(|r| r["job_id"] == json!(id))
+            .unwrap()
     };
     let pid = |id: u64| record(id)["pid"].as_u64().unwrap() as u32;
     let (kept_pid, ended_pid) = (pid(kept), pid(ended));
@@ -349,7 +356,14 @@ fn a_restart_kills_the_jobs_own_leftovers_and_never_a_reused_pid() {
         .unwrap();
     let mut stored = record(ended);
     stored["pid"] = json!(unrelated.id());
-    std::fs::write(path(ended), serde_json::to_vec(&stored).unwrap()).unwrap();
+    let mut line = serde_json::to_vec(&stored).unwrap();
+    line.push(b'\n');
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&journal)
+        .unwrap()
+        .write_all(&line)
+        .unwrap();
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
@@ -407,11 +421,13 @@ async fn jobs_that_ended_long_ago_leave_the_listing_except_just_after_a_restart(
         let ex = executor(dir.path());
         ran_true(&ex).await
     };
-    // Its record says it ended an hour ago.
-    let file = dir.path().join(format!("executor/jobs/{id}.json"));
-    let mut record: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    // Its record says it ended an hour ago (a newer line in the records' journal).
+    let journal = dir.path().join("executor/jobs/records.jsonl");
+    let text = std::fs::read_to_string(&journal).unwrap();
+    let mut record: Value = serde_json::from_str(text.lines().next_back().unwrap()).unwrap();
+    assert_eq!(record["job_id"], json!(id));
     record["end_time"] = json!(Utc::now() - chrono::Duration::hours(1));
-    std::fs::write(&file, record.to_string()).unwrap();
+    std::fs::write(&journal, format!("{text}{record}\n")).unwrap();
     let listed = |jobs: Vec<commands::slurm::SlurmJob>| jobs.iter().any(|j| j.job_id == id);
     // Just after a restart every job is listed (a crash may have left its submission unsettled).
     let fresh = executor(dir.path());
@@ -427,4 +443,84 @@ async fn jobs_that_ended_long_ago_leave_the_listing_except_just_after_a_restart(
         later.job(id).await.unwrap().unwrap().state,
         JobState::Completed
     );
+}
+
+#[tokio::test]
+async fn the_records_journal_drops_a_torn_line_moves_old_files_in_and_compacts() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let queued = || LocalSettings {
+        slots: 0,
+        ..settings(dir.path())
+    };
+    let journal = dir.path().join("executor/jobs/records.jsonl");
+    let lines = || {
+        std::fs::read_to_string(&journal)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let (a, b) = {
+        let ex = LocalExecutor::open(queued(), Utc::now()).unwrap();
+        let a = ex.submit(&body("true", None)).await.unwrap().job_id;
+        let b = ex.submit(&body("true", None)).await.unwrap().job_id;
+        (a, b)
+    };
+    assert_eq!(lines().len(), 2, "one line per submission");
+
+    // A crash cut the last write short; an older version left a record file of its own.
+    let mut older = lines()[0].clone();
+    older["job_id"] = json!(b + 10);
+    std::fs::write(
+        dir.path().join(format!("executor/jobs/{}.json", b + 10)),
+        serde_json::to_vec(&older).unwrap(),
+    )
+    .unwrap();
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&journal)
+        .unwrap();
+    file.write_all(br#"{"job_id": 999, "name": "#).unwrap();
+    drop(file);
+
+    let ex = LocalExecutor::open(queued(), Utc::now()).unwrap();
+    for id in [a, b, b + 10] {
+        let job = ex.job(id).await.unwrap().unwrap();
+        assert_eq!(job.state, JobState::Pending, "{id} is queued again");
+    }
+    assert!(
+        ex.job(999).await.unwrap().is_none(),
+        "the torn line is not a job"
+    );
+    let ids: Vec<Value> = lines().iter().map(|r| r["job_id"].clone()).collect();
+    assert_eq!(
+        ids,
+        vec![json!(a), json!(b), json!(b + 10)],
+        "one line per job"
+    );
+    assert!(
+        !dir.path()
+            .join(format!("executor/jobs/{}.json", b + 10))
+            .exists(),
+        "the old record file moved into the journal"
+    );
+
+    // Changes append, and a journal of up to two lines a job is kept as it is at open.
+    ex.cancel(a).await.unwrap();
+    let c = ex.submit(&body("true", None)).await.unwrap().job_id;
+    let grown = lines().len();
+    assert!(grown >= 5, "{grown} lines");
+    drop(ex);
+    let ex = LocalExecutor::open(queued(), Utc::now()).unwrap();
+    assert_eq!(lines().len(), grown, "{grown} lines for 4 jobs: kept");
+    drop(ex);
+    // More than two lines a job (each change of a long-lived job adds one): rewritten at open,
+    // one line per job, each the newest.
+    let text = std::fs::read_to_string(&journal).unwrap();
+    std::fs::write(&journal, format!("{text}{text}{text}")).unwrap();
+    let ex = LocalExecutor::open(queued(), Utc::now()).unwrap();
+    assert_eq!(lines().len(), 4, "rewritten: one line per job");
+    assert_eq!(ex.job(a).await.unwrap().unwrap().state, JobState::Cancelled);
+    assert_eq!(ex.job(c).await.unwrap().unwrap().state, JobState::Pending);
 }

@@ -174,6 +174,9 @@ struct Inner {
     queue: Mutex<Queue>,
     /// The nodes (with [`NodeSettings`]). Never held across an await.
     fleet: std::sync::Mutex<Fleet>,
+    /// The records' journal ([`JOURNAL`]), open for appending. Written under the records'
+    /// lock, so its lines are in change order.
+    journal: std::sync::Mutex<std::fs::File>,
 }
 
 /// The local executor. Cheap to clone.
@@ -270,6 +273,93 @@ fn demand_of(settings: &LocalSettings, body: &Value) -> Result<Wants, SlurmError
     })
 }
 
+/// The records' journal, in the state directory's `jobs/` (mode 0700 when jobs run as another
+/// user): one line of JSON per change of a record, appended; the last line of a job is its
+/// record. A line cut short by a crash (no newline) is dropped at open. Opening rewrites the
+/// journal with one line per job when it holds more than twice as many lines as jobs. Records of
+/// older versions (`jobs/<id>.json`, one file per job, replaced at every change) are read once
+/// and moved into it.
+const JOURNAL: &str = "records.jsonl";
+
+/// Reads the journal at `path` into `records` (later lines replace earlier ones); returns how
+/// many lines it holds. A last line without its newline (a write cut short by a crash) is
+/// dropped from the file.
+fn read_journal(path: &Path, records: &mut BTreeMap<u64, Record>) -> Result<usize, LocalError> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(io(path)(e)),
+    };
+    let mut lines = 0;
+    let mut good = 0;
+    for line in bytes.split_inclusive(|b| *b == b'\n') {
+        let Some(text) = line.strip_suffix(b"\n") else {
+            tracing::warn!(path = %path.display(), bytes = line.len(), "dropping a record cut short by a crash");
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(io(path))?;
+            file.set_len(good as u64).map_err(io(path))?;
+            break;
+        };
+        let record: Record = serde_json::from_slice(text).map_err(|source| LocalError::Record {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        records.insert(record.job_id, record);
+        lines += 1;
+        good += line.len();
+    }
+    Ok(lines)
+}
+
+/// Writes one line per record to `path`, through a temporary file renamed over it (synced
+/// first), and removes the per-job files of older versions it replaces.
+fn rewrite_journal(
+    path: &Path,
+    records: &BTreeMap<u64, Record>,
+    legacy: &[PathBuf],
+) -> Result<(), LocalError> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let file = create_private(&tmp).map_err(io(&tmp))?;
+    let mut out = std::io::BufWriter::new(file);
+    for record in records.values() {
+        let mut line = serde_json::to_vec(record).map_err(|source| LocalError::Record {
+            path: tmp.clone(),
+            source,
+        })?;
+        line.push(b'\n');
+        out.write_all(&line).map_err(io(&tmp))?;
+    }
+    let file = out.into_inner().map_err(|e| io(&tmp)(e.into_error()))?;
+    file.sync_all().map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))?;
+    for old in legacy {
+        std::fs::remove_file(old).map_err(io(old))?;
+    }
+    Ok(())
+}
+
+/// Appends one record as one line (one `write`, on a file opened for appending).
+fn append_line(journal: &mut std::fs::File, record: &Record) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut line = serde_json::to_vec(record).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    journal.write_all(&line)
+}
+
+/// Opens (creating with mode 0600) a file for writing from its start.
+fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+}
+
 /// Writes a file atomically: a temp file, then rename.
 fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
@@ -307,65 +397,92 @@ impl LocalExecutor {
                     .map_err(io(&dir))?;
             }
         }
-        let mut records = BTreeMap::new();
-        let mut waiting = Vec::new();
         let jobs_dir = settings.state_dir.join("jobs");
+        let journal_path = jobs_dir.join(JOURNAL);
+        // Older versions' per-job files first; the journal's lines are newer.
+        let mut records = BTreeMap::new();
+        let mut legacy = Vec::new();
         for entry in std::fs::read_dir(&jobs_dir).map_err(io(&jobs_dir))? {
             let path = entry.map_err(io(&jobs_dir))?.path();
             if path.extension().and_then(|e| e.to_str()) != Some("json") {
                 continue;
             }
             let text = std::fs::read_to_string(&path).map_err(io(&path))?;
-            let mut record: Record =
+            let record: Record =
                 serde_json::from_str(&text).map_err(|source| LocalError::Record {
                     path: path.clone(),
                     source,
                 })?;
-            if !record.state.is_terminal() {
-                let never_started = record.state == JobState::Pending
-                    && record.start_time.is_none()
-                    && record.pid.is_none();
-                match &record.body {
-                    Some(job) if never_started => {
-                        let body = serde_json::json!({ "job": job });
-                        match demand_of(&settings, &body) {
-                            Ok(wants) => {
-                                tracing::info!(
-                                    job_id = record.job_id,
-                                    "job waiting before the restart: queued again"
-                                );
-                                waiting.push((record.job_id, wants));
-                            }
-                            Err(e) => {
-                                record.state = JobState::Failed;
-                                record.reason = Some(format!(
-                                    "queued again after a restart, but it no longer fits: {e}"
-                                ));
-                                record.end_time = Some(now);
-                                record.body = None;
-                            }
+            records.insert(record.job_id, record);
+            legacy.push(path);
+        }
+        let lines = read_journal(&journal_path, &mut records)?;
+        let mut waiting = Vec::new();
+        let mut changed = Vec::new();
+        for record in records.values_mut() {
+            if record.state.is_terminal() {
+                continue;
+            }
+            let never_started = record.state == JobState::Pending
+                && record.start_time.is_none()
+                && record.pid.is_none();
+            match &record.body {
+                Some(job) if never_started => {
+                    let body = serde_json::json!({ "job": job });
+                    match demand_of(&settings, &body) {
+                        Ok(wants) => {
+                            tracing::info!(
+                                job_id = record.job_id,
+                                "job waiting before the restart: queued again"
+                            );
+                            waiting.push((record.job_id, wants));
+                            continue;
+                        }
+                        Err(e) => {
+                            record.state = JobState::Failed;
+                            record.reason = Some(format!(
+                                "queued again after a restart, but it no longer fits: {e}"
+                            ));
+                            record.end_time = Some(now);
+                            record.body = None;
                         }
                     }
-                    _ => {
-                        stop_leftover(&record);
-                        record.state = JobState::NodeFail;
-                        record.reason = Some(
-                            if never_started {
-                                "the local executor restarted while this job was queued, and an older version did not keep queued jobs"
-                            } else {
-                                "the local executor restarted while this job was running; its process was lost"
-                            }
-                            .into(),
-                        );
-                        record.end_time = Some(now);
-                        record.body = None;
-                        tracing::warn!(job_id = record.job_id, "job lost in a restart: NODE_FAIL");
-                    }
                 }
-                let bytes = serde_json::to_vec_pretty(&record).unwrap_or_default();
-                write_atomic(&path, &bytes).map_err(io(&path))?;
+                _ => {
+                    stop_leftover(record);
+                    record.state = JobState::NodeFail;
+                    record.reason = Some(
+                        if never_started {
+                            "the local executor restarted while this job was queued, and an older version did not keep queued jobs"
+                        } else {
+                            "the local executor restarted while this job was running; its process was lost"
+                        }
+                        .into(),
+                    );
+                    record.end_time = Some(now);
+                    record.body = None;
+                    tracing::warn!(job_id = record.job_id, "job lost in a restart: NODE_FAIL");
+                }
             }
-            records.insert(record.job_id, record);
+            changed.push(record.job_id);
+        }
+        if !legacy.is_empty() || lines + changed.len() > 2 * records.len() {
+            rewrite_journal(&journal_path, &records, &legacy)?;
+            changed.clear();
+        }
+        let mut journal = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .mode(0o600)
+                .open(&journal_path)
+        }
+        .map_err(io(&journal_path))?;
+        for job_id in changed {
+            if let Some(record) = records.get(&job_id) {
+                append_line(&mut journal, record).map_err(io(&journal_path))?;
+            }
         }
         let owner = executor_id(&settings.state_dir)?;
         // Job ids increase with submission: queue them in that order.
@@ -392,6 +509,7 @@ impl LocalExecutor {
                     owner,
                     ..Fleet::default()
                 }),
+                journal: std::sync::Mutex::new(journal),
             }),
         };
         if requeued && let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -471,19 +589,12 @@ impl LocalExecutor {
         demand_of(&self.inner.settings, body)
     }
 
-    /// Writes a job's record, serialized.
-    fn persist(&self, job_id: u64, bytes: serde_json::Result<Vec<u8>>) {
-        let path = self
-            .inner
-            .settings
-            .state_dir
-            .join("jobs")
-            .join(format!("{job_id}.json"));
-        let result = bytes
-            .map_err(std::io::Error::other)
-            .and_then(|bytes| write_atomic(&path, &bytes));
-        if let Err(e) = result {
-            tracing::error!(job_id, error = %e, "could not persist a local job record");
+    /// Appends a record's line to the journal (called under the records' lock, so lines are in
+    /// change order).
+    fn persist(&self, record: &Record) {
+        let mut journal = self.inner.journal.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = append_line(&mut journal, record) {
+            tracing::error!(job_id = record.job_id, error = %e, "could not persist a local job record");
         }
     }
 
@@ -509,10 +620,7 @@ impl LocalExecutor {
         if let Some(r) = records.get_mut(&job_id) {
             f(r);
             self.mark_changed(r);
-            // Serialized under the lock, written after it (no copy of the record, script and all).
-            let bytes = serde_json::to_vec(r);
-            drop(records);
-            self.persist(job_id, bytes);
+            self.persist(r);
         }
     }
 }

@@ -139,10 +139,9 @@ impl SlurmPort for LocalExecutor {
             changed: 0,
         };
         self.mark_changed(&mut record);
-        let bytes = serde_json::to_vec(&record);
+        self.persist(&record);
         records.insert(job_id, record);
         drop(records);
-        self.persist(job_id, bytes);
         let (queued, cancel) = Queued::new(job_id, wants);
         self.inner.cancels.lock().await.insert(job_id, cancel);
         self.inner.queue.lock().await.enqueue(queued);
