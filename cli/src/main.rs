@@ -279,6 +279,11 @@ enum AuditCommand {
     },
 }
 
+/// mimalloc instead of glibc's allocator: the server allocates per request and per event on
+/// every thread (docs/performance.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
