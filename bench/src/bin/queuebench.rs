@@ -35,6 +35,8 @@ struct Args {
 /// What `/metrics` says about the poll cycle.
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
 struct Poll {
+    /// Events the projections are behind the log, summed over all of them.
+    lag: f64,
     cycles: f64,
     last_seconds: f64,
     events: f64,
@@ -53,7 +55,14 @@ async fn poll_metrics(client: &reqwest::Client, url: &str) -> anyhow::Result<Pol
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
             .unwrap_or(0.0)
     };
+    // Every projection's lag, summed (one labelled line each).
+    let lag = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("clusterra_projection_lag_events{"))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum();
     Ok(Poll {
+        lag,
         cycles: value("clusterra_poll_cycles_total"),
         last_seconds: value("clusterra_poll_cycle_last_duration_seconds"),
         events: value("clusterra_poll_events_read_total"),
@@ -92,14 +101,15 @@ async fn main() -> anyhow::Result<()> {
     let client = reqwest::Client::new();
     let url = args.server.url.trim_end_matches('/').to_string();
 
-    // 1. Caught up: three cycles in a row that read nothing new.
+    // 1. Caught up: three cycles in a row that read nothing new, with every projection at the
+    // head (a fill faster than the projectors leaves them working after the poll cycle is done).
     let started = Instant::now();
     let mut last = poll_metrics(&client, &url).await?;
     let mut quiet = 0;
     let mut idle_cycles = Vec::new();
     while quiet < 3 {
         let now = next_cycle(&client, &url, last).await?;
-        if now.events == last.events {
+        if now.events == last.events && now.lag == 0.0 {
             quiet += 1;
             idle_cycles.push(now.last_seconds);
         } else {
@@ -109,7 +119,7 @@ async fn main() -> anyhow::Result<()> {
         last = now;
     }
     println!(
-        "poll cycle caught up with the log after {:.1} s; idle cycles: {}",
+        "poll cycle and projections caught up with the log after {:.1} s; idle cycles: {}",
         started.elapsed().as_secs_f64(),
         idle_cycles
             .iter()
