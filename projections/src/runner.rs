@@ -17,6 +17,12 @@ use crate::{Event, ProjectionError, Projector, Reads, ViewTx};
 /// Events applied and committed per transaction.
 pub const BATCH: usize = 1_000;
 
+/// Events the live follower applies and commits per transaction. Smaller than [`BATCH`]: a
+/// follower behind a busy log commits every projector's changes of a batch at once, and on
+/// SQLite appends wait behind that commit on the one writer, so a shorter commit is a shorter
+/// wait for the requests behind it.
+pub const LIVE_BATCH: usize = 250;
+
 /// Where [`catch_up`] writes and how far it goes.
 #[derive(Debug, Clone, Copy)]
 pub struct Target {
@@ -469,7 +475,7 @@ async fn advance_all(
     let Some(from) = lowest(members) else {
         return Ok(());
     };
-    let mut events = log.read_all(from, BATCH).await?;
+    let mut events = log.read_all(from, LIVE_BATCH).await?;
     loop {
         if *stop.borrow() {
             return Ok(());
@@ -478,7 +484,7 @@ async fn advance_all(
             return Ok(());
         };
         let apply = apply_batch(store, members, &events, last);
-        let (_, next) = tokio::join!(apply, log.read_all(last, BATCH));
+        let (_, next) = tokio::join!(apply, log.read_all(last, LIVE_BATCH));
         events = next?;
         if lowest(members).is_none() {
             return Ok(());
