@@ -1,4 +1,5 @@
-//! Group commit, shared by both backends: one writer task per store takes every append waiting,
+//! Group commit, shared by both backends: one writer per store (PostgreSQL: [`run`], a task;
+//! SQLite: the writer thread of `crate::sqlite_writer`) takes every append waiting,
 //! writes them in one transaction (a savepoint each, so a conflict undoes only its own append)
 //! and commits once. N concurrent appends cost one commit instead of N.
 

@@ -297,6 +297,14 @@ pub(crate) fn prepare_rows<'a>(
     Ok(rows)
 }
 
+/// Turns a stored `recorded_at` (microseconds since the epoch) into a time.
+pub(crate) fn recorded_at(micros: i64) -> Result<DateTime<Utc>, LogError> {
+    use chrono::TimeZone;
+    Utc.timestamp_micros(micros)
+        .single()
+        .ok_or_else(|| LogError::Corrupt(format!("recorded_at {micros} is out of range")))
+}
+
 /// Turns stored bytes into a 32-byte hash.
 pub(crate) fn hash32(bytes: &[u8], what: &str) -> Result<[u8; 32], LogError> {
     bytes

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{TimeZone, Utc};
+use chrono::Utc;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{ConnectOptions, Connection, Postgres, QueryBuilder, Row};
 use tokio::sync::{mpsc, watch};
@@ -140,10 +140,7 @@ async fn listen(pool: PgPool, channel: String, head_tx: Arc<watch::Sender<Positi
 
 fn event_from_row(row: &PgRow) -> Result<RecordedEvent, LogError> {
     let micros: i64 = row.try_get("recorded_at")?;
-    let recorded_at = Utc
-        .timestamp_micros(micros)
-        .single()
-        .ok_or_else(|| LogError::Corrupt(format!("recorded_at {micros} is out of range")))?;
+    let recorded_at = crate::recorded_at(micros)?;
     Ok(RecordedEvent {
         position: row.try_get("position")?,
         stream_id: row.try_get("stream_id")?,

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{TimeZone, Utc};
 use sqlx::Row;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
@@ -27,6 +26,10 @@ use crate::{
 
 const EVENT_COLUMNS: &str = "position, stream_id, stream_version, event_id, event_type, \
      schema_version, data, metadata, recorded_at, prev_hash, hash";
+
+/// Every connection's page cache: 64 MiB (negative: KiB). The writer thread's connection
+/// (`crate::sqlite_writer::connect`) uses it too.
+pub(crate) const CACHE_SIZE: &str = "-65536";
 
 /// How often an open store checkpoints its WAL into the database file, in the background. SQLite's
 /// automatic checkpoint runs inside the commit that crosses the threshold — the group writer's,
@@ -67,7 +70,7 @@ pub fn connect_options(url: &str, synchronous: &str) -> Result<SqliteConnectOpti
         .synchronous(synchronous)
         .busy_timeout(Duration::from_secs(10))
         .foreign_keys(true)
-        .pragma("cache_size", "-65536")
+        .pragma("cache_size", CACHE_SIZE)
         .pragma("temp_store", "memory")
         .pragma("wal_autocheckpoint", "10000"))
 }
@@ -132,10 +135,7 @@ async fn checkpoint_wal(pool: SqlitePool) {
 /// replay).
 pub(crate) fn event_from_row(row: &SqliteRow) -> Result<RecordedEvent, LogError> {
     let micros: i64 = row.try_get(8)?;
-    let recorded_at = Utc
-        .timestamp_micros(micros)
-        .single()
-        .ok_or_else(|| LogError::Corrupt(format!("recorded_at {micros} is out of range")))?;
+    let recorded_at = crate::recorded_at(micros)?;
     Ok(RecordedEvent {
         position: row.try_get(0)?,
         stream_id: row.try_get(1)?,

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{TimeZone, Utc};
+use chrono::Utc;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
@@ -86,10 +86,12 @@ pub(crate) fn connect(path: &Path, synchronous: &str) -> Result<Connection, LogE
         "extra" => "EXTRA",
         _ => "NORMAL",
     };
-    // journal_mode is a property of the file (WAL, set by the pool); the rest are per connection.
+    // journal_mode is a property of the file (WAL, set by the pool); the rest are per connection,
+    // as `crate::sqlite::connect_options` sets them on the pool's.
+    let cache_size = crate::sqlite::CACHE_SIZE;
     conn.execute_batch(&format!(
         "PRAGMA synchronous = {synchronous}; PRAGMA foreign_keys = ON; \
-         PRAGMA cache_size = -65536; PRAGMA temp_store = MEMORY; PRAGMA wal_autocheckpoint = 0;"
+         PRAGMA cache_size = {cache_size}; PRAGMA temp_store = MEMORY; PRAGMA wal_autocheckpoint = 0;"
     ))?;
     Ok(conn)
 }
@@ -346,11 +348,7 @@ struct Stored {
 
 impl Stored {
     fn decode(self) -> Result<RecordedEvent, LogError> {
-        let micros = self.recorded_at;
-        let recorded_at = Utc
-            .timestamp_micros(micros)
-            .single()
-            .ok_or_else(|| LogError::Corrupt(format!("recorded_at {micros} is out of range")))?;
+        let recorded_at = crate::recorded_at(self.recorded_at)?;
         let event_id = Uuid::from_slice(&self.event_id).map_err(|_| {
             LogError::Corrupt(format!(
                 "event_id at position {} is not 16 bytes",
