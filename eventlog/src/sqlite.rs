@@ -27,9 +27,9 @@ use crate::{
 const EVENT_COLUMNS: &str = "position, stream_id, stream_version, event_id, event_type, \
      schema_version, data, metadata, recorded_at, prev_hash, hash";
 
-/// Every connection's page cache: 64 MiB (negative: KiB). The writer thread's connection
-/// (`crate::sqlite_writer::connect`) uses it too.
-pub(crate) const CACHE_SIZE: &str = "-65536";
+/// Every pool connection's page cache: 64 MiB (negative: KiB). The writer thread's connection
+/// keeps a smaller one (`crate::sqlite_writer::WRITER_CACHE_SIZE`, and why).
+const CACHE_SIZE: &str = "-65536";
 
 /// How often an open store checkpoints its WAL into the database file, in the background. SQLite's
 /// automatic checkpoint runs inside the commit that crosses the threshold — the group writer's,

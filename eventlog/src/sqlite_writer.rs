@@ -28,6 +28,20 @@ use crate::{
 /// Prepared statements kept per connection (a few per table set, plus the log's).
 const STATEMENT_CACHE: usize = 32;
 
+/// The writer connection's page cache: 8 MiB (negative: KiB), where the pool's readers keep
+/// 64 MiB. At the end of every transaction SQLite drops cached pages past the database's end,
+/// and a B-tree split that reorders pages parks one for a moment at the pending-byte page
+/// (page 262,145 with 4 KiB pages) — so while the file is under 1 GiB nearly every commit
+/// walks the whole cache (`pcache1TruncateUnsafe`). With 64 MiB that walk was most of the
+/// writer's time in a burst after an idle spell (150 ms for one 60-row projector commit); with
+/// 8 MiB it is an eighth; a page the writer no longer holds is read back from the OS's file
+/// cache. Measured, not assumed: the 100,000-job fill ran faster with 8 MiB than with 64
+/// (docs/performance.md).
+const WRITER_CACHE_SIZE: &str = "-8192";
+
+/// A writer job that runs this long is logged (debug): every write queued behind it waited.
+const SLOW_JOB: Duration = Duration::from_millis(5);
+
 /// A piece of work for the writer thread.
 pub(crate) enum Job {
     Append(AppendRequest),
@@ -88,7 +102,7 @@ pub(crate) fn connect(path: &Path, synchronous: &str) -> Result<Connection, LogE
     };
     // journal_mode is a property of the file (WAL, set by the pool); the rest are per connection,
     // as `crate::sqlite::connect_options` sets them on the pool's.
-    let cache_size = crate::sqlite::CACHE_SIZE;
+    let cache_size = WRITER_CACHE_SIZE;
     conn.execute_batch(&format!(
         "PRAGMA synchronous = {synchronous}; PRAGMA foreign_keys = ON; \
          PRAGMA cache_size = {cache_size}; PRAGMA temp_store = MEMORY; PRAGMA wal_autocheckpoint = 0;"
@@ -125,7 +139,8 @@ fn run(
                 None => return,
             },
         };
-        match job {
+        let started = std::time::Instant::now();
+        let (kind, items) = match job {
             Job::Append(first) => {
                 // Every append waiting joins the group; any other job waits for the next turn.
                 let mut appends = vec![first];
@@ -139,17 +154,21 @@ fn run(
                         Err(_) => break,
                     }
                 }
+                let items = appends.len();
                 let result = write_group(&mut conn, &appends, clock.now());
                 group::deliver(appends, result, |head| {
                     head_tx.send_replace(head);
                 });
+                ("append", items)
             }
             Job::Commit {
                 set,
                 commits,
                 reply,
             } => {
+                let items = commits.iter().map(|c| c.changes.len()).sum();
                 let _ = reply.send(commit_many(&mut conn, set, &commits));
+                ("commit", items)
             }
             Job::Clear {
                 set,
@@ -164,6 +183,7 @@ fn run(
                     ),
                 ];
                 let _ = reply.send(script(&mut conn, &statements, &projection));
+                ("clear", 0)
             }
             Job::Promote { projection, reply } => {
                 let statements = [
@@ -175,7 +195,18 @@ fn run(
                     "DELETE FROM rm_rebuild_checkpoints WHERE projection = ?1",
                 ];
                 let _ = reply.send(script(&mut conn, &statements, &projection));
+                ("promote", 0)
             }
+        };
+        // Everything queued behind a job waits as long as it runs: the slow ones are said.
+        let took = started.elapsed();
+        if took >= SLOW_JOB {
+            tracing::debug!(
+                kind,
+                items,
+                took_ms = took.as_secs_f64() * 1e3,
+                "slow writer job"
+            );
         }
     }
 }
