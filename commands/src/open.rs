@@ -150,20 +150,23 @@ impl Tracker {
         self.lock().readd(key, jobs);
     }
 
-    /// The jobs of a cluster the scaler sizes nodes for: unfinished ones (NODE_FAIL left out).
-    pub fn sizing(&self, key: &ClusterKey) -> Vec<ScalingJob> {
-        self.of_cluster(key, |c| {
-            c.jobs
-                .iter()
-                .filter(|(_, e)| !e.state.is_terminal())
-                .map(|(job_id, e)| ScalingJob {
-                    job_id: *job_id,
-                    running: e.state != domain::job::JobState::Pending,
-                    shape: e.shape,
-                    nodes: e.node.clone(),
-                })
-                .collect()
-        })
+    /// Calls `each` with every job of a cluster the scaler sizes nodes for: unfinished ones
+    /// (NODE_FAIL left out). No list is made (at 100,000 jobs building one cost more than the
+    /// placement); the index is held while it runs.
+    pub fn sizing(&self, key: &ClusterKey, each: &mut dyn FnMut(&ScalingJob)) {
+        let state = self.lock();
+        let Some(c) = state.cluster(key) else { return };
+        for (job_id, e) in &c.jobs {
+            if e.state.is_terminal() {
+                continue;
+            }
+            each(&ScalingJob {
+                job_id: *job_id,
+                running: e.state != domain::job::JobState::Pending,
+                shape: e.shape,
+                nodes: e.node.clone(),
+            });
+        }
     }
 
     /// Shapes of some of a cluster's open jobs, by id (those still unfinished).

@@ -69,6 +69,9 @@ pub struct Scaler {
     /// Each cluster's last plan, with the job generation and node-stream version it was made
     /// from: while neither moves, the plan stands and the placement is not run again.
     plans: Mutex<BTreeMap<(WorkspaceId, ClusterId), Plan>>,
+    /// The pending slices of the last placement, kept for their memory: a fresh list of
+    /// 100,000 slices each time costs more in page faults than filling it.
+    slices: Mutex<Vec<PendingSlice>>,
 }
 
 /// A plan kept between cycles.
@@ -128,6 +131,7 @@ impl Scaler {
             nodes: Mutex::new(BTreeMap::new()),
             limits: None,
             plans: Mutex::new(BTreeMap::new()),
+            slices: Mutex::new(Vec::new()),
         }
     }
 
@@ -162,23 +166,32 @@ impl Scaler {
         jobs: &[ScalingJob],
         now: DateTime<Utc>,
     ) -> Result<Vec<ScaleDecisionMade>, ScaleError> {
-        self.cycle_with(log, workspace, cluster, None, || jobs.to_vec(), now)
-            .await
+        self.cycle_with(
+            log,
+            workspace,
+            cluster,
+            None,
+            |each| jobs.iter().for_each(each),
+            now,
+        )
+        .await
     }
 
     /// [`Self::cycle`] for a caller that numbers the states of the cluster's jobs
-    /// (`generation`): the jobs are asked for (`jobs`) and placed only when the generation or
-    /// the cluster's nodes moved since the last plan; otherwise the last plan is used, and the
-    /// cycle costs the idle-window rule alone. `None` plans every time.
+    /// (`generation`): the jobs are asked for (`jobs` calls the function it is given with each,
+    /// from wherever the caller keeps them: no list of them is made) and placed only when the
+    /// generation or the cluster's nodes moved since the last plan; otherwise the last plan is
+    /// used, and the cycle costs the idle-window rule alone. `None` plans every time.
     pub async fn cycle_with(
         &self,
         log: &dyn EventLog,
         workspace: &WorkspaceId,
         cluster: &ClusterId,
         generation: Option<u64>,
-        jobs: impl FnOnce() -> Vec<ScalingJob>,
+        jobs: impl FnOnce(&mut dyn FnMut(&ScalingJob)),
         now: DateTime<Utc>,
     ) -> Result<Vec<ScaleDecisionMade>, ScaleError> {
+        let started = std::time::Instant::now();
         let stream = stream(workspace, cluster);
         let Folded {
             desired: mut current,
@@ -186,6 +199,7 @@ impl Scaler {
             ..
         } = self.current(log, &stream).await?;
         let (live, nodes_version) = self.live_nodes(log, workspace, cluster).await?;
+        let read = started.elapsed();
         let key = (workspace.clone(), cluster.clone());
         let kept = generation.and_then(|g| {
             let plans = self.plans.lock().ok()?;
@@ -193,10 +207,11 @@ impl Scaler {
             (plan.generation == g && plan.nodes_version == nodes_version)
                 .then(|| plan.needs.clone())
         });
+        let kept_none = kept.is_none();
         let needs = match kept {
             Some(needs) => needs,
             None => {
-                let place = || Arc::new(self.place(workspace, cluster, &live, &jobs()));
+                let place = || Arc::new(self.place(workspace, cluster, &live, jobs));
                 // Placement is CPU work over every pending job (tens of ms at 100,000): on a
                 // multi-thread runtime its worker hands its other tasks (requests) over first.
                 let flavor = tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor());
@@ -219,17 +234,28 @@ impl Scaler {
                 needs
             }
         };
-        self.decide_from(
-            &stream,
-            workspace,
-            cluster,
-            &mut current,
-            version,
-            &needs,
-            now,
-            log,
-        )
-        .await
+        let placed = started.elapsed();
+        let decided = self
+            .decide_from(
+                &stream,
+                workspace,
+                cluster,
+                &mut current,
+                version,
+                &needs,
+                now,
+                log,
+            )
+            .await;
+        tracing::debug!(
+            %cluster,
+            planned = kept_none,
+            read_ms = read.as_secs_f64() * 1e3,
+            place_ms = (placed - read).as_secs_f64() * 1e3,
+            decide_ms = (started.elapsed() - placed).as_secs_f64() * 1e3,
+            "scaling step"
+        );
+        decided
     }
 
     /// Where the pending jobs go: each node set's need, with only pending jobs named in it.
@@ -238,7 +264,7 @@ impl Scaler {
         workspace: &WorkspaceId,
         cluster: &ClusterId,
         live: &BTreeMap<String, (NodeSet, bool)>,
-        jobs: &[ScalingJob],
+        jobs: impl FnOnce(&mut dyn FnMut(&ScalingJob)),
     ) -> BTreeMap<NodeSet, Need> {
         // The cluster's nodes (from the node events), with what their running jobs leave free:
         // pending jobs are placed onto them first. Running jobs on nodes the events do not name
@@ -259,29 +285,44 @@ impl Scaler {
             }
         }
         let limits = self.limits.as_ref().map(|l| l.of(workspace, cluster));
-        let mut slices = Vec::new();
+        let mut slices =
+            std::mem::take(&mut *self.slices.lock().unwrap_or_else(|p| p.into_inner()));
+        slices.clear();
         let mut placed_running = std::collections::HashSet::new();
         let mut placed = std::collections::HashMap::new();
-        for job in jobs {
+        let mut last = None;
+        jobs(&mut |job| {
             // A job over the limits is never planned: it could ask for millions of nodes.
             if limits.is_some_and(|l| !l.allows(&job.shape)) {
-                continue;
+                return;
             }
-            // Queues hold few distinct shapes: each is placed once per cycle.
+            // Queues hold few distinct shapes: each is placed once per cycle, and a job shaped
+            // like the one before it (most of a queue) is not even looked up.
             let key = (
                 job.shape.cpus,
                 job.shape.memory_mib,
                 job.shape.nodes,
                 job.shape.tasks,
             );
-            let (demand, nodes) = *placed.entry(key).or_insert_with(|| {
-                domain::placement::of_shape(&self.catalog, &job.shape, self.default_mib_per_cpu)
-                    .map_or_else(
-                        // No shape holds it: the planner strands it (as before).
-                        |e| (e.demand, job.shape.nodes.max(1)),
-                        |p| (p.demand, p.nodes),
-                    )
-            });
+            let (demand, nodes) = match last {
+                Some((k, placement)) if k == key => placement,
+                _ => {
+                    let placement = *placed.entry(key).or_insert_with(|| {
+                        domain::placement::of_shape(
+                            &self.catalog,
+                            &job.shape,
+                            self.default_mib_per_cpu,
+                        )
+                        .map_or_else(
+                            // No shape holds it: the planner strands it (as before).
+                            |e| (e.demand, job.shape.nodes.max(1)),
+                            |p| (p.demand, p.nodes),
+                        )
+                    });
+                    last = Some((key, placement));
+                    placement
+                }
+            };
             let on: Vec<&str> = job
                 .nodes
                 .as_deref()
@@ -296,7 +337,7 @@ impl Scaler {
                         node.busy = true;
                     }
                 }
-                continue;
+                return;
             }
             if job.running {
                 placed_running.insert(job.job_id);
@@ -307,9 +348,10 @@ impl Scaler {
                     demand,
                 });
             }
-        }
+        });
         let warm: Vec<WarmNode> = warm.into_values().collect();
         let (mut needs, _stranded) = plan(&self.catalog, &warm, &slices);
+        *self.slices.lock().unwrap_or_else(|p| p.into_inner()) = slices;
         if let Some(l) = limits {
             l.clamp(&mut needs);
         }

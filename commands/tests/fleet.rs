@@ -233,9 +233,9 @@ async fn a_plan_stands_while_neither_the_jobs_nor_the_nodes_move() {
                     &workspace,
                     &cluster,
                     Some(generation),
-                    || {
+                    |each| {
                         asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                        pending(n)
+                        pending(n).iter().for_each(each)
                     },
                     now,
                 )

@@ -430,7 +430,7 @@ async fn scale_and_copy(
             workspace,
             cluster,
             Some(generation),
-            || tracker.sizing(&key),
+            |each| tracker.sizing(&key, each),
             chrono::Utc::now(),
         )
         .await
