@@ -322,14 +322,13 @@ fn rewrite_journal(
 ) -> Result<(), LocalError> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");
-    let file = create_private(&tmp).map_err(io(&tmp))?;
+    let file = open_private(&tmp, false).map_err(io(&tmp))?;
     let mut out = std::io::BufWriter::new(file);
     for record in records.values() {
-        let mut line = serde_json::to_vec(record).map_err(|source| LocalError::Record {
+        let line = journal_line(record).map_err(|source| LocalError::Record {
             path: tmp.clone(),
             source,
         })?;
-        line.push(b'\n');
         out.write_all(&line).map_err(io(&tmp))?;
     }
     let file = out.into_inner().map_err(|e| io(&tmp)(e.into_error()))?;
@@ -341,21 +340,28 @@ fn rewrite_journal(
     Ok(())
 }
 
+/// A record as one journal line, its newline included.
+fn journal_line(record: &Record) -> serde_json::Result<Vec<u8>> {
+    let mut line = serde_json::to_vec(record)?;
+    line.push(b'\n');
+    Ok(line)
+}
+
 /// Appends one record as one line (one `write`, on a file opened for appending).
 fn append_line(journal: &mut std::fs::File, record: &Record) -> std::io::Result<()> {
     use std::io::Write;
-    let mut line = serde_json::to_vec(record).map_err(std::io::Error::other)?;
-    line.push(b'\n');
-    journal.write_all(&line)
+    journal.write_all(&journal_line(record).map_err(std::io::Error::other)?)
 }
 
-/// Opens (creating with mode 0600) a file for writing from its start.
-fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
+/// Opens a file only its owner may read (created with mode 0600): for appending, or for
+/// writing from its start.
+fn open_private(path: &Path, append: bool) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new()
         .write(true)
+        .append(append)
+        .truncate(!append)
         .create(true)
-        .truncate(true)
         .mode(0o600)
         .open(path)
 }
@@ -470,15 +476,7 @@ impl LocalExecutor {
             rewrite_journal(&journal_path, &records, &legacy)?;
             changed.clear();
         }
-        let mut journal = {
-            use std::os::unix::fs::OpenOptionsExt;
-            std::fs::OpenOptions::new()
-                .append(true)
-                .create(true)
-                .mode(0o600)
-                .open(&journal_path)
-        }
-        .map_err(io(&journal_path))?;
+        let mut journal = open_private(&journal_path, true).map_err(io(&journal_path))?;
         for job_id in changed {
             if let Some(record) = records.get(&job_id) {
                 append_line(&mut journal, record).map_err(io(&journal_path))?;
