@@ -524,3 +524,31 @@ async fn the_records_journal_drops_a_torn_line_moves_old_files_in_and_compacts()
     assert_eq!(ex.job(a).await.unwrap().unwrap().state, JobState::Cancelled);
     assert_eq!(ex.job(c).await.unwrap().unwrap().state, JobState::Pending);
 }
+
+#[tokio::test]
+async fn a_corrupt_line_inside_the_records_journal_refuses_to_open_and_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let queued = || LocalSettings {
+        slots: 0,
+        ..settings(dir.path())
+    };
+    {
+        let ex = LocalExecutor::open(queued(), Utc::now()).unwrap();
+        ex.submit(&body("true", None)).await.unwrap();
+        ex.submit(&body("true", None)).await.unwrap();
+    }
+    // Not a torn tail (that is dropped): a whole line in the middle that is not a record.
+    let journal = dir.path().join("executor/jobs/records.jsonl");
+    let text = std::fs::read_to_string(&journal).unwrap();
+    let (first, rest) = text.split_once('\n').unwrap();
+    std::fs::write(&journal, format!("{first}\nnot a record\n{rest}")).unwrap();
+    let Err(e) = LocalExecutor::open(queued(), Utc::now()) else {
+        panic!("a corrupt journal opened");
+    };
+    assert!(e.to_string().contains("records.jsonl"), "{e}");
+    // Nothing was rewritten over it: the operator still has every line to repair.
+    assert_eq!(
+        std::fs::read_to_string(&journal).unwrap(),
+        format!("{first}\nnot a record\n{rest}")
+    );
+}
