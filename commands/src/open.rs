@@ -156,17 +156,14 @@ impl Tracker {
     pub fn sizing(&self, key: &ClusterKey, each: &mut dyn FnMut(&ScalingJob)) {
         let state = self.lock();
         let Some(c) = state.cluster(key) else { return };
-        for (job_id, e) in &c.jobs {
-            if e.state.is_terminal() {
-                continue;
-            }
+        c.sizing(&mut |job_id, other, shape| {
             each(&ScalingJob {
-                job_id: *job_id,
-                running: e.state != domain::job::JobState::Pending,
-                shape: e.shape,
-                nodes: e.node.clone(),
-            });
-        }
+                job_id,
+                running: other.is_some(),
+                shape: *shape,
+                nodes: other.and_then(|e| e.node.clone()),
+            })
+        });
     }
 
     /// Shapes of some of a cluster's open jobs, by id (those still unfinished).

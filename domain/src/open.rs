@@ -48,6 +48,58 @@ pub struct ClusterJobs {
     /// Open jobs that entered or changed since [`OpenJobs::take_changed`] was last called (at
     /// most the open set: a job that leaves it leaves this too).
     changed: BTreeSet<u64>,
+    /// The unfinished jobs again, compact, for [`ClusterJobs::sizing`].
+    sizing: SizingIndex,
+}
+
+/// A cluster's unfinished jobs as the scaler walks them at every placement: the pending ones by
+/// shape (ids only: a queue holds few shapes, and a walk over ids touches a few bytes per job
+/// where the entries are scattered over the heap), the others by id.
+#[derive(Debug, Clone, Default)]
+struct SizingIndex {
+    pending: BTreeMap<JobShape, BTreeSet<u64>>,
+    others: BTreeSet<u64>,
+}
+
+impl SizingIndex {
+    fn add(&mut self, job_id: u64, e: &OpenEntry) {
+        if e.state == JobState::Pending {
+            self.pending.entry(e.shape).or_default().insert(job_id);
+        } else if !e.state.is_terminal() {
+            self.others.insert(job_id);
+        }
+    }
+
+    fn remove(&mut self, job_id: u64, e: &OpenEntry) {
+        if e.state == JobState::Pending {
+            if let Some(ids) = self.pending.get_mut(&e.shape) {
+                ids.remove(&job_id);
+                if ids.is_empty() {
+                    self.pending.remove(&e.shape);
+                }
+            }
+        } else {
+            self.others.remove(&job_id);
+        }
+    }
+}
+
+impl ClusterJobs {
+    /// Calls `each` with every unfinished job (NODE_FAIL left out): its id, its entry when it
+    /// is not pending (running and the like: its nodes matter), and its shape. Pending jobs come
+    /// by shape, then by id; the others by id.
+    pub fn sizing(&self, each: &mut dyn FnMut(u64, Option<&OpenEntry>, &JobShape)) {
+        for id in &self.sizing.others {
+            if let Some(e) = self.jobs.get(id) {
+                each(*id, Some(e), &e.shape);
+            }
+        }
+        for (shape, ids) in &self.sizing.pending {
+            for id in ids {
+                each(*id, None, shape);
+            }
+        }
+    }
 }
 
 /// One user's money, kept up to date job by job.
@@ -135,18 +187,21 @@ impl OpenJobs {
                 let key = (j.workspace.clone(), j.cluster_id.clone());
                 let user = j.user.to_string();
                 let cluster = self.clusters.entry(key.clone()).or_default();
-                cluster.jobs.insert(
-                    j.job_id,
-                    OpenEntry {
-                        submission_id: j.submission_id,
-                        user: user.clone(),
-                        state: JobState::Pending,
-                        shape: j.shape,
-                        node: None,
-                        cancel_requested: false,
-                        version: stream_version,
-                    },
-                );
+                let entry = OpenEntry {
+                    submission_id: j.submission_id,
+                    user: user.clone(),
+                    state: JobState::Pending,
+                    shape: j.shape,
+                    node: None,
+                    cancel_requested: false,
+                    version: stream_version,
+                };
+                // A Slurm id seen before (another stream's job) is replaced, as in the map.
+                if let Some(old) = cluster.jobs.remove(&j.job_id) {
+                    cluster.sizing.remove(j.job_id, &old);
+                }
+                cluster.sizing.add(j.job_id, &entry);
+                cluster.jobs.insert(j.job_id, entry);
                 cluster.added.push(j.job_id);
                 cluster.changed.insert(j.job_id);
                 cluster.generation += 1;
@@ -217,13 +272,17 @@ impl OpenJobs {
         if keep {
             cluster.changed.insert(job_id);
             if let Some(entry) = cluster.jobs.get_mut(&job_id) {
+                cluster.sizing.remove(job_id, entry);
                 entry.state = c.to;
                 if c.node.is_some() {
                     entry.node = c.node.clone();
                 }
+                cluster.sizing.add(job_id, entry);
             }
         } else {
-            cluster.jobs.remove(&job_id);
+            if let Some(old) = cluster.jobs.remove(&job_id) {
+                cluster.sizing.remove(job_id, &old);
+            }
             cluster.changed.remove(&job_id);
             if let Some(set) = self.by_user.get_mut(&user_key) {
                 set.remove(&(cluster_key.1.clone(), job_id));
@@ -671,5 +730,118 @@ mod tests {
         // Another stream's version is not this job's.
         open.touch("s2", 9);
         assert_eq!(version(&open), Some(4));
+    }
+
+    /// What [`ClusterJobs::sizing`] gives, in a stable order: (id, running, nodes, cpus).
+    fn sized(open: &OpenJobs) -> Vec<(u64, bool, Option<String>, u32)> {
+        let mut out = Vec::new();
+        if let Some(c) = open.cluster(&key()) {
+            c.sizing(&mut |id, other, shape| {
+                out.push((
+                    id,
+                    other.is_some(),
+                    other.and_then(|e| e.node.clone()),
+                    shape.cpus,
+                ));
+            });
+        }
+        out.sort();
+        out
+    }
+
+    /// The same from the entries themselves: the unfinished ones.
+    fn unfinished(open: &OpenJobs) -> Vec<(u64, bool, Option<String>, u32)> {
+        let mut out: Vec<_> = open
+            .cluster(&key())
+            .map(|c| {
+                c.jobs
+                    .iter()
+                    .filter(|(_, e)| !e.state.is_terminal())
+                    .map(|(id, e)| {
+                        let running = e.state != JobState::Pending;
+                        (
+                            *id,
+                            running,
+                            e.node.clone().filter(|_| running),
+                            e.shape.cpus,
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn the_sizing_walk_gives_exactly_the_unfinished_jobs_through_every_kind_of_change() {
+        let shaped = |job_id: u64, cpus: u32| {
+            let mut e = submitted(job_id, "a@x.org", None);
+            if let DomainEvent::JobSubmitted(j) = &mut e {
+                j.shape = shape(cpus);
+            }
+            e
+        };
+        let mut events = vec![
+            ("s1", shaped(1, 2)),
+            ("s2", shaped(2, 2)),
+            ("s3", shaped(3, 4)),
+            ("s4", shaped(4, 8)),
+            ("s5", shaped(5, 4)),
+            ("s6", shaped(6, 2)),
+        ];
+        let steps = [
+            (
+                "s1",
+                changed(1, JobState::Pending, JobState::Running, t(10, 0)),
+            ),
+            (
+                "s2",
+                changed(2, JobState::Pending, JobState::Completed, t(10, 1)),
+            ),
+            (
+                "s3",
+                changed(3, JobState::Pending, JobState::Running, t(10, 2)),
+            ),
+            (
+                "s3",
+                changed(3, JobState::Running, JobState::NodeFail, t(10, 3)),
+            ),
+            (
+                "s4",
+                changed(4, JobState::Pending, JobState::Cancelled, t(10, 4)),
+            ),
+            (
+                "s6",
+                changed(6, JobState::Pending, JobState::Running, t(10, 5)),
+            ),
+            // Requeued: pending again, under its own shape.
+            (
+                "s6",
+                changed(6, JobState::Running, JobState::Pending, t(10, 6)),
+            ),
+            // Slurm corrects the NODE_FAIL.
+            (
+                "s3",
+                changed(3, JobState::NodeFail, JobState::Running, t(10, 7)),
+            ),
+        ];
+        events.extend(steps);
+        // Another stream submits under a Slurm id already held: it replaces the entry.
+        events.push(("s7", shaped(5, 16)));
+        for n in 1..=events.len() {
+            let open = fold(&events[..n]);
+            assert_eq!(sized(&open), unfinished(&open), "after {n} events");
+        }
+        let open = fold(&events);
+        assert_eq!(
+            sized(&open),
+            vec![
+                (1, true, Some("n1".into()), 2),
+                (3, true, Some("n1".into()), 4),
+                (5, false, None, 16),
+                (6, false, None, 2),
+            ]
+        );
     }
 }

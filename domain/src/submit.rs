@@ -24,7 +24,7 @@ pub struct Warning {
 }
 
 /// What a job asks of a node set: the input to scaling and cost.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct JobShape {
     /// vCPUs for the whole job (tasks × cpus_per_task).
     pub cpus: u32,
