@@ -9,7 +9,7 @@
 //! write lock. Other processes (the CLI) still meet SQLite's own lock and wait on `busy_timeout`.
 //! Reads stay on the sqlx pool.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -130,27 +130,26 @@ fn run(
     head_tx: &watch::Sender<Position>,
     clock: &dyn Clock,
 ) {
-    let mut next: Option<Job> = None;
+    // Jobs other than appends, in the order they came, waiting for their turn.
+    let mut deferred: VecDeque<Job> = VecDeque::new();
+    // A group of appends just ran: the oldest deferred job goes next, so appends never starve
+    // a commit.
+    let mut owed = false;
     loop {
-        let job = match next.take() {
-            Some(job) => job,
-            None => match jobs.blocking_recv() {
-                Some(job) => job,
-                None => return,
-            },
+        let Some(job) = next_job(&mut jobs, &mut deferred, &mut owed) else {
+            return;
         };
         let started = std::time::Instant::now();
         let (kind, items) = match job {
             Job::Append(first) => {
-                // Every append waiting joins the group; any other job waits for the next turn.
+                // Every append waiting joins the group, those queued behind a commit too (a
+                // submission waits for its append, a projector's commit only delays how soon
+                // views show it); other jobs keep their order for their turn.
                 let mut appends = vec![first];
                 while appends.len() < MAX_GROUP {
                     match jobs.try_recv() {
                         Ok(Job::Append(r)) => appends.push(r),
-                        Ok(other) => {
-                            next = Some(other);
-                            break;
-                        }
+                        Ok(other) => deferred.push_back(other),
                         Err(_) => break,
                     }
                 }
@@ -159,6 +158,7 @@ fn run(
                 group::deliver(appends, result, |head| {
                     head_tx.send_replace(head);
                 });
+                owed = true;
                 ("append", items)
             }
             Job::Commit {
@@ -209,6 +209,28 @@ fn run(
             );
         }
     }
+}
+
+/// The writer's next job: the oldest deferred one if a group of appends just ran, else an
+/// append waiting on the channel (other jobs met on the way are deferred), else the oldest
+/// deferred job, else whatever comes next. `None` once every sender is gone and nothing waits.
+fn next_job(
+    jobs: &mut mpsc::Receiver<Job>,
+    deferred: &mut VecDeque<Job>,
+    owed: &mut bool,
+) -> Option<Job> {
+    if std::mem::take(owed)
+        && let Some(job) = deferred.pop_front()
+    {
+        return Some(job);
+    }
+    while let Ok(job) = jobs.try_recv() {
+        match job {
+            Job::Append(r) => return Some(Job::Append(r)),
+            other => deferred.push_back(other),
+        }
+    }
+    deferred.pop_front().or_else(|| jobs.blocking_recv())
 }
 
 /// Statements each bound to one parameter, in one `BEGIN IMMEDIATE` transaction.
@@ -466,4 +488,67 @@ pub(crate) async fn ask<T>(
     let (reply, answer) = oneshot::channel();
     jobs.send(job(reply)).await.map_err(|_| group::stopped())?;
     answer.await.map_err(|_| group::stopped())?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn append(stream: &str) -> Job {
+        let (reply, _) = oneshot::channel();
+        Job::Append(AppendRequest {
+            stream: crate::StreamId::new(stream).unwrap_or_else(|e| panic!("{e}")),
+            expected: crate::ExpectedVersion::Any,
+            events: Vec::new(),
+            reply,
+        })
+    }
+
+    fn promote(projection: &str) -> Job {
+        let (reply, _) = oneshot::channel();
+        Job::Promote {
+            projection: projection.into(),
+            reply,
+        }
+    }
+
+    /// What a job is, to compare orders.
+    fn name(job: &Job) -> String {
+        match job {
+            Job::Append(r) => format!("append {}", r.stream),
+            Job::Promote { projection, .. } => format!("promote {projection}"),
+            Job::Commit { .. } => "commit".into(),
+            Job::Clear { projection, .. } => format!("clear {projection}"),
+        }
+    }
+
+    #[test]
+    fn appends_go_before_queued_jobs_which_keep_their_order_and_get_a_turn_after_each_group() {
+        let (tx, mut rx) = mpsc::channel(16);
+        for job in [promote("p1"), promote("p2"), append("s-1"), promote("p3")] {
+            tx.try_send(job).unwrap_or_else(|_| panic!("queue full"));
+        }
+        let mut deferred = VecDeque::new();
+        let mut owed = false;
+        // The append waiting behind two other jobs goes first; those two wait, in order.
+        let first = next_job(&mut rx, &mut deferred, &mut owed).map(|j| name(&j));
+        assert_eq!(first.as_deref(), Some("append s-1"));
+        // A group ran: the oldest waiting job is owed its turn, even with an append queued.
+        owed = true;
+        tx.try_send(append("s-2"))
+            .unwrap_or_else(|_| panic!("queue full"));
+        let second = next_job(&mut rx, &mut deferred, &mut owed).map(|j| name(&j));
+        assert_eq!(second.as_deref(), Some("promote p1"));
+        // Not owed: the append again, then the others in the order they came.
+        drop(tx);
+        let rest: Vec<String> = std::iter::from_fn(|| next_job(&mut rx, &mut deferred, &mut owed))
+            .map(|j| name(&j))
+            .collect();
+        assert_eq!(
+            rest,
+            ["append s-2", "promote p2", "promote p3"]
+                .map(String::from)
+                .to_vec()
+        );
+    }
 }

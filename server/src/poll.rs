@@ -85,6 +85,33 @@ struct Shared {
     /// generation) and the jobs it left to compare again. While both stand and none is left,
     /// reconcile would find nothing and is skipped.
     reconciled: Mutex<HashMap<Key, Clean>>,
+    /// Per cluster whose port cannot tell what changed (slurmrestd): when its last full listing
+    /// started and how long it took ([`listing_due`]).
+    listed: Mutex<HashMap<Key, Listed>>,
+}
+
+/// A full reconcile pass: when it started and how long it took.
+#[derive(Debug, Clone, Copy)]
+struct Listed {
+    at: std::time::Instant,
+    took: Duration,
+}
+
+/// A full listing of a Slurm's job states costs that Slurm time in proportion to its queue
+/// (~0.2 s of slurmrestd's at 20,000 jobs): it is made at most once per this many times its own
+/// last duration, so the poll cycle takes at most about 1/20 of slurmrestd's time whatever the
+/// queue holds. A small queue (a listing under 1/20 of the poll interval) is listed every cycle.
+const LISTING_SHARE: u32 = 20;
+
+/// However long listings take, one is made at least this often.
+const LISTING_EVERY_MAX: Duration = Duration::from_secs(30);
+
+/// Whether a cluster's next full listing is due at `now`, after `last`.
+fn listing_due(last: Option<&Listed>, now: std::time::Instant) -> bool {
+    last.is_none_or(|l| {
+        let pause = l.took.saturating_mul(LISTING_SHARE).min(LISTING_EVERY_MAX);
+        now.saturating_duration_since(l.at) >= pause
+    })
 }
 
 /// The work of one cycle under way: cluster passes (`Some(key)`) and the quota pass (`None`).
@@ -165,6 +192,7 @@ pub async fn run(p: Poller, mut stop: watch::Receiver<bool>) {
         recorded: Mutex::new(HashMap::new()),
         tracker: tracker.clone(),
         reconciled: Mutex::new(HashMap::new()),
+        listed: Mutex::new(HashMap::new()),
     });
     let pricing = Arc::new(pricing);
     let mut passes = Passes::default();
@@ -310,7 +338,12 @@ async fn cluster_pass(shared: Arc<Shared>, key: Key, slurm: Arc<dyn SlurmPort>) 
             && c.generation == snapshot.generation
             && c.recheck.is_empty()
     });
-    if !unchanged {
+    // A port that cannot tell what changed is listed in full, paced by what that costs it.
+    let paced = slurm_version.is_none() && {
+        let listed = shared.listed.lock().unwrap_or_else(|p| p.into_inner());
+        !listing_due(listed.get(&key), std::time::Instant::now())
+    };
+    if !unchanged && !paced {
         // A port that can tell what changed since the last clean pass lists only that, and only
         // those jobs, the ones the index changed and the ones left to look at again are
         // compared; any other port (slurmrestd), or no clean pass yet, compares Slurm's listing
@@ -343,8 +376,9 @@ async fn cluster_pass(shared: Arc<Shared>, key: Key, slurm: Arc<dyn SlurmPort>) 
                 .map(|done| (done, Some(delta.version)))
             }
             Ok(None) => {
+                let at = std::time::Instant::now();
                 let open = shared.tracker.open(&key);
-                reconcile(
+                let pass = reconcile(
                     store.log.as_ref(),
                     slurm.as_ref(),
                     workspace,
@@ -353,7 +387,18 @@ async fn cluster_pass(shared: Arc<Shared>, key: Key, slurm: Arc<dyn SlurmPort>) 
                     chrono::Utc::now(),
                 )
                 .await
-                .map(|done| (done, slurm_version))
+                .map(|done| (done, slurm_version));
+                // Only an answered listing paces the next (a failed one is retried as before:
+                // the breaker spaces calls to a Slurm that does not answer).
+                if slurm_version.is_none() && pass.is_ok() {
+                    let took = at.elapsed();
+                    shared
+                        .listed
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(key.clone(), Listed { at, took });
+                }
+                pass
             }
             Err(e) => Err(e.into()),
         };
@@ -407,7 +452,7 @@ async fn cluster_pass(shared: Arc<Shared>, key: Key, slurm: Arc<dyn SlurmPort>) 
         replicas_ms = replicas_took.as_secs_f64() * 1e3,
         reconcile_ms = (t_reconcile - t_limits).as_secs_f64() * 1e3,
         rest_ms = (t0.elapsed() - t_both).as_secs_f64() * 1e3,
-        reconciled = !unchanged,
+        reconciled = !unchanged && !paced,
         "cluster pass"
     );
 }
@@ -795,5 +840,30 @@ async fn enforce_quotas(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_listing_waits_twenty_times_its_own_duration_at_most_thirty_seconds() {
+        let t0 = std::time::Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let listed = |took_ms: u64| Listed {
+            at: t0,
+            took: Duration::from_millis(took_ms),
+        };
+        assert!(listing_due(None, t0));
+        // 5 ms (a small queue): due again after 100 ms, so every cycle of a 1 s interval.
+        assert!(!listing_due(Some(&listed(5)), at(99)));
+        assert!(listing_due(Some(&listed(5)), at(100)));
+        // 200 ms (about 20,000 jobs): every 4 s.
+        assert!(!listing_due(Some(&listed(200)), at(3_999)));
+        assert!(listing_due(Some(&listed(200)), at(4_000)));
+        // However slow, at least every 30 s.
+        assert!(!listing_due(Some(&listed(60_000)), at(29_999)));
+        assert!(listing_due(Some(&listed(60_000)), at(30_000)));
     }
 }
