@@ -24,7 +24,9 @@ use commands::quota::RunningJob;
 use commands::replicas::ReplicaStore;
 use domain::cost::{Period, Pricing, QuotaStatus};
 
-use commands::jobs::{Unsettled, reconcile, reconcile_listed, settle_submissions};
+use commands::jobs::{
+    Unsettled, reconcile, reconcile_listed, reconcile_states, settle_submissions,
+};
 use commands::scaling::Scaler;
 use commands::slurm::{BreakerSettings, LiveDirectory, Reachability, SlurmPort};
 use eventlog::{ModelSet, Store};
@@ -104,7 +106,7 @@ struct Listed {
 const LISTING_SHARE: u32 = 20;
 
 /// However long listings take, one is made at least this often.
-const LISTING_EVERY_MAX: Duration = Duration::from_secs(30);
+const LISTING_EVERY_MAX: Duration = Duration::from_secs(10);
 
 /// Whether a cluster's next full listing is due at `now`, after `last`.
 fn listing_due(last: Option<&Listed>, now: std::time::Instant) -> bool {
@@ -376,29 +378,29 @@ async fn cluster_pass(shared: Arc<Shared>, key: Key, slurm: Arc<dyn SlurmPort>) 
                 .map(|done| (done, Some(delta.version)))
             }
             Ok(None) => {
-                let at = std::time::Instant::now();
                 let open = shared.tracker.open(&key);
-                let pass = reconcile(
-                    store.log.as_ref(),
-                    slurm.as_ref(),
-                    workspace,
-                    cluster,
-                    &open,
-                    chrono::Utc::now(),
-                )
-                .await
-                .map(|done| (done, slurm_version));
-                // Only an answered listing paces the next (a failed one is retried as before:
-                // the breaker spaces calls to a Slurm that does not answer).
-                if slurm_version.is_none() && pass.is_ok() {
-                    let took = at.elapsed();
-                    shared
-                        .listed
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(key.clone(), Listed { at, took });
+                let at = std::time::Instant::now();
+                let now = chrono::Utc::now();
+                let (log, port) = (store.log.as_ref(), slurm.as_ref());
+                match slurm.states().await {
+                    Ok(Some(states)) => {
+                        // The listing's own duration paces the next one (an unanswered listing
+                        // paces nothing: the breaker spaces calls to a Slurm that fails).
+                        if slurm_version.is_none() {
+                            let took = at.elapsed();
+                            shared
+                                .listed
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .insert(key.clone(), Listed { at, took });
+                        }
+                        reconcile_states(log, port, workspace, cluster, &open, &states, now).await
+                    }
+                    // No listing of states: every job is listed in full.
+                    Ok(None) => reconcile(log, port, workspace, cluster, &open, now).await,
+                    Err(e) => Err(e.into()),
                 }
-                pass
+                .map(|done| (done, slurm_version))
             }
             Err(e) => Err(e.into()),
         };
@@ -848,7 +850,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_full_listing_waits_twenty_times_its_own_duration_at_most_thirty_seconds() {
+    fn a_full_listing_waits_twenty_times_its_own_duration_at_most_ten_seconds() {
         let t0 = std::time::Instant::now();
         let at = |ms: u64| t0 + Duration::from_millis(ms);
         let listed = |took_ms: u64| Listed {
@@ -862,8 +864,8 @@ mod tests {
         // 200 ms (about 20,000 jobs): every 4 s.
         assert!(!listing_due(Some(&listed(200)), at(3_999)));
         assert!(listing_due(Some(&listed(200)), at(4_000)));
-        // However slow, at least every 30 s.
-        assert!(!listing_due(Some(&listed(60_000)), at(29_999)));
-        assert!(listing_due(Some(&listed(60_000)), at(30_000)));
+        // However slow, at least every 10 s.
+        assert!(!listing_due(Some(&listed(60_000)), at(9_999)));
+        assert!(listing_due(Some(&listed(60_000)), at(10_000)));
     }
 }
