@@ -24,9 +24,7 @@ use commands::quota::RunningJob;
 use commands::replicas::ReplicaStore;
 use domain::cost::{Period, Pricing, QuotaStatus};
 
-use commands::jobs::{
-    Unsettled, reconcile, reconcile_listed, reconcile_states, settle_submissions,
-};
+use commands::jobs::{Unsettled, reconcile_listed, reconcile_states, settle_submissions};
 use commands::scaling::Scaler;
 use commands::slurm::{BreakerSettings, LiveDirectory, Reachability, SlurmPort};
 use eventlog::{ModelSet, Store};
@@ -92,7 +90,7 @@ struct Shared {
     listed: Mutex<HashMap<Key, Listed>>,
 }
 
-/// A full reconcile pass: when it started and how long it took.
+/// A full listing of a cluster's job states: when it started and how long Slurm took to answer.
 #[derive(Debug, Clone, Copy)]
 struct Listed {
     at: std::time::Instant,
@@ -397,7 +395,13 @@ async fn cluster_pass(shared: Arc<Shared>, key: Key, slurm: Arc<dyn SlurmPort>) 
                         reconcile_states(log, port, workspace, cluster, &open, &states, now).await
                     }
                     // No listing of states: every job is listed in full.
-                    Ok(None) => reconcile(log, port, workspace, cluster, &open, now).await,
+                    Ok(None) => match slurm.jobs().await {
+                        Ok(listed) => {
+                            reconcile_listed(log, port, workspace, cluster, &open, listed, now)
+                                .await
+                        }
+                        Err(e) => Err(e.into()),
+                    },
                     Err(e) => Err(e.into()),
                 }
                 .map(|done| (done, slurm_version))
