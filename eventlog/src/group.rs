@@ -65,6 +65,9 @@ pub(crate) fn stopped() -> LogError {
     LogError::Database(sqlx::Error::PoolClosed)
 }
 
+/// A group write this long is logged at debug level.
+const SLOW_GROUP: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// The writer task: runs until every sender is gone.
 pub(crate) async fn run(writer: impl GroupWrite, mut requests: mpsc::Receiver<AppendRequest>) {
     while let Some(first) = requests.recv().await {
@@ -75,7 +78,17 @@ pub(crate) async fn run(writer: impl GroupWrite, mut requests: mpsc::Receiver<Ap
                 Err(_) => break,
             }
         }
+        let started = std::time::Instant::now();
         let result = writer.write_group(&group).await;
+        let took = started.elapsed();
+        // What an append waits for: a group that takes long names itself (debug level).
+        if took >= SLOW_GROUP {
+            tracing::debug!(
+                appends = group.len(),
+                took_ms = took.as_secs_f64() * 1e3,
+                "slow group append"
+            );
+        }
         deliver(group, result, |head| writer.moved(head));
     }
 }
