@@ -130,6 +130,7 @@ pub(crate) async fn list(
             (0..nodes).map(move |_| PendingSlice {
                 job_id: j.job_id,
                 demand,
+                running: true,
             })
         })
         .collect();

@@ -5,7 +5,8 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use domain::scaling::{
-    Catalog, Demand, Family, NodeSet, PendingSlice, Size, WarmNode, plan, plan_in_runs,
+    Catalog, Demand, Family, NodeSet, PendingRun, PendingSlice, Size, WarmNode, plan, plan_in_runs,
+    plan_with_runs,
 };
 
 fn decision(c: &mut Criterion) {
@@ -23,13 +24,13 @@ fn decision(c: &mut Criterion) {
         .map(|job_id| {
             let cpus = [1, 1, 1, 2, 2, 4, 4, 8, 16][(next() % 9) as usize];
             let gib_per_cpu = 1 + next() % 8;
-            PendingSlice {
+            PendingSlice::pending(
                 job_id,
-                demand: Demand {
+                Demand {
                     cpus,
                     memory_mib: u64::from(cpus) * gib_per_cpu * 1024 - 600,
                 },
-            }
+            )
         })
         .collect();
     let warm: Vec<WarmNode> = (0..1_000)
@@ -60,16 +61,35 @@ fn decision(c: &mut Criterion) {
     });
     // bench/queue.sh's queue: 100,000 jobs of one shape (1 vCPU, 512 MiB), no warm node.
     let same: Vec<PendingSlice> = (0..100_000u64)
-        .map(|job_id| PendingSlice {
-            job_id,
-            demand: Demand {
-                cpus: 1,
-                memory_mib: 512,
-            },
+        .map(|job_id| {
+            PendingSlice::pending(
+                job_id,
+                Demand {
+                    cpus: 1,
+                    memory_mib: 512,
+                },
+            )
         })
         .collect();
     c.bench_function("scaling_decision_100k_pending_one_shape", |b| {
         b.iter(|| plan(&catalog, &[], &same))
+    });
+    // The same queue as the live scaler hands it over: one run of 100,000 (its count and its
+    // first 100 ids), no slice.
+    let run = [PendingRun {
+        demand: Demand {
+            cpus: 1,
+            memory_mib: 512,
+        },
+        count: 100_000,
+        first: (0..100).collect(),
+    }];
+    assert_eq!(
+        plan_with_runs(&catalog, &[], &[], &run),
+        plan(&catalog, &[], &same)
+    );
+    c.bench_function("scaling_decision_100k_pending_one_shape_as_a_run", |b| {
+        b.iter(|| plan_with_runs(&catalog, &[], &[], &run))
     });
 }
 

@@ -13,7 +13,7 @@ use domain::{DomainEvent, MicroUsd, WorkspaceId};
 use eventlog::{EventLog, LogError};
 
 use crate::jobs::OpenJob;
-use crate::scaling::ScalingJob;
+use crate::scaling::{ScalingJob, Sizing};
 
 /// Events read per call to the log while catching up.
 const BATCH: usize = 2_000;
@@ -84,7 +84,11 @@ impl Tracker {
             for e in &batch {
                 if !matches!(
                     e.event_type.as_str(),
-                    "JobSubmitted" | "JobStateChanged" | "JobCancelRequested"
+                    "JobSubmitted"
+                        | "JobStateChanged"
+                        | "JobCancelRequested"
+                        | "JobSubmissionRequested"
+                        | "JobSubmissionFailed"
                 ) {
                     // Any other event on a job's stream still moves its version.
                     if e.stream_id.starts_with("job-") {
@@ -153,17 +157,16 @@ impl Tracker {
     /// Calls `each` with every job of a cluster the scaler sizes nodes for: unfinished ones
     /// (NODE_FAIL left out). No list is made (at 100,000 jobs building one cost more than the
     /// placement); the index is held while it runs.
-    pub fn sizing(&self, key: &ClusterKey, each: &mut dyn FnMut(&ScalingJob)) {
+    pub fn sizing(&self, key: &ClusterKey, each: &mut dyn FnMut(&dyn Sizing)) {
         let state = self.lock();
         let Some(c) = state.cluster(key) else { return };
-        c.sizing(&mut |job_id, other, shape| {
-            each(&ScalingJob {
-                job_id,
-                running: other.is_some(),
-                shape: *shape,
-                nodes: other.and_then(|e| e.node.clone()),
-            })
-        });
+        each(&IndexSizing(c));
+    }
+
+    /// A cluster's submissions whose request is recorded and whose outcome is not, with when
+    /// each request was recorded.
+    pub fn submitting(&self, key: &ClusterKey) -> Vec<(uuid::Uuid, DateTime<Utc>)> {
+        self.of_cluster(key, |c| c.submitting().collect())
     }
 
     /// Shapes of some of a cluster's open jobs, by id (those still unfinished).
@@ -196,6 +199,28 @@ impl Tracker {
         let mut state = self.lock();
         let usage = state.usage(workspace, user, period, now);
         (usage, state.user_jobs(workspace, user))
+    }
+}
+
+/// A cluster's jobs in the index, as placement reads them.
+struct IndexSizing<'a>(&'a domain::open::ClusterJobs);
+
+impl Sizing for IndexSizing<'_> {
+    fn pending(&self, each: &mut dyn FnMut(&JobShape, &mut dyn ExactSizeIterator<Item = u64>)) {
+        for (shape, ids) in self.0.pending_by_shape() {
+            each(shape, &mut ids.iter().copied());
+        }
+    }
+
+    fn others(&self, each: &mut dyn FnMut(&ScalingJob)) {
+        self.0.sizing_others(&mut |job_id, e| {
+            each(&ScalingJob {
+                job_id,
+                running: true,
+                shape: e.shape,
+                nodes: e.node.clone(),
+            })
+        });
     }
 }
 

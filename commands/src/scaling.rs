@@ -12,7 +12,8 @@ use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Duration, Utc};
 use domain::scaling::{
-    Catalog, Need, NodeSet, PendingSlice, SetState, WarmNode, decide, mark_full, plan,
+    Catalog, Demand, MAX_DRIVING_JOBS, Need, NodeSet, PendingRun, PendingSlice, SetState, WarmNode,
+    decide, mark_full, plan_with_runs,
 };
 use domain::submit::JobShape;
 use domain::{ClusterId, DomainEvent, ScaleDecisionMade, WorkspaceId};
@@ -29,6 +30,34 @@ pub struct ScalingJob {
     pub shape: JobShape,
     /// The nodes a running job runs on, as Slurm names them (comma-separated), if known.
     pub nodes: Option<String>,
+}
+
+/// A cluster's unfinished jobs as placement reads them: the pending ones by shape (a queue holds
+/// many jobs of few shapes, and placing a shape's one-node jobs costs steps that grow with the
+/// nodes they fill), the others one by one.
+pub trait Sizing {
+    /// Calls `each` with every shape of pending jobs and their ids, ascending (at least one).
+    fn pending(&self, each: &mut dyn FnMut(&JobShape, &mut dyn ExactSizeIterator<Item = u64>));
+    /// Calls `each` with every unfinished job that is not pending (running and the like).
+    fn others(&self, each: &mut dyn FnMut(&ScalingJob));
+}
+
+/// A list of jobs as a [`Sizing`] (tests, and callers that keep no index).
+impl Sizing for &[ScalingJob] {
+    fn pending(&self, each: &mut dyn FnMut(&JobShape, &mut dyn ExactSizeIterator<Item = u64>)) {
+        let mut by_shape: BTreeMap<JobShape, Vec<u64>> = BTreeMap::new();
+        for job in self.iter().filter(|j| !j.running) {
+            by_shape.entry(job.shape).or_default().push(job.job_id);
+        }
+        for (shape, mut ids) in by_shape {
+            ids.sort_unstable();
+            each(&shape, &mut ids.into_iter());
+        }
+    }
+
+    fn others(&self, each: &mut dyn FnMut(&ScalingJob)) {
+        self.iter().filter(|j| j.running).for_each(each);
+    }
 }
 
 /// The stream of a cluster's scaling decisions.
@@ -166,20 +195,13 @@ impl Scaler {
         jobs: &[ScalingJob],
         now: DateTime<Utc>,
     ) -> Result<Vec<ScaleDecisionMade>, ScaleError> {
-        self.cycle_with(
-            log,
-            workspace,
-            cluster,
-            None,
-            |each| jobs.iter().for_each(each),
-            now,
-        )
-        .await
+        self.cycle_with(log, workspace, cluster, None, |each| each(&jobs), now)
+            .await
     }
 
     /// [`Self::cycle`] for a caller that numbers the states of the cluster's jobs
-    /// (`generation`): the jobs are asked for (`jobs` calls the function it is given with each,
-    /// from wherever the caller keeps them: no list of them is made) and placed only when the
+    /// (`generation`): the jobs are asked for (`jobs` calls the function it is given with a
+    /// [`Sizing`] of them, from wherever the caller keeps them: no list is made) and placed only when the
     /// generation or the cluster's nodes moved since the last plan; otherwise the last plan is
     /// used, and the cycle costs the idle-window rule alone. `None` plans every time.
     pub async fn cycle_with(
@@ -188,7 +210,7 @@ impl Scaler {
         workspace: &WorkspaceId,
         cluster: &ClusterId,
         generation: Option<u64>,
-        jobs: impl FnOnce(&mut dyn FnMut(&ScalingJob)),
+        jobs: impl FnOnce(&mut dyn FnMut(&dyn Sizing)),
         now: DateTime<Utc>,
     ) -> Result<Vec<ScaleDecisionMade>, ScaleError> {
         let started = std::time::Instant::now();
@@ -264,7 +286,7 @@ impl Scaler {
         workspace: &WorkspaceId,
         cluster: &ClusterId,
         live: &BTreeMap<String, (NodeSet, bool)>,
-        jobs: impl FnOnce(&mut dyn FnMut(&ScalingJob)),
+        jobs: impl FnOnce(&mut dyn FnMut(&dyn Sizing)),
     ) -> BTreeMap<NodeSet, Need> {
         // The cluster's nodes (from the node events), with what their running jobs leave free:
         // pending jobs are placed onto them first. Running jobs on nodes the events do not name
@@ -288,79 +310,98 @@ impl Scaler {
         let mut slices =
             std::mem::take(&mut *self.slices.lock().unwrap_or_else(|p| p.into_inner()));
         slices.clear();
-        let mut placed_running = std::collections::HashSet::new();
+        let mut runs: Vec<PendingRun> = Vec::new();
+        // Queues hold few distinct shapes: each is placed once per cycle, and a job shaped like
+        // the one before it is not even looked up.
         let mut placed = std::collections::HashMap::new();
         let mut last = None;
-        jobs(&mut |job| {
-            // A job over the limits is never planned: it could ask for millions of nodes.
-            if limits.is_some_and(|l| !l.allows(&job.shape)) {
-                return;
-            }
-            // Queues hold few distinct shapes: each is placed once per cycle, and a job shaped
-            // like the one before it (most of a queue) is not even looked up.
-            let key = (
-                job.shape.cpus,
-                job.shape.memory_mib,
-                job.shape.nodes,
-                job.shape.tasks,
-            );
-            let (demand, nodes) = match last {
+        let mut place_shape = |shape: &JobShape| -> (Demand, u32) {
+            let key = (shape.cpus, shape.memory_mib, shape.nodes, shape.tasks);
+            match last {
                 Some((k, placement)) if k == key => placement,
                 _ => {
                     let placement = *placed.entry(key).or_insert_with(|| {
-                        domain::placement::of_shape(
-                            &self.catalog,
-                            &job.shape,
-                            self.default_mib_per_cpu,
-                        )
-                        .map_or_else(
-                            // No shape holds it: the planner strands it (as before).
-                            |e| (e.demand, job.shape.nodes.max(1)),
-                            |p| (p.demand, p.nodes),
-                        )
+                        domain::placement::of_shape(&self.catalog, shape, self.default_mib_per_cpu)
+                            .map_or_else(
+                                // No shape holds it: the planner strands it (as before).
+                                |e| (e.demand, shape.nodes.max(1)),
+                                |p| (p.demand, p.nodes),
+                            )
                     });
                     last = Some((key, placement));
                     placement
                 }
-            };
-            let on: Vec<&str> = job
-                .nodes
-                .as_deref()
-                .filter(|_| job.running)
-                .map(|n| n.split(',').filter(|n| warm.contains_key(n)).collect())
-                .unwrap_or_default();
-            if !on.is_empty() {
-                for name in on {
-                    if let Some(node) = warm.get_mut(name) {
-                        node.free_cpus = node.free_cpus.saturating_sub(demand.cpus);
-                        node.free_mib = node.free_mib.saturating_sub(demand.memory_mib);
-                        node.busy = true;
-                    }
+            }
+        };
+        // A job over the limits is never planned: it could ask for millions of nodes.
+        let allowed = |shape: &JobShape| limits.is_none_or(|l| l.allows(shape));
+        jobs(&mut |sizing| {
+            // Demands some job of several slices has: one-slice jobs of those go as slices too,
+            // so the jobs of one demand keep their order (by id) among them.
+            let mut wide: std::collections::HashSet<Demand> = std::collections::HashSet::new();
+            sizing.others(&mut |job| {
+                if !allowed(&job.shape) {
+                    return;
                 }
-                return;
-            }
-            if job.running {
-                placed_running.insert(job.job_id);
-            }
-            for _ in 0..nodes {
-                slices.push(PendingSlice {
-                    job_id: job.job_id,
-                    demand,
-                });
-            }
+                let (demand, nodes) = place_shape(&job.shape);
+                let on: Vec<&str> = job
+                    .nodes
+                    .as_deref()
+                    .map(|n| n.split(',').filter(|n| warm.contains_key(n)).collect())
+                    .unwrap_or_default();
+                if !on.is_empty() {
+                    for name in on {
+                        if let Some(node) = warm.get_mut(name) {
+                            node.free_cpus = node.free_cpus.saturating_sub(demand.cpus);
+                            node.free_mib = node.free_mib.saturating_sub(demand.memory_mib);
+                            node.busy = true;
+                        }
+                    }
+                    return;
+                }
+                // Running on nodes the events do not name: it holds places of its own.
+                if nodes > 1 {
+                    wide.insert(demand);
+                }
+                for _ in 0..nodes {
+                    slices.push(PendingSlice {
+                        job_id: job.job_id,
+                        demand,
+                        running: true,
+                    });
+                }
+            });
+            sizing.pending(&mut |shape, _| {
+                let (demand, nodes) = place_shape(shape);
+                if allowed(shape) && nodes > 1 {
+                    wide.insert(demand);
+                }
+            });
+            sizing.pending(&mut |shape, ids| {
+                if !allowed(shape) {
+                    return;
+                }
+                let (demand, nodes) = place_shape(shape);
+                if nodes > 1 || wide.contains(&demand) {
+                    for id in ids {
+                        for _ in 0..nodes {
+                            slices.push(PendingSlice::pending(id, demand));
+                        }
+                    }
+                } else {
+                    runs.push(PendingRun {
+                        demand,
+                        count: ids.len(),
+                        first: ids.take(MAX_DRIVING_JOBS).collect(),
+                    });
+                }
+            });
         });
         let warm: Vec<WarmNode> = warm.into_values().collect();
-        let (mut needs, _stranded) = plan(&self.catalog, &warm, &slices);
+        let (mut needs, _stranded) = plan_with_runs(&self.catalog, &warm, &slices, &runs);
         *self.slices.lock().unwrap_or_else(|p| p.into_inner()) = slices;
         if let Some(l) = limits {
             l.clamp(&mut needs);
-        }
-        // Only pending jobs are named in a need: running ones placed above (on nodes the events
-        // do not name) are taken out again — usually none, so usually nothing to do.
-        if !placed_running.is_empty() {
-            for need in needs.values_mut() {
-                need.jobs.retain(|j| !placed_running.contains(j));
-            }
         }
         needs
     }
@@ -548,7 +589,7 @@ impl Scaler {
             ready,
             starting,
             planned: Some(Planned {
-                pending_jobs: need.jobs.len(),
+                pending_jobs: need.placed,
                 holding: need.nodes.saturating_sub(need.new_nodes),
                 capped: most.is_some_and(|m| need.nodes >= m),
             }),
@@ -619,4 +660,77 @@ pub enum SyncError {
     Scale(#[from] ScaleError),
     #[error(transparent)]
     Replicas(#[from] ReplicaError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use domain::scaling::plan;
+
+    fn shape(cpus: u32, nodes: u32) -> JobShape {
+        JobShape {
+            cpus,
+            memory_mib: None,
+            nodes,
+            time_limit_minutes: Some(60),
+            gpus: 0,
+            tasks: None,
+        }
+    }
+
+    #[test]
+    fn placement_by_shape_gives_the_plan_of_every_job_as_a_slice() {
+        let catalog = Arc::new(
+            Catalog::parse(include_str!("../../fixtures/catalog/shapes.json"), 512)
+                .unwrap_or_else(|e| panic!("catalog: {e}")),
+        );
+        let scaler = Scaler::new(catalog.clone(), 2016, Duration::minutes(5), Utc::now());
+        let job = |job_id: u64, shape: JobShape, running: bool| ScalingJob {
+            job_id,
+            running,
+            shape,
+            // Running on a node no event names: it holds room of its own in the plan.
+            nodes: running.then(|| "ghost".to_string()),
+        };
+        let mut jobs = Vec::new();
+        // 300 one-node jobs of one vCPU (a run); one-node jobs of two vCPUs and two-node jobs
+        // of four (two per node: the same demand per node), their ids alternating, so the
+        // one-node ones must keep their order among the others; three running jobs.
+        for id in 1..=300 {
+            jobs.push(job(id, shape(1, 1), false));
+        }
+        for id in 301..=360 {
+            let s = if id % 2 == 0 {
+                shape(2, 1)
+            } else {
+                shape(4, 2)
+            };
+            jobs.push(job(id, s, false));
+        }
+        for id in 361..=363 {
+            jobs.push(job(id, shape(1, 1), true));
+        }
+        let ws = WorkspaceId::new("ws").unwrap_or_else(|_| unreachable!());
+        let cl = ClusterId::new("c1").unwrap_or_else(|_| unreachable!());
+        let needs = scaler.place(&ws, &cl, &BTreeMap::new(), |each| each(&jobs.as_slice()));
+        // Every job as slices, by the same placement.
+        let mut all = Vec::new();
+        for j in &jobs {
+            let p = domain::placement::of_shape(&catalog, &j.shape, 2016)
+                .unwrap_or_else(|e| panic!("{e:?}"));
+            for _ in 0..p.nodes {
+                all.push(PendingSlice {
+                    job_id: j.job_id,
+                    demand: p.demand,
+                    running: j.running,
+                });
+            }
+        }
+        let two = domain::placement::of_shape(&catalog, &shape(2, 1), 2016).map(|p| p.demand);
+        let wide = domain::placement::of_shape(&catalog, &shape(4, 2), 2016).map(|p| p.demand);
+        assert_eq!(two, wide, "the test needs one demand for both");
+        let (expected, _) = plan(&catalog, &[], &all);
+        assert_eq!(needs, expected);
+        assert_eq!(needs.values().map(|n| n.placed).sum::<usize>(), 360);
+    }
 }

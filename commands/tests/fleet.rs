@@ -235,7 +235,7 @@ async fn a_plan_stands_while_neither_the_jobs_nor_the_nodes_move() {
                     Some(generation),
                     |each| {
                         asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                        pending(n).iter().for_each(each)
+                        each(&pending(n).as_slice())
                     },
                     now,
                 )

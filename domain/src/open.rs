@@ -50,6 +50,9 @@ pub struct ClusterJobs {
     changed: BTreeSet<u64>,
     /// The unfinished jobs again, compact, for [`ClusterJobs::sizing`].
     sizing: SizingIndex,
+    /// Submissions whose request is recorded (`JobSubmissionRequested`) and whose outcome is not
+    /// yet (`JobSubmitted`, `JobSubmissionFailed`), with when the request was recorded.
+    submitting: BTreeMap<uuid::Uuid, DateTime<Utc>>,
 }
 
 /// A cluster's unfinished jobs as the scaler walks them at every placement: the pending ones by
@@ -89,14 +92,30 @@ impl ClusterJobs {
     /// is not pending (running and the like: its nodes matter), and its shape. Pending jobs come
     /// by shape, then by id; the others by id.
     pub fn sizing(&self, each: &mut dyn FnMut(u64, Option<&OpenEntry>, &JobShape)) {
-        for id in &self.sizing.others {
-            if let Some(e) = self.jobs.get(id) {
-                each(*id, Some(e), &e.shape);
-            }
-        }
-        for (shape, ids) in &self.sizing.pending {
+        self.sizing_others(&mut |id, e| each(id, Some(e), &e.shape));
+        for (shape, ids) in self.pending_by_shape() {
             for id in ids {
                 each(*id, None, shape);
+            }
+        }
+    }
+
+    /// Submissions whose request is recorded and whose outcome is not, with when the request
+    /// was recorded: usually none, or the few on their way to Slurm right now.
+    pub fn submitting(&self) -> impl Iterator<Item = (uuid::Uuid, DateTime<Utc>)> + '_ {
+        self.submitting.iter().map(|(id, at)| (*id, *at))
+    }
+
+    /// The pending jobs by shape: each shape with their ids, ascending (never empty).
+    pub fn pending_by_shape(&self) -> impl Iterator<Item = (&JobShape, &BTreeSet<u64>)> {
+        self.sizing.pending.iter()
+    }
+
+    /// Calls `each` with every unfinished job that is not pending (running and the like), by id.
+    pub fn sizing_others(&self, each: &mut dyn FnMut(u64, &OpenEntry)) {
+        for id in &self.sizing.others {
+            if let Some(e) = self.jobs.get(id) {
+                each(*id, e);
             }
         }
     }
@@ -180,7 +199,24 @@ impl OpenJobs {
         self.position = position;
         self.touch(stream, stream_version);
         match event {
+            DomainEvent::JobSubmissionRequested(r) => {
+                self.clusters
+                    .entry((r.workspace.clone(), r.cluster_id.clone()))
+                    .or_default()
+                    .submitting
+                    .insert(r.submission_id, recorded_at);
+            }
+            DomainEvent::JobSubmissionFailed(f) => {
+                let key = (f.workspace.clone(), f.cluster_id.clone());
+                if let Some(cluster) = self.clusters.get_mut(&key) {
+                    cluster.submitting.remove(&f.submission_id);
+                }
+            }
             DomainEvent::JobSubmitted(j) => {
+                let key = (j.workspace.clone(), j.cluster_id.clone());
+                if let Some(cluster) = self.clusters.get_mut(&key) {
+                    cluster.submitting.remove(&j.submission_id);
+                }
                 if self.streams.contains_key(stream) {
                     return;
                 }
@@ -843,5 +879,62 @@ mod tests {
                 (6, false, None, 2),
             ]
         );
+    }
+
+    #[test]
+    fn a_submission_is_unsettled_from_its_request_until_its_outcome() {
+        let requested = |n: u128| {
+            DomainEvent::JobSubmissionRequested(crate::JobSubmissionRequested {
+                submission_id: uuid::Uuid::from_u128(n),
+                workspace: key().0,
+                cluster_id: key().1,
+                user: Email::new("ada@example.org").unwrap_or_else(|_| unreachable!()),
+                via: SubmittedVia::Api,
+                name: format!("job{n}"),
+                template_id: None,
+                body_digest: "sha256:00".into(),
+                shape: shape(2),
+                rate: None,
+            })
+        };
+        let failed = DomainEvent::JobSubmissionFailed(crate::JobSubmissionFailed {
+            submission_id: uuid::Uuid::from_u128(8),
+            workspace: key().0,
+            cluster_id: key().1,
+            reason: "Slurm refused it".into(),
+        });
+        let unsettled = |open: &OpenJobs| -> Vec<u128> {
+            open.cluster(&key())
+                .map(|c| c.submitting().map(|(id, _)| id.as_u128()).collect())
+                .unwrap_or_default()
+        };
+        // Submission 7 gets its job (submitted(7) carries submission id 7), 8 fails, 9 is left
+        // between its request and its outcome.
+        let events = [
+            ("job-a", requested(7)),
+            ("job-b", requested(8)),
+            ("job-c", requested(9)),
+            ("job-a", submitted(7, "ada@example.org", None)),
+            ("job-b", failed),
+        ];
+        for n in 0..=events.len() {
+            let open = fold(&events[..n]);
+            let want: Vec<u128> = match n {
+                0 => vec![],
+                1 => vec![7],
+                2 => vec![7, 8],
+                3 => vec![7, 8, 9],
+                4 => vec![8, 9],
+                _ => vec![9],
+            };
+            assert_eq!(unsettled(&open), want, "after {n} events");
+        }
+        // When the request was recorded comes with it.
+        let open = fold(&events);
+        let at: Vec<DateTime<Utc>> = open
+            .cluster(&key())
+            .map(|c| c.submitting().map(|(_, at)| at).collect())
+            .unwrap_or_default();
+        assert_eq!(at, vec![t(9, 0)]);
     }
 }

@@ -490,11 +490,38 @@ pub struct WarmNode {
     pub busy: bool,
 }
 
-/// One node-slice of a pending job.
+/// One node-slice of a job to place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PendingSlice {
     pub job_id: u64,
     pub demand: Demand,
+    /// A running job on nodes the plan does not know (no node event names them): it holds room
+    /// like a pending one but is not among the jobs a need names or counts.
+    pub running: bool,
+}
+
+impl PendingSlice {
+    /// A slice of a pending job.
+    pub fn pending(job_id: u64, demand: Demand) -> Self {
+        Self {
+            job_id,
+            demand,
+            running: false,
+        }
+    }
+}
+
+/// Pending jobs of one slice each and of one demand, given by their number rather than a slice
+/// each: a queue holds many jobs of few shapes, so placing them costs steps that grow with the
+/// nodes they fill, not with the jobs. They are placed after the slices of the same demand
+/// (exactly where they would go as slices when no job of several slices has that demand).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingRun {
+    pub demand: Demand,
+    pub count: usize,
+    /// The first of the jobs by id, ascending (the first [`MAX_DRIVING_JOBS`] are enough): the
+    /// names a need keeps.
+    pub first: Vec<u64>,
 }
 
 /// What a node set needs after placing every pending job.
@@ -504,8 +531,21 @@ pub struct Need {
     pub nodes: u32,
     /// Nodes to add this cycle.
     pub new_nodes: u32,
-    /// The pending jobs placed in this set (each once, in placement order).
+    /// Pending jobs placed in this set.
+    pub placed: usize,
+    /// The first of them in placement order, each once (at most [`MAX_DRIVING_JOBS`]: what a
+    /// decision names).
     pub jobs: Vec<u64>,
+}
+
+impl Need {
+    /// One more pending job placed here.
+    fn name(&mut self, job_id: u64) {
+        self.placed += 1;
+        if self.jobs.len() < MAX_DRIVING_JOBS {
+            self.jobs.push(job_id);
+        }
+    }
 }
 
 /// Places every pending slice (first-fit decreasing) and says what each node set needs. A slice
@@ -524,6 +564,18 @@ pub fn plan(
     plan_in_runs(catalog, warm, pending, true)
 }
 
+/// [`plan`] with some of the one-slice pending jobs given as runs of one demand ([`PendingRun`]).
+/// When no slice of a run's demand belongs to a job of several slices, the plan is the one
+/// [`plan`] makes of every job as a slice. A run no shape holds strands the jobs it names.
+pub fn plan_with_runs(
+    catalog: &Catalog,
+    warm: &[WarmNode],
+    pending: &[PendingSlice],
+    runs: &[PendingRun],
+) -> (BTreeMap<NodeSet, Need>, Vec<u64>) {
+    plan_reserving(catalog, warm, pending, runs, true, None)
+}
+
 /// [`plan`], placing a run of one-node jobs with equal demand a node at a time (as many as the
 /// node holds in one step) when `runs` is set, or one slice at a time when not; both give the
 /// same plan (first-fit keeps filling the lowest-numbered node with room until it is full), the
@@ -535,70 +587,108 @@ pub fn plan_in_runs(
     pending: &[PendingSlice],
     runs: bool,
 ) -> (BTreeMap<NodeSet, Need>, Vec<u64>) {
-    plan_reserving(catalog, warm, pending, runs, None)
+    plan_reserving(catalog, warm, pending, &[], runs, None)
 }
 
-/// [`plan_in_runs`] with room for `reserve` nodes per set at first when given (tests: the tree
-/// grows as it needs and the plan does not depend on it).
+/// A run of one demand within one node set: its count and the jobs it names.
+struct SetRun {
+    demand: Demand,
+    count: usize,
+    first: Vec<u64>,
+}
+
+/// [`plan_in_runs`] with `groups` ([`plan_with_runs`]) and room for `reserve` nodes per set at
+/// first when given (tests: the tree grows as it needs and the plan does not depend on it).
 fn plan_reserving(
     catalog: &Catalog,
     warm: &[WarmNode],
     pending: &[PendingSlice],
+    groups: &[PendingRun],
     runs: bool,
     reserve: Option<usize>,
 ) -> (BTreeMap<NodeSet, Need>, Vec<u64>) {
     let mut needs: BTreeMap<NodeSet, Need> = BTreeMap::new();
     let mut stranded = Vec::new();
-    // Per node set: its slices.
-    let mut by_set: BTreeMap<NodeSet, Vec<PendingSlice>> = BTreeMap::new();
+    // Per node set: its slices and its runs.
+    let mut by_set: BTreeMap<NodeSet, (Vec<PendingSlice>, Vec<SetRun>)> = BTreeMap::new();
     // Queues hold few distinct demands: each is placed in the catalog once.
     let mut placed: std::collections::HashMap<Demand, Option<NodeSet>> =
         std::collections::HashMap::new();
     let mut last: Option<(Demand, Option<NodeSet>)> = None;
+    let mut set_of = |d: Demand| match last {
+        Some((l, f)) if l == d => f,
+        _ => {
+            let f = *placed.entry(d).or_insert_with(|| catalog.place(d).ok());
+            last = Some((d, f));
+            f
+        }
+    };
     for s in pending {
-        let set = match last {
-            Some((d, f)) if d == s.demand => f,
-            _ => {
-                let f = *placed
-                    .entry(s.demand)
-                    .or_insert_with(|| catalog.place(s.demand).ok());
-                last = Some((s.demand, f));
-                f
-            }
-        };
-        match set {
-            Some(set) => by_set.entry(set).or_default().push(*s),
+        match set_of(s.demand) {
+            Some(set) => by_set.entry(set).or_default().0.push(*s),
             None => stranded.push(s.job_id),
+        }
+    }
+    for g in groups.iter().filter(|g| g.count > 0) {
+        match set_of(g.demand) {
+            Some(set) => by_set.entry(set).or_default().1.push(SetRun {
+                demand: g.demand,
+                count: g.count,
+                first: g.first.clone(),
+            }),
+            None => stranded.extend(g.first.iter().copied()),
         }
     }
     for node in warm.iter().filter(|n| n.busy) {
         needs.entry(node.set).or_default().nodes += 1;
     }
-    for (new_set, mut slices) in by_set {
+    for (new_set, (mut slices, mut set_runs)) in by_set {
         let Some(shape) = catalog.shape(new_set) else {
             continue;
         };
         slices.sort_unstable_by(|a, b| b.demand.cmp(&a.demand).then(a.job_id.cmp(&b.job_id)));
+        // Runs by demand, largest first; runs of one demand are one run.
+        set_runs.sort_by_key(|r| std::cmp::Reverse(r.demand));
+        set_runs.dedup_by(|later, kept| {
+            if later.demand != kept.demand {
+                return false;
+            }
+            kept.count = kept.count.saturating_add(later.count);
+            kept.first.append(&mut later.first);
+            true
+        });
+        for r in &mut set_runs {
+            r.first.sort_unstable();
+            r.first.dedup();
+            r.first.truncate(MAX_DRIVING_JOBS);
+        }
         let warm_here = warm.iter().filter(|n| n.set == new_set).count();
         // Room for the nodes the slices fill at least, twice over (the tree grows if first-fit
         // needs more): sized by the slices themselves it was megabytes of fresh, zeroed memory
         // per placement at 100,000 pending jobs, most of it never used.
-        let (cpus, mib) = slices.iter().fold((0u64, 0u64), |(c, m), s| {
-            (
-                c.saturating_add(u64::from(s.demand.cpus)),
-                m.saturating_add(s.demand.memory_mib),
-            )
-        });
+        let (cpus, mib) = slices
+            .iter()
+            .map(|s| (s.demand, 1))
+            .chain(set_runs.iter().map(|r| (r.demand, r.count)))
+            .fold((0u64, 0u64), |(c, m), (d, n)| {
+                let n = n as u64;
+                (
+                    c.saturating_add(u64::from(d.cpus).saturating_mul(n)),
+                    m.saturating_add(d.memory_mib.saturating_mul(n)),
+                )
+            });
+        let items = set_runs
+            .iter()
+            .fold(slices.len(), |n, r| n.saturating_add(r.count));
         let fill = cpus
             .div_ceil(u64::from(shape.vcpus.max(1)))
             .max(mib.div_ceil(shape.allocatable_mib.max(1)));
         let fill = usize::try_from(fill.saturating_mul(2).saturating_add(16)).unwrap_or(usize::MAX);
-        let mut bins = Bins::new(reserve.unwrap_or(warm_here + fill.min(slices.len())));
-        // Most of these slices land in this set's need: its job list is reserved once.
-        needs.entry(new_set).or_default().jobs.reserve(slices.len());
+        let mut bins = Bins::new(reserve.unwrap_or(warm_here + fill.min(items)));
         for node in warm.iter().filter(|n| n.set == new_set) {
             bins.open(node.set, node.free_cpus, node.free_mib, node.busy);
         }
+        let need = needs.entry(new_set).or_default();
         // The slices of one job are consecutive (equal demand, then job id) and must go to
         // different nodes, as Slurm places them: nodes holding one of the job's slices are
         // hidden from first-fit until its last slice is placed.
@@ -611,45 +701,43 @@ fn plan_reserving(
                     .get(k + 1)
                     .is_none_or(|n| n.job_id != slices[k].job_id)
         };
+        let mut next_run = set_runs.iter().peekable();
         let mut k = 0;
-        while k < slices.len() {
-            let slice = slices[k];
+        loop {
+            // A run goes after the slices of its demand (and before smaller ones).
+            if let Some(run) =
+                next_run.next_if(|r| slices.get(k).is_none_or(|s| s.demand < r.demand))
+            {
+                for i in hidden.drain(..) {
+                    bins.update(i);
+                }
+                current_job = None;
+                bins.fill(new_set, shape, run.demand, run.count, runs);
+                need.placed = need.placed.saturating_add(run.count);
+                let room = MAX_DRIVING_JOBS.saturating_sub(need.jobs.len());
+                need.jobs.extend(run.first.iter().take(room.min(run.count)));
+                continue;
+            }
+            let Some(&slice) = slices.get(k) else { break };
             if current_job != Some(slice.job_id) {
                 for i in hidden.drain(..) {
                     bins.update(i);
                 }
                 current_job = Some(slice.job_id);
+                if !slice.running {
+                    need.name(slice.job_id);
+                }
             }
             if runs && single(k) {
                 let mut end = k + 1;
                 while end < slices.len() && slices[end].demand == slice.demand && single(end) {
                     end += 1;
                 }
-                while k < end {
-                    let at = match bins.first_fit(slice.demand) {
-                        Some(i) => i,
-                        None => {
-                            // No node has room: the rest of the run fills new nodes in order,
-                            // each as full as it gets; all but the last are opened at once.
-                            let fresh = Bin::fresh(new_set, shape.vcpus, shape.allocatable_mib);
-                            let per = fresh.room(slice.demand).max(1);
-                            let full = (end - k - 1) / per;
-                            if full > 0 {
-                                bins.open_full(fresh, slice.demand, per, full);
-                                let need = needs.entry(new_set).or_default();
-                                need.jobs
-                                    .extend(slices[k..k + full * per].iter().map(|s| s.job_id));
-                                k += full * per;
-                            }
-                            bins.open_new(new_set, shape.vcpus, shape.allocatable_mib)
-                        }
-                    };
-                    let n = bins.room(at, slice.demand).clamp(1, end - k);
-                    let set = bins.take_many(at, slice.demand, n);
-                    let need = needs.entry(set).or_default();
-                    need.jobs.extend(slices[k..k + n].iter().map(|s| s.job_id));
-                    k += n;
+                for s in slices[k + 1..end].iter().filter(|s| !s.running) {
+                    need.name(s.job_id);
                 }
+                bins.fill(new_set, shape, slice.demand, end - k, true);
+                k = end;
                 current_job = Some(slices[end - 1].job_id);
                 continue;
             }
@@ -669,13 +757,9 @@ fn plan_reserving(
                     i
                 }
             };
-            let set = bins.take(at, slice.demand);
+            bins.take(at, slice.demand);
             bins.hide(at);
             hidden.push(at);
-            let need = needs.entry(set).or_default();
-            if need.jobs.last().is_none_or(|j| *j != slice.job_id) {
-                need.jobs.push(slice.job_id);
-            }
         }
         for (set, opened, new) in bins.used() {
             let need = needs.entry(set).or_default();
@@ -747,7 +831,7 @@ pub fn decide(
                 wanted,
                 format!(
                     "{} pending jobs need {} more {set} nodes",
-                    need.map_or(0, |n| n.jobs.len()),
+                    need.map_or(0, |n| n.placed),
                     wanted - state.desired
                 ),
             )
@@ -978,6 +1062,39 @@ impl Bins {
         set
     }
 
+    /// Places `count` one-slice jobs of demand `d` (new nodes are of `set`, like `shape`):
+    /// first-fit, a node at a time (as many as the node holds in one step) when `runs` is set,
+    /// else one at a time; the same nodes either way.
+    fn fill(&mut self, set: NodeSet, shape: &Shape, d: Demand, count: usize, runs: bool) {
+        let mut left = count;
+        while left > 0 {
+            let at = match self.first_fit(d) {
+                Some(i) => i,
+                None => {
+                    let fresh = Bin::fresh(set, shape.vcpus, shape.allocatable_mib);
+                    if runs {
+                        // No node has room: the rest of the run fills new nodes in order, each
+                        // as full as it gets; all but the last are opened at once.
+                        let per = fresh.room(d).max(1);
+                        let full = (left - 1) / per;
+                        if full > 0 {
+                            self.open_full(fresh, d, per, full);
+                            left -= full * per;
+                        }
+                    }
+                    self.push(fresh)
+                }
+            };
+            let n = if runs {
+                self.room(at, d).clamp(1, left)
+            } else {
+                1
+            };
+            self.take_many(at, d, n);
+            left -= n;
+        }
+    }
+
     /// Per node set: nodes that now must be up and were not counted yet, and how many of them
     /// are new.
     fn used(&self) -> Vec<(NodeSet, u32, u32)> {
@@ -1000,12 +1117,14 @@ mod tests {
         let c = Catalog::parse(include_str!("../../fixtures/catalog/shapes.json"), 512).unwrap();
         let slices = |n: u64, memory_mib: u64| -> Vec<PendingSlice> {
             (0..n)
-                .map(|job_id| PendingSlice {
-                    job_id,
-                    demand: Demand {
-                        cpus: 1,
-                        memory_mib,
-                    },
+                .map(|job_id| {
+                    PendingSlice::pending(
+                        job_id,
+                        Demand {
+                            cpus: 1,
+                            memory_mib,
+                        },
+                    )
                 })
                 .collect()
         };
@@ -1030,6 +1149,7 @@ mod tests {
         mixed.push(PendingSlice {
             job_id: 9,
             demand: d(4, 4),
+            running: false,
         });
         assert_eq!(
             size(&mixed),
@@ -1156,7 +1276,7 @@ mod tests {
             memory_mib: big.allocatable_mib,
         };
         let slices: Vec<PendingSlice> = (0..40)
-            .map(|job_id| PendingSlice { job_id, demand })
+            .map(|job_id| PendingSlice::pending(job_id, demand))
             .collect();
         let (mut needs, _) = plan(&c, &[], &slices);
         assert_eq!(needs.values().map(|n| n.nodes).sum::<u32>(), 40);
@@ -1180,7 +1300,7 @@ mod tests {
         let own = c.place(demand).unwrap();
         assert_eq!(c.shape(own).unwrap().vcpus, 2, "{own}");
         // The two slices of one job: two nodes, as Slurm places them.
-        let slices = [PendingSlice { job_id: 7, demand }; 2];
+        let slices = [PendingSlice::pending(7, demand); 2];
         let (needs, _) = plan(&c, &[], &slices);
         assert_eq!(
             (needs[&own].nodes, needs[&own].new_nodes),
@@ -1189,8 +1309,8 @@ mod tests {
         );
         // Two one-slice jobs share one.
         let two = [
-            PendingSlice { job_id: 7, demand },
-            PendingSlice { job_id: 8, demand },
+            PendingSlice::pending(7, demand),
+            PendingSlice::pending(8, demand),
         ];
         let (needs, _) = plan(&c, &[], &two);
         assert_eq!(
@@ -1305,7 +1425,7 @@ mod tests {
         ];
         let pending: Vec<PendingSlice> = [(1, d(1, 1)), (2, d(4, 4)), (3, d(4, 4)), (4, d(2, 2))]
             .into_iter()
-            .map(|(job_id, demand)| PendingSlice { job_id, demand })
+            .map(|(job_id, demand)| PendingSlice::pending(job_id, demand))
             .collect();
         let (needs, stranded) = plan(&c, &warm, &pending);
         assert!(stranded.is_empty());
@@ -1355,7 +1475,7 @@ mod tests {
             let demand = shapes[next(shapes.len() as u64) as usize];
             let nodes = if next(10) == 0 { 1 + next(4) } else { 1 };
             for _ in 0..nodes {
-                pending.push(PendingSlice { job_id, demand });
+                pending.push(PendingSlice::pending(job_id, demand));
             }
         }
         let warm: Vec<WarmNode> = (0..12)
@@ -1381,7 +1501,7 @@ mod tests {
         // Room for one node at first: the tree grows at nearly every new node, same plan.
         for runs in [true, false] {
             assert_eq!(
-                plan_reserving(&c, &warm, &pending, runs, Some(1)),
+                plan_reserving(&c, &warm, &pending, &[], runs, Some(1)),
                 one_at_a_time
             );
         }
@@ -1395,7 +1515,7 @@ mod tests {
         // new nodes are opened at once but for the last: the same plan as one at a time.
         for (count, demand) in [(1, d(1, 1)), (2, d(1, 1)), (1_001, d(1, 1)), (777, d(2, 1))] {
             let pending: Vec<PendingSlice> = (1..=count)
-                .map(|job_id| PendingSlice { job_id, demand })
+                .map(|job_id| PendingSlice::pending(job_id, demand))
                 .collect();
             let warm = [WarmNode {
                 name: "w".into(),
@@ -1407,7 +1527,7 @@ mod tests {
             for warm in [&warm[..], &[]] {
                 let in_runs = plan_in_runs(&c, warm, &pending, true);
                 assert_eq!(in_runs, plan_in_runs(&c, warm, &pending, false), "{count}");
-                let placed: usize = in_runs.0.values().map(|n| n.jobs.len()).sum();
+                let placed: usize = in_runs.0.values().map(|n| n.placed).sum();
                 assert_eq!(placed, count as usize);
             }
         }
@@ -1425,11 +1545,13 @@ mod tests {
             pending.extend((0..slices).map(|_| PendingSlice {
                 job_id,
                 demand: d(1, 1),
+                running: false,
             }));
         }
         pending.extend((3..=100u64).map(|job_id| PendingSlice {
             job_id,
             demand: d(1, 1),
+            running: false,
         }));
         let (needs, stranded) = plan(&c, &[], &pending);
         assert!(stranded.is_empty());
@@ -1437,7 +1559,7 @@ mod tests {
         // As planned with room for every slice's node from the start (the old reserve).
         for runs in [true, false] {
             assert_eq!(
-                plan_reserving(&c, &[], &pending, runs, Some(pending.len())).0,
+                plan_reserving(&c, &[], &pending, &[], runs, Some(pending.len())).0,
                 needs
             );
         }
@@ -1454,7 +1576,7 @@ mod tests {
         };
         let new: u32 = needs.values().map(|n| n.new_nodes).sum();
         assert_eq!(new as usize, expected);
-        let placed: usize = needs.values().map(|n| n.jobs.len()).sum();
+        let placed: usize = needs.values().map(|n| n.placed).sum();
         assert_eq!(placed, 100);
     }
 
@@ -1471,6 +1593,7 @@ mod tests {
             Need {
                 nodes: 3,
                 new_nodes: 3,
+                placed: 3,
                 jobs: vec![7, 8, 9],
             },
         );
@@ -1504,9 +1627,115 @@ mod tests {
         let pending = [PendingSlice {
             job_id: 9,
             demand: d(64, 64),
+            running: false,
         }];
         let (needs, stranded) = plan(&c, &[], &pending);
         assert!(needs.is_empty());
         assert_eq!(stranded, vec![9]);
+    }
+
+    #[test]
+    fn jobs_given_as_runs_of_one_demand_are_planned_as_their_slices_would_be() {
+        let c = catalog();
+        // A queue of 4,000 jobs: one-slice jobs of five demands (ids interleaved), jobs of
+        // several slices of two other demands, one-slice jobs of those two demands too, and a
+        // running job on nodes the plan does not know.
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = |m: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % m
+        };
+        let singles = [d(1, 1), d(2, 4), d(1, 8), d(8, 16), d(2, 1)];
+        let wide = [d(4, 4), d(16, 32)];
+        let mut all = Vec::new();
+        let mut slices = Vec::new();
+        let mut by_demand: BTreeMap<Demand, Vec<u64>> = BTreeMap::new();
+        for job_id in 1..=4_000u64 {
+            if next(5) == 0 {
+                let demand = wide[next(2) as usize];
+                for _ in 0..1 + next(4) {
+                    let s = PendingSlice::pending(job_id, demand);
+                    all.push(s);
+                    slices.push(s);
+                }
+            } else {
+                let demand = singles[next(5) as usize];
+                all.push(PendingSlice::pending(job_id, demand));
+                by_demand.entry(demand).or_default().push(job_id);
+            }
+        }
+        let running = PendingSlice {
+            job_id: 5_000,
+            demand: d(2, 4),
+            running: true,
+        };
+        all.push(running);
+        slices.push(running);
+        // Each demand's jobs as two runs (odd and even positions), the first ids unsorted.
+        let mut runs = Vec::new();
+        for (demand, ids) in &by_demand {
+            for half in 0..2 {
+                let mine: Vec<u64> = ids.iter().skip(half).step_by(2).copied().collect();
+                runs.push(PendingRun {
+                    demand: *demand,
+                    count: mine.len(),
+                    first: mine.iter().take(500).rev().copied().collect(),
+                });
+            }
+        }
+        let warm: Vec<WarmNode> = (0..9)
+            .map(|i| {
+                let set = [
+                    set(Family::Compute, Size::Large),
+                    set(Family::General, Size::Medium),
+                    set(Family::Compute, Size::Xs),
+                ][i % 3];
+                let shape = c.shape(set).unwrap();
+                WarmNode {
+                    name: format!("{set}-{i}"),
+                    set,
+                    free_cpus: shape.vcpus / (1 + i as u32 % 3),
+                    free_mib: shape.allocatable_mib / (1 + i as u64 % 2),
+                    busy: i % 2 == 0,
+                }
+            })
+            .collect();
+        let expected = plan(&c, &warm, &all);
+        // The runs' first ids were given unsorted and beyond what a need names: sorted first.
+        let (needs, stranded) = plan_with_runs(&c, &warm, &slices, &runs);
+        assert_eq!((&needs, &stranded), (&expected.0, &expected.1));
+        for runs_mode in [true, false] {
+            for reserve in [None, Some(1)] {
+                let got = plan_reserving(&c, &warm, &slices, &runs, runs_mode, reserve);
+                assert_eq!(got, expected, "{runs_mode} {reserve:?}");
+            }
+        }
+        // Every pending job is counted once, the running one not at all; a need names at most
+        // MAX_DRIVING_JOBS.
+        let placed: usize = needs.values().map(|n| n.placed).sum();
+        assert_eq!(placed, 4_000);
+        assert!(needs.values().all(|n| n.jobs.len() <= MAX_DRIVING_JOBS));
+        assert!(needs.values().any(|n| n.jobs.len() == MAX_DRIVING_JOBS));
+        assert!(needs.values().all(|n| !n.jobs.contains(&5_000)));
+    }
+
+    #[test]
+    fn a_running_job_holds_room_but_is_not_a_pending_job_of_the_need() {
+        let c = catalog();
+        let demand = d(1, 1);
+        let mut slices = vec![PendingSlice {
+            job_id: 1,
+            demand,
+            running: true,
+        }];
+        let (alone, _) = plan(&c, &[], &slices);
+        let own = c.place(demand).unwrap();
+        assert_eq!((alone[&own].nodes, alone[&own].placed), (1, 0));
+        assert!(alone[&own].jobs.is_empty());
+        slices.push(PendingSlice::pending(2, demand));
+        let (both, _) = plan(&c, &[], &slices);
+        assert_eq!((both[&own].placed, both[&own].jobs.clone()), (1, vec![2]));
     }
 }

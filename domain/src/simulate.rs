@@ -979,6 +979,7 @@ impl Sim<'_> {
                 slices.push(PendingSlice {
                     job_id: j as u64,
                     demand: job.demand,
+                    running: false,
                 });
             }
         }

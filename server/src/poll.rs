@@ -29,7 +29,6 @@ use commands::scaling::Scaler;
 use commands::slurm::{BreakerSettings, LiveDirectory, Reachability, SlurmPort};
 use eventlog::{ModelSet, Store};
 use projections::views::clusters::ClusterView;
-use projections::views::jobs;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -449,7 +448,7 @@ async fn cluster_pass(shared: Arc<Shared>, key: Key, slurm: Arc<dyn SlurmPort>) 
         }
     };
     let t_both = t0.elapsed();
-    settle(store, slurm.as_ref(), workspace, cluster).await;
+    settle(&shared, slurm.as_ref(), &key).await;
     record_reachability(&shared, &key, slurm.reachability()).await;
     tracing::debug!(
         %cluster,
@@ -517,32 +516,25 @@ async fn scale_and_copy(
 }
 
 /// Settles the cluster's submissions whose request is recorded but whose outcome is not, once
-/// they are older than `ADOPT_AFTER` (commands::jobs::settle_submissions). Lists Slurm's jobs
-/// only when there is such a submission.
-async fn settle(
-    store: &Store,
-    slurm: &dyn commands::slurm::SlurmPort,
-    workspace: &domain::WorkspaceId,
-    cluster: &domain::ClusterId,
-) {
-    let unsettled = match jobs::submitting(store.read.as_ref(), workspace, cluster).await {
-        Ok(list) => list
-            .into_iter()
-            .map(|p| Unsettled {
-                submission_id: p.submission_id,
-                requested_at: p.requested_at,
-            })
-            .collect::<Vec<_>>(),
-        Err(e) => {
-            tracing::warn!(%cluster, error = %e, "could not list unsettled submissions");
-            return;
-        }
-    };
+/// they are older than `ADOPT_AFTER` (commands::jobs::settle_submissions). They come from the
+/// open-job index (caught up from the log this cycle: no read of the store), and Slurm's jobs
+/// are listed only when there is such a submission.
+async fn settle(shared: &Shared, slurm: &dyn commands::slurm::SlurmPort, key: &Key) {
+    let (workspace, cluster) = key;
+    let unsettled: Vec<Unsettled> = shared
+        .tracker
+        .submitting(key)
+        .into_iter()
+        .map(|(submission_id, requested_at)| Unsettled {
+            submission_id,
+            requested_at,
+        })
+        .collect();
     if unsettled.is_empty() {
         return;
     }
     match settle_submissions(
-        store.log.as_ref(),
+        shared.store.log.as_ref(),
         slurm,
         workspace,
         cluster,
