@@ -1125,7 +1125,7 @@ pub async fn settle_submissions(
         let stream = stream(cluster, u.submission_id);
         let record = read_submission(log, &stream, u.submission_id).await?;
         let Some(req) = record.unsettled().cloned() else {
-            continue; // settled meanwhile (the projection lags the log)
+            continue; // settled since the caller's list was taken
         };
         let r = &req.request;
         let mut candidates: Vec<&SlurmJob> = by_submission
