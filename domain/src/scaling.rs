@@ -1191,6 +1191,24 @@ mod tests {
         NodeSet { family, size }
     }
 
+    /// `count` warm nodes of `sets` in turn, with some room left (a half, a third, all of
+    /// their vCPUs; half or all of their memory), every other one busy.
+    fn warm_nodes(c: &Catalog, count: usize, sets: [NodeSet; 3]) -> Vec<WarmNode> {
+        (0..count)
+            .map(|i| {
+                let set = sets[i % 3];
+                let shape = c.shape(set).unwrap();
+                WarmNode {
+                    name: format!("{set}-{i}"),
+                    set,
+                    free_cpus: shape.vcpus / (1 + i as u32 % 3),
+                    free_mib: shape.allocatable_mib / (1 + i as u64 % 2),
+                    busy: i % 2 == 0,
+                }
+            })
+            .collect()
+    }
+
     fn d(cpus: u32, gib: u64) -> Demand {
         Demand {
             cpus,
@@ -1478,23 +1496,15 @@ mod tests {
                 pending.push(PendingSlice::pending(job_id, demand));
             }
         }
-        let warm: Vec<WarmNode> = (0..12)
-            .map(|i| {
-                let set = [
-                    set(Family::Compute, Size::Large),
-                    set(Family::General, Size::Medium),
-                    set(Family::Memory, Size::Xlarge),
-                ][i % 3];
-                let shape = c.shape(set).unwrap();
-                WarmNode {
-                    name: format!("{set}-{i}"),
-                    set,
-                    free_cpus: shape.vcpus / (1 + i as u32 % 3),
-                    free_mib: shape.allocatable_mib / (1 + i as u64 % 2),
-                    busy: i % 2 == 0,
-                }
-            })
-            .collect();
+        let warm = warm_nodes(
+            &c,
+            12,
+            [
+                set(Family::Compute, Size::Large),
+                set(Family::General, Size::Medium),
+                set(Family::Memory, Size::Xlarge),
+            ],
+        );
         let one_at_a_time = plan_in_runs(&c, &warm, &pending, false);
         let in_runs = plan_in_runs(&c, &warm, &pending, true);
         assert_eq!(in_runs, one_at_a_time);
@@ -1685,23 +1695,15 @@ mod tests {
                 });
             }
         }
-        let warm: Vec<WarmNode> = (0..9)
-            .map(|i| {
-                let set = [
-                    set(Family::Compute, Size::Large),
-                    set(Family::General, Size::Medium),
-                    set(Family::Compute, Size::Xs),
-                ][i % 3];
-                let shape = c.shape(set).unwrap();
-                WarmNode {
-                    name: format!("{set}-{i}"),
-                    set,
-                    free_cpus: shape.vcpus / (1 + i as u32 % 3),
-                    free_mib: shape.allocatable_mib / (1 + i as u64 % 2),
-                    busy: i % 2 == 0,
-                }
-            })
-            .collect();
+        let warm = warm_nodes(
+            &c,
+            9,
+            [
+                set(Family::Compute, Size::Large),
+                set(Family::General, Size::Medium),
+                set(Family::Compute, Size::Xs),
+            ],
+        );
         let expected = plan(&c, &warm, &all);
         // The runs' first ids were given unsorted and beyond what a need names: sorted first.
         let (needs, stranded) = plan_with_runs(&c, &warm, &slices, &runs);
