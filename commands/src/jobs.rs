@@ -705,7 +705,6 @@ pub const VANISHED_REASON: &str = "Slurm no longer knows this job (a lookup by i
 ///
 /// Last, it adopts jobs Slurm has whose `JobSubmitted` never reached the log — once they are
 /// older than [`ADOPT_AFTER`] at `now`, so a submission still being recorded is not taken over.
-#[tracing::instrument(skip_all, fields(%workspace, %cluster, open = open.len()))]
 pub async fn reconcile(
     log: &dyn EventLog,
     slurm: &dyn SlurmPort,
@@ -714,7 +713,25 @@ pub async fn reconcile(
     open: &[OpenJob],
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<Reconciled, JobError> {
+    reconcile_timed(log, slurm, workspace, cluster, open, now, &mut None).await
+}
+
+/// [`reconcile`], setting `listing` to how long Slurm took to answer its listing of states
+/// (left as it is when the port has no such listing or did not answer): the poll cycle paces
+/// the next full listing by it.
+#[tracing::instrument(skip_all, fields(%workspace, %cluster, open = open.len()))]
+pub async fn reconcile_timed(
+    log: &dyn EventLog,
+    slurm: &dyn SlurmPort,
+    workspace: &WorkspaceId,
+    cluster: &ClusterId,
+    open: &[OpenJob],
+    now: chrono::DateTime<chrono::Utc>,
+    listing: &mut Option<std::time::Duration>,
+) -> Result<Reconciled, JobError> {
+    let started = std::time::Instant::now();
     if let Some(states) = slurm.states().await? {
+        *listing = Some(started.elapsed());
         return reconcile_states(log, slurm, workspace, cluster, open, &states, now).await;
     }
     let listed = slurm.jobs().await?;

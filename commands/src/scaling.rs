@@ -98,9 +98,6 @@ pub struct Scaler {
     /// Each cluster's last plan, with the job generation and node-stream version it was made
     /// from: while neither moves, the plan stands and the placement is not run again.
     plans: Mutex<BTreeMap<(WorkspaceId, ClusterId), Plan>>,
-    /// The pending slices of the last placement, kept for their memory: a fresh list of
-    /// 100,000 slices each time costs more in page faults than filling it.
-    slices: Mutex<Vec<PendingSlice>>,
 }
 
 /// A plan kept between cycles.
@@ -160,7 +157,6 @@ impl Scaler {
             nodes: Mutex::new(BTreeMap::new()),
             limits: None,
             plans: Mutex::new(BTreeMap::new()),
-            slices: Mutex::new(Vec::new()),
         }
     }
 
@@ -201,8 +197,8 @@ impl Scaler {
 
     /// [`Self::cycle`] for a caller that numbers the states of the cluster's jobs
     /// (`generation`): the jobs are asked for (`jobs` calls the function it is given with a
-    /// [`Sizing`] of them, from wherever the caller keeps them: no list is made) and placed only when the
-    /// generation or the cluster's nodes moved since the last plan; otherwise the last plan is
+    /// [`Sizing`] of them, from wherever the caller keeps them: no list is made) and placed only
+    /// when the generation or the cluster's nodes moved since the last plan; otherwise the last plan is
     /// used, and the cycle costs the idle-window rule alone. `None` plans every time.
     pub async fn cycle_with(
         &self,
@@ -307,9 +303,9 @@ impl Scaler {
             }
         }
         let limits = self.limits.as_ref().map(|l| l.of(workspace, cluster));
-        let mut slices =
-            std::mem::take(&mut *self.slices.lock().unwrap_or_else(|p| p.into_inner()));
-        slices.clear();
+        // Only jobs of several nodes (and those beside them) and running ones on unnamed
+        // nodes come as slices: one-node pending jobs come as runs.
+        let mut slices: Vec<PendingSlice> = Vec::new();
         let mut runs: Vec<PendingRun> = Vec::new();
         // Queues hold few distinct shapes: each is placed once per cycle, and a job shaped like
         // the one before it is not even looked up.
@@ -372,9 +368,11 @@ impl Scaler {
                 }
             });
             sizing.pending(&mut |shape, _| {
-                let (demand, nodes) = place_shape(shape);
-                if allowed(shape) && nodes > 1 {
-                    wide.insert(demand);
+                if allowed(shape) {
+                    let (demand, nodes) = place_shape(shape);
+                    if nodes > 1 {
+                        wide.insert(demand);
+                    }
                 }
             });
             sizing.pending(&mut |shape, ids| {
@@ -399,7 +397,6 @@ impl Scaler {
         });
         let warm: Vec<WarmNode> = warm.into_values().collect();
         let (mut needs, _stranded) = plan_with_runs(&self.catalog, &warm, &slices, &runs);
-        *self.slices.lock().unwrap_or_else(|p| p.into_inner()) = slices;
         if let Some(l) = limits {
             l.clamp(&mut needs);
         }

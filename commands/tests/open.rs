@@ -78,3 +78,66 @@ async fn catch_up_applies_job_events_skips_unreadable_ones_and_reads_on_from_whe
     assert_eq!(tracker.snapshot(&key).added, vec![3]);
     assert_eq!(tracker.open(&key).len(), 2);
 }
+
+#[tokio::test]
+async fn catch_up_keeps_the_submissions_whose_outcome_is_not_in_the_log_yet() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = common::sqlite_store(dir.path()).await;
+    let log = store.log.as_ref();
+    let meta = commands::system_metadata("test");
+    let append = |stream: &str, event: DomainEvent| {
+        let stream = StreamId::new(stream).unwrap();
+        let event = commands::encode(&event, meta.clone()).unwrap();
+        async move {
+            log.append(&stream, ExpectedVersion::Any, &[event])
+                .await
+                .unwrap()
+        }
+    };
+    let requested = |n: u128| {
+        DomainEvent::JobSubmissionRequested(domain::JobSubmissionRequested {
+            submission_id: uuid::Uuid::from_u128(n),
+            workspace: WorkspaceId::new("ws").unwrap(),
+            cluster_id: ClusterId::new("c1").unwrap(),
+            user: Email::new("ada@lab.org").unwrap(),
+            via: SubmittedVia::Api,
+            name: "j".into(),
+            template_id: None,
+            body_digest: "sha256:00".into(),
+            shape: common::one_cpu(),
+            rate: None,
+        })
+    };
+    let key = (
+        WorkspaceId::new("ws").unwrap(),
+        ClusterId::new("c1").unwrap(),
+    );
+    let tracker = Tracker::default();
+    let price = |_: &JobShape| MicroUsd(1);
+    let unsettled = |tracker: &Tracker| -> Vec<u128> {
+        tracker
+            .submitting(&key)
+            .into_iter()
+            .map(|(id, _)| id.as_u128())
+            .collect()
+    };
+    // Two requests: both unsettled until their outcome is read from the log.
+    append("job-c1-1", requested(1)).await;
+    append("job-c1-2", requested(2)).await;
+    tracker.catch_up(log, &price).await.unwrap();
+    assert_eq!(unsettled(&tracker), vec![1, 2]);
+    // One gets its job, the other fails.
+    append("job-c1-1", submitted(1)).await;
+    append(
+        "job-c1-2",
+        DomainEvent::JobSubmissionFailed(domain::JobSubmissionFailed {
+            submission_id: uuid::Uuid::from_u128(2),
+            workspace: WorkspaceId::new("ws").unwrap(),
+            cluster_id: ClusterId::new("c1").unwrap(),
+            reason: "Slurm refused it".into(),
+        }),
+    )
+    .await;
+    tracker.catch_up(log, &price).await.unwrap();
+    assert!(unsettled(&tracker).is_empty());
+}

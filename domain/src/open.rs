@@ -48,7 +48,7 @@ pub struct ClusterJobs {
     /// Open jobs that entered or changed since [`OpenJobs::take_changed`] was last called (at
     /// most the open set: a job that leaves it leaves this too).
     changed: BTreeSet<u64>,
-    /// The unfinished jobs again, compact, for [`ClusterJobs::sizing`].
+    /// The unfinished jobs again, compact, for [`ClusterJobs::pending_by_shape`] and [`ClusterJobs::sizing_others`].
     sizing: SizingIndex,
     /// Submissions whose request is recorded (`JobSubmissionRequested`) and whose outcome is not
     /// yet (`JobSubmitted`, `JobSubmissionFailed`), with when the request was recorded.
@@ -88,18 +88,6 @@ impl SizingIndex {
 }
 
 impl ClusterJobs {
-    /// Calls `each` with every unfinished job (NODE_FAIL left out): its id, its entry when it
-    /// is not pending (running and the like: its nodes matter), and its shape. Pending jobs come
-    /// by shape, then by id; the others by id.
-    pub fn sizing(&self, each: &mut dyn FnMut(u64, Option<&OpenEntry>, &JobShape)) {
-        self.sizing_others(&mut |id, e| each(id, Some(e), &e.shape));
-        for (shape, ids) in self.pending_by_shape() {
-            for id in ids {
-                each(*id, None, shape);
-            }
-        }
-    }
-
     /// Submissions whose request is recorded and whose outcome is not, with when the request
     /// was recorded: usually none, or the few on their way to Slurm right now.
     pub fn submitting(&self) -> impl Iterator<Item = (uuid::Uuid, DateTime<Utc>)> + '_ {
@@ -768,18 +756,15 @@ mod tests {
         assert_eq!(version(&open), Some(4));
     }
 
-    /// What [`ClusterJobs::sizing`] gives, in a stable order: (id, running, nodes, cpus).
+    /// What the sizing walk (`pending_by_shape`, `sizing_others`) gives, in a stable order:
+    /// (id, running, nodes, cpus).
     fn sized(open: &OpenJobs) -> Vec<(u64, bool, Option<String>, u32)> {
         let mut out = Vec::new();
         if let Some(c) = open.cluster(&key()) {
-            c.sizing(&mut |id, other, shape| {
-                out.push((
-                    id,
-                    other.is_some(),
-                    other.and_then(|e| e.node.clone()),
-                    shape.cpus,
-                ));
-            });
+            c.sizing_others(&mut |id, e| out.push((id, true, e.node.clone(), e.shape.cpus)));
+            for (shape, ids) in c.pending_by_shape() {
+                out.extend(ids.iter().map(|id| (*id, false, None, shape.cpus)));
+            }
         }
         out.sort();
         out

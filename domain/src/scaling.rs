@@ -590,13 +590,6 @@ pub fn plan_in_runs(
     plan_reserving(catalog, warm, pending, &[], runs, None)
 }
 
-/// A run of one demand within one node set: its count and the jobs it names.
-struct SetRun {
-    demand: Demand,
-    count: usize,
-    first: Vec<u64>,
-}
-
 /// [`plan_in_runs`] with `groups` ([`plan_with_runs`]) and room for `reserve` nodes per set at
 /// first when given (tests: the tree grows as it needs and the plan does not depend on it).
 fn plan_reserving(
@@ -610,7 +603,7 @@ fn plan_reserving(
     let mut needs: BTreeMap<NodeSet, Need> = BTreeMap::new();
     let mut stranded = Vec::new();
     // Per node set: its slices and its runs.
-    let mut by_set: BTreeMap<NodeSet, (Vec<PendingSlice>, Vec<SetRun>)> = BTreeMap::new();
+    let mut by_set: BTreeMap<NodeSet, (Vec<PendingSlice>, Vec<PendingRun>)> = BTreeMap::new();
     // Queues hold few distinct demands: each is placed in the catalog once.
     let mut placed: std::collections::HashMap<Demand, Option<NodeSet>> =
         std::collections::HashMap::new();
@@ -631,11 +624,7 @@ fn plan_reserving(
     }
     for g in groups.iter().filter(|g| g.count > 0) {
         match set_of(g.demand) {
-            Some(set) => by_set.entry(set).or_default().1.push(SetRun {
-                demand: g.demand,
-                count: g.count,
-                first: g.first.clone(),
-            }),
+            Some(set) => by_set.entry(set).or_default().1.push(g.clone()),
             None => stranded.extend(g.first.iter().copied()),
         }
     }

@@ -24,7 +24,7 @@ use commands::quota::RunningJob;
 use commands::replicas::ReplicaStore;
 use domain::cost::{Period, Pricing, QuotaStatus};
 
-use commands::jobs::{Unsettled, reconcile_listed, reconcile_states, settle_submissions};
+use commands::jobs::{Unsettled, reconcile_listed, reconcile_timed, settle_submissions};
 use commands::scaling::Scaler;
 use commands::slurm::{BreakerSettings, LiveDirectory, Reachability, SlurmPort};
 use eventlog::{ModelSet, Store};
@@ -377,33 +377,27 @@ async fn cluster_pass(shared: Arc<Shared>, key: Key, slurm: Arc<dyn SlurmPort>) 
             Ok(None) => {
                 let open = shared.tracker.open(&key);
                 let at = std::time::Instant::now();
-                let now = chrono::Utc::now();
-                let (log, port) = (store.log.as_ref(), slurm.as_ref());
-                match slurm.states().await {
-                    Ok(Some(states)) => {
-                        // The listing's own duration paces the next one (an unanswered listing
-                        // paces nothing: the breaker spaces calls to a Slurm that fails).
-                        if slurm_version.is_none() {
-                            let took = at.elapsed();
-                            shared
-                                .listed
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .insert(key.clone(), Listed { at, took });
-                        }
-                        reconcile_states(log, port, workspace, cluster, &open, &states, now).await
-                    }
-                    // No listing of states: every job is listed in full.
-                    Ok(None) => match slurm.jobs().await {
-                        Ok(listed) => {
-                            reconcile_listed(log, port, workspace, cluster, &open, listed, now)
-                                .await
-                        }
-                        Err(e) => Err(e.into()),
-                    },
-                    Err(e) => Err(e.into()),
+                let mut listing = None;
+                let done = reconcile_timed(
+                    store.log.as_ref(),
+                    slurm.as_ref(),
+                    workspace,
+                    cluster,
+                    &open,
+                    chrono::Utc::now(),
+                    &mut listing,
+                )
+                .await;
+                // The listing's own duration paces the next one (an unanswered listing paces
+                // nothing: the breaker spaces calls to a Slurm that fails).
+                if let (Some(took), None) = (listing, slurm_version) {
+                    shared
+                        .listed
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(key.clone(), Listed { at, took });
                 }
-                .map(|done| (done, slurm_version))
+                done.map(|done| (done, slurm_version))
             }
             Err(e) => Err(e.into()),
         };
