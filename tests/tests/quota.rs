@@ -1,5 +1,5 @@
 //! Cost and quotas through the real binary on the local executor: only a workspace admin sets a
-//! quota and bad fields are named; a $0.01 `block_and_kill` quota cancels a running job within a
+//! quota and bad fields are named; a $0.0001 `block_and_kill` quota cancels a running job within a
 //! cycle (the cancel is in the feed with its reason) and blocks new submissions until the limit is
 //! raised; a `warn` user's job keeps running and one warning is raised; the usage series and the
 //! profile; the bill after replaying the log from zero equals the live figure.
@@ -58,17 +58,19 @@ async fn assert_still_at(api: &Api, head: i64) {
         .await;
 }
 
-/// bob: $0.01, block_and_kill. A one-hour job on an m7g.medium ($0.0408/h) projects $0.0408
-/// as soon as it runs: over the limit, so it is cancelled. Returns the job's id, its view once
+/// bob: $0.0001, block_and_kill. A one-hour job on an m7g.medium ($0.0408/h) projects its rate
+/// until its time limit or the period's end, whichever comes first: over the limit as soon as
+/// it runs, so it is cancelled. (A limit of $0.01 was over only with 15 minutes of the period
+/// left: these tests failed in the last quarter hour of every month.) Returns the job's id, its view once
 /// seen running (or already cancelled), and its view once cancelled.
 async fn killed_by_quota(api: &Api, bob: &str) -> (u64, Value, Value) {
     let set = set_quota(
         api,
         "bob@lab.org",
-        json!({"limit_usd": "0.01", "mode": "block_and_kill"}),
+        json!({"limit_usd": "0.0001", "mode": "block_and_kill"}),
     )
     .await;
-    assert_eq!(set["quota"]["limit_usd"], "0.010000", "{set}");
+    assert_eq!(set["quota"]["limit_usd"], "0.000100", "{set}");
     let id = submitted(api, bob, job("#!/bin/bash\nsleep 60\n", 60)).await;
     let running = api
         .wait_state(id, &["RUNNING", "CANCELLED"], Duration::from_secs(15))
@@ -168,7 +170,7 @@ async fn the_usage_series_names_the_parameter_at_fault() {
     }
 }
 
-/// A $0.01 `block_and_kill` quota cancels a running job within a cycle (in the feed with its
+/// A $0.0001 `block_and_kill` quota cancels a running job within a cycle (in the feed with its
 /// reason), blocks new submissions with spend and limit until the limit is raised, and records
 /// the block once however many cycles see the user over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -210,7 +212,7 @@ async fn a_block_and_kill_quota_cancels_the_job_and_blocks_submissions_until_rai
     let (status, out) = api.submit_as(&bob, job("#!/bin/bash\ntrue\n", 1)).await;
     tests::assert_error_code(status, &out, 403, "quota_exceeded");
     let msg = out["error"]["message"].as_str().unwrap();
-    assert!(msg.contains("$0.010000"), "{msg}");
+    assert!(msg.contains("$0.000100"), "{msg}");
     api.assert_log_at(head, "a refused submission appends nothing")
         .await;
 
@@ -229,12 +231,13 @@ async fn a_block_and_kill_quota_cancels_the_job_and_blocks_submissions_until_rai
     assert_eq!(quota_events(&data, "bob@lab.org", "QuotaWarningRaised"), 1);
 }
 
-/// A $0.01 `warn` quota: the job runs to the end, priced at submission, and one warning is
-/// raised however many cycles see the user over.
+/// A $0.0001 `warn` quota (over as soon as the job runs, as in [`killed_by_quota`]): the job runs
+/// to the end, priced at submission, and one warning is raised however many cycles see the user
+/// over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_warn_quota_lets_the_job_run_and_raises_one_warning() {
     let (_dir, data, api, carol) = tests::started_with_user(&[], "carol@lab.org");
-    set_quota(&api, "carol@lab.org", json!({"limit_usd": 0.01})).await;
+    set_quota(&api, "carol@lab.org", json!({"limit_usd": 0.0001})).await;
     let cid = submitted(&api, &carol, job("#!/bin/bash\nsleep 2\n", 60)).await;
     api.wait_state(cid, &["RUNNING"], Duration::from_secs(15))
         .await;
