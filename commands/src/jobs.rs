@@ -334,7 +334,6 @@ impl Submitter {
     ) -> Result<Submitted, JobError> {
         let canonical = self.validate(&s.workspace, &s.cluster, &s.body)?;
         let digest = body_digest(&canonical.body);
-        let unkeyed = s.idempotency_key.is_none();
         let submission_id = match &s.idempotency_key {
             Some(key) => Uuid::new_v5(
                 &IDEMPOTENCY_NAMESPACE,
@@ -383,9 +382,11 @@ impl Submitter {
         // Record the request, unless the log already answers this submission.
         let started = std::time::Instant::now();
         let mut pause = std::time::Duration::from_millis(20);
-        // Without a key the submission id is new (a v7 uuid): its stream cannot hold anything
-        // yet, so the first attempt appends without reading it ("no stream" still guards it).
-        let mut fresh = unkeyed;
+        // The first attempt appends without reading the stream: "no stream" guards it. Without
+        // a key the submission id is new (a v7 uuid), so its stream cannot hold anything yet;
+        // with one, a first attempt is the common case, and a retry (or a concurrent attempt)
+        // meets the version conflict, reads the stream and answers from it.
+        let mut fresh = true;
         let request_version = loop {
             let seen = if std::mem::take(&mut fresh) {
                 SubmissionRecord::default()

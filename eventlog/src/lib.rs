@@ -15,6 +15,7 @@ pub mod hash;
 pub mod postgres;
 mod readstore;
 pub mod sqlite;
+mod sqlite_read;
 mod sqlite_writer;
 mod subscribe;
 

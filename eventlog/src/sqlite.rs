@@ -2,8 +2,11 @@
 //!
 //! WAL mode. Every write of the store — groups of appends, projector commits — goes through one
 //! writer thread with a connection of its own (`crate::sqlite_writer`: one hand-off per
-//! transaction); reads use the sqlx pool, any number at once. Other processes (the `clusterra`
-//! CLI) take SQLite's own write lock and wait on `busy_timeout`.
+//! transaction). Short reads (the next events of a stream or of the log, one document, a
+//! checkpoint) run on the calling thread (`crate::sqlite_read`); other reads, and the rest of a
+//! long one, use the sqlx pool, any number at once.
+//! Other processes (the `clusterra` CLI) take SQLite's own write lock and wait on
+//! `busy_timeout`.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -18,6 +21,7 @@ use sqlx::sqlite::{
 use tokio::sync::{mpsc, watch};
 
 use crate::group;
+use crate::sqlite_read::{INLINE_ROWS, Readers};
 use crate::sqlite_writer::{self, Job, OwnedCommit};
 use crate::{
     AppendOutcome, Clock, DocRow, EventLog, ExpectedVersion, Head, KeyRange, LogError, ModelSet,
@@ -29,7 +33,7 @@ const EVENT_COLUMNS: &str = "position, stream_id, stream_version, event_id, even
 
 /// Every pool connection's page cache: 64 MiB (negative: KiB). The writer thread's connection
 /// keeps a smaller one (`crate::sqlite_writer::WRITER_CACHE_SIZE`, and why).
-const CACHE_SIZE: &str = "-65536";
+pub(crate) const CACHE_SIZE: &str = "-65536";
 
 /// How often an open store checkpoints its WAL into the database file, in the background. SQLite's
 /// automatic checkpoint runs inside the commit that crosses the threshold — the group writer's,
@@ -45,6 +49,8 @@ pub struct SqliteStore {
     jobs: mpsc::Sender<Job>,
     /// The WAL checkpoint task ([`CHECKPOINT_EVERY`]), stopped with the store.
     checkpointer: tokio::task::AbortHandle,
+    /// Point reads on the calling thread.
+    readers: Readers,
 }
 
 impl Drop for SqliteStore {
@@ -105,6 +111,7 @@ impl SqliteStore {
             head_tx,
             jobs,
             checkpointer,
+            readers: Readers::new(&path),
         })
     }
 }
@@ -168,16 +175,26 @@ impl EventLog for SqliteStore {
         after_version: i64,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, LogError> {
+        // Most streams are a job's few events: read on this thread. A longer read takes the
+        // rest from the pool, off it.
+        let mut events = self.readers.stream(stream, after_version, limit)?;
+        if events.len() < INLINE_ROWS || limit <= INLINE_ROWS {
+            return Ok(events);
+        }
+        let after = events.last().map_or(after_version, |e| e.stream_version);
         let rows = sqlx::query(&format!(
             "SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = ? AND stream_version > ? \
              ORDER BY stream_version LIMIT ?"
         ))
         .bind(stream.as_str())
-        .bind(after_version)
-        .bind(limit as i64)
+        .bind(after)
+        .bind((limit - events.len()) as i64)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(event_from_row).collect()
+        for row in &rows {
+            events.push(event_from_row(row)?);
+        }
+        Ok(events)
     }
 
     async fn read_all(
@@ -185,14 +202,24 @@ impl EventLog for SqliteStore {
         after: Position,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, LogError> {
+        // The projectors' and the feed's next few events: read on this thread. A longer read
+        // (a replay's pages) takes the rest from the pool, off it.
+        let mut events = self.readers.all(after, limit)?;
+        if events.len() < INLINE_ROWS || limit <= INLINE_ROWS {
+            return Ok(events);
+        }
+        let after = events.last().map_or(after, |e| e.position);
         let rows = sqlx::query(&format!(
             "SELECT {EVENT_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?"
         ))
         .bind(after)
-        .bind(limit as i64)
+        .bind((limit - events.len()) as i64)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(event_from_row).collect()
+        for row in &rows {
+            events.push(event_from_row(row)?);
+        }
+        Ok(events)
     }
 
     async fn head(&self) -> Result<Head, LogError> {
@@ -225,15 +252,7 @@ impl EventLog for SqliteStore {
 #[async_trait]
 impl ReadStore for SqliteStore {
     async fn checkpoint(&self, set: ModelSet, projection: &str) -> Result<Position, LogError> {
-        let sql = format!(
-            "SELECT position FROM {} WHERE projection = ?",
-            set.checkpoints_table()
-        );
-        let pos: Option<i64> = sqlx::query_scalar(&sql)
-            .bind(projection)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(pos.unwrap_or(0))
+        self.readers.checkpoint(set, projection)
     }
 
     async fn get_doc(
@@ -243,16 +262,7 @@ impl ReadStore for SqliteStore {
         collection: &str,
         key: &str,
     ) -> Result<Option<String>, LogError> {
-        let sql = format!(
-            "SELECT doc FROM {} WHERE projection = ? AND collection = ? AND key = ?",
-            set.docs_table()
-        );
-        Ok(sqlx::query_scalar(&sql)
-            .bind(projection)
-            .bind(collection)
-            .bind(key)
-            .fetch_optional(&self.pool)
-            .await?)
+        self.readers.doc(set, projection, collection, key)
     }
 
     async fn commit_many(

@@ -7,7 +7,8 @@
 //! job goes over a channel, the thread runs every statement (prepared once, cached) and answers
 //! on a oneshot. Being the only writer in the process, the thread also replaces the in-process
 //! write lock. Other processes (the CLI) still meet SQLite's own lock and wait on `busy_timeout`.
-//! Reads stay on the sqlx pool.
+//! Point reads run on the caller's thread (`crate::sqlite_read`); other reads stay on the sqlx
+//! pool.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
@@ -360,21 +361,7 @@ fn events_by_id(tx: &Connection, events: &[NewEvent]) -> Result<Vec<RecordedEven
     let mut stored = Vec::new();
     for event in events {
         let row = select
-            .query_row([&event.event_id.as_bytes()[..]], |r| {
-                Ok(Stored {
-                    position: r.get(0)?,
-                    stream_id: r.get(1)?,
-                    stream_version: r.get(2)?,
-                    event_id: r.get(3)?,
-                    event_type: r.get(4)?,
-                    schema_version: r.get(5)?,
-                    data: r.get(6)?,
-                    metadata: r.get(7)?,
-                    recorded_at: r.get(8)?,
-                    prev_hash: r.get(9)?,
-                    hash: r.get(10)?,
-                })
-            })
+            .query_row([&event.event_id.as_bytes()[..]], Stored::from_row)
             .optional()?;
         if let Some(row) = row {
             stored.push(row.decode()?);
@@ -385,7 +372,7 @@ fn events_by_id(tx: &Connection, events: &[NewEvent]) -> Result<Vec<RecordedEven
 }
 
 /// An `events` row as SQLite gives it.
-struct Stored {
+pub(crate) struct Stored {
     position: i64,
     stream_id: String,
     stream_version: i64,
@@ -400,7 +387,24 @@ struct Stored {
 }
 
 impl Stored {
-    fn decode(self) -> Result<RecordedEvent, LogError> {
+    /// A row selected with the columns in the order of `crate::sqlite::EVENT_COLUMNS`.
+    pub(crate) fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            position: r.get(0)?,
+            stream_id: r.get(1)?,
+            stream_version: r.get(2)?,
+            event_id: r.get(3)?,
+            event_type: r.get(4)?,
+            schema_version: r.get(5)?,
+            data: r.get(6)?,
+            metadata: r.get(7)?,
+            recorded_at: r.get(8)?,
+            prev_hash: r.get(9)?,
+            hash: r.get(10)?,
+        })
+    }
+
+    pub(crate) fn decode(self) -> Result<RecordedEvent, LogError> {
         let recorded_at = crate::recorded_at(self.recorded_at)?;
         let event_id = Uuid::from_slice(&self.event_id).map_err(|_| {
             LogError::Corrupt(format!(

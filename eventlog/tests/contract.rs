@@ -630,6 +630,58 @@ async fn read_store_commits_many_projections_at_once(b: Backend) {
     rs.commit_many(ModelSet::Live, &[]).await.unwrap();
 }
 
+/// A long stream reads the same whole, in pages of every size, and from any version: SQLite
+/// reads the first rows on the calling thread and the rest from its pool.
+async fn long_stream_reads_whole_and_in_pages(b: Backend) {
+    let ctx = Ctx::new(b);
+    let store = ctx.open().await;
+    let log = &store.log;
+    let events: Vec<NewEvent> = (1..=150).map(ev).collect();
+    log.append(&sid("long"), ExpectedVersion::NoStream, &events)
+        .await
+        .unwrap();
+    log.append(&sid("other"), ExpectedVersion::NoStream, &[ev(0)])
+        .await
+        .unwrap();
+    let versions = |read: &[eventlog::RecordedEvent]| {
+        read.iter().map(|e| e.stream_version).collect::<Vec<_>>()
+    };
+    let whole = log.read_stream(&sid("long"), 0, 1_000).await.unwrap();
+    assert_eq!(versions(&whole), (1..=150).collect::<Vec<_>>());
+    assert_eq!(whole[149].data_json().unwrap()["n"], 150);
+    assert_eq!(whole, log.read_all(0, 150).await.unwrap());
+    for (after, limit) in [
+        (0, 64),
+        (0, 65),
+        (0, 100),
+        (10, 70),
+        (100, 64),
+        (140, 1_000),
+    ] {
+        let page = log.read_stream(&sid("long"), after, limit).await.unwrap();
+        let want: Vec<i64> = ((after + 1)..=150).take(limit).collect();
+        assert_eq!(versions(&page), want, "after {after}, limit {limit}");
+    }
+    assert!(
+        log.read_stream(&sid("long"), 150, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    for (after, limit) in [(0, 64), (0, 65), (5, 100), (100, 1_000)] {
+        let page = log.read_all(after, limit).await.unwrap();
+        let want: Vec<i64> = ((after + 1)..=151).take(limit).collect();
+        let positions: Vec<i64> = page.iter().map(|e| e.position).collect();
+        assert_eq!(positions, want, "all after {after}, limit {limit}");
+    }
+    assert!(
+        log.read_stream(&sid("none"), 0, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
 /// One test per case, each running `super::case` against `backend`.
 macro_rules! cases_against {
     ($backend:expr; $($case:ident),*) => {
@@ -664,4 +716,5 @@ contract!(
     hash_chain_finds_an_edited_row,
     read_store_commits_atomically_with_its_checkpoint,
     read_store_commits_many_projections_at_once,
+    long_stream_reads_whole_and_in_pages,
 );

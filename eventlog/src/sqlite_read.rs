@@ -1,0 +1,173 @@
+//! The SQLite store's point reads, run on the calling thread.
+//!
+//! sqlx's SQLite driver hands every statement to its connection's own thread and streams the
+//! rows back over a channel: each read of one job stream or one projection document costs
+//! several thread wake-ups, far more than the read (a few B-tree pages SQLite already holds).
+//! A keyed submit makes several such reads (the caller's quota stream, the submission's
+//! stream), the projectors one per document a batch first touches and one per batch of the
+//! log, so those hand-offs were a large share of the server's CPU per submit
+//! (docs/performance.md, "Keyed submits").
+//!
+//! Here a short read takes an idle rusqlite connection (or opens one), runs one cached
+//! statement on the calling thread and puts the connection back. In WAL mode a reader never
+//! waits for the writer, so the read takes about as long as an in-memory lookup: it is bounded
+//! by [`INLINE_ROWS`] rows, and a longer read takes the rest from the sqlx pool, off this
+//! thread. Every connection is `query_only`: nothing written here.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::sqlite_writer::Stored;
+use crate::{LogError, ModelSet, Position, RecordedEvent, StreamId};
+
+/// The most rows one read returns on the calling thread.
+pub(crate) const INLINE_ROWS: usize = 64;
+
+/// Idle connections kept (one per thread reading at once; tokio's workers are the readers).
+const MAX_IDLE: usize = 16;
+
+/// Prepared statements kept per connection.
+const STATEMENT_CACHE: usize = 16;
+
+/// How long a read waits when SQLite says the database is busy (a WAL reader meets that only
+/// while another connection recovers the WAL after a crash).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(2);
+
+const STREAM_SQL: &str = "SELECT position, stream_id, stream_version, event_id, event_type, \
+     schema_version, data, metadata, recorded_at, prev_hash, hash FROM events \
+     WHERE stream_id = ?1 AND stream_version > ?2 ORDER BY stream_version LIMIT ?3";
+
+const ALL_SQL: &str = "SELECT position, stream_id, stream_version, event_id, event_type, \
+     schema_version, data, metadata, recorded_at, prev_hash, hash FROM events \
+     WHERE position > ?1 ORDER BY position LIMIT ?2";
+
+/// Read connections to one database file.
+pub(crate) struct Readers {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl Readers {
+    pub(crate) fn new(path: &Path) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn open(&self) -> Result<Connection, LogError> {
+        let conn = Connection::open(&self.path)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        conn.execute_batch(&format!(
+            "PRAGMA query_only = ON; PRAGMA cache_size = {}; PRAGMA temp_store = MEMORY;",
+            crate::sqlite::CACHE_SIZE
+        ))?;
+        Ok(conn)
+    }
+
+    /// Runs `read` on an idle connection (opened if there is none).
+    fn with<R>(
+        &self,
+        read: impl FnOnce(&Connection) -> Result<R, LogError>,
+    ) -> Result<R, LogError> {
+        let idle = self.lock().pop();
+        let conn = match idle {
+            Some(c) => c,
+            None => self.open()?,
+        };
+        let out = read(&conn);
+        let mut idle = self.lock();
+        if idle.len() < MAX_IDLE {
+            idle.push(conn);
+        }
+        out
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Connection>> {
+        // A panic while holding the lock leaves the list itself sound.
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Up to `limit` (at most [`INLINE_ROWS`]) events of a stream after `after_version`.
+    pub(crate) fn stream(
+        &self,
+        stream: &StreamId,
+        after_version: i64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, LogError> {
+        let limit = limit.min(INLINE_ROWS) as i64;
+        self.with(|conn| {
+            events(
+                conn,
+                STREAM_SQL,
+                params![stream.as_str(), after_version, limit],
+            )
+        })
+    }
+
+    /// Up to `limit` (at most [`INLINE_ROWS`]) events of the log after `after`.
+    pub(crate) fn all(
+        &self,
+        after: Position,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, LogError> {
+        let limit = limit.min(INLINE_ROWS) as i64;
+        self.with(|conn| events(conn, ALL_SQL, params![after, limit]))
+    }
+
+    /// One projection document.
+    pub(crate) fn doc(
+        &self,
+        set: ModelSet,
+        projection: &str,
+        collection: &str,
+        key: &str,
+    ) -> Result<Option<String>, LogError> {
+        self.with(|conn| {
+            let sql = match set {
+                ModelSet::Live => {
+                    "SELECT doc FROM rm_live_docs WHERE projection = ?1 AND collection = ?2 AND key = ?3"
+                }
+                ModelSet::Rebuild => {
+                    "SELECT doc FROM rm_rebuild_docs WHERE projection = ?1 AND collection = ?2 AND key = ?3"
+                }
+            };
+            Ok(conn
+                .prepare_cached(sql)?
+                .query_row(params![projection, collection, key], |r| r.get(0))
+                .optional()?)
+        })
+    }
+
+    /// A projection's checkpoint (0 before its first commit).
+    pub(crate) fn checkpoint(&self, set: ModelSet, projection: &str) -> Result<Position, LogError> {
+        self.with(|conn| {
+            let sql = match set {
+                ModelSet::Live => "SELECT position FROM rm_live_checkpoints WHERE projection = ?1",
+                ModelSet::Rebuild => {
+                    "SELECT position FROM rm_rebuild_checkpoints WHERE projection = ?1"
+                }
+            };
+            Ok(conn
+                .prepare_cached(sql)?
+                .query_row([projection], |r| r.get::<_, i64>(0))
+                .optional()?
+                .unwrap_or(0))
+        })
+    }
+}
+
+/// The events a statement selecting the `events` columns in their stored order finds.
+fn events(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<RecordedEvent>, LogError> {
+    let mut select = conn.prepare_cached(sql)?;
+    let rows = select.query_map(params, Stored::from_row)?;
+    rows.map(|row| row?.decode()).collect()
+}
