@@ -113,6 +113,16 @@ fn listing_due(last: Option<&Listed>, now: std::time::Instant) -> bool {
     })
 }
 
+/// What a full listing costs Slurm, for [`listing_due`]: how long it took to answer. A pass
+/// that failed without an answer paces by the time it spent: a Slurm too busy to answer
+/// within the call's timeout is not asked for its whole queue again at once (measured: three
+/// listings of ~20,000 jobs back to back, each dropped after 5 s, while it was saturated). A
+/// refused connection fails at once and paces nothing; the breaker spaces those calls. A port
+/// without a listing of states (answered, nothing timed) paces nothing.
+fn listing_cost(answered: Option<Duration>, failed: bool, spent: Duration) -> Option<Duration> {
+    answered.or(failed.then_some(spent))
+}
+
 /// The work of one cycle under way: cluster passes (`Some(key)`) and the quota pass (`None`).
 #[derive(Default)]
 struct Passes {
@@ -388,17 +398,7 @@ async fn cluster_pass(shared: Arc<Shared>, key: Key, slurm: Arc<dyn SlurmPort>) 
                     &mut listing,
                 )
                 .await;
-                // The listing's own duration paces the next one. A listing that failed paces by
-                // the time it took to fail: a Slurm too busy to answer within the call's
-                // timeout is not asked for its whole queue again at once (measured: three
-                // listings of ~20,000 jobs back to back, each dropped after 5 s, while it was
-                // saturated). A refused connection fails at once and paces nothing; the
-                // breaker spaces those calls.
-                let took = match (&done, listing) {
-                    (_, Some(took)) => Some(took),
-                    (Err(_), None) => Some(at.elapsed()),
-                    (Ok(_), None) => None,
-                };
+                let took = listing_cost(listing, done.is_err(), at.elapsed());
                 if let (Some(took), None) = (took, slurm_version) {
                     shared
                         .listed
@@ -866,5 +866,27 @@ mod tests {
         // However slow, at least every 10 s.
         assert!(!listing_due(Some(&listed(60_000)), at(9_999)));
         assert!(listing_due(Some(&listed(60_000)), at(10_000)));
+    }
+
+    #[test]
+    fn a_listing_that_timed_out_paces_the_next_as_long_as_it_waited() {
+        let ms = Duration::from_millis;
+        // Answered: its own duration, whatever the pass did after it.
+        assert_eq!(listing_cost(Some(ms(200)), false, ms(900)), Some(ms(200)));
+        assert_eq!(listing_cost(Some(ms(200)), true, ms(900)), Some(ms(200)));
+        // Dropped after the 5 s timeout: the next waits the longest pause, 10 s.
+        let t0 = std::time::Instant::now();
+        let took = listing_cost(None, true, ms(5_000)).unwrap();
+        let last = Listed { at: t0, took };
+        assert!(!listing_due(Some(&last), t0 + ms(9_999)));
+        assert!(listing_due(Some(&last), t0 + ms(10_000)));
+        // Refused at once: due again almost at once (the breaker spaces those).
+        let refused = Listed {
+            at: t0,
+            took: listing_cost(None, true, ms(1)).unwrap(),
+        };
+        assert!(listing_due(Some(&refused), t0 + ms(20)));
+        // No listing to time (a port without one): nothing to pace by.
+        assert_eq!(listing_cost(None, false, ms(900)), None);
     }
 }
