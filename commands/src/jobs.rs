@@ -387,8 +387,14 @@ impl Submitter {
         // with one, a first attempt is the common case, and a retry (or a concurrent attempt)
         // meets the version conflict, reads the stream and answers from it.
         let mut fresh = true;
+        let keyed = metadata.idempotency_key.is_some();
+        // A keyed first attempt that failed otherwise: the stream may still answer (a replay,
+        // a reused key, another attempt under way), as it did when it was read first; if it
+        // does not, this is the answer.
+        let mut blind_error: Option<LogError> = None;
         let request_version = loop {
-            let seen = if std::mem::take(&mut fresh) {
+            let blind = std::mem::take(&mut fresh);
+            let seen = if blind {
                 SubmissionRecord::default()
             } else {
                 read_submission(log, &stream, submission_id).await?
@@ -416,6 +422,9 @@ impl Submitter {
                 pause = (pause * 2).min(std::time::Duration::from_millis(250));
                 continue;
             }
+            if let Some(e) = blind_error.take() {
+                return Err(e.into());
+            }
             // Nothing recorded, or the last attempt failed: this request makes the submission.
             let expected = match seen.version {
                 0 => ExpectedVersion::NoStream,
@@ -430,6 +439,13 @@ impl Submitter {
                 .await
             {
                 Ok(o) => break o.stream_version,
+                // The stream exists: read it, however long the append took (a retry's answer
+                // is in it).
+                Err(LogError::VersionConflict { .. }) if blind => continue,
+                Err(e) if blind && keyed => {
+                    blind_error = Some(e);
+                    continue;
+                }
                 // Another request (another replica, a concurrent retry) got there first.
                 Err(LogError::VersionConflict { .. }) if started.elapsed() < IN_FLIGHT_WAIT => {
                     continue;

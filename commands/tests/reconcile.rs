@@ -2,7 +2,8 @@
 //! real local executor and a fake Slurm: a crash between Slurm accepting a job and the log
 //! recording it (an append failed on purpose) is settled by adopting the recorded request; a
 //! Slurm job with a forged comment is never adopted; one key makes one job however many ask at
-//! once; cancels are idempotent.
+//! once; a keyed retry whose request append fails is answered from its stream; cancels are
+//! idempotent.
 
 #![allow(clippy::unwrap_used)] // a test may panic on what it did not expect
 
@@ -28,10 +29,12 @@ use tokio::sync::watch;
 
 mod common;
 
-/// An event log that fails the next `JobSubmitted` append when armed: the crash window.
+/// An event log that fails the next append of one event type when armed: `JobSubmitted`, the
+/// crash window; `JobSubmissionRequested`, a write path that fails.
 struct FailingLog {
     inner: Arc<dyn EventLog>,
     armed: AtomicBool,
+    fails: &'static str,
 }
 
 #[async_trait]
@@ -42,7 +45,7 @@ impl EventLog for FailingLog {
         expected: ExpectedVersion,
         events: &[NewEvent],
     ) -> Result<AppendOutcome, LogError> {
-        if events.iter().any(|e| e.event_type == "JobSubmitted")
+        if events.iter().any(|e| e.event_type == self.fails)
             && self.armed.swap(false, Ordering::SeqCst)
         {
             return Err(LogError::Corrupt(
@@ -83,8 +86,67 @@ impl FailingLog {
         FailingLog {
             inner,
             armed: AtomicBool::new(true),
+            fails: "JobSubmitted",
         }
     }
+
+    /// `inner`, armed: its next `JobSubmissionRequested` append fails.
+    fn failing_next_request(inner: Arc<dyn EventLog>) -> FailingLog {
+        FailingLog {
+            fails: "JobSubmissionRequested",
+            ..Self::failing_next_submit(inner)
+        }
+    }
+}
+
+/// A keyed submit appends its request before reading its stream. When that append fails for
+/// another reason than a conflict, the stream still answers a retry (as it did when it was read
+/// first); a key the stream knows nothing of gets the append's error, and nothing is recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_retry_is_answered_from_its_stream_when_the_request_append_fails() {
+    let (_dir, store, slurm) = setup().await;
+    let (_, cluster, _) = ids();
+    let first = Submitter::default()
+        .submit(store.log.as_ref(), &slurm, submission("k-write"))
+        .await
+        .unwrap();
+    let failing = FailingLog::failing_next_request(store.log.clone());
+    let retry = Submitter::default()
+        .submit(&failing, &slurm, submission("k-write"))
+        .await
+        .unwrap();
+    assert!(
+        !failing.armed.load(Ordering::SeqCst),
+        "the append was tried"
+    );
+    assert!(retry.replayed);
+    assert_eq!(
+        (retry.job_id, retry.submission_id),
+        (first.job_id, first.submission_id)
+    );
+
+    let failing = FailingLog::failing_next_request(store.log.clone());
+    let head = store.log.head().await.unwrap().position;
+    let err = Submitter::default()
+        .submit(&failing, &slurm, submission("k-never"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, JobError::Log(LogError::Corrupt(_))),
+        "{err:?}"
+    );
+    assert_eq!(store.log.head().await.unwrap().position, head);
+    let never = commands::jobs::read_submission(
+        store.log.as_ref(),
+        &stream(&cluster, first.submission_id),
+        first.submission_id,
+    )
+    .await
+    .unwrap();
+    assert!(
+        never.submitted.is_some(),
+        "the first key's job is untouched"
+    );
 }
 
 /// A fresh SQLite log and local executor in a temp dir.

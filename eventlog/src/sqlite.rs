@@ -89,6 +89,11 @@ impl SqliteStore {
 
     /// Opens `sqlite://PATH` (created if missing) and runs the migrations.
     pub async fn open(options: &OpenOptions, clock: Arc<dyn Clock>) -> Result<Self, LogError> {
+        // The writer and the readers open the file by its path: an in-memory database would be
+        // a different one on each of their connections.
+        if options.url.contains(":memory:") || options.url.contains("mode=memory") {
+            return Err(LogError::UnsupportedUrl(options.url.clone()));
+        }
         let connect = connect_options(&options.url, &options.sqlite_synchronous)?
             .pragma("wal_autocheckpoint", "0");
         let pool = SqlitePoolOptions::new()

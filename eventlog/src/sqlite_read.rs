@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use crate::sqlite_writer::Stored;
 use crate::{LogError, ModelSet, Position, RecordedEvent, StreamId};
@@ -51,15 +51,21 @@ pub(crate) struct Readers {
 }
 
 impl Readers {
+    /// Readers of the database file at `path`, which exists (the pool created it). The path is
+    /// made absolute now: connections are opened later, whatever the working directory is then.
     pub(crate) fn new(path: &Path) -> Self {
         Self {
-            path: path.to_path_buf(),
+            path: std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()),
             idle: Mutex::new(Vec::new()),
         }
     }
 
     fn open(&self) -> Result<Connection, LogError> {
-        let conn = Connection::open(&self.path)?;
+        // Never created here: a missing file is an error, not a new empty database.
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(&self.path, flags)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         conn.execute_batch(&format!(

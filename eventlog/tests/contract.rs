@@ -682,6 +682,20 @@ async fn long_stream_reads_whole_and_in_pages(b: Backend) {
     );
 }
 
+/// The SQLite store opens its file from several connections: an in-memory URL is refused, not
+/// split into databases that do not see each other's writes.
+#[tokio::test]
+async fn an_in_memory_sqlite_url_is_refused() {
+    for url in ["sqlite::memory:", "sqlite://log.db?mode=memory"] {
+        let opened = eventlog::open(&OpenOptions::new(url), Arc::new(SystemClock)).await;
+        assert!(
+            matches!(opened, Err(LogError::UnsupportedUrl(ref u)) if u == url),
+            "{url}: {:?}",
+            opened.err()
+        );
+    }
+}
+
 /// One test per case, each running `super::case` against `backend`.
 macro_rules! cases_against {
     ($backend:expr; $($case:ident),*) => {

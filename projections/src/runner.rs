@@ -127,8 +127,9 @@ async fn advance(
         let Some(last) = events.last().map(|e| e.position) else {
             break;
         };
-        // Read the next batch while this one is applied and committed: the database reads on
-        // its own thread, so the two overlap.
+        // Read the next batch while this one is applied and committed. A long read overlaps
+        // with both (its database work is on another thread); on SQLite the first rows are
+        // read on this task when `read` is first polled, so they overlap with the commit.
         let snapshot = *cursor;
         let apply = async {
             let mut view = ViewTx::new(store, set, name);
