@@ -28,8 +28,35 @@ use crate::{
     NewEvent, OpenOptions, Position, ProjectionCommit, ReadStore, RecordedEvent, StreamId, hash32,
 };
 
-const EVENT_COLUMNS: &str = "position, stream_id, stream_version, event_id, event_type, \
-     schema_version, data, metadata, recorded_at, prev_hash, hash";
+/// The `events` columns in the order [`event_from_row`] and `sqlite_writer::Stored::from_row`
+/// read them, for `concat!` into the store's statements.
+macro_rules! event_columns {
+    () => {
+        "position, stream_id, stream_version, event_id, event_type, schema_version, data, \
+         metadata, recorded_at, prev_hash, hash"
+    };
+}
+
+/// A stream's events after a version, oldest first, at most a number (rusqlite and sqlx alike).
+pub(crate) const STREAM_SQL: &str = concat!(
+    "SELECT ",
+    event_columns!(),
+    " FROM events WHERE stream_id = ?1 AND stream_version > ?2 ORDER BY stream_version LIMIT ?3"
+);
+
+/// The log's events after a position, in order, at most a number.
+pub(crate) const ALL_SQL: &str = concat!(
+    "SELECT ",
+    event_columns!(),
+    " FROM events WHERE position > ?1 ORDER BY position LIMIT ?2"
+);
+
+/// One event by its id.
+pub(crate) const BY_ID_SQL: &str = concat!(
+    "SELECT ",
+    event_columns!(),
+    " FROM events WHERE event_id = ?1"
+);
 
 /// Every pool connection's page cache: 64 MiB (negative: KiB). The writer thread's connection
 /// keeps a smaller one (`crate::sqlite_writer::WRITER_CACHE_SIZE`, and why).
@@ -119,6 +146,32 @@ impl SqliteStore {
             readers: Readers::new(&path),
         })
     }
+
+    /// Completes a read of up to `limit` events whose first [`INLINE_ROWS`] were read on the
+    /// calling thread (`first`): when those were all there was room for and more were asked
+    /// for, `rest(last event, how many more)` reads the rest from the pool, off this thread.
+    async fn rest_from_pool<'q>(
+        &self,
+        mut first: Vec<RecordedEvent>,
+        limit: usize,
+        rest: impl FnOnce(
+            &RecordedEvent,
+            i64,
+        )
+            -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+    ) -> Result<Vec<RecordedEvent>, LogError> {
+        let last = match first.last() {
+            Some(last) if first.len() == INLINE_ROWS && limit > INLINE_ROWS => last,
+            _ => return Ok(first),
+        };
+        let rows = rest(last, (limit - INLINE_ROWS) as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        for row in &rows {
+            first.push(event_from_row(row)?);
+        }
+        Ok(first)
+    }
 }
 
 /// Checkpoints the WAL every [`CHECKPOINT_EVERY`] while the pool is open (passive: it never
@@ -143,7 +196,7 @@ async fn checkpoint_wal(pool: SqlitePool) {
     }
 }
 
-/// Decodes a row selected with [`EVENT_COLUMNS`], by column index (name lookups cost ~20% of a
+/// Decodes a row selected with `event_columns!`, by column index (name lookups cost ~20% of a
 /// replay).
 pub(crate) fn event_from_row(row: &SqliteRow) -> Result<RecordedEvent, LogError> {
     let micros: i64 = row.try_get(8)?;
@@ -180,26 +233,15 @@ impl EventLog for SqliteStore {
         after_version: i64,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, LogError> {
-        // Most streams are a job's few events: read on this thread. A longer read takes the
-        // rest from the pool, off it.
-        let mut events = self.readers.stream(stream, after_version, limit)?;
-        if events.len() < INLINE_ROWS || limit <= INLINE_ROWS {
-            return Ok(events);
-        }
-        let after = events.last().map_or(after_version, |e| e.stream_version);
-        let rows = sqlx::query(&format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = ? AND stream_version > ? \
-             ORDER BY stream_version LIMIT ?"
-        ))
-        .bind(stream.as_str())
-        .bind(after)
-        .bind((limit - events.len()) as i64)
-        .fetch_all(&self.pool)
-        .await?;
-        for row in &rows {
-            events.push(event_from_row(row)?);
-        }
-        Ok(events)
+        // Most streams are a job's few events: read on this thread.
+        let first = self.readers.stream(stream, after_version, limit)?;
+        self.rest_from_pool(first, limit, |last, more| {
+            sqlx::query(STREAM_SQL)
+                .bind(stream.as_str())
+                .bind(last.stream_version)
+                .bind(more)
+        })
+        .await
     }
 
     async fn read_all(
@@ -207,24 +249,12 @@ impl EventLog for SqliteStore {
         after: Position,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, LogError> {
-        // The projectors' and the feed's next few events: read on this thread. A longer read
-        // (a replay's pages) takes the rest from the pool, off it.
-        let mut events = self.readers.all(after, limit)?;
-        if events.len() < INLINE_ROWS || limit <= INLINE_ROWS {
-            return Ok(events);
-        }
-        let after = events.last().map_or(after, |e| e.position);
-        let rows = sqlx::query(&format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?"
-        ))
-        .bind(after)
-        .bind((limit - events.len()) as i64)
-        .fetch_all(&self.pool)
-        .await?;
-        for row in &rows {
-            events.push(event_from_row(row)?);
-        }
-        Ok(events)
+        // The projectors' and the feed's next few events: read on this thread.
+        let first = self.readers.all(after, limit)?;
+        self.rest_from_pool(first, limit, |last, more| {
+            sqlx::query(ALL_SQL).bind(last.position).bind(more)
+        })
+        .await
     }
 
     async fn head(&self) -> Result<Head, LogError> {

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
+use crate::sqlite::{ALL_SQL, STREAM_SQL};
 use crate::sqlite_writer::Stored;
 use crate::{LogError, ModelSet, Position, RecordedEvent, StreamId};
 
@@ -35,14 +36,6 @@ const STATEMENT_CACHE: usize = 16;
 /// How long a read waits when SQLite says the database is busy (a WAL reader meets that only
 /// while another connection recovers the WAL after a crash).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(2);
-
-const STREAM_SQL: &str = "SELECT position, stream_id, stream_version, event_id, event_type, \
-     schema_version, data, metadata, recorded_at, prev_hash, hash FROM events \
-     WHERE stream_id = ?1 AND stream_version > ?2 ORDER BY stream_version LIMIT ?3";
-
-const ALL_SQL: &str = "SELECT position, stream_id, stream_version, event_id, event_type, \
-     schema_version, data, metadata, recorded_at, prev_hash, hash FROM events \
-     WHERE position > ?1 ORDER BY position LIMIT ?2";
 
 /// Read connections to one database file.
 pub(crate) struct Readers {
@@ -133,17 +126,13 @@ impl Readers {
         collection: &str,
         key: &str,
     ) -> Result<Option<String>, LogError> {
+        let sql = format!(
+            "SELECT doc FROM {} WHERE projection = ?1 AND collection = ?2 AND key = ?3",
+            set.docs_table()
+        );
         self.with(|conn| {
-            let sql = match set {
-                ModelSet::Live => {
-                    "SELECT doc FROM rm_live_docs WHERE projection = ?1 AND collection = ?2 AND key = ?3"
-                }
-                ModelSet::Rebuild => {
-                    "SELECT doc FROM rm_rebuild_docs WHERE projection = ?1 AND collection = ?2 AND key = ?3"
-                }
-            };
             Ok(conn
-                .prepare_cached(sql)?
+                .prepare_cached(&sql)?
                 .query_row(params![projection, collection, key], |r| r.get(0))
                 .optional()?)
         })
@@ -151,15 +140,13 @@ impl Readers {
 
     /// A projection's checkpoint (0 before its first commit).
     pub(crate) fn checkpoint(&self, set: ModelSet, projection: &str) -> Result<Position, LogError> {
+        let sql = format!(
+            "SELECT position FROM {} WHERE projection = ?1",
+            set.checkpoints_table()
+        );
         self.with(|conn| {
-            let sql = match set {
-                ModelSet::Live => "SELECT position FROM rm_live_checkpoints WHERE projection = ?1",
-                ModelSet::Rebuild => {
-                    "SELECT position FROM rm_rebuild_checkpoints WHERE projection = ?1"
-                }
-            };
             Ok(conn
-                .prepare_cached(sql)?
+                .prepare_cached(&sql)?
                 .query_row([projection], |r| r.get::<_, i64>(0))
                 .optional()?
                 .unwrap_or(0))
@@ -167,7 +154,7 @@ impl Readers {
     }
 }
 
-/// The events a statement selecting the `events` columns in their stored order finds.
+/// The events a statement selecting `crate::sqlite`'s event columns finds.
 fn events(
     conn: &Connection,
     sql: &str,

@@ -354,10 +354,7 @@ fn is_unique_violation(e: &rusqlite::Error) -> bool {
 
 /// The stored events among `events`' ids, in position order.
 fn events_by_id(tx: &Connection, events: &[NewEvent]) -> Result<Vec<RecordedEvent>, LogError> {
-    let mut select = tx.prepare_cached(
-        "SELECT position, stream_id, stream_version, event_id, event_type, schema_version, data, \
-         metadata, recorded_at, prev_hash, hash FROM events WHERE event_id = ?1",
-    )?;
+    let mut select = tx.prepare_cached(crate::sqlite::BY_ID_SQL)?;
     let mut stored = Vec::new();
     for event in events {
         let row = select
@@ -387,7 +384,7 @@ pub(crate) struct Stored {
 }
 
 impl Stored {
-    /// A row selected with the columns in the order of `crate::sqlite::EVENT_COLUMNS`.
+    /// A row selected with `crate::sqlite`'s event columns, in their order.
     pub(crate) fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
         Ok(Self {
             position: r.get(0)?,
