@@ -27,9 +27,6 @@ use crate::{LogError, ModelSet, Position, RecordedEvent, StreamId};
 /// The most rows one read returns on the calling thread.
 pub(crate) const INLINE_ROWS: usize = 64;
 
-/// Idle connections kept (one per thread reading at once; tokio's workers are the readers).
-const MAX_IDLE: usize = 16;
-
 /// Prepared statements kept per connection.
 const STATEMENT_CACHE: usize = 16;
 
@@ -79,10 +76,10 @@ impl Readers {
             None => self.open()?,
         };
         let out = read(&conn);
-        let mut idle = self.lock();
-        if idle.len() < MAX_IDLE {
-            idle.push(conn);
-        }
+        // Every connection goes back: a read never yields, so there are never more of them than
+        // threads that read at once (tokio's workers), and a fixed cap below that number would
+        // open and close one per read.
+        self.lock().push(conn);
         out
     }
 

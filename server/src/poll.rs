@@ -118,7 +118,7 @@ fn listing_due(last: Option<&Listed>, now: std::time::Instant) -> bool {
 /// within the call's timeout is not asked for its whole queue again at once (measured: three
 /// listings of ~20,000 jobs back to back, each dropped after 5 s, while it was saturated). A
 /// refused connection fails at once and paces nothing; the breaker spaces those calls. A port
-/// without a listing of states (answered, nothing timed) paces nothing.
+/// without a listing of states has nothing timed: it is paced only by a pass that failed.
 fn listing_cost(answered: Option<Duration>, failed: bool, spent: Duration) -> Option<Duration> {
     answered.or(failed.then_some(spent))
 }
