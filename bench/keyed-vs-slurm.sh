@@ -5,7 +5,11 @@
 # slurmrestd's /ping latency measured by a second wrk during each run (is it still responsive?).
 # Every job is submitted held, so nothing runs. A fresh release server on its embedded defaults
 # registers the Slurm as cluster `real` (poll cycle every second, as by default).
-#   bench/keyed-vs-slurm.sh [QUEUED (default 10000)]   SECONDS_PER_RUN=5, CONNECTIONS=16
+#   bench/keyed-vs-slurm.sh [QUEUED (default 10000)]   SECONDS_PER_RUN=5, CONNECTIONS=16, ROUNDS=2
+# The /ping probe waits PING_EVERY_MS (default 10) after each answer before the next ping, so it
+# measures how soon slurmrestd answers without being a load of its own; PING_EVERY_MS=0 pings
+# back to back (a closed loop: it then takes whatever share of Slurm's core the submits leave,
+# more in the lighter of the two runs).
 # SEPARATE_CORES=1 pins Slurm's daemons to CPU 0 and Clusterra and both wrk to CPU 1 (taskset):
 # Slurm has the same one core in both runs, as it would on a head node of its own, and Clusterra
 # pays for its own work instead of taking it from Slurm's.
@@ -13,6 +17,10 @@
 queued="${1:-10000}"
 secs="${SECONDS_PER_RUN:-5}"
 conns="${CONNECTIONS:-16}"
+ping_every="${PING_EVERY_MS:-10}"
+rounds="${ROUNDS:-2}"
+[[ "$rounds" =~ ^[1-9][0-9]?$ ]] || { echo "ROUNDS must be from 1 to 99" >&2; exit 2; }
+[[ "$ping_every" =~ ^[0-9]+$ ]] || { echo "PING_EVERY_MS must be a whole number of milliseconds" >&2; exit 2; }
 command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk" >&2; exit 1; }
 # A fresh slurmctld (-c: no jobs from an earlier run) that takes the queue and both runs.
 scripts/slurm-local stop >/dev/null 2>&1 || true
@@ -52,6 +60,9 @@ cat > "$dir/ping.lua" <<LUA
 wrk.headers["X-SLURM-USER-NAME"] = "$SLURM_USER_NAME"
 wrk.headers["X-SLURM-USER-TOKEN"] = "$SLURM_JWT"
 LUA
+if [ "$ping_every" != 0 ]; then
+  echo "function delay() return $ping_every end" >> "$dir/ping.lua"
+fi
 
 # Wait until the cluster is connected (its token file read, its directory entry built).
 for _ in $(seq 100); do
@@ -88,7 +99,7 @@ run() { # name url script
   done
   echo "$line"
 }
-for round in 1 2; do
+for round in $(seq "$rounds"); do
   clusterra_lua "$round-$RANDOM"
   run Clusterra "$url/v1/clusters/real/jobs" "$dir/clusterra.lua"
   run slurmrestd "$SLURMRESTD_URL/slurm/v0.0.44/job/submit" "$dir/slurm.lua"

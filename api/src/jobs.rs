@@ -17,6 +17,7 @@ use projections::views::clusters::SlurmStatus;
 use projections::views::jobs::{self, JobView};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
+use tracing::Instrument;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::Caller;
@@ -420,25 +421,34 @@ pub(crate) async fn submit(
         None => (body, None, None),
     };
     let via = via(&headers, template_id.is_some(), &caller)?;
-    let submitted = state
-        .submitter
-        .submit(
-            state.store.log.as_ref(),
-            slurm.as_ref(),
-            Submission {
-                workspace: caller.workspace.clone(),
-                cluster,
-                user: caller.email.clone(),
-                role: caller.role.as_str().into(),
-                via,
-                template_id,
-                params,
-                body,
-                idempotency_key: key,
-            },
-        )
-        .await
-        .map_err(job_error)?;
+    let submission = Submission {
+        workspace: caller.workspace.clone(),
+        cluster,
+        user: caller.email.clone(),
+        role: caller.role.as_str().into(),
+        via,
+        template_id,
+        params,
+        body,
+        idempotency_key: key,
+    };
+    // The submission runs on a task of its own: a caller that hangs up mid-way (a timeout, a
+    // closed tab) drops this handler, but not the submission. Once its request is recorded it
+    // goes on to Slurm and records the outcome, so a retry with the same key is answered from
+    // the log at once, instead of finding an attempt stopped halfway that the poll cycle
+    // settles only after `ADOPT_AFTER`.
+    let (submitter, log) = (state.submitter.clone(), state.store.log.clone());
+    let submitted = tokio::spawn(
+        async move {
+            submitter
+                .submit(log.as_ref(), slurm.as_ref(), submission)
+                .await
+        }
+        .in_current_span(),
+    )
+    .await
+    .map_err(|e| ApiError::internal(format!("the submission task stopped: {e}")))?
+    .map_err(job_error)?;
     let mut headers = position_header(submitted.position);
     if submitted.replayed {
         headers.insert("idempotent-replayed", HeaderValue::from_static("true"));

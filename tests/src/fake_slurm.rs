@@ -41,6 +41,8 @@ pub struct State {
     pub cancels: Vec<u64>,
     /// Requests received, in any mode.
     pub requests: usize,
+    /// How long a submit takes before Slurm takes the job (zero unless set): a slow controller.
+    pub submit_delay: std::time::Duration,
 }
 
 /// A running fake slurmrestd; stops with the test's runtime.
@@ -102,6 +104,7 @@ impl FakeSlurm {
             jobs: BTreeMap::new(),
             cancels: Vec::new(),
             requests: 0,
+            submit_delay: std::time::Duration::ZERO,
         }));
         let shared = state.clone();
         let app = axum::Router::new().fallback(
@@ -132,6 +135,11 @@ impl FakeSlurm {
         }
     }
 
+    /// Makes every later submit wait `delay` before the job is taken and answered.
+    pub fn set_submit_delay(&self, delay: std::time::Duration) {
+        self.lock().submit_delay = delay;
+    }
+
     pub fn cancels(&self) -> Vec<u64> {
         self.lock().cancels.clone()
     }
@@ -146,11 +154,14 @@ impl FakeSlurm {
 }
 
 async fn answer(state: &Mutex<State>, method: Method, uri: Uri, body: Bytes) -> Response {
-    let mode = {
+    let (mode, submit_delay) = {
         let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
         s.requests += 1;
-        s.mode.clone()
+        (s.mode.clone(), s.submit_delay)
     };
+    if method == Method::POST && uri.path().ends_with("/job/submit") && !submit_delay.is_zero() {
+        tokio::time::sleep(submit_delay).await;
+    }
     match mode {
         Mode::Hang => std::future::pending::<Response>().await,
         Mode::Canned(status, content_type, text) => (

@@ -265,3 +265,52 @@ async fn a_failing_slurm_changes_no_job_and_holds_up_no_other_cluster() {
     assert_eq!(events.len(), 2, "{events:?}");
     assert_eq!(events[1]["data"]["reachable"], true);
 }
+
+/// A caller that hangs up while Slurm is still taking its keyed submit does not stop the
+/// submission: Slurm's job is recorded, and the retry with the same key is answered at once
+/// from the log with that job (not `submission_in_progress` until the poll cycle settles the
+/// attempt a minute later), and Slurm is not asked a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_caller_that_hangs_up_mid_submit_does_not_stop_the_submission() {
+    let slurm = FakeSlurm::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let tokens = data.join("slurm-tokens");
+    std::fs::create_dir_all(&tokens).unwrap();
+    std::fs::write(tokens.join("default.slow.jwt"), "jwt\n").unwrap();
+    let api = Api::start(
+        data.to_str().unwrap(),
+        &[("CLUSTERRA_POLL_INTERVAL_MS", &POLL_MS.to_string())],
+    );
+    register(&api, "slow", &slurm.url).await;
+    submit(&api, "slow").await; // connected
+    let keyed = || {
+        api.client
+            .post(api.server.url("/v1/clusters/slow/jobs"))
+            .bearer_auth(&api.token)
+            .header("Idempotency-Key", "hang-up-1")
+            .json(&body())
+    };
+
+    // The caller gives up after 300 ms; Slurm takes 1.5 s to take the job.
+    slurm.set_submit_delay(Duration::from_millis(1_500));
+    let hung_up = keyed().timeout(Duration::from_millis(300)).send().await;
+    assert!(hung_up.is_err_and(|e| e.is_timeout()));
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    slurm.set_submit_delay(Duration::ZERO);
+
+    let started = Instant::now();
+    let res = keyed().send().await.unwrap();
+    let took = started.elapsed();
+    let status = res.status().as_u16();
+    let replayed = res.headers().get("idempotent-replayed").cloned();
+    let out: Value = res.json().await.unwrap();
+    assert_eq!(status, 201, "{out}");
+    assert_eq!(replayed.as_ref().map(|v| v.as_bytes()), Some(&b"true"[..]));
+    let job_id = out["job_id"].as_u64().unwrap();
+    let jobs = slurm.state.lock().unwrap().jobs.clone();
+    // The first job and the hung-up submission's: the retry did not ask Slurm again.
+    assert_eq!(jobs.len(), 2, "{jobs:?}");
+    assert!(jobs.contains_key(&job_id), "{job_id} not in {jobs:?}");
+    assert!(took < Duration::from_secs(2), "the retry took {took:?}");
+}
