@@ -6,10 +6,9 @@
 # Every job is submitted held, so nothing runs. A fresh release server on its embedded defaults
 # registers the Slurm as cluster `real` (poll cycle every second, as by default).
 #   bench/keyed-vs-slurm.sh [QUEUED (default 10000)]   SECONDS_PER_RUN=5, CONNECTIONS=16, ROUNDS=2
-# The /ping probe waits PING_EVERY_MS (default 10) after each answer before the next ping, so it
-# measures how soon slurmrestd answers without being a load of its own; PING_EVERY_MS=0 pings
-# back to back (a closed loop: it then takes whatever share of Slurm's core the submits leave,
-# more in the lighter of the two runs).
+# The /ping probe pings back to back (a closed loop: it takes whatever share of Slurm's core the
+# submits leave, 100-260 pings/s here); PING_EVERY_MS=N waits N ms after each answer instead
+# (N=10: ~30-40 pings/s), so the probe is hardly a load of its own.
 # SEPARATE_CORES=1 pins Slurm's daemons to CPU 0 and Clusterra and both wrk to CPU 1 (taskset):
 # Slurm has the same one core in both runs, as it would on a head node of its own, and Clusterra
 # pays for its own work instead of taking it from Slurm's.
@@ -17,7 +16,7 @@
 queued="${1:-10000}"
 secs="${SECONDS_PER_RUN:-5}"
 conns="${CONNECTIONS:-16}"
-ping_every="${PING_EVERY_MS:-10}"
+ping_every="${PING_EVERY_MS:-0}"
 rounds="${ROUNDS:-2}"
 [[ "$rounds" =~ ^[1-9][0-9]?$ ]] || { echo "ROUNDS must be from 1 to 99" >&2; exit 2; }
 [[ "$ping_every" =~ ^[0-9]+$ ]] || { echo "PING_EVERY_MS must be a whole number of milliseconds" >&2; exit 2; }
@@ -84,14 +83,17 @@ if [ "${SEPARATE_CORES:-0}" = 1 ]; then
   echo "Slurm's daemons on CPU 0; Clusterra and wrk on CPU 1"
 fi
 run() { # name url script
-  echo "== $1, $conns connections, ${secs} s (slurmrestd /ping from one more connection meanwhile)"
+  echo "== $1, $conns connections, ${secs} s from $(date -u +%T) UTC (slurmrestd /ping from one more connection meanwhile)"
   local before=() d
   for d in $daemons; do before+=("$(cpu "${d#*:}")"); done
   "${load[@]}" wrk -t1 -c1 -d"$((secs + 1))s" --latency -s "$dir/ping.lua" "$SLURMRESTD_URL/slurm/v0.0.44/ping" > "$dir/ping.out" &
   local ping=$!
-  "${load[@]}" wrk -t2 -c"$conns" -d"${secs}s" --latency -s "$3" "$2" | grep -E "Requests/sec|Latency |99%|50%|Non-2xx|Socket errors|requests in"
+  "${load[@]}" wrk -t2 -c"$conns" -d"${secs}s" --latency -s "$3" "$2" > "$dir/run.out"
+  grep -E "Requests/sec|Latency |99%|50%|Non-2xx|Socket errors|requests in" "$dir/run.out"
   wait "$ping"
   echo "   /ping during the run:"; grep -E "Requests/sec| 50%| 99%|Non-2xx" "$dir/ping.out" | sed 's/^/   /'
+  # name, submits/s, /ping p99 (for the summary)
+  echo "$1 $(awk '/^Requests\/sec/ {print $2}' "$dir/run.out") $(awk '/ 99%/ {print $2}' "$dir/ping.out")" >> "$dir/rounds"
   local i=0 line="   CPU seconds used during the run:"
   for d in $daemons; do
     line+=" ${d%%:*} $(awk -v a="$(cpu "${d#*:}")" -v b="${before[$i]}" 'BEGIN {printf "%.2f", a - b}')"
@@ -104,4 +106,13 @@ for round in $(seq "$rounds"); do
   run Clusterra "$url/v1/clusters/real/jobs" "$dir/clusterra.lua"
   run slurmrestd "$SLURMRESTD_URL/slurm/v0.0.44/job/submit" "$dir/slurm.lua"
 done
+# Slurm's own rate falls as its queue grows, and each round runs Clusterra first: besides the
+# same-round ratio, each Clusterra run is also set against the mean of the slurmrestd runs just
+# before and just after it.
+echo "summary (submits/s; the ratio to the same round's slurmrestd run, and to the mean of the slurmrestd runs either side):"
+awk '$1 == "Clusterra" {c[++n] = $2; p[n] = $3} $1 == "slurmrestd" {s[n] = $2}
+  END {for (i = 1; i <= n; i++) {
+    m = (i > 1) ? (s[i - 1] + s[i]) / 2 : s[i]
+    printf "  round %d: Clusterra %.0f, slurmrestd %.0f, ratio %.2f, to the runs either side %.2f; /ping p99 in Clusterra'"'"'s run %s\n", i, c[i], s[i], c[i] / s[i], c[i] / m, p[i]
+  }}' "$dir/rounds"
 echo "jobs in Slurm at the end: $(curl -s "$SLURMRESTD_URL/slurm/v0.0.44/jobs/state/" -H "X-SLURM-USER-NAME: $SLURM_USER_NAME" -H "X-SLURM-USER-TOKEN: $SLURM_JWT" | grep -o '"job_id"' | wc -l)"

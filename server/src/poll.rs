@@ -89,11 +89,13 @@ struct Shared {
     listed: Mutex<HashMap<Key, Listed>>,
 }
 
-/// A full listing of a cluster's job states: when it started and how long Slurm took to answer.
+/// A full listing of a cluster's job states: when it started, how long Slurm took to answer (or
+/// to fail), and whether it answered.
 #[derive(Debug, Clone, Copy)]
 struct Listed {
     at: std::time::Instant,
     took: Duration,
+    answered: bool,
 }
 
 /// A full listing of a Slurm's job states costs that Slurm time in proportion to its queue
@@ -102,13 +104,28 @@ struct Listed {
 /// queue holds. A small queue (a listing under 1/20 of the poll interval) is listed every cycle.
 const LISTING_SHARE: u32 = 20;
 
-/// However long listings take, one is made at least this often.
-const LISTING_EVERY_MAX: Duration = Duration::from_secs(10);
+/// However long answered listings take, one is made at least this often. A listing of ~20,000
+/// jobs took slurmrestd 2-4.5 s while it was saturated with submits (`bench/keyed-vs-slurm.sh`):
+/// with 10 s here, as before, that was a fifth to nearly half of its time, and the submits it
+/// served meanwhile fell to half their rate. A minute keeps the 1/20 share for listings of up to
+/// 3 s; state changes then reach the log up to a minute late on such a Slurm, with Slurm's own
+/// times (a job's cost follows those, not when it was seen).
+const LISTING_EVERY_MAX: Duration = Duration::from_secs(60);
+
+/// After a listing that got no answer, the next is made at most this long after it: the breaker
+/// counts calls that failed, so a Slurm that stopped answering is found unreachable within a few
+/// of these, not minutes.
+const RETRY_LISTING_MAX: Duration = Duration::from_secs(10);
 
 /// Whether a cluster's next full listing is due at `now`, after `last`.
 fn listing_due(last: Option<&Listed>, now: std::time::Instant) -> bool {
     last.is_none_or(|l| {
-        let pause = l.took.saturating_mul(LISTING_SHARE).min(LISTING_EVERY_MAX);
+        let most = if l.answered {
+            LISTING_EVERY_MAX
+        } else {
+            RETRY_LISTING_MAX
+        };
+        let pause = l.took.saturating_mul(LISTING_SHARE).min(most);
         now.saturating_duration_since(l.at) >= pause
     })
 }
@@ -119,8 +136,14 @@ fn listing_due(last: Option<&Listed>, now: std::time::Instant) -> bool {
 /// listings of ~20,000 jobs back to back, each dropped after 5 s, while it was saturated). A
 /// refused connection fails at once and paces nothing; the breaker spaces those calls. A port
 /// without a listing of states has nothing timed: it is paced only by a pass that failed.
-fn listing_cost(answered: Option<Duration>, failed: bool, spent: Duration) -> Option<Duration> {
-    answered.or(failed.then_some(spent))
+fn listing_cost(
+    answered: Option<Duration>,
+    failed: bool,
+    spent: Duration,
+) -> Option<(Duration, bool)> {
+    answered
+        .map(|took| (took, true))
+        .or(failed.then_some((spent, false)))
 }
 
 /// The work of one cycle under way: cluster passes (`Some(key)`) and the quota pass (`None`).
@@ -399,12 +422,12 @@ async fn cluster_pass(shared: Arc<Shared>, key: Key, slurm: Arc<dyn SlurmPort>) 
                 )
                 .await;
                 let took = listing_cost(listing, done.is_err(), at.elapsed());
-                if let (Some(took), None) = (took, slurm_version) {
+                if let (Some((took, answered)), None) = (took, slurm_version) {
                     shared
                         .listed
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .insert(key.clone(), Listed { at, took });
+                        .insert(key.clone(), Listed { at, took, answered });
                 }
                 done.map(|done| (done, slurm_version))
             }
@@ -849,12 +872,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_full_listing_waits_twenty_times_its_own_duration_at_most_ten_seconds() {
+    fn a_full_listing_waits_twenty_times_its_own_duration_at_most_a_minute() {
         let t0 = std::time::Instant::now();
         let at = |ms: u64| t0 + Duration::from_millis(ms);
         let listed = |took_ms: u64| Listed {
             at: t0,
             took: Duration::from_millis(took_ms),
+            answered: true,
         };
         assert!(listing_due(None, t0));
         // 5 ms (a small queue): due again after 100 ms, so every cycle of a 1 s interval.
@@ -863,28 +887,40 @@ mod tests {
         // 200 ms (about 20,000 jobs): every 4 s.
         assert!(!listing_due(Some(&listed(200)), at(3_999)));
         assert!(listing_due(Some(&listed(200)), at(4_000)));
-        // However slow, at least every 10 s.
-        assert!(!listing_due(Some(&listed(60_000)), at(9_999)));
-        assert!(listing_due(Some(&listed(60_000)), at(10_000)));
+        // 2.8 s (about 20,000 jobs on a saturated Slurm): every 56 s.
+        assert!(!listing_due(Some(&listed(2_800)), at(55_999)));
+        assert!(listing_due(Some(&listed(2_800)), at(56_000)));
+        // However slow, at least every minute.
+        assert!(!listing_due(Some(&listed(60_000)), at(59_999)));
+        assert!(listing_due(Some(&listed(60_000)), at(60_000)));
     }
 
     #[test]
     fn a_listing_that_timed_out_paces_the_next_as_long_as_it_waited() {
         let ms = Duration::from_millis;
         // Answered: its own duration, whatever the pass did after it.
-        assert_eq!(listing_cost(Some(ms(200)), false, ms(900)), Some(ms(200)));
-        assert_eq!(listing_cost(Some(ms(200)), true, ms(900)), Some(ms(200)));
-        // Dropped after the 5 s timeout: the next waits the longest pause, 10 s.
+        assert_eq!(
+            listing_cost(Some(ms(200)), false, ms(900)),
+            Some((ms(200), true))
+        );
+        assert_eq!(
+            listing_cost(Some(ms(200)), true, ms(900)),
+            Some((ms(200), true))
+        );
+        // Dropped after the 5 s timeout: the next waits the longest pause after a failure,
+        // 10 s (not the minute an answered listing may wait: the breaker counts failures).
         let t0 = std::time::Instant::now();
-        let took = listing_cost(None, true, ms(5_000)).unwrap();
-        let last = Listed { at: t0, took };
+        let listed = |(took, answered)| Listed {
+            at: t0,
+            took,
+            answered,
+        };
+        let last = listed(listing_cost(None, true, ms(5_000)).unwrap());
+        assert!(!last.answered);
         assert!(!listing_due(Some(&last), t0 + ms(9_999)));
         assert!(listing_due(Some(&last), t0 + ms(10_000)));
         // Refused at once: due again almost at once (the breaker spaces those).
-        let refused = Listed {
-            at: t0,
-            took: listing_cost(None, true, ms(1)).unwrap(),
-        };
+        let refused = listed(listing_cost(None, true, ms(1)).unwrap());
         assert!(listing_due(Some(&refused), t0 + ms(20)));
         // No listing to time (a port without one): nothing to pace by.
         assert_eq!(listing_cost(None, false, ms(900)), None);
