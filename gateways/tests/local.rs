@@ -348,6 +348,10 @@ fn a_restart_kills_the_jobs_own_leftovers_and_never_a_reused_pid() {
     // leads its own group (what a reused pid looks like): written into the stored state as the
     // job's, with the job's recorded start time.
     killpg(Pid::from_raw(ended_pid as i32), Signal::SIGKILL).unwrap();
+    // Start times are in clock ticks (10 ms): a process started within the job's tick would
+    // pass for the job itself (CI saw this once). A real reused pid cannot come that soon (the
+    // pid space would have to wrap within one tick), so the stand-in starts a few ticks later.
+    std::thread::sleep(Duration::from_millis(30));
     let mut unrelated = std::process::Command::new("sleep")
         .arg("1000")
         .env_remove("SLURM_JOB_ID")
