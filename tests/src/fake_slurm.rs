@@ -159,9 +159,6 @@ async fn answer(state: &Mutex<State>, method: Method, uri: Uri, body: Bytes) -> 
         s.requests += 1;
         (s.mode.clone(), s.submit_delay)
     };
-    if method == Method::POST && uri.path().ends_with("/job/submit") && !submit_delay.is_zero() {
-        tokio::time::sleep(submit_delay).await;
-    }
     match mode {
         Mode::Hang => std::future::pending::<Response>().await,
         Mode::Canned(status, content_type, text) => (
@@ -171,11 +168,15 @@ async fn answer(state: &Mutex<State>, method: Method, uri: Uri, body: Bytes) -> 
         )
             .into_response(),
         Mode::Slurm => {
-            let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
             let path = uri.path().trim_end_matches('/');
             let Some(rest) = path.strip_prefix("/slurm/v0.0.44") else {
                 return (StatusCode::NOT_FOUND, "Unable to find requested URL").into_response();
             };
+            // A slow controller: the submit waits before the job is taken (not holding the lock).
+            if method == Method::POST && rest == "/job/submit" {
+                tokio::time::sleep(submit_delay).await;
+            }
+            let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
             match (method, rest) {
                 (Method::POST, "/job/submit") => {
                     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
