@@ -281,6 +281,12 @@ pub(crate) fn job_error(e: JobError) -> ApiError {
             "Slurm could not be reached; retry with the same Idempotency-Key",
         )
         .with_detail(m),
+        JobError::Slurm(SlurmError::NotCalled(m)) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "slurm_unavailable",
+            "Slurm was not called, so nothing was submitted: its slurmrestd has stopped answering, or this server already has as many calls to it under way as it allows (slurm_max_in_flight); retry in a few seconds, with the same Idempotency-Key or without one",
+        )
+        .with_detail(m),
         JobError::Rule(JobRuleError::AlreadyFinished(s)) => ApiError::new(
             StatusCode::CONFLICT,
             "job_finished",
@@ -312,7 +318,7 @@ pub(crate) fn job_error(e: JobError) -> ApiError {
 /// answer, 502 when it refused.
 fn cancel_error(e: JobError) -> ApiError {
     match e {
-        JobError::Slurm(SlurmError::Unavailable(m)) => {
+        JobError::Slurm(SlurmError::Unavailable(m) | SlurmError::NotCalled(m)) => {
             tracing::warn!(error = %m, "cancel recorded but not confirmed by Slurm");
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,

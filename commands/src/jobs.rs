@@ -458,8 +458,9 @@ impl Submitter {
         let submitted_at = self.clock.now();
         let accepted = match slurm.submit(&body).await {
             Ok(a) => a,
-            Err(e @ SlurmError::Rejected(_)) => {
-                // Slurm answered no: nothing was created, and the key is free again.
+            Err(e @ (SlurmError::Rejected(_) | SlurmError::NotCalled(_))) => {
+                // Slurm answered no, or was never called: nothing was created, and the key is
+                // free again.
                 let failed = DomainEvent::JobSubmissionFailed(JobSubmissionFailed {
                     submission_id,
                     workspace: s.workspace,

@@ -68,6 +68,10 @@ pub enum SlurmError {
     UnknownJob(u64),
     #[error("Slurm could not be reached: {0}")]
     Unavailable(String),
+    /// The call was never made, so nothing reached Slurm: its breaker is open, or this server
+    /// already has as many calls to it under way as it allows ([`Guarded`]).
+    #[error("Slurm was not called: {0}")]
+    NotCalled(String),
 }
 
 #[async_trait]
@@ -296,12 +300,24 @@ impl Breaker {
     }
 }
 
-/// A Slurm port behind a circuit breaker: a cluster whose Slurm stopped answering costs its
-/// callers nothing (they fail at once) until a probe gets an answer. Only
-/// [`SlurmError::Unavailable`] counts as no answer: a refusal is an answer.
+/// Calls one server makes to one cluster's Slurm at once, unless configured otherwise
+/// (`slurm_max_in_flight`).
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 64;
+
+/// How long a call waits for one of those places before it is refused, never sent.
+pub const IN_FLIGHT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A Slurm port behind a circuit breaker and a bound on calls under way: a cluster whose Slurm
+/// stopped answering costs its callers nothing (they fail at once) until a probe gets an answer,
+/// and however many requests come in (or hang up and leave their submissions running), at most
+/// `max_in_flight` calls reach that Slurm at once; a call that finds no place within
+/// [`IN_FLIGHT_WAIT`] is refused as [`SlurmError::NotCalled`]. Only [`SlurmError::Unavailable`]
+/// counts as no answer: a refusal is an answer, and a call not made is neither.
 pub struct Guarded {
     inner: std::sync::Arc<dyn SlurmPort>,
     breaker: std::sync::Mutex<Breaker>,
+    in_flight: tokio::sync::Semaphore,
+    max_in_flight: usize,
 }
 
 impl Guarded {
@@ -309,7 +325,17 @@ impl Guarded {
         Self {
             inner,
             breaker: std::sync::Mutex::new(Breaker::new(settings)),
+            in_flight: tokio::sync::Semaphore::new(DEFAULT_MAX_IN_FLIGHT),
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
         }
+    }
+
+    /// At most `n` calls under way at once (at least 1).
+    pub fn with_max_in_flight(mut self, n: usize) -> Self {
+        let n = n.clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+        self.in_flight = tokio::sync::Semaphore::new(n);
+        self.max_in_flight = n;
+        self
     }
 
     fn breaker(&self) -> std::sync::MutexGuard<'_, Breaker> {
@@ -320,6 +346,18 @@ impl Guarded {
         &self,
         call: impl std::future::Future<Output = Result<T, SlurmError>>,
     ) -> Result<T, SlurmError> {
+        // A place first, so a call that waits for one does not hold the breaker's probe.
+        let _place = match tokio::time::timeout(IN_FLIGHT_WAIT, self.in_flight.acquire()).await {
+            Ok(Ok(place)) => place,
+            // (The semaphore is never closed; a closed one would refuse alike.)
+            _ => {
+                return Err(SlurmError::NotCalled(format!(
+                    "this server already has {} calls to this Slurm under way (slurm_max_in_flight) and none ended within {} ms; nothing was sent, retry shortly",
+                    self.max_in_flight,
+                    IN_FLIGHT_WAIT.as_millis()
+                )));
+            }
+        };
         // (The guard is dropped here, before any arm locks it again.)
         let admit = self.breaker().admit(std::time::Instant::now());
         let probe = match admit {
@@ -330,7 +368,7 @@ impl Guarded {
                     Reachability::Unreachable { cause, .. } => cause,
                     _ => String::new(),
                 };
-                return Err(SlurmError::Unavailable(format!(
+                return Err(SlurmError::NotCalled(format!(
                     "Slurm has stopped answering ({cause}); calls are paused, the next try is in {:.1} s",
                     wait.as_secs_f64()
                 )));
@@ -342,6 +380,8 @@ impl Guarded {
                 self.breaker()
                     .failed(std::time::Instant::now(), Utc::now(), cause, probe)
             }
+            // (Only a port that guards calls itself says so; it answered nothing.)
+            Err(SlurmError::NotCalled(_)) => {}
             _ => self.breaker().answered(),
         }
         out
@@ -561,8 +601,61 @@ mod tests {
         ));
         // Open: refused at once, without calling.
         match port.jobs().await {
-            Err(SlurmError::Unavailable(m)) => assert!(m.contains("paused"), "{m}"),
+            Err(SlurmError::NotCalled(m)) => assert!(m.contains("paused"), "{m}"),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// A Slurm that takes its time to accept a job.
+    struct Slow(Duration);
+
+    #[async_trait]
+    impl SlurmPort for Slow {
+        async fn submit(&self, _: &serde_json::Value) -> Result<Accepted, SlurmError> {
+            tokio::time::sleep(self.0).await;
+            Ok(Accepted {
+                job_id: 7,
+                warnings: Vec::new(),
+            })
+        }
+        async fn job(&self, _: u64) -> Result<Option<SlurmJob>, SlurmError> {
+            Ok(None)
+        }
+        async fn jobs(&self) -> Result<Vec<SlurmJob>, SlurmError> {
+            Ok(Vec::new())
+        }
+        async fn cancel(&self, _: u64) -> Result<(), SlurmError> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_guarded_port_makes_at_most_its_calls_at_once_and_refuses_the_rest_unsent() {
+        let port = std::sync::Arc::new(
+            Guarded::new(
+                std::sync::Arc::new(Slow(IN_FLIGHT_WAIT + Duration::from_millis(600))),
+                BreakerSettings {
+                    failures: 1,
+                    ..settings()
+                },
+            )
+            .with_max_in_flight(1),
+        );
+        let first = tokio::spawn({
+            let port = port.clone();
+            async move { port.submit(&serde_json::json!({})).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let started = Instant::now();
+        match port.submit(&serde_json::json!({})).await {
+            Err(SlurmError::NotCalled(m)) => assert!(m.contains("1 calls"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(started.elapsed() >= IN_FLIGHT_WAIT, "it waited for a place");
+        // A call not made is no failure of Slurm's: the breaker (opening at one) stays closed.
+        assert_eq!(port.reachability(), Reachability::Reachable);
+        assert_eq!(first.await.unwrap().unwrap().job_id, 7);
+        // The place is free again.
+        assert_eq!(port.submit(&serde_json::json!({})).await.unwrap().job_id, 7);
     }
 }

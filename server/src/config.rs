@@ -91,6 +91,9 @@ pub struct Config {
     /// How long an open breaker waits before a probe, in milliseconds; doubled after each failed
     /// probe, up to 16 times this.
     pub slurm_breaker_backoff_ms: u64,
+    /// Calls this server makes to one cluster's slurmrestd at once; a call that finds them all
+    /// taken for a second is refused, never sent (a submit's key is then free again).
+    pub slurm_max_in_flight: usize,
     /// Local executor: jobs running at once (the rest wait PENDING); unset = this machine's
     /// cores; 0 runs nothing (every job stays pending, for benchmarks of the submit path).
     pub executor_slots: Option<usize>,
@@ -303,6 +306,7 @@ impl Default for Config {
             slurm_call_timeout_ms: 5_000,
             slurm_breaker_failures: 3,
             slurm_breaker_backoff_ms: 10_000,
+            slurm_max_in_flight: commands::slurm::DEFAULT_MAX_IN_FLIGHT,
             s3_endpoint: String::new(),
             s3_public_endpoint: String::new(),
             s3_listen: SocketAddr::from(([127, 0, 0, 1], 8014)),
@@ -357,7 +361,7 @@ impl Default for Config {
     }
 }
 
-const ENV_KEYS: [&str; 76] = [
+const ENV_KEYS: [&str; 77] = [
     "webhook_allow",
     "webhook_key_file",
     "webhook_timeout_ms",
@@ -387,6 +391,7 @@ const ENV_KEYS: [&str; 76] = [
     "slurm_call_timeout_ms",
     "slurm_breaker_failures",
     "slurm_breaker_backoff_ms",
+    "slurm_max_in_flight",
     "billing_period",
     "replica_store",
     "dynamodb_endpoint",
@@ -508,6 +513,10 @@ impl Config {
         ensure!(
             (100..=3_600_000).contains(&config.slurm_breaker_backoff_ms),
             "slurm_breaker_backoff_ms must be from 100 to 3600000"
+        );
+        ensure!(
+            (1..=4_096).contains(&config.slurm_max_in_flight),
+            "slurm_max_in_flight must be from 1 to 4096"
         );
         ensure!(
             (10..=60_000).contains(&config.log_poll_interval_ms),

@@ -209,6 +209,7 @@ impl Server {
             metrics: state.metrics.clone(),
             slurm: crate::poll::SlurmCalls {
                 timeout: std::time::Duration::from_millis(config.slurm_call_timeout_ms),
+                max_in_flight: config.slurm_max_in_flight,
                 breaker: commands::slurm::BreakerSettings {
                     failures: config.slurm_breaker_failures,
                     backoff: std::time::Duration::from_millis(config.slurm_breaker_backoff_ms),

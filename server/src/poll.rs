@@ -38,6 +38,8 @@ pub struct SlurmCalls {
     /// One call's limit, connection included.
     pub timeout: Duration,
     pub breaker: BreakerSettings,
+    /// Calls to one cluster's Slurm under way at once.
+    pub max_in_flight: usize,
 }
 
 /// What the poll cycle works with.
@@ -752,7 +754,10 @@ fn connect_clusters(
                 directory.insert(
                     view.workspace.clone(),
                     view.cluster_id.clone(),
-                    Arc::new(commands::slurm::Guarded::new(Arc::new(port), calls.breaker)),
+                    Arc::new(
+                        commands::slurm::Guarded::new(Arc::new(port), calls.breaker)
+                            .with_max_in_flight(calls.max_in_flight),
+                    ),
                 );
             }
             Err(e) => {

@@ -323,3 +323,71 @@ async fn a_caller_that_hangs_up_mid_submit_does_not_stop_the_submission() {
     // Answered from the log, not after the whole in-flight wait (3 s).
     assert!(took < Duration::from_secs(3), "the retry took {took:?}");
 }
+
+/// However many submissions come in at once, a server makes at most `slurm_max_in_flight`
+/// calls to one cluster's slurmrestd: one that finds no place within a second is answered 503
+/// without reaching Slurm, and its Idempotency-Key is free again at once (no
+/// `submission_in_progress` until the poll cycle settles it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_server_makes_at_most_its_calls_to_one_slurm_at_once() {
+    let slurm = FakeSlurm::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let tokens = data.join("slurm-tokens");
+    std::fs::create_dir_all(&tokens).unwrap();
+    std::fs::write(tokens.join("default.busy.jwt"), "jwt\n").unwrap();
+    let api = Api::start(
+        data.to_str().unwrap(),
+        &[
+            ("CLUSTERRA_POLL_INTERVAL_MS", &POLL_MS.to_string()),
+            ("CLUSTERRA_SLURM_MAX_IN_FLIGHT", "1"),
+        ],
+    );
+    register(&api, "busy", &slurm.url).await;
+    submit(&api, "busy").await; // connected
+    let keyed = |key: &'static str| {
+        api.client
+            .post(api.server.url("/v1/clusters/busy/jobs"))
+            .bearer_auth(&api.token)
+            .header("Idempotency-Key", key)
+            .json(&body())
+    };
+
+    // Slurm takes 1.5 s to take the first job; the second finds the one place taken.
+    slurm.set_submit_delay(Duration::from_millis(1_500));
+    let first = tokio::spawn(keyed("busy-1").send());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let res = keyed("busy-2").send().await.unwrap();
+    let took = started.elapsed();
+    let status = res.status().as_u16();
+    let out: Value = res.json().await.unwrap();
+    assert_eq!(status, 503, "{out}");
+    assert_eq!(out["error"]["code"], "slurm_unavailable", "{out}");
+    let message = out["error"]["message"].as_str().unwrap();
+    assert!(message.contains("slurm_max_in_flight"), "{message}");
+    assert!(
+        took >= Duration::from_millis(900),
+        "it waited for a place first: {took:?}"
+    );
+    let first = first.await.unwrap().unwrap();
+    assert_eq!(first.status().as_u16(), 201);
+    assert_eq!(
+        slurm.state.lock().unwrap().jobs.len(),
+        2,
+        "the refused submit never reached Slurm"
+    );
+
+    // The key is free again: the retry submits at once, and is no replay.
+    slurm.set_submit_delay(Duration::ZERO);
+    let started = Instant::now();
+    let res = keyed("busy-2").send().await.unwrap();
+    assert_eq!(res.status().as_u16(), 201);
+    assert!(res.headers().get("idempotent-replayed").is_none());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the retry took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(slurm.state.lock().unwrap().jobs.len(), 3);
+}
