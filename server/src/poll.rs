@@ -92,12 +92,13 @@ struct Shared {
 }
 
 /// A full listing of a cluster's job states: when it started, how long Slurm took to answer (or
-/// to fail), and whether it answered.
+/// to fail), whether it answered, and how many listings in a row (this one included) did not.
 #[derive(Debug, Clone, Copy)]
 struct Listed {
     at: std::time::Instant,
     took: Duration,
     answered: bool,
+    failed_in_a_row: u32,
 }
 
 /// A full listing of a Slurm's job states costs that Slurm time in proportion to its queue
@@ -116,8 +117,21 @@ const LISTING_EVERY_MAX: Duration = Duration::from_secs(60);
 
 /// After a listing that got no answer, the next is made at most this long after it: the breaker
 /// counts calls that failed, so a Slurm that stopped answering is found unreachable within a few
-/// of these, not minutes.
+/// of these, not minutes. From the third failed listing in a row this doubles, up to
+/// [`LISTING_EVERY_MAX`]: a Slurm that answers its other calls (so its breaker stays closed) but
+/// is too busy to list its whole queue within the call's timeout (measured: ~35,000 jobs on a
+/// saturated Slurm, `bench/keyed-vs-slurm.sh`) is not asked again every ~15 s for a listing it
+/// spends the whole timeout on and never delivers.
 const RETRY_LISTING_MAX: Duration = Duration::from_secs(10);
+
+/// The longest pause after `failed_in_a_row` listings without an answer (see
+/// [`RETRY_LISTING_MAX`]).
+fn retry_listing_max(failed_in_a_row: u32) -> Duration {
+    let doublings = failed_in_a_row.saturating_sub(2).min(8);
+    RETRY_LISTING_MAX
+        .saturating_mul(1 << doublings)
+        .min(LISTING_EVERY_MAX)
+}
 
 /// Whether a cluster's next full listing is due at `now`, after `last`.
 fn listing_due(last: Option<&Listed>, now: std::time::Instant) -> bool {
@@ -125,7 +139,7 @@ fn listing_due(last: Option<&Listed>, now: std::time::Instant) -> bool {
         let most = if l.answered {
             LISTING_EVERY_MAX
         } else {
-            RETRY_LISTING_MAX
+            retry_listing_max(l.failed_in_a_row)
         };
         let pause = l.took.saturating_mul(LISTING_SHARE).min(most);
         now.saturating_duration_since(l.at) >= pause
@@ -425,11 +439,21 @@ async fn cluster_pass(shared: Arc<Shared>, key: Key, slurm: Arc<dyn SlurmPort>) 
                 .await;
                 let took = listing_cost(listing, done.is_err(), at.elapsed());
                 if let (Some((took, answered)), None) = (took, slurm_version) {
-                    shared
-                        .listed
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(key.clone(), Listed { at, took, answered });
+                    let mut listed = shared.listed.lock().unwrap_or_else(|p| p.into_inner());
+                    let failed_in_a_row = match listed.get(&key) {
+                        _ if answered => 0,
+                        Some(before) => before.failed_in_a_row.saturating_add(1),
+                        None => 1,
+                    };
+                    listed.insert(
+                        key.clone(),
+                        Listed {
+                            at,
+                            took,
+                            answered,
+                            failed_in_a_row,
+                        },
+                    );
                 }
                 done.map(|done| (done, slurm_version))
             }
@@ -884,6 +908,7 @@ mod tests {
             at: t0,
             took: Duration::from_millis(took_ms),
             answered: true,
+            failed_in_a_row: 0,
         };
         assert!(listing_due(None, t0));
         // 5 ms (a small queue): due again after 100 ms, so every cycle of a 1 s interval.
@@ -919,11 +944,34 @@ mod tests {
             at: t0,
             took,
             answered,
+            failed_in_a_row: u32::from(!answered),
         };
         let last = listed(listing_cost(None, true, ms(5_000)).unwrap());
         assert!(!last.answered);
         assert!(!listing_due(Some(&last), t0 + ms(9_999)));
         assert!(listing_due(Some(&last), t0 + ms(10_000)));
+        // The second in a row too (the breaker, closed, needs three to open); from the third
+        // the pause doubles, up to the minute an answered listing may wait.
+        let in_a_row = |n| Listed {
+            failed_in_a_row: n,
+            ..last
+        };
+        for (n, pause) in [
+            (2, 10_000),
+            (3, 20_000),
+            (4, 40_000),
+            (5, 60_000),
+            (40, 60_000),
+        ] {
+            assert!(!listing_due(Some(&in_a_row(n)), t0 + ms(pause - 1)), "{n}");
+            assert!(listing_due(Some(&in_a_row(n)), t0 + ms(pause)), "{n}");
+        }
+        // A cheap failure (refused at once) stays cheap however many came before.
+        let refused = Listed {
+            took: ms(1),
+            ..in_a_row(9)
+        };
+        assert!(listing_due(Some(&refused), t0 + ms(20)));
         // Refused at once: due again almost at once (the breaker spaces those).
         let refused = listed(listing_cost(None, true, ms(1)).unwrap());
         assert!(listing_due(Some(&refused), t0 + ms(20)));
