@@ -113,6 +113,6 @@ echo "summary (submits/s; the ratio to the same round's slurmrestd run, and to t
 awk '$1 == "Clusterra" {c[++n] = $2; p[n] = $3} $1 == "slurmrestd" {s[n] = $2}
   END {for (i = 1; i <= n; i++) {
     m = (i > 1) ? (s[i - 1] + s[i]) / 2 : s[i]
-    printf "  round %d: Clusterra %.0f, slurmrestd %.0f, ratio %.2f, to the runs either side %.2f; /ping p99 in Clusterra'"'"'s run %s\n", i, c[i], s[i], c[i] / s[i], c[i] / m, p[i]
+    printf "  round %d: Clusterra %.0f, slurmrestd %.0f, ratio %.3f, to the runs either side %.3f; /ping p99 in Clusterra'"'"'s run %s\n", i, c[i], s[i], c[i] / s[i], c[i] / m, p[i]
   }}' "$dir/rounds"
 echo "jobs in Slurm at the end: $(curl -s "$SLURMRESTD_URL/slurm/v0.0.44/jobs/state/" -H "X-SLURM-USER-NAME: $SLURM_USER_NAME" -H "X-SLURM-USER-TOKEN: $SLURM_JWT" | grep -o '"job_id"' | wc -l)"
