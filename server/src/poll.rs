@@ -117,7 +117,8 @@ const LISTING_EVERY_MAX: Duration = Duration::from_secs(60);
 
 /// After a listing that got no answer, the next is made at most this long after it: the breaker
 /// counts calls that failed, so a Slurm that stopped answering is found unreachable within a few
-/// of these, not minutes. From the third failed listing in a row this doubles, up to
+/// of these, not minutes. From the third failed listing in a row while the breaker stays closed
+/// (an open breaker spaces the calls itself, and starts the count again) this doubles, up to
 /// [`LISTING_EVERY_MAX`]: a Slurm that answers its other calls (so its breaker stays closed) but
 /// is too busy to list its whole queue within the call's timeout (measured: ~35,000 jobs on a
 /// saturated Slurm, `bench/keyed-vs-slurm.sh`) is not asked again every ~15 s for a listing it
@@ -439,9 +440,14 @@ async fn cluster_pass(shared: Arc<Shared>, key: Key, slurm: Arc<dyn SlurmPort>) 
                 .await;
                 let took = listing_cost(listing, done.is_err(), at.elapsed());
                 if let (Some((took, answered)), None) = (took, slurm_version) {
+                    // Failures count toward the longer pauses only while the breaker is closed
+                    // (Slurm answers other calls): once it opens, the breaker spaces the calls,
+                    // and the listing is due as soon as a probe is answered.
+                    let unreachable =
+                        matches!(slurm.reachability(), Reachability::Unreachable { .. });
                     let mut listed = shared.listed.lock().unwrap_or_else(|p| p.into_inner());
                     let failed_in_a_row = match listed.get(&key) {
-                        _ if answered => 0,
+                        _ if answered || unreachable => 0,
                         Some(before) => before.failed_in_a_row.saturating_add(1),
                         None => 1,
                     };
