@@ -727,11 +727,110 @@ impl DomainEvent {
             _ => None,
         })
     }
+
+    /// As [`Self::decode`], but a `JobSubmitted`'s job body, parameters and warnings are skipped
+    /// over, not built: `body` is `null`, `params` `None`, `warnings` empty. For folds that read
+    /// none of them (the poll cycle's open-job index), where building the body was most of the
+    /// cost of each event.
+    pub fn decode_without_bodies(
+        event_type: &str,
+        schema_version: i32,
+        data: &str,
+    ) -> Result<Option<Self>, serde_json::Error> {
+        if event_type != "JobSubmitted" {
+            return Self::decode(event_type, schema_version, data);
+        }
+        let j: SubmittedWithoutBody = serde_json::from_str(data)?;
+        Ok(Some(DomainEvent::JobSubmitted(JobSubmitted {
+            submission_id: j.submission_id,
+            workspace: j.workspace,
+            cluster_id: j.cluster_id,
+            job_id: j.job_id,
+            name: j.name,
+            user: j.user,
+            via: j.via,
+            template_id: j.template_id,
+            params: None,
+            body: serde_json::Value::Null,
+            shape: j.shape,
+            warnings: Vec::new(),
+            submitted_at: j.submitted_at,
+            rate: j.rate,
+        })))
+    }
+}
+
+/// [`JobSubmitted`] less what [`DomainEvent::decode_without_bodies`] skips (serde passes over
+/// fields a struct does not name without building them).
+#[derive(Deserialize)]
+struct SubmittedWithoutBody {
+    submission_id: Uuid,
+    workspace: WorkspaceId,
+    cluster_id: ClusterId,
+    job_id: u64,
+    name: String,
+    user: Email,
+    via: SubmittedVia,
+    #[serde(default)]
+    template_id: Option<String>,
+    shape: JobShape,
+    #[serde(default)]
+    submitted_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    rate: Option<crate::MicroUsd>,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_submission_decoded_without_bodies_is_the_same_but_for_them() {
+        let full = JobSubmitted {
+            submission_id: Uuid::now_v7(),
+            workspace: WorkspaceId::new("default").unwrap(),
+            cluster_id: ClusterId::new("local").unwrap(),
+            job_id: 42,
+            name: "train".into(),
+            user: Email::new("ada@example.org").unwrap(),
+            via: SubmittedVia::Template,
+            template_id: Some("pytorch".into()),
+            params: Some(serde_json::json!({"epochs": 3})),
+            body: serde_json::json!({"job": {"script": "#!/bin/bash\ntrue", "environment": ["A=1"], "nested": {"deep": [1, {"x": null}]}}}),
+            shape: JobShape {
+                cpus: 4,
+                memory_mib: Some(8_192),
+                nodes: 2,
+                time_limit_minutes: Some(60),
+                gpus: 1,
+                tasks: Some(4),
+            },
+            warnings: vec![Warning {
+                field: "slurm".into(),
+                message: "ignored".into(),
+            }],
+            submitted_at: Some(Utc::now()),
+            rate: Some(crate::MicroUsd(1_234)),
+        };
+        let e = DomainEvent::JobSubmitted(full.clone());
+        let data = serde_json::to_string(&e.data().unwrap()).unwrap();
+        let lean = DomainEvent::decode_without_bodies(e.event_type(), 1, &data).unwrap();
+        assert_eq!(
+            lean,
+            Some(DomainEvent::JobSubmitted(JobSubmitted {
+                params: None,
+                body: serde_json::Value::Null,
+                warnings: Vec::new(),
+                ..full
+            }))
+        );
+        // Any other event decodes as `decode` does; a broken submission is still an error.
+        assert_eq!(
+            DomainEvent::decode_without_bodies("FromTheFuture", 1, "{}").unwrap(),
+            None
+        );
+        assert!(DomainEvent::decode_without_bodies("JobSubmitted", 1, r#"{"job_id": 1}"#).is_err());
+    }
 
     #[test]
     fn round_trips_through_envelope_fields() {
