@@ -266,24 +266,34 @@ async fn a_failing_slurm_changes_no_job_and_holds_up_no_other_cluster() {
     assert_eq!(events[1]["data"]["reachable"], true);
 }
 
+/// A server with `cluster` registered to a fake slurmrestd (its token file written first) and
+/// connected; `env` adds settings. The directory holds the server's data.
+async fn connected_to_a_fake(
+    cluster: &str,
+    env: &[(&str, &str)],
+) -> (FakeSlurm, tempfile::TempDir, Api) {
+    let slurm = FakeSlurm::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let tokens = data.join("slurm-tokens");
+    std::fs::create_dir_all(&tokens).unwrap();
+    std::fs::write(tokens.join(format!("default.{cluster}.jwt")), "jwt\n").unwrap();
+    let poll = POLL_MS.to_string();
+    let mut settings = vec![("CLUSTERRA_POLL_INTERVAL_MS", poll.as_str())];
+    settings.extend_from_slice(env);
+    let api = Api::start(data.to_str().unwrap(), &settings);
+    register(&api, cluster, &slurm.url).await;
+    submit(&api, cluster).await; // connected
+    (slurm, dir, api)
+}
+
 /// A caller that hangs up while Slurm is still taking its keyed submit does not stop the
 /// submission: Slurm's job is recorded, and the retry with the same key is answered at once
 /// from the log with that job (not `submission_in_progress` until the poll cycle settles the
 /// attempt a minute later), and Slurm is not asked a second time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_caller_that_hangs_up_mid_submit_does_not_stop_the_submission() {
-    let slurm = FakeSlurm::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let tokens = data.join("slurm-tokens");
-    std::fs::create_dir_all(&tokens).unwrap();
-    std::fs::write(tokens.join("default.slow.jwt"), "jwt\n").unwrap();
-    let api = Api::start(
-        data.to_str().unwrap(),
-        &[("CLUSTERRA_POLL_INTERVAL_MS", &POLL_MS.to_string())],
-    );
-    register(&api, "slow", &slurm.url).await;
-    submit(&api, "slow").await; // connected
+    let (slurm, _dir, api) = connected_to_a_fake("slow", &[]).await;
     let keyed = || {
         api.client
             .post(api.server.url("/v1/clusters/slow/jobs"))
@@ -330,21 +340,8 @@ async fn a_caller_that_hangs_up_mid_submit_does_not_stop_the_submission() {
 /// `submission_in_progress` until the poll cycle settles it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_server_makes_at_most_its_calls_to_one_slurm_at_once() {
-    let slurm = FakeSlurm::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let tokens = data.join("slurm-tokens");
-    std::fs::create_dir_all(&tokens).unwrap();
-    std::fs::write(tokens.join("default.busy.jwt"), "jwt\n").unwrap();
-    let api = Api::start(
-        data.to_str().unwrap(),
-        &[
-            ("CLUSTERRA_POLL_INTERVAL_MS", &POLL_MS.to_string()),
-            ("CLUSTERRA_SLURM_MAX_IN_FLIGHT", "1"),
-        ],
-    );
-    register(&api, "busy", &slurm.url).await;
-    submit(&api, "busy").await; // connected
+    let (slurm, _dir, api) =
+        connected_to_a_fake("busy", &[("CLUSTERRA_SLURM_MAX_IN_FLIGHT", "1")]).await;
     let keyed = |key: &'static str| {
         api.client
             .post(api.server.url("/v1/clusters/busy/jobs"))
