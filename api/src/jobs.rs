@@ -402,7 +402,7 @@ fn via(headers: &HeaderMap, template: bool, caller: &Caller) -> Result<Submitted
         (status = 404, description = "No such cluster in your workspace", body = crate::error::ErrorBody),
         (status = 409, description = "`submission_in_progress`: another request with this Idempotency-Key is still being processed; retry shortly", body = crate::error::ErrorBody),
         (status = 422, description = "The body is not a valid submission (`details` lists every problem), or `idempotency_key_reused`: the key was used with another body", body = crate::error::ErrorBody),
-        (status = 503, description = "Slurm unreachable; retry with the same Idempotency-Key", body = crate::error::ErrorBody),
+        (status = 503, description = "`slurm_unavailable`: Slurm did not answer, or was not called (its breaker is open, or this server has `slurm_max_in_flight` calls to it under way; nothing was submitted); retry with the same Idempotency-Key", body = crate::error::ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -704,7 +704,7 @@ pub struct CancelResponse {
         (status = 404, description = "No such job that you can see", body = crate::error::ErrorBody),
         (status = 409, description = "`job_finished`: the job ended before any cancel was requested; `conflict`: a concurrent change, retry", body = crate::error::ErrorBody),
         (status = 502, description = "The cancel is recorded, but Slurm refused it (`slurm_rejected`)", body = crate::error::ErrorBody),
-        (status = 503, description = "The cancel is recorded, but Slurm did not answer (`slurm_unavailable`); the server keeps asking it every poll cycle", body = crate::error::ErrorBody),
+        (status = 503, description = "The cancel is recorded, but Slurm did not answer or was not called (`slurm_unavailable`); the server keeps asking it every poll cycle", body = crate::error::ErrorBody),
     ),
     security(("bearer" = []))
 )]

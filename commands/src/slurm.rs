@@ -236,6 +236,15 @@ impl Breaker {
         }
     }
 
+    /// Whether a call at `now` would be refused, and the wait until the next probe; changes
+    /// nothing (a call that then waits for a place must not have taken the probe).
+    pub fn refusing(&self, now: std::time::Instant) -> Option<std::time::Duration> {
+        match &self.state {
+            BreakerState::Open { until, .. } if now < *until => Some(*until - now),
+            _ => None,
+        }
+    }
+
     /// A call got an answer (any answer Slurm gave, a refusal included).
     pub fn answered(&mut self) {
         self.state = BreakerState::Closed {
@@ -305,13 +314,13 @@ impl Breaker {
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 64;
 
 /// How long a call waits for one of those places before it is refused, never sent.
-pub const IN_FLIGHT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+pub const PLACE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A Slurm port behind a circuit breaker and a bound on calls under way: a cluster whose Slurm
 /// stopped answering costs its callers nothing (they fail at once) until a probe gets an answer,
 /// and however many requests come in (or hang up and leave their submissions running), at most
 /// `max_in_flight` calls reach that Slurm at once; a call that finds no place within
-/// [`IN_FLIGHT_WAIT`] is refused as [`SlurmError::NotCalled`]. Only [`SlurmError::Unavailable`]
+/// [`PLACE_WAIT`] is refused as [`SlurmError::NotCalled`]. Only [`SlurmError::Unavailable`]
 /// counts as no answer: a refusal is an answer, and a call not made is neither.
 pub struct Guarded {
     inner: std::sync::Arc<dyn SlurmPort>,
@@ -342,19 +351,39 @@ impl Guarded {
         self.breaker.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The refusal of a call while the breaker is open.
+    fn paused(&self, wait: std::time::Duration) -> SlurmError {
+        let cause = match self.breaker().reachability() {
+            Reachability::Unreachable { cause, .. } => cause,
+            _ => String::new(),
+        };
+        SlurmError::NotCalled(format!(
+            "Slurm has stopped answering ({cause}); calls are paused, the next try is in {:.1} s",
+            wait.as_secs_f64()
+        ))
+    }
+
     async fn guard<T>(
         &self,
         call: impl std::future::Future<Output = Result<T, SlurmError>>,
     ) -> Result<T, SlurmError> {
-        // A place first, so a call that waits for one does not hold the breaker's probe.
-        let _place = match tokio::time::timeout(IN_FLIGHT_WAIT, self.in_flight.acquire()).await {
+        // An open breaker refuses at once, without waiting for a place (calls to a hung Slurm
+        // may hold every place until their timeout).
+        // (Read into a local first: the guard must be dropped before `paused` locks it again.)
+        let refusing = self.breaker().refusing(std::time::Instant::now());
+        if let Some(wait) = refusing {
+            return Err(self.paused(wait));
+        }
+        // Then a place, before the breaker is asked for leave to call, so a call that waits for
+        // one does not hold the breaker's probe.
+        let _place = match tokio::time::timeout(PLACE_WAIT, self.in_flight.acquire()).await {
             Ok(Ok(place)) => place,
             // (The semaphore is never closed; a closed one would refuse alike.)
             _ => {
                 return Err(SlurmError::NotCalled(format!(
                     "this server already has {} calls to this Slurm under way (slurm_max_in_flight) and none ended within {} ms; nothing was sent, retry shortly",
                     self.max_in_flight,
-                    IN_FLIGHT_WAIT.as_millis()
+                    PLACE_WAIT.as_millis()
                 )));
             }
         };
@@ -363,16 +392,7 @@ impl Guarded {
         let probe = match admit {
             Admit::Call => false,
             Admit::Probe => true,
-            Admit::Refuse(wait) => {
-                let cause = match self.breaker().reachability() {
-                    Reachability::Unreachable { cause, .. } => cause,
-                    _ => String::new(),
-                };
-                return Err(SlurmError::NotCalled(format!(
-                    "Slurm has stopped answering ({cause}); calls are paused, the next try is in {:.1} s",
-                    wait.as_secs_f64()
-                )));
-            }
+            Admit::Refuse(wait) => return Err(self.paused(wait)),
         };
         let out = call.await;
         match &out {
@@ -633,7 +653,7 @@ mod tests {
     async fn a_guarded_port_makes_at_most_its_calls_at_once_and_refuses_the_rest_unsent() {
         let port = std::sync::Arc::new(
             Guarded::new(
-                std::sync::Arc::new(Slow(IN_FLIGHT_WAIT + Duration::from_millis(600))),
+                std::sync::Arc::new(Slow(PLACE_WAIT + Duration::from_millis(600))),
                 BreakerSettings {
                     failures: 1,
                     ..settings()
@@ -645,17 +665,55 @@ mod tests {
             let port = port.clone();
             async move { port.submit(&serde_json::json!({})).await }
         });
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        while port.in_flight.available_permits() > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let started = Instant::now();
         match port.submit(&serde_json::json!({})).await {
             Err(SlurmError::NotCalled(m)) => assert!(m.contains("1 calls"), "{m}"),
             other => panic!("{other:?}"),
         }
-        assert!(started.elapsed() >= IN_FLIGHT_WAIT, "it waited for a place");
+        assert!(started.elapsed() >= PLACE_WAIT, "it waited for a place");
         // A call not made is no failure of Slurm's: the breaker (opening at one) stays closed.
         assert_eq!(port.reachability(), Reachability::Reachable);
         assert_eq!(first.await.unwrap().unwrap().job_id, 7);
         // The place is free again.
         assert_eq!(port.submit(&serde_json::json!({})).await.unwrap().job_id, 7);
+    }
+
+    #[tokio::test]
+    async fn an_open_breaker_refuses_at_once_even_when_every_place_is_taken() {
+        let port = std::sync::Arc::new(
+            Guarded::new(
+                std::sync::Arc::new(Slow(Duration::from_secs(3))),
+                BreakerSettings {
+                    failures: 1,
+                    ..settings()
+                },
+            )
+            .with_max_in_flight(1),
+        );
+        // A call to a hung Slurm holds the only place; the breaker opens meanwhile (as when
+        // other calls timed out).
+        let hung = tokio::spawn({
+            let port = port.clone();
+            async move { port.submit(&serde_json::json!({})).await }
+        });
+        while port.in_flight.available_permits() > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        port.breaker()
+            .failed(Instant::now(), Utc::now(), "timed out", false);
+        let started = Instant::now();
+        match port.submit(&serde_json::json!({})).await {
+            Err(SlurmError::NotCalled(m)) => assert!(m.contains("paused"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            started.elapsed() < PLACE_WAIT / 2,
+            "refused at once, not after waiting for a place: {:?}",
+            started.elapsed()
+        );
+        hung.abort();
     }
 }

@@ -109,9 +109,10 @@ pub struct JobSubmissionRequested {
     pub rate: Option<crate::MicroUsd>,
 }
 
-/// A recorded submission request did not produce a job: Slurm refused it, or the poll cycle
-/// looked for it in Slurm (after the submitter stopped between the request and its outcome)
-/// and Slurm did not have it. The submission's `Idempotency-Key` may be used again.
+/// A recorded submission request did not produce a job: Slurm refused it, Slurm was never
+/// called for it (its breaker was open, or every `slurm_max_in_flight` place was taken), or the
+/// poll cycle looked for it in Slurm (after the submitter stopped between the request and its
+/// outcome) and Slurm did not have it. The submission's `Idempotency-Key` may be used again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobSubmissionFailed {
     pub submission_id: Uuid,
@@ -760,10 +761,13 @@ impl DomainEvent {
     }
 }
 
-/// [`JobSubmitted`] less what [`DomainEvent::decode_without_bodies`] skips (serde passes over
-/// fields a struct does not name without building them).
+/// [`JobSubmitted`] less what [`DomainEvent::decode_without_bodies`] skips: `body` must be
+/// there, as for [`DomainEvent::decode`], but is passed over without being built, and so are
+/// the fields this struct does not name.
 #[derive(Deserialize)]
 struct SubmittedWithoutBody {
+    #[allow(dead_code)] // required, never built
+    body: serde::de::IgnoredAny,
     submission_id: Uuid,
     workspace: WorkspaceId,
     cluster_id: ClusterId,
@@ -830,6 +834,11 @@ mod tests {
             None
         );
         assert!(DomainEvent::decode_without_bodies("JobSubmitted", 1, r#"{"job_id": 1}"#).is_err());
+        let mut without_body = e.data().unwrap();
+        without_body.as_object_mut().unwrap().remove("body");
+        let without_body = without_body.to_string();
+        assert!(DomainEvent::decode("JobSubmitted", 1, &without_body).is_err());
+        assert!(DomainEvent::decode_without_bodies("JobSubmitted", 1, &without_body).is_err());
     }
 
     #[test]

@@ -134,6 +134,32 @@ fn retry_listing_max(failed_in_a_row: u32) -> Duration {
         .min(LISTING_EVERY_MAX)
 }
 
+/// How a pass with a full listing ended, for [`failed_in_a_row`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ListingOutcome {
+    Answered,
+    /// It failed while the cluster's breaker is open.
+    BreakerOpen,
+    /// A call of the pass was never made (no place among `slurm_max_in_flight`): this server's
+    /// own load, not Slurm's.
+    NotCalled,
+    /// It failed while the breaker stays closed: Slurm answers other calls, not this.
+    Failed,
+}
+
+/// The failed listings in a row after `before` and a pass that ended as `outcome`. Only
+/// failures while the breaker stays closed lengthen the pause ([`RETRY_LISTING_MAX`]): once it
+/// opens, the breaker spaces the calls and the count starts again, so the listing is due as
+/// soon as a probe is answered; and a call this server did not make is no failure of Slurm's.
+fn failed_in_a_row(before: Option<&Listed>, outcome: ListingOutcome) -> u32 {
+    let before = before.map_or(0, |l| l.failed_in_a_row);
+    match outcome {
+        ListingOutcome::Answered | ListingOutcome::BreakerOpen => 0,
+        ListingOutcome::NotCalled => before,
+        ListingOutcome::Failed => before.saturating_add(1),
+    }
+}
+
 /// Whether a cluster's next full listing is due at `now`, after `last`.
 fn listing_due(last: Option<&Listed>, now: std::time::Instant) -> bool {
     last.is_none_or(|l| {
@@ -440,17 +466,22 @@ async fn cluster_pass(shared: Arc<Shared>, key: Key, slurm: Arc<dyn SlurmPort>) 
                 .await;
                 let took = listing_cost(listing, done.is_err(), at.elapsed());
                 if let (Some((took, answered)), None) = (took, slurm_version) {
-                    // Failures count toward the longer pauses only while the breaker is closed
-                    // (Slurm answers other calls): once it opens, the breaker spaces the calls,
-                    // and the listing is due as soon as a probe is answered.
-                    let unreachable =
-                        matches!(slurm.reachability(), Reachability::Unreachable { .. });
-                    let mut listed = shared.listed.lock().unwrap_or_else(|p| p.into_inner());
-                    let failed_in_a_row = match listed.get(&key) {
-                        _ if answered || unreachable => 0,
-                        Some(before) => before.failed_in_a_row.saturating_add(1),
-                        None => 1,
+                    let outcome = if answered {
+                        ListingOutcome::Answered
+                    } else if matches!(slurm.reachability(), Reachability::Unreachable { .. }) {
+                        ListingOutcome::BreakerOpen
+                    } else if matches!(
+                        &done,
+                        Err(commands::jobs::JobError::Slurm(
+                            commands::slurm::SlurmError::NotCalled(_)
+                        ))
+                    ) {
+                        ListingOutcome::NotCalled
+                    } else {
+                        ListingOutcome::Failed
                     };
+                    let mut listed = shared.listed.lock().unwrap_or_else(|p| p.into_inner());
+                    let failed_in_a_row = failed_in_a_row(listed.get(&key), outcome);
                     listed.insert(
                         key.clone(),
                         Listed {
@@ -972,6 +1003,25 @@ mod tests {
             assert!(!listing_due(Some(&in_a_row(n)), t0 + ms(pause - 1)), "{n}");
             assert!(listing_due(Some(&in_a_row(n)), t0 + ms(pause)), "{n}");
         }
+        // The count: only failures while the breaker stays closed add to it; an answer or an
+        // open breaker starts it again; a call this server did not make leaves it.
+        assert_eq!(failed_in_a_row(None, ListingOutcome::Failed), 1);
+        assert_eq!(
+            failed_in_a_row(Some(&in_a_row(3)), ListingOutcome::Failed),
+            4
+        );
+        assert_eq!(
+            failed_in_a_row(Some(&in_a_row(3)), ListingOutcome::NotCalled),
+            3
+        );
+        assert_eq!(
+            failed_in_a_row(Some(&in_a_row(3)), ListingOutcome::BreakerOpen),
+            0
+        );
+        assert_eq!(
+            failed_in_a_row(Some(&in_a_row(3)), ListingOutcome::Answered),
+            0
+        );
         // A cheap failure (refused at once) stays cheap however many came before.
         let refused = Listed {
             took: ms(1),

@@ -43,6 +43,8 @@ pub struct State {
     pub requests: usize,
     /// How long a submit takes before Slurm takes the job (zero unless set): a slow controller.
     pub submit_delay: std::time::Duration,
+    /// Submits received in Slurm mode, counted before their delay.
+    pub submits_started: usize,
 }
 
 /// A running fake slurmrestd; stops with the test's runtime.
@@ -105,6 +107,7 @@ impl FakeSlurm {
             cancels: Vec::new(),
             requests: 0,
             submit_delay: std::time::Duration::ZERO,
+            submits_started: 0,
         }));
         let shared = state.clone();
         let app = axum::Router::new().fallback(
@@ -148,6 +151,11 @@ impl FakeSlurm {
         self.lock().requests
     }
 
+    /// Submits received in Slurm mode so far, those still in their delay included.
+    pub fn submits_started(&self) -> usize {
+        self.lock().submits_started
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -174,6 +182,10 @@ async fn answer(state: &Mutex<State>, method: Method, uri: Uri, body: Bytes) -> 
             };
             // A slow controller: the submit waits before the job is taken (not holding the lock).
             if method == Method::POST && rest == "/job/submit" {
+                state
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .submits_started += 1;
                 tokio::time::sleep(submit_delay).await;
             }
             let mut s = state.lock().unwrap_or_else(|p| p.into_inner());

@@ -352,8 +352,13 @@ async fn a_server_makes_at_most_its_calls_to_one_slurm_at_once() {
 
     // Slurm takes 1.5 s to take the first job; the second finds the one place taken.
     slurm.set_submit_delay(Duration::from_millis(1_500));
+    let before = slurm.submits_started();
     let first = tokio::spawn(keyed("busy-1").send());
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let deadline = tests::deadline(Duration::from_secs(10));
+    while slurm.submits_started() == before {
+        assert!(Instant::now() < deadline, "busy-1 never reached Slurm");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let started = Instant::now();
     let res = keyed("busy-2").send().await.unwrap();
     let took = started.elapsed();
