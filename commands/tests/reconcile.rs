@@ -627,43 +627,48 @@ async fn a_request_slurm_never_got_is_marked_failed_and_frees_its_key() {
         ]
     );
 
-    // Slurm refusing a job records the failure at once: the next try may go ahead.
-    *slurm.fail.lock().unwrap() = Some(SlurmError::Rejected(vec!["no".into()]));
-    let err = Submitter::default()
-        .submit(log, &slurm, submission("k-refused"))
-        .await
-        .unwrap_err();
-    assert!(matches!(err, JobError::Slurm(SlurmError::Rejected(_))));
-    let again = Submitter::default()
-        .submit(log, &slurm, submission("k-refused"))
-        .await
-        .unwrap();
-    assert!(!again.replayed);
-
-    // A call that was never made (an open breaker, too many calls under way) is recorded as
-    // failed at once too: nothing reached Slurm, and the retry goes ahead without waiting.
-    *slurm.fail.lock().unwrap() = Some(SlurmError::NotCalled("calls are paused".into()));
-    let jobs = slurm.jobs.lock().unwrap().len();
-    let err = Submitter::default()
-        .submit(log, &slurm, submission("k-not-called"))
-        .await
-        .unwrap_err();
-    assert!(matches!(err, JobError::Slurm(SlurmError::NotCalled(_))));
-    let again = Submitter::default()
-        .submit(log, &slurm, submission("k-not-called"))
-        .await
-        .unwrap();
-    assert!(!again.replayed);
-    assert_eq!(
-        history(log, &cluster, again.submission_id).await,
-        [
-            "JobSubmissionRequested",
-            "JobSubmissionFailed",
-            "JobSubmissionRequested",
-            "JobSubmitted"
-        ]
-    );
-    assert_eq!(slurm.jobs.lock().unwrap().len(), jobs + 1, "one job made");
+    // Slurm refusing a job, or a call never made (an open breaker, too many calls under way),
+    // records the failure at once: nothing reached Slurm, and the retry goes ahead without
+    // waiting.
+    for (key, error) in [
+        ("k-refused", SlurmError::Rejected(vec!["no".into()])),
+        (
+            "k-not-called",
+            SlurmError::NotCalled("calls are paused".into()),
+        ),
+    ] {
+        let expected = std::mem::discriminant(&error);
+        *slurm.fail.lock().unwrap() = Some(error);
+        let jobs = slurm.jobs.lock().unwrap().len();
+        let err = Submitter::default()
+            .submit(log, &slurm, submission(key))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, JobError::Slurm(e) if std::mem::discriminant(e) == expected),
+            "{key}: {err:?}"
+        );
+        let again = Submitter::default()
+            .submit(log, &slurm, submission(key))
+            .await
+            .unwrap();
+        assert!(!again.replayed, "{key}");
+        assert_eq!(
+            history(log, &cluster, again.submission_id).await,
+            [
+                "JobSubmissionRequested",
+                "JobSubmissionFailed",
+                "JobSubmissionRequested",
+                "JobSubmitted"
+            ],
+            "{key}"
+        );
+        assert_eq!(
+            slurm.jobs.lock().unwrap().len(),
+            jobs + 1,
+            "{key}: one job made"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
