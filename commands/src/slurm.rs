@@ -649,11 +649,17 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_guarded_port_makes_at_most_its_calls_at_once_and_refuses_the_rest_unsent() {
+    /// A guarded port with one place (its breaker opening at one failure) in front of a Slurm
+    /// that takes `slow` to accept a job, and a submit that holds that place.
+    async fn one_place_held(
+        slow: Duration,
+    ) -> (
+        std::sync::Arc<Guarded>,
+        tokio::task::JoinHandle<Result<Accepted, SlurmError>>,
+    ) {
         let port = std::sync::Arc::new(
             Guarded::new(
-                std::sync::Arc::new(Slow(PLACE_WAIT + Duration::from_millis(600))),
+                std::sync::Arc::new(Slow(slow)),
                 BreakerSettings {
                     failures: 1,
                     ..settings()
@@ -661,13 +667,19 @@ mod tests {
             )
             .with_max_in_flight(1),
         );
-        let first = tokio::spawn({
+        let holder = tokio::spawn({
             let port = port.clone();
             async move { port.submit(&serde_json::json!({})).await }
         });
         while port.in_flight.available_permits() > 0 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        (port, holder)
+    }
+
+    #[tokio::test]
+    async fn a_guarded_port_makes_at_most_its_calls_at_once_and_refuses_the_rest_unsent() {
+        let (port, first) = one_place_held(PLACE_WAIT + Duration::from_millis(600)).await;
         let started = Instant::now();
         match port.submit(&serde_json::json!({})).await {
             Err(SlurmError::NotCalled(m)) => assert!(m.contains("1 calls"), "{m}"),
@@ -683,25 +695,9 @@ mod tests {
 
     #[tokio::test]
     async fn an_open_breaker_refuses_at_once_even_when_every_place_is_taken() {
-        let port = std::sync::Arc::new(
-            Guarded::new(
-                std::sync::Arc::new(Slow(Duration::from_secs(3))),
-                BreakerSettings {
-                    failures: 1,
-                    ..settings()
-                },
-            )
-            .with_max_in_flight(1),
-        );
         // A call to a hung Slurm holds the only place; the breaker opens meanwhile (as when
         // other calls timed out).
-        let hung = tokio::spawn({
-            let port = port.clone();
-            async move { port.submit(&serde_json::json!({})).await }
-        });
-        while port.in_flight.available_permits() > 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let (port, hung) = one_place_held(Duration::from_secs(3)).await;
         port.breaker()
             .failed(Instant::now(), Utc::now(), "timed out", false);
         let started = Instant::now();
