@@ -147,6 +147,31 @@ enum ListingOutcome {
     Failed,
 }
 
+impl ListingOutcome {
+    /// How a pass ended: whether its listing was `answered`, else why not, from the port's
+    /// breaker and the pass's error.
+    fn of<T>(
+        answered: bool,
+        slurm: &dyn SlurmPort,
+        done: Result<&T, &commands::jobs::JobError>,
+    ) -> Self {
+        if answered {
+            Self::Answered
+        } else if matches!(slurm.reachability(), Reachability::Unreachable { .. }) {
+            Self::BreakerOpen
+        } else if matches!(
+            done,
+            Err(commands::jobs::JobError::Slurm(
+                commands::slurm::SlurmError::NotCalled(_)
+            ))
+        ) {
+            Self::NotCalled
+        } else {
+            Self::Failed
+        }
+    }
+}
+
 /// The failed listings in a row after `before` and a pass that ended as `outcome`. Only
 /// failures while the breaker stays closed lengthen the pause ([`RETRY_LISTING_MAX`]): once it
 /// opens, the breaker spaces the calls and the count starts again, so the listing is due as
@@ -466,20 +491,7 @@ async fn cluster_pass(shared: Arc<Shared>, key: Key, slurm: Arc<dyn SlurmPort>) 
                 .await;
                 let took = listing_cost(listing, done.is_err(), at.elapsed());
                 if let (Some((took, answered)), None) = (took, slurm_version) {
-                    let outcome = if answered {
-                        ListingOutcome::Answered
-                    } else if matches!(slurm.reachability(), Reachability::Unreachable { .. }) {
-                        ListingOutcome::BreakerOpen
-                    } else if matches!(
-                        &done,
-                        Err(commands::jobs::JobError::Slurm(
-                            commands::slurm::SlurmError::NotCalled(_)
-                        ))
-                    ) {
-                        ListingOutcome::NotCalled
-                    } else {
-                        ListingOutcome::Failed
-                    };
+                    let outcome = ListingOutcome::of(answered, slurm.as_ref(), done.as_ref());
                     let mut listed = shared.listed.lock().unwrap_or_else(|p| p.into_inner());
                     let failed_in_a_row = failed_in_a_row(listed.get(&key), outcome);
                     listed.insert(
@@ -1033,5 +1045,61 @@ mod tests {
         assert!(listing_due(Some(&refused), t0 + ms(20)));
         // No listing to time (a port without one): nothing to pace by.
         assert_eq!(listing_cost(None, false, ms(900)), None);
+    }
+
+    /// A port that only says how reachable it is.
+    struct Reaching(Reachability);
+
+    #[async_trait::async_trait]
+    impl SlurmPort for Reaching {
+        async fn submit(
+            &self,
+            _: &serde_json::Value,
+        ) -> Result<commands::slurm::Accepted, commands::slurm::SlurmError> {
+            unreachable!("not called")
+        }
+        async fn job(
+            &self,
+            _: u64,
+        ) -> Result<Option<commands::slurm::SlurmJob>, commands::slurm::SlurmError> {
+            unreachable!("not called")
+        }
+        async fn jobs(
+            &self,
+        ) -> Result<Vec<commands::slurm::SlurmJob>, commands::slurm::SlurmError> {
+            unreachable!("not called")
+        }
+        async fn cancel(&self, _: u64) -> Result<(), commands::slurm::SlurmError> {
+            unreachable!("not called")
+        }
+        fn reachability(&self) -> Reachability {
+            self.0.clone()
+        }
+    }
+
+    #[test]
+    fn a_listing_outcome_says_whose_failure_it_was() {
+        use commands::jobs::JobError;
+        use commands::slurm::SlurmError;
+        let closed = Reaching(Reachability::Failing { failures: 1 });
+        let open = Reaching(Reachability::Unreachable {
+            since: chrono::Utc::now(),
+            cause: "timed out".into(),
+        });
+        let timed_out = JobError::Slurm(SlurmError::Unavailable("timed out".into()));
+        let not_called = JobError::Slurm(SlurmError::NotCalled("no place".into()));
+        let of = |answered, port: &Reaching, done: Result<&(), &JobError>| {
+            ListingOutcome::of(answered, port, done)
+        };
+        assert_eq!(of(true, &open, Ok(&())), ListingOutcome::Answered);
+        assert_eq!(
+            of(false, &open, Err(&timed_out)),
+            ListingOutcome::BreakerOpen
+        );
+        assert_eq!(
+            of(false, &closed, Err(&not_called)),
+            ListingOutcome::NotCalled
+        );
+        assert_eq!(of(false, &closed, Err(&timed_out)), ListingOutcome::Failed);
     }
 }
