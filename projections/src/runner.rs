@@ -23,6 +23,12 @@ pub const BATCH: usize = 1_000;
 /// wait for the requests behind it.
 pub const LIVE_BATCH: usize = 250;
 
+/// Events the live follower applies between yields to the runtime. A projector's reads of its
+/// documents on SQLite run on the calling thread and never wait, so without a yield a whole
+/// batch (every member over [`LIVE_BATCH`] events) would hold one tokio worker from start to
+/// end, and the requests queued on that worker would wait behind it.
+const APPLY_BETWEEN_YIELDS: usize = 32;
+
 /// Where [`catch_up`] writes and how far it goes.
 #[derive(Debug, Clone, Copy)]
 pub struct Target {
@@ -504,6 +510,7 @@ async fn apply_batch(
     let mut decoded: Vec<Option<Result<Option<DomainEvent>, ()>>> = vec![None; events.len()];
     let mut parts = Vec::new();
     let mut moved = Vec::new();
+    let mut since_yield = 0;
     for (i, member) in members.iter_mut().enumerate() {
         let Some(cursor) = member.cursor.filter(|c| c.applied < last) else {
             continue;
@@ -515,7 +522,16 @@ async fn apply_batch(
             if event.position <= cursor.applied {
                 continue;
             }
-            let domain = match projector.reads(&event.event_type) {
+            let reads = projector.reads(&event.event_type);
+            if matches!(reads, Reads::Nothing) {
+                continue;
+            }
+            since_yield += 1;
+            if since_yield >= APPLY_BETWEEN_YIELDS {
+                since_yield = 0;
+                tokio::task::yield_now().await;
+            }
+            let domain = match reads {
                 Reads::Nothing => continue,
                 Reads::Envelope => None,
                 Reads::Decoded => {
