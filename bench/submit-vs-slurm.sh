@@ -4,7 +4,10 @@
 # nothing (executor_slots = 0), holding PREFILL jobs already queued, and the real Slurm of
 # scripts/slurm-local (needs root) taking the same body submitted held (nothing runs). Each is
 # driven at 16 and 64 connections for SECONDS seconds.
-#   bench/submit-vs-slurm.sh [PREFILL (default 50000)]   SECONDS=3 by default
+#   bench/submit-vs-slurm.sh [PREFILL (default 50000)]   SECONDS_PER_RUN=3 by default
+# Each Clusterra run starts once the server has folded everything appended before it (`settle`
+# in lib.sh: the live projections and the poll cycle's index), so it measures a server holding
+# its queue, not one still taking in the fill or the run before; SETTLE=0 starts at once.
 # The held jobs of each run stay queued in Slurm: a fresh slurmctld (no jobs from an earlier run)
 # is started with MaxJobCount raised to 100,000 (10,000 by default), so no run meets the limit.
 . "$(dirname "$0")/lib.sh"
@@ -35,6 +38,7 @@ run() { # name url script connections
 # queued from its own run (projectors, the poll cycle) takes no CPU from Slurm; Slurm's daemons
 # keep running through Clusterra's runs.
 for c in 16 64; do
+  [ "${SETTLE:-1}" = 0 ] || settle
   run Clusterra "$url/v1/clusters/local/jobs" "$dir/clusterra.lua" "$c"
   kill -STOP "$pid"
   run slurmrestd "$SLURMRESTD_URL/slurm/v0.0.44/job/submit" "$dir/slurm.lua" "$c"
