@@ -522,16 +522,7 @@ async fn apply_batch(
             if event.position <= cursor.applied {
                 continue;
             }
-            let reads = projector.reads(&event.event_type);
-            if matches!(reads, Reads::Nothing) {
-                continue;
-            }
-            since_yield += 1;
-            if since_yield >= APPLY_BETWEEN_YIELDS {
-                since_yield = 0;
-                tokio::task::yield_now().await;
-            }
-            let domain = match reads {
+            let domain = match projector.reads(&event.event_type) {
                 Reads::Nothing => continue,
                 Reads::Envelope => None,
                 Reads::Decoded => {
@@ -550,6 +541,11 @@ async fn apply_batch(
                     }
                 }
             };
+            since_yield += 1;
+            if since_yield >= APPLY_BETWEEN_YIELDS {
+                since_yield = 0;
+                tokio::task::yield_now().await;
+            }
             if let Err(e) = projector
                 .apply(
                     &mut view,

@@ -390,3 +390,71 @@ async fn a_runner_starting_at_the_head_reports_running_there() {
     stop_tx.send(true).unwrap();
     again.join().await;
 }
+
+/// Notes, at each event it applies, how often a task beside it has run so far.
+struct Ticks {
+    ticks: Arc<std::sync::atomic::AtomicU64>,
+    seen: std::sync::Mutex<Vec<(i64, u64)>>,
+}
+
+#[async_trait]
+impl Projector for Ticks {
+    fn name(&self) -> &'static str {
+        "ticks"
+    }
+    fn reads(&self, _: &str) -> Reads {
+        Reads::Envelope
+    }
+    async fn apply(&self, _: &mut ViewTx<'_>, event: Event<'_>) -> Applied {
+        let ticks = self.ticks.load(Ordering::SeqCst);
+        self.seen
+            .lock()
+            .unwrap()
+            .push((event.recorded.position, ticks));
+        Ok(())
+    }
+}
+
+/// On a runtime of one thread, a task beside the live follower runs while one batch is applied:
+/// the follower yields between events (a projector that never waits would otherwise hold the
+/// thread for the whole batch, and every request queued on it would wait).
+#[tokio::test]
+async fn sqlite_the_live_follower_lets_other_tasks_run_within_a_batch() {
+    let db = open(false).await;
+    let batch = projections::runner::LIVE_BATCH;
+    append(&db.store, batch).await;
+    let ticks = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let ticker = {
+        let ticks = ticks.clone();
+        tokio::spawn(async move {
+            loop {
+                ticks.fetch_add(1, Ordering::SeqCst);
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    let projector = Arc::new(Ticks {
+        ticks,
+        seen: std::sync::Mutex::new(Vec::new()),
+    });
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let live = Projections::start(
+        db.store.log.clone(),
+        db.store.read.clone(),
+        vec![projector.clone()],
+        stop_rx,
+    );
+    let batch = i64::try_from(batch).unwrap();
+    assert!(live.wait_for("ticks", batch, Duration::from_secs(10)).await);
+    stop_tx.send(true).unwrap();
+    live.join().await;
+    ticker.abort();
+    let seen = projector.seen.lock().unwrap().clone();
+    // The log held one batch when the follower started: it read and applied it in one go.
+    let at = |position: i64| seen.iter().find(|(p, _)| *p == position).unwrap().1;
+    assert!(
+        at(batch) > at(1),
+        "the task beside it ran {} times while the follower applied events 1 to {batch}",
+        at(batch) - at(1)
+    );
+}
