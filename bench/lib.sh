@@ -3,7 +3,7 @@
 #   start_server [serve flags…]   (environment given before it reaches the server) sets pid, url
 #   mint_token [token flags…]     prints a token for bench@clusterra.local
 #   fill_queue TOKEN N            N submits to the local cluster through HTTP (32 clients)
-#   settle                        waits until the server has caught up with its log (every
+#   settle TOKEN                  waits until the server has caught up with its log (every
 #                                 projection, and the poll cycle's open-job index); prints how long
 #   slurm_lua FILE BODY           a wrk script POSTing BODY to slurmrestd (scripts/slurm-local)
 #   on_exit 'command'             runs at exit, after the server is stopped
@@ -42,27 +42,11 @@ fill_queue() { # token n
 
 # A burst of submits leaves the server work to do after the last answer: the live projections
 # and the poll cycle's open-job index fold what was appended. A measurement meant to see a server
-# holding a queue (not one still taking in a burst) starts once that is done: when /metrics shows
-# no projection lagging and the poll cycle having read the whole log (this server's log starts
-# empty, so its reads add up to the log's position). At most two minutes.
-settle() {
-  local t0=$SECONDS m
-  while [ $((SECONDS - t0)) -lt 120 ]; do
-    m=$(curl -sf "$url/metrics" || true)
-    if python3 -c '
-import re, sys
-m = sys.stdin.read()
-def values(name):
-    return [float(v) for v in re.findall(r"^clusterra_" + name + r"(?:\{[^}]*\})? (\S+)$", m, re.M)]
-lag, head, read = values("projection_lag_events"), values("log_position"), values("poll_events_read_total")
-sys.exit(0 if lag and head and read and max(lag) == 0 and read[0] >= head[0] else 1)
-' <<<"$m"; then
-      echo "settled in $((SECONDS - t0)) s"
-      return 0
-    fi
-    sleep 0.5
-  done
-  echo "not settled after 120 s: measuring anyway" >&2
+# holding a queue (not one still taking in a burst) starts once that is done, as queuebench's
+# first step tells it (three poll cycles in a row that read nothing new, no projection lagging).
+settle() { # token
+  "$bin/queuebench" --url "$url" --token "$1" --server-pid "$pid" --settle-only ||
+    echo "the server did not settle: measuring anyway" >&2
 }
 
 mint_token() {

@@ -38,7 +38,7 @@ run() { # name url script connections
 # queued from its own run (projectors, the poll cycle) takes no CPU from Slurm; Slurm's daemons
 # keep running through Clusterra's runs.
 for c in 16 64; do
-  [ "${SETTLE:-1}" = 0 ] || settle
+  [ "${SETTLE:-1}" = 0 ] || settle "$token"
   run Clusterra "$url/v1/clusters/local/jobs" "$dir/clusterra.lua" "$c"
   kill -STOP "$pid"
   run slurmrestd "$SLURMRESTD_URL/slurm/v0.0.44/job/submit" "$dir/slurm.lua" "$c"

@@ -2,7 +2,8 @@
 //! while nothing happens, and the poll cycle's duration when a few jobs change.
 //!
 //! 1. Waits until the leader's poll cycle has read the whole log (its `poll_events_read` stops
-//!    moving), then prints the duration of a few idle cycles (`/metrics`).
+//!    moving) and no projection lags, then prints the duration of a few idle cycles
+//!    (`/metrics`). With `--settle-only` it stops there (`settle` in bench/lib.sh).
 //! 2. Idle CPU: the server's user + system time (`/proc/<pid>/stat`) over `--idle-seconds`, with
 //!    no request sent meanwhile, as a share of one core.
 //! 3. Changes: cancels jobs 1..=`--changes` (pending jobs of the local executor: each cancel is a
@@ -30,6 +31,9 @@ struct Args {
     /// Clock ticks per second of /proc's CPU times (`getconf CLK_TCK`).
     #[arg(long, default_value_t = 100)]
     clk_tck: u64,
+    /// Only wait until the server has caught up with its log (step 1), then stop.
+    #[arg(long)]
+    settle_only: bool,
 }
 
 /// What `/metrics` says about the poll cycle.
@@ -127,6 +131,9 @@ async fn main() -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    if args.settle_only {
+        return Ok(());
+    }
 
     // 2. Idle CPU, no request meanwhile.
     let before = cpu_ticks(args.server_pid)?;
