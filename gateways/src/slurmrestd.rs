@@ -7,9 +7,11 @@
 //! Every body is parsed, even on non-2xx answers: Slurm puts its reasons in `errors[]`. An
 //! answer that is not a v0.0.44 document ([`document`]) is an error, never an empty result.
 //! Each call has a timeout (connection included) and a size limit on its answer; a token file is
-//! re-read when it changes.
+//! re-read when it changes. A listing of the whole queue may take longer than other calls on a
+//! big, busy cluster: its timeout follows the last listing that was answered ([`Listing`]).
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
@@ -163,6 +165,23 @@ pub struct JobStateResponse {
     pub jobs: Vec<JobStateEntry>,
     #[serde(default)]
     pub errors: Vec<OpenApiError>,
+}
+
+/// A listing document: what it says went wrong, if anything.
+trait Listed {
+    fn errors(&self) -> &[OpenApiError];
+}
+
+impl Listed for JobInfoResponse {
+    fn errors(&self) -> &[OpenApiError] {
+        &self.errors
+    }
+}
+
+impl Listed for JobStateResponse {
+    fn errors(&self) -> &[OpenApiError] {
+        &self.errors
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -466,6 +485,45 @@ impl Token {
 /// How long one call to slurmrestd may take, connection included, unless set otherwise.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The longest a listing of the whole queue is waited for, however slow the last one was
+/// (unless the call timeout itself is longer).
+pub const MAX_LISTING_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How many times the last answered listing's duration the next one may take.
+const LISTING_SLACK: u32 = 4;
+
+/// One kind of listing of the whole queue (`/jobs/state/` or `/jobs/`) and how long the last
+/// one that was answered took. Its time grows with the queue and with the load on slurmctld,
+/// so a fixed call timeout drops every listing of a big queue on a busy Slurm, each one costing
+/// Slurm the work of an answer nobody reads. A listing may take [`LISTING_SLACK`] times the last
+/// answered one, at least the call timeout and at most [`MAX_LISTING_TIMEOUT`]. A Slurm that
+/// was never listed, or lists fast, keeps the call timeout, so a hanging Slurm is found as fast
+/// as before; only an answer raises the bound, so silence never does.
+#[derive(Default)]
+struct Listing {
+    /// Milliseconds the last answered listing took; 0 before the first.
+    took_ms: AtomicU64,
+}
+
+impl Listing {
+    fn timeout(&self, call: Duration) -> Duration {
+        listing_timeout(
+            call,
+            Duration::from_millis(self.took_ms.load(Ordering::Relaxed)),
+        )
+    }
+
+    fn answered(&self, took: Duration) {
+        let ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
+        self.took_ms.store(ms, Ordering::Relaxed);
+    }
+}
+
+/// The timeout of a listing when the last answered one took `last` and other calls have `call`.
+fn listing_timeout(call: Duration, last: Duration) -> Duration {
+    call.max(last.saturating_mul(LISTING_SLACK).min(MAX_LISTING_TIMEOUT))
+}
+
 /// A slurmrestd endpoint.
 pub struct SlurmRestd {
     base: String,
@@ -474,6 +532,9 @@ pub struct SlurmRestd {
     timeout: Duration,
     /// The most bytes one answer may have.
     max_answer: usize,
+    /// The listings of states and of whole jobs, each with its own pace.
+    states: Listing,
+    jobs: Listing,
     http: reqwest::Client,
 }
 
@@ -521,6 +582,8 @@ impl SlurmRestd {
             token,
             timeout: DEFAULT_CALL_TIMEOUT,
             max_answer: DEFAULT_MAX_ANSWER_BYTES,
+            states: Listing::default(),
+            jobs: Listing::default(),
             http,
         })
     }
@@ -543,12 +606,13 @@ impl SlurmRestd {
         path: &str,
         body: Option<&serde_json::Value>,
         token: &str,
+        timeout: Duration,
     ) -> Result<(u16, String), SlurmError> {
         let url = format!("{}{path}", self.base);
         let mut req = self
             .http
             .request(method.clone(), &url)
-            .timeout(self.timeout)
+            .timeout(timeout)
             .header("X-SLURM-USER-NAME", &self.user)
             .header("X-SLURM-USER-TOKEN", token);
         if let Some(b) = body {
@@ -559,7 +623,7 @@ impl SlurmRestd {
             SlurmError::Unavailable(if e.is_timeout() {
                 format!(
                     "slurmrestd did not answer within {} ms",
-                    self.timeout.as_millis()
+                    timeout.as_millis()
                 )
             } else if e.is_connect() {
                 "could not connect to slurmrestd".to_string()
@@ -594,17 +658,47 @@ impl SlurmRestd {
         Ok((status, text))
     }
 
-    /// One call: its status and body. A refusal of the credentials re-reads the token file
-    /// and, when the token changed, tries once more; a second refusal is an error.
+    /// One call with the call timeout: its status and body. A refusal of the credentials
+    /// re-reads the token file and, when the token changed, tries once more; a second refusal
+    /// is an error.
     async fn call(
         &self,
         method: reqwest::Method,
         path: &str,
         body: Option<&serde_json::Value>,
     ) -> Result<(u16, String), SlurmError> {
+        self.call_within(method, path, body, self.timeout).await
+    }
+
+    /// A listing of the whole queue at `path`, with the timeout its pace allows; an answer
+    /// that is a document without errors sets the pace of the next.
+    async fn list<T: serde::de::DeserializeOwned + Listed>(
+        &self,
+        path: &str,
+        pace: &Listing,
+    ) -> Result<T, SlurmError> {
+        let started = Instant::now();
+        let (status, text) = self
+            .call_within(reqwest::Method::GET, path, None, pace.timeout(self.timeout))
+            .await?;
+        let res: T = document(status, &text, "jobs")?;
+        if !res.errors().is_empty() {
+            return Err(SlurmError::Unavailable(readable(res.errors())));
+        }
+        pace.answered(started.elapsed());
+        Ok(res)
+    }
+
+    async fn call_within(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+        timeout: Duration,
+    ) -> Result<(u16, String), SlurmError> {
         let refused = |status: u16| matches!(status, 401 | 403 | 511);
         let (status, text) = self
-            .send(&method, path, body, &self.token.current())
+            .send(&method, path, body, &self.token.current(), timeout)
             .await?;
         if !refused(status) {
             return Ok((status, text));
@@ -615,7 +709,7 @@ impl SlurmRestd {
                 "slurmrestd refused the token; the token file changed, trying once more"
             );
             let (status, text) = self
-                .send(&method, path, body, &self.token.current())
+                .send(&method, path, body, &self.token.current(), timeout)
                 .await?;
             if !refused(status) {
                 return Ok((status, text));
@@ -676,22 +770,12 @@ impl SlurmPort for SlurmRestd {
     }
 
     async fn jobs(&self) -> Result<Vec<SlurmJob>, SlurmError> {
-        let (status, text) = self.call(reqwest::Method::GET, "/jobs/", None).await?;
-        let res: JobInfoResponse = document(status, &text, "jobs")?;
-        if !res.errors.is_empty() {
-            return Err(SlurmError::Unavailable(readable(&res.errors)));
-        }
+        let res: JobInfoResponse = self.list("/jobs/", &self.jobs).await?;
         Ok(res.jobs.iter().map(JobInfo::to_port).collect())
     }
 
     async fn states(&self) -> Result<Option<Vec<StateReport>>, SlurmError> {
-        let (status, text) = self
-            .call(reqwest::Method::GET, "/jobs/state/", None)
-            .await?;
-        let res: JobStateResponse = document(status, &text, "jobs")?;
-        if !res.errors.is_empty() {
-            return Err(SlurmError::Unavailable(readable(&res.errors)));
-        }
+        let res: JobStateResponse = self.list("/jobs/state/", &self.states).await?;
         Ok(Some(
             res.jobs.iter().filter_map(JobStateEntry::to_port).collect(),
         ))
@@ -930,5 +1014,25 @@ mod tests {
         assert_eq!(inf.value(), None);
         let bare: NoVal = serde_json::from_str("42").unwrap();
         assert_eq!(bare.value(), Some(42.0));
+    }
+
+    #[test]
+    fn a_listing_may_take_four_times_the_last_answered_one_within_bounds() {
+        let call = Duration::from_secs(5);
+        let ms = Duration::from_millis;
+        // Never answered, or answered fast: the call timeout.
+        assert_eq!(listing_timeout(call, Duration::ZERO), call);
+        assert_eq!(listing_timeout(call, ms(40)), call);
+        assert_eq!(listing_timeout(call, ms(1_250)), call);
+        // A slow answer gives the next listing room to finish.
+        assert_eq!(listing_timeout(call, ms(3_900)), ms(15_600));
+        // At most the cap, unless the call timeout itself is longer.
+        assert_eq!(listing_timeout(call, ms(9_000)), MAX_LISTING_TIMEOUT);
+        assert_eq!(
+            listing_timeout(call, Duration::from_secs(u64::MAX / 2)),
+            MAX_LISTING_TIMEOUT
+        );
+        let long = Duration::from_secs(60);
+        assert_eq!(listing_timeout(long, ms(9_000)), long);
     }
 }

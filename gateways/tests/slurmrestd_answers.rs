@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used)] // a test may panic on what it did not expect
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,6 +33,8 @@ struct Canned {
     answer: Mutex<Answer>,
     wanted_token: Mutex<Option<String>>,
     calls: AtomicUsize,
+    /// How long the server waits before it answers, in milliseconds.
+    delay_ms: AtomicU64,
 }
 
 /// A real HTTP server on a loopback port that answers every request with `canned`.
@@ -41,6 +43,8 @@ async fn serve(canned: Arc<Canned>) -> String {
         let canned = canned.clone();
         async move {
             canned.calls.fetch_add(1, Ordering::SeqCst);
+            let delay = canned.delay_ms.load(Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(delay)).await;
             let wanted = canned.wanted_token.lock().unwrap().clone();
             if let Some(wanted) = wanted {
                 let sent = headers
@@ -78,6 +82,7 @@ fn canned(status: u16, content_type: &'static str, body: &str) -> Arc<Canned> {
         }),
         wanted_token: Mutex::new(None),
         calls: AtomicUsize::new(0),
+        delay_ms: AtomicU64::new(0),
     })
 }
 
@@ -232,6 +237,64 @@ async fn a_slurmrestd_that_accepts_and_never_answers_costs_one_timeout() {
         !held.lock().unwrap().is_empty(),
         "the call reached the listener"
     );
+}
+
+/// A busy Slurm with a big queue lists it slower than it answers other calls: once a listing
+/// was answered, the next may take four times as long before it is dropped, while a lookup, a
+/// submit, and a listing from a port that never had an answer keep the call timeout.
+#[tokio::test]
+async fn a_listing_may_take_as_long_as_the_last_answered_one_allows() {
+    let states = canned(
+        200,
+        "application/json",
+        &fixture("jobs.state.response.json"),
+    );
+    let url = serve(states.clone()).await;
+    let port = || {
+        SlurmRestd::new(&url, "root", "t")
+            .unwrap()
+            .call_timeout(Duration::from_millis(300))
+    };
+    let slurm = port();
+    states.delay_ms.store(200, Ordering::SeqCst);
+    assert!(slurm.states().await.unwrap().is_some());
+
+    // Slurm slows down past the call timeout.
+    states.delay_ms.store(600, Ordering::SeqCst);
+    let started = Instant::now();
+    assert!(
+        slurm.states().await.unwrap().is_some(),
+        "the slower listing was waited for"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(600));
+    match slurm.job(1).await {
+        Err(SlurmError::Unavailable(m)) => assert!(m.contains("300 ms"), "{m}"),
+        other => panic!("a lookup keeps the call timeout: {other:?}"),
+    }
+    match port().states().await {
+        Err(SlurmError::Unavailable(m)) => assert!(m.contains("300 ms"), "{m}"),
+        other => panic!("a port never answered keeps the call timeout: {other:?}"),
+    }
+    // The 600 ms listing allows 2.4 s; one slower than that is dropped at that bound.
+    states.delay_ms.store(5_000, Ordering::SeqCst);
+    let started = Instant::now();
+    match slurm.states().await {
+        Err(SlurmError::Unavailable(m)) => assert!(m.contains("within 2"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    // A fast answer brings the bound back down to the call timeout.
+    states.delay_ms.store(0, Ordering::SeqCst);
+    assert!(slurm.states().await.unwrap().is_some());
+    states.delay_ms.store(600, Ordering::SeqCst);
+    match slurm.states().await {
+        Err(SlurmError::Unavailable(m)) => assert!(m.contains("300 ms"), "{m}"),
+        other => panic!("{other:?}"),
+    }
 }
 
 #[tokio::test]
