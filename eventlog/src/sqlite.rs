@@ -69,6 +69,9 @@ pub(crate) const CACHE_SIZE: &str = "-65536";
 /// go on.
 pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 
+/// A checkpoint that takes this long is said in the debug log, with how much it copied.
+const SLOW_CHECKPOINT: Duration = Duration::from_millis(20);
+
 pub struct SqliteStore {
     pool: SqlitePool,
     head_tx: Arc<watch::Sender<Position>>,
@@ -184,14 +187,29 @@ async fn checkpoint_wal(pool: SqlitePool) {
         if pool.is_closed() {
             return;
         }
-        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-            .execute(&pool)
+        let started = std::time::Instant::now();
+        match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)")
+            .fetch_one(&pool)
             .await
         {
-            if pool.is_closed() {
-                return;
+            // Busy, the WAL's frames, and how many of them are now in the database file.
+            Ok((_, frames, copied)) => {
+                let took = started.elapsed();
+                if took >= SLOW_CHECKPOINT {
+                    tracing::debug!(
+                        frames,
+                        copied,
+                        took_ms = took.as_secs_f64() * 1e3,
+                        "slow WAL checkpoint"
+                    );
+                }
             }
-            tracing::warn!(error = %e, "WAL checkpoint failed; retrying");
+            Err(e) => {
+                if pool.is_closed() {
+                    return;
+                }
+                tracing::warn!(error = %e, "WAL checkpoint failed; retrying");
+            }
         }
     }
 }
