@@ -552,7 +552,10 @@ impl Submitter {
             other => {
                 // Another attempt of this submission was recorded meanwhile: ours is surplus.
                 tracing::warn!(%submission_id, job_id = accepted.job_id, recorded = ?other.map(|o| o.1), "a slow submission lost to a newer attempt; cancelling its Slurm job");
-                let _ = slurm.cancel(accepted.job_id).await;
+                if let Err(e) = slurm.cancel(accepted.job_id).await {
+                    // Nothing in the log names this Slurm job, so no pass will cancel it later.
+                    tracing::error!(%submission_id, job_id = accepted.job_id, error = %e, "the surplus Slurm job of a slow submission could not be cancelled; cancel it in Slurm by hand (scancel)");
+                }
                 Err(JobError::InProgress)
             }
         }
