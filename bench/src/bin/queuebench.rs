@@ -3,7 +3,8 @@
 //!
 //! 1. Waits until the leader's poll cycle has read the whole log (its `poll_events_read` stops
 //!    moving) and no projection lags, then prints the duration of a few idle cycles
-//!    (`/metrics`). With `--settle-only` it stops there (`settle` in bench/lib.sh).
+//!    (`/metrics`); it fails after 10 minutes without catching up. With `--settle-only` it
+//!    stops there (`settle` in bench/lib.sh).
 //! 2. Idle CPU: the server's user + system time (`/proc/<pid>/stat`) over `--idle-seconds`, with
 //!    no request sent meanwhile, as a share of one core.
 //! 3. Changes: cancels jobs 1..=`--changes` (pending jobs of the local executor: each cancel is a
@@ -84,6 +85,10 @@ fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
     Ok(utime + stime)
 }
 
+/// How long step 1 waits for the server to catch up with its log (a 100,000-job fill takes
+/// well under a minute here) before it gives up.
+const CATCH_UP_LIMIT: Duration = Duration::from_secs(600);
+
 /// Waits for the next cycle after `after` and returns it.
 async fn next_cycle(client: &reqwest::Client, url: &str, after: Poll) -> anyhow::Result<Poll> {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -112,6 +117,12 @@ async fn main() -> anyhow::Result<()> {
     let mut quiet = 0;
     let mut idle_cycles = Vec::new();
     while quiet < 3 {
+        if started.elapsed() > CATCH_UP_LIMIT {
+            bail!(
+                "the poll cycle and the projections did not catch up with the log within {} s: is something still writing to this server?",
+                CATCH_UP_LIMIT.as_secs()
+            );
+        }
         let now = next_cycle(&client, &url, last).await?;
         if now.events == last.events && now.lag == 0.0 {
             quiet += 1;
