@@ -8,7 +8,7 @@
 //! answer that is not a v0.0.44 document ([`document`]) is an error, never an empty result.
 //! Each call has a timeout (connection included) and a size limit on its answer; a token file is
 //! re-read when it changes. A listing of the whole queue may take longer than other calls on a
-//! big, busy cluster: its timeout follows the last listing that was answered ([`Listing`]).
+//! big, busy cluster: its timeout follows how the last ones ended ([`Listing`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -168,17 +168,17 @@ pub struct JobStateResponse {
 }
 
 /// A listing document: what it says went wrong, if anything.
-trait Listed {
+trait ListingDocument {
     fn errors(&self) -> &[OpenApiError];
 }
 
-impl Listed for JobInfoResponse {
+impl ListingDocument for JobInfoResponse {
     fn errors(&self) -> &[OpenApiError] {
         &self.errors
     }
 }
 
-impl Listed for JobStateResponse {
+impl ListingDocument for JobStateResponse {
     fn errors(&self) -> &[OpenApiError] {
         &self.errors
     }
@@ -492,36 +492,56 @@ pub const MAX_LISTING_TIMEOUT: Duration = Duration::from_secs(30);
 /// How many times the last answered listing's duration the next one may take.
 const LISTING_SLACK: u32 = 4;
 
-/// One kind of listing of the whole queue (`/jobs/state/` or `/jobs/`) and how long the last
-/// one that was answered took. Its time grows with the queue and with the load on slurmctld,
-/// so a fixed call timeout drops every listing of a big queue on a busy Slurm, each one costing
-/// Slurm the work of an answer nobody reads. A listing may take [`LISTING_SLACK`] times the last
-/// answered one, at least the call timeout and at most [`MAX_LISTING_TIMEOUT`]. A Slurm that
-/// was never listed, or lists fast, keeps the call timeout, so a hanging Slurm is found as fast
-/// as before; only an answer raises the bound, so silence never does.
+/// One kind of listing of the whole queue (`/jobs/state/` or `/jobs/`) and how long the next
+/// one may take. Its time grows with the queue and with the load on slurmctld, so a fixed call
+/// timeout drops every listing of a big queue on a busy Slurm, each one costing Slurm the work
+/// of an answer nobody reads. The bound moves with what Slurm shows ([`next_bound`]):
+/// - an answered listing sets it to [`LISTING_SLACK`] times its duration;
+/// - a listing that ran out of time while Slurm answered other calls (it is busy, not gone)
+///   doubles it;
+/// - a listing that ran out of time while nothing else was answered leaves it: silence never
+///   raises it, so a Slurm that hangs is found as fast as before.
+///
+/// It is never below the call timeout and never above [`MAX_LISTING_TIMEOUT`] (unless the call
+/// timeout is longer).
 #[derive(Default)]
 struct Listing {
-    /// Milliseconds the last answered listing took; 0 before the first.
-    took_ms: AtomicU64,
+    /// The bound in milliseconds; 0 before Slurm showed anything.
+    bound_ms: AtomicU64,
+}
+
+/// What ended one listing, for [`next_bound`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Listed {
+    /// Slurm answered it after this long.
+    Answered(Duration),
+    /// It ran out of its time (this long) while Slurm answered other calls.
+    OutlastedWhileBusy(Duration),
+    /// It ran out of time and nothing else was answered meanwhile, or it failed otherwise.
+    Other,
 }
 
 impl Listing {
     fn timeout(&self, call: Duration) -> Duration {
-        listing_timeout(
-            call,
-            Duration::from_millis(self.took_ms.load(Ordering::Relaxed)),
-        )
+        call.max(Duration::from_millis(self.bound_ms.load(Ordering::Relaxed)))
     }
 
-    fn answered(&self, took: Duration) {
-        let ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
-        self.took_ms.store(ms, Ordering::Relaxed);
+    fn ended(&self, how: Listed) {
+        let now = Duration::from_millis(self.bound_ms.load(Ordering::Relaxed));
+        let next = next_bound(now, how);
+        let ms = u64::try_from(next.as_millis()).unwrap_or(u64::MAX);
+        self.bound_ms.store(ms, Ordering::Relaxed);
     }
 }
 
-/// The timeout of a listing when the last answered one took `last` and other calls have `call`.
-fn listing_timeout(call: Duration, last: Duration) -> Duration {
-    call.max(last.saturating_mul(LISTING_SLACK).min(MAX_LISTING_TIMEOUT))
+/// The bound of the next listing after one that ended `how`, when the bound was `now`.
+fn next_bound(now: Duration, how: Listed) -> Duration {
+    match how {
+        Listed::Answered(took) => took.saturating_mul(LISTING_SLACK),
+        Listed::OutlastedWhileBusy(took) => took.saturating_mul(2),
+        Listed::Other => now,
+    }
+    .min(MAX_LISTING_TIMEOUT)
 }
 
 /// A slurmrestd endpoint.
@@ -532,9 +552,12 @@ pub struct SlurmRestd {
     timeout: Duration,
     /// The most bytes one answer may have.
     max_answer: usize,
-    /// The listings of states and of whole jobs, each with its own pace.
+    /// The listings of states and of whole jobs, each with its own bound.
     states: Listing,
     jobs: Listing,
+    /// Calls Slurm answered (any status), so a listing that ran out of time can tell a busy
+    /// Slurm from a silent one.
+    answers: AtomicU64,
     http: reqwest::Client,
 }
 
@@ -584,6 +607,7 @@ impl SlurmRestd {
             max_answer: DEFAULT_MAX_ANSWER_BYTES,
             states: Listing::default(),
             jobs: Listing::default(),
+            answers: AtomicU64::new(0),
             http,
         })
     }
@@ -632,6 +656,7 @@ impl SlurmRestd {
             })
         };
         let mut res = req.send().await.map_err(failed)?;
+        self.answers.fetch_add(1, Ordering::Relaxed);
         let status = res.status().as_u16();
         let too_big = || {
             SlurmError::Unavailable(format!(
@@ -670,22 +695,38 @@ impl SlurmRestd {
         self.call_within(method, path, body, self.timeout).await
     }
 
-    /// A listing of the whole queue at `path`, with the timeout its pace allows; an answer
-    /// that is a document without errors sets the pace of the next.
-    async fn list<T: serde::de::DeserializeOwned + Listed>(
+    /// A listing of the whole queue at `path`, with the time its bound allows; how it ended
+    /// sets the bound of the next ([`Listing`]).
+    async fn list<T: serde::de::DeserializeOwned + ListingDocument>(
         &self,
         path: &str,
         pace: &Listing,
     ) -> Result<T, SlurmError> {
+        let timeout = pace.timeout(self.timeout);
+        let answers = self.answers.load(Ordering::Relaxed);
         let started = Instant::now();
-        let (status, text) = self
-            .call_within(reqwest::Method::GET, path, None, pace.timeout(self.timeout))
-            .await?;
+        let answer = self
+            .call_within(reqwest::Method::GET, path, None, timeout)
+            .await;
+        let took = started.elapsed();
+        let (status, text) = match answer {
+            Ok(answer) => answer,
+            Err(e) => {
+                let busy = self.answers.load(Ordering::Relaxed) > answers;
+                pace.ended(if busy && took >= timeout {
+                    tracing::debug!(path, timeout_ms = timeout.as_millis() as u64, "a listing ran out of time while Slurm answered other calls; the next may take twice as long");
+                    Listed::OutlastedWhileBusy(timeout)
+                } else {
+                    Listed::Other
+                });
+                return Err(e);
+            }
+        };
         let res: T = document(status, &text, "jobs")?;
         if !res.errors().is_empty() {
             return Err(SlurmError::Unavailable(readable(res.errors())));
         }
-        pace.answered(started.elapsed());
+        pace.ended(Listed::Answered(took));
         Ok(res)
     }
 
@@ -1017,22 +1058,47 @@ mod tests {
     }
 
     #[test]
-    fn a_listing_may_take_four_times_the_last_answered_one_within_bounds() {
-        let call = Duration::from_secs(5);
+    fn a_listings_bound_follows_what_slurm_showed() {
         let ms = Duration::from_millis;
-        // Never answered, or answered fast: the call timeout.
-        assert_eq!(listing_timeout(call, Duration::ZERO), call);
-        assert_eq!(listing_timeout(call, ms(40)), call);
-        assert_eq!(listing_timeout(call, ms(1_250)), call);
-        // A slow answer gives the next listing room to finish.
-        assert_eq!(listing_timeout(call, ms(3_900)), ms(15_600));
-        // At most the cap, unless the call timeout itself is longer.
-        assert_eq!(listing_timeout(call, ms(9_000)), MAX_LISTING_TIMEOUT);
+        let busy = Listed::OutlastedWhileBusy;
+        // An answer: four times its duration, at most the cap.
+        assert_eq!(next_bound(ms(0), Listed::Answered(ms(40))), ms(160));
         assert_eq!(
-            listing_timeout(call, Duration::from_secs(u64::MAX / 2)),
+            next_bound(ms(20_000), Listed::Answered(ms(3_900))),
+            ms(15_600)
+        );
+        assert_eq!(
+            next_bound(ms(0), Listed::Answered(ms(9_000))),
             MAX_LISTING_TIMEOUT
         );
+        assert_eq!(
+            next_bound(ms(0), Listed::Answered(Duration::from_secs(u64::MAX / 2))),
+            MAX_LISTING_TIMEOUT
+        );
+        // Out of time while Slurm answered other calls: twice the time it had, at most the cap.
+        assert_eq!(next_bound(ms(7_300), busy(ms(7_300))), ms(14_600));
+        assert_eq!(next_bound(ms(0), busy(ms(5_000))), ms(10_000));
+        assert_eq!(
+            next_bound(ms(20_000), busy(ms(20_000))),
+            MAX_LISTING_TIMEOUT
+        );
+        // Silence, or any other failure, leaves it.
+        assert_eq!(next_bound(ms(0), Listed::Other), ms(0));
+        assert_eq!(next_bound(ms(7_300), Listed::Other), ms(7_300));
+
+        // The timeout is the bound, never below the call timeout.
+        let call = Duration::from_secs(5);
+        let listing = Listing::default();
+        assert_eq!(listing.timeout(call), call);
+        listing.ended(Listed::Answered(ms(1_250)));
+        assert_eq!(listing.timeout(call), call);
+        listing.ended(Listed::Answered(ms(3_900)));
+        assert_eq!(listing.timeout(call), ms(15_600));
+        listing.ended(Listed::Other);
+        assert_eq!(listing.timeout(call), ms(15_600));
+        listing.ended(busy(ms(15_600)));
+        assert_eq!(listing.timeout(call), MAX_LISTING_TIMEOUT);
         let long = Duration::from_secs(60);
-        assert_eq!(listing_timeout(long, ms(9_000)), long);
+        assert_eq!(listing.timeout(long), long);
     }
 }

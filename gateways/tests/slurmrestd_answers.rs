@@ -35,15 +35,20 @@ struct Canned {
     calls: AtomicUsize,
     /// How long the server waits before it answers, in milliseconds.
     delay_ms: AtomicU64,
+    /// How much longer it takes to answer a listing of states (`…/jobs/state/`).
+    listing_delay_ms: AtomicU64,
 }
 
 /// A real HTTP server on a loopback port that answers every request with `canned`.
 async fn serve(canned: Arc<Canned>) -> String {
-    let app = axum::Router::new().fallback(move |headers: HeaderMap| {
+    let app = axum::Router::new().fallback(move |uri: axum::http::Uri, headers: HeaderMap| {
         let canned = canned.clone();
         async move {
             canned.calls.fetch_add(1, Ordering::SeqCst);
-            let delay = canned.delay_ms.load(Ordering::SeqCst);
+            let mut delay = canned.delay_ms.load(Ordering::SeqCst);
+            if uri.path().ends_with("/jobs/state/") {
+                delay += canned.listing_delay_ms.load(Ordering::SeqCst);
+            }
             tokio::time::sleep(Duration::from_millis(delay)).await;
             let wanted = canned.wanted_token.lock().unwrap().clone();
             if let Some(wanted) = wanted {
@@ -83,6 +88,7 @@ fn canned(status: u16, content_type: &'static str, body: &str) -> Arc<Canned> {
         wanted_token: Mutex::new(None),
         calls: AtomicUsize::new(0),
         delay_ms: AtomicU64::new(0),
+        listing_delay_ms: AtomicU64::new(0),
     })
 }
 
@@ -240,8 +246,8 @@ async fn a_slurmrestd_that_accepts_and_never_answers_costs_one_timeout() {
 }
 
 /// A busy Slurm with a big queue lists it slower than it answers other calls: once a listing
-/// was answered, the next may take four times as long before it is dropped, while a lookup, a
-/// submit, and a listing from a port that never had an answer keep the call timeout.
+/// was answered, the next may take four times as long before it is dropped, while a lookup and
+/// a listing from a port that never had an answer keep the call timeout.
 #[tokio::test]
 async fn a_listing_may_take_as_long_as_the_last_answered_one_allows() {
     let states = canned(
@@ -275,7 +281,7 @@ async fn a_listing_may_take_as_long_as_the_last_answered_one_allows() {
         Err(SlurmError::Unavailable(m)) => assert!(m.contains("300 ms"), "{m}"),
         other => panic!("a port never answered keeps the call timeout: {other:?}"),
     }
-    // The 600 ms listing allows 2.4 s; one slower than that is dropped at that bound.
+    // The ~600 ms listing allows ~2.4 s; one slower than that is dropped at that bound.
     states.delay_ms.store(5_000, Ordering::SeqCst);
     let started = Instant::now();
     match slurm.states().await {
@@ -295,6 +301,50 @@ async fn a_listing_may_take_as_long_as_the_last_answered_one_allows() {
         Err(SlurmError::Unavailable(m)) => assert!(m.contains("300 ms"), "{m}"),
         other => panic!("{other:?}"),
     }
+}
+
+/// A listing that runs out of time while Slurm answers other calls meanwhile (a busy Slurm,
+/// not a gone one) gets twice the time next; one that runs out while nothing else is answered
+/// does not, so a Slurm that hangs keeps being dropped at the call timeout.
+#[tokio::test]
+async fn a_listing_outlasted_while_slurm_answers_other_calls_gets_longer_next_time() {
+    let states = canned(
+        200,
+        "application/json",
+        &fixture("jobs.state.response.json"),
+    );
+    let url = serve(states.clone()).await;
+    let slurm = SlurmRestd::new(&url, "root", "t")
+        .unwrap()
+        .call_timeout(Duration::from_millis(300));
+    states.listing_delay_ms.store(500, Ordering::SeqCst);
+    // Nothing else asked meanwhile: dropped at 300 ms, twice.
+    for _ in 0..2 {
+        let started = Instant::now();
+        match slurm.states().await {
+            Err(SlurmError::Unavailable(m)) => assert!(m.contains("within 300 ms"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(started.elapsed() < Duration::from_millis(450));
+    }
+    // Lookups answered while the listing waits: it is dropped at 300 ms once more, and the next
+    // listing has 600 ms, enough for this one.
+    let (listing, looked) = tokio::join!(slurm.states(), async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        slurm.job(1).await
+    });
+    assert!(
+        looked.is_err(),
+        "the canned answer is not a job: {looked:?}"
+    );
+    match listing {
+        Err(SlurmError::Unavailable(m)) => assert!(m.contains("within 300 ms"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        slurm.states().await.unwrap().is_some(),
+        "the next listing had twice the time"
+    );
 }
 
 #[tokio::test]
