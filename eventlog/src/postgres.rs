@@ -303,11 +303,50 @@ async fn append_group(
 #[async_trait]
 impl GroupWrite for PgWriter {
     async fn write_group(&self, group: &[AppendRequest]) -> Result<GroupResult, LogError> {
+        let started = std::time::Instant::now();
         let mut tx = self.pool.begin().await?;
         // The log's single write lock, held until commit (see the module docs).
         let head_row = sqlx::query("SELECT position, hash FROM log_head WHERE id = 1 FOR UPDATE")
             .fetch_one(&mut *tx)
             .await?;
+        let locked = started.elapsed();
+        let out = self.write_locked(tx, &head_row, group).await;
+        let took = started.elapsed();
+        if took >= SLOW_GROUP {
+            // Every append waiting for the lock waited this long: lock wait against the rest
+            // tells another writer's hold from this group's own statements and commit.
+            tracing::debug!(
+                requests = group.len(),
+                lock_ms = locked.as_secs_f64() * 1e3,
+                took_ms = took.as_secs_f64() * 1e3,
+                "slow PostgreSQL append group"
+            );
+        }
+        out
+    }
+
+    fn moved(&self, head: Position) {
+        self.head_tx.send_if_modified(|p| {
+            let moved = head > *p;
+            if moved {
+                *p = head;
+            }
+            moved
+        });
+    }
+}
+
+/// An append group that takes this long, lock wait included, is said in the debug log.
+const SLOW_GROUP: std::time::Duration = std::time::Duration::from_millis(5);
+
+impl PgWriter {
+    /// Writes `group` in `tx`, which holds the log's write lock (`head_row` read under it).
+    async fn write_locked(
+        &self,
+        mut tx: sqlx::Transaction<'_, Postgres>,
+        head_row: &sqlx::postgres::PgRow,
+        group: &[AppendRequest],
+    ) -> Result<GroupResult, LogError> {
         let mut head = Head {
             position: head_row.try_get("position")?,
             hash: hash32(head_row.try_get::<&[u8], _>("hash")?, "log_head.hash")?,
@@ -347,18 +386,6 @@ impl GroupWrite for PgWriter {
         self.finish(tx, start, head, results).await
     }
 
-    fn moved(&self, head: Position) {
-        self.head_tx.send_if_modified(|p| {
-            let moved = head > *p;
-            if moved {
-                *p = head;
-            }
-            moved
-        });
-    }
-}
-
-impl PgWriter {
     /// Moves the log's head to `head` and commits, or rolls back when nothing was written.
     async fn finish(
         &self,
