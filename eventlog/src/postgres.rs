@@ -267,9 +267,9 @@ async fn append_group(
     }
     let streams: Vec<&str> = group.iter().map(|r| r.stream.as_str()).collect();
     // One index probe per stream (the newest version on `(stream_id, stream_version)`), so the
-    // cost is the group's size whatever the planner guesses: `stream_id = ANY($1)` with a
-    // `GROUP BY` is planned from a guess of rows per stream, and in a generic plan that guess
-    // (the default selectivity per element) makes 64 streams look like a third of the log.
+    // cost is the group's size whatever the planner estimates. `stream_id = ANY($1) … GROUP BY`
+    // was planned from an estimate of rows per stream, and with it the 100,000-job fill ran 5×
+    // slower and poll cycles took up to 530 ms (docs/performance.md, session 25).
     let versions: std::collections::HashMap<String, i64> = sqlx::query_as(
         "SELECT s.stream_id, v.stream_version FROM unnest($1::text[]) AS s(stream_id) \
          CROSS JOIN LATERAL (SELECT stream_version FROM events e \
