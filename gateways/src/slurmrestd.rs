@@ -555,8 +555,8 @@ pub struct SlurmRestd {
     /// The listings of states and of whole jobs, each with its own bound.
     states: Listing,
     jobs: Listing,
-    /// Calls Slurm answered (any status), so a listing that ran out of time can tell a busy
-    /// Slurm from a silent one.
+    /// Calls Slurm answered in full (any status), so a listing that ran out of time can tell a
+    /// busy Slurm from a silent one.
     answers: AtomicU64,
     http: reqwest::Client,
 }
@@ -656,7 +656,6 @@ impl SlurmRestd {
             })
         };
         let mut res = req.send().await.map_err(failed)?;
-        self.answers.fetch_add(1, Ordering::Relaxed);
         let status = res.status().as_u16();
         let too_big = || {
             SlurmError::Unavailable(format!(
@@ -677,6 +676,9 @@ impl SlurmRestd {
             }
             body.extend_from_slice(&chunk);
         }
+        // Counted once the whole answer is in: a listing whose own answer stalls after its
+        // headers must not count as "Slurm answered other calls meanwhile".
+        self.answers.fetch_add(1, Ordering::Relaxed);
         // JSON is UTF-8: anything else is not a document (and is not guessed at).
         let text = String::from_utf8(body)
             .map_err(|_| not_a_document(status, "a body that is not UTF-8"))?;

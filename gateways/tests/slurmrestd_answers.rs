@@ -230,10 +230,11 @@ async fn a_slurmrestd_that_accepts_and_never_answers_costs_one_timeout() {
         .unwrap()
         .call_timeout(Duration::from_millis(300));
     let started = Instant::now();
-    match slurm.jobs().await {
-        Err(SlurmError::Unavailable(m)) => assert!(m.contains("300 ms"), "{m}"),
-        other => panic!("{other:?}"),
-    }
+    assert_unavailable(
+        slurm.jobs().await,
+        "300 ms",
+        "expected Slurm to be unavailable",
+    );
     assert!(
         started.elapsed() < Duration::from_secs(2),
         "{:?}",
@@ -243,6 +244,14 @@ async fn a_slurmrestd_that_accepts_and_never_answers_costs_one_timeout() {
         !held.lock().unwrap().is_empty(),
         "the call reached the listener"
     );
+}
+
+/// Asserts `result` is `Unavailable` with a message containing `says` (`why` says what is checked).
+fn assert_unavailable<T: std::fmt::Debug>(result: Result<T, SlurmError>, says: &str, why: &str) {
+    match result {
+        Err(SlurmError::Unavailable(m)) => assert!(m.contains(says), "{why}: {m}"),
+        other => panic!("{why}: {other:?}"),
+    }
 }
 
 /// A busy Slurm with a big queue lists it slower than it answers other calls: once a listing
@@ -273,21 +282,24 @@ async fn a_listing_may_take_as_long_as_the_last_answered_one_allows() {
         "the slower listing was waited for"
     );
     assert!(started.elapsed() >= Duration::from_millis(600));
-    match slurm.job(1).await {
-        Err(SlurmError::Unavailable(m)) => assert!(m.contains("300 ms"), "{m}"),
-        other => panic!("a lookup keeps the call timeout: {other:?}"),
-    }
-    match port().states().await {
-        Err(SlurmError::Unavailable(m)) => assert!(m.contains("300 ms"), "{m}"),
-        other => panic!("a port never answered keeps the call timeout: {other:?}"),
-    }
+    assert_unavailable(
+        slurm.job(1).await,
+        "300 ms",
+        "a lookup keeps the call timeout",
+    );
+    assert_unavailable(
+        port().states().await,
+        "300 ms",
+        "a port never answered keeps the call timeout",
+    );
     // The ~600 ms listing allows ~2.4 s; one slower than that is dropped at that bound.
     states.delay_ms.store(5_000, Ordering::SeqCst);
     let started = Instant::now();
-    match slurm.states().await {
-        Err(SlurmError::Unavailable(m)) => assert!(m.contains("within 2"), "{m}"),
-        other => panic!("{other:?}"),
-    }
+    assert_unavailable(
+        slurm.states().await,
+        "within 2",
+        "expected Slurm to be unavailable",
+    );
     assert!(
         started.elapsed() < Duration::from_secs(4),
         "{:?}",
@@ -297,10 +309,11 @@ async fn a_listing_may_take_as_long_as_the_last_answered_one_allows() {
     states.delay_ms.store(0, Ordering::SeqCst);
     assert!(slurm.states().await.unwrap().is_some());
     states.delay_ms.store(600, Ordering::SeqCst);
-    match slurm.states().await {
-        Err(SlurmError::Unavailable(m)) => assert!(m.contains("300 ms"), "{m}"),
-        other => panic!("{other:?}"),
-    }
+    assert_unavailable(
+        slurm.states().await,
+        "300 ms",
+        "expected Slurm to be unavailable",
+    );
 }
 
 /// A listing that runs out of time while Slurm answers other calls meanwhile (a busy Slurm,
@@ -321,10 +334,11 @@ async fn a_listing_outlasted_while_slurm_answers_other_calls_gets_longer_next_ti
     // Nothing else asked meanwhile: dropped at 300 ms, twice.
     for _ in 0..2 {
         let started = Instant::now();
-        match slurm.states().await {
-            Err(SlurmError::Unavailable(m)) => assert!(m.contains("within 300 ms"), "{m}"),
-            other => panic!("{other:?}"),
-        }
+        assert_unavailable(
+            slurm.states().await,
+            "within 300 ms",
+            "expected Slurm to be unavailable",
+        );
         assert!(started.elapsed() < Duration::from_millis(450));
     }
     // Lookups answered while the listing waits: it is dropped at 300 ms once more, and the next
@@ -337,13 +351,49 @@ async fn a_listing_outlasted_while_slurm_answers_other_calls_gets_longer_next_ti
         looked.is_err(),
         "the canned answer is not a job: {looked:?}"
     );
-    match listing {
-        Err(SlurmError::Unavailable(m)) => assert!(m.contains("within 300 ms"), "{m}"),
-        other => panic!("{other:?}"),
-    }
+    assert_unavailable(listing, "within 300 ms", "expected Slurm to be unavailable");
     assert!(
         slurm.states().await.unwrap().is_some(),
         "the next listing had twice the time"
+    );
+}
+
+/// A listing whose own answer stalls after its headers (a lying proxy) is silence, not a busy
+/// Slurm: its bound is not raised, so every such listing is dropped at the call timeout.
+#[tokio::test]
+async fn a_listing_that_stalls_mid_answer_keeps_the_call_timeout() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let keep = held.clone();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut request = [0u8; 4096];
+            let _ = socket.read(&mut request).await;
+            // Headers and the first byte of a body that never ends.
+            let _ = socket
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{")
+                .await;
+            keep.lock().unwrap().push(socket);
+        }
+    });
+    let slurm = SlurmRestd::new(&format!("http://{addr}"), "root", "t")
+        .unwrap()
+        .call_timeout(Duration::from_millis(300));
+    for _ in 0..3 {
+        let started = Instant::now();
+        assert_unavailable(slurm.states().await, "within 300 ms", "a stalled listing");
+        assert!(
+            started.elapsed() < Duration::from_millis(450),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    assert_eq!(
+        held.lock().unwrap().len(),
+        3,
+        "each listing got its headers"
     );
 }
 
@@ -361,10 +411,11 @@ async fn an_answer_over_the_size_limit_is_refused_unread() {
     let small = SlurmRestd::new(&url, "root", "t")
         .unwrap()
         .max_answer_bytes(1_024);
-    match small.states().await {
-        Err(SlurmError::Unavailable(m)) => assert!(m.contains("more than 1024 bytes"), "{m}"),
-        other => panic!("{other:?}"),
-    }
+    assert_unavailable(
+        small.states().await,
+        "more than 1024 bytes",
+        "expected Slurm to be unavailable",
+    );
     let roomy = SlurmRestd::new(&url, "root", "t").unwrap();
     assert_eq!(roomy.states().await.unwrap().unwrap().len(), 100);
 }
@@ -386,10 +437,11 @@ async fn a_rotated_token_file_is_used_without_a_restart() {
 
     // Slurm's key rotated: the old token is refused until the file has the new one.
     *server.wanted_token.lock().unwrap() = Some("token-two".into());
-    match slurm.jobs().await {
-        Err(SlurmError::Unavailable(m)) => assert!(m.contains("credentials"), "{m}"),
-        other => panic!("{other:?}"),
-    }
+    assert_unavailable(
+        slurm.jobs().await,
+        "credentials",
+        "expected Slurm to be unavailable",
+    );
     std::fs::write(&file, "token-two\n").unwrap();
     assert_eq!(
         slurm.jobs().await.unwrap().len(),
