@@ -362,8 +362,9 @@ impl PgWriter {
         if let Some(results) = append_group(&mut tx, &mut head, group, now).await? {
             return self.finish(tx, start, head, results).await;
         }
-        // A repeated event id, or one already stored: each request on its own, as it must be
-        // told apart (a retry's events are answered as stored, a clash refused).
+        // A repeated or already stored event id, an empty request, or a clash on insert: each
+        // request on its own, as they must be told apart (a retry's events are answered as
+        // stored, a clash refused).
         tracing::debug!(
             requests = group.len(),
             "append group written one request at a time"
