@@ -214,19 +214,34 @@ async fn only_invalid_job_id_means_unknown() {
     ));
 }
 
-#[tokio::test]
-async fn a_slurmrestd_that_accepts_and_never_answers_costs_one_timeout() {
+/// A real TCP listener that accepts every connection and keeps it open, never finishing an
+/// answer: with `start`, it reads the request and writes `start` (headers, part of a body);
+/// without, it never reads or writes. Returns its URL and the connections it holds.
+async fn holding_server(
+    start: Option<&'static [u8]>,
+) -> (String, Arc<Mutex<Vec<tokio::net::TcpStream>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let held = Arc::new(Mutex::new(Vec::new()));
     let keep = held.clone();
     tokio::spawn(async move {
-        loop {
-            let (socket, _) = listener.accept().await.unwrap();
-            keep.lock().unwrap().push(socket); // accepted, never read, never answered
+        while let Ok((mut socket, _)) = listener.accept().await {
+            if let Some(start) = start {
+                let mut request = [0u8; 4096];
+                let _ = socket.read(&mut request).await;
+                let _ = socket.write_all(start).await;
+            }
+            keep.lock().unwrap().push(socket);
         }
     });
-    let slurm = SlurmRestd::new(&format!("http://{addr}"), "root", "t")
+    (format!("http://{addr}"), held)
+}
+
+#[tokio::test]
+async fn a_slurmrestd_that_accepts_and_never_answers_costs_one_timeout() {
+    let (url, held) = holding_server(None).await;
+    let slurm = SlurmRestd::new(&url, "root", "t")
         .unwrap()
         .call_timeout(Duration::from_millis(300));
     let started = Instant::now();
@@ -362,23 +377,12 @@ async fn a_listing_outlasted_while_slurm_answers_other_calls_gets_longer_next_ti
 /// Slurm: its bound is not raised, so every such listing is dropped at the call timeout.
 #[tokio::test]
 async fn a_listing_that_stalls_mid_answer_keeps_the_call_timeout() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let held = Arc::new(Mutex::new(Vec::new()));
-    let keep = held.clone();
-    tokio::spawn(async move {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        while let Ok((mut socket, _)) = listener.accept().await {
-            let mut request = [0u8; 4096];
-            let _ = socket.read(&mut request).await;
-            // Headers and the first byte of a body that never ends.
-            let _ = socket
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{")
-                .await;
-            keep.lock().unwrap().push(socket);
-        }
-    });
-    let slurm = SlurmRestd::new(&format!("http://{addr}"), "root", "t")
+    // Headers and the first byte of a body that never ends.
+    let (url, held) = holding_server(Some(
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{",
+    ))
+    .await;
+    let slurm = SlurmRestd::new(&url, "root", "t")
         .unwrap()
         .call_timeout(Duration::from_millis(300));
     for _ in 0..3 {
