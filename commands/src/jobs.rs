@@ -704,16 +704,13 @@ fn comment_verdicts() -> std::sync::MutexGuard<'static, HashMap<CommentKey, bool
     memo
 }
 
-/// One reconcile pass for a cluster: records every state Slurm reports that the log lacks
-/// (no event when nothing changed) and gives jobs that vanished from Slurm a final state that
-/// says so. Slurm jobs whose comment carries a Clusterra submission id the log does not have are
-/// ignored and logged: adoption happens only in [`settle_submissions`], of recorded requests.
 /// The reason recorded with a job Slurm no longer knows.
 pub const VANISHED_REASON: &str = "Slurm no longer knows this job (a lookup by its id answered \"Invalid job id specified\") and its final state was never seen; its outcome is unknown";
 
-/// One reconcile pass for a cluster. It starts with a listing of Slurm's jobs — only their ids
-/// and states where the port has such a listing ([`SlurmPort::states`]; see
-/// [`reconcile_states`]), else every job in full; if that call fails (no answer, or an answer
+/// One reconcile pass for a cluster. It starts with a listing of Slurm's jobs — where the port
+/// has a listing of states, only the ids and states of the jobs of `open` that are unfinished
+/// or NODE_FAIL ([`SlurmPort::states_of`]; see [`reconcile_states`]), else every job in full;
+/// if that call fails (no answer, or an answer
 /// that is not a v0.0.44 document) nothing is recorded and the error is returned, for the next
 /// cycle to retry. Then, for each job of `open`:
 /// - listed by Slurm (same id, same submission id): its state is recorded if the log lacks it
@@ -724,8 +721,8 @@ pub const VANISHED_REASON: &str = "Slurm no longer knows this job (a lookup by i
 /// - cancel requested and Slurm still runs it: Slurm is asked to cancel again (a cancel Slurm
 ///   did not confirm is retried every cycle).
 ///
-/// Last, it adopts jobs Slurm has whose `JobSubmitted` never reached the log — once they are
-/// older than [`ADOPT_AFTER`] at `now`, so a submission still being recorded is not taken over.
+/// It adopts nothing: a Slurm job whose `JobSubmitted` never reached the log is adopted only by
+/// [`settle_submissions`], from its recorded request.
 pub async fn reconcile(
     log: &dyn EventLog,
     slurm: &dyn SlurmPort,
@@ -739,7 +736,7 @@ pub async fn reconcile(
 
 /// [`reconcile`], setting `listing` to how long Slurm took to answer its listing of states
 /// (left as it is when the port has no such listing or did not answer): the poll cycle paces
-/// the next full listing by it.
+/// the next listing by it.
 #[tracing::instrument(skip_all, fields(%workspace, %cluster, open = open.len()))]
 pub async fn reconcile_timed(
     log: &dyn EventLog,
@@ -751,12 +748,25 @@ pub async fn reconcile_timed(
     listing: &mut Option<std::time::Duration>,
 ) -> Result<Reconciled, JobError> {
     let started = std::time::Instant::now();
-    if let Some(states) = slurm.states().await? {
+    if let Some(states) = slurm.states_of(&listed_ids(open)).await? {
         *listing = Some(started.elapsed());
         return reconcile_states(log, slurm, workspace, cluster, open, &states, now).await;
     }
     let listed = slurm.jobs().await?;
     reconcile_listed(log, slurm, workspace, cluster, open, listed, now).await
+}
+
+/// The open jobs whose states a pass asks Slurm for: the unfinished ones, and NODE_FAILs (a
+/// listing in another state corrects them); sorted, without repeats.
+fn listed_ids(open: &[OpenJob]) -> Vec<u64> {
+    let mut ids: Vec<u64> = open
+        .iter()
+        .filter(|j| !j.state.is_terminal() || j.state == JobState::NodeFail)
+        .map(|j| j.job_id)
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
 }
 
 /// How many full job records a pass that listed states reads from Slurm at once.

@@ -112,6 +112,20 @@ pub trait SlurmPort: Send + Sync + 'static {
     async fn states(&self) -> Result<Option<Vec<StateReport>>, SlurmError> {
         Ok(None)
     }
+    /// The ids and states of these jobs only (`ids` sorted, without repeats), where the port has
+    /// such a listing; jobs the controller does not know are left out, as in [`Self::states`].
+    /// `None` when the port has no listing of states. By default [`Self::states`], filtered:
+    /// slurmrestd asks for the ids themselves (`GET /jobs/state/?job_id=…`), whose cost follows
+    /// the jobs asked for, where a listing of the whole queue costs its controller far more than
+    /// its share per job at site size (measured in docs/performance.md).
+    async fn states_of(&self, ids: &[u64]) -> Result<Option<Vec<StateReport>>, SlurmError> {
+        Ok(self.states().await?.map(|states| {
+            states
+                .into_iter()
+                .filter(|r| ids.binary_search(&r.job_id).is_ok())
+                .collect()
+        }))
+    }
 }
 
 /// One job in a listing of states ([`SlurmPort::states`]).
@@ -433,6 +447,9 @@ impl SlurmPort for Guarded {
     }
     async fn states(&self) -> Result<Option<Vec<StateReport>>, SlurmError> {
         self.guard(self.inner.states()).await
+    }
+    async fn states_of(&self, ids: &[u64]) -> Result<Option<Vec<StateReport>>, SlurmError> {
+        self.guard(self.inner.states_of(ids)).await
     }
 }
 

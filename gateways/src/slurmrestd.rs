@@ -492,6 +492,26 @@ pub const MAX_LISTING_TIMEOUT: Duration = Duration::from_secs(30);
 /// How many times the last answered listing's duration the next one may take.
 const LISTING_SLACK: u32 = 4;
 
+/// How many job ids one `GET /jobs/state/?job_id=…` names ([`SlurmPort::states_of`]).
+/// slurmrestd 26.05 answered 5,000 (a 58 KB query) and failed 10,000 (HTTP 500); on a Slurm
+/// holding 42,754 jobs, 1,000 ids took 18 ms where the whole listing took 16 s. At most ~18
+/// bytes an id, so a query stays under 18 KB.
+const STATES_PER_CALL: usize = 1_000;
+
+/// The path of a listing of these jobs' states. The ids are repeated (`job_id=1&job_id=2`):
+/// the comma-separated form the reference gives (`job_id=1,2`) fails on slurmrestd 26.05 with
+/// HTTP 500 "Unspecified error"; a single id, or the repeated form, works, and ids Slurm does
+/// not know are left out of the answer.
+fn states_query(ids: &[u64]) -> String {
+    use std::fmt::Write as _;
+    let mut path = String::with_capacity(14 + ids.len() * 18);
+    path.push_str("/jobs/state/");
+    for (i, id) in ids.iter().enumerate() {
+        let _ = write!(path, "{}job_id={id}", if i == 0 { '?' } else { '&' });
+    }
+    path
+}
+
 /// One kind of listing of the whole queue (`/jobs/state/` or `/jobs/`) and how long the next
 /// one may take. Its time grows with the queue and with the load on slurmctld, so a fixed call
 /// timeout drops every listing of a big queue on a busy Slurm, each one costing Slurm the work
@@ -822,6 +842,24 @@ impl SlurmPort for SlurmRestd {
         Ok(Some(
             res.jobs.iter().filter_map(JobStateEntry::to_port).collect(),
         ))
+    }
+
+    /// `GET /jobs/state/?job_id=…&job_id=…`, [`STATES_PER_CALL`] ids a call, one call after
+    /// another, each within the call timeout; any call that fails fails the whole listing. No
+    /// ids, no call.
+    async fn states_of(&self, ids: &[u64]) -> Result<Option<Vec<StateReport>>, SlurmError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(STATES_PER_CALL) {
+            let (status, text) = self
+                .call(reqwest::Method::GET, &states_query(chunk), None)
+                .await?;
+            let res: JobStateResponse = document(status, &text, "jobs")?;
+            if !res.errors.is_empty() {
+                return Err(SlurmError::Unavailable(readable(&res.errors)));
+            }
+            out.extend(res.jobs.iter().filter_map(JobStateEntry::to_port));
+        }
+        Ok(Some(out))
     }
 
     async fn cancel(&self, job_id: u64) -> Result<(), SlurmError> {

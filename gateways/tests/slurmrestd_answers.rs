@@ -480,3 +480,68 @@ async fn a_rotated_token_file_is_used_without_a_restart() {
     assert!(slurm.jobs().await.is_err());
     assert_eq!(server.calls.load(Ordering::SeqCst) - before, 1);
 }
+
+/// A listing of some jobs' states asks slurmrestd for those ids only, a thousand a call, and
+/// gives back what every call answered; a call that fails fails the whole listing.
+#[tokio::test]
+async fn a_listing_of_some_jobs_asks_for_them_in_bounded_calls() {
+    // Answers each `…/jobs/state/?job_id=…` with the ids it names, PENDING, and records how
+    // many each call named; a call that names `poison` gets an HTML 502.
+    let asked = Arc::new(Mutex::new(Vec::<usize>::new()));
+    let poison = Arc::new(AtomicU64::new(u64::MAX));
+    let app = {
+        let (asked, poison) = (asked.clone(), poison.clone());
+        axum::Router::new().fallback(move |uri: axum::http::Uri| {
+            let (asked, poison) = (asked.clone(), poison.clone());
+            async move {
+                assert!(uri.path().ends_with("/jobs/state/"), "{uri}");
+                let ids: Vec<u64> = uri
+                    .query()
+                    .unwrap_or("")
+                    .split('&')
+                    .map(|kv| kv.strip_prefix("job_id=").unwrap().parse().unwrap())
+                    .collect();
+                asked.lock().unwrap().push(ids.len());
+                if ids.contains(&poison.load(Ordering::SeqCst)) {
+                    return (StatusCode::BAD_GATEWAY, "<html>502</html>".to_string());
+                }
+                let jobs: Vec<_> = ids
+                    .iter()
+                    .map(|id| serde_json::json!({"job_id": id.to_string(), "state": ["PENDING"]}))
+                    .collect();
+                let doc =
+                    serde_json::json!({"jobs": jobs, "meta": {}, "errors": [], "warnings": []});
+                (StatusCode::OK, doc.to_string())
+            }
+        })
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let slurm = SlurmRestd::new(&url, "root", "t").unwrap();
+
+    let ids: Vec<u64> = (1..=2_500).map(|i| i * 7).collect();
+    let states = slurm.states_of(&ids).await.unwrap().unwrap();
+    assert_eq!(*asked.lock().unwrap(), vec![1_000, 1_000, 500]);
+    let listed: Vec<u64> = states.iter().map(|r| r.job_id).collect();
+    assert_eq!(listed, ids);
+    assert!(
+        states
+            .iter()
+            .all(|r| r.state == Some(domain::job::JobState::Pending))
+    );
+
+    // No ids: no call.
+    asked.lock().unwrap().clear();
+    assert_eq!(slurm.states_of(&[]).await.unwrap(), Some(vec![]));
+    assert!(asked.lock().unwrap().is_empty());
+
+    // The second call fails: the listing is an error, not the first call's thousand jobs.
+    poison.store(ids[1_500], Ordering::SeqCst);
+    assert_unavailable(
+        slurm.states_of(&ids).await,
+        "502",
+        "a listing with a failed call",
+    );
+    assert_eq!(*asked.lock().unwrap(), vec![1_000, 1_000]);
+}

@@ -133,4 +133,23 @@ async fn the_adapter_against_a_real_slurm() {
         let full = listed.iter().find(|j| j.job_id == id).map(|j| j.state);
         assert_eq!(full, Some(state), "job {id}");
     }
+    // The listing of some jobs by id names those jobs and no other; an id Slurm does not know
+    // is left out, not an error.
+    let mut ids = vec![ok.job_id, sleeper.job_id, timeout.job_id, 999_999_999];
+    ids.sort_unstable();
+    let mut some = slurm
+        .states_of(&ids)
+        .await
+        .unwrap()
+        .expect("slurmrestd lists states by id");
+    some.sort_by_key(|r| r.job_id);
+    let mut want = vec![
+        (ok.job_id, Some(JobState::Completed)),
+        (sleeper.job_id, Some(JobState::Cancelled)),
+        (timeout.job_id, Some(JobState::Timeout)),
+    ];
+    want.sort_unstable_by_key(|(id, _)| *id);
+    let got: Vec<_> = some.iter().map(|r| (r.job_id, r.state)).collect();
+    assert_eq!(got, want);
+    assert_eq!(slurm.states_of(&[]).await.unwrap(), Some(vec![]));
 }

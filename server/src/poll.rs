@@ -86,12 +86,12 @@ struct Shared {
     /// generation) and the jobs it left to compare again. While both stand and none is left,
     /// reconcile would find nothing and is skipped.
     reconciled: Mutex<HashMap<Key, Clean>>,
-    /// Per cluster whose port cannot tell what changed (slurmrestd): when its last full listing
-    /// started and how long it took ([`listing_due`]).
+    /// Per cluster whose port cannot tell what changed (slurmrestd): when its last listing of
+    /// states started and how long it took ([`listing_due`]).
     listed: Mutex<HashMap<Key, Listed>>,
 }
 
-/// A full listing of a cluster's job states: when it started, how long Slurm took to answer (or
+/// A listing of a cluster's open jobs' states: when it started, how long Slurm took to answer (or
 /// to fail), whether it answered, and how many listings in a row (this one included) did not.
 #[derive(Debug, Clone, Copy)]
 struct Listed {
@@ -101,10 +101,11 @@ struct Listed {
     failed_in_a_row: u32,
 }
 
-/// A full listing of a Slurm's job states costs that Slurm time in proportion to its queue
-/// (~0.2 s of slurmrestd's at 20,000 jobs): it is made at most once per this many times its own
+/// A listing of states costs Slurm time in proportion to the jobs listed (the poll cycle names
+/// its open jobs, [`commands::slurm::SlurmPort::states_of`]; a listing of a whole queue of
+/// 20,000 jobs took ~0.2 s of slurmrestd's): it is made at most once per this many times its own
 /// last duration, so the poll cycle takes at most about 1/20 of slurmrestd's time whatever the
-/// queue holds. A small queue (a listing under 1/20 of the poll interval) is listed every cycle.
+/// queue holds. A short listing (under 1/20 of the poll interval) is made every cycle.
 const LISTING_SHARE: u32 = 20;
 
 /// However long answered listings take, one is made at least this often. A listing of ~20,000
@@ -120,8 +121,8 @@ const LISTING_EVERY_MAX: Duration = Duration::from_secs(60);
 /// of these, not minutes. From the third failed listing in a row while the breaker stays closed
 /// (an open breaker spaces the calls itself, and starts the count again) this doubles, up to
 /// [`LISTING_EVERY_MAX`]: a Slurm that answers its other calls (so its breaker stays closed) but
-/// is too busy to list its whole queue within the call's timeout (measured: ~35,000 jobs on a
-/// saturated Slurm, `bench/keyed-vs-slurm.sh`) is not asked again every ~15 s for a listing it
+/// is too busy to answer a listing within the call's timeout (measured when the listing
+/// was of the whole queue: ~35,000 jobs on a saturated Slurm, `bench/keyed-vs-slurm.sh`) is not asked again every ~15 s for a listing it
 /// spends the whole timeout on and never delivers.
 const RETRY_LISTING_MAX: Duration = Duration::from_secs(10);
 
@@ -134,7 +135,7 @@ fn retry_listing_max(failed_in_a_row: u32) -> Duration {
         .min(LISTING_EVERY_MAX)
 }
 
-/// How a pass with a full listing ended, for [`failed_in_a_row`].
+/// How a pass with a listing of states ended, for [`failed_in_a_row`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ListingOutcome {
     Answered,
@@ -185,7 +186,7 @@ fn failed_in_a_row(before: Option<&Listed>, outcome: ListingOutcome) -> u32 {
     }
 }
 
-/// Whether a cluster's next full listing is due at `now`, after `last`.
+/// Whether a cluster's next listing of states is due at `now`, after `last`.
 fn listing_due(last: Option<&Listed>, now: std::time::Instant) -> bool {
     last.is_none_or(|l| {
         let most = if l.answered {
@@ -198,9 +199,9 @@ fn listing_due(last: Option<&Listed>, now: std::time::Instant) -> bool {
     })
 }
 
-/// What a full listing costs Slurm, for [`listing_due`]: how long it took to answer. A pass
+/// What a listing of states costs Slurm, for [`listing_due`]: how long it took to answer. A pass
 /// that failed without an answer paces by the time it spent: a Slurm too busy to answer
-/// within the call's timeout is not asked for its whole queue again at once (measured: three
+/// within the call's timeout is not asked again at once (measured: three
 /// listings of ~20,000 jobs back to back, each dropped after 5 s, while it was saturated). A
 /// refused connection fails at once and paces nothing; the breaker spaces those calls. A port
 /// without a listing of states has nothing timed: it is paced only by a pass that failed.
@@ -438,7 +439,8 @@ async fn cluster_pass(shared: Arc<Shared>, key: Key, slurm: Arc<dyn SlurmPort>) 
             && c.generation == snapshot.generation
             && c.recheck.is_empty()
     });
-    // A port that cannot tell what changed is listed in full, paced by what that costs it.
+    // A port that cannot tell what changed is asked for its open jobs' states, paced by what
+    // that costs it.
     let paced = slurm_version.is_none() && {
         let listed = shared.listed.lock().unwrap_or_else(|p| p.into_inner());
         !listing_due(listed.get(&key), std::time::Instant::now())
@@ -447,7 +449,7 @@ async fn cluster_pass(shared: Arc<Shared>, key: Key, slurm: Arc<dyn SlurmPort>) 
         // A port that can tell what changed since the last clean pass lists only that, and only
         // those jobs, the ones the index changed and the ones left to look at again are
         // compared; any other port (slurmrestd), or no clean pass yet, compares Slurm's listing
-        // of every job's state with every open job and reads in full only those that differ.
+        // of the open jobs' states with them and reads in full only those that differ.
         let delta = match &last_clean {
             Some(c) => slurm.jobs_since(c.slurm_version).await,
             None => Ok(None),

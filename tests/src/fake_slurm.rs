@@ -217,9 +217,18 @@ async fn answer(state: &Mutex<State>, method: Method, uri: Uri, body: Bytes) -> 
                     .into_response()
                 }
                 (Method::GET, "/jobs/state") => {
+                    // `?job_id=1&job_id=2` names the jobs wanted (unknown ids are left out),
+                    // as slurmrestd 26.05 does; no query lists every job.
+                    let wanted: Option<std::collections::HashSet<u64>> = uri.query().map(|q| {
+                        q.split('&')
+                            .filter_map(|kv| kv.strip_prefix("job_id="))
+                            .filter_map(|id| id.parse().ok())
+                            .collect()
+                    });
                     let jobs: Vec<Value> = s
                         .jobs
                         .iter()
+                        .filter(|(id, _)| wanted.as_ref().is_none_or(|w| w.contains(id)))
                         .map(|(id, j)| json!({"job_id": id.to_string(), "state": [j.state]}))
                         .collect();
                     axum::Json(json!({"jobs": jobs, "meta": meta(), "errors": [], "warnings": []}))
