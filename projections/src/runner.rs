@@ -62,6 +62,12 @@ const LAZY_EVENTS: i64 = 10_000;
 /// How long a live projector may go without persisting its checkpoint.
 const LAZY_FOR: Duration = Duration::from_secs(1);
 
+/// While appends keep coming, the live projectors start a pass at most this often: a pass costs
+/// the same reads, document writes and commit whether it applies one event or fifty, and a
+/// steady stream of small group commits (keyed submits: two appends each) otherwise wakes them
+/// for every one. The first append after a quiet spell is applied at once.
+const MIN_PASS_GAP: Duration = Duration::from_millis(4);
+
 /// Where a projector is: `applied` in memory, `persisted` with its documents.
 ///
 /// A live projector does not commit a batch that changed none of its documents (most events
@@ -312,6 +318,8 @@ async fn follow(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut head = log.watch_head();
+    // When the current pass started.
+    let mut last_pass;
     loop {
         // Stopped when told so, or when whoever could tell it is gone (a server dropped, or
         // failing to start, after the projections started): never a loop with nothing to wait on.
@@ -320,6 +328,7 @@ async fn follow(
         }
         head.borrow_and_update();
         let now = Instant::now();
+        last_pass = now;
         for m in members
             .iter_mut()
             .filter(|m| m.cursor.is_none() && m.retry_at <= now)
@@ -365,7 +374,15 @@ async fn follow(
             .unwrap_or(Duration::MAX)
             .min(Duration::from_millis(500));
         tokio::select! {
-            _ = head.changed() => {}
+            _ = head.changed() => {
+                let gap = MIN_PASS_GAP.saturating_sub(last_pass.elapsed());
+                if !gap.is_zero() {
+                    tokio::select! {
+                        _ = tokio::time::sleep(gap) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                }
+            }
             _ = tokio::time::sleep(wait) => {}
             _ = shutdown.changed() => {}
         }

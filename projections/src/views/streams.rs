@@ -32,10 +32,15 @@ impl Projector for StreamSummaries {
 
     async fn apply(&self, view: &mut ViewTx<'_>, event: Event<'_>) -> Applied {
         let event = event.recorded;
-        let summary = match view
-            .get::<StreamSummary>(COLLECTION, &event.stream_id)
-            .await?
-        {
+        // A stream's first event starts its summary: nothing to read (its documents never run
+        // ahead of its checkpoint, so none can be there yet, even when events are read again).
+        let earlier = if event.stream_version <= 1 {
+            None
+        } else {
+            view.get::<StreamSummary>(COLLECTION, &event.stream_id)
+                .await?
+        };
+        let summary = match earlier {
             Some(mut s) => {
                 s.events += 1;
                 s.version = event.stream_version;
