@@ -167,6 +167,35 @@ pub struct JobStateResponse {
     pub errors: Vec<OpenApiError>,
 }
 
+/// `GET /ping/` (v0.0.44 `openapi_ping_array_resp`): one entry per controller.
+#[derive(Debug, Default, Deserialize)]
+pub struct PingResponse {
+    #[serde(default)]
+    pub pings: Vec<Ping>,
+    #[serde(default)]
+    pub errors: Vec<OpenApiError>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Ping {
+    #[serde(default)]
+    pub responding: bool,
+}
+
+/// What a ping's answer says: reachable only when it reports no error and some controller
+/// responds (slurmrestd answers a ping even when slurmctld does not).
+fn ping_verdict(res: &PingResponse) -> Result<(), SlurmError> {
+    if !res.errors.is_empty() {
+        return Err(SlurmError::Unavailable(readable(&res.errors)));
+    }
+    if !res.pings.iter().any(|p| p.responding) {
+        return Err(SlurmError::Unavailable(
+            "slurmrestd answered a ping, but no Slurm controller responds".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// A listing document: what it says went wrong, if anything.
 trait ListingDocument {
     fn errors(&self) -> &[OpenApiError];
@@ -752,6 +781,14 @@ impl SlurmRestd {
         Ok(res)
     }
 
+    /// `GET /ping/`: `Ok` when the answer is a v0.0.44 document without errors in which a
+    /// controller responds.
+    async fn ping(&self) -> Result<(), SlurmError> {
+        let (status, text) = self.call(reqwest::Method::GET, "/ping/", None).await?;
+        let res: PingResponse = document(status, &text, "pings")?;
+        ping_verdict(&res)
+    }
+
     async fn call_within(
         &self,
         method: reqwest::Method,
@@ -846,8 +883,13 @@ impl SlurmPort for SlurmRestd {
 
     /// `GET /jobs/state/?job_id=…&job_id=…`, [`STATES_PER_CALL`] ids a call, one call after
     /// another, each within the call timeout; any call that fails fails the whole listing. No
-    /// ids, no call.
+    /// ids: one `GET /ping/` instead, so a Slurm without open jobs that stops answering is still
+    /// found unreachable by the poll cycle, not by the next submit.
     async fn states_of(&self, ids: &[u64]) -> Result<Option<Vec<StateReport>>, SlurmError> {
+        if ids.is_empty() {
+            self.ping().await?;
+            return Ok(Some(Vec::new()));
+        }
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(STATES_PER_CALL) {
             let (status, text) = self
@@ -886,6 +928,26 @@ mod tests {
     fn job(name: &str) -> SlurmJob {
         let res: JobInfoResponse = serde_json::from_str(&fixture(name)).unwrap();
         res.jobs[0].to_port()
+    }
+
+    #[test]
+    fn a_ping_is_an_answer_only_when_a_controller_responds() {
+        let res: PingResponse = document(200, &fixture("ping.response.json"), "pings").unwrap();
+        assert_eq!(ping_verdict(&res), Ok(()));
+        let down: PingResponse = document(
+            200,
+            r#"{"meta": {}, "errors": [], "pings": [{"hostname": "c", "pinged": "DOWN", "responding": false}]}"#,
+            "pings",
+        )
+        .unwrap();
+        assert!(
+            matches!(ping_verdict(&down), Err(SlurmError::Unavailable(m)) if m.contains("no Slurm controller"))
+        );
+        let none: PingResponse =
+            document(200, r#"{"meta": {}, "errors": [], "pings": []}"#, "pings").unwrap();
+        assert!(ping_verdict(&none).is_err());
+        // A document without `pings` is not a ping's answer.
+        assert!(document::<PingResponse>(200, r#"{"meta": {}, "errors": []}"#, "pings").is_err());
     }
 
     #[test]

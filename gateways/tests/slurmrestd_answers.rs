@@ -482,7 +482,8 @@ async fn a_rotated_token_file_is_used_without_a_restart() {
 }
 
 /// A listing of some jobs' states asks slurmrestd for those ids only, a thousand a call, and
-/// gives back what every call answered; a call that fails fails the whole listing.
+/// gives back what every call answered; a call that fails fails the whole listing; no ids make
+/// one ping.
 #[tokio::test]
 async fn a_listing_of_some_jobs_asks_for_them_in_bounded_calls() {
     // Answers each `…/jobs/state/?job_id=…` with the ids it names, PENDING, and records how
@@ -494,6 +495,10 @@ async fn a_listing_of_some_jobs_asks_for_them_in_bounded_calls() {
         axum::Router::new().fallback(move |uri: axum::http::Uri| {
             let (asked, poison) = (asked.clone(), poison.clone());
             async move {
+                if uri.path().ends_with("/ping/") {
+                    asked.lock().unwrap().push(0);
+                    return (StatusCode::OK, fixture("ping.response.json"));
+                }
                 assert!(uri.path().ends_with("/jobs/state/"), "{uri}");
                 let ids: Vec<u64> = uri
                     .query()
@@ -531,10 +536,11 @@ async fn a_listing_of_some_jobs_asks_for_them_in_bounded_calls() {
             .all(|r| r.state == Some(domain::job::JobState::Pending))
     );
 
-    // No ids: no call.
+    // No ids: no listing, one ping (a Slurm without open jobs is still watched).
     asked.lock().unwrap().clear();
     assert_eq!(slurm.states_of(&[]).await.unwrap(), Some(vec![]));
-    assert!(asked.lock().unwrap().is_empty());
+    assert_eq!(*asked.lock().unwrap(), vec![0]);
+    asked.lock().unwrap().clear();
 
     // The second call fails: the listing is an error, not the first call's thousand jobs.
     poison.store(ids[1_500], Ordering::SeqCst);

@@ -216,6 +216,11 @@ async fn answer(state: &Mutex<State>, method: Method, uri: Uri, body: Bytes) -> 
                     )
                     .into_response()
                 }
+                (Method::GET, "/ping") => axum::Json(json!({
+                    "pings": [{"hostname": "fake", "pinged": "UP", "responding": true,
+                        "latency": 100, "mode": "primary", "primary": true}],
+                    "meta": meta(), "errors": [], "warnings": []}))
+                .into_response(),
                 (Method::GET, "/jobs/state") => {
                     // `?job_id=1&job_id=2` names the jobs wanted (unknown ids are left out),
                     // as slurmrestd 26.05 does; no query lists every job.
