@@ -17,20 +17,7 @@ token=$(mint_token)
 job='"name": "bench", "script": "#!/bin/bash\\nsrun hostname\\n", "environment": ["PATH=/usr/local/bin:/usr/bin:/bin"], "tasks": 1, "cpus_per_task": 1, "memory_per_node": {"set": true, "infinite": false, "number": 512}, "time_limit": {"set": true, "infinite": false, "number": 10}, "current_working_directory": "/mnt/efs", "hold": true'
 cpu() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$1/stat"; }
 for r in $(seq "$rounds"); do
-  # Each wrk thread numbers its own keys; the round keeps rounds apart.
-  cat > "$dir/keyed.lua" <<LUA
-local n, thread_no = 0, 0
-local counter = 0
-function setup(thread) counter = counter + 1; thread:set("no", counter) end
-function init(args) thread_no = no end
-function request()
-  n = n + 1
-  return wrk.format("POST", nil, {["Content-Type"] = "application/json",
-    ["Authorization"] = "Bearer $token",
-    ["Idempotency-Key"] = "local-$r-" .. thread_no .. "-" .. n},
-    '{"job": {$job}}')
-end
-LUA
+  keyed_lua "$dir/keyed.lua" "local-$r" "$token" "{\"job\": {$job}}"
   before=$(cpu "$pid")
   out=$(taskset -c 0 wrk -t2 -c"$conns" -d"${secs}s" --latency -s "$dir/keyed.lua" "$url/v1/clusters/local/jobs")
   after=$(cpu "$pid")

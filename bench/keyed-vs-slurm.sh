@@ -38,22 +38,6 @@ curl -sf -X POST "$url/v1/clusters" -H "Authorization: Bearer $token" -H 'Conten
   -d "{\"id\": \"real\", \"name\": \"Real Slurm\", \"region\": \"local\", \"bucket\": \"real-bucket\", \"slurm\": {\"url\": \"$SLURMRESTD_URL\", \"user\": \"$SLURM_USER_NAME\"}}" >/dev/null
 
 job='"name": "bench", "script": "#!/bin/bash\\nsrun hostname\\n", "environment": ["PATH=/usr/local/bin:/usr/bin:/bin"], "tasks": 1, "cpus_per_task": 1, "memory_per_node": {"set": true, "infinite": false, "number": 512}, "time_limit": {"set": true, "infinite": false, "number": 10}, "current_working_directory": "/tmp", "hold": true'
-# Each wrk thread numbers its own keys; the round's nonce keeps rounds apart.
-clusterra_lua() { # nonce
-cat > "$dir/clusterra.lua" <<LUA
-local n, thread_no = 0, 0
-local counter = 0
-function setup(thread) counter = counter + 1; thread:set("no", counter) end
-function init(args) thread_no = no end
-function request()
-  n = n + 1
-  return wrk.format("POST", nil, {["Content-Type"] = "application/json",
-    ["Authorization"] = "Bearer $token",
-    ["Idempotency-Key"] = "bench-$1-" .. thread_no .. "-" .. n},
-    '{"job": {$job}}')
-end
-LUA
-}
 slurm_lua "$dir/slurm.lua" "{\"job\": {$job}}"
 cat > "$dir/ping.lua" <<LUA
 wrk.headers["X-SLURM-USER-NAME"] = "$SLURM_USER_NAME"
@@ -102,7 +86,7 @@ run() { # name url script
   echo "$line"
 }
 for round in $(seq "$rounds"); do
-  clusterra_lua "$round-$RANDOM"
+  keyed_lua "$dir/clusterra.lua" "$round-$RANDOM" "$token" "{\"job\": {$job}}"
   run Clusterra "$url/v1/clusters/real/jobs" "$dir/clusterra.lua"
   run slurmrestd "$SLURMRESTD_URL/slurm/v0.0.44/job/submit" "$dir/slurm.lua"
 done

@@ -6,6 +6,8 @@
 #   settle TOKEN                  waits until the server has caught up with its log (every
 #                                 projection, and the poll cycle's open-job index); prints how long
 #   slurm_lua FILE BODY           a wrk script POSTing BODY to slurmrestd (scripts/slurm-local)
+#   keyed_lua FILE NONCE TOKEN BODY  a wrk script POSTing BODY to Clusterra as TOKEN, each request
+#                                 with its own Idempotency-Key (NONCE keeps runs apart)
 #   on_exit 'command'             runs at exit, after the server is stopped
 # BENCH_BIN=DIR runs the clusterra and bench binaries already in DIR (another build, for an A/B
 # comparison) instead of building this checkout's.
@@ -61,5 +63,23 @@ wrk.body = '$2'
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["X-SLURM-USER-NAME"] = "$SLURM_USER_NAME"
 wrk.headers["X-SLURM-USER-TOKEN"] = "$SLURM_JWT"
+LUA
+}
+
+# Writes a wrk script that POSTs BODY to Clusterra as TOKEN, each request with a new
+# Idempotency-Key: each wrk thread numbers its own keys, NONCE keeps runs apart.
+keyed_lua() { # file nonce token body
+  cat > "$1" <<LUA
+local n, thread_no = 0, 0
+local counter = 0
+function setup(thread) counter = counter + 1; thread:set("no", counter) end
+function init(args) thread_no = no end
+function request()
+  n = n + 1
+  return wrk.format("POST", nil, {["Content-Type"] = "application/json",
+    ["Authorization"] = "Bearer $3",
+    ["Idempotency-Key"] = "bench-$2-" .. thread_no .. "-" .. n},
+    '$4')
+end
 LUA
 }
