@@ -510,16 +510,11 @@ async fn cluster_pass(shared: Arc<Shared>, key: Key, slurm: Arc<dyn SlurmPort>) 
             }
             Err(e) => Err(e.into()),
         };
-        // A pass that failed makes the next one compare everything; changes it recorded do not
-        // (they move the index, whose changed jobs the next pass compares), nor do the jobs it
-        // names to look at again, nor what it left undecided (a job whose submission is being
-        // recorded right now: its `JobSubmitted`, or the poll cycle's adoption of it, moves the
-        // index, and the next pass compares it then). Under a steady stream of submits to the
-        // local executor some are always in flight, and making every pass compare the whole
-        // queue for them took 363 ms at ~57,000 jobs, holding the executor's records from its
-        // submits (the p99 stalls of ~300 ms in `bench/submit-vs-slurm.sh`).
+        // A pass that left something no job names (or failed) makes the next one compare
+        // everything; changes it recorded do not (they move the index, whose changed jobs the
+        // next pass compares), nor do the jobs it names to look at again.
         let clean = match &pass {
-            Ok((done, Some(v))) => Some(Clean {
+            Ok((done, Some(v))) if done.left == 0 => Some(Clean {
                 slurm_version: *v,
                 generation: snapshot.generation,
                 recheck: done.recheck.clone(),
